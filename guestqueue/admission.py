@@ -1,0 +1,81 @@
+"""Reading a guest's request: content type, size (enforced while reading), JSON, fields."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+
+from .config import Settings
+from .errors import BodyTooLarge, InvalidField, InvalidJSON, Rejected, UnsupportedMediaType
+
+MAX_SESSION_ID_CHARS = 256
+
+
+class ClientGone(Rejected):
+    status_code, code = 400, "client_disconnected"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    query: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    session_id: str | None = None
+
+
+async def read_chat_request(request: Request, settings: Settings) -> ChatRequest:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType("Send the question as JSON with Content-Type: application/json.")
+    body = await _read_limited(request, settings.max_body_bytes)
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidJSON("The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise InvalidJSON("The request body must be a JSON object like {\"query\": \"...\"}.")
+    return _validate(data, settings)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    too_large = BodyTooLarge(f"The request body is larger than {limit} bytes.")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:  # a chunked or lying body is cut off here, not after
+                raise too_large
+    except ClientDisconnect:
+        raise ClientGone("The client disconnected while sending.") from None
+    return bytes(body)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _validate(data: dict[str, Any], settings: Settings) -> ChatRequest:
+    query = data.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidField("'query' must be a non-empty string.")
+    if len(query) > settings.max_query_chars:
+        raise InvalidField(f"'query' is longer than {settings.max_query_chars} characters.")
+    parameters = data.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif not isinstance(parameters, dict):
+        raise InvalidField("'parameters' must be a JSON object.")
+    session_id = data.get("session_id")
+    if session_id is not None and (not isinstance(session_id, str) or len(session_id) > MAX_SESSION_ID_CHARS):
+        raise InvalidField(f"'session_id' must be a string of at most {MAX_SESSION_ID_CHARS} characters.")
+    return ChatRequest(query, parameters, session_id)
+
+
+def client_key(request: Request) -> str:
+    """Who is asking, for per-client limits: the peer address."""
+    return request.client.host if request.client else "unknown"

@@ -1,0 +1,242 @@
+"""The HTTP API (DESIGN.md) as a Starlette app, and the lifespan that runs the queue.
+
+Run it alone (``guestqueue serve``) or mount it in your own app::
+
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from guestqueue import GuestQueue, Settings
+
+    guest = GuestQueue(Settings(max_concurrent_requests=2), workflow=my_workflow)
+    app = Starlette(routes=[Mount("/api/v1/guest", app=guest.app)], lifespan=guest.lifespan)
+
+Mounted apps' lifespans are not run by Starlette, hence ``lifespan=guest.lifespan``
+on the outer app (FastAPI takes the same argument).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from .admission import client_key, read_chat_request
+from .config import Settings
+from .errors import NotFound, Rejected, ShuttingDown
+from .service import QueueService
+from .stream import TicketStream
+from .tickets import Status, Ticket
+from .upstream import Workflow, make_http_client, make_upstream
+
+API_PREFIX = "/api/v1/guest"
+
+
+class GuestQueue:
+    """guestqueue's API and the queue behind it. State is created in :meth:`lifespan`."""
+
+    def __init__(self, settings: Settings | None = None, *, workflow: Workflow | None = None) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.workflow = workflow
+        self.service: QueueService | None = None
+        self.app = Starlette(
+            routes=self._routes(),
+            middleware=self._middleware(),
+            exception_handlers=EXCEPTION_HANDLERS,
+            lifespan=self.lifespan,
+        )
+
+    def __repr__(self) -> str:
+        return f"GuestQueue(service={self.service!r})"
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """Start the workers and the shared HTTP client; on exit, drain and stop them."""
+        client = make_http_client(self.settings)
+        try:
+            service = QueueService(self.settings, make_upstream(self.settings, client, self.workflow))
+            await service.start()
+            self.service = service
+            try:
+                yield
+            finally:
+                await service.stop()
+                self.service = None
+        finally:
+            await client.aclose()
+
+    def _routes(self) -> list[Route]:
+        return [
+            Route("/chat", self.chat, methods=["POST"]),
+            Route("/chat/simple", self.chat_simple, methods=["POST"]),
+            Route("/chat/{request_id}/events", self.chat_events, methods=["GET"]),
+            Route("/chat/{request_id}", self.chat_cancel, methods=["DELETE"]),
+            Route("/queue/status", self.queue_status, methods=["GET"]),
+            Route("/queue/request/{request_id}", self.queue_request, methods=["GET"]),
+            Route("/queue/history", self.queue_history, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+        ]
+
+    def _middleware(self) -> list[Middleware]:
+        origins = self.settings.cors_origin_list
+        if not origins:
+            return []
+        return [Middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Content-Type", "Last-Event-ID", "X-API-Key"], expose_headers=["X-Request-ID"],
+        )]
+
+    @property
+    def _service(self) -> QueueService:
+        if self.service is None:
+            raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
+        return self.service
+
+    def _ticket(self, request: Request) -> Ticket:
+        ticket = self._service.registry.get(request.path_params["request_id"])
+        if ticket is None:
+            raise NotFound("No request with that id (it may have expired).")
+        return ticket
+
+    async def _admit(self, request: Request) -> Ticket:
+        body = await read_chat_request(request, self.settings)
+        return self._service.submit(
+            body.query, client=client_key(request), parameters=body.parameters, session_id=body.session_id
+        )
+
+    # -- chat ----------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        ticket = await self._admit(request)
+        return TicketStream(self._service, ticket)
+
+    async def chat_events(self, request: Request) -> Response:
+        ticket = self._ticket(request)
+        raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
+        last_event_id = int(raw) if raw.strip().isdigit() else 0
+        return TicketStream(self._service, ticket, last_event_id)
+
+    async def chat_cancel(self, request: Request) -> Response:
+        ticket = self._ticket(request)
+        if not self._service.cancel(ticket, Status.CANCELLED, "cancelled", "The request was cancelled."):
+            return JSONResponse(
+                {"error": "The request had already finished.", "code": "already_finished", **ticket.summary()},
+                status_code=409,
+            )
+        return JSONResponse({"request_id": ticket.id, "status": "cancelled"})
+
+    async def chat_simple(self, request: Request) -> Response:
+        service = self._service
+        ticket = await self._admit(request)
+        service.subscribe(ticket)
+        try:
+            finished = await _until_done_or_disconnect(ticket, request)
+        finally:
+            service.unsubscribe(ticket)
+        if not finished:
+            return Response(status_code=204)  # nobody is listening any more
+        return _simple_answer(ticket)
+
+    # -- status --------------------------------------------------------------------
+
+    async def queue_status(self, request: Request) -> Response:
+        return JSONResponse(self._service.snapshot())
+
+    async def queue_request(self, request: Request) -> Response:
+        ticket = self._ticket(request)
+        self._service.line.position(ticket)  # renumber first if the line just changed
+        return JSONResponse(ticket.summary())
+
+    async def queue_history(self, request: Request) -> Response:
+        return JSONResponse(self._service.registry.recent())
+
+    async def health(self, request: Request) -> Response:
+        service = self.service
+        status = "ok" if service is not None and service.accepting else "unavailable"
+        body: dict[str, Any] = {"status": status}
+        if service is not None:
+            body.update(upstream=service.upstream.kind, queue_size=len(service.line),
+                        active_requests=len(service.pool.active))
+        return JSONResponse(body, status_code=200 if status != "unavailable" else 503)
+
+
+async def _until_done_or_disconnect(ticket: Ticket, request: Request) -> bool:
+    """Wait for the ticket's end; False if the client went away first."""
+
+    async def ended() -> None:
+        while not ticket.done:
+            await ticket.events.wait_after(ticket.events.last_id)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    waiters = [asyncio.ensure_future(ended()), asyncio.ensure_future(disconnected())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+    return ticket.done
+
+
+SIMPLE_STATUS = {"timeout": 504, "wait_timeout": 504, "cancelled": 409, "shutdown": 503, "internal_error": 500}
+
+
+def _simple_answer(ticket: Ticket) -> Response:
+    if ticket.status is Status.COMPLETED:
+        return JSONResponse({
+            "request_id": ticket.id, "answer": ticket.answer, "suggested_questions": ticket.suggested_questions,
+            "cached": ticket.cached, "wait_ms": round(ticket.wait_ms or 0.0, 1),
+            "duration_ms": round(ticket.duration_ms or 0.0, 1),
+        })
+    terminal = ticket.events.terminal_event()
+    body = dict(terminal.data) if terminal is not None else {"request_id": ticket.id, "error": ticket.error}
+    code = str(body.setdefault("code", ticket.error_code or "timeout"))
+    return JSONResponse(body, status_code=SIMPLE_STATUS.get(code, 502))
+
+
+async def _rejected(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Rejected)
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return JSONResponse(
+        {"error": exc.detail, "code": codes.get(exc.status_code, "http_error")},
+        status_code=exc.status_code, headers=exc.headers,
+    )
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": "Something went wrong on our side.", "code": "internal_error"}, status_code=500)
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {Rejected: _rejected, HTTPException: _http_error, Exception: _internal_error}
+
+
+def create_app(settings: Settings | None = None, *, workflow: Workflow | None = None) -> Starlette:
+    """A standalone app serving the API under ``/api/v1/guest``."""
+    guest = GuestQueue(settings, workflow=workflow)
+
+    async def index(request: Request) -> Response:
+        return JSONResponse({"service": "guestqueue", "api": API_PREFIX, "health": f"{API_PREFIX}/health"})
+
+    app = Starlette(
+        routes=[Route("/", index), Mount(API_PREFIX, app=guest.app)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=guest.lifespan,
+    )
+    app.state.guestqueue = guest
+    return app

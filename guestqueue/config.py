@@ -1,0 +1,148 @@
+"""Settings: one frozen dataclass, read from ``GUEST_*`` variables and ``serve`` flags.
+
+Every field carries its environment variable in its metadata; the CLI derives
+its flags from the same table, so the two can never drift apart::
+
+    settings = Settings.from_env()                       # GUEST_* from os.environ
+    settings = Settings(max_concurrent_requests=1)       # or built in code
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+UPSTREAM_KINDS = ("auto", "http", "openai", "python", "demo")
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use; the message names variable and value."""
+
+
+def _setting(env: str, default: Any, help: str, *, minimum: float | None = 0, secret: bool = False) -> Any:
+    return field(
+        default=default,
+        repr=not secret,
+        metadata={"env": env, "help": help, "minimum": minimum},
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything guestqueue can be told, with the defaults of DESIGN.md."""
+
+    host: str = _setting("GUEST_HOST", "127.0.0.1", "address `guestqueue serve` listens on", minimum=None)
+    port: int = _setting("GUEST_PORT", 8000, "port `guestqueue serve` listens on")
+    max_concurrent_requests: int = _setting(
+        "GUEST_MAX_CONCURRENT_REQUESTS", 3, "requests processed at once (worker pool size)"
+    )
+    max_queue_size: int = _setting("GUEST_MAX_QUEUE_SIZE", 50, "requests waiting; beyond it 429")
+    request_timeout_s: float = _setting("GUEST_REQUEST_TIMEOUT_SEC", 60.0, "processing time limit per request")
+    max_wait_s: float = _setting("GUEST_MAX_WAIT_SEC", 600.0, "time limit in line (then error wait_timeout)")
+    upstream_url: str = _setting("GUEST_UPSTREAM_URL", "", "upstream endpoint; empty = built-in demo", minimum=None)
+    upstream_kind: str = _setting(
+        "GUEST_UPSTREAM_KIND", "auto", "http | openai | python | demo | auto", minimum=None
+    )
+    upstream_model: str = _setting("GUEST_UPSTREAM_MODEL", "", "model name for the openai kind", minimum=None)
+    upstream_api_key: str = _setting(
+        "GUEST_UPSTREAM_API_KEY", "", "bearer token sent upstream", minimum=None, secret=True
+    )
+    upstream_interval_s: float = _setting(
+        "GUEST_UPSTREAM_INTERVAL_SEC", 10.0, "minimum seconds between upstream call starts (0 = off)"
+    )
+    upstream_retries: int = _setting("GUEST_UPSTREAM_RETRIES", 3, "retries before the first chunk was sent")
+    position_update_s: float = _setting(
+        "GUEST_POSITION_UPDATE_SEC", 1.0, "a waiting guest hears its place at least this often"
+    )
+    ping_s: float = _setting("GUEST_PING_SEC", 15.0, "SSE comment ping on quiet streams")
+    reconnect_grace_s: float = _setting(
+        "GUEST_RECONNECT_GRACE_SEC", 5.0, "a dropped guest keeps its place this long"
+    )
+    history_size: int = _setting("GUEST_HISTORY_SIZE", 100, "recent requests kept for diagnostics")
+    cache_size: int = _setting("GUEST_CACHE_SIZE", 1000, "answer cache entries (0 = off)")
+    cache_ttl_s: float = _setting("GUEST_CACHE_TTL_SEC", 3600.0, "answer cache lifetime")
+    db_path: str = _setting("GUEST_DB_PATH", "guestqueue.db", "SQLite request log (empty = off)", minimum=None)
+    max_body_bytes: int = _setting("GUEST_MAX_BODY_BYTES", 65536, "largest request body (413 beyond)")
+    max_query_chars: int = _setting("GUEST_MAX_QUERY_CHARS", 4000, "longest query (422 beyond)")
+    max_per_client: int = _setting("GUEST_MAX_PER_CLIENT", 2, "requests one client may have in line or processing")
+    admin_api_key: str = _setting(
+        "GUEST_ADMIN_API_KEY", "", "X-API-Key required by status, history and metrics", minimum=None, secret=True
+    )
+    cors_origins: str = _setting("GUEST_CORS_ORIGINS", "", "comma-separated allowed origins", minimum=None)
+    shutdown_grace_s: float = _setting(
+        "GUEST_SHUTDOWN_GRACE_SEC", 30.0, "on SIGTERM, how long running work may finish"
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            minimum = f.metadata["minimum"]
+            if minimum is not None and value < minimum:
+                raise SettingsError(f"{f.metadata['env']}={value!r}: must be >= {minimum}")
+        for name in ("max_concurrent_requests", "max_queue_size", "max_body_bytes", "max_query_chars"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{ENV_NAMES[name]}={getattr(self, name)!r}: must be >= 1")
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"GUEST_PORT={self.port!r}: must be a port number (1-65535)")
+        if self.upstream_kind not in UPSTREAM_KINDS:
+            raise SettingsError(
+                f"GUEST_UPSTREAM_KIND={self.upstream_kind!r}: must be one of {', '.join(UPSTREAM_KINDS)}"
+            )
+        if self.upstream_kind in ("http", "openai", "python") and not self.upstream_url:
+            raise SettingsError(f"GUEST_UPSTREAM_KIND={self.upstream_kind!r} needs GUEST_UPSTREAM_URL")
+        if self.position_update_s <= 0:
+            raise SettingsError(f"GUEST_POSITION_UPDATE_SEC={self.position_update_s!r}: must be > 0")
+        if self.request_timeout_s <= 0:
+            raise SettingsError(f"GUEST_REQUEST_TIMEOUT_SEC={self.request_timeout_s!r}: must be > 0")
+
+    @property
+    def resolved_upstream_kind(self) -> str:
+        """`auto` made concrete: no URL is the demo, `module:function` is python, else http."""
+        if self.upstream_kind != "auto":
+            return self.upstream_kind
+        url = self.upstream_url
+        if not url:
+            return "demo"
+        if "://" not in url and ":" in url:
+            return "python"
+        return "openai" if url.rstrip("/").endswith("/chat/completions") else "http"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``GUEST_*`` variables; keyword overrides (e.g. CLI flags) win."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            env = f.metadata["env"]
+            if f.name in overrides and overrides[f.name] is not None:
+                values[f.name] = parse_value(env, str(overrides[f.name]), f.type)
+            elif env in environ:
+                values[f.name] = parse_value(env, environ[env], f.type)
+        return cls(**values)
+
+
+def parse_value(env: str, raw: str, type_name: Any) -> Any:
+    """Turn one raw string into the field's type, or say which variable was wrong."""
+    raw = raw.strip()
+    try:
+        if type_name in (int, "int"):
+            return int(raw)
+        if type_name in (float, "float"):
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(raw)
+            return value
+    except ValueError:
+        kind = "a whole number" if type_name in (int, "int") else "a number"
+        raise SettingsError(f"{env}={raw!r}: must be {kind}") from None
+    return raw
+
+
+ENV_NAMES: dict[str, str] = {f.name: f.metadata["env"] for f in dataclasses.fields(Settings)}

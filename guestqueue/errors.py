@@ -1,0 +1,111 @@
+"""Errors a guest or an operator can see.
+
+Every rejection maps to exactly one HTTP status and one ``code`` string::
+
+    GuestQueueError
+    ├── Rejected                  answered as JSON {"error", "code"} before a request is admitted
+    │   ├── InvalidJSON           400 invalid_json
+    │   ├── BodyTooLarge          413 body_too_large
+    │   ├── UnsupportedMediaType  415 unsupported_media_type
+    │   ├── InvalidField          422 invalid_field
+    │   ├── LineFull              429 queue_full      (with Retry-After)
+    │   ├── ClientLimit           429 client_limit    (with Retry-After)
+    │   ├── ShuttingDown          503 shutting_down
+    │   ├── NotFound              404 not_found
+    │   ├── Unauthorized          401 unauthorized
+    │   └── Forbidden             403 forbidden
+    └── UpstreamFailure           ends an admitted request with a terminal `error` event
+        ├── UpstreamUnavailable   upstream_unavailable (connection failed, 429, 502-504); retried
+        └── UpstreamError         upstream_error (other non-2xx, malformed or empty output);
+                                  retried only for 5xx
+
+Lower-layer errors (httpx, json) are mapped to these at the boundary.
+"""
+
+from __future__ import annotations
+
+
+class GuestQueueError(Exception):
+    code = "internal_error"
+
+
+class Rejected(GuestQueueError):
+    status_code = 400
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.message, "code": self.code}
+
+
+class InvalidJSON(Rejected):
+    status_code, code = 400, "invalid_json"
+
+
+class BodyTooLarge(Rejected):
+    status_code, code = 413, "body_too_large"
+
+
+class UnsupportedMediaType(Rejected):
+    status_code, code = 415, "unsupported_media_type"
+
+
+class InvalidField(Rejected):
+    status_code, code = 422, "invalid_field"
+
+
+class LineFull(Rejected):
+    status_code, code = 429, "queue_full"
+
+
+class ClientLimit(Rejected):
+    status_code, code = 429, "client_limit"
+
+
+class ShuttingDown(Rejected):
+    status_code, code = 503, "shutting_down"
+
+
+class NotFound(Rejected):
+    status_code, code = 404, "not_found"
+
+
+class Unauthorized(Rejected):
+    status_code, code = 401, "unauthorized"
+
+
+class Forbidden(Rejected):
+    status_code, code = 403, "forbidden"
+
+
+class UpstreamFailure(GuestQueueError):
+    """The upstream could not answer. ``guest_message`` is safe to show a guest."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        guest_message: str,
+        *,
+        detail: str = "",
+        retry_after_s: float | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(detail or guest_message)
+        self.guest_message = guest_message
+        self.detail = detail or guest_message
+        self.retry_after_s = retry_after_s
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class UpstreamUnavailable(UpstreamFailure):
+    code = "upstream_unavailable"
+    retryable = True
+
+
+class UpstreamError(UpstreamFailure):
+    code = "upstream_error"

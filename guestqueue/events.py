@@ -1,0 +1,121 @@
+"""Events of one request, their SSE encoding, and the per-request event log.
+
+Each event is encoded once, as standard SSE framing with a single ``data:``
+line holding a JSON envelope ``{"event": NAME, "data": PAYLOAD}``. JSON
+escapes CR and LF, so no text from a guest or the upstream can start a new
+SSE line and forge an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+QUEUED = "queued"
+PROCESSING = "processing"
+ANSWER_CHUNK = "answer_chunk"
+WORKFLOW_COMPLETE = "workflow_complete"
+TIMEOUT = "timeout"
+ERROR = "error"
+TERMINAL_EVENTS = frozenset({WORKFLOW_COMPLETE, TIMEOUT, ERROR})
+
+# Events kept per request for replay after a reconnect. A longer answer can
+# still be resumed from any recent event id; only very old ids are gone.
+DEFAULT_REPLAY_EVENTS = 2048
+
+
+class Event:
+    __slots__ = ("_encoded", "data", "id", "name")
+
+    def __init__(self, id: int, name: str, data: Any) -> None:
+        self.id = id
+        self.name = name
+        self.data = data
+        self._encoded: bytes | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.name in TERMINAL_EVENTS
+
+    def envelope(self) -> dict[str, Any]:
+        return {"event": self.name, "data": self.data}
+
+    def encode(self) -> bytes:
+        """The SSE block for this event, computed once however many readers it has."""
+        if self._encoded is None:
+            self._encoded = encode_sse(self.id, self.name, self.envelope())
+        return self._encoded
+
+    def __repr__(self) -> str:
+        return f"Event(id={self.id}, name={self.name!r})"
+
+
+def encode_sse(event_id: int, name: str, envelope: dict[str, Any]) -> bytes:
+    # ensure_ascii also escapes U+2028/U+2029/U+0085, which some line splitters treat as breaks.
+    data = json.dumps(envelope, separators=(",", ":"))
+    return f"event: {name}\nid: {event_id}\ndata: {data}\n\n".encode()
+
+
+class EventLog:
+    """The events of one request, in order, with a broadcast wake-up for readers.
+
+    Position updates (``queued``) are not kept: only the newest one matters, so
+    a reader that resumes gets the current place, not a history of places.
+    """
+
+    def __init__(self, max_events: int = DEFAULT_REPLAY_EVENTS) -> None:
+        self._events: deque[Event] = deque(maxlen=max_events)
+        self._latest_position: Event | None = None
+        self._last_id = 0
+        self._changed = asyncio.Event()
+        self.closed = False
+
+    @property
+    def last_id(self) -> int:
+        return self._last_id
+
+    def publish(self, name: str, data: Any) -> Event:
+        if self.closed:
+            raise RuntimeError("event log already ended with a terminal event")
+        self._last_id += 1
+        event = Event(self._last_id, name, data)
+        if name == QUEUED:
+            self._latest_position = event
+        else:
+            self._latest_position = None
+            self._events.append(event)
+        self.closed = event.terminal
+        # Wake every reader waiting on the old event, then start a fresh one.
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return event
+
+    def after(self, last_seen_id: int) -> list[Event]:
+        """Events with an id above ``last_seen_id``, oldest first."""
+        newer: list[Event] = []
+        for event in reversed(self._events):
+            if event.id <= last_seen_id:
+                break
+            newer.append(event)
+        newer.reverse()
+        # A kept position event is always the newest: any other event replaces it.
+        position = self._latest_position
+        if position is not None and position.id > last_seen_id:
+            newer.append(position)
+        return newer
+
+    async def wait_after(self, last_seen_id: int) -> None:
+        """Return once an event newer than ``last_seen_id`` exists."""
+        while self._last_id <= last_seen_id:
+            await self._changed.wait()
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self._events)
+
+    def terminal_event(self) -> Event | None:
+        if self.closed and self._events:
+            return self._events[-1]
+        return None

@@ -1,0 +1,88 @@
+"""Counters, averages and the recent requests, for status pages and diagnostics."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+from .tickets import Status, Ticket
+
+AVERAGE_WINDOW = 100
+
+
+class Stats:
+    """Totals by outcome and moving averages; the numbers behind ``/queue/status``."""
+
+    def __init__(self) -> None:
+        self.started_mono = time.monotonic()
+        self.total_requests = 0
+        self.rejected_requests = 0
+        self.cache_hits = 0
+        self.outcomes = dict.fromkeys((s for s in Status if s.terminal), 0)
+        self._waits_ms: deque[float] = deque(maxlen=AVERAGE_WINDOW)
+        self._processing_ms: deque[float] = deque(maxlen=AVERAGE_WINDOW)
+
+    def __repr__(self) -> str:
+        return f"Stats(total={self.total_requests}, rejected={self.rejected_requests}, outcomes={self.outcomes})"
+
+    def record_end(self, ticket: Ticket) -> None:
+        self.outcomes[ticket.status] += 1
+        if ticket.cached:
+            return
+        if ticket.wait_ms is not None:
+            self._waits_ms.append(ticket.wait_ms)
+        if ticket.duration_ms is not None:
+            self._processing_ms.append(ticket.duration_ms)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total_requests": self.total_requests,
+            "completed_requests": self.outcomes[Status.COMPLETED],
+            "failed_requests": self.outcomes[Status.FAILED],
+            "timeout_requests": self.outcomes[Status.TIMEOUT],
+            "rejected_requests": self.rejected_requests,
+            "cancelled_requests": self.outcomes[Status.CANCELLED],
+            "cache_hits": self.cache_hits,
+            "avg_wait_ms": _mean(self._waits_ms),
+            "avg_processing_ms": _mean(self._processing_ms),
+            "uptime_sec": round(time.monotonic() - self.started_mono, 1),
+        }
+
+
+def _mean(values: deque[float]) -> float:
+    return round(sum(values) / len(values), 1) if values else 0.0
+
+
+class Registry:
+    """Live tickets by id, plus the most recent finished ones (bounded)."""
+
+    def __init__(self, history_size: int, keep_finished: int = 1000) -> None:
+        self._live: dict[str, Ticket] = {}
+        self._finished: OrderedDict[str, Ticket] = OrderedDict()
+        self._keep_finished = max(keep_finished, history_size)
+        self._recent: deque[Ticket] = deque(maxlen=history_size)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def add(self, ticket: Ticket) -> None:
+        self._live[ticket.id] = ticket
+        if self._recent.maxlen:
+            self._recent.append(ticket)
+
+    def get(self, request_id: str) -> Ticket | None:
+        return self._live.get(request_id) or self._finished.get(request_id)
+
+    def finished(self, ticket: Ticket) -> None:
+        self._live.pop(ticket.id, None)
+        self._finished[ticket.id] = ticket
+        while len(self._finished) > self._keep_finished:
+            self._finished.popitem(last=False)
+
+    def live(self) -> list[Ticket]:
+        return list(self._live.values())
+
+    def recent(self) -> list[dict[str, Any]]:
+        """The last ``history_size`` requests, newest first."""
+        return [ticket.summary() for ticket in reversed(self._recent)]

@@ -1,0 +1,118 @@
+"""One guest request and its state machine.
+
+``queued → processing → completed | failed | timeout | cancelled``, plus
+``queued → cancelled`` (the guest left or waited too long) and
+``queued → failed`` (shutdown). A ticket ends exactly once: :meth:`Ticket.end`
+refuses a second ending, so racing causes (timeout vs. cancel vs. done)
+cannot produce two terminal events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .events import EventLog
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (Status.QUEUED, Status.PROCESSING)
+
+
+def new_request_id() -> str:
+    # 128 random bits: the id is the only credential needed to resume or cancel.
+    return secrets.token_hex(16)
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    query: str
+    client: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    session_id: str | None = None
+    id: str = field(default_factory=new_request_id)
+    status: Status = Status.QUEUED
+    position: int = 0
+    created_at: float = field(default_factory=time.time)
+    created_mono: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    started_mono: float | None = None
+    finished_at: float | None = None
+    wait_ms: float | None = None
+    duration_ms: float | None = None
+    error: str | None = None
+    error_code: str | None = None
+    answer_parts: list[str] = field(default_factory=list)
+    suggested_questions: list[str] = field(default_factory=list)
+    cached: bool = False
+    events: EventLog = field(default_factory=EventLog)
+    # Why the running job is being cancelled (set before job.cancel()).
+    cancel_reason: tuple[Status, str, str] | None = None
+    job: asyncio.Task[None] | None = None
+    subscribers: int = 0
+    grace_timer: asyncio.TimerHandle | None = None
+    expiry_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def answer(self) -> str:
+        return "".join(self.answer_parts)
+
+    @property
+    def done(self) -> bool:
+        return self.status.terminal
+
+    def start(self) -> None:
+        self.status = Status.PROCESSING
+        self.started_at = time.time()
+        self.started_mono = time.monotonic()
+        self.wait_ms = (self.started_mono - self.created_mono) * 1000
+        self.position = 0
+
+    def end(self, status: Status, *, error: str | None = None, error_code: str | None = None) -> bool:
+        """Move to a terminal state; False (and no change) if the ticket had already ended."""
+        if self.done:
+            return False
+        now = time.monotonic()
+        self.status = status
+        self.finished_at = time.time()
+        self.error, self.error_code = error, error_code
+        if self.started_mono is None:
+            self.wait_ms = (now - self.created_mono) * 1000
+        else:
+            self.duration_ms = (now - self.started_mono) * 1000
+        for timer in (self.grace_timer, self.expiry_timer):
+            if timer is not None:
+                timer.cancel()
+        self.grace_timer = self.expiry_timer = None
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        """The public view of DESIGN.md's ``/queue/request/{id}``."""
+        out: dict[str, Any] = {"request_id": self.id, "status": self.status.value, "created_at": self.created_at}
+        if self.status is Status.QUEUED:
+            out["queue_position"] = self.position
+        for key in ("started_at", "finished_at", "wait_ms", "duration_ms", "error"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = round(value, 1) if key.endswith("_ms") else value
+        if self.error_code is not None:
+            out["error_code"] = self.error_code
+        if self.cached:
+            out["cached"] = True
+        return out
+
+    def __repr__(self) -> str:
+        return f"Ticket(id={self.id[:8]}…, status={self.status.value}, position={self.position})"

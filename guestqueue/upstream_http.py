@@ -1,0 +1,200 @@
+"""HTTP upstreams: a JSON POST whose answer is read by its content type.
+
+``http`` posts ``{"query", "parameters", "session_id"}``; ``openai`` posts a
+chat-completions request with ``"stream": true``. Both read the response the
+same way: ``application/json`` (one answer), ``text/event-stream`` (each data
+line a chunk, OpenAI deltas understood), ``application/x-ndjson`` (a JSON
+value per line) or any other streamed text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource
+
+from .errors import UpstreamError, UpstreamFailure, UpstreamUnavailable
+from .upstream import Chunk, WorkflowRequest
+
+ANSWER_FIELDS = ("answer", "response", "text", "content", "output", "result")
+CHUNK_FIELDS = ("answer_chunk", "chunk", "delta", "token", *ANSWER_FIELDS)
+UNAVAILABLE_MESSAGE = "The assistant is unavailable right now. Please try again in a moment."
+MALFORMED_MESSAGE = "The assistant sent an answer we could not read. Please try again."
+
+
+class HttpUpstream:
+    def __init__(
+        self, client: httpx.AsyncClient, url: str, *, kind: str = "http", api_key: str = "", model: str = ""
+    ) -> None:
+        self.kind = kind
+        self._client = client
+        self.url = url
+        if kind == "openai" and not url.rstrip("/").endswith("/chat/completions"):
+            self.url = url.rstrip("/") + "/chat/completions"
+        self._model = model
+        self._headers = {"Accept": "text/event-stream, application/x-ndjson, application/json, text/plain"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+
+    def __repr__(self) -> str:
+        return f"HttpUpstream(kind={self.kind!r}, url={self.url!r})"
+
+    def payload(self, request: WorkflowRequest) -> dict[str, Any]:
+        if self.kind != "openai":
+            return {"query": request.query, "parameters": dict(request.parameters), "session_id": request.session_id}
+        extra = dict(request.parameters)
+        history = extra.pop("messages", None)
+        messages = list(history) if isinstance(history, list) else []
+        messages.append({"role": "user", "content": request.query})
+        body = {**extra, "messages": messages, "stream": True}
+        if self._model:
+            body["model"] = self._model
+        return body
+
+    async def stream(self, request: WorkflowRequest) -> AsyncIterator[Chunk]:
+        try:
+            async with self._client.stream("POST", self.url, json=self.payload(request), headers=self._headers) as resp:
+                await _check_status(resp)
+                async for chunk in _read_body(resp):
+                    yield chunk
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(UNAVAILABLE_MESSAGE, detail=f"{type(exc).__name__}: {exc}") from exc
+        except httpx.HTTPError as exc:  # e.g. a decoding error inside httpx
+            raise UpstreamError(MALFORMED_MESSAGE, detail=f"{type(exc).__name__}: {exc}") from exc
+
+
+async def _check_status(resp: httpx.Response) -> None:
+    if resp.is_success:
+        return
+    body = (await resp.aread())[:300].decode("utf-8", "replace")
+    detail = f"upstream answered HTTP {resp.status_code}: {body}"
+    if resp.status_code == 429 or resp.status_code in (502, 503, 504):
+        raise UpstreamUnavailable(
+            UNAVAILABLE_MESSAGE, detail=detail, retry_after_s=_retry_after(resp.headers.get("retry-after"))
+        )
+    raise UpstreamError(
+        f"The assistant could not answer (error {resp.status_code}). Please try again later.",
+        detail=detail,
+        retryable=resp.status_code >= 500,
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: rare enough that backoff alone is fine
+
+
+async def _read_body(resp: httpx.Response) -> AsyncIterator[Chunk]:
+    content_type = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        yield answer_from_json(_loads(await resp.aread()))
+    elif content_type == "text/event-stream":
+        async for sse in EventSource(resp).aiter_sse():
+            if sse.data == "[DONE]":
+                return
+            chunk = chunk_from_data(sse.data, sse.event)
+            if chunk is not None:
+                yield chunk
+    elif content_type in ("application/x-ndjson", "application/jsonl", "application/json-seq"):
+        async for line in resp.aiter_lines():
+            if line.strip():
+                chunk = chunk_from_json(_loads(line))
+                if chunk is not None:
+                    yield chunk
+    else:
+        async for text in resp.aiter_text():
+            if text:
+                yield Chunk(text)
+
+
+def _loads(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise UpstreamError(MALFORMED_MESSAGE, detail=f"invalid JSON from upstream: {exc}") from exc
+
+
+def answer_from_json(body: Any) -> Chunk:
+    """A whole (non-streamed) JSON answer."""
+    if isinstance(body, dict):
+        for source in (body, body.get("data")):
+            if isinstance(source, dict):
+                for name in ANSWER_FIELDS:
+                    if isinstance(source.get(name), str):
+                        return Chunk(source[name], _suggestions(source) or _suggestions(body))
+        chunk = _openai_choice(body)
+        if chunk is not None:
+            return chunk
+    raise UpstreamError(MALFORMED_MESSAGE, detail=f"no answer field in upstream JSON: {str(body)[:200]}")
+
+
+def chunk_from_data(data: str, event: str = "message") -> Chunk | None:
+    """One SSE event: JSON is read for known fields, anything else is text."""
+    if event == "error":
+        raise UpstreamError(
+            "The assistant reported an error. Please try again.", detail=f"upstream error event: {data[:300]}"
+        )
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return Chunk(data) if data else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Chunk(data)  # a bare number is text, not a JSON object
+    return chunk_from_json(value)
+
+
+def chunk_from_json(value: Any) -> Chunk | None:
+    """A streamed JSON value: a string, an OpenAI delta, a guestqueue envelope, or a dict with a text field."""
+    if isinstance(value, str):
+        return Chunk(value)
+    if not isinstance(value, dict):
+        raise UpstreamError(MALFORMED_MESSAGE, detail=f"unexpected JSON from upstream: {str(value)[:200]}")
+    if "event" in value and "data" in value:  # another guestqueue (or similar) upstream
+        return _chunk_from_envelope(value["event"], value["data"])
+    openai = _openai_choice(value)
+    if openai is not None or "choices" in value:
+        return openai
+    for name in CHUNK_FIELDS:
+        if isinstance(value.get(name), str):
+            return Chunk(value[name], _suggestions(value))
+    suggestions = _suggestions(value)
+    return Chunk("", suggestions) if suggestions else None  # metadata (usage, ids): nothing to show
+
+
+def _chunk_from_envelope(event: Any, data: Any) -> Chunk | None:
+    if event == "answer_chunk" and isinstance(data, str):
+        return Chunk(data)
+    if event == "workflow_complete" and isinstance(data, dict):
+        return Chunk("", _suggestions(data))
+    if event in ("error", "timeout"):
+        message = data.get("error") if isinstance(data, dict) else data
+        raise UpstreamError("The assistant reported an error. Please try again.", detail=f"upstream {event}: {message}")
+    return None  # queued / processing: the upstream's own line, not ours
+
+
+def _openai_choice(value: dict[str, Any]) -> Chunk | None:
+    choices = value.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    choice = choices[0]
+    for holder in (choice.get("delta"), choice.get("message"), choice):
+        if isinstance(holder, dict) and isinstance(holder.get("content"), str):
+            return Chunk(holder["content"])
+    if isinstance(choice.get("text"), str):
+        return Chunk(choice["text"])
+    return None
+
+
+def _suggestions(value: dict[str, Any]) -> list[str] | None:
+    found = value.get("suggested_questions")
+    if isinstance(found, list) and all(isinstance(q, str) for q in found):
+        return list(found)
+    return None
+
+
+__all__ = ["HttpUpstream", "UpstreamFailure", "answer_from_json", "chunk_from_data", "chunk_from_json"]

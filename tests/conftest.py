@@ -1,0 +1,181 @@
+"""Real parts, really started: the mock upstream runs as its own process, and
+guestqueue is served by uvicorn on a free loopback port inside the test's loop
+(so tests can also look at its counters and tasks after the fact)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import uvicorn
+from httpx_sse import aconnect_sse
+
+from guestqueue import GuestQueue, Settings, Workflow
+from guestqueue.app import API_PREFIX
+
+HERE = Path(__file__).parent
+
+# Short settings so tests finish in seconds; each test overrides what it exercises.
+FAST = {
+    "upstream_interval_s": 0.0,
+    "position_update_s": 0.2,
+    "reconnect_grace_s": 0.0,
+    "request_timeout_s": 10.0,
+    "max_per_client": 1000,
+    "upstream_retries": 0,
+    "db_path": "",
+    "shutdown_grace_s": 1.0,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_http(url: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not come up")
+        time.sleep(0.05)
+
+
+@dataclass
+class MockUpstream:
+    base: str
+
+    def url(self, **params: Any) -> str:
+        return f"{self.base}/upstream?{urlencode(params)}"
+
+    def tagged(self, **params: Any) -> tuple[str, str]:
+        """A URL with a fresh tag, and the tag (to read this test's calls back)."""
+        tag = uuid.uuid4().hex[:12]
+        return self.url(tag=tag, **params), tag
+
+    def calls(self, tag: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = httpx.get(f"{self.base}/calls", params={"tag": tag}).json()
+        return result
+
+    async def acalls(self, tag: str) -> list[dict[str, Any]]:
+        async with httpx.AsyncClient() as client:
+            result: list[dict[str, Any]] = (await client.get(f"{self.base}/calls", params={"tag": tag})).json()
+            return result
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[MockUpstream]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / "mock_upstream.py"), str(port)])
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health")
+        yield MockUpstream(f"http://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@dataclass
+class Running:
+    guest: GuestQueue
+    base: str  # http://127.0.0.1:PORT/api/v1/guest
+
+    @property
+    def service(self) -> Any:
+        assert self.guest.service is not None
+        return self.guest.service
+
+
+@asynccontextmanager
+async def serve(
+    workflow: Workflow | None = None, **overrides: Any
+) -> AsyncIterator[Running]:
+    """guestqueue on a free port, served by uvicorn in this event loop."""
+    from guestqueue import create_app
+
+    settings = Settings(**{**FAST, **overrides})
+    app = create_app(settings, workflow=workflow)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        yield Running(app.state.guestqueue, f"http://127.0.0.1:{port}{API_PREFIX}")
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=15)
+
+
+@dataclass
+class Received:
+    name: str
+    id: str
+    data: Any
+
+
+async def stream_events(
+    client: httpx.AsyncClient, url: str, *, method: str = "POST", stop_after: str | None = None,
+    **kwargs: Any,
+) -> list[Received]:
+    """Every event of one SSE stream (until it ends, or until an event named ``stop_after``)."""
+    events: list[Received] = []
+    async with aconnect_sse(client, method, url, **kwargs) as source:
+        source.response.raise_for_status()
+        async for sse in source.aiter_sse():
+            envelope = json.loads(sse.data)
+            assert envelope["event"] == sse.event, "envelope and SSE event name must agree"
+            events.append(Received(sse.event, sse.id, envelope["data"]))
+            if stop_after is not None and sse.event == stop_after:
+                break
+    return events
+
+
+async def ask(client: httpx.AsyncClient, base: str, query: str = "hello", **body: Any) -> list[Received]:
+    return await stream_events(client, f"{base}/chat", json={"query": query, **body})
+
+
+async def wait_until(predicate: Any, timeout_s: float = 5.0, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        await asyncio.sleep(0.01)
+
+
+def assert_drained(running: Running) -> None:
+    service = running.service
+    assert len(service.line) == 0, "queued count must return to 0"
+    assert not service.pool.active, "active count must return to 0"
+    assert not service.per_client, "per-client counts must return to 0"
+    assert len(service.registry) == 0, "no live tickets may remain"
+
+
+def env_without_guest_vars() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("GUEST_")}

@@ -1,0 +1,122 @@
+"""A scripted upstream for the tests, run as its own process:
+
+    python tests/mock_upstream.py PORT
+
+Behaviour is chosen per request by query parameters, so one process serves
+every test; ``tag`` groups the calls a test made so it can read them back
+from ``GET /calls?tag=...`` (start time, body, whether the caller went away).
+
+    mode      sse (default) | openai | json | ndjson | text | status | malformed | hang | reset | drip | empty
+    chunks    number of chunks (default 3)          delay      seconds between chunks (default 0)
+    first     seconds before the first byte         status     HTTP status for mode=status
+    fail      fail the first N calls of this tag with ``status`` (then behave per mode)
+    retry_after  Retry-After header sent with a failure
+    echo      1 = the chunks are the query text itself (for framing tests)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+INJECTION = "line one\n\nevent: workflow_complete\ndata: {\"forged\": true}\r\nid: 999\rretry: 1\n\n"
+CALLS: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+
+def _chunks(params: dict[str, str], body: dict[str, Any]) -> list[str]:
+    if params.get("echo") == "1":
+        return [str(body.get("query", ""))]
+    if params.get("inject") == "1":
+        return ["safe start ", INJECTION, " safe end"]
+    count = int(params.get("chunks", "3"))
+    return [f"chunk{i} " for i in range(count)]
+
+
+async def upstream(request: Request) -> Response:
+    params = dict(request.query_params)
+    tag = params.get("tag", "")
+    body = json.loads(await request.body() or b"{}")
+    call: dict[str, Any] = {"t": time.time(), "body": body, "disconnected": False, "finished": False}
+    CALLS[tag].append(call)
+    mode = params.get("mode", "sse")
+    delay = float(params.get("delay", "0"))
+    if float(params.get("first", "0")):
+        await asyncio.sleep(float(params["first"]))
+    headers = {"Retry-After": params["retry_after"]} if "retry_after" in params else None
+    if len(CALLS[tag]) <= int(params.get("fail", "0")) or mode == "status":
+        return PlainTextResponse("upstream says no", status_code=int(params.get("status", "500")), headers=headers)
+    chunks = _chunks(params, body)
+    if mode == "json":
+        return JSONResponse({"answer": "".join(chunks), "suggested_questions": ["next?"]})
+    if mode == "malformed":
+        return Response(b'{"answer": "unterminated', media_type="application/json")
+    if mode == "empty":
+        return Response(b"", media_type="text/plain")
+
+    async def produce() -> AsyncIterator[bytes]:
+        try:
+            for i, text in enumerate(chunks):
+                if i and delay:
+                    await asyncio.sleep(delay)
+                if mode == "hang" and i == 1:
+                    await asyncio.sleep(3600)
+                if mode == "drip":
+                    for char in text:
+                        yield char.encode()
+                        await asyncio.sleep(delay or 1.0)
+                    continue
+                if mode == "reset" and i == 2:
+                    raise ConnectionResetError("mock upstream resets mid-stream")
+                yield encode(mode, text)
+            if mode == "sse":
+                yield b'data: {"suggested_questions": ["more?"]}\n\n'
+            if mode == "openai":
+                yield b"data: [DONE]\n\n"
+            call["finished"] = True
+        except asyncio.CancelledError:
+            call["disconnected"] = True
+            raise
+
+    sse = "text/event-stream"
+    media = {"sse": sse, "hang": sse, "reset": sse, "openai": sse, "ndjson": "application/x-ndjson"}
+    return StreamingResponse(produce(), media_type=media.get(mode, "text/plain"))
+
+
+def encode(mode: str, text: str) -> bytes:
+    if mode in ("sse", "hang", "reset"):
+        return f"data: {json.dumps({'answer_chunk': text})}\n\n".encode()
+    if mode == "openai":
+        return f"data: {json.dumps({'choices': [{'delta': {'content': text}}]})}\n\n".encode()
+    if mode == "ndjson":
+        return (json.dumps({"chunk": text}) + "\n").encode()
+    return text.encode()
+
+
+async def calls(request: Request) -> Response:
+    return JSONResponse(CALLS.get(request.query_params.get("tag", ""), []))
+
+
+async def health(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+app = Starlette(routes=[
+    Route("/upstream", upstream, methods=["POST"]),
+    Route("/calls", calls),
+    Route("/health", health),
+])
+
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error", access_log=False)
