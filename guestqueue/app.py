@@ -46,6 +46,7 @@ class GuestQueue:
         self.settings = settings if settings is not None else Settings.from_env()
         self.workflow = workflow
         self.service: QueueService | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.app = Starlette(
             routes=self._routes(),
             middleware=self._middleware(),
@@ -63,7 +64,7 @@ class GuestQueue:
         try:
             service = QueueService(self.settings, make_upstream(self.settings, client, self.workflow))
             await service.start()
-            self.service = service
+            self.service, self._loop = service, asyncio.get_running_loop()
             try:
                 yield
             finally:
@@ -71,6 +72,16 @@ class GuestQueue:
                 self.service = None
         finally:
             await client.aclose()
+
+    def request_shutdown(self) -> None:
+        """Begin a graceful shutdown: refuse new guests, finish running work, end the rest.
+
+        Safe to call from a signal handler or another thread; ``guestqueue serve``
+        calls it on SIGTERM, before uvicorn waits for open streams to close.
+        """
+        service, loop = self.service, self._loop
+        if service is not None and loop is not None:
+            loop.call_soon_threadsafe(service.begin_shutdown)
 
     def _routes(self) -> list[Route]:
         return [

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
 
-from .app import create_app
+from .app import GuestQueue, create_app
 from .config import Settings, SettingsError
 from .upstream import load_workflow
 
@@ -40,6 +42,22 @@ def load_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+class GuestServer(uvicorn.Server):
+    """uvicorn, plus: on SIGTERM/SIGINT the queue starts draining at once.
+
+    uvicorn first waits for open connections to close and only then runs the
+    lifespan shutdown, so streams must be ended from the signal itself.
+    """
+
+    def __init__(self, config: uvicorn.Config, guest: GuestQueue) -> None:
+        super().__init__(config)
+        self.guest = guest
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self.guest.request_shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,8 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"guestqueue: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
@@ -59,5 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Let our own shutdown (finish work, then a terminal event for everyone) complete first.
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
-    uvicorn.Server(config).run()
+    # uvicorn re-raises the signal it shut down for; a drained shutdown is a clean exit (0).
+    signal.signal(signal.SIGTERM, lambda sig, frame: None)
+    GuestServer(config, app.state.guestqueue).run()
     return 0

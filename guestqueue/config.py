@@ -108,7 +108,8 @@ class Settings:
             return "demo"
         if "://" not in url and ":" in url:
             return "python"
-        return "openai" if url.rstrip("/").endswith("/chat/completions") else "http"
+        path = url.split("?", 1)[0].rstrip("/")
+        return "openai" if path.endswith("/chat/completions") else "http"
 
     @property
     def cors_origin_list(self) -> list[str]:

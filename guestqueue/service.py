@@ -49,6 +49,7 @@ class QueueService:
         self.per_client: Counter[str] = Counter()
         self.accepting = True
         self._ticker: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -62,11 +63,20 @@ class QueueService:
         self.pool.start()
         self._ticker = asyncio.create_task(self._tick_positions(), name="guestqueue-positions")
 
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Stop admitting, let running work finish for ``grace_s``, then end everything else."""
+    def begin_shutdown(self) -> None:
+        """Stop admitting now and drain in the background (see :meth:`stop`)."""
         self.accepting = False
-        grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
-        deadline = time.monotonic() + grace_s
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+
+    async def stop(self) -> None:
+        """Stop admitting, let running work finish for the shutdown grace, then end everything else."""
+        self.begin_shutdown()
+        assert self._stopping is not None
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
         while self.pool.active and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         remaining = [*self.line.tickets(), *self.pool.active.values()]

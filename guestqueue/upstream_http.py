@@ -31,9 +31,10 @@ class HttpUpstream:
     ) -> None:
         self.kind = kind
         self._client = client
-        self.url = url
-        if kind == "openai" and not url.rstrip("/").endswith("/chat/completions"):
-            self.url = url.rstrip("/") + "/chat/completions"
+        self.url = httpx.URL(url)
+        path = self.url.path.rstrip("/")
+        if kind == "openai" and not path.endswith("/chat/completions"):
+            self.url = self.url.copy_with(path=path + "/chat/completions")
         self._model = model
         self._headers = {"Accept": "text/event-stream, application/x-ndjson, application/json, text/plain"}
         if api_key:

@@ -108,18 +108,10 @@ class Running:
 
 
 @asynccontextmanager
-async def serve(
-    workflow: Workflow | None = None, **overrides: Any
-) -> AsyncIterator[Running]:
-    """guestqueue on a free port, served by uvicorn in this event loop."""
-    from guestqueue import create_app
-
-    settings = Settings(**{**FAST, **overrides})
-    app = create_app(settings, workflow=workflow)
+async def serve_app(app: Any) -> AsyncIterator[str]:
+    """Any ASGI app on a free loopback port, served by uvicorn in this event loop; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(10):
@@ -127,10 +119,20 @@ async def serve(
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.01)
-        yield Running(app.state.guestqueue, f"http://127.0.0.1:{port}{API_PREFIX}")
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=15)
+
+
+@asynccontextmanager
+async def serve(workflow: Workflow | None = None, **overrides: Any) -> AsyncIterator[Running]:
+    """guestqueue (short settings, plus ``overrides``) on a free port."""
+    from guestqueue import create_app
+
+    app = create_app(Settings(**{**FAST, **overrides}), workflow=workflow)
+    async with serve_app(app) as base:
+        yield Running(app.state.guestqueue, base + API_PREFIX)
 
 
 @dataclass

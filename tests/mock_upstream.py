@@ -113,6 +113,7 @@ async def health(request: Request) -> Response:
 
 app = Starlette(routes=[
     Route("/upstream", upstream, methods=["POST"]),
+    Route("/upstream/chat/completions", upstream, methods=["POST"]),
     Route("/calls", calls),
     Route("/health", health),
 ])

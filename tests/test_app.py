@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import httpx
@@ -86,7 +87,7 @@ async def test_pacing_spaces_upstream_starts_across_workers(upstream: MockUpstre
         assert_drained(running)
     assert all(r[-1].name == "workflow_complete" for r in results)
     starts = sorted(c["t"] for c in await upstream.acalls(tag))
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(starts) == 4 and min(gaps) >= interval - 0.01, gaps
 
 

@@ -1,0 +1,82 @@
+"""Settings from env and flags; bad values stop start-up with one clear line."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from guestqueue import Settings, SettingsError
+from guestqueue.cli import build_parser, load_settings
+
+from .conftest import env_without_guest_vars
+
+
+def test_defaults_match_design() -> None:
+    s = Settings()
+    assert (s.host, s.port, s.max_concurrent_requests, s.max_queue_size) == ("127.0.0.1", 8000, 3, 50)
+    assert (s.request_timeout_s, s.max_wait_s, s.upstream_interval_s, s.upstream_retries) == (60, 600, 10, 3)
+    assert (s.position_update_s, s.ping_s, s.reconnect_grace_s, s.history_size) == (1, 15, 5, 100)
+    assert (s.cache_size, s.cache_ttl_s, s.db_path) == (1000, 3600, "guestqueue.db")
+    assert (s.max_body_bytes, s.max_query_chars, s.max_per_client, s.shutdown_grace_s) == (65536, 4000, 2, 30)
+    assert s.resolved_upstream_kind == "demo"
+
+
+def test_env_is_read_and_typed() -> None:
+    s = Settings.from_env({"GUEST_MAX_QUEUE_SIZE": "7", "GUEST_UPSTREAM_INTERVAL_SEC": "0.5", "GUEST_DB_PATH": ""})
+    assert s.max_queue_size == 7 and s.upstream_interval_s == 0.5 and s.db_path == ""
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("GUEST_MAX_QUEUE_SIZE", "abc"),
+        ("GUEST_MAX_QUEUE_SIZE", "-1"),
+        ("GUEST_MAX_QUEUE_SIZE", "0"),
+        ("GUEST_MAX_CONCURRENT_REQUESTS", "1.5"),
+        ("GUEST_REQUEST_TIMEOUT_SEC", "nan"),
+        ("GUEST_UPSTREAM_INTERVAL_SEC", "-2"),
+        ("GUEST_PORT", "70000"),
+        ("GUEST_UPSTREAM_KIND", "carrier-pigeon"),
+    ],
+)
+def test_bad_values_name_the_variable_and_the_value(env: str, value: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({env: value})
+    assert env in str(error.value) and value in str(error.value)
+
+
+def test_every_setting_has_a_flag_and_flags_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = build_parser()
+    help_text = parser._subparsers._group_actions[0].choices["serve"].format_help()  # type: ignore[union-attr,index]
+    for f in dataclasses.fields(Settings):
+        assert "--" + f.metadata["env"].removeprefix("GUEST_").lower().replace("_", "-") + " VALUE" in help_text
+    monkeypatch.setenv("GUEST_MAX_QUEUE_SIZE", "5")
+    monkeypatch.setenv("GUEST_PORT", "9001")
+    settings = load_settings(parser.parse_args(["serve", "--max-queue-size", "9"]))
+    assert settings.max_queue_size == 9 and settings.port == 9001
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    text = repr(Settings(upstream_api_key="sk-very-secret", admin_api_key="admin-secret"))
+    assert "sk-very-secret" not in text and "admin-secret" not in text
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"GUEST_MAX_QUEUE_SIZE": "abc"}, "GUEST_MAX_QUEUE_SIZE='abc'"),
+        ({"GUEST_MAX_QUEUE_SIZE": "-1"}, "GUEST_MAX_QUEUE_SIZE=-1"),
+        ({"GUEST_UPSTREAM_URL": "nosuchmodule:fn"}, "GUEST_UPSTREAM_URL='nosuchmodule:fn'"),
+    ],
+)
+def test_cli_stops_with_one_line(env: dict[str, str], expected: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "guestqueue", "serve"], env={**env_without_guest_vars(), **env},
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr

@@ -1,0 +1,70 @@
+"""WaitingLine: FIFO hand-off, exact positions, leaving from anywhere, bounded size."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from guestqueue.errors import LineFull
+from guestqueue.line import WaitingLine
+from guestqueue.tickets import Ticket
+
+
+def _tickets(n: int) -> list[Ticket]:
+    return [Ticket(f"q{i}", "client") for i in range(n)]
+
+
+async def test_positions_are_exact_after_leaving_and_starting() -> None:
+    moved: list[list[Ticket]] = []
+    line = WaitingLine(10, on_moved=moved.append)
+    a, b, c, d = _tickets(4)
+    for t in (a, b, c, d):
+        line.admit(t)
+    assert [line.position(t) for t in (a, b, c, d)] == [1, 2, 3, 4]
+    line.leave(b)
+    assert [line.position(t) for t in (a, c, d)] == [1, 2, 3]
+    assert line.position(b) == 0
+    held = await line.next()
+    assert held is a and line.position(a) == 1, "held by a worker but not started: still position 1"
+    line.started(a)
+    assert [line.position(t) for t in (c, d)] == [1, 2]
+    assert len(line) == 2
+    assert await line.next() is c
+
+
+async def test_changes_in_one_loop_iteration_renumber_once() -> None:
+    batches: list[list[Ticket]] = []
+    line = WaitingLine(1000, on_moved=batches.append)
+    tickets = _tickets(1000)
+    for t in tickets:
+        line.admit(t)
+    for t in tickets[:10]:
+        line.leave(t)
+    await asyncio.sleep(0)  # the scheduled renumbering runs
+    assert len(batches) == 1, "one pass for the whole batch of changes"
+    assert len(batches[0]) == 990 and tickets[10].position == 1
+    await asyncio.sleep(0)
+    assert len(batches) == 1
+
+
+async def test_left_tickets_are_never_handed_to_a_worker() -> None:
+    line = WaitingLine(10)
+    a, b, c = _tickets(3)
+    for t in (a, b, c):
+        line.admit(t)
+    line.leave(a)
+    line.leave(b)
+    assert await asyncio.wait_for(line.next(), 1) is c
+
+
+async def test_bounded() -> None:
+    line = WaitingLine(2)
+    a, b, c = _tickets(3)
+    line.admit(a)
+    line.admit(b)
+    with pytest.raises(LineFull):
+        line.admit(c)
+    line.leave(a)
+    line.admit(c)
+    assert line.position(c) == 2

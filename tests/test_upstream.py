@@ -1,0 +1,114 @@
+"""Upstream adapters against the mock upstream process, and in-process workflows."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from guestqueue import Chunk, Settings, WorkflowRequest
+from guestqueue.errors import UpstreamError, UpstreamUnavailable
+from guestqueue.upstream import PythonUpstream, load_workflow, make_http_client, make_upstream
+from guestqueue.upstream_http import HttpUpstream, chunk_from_data
+
+from .conftest import MockUpstream
+
+REQUEST = WorkflowRequest("rid", "what?", {"temperature": 0.2}, "session-1")
+
+
+async def _read(upstream: HttpUpstream | PythonUpstream) -> list[Chunk]:
+    return [chunk async for chunk in upstream.stream(REQUEST)]
+
+
+@pytest.mark.parametrize("mode", ["sse", "openai", "ndjson", "text", "json"])
+async def test_http_response_is_read_by_content_type(upstream: MockUpstream, mode: str) -> None:
+    url, tag = upstream.tagged(mode=mode, chunks=3)
+    async with httpx.AsyncClient() as client:
+        chunks = await _read(HttpUpstream(client, url))
+    assert "".join(c.text for c in chunks) == "chunk0 chunk1 chunk2 "
+    if mode in ("sse", "json"):
+        assert any(c.suggested_questions for c in chunks)
+    body = upstream.calls(tag)[0]["body"]
+    assert body == {"query": "what?", "parameters": {"temperature": 0.2}, "session_id": "session-1"}
+
+
+async def test_openai_kind_posts_chat_completions(upstream: MockUpstream) -> None:
+    url, tag = upstream.tagged(mode="openai", chunks=2)
+    async with httpx.AsyncClient() as client:
+        chunks = await _read(HttpUpstream(client, url, kind="openai", model="tiny", api_key="secret"))
+    assert [c.text for c in chunks] == ["chunk0 ", "chunk1 "]
+    body = upstream.calls(tag)[0]["body"]
+    assert body["model"] == "tiny" and body["stream"] is True and body["temperature"] == 0.2
+    assert body["messages"] == [{"role": "user", "content": "what?"}]
+
+
+async def test_http_failures_map_to_upstream_errors(upstream: MockUpstream) -> None:
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(UpstreamError) as error:
+            await _read(HttpUpstream(client, upstream.url(mode="status", status=400)))
+        assert not error.value.retryable
+        with pytest.raises(UpstreamError) as error:
+            await _read(HttpUpstream(client, upstream.url(mode="status", status=500)))
+        assert error.value.retryable, "a 5xx may succeed on retry"
+        with pytest.raises(UpstreamUnavailable) as unavailable:
+            await _read(HttpUpstream(client, upstream.url(mode="status", status=429, retry_after=7)))
+        assert unavailable.value.retry_after_s == 7
+        with pytest.raises(UpstreamError):
+            await _read(HttpUpstream(client, upstream.url(mode="malformed")))
+        with pytest.raises(UpstreamUnavailable):
+            await _read(HttpUpstream(client, "http://127.0.0.1:9/refused"))
+
+
+def test_sse_data_parsing() -> None:
+    assert chunk_from_data("plain text") == Chunk("plain text")
+    assert chunk_from_data('"a json string"') == Chunk("a json string")
+    assert chunk_from_data("42") == Chunk("42")
+    assert chunk_from_data('{"choices": [{"delta": {"content": "hi"}}]}') == Chunk("hi")
+    assert chunk_from_data('{"choices": [{"delta": {}}]}') is None
+    assert chunk_from_data('{"usage": {"tokens": 3}}') is None
+    assert chunk_from_data('{"event": "answer_chunk", "data": "x"}') == Chunk("x")
+    with pytest.raises(UpstreamError):
+        chunk_from_data('{"event": "error", "data": {"error": "boom"}}')
+    with pytest.raises(UpstreamError):
+        chunk_from_data("boom", event="error")
+
+
+async def test_python_workflow_adapter() -> None:
+    async def workflow(request: WorkflowRequest) -> AsyncIterator[str | Chunk]:
+        yield f"echo {request.query}"
+        yield Chunk("", suggested_questions=["more?"])
+
+    chunks = await _read(PythonUpstream(workflow))
+    assert chunks == [Chunk("echo what?"), Chunk("", ["more?"])]
+
+    async def broken(request: WorkflowRequest) -> AsyncIterator[str]:
+        yield "partial"
+        raise RuntimeError("bug in user code")
+
+    with pytest.raises(UpstreamError, match="RuntimeError"):
+        await _read(PythonUpstream(broken))
+
+
+def test_load_workflow_from_module_path() -> None:
+    assert load_workflow("guestqueue.demo:demo_workflow").__name__ == "demo_workflow"
+    for bad in ("no_colon", "missing_module_xyz:f", "guestqueue.demo:nope", "guestqueue.demo:ANSWERS"):
+        with pytest.raises(ValueError, match="GUEST_UPSTREAM_URL"):
+            load_workflow(bad)
+
+
+async def test_make_upstream_picks_the_kind() -> None:
+    cases = {
+        "": "demo",
+        "guestqueue.demo:demo_workflow": "python",
+        "http://x/api/chat": "http",
+        "http://x/v1/chat/completions": "openai",
+    }
+    for url, kind in cases.items():
+        settings = Settings(upstream_url=url)
+        async with make_http_client(settings) as client:
+            assert make_upstream(settings, client).kind == kind
+    settings = Settings(upstream_url="http://x/v1", upstream_kind="openai")
+    async with make_http_client(settings) as client:
+        adapter = make_upstream(settings, client)
+        assert isinstance(adapter, HttpUpstream) and str(adapter.url) == "http://x/v1/chat/completions"
