@@ -27,6 +27,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from .admission import client_key, read_chat_request
 from .config import Settings
@@ -96,13 +97,18 @@ class GuestQueue:
         ]
 
     def _middleware(self) -> list[Middleware]:
+        middleware = []
+        if self.settings.trusted_proxies:
+            # The client key (per-client limits, the log) is the peer address, or the
+            # X-Forwarded-For address when, and only when, the peer is a trusted proxy.
+            middleware.append(Middleware(ProxyHeadersMiddleware, trusted_hosts=self.settings.trusted_proxies))
         origins = self.settings.cors_origin_list
-        if not origins:
-            return []
-        return [Middleware(
-            CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Content-Type", "Last-Event-ID", "X-API-Key"], expose_headers=["X-Request-ID"],
-        )]
+        if origins:
+            middleware.append(Middleware(
+                CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Content-Type", "Last-Event-ID", "X-API-Key"], expose_headers=["X-Request-ID"],
+            ))
+        return middleware
 
     @property
     def _service(self) -> QueueService:

@@ -75,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         lifespan="on",
+        # Forwarded headers are believed only from GUEST_TRUSTED_PROXIES, by the app itself.
+        proxy_headers=False,
         # Let our own shutdown (finish work, then a terminal event for everyone) complete first.
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )

@@ -72,6 +72,10 @@ class Settings:
         "GUEST_ADMIN_API_KEY", "", "X-API-Key required by status, history and metrics", minimum=None, secret=True
     )
     cors_origins: str = _setting("GUEST_CORS_ORIGINS", "", "comma-separated allowed origins", minimum=None)
+    trusted_proxies: str = _setting(
+        "GUEST_TRUSTED_PROXIES", "", "proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed",
+        minimum=None,
+    )
     shutdown_grace_s: float = _setting(
         "GUEST_SHUTDOWN_GRACE_SEC", 30.0, "on SIGTERM, how long running work may finish"
     )

@@ -111,7 +111,8 @@ class Running:
 async def serve_app(app: Any) -> AsyncIterator[str]:
     """Any ASGI app on a free loopback port, served by uvicorn in this event loop; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", proxy_headers=False)
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(10):
@@ -159,8 +160,10 @@ async def stream_events(
     return events
 
 
-async def ask(client: httpx.AsyncClient, base: str, query: str = "hello", **body: Any) -> list[Received]:
-    return await stream_events(client, f"{base}/chat", json={"query": query, **body})
+async def ask(
+    client: httpx.AsyncClient, base: str, query: str = "hello", *, headers: dict[str, str] | None = None, **body: Any
+) -> list[Received]:
+    return await stream_events(client, f"{base}/chat", json={"query": query, **body}, headers=headers or {})
 
 
 async def wait_until(predicate: Any, timeout_s: float = 5.0, message: str = "condition") -> None:

@@ -177,3 +177,26 @@ async def test_resume_stream_with_last_event_id(upstream: MockUpstream) -> None:
     chunks = [e.data for e in first + rest if e.name == "answer_chunk"]
     assert chunks == [f"chunk{i} " for i in range(6)]
     assert rest[-1].name == "workflow_complete"
+
+
+async def test_forwarded_address_is_believed_only_from_trusted_proxies(upstream: MockUpstream) -> None:
+    url, _ = upstream.tagged(chunks=2, delay=0.3)
+    spoofed = {"X-Forwarded-For": "203.0.113.9"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with serve(upstream_url=url, max_per_client=1) as running:
+            held = asyncio.create_task(ask(client, running.base, "mine", headers=spoofed))
+            await wait_until(lambda: running.service.stats.total_requests == 1)
+            assert set(running.service.per_client) == {"127.0.0.1"}, "untrusted peer: header ignored"
+            other = await client.post(
+                f"{running.base}/chat", json={"query": "x"}, headers={"X-Forwarded-For": "1.2.3.4"}
+            )
+            assert other.status_code == 429, "a spoofed header cannot dodge the per-client limit"
+            await held
+        async with serve(upstream_url=url, max_per_client=1, trusted_proxies="127.0.0.1") as running:
+            held = asyncio.create_task(ask(client, running.base, "mine", headers=spoofed))
+            await wait_until(lambda: running.service.stats.total_requests == 1)
+            assert set(running.service.per_client) == {"203.0.113.9"}, "trusted proxy: the forwarded address"
+            other = await client.post(f"{running.base}/chat/simple", json={"query": "x"},
+                                      headers={"X-Forwarded-For": "198.51.100.7"})
+            assert other.status_code == 200, "another client behind the same proxy has its own limit"
+            await held
