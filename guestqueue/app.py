@@ -16,6 +16,7 @@ on the outer app (FastAPI takes the same argument).
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,8 +32,9 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from .admission import client_key, read_chat_request
 from .config import Settings
-from .errors import NotFound, Rejected, ShuttingDown
+from .errors import Forbidden, NotFound, Rejected, ShuttingDown, Unauthorized
 from .service import QueueService
+from .store import RequestLog
 from .stream import TicketStream
 from .tickets import Status, Ticket
 from .upstream import Workflow, make_http_client, make_upstream
@@ -54,16 +56,22 @@ class GuestQueue:
             exception_handlers=EXCEPTION_HANDLERS,
             lifespan=self.lifespan,
         )
+        self.app.state.guestqueue = self
 
     def __repr__(self) -> str:
         return f"GuestQueue(service={self.service!r})"
 
     @asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
-        """Start the workers and the shared HTTP client; on exit, drain and stop them."""
+        """Open the request log, start the workers and the shared HTTP client; on exit, drain,
+        stop them and flush the log."""
         client = make_http_client(self.settings)
+        log = RequestLog(self.settings.db_path) if self.settings.db_path else None
         try:
-            service = QueueService(self.settings, make_upstream(self.settings, client, self.workflow))
+            upstream = make_upstream(self.settings, client, self.workflow)
+            if log is not None:
+                await log.open()
+            service = QueueService(self.settings, upstream, log=log)
             await service.start()
             self.service, self._loop = service, asyncio.get_running_loop()
             try:
@@ -72,6 +80,8 @@ class GuestQueue:
                 await service.stop()
                 self.service = None
         finally:
+            if log is not None:
+                await log.close()
             await client.aclose()
 
     def request_shutdown(self) -> None:
@@ -94,6 +104,7 @@ class GuestQueue:
             Route("/queue/request/{request_id}", self.queue_request, methods=["GET"]),
             Route("/queue/history", self.queue_history, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
         ]
 
     def _middleware(self) -> list[Middleware]:
@@ -115,6 +126,16 @@ class GuestQueue:
         if self.service is None:
             raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
         return self.service
+
+    def _require_admin(self, request: Request) -> None:
+        expected = self.settings.admin_api_key
+        if not expected:
+            return
+        given = request.headers.get("x-api-key")
+        if given is None:
+            raise Unauthorized("This endpoint needs the X-API-Key header.")
+        if not hmac.compare_digest(given.encode(), expected.encode()):  # constant time
+            raise Forbidden("The X-API-Key is not valid.")
 
     def _ticket(self, request: Request) -> Ticket:
         ticket = self._service.registry.get(request.path_params["request_id"])
@@ -164,24 +185,30 @@ class GuestQueue:
     # -- status --------------------------------------------------------------------
 
     async def queue_status(self, request: Request) -> Response:
+        self._require_admin(request)
         return JSONResponse(self._service.snapshot())
 
     async def queue_request(self, request: Request) -> Response:
+        self._require_admin(request)
         ticket = self._ticket(request)
-        self._service.line.position(ticket)  # renumber first if the line just changed
+        if ticket.flight is not None:
+            self._service.line.position(ticket.flight)  # renumber first if the line just changed
         return JSONResponse(ticket.summary())
 
     async def queue_history(self, request: Request) -> Response:
+        self._require_admin(request)
         return JSONResponse(self._service.registry.recent())
 
+    async def metrics(self, request: Request) -> Response:
+        self._require_admin(request)
+        body, content_type = self._service.metrics.render()
+        return Response(body, media_type=content_type)
+
     async def health(self, request: Request) -> Response:
-        service = self.service
-        status = "ok" if service is not None and service.accepting else "unavailable"
-        body: dict[str, Any] = {"status": status}
-        if service is not None:
-            body.update(upstream=service.upstream.kind, queue_size=len(service.line),
-                        active_requests=len(service.pool.active))
-        return JSONResponse(body, status_code=200 if status != "unavailable" else 503)
+        if self.service is None:
+            return JSONResponse({"status": "unavailable", "problems": ["not running"]}, status_code=503)
+        status, body = self.service.health()
+        return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
 
 async def _until_done_or_disconnect(ticket: Ticket, request: Request) -> bool:
@@ -223,6 +250,9 @@ def _simple_answer(ticket: Ticket) -> Response:
 
 async def _rejected(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Rejected)
+    guest = getattr(request.app.state, "guestqueue", None)
+    if not exc.counted and guest is not None and guest.service is not None:
+        guest.service.stats.rejections[exc.code] += 1
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 

@@ -31,6 +31,7 @@ class GuestQueueError(Exception):
 
 class Rejected(GuestQueueError):
     status_code = 400
+    counted = False  # already in the stats (admission rejections are counted where they happen)
 
     def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)

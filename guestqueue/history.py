@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from typing import Any
 
 from .tickets import Status, Ticket
 
 AVERAGE_WINDOW = 100
+ADMISSION_REJECTIONS = ("queue_full", "client_limit", "shutting_down")
 
 
 class Stats:
@@ -17,14 +18,20 @@ class Stats:
     def __init__(self) -> None:
         self.started_mono = time.monotonic()
         self.total_requests = 0
-        self.rejected_requests = 0
+        self.rejections: Counter[str] = Counter()  # by error code
         self.cache_hits = 0
+        self.shared_answers = 0
         self.outcomes = dict.fromkeys((s for s in Status if s.terminal), 0)
         self._waits_ms: deque[float] = deque(maxlen=AVERAGE_WINDOW)
         self._processing_ms: deque[float] = deque(maxlen=AVERAGE_WINDOW)
 
     def __repr__(self) -> str:
-        return f"Stats(total={self.total_requests}, rejected={self.rejected_requests}, outcomes={self.outcomes})"
+        return f"Stats(total={self.total_requests}, rejections={dict(self.rejections)}, outcomes={self.outcomes})"
+
+    @property
+    def rejected_requests(self) -> int:
+        """Well-formed requests that were not admitted (line full, client limit, shutting down)."""
+        return sum(self.rejections[code] for code in ADMISSION_REJECTIONS)
 
     def record_end(self, ticket: Ticket) -> None:
         self.outcomes[ticket.status] += 1

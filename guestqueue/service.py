@@ -5,6 +5,10 @@ nothing lives in module globals, so two apps can run side by side. Every
 admitted ticket ends exactly once, through :meth:`QueueService._end`, which
 emits the one terminal event and does the bookkeeping synchronously (so
 cancellation cannot interrupt it half-way).
+
+Admission answers from the cache when it can, lets an identical question
+ride a flight already in line or running (single-flight), and otherwise puts
+a new flight in line.
 """
 
 from __future__ import annotations
@@ -14,16 +18,19 @@ import logging
 import math
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, NoReturn
 
+from .cache import AnswerCache, CachedAnswer
 from .config import Settings
-from .errors import ClientLimit, LineFull, ShuttingDown
+from .errors import ClientLimit, LineFull, Rejected, ShuttingDown
 from .eta import WaitEstimator
-from .events import ERROR, PROCESSING, QUEUED, TIMEOUT, WORKFLOW_COMPLETE
+from .events import ANSWER_CHUNK, ERROR, PROCESSING, QUEUED, TIMEOUT, WORKFLOW_COMPLETE
 from .history import Registry, Stats
 from .limiter import PacingLimiter
 from .line import WaitingLine
-from .tickets import Status, Ticket
+from .metrics import Metrics
+from .store import RequestLog
+from .tickets import Flight, Status, Ticket
 from .upstream import Upstream
 from .workers import WorkerPool
 
@@ -32,20 +39,27 @@ logger = logging.getLogger("guestqueue")
 TIMEOUT_FALLBACK = (
     "Sorry, this is taking longer than expected. Please try again in a moment, or rephrase your question."
 )
+SHUTDOWN_MESSAGE = "The service is restarting. Please ask again shortly."
+UPSTREAM_FAILURES_DEGRADED = 3  # /health says degraded after this many failed upstream calls in a row
+LOG_BACKLOG_DEGRADED = 10_000  # ... or when this many log rows wait to be written
 
 
 class QueueService:
-    def __init__(self, settings: Settings, upstream: Upstream) -> None:
+    def __init__(self, settings: Settings, upstream: Upstream, *, log: RequestLog | None = None) -> None:
         self.settings = settings
         self.upstream = upstream
+        self.log = log
         self.stats = Stats()
         self.registry = Registry(settings.history_size)
+        self.cache = AnswerCache(settings.cache_size, settings.cache_ttl_s) if settings.cache_size > 0 else None
+        self.inflight: dict[str, Flight] = {}  # flights by cache key, for single-flight
         self.line = WaitingLine(settings.max_queue_size, on_moved=self._publish_positions)
         self.limiter = PacingLimiter(settings.upstream_interval_s)
         self.estimator = WaitEstimator(
             settings.max_concurrent_requests, settings.upstream_interval_s, self._eta_snapshot
         )
         self.pool = WorkerPool(self, upstream)
+        self.metrics = Metrics(self)
         self.per_client: Counter[str] = Counter()
         self.accepting = True
         self._ticker: asyncio.Task[None] | None = None
@@ -70,19 +84,22 @@ class QueueService:
             self._stopping = asyncio.ensure_future(self._stop())
 
     async def stop(self) -> None:
-        """Stop admitting, let running work finish for the shutdown grace, then end everything else."""
+        """Refuse new guests, end those still in line, let running work finish for the shutdown grace,
+        then end everything else. Every guest gets exactly one terminal event."""
         self.begin_shutdown()
         assert self._stopping is not None
         await asyncio.shield(self._stopping)
 
     async def _stop(self) -> None:
         deadline = time.monotonic() + self.settings.shutdown_grace_s
+        # Guests still waiting will not be served by this process: tell them at once.
+        for flight in self.line.flights():
+            self._end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
         while self.pool.active and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        remaining = [*self.line.tickets(), *self.pool.active.values()]
-        jobs = [ticket.job for ticket in remaining if ticket.job is not None]
-        for ticket in remaining:
-            self.cancel(ticket, Status.FAILED, "shutdown", "The service is restarting. Please ask again shortly.")
+        jobs = [flight.job for flight in self.pool.active.values() if flight.job is not None]
+        for flight in list(self.pool.active.values()):
+            self._end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
         await asyncio.gather(*jobs, return_exceptions=True)
         await self.pool.stop()
         if self._ticker is not None:
@@ -94,33 +111,72 @@ class QueueService:
     def submit(
         self, query: str, *, client: str, parameters: dict[str, Any] | None = None, session_id: str | None = None
     ) -> Ticket:
-        """Admit a request to the line, or raise a :class:`~guestqueue.errors.Rejected`."""
+        """Admit a request, or raise a :class:`~guestqueue.errors.Rejected`."""
         if not self.accepting:
-            raise ShuttingDown("The service is restarting. Please try again shortly.")
+            self._reject(client, query, ShuttingDown("The service is restarting. Please try again shortly."))
         if self.per_client[client] >= self.settings.max_per_client:
-            self.stats.rejected_requests += 1
-            raise ClientLimit(
+            self._reject(client, query, ClientLimit(
                 f"You already have {self.per_client[client]} questions in progress. "
                 "Please wait for an answer before asking more.",
                 retry_after_s=self._retry_after_s(1),
-            )
+            ))
         ticket = Ticket(query, client, parameters or {}, session_id)
-        try:
-            self.line.admit(ticket)
-        except LineFull as exc:
-            self.stats.rejected_requests += 1
-            exc.retry_after_s = self._retry_after_s(self.settings.max_queue_size + 1)
-            raise
-        self.stats.total_requests += 1
-        self.per_client[client] += 1
-        self.registry.add(ticket)
-        loop = asyncio.get_running_loop()
-        ticket.expiry_timer = loop.call_later(self.settings.max_wait_s, self._expire, ticket)
-        self._publish_position(ticket)
+        key = AnswerCache.key(query, ticket.parameters) if self.cache is not None else None
+        if self.cache is not None and key is not None and (cached := self.cache.get(key)) is not None:
+            self._register(ticket)
+            self.stats.cache_hits += 1
+            self._answer_from_cache(ticket, cached)
+            return ticket
+        flight = self.inflight.get(key) if key is not None else None
+        if flight is None:
+            flight = Flight(key, [ticket])
+            try:
+                self.line.admit(flight)
+            except LineFull as exc:
+                exc.retry_after_s = self._retry_after_s(self.settings.max_queue_size + 1)
+                self._reject(client, query, exc)
+            if key is not None:
+                self.inflight[key] = flight
+        else:
+            flight.tickets.append(ticket)
+            ticket.cached = True  # answered by another guest's upstream call
+            self.stats.shared_answers += 1
+        ticket.flight = flight
+        self._register(ticket)
+        ticket.expiry_timer = asyncio.get_running_loop().call_later(self.settings.max_wait_s, self._expire, ticket)
+        if flight.started:
+            self._start_ticket(ticket)
+            for text in flight.answer_parts:
+                ticket.events.publish(ANSWER_CHUNK, text)
+        else:
+            self._publish_position(ticket)
         return ticket
+
+    def _reject(self, client: str, query: str, exc: Rejected) -> NoReturn:
+        self.stats.rejections[exc.code] += 1
+        exc.counted = True
+        if self.log is not None:
+            self.log.record_rejection(client, query, exc.code)
+        raise exc
+
+    def _register(self, ticket: Ticket) -> None:
+        self.stats.total_requests += 1
+        self.per_client[ticket.client] += 1
+        self.registry.add(ticket)
+        if self.log is not None:
+            self.log.record(ticket)
 
     def _retry_after_s(self, position: int) -> int:
         return max(1, math.ceil(self.estimator.estimate_s(position)))
+
+    def _answer_from_cache(self, ticket: Ticket, cached: CachedAnswer) -> None:
+        ticket.cached = True
+        self._start_ticket(ticket)
+        for text in cached.chunks:
+            ticket.events.publish(ANSWER_CHUNK, text)
+        ticket.answer_parts = list(cached.chunks)
+        ticket.suggested_questions = list(cached.suggested_questions)
+        self._end(ticket, Status.COMPLETED, WORKFLOW_COMPLETE, self._complete_payload(ticket))
 
     # -- guests coming and going ---------------------------------------------------
 
@@ -149,57 +205,95 @@ class QueueService:
             )
 
     def cancel(self, ticket: Ticket, status: Status, code: str, message: str) -> bool:
-        """End a ticket early: leave the line, or stop its job. False if it had already ended."""
-        if ticket.done:
-            return False
-        job = ticket.job
-        if job is not None and not job.done():
-            # Held by a worker (pacing wait or processing): the job ends it on cancellation.
-            ticket.cancel_reason = (status, code, message)
-            job.cancel()
-            return True
-        return self.end_error(ticket, status, code, message)
+        """End one guest's request early; its flight goes on for others riding it. False if already ended."""
+        return self._end_error(ticket, status, code, message)
 
-    # -- hooks for the workers ---------------------------------------------------
+    # -- flights: called by the workers ------------------------------------------
 
-    def on_started(self, ticket: Ticket) -> None:
+    def on_started(self, flight: Flight) -> None:
+        self.line.started(flight)
+        flight.started_mono = time.monotonic()
+        self.estimator.invalidate()
+        for ticket in flight.tickets:
+            self._start_ticket(ticket)
+
+    def emit_chunk(self, flight: Flight, text: str) -> None:
+        flight.answer_parts.append(text)
+        for ticket in flight.tickets:
+            ticket.events.publish(ANSWER_CHUNK, text)
+
+    def end_flight_completed(self, flight: Flight) -> None:
+        self._flight_finished(flight, record_duration=True)
+        if self.cache is not None and flight.key is not None:
+            self.cache.put(flight.key, CachedAnswer(tuple(flight.answer_parts), list(flight.suggested_questions)))
+        for ticket in list(flight.tickets):
+            ticket.answer_parts = list(flight.answer_parts)
+            ticket.suggested_questions = list(flight.suggested_questions)
+            self._end(ticket, Status.COMPLETED, WORKFLOW_COMPLETE, self._complete_payload(ticket))
+
+    def end_flight_timeout(self, flight: Flight) -> None:
+        self._flight_finished(flight, record_duration=True)
+        error = f"No answer within {self.settings.request_timeout_s:g} seconds."
+        for ticket in list(flight.tickets):
+            payload = {"request_id": ticket.id, "error": error, "fallback": TIMEOUT_FALLBACK}
+            self._end(ticket, Status.TIMEOUT, TIMEOUT, payload, error=error, code="timeout")
+
+    def end_flight_error(self, flight: Flight, code: str, message: str, *, detail: str | None = None) -> None:
+        self._flight_finished(flight)
+        for ticket in list(flight.tickets):
+            self._end_error(ticket, Status.FAILED, code, message, detail=detail)
+
+    def _end_all(self, flight: Flight, code: str, message: str) -> None:
+        for ticket in list(flight.tickets):
+            self._end_error(ticket, Status.FAILED, code, message)
+
+    def _flight_finished(self, flight: Flight, *, record_duration: bool = False) -> None:
+        flight.finished = True
+        if flight.key is not None and self.inflight.get(flight.key) is flight:
+            del self.inflight[flight.key]
+        if record_duration and flight.started_mono is not None:
+            self.estimator.record(time.monotonic() - flight.started_mono)
+        self.estimator.invalidate()
+
+    def _leave_flight(self, ticket: Ticket, flight: Flight) -> None:
+        flight.tickets.remove(ticket)
+        if flight.tickets or flight.finished:
+            return
+        # Nobody rides this flight any more: it leaves the line, or its upstream call stops.
+        self._flight_finished(flight)
+        self.line.leave(flight)
+        if flight.job is not None and not flight.job.done():
+            flight.job.cancel()
+
+    # -- endings -------------------------------------------------------------------
+
+    def _start_ticket(self, ticket: Ticket) -> None:
         if ticket.expiry_timer is not None:
             ticket.expiry_timer.cancel()
             ticket.expiry_timer = None
-        self.line.started(ticket)
         ticket.start()
-        self.estimator.invalidate()
+        if self.log is not None:
+            self.log.record(ticket)
         ticket.events.publish(PROCESSING, {"request_id": ticket.id})
 
-    def end_completed(self, ticket: Ticket) -> bool:
-        payload = {"request_id": ticket.id, "answer": ticket.answer, "suggested_questions": ticket.suggested_questions,
-                   "cached": ticket.cached}
-        return self._end(ticket, Status.COMPLETED, WORKFLOW_COMPLETE, payload)
+    def _complete_payload(self, ticket: Ticket) -> dict[str, Any]:
+        return {"request_id": ticket.id, "answer": ticket.answer, "suggested_questions": ticket.suggested_questions,
+                "cached": ticket.cached}
 
-    def end_timeout(self, ticket: Ticket) -> bool:
-        error = f"No answer within {self.settings.request_timeout_s:g} seconds."
-        payload = {"request_id": ticket.id, "error": error, "fallback": TIMEOUT_FALLBACK}
-        return self._end(ticket, Status.TIMEOUT, TIMEOUT, payload, error=error, code="timeout")
-
-    def end_error(self, ticket: Ticket, status: Status, code: str, message: str, *, detail: str | None = None) -> bool:
+    def _end_error(
+        self, ticket: Ticket, status: Status, code: str, message: str, *, detail: str | None = None
+    ) -> bool:
         payload = {"request_id": ticket.id, "error": message, "code": code}
         return self._end(ticket, status, ERROR, payload, error=detail or message, code=code)
-
-    def end_cancelled_job(self, ticket: Ticket) -> bool:
-        status, code, message = ticket.cancel_reason or (
-            Status.FAILED, "internal_error", "The request was stopped unexpectedly."
-        )
-        return self.end_error(ticket, status, code, message)
 
     def _end(
         self, ticket: Ticket, status: Status, event: str, payload: dict[str, Any],
         *, error: str | None = None, code: str | None = None,
     ) -> bool:
-        was_queued = ticket.status is Status.QUEUED
         if not ticket.end(status, error=error, error_code=code):
             return False
-        if was_queued:
-            self.line.leave(ticket)
+        if ticket.flight is not None:
+            self._leave_flight(ticket, ticket.flight)
         if event == WORKFLOW_COMPLETE:
             payload["duration_ms"] = round(ticket.duration_ms or 0.0, 1)
         ticket.events.publish(event, payload)
@@ -207,10 +301,13 @@ class QueueService:
         if self.per_client[ticket.client] <= 0:
             del self.per_client[ticket.client]
         self.stats.record_end(ticket)
-        if status in (Status.COMPLETED, Status.TIMEOUT) and ticket.duration_ms is not None and not ticket.cached:
-            self.estimator.record(ticket.duration_ms / 1000)
-        self.estimator.invalidate()
+        if ticket.wait_ms is not None:
+            self.metrics.wait_seconds.observe(ticket.wait_ms / 1000)
+        if ticket.duration_ms is not None and not ticket.cached:
+            self.metrics.processing_seconds.observe(ticket.duration_ms / 1000)
         self.registry.finished(ticket)
+        if self.log is not None:
+            self.log.record(ticket)
         logger.info(
             "request %s %s%s wait=%.0fms run=%.0fms",
             ticket.id, status.value, f" ({code})" if code else "", ticket.wait_ms or 0, ticket.duration_ms or 0,
@@ -221,7 +318,7 @@ class QueueService:
 
     def _eta_snapshot(self) -> tuple[list[float], float]:
         now = time.monotonic()
-        elapsed = [now - t.started_mono for t in self.pool.active.values() if t.started_mono is not None]
+        elapsed = [now - f.started_mono for f in self.pool.active.values() if f.started_mono is not None]
         return elapsed, self.limiter.delay_s()
 
     def _publish_position(self, ticket: Ticket) -> None:
@@ -234,10 +331,10 @@ class QueueService:
             "estimated_wait_sec": round(self.estimator.estimate_s(position), 1),
         })
 
-    def _publish_positions(self, moved: list[Ticket]) -> None:
+    def _publish_positions(self, moved: list[Flight]) -> None:
         self.estimator.invalidate()
-        for ticket in moved:
-            if ticket.status is Status.QUEUED:
+        for flight in moved:
+            for ticket in flight.tickets:
                 self._publish_position(ticket)
 
     async def _tick_positions(self) -> None:
@@ -245,8 +342,22 @@ class QueueService:
         while True:
             await asyncio.sleep(self.settings.position_update_s)
             self.estimator.invalidate()
-            for ticket in self.line.tickets():
-                self._publish_position(ticket)
+            for flight in self.line.flights():
+                for ticket in flight.tickets:
+                    self._publish_position(ticket)
+
+    def health(self) -> tuple[str, dict[str, Any]]:
+        """``ok``, ``degraded`` (upstream failing, log behind) or ``unavailable`` (shutting down)."""
+        problems = []
+        if self.pool.consecutive_failures >= UPSTREAM_FAILURES_DEGRADED:
+            problems.append(f"upstream failed its last {self.pool.consecutive_failures} calls")
+        if self.log is not None and (self.log.failing or self.log.backlog > LOG_BACKLOG_DEGRADED):
+            problems.append(f"request log behind ({self.log.backlog} rows waiting)")
+        status = "unavailable" if not self.accepting else "degraded" if problems else "ok"
+        return status, {
+            "status": status, "problems": problems, "upstream": self.upstream.kind,
+            "queue_size": len(self.line), "active_requests": len(self.pool.active),
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """The body of ``/queue/status``."""
@@ -257,3 +368,4 @@ class QueueService:
             "max_queue_size": self.settings.max_queue_size,
             **self.stats.as_dict(),
         }
+

@@ -1,10 +1,16 @@
-"""One guest request and its state machine.
+"""One guest request (a ticket) and one upstream call (a flight).
 
-``queued → processing → completed | failed | timeout | cancelled``, plus
-``queued → cancelled`` (the guest left or waited too long) and
-``queued → failed`` (shutdown). A ticket ends exactly once: :meth:`Ticket.end`
-refuses a second ending, so racing causes (timeout vs. cancel vs. done)
-cannot produce two terminal events.
+A ticket's state machine: ``queued → processing → completed | failed |
+timeout | cancelled``, plus ``queued → cancelled`` (the guest left or waited
+too long) and ``queued → failed`` (shutdown). A ticket ends exactly once:
+:meth:`Ticket.end` refuses a second ending, so racing causes (timeout vs.
+cancel vs. done) cannot produce two terminal events.
+
+A flight is what waits in line and runs upstream. Usually it carries one
+ticket; identical questions asked while one is in flight ride along on it
+(single-flight), so one upstream call answers them all. A guest who leaves
+takes only its own ticket off the flight; the flight leaves the line, or its
+upstream call is cancelled, once nobody rides it any more.
 """
 
 from __future__ import annotations
@@ -45,7 +51,6 @@ class Ticket:
     session_id: str | None = None
     id: str = field(default_factory=new_request_id)
     status: Status = Status.QUEUED
-    position: int = 0
     created_at: float = field(default_factory=time.time)
     created_mono: float = field(default_factory=time.monotonic)
     started_at: float | None = None
@@ -59,9 +64,7 @@ class Ticket:
     suggested_questions: list[str] = field(default_factory=list)
     cached: bool = False
     events: EventLog = field(default_factory=EventLog)
-    # Why the running job is being cancelled (set before job.cancel()).
-    cancel_reason: tuple[Status, str, str] | None = None
-    job: asyncio.Task[None] | None = None
+    flight: Flight | None = None
     subscribers: int = 0
     grace_timer: asyncio.TimerHandle | None = None
     expiry_timer: asyncio.TimerHandle | None = None
@@ -69,6 +72,13 @@ class Ticket:
     @property
     def answer(self) -> str:
         return "".join(self.answer_parts)
+
+    @property
+    def position(self) -> int:
+        """1 = next to start; 0 once started or ended."""
+        if self.status is Status.QUEUED and self.flight is not None:
+            return self.flight.position
+        return 0
 
     @property
     def done(self) -> bool:
@@ -79,7 +89,6 @@ class Ticket:
         self.started_at = time.time()
         self.started_mono = time.monotonic()
         self.wait_ms = (self.started_mono - self.created_mono) * 1000
-        self.position = 0
 
     def end(self, status: Status, *, error: str | None = None, error_code: str | None = None) -> bool:
         """Move to a terminal state; False (and no change) if the ticket had already ended."""
@@ -116,3 +125,29 @@ class Ticket:
 
     def __repr__(self) -> str:
         return f"Ticket(id={self.id[:8]}…, status={self.status.value}, position={self.position})"
+
+
+def new_flight_id() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass(eq=False, slots=True)
+class Flight:
+    """One upstream call and the tickets waiting for its answer."""
+
+    key: str | None
+    tickets: list[Ticket]
+    id: str = field(default_factory=new_flight_id)
+    position: int = 0
+    started_mono: float | None = None
+    finished: bool = False
+    answer_parts: list[str] = field(default_factory=list)
+    suggested_questions: list[str] = field(default_factory=list)
+    job: asyncio.Task[None] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.started_mono is not None
+
+    def __repr__(self) -> str:
+        return f"Flight(id={self.id}, tickets={len(self.tickets)}, position={self.position})"

@@ -1,10 +1,10 @@
-"""The worker pool: N workers take tickets from the line and run them upstream.
+"""The worker pool: N workers take flights from the line and run them upstream.
 
-Each ticket runs as its own job task so that one guest's cancel, disconnect
-or wait limit cancels exactly that job. A job waits for the pacing limiter
-(the ticket is still position 1 meanwhile), starts, streams the upstream's
-chunks into the ticket's event log under the processing time limit, and
-retries a failed call only while no chunk has been sent.
+Each flight runs as its own job task so that it can be cancelled alone (its
+last guest left). A job waits for the pacing limiter (the flight is still
+position 1 meanwhile), starts, streams the upstream's chunks to every guest
+riding the flight under the processing time limit, and retries a failed call
+only while no chunk has been sent.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from .errors import UpstreamError, UpstreamFailure
-from .events import ANSWER_CHUNK
-from .tickets import Status, Ticket
+from .tickets import Flight
 from .upstream import Upstream, WorkflowRequest
 
 if TYPE_CHECKING:
@@ -41,8 +40,9 @@ class WorkerPool:
         self._upstream = upstream
         self._settings = service.settings
         self._workers: list[asyncio.Task[None]] = []
-        self.active: dict[str, Ticket] = {}
+        self.active: dict[str, Flight] = {}
         self.upstream_calls: Counter[str] = Counter()
+        self.consecutive_failures = 0
 
     def __repr__(self) -> str:
         return f"WorkerPool(size={len(self._workers)}, active={len(self.active)}, calls={dict(self.upstream_calls)})"
@@ -60,66 +60,71 @@ class WorkerPool:
     async def _work(self) -> None:
         line = self._service.line
         while True:
-            ticket = await line.next()
-            job = asyncio.create_task(self._run(ticket), name=f"guestqueue-job-{ticket.id[:8]}")
-            ticket.job = job
+            flight = await line.next()
+            job = asyncio.create_task(self._run(flight), name=f"guestqueue-job-{flight.id}")
+            flight.job = job
             try:
                 await asyncio.wait({job})
             finally:
                 # A job cancelled before it ever ran never reached its own handler.
-                if not ticket.done:
-                    self._service.end_cancelled_job(ticket)
-                ticket.job = None
+                if flight.tickets and not flight.finished:
+                    self._service.end_flight_error(flight, "shutdown", "The request was stopped. Please try again.")
 
-    async def _run(self, ticket: Ticket) -> None:
+    async def _run(self, flight: Flight) -> None:
         service = self._service
         try:
-            await service.limiter.acquire()
-            service.on_started(ticket)
-            self.active[ticket.id] = ticket
+            waited_s = await service.limiter.acquire()
+            service.metrics.pacing_delay_seconds.observe(waited_s)
+            service.on_started(flight)
+            self.active[flight.id] = flight
             try:
                 async with asyncio.timeout(self._settings.request_timeout_s):
-                    await self._call_upstream(ticket)
+                    await self._call_upstream(flight)
             except TimeoutError:
-                self.upstream_calls["timeout"] += 1
-                service.end_timeout(ticket)
+                self._count("timeout")
+                service.end_flight_timeout(flight)
                 return
-            service.end_completed(ticket)
+            service.end_flight_completed(flight)
         except UpstreamFailure as exc:
-            logger.warning("request %s upstream failure: %s", ticket.id, exc.detail)
-            service.end_error(ticket, Status.FAILED, exc.code, exc.guest_message, detail=exc.detail)
+            logger.warning("flight %s upstream failure: %s", flight.id, exc.detail)
+            service.end_flight_error(flight, exc.code, exc.guest_message, detail=exc.detail)
         except asyncio.CancelledError:
-            service.end_cancelled_job(ticket)
+            if flight.tickets and not flight.finished:
+                service.end_flight_error(flight, "shutdown", "The request was stopped. Please try again.")
             raise
         except Exception:
-            logger.exception("request %s failed inside guestqueue", ticket.id)
-            service.end_error(ticket, Status.FAILED, "internal_error", "Something went wrong on our side.")
+            logger.exception("flight %s failed inside guestqueue", flight.id)
+            service.end_flight_error(flight, "internal_error", "Something went wrong on our side.")
         finally:
-            self.active.pop(ticket.id, None)
+            self.active.pop(flight.id, None)
 
-    async def _call_upstream(self, ticket: Ticket) -> None:
-        request = WorkflowRequest(ticket.id, ticket.query, ticket.parameters, ticket.session_id)
+    def _count(self, result: str) -> None:
+        self.upstream_calls[result] += 1
+        self.consecutive_failures = 0 if result == "ok" else self.consecutive_failures + 1
+
+    async def _call_upstream(self, flight: Flight) -> None:
+        first = flight.tickets[0]
+        request = WorkflowRequest(first.id, first.query, first.parameters, first.session_id)
         attempt = 0
         while True:
             try:
                 async for chunk in self._upstream.stream(request):
                     if chunk.suggested_questions is not None:
-                        ticket.suggested_questions = chunk.suggested_questions
+                        flight.suggested_questions = chunk.suggested_questions
                     if chunk.text:
-                        ticket.answer_parts.append(chunk.text)
-                        ticket.events.publish(ANSWER_CHUNK, chunk.text)
-                if not ticket.answer_parts:
+                        self._service.emit_chunk(flight, chunk.text)
+                if not flight.answer_parts:
                     raise UpstreamError("The assistant returned an empty answer. Please try again.")
-                self.upstream_calls["ok"] += 1
+                self._count("ok")
                 return
             except UpstreamFailure as exc:
-                self.upstream_calls[exc.code] += 1
+                self._count(exc.code)
                 # Once a guest has seen part of an answer, a retry would repeat or contradict it.
-                if ticket.answer_parts or not exc.retryable or attempt >= self._settings.upstream_retries:
+                if flight.answer_parts or not exc.retryable or attempt >= self._settings.upstream_retries:
                     raise
                 attempt += 1
                 if exc.retry_after_s is not None:
                     self._service.limiter.hold_until(exc.retry_after_s)
-                logger.info("request %s retry %d after: %s", ticket.id, attempt, exc.detail)
+                logger.info("flight %s retry %d after: %s", flight.id, attempt, exc.detail)
                 await asyncio.sleep(backoff_s(attempt))
                 await self._service.limiter.acquire()  # a retry is a new upstream start

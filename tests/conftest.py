@@ -38,6 +38,7 @@ FAST = {
     "max_per_client": 1000,
     "upstream_retries": 0,
     "db_path": "",
+    "cache_size": 0,
     "shutdown_grace_s": 1.0,
 }
 

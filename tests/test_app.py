@@ -228,7 +228,7 @@ async def test_cancel_by_delete(upstream: MockUpstream) -> None:
         await wait_until(lambda: len(running.service.pool.active) == 1)
         waiting = asyncio.create_task(ask(client, running.base, "waiting"))
         await wait_until(lambda: len(running.service.line) == 1)
-        request_id = running.service.line.tickets()[0].id
+        request_id = running.service.line.flights()[0].tickets[0].id
         resp = await client.delete(f"{running.base}/chat/{request_id}")
         assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
         events = await waiting

@@ -137,7 +137,7 @@ async def test_status_request_history_and_health(upstream: MockUpstream) -> None
         assert set(status) == STATUS_FIELDS
         assert status["queue_size"] == 1 and status["active_requests"] == 1 and status["max_concurrent"] == 1
 
-        queued_id = running.service.line.tickets()[0].id
+        queued_id = running.service.line.flights()[0].tickets[0].id
         queued = (await client.get(f"{running.base}/queue/request/{queued_id}")).json()
         assert queued["status"] == "queued" and queued["queue_position"] == 1 and "created_at" in queued
         await asyncio.gather(blocker, waiting)

@@ -8,17 +8,17 @@ import pytest
 
 from guestqueue.errors import LineFull
 from guestqueue.line import WaitingLine
-from guestqueue.tickets import Ticket
+from guestqueue.tickets import Flight, Ticket
 
 
-def _tickets(n: int) -> list[Ticket]:
-    return [Ticket(f"q{i}", "client") for i in range(n)]
+def _flights(n: int) -> list[Flight]:
+    return [Flight(None, [Ticket(f"q{i}", "client")]) for i in range(n)]
 
 
 async def test_positions_are_exact_after_leaving_and_starting() -> None:
-    moved: list[list[Ticket]] = []
+    moved: list[list[Flight]] = []
     line = WaitingLine(10, on_moved=moved.append)
-    a, b, c, d = _tickets(4)
+    a, b, c, d = _flights(4)
     for t in (a, b, c, d):
         line.admit(t)
     assert [line.position(t) for t in (a, b, c, d)] == [1, 2, 3, 4]
@@ -34,23 +34,23 @@ async def test_positions_are_exact_after_leaving_and_starting() -> None:
 
 
 async def test_changes_in_one_loop_iteration_renumber_once() -> None:
-    batches: list[list[Ticket]] = []
+    batches: list[list[Flight]] = []
     line = WaitingLine(1000, on_moved=batches.append)
-    tickets = _tickets(1000)
-    for t in tickets:
+    flights = _flights(1000)
+    for t in flights:
         line.admit(t)
-    for t in tickets[:10]:
+    for t in flights[:10]:
         line.leave(t)
     await asyncio.sleep(0)  # the scheduled renumbering runs
     assert len(batches) == 1, "one pass for the whole batch of changes"
-    assert len(batches[0]) == 990 and tickets[10].position == 1
+    assert len(batches[0]) == 990 and flights[10].position == 1
     await asyncio.sleep(0)
     assert len(batches) == 1
 
 
 async def test_left_tickets_are_never_handed_to_a_worker() -> None:
     line = WaitingLine(10)
-    a, b, c = _tickets(3)
+    a, b, c = _flights(3)
     for t in (a, b, c):
         line.admit(t)
     line.leave(a)
@@ -60,7 +60,7 @@ async def test_left_tickets_are_never_handed_to_a_worker() -> None:
 
 async def test_bounded() -> None:
     line = WaitingLine(2)
-    a, b, c = _tickets(3)
+    a, b, c = _flights(3)
     line.admit(a)
     line.admit(b)
     with pytest.raises(LineFull):
