@@ -185,3 +185,22 @@ def assert_drained(running: Running) -> None:
 
 def env_without_guest_vars() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("GUEST_")}
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    base: str  # http://127.0.0.1:PORT/api/v1/guest
+
+
+def start_server_process(tmp_path: Path, **env: str) -> ServerProcess:
+    """`python -m guestqueue serve` as its own process (for signals and restarts)."""
+    port = free_port()
+    full_env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_MAX_PER_CLIENT": "1000", **env}
+    log = open(tmp_path / f"server-{port}.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "guestqueue", "serve"], env=full_env, cwd=tmp_path, stdout=log, stderr=log, text=True
+    )
+    base = f"http://127.0.0.1:{port}{API_PREFIX}"
+    wait_for_http(f"{base}/health")
+    return ServerProcess(proc, base)

@@ -200,3 +200,13 @@ async def test_forwarded_address_is_believed_only_from_trusted_proxies(upstream:
                                       headers={"X-Forwarded-For": "198.51.100.7"})
             assert other.status_code == 200, "another client behind the same proxy has its own limit"
             await held
+
+
+async def test_health_degrades_after_repeated_upstream_failures(upstream: MockUpstream) -> None:
+    async with serve(upstream_url=upstream.url(mode="status", status=503)) as running, \
+            httpx.AsyncClient(timeout=10) as client:
+        for i in range(3):
+            assert (await client.post(f"{running.base}/chat/simple", json={"query": f"q{i}"})).status_code == 502
+        health = await client.get(f"{running.base}/health")
+        assert health.status_code == 200 and health.json()["status"] == "degraded"
+        assert "upstream" in health.json()["problems"][0]

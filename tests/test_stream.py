@@ -1,0 +1,60 @@
+"""Resumable streams: a guest who reconnects in time keeps its place and misses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from .conftest import MockUpstream, ask, assert_drained, serve, stream_events, wait_until
+
+
+async def test_reconnect_within_grace_keeps_the_place_and_gets_every_later_event_once(
+    upstream: MockUpstream,
+) -> None:
+    url, tag = upstream.tagged(chunks=3, delay=0.3)
+    async with serve(upstream_url=url, max_concurrent_requests=1, reconnect_grace_s=1.0) as running, \
+            httpx.AsyncClient(timeout=30) as client:
+        ahead = [asyncio.create_task(ask(client, running.base, f"ahead {i}")) for i in range(2)]
+        await wait_until(lambda: running.service.stats.total_requests == 2)
+        before = await stream_events(client, f"{running.base}/chat", json={"query": "me"}, stop_after="queued")
+        request_id = before[0].data["request_id"]
+        assert before[0].data["queue_position"] == 2
+        await asyncio.sleep(0.3)  # disconnected, but within the grace
+        ticket = running.service.registry.get(request_id)
+        assert ticket is not None and not ticket.done and ticket.position in (1, 2)
+        after = await stream_events(
+            client, f"{running.base}/chat/{request_id}/events", method="GET", headers={"Last-Event-ID": before[-1].id}
+        )
+        await asyncio.gather(*ahead)
+        assert_drained(running)
+    ids = [int(e.id) for e in before + after]
+    assert ids == sorted(set(ids)), "no event twice, in order"
+    assert int(after[0].id) > int(before[-1].id)
+    assert after[0].name == "queued", "still in line after reconnecting"
+    assert [e.name for e in after].count("processing") == 1 and after[-1].name == "workflow_complete"
+    assert [e.data for e in after if e.name == "answer_chunk"] == ["chunk0 ", "chunk1 ", "chunk2 "]
+    assert [c["body"]["query"] for c in upstream.calls(tag)] == ["ahead 0", "ahead 1", "me"]
+
+
+async def test_reconnect_after_grace_finds_the_request_ended(upstream: MockUpstream) -> None:
+    url, tag = upstream.tagged(chunks=2, delay=0.3)
+    async with serve(upstream_url=url, max_concurrent_requests=1, reconnect_grace_s=0.1) as running, \
+            httpx.AsyncClient(timeout=30) as client:
+        blocker = asyncio.create_task(ask(client, running.base, "blocker"))
+        await wait_until(lambda: len(running.service.pool.active) == 1)
+        before = await stream_events(client, f"{running.base}/chat", json={"query": "late"}, stop_after="queued")
+        request_id = before[0].data["request_id"]
+        await wait_until(lambda: running.service.registry.get(request_id).done, message="grace over")
+        after = await stream_events(client, f"{running.base}/chat/{request_id}/events", method="GET")
+        await blocker
+    assert after[-1].name == "error" and after[-1].data["code"] == "disconnected"
+    assert "late" not in [c["body"]["query"] for c in upstream.calls(tag)]
+
+
+async def test_request_ids_are_unguessable(upstream: MockUpstream) -> None:
+    async with serve(upstream_url=upstream.url()) as running, httpx.AsyncClient(timeout=10) as client:
+        ids = [(await client.post(f"{running.base}/chat/simple", json={"query": f"q{i}"})).json()["request_id"]
+               for i in range(20)]
+    assert len(set(ids)) == 20
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids), "128 random bits, hex"
