@@ -42,6 +42,9 @@ def load_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+KEEP_ALIVE_S = 75
+
+
 class GuestServer(uvicorn.Server):
     """uvicorn, plus: on SIGTERM/SIGINT the queue starts draining at once.
 
@@ -77,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         lifespan="on",
         # Forwarded headers are believed only from GUEST_TRUSTED_PROXIES, by the app itself.
         proxy_headers=False,
+        # Idle keep-alive connections outlive the client's (httpx: 5 s, nginx upstream keepalive: 60 s),
+        # so a proxy never sends a request on a connection we are just closing (a POST is not retried).
+        timeout_keep_alive=KEEP_ALIVE_S,
         # Let our own shutdown (finish work, then a terminal event for everyone) complete first.
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )

@@ -96,6 +96,8 @@ async def _read_body(resp: httpx.Response) -> AsyncIterator[Chunk]:
         yield answer_from_json(_loads(await resp.aread()))
     elif content_type == "text/event-stream":
         async for sse in EventSource(resp).aiter_sse():
+            if not sse.data:
+                continue  # per the SSE spec an event without data is not dispatched (httpx-sse does)
             if sse.data == "[DONE]":
                 return
             chunk = chunk_from_data(sse.data, sse.event)

@@ -43,6 +43,11 @@ FAST = {
 }
 
 
+# Like `guestqueue serve`: the server keeps idle connections open longer than clients
+# (httpx: 5 s) do, so a client never reuses a connection the server is just closing.
+KEEP_ALIVE_S = 75
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -112,7 +117,10 @@ class Running:
 async def serve_app(app: Any) -> AsyncIterator[str]:
     """Any ASGI app on a free loopback port, served by uvicorn in this event loop; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", proxy_headers=False)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", proxy_headers=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
@@ -153,6 +161,10 @@ async def stream_events(
     async with aconnect_sse(client, method, url, **kwargs) as source:
         source.response.raise_for_status()
         async for sse in source.aiter_sse():
+            if not sse.data:
+                # httpx-sse dispatches an empty event for a ping comment once an id was seen;
+                # the SSE spec (and browsers) dispatch nothing without data.
+                continue
             envelope = json.loads(sse.data)
             assert envelope["event"] == sse.event, "envelope and SSE event name must agree"
             events.append(Received(sse.event, sse.id, envelope["data"]))

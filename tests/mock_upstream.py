@@ -12,6 +12,7 @@ from ``GET /calls?tag=...`` (start time, body, whether the caller went away).
     fail      fail the first N calls of this tag with ``status`` (then behave per mode)
     retry_after  Retry-After header sent with a failure
     echo      1 = the chunks are the query text itself (for framing tests)
+    ping      1 = an SSE comment after every chunk
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ async def upstream(request: Request) -> Response:
                     continue
                 if mode == "reset" and i == 2:
                     raise ConnectionResetError("mock upstream resets mid-stream")
-                yield encode(mode, text)
+                yield encode(mode, text, event_id=i + 1)
+                if params.get("ping") == "1":
+                    yield b": keep-alive\n\n"
             if mode == "sse":
                 yield b'data: {"suggested_questions": ["more?"]}\n\n'
             if mode == "openai":
@@ -93,9 +96,9 @@ async def upstream(request: Request) -> Response:
     return StreamingResponse(produce(), media_type=media.get(mode, "text/plain"))
 
 
-def encode(mode: str, text: str) -> bytes:
+def encode(mode: str, text: str, event_id: int) -> bytes:
     if mode in ("sse", "hang", "reset"):
-        return f"data: {json.dumps({'answer_chunk': text})}\n\n".encode()
+        return f"id: {event_id}\ndata: {json.dumps({'answer_chunk': text})}\n\n".encode()
     if mode == "openai":
         return f"data: {json.dumps({'choices': [{'delta': {'content': text}}]})}\n\n".encode()
     if mode == "ndjson":

@@ -33,6 +33,12 @@ async def test_http_response_is_read_by_content_type(upstream: MockUpstream, mod
     assert body == {"query": "what?", "parameters": {"temperature": 0.2}, "session_id": "session-1"}
 
 
+async def test_sse_comments_and_ids_are_not_chunks(upstream: MockUpstream) -> None:
+    async with httpx.AsyncClient() as client:
+        chunks = await _read(HttpUpstream(client, upstream.url(mode="sse", chunks=3, ping=1)))
+    assert [c.text for c in chunks if c.text] == ["chunk0 ", "chunk1 ", "chunk2 "]
+
+
 async def test_openai_kind_posts_chat_completions(upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(mode="openai", chunks=2)
     async with httpx.AsyncClient() as client:
