@@ -26,7 +26,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.websockets import WebSocket
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from .admission import client_key, read_chat_request
@@ -36,6 +37,7 @@ from .service import QueueService
 from .stream import TicketStream
 from .tickets import Status, Ticket
 from .upstream import Workflow, make_http_client, make_upstream
+from .websocket import serve_websocket
 
 API_PREFIX = "/api/v1/guest"
 
@@ -84,7 +86,7 @@ class GuestQueue:
         if service is not None and loop is not None:
             loop.call_soon_threadsafe(service.begin_shutdown)
 
-    def _routes(self) -> list[Route]:
+    def _routes(self) -> list[BaseRoute]:
         return [
             Route("/chat", self.chat, methods=["POST"]),
             Route("/chat/simple", self.chat_simple, methods=["POST"]),
@@ -94,6 +96,7 @@ class GuestQueue:
             Route("/queue/request/{request_id}", self.queue_request, methods=["GET"]),
             Route("/queue/history", self.queue_history, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
+            WebSocketRoute("/ws", self.websocket),
         ]
 
     def _middleware(self) -> list[Middleware]:
@@ -160,6 +163,13 @@ class GuestQueue:
         if not finished:
             return Response(status_code=204)  # nobody is listening any more
         return _simple_answer(ticket)
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        service = self.service
+        if service is None:
+            await websocket.close(1013, reason="shutting_down")
+            return
+        await serve_websocket(websocket, service)
 
     # -- status --------------------------------------------------------------------
 
