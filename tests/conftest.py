@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from httpx_sse import aconnect_sse
 
 from guestqueue import GuestQueue, Settings, Workflow
 from guestqueue.app import API_PREFIX
+from guestqueue.config import ENV_NAMES
 
 HERE = Path(__file__).parent
 
@@ -184,3 +185,33 @@ def assert_drained(running: Running) -> None:
 
 def env_without_guest_vars() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("GUEST_")}
+
+
+@contextmanager
+def guestqueue_process(log_dir: Path, **overrides: Any) -> Iterator[str]:
+    """``python -m guestqueue serve`` as its own process on a free port (short settings plus
+    ``overrides``, passed as GUEST_* variables); yields its API base URL.
+
+    For tests whose other side blocks (a browser driven by selenium) or is another
+    process (nginx): an in-loop server would stall or could not be reached as a peer.
+    """
+    port = free_port()
+    env = env_without_guest_vars()
+    for name, value in {**FAST, "cache_size": 0, **overrides}.items():
+        env[ENV_NAMES[name]] = str(value)
+    log_path = log_dir / f"guestqueue-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "guestqueue", "serve", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}{API_PREFIX}"
+    try:
+        try:
+            wait_for_http(f"{base}/health")
+        except TimeoutError:
+            raise AssertionError(f"guestqueue did not start:\n{log_path.read_text()}") from None
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
