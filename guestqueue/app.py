@@ -33,6 +33,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from .admission import client_key, read_chat_request
 from .config import Settings
 from .errors import NotFound, Rejected, ShuttingDown
+from .pages import page_routes
 from .service import QueueService
 from .stream import TicketStream
 from .tickets import Status, Ticket
@@ -97,6 +98,7 @@ class GuestQueue:
             Route("/queue/history", self.queue_history, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
             WebSocketRoute("/ws", self.websocket),
+            *page_routes(),
         ]
 
     def _middleware(self) -> list[Middleware]:
