@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 
 from .config import Settings
 from .errors import BodyTooLarge, InvalidField, InvalidJSON, Rejected, UnsupportedMediaType
@@ -36,7 +36,7 @@ async def read_chat_request(request: Request, settings: Settings) -> ChatRequest
         raise InvalidJSON("The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise InvalidJSON("The request body must be a JSON object like {\"query\": \"...\"}.")
-    return _validate(data, settings)
+    return validate_chat_request(data, settings)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -59,7 +59,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _validate(data: dict[str, Any], settings: Settings) -> ChatRequest:
+def validate_chat_request(data: dict[str, Any], settings: Settings) -> ChatRequest:
+    """The fields of a decoded question (shared by the HTTP and WebSocket transports)."""
     query = data.get("query")
     if not isinstance(query, str) or not query.strip():
         raise InvalidField("'query' must be a non-empty string.")
@@ -76,6 +77,6 @@ def _validate(data: dict[str, Any], settings: Settings) -> ChatRequest:
     return ChatRequest(query, parameters, session_id)
 
 
-def client_key(request: Request) -> str:
+def client_key(request: HTTPConnection) -> str:
     """Who is asking, for per-client limits: the peer address."""
     return request.client.host if request.client else "unknown"

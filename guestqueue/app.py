@@ -27,17 +27,20 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.websockets import WebSocket
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from .admission import client_key, read_chat_request
 from .config import Settings
 from .errors import Forbidden, NotFound, Rejected, ShuttingDown, Unauthorized
+from .pages import page_routes
 from .service import QueueService
 from .store import RequestLog
 from .stream import TicketStream
 from .tickets import Status, Ticket
 from .upstream import Workflow, make_http_client, make_upstream
+from .websocket import serve_websocket
 
 API_PREFIX = "/api/v1/guest"
 
@@ -94,7 +97,7 @@ class GuestQueue:
         if service is not None and loop is not None:
             loop.call_soon_threadsafe(service.begin_shutdown)
 
-    def _routes(self) -> list[Route]:
+    def _routes(self) -> list[BaseRoute]:
         return [
             Route("/chat", self.chat, methods=["POST"]),
             Route("/chat/simple", self.chat_simple, methods=["POST"]),
@@ -105,6 +108,8 @@ class GuestQueue:
             Route("/queue/history", self.queue_history, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
+            WebSocketRoute("/ws", self.websocket),
+            *page_routes(),
         ]
 
     def _middleware(self) -> list[Middleware]:
@@ -181,6 +186,13 @@ class GuestQueue:
         if not finished:
             return Response(status_code=204)  # nobody is listening any more
         return _simple_answer(ticket)
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        service = self.service
+        if service is None:
+            await websocket.close(1013, reason="shutting_down")
+            return
+        await serve_websocket(websocket, service)
 
     # -- status --------------------------------------------------------------------
 

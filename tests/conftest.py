@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from httpx_sse import aconnect_sse
 
 from guestqueue import GuestQueue, Settings, Workflow
 from guestqueue.app import API_PREFIX
+from guestqueue.config import ENV_NAMES
 
 HERE = Path(__file__).parent
 
@@ -201,18 +202,40 @@ def env_without_guest_vars() -> dict[str, str]:
 
 @dataclass
 class ServerProcess:
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[bytes]
     base: str  # http://127.0.0.1:PORT/api/v1/guest
 
 
-def start_server_process(tmp_path: Path, **env: str) -> ServerProcess:
-    """`python -m guestqueue serve` as its own process (for signals and restarts)."""
+def start_server_process(log_dir: Path, **env: str) -> ServerProcess:
+    """`python -m guestqueue serve` as its own process on a free port, GUEST_* variables from ``env``.
+
+    For signals and restarts, and for tests whose other side blocks (a browser driven
+    by selenium) or is another process (nginx) that must reach it as a peer.
+    """
     port = free_port()
     full_env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_MAX_PER_CLIENT": "1000", **env}
-    log = open(tmp_path / f"server-{port}.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "guestqueue", "serve"], env=full_env, cwd=tmp_path, stdout=log, stderr=log, text=True
-    )
+    log_path = log_dir / f"guestqueue-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "guestqueue", "serve"], env=full_env, cwd=log_dir, stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}{API_PREFIX}"
-    wait_for_http(f"{base}/health")
+    try:
+        wait_for_http(f"{base}/health")
+    except TimeoutError:
+        proc.kill()
+        raise AssertionError(f"guestqueue did not start:\n{log_path.read_text()}") from None
     return ServerProcess(proc, base)
+
+
+@contextmanager
+def guestqueue_process(log_dir: Path, **overrides: Any) -> Iterator[str]:
+    """A server process with the tests' short settings plus ``overrides``; yields its API base URL."""
+    settings = {**FAST, "cache_size": 0, **overrides}
+    server = start_server_process(log_dir, **{ENV_NAMES[name]: str(value) for name, value in settings.items()})
+    try:
+        yield server.base
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=15)

@@ -13,6 +13,8 @@ from ``GET /calls?tag=...`` (start time, body, whether the caller went away).
     retry_after  Retry-After header sent with a failure
     echo      1 = the chunks are the query text itself (for framing tests)
     ping      1 = an SSE comment after every chunk
+
+The same keys in the request body's ``parameters.mock`` object win over the URL's.
 """
 
 from __future__ import annotations
@@ -45,9 +47,12 @@ def _chunks(params: dict[str, str], body: dict[str, Any]) -> list[str]:
 
 
 async def upstream(request: Request) -> Response:
-    params = dict(request.query_params)
-    tag = params.get("tag", "")
     body = json.loads(await request.body() or b"{}")
+    # A guest's parameters {"mock": {...}} override the URL's, so tests that talk to a
+    # guestqueue process (whose upstream URL is fixed) can still script each request.
+    parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
+    params = {**dict(request.query_params), **{k: str(v) for k, v in dict(parameters.get("mock") or {}).items()}}
+    tag = params.get("tag", "")
     call: dict[str, Any] = {"t": time.time(), "body": body, "disconnected": False, "finished": False}
     CALLS[tag].append(call)
     mode = params.get("mode", "sse")

@@ -1,0 +1,189 @@
+"""The WebSocket transport: ``WS /api/v1/guest/ws``, one question per connection.
+
+The guest sends one JSON text message, ``{"query": "...", "parameters": {...},
+"session_id": "..."}``; the older form ``{"parameters": {"query": "...", ...}}``
+is accepted too (the query is taken out of ``parameters``, the rest is passed
+upstream). It then receives JSON messages, each with a ``type``:
+
+==================  ==========================================================
+``queue_position``  ``request_id, position, total_ahead, queue_size, estimated_wait_sec``
+``processing``      ``request_id``
+``answer_chunk``    ``request_id, data`` (the text)
+``result``          ``request_id, data`` (as the SSE ``workflow_complete`` payload) — last
+``error``           ``message, code`` (+ ``request_id``, ``fallback`` when known) — last
+``queue_full``      ``message, retry_after`` — last
+==================  ==========================================================
+
+The guest may send ``{"type": "cancel"}`` while waiting. After the last message
+the server closes the connection: 1000 after an answer or an ending, 1007 for
+a message that is not JSON, 1008 for invalid fields, 1009 for a message over
+``GUEST_MAX_BODY_BYTES``, 1013 (try again later) for a full line, a per-client
+limit or a restart.
+
+A WebSocket guest shares the line, limits and log with SSE guests: admission
+goes through :meth:`QueueService.submit`, and the connection is a subscriber of
+its ticket, so a guest who disconnects keeps its place for the reconnect grace
+(and may resume it over SSE, ``GET /chat/{request_id}/events``) before it is let go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from .admission import client_key, validate_chat_request
+from .errors import BodyTooLarge, InvalidField, InvalidJSON, LineFull, Rejected
+from .events import ANSWER_CHUNK, ERROR, PROCESSING, QUEUED, TIMEOUT, WORKFLOW_COMPLETE, Event
+from .service import QueueService
+from .tickets import Status, Ticket
+
+logger = logging.getLogger("guestqueue")
+
+CLOSE_NORMAL = 1000
+CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
+
+CLOSE_CODES: dict[type[Rejected], int] = {InvalidJSON: CLOSE_INVALID_DATA, InvalidField: CLOSE_POLICY,
+                                          BodyTooLarge: CLOSE_TOO_BIG}
+
+
+async def serve_websocket(websocket: WebSocket, service: QueueService) -> None:
+    """Admit one question from ``websocket`` and stream its lifecycle as JSON messages."""
+    await websocket.accept()
+    try:
+        ticket = await _admit(websocket, service)
+    except WebSocketDisconnect:
+        return
+    except Rejected as exc:
+        await _reject(websocket, exc)
+        return
+    service.subscribe(ticket)
+    try:
+        await _converse(websocket, service, ticket)
+    finally:
+        service.unsubscribe(ticket)
+
+
+async def _admit(websocket: WebSocket, service: QueueService) -> Ticket:
+    settings = service.settings
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    if text is None:
+        raise InvalidJSON("Send the question as a JSON text message, like {\"query\": \"...\"}.")
+    if len(text.encode()) > settings.max_body_bytes:
+        raise BodyTooLarge(f"The message is larger than {settings.max_body_bytes} bytes.")
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidJSON("The message is not valid JSON. Send {\"query\": \"...\"}.") from None
+    if not isinstance(data, dict):
+        raise InvalidJSON("The message must be a JSON object like {\"query\": \"...\"}.")
+    body = validate_chat_request(_from_older_form(data), settings)
+    return service.submit(body.query, client=client_key(websocket), parameters=body.parameters,
+                          session_id=body.session_id)
+
+
+def _from_older_form(data: dict[str, Any]) -> dict[str, Any]:
+    """``{"parameters": {"query": ...}}`` (older clients) as ``{"query": ..., "parameters": {...}}``."""
+    parameters = data.get("parameters")
+    if "query" in data or not isinstance(parameters, dict) or "query" not in parameters:
+        return data
+    rest = {key: value for key, value in parameters.items() if key != "query"}
+    return {**data, "query": parameters["query"], "parameters": rest}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def _reject(websocket: WebSocket, exc: Rejected) -> None:
+    if isinstance(exc, LineFull):
+        message: dict[str, Any] = {"type": "queue_full", "message": exc.message, "retry_after": exc.retry_after_s}
+    else:
+        message = {"type": "error", "message": exc.message, "code": exc.code}
+        if exc.retry_after_s is not None:
+            message["retry_after"] = exc.retry_after_s
+    code = CLOSE_CODES.get(type(exc), CLOSE_TRY_AGAIN_LATER)
+    try:
+        await websocket.send_json(message)
+        await websocket.close(code, reason=exc.code)
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the guest left before hearing why
+
+
+async def _converse(websocket: WebSocket, service: QueueService, ticket: Ticket) -> None:
+    """Send events until the terminal one, while listening for a cancel or a disconnect."""
+    sender = asyncio.ensure_future(_send_events(websocket, ticket))
+    listener = asyncio.ensure_future(_listen(websocket, service, ticket))
+    try:
+        await asyncio.wait([sender, listener], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, listener):
+            task.cancel()
+        results = await asyncio.gather(sender, listener, return_exceptions=True)
+    if sender.done() and not sender.cancelled() and sender.exception() is None:
+        try:
+            await websocket.close(CLOSE_NORMAL)
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+    for result in results:
+        if isinstance(result, Exception) and not isinstance(result, WebSocketDisconnect | OSError):
+            logger.warning("websocket for request %s ended with %r", ticket.id, result)
+
+
+async def _send_events(websocket: WebSocket, ticket: Ticket) -> None:
+    # The same reading of the event log as guestqueue.stream.ticket_events.
+    seen = 0
+    log = ticket.events
+    while True:
+        for event in log.after(seen):
+            await websocket.send_json(to_message(event, ticket.id))
+            seen = event.id
+            if event.terminal:
+                return
+        if log.closed:
+            return
+        await log.wait_after(seen)
+
+
+async def _listen(websocket: WebSocket, service: QueueService, ticket: Ticket) -> None:
+    """Return when the guest disconnects; a ``{"type": "cancel"}`` message leaves the line."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        try:
+            data = json.loads(message.get("text") or "null")
+        except ValueError:
+            continue  # the question has been asked; anything but a cancel is ignored
+        if isinstance(data, dict) and data.get("type") == "cancel":
+            service.cancel(ticket, Status.CANCELLED, "cancelled", "The request was cancelled.")
+
+
+def to_message(event: Event, request_id: str) -> dict[str, Any]:
+    """One event of the log as a WebSocket message (the table in the module docstring)."""
+    data = event.data
+    if event.name == QUEUED:
+        return {"type": "queue_position", "request_id": request_id, "position": data["queue_position"],
+                "total_ahead": data["total_ahead"], "queue_size": data["queue_size"],
+                "estimated_wait_sec": data["estimated_wait_sec"]}
+    if event.name == PROCESSING:
+        return {"type": "processing", "request_id": request_id}
+    if event.name == ANSWER_CHUNK:
+        return {"type": "answer_chunk", "request_id": request_id, "data": data}
+    if event.name == WORKFLOW_COMPLETE:
+        return {"type": "result", "request_id": request_id, "data": data}
+    if event.name == TIMEOUT:
+        return {"type": "error", "request_id": request_id, "message": data["error"], "code": "timeout",
+                "fallback": data["fallback"]}
+    if event.name == ERROR:
+        return {"type": "error", "request_id": request_id, "message": data["error"], "code": data["code"]}
+    return {"type": event.name, "request_id": request_id, "data": data}

@@ -1,0 +1,333 @@
+"""The browser side, in a real headless Chromium driven by selenium: the guest chat page
+(examples/chat.html, served by the app), the client's SSE parser and reconnects, and
+the status dashboard. Screenshots go to test-artifacts/ (kept out of git).
+
+Uses Debian's /usr/bin/chromium and /usr/bin/chromedriver (.ci/run installs them);
+selenium is given both paths, so it never tries to download a browser.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from .conftest import guestqueue_process
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ROOT = Path(__file__).parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """guestqueue with its built-in demo upstream (a few seconds per answer), one guest at a time."""
+    log_dir = tmp_path_factory.mktemp("browser-site")
+    with guestqueue_process(log_dir, max_concurrent_requests=1, reconnect_grace_s=5.0) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not path.exists():
+            pytest.fail(f"{path} is missing: apt-get install {package} (.ci/run does it)", pytrace=False)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=900,760",
+                     f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def screenshot(driver: WebDriver, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    assert driver.save_screenshot(str(path)), f"could not save {path}"
+    return path
+
+
+def wait(driver: WebDriver, timeout_s: float = 20.0) -> WebDriverWait[WebDriver]:
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.05)
+
+
+def last_turn(driver: WebDriver, part: str) -> str:
+    text: str = driver.execute_script(
+        "const t = document.querySelector('.turn:last-child');"
+        "return t ? t.querySelector(arguments[0]).textContent : ''",
+        f".{part}",
+    )
+    return text
+
+
+def ending_of_last_turn(driver: WebDriver) -> str | None:
+    ending: str | None = driver.execute_script(
+        "const t = document.querySelector('.turn:last-child'); return t ? (t.dataset.ending || null) : null"
+    )
+    return ending
+
+
+def ask_on_page(driver: WebDriver, question: str) -> None:
+    driver.find_element(By.ID, "question").send_keys(question)
+    driver.find_element(By.ID, "ask").click()
+
+
+def open_chat(driver: WebDriver, site: str) -> None:
+    driver.get(f"{site}/static/chat.html")
+    wait(driver).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def test_second_guest_sees_place_one_then_the_streamed_answer(browser: WebDriver, site: str) -> None:
+    open_chat(browser, site)
+    first_tab = browser.current_window_handle
+    ask_on_page(browser, "What is this page?")
+    wait(browser).until(lambda d: "Writing your answer" in last_turn(d, "status") or last_turn(d, "answer"))
+
+    browser.switch_to.new_window("tab")
+    open_chat(browser, site)
+    ask_on_page(browser, "How long is the line today?")
+    position = wait(browser).until(lambda d: d.find_elements(By.ID, "position"))[0]
+    assert position.text == "1"
+    status = last_turn(browser, "status")
+    assert re.search(r"You're 1 in line, next up · (about \d+ s to go|any moment now)", status), status
+    screenshot(browser, "chat-waiting.png")
+
+    # The answer arrives piece by piece: note each length seen until the stream ends.
+    lengths: list[int] = []
+    deadline = time.monotonic() + 30
+    while ending_of_last_turn(browser) is None:
+        assert time.monotonic() < deadline, "the answer did not finish"
+        length = len(last_turn(browser, "answer"))
+        if length and (not lengths or length != lengths[-1]):
+            lengths.append(length)
+        time.sleep(0.05)
+    assert ending_of_last_turn(browser) == "workflow_complete"
+    answer = last_turn(browser, "answer")
+    assert "guestqueue" in answer and len(answer) > 200
+    assert len(lengths) >= 5, f"the answer should stream in, not arrive at once: {lengths}"
+    assert browser.find_elements(By.CSS_SELECTOR, ".turn:last-child .suggestions button")
+    assert re.fullmatch(r"You waited \d+ s in line\.", last_turn(browser, "status"))
+    screenshot(browser, "chat-answer.png")
+
+    browser.switch_to.window(first_tab)
+    wait(browser).until(lambda d: ending_of_last_turn(d) == "workflow_complete")
+    browser.switch_to.window(browser.window_handles[-1])
+    browser.close()
+    browser.switch_to.window(first_tab)
+
+
+def test_leaving_the_line_from_the_page(browser: WebDriver, site: str) -> None:
+    open_chat(browser, site)
+    first_tab = browser.current_window_handle
+    ask_on_page(browser, "Tell me something long")
+    wait(browser).until(lambda d: "Writing your answer" in last_turn(d, "status") or last_turn(d, "answer"))
+    browser.switch_to.new_window("tab")
+    open_chat(browser, site)
+    ask_on_page(browser, "I cannot wait")
+    wait(browser).until(lambda d: d.find_elements(By.ID, "position"))
+    browser.find_element(By.ID, "cancel").click()
+    wait(browser).until(lambda d: ending_of_last_turn(d) == "error")
+    assert last_turn(browser, "error") == "You left the line."
+    assert not browser.find_element(By.ID, "cancel").is_displayed()
+    browser.close()
+    browser.switch_to.window(first_tab)
+    wait(browser).until(lambda d: ending_of_last_turn(d) == "workflow_complete")
+
+
+def test_dashboard_shows_live_numbers_and_a_chart(browser: WebDriver, site: str) -> None:
+    browser.get(f"{site}/dashboard")
+    wait(browser).until(lambda d: d.find_element(By.ID, "completed_requests").text.isdigit())
+    before = int(browser.find_element(By.ID, "completed_requests").text)
+    # Three guests at once (one answered at a time): the line grows to two, then drains.
+    browser.execute_script("""
+        for (const q of ["one", "two", "three"]) {
+          fetch("chat/simple", { method: "POST", headers: { "Content-Type": "application/json" },
+                                 body: JSON.stringify({ query: "dashboard " + q }) });
+        }
+    """)
+    wait(browser).until(lambda d: d.find_element(By.ID, "queue_size").text == "2")
+    wait(browser, 30).until(lambda d: int(d.find_element(By.ID, "completed_requests").text) == before + 3)
+    wait(browser).until(lambda d: d.find_element(By.ID, "queue_size").text == "0")
+    assert browser.find_element(By.ID, "max_y").text == "2"
+    points = browser.find_element(By.ID, "line-queue").get_attribute("points") or ""
+    heights = {float(point.split(",")[1]) for point in points.split()}
+    assert len(heights) == 3, f"the queue line shows 0, 1 and 2 waiting: {heights}"
+    assert re.fullmatch(r"\d+ / 1", browser.find_element(By.ID, "active_requests").text)
+    assert browser.find_element(By.ID, "problem").text == ""
+    screenshot(browser, "dashboard.png")
+
+
+# -- the client's SSE parser, run in the page ------------------------------------------
+
+PARSE = """
+const [chunks, done] = [arguments[0], arguments[arguments.length - 1]];
+import("./guestqueue.js").then(({ SSEParser }) => {
+  const events = [], comments = [], retries = [];
+  const parser = new SSEParser((m) => events.push([m.type, m.data, m.lastEventId]),
+                               { onComment: (c) => comments.push(c), onRetry: (r) => retries.push(r) });
+  for (const chunk of chunks) parser.feed(chunk);
+  done({ events, comments, retries, lastEventId: parser.lastEventId });
+}).catch((exc) => done({ error: String(exc) }));
+"""
+
+PARSER_CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "lf": ("event: queued\nid: 1\ndata: {\"a\":1}\n\n", {"events": [["queued", '{"a":1}', "1"]]}),
+    "crlf": ("event: queued\r\nid: 2\r\ndata: x\r\n\r\n", {"events": [["queued", "x", "2"]]}),
+    "cr": ("event: queued\rid: 3\rdata: x\r\r", {"events": [["queued", "x", "3"]]}),
+    "mixed line ends": ("data: a\r\ndata: b\rdata: c\n\r\n", {"events": [["message", "a\nb\nc", ""]]}),
+    "multi-line data": ("data: one\ndata: two\ndata\ndata:  three\n\n",
+                        {"events": [["message", "one\ntwo\n\n three", ""]]}),
+    "comments": (": ping\n\n:\ndata: y\n: inside\n\n",
+                 {"events": [["message", "y", ""]], "comments": [" ping", "", " inside"]}),
+    "no space after colon": ("event:x\ndata:y\n\n", {"events": [["x", "y", ""]]}),
+    "event type resets": ("event: a\ndata: 1\n\ndata: 2\n\n", {"events": [["a", "1", ""], ["message", "2", ""]]}),
+    "id without data": ("id: 7\n\n", {"events": [], "lastEventId": "7"}),
+    "id persists": ("id: 1\ndata: a\n\ndata: b\n\n", {"events": [["message", "a", "1"], ["message", "b", "1"]]}),
+    "id with NUL ignored": ("id: 1\ndata: a\n\nid: x\u0000y\ndata: b\n\n",
+                            {"events": [["message", "a", "1"], ["message", "b", "1"]]}),
+    "unfinished event dropped": ("data: a\n\ndata: b\n", {"events": [["message", "a", ""]]}),
+    "bom": ("\ufeffdata: x\n\n", {"events": [["message", "x", ""]]}),
+    "retry": ("retry: 3000\nretry: soon\ndata: x\n\n", {"events": [["message", "x", ""]], "retries": [3000]}),
+    "unknown fields": ("foo: bar\ndata: x\n\n", {"events": [["message", "x", ""]]}),
+}
+
+
+def split(text: str, how: str) -> list[str]:
+    if how == "whole":
+        return [text]
+    if how == "by character":
+        return list(text)
+    # Cut after every CR: a CRLF is then always split across two chunks.
+    return [piece for piece in re.split(r"(?<=\r)", text) if piece]
+
+
+@pytest.mark.parametrize("how", ["whole", "by character", "after each CR"])
+@pytest.mark.parametrize("case", list(PARSER_CASES))
+def test_sse_parser(browser: WebDriver, site: str, case: str, how: str) -> None:
+    if not browser.current_url.endswith("/static/chat.html"):
+        open_chat(browser, site)
+    text, expected = PARSER_CASES[case]
+    result = browser.execute_async_script(PARSE, split(text, how))
+    assert "error" not in result, result["error"]
+    assert result["events"] == expected["events"]
+    assert result["comments"] == expected.get("comments", result["comments"])
+    assert result["retries"] == expected.get("retries", [])
+    if "lastEventId" in expected:
+        assert result["lastEventId"] == expected["lastEventId"]
+
+
+def test_sse_parser_joins_a_crlf_split_between_chunks(browser: WebDriver, site: str) -> None:
+    """Were the LF after a chunk-final CR read as a second line end, this would be two events."""
+    open_chat(browser, site)
+    result = browser.execute_async_script(PARSE, ["data: a\r", "\ndata: b\r", "\n\r", "\n"])
+    assert result["events"] == [["message", "a\nb", ""]]
+
+
+# -- reconnect and cancel against the real server --------------------------------------
+
+DROP_AND_RESUME = """
+const [mode, done] = [arguments[0], arguments[arguments.length - 1]];
+(async () => {
+  const { GuestQueueClient } = await import("./guestqueue.js");
+  const calls = [];
+  let dropped = false;
+  // The real fetch, except that the first stream is cut in the middle of its third answer_chunk.
+  async function flakyFetch(url, init = {}) {
+    const headers = init.headers || {};
+    calls.push({ url: String(url), method: init.method || "GET", lastEventId: headers["Last-Event-ID"] ?? null });
+    const response = await fetch(url, init);
+    if (dropped || init.method !== "POST") return response;
+    dropped = true;
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder(), encoder = new TextEncoder();
+    let seen = "";
+    const body = new ReadableStream({
+      async pull(controller) {
+        const { value, done: finished } = await reader.read();
+        if (finished) { controller.close(); return; }
+        const before = seen.length;
+        seen += decoder.decode(value, { stream: true });
+        const at = seen.split("event: answer_chunk").slice(0, 3).join("event: answer_chunk").length;
+        if (at < seen.length) {
+          controller.enqueue(encoder.encode(seen.slice(before, Math.max(before, at + 30))));
+          await reader.cancel();
+          if (mode === "error") controller.error(new TypeError("network error"));
+          else controller.close();
+          return;
+        }
+        controller.enqueue(value);
+      },
+    });
+    return new Response(body, { status: response.status, headers: response.headers });
+  }
+  const client = new GuestQueueClient({ fetch: flakyFetch, reconnectDelayMs: 100 });
+  const seen = [];
+  const request = client.ask("Will you come back?", { on: {
+    event: (name, data, id) => seen.push([name, id]),
+    reconnecting: (info) => seen.push(["reconnecting", info.lastEventId]),
+  }});
+  const ending = await request.done;
+  done({ ending, answer: request.answer, reconnects: request.reconnects, calls, seen,
+         requestId: request.requestId });
+})().catch((exc) => done({ error: String(exc) }));
+"""
+
+
+@pytest.mark.parametrize("mode", ["error", "close"])
+def test_client_resumes_a_dropped_stream_with_last_event_id(browser: WebDriver, site: str, mode: str) -> None:
+    open_chat(browser, site)
+    result = browser.execute_async_script(DROP_AND_RESUME, mode)
+    assert "error" not in result, result["error"]
+    assert result["ending"]["event"] == "workflow_complete"
+    assert result["reconnects"] == 1
+    # The whole answer exactly once: nothing lost at the cut, nothing repeated after it.
+    assert result["answer"] == result["ending"]["data"]["answer"]
+    events = [(name, int(i)) for name, i in result["seen"] if name != "reconnecting"]
+    ids = [i for _, i in events]
+    assert ids == sorted(set(ids)), ids
+    [resume] = [i for name, i in result["seen"] if name == "reconnecting"]
+    chunk_ids = [i for name, i in events if name == "answer_chunk"]
+    assert resume == str(chunk_ids[1]), "resumes after the second chunk, the last one fully received"
+    post, get = result["calls"]
+    assert post["method"] == "POST" and get["method"] == "GET"
+    assert get["url"].endswith(f"/chat/{result['requestId']}/events")
+    assert get["lastEventId"] == resume
+
+
+CANCEL = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  const { GuestQueueClient } = await import("./guestqueue.js");
+  const client = new GuestQueueClient();
+  const first = client.ask("Keep the worker busy");
+  const second = client.ask("Changed my mind", { on: { queued: () => second.cancel() } });
+  const [a, b] = await Promise.all([first.done, second.done]);
+  done({ first: a.event, second: b });
+})().catch((exc) => done({ error: String(exc) }));
+"""
+
+
+def test_client_cancel_leaves_the_line(browser: WebDriver, site: str) -> None:
+    open_chat(browser, site)
+    result = browser.execute_async_script(CANCEL)
+    assert "error" not in result, result
+    assert result["first"] == "workflow_complete"
+    assert result["second"]["event"] == "error"
+    assert result["second"]["data"]["code"] == "cancelled"

@@ -1,0 +1,106 @@
+"""The examples in examples/: the Python client runs against a real server; the commands in
+the systemd unit, the Dockerfile and the OpenAI setup guide must parse as real settings.
+(The Dockerfile itself cannot be built here: there is no Docker engine on the test machines.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from guestqueue.app import API_PREFIX
+from guestqueue.cli import build_parser, load_settings
+from guestqueue.config import Settings
+
+from .conftest import MockUpstream, serve
+
+ROOT = Path(__file__).parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def settings_for(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """What ``guestqueue`` would run with, given these arguments and GUEST_* variables."""
+    for key in [key for key in os.environ if key.startswith("GUEST_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert argv[0].endswith("guestqueue"), argv
+    return load_settings(build_parser().parse_args(argv[1:]))
+
+
+async def test_python_client_prints_place_and_answer(upstream: MockUpstream) -> None:
+    client = load_example("client")
+    out = io.StringIO()
+    async with serve(upstream_url=upstream.url(chunks=3, delay=0.05)) as running:
+        answer = await client.ask("hello", base_url=running.base, out=out)
+    assert answer == "chunk0 chunk1 chunk2 "
+    printed = out.getvalue()
+    assert printed.startswith("[you are number 1 in line, about ")
+    assert "[writing your answer]\nchunk0 chunk1 chunk2 \n" in printed
+
+
+async def test_python_client_reports_a_rejection() -> None:
+    client = load_example("client")
+    async with serve() as running:
+        with pytest.raises(client.Rejected, match="invalid_field, HTTP 422"):
+            await client.ask("   ", base_url=running.base, out=io.StringIO())
+
+
+def test_systemd_unit_runs_a_valid_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    unit = (EXAMPLES / "guestqueue@.service").read_text().replace("%i", "8001")
+    [exec_start] = re.findall(r"^ExecStart=(.+)$", unit, re.M)
+    env = dict(line.split("=", 1) for line in re.findall(r"^Environment=(.+)$", unit, re.M))
+    settings = settings_for(shlex.split(exec_start), env, monkeypatch)
+    assert (settings.host, settings.port) == ("127.0.0.1", 8001)
+    assert settings.trusted_proxies == "127.0.0.1"
+    assert settings.db_path == "/var/lib/guestqueue/requests-8001.db"
+    assert "StateDirectory=guestqueue" in unit, "the database directory must exist and be writable"
+
+
+def test_dockerfile_runs_a_valid_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    dockerfile = (EXAMPLES / "Dockerfile").read_text()
+    joined = dockerfile.replace("\\\n", " ")
+    [cmd] = re.findall(r"^CMD (.+)$", joined, re.M)
+    env: dict[str, str] = {}
+    for line in re.findall(r"^ENV (.+)$", joined, re.M):
+        for pair in shlex.split(line):
+            key, value = pair.split("=", 1)
+            env[key] = value
+    settings = settings_for(json.loads(cmd), {k: v for k, v in env.items() if k.startswith("GUEST_")}, monkeypatch)
+    assert settings.host == "0.0.0.0" and settings.port == 8000
+    assert f"http://127.0.0.1:{settings.port}{API_PREFIX}/health" in dockerfile
+    for source in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
+        for path in source.split():
+            assert (ROOT / path).exists(), f"the Dockerfile copies {path}, which is not in the repository"
+
+
+def test_openai_guide_commands_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    guide = (EXAMPLES / "openai_upstream.md").read_text().replace("\\\n", " ")
+    commands = [line for line in guide.splitlines() if "guestqueue serve" in line and not line.startswith("`")]
+    assert len(commands) == 4
+    for line in commands:
+        words = shlex.split(line)
+        env = {}
+        while "=" in words[0]:
+            key, value = words.pop(0).split("=", 1)
+            env[key] = value
+        settings = settings_for(words, env, monkeypatch)
+        assert settings.resolved_upstream_kind == "openai", line
+        assert settings.upstream_model and settings.upstream_url.startswith(("http://", "https://")), line

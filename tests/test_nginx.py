@@ -1,0 +1,264 @@
+"""The repository's nginx.conf, run by a real nginx in front of a real guestqueue process.
+
+The conf file is the one users run; the test only substitutes ports (and, for
+one fixture, a short proxy_read_timeout) and runs nginx with a temporary prefix.
+Guests connect from different loopback addresses (127.0.0.2, 127.0.0.3, …) so
+that nginx's per-address limits and guestqueue's per-client limit can tell them
+apart, exactly as for guests on different machines.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import websockets
+
+from guestqueue.app import API_PREFIX
+
+from .conftest import MockUpstream, free_port, guestqueue_process, wait_for_http
+
+NGINX_CONF = Path(__file__).parent.parent / "nginx.conf"
+# The read timeout the proxied stack runs with: shorter than the quiet stretch the
+# ping test waits through (4 s), so only pings can keep that stream open.
+SHORT_READ_TIMEOUT = "2s"
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if found is None:
+        pytest.fail("nginx is not installed: apt-get install nginx (.ci/run does it)", pytrace=False)
+    return found
+
+
+def _replace(text: str, old: str, new: str, count: int) -> str:
+    # A conf that no longer has the line the test substitutes must fail the test, not
+    # silently run with the defaults (port 8080, or a timeout the test did not mean).
+    assert text.count(old) == count, f"nginx.conf should contain {old!r} {count}x"
+    return text.replace(old, new)
+
+
+def render_conf(prefix: Path, *, listen_port: int, upstream_port: int, read_timeout: str | None = None) -> Path:
+    text = NGINX_CONF.read_text()
+    text = _replace(text, "listen 8080;", f"listen 127.0.0.1:{listen_port};", 1)
+    text = _replace(text, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};", 1)
+    if read_timeout is not None:
+        text = _replace(text, "proxy_read_timeout 700s;", f"proxy_read_timeout {read_timeout};", 2)
+    if os.geteuid() == 0:
+        # Started as root, nginx's workers would run as "nobody" and could not enter
+        # pytest's private temp directory.
+        text = "user root;\n" + text
+    path = prefix / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class Stack:
+    nginx: str  # http://127.0.0.1:PORT/api/v1/guest, through nginx
+    direct: str  # the same guestqueue, without nginx
+    prefix: Path
+
+
+@contextmanager
+def run_nginx(prefix: Path, guestqueue_base: str, *, read_timeout: str | None) -> Iterator[str]:
+    """nginx with the repository's conf in front of ``guestqueue_base``; yields the proxied API base URL."""
+    upstream_port = urlsplit(guestqueue_base).port
+    assert upstream_port is not None
+    port = free_port()
+    conf = render_conf(prefix, listen_port=port, upstream_port=upstream_port, read_timeout=read_timeout)
+    command = [nginx_binary(), "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
+    checked = subprocess.run([*command, "-t", "-q"], capture_output=True, text=True)
+    assert checked.returncode == 0, f"nginx -t failed on the rendered nginx.conf:\n{checked.stderr}"
+    proc = subprocess.Popen([*command, "-g", "daemon off;"], stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}{API_PREFIX}"
+    try:
+        wait_for_http(f"{base}/health")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def stack(upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prefix = tmp_path_factory.mktemp("nginx")
+    with guestqueue_process(
+        prefix, upstream_url=upstream.url(), upstream_kind="http", trusted_proxies="127.0.0.1",
+        ping_s=0.5, max_per_client=1, max_concurrent_requests=4,
+    ) as direct, run_nginx(prefix, direct, read_timeout=SHORT_READ_TIMEOUT) as proxied:
+        yield Stack(proxied, direct, prefix)
+
+
+def client_from(address: str, **kwargs: Any) -> httpx.AsyncClient:
+    """An HTTP client whose connections come from ``address`` (any 127.x.y.z works on Linux)."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(20.0), **kwargs)
+
+
+@dataclass
+class Timeline:
+    events: list[tuple[float, str, Any]]  # (seconds since the request, name, data)
+    pings: int
+    ended_s: float
+
+    def first(self, name: str) -> float:
+        return next(t for t, n, _ in self.events if n == name)
+
+    @property
+    def names(self) -> list[str]:
+        return [n for _, n, _ in self.events]
+
+
+async def timed_stream(client: httpx.AsyncClient, url: str, **kwargs: Any) -> Timeline:
+    """Read one SSE stream line by line, noting when each event (and each ping) arrived."""
+    started = time.monotonic()
+    events: list[tuple[float, str, Any]] = []
+    pings = 0
+    async with client.stream("POST", url, **kwargs) as response:
+        assert response.status_code == 200, await response.aread()
+        async for line in response.aiter_lines():
+            if line.startswith(":"):
+                pings += 1
+            elif line.startswith("data:"):
+                envelope = json.loads(line[5:])
+                events.append((time.monotonic() - started, envelope["event"], envelope["data"]))
+    return Timeline(events, pings, time.monotonic() - started)
+
+
+def ask_body(query: str, **mock: Any) -> dict[str, Any]:
+    return {"query": query, "parameters": {"mock": mock}}
+
+
+def test_the_repository_conf_is_valid_as_shipped(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [nginx_binary(), "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(NGINX_CONF)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+async def test_answer_chunks_are_not_buffered(stack: Stack) -> None:
+    async with client_from("127.0.0.1") as client:
+        timeline = await timed_stream(client, f"{stack.nginx}/chat", json=ask_body("unbuffered?", chunks=5, delay=0.8))
+    assert timeline.names[-1] == "workflow_complete"
+    first_chunk_s = timeline.first("answer_chunk")
+    print(f"\nthrough nginx: first answer_chunk after {first_chunk_s:.2f} s, end after {timeline.ended_s:.2f} s")
+    # The upstream spends 4 x 0.8 s between its five chunks: anything buffering the
+    # response would hold the first chunk back until (nearly) the end.
+    assert first_chunk_s < 1.5
+    assert timeline.ended_s - first_chunk_s > 2.5
+    chunk_times = [t for t, n, _ in timeline.events if n == "answer_chunk"]
+    assert all(b - a > 0.4 for a, b in itertools.pairwise(chunk_times)), chunk_times
+
+
+async def test_pings_keep_a_quiet_stream_past_the_read_timeout(stack: Stack) -> None:
+    # The upstream is silent for 4 s, twice the substituted proxy_read_timeout (2 s).
+    async with client_from("127.0.0.1") as client:
+        timeline = await timed_stream(client, f"{stack.nginx}/chat", json=ask_body("still there?", first=4))
+    assert timeline.names[-1] == "workflow_complete", timeline.names
+    assert timeline.ended_s > 4.0
+    assert timeline.pings >= 4  # every 0.5 s of silence
+
+
+async def test_without_pings_nginx_cuts_the_same_stream(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    """The control for the test above: same nginx conf, guestqueue pinging only every 60 s."""
+    with (
+        guestqueue_process(tmp_path, upstream_url=upstream.url(), upstream_kind="http", ping_s=60) as direct,
+        run_nginx(tmp_path, direct, read_timeout=SHORT_READ_TIMEOUT) as proxied,
+    ):
+        async with client_from("127.0.0.1") as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await timed_stream(client, f"{proxied}/chat", json=ask_body("cut off?", first=4))
+        assert "upstream timed out" in (tmp_path / "error.log").read_text()
+
+
+async def test_an_oversized_body_is_refused_by_nginx(stack: Stack) -> None:
+    def body_of(size: int) -> bytes:
+        head, tail = b'{"query": "', b'"}'
+        return head + b"x" * (size - len(head) - len(tail)) + tail
+
+    headers = {"Content-Type": "application/json"}
+    async with client_from("127.0.0.4") as client:
+        too_big = await client.post(f"{stack.nginx}/chat", content=body_of(65537), headers=headers)
+        at_limit = await client.post(f"{stack.nginx}/chat", content=body_of(65536), headers=headers)
+    assert too_big.status_code == 413
+    assert too_big.json() == {"error": "The request body is larger than 65536 bytes.", "code": "body_too_large",
+                              "by": "nginx"}
+    # Exactly GUEST_MAX_BODY_BYTES gets through nginx; guestqueue then refuses the long query itself.
+    assert at_limit.status_code == 422
+    assert at_limit.json()["code"] == "invalid_field"
+
+
+async def test_guestqueue_sees_the_guests_real_address(stack: Stack) -> None:
+    """GUEST_MAX_PER_CLIENT=1 behind nginx: keyed on the guest's address, which a guest cannot forge."""
+    async with client_from("127.0.0.2") as guest_a, client_from("127.0.0.3") as guest_b:
+        url = f"{stack.nginx}/chat"
+        async with guest_a.stream("POST", url, json=ask_body("first", first=3),
+                                  headers={"X-Forwarded-For": "203.0.113.7"}) as first:
+            assert first.status_code == 200
+            # Another address is another guest, although nginx itself is one peer (127.0.0.1).
+            other = await guest_b.post(f"{url}/simple", json=ask_body("other guest"))
+            assert other.status_code == 200, other.text
+            # The same address claiming to be someone else is still the same guest.
+            again = await guest_a.post(url, json=ask_body("second"), headers={"X-Forwarded-For": "198.51.100.9"})
+            assert again.status_code == 429
+            assert again.json()["code"] == "client_limit"
+            await first.aread()
+
+
+async def test_too_many_requests_from_one_address_get_429(stack: Stack) -> None:
+    async with client_from("127.0.0.5") as client:
+        statuses = []
+        for _ in range(80):
+            response = await client.get(f"{stack.nginx}/health")
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                assert response.json()["code"] == "rate_limited"
+                assert response.headers["Retry-After"] == "1"
+    assert statuses[0] == 200
+    assert statuses.count(429) >= 10, statuses
+    assert set(statuses) == {200, 429}  # 429, not nginx's default 503
+    async with client_from("127.0.0.6") as neighbour:
+        assert (await neighbour.get(f"{stack.nginx}/health")).status_code == 200  # per address
+
+
+async def test_too_many_open_streams_from_one_address_get_429(stack: Stack) -> None:
+    async with client_from("127.0.0.7", limits=httpx.Limits(max_connections=40)) as client:
+        async with client.stream("POST", f"{stack.nginx}/chat", json=ask_body("watched", first=3)) as first:
+            request_id = first.headers["X-Request-ID"]
+            url = f"{stack.nginx}/chat/{request_id}/events"
+            streams = [client.stream("GET", url) for _ in range(19)]  # 20 open with the first
+            opened = [await s.__aenter__() for s in streams]
+            try:
+                assert {r.status_code for r in opened} == {200}
+                over = await client.get(url)
+                assert over.status_code == 429
+                assert over.json()["code"] == "rate_limited"
+            finally:
+                for s in streams:
+                    await s.__aexit__(None, None, None)
+            await first.aread()
+
+
+async def test_websocket_through_nginx(stack: Stack) -> None:
+    ws_url = stack.nginx.replace("http://", "ws://") + "/ws"
+    async with websockets.connect(ws_url) as ws:
+        await ws.send(json.dumps(ask_body("over a websocket", chunks=2)))
+        messages = [json.loads(m) async for m in ws]
+    assert [m["type"] for m in messages][-3:] == ["answer_chunk", "answer_chunk", "result"]
+    assert messages[-1]["data"]["answer"] == "chunk0 chunk1 "

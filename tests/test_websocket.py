@@ -1,0 +1,188 @@
+"""``WS /api/v1/guest/ws`` over a real uvicorn server, with the websockets client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from guestqueue import WorkflowRequest
+
+from .conftest import assert_drained, serve, wait_until
+
+
+class Gate:
+    """A Python workflow that holds every question starting with "hold" until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.seen: list[WorkflowRequest] = []
+
+    async def __call__(self, request: WorkflowRequest) -> AsyncIterator[str]:
+        self.seen.append(request)
+        if request.query.startswith("hold"):
+            await self.release.wait()
+        for word in ("one ", "two ", "three"):
+            yield word
+
+
+def ws_url(base: str) -> str:
+    return base.replace("http://", "ws://") + "/ws"
+
+
+async def messages(ws: ClientConnection) -> list[dict[str, Any]]:
+    """Every message until the server closes the connection (with any close code)."""
+    received: list[dict[str, Any]] = []
+    async with asyncio.timeout(10):
+        try:
+            async for message in ws:
+                received.append(json.loads(message))
+        except websockets.ConnectionClosedError:
+            pass  # closed with a code other than 1000/1001: the test looks at ws.close_code
+    return received
+
+
+async def test_lifecycle_in_order_while_waiting_behind_another_guest() -> None:
+    gate = Gate()
+    async with serve(gate, max_concurrent_requests=1) as running:
+        async with websockets.connect(ws_url(running.base)) as first:
+            await first.send(json.dumps({"query": "hold the line"}))
+            await wait_until(lambda: len(running.service.pool.active) == 1, message="first guest processing")
+            async with websockets.connect(ws_url(running.base)) as second:
+                await second.send(json.dumps({"query": "my turn?", "session_id": "s1"}))
+                waiting = json.loads(await second.recv())
+                gate.release.set()
+                rest = await messages(second)
+                close_code = second.close_code
+            await messages(first)
+        await wait_until(lambda: len(running.service.registry) == 0, message="tickets ended")
+        assert_drained(running)
+    assert waiting["type"] == "queue_position"
+    assert waiting["position"] == 1 and waiting["total_ahead"] == 0
+    assert waiting["estimated_wait_sec"] >= 0 and len(waiting["request_id"]) == 32
+    types = [m["type"] for m in rest]
+    # Any further position updates come first, then processing, the chunks, the result.
+    body = [t for t in types if t != "queue_position"]
+    assert body == ["processing", "answer_chunk", "answer_chunk", "answer_chunk", "result"], types
+    assert types.index("processing") > max((i for i, t in enumerate(types) if t == "queue_position"), default=-1)
+    assert "".join(m["data"] for m in rest if m["type"] == "answer_chunk") == "one two three"
+    result = rest[-1]
+    assert result["request_id"] == waiting["request_id"]
+    assert result["data"]["answer"] == "one two three" and result["data"]["cached"] is False
+    assert close_code == 1000
+    assert gate.seen[1].session_id == "s1"
+
+
+async def test_the_older_parameters_form_is_accepted() -> None:
+    gate = Gate()
+    async with serve(gate) as running, websockets.connect(ws_url(running.base)) as ws:
+        await ws.send(json.dumps({"parameters": {"query": "old client", "lang": "de"}}))
+        received = await messages(ws)
+    assert received[-1]["type"] == "result"
+    assert gate.seen[0].query == "old client"
+    assert dict(gate.seen[0].parameters) == {"lang": "de"}
+
+
+async def test_queue_full_is_a_message_and_shares_the_line_with_sse_guests() -> None:
+    gate = Gate()
+    async with serve(gate, max_concurrent_requests=1, max_queue_size=1) as running:
+        async with httpx.AsyncClient(timeout=10) as client:
+            # One SSE guest being answered, one waiting: the line (size 1) is full.
+            def hold(query: str) -> asyncio.Task[httpx.Response]:
+                return asyncio.create_task(client.post(f"{running.base}/chat/simple", json={"query": query}))
+
+            holders = [hold("hold 1")]
+            await wait_until(lambda: len(running.service.pool.active) == 1, message="first SSE guest processing")
+            holders.append(hold("hold 2"))
+            await wait_until(lambda: len(running.service.line) == 1, message="second SSE guest waiting")
+            async with websockets.connect(ws_url(running.base)) as ws:
+                await ws.send(json.dumps({"query": "room for me?"}))
+                received = await messages(ws)
+                close = ws.close_code, ws.close_reason
+            assert running.service.stats.rejected_requests == 1
+            gate.release.set()
+            assert [r.status_code for r in await asyncio.gather(*holders)] == [200, 200]
+    assert len(received) == 1 and received[0]["type"] == "queue_full"
+    assert received[0]["message"] and received[0]["retry_after"] >= 1
+    assert close == (1013, "queue_full")
+
+
+async def test_per_client_limit_counts_websocket_and_sse_guests_together() -> None:
+    gate = Gate()
+    async with serve(gate, max_per_client=1) as running, httpx.AsyncClient(timeout=10) as client:
+        holder = asyncio.create_task(client.post(f"{running.base}/chat/simple", json={"query": "hold me"}))
+        await wait_until(lambda: running.service.stats.total_requests == 1, message="SSE guest admitted")
+        async with websockets.connect(ws_url(running.base)) as ws:
+            await ws.send(json.dumps({"query": "and me"}))
+            received = await messages(ws)
+            close_code = ws.close_code
+        gate.release.set()
+        await holder
+    assert [(m["type"], m["code"]) for m in received] == [("error", "client_limit")]
+    assert close_code == 1013
+
+
+@pytest.mark.parametrize(("sent", "code", "close_code"), [
+    ("{nope", "invalid_json", 1007),
+    ("[1, 2]", "invalid_json", 1007),
+    ('{"query": NaN}', "invalid_json", 1007),
+    (b'{"query": "bytes"}', "invalid_json", 1007),
+    ('{"query": ""}', "invalid_field", 1008),
+    ('{"query": "x", "parameters": []}', "invalid_field", 1008),
+    ('{"query": "' + "x" * 70000 + '"}', "body_too_large", 1009),
+])
+async def test_invalid_messages_get_a_clear_error_and_close(sent: str | bytes, code: str, close_code: int) -> None:
+    async with serve() as running:
+        async with websockets.connect(ws_url(running.base), max_size=None) as ws:
+            await ws.send(sent)
+            received = await messages(ws)
+            assert (ws.close_code, ws.close_reason) == (close_code, code)
+        assert len(received) == 1 and received[0]["type"] == "error" and received[0]["code"] == code
+        assert received[0]["message"]
+        # The server is unharmed, and nothing was admitted.
+        assert running.service.stats.total_requests == 0
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{running.base}/health")).status_code == 200
+
+
+async def test_a_guest_who_disconnects_while_waiting_leaves_after_the_grace() -> None:
+    gate = Gate()
+    async with serve(gate, max_concurrent_requests=1, reconnect_grace_s=0.3) as running:
+        async with websockets.connect(ws_url(running.base)) as first:
+            await first.send(json.dumps({"query": "hold on"}))
+            await wait_until(lambda: len(running.service.pool.active) == 1, message="first guest processing")
+            async with websockets.connect(ws_url(running.base)) as second:
+                await second.send(json.dumps({"query": "I will not wait"}))
+                assert json.loads(await second.recv())["type"] == "queue_position"
+                request_id = running.service.line.flights()[0].tickets[0].id
+            ticket = running.service.registry.get(request_id)
+            await wait_until(lambda: ticket.done, timeout_s=5, message="abandoned ticket ended")
+            assert ticket.error_code == "disconnected"
+            gate.release.set()
+            await messages(first)
+        await wait_until(lambda: len(running.service.registry) == 0, message="tickets ended")
+        assert_drained(running)
+    assert [r.query for r in gate.seen] == ["hold on"], "the guest who left never reached the upstream"
+
+
+async def test_cancel_message_leaves_the_line() -> None:
+    gate = Gate()
+    async with serve(gate, max_concurrent_requests=1) as running:
+        async with websockets.connect(ws_url(running.base)) as first:
+            await first.send(json.dumps({"query": "hold it"}))
+            await wait_until(lambda: len(running.service.pool.active) == 1, message="first guest processing")
+            async with websockets.connect(ws_url(running.base)) as second:
+                await second.send(json.dumps({"query": "never mind"}))
+                assert json.loads(await second.recv())["type"] == "queue_position"
+                await second.send(json.dumps({"type": "cancel"}))
+                rest = await messages(second)
+            gate.release.set()
+            await messages(first)
+        assert running.service.stats.as_dict()["cancelled_requests"] == 1
+    assert rest[-1]["type"] == "error" and rest[-1]["code"] == "cancelled"
