@@ -9,6 +9,7 @@ apart, exactly as for guests on different machines.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -50,8 +51,13 @@ def _replace(text: str, old: str, new: str, count: int) -> str:
     return text.replace(old, new)
 
 
-def render_conf(prefix: Path, *, listen_port: int, upstream_port: int, read_timeout: str | None = None) -> Path:
+def render_conf(
+    prefix: Path, *, listen_port: int, upstream_port: int, read_timeout: str | None = None,
+    header_timeout: str | None = None,
+) -> Path:
     text = NGINX_CONF.read_text()
+    if header_timeout is not None:
+        text = _replace(text, "client_header_timeout 10s;", f"client_header_timeout {header_timeout};", 1)
     text = _replace(text, "listen 8080;", f"listen 127.0.0.1:{listen_port};", 1)
     text = _replace(text, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};", 1)
     if read_timeout is not None:
@@ -73,12 +79,17 @@ class Stack:
 
 
 @contextmanager
-def run_nginx(prefix: Path, guestqueue_base: str, *, read_timeout: str | None) -> Iterator[str]:
+def run_nginx(
+    prefix: Path, guestqueue_base: str, *, read_timeout: str | None, header_timeout: str | None = None
+) -> Iterator[str]:
     """nginx with the repository's conf in front of ``guestqueue_base``; yields the proxied API base URL."""
     upstream_port = urlsplit(guestqueue_base).port
     assert upstream_port is not None
     port = free_port()
-    conf = render_conf(prefix, listen_port=port, upstream_port=upstream_port, read_timeout=read_timeout)
+    conf = render_conf(
+        prefix, listen_port=port, upstream_port=upstream_port, read_timeout=read_timeout,
+        header_timeout=header_timeout,
+    )
     command = [nginx_binary(), "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
     checked = subprocess.run([*command, "-t", "-q"], capture_output=True, text=True)
     assert checked.returncode == 0, f"nginx -t failed on the rendered nginx.conf:\n{checked.stderr}"
@@ -262,3 +273,54 @@ async def test_websocket_through_nginx(stack: Stack) -> None:
         messages = [json.loads(m) async for m in ws]
     assert [m["type"] for m in messages][-3:] == ["answer_chunk", "answer_chunk", "result"]
     assert messages[-1]["data"]["answer"] == "chunk0 chunk1 "
+
+
+async def _slowloris(address: str, port: int, stop: asyncio.Event) -> float | None:
+    """Send a request's headers one byte at a time; return when nginx closed us (seconds), or None."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+    began = time.monotonic()
+    header = b"GET /api/v1/guest/health HTTP/1.1\r\nHost: guests.example\r\nX-Slow: " + b"a" * 200
+    try:
+        for byte in header:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            try:
+                if not await asyncio.wait_for(reader.read(1024), timeout=0.25):
+                    return time.monotonic() - began  # EOF: nginx hung up
+            except TimeoutError:
+                pass
+            except ConnectionError:
+                return time.monotonic() - began
+            if stop.is_set():
+                return None
+        return None
+    except ConnectionError:
+        return time.monotonic() - began
+    finally:
+        writer.close()
+
+
+async def test_slow_clients_are_cut_and_normal_guests_unaffected(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    """Slowloris through nginx: headers dribbled a byte at a time are cut at client_header_timeout
+    (1 s here, 10 s as shipped), while guests beside them are served as usual."""
+    with guestqueue_process(tmp_path, upstream_url=upstream.url(chunks=3, delay=0.1), upstream_kind="http",
+                            trusted_proxies="127.0.0.1") as direct, \
+            run_nginx(tmp_path, direct, read_timeout=None, header_timeout="1s") as proxied:
+        port = urlsplit(proxied).port
+        assert port is not None
+        stop = asyncio.Event()
+        slow = [asyncio.create_task(_slowloris(f"127.0.9.{i}", port, stop)) for i in range(1, 41)]
+        await asyncio.sleep(0.5)
+        began = time.monotonic()
+        async with client_from("127.0.1.1") as client:
+            normal = await asyncio.gather(*(
+                timed_stream(client, f"{proxied}/chat", json={"query": f"normal {i}"}) for i in range(5)
+            ))
+        served_in = time.monotonic() - began
+        cut = await asyncio.wait_for(asyncio.gather(*slow), timeout=15)
+        stop.set()
+    assert all(t.events[-1][1] == "workflow_complete" for t in normal)
+    assert served_in < 5, f"normal guests took {served_in:.1f}s beside the slow ones"
+    assert all(c is not None and c < 1 + 1.5 for c in cut), cut
