@@ -115,6 +115,13 @@ class EventLog:
     def __iter__(self) -> Iterator[Event]:
         return iter(self._events)
 
+    def compact(self) -> None:
+        """Forget all but the terminal event: a finished request stays cheap to keep for lookups."""
+        terminal = self.terminal_event()
+        self._events.clear()
+        if terminal is not None:
+            self._events.append(terminal)
+
     def terminal_event(self) -> Event | None:
         if self.closed and self._events:
             return self._events[-1]

@@ -7,8 +7,10 @@ from anywhere in the line. Guests riding a flight share its position.
 
 Positions are exact at every moment: reading one after a change first
 re-numbers the line. Re-numbering is one pass over the line per batch of
-changes (changes in the same loop iteration are coalesced), never a pass per
-waiter, and only flights whose position moved are reported to ``on_moved``.
+changes, never a pass per waiter, and only flights whose position moved are
+reported to ``on_moved``. A change is reported at once after a quiet spell;
+under churn (a fast upstream and a long line) reports come at most every
+``MIN_REPORT_GAP_S``, since each report reaches every waiter.
 
 The line is an interface (admit / leave / next / started / position) so a
 shared implementation, e.g. on Redis, can replace this in-memory default.
@@ -22,6 +24,8 @@ from collections.abc import Callable
 
 from .errors import LineFull
 from .tickets import Flight
+
+MIN_REPORT_GAP_S = 0.1
 
 
 class _Handoff(asyncio.Queue[Flight]):
@@ -52,6 +56,7 @@ class WaitingLine:
         self._waiting: OrderedDict[str, Flight] = OrderedDict()
         self._renumber_scheduled = False
         self._dirty = False
+        self._last_report = float("-inf")
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -100,7 +105,12 @@ class WaitingLine:
         self._dirty = True
         if not self._renumber_scheduled:
             self._renumber_scheduled = True
-            asyncio.get_running_loop().call_soon(self._scheduled_refresh)
+            loop = asyncio.get_running_loop()
+            wait_s = self._last_report + MIN_REPORT_GAP_S - loop.time()
+            if wait_s > 0:
+                loop.call_later(wait_s, self._scheduled_refresh)
+            else:
+                loop.call_soon(self._scheduled_refresh)
 
     def _scheduled_refresh(self) -> None:
         self._renumber_scheduled = False
@@ -115,4 +125,5 @@ class WaitingLine:
                 flight.position = number
                 moved.append(flight)
         if moved and self._on_moved is not None:
+            self._last_report = asyncio.get_running_loop().time()
             self._on_moved(moved)

@@ -42,6 +42,9 @@ TIMEOUT_FALLBACK = (
 SHUTDOWN_MESSAGE = "The service is restarting. Please ask again shortly."
 UPSTREAM_FAILURES_DEGRADED = 3  # /health says degraded after this many failed upstream calls in a row
 LOG_BACKLOG_DEGRADED = 10_000  # ... or when this many log rows wait to be written
+# A finished request's events stay replayable this long (for a guest reconnecting just
+# after the end); then only its terminal event is kept.
+REPLAY_AFTER_END_S = 60.0
 
 
 class QueueService:
@@ -297,6 +300,8 @@ class QueueService:
         if event == WORKFLOW_COMPLETE:
             payload["duration_ms"] = round(ticket.duration_ms or 0.0, 1)
         ticket.events.publish(event, payload)
+        replay_s = max(REPLAY_AFTER_END_S, self.settings.reconnect_grace_s)
+        asyncio.get_running_loop().call_later(replay_s, ticket.events.compact)
         self.per_client[ticket.client] -= 1
         if self.per_client[ticket.client] <= 0:
             del self.per_client[ticket.client]

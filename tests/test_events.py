@@ -63,6 +63,15 @@ async def test_readers_wake_on_publish() -> None:
     await asyncio.wait_for(waiter, 1)
 
 
+def test_compact_keeps_only_the_terminal_event() -> None:
+    log = EventLog()
+    for i in range(5):
+        log.publish(ANSWER_CHUNK, str(i))
+    log.publish(WORKFLOW_COMPLETE, {"answer": "01234"})
+    log.compact()
+    assert [e.name for e in log.after(0)] == [WORKFLOW_COMPLETE] and log.after(6) == []
+
+
 def test_bounded_replay_buffer() -> None:
     log = EventLog(max_events=5)
     for i in range(20):

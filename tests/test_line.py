@@ -68,3 +68,23 @@ async def test_bounded() -> None:
     line.leave(a)
     line.admit(c)
     assert line.position(c) == 2
+
+
+async def test_reports_under_churn_are_spaced_but_reads_stay_exact() -> None:
+    from guestqueue.line import MIN_REPORT_GAP_S
+
+    batches: list[list[Flight]] = []
+    line = WaitingLine(1000, on_moved=batches.append)
+    flights = _flights(100)
+    for f in flights:
+        line.admit(f)
+    line.leave(flights[0])
+    await asyncio.sleep(0)
+    assert len(batches) == 1, "after a quiet spell a change is reported at once"
+    for f in flights[1:6]:  # a start every few milliseconds
+        line.leave(f)
+        assert line.position(flights[-1]) == 100 - (flights.index(f) + 1), "reads are exact at once"
+        await asyncio.sleep(0.005)
+    reported = len(batches)
+    await asyncio.sleep(MIN_REPORT_GAP_S * 1.5)
+    assert len(batches) <= reported + 1 and flights[6].position == 1
