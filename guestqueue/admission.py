@@ -30,13 +30,18 @@ async def read_chat_request(request: Request, settings: Settings) -> ChatRequest
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType("Send the question as JSON with Content-Type: application/json.")
     body = await _read_limited(request, settings.max_body_bytes)
+    return validate_chat_request(parse_json_object(body, "The request body"), settings)
+
+
+def parse_json_object(raw: bytes | str, what: str) -> dict[str, Any]:
+    """A JSON object, or InvalidJSON (also for invalid UTF-8, NaN and nesting too deep to parse)."""
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
+        data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
-        raise InvalidJSON("The request body is not valid JSON.") from None
+        raise InvalidJSON(f"{what} is not valid JSON. Send {{\"query\": \"...\"}}.") from None
     if not isinstance(data, dict):
-        raise InvalidJSON("The request body must be a JSON object like {\"query\": \"...\"}.")
-    return validate_chat_request(data, settings)
+        raise InvalidJSON(f"{what} must be a JSON object like {{\"query\": \"...\"}}.")
+    return data
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

@@ -35,7 +35,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .admission import client_key, validate_chat_request
+from .admission import client_key, parse_json_object, validate_chat_request
 from .errors import BodyTooLarge, InvalidField, InvalidJSON, LineFull, Rejected
 from .events import ANSWER_CHUNK, ERROR, PROCESSING, QUEUED, TIMEOUT, WORKFLOW_COMPLETE, Event
 from .service import QueueService
@@ -80,13 +80,7 @@ async def _admit(websocket: WebSocket, service: QueueService) -> Ticket:
         raise InvalidJSON("Send the question as a JSON text message, like {\"query\": \"...\"}.")
     if len(text.encode()) > settings.max_body_bytes:
         raise BodyTooLarge(f"The message is larger than {settings.max_body_bytes} bytes.")
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise InvalidJSON("The message is not valid JSON. Send {\"query\": \"...\"}.") from None
-    if not isinstance(data, dict):
-        raise InvalidJSON("The message must be a JSON object like {\"query\": \"...\"}.")
-    body = validate_chat_request(_from_older_form(data), settings)
+    body = validate_chat_request(_from_older_form(parse_json_object(text, "The message")), settings)
     return service.submit(body.query, client=client_key(websocket), parameters=body.parameters,
                           session_id=body.session_id)
 
@@ -99,9 +93,6 @@ def _from_older_form(data: dict[str, Any]) -> dict[str, Any]:
     rest = {key: value for key, value in parameters.items() if key != "query"}
     return {**data, "query": parameters["query"], "parameters": rest}
 
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 async def _reject(websocket: WebSocket, exc: Rejected) -> None:

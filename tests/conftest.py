@@ -5,6 +5,7 @@ guestqueue is served by uvicorn on a free loopback port inside the test's loop
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlencode
 
@@ -194,6 +196,16 @@ def assert_drained(running: Running) -> None:
     assert not service.pool.active, "active count must return to 0"
     assert not service.per_client, "per-client counts must return to 0"
     assert len(service.registry) == 0, "no live tickets may remain"
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/NAME.py`` (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", HERE.parent / "examples" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def env_without_guest_vars() -> dict[str, str]:

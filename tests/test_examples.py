@@ -4,15 +4,12 @@ the systemd unit, the Dockerfile and the OpenAI setup guide must parse as real s
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
 import re
 import shlex
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -20,19 +17,11 @@ from guestqueue.app import API_PREFIX
 from guestqueue.cli import build_parser, load_settings
 from guestqueue.config import Settings
 
-from .conftest import MockUpstream, serve
+from .conftest import MockUpstream, load_example, serve
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
 
-
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def settings_for(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
@@ -14,18 +11,9 @@ import pytest
 import guestqueue
 from guestqueue import GuestQueue, Settings, WorkflowRequest
 
-from .conftest import serve_app, stream_events
-
-EXAMPLES = Path(__file__).parent.parent / "examples"
+from .conftest import load_example, serve_app, stream_events
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_public_api_is_exported() -> None:
@@ -35,7 +23,7 @@ def test_public_api_is_exported() -> None:
 
 
 async def test_starlette_mount_example() -> None:
-    example = _load("mount_starlette")
+    example = load_example("mount_starlette")
     async with serve_app(example.app) as base, httpx.AsyncClient(timeout=10) as client:
         assert (await client.get(f"{base}/")).json()["app"] == "mine"
         events = await stream_events(client, f"{base}/api/v1/guest/chat", json={"query": "hello there"})
@@ -46,7 +34,7 @@ async def test_starlette_mount_example() -> None:
 
 async def test_fastapi_mount_example() -> None:
     pytest.importorskip("fastapi", reason="the FastAPI example needs fastapi (in the test extras)")
-    example = _load("fastapi_app")
+    example = load_example("fastapi_app")
     async with serve_app(example.app) as base, httpx.AsyncClient(timeout=10) as client:
         resp = await client.post(f"{base}/api/v1/guest/chat/simple", json={"query": "hi"})
         assert resp.status_code == 200 and resp.json()["answer"] == "You asked: hi"
