@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -12,8 +11,6 @@ import guestqueue
 from guestqueue import GuestQueue, Settings, WorkflowRequest
 
 from .conftest import load_example, serve_app, stream_events
-
-
 
 
 def test_public_api_is_exported() -> None:
