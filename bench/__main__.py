@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from .report import RESULTS
+from .report import RESULTS, markdown
 from .scenarios import SCENARIOS
 
 
@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--smoke", action="store_true", help="tiny counts: checks the harness, measures nothing")
         sub.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON results")
         module.add_arguments(sub)
+    markdown = commands.add_parser("markdown", help="the saved results as Markdown tables (for docs/benchmarks.md)")
+    markdown.add_argument("results", type=Path, nargs="*", help="JSON files (default: every saved result)")
     plot = commands.add_parser("plot", help="PNG plots of CPU and memory against waiting guests")
     plot.add_argument("--results", type=Path, default=RESULTS / "waiting.json")
     plot.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "img")
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in plot(args.results, args.out):
             print(path)
+        return 0
+    if args.command == "markdown":
+        for path in args.results or sorted(RESULTS.glob("*.json")):
+            print(markdown(path))
         return 0
     module = SCENARIOS[args.scenario]
     if args.smoke:

@@ -2,7 +2,8 @@
 
 A ``gr.Interface`` whose function streams the upstream's answer (an async
 generator yielding the text so far, Gradio's streaming idiom) through one
-shared ``httpx.AsyncClient``, queued with ``queue(default_concurrency_limit=N)``.
+shared ``httpx.AsyncClient``, queued with ``queue(default_concurrency_limit=N,
+status_update_rate=1)``.
 The load driver speaks Gradio's own queue protocol (``/gradio_api/queue/join``
 then the ``/gradio_api/queue/data`` SSE stream), as gradio_client does.
 """
@@ -31,7 +32,9 @@ def build(upstream_url: str, concurrency: int) -> gr.Interface:
                     yield text
 
     demo = gr.Interface(fn=answer, inputs=gr.Textbox(), outputs=gr.Textbox(), api_name="chat")
-    demo.queue(default_concurrency_limit=concurrency, max_size=None)
+    # status_update_rate=1: position estimates to every waiting client each second, like
+    # guestqueue's GUEST_POSITION_UPDATE_SEC=1 ("auto", the default, only sends when a job ends).
+    demo.queue(default_concurrency_limit=concurrency, max_size=None, status_update_rate=1)
     return demo
 
 

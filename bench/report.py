@@ -81,3 +81,17 @@ class Result:
                 "targets": self.targets, "raw": self.raw}
         path.write_text(json.dumps(body, indent=1, default=str) + "\n")
         return path
+
+
+def markdown(path: Path) -> str:
+    """A saved result as Markdown: its tables and its targets."""
+    body = json.loads(path.read_text())
+    parts = [f"**{body['scenario']}** ({one_line(body['machine'])})"]
+    for t in body["tables"]:
+        parts.append(f"*{t['title']}*\n\n" + Table(t["title"], t["columns"], t["rows"]).markdown())
+    if body["targets"]:
+        table = Table("targets", ["target", "measured", "goal", "met"])
+        for t in body["targets"]:
+            table.add(t["target"], t["value"], t["goal"], {True: "yes", False: "**no**", None: "pending"}[t["met"]])
+        parts.append(table.markdown())
+    return "\n\n".join(parts) + "\n"

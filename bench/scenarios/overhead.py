@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ttfc-count", type=int, default=200, help="sequential streams for time to first chunk")
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--servers", default=",".join(KINDS), help="comma-separated subset of " + ",".join(KINDS))
+    parser.add_argument("--guestqueue-flags", default="", help="extra `guestqueue serve` flags, e.g. --db-path x.db")
     parser.add_argument("--mock", choices=["starlette", "raw"], default="starlette", help="the upstream's build")
 
 
@@ -37,8 +38,8 @@ def smoke(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> Result:
     kinds = [k for k in args.servers.split(",") if k]
-    result = Result("overhead", {k: getattr(args, k) for k in
-                                 ("rounds", "duration_s", "concurrency", "ttfc_count", "chunks", "servers", "mock")})
+    names = ("rounds", "duration_s", "concurrency", "ttfc_count", "chunks", "servers", "mock", "guestqueue_flags")
+    result = Result("overhead", {k: getattr(args, k) for k in names})
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     with ExitStack() as stack:
         mock = stack.enter_context(servers.mock(args.mock))
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> Result:
             started["relay-aiohttp"] = stack.enter_context(servers.relay(url, concurrency=slots, transport="aiohttp"))
         if "guestqueue" in kinds:
             started["guestqueue"] = stack.enter_context(
-                servers.guestqueue(url, concurrency=slots, queue_size=10_000, interval_s=0.0))
+                servers.guestqueue(url, concurrency=slots, queue_size=10_000, interval_s=0.0,
+                                   extra=args.guestqueue_flags.split()))
         for round_no in range(args.rounds):
             order = kinds[round_no % len(kinds):] + kinds[: round_no % len(kinds)]
             for kind in order:

@@ -3,8 +3,8 @@
 For each N and server (fresh process each time, servers alternating): server
 CPU over the measurement window, RSS growth per connected guest against the
 idle server, updates delivered, and how late each update came against its due
-time (previous update + 1 s). Gradio broadcasts estimations at 1 Hz too
-(``status_update_rate="auto"``), so both deliver the same updates.
+time (previous update + 1 s). Gradio is set to broadcast estimations at
+1 Hz too (``status_update_rate=1``), so both deliver the same updates.
 """
 
 from __future__ import annotations
