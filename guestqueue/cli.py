@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import gc
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from types import FrameType
@@ -44,6 +47,27 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 KEEP_ALIVE_S = 75
 
+# A full (generation 2) garbage collection walks every live object: with 10 000
+# waiting guests that is about a million, and the pause lands in every guest's
+# position updates (p99 ~1.7 s at 10 000, docs/benchmarks.md). Objects that
+# survive a few seconds are mostly the connections themselves, so they are
+# frozen (left alone by the collector; refcounting still frees them). Cycles
+# frozen by mistake are reclaimed at the next periodic unfreeze.
+GC_FREEZE_EVERY_S = 10.0
+GC_UNFREEZE_EVERY = 60  # freezes: about every 10 minutes
+
+
+async def freeze_survivors(every_s: float = GC_FREEZE_EVERY_S, unfreeze_every: int = GC_UNFREEZE_EVERY) -> None:
+    freezes = 0
+    while True:
+        await asyncio.sleep(every_s)
+        freezes += 1
+        if freezes % unfreeze_every == 0:
+            gc.unfreeze()  # the next full collection sees everything again
+            continue
+        gc.collect(1)  # young garbage, cheap: do not freeze cycles that are already dead
+        gc.freeze()
+
 
 class GuestServer(uvicorn.Server):
     """uvicorn, plus: on SIGTERM/SIGINT the queue starts draining at once.
@@ -55,6 +79,13 @@ class GuestServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, guest: GuestQueue) -> None:
         super().__init__(config)
         self.guest = guest
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        freezer = asyncio.create_task(freeze_survivors(), name="guestqueue-gc-freeze")
+        try:
+            await super().serve(sockets)
+        finally:
+            freezer.cancel()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)

@@ -344,8 +344,14 @@ class QueueService:
 
     async def _tick_positions(self) -> None:
         """Every waiting guest hears its place at least every ``position_update_s``."""
+        loop = asyncio.get_running_loop()
+        interval_s = self.settings.position_update_s
+        due = loop.time() + interval_s
         while True:
-            await asyncio.sleep(self.settings.position_update_s)
+            # A fixed cadence: sleeping a full interval after each round would let the
+            # round's own duration (~0.15 s at 10 000 guests) stretch every gap past it.
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due = max(due + interval_s, loop.time())
             self.estimator.invalidate()
             for flight in self.line.flights():
                 for ticket in flight.tickets:

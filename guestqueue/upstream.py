@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from .config import Settings
 from .errors import UpstreamError
@@ -99,12 +100,19 @@ def load_workflow(spec: str) -> Workflow:
 
 
 def make_http_client(settings: Settings) -> httpx.AsyncClient:
-    """The one shared HTTP client; its transport is chosen here and nowhere else."""
+    """The one shared HTTP client; its transport is chosen here and nowhere else.
+
+    httpx's API on aiohttp's connection pool (``httpx-aiohttp``): httpcore's
+    pool walks every pooled connection on each request and streams through
+    anyio, which made the default transport most of guestqueue's CPU per
+    relayed stream (docs/benchmarks.md). aiohttp's errors are mapped to
+    httpx's by the transport, so the adapters see only httpx exceptions.
+    """
     limits = httpx.Limits(
         max_connections=settings.max_concurrent_requests * 2 + 8,
         max_keepalive_connections=settings.max_concurrent_requests + 4,
     )
-    transport = httpx.AsyncHTTPTransport(limits=limits, retries=0)
+    transport = AiohttpTransport(limits=limits, retries=0)
     timeout = httpx.Timeout(connect=10.0, read=settings.request_timeout_s, write=10.0, pool=10.0)
     return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
 

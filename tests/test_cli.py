@@ -45,3 +45,27 @@ def test_serve_answers_with_the_demo_upstream(entry: str, tmp_path: Path) -> Non
         assert "demo" in resp.json()["answer"]
         assert httpx.get(f"{base}/health").json()["upstream"] == "demo"
     assert proc.returncode == 0
+
+
+async def test_serve_freezes_long_lived_objects_and_unfreezes_now_and_then() -> None:
+    # `guestqueue serve` keeps thousands of idle connections out of the full GC's walk.
+    import asyncio
+    import gc
+
+    from guestqueue.cli import freeze_survivors
+
+    gc.unfreeze()
+    try:
+        kept = [[n] for n in range(1000)]  # long-lived containers, like open connections
+        freezer = asyncio.create_task(freeze_survivors(every_s=0.02, unfreeze_every=3))
+        await asyncio.sleep(0.03)
+        assert gc.get_freeze_count() >= len(kept), "first round froze the survivors"
+        await asyncio.sleep(0.04)
+        counts = []
+        for _ in range(6):
+            counts.append(gc.get_freeze_count())
+            await asyncio.sleep(0.02)
+        assert 0 in counts, "every third round unfreezes, so cycles among them can still be reclaimed"
+        freezer.cancel()
+    finally:
+        gc.unfreeze()

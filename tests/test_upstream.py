@@ -118,3 +118,25 @@ async def test_make_upstream_picks_the_kind() -> None:
     async with make_http_client(settings) as client:
         adapter = make_upstream(settings, client)
         assert isinstance(adapter, HttpUpstream) and str(adapter.url) == "http://x/v1/chat/completions"
+
+
+async def test_shared_client_streams_and_maps_errors_on_the_aiohttp_transport(upstream: MockUpstream) -> None:
+    # make_http_client puts httpx on aiohttp (for throughput); the adapters must not notice.
+    from httpx_aiohttp import AiohttpTransport
+
+    settings = Settings(upstream_url=upstream.url(), request_timeout_s=5.0)
+    async with make_http_client(settings) as client:
+        assert isinstance(client._transport, AiohttpTransport)
+        for mode in ("sse", "openai", "ndjson", "text", "json"):
+            chunks = await _read(HttpUpstream(client, upstream.url(mode=mode, chunks=3)))
+            assert "".join(c.text for c in chunks) == "chunk0 chunk1 chunk2 ", mode
+        with pytest.raises(UpstreamUnavailable) as unavailable:
+            await _read(HttpUpstream(client, upstream.url(mode="status", status=429, retry_after=7)))
+        assert unavailable.value.retry_after_s == 7
+        with pytest.raises(UpstreamError) as error:
+            await _read(HttpUpstream(client, upstream.url(mode="status", status=400)))
+        assert not error.value.retryable
+        with pytest.raises(UpstreamUnavailable):
+            await _read(HttpUpstream(client, upstream.url(mode="reset", chunks=5)))
+        with pytest.raises(UpstreamUnavailable):
+            await _read(HttpUpstream(client, "http://127.0.0.1:9/refused"))

@@ -1,0 +1,11 @@
+"""One module per scenario of issue 5; each has ``add_arguments(parser)`` and ``run(args) -> Result``."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import dispatch, eta, logwriter, overhead, waiting
+
+SCENARIOS: dict[str, ModuleType] = {
+    "overhead": overhead, "waiting": waiting, "eta": eta, "dispatch": dispatch, "logwriter": logwriter,
+}
