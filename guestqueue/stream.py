@@ -17,9 +17,6 @@ from starlette.types import Receive, Scope, Send
 from .service import QueueService
 from .tickets import Ticket
 
-# A guest that reads nothing for this long (a frozen tab, a dead network) is let go.
-SEND_TIMEOUT_S = 30.0
-
 
 async def ticket_events(ticket: Ticket, last_event_id: int = 0) -> AsyncIterator[bytes]:
     """The ticket's events after ``last_event_id``, live, until its terminal event."""
@@ -44,7 +41,8 @@ class TicketStream(EventSourceResponse):
             headers={"X-Request-ID": ticket.id, "Cache-Control": "no-cache"},
             ping=settings.ping_s,
             sep="\n",
-            send_timeout=SEND_TIMEOUT_S,
+            # A guest that takes no bytes for this long (a frozen tab, a dead network) is let go.
+            send_timeout=settings.send_timeout_s,
             # Our own shutdown ends every stream with a terminal event; sse-starlette must not cut it first.
             shutdown_grace_period=settings.shutdown_grace_s + 5,
         )
