@@ -36,6 +36,13 @@ async def read_chat_request(request: Request, settings: Settings) -> ChatRequest
         raise InvalidJSON("The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise InvalidJSON("The request body must be a JSON object like {\"query\": \"...\"}.")
+    try:
+        # JSON can spell what is not text or not a number: a lone surrogate ("\ud800") cannot be
+        # written to SQLite or sent upstream as UTF-8, and 1e999 parses to inf, which httpx will
+        # not encode. Either would end the request (or the log) later; refuse them now.
+        json.dumps(data, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, RecursionError):
+        raise InvalidJSON("The request body holds text or numbers that are not valid.") from None
     return _validate(data, settings)
 
 
