@@ -23,6 +23,11 @@ async def read_stream(response: httpx.Response, guest: Guest, leave_in: str | No
         for event in parser.feed(decoder.decode(raw)):
             if guest.terminal is not None:
                 guest.problems.append(f"event {event.name} after the terminal event")
+            if event.name == "queued" and guest.events and guest.events[-1].name == "queued":
+                # Places in line only matter as they come; keeping just the newest keeps a long
+                # run's client small, so the memory measured is the server's.
+                guest.events[-1] = event
+                continue
             guest.events.append(event)
             if guest.request_id is None and isinstance(event.data, dict):
                 guest.request_id = event.data.get("request_id")
