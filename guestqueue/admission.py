@@ -41,6 +41,13 @@ def parse_json_object(raw: bytes | str, what: str) -> dict[str, Any]:
         raise InvalidJSON(f"{what} is not valid JSON. Send {{\"query\": \"...\"}}.") from None
     if not isinstance(data, dict):
         raise InvalidJSON(f"{what} must be a JSON object like {{\"query\": \"...\"}}.")
+    try:
+        # JSON can spell what is not text or not a number: a lone surrogate ("\ud800") cannot be
+        # written to SQLite or sent upstream as UTF-8, and 1e999 parses to inf, which httpx will
+        # not encode. Either would end the request (or the log) later; refuse them now.
+        json.dumps(data, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, RecursionError):
+        raise InvalidJSON(f"{what} holds text or numbers that are not valid.") from None
     return data
 
 

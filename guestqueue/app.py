@@ -163,7 +163,9 @@ class GuestQueue:
     async def chat_events(self, request: Request) -> Response:
         ticket = self._ticket(request)
         raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
-        last_event_id = int(raw) if raw.strip().isdigit() else 0
+        raw = raw.strip()
+        # isdigit() alone accepts "²" and other digits int() refuses (a 500): ASCII digits only.
+        last_event_id = int(raw) if raw.isascii() and raw.isdigit() else 0
         return TicketStream(self._service, ticket, last_event_id)
 
     async def chat_cancel(self, request: Request) -> Response:

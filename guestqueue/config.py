@@ -58,6 +58,9 @@ class Settings:
         "GUEST_POSITION_UPDATE_SEC", 1.0, "a waiting guest hears its place at least this often"
     )
     ping_s: float = _setting("GUEST_PING_SEC", 15.0, "SSE comment ping on quiet streams")
+    send_timeout_s: float = _setting(
+        "GUEST_SEND_TIMEOUT_SEC", 30.0, "a guest that takes no bytes for this long is let go"
+    )
     reconnect_grace_s: float = _setting(
         "GUEST_RECONNECT_GRACE_SEC", 5.0, "a dropped guest keeps its place this long"
     )
@@ -99,6 +102,8 @@ class Settings:
             raise SettingsError(f"GUEST_UPSTREAM_KIND={self.upstream_kind!r} needs GUEST_UPSTREAM_URL")
         if self.position_update_s <= 0:
             raise SettingsError(f"GUEST_POSITION_UPDATE_SEC={self.position_update_s!r}: must be > 0")
+        if self.send_timeout_s <= 0:
+            raise SettingsError(f"GUEST_SEND_TIMEOUT_SEC={self.send_timeout_s!r}: must be > 0")
         if self.request_timeout_s <= 0:
             raise SettingsError(f"GUEST_REQUEST_TIMEOUT_SEC={self.request_timeout_s!r}: must be > 0")
 

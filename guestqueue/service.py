@@ -40,6 +40,10 @@ TIMEOUT_FALLBACK = (
     "Sorry, this is taking longer than expected. Please try again in a moment, or rephrase your question."
 )
 SHUTDOWN_MESSAGE = "The service is restarting. Please ask again shortly."
+DROP_MESSAGES = {
+    "disconnected": "The guest disconnected.",
+    "send_timeout": "The guest stopped reading the answer.",
+}
 UPSTREAM_FAILURES_DEGRADED = 3  # /health says degraded after this many failed upstream calls in a row
 LOG_BACKLOG_DEGRADED = 10_000  # ... or when this many log rows wait to be written
 # A finished request's events stay replayable this long (for a guest reconnecting just
@@ -189,16 +193,20 @@ class QueueService:
             ticket.grace_timer.cancel()
             ticket.grace_timer = None
 
-    def unsubscribe(self, ticket: Ticket) -> None:
+    def unsubscribe(self, ticket: Ticket, *, reason: str = "disconnected") -> None:
+        """A stream ended; ``reason`` (``disconnected``, ``send_timeout``) is the row's code if the guest
+        does not come back within the reconnect grace."""
         ticket.subscribers -= 1
         if ticket.subscribers == 0 and not ticket.done:
+            ticket.drop_reason = reason
             loop = asyncio.get_running_loop()
             ticket.grace_timer = loop.call_later(self.settings.reconnect_grace_s, self._abandon, ticket)
 
     def _abandon(self, ticket: Ticket) -> None:
         ticket.grace_timer = None
         if ticket.subscribers == 0:
-            self.cancel(ticket, Status.CANCELLED, "disconnected", "The guest disconnected.")
+            code = ticket.drop_reason or "disconnected"
+            self.cancel(ticket, Status.CANCELLED, code, DROP_MESSAGES.get(code, "The guest disconnected."))
 
     def _expire(self, ticket: Ticket) -> None:
         ticket.expiry_timer = None

@@ -30,6 +30,7 @@ from typing import Any
 import aiosqlite
 
 from .tickets import Ticket, new_request_id
+from .upstream import valid_text
 
 logger = logging.getLogger("guestqueue.store")
 
@@ -147,6 +148,12 @@ class RequestLog:
                 try:
                     await self._db.executemany(UPSERT, rows)
                     await self._db.commit()
+                except UnicodeEncodeError:
+                    # Text SQLite cannot take (a lone surrogate): retried as is, this batch would fail
+                    # forever and every later row with it. Write it with U+FFFD instead, at once.
+                    self._pending[:0] = [_valid_row(row) for row in rows]
+                    self._wake.set()
+                    continue
                 except Exception:
                     # Keep the rows (in order) and try again; /health reports the log as behind.
                     logger.exception("request log write failed; retrying")
@@ -162,6 +169,10 @@ class RequestLog:
                 self.batches += 1
             if self._closing and not self._pending:
                 return
+
+
+def _valid_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(valid_text(value) if isinstance(value, str) else value for value in row)
 
 
 def _json(value: Any) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .errors import UpstreamError, UpstreamFailure
 from .tickets import Flight
-from .upstream import Upstream, WorkflowRequest
+from .upstream import Upstream, WorkflowRequest, valid_text
 
 if TYPE_CHECKING:
     from .service import QueueService
@@ -109,10 +109,11 @@ class WorkerPool:
         while True:
             try:
                 async for chunk in self._upstream.stream(request):
+                    # An upstream's "\ud800" would make every UTF-8 writer (JSON answers, SQLite) fail later.
                     if chunk.suggested_questions is not None:
-                        flight.suggested_questions = chunk.suggested_questions
+                        flight.suggested_questions = [valid_text(q) for q in chunk.suggested_questions]
                     if chunk.text:
-                        self._service.emit_chunk(flight, chunk.text)
+                        self._service.emit_chunk(flight, valid_text(chunk.text))
                 if not flight.answer_parts:
                     raise UpstreamError("The assistant returned an empty answer. Please try again.")
                 self._count("ok")

@@ -93,8 +93,9 @@ class MockUpstream:
             return result
 
 
-@pytest.fixture(scope="session")
-def upstream() -> Iterator[MockUpstream]:
+@contextmanager
+def run_mock_upstream() -> Iterator[MockUpstream]:
+    """tests/mock_upstream.py as its own process on a free port (also used by bench/chaos.py)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(HERE / "mock_upstream.py"), str(port)])
     try:
@@ -105,10 +106,17 @@ def upstream() -> Iterator[MockUpstream]:
         proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[MockUpstream]:
+    with run_mock_upstream() as mock:
+        yield mock
+
+
 @dataclass
 class Running:
     guest: GuestQueue
     base: str  # http://127.0.0.1:PORT/api/v1/guest
+    server: uvicorn.Server | None = None  # for tests that look at connections and transports
 
     @property
     def service(self) -> Any:
@@ -119,6 +127,13 @@ class Running:
 @asynccontextmanager
 async def serve_app(app: Any) -> AsyncIterator[str]:
     """Any ASGI app on a free loopback port, served by uvicorn in this event loop; yields its base URL."""
+    async with serve_uvicorn(app) as (base, _):
+        yield base
+
+
+@asynccontextmanager
+async def serve_uvicorn(app: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
+    """Like :func:`serve_app`, also yielding the uvicorn server."""
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", proxy_headers=False,
@@ -132,7 +147,7 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=15)
@@ -144,8 +159,8 @@ async def serve(workflow: Workflow | None = None, **overrides: Any) -> AsyncIter
     from guestqueue import create_app
 
     app = create_app(Settings(**{**FAST, **overrides}), workflow=workflow)
-    async with serve_app(app) as base:
-        yield Running(app.state.guestqueue, base + API_PREFIX)
+    async with serve_uvicorn(app) as (base, server):
+        yield Running(app.state.guestqueue, base + API_PREFIX, server)
 
 
 @dataclass

@@ -4,7 +4,8 @@
 
 Behaviour is chosen per request by query parameters, so one process serves
 every test; ``tag`` groups the calls a test made so it can read them back
-from ``GET /calls?tag=...`` (start time, body, whether the caller went away).
+from ``GET /calls?tag=...`` (start time, body, whether the caller went away;
+``?prefix=...`` gives ``{tag: calls}`` for every tag starting with it).
 
     mode      sse (default) | openai | json | ndjson | text | status | malformed | hang | reset | drip | empty
     chunks    number of chunks (default 3)          delay      seconds between chunks (default 0)
@@ -15,6 +16,9 @@ from ``GET /calls?tag=...`` (start time, body, whether the caller went away).
     ping      1 = an SSE comment after every chunk
 
 The same keys in the request body's ``parameters.mock`` object win over the URL's.
+Any of these may also come per request in the body, as ``parameters.mock``
+(an object of the same names), so one URL can script thousands of different
+calls (the chaos soak). Each call records how many chunks it ``sent``.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ async def upstream(request: Request) -> Response:
     parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
     params = {**dict(request.query_params), **{k: str(v) for k, v in dict(parameters.get("mock") or {}).items()}}
     tag = params.get("tag", "")
-    call: dict[str, Any] = {"t": time.time(), "body": body, "disconnected": False, "finished": False}
+    call: dict[str, Any] = {"t": time.time(), "body": body, "disconnected": False, "finished": False, "sent": 0}
     CALLS[tag].append(call)
     mode = params.get("mode", "sse")
     delay = float(params.get("delay", "0"))
@@ -80,11 +84,13 @@ async def upstream(request: Request) -> Response:
                 if mode == "drip":
                     for char in text:
                         yield char.encode()
+                        call["sent"] += 1
                         await asyncio.sleep(delay or 1.0)
                     continue
                 if mode == "reset" and i == 2:
                     raise ConnectionResetError("mock upstream resets mid-stream")
                 yield encode(mode, text, event_id=i + 1)
+                call["sent"] += 1
                 if params.get("ping") == "1":
                     yield b": keep-alive\n\n"
             if mode == "sse":
@@ -112,6 +118,9 @@ def encode(mode: str, text: str, event_id: int) -> bytes:
 
 
 async def calls(request: Request) -> Response:
+    prefix = request.query_params.get("prefix")
+    if prefix is not None:  # every tag starting with it: {tag: calls}
+        return JSONResponse({tag: found for tag, found in CALLS.items() if tag.startswith(prefix)})
     return JSONResponse(CALLS.get(request.query_params.get("tag", ""), []))
 
 

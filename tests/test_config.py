@@ -21,6 +21,7 @@ def test_defaults_match_design() -> None:
     assert (s.position_update_s, s.ping_s, s.reconnect_grace_s, s.history_size) == (1, 15, 5, 100)
     assert (s.cache_size, s.cache_ttl_s, s.db_path) == (1000, 3600, "guestqueue.db")
     assert (s.max_body_bytes, s.max_query_chars, s.max_per_client, s.shutdown_grace_s) == (65536, 4000, 2, 30)
+    assert s.send_timeout_s == 30
     assert s.resolved_upstream_kind == "demo"
 
 

@@ -126,3 +126,21 @@ def test_sigkill_then_restart_marks_open_rows_abandoned(upstream: MockUpstream, 
     finally:
         restarted.proc.send_signal(signal.SIGTERM)
         assert restarted.proc.wait(timeout=20) == 0
+
+
+async def test_a_row_sqlite_cannot_take_does_not_stall_the_log(tmp_path: Path) -> None:
+    # Found by the chaos suite: one row with a lone surrogate (not UTF-8) failed every batch it was in,
+    # forever, so no later row was ever written either.
+    log = RequestLog(str(tmp_path / "poison.db"))
+    await log.open()
+    bad = Ticket("q\ud800", "client")
+    bad.end(Status.FAILED, error="upstream said \udfff", error_code="upstream_error")
+    good = Ticket("fine", "client")
+    log.record(bad)
+    log.record(good)
+    await wait_until(lambda: log.rows_written == 2, timeout_s=5, message="both rows written")
+    assert not log.failing
+    await log.close()
+    rows = _rows(tmp_path / "poison.db")
+    assert rows[bad.id]["query"] == "q\ufffd" and rows[bad.id]["error"] == "upstream said \ufffd"
+    assert rows[good.id]["status"] == "queued"
