@@ -2,8 +2,9 @@
 
 Callers never wait on SQLite: :meth:`RequestLog.record` snapshots the ticket
 into a tuple and appends it to a buffer; the writer task drains the buffer
-with one ``executemany`` (an UPSERT, so admission, start and end of a request
-land on the same row) and one commit per batch. Each aiosqlite call is a
+with one ``executemany`` of INSERTs (admissions) then one of UPDATEs (start and
+end, on the same row) and one commit per batch. A request's INSERT is always
+recorded before its UPDATEs, so inserts-first keeps every row's order. Each aiosqlite call is a
 thread hop (~85 µs), so per-row awaits would cap the log near 5 000 rows/s;
 batches reach hundreds of thousands.
 
@@ -29,7 +30,7 @@ from typing import Any
 
 import aiosqlite
 
-from .tickets import Ticket, new_request_id
+from .tickets import Status, Ticket, new_request_id
 from .upstream import valid_text
 
 logger = logging.getLogger("guestqueue.store")
@@ -60,11 +61,9 @@ COLUMNS = (
     "request_id", "client", "query", "parameters", "session_id", "status", "error_code", "error", "answer",
     "cached", "created_at", "started_at", "finished_at", "wait_ms", "processing_ms",
 )
-UPSERT = (
-    f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
-    "ON CONFLICT(request_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[5:])
-)
+INSERT = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+UPDATED = ("status", "error_code", "error", "answer", "cached", "started_at", "finished_at", "wait_ms", "processing_ms")
+UPDATE = f"UPDATE requests SET {', '.join(f'{c} = ?' for c in UPDATED)} WHERE request_id = ?"
 ABANDON = (
     "UPDATE requests SET status = 'abandoned', error_code = 'abandoned', finished_at = ? "
     "WHERE status IN ('queued', 'processing')"
@@ -84,7 +83,8 @@ class RequestLog:
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
-        self._pending: list[tuple[Any, ...]] = []
+        self._inserts: list[tuple[Any, ...]] = []
+        self._updates: list[tuple[Any, ...]] = []
         self._wake = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
@@ -98,7 +98,7 @@ class RequestLog:
 
     @property
     def backlog(self) -> int:
-        return len(self._pending)
+        return len(self._inserts) + len(self._updates)
 
     async def open(self) -> None:
         db = await aiosqlite.connect(self.path)
@@ -114,17 +114,23 @@ class RequestLog:
         self._writer = asyncio.create_task(self._write_loop(), name="guestqueue-log-writer")
 
     def record(self, ticket: Ticket) -> None:
-        self._pending.append((
-            ticket.id, ticket.client, ticket.query, _json(ticket.parameters), ticket.session_id,
-            ticket.status.value, ticket.error_code, ticket.error, ticket.answer if ticket.done else None,
-            int(ticket.cached), ticket.created_at, ticket.started_at, ticket.finished_at,
-            ticket.wait_ms, ticket.duration_ms,
-        ))
+        """Log the ticket as it is now: its admission (the row's INSERT), its start or its end."""
+        if ticket.status is Status.QUEUED:
+            self._inserts.append((
+                ticket.id, ticket.client, ticket.query, _json(ticket.parameters), ticket.session_id,
+                ticket.status.value, None, None, None, int(ticket.cached), ticket.created_at, None, None, None, None,
+            ))
+        else:
+            self._updates.append((
+                ticket.status.value, ticket.error_code, ticket.error, ticket.answer if ticket.done else None,
+                int(ticket.cached), ticket.started_at, ticket.finished_at, ticket.wait_ms, ticket.duration_ms,
+                ticket.id,
+            ))
         self._wake.set()
 
     def record_rejection(self, client: str, query: str, code: str) -> None:
         now = time.time()
-        self._pending.append((
+        self._inserts.append((
             new_request_id(), client, query, "{}", None, "rejected", code, None, None, 0, now, None, now, None, None,
         ))
         self._wake.set()
@@ -143,32 +149,39 @@ class RequestLog:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            rows, self._pending = self._pending, []
-            if rows:
+            inserts, updates = self._inserts, self._updates
+            self._inserts, self._updates = [], []
+            if inserts or updates:
                 try:
-                    await self._db.executemany(UPSERT, rows)
+                    await self._db.executemany(INSERT, inserts)
+                    await self._db.executemany(UPDATE, updates)
                     await self._db.commit()
                 except UnicodeEncodeError:
                     # Text SQLite cannot take (a lone surrogate): retried as is, this batch would fail
                     # forever and every later row with it. Write it with U+FFFD instead, at once.
-                    self._pending[:0] = [_valid_row(row) for row in rows]
-                    self._wake.set()
+                    await self._db.rollback()
+                    self._put_back([_valid_row(row) for row in inserts], [_valid_row(row) for row in updates])
                     continue
                 except Exception:
                     # Keep the rows (in order) and try again; /health reports the log as behind.
                     logger.exception("request log write failed; retrying")
                     self.failing = True
-                    self._pending[:0] = rows
-                    self._wake.set()
+                    await self._db.rollback()
+                    self._put_back(inserts, updates)
                     if self._closing:
                         return
                     await asyncio.sleep(RETRY_AFTER_ERROR_S)
                     continue
                 self.failing = False
-                self.rows_written += len(rows)
+                self.rows_written += len(inserts) + len(updates)
                 self.batches += 1
-            if self._closing and not self._pending:
+            if self._closing and not self.backlog:
                 return
+
+    def _put_back(self, inserts: list[tuple[Any, ...]], updates: list[tuple[Any, ...]]) -> None:
+        self._inserts[:0] = inserts
+        self._updates[:0] = updates
+        self._wake.set()
 
 
 def _valid_row(row: tuple[Any, ...]) -> tuple[Any, ...]:

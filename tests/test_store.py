@@ -134,11 +134,12 @@ async def test_a_row_sqlite_cannot_take_does_not_stall_the_log(tmp_path: Path) -
     log = RequestLog(str(tmp_path / "poison.db"))
     await log.open()
     bad = Ticket("q\ud800", "client")
+    log.record(bad)  # its admission
     bad.end(Status.FAILED, error="upstream said \udfff", error_code="upstream_error")
+    log.record(bad)  # its end
     good = Ticket("fine", "client")
-    log.record(bad)
     log.record(good)
-    await wait_until(lambda: log.rows_written == 2, timeout_s=5, message="both rows written")
+    await wait_until(lambda: log.rows_written == 3, timeout_s=5, message="every row written")
     assert not log.failing
     await log.close()
     rows = _rows(tmp_path / "poison.db")
