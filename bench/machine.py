@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("starlette", "uvicorn", "sse-starlette", "httpx", "httpx-aiohttp", "aiohttp", "gradio", "uvloop")
+PACKAGES = ("starlette", "uvicorn", "httpx", "httpx-aiohttp", "aiohttp", "gradio", "uvloop")
 
 
 def describe() -> dict[str, Any]:

@@ -156,11 +156,11 @@ class GuestQueue:
 
     # -- chat ----------------------------------------------------------------------
 
-    async def chat(self, request: Request) -> Response:
+    async def chat(self, request: Request) -> TicketStream:
         ticket = await self._admit(request)
         return TicketStream(self._service, ticket)
 
-    async def chat_events(self, request: Request) -> Response:
+    async def chat_events(self, request: Request) -> TicketStream:
         ticket = self._ticket(request)
         raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
         raw = raw.strip()

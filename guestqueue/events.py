@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -72,6 +73,7 @@ class EventLog:
         self._last_id = 0
         self._changed = asyncio.Event()
         self.closed = False
+        self.last_wake = time.monotonic()  # when readers were last woken (an event, a ping)
 
     @property
     def last_id(self) -> int:
@@ -88,10 +90,19 @@ class EventLog:
             self._latest_position = None
             self._events.append(event)
         self.closed = event.terminal
+        self.nudge()
+        return event
+
+    def nudge(self) -> None:
+        """Wake every reader, e.g. to send a ping or to notice its guest left."""
         # Wake every reader waiting on the old event, then start a fresh one.
         self._changed.set()
         self._changed = asyncio.Event()
-        return event
+        self.last_wake = time.monotonic()
+
+    async def wait(self) -> None:
+        """Return at the next publish or nudge."""
+        await self._changed.wait()
 
     def after(self, last_seen_id: int) -> list[Event]:
         """Events with an id above ``last_seen_id``, oldest first."""

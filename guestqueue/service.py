@@ -70,6 +70,7 @@ class QueueService:
         self.per_client: Counter[str] = Counter()
         self.accepting = True
         self._ticker: asyncio.Task[None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
         self._stopping: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -83,6 +84,7 @@ class QueueService:
     async def start(self) -> None:
         self.pool.start()
         self._ticker = asyncio.create_task(self._tick_positions(), name="guestqueue-positions")
+        self._pinger = asyncio.create_task(self._ping_quiet_streams(), name="guestqueue-pings")
 
     def begin_shutdown(self) -> None:
         """Stop admitting now and drain in the background (see :meth:`stop`)."""
@@ -109,9 +111,10 @@ class QueueService:
             self._end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
         await asyncio.gather(*jobs, return_exceptions=True)
         await self.pool.stop()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
+        for task in (self._ticker, self._pinger):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     # -- admission -----------------------------------------------------------------
 
@@ -364,6 +367,19 @@ class QueueService:
             for flight in self.line.flights():
                 for ticket in flight.tickets:
                     self._publish_position(ticket)
+
+    async def _ping_quiet_streams(self) -> None:
+        """Nudge the streams of requests that sent nothing for ``ping_s``: they send an SSE comment,
+        which keeps proxies from timing them out. One pass over the live requests, not a timer each."""
+        ping_s = self.settings.ping_s
+        if ping_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(ping_s / 2)
+            quiet_since = time.monotonic() - ping_s
+            for ticket in self.registry.live():
+                if ticket.subscribers and ticket.events.last_wake <= quiet_since:
+                    ticket.events.nudge()
 
     def health(self) -> tuple[str, dict[str, Any]]:
         """``ok``, ``degraded`` (upstream failing, log behind) or ``unavailable`` (shutting down)."""

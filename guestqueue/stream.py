@@ -1,69 +1,107 @@
 """Streaming one ticket's events to one connected guest over SSE.
 
-Built on sse-starlette's ``EventSourceResponse`` for pings, send timeouts and
-disconnect detection; the bytes of each event come pre-encoded from
-:mod:`guestqueue.events`. The response counts as the ticket's subscriber from
-the moment it is created until it has finished, however it finishes, so a
-guest who vanishes (even before the first byte) starts the reconnect grace.
+A small ASGI response of our own rather than sse-starlette's
+``EventSourceResponse``: that one runs five tasks per connection (stream,
+ping, disconnect listener, shutdown watcher, and their task group) and takes
+an anyio lock and a cancel scope for every event, which at 10 000 waiting
+guests was three quarters of the server's CPU (docs/benchmarks.md). Here a
+connection costs the response's own task and one disconnect listener:
+
+- pings: the service nudges streams that have been quiet for ``GUEST_PING_SEC``
+  (one pass over the live requests, not a timer per connection);
+- send timeout: one reschedulable ``asyncio.timeout`` per stream, armed only
+  while a send is under way, lets go of a guest that stops reading;
+- shutdown: the service ends every request with a terminal event, which ends
+  its streams.
+
+The event bytes come pre-encoded from :mod:`guestqueue.events`. The response
+counts as the ticket's subscriber from the moment it is created until it has
+finished, however it finishes, so a guest who vanishes (even before the first
+byte) starts the reconnect grace.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from sse_starlette import EventSourceResponse
-from sse_starlette.sse import SendTimeoutError
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from .service import QueueService
 from .tickets import Ticket
 
 logger = logging.getLogger("guestqueue.stream")
 
-
-async def ticket_events(ticket: Ticket, last_event_id: int = 0) -> AsyncIterator[bytes]:
-    """The ticket's events after ``last_event_id``, live, until its terminal event."""
-    seen = last_event_id
-    log = ticket.events
-    while True:
-        for event in log.after(seen):
-            yield event.encode()
-            seen = event.id
-            if event.terminal:
-                return
-        if log.closed:
-            return  # ended before the guest's last seen id: nothing more will come
-        await log.wait_after(seen)
+PING = b": ping\n\n"
 
 
-class TicketStream(EventSourceResponse):
+class TicketStream:
+    media_type = "text/event-stream"
+
     def __init__(self, service: QueueService, ticket: Ticket, last_event_id: int = 0) -> None:
-        settings = service.settings
-        super().__init__(
-            ticket_events(ticket, last_event_id),
-            headers={"X-Request-ID": ticket.id, "Cache-Control": "no-cache"},
-            ping=settings.ping_s,
-            sep="\n",
-            # A guest that takes no bytes for this long (a frozen tab, a dead network) is let go.
-            send_timeout=settings.send_timeout_s,
-            # Our own shutdown ends every stream with a terminal event; sse-starlette must not cut it first.
-            shutdown_grace_period=settings.shutdown_grace_s + 5,
-        )
         self._service = service
         self._ticket = ticket
+        self._last_event_id = last_event_id
+        self._gone = False
+        self.headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),  # nginx: pass each event on at once
+            (b"x-request-id", ticket.id.encode()),
+        ]
         service.subscribe(ticket)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reason = "disconnected"
+        listener = asyncio.ensure_future(self._listen(receive))
         try:
-            await super().__call__(scope, receive, send)
-        except* SendTimeoutError:  # the data send, the ping, or both at once (then as a group)
-            # The guest stopped taking bytes (a frozen tab, a dead network): let go of it like a
-            # guest whose stream dropped, but keep the reason for its row. Not an error of ours,
-            # so it is not re-raised into uvicorn's "Exception in ASGI application" log.
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            if scope.get("method") != "HEAD":
+                await self._stream(send)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:
+            # The guest took no bytes for the send timeout (a frozen tab, a dead network): let go of it
+            # like a guest whose stream dropped, keeping the reason for its row.
             reason = "send_timeout"
             logger.info("request %s: the guest took no bytes for %gs; let go", self._ticket.id,
                         self._service.settings.send_timeout_s)
+        except OSError:
+            pass  # the guest went away mid-send
         finally:
+            listener.cancel()
             self._service.unsubscribe(self._ticket, reason=reason)
+
+    async def _stream(self, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        send_timeout_s = self._service.settings.send_timeout_s
+        async with asyncio.timeout(None) as deadline:
+            async for chunk in self._chunks():
+                deadline.reschedule(loop.time() + send_timeout_s)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                deadline.reschedule(None)
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        """The ticket's events after the guest's last seen id, live, until the terminal one;
+        a ping when woken with nothing new (the service nudges quiet streams)."""
+        seen = self._last_event_id
+        log = self._ticket.events
+        while not self._gone:
+            events = log.after(seen)
+            for event in events:
+                yield event.encode()
+                seen = event.id
+                if event.terminal:
+                    return
+            if log.closed:
+                return  # ended before the guest's last seen id: nothing more will come
+            if not events:
+                yield PING
+            await log.wait()
+
+    async def _listen(self, receive: Receive) -> None:
+        message: Message = {}
+        while message.get("type") != "http.disconnect":
+            message = await receive()
+        self._gone = True
+        self._ticket.events.nudge()

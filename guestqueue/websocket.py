@@ -131,7 +131,7 @@ async def _converse(websocket: WebSocket, service: QueueService, ticket: Ticket)
 
 
 async def _send_events(websocket: WebSocket, ticket: Ticket) -> None:
-    # The same reading of the event log as guestqueue.stream.ticket_events.
+    # The same reading of the event log as guestqueue.stream.TicketStream.
     seen = 0
     log = ticket.events
     while True:

@@ -58,3 +58,26 @@ async def test_request_ids_are_unguessable(upstream: MockUpstream) -> None:
                for i in range(20)]
     assert len(set(ids)) == 20
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids), "128 random bits, hex"
+
+
+async def test_quiet_streams_get_pings_and_nothing_after_the_end(upstream: MockUpstream) -> None:
+    url, _ = upstream.tagged(chunks=2, first=1.0)  # the upstream thinks for a second before its first byte
+    async with serve(upstream_url=url, ping_s=0.2) as running, httpx.AsyncClient(timeout=10) as client:
+        async with client.stream("POST", f"{running.base}/chat", json={"query": "slow"}) as resp:
+            body = (await resp.aread()).decode()
+    processing_at = body.index("event: processing")
+    first_chunk_at = body.index("event: answer_chunk")
+    pings_while_thinking = body.count(": ping", processing_at, first_chunk_at)
+    assert pings_while_thinking >= 3, body
+    assert body.rstrip("\n").endswith("}}"), "the stream ends with its terminal event"
+
+
+async def test_head_on_the_events_endpoint_does_not_hang(upstream: MockUpstream) -> None:
+    url, _ = upstream.tagged(chunks=2, delay=0.5)
+    async with serve(upstream_url=url) as running, httpx.AsyncClient(timeout=5) as client:
+        answer = asyncio.create_task(ask(client, running.base, "q"))
+        await wait_until(lambda: running.service.stats.total_requests == 1)
+        request_id = next(iter(running.service.registry.live())).id
+        head = await client.head(f"{running.base}/chat/{request_id}/events")
+        assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream")
+        assert (await answer)[-1].name == "workflow_complete"
