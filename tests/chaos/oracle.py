@@ -259,8 +259,8 @@ async def drained(service: Any, timeout_s: float) -> bool:
 
 
 async def warm_up(running: Any) -> None:
-    """One request through a fresh server, so tasks started lazily on first use (sse-starlette's
-    shutdown watcher) are part of the baseline."""
+    """One request through a fresh server, so tasks started lazily on first use (e.g. the HTTP
+    client's connection pool) are part of the baseline."""
     import httpx
 
     async with httpx.AsyncClient(timeout=30) as client:
