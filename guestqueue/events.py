@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -47,11 +48,38 @@ class Event:
     def encode(self) -> bytes:
         """The SSE block for this event, computed once however many readers it has."""
         if self._encoded is None:
-            self._encoded = encode_sse(self.id, self.name, self.envelope())
+            if self.name == QUEUED:
+                self._encoded = encode_queued(self.id, self.data)
+            else:
+                self._encoded = encode_sse(self.id, self.name, self.envelope())
         return self._encoded
 
     def __repr__(self) -> str:
         return f"Event(id={self.id}, name={self.name!r})"
+
+
+QUEUED_FIELDS = ("request_id", "queue_position", "total_ahead", "queue_size", "estimated_wait_sec")
+
+
+def encode_queued(event_id: int, data: dict[str, Any]) -> bytes:
+    """``encode_sse`` for a place-in-line update, the hottest event (every waiting guest, every
+    second), formatted directly: the same bytes at a sixth of the cost."""
+    request_id = data.get("request_id")
+    numbers = [data.get(name) for name in QUEUED_FIELDS[1:]]
+    if (
+        list(data) != list(QUEUED_FIELDS) or not isinstance(request_id, str) or not request_id.isalnum()
+        or not all(_plain_number(n) for n in numbers)
+    ):
+        return encode_sse(event_id, QUEUED, {"event": QUEUED, "data": data})
+    position, ahead, size, wait = numbers
+    return (
+        f'event: queued\nid: {event_id}\ndata: {{"event":"queued","data":{{"request_id":"{request_id}",'
+        f'"queue_position":{position},"total_ahead":{ahead},"queue_size":{size},"estimated_wait_sec":{wait}}}}}\n\n'
+    ).encode()
+
+
+def _plain_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)  # not bool, NaN or infinity
 
 
 def encode_sse(event_id: int, name: str, envelope: dict[str, Any]) -> bytes:

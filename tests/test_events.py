@@ -6,8 +6,19 @@ import asyncio
 import json
 
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+from hypothesis import given
+from hypothesis import strategies as st
 
-from guestqueue.events import ANSWER_CHUNK, PROCESSING, QUEUED, WORKFLOW_COMPLETE, Event, EventLog
+from guestqueue.events import (
+    ANSWER_CHUNK,
+    PROCESSING,
+    QUEUED,
+    WORKFLOW_COMPLETE,
+    Event,
+    EventLog,
+    encode_queued,
+    encode_sse,
+)
 
 HOSTILE = [
     "plain",
@@ -77,3 +88,15 @@ def test_bounded_replay_buffer() -> None:
     for i in range(20):
         log.publish(ANSWER_CHUNK, str(i))
     assert [e.data for e in log.after(0)] == [str(i) for i in range(15, 20)]
+
+
+@given(
+    position=st.integers(min_value=0, max_value=10**6),
+    size=st.integers(min_value=0, max_value=10**6),
+    wait=st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(), st.floats()),
+    request_id=st.one_of(st.just("0123456789abcdef0123456789abcdef"), st.text(max_size=8)),
+)
+def test_fast_queued_encoding_matches_the_general_one(position: int, size: int, wait: float, request_id: str) -> None:
+    data = {"request_id": request_id, "queue_position": position, "total_ahead": position - 1,
+            "queue_size": size, "estimated_wait_sec": wait}
+    assert encode_queued(3, data) == encode_sse(3, QUEUED, {"event": QUEUED, "data": data})
