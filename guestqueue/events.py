@@ -67,7 +67,9 @@ def encode_queued(event_id: int, data: dict[str, Any]) -> bytes:
     request_id = data.get("request_id")
     numbers = [data.get(name) for name in QUEUED_FIELDS[1:]]
     if (
-        list(data) != list(QUEUED_FIELDS) or not isinstance(request_id, str) or not (request_id.isascii() and request_id.isalnum())
+        list(data) != list(QUEUED_FIELDS)
+        or not isinstance(request_id, str)
+        or not (request_id.isascii() and request_id.isalnum())  # nothing JSON would escape
         or not all(_plain_number(n) for n in numbers)
     ):
         return encode_sse(event_id, QUEUED, {"event": QUEUED, "data": data})
