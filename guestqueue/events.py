@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -103,7 +102,6 @@ class EventLog:
         self._last_id = 0
         self._changed = asyncio.Event()
         self.closed = False
-        self.last_wake = time.monotonic()  # when readers were last woken (an event, a ping)
 
     @property
     def last_id(self) -> int:
@@ -125,10 +123,9 @@ class EventLog:
 
     def nudge(self) -> None:
         """Wake every reader, e.g. to send a ping or to notice its guest left."""
-        # Wake every reader waiting on the old event, then start a fresh one.
+        # set() resolves every current waiter; clear() at once makes later waits block again.
         self._changed.set()
-        self._changed = asyncio.Event()
-        self.last_wake = time.monotonic()
+        self._changed.clear()
 
     async def wait(self) -> None:
         """Return at the next publish or nudge."""

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections import Counter
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from .cache import AnswerCache, CachedAnswer
 from .config import Settings
@@ -51,6 +51,10 @@ LOG_BACKLOG_DEGRADED = 10_000  # ... or when this many log rows wait to be writt
 REPLAY_AFTER_END_S = 60.0
 
 
+class OpenStream(Protocol):
+    def check(self, now: float) -> None: ...
+
+
 class QueueService:
     def __init__(self, settings: Settings, upstream: Upstream, *, log: RequestLog | None = None) -> None:
         self.settings = settings
@@ -70,7 +74,8 @@ class QueueService:
         self.per_client: Counter[str] = Counter()
         self.accepting = True
         self._ticker: asyncio.Task[None] | None = None
-        self._pinger: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.streams: set[OpenStream] = set()  # the guests' open SSE responses
         self._stopping: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -84,7 +89,7 @@ class QueueService:
     async def start(self) -> None:
         self.pool.start()
         self._ticker = asyncio.create_task(self._tick_positions(), name="guestqueue-positions")
-        self._pinger = asyncio.create_task(self._ping_quiet_streams(), name="guestqueue-pings")
+        self._watcher = asyncio.create_task(self._watch_streams(), name="guestqueue-streams")
 
     def begin_shutdown(self) -> None:
         """Stop admitting now and drain in the background (see :meth:`stop`)."""
@@ -111,7 +116,7 @@ class QueueService:
             self._end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
         await asyncio.gather(*jobs, return_exceptions=True)
         await self.pool.stop()
-        for task in (self._ticker, self._pinger):
+        for task in (self._ticker, self._watcher):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -368,18 +373,16 @@ class QueueService:
                 for ticket in flight.tickets:
                     self._publish_position(ticket)
 
-    async def _ping_quiet_streams(self) -> None:
-        """Nudge the streams of requests that sent nothing for ``ping_s``: they send an SSE comment,
-        which keeps proxies from timing them out. One pass over the live requests, not a timer each."""
-        ping_s = self.settings.ping_s
-        if ping_s <= 0:
-            return
+    async def _watch_streams(self) -> None:
+        """One pass over the open streams, several times a second: quiet ones send a ping (which
+        keeps proxies from timing them out), sends stuck past the send timeout are let go."""
+        settings = self.settings
+        every_s = min(1.0, settings.send_timeout_s / 4, *([settings.ping_s / 2] if settings.ping_s > 0 else []))
         while True:
-            await asyncio.sleep(ping_s / 2)
-            quiet_since = time.monotonic() - ping_s
-            for ticket in self.registry.live():
-                if ticket.subscribers and ticket.events.last_wake <= quiet_since:
-                    ticket.events.nudge()
+            await asyncio.sleep(every_s)
+            now = time.monotonic()
+            for stream in list(self.streams):
+                stream.check(now)
 
     def health(self) -> tuple[str, dict[str, Any]]:
         """``ok``, ``degraded`` (upstream failing, log behind) or ``unavailable`` (shutting down)."""

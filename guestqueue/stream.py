@@ -7,10 +7,11 @@ an anyio lock and a cancel scope for every event, which at 10 000 waiting
 guests was three quarters of the server's CPU (docs/benchmarks.md). Here a
 connection costs the response's own task and one disconnect listener:
 
-- pings: the service nudges streams that have been quiet for ``GUEST_PING_SEC``
-  (one pass over the live requests, not a timer per connection);
-- send timeout: one reschedulable ``asyncio.timeout`` per stream, armed only
-  while a send is under way, lets go of a guest that stops reading;
+- pings and send timeouts: one pass of the service over the open streams
+  (:meth:`TicketStream.check`, several times a second) nudges a stream quiet for
+  ``GUEST_PING_SEC`` to send a comment, and lets go of a guest whose send has
+  been stuck for ``GUEST_SEND_TIMEOUT_SEC`` (it stopped reading): no timer per
+  stream, nothing per event but two clock reads;
 - shutdown: the service ends every request with a terminal event, which ends
   its streams.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from starlette.types import Message, Receive, Scope, Send
@@ -44,6 +46,10 @@ class TicketStream:
         self._ticket = ticket
         self._last_event_id = last_event_id
         self._gone = False
+        self._task: asyncio.Task[object] | None = None
+        self._sending_since: float | None = None
+        self._last_sent = time.monotonic()
+        self._timed_out = False
         self.headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -53,16 +59,25 @@ class TicketStream:
         service.subscribe(ticket)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._task = asyncio.current_task()
+        self._service.streams.add(self)
         reason = "disconnected"
         listener = asyncio.ensure_future(self._listen(receive))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             if scope.get("method") != "HEAD":
-                await self._stream(send)
+                async for chunk in self._chunks():
+                    self._sending_since = time.monotonic()
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    self._sending_since = None
+                    self._last_sent = time.monotonic()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except TimeoutError:
-            # The guest took no bytes for the send timeout (a frozen tab, a dead network): let go of it
-            # like a guest whose stream dropped, keeping the reason for its row.
+        except asyncio.CancelledError:
+            # check() cancels a send stuck for the send timeout; any other cancellation goes on.
+            if not self._timed_out or self._task is None or self._task.uncancel() > 0:
+                raise
+            # The guest took no bytes (a frozen tab, a dead network): let go of it like a guest
+            # whose stream dropped, keeping the reason for its row.
             reason = "send_timeout"
             logger.info("request %s: the guest took no bytes for %gs; let go", self._ticket.id,
                         self._service.settings.send_timeout_s)
@@ -70,16 +85,20 @@ class TicketStream:
             pass  # the guest went away mid-send
         finally:
             listener.cancel()
+            self._service.streams.discard(self)
             self._service.unsubscribe(self._ticket, reason=reason)
 
-    async def _stream(self, send: Send) -> None:
-        loop = asyncio.get_running_loop()
-        send_timeout_s = self._service.settings.send_timeout_s
-        async with asyncio.timeout(None) as deadline:
-            async for chunk in self._chunks():
-                deadline.reschedule(loop.time() + send_timeout_s)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                deadline.reschedule(None)
+    def check(self, now: float) -> None:
+        """The service's pass over open streams: let go of a stuck send, or ping a quiet stream."""
+        settings = self._service.settings
+        since = self._sending_since
+        if since is not None:
+            if now - since > settings.send_timeout_s and not self._timed_out and self._task is not None:
+                self._timed_out = True
+                self._task.cancel()
+        elif settings.ping_s > 0 and now - self._last_sent >= settings.ping_s:
+            self._last_sent = now
+            self._ticket.events.nudge()  # wakes the stream with nothing new: it sends a ping
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         """The ticket's events after the guest's last seen id, live, until the terminal one;
