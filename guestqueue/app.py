@@ -206,7 +206,7 @@ class GuestQueue:
         self._require_admin(request)
         ticket = self._ticket(request)
         if ticket.flight is not None:
-            self._service.line.position(ticket.flight)  # renumber first if the line just changed
+            self._service.line.position(ticket.flight)  # exact (renumbered silently) if the line just changed
         return JSONResponse(ticket.summary())
 
     async def queue_history(self, request: Request) -> Response:

@@ -64,7 +64,9 @@ class QueueService:
         self.registry = Registry(settings.history_size)
         self.cache = AnswerCache(settings.cache_size, settings.cache_ttl_s) if settings.cache_size > 0 else None
         self.inflight: dict[str, Flight] = {}  # flights by cache key, for single-flight
-        self.line = WaitingLine(settings.max_queue_size, on_moved=self._publish_positions)
+        self.line = WaitingLine(
+            settings.max_queue_size, on_moved=self._publish_positions, startable_now=self._startable_now
+        )
         self.limiter = PacingLimiter(settings.upstream_interval_s)
         self.estimator = WaitEstimator(
             settings.max_concurrent_requests, settings.upstream_interval_s, self._eta_snapshot
@@ -164,6 +166,7 @@ class QueueService:
             for text in flight.answer_parts:
                 ticket.events.publish(ANSWER_CHUNK, text)
         else:
+            self.line.position(flight)  # a rider's flight may have moved since it was numbered
             self._publish_position(ticket)
         return ticket
 
@@ -342,6 +345,13 @@ class QueueService:
         elapsed = [now - f.started_mono for f in self.pool.active.values() if f.started_mono is not None]
         return elapsed, self.limiter.delay_s()
 
+    def _startable_now(self) -> int:
+        """Flights a free slot would start right now: with pacing, at most the one the limiter lets go."""
+        free = self.settings.max_concurrent_requests - len(self.pool.active)
+        if self.settings.upstream_interval_s > 0:
+            return min(free, 1 if self.limiter.delay_s() <= 0 else 0)
+        return free
+
     def _publish_position(self, ticket: Ticket) -> None:
         position = ticket.position
         ticket.events.publish(QUEUED, {
@@ -369,9 +379,11 @@ class QueueService:
             await asyncio.sleep(max(0.0, due - loop.time()))
             due = max(due + interval_s, loop.time())
             self.estimator.invalidate()
-            for flight in self.line.flights():
+            flights = self.line.flights()
+            for flight in flights:
                 for ticket in flight.tickets:
                     self._publish_position(ticket)
+            self.line.mark_reported(flights)
 
     async def _watch_streams(self) -> None:
         """One pass over the open streams, several times a second: quiet ones send a ping (which

@@ -140,6 +140,7 @@ class Flight:
     tickets: list[Ticket]
     id: str = field(default_factory=new_flight_id)
     position: int = 0
+    reported_position: int = 0  # the place its guests last heard
     started_mono: float | None = None
     finished: bool = False
     answer_parts: list[str] = field(default_factory=list)
