@@ -24,7 +24,7 @@ from .cache import AnswerCache, CachedAnswer
 from .config import Settings
 from .errors import ClientLimit, LineFull, Rejected, ShuttingDown
 from .eta import WaitEstimator
-from .events import ANSWER_CHUNK, ERROR, PROCESSING, QUEUED, TIMEOUT, WORKFLOW_COMPLETE
+from .events import ERROR, PROCESSING, QUEUED, TIMEOUT, WORKFLOW_COMPLETE, SharedAnswer
 from .history import Registry, Stats
 from .limiter import PacingLimiter
 from .line import WaitingLine
@@ -61,7 +61,7 @@ class QueueService:
         self.upstream = upstream
         self.log = log
         self.stats = Stats()
-        self.registry = Registry(settings.history_size)
+        self.registry = Registry(settings.history_size, replay_s=max(REPLAY_AFTER_END_S, settings.reconnect_grace_s))
         self.cache = AnswerCache(settings.cache_size, settings.cache_ttl_s) if settings.cache_size > 0 else None
         self.inflight: dict[str, Flight] = {}  # flights by cache key, for single-flight
         self.line = WaitingLine(
@@ -163,8 +163,7 @@ class QueueService:
         ticket.expiry_timer = asyncio.get_running_loop().call_later(self.settings.max_wait_s, self._expire, ticket)
         if flight.started:
             self._start_ticket(ticket)
-            for text in flight.answer_parts:
-                ticket.events.publish(ANSWER_CHUNK, text)
+            ticket.events.follow(flight.shared)  # the chunks so far, then the rest as they come
         else:
             self.line.position(flight)  # a rider's flight may have moved since it was numbered
             self._publish_position(ticket)
@@ -190,9 +189,8 @@ class QueueService:
     def _answer_from_cache(self, ticket: Ticket, cached: CachedAnswer) -> None:
         ticket.cached = True
         self._start_ticket(ticket)
-        for text in cached.chunks:
-            ticket.events.publish(ANSWER_CHUNK, text)
         ticket.answer_parts = list(cached.chunks)
+        ticket.events.follow(SharedAnswer(ticket.answer_parts))
         ticket.suggested_questions = list(cached.suggested_questions)
         self._end(ticket, Status.COMPLETED, WORKFLOW_COMPLETE, self._complete_payload(ticket))
 
@@ -238,19 +236,20 @@ class QueueService:
         self.estimator.invalidate()
         for ticket in flight.tickets:
             self._start_ticket(ticket)
+            ticket.events.follow(flight.shared)
 
     def emit_chunk(self, flight: Flight, text: str) -> None:
-        flight.answer_parts.append(text)
+        flight.answer_parts.append(text)  # one copy, read by every rider's event log
         for ticket in flight.tickets:
-            ticket.events.publish(ANSWER_CHUNK, text)
+            ticket.events.nudge()
 
     def end_flight_completed(self, flight: Flight) -> None:
         self._flight_finished(flight, record_duration=True)
         if self.cache is not None and flight.key is not None:
             self.cache.put(flight.key, CachedAnswer(tuple(flight.answer_parts), list(flight.suggested_questions)))
         for ticket in list(flight.tickets):
-            ticket.answer_parts = list(flight.answer_parts)
-            ticket.suggested_questions = list(flight.suggested_questions)
+            ticket.answer_parts = flight.answer_parts  # final now: shared, not copied per rider
+            ticket.suggested_questions = flight.suggested_questions
             self._end(ticket, Status.COMPLETED, WORKFLOW_COMPLETE, self._complete_payload(ticket))
 
     def end_flight_timeout(self, flight: Flight) -> None:
@@ -319,8 +318,6 @@ class QueueService:
         if event == WORKFLOW_COMPLETE:
             payload["duration_ms"] = round(ticket.duration_ms or 0.0, 1)
         ticket.events.publish(event, payload)
-        replay_s = max(REPLAY_AFTER_END_S, self.settings.reconnect_grace_s)
-        asyncio.get_running_loop().call_later(replay_s, ticket.events.compact)
         self.per_client[ticket.client] -= 1
         if self.per_client[ticket.client] <= 0:
             del self.per_client[ticket.client]
@@ -379,6 +376,7 @@ class QueueService:
             await asyncio.sleep(max(0.0, due - loop.time()))
             due = max(due + interval_s, loop.time())
             self.estimator.invalidate()
+            self.registry.compact_expired(time.monotonic())
             flights = self.line.flights()
             for flight in flights:
                 for ticket in flight.tickets:

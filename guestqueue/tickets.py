@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .events import EventLog
+from .events import EventLog, SharedAnswer
 
 
 class Status(StrEnum):
@@ -146,6 +146,10 @@ class Flight:
     answer_parts: list[str] = field(default_factory=list)
     suggested_questions: list[str] = field(default_factory=list)
     job: asyncio.Task[None] | None = None
+    shared: SharedAnswer = field(init=False)  # answer_parts, read by every rider's event log
+
+    def __post_init__(self) -> None:
+        self.shared = SharedAnswer(self.answer_parts)
 
     @property
     def started(self) -> bool:

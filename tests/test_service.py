@@ -15,7 +15,7 @@ from guestqueue.service import QueueService
 from guestqueue.tickets import Status, Ticket
 from guestqueue.upstream import PythonUpstream, WorkflowRequest
 
-from .conftest import FAST, MockUpstream, serve
+from .conftest import FAST, MockUpstream, serve, wait_until
 
 
 async def _never(request: WorkflowRequest) -> AsyncIterator[str]:
@@ -100,3 +100,23 @@ async def test_status_polls_tell_nobody() -> None:
         await asyncio.sleep(MIN_REPORT_GAP_S * 2)
         polls = _events_published(tickets) - before
         assert polls < 5 * waiting, f"{polls} events for 50 status polls"
+
+
+async def _two_chunks(request: WorkflowRequest) -> AsyncIterator[str]:
+    yield "one "
+    yield "two"
+
+
+async def test_full_event_logs_of_finished_requests_are_bounded_by_count() -> None:
+    # Finished requests keep their whole log for a minute, for a guest reconnecting after the
+    # end, but never more of them than can still be looked up: above ~17 requests/s the timers
+    # used to keep logs the registry had already let go of.
+    async with serve(_two_chunks, max_concurrent_requests=50, max_queue_size=2000, max_per_client=5000) as running:
+        service = running.service
+        keep = service.registry._keep_finished
+        tickets = [service.submit(f"q{i}", client="c") for i in range(keep + 500)]
+        await wait_until(lambda: all(t.done for t in tickets), 20, "every request to finish")
+        full = [t for t in tickets if len(t.events.after(0)) > 1]
+        assert len(full) <= keep, f"{len(full)} full logs kept"
+        assert full == tickets[-len(full):], "the newest keep their logs for replay"
+        assert service.registry.get(tickets[-1].id) is tickets[-1]
