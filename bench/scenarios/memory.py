@@ -18,6 +18,7 @@ import time
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from guestqueue import Settings
 from guestqueue.service import QueueService
@@ -25,7 +26,7 @@ from guestqueue.upstream import PythonUpstream, WorkflowRequest
 
 from ..report import Result, Table
 
-QUIET = {"db_path": "", "upstream_interval_s": 0.0, "max_per_client": 10**7, "upstream_retries": 0}
+QUIET: dict[str, Any] = {"db_path": "", "upstream_interval_s": 0.0, "max_per_client": 10**7, "upstream_retries": 0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
