@@ -103,6 +103,7 @@ class GuestQueue:
             Route("/chat/simple", self.chat_simple, methods=["POST"]),
             Route("/chat/{request_id}/events", self.chat_events, methods=["GET"]),
             Route("/chat/{request_id}", self.chat_cancel, methods=["DELETE"]),
+            Route("/chat/{name}", self.no_such_chat_endpoint, methods=["POST"]),
             Route("/queue/status", self.queue_status, methods=["GET"]),
             Route("/queue/request/{request_id}", self.queue_request, methods=["GET"]),
             Route("/queue/history", self.queue_history, methods=["GET"]),
@@ -122,7 +123,8 @@ class GuestQueue:
         if origins:
             middleware.append(Middleware(
                 CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["Content-Type", "Last-Event-ID", "X-API-Key"], expose_headers=["X-Request-ID"],
+                allow_headers=["Content-Type", "Last-Event-ID", "X-API-Key", "Idempotency-Key"],
+                expose_headers=["X-Request-ID", "Retry-After"],
             ))
         return middleware
 
@@ -148,24 +150,32 @@ class GuestQueue:
             raise NotFound("No request with that id (it may have expired).")
         return ticket
 
-    async def _admit(self, request: Request) -> Ticket:
+    async def _admit(self, request: Request) -> tuple[Ticket, bool]:
+        """The admitted ticket, and whether it is one this client had already sent (Idempotency-Key)."""
         body = await read_chat_request(request, self.settings)
-        return self._service.submit(
-            body.query, client=client_key(request), parameters=body.parameters, session_id=body.session_id
+        client = client_key(request)
+        service = self._service
+        known = service.registry.by_key(client, body.idempotency_key) if body.idempotency_key else None
+        ticket = service.submit(
+            body.query, client=client, parameters=body.parameters, session_id=body.session_id,
+            idempotency_key=body.idempotency_key,
         )
+        return ticket, ticket is known
 
     # -- chat ----------------------------------------------------------------------
 
-    async def chat(self, request: Request) -> TicketStream:
-        ticket = await self._admit(request)
-        return TicketStream(self._service, ticket)
+    async def chat(self, request: Request) -> Response | TicketStream:
+        ticket, again = await self._admit(request)
+        # The same question sent again (a client retrying a dropped POST stream): resume it.
+        return self._stream(ticket, _last_event_id(request) if again else 0)
 
-    async def chat_events(self, request: Request) -> TicketStream:
-        ticket = self._ticket(request)
-        raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
-        raw = raw.strip()
-        # isdigit() alone accepts "²" and other digits int() refuses (a 500): ASCII digits only.
-        last_event_id = int(raw) if raw.isascii() and raw.isdigit() else 0
+    async def chat_events(self, request: Request) -> Response | TicketStream:
+        return self._stream(self._ticket(request), _last_event_id(request))
+
+    def _stream(self, ticket: Ticket, last_event_id: int) -> Response | TicketStream:
+        if ticket.done and last_event_id >= ticket.events.last_id:
+            # Everything was seen: 204 tells an EventSource to stop reconnecting (the SSE spec's way).
+            return Response(status_code=204, headers={"X-Request-ID": ticket.id})
         return TicketStream(self._service, ticket, last_event_id)
 
     async def chat_cancel(self, request: Request) -> Response:
@@ -177,9 +187,17 @@ class GuestQueue:
             )
         return JSONResponse({"request_id": ticket.id, "status": "cancelled"})
 
+    async def no_such_chat_endpoint(self, request: Request) -> Response:
+        # e.g. an OpenAI client pointed here: POST /chat/completions would otherwise be a 405 of the
+        # DELETE /chat/{request_id} route, which says nothing useful.
+        raise NotFound(
+            f"There is no POST /chat/{request.path_params['name']}. Ask with POST /chat (an SSE stream) or "
+            "POST /chat/simple (one JSON answer), with a JSON body {\"query\": \"...\"}."
+        )
+
     async def chat_simple(self, request: Request) -> Response:
         service = self._service
-        ticket = await self._admit(request)
+        ticket, _ = await self._admit(request)
         service.subscribe(ticket)
         try:
             finished = await _until_done_or_disconnect(ticket, request)
@@ -223,6 +241,13 @@ class GuestQueue:
             return JSONResponse({"status": "unavailable", "problems": ["not running"]}, status_code=503)
         status, body = self.service.health()
         return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
+
+
+def _last_event_id(request: Request) -> int:
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
+    raw = raw.strip()
+    # isdigit() alone accepts "²" and other digits int() refuses (a 500): ASCII digits only.
+    return int(raw) if raw.isascii() and raw.isdigit() else 0
 
 
 async def _until_done_or_disconnect(ticket: Ticket, request: Request) -> bool:

@@ -22,7 +22,7 @@ from typing import Any, NoReturn, Protocol
 
 from .cache import AnswerCache, CachedAnswer
 from .config import Settings
-from .errors import ClientLimit, LineFull, Rejected, ShuttingDown
+from .errors import ClientLimit, IdempotencyMismatch, LineFull, Rejected, ShuttingDown
 from .eta import WaitEstimator
 from .events import ERROR, PROCESSING, QUEUED, TIMEOUT, WORKFLOW_COMPLETE, SharedAnswer
 from .history import Registry, Stats
@@ -126,9 +126,20 @@ class QueueService:
     # -- admission -----------------------------------------------------------------
 
     def submit(
-        self, query: str, *, client: str, parameters: dict[str, Any] | None = None, session_id: str | None = None
+        self, query: str, *, client: str, parameters: dict[str, Any] | None = None, session_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Ticket:
-        """Admit a request, or raise a :class:`~guestqueue.errors.Rejected`."""
+        """Admit a request, or raise a :class:`~guestqueue.errors.Rejected`.
+
+        With an ``idempotency_key`` this client already used for a request that is live or still
+        replayable, that same request is returned (nothing is admitted, nothing called upstream).
+        """
+        if idempotency_key is not None and (known := self.registry.by_key(client, idempotency_key)) is not None:
+            if (known.query, known.parameters, known.session_id) != (query, parameters or {}, session_id):
+                raise IdempotencyMismatch(
+                    "This Idempotency-Key was already used for a different question. Use a new key per question."
+                )
+            return known
         if not self.accepting:
             self._reject(client, query, ShuttingDown("The service is restarting. Please try again shortly."))
         if self.per_client[client] >= self.settings.max_per_client:
@@ -137,7 +148,7 @@ class QueueService:
                 "Please wait for an answer before asking more.",
                 retry_after_s=self._retry_after_s(1),
             ))
-        ticket = Ticket(query, client, parameters or {}, session_id)
+        ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key)
         key = AnswerCache.key(query, ticket.parameters) if self.cache is not None else None
         if self.cache is not None and key is not None and (cached := self.cache.get(key)) is not None:
             self._register(ticket)

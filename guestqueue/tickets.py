@@ -49,6 +49,7 @@ class Ticket:
     client: str
     parameters: dict[str, Any] = field(default_factory=dict)
     session_id: str | None = None
+    idempotency_key: str | None = None  # the client's name for this request, to ask again safely
     id: str = field(default_factory=new_request_id)
     status: Status = Status.QUEUED
     created_at: float = field(default_factory=time.time)

@@ -82,7 +82,7 @@ async def _admit(websocket: WebSocket, service: QueueService) -> Ticket:
         raise BodyTooLarge(f"The message is larger than {settings.max_body_bytes} bytes.")
     body = validate_chat_request(_from_older_form(parse_json_object(text, "The message")), settings)
     return service.submit(body.query, client=client_key(websocket), parameters=body.parameters,
-                          session_id=body.session_id)
+                          session_id=body.session_id, idempotency_key=body.idempotency_key)
 
 
 def _from_older_form(data: dict[str, Any]) -> dict[str, Any]:
