@@ -100,6 +100,7 @@ class Settings:
             )
         if self.upstream_kind in ("http", "openai", "python") and not self.upstream_url:
             raise SettingsError(f"GUEST_UPSTREAM_KIND={self.upstream_kind!r} needs GUEST_UPSTREAM_URL")
+        self._check_upstream_combination()
         if self.position_update_s <= 0:
             raise SettingsError(f"GUEST_POSITION_UPDATE_SEC={self.position_update_s!r}: must be > 0")
         if self.send_timeout_s <= 0:
@@ -109,7 +110,8 @@ class Settings:
 
     @property
     def resolved_upstream_kind(self) -> str:
-        """`auto` made concrete: no URL is the demo, `module:function` is python, else http."""
+        """`auto` made concrete: no URL is the demo, `module:function` is python; a URL is openai when
+        it ends in ``/v1`` or ``/chat/completions`` or a model is named, else http."""
         if self.upstream_kind != "auto":
             return self.upstream_kind
         url = self.upstream_url
@@ -118,7 +120,17 @@ class Settings:
         if "://" not in url and ":" in url:
             return "python"
         path = url.split("?", 1)[0].rstrip("/")
-        return "openai" if path.endswith("/chat/completions") else "http"
+        if path.endswith(("/chat/completions", "/v1")) or self.upstream_model:
+            return "openai"
+        return "http"
+
+    def _check_upstream_combination(self) -> None:
+        kind = self.resolved_upstream_kind
+        if self.upstream_model and kind != "openai":
+            why = "no GUEST_UPSTREAM_URL is set" if not self.upstream_url else f"the upstream kind is {kind!r}"
+            raise SettingsError(
+                f"GUEST_UPSTREAM_MODEL={self.upstream_model!r}: only an openai upstream takes a model, and {why}"
+            )
 
     @property
     def cors_origin_list(self) -> list[str]:

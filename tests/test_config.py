@@ -81,3 +81,32 @@ def test_cli_stops_with_one_line(env: dict[str, str], expected: str) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "model", "kind"),
+    [
+        ("https://api.example.org/v1", "", "openai"),
+        ("https://api.example.org/v1/", "", "openai"),
+        ("https://api.example.org/v1/chat/completions", "", "openai"),
+        ("http://127.0.0.1:4000", "gpt-4o-mini", "openai"),  # e.g. a LiteLLM proxy at its root
+        ("http://127.0.0.1:9000/chat", "", "http"),
+        ("mypkg.flows:answer", "", "python"),
+        ("", "", "demo"),
+    ],
+)
+def test_auto_picks_the_upstream_kind(url: str, model: str, kind: str) -> None:
+    assert Settings(upstream_url=url, upstream_model=model).resolved_upstream_kind == kind
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"upstream_kind": "http", "upstream_url": "http://127.0.0.1:9000/chat", "upstream_model": "m"},
+        {"upstream_url": "mypkg.flows:answer", "upstream_model": "m"},
+        {"upstream_model": "m"},
+    ],
+)
+def test_a_model_for_an_upstream_that_takes_none_stops_start_up(values: dict[str, str]) -> None:
+    with pytest.raises(SettingsError, match="GUEST_UPSTREAM_MODEL='m': only an openai upstream takes a model"):
+        Settings(**values)
