@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -107,6 +108,6 @@ def test_auto_picks_the_upstream_kind(url: str, model: str, kind: str) -> None:
         {"upstream_model": "m"},
     ],
 )
-def test_a_model_for_an_upstream_that_takes_none_stops_start_up(values: dict[str, str]) -> None:
+def test_a_model_for_an_upstream_that_takes_none_stops_start_up(values: dict[str, Any]) -> None:
     with pytest.raises(SettingsError, match="GUEST_UPSTREAM_MODEL='m': only an openai upstream takes a model"):
         Settings(**values)
