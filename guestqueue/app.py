@@ -34,6 +34,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from .admission import client_key, read_chat_request
 from .config import Settings
 from .errors import Forbidden, NotFound, Rejected, ShuttingDown, Unauthorized
+from .monitor import StatusMonitor
 from .pages import page_routes
 from .service import QueueService
 from .store import RequestLog
@@ -52,6 +53,7 @@ class GuestQueue:
         self.settings = settings if settings is not None else Settings.from_env()
         self.workflow = workflow
         self.service: QueueService | None = None
+        self.monitor: StatusMonitor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.app = Starlette(
             routes=self._routes(),
@@ -76,12 +78,15 @@ class GuestQueue:
                 await log.open()
             service = QueueService(self.settings, upstream, log=log)
             await service.start()
-            self.service, self._loop = service, asyncio.get_running_loop()
+            monitor = StatusMonitor(service, ping_s=self.settings.ping_s, send_timeout_s=self.settings.send_timeout_s)
+            monitor.start()
+            self.service, self.monitor, self._loop = service, monitor, asyncio.get_running_loop()
             try:
                 yield
             finally:
                 await service.stop()
-                self.service = None
+                await monitor.stop()
+                self.service = self.monitor = None
         finally:
             if log is not None:
                 await log.close()
@@ -105,6 +110,8 @@ class GuestQueue:
             Route("/chat/{request_id}", self.chat_cancel, methods=["DELETE"]),
             Route("/chat/{name}", self.no_such_chat_endpoint, methods=["POST"]),
             Route("/queue/status", self.queue_status, methods=["GET"]),
+            Route("/queue/status/stream", self.queue_status_stream, methods=["GET"]),
+            Route("/queue/status/samples", self.queue_status_samples, methods=["GET"]),
             Route("/queue/request/{request_id}", self.queue_request, methods=["GET"]),
             Route("/queue/history", self.queue_history, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
@@ -219,6 +226,20 @@ class GuestQueue:
     async def queue_status(self, request: Request) -> Response:
         self._require_admin(request)
         return JSONResponse(self._service.snapshot())
+
+    async def queue_status_stream(self, request: Request) -> Response:
+        self._require_admin(request)
+        return self._monitor.stream()
+
+    async def queue_status_samples(self, request: Request) -> Response:
+        self._require_admin(request)
+        return JSONResponse(self._monitor.samples())
+
+    @property
+    def _monitor(self) -> StatusMonitor:
+        if self.monitor is None:
+            raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
+        return self.monitor
 
     async def queue_request(self, request: Request) -> Response:
         self._require_admin(request)

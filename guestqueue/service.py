@@ -79,6 +79,7 @@ class QueueService:
         self._watcher: asyncio.Task[None] | None = None
         self.streams: set[OpenStream] = set()  # the guests' open SSE responses
         self._stopping: asyncio.Future[None] | None = None
+        self._status_changed = asyncio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -96,6 +97,7 @@ class QueueService:
     def begin_shutdown(self) -> None:
         """Stop admitting now and drain in the background (see :meth:`stop`)."""
         self.accepting = False
+        self._notify_status()
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._stop())
 
@@ -188,6 +190,7 @@ class QueueService:
         raise exc
 
     def _register(self, ticket: Ticket) -> None:
+        self._notify_status()
         self.stats.total_requests += 1
         self.per_client[ticket.client] += 1
         self.registry.add(ticket)
@@ -242,6 +245,7 @@ class QueueService:
     # -- flights: called by the workers ------------------------------------------
 
     def on_started(self, flight: Flight) -> None:
+        self._notify_status()
         self.line.started(flight)
         flight.started_mono = time.monotonic()
         self.estimator.invalidate()
@@ -324,6 +328,7 @@ class QueueService:
     ) -> bool:
         if not ticket.end(status, error=error, error_code=code):
             return False
+        self._notify_status()
         if ticket.flight is not None:
             self._leave_flight(ticket, ticket.flight)
         if event == WORKFLOW_COMPLETE:
@@ -404,6 +409,15 @@ class QueueService:
             now = time.monotonic()
             for stream in list(self.streams):
                 stream.check(now)
+
+    def _notify_status(self) -> None:
+        # set() wakes every current waiter; clear() at once makes later waits block again.
+        self._status_changed.set()
+        self._status_changed.clear()
+
+    async def status_changed(self) -> None:
+        """Return at the next admission, start or end (for monitors' live status)."""
+        await self._status_changed.wait()
 
     def health(self) -> tuple[str, dict[str, Any]]:
         """``ok``, ``degraded`` (upstream failing, log behind) or ``unavailable`` (shutting down)."""

@@ -16,13 +16,15 @@ from .conftest import MockUpstream, serve, stream_events
 
 JS = Path(__file__).parent / "js"
 
-pytestmark = pytest.mark.skipif(
+requires_node = pytest.mark.skipif(
     shutil.which("node") is None or not (JS / "node_modules").is_dir(),
     reason="needs node and `npm ci --prefix tests/js` (.ci/run does both)",
 )
+pytestmark = requires_node
 
 
-async def _node(script: str, *args: str) -> dict[str, Any]:
+async def node(script: str, *args: str) -> dict[str, Any]:
+    """Run ``tests/js/SCRIPT`` under Node; it prints one JSON object."""
     proc = await asyncio.create_subprocess_exec(
         "node", str(JS / script), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -35,7 +37,7 @@ async def _node(script: str, *args: str) -> dict[str, Any]:
 async def test_fetch_event_source_retrying_a_dropped_post_resumes_without_duplicates(upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(chunks=6, delay=0.1)
     async with serve(upstream_url=url, reconnect_grace_s=5) as running:
-        result = await _node("fetch_event_source_resume.mjs", running.base)
+        result = await node("fetch_event_source_resume.mjs", running.base)
         assert running.service.stats.total_requests == 1, "the retried POST is the same request"
     assert result["posts"] == 2, result
     chunks = [e["data"] for e in result["events"] if e["event"] == "answer_chunk"]
@@ -51,7 +53,7 @@ async def test_eventsource_that_does_not_close_stops_at_the_204(upstream: MockUp
         done = await stream_events(client, f"{running.base}/chat", json={"query": "q"})
         request_id = done[-1].data["request_id"]
         # The default reconnection delay is 3 s: 8 s would see two more attempts on an empty 200.
-        result = await _node("eventsource_204.mjs", f"{running.base}/chat/{request_id}/events", "8000")
+        result = await node("eventsource_204.mjs", f"{running.base}/chat/{request_id}/events", "8000")
     assert [e["event"] for e in result["events"]][-1] == "workflow_complete"
     assert result["connects"] == 2, result
     assert result["readyState"] == 2, "CLOSED: the 204 ended it"
