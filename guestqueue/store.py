@@ -248,11 +248,15 @@ class RequestLog:
         self._wake.set()
         if self._prune_timer is not None:
             self._prune_timer.cancel()
-        if self._writer is not None:
-            await self._writer
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        try:
+            if self._writer is not None:
+                await self._writer
+        finally:
+            # Even when cancelled (a forced exit): aiosqlite's thread is not a daemon, so a
+            # connection left open keeps the process alive after everything else has stopped.
+            if self._db is not None:
+                db, self._db = self._db, None
+                await db.close()
 
     def _dropped(self) -> None:
         if not self.rows_dropped:
