@@ -33,11 +33,11 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from .admission import client_key, read_chat_request
 from .config import Settings
-from .errors import Forbidden, NotFound, Rejected, ShuttingDown, Unauthorized
+from .errors import Forbidden, NotFound, Rejected, ShuttingDown, StartupError, Unauthorized
 from .monitor import StatusMonitor
 from .pages import page_routes
 from .service import QueueService
-from .store import RequestLog
+from .store import LogUnavailable, RequestLog
 from .stream import TicketStream
 from .tickets import Status, Ticket
 from .upstream import Workflow, make_http_client, make_upstream
@@ -71,12 +71,19 @@ class GuestQueue:
         """Open the request log, start the workers and the shared HTTP client; on exit, drain,
         stop them and flush the log."""
         client = make_http_client(self.settings)
-        log = RequestLog(self.settings.db_path) if self.settings.db_path else None
+        settings = self.settings
+        log = RequestLog(
+            settings.db_path, buffer_rows=settings.log_buffer_rows, retention_days=settings.log_retention_days
+        ) if settings.db_path else None
         try:
-            upstream = make_upstream(self.settings, client, self.workflow)
+            upstream = make_upstream(settings, client, self.workflow)
             if log is not None:
-                await log.open()
-            service = QueueService(self.settings, upstream, log=log)
+                try:
+                    await log.open()
+                except LogUnavailable as exc:
+                    log = None  # open() left nothing open
+                    raise StartupError(f"GUEST_DB_PATH={settings.db_path!r}: {exc}") from None
+            service = QueueService(settings, upstream, log=log)
             await service.start()
             monitor = StatusMonitor(service, ping_s=self.settings.ping_s, send_timeout_s=self.settings.send_timeout_s)
             monitor.start()
@@ -92,11 +99,17 @@ class GuestQueue:
                 await log.close()
             await client.aclose()
 
+    async def drain(self) -> None:
+        """Begin a graceful shutdown (see :meth:`request_shutdown`) and wait until it is over:
+        every guest has had its terminal event. ``guestqueue serve`` awaits it on SIGTERM,
+        still listening (so new guests hear 503 ``shutting_down``), before uvicorn stops."""
+        if self.service is not None:
+            await self.service.stop()
+
     def request_shutdown(self) -> None:
         """Begin a graceful shutdown: refuse new guests, finish running work, end the rest.
 
-        Safe to call from a signal handler or another thread; ``guestqueue serve``
-        calls it on SIGTERM, before uvicorn waits for open streams to close.
+        Safe to call from a signal handler or another thread.
         """
         service, loop = self.service, self._loop
         if service is not None and loop is not None:

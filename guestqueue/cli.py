@@ -1,10 +1,18 @@
-"""``guestqueue serve``: settings from GUEST_* variables and flags, then uvicorn."""
+"""``guestqueue serve``: settings from GUEST_* variables and flags, then uvicorn.
+
+Start-up order matters: the listening socket is bound first, then the request
+log is checked, then uvicorn starts. A second instance on a port in use fails
+before it touches the log (whose start-up marks open rows ``abandoned``: they
+belong to the live instance), and a log that cannot be written stops start-up
+with one line instead of uvicorn's traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import errno
 import gc
 import logging
 import signal
@@ -15,9 +23,13 @@ from types import FrameType
 
 import uvicorn
 
+from . import store
 from .app import GuestQueue, create_app
 from .config import Settings, SettingsError
+from .errors import StartupError
 from .upstream import load_workflow
+
+logger = logging.getLogger("guestqueue")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,18 +81,51 @@ async def freeze_survivors(every_s: float = GC_FREEZE_EVERY_S, unfreeze_every: i
         gc.freeze()
 
 
-class GuestServer(uvicorn.Server):
-    """uvicorn, plus: on SIGTERM/SIGINT the queue starts draining at once.
+def bind_socket(settings: Settings) -> socket.socket:
+    """The listening socket, bound before anything else starts (see the module docstring)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart despite TIME_WAIT
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        reason = (exc.strerror or str(exc)).lower()
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            raise StartupError(f"GUEST_HOST={settings.host!r}: {reason}") from None
+        raise StartupError(f"GUEST_PORT={settings.port!r}: {reason}") from None
+    return sock
 
-    uvicorn first waits for open connections to close and only then runs the
-    lifespan shutdown, so streams must be ended from the signal itself.
+
+def check_request_log(settings: Settings) -> None:
+    if not settings.db_path:
+        return
+    try:
+        store.check(settings.db_path)
+    except store.LogUnavailable as exc:
+        raise StartupError(f"GUEST_DB_PATH={settings.db_path!r}: {exc}") from None
+
+
+class GuestServer(uvicorn.Server):
+    """uvicorn, plus: on SIGTERM/SIGINT guestqueue drains while still listening.
+
+    uvicorn stops listening as soon as it is told to exit, so guests arriving
+    during the drain would get "connection refused" instead of 503
+    ``shutting_down`` (DESIGN.md). So the first signal only starts the drain
+    (new guests 503, the line told, running work given the grace), and uvicorn
+    is told to exit when the drain is over; by then every stream has had its
+    terminal event. A second signal exits at once, like uvicorn's second Ctrl+C.
     """
 
     def __init__(self, config: uvicorn.Config, guest: GuestQueue) -> None:
         super().__init__(config)
         self.guest = guest
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._drain: asyncio.Future[None] | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         freezer = asyncio.create_task(freeze_survivors(), name="guestqueue-gc-freeze")
         try:
             await super().serve(sockets)
@@ -88,8 +133,26 @@ class GuestServer(uvicorn.Server):
             freezer.cancel()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        self.guest.request_shutdown()
+        if self._draining:
+            super().handle_exit(sig, frame)
+            self.force_exit = True
+            return
+        if not self.started or self._loop is None or self.guest.service is None:
+            super().handle_exit(sig, frame)  # nothing to drain yet
+            return
+        logger.info("shutting down: draining (new requests get 503 shutting_down)")
+        self._draining = True
+        # A signal handler runs between two bytecodes of the loop's own thread: schedule, do not run.
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain = asyncio.ensure_future(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self.guest.drain()
+        finally:
+            self.should_exit = True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,6 +163,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"guestqueue: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        sock = bind_socket(settings)
+    except StartupError as exc:
+        print(f"guestqueue: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        check_request_log(settings)
+    except StartupError as exc:
+        sock.close()
+        print(f"guestqueue: error: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     config = uvicorn.Config(
@@ -119,5 +193,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # uvicorn re-raises the signal it shut down for; a drained shutdown is a clean exit (0).
     signal.signal(signal.SIGTERM, lambda sig, frame: None)
-    GuestServer(config, app.state.guestqueue).run()
+    logger.info("listening on http://%s:%d", *sock.getsockname()[:2])
+    GuestServer(config, app.state.guestqueue).run(sockets=[sock])
     return 0

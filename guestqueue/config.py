@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 UPSTREAM_KINDS = ("auto", "http", "openai", "python", "demo")
+AT_LEAST_ONE = ("max_concurrent_requests", "max_queue_size", "max_body_bytes", "max_query_chars", "log_buffer_rows")
 
 
 class SettingsError(ValueError):
@@ -68,6 +69,12 @@ class Settings:
     cache_size: int = _setting("GUEST_CACHE_SIZE", 1000, "answer cache entries (0 = off)")
     cache_ttl_s: float = _setting("GUEST_CACHE_TTL_SEC", 3600.0, "answer cache lifetime")
     db_path: str = _setting("GUEST_DB_PATH", "guestqueue.db", "SQLite request log (empty = off)", minimum=None)
+    log_buffer_rows: int = _setting(
+        "GUEST_LOG_BUFFER_ROWS", 100_000, "request log rows held while SQLite is behind; beyond it new rows are dropped"
+    )
+    log_retention_days: float = _setting(
+        "GUEST_LOG_RETENTION_DAYS", 30.0, "request log rows older than this are deleted (0 = keep forever)"
+    )
     max_body_bytes: int = _setting("GUEST_MAX_BODY_BYTES", 65536, "largest request body (413 beyond)")
     max_query_chars: int = _setting("GUEST_MAX_QUERY_CHARS", 4000, "longest query (422 beyond)")
     max_per_client: int = _setting("GUEST_MAX_PER_CLIENT", 2, "requests one client may have in line or processing")
@@ -89,7 +96,7 @@ class Settings:
             minimum = f.metadata["minimum"]
             if minimum is not None and value < minimum:
                 raise SettingsError(f"{f.metadata['env']}={value!r}: must be >= {minimum}")
-        for name in ("max_concurrent_requests", "max_queue_size", "max_body_bytes", "max_query_chars"):
+        for name in AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{ENV_NAMES[name]}={getattr(self, name)!r}: must be >= 1")
         if not 0 < self.port < 65536:

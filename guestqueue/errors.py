@@ -15,10 +15,12 @@ Every rejection maps to exactly one HTTP status and one ``code`` string::
     │   ├── NotFound              404 not_found
     │   ├── Unauthorized          401 unauthorized
     │   └── Forbidden             403 forbidden
-    └── UpstreamFailure           ends an admitted request with a terminal `error` event
-        ├── UpstreamUnavailable   upstream_unavailable (connection failed, 429, 502-504); retried
-        └── UpstreamError         upstream_error (other non-2xx, malformed or empty output);
-                                  retried only for 5xx
+    ├── UpstreamFailure           ends an admitted request with a terminal `error` event
+    │   ├── UpstreamUnavailable   upstream_unavailable (connection failed, 429, 502-504); retried
+    │   └── UpstreamError         upstream_error (other non-2xx, malformed or empty output);
+    │                             retried only for 5xx
+    └── StartupError              guestqueue cannot start as configured (one line, then exit 1)
+        └── LogUnavailable        (store.py) GUEST_DB_PATH cannot be opened for writing
 
 Lower-layer errors (httpx, json) are mapped to these at the boundary.
 """
@@ -118,3 +120,8 @@ class UpstreamUnavailable(UpstreamFailure):
 
 class UpstreamError(UpstreamFailure):
     code = "upstream_error"
+
+
+class StartupError(GuestQueueError):
+    """guestqueue cannot start as configured: a port in use, a log file it cannot write.
+    ``guestqueue serve`` prints the message (which names the setting) and exits 1."""

@@ -74,3 +74,15 @@ class _ServiceCollector(Collector):
                 "guestqueue_log_rows_written", "Rows written to the request log", value=service.log.rows_written
             )
             yield GaugeMetricFamily("guestqueue_log_backlog", "Rows waiting to be written", value=service.log.backlog)
+            yield CounterMetricFamily(
+                "guestqueue_log_rows_dropped", "Rows not logged because the buffer was full (GUEST_LOG_BUFFER_ROWS)",
+                value=service.log.rows_dropped,
+            )
+            yield CounterMetricFamily(
+                "guestqueue_log_rejections_unlogged", "Rejections left out of the log by its per-client sampling",
+                value=service.log.rejections_unlogged,
+            )
+            yield CounterMetricFamily(
+                "guestqueue_log_rows_pruned", "Rows deleted after GUEST_LOG_RETENTION_DAYS",
+                value=service.log.rows_pruned,
+            )

@@ -46,6 +46,7 @@ DROP_MESSAGES = {
 }
 UPSTREAM_FAILURES_DEGRADED = 3  # /health says degraded after this many failed upstream calls in a row
 LOG_BACKLOG_DEGRADED = 10_000  # ... or when this many log rows wait to be written
+LOG_DROPS_DEGRADED_S = 300.0  # ... or when the log dropped rows (its buffer was full) this recently
 # A finished request's events stay replayable this long (for a guest reconnecting just
 # after the end); then only its terminal event is kept.
 REPLAY_AFTER_END_S = 60.0
@@ -424,8 +425,11 @@ class QueueService:
         problems = []
         if self.pool.consecutive_failures >= UPSTREAM_FAILURES_DEGRADED:
             problems.append(f"upstream failed its last {self.pool.consecutive_failures} calls")
-        if self.log is not None and (self.log.failing or self.log.backlog > LOG_BACKLOG_DEGRADED):
-            problems.append(f"request log behind ({self.log.backlog} rows waiting)")
+        log = self.log
+        if log is not None and (log.failing or log.backlog > LOG_BACKLOG_DEGRADED):
+            problems.append(f"request log behind ({log.backlog} rows waiting)")
+        if log is not None and log.dropped_within(LOG_DROPS_DEGRADED_S):
+            problems.append(f"request log dropped {log.rows_dropped} rows (its buffer of {log.buffer_rows} was full)")
         status = "unavailable" if not self.accepting else "degraded" if problems else "ok"
         return status, {
             "status": status, "problems": problems, "upstream": self.upstream.kind,

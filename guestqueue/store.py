@@ -16,20 +16,48 @@ Schema (times are Unix seconds, durations milliseconds)::
              wait_ms REAL, processing_ms REAL)
 
 ``status`` is ``queued`` or ``processing`` while a request is open, then one of
-``completed failed timeout cancelled``; ``rejected`` for a 429; ``abandoned``
+``completed failed timeout cancelled``; ``rejected`` for a 429 or 503; ``abandoned``
 for rows a crashed process left open (marked at the next start-up).
+
+Rejected rows keep no query text: ``query`` is ``''`` and ``parameters`` holds
+``{"query_chars": N, "query_sha256": "<first 16 hex digits>"}``. A flood of
+refused 4 000-character questions otherwise grew the file by tens of MB/s.
+They are also sampled: at most one row per client per
+``REJECTION_ROW_EVERY_S``; the next row of that client carries how many were
+left out (``"suppressed": n``), and :attr:`RequestLog.rejections_unlogged`
+counts them all (exact totals per reason are in ``/metrics`` anyway).
+
+Bounds, so a log that cannot keep up or cannot write never takes the process
+down with it:
+
+- the buffer holds at most ``buffer_rows`` rows. Beyond it a *new* request's
+  row (its admission and, later, its start and end) or a rejection row is
+  dropped and counted in :attr:`RequestLog.rows_dropped`; the start and end
+  of a request whose admission is already buffered are always kept, since
+  dropping them would leave its row open (and later called ``abandoned``).
+  Those are at most two per live request, which admission bounds.
+- rows older than ``retention_days`` (and no longer open) are deleted by the
+  writer itself, at start-up and then hourly, ``PRUNE_BATCH_ROWS`` at a time
+  between batches of writes, so pruning never holds the writes up for long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import os
+import sqlite3
 import time
+from contextlib import closing
+from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
+from cachetools import TTLCache
 
+from .errors import StartupError
 from .tickets import Status, Ticket, new_request_id
 from .upstream import valid_text
 
@@ -68,7 +96,30 @@ ABANDON = (
     "UPDATE requests SET status = 'abandoned', error_code = 'abandoned', finished_at = ? "
     "WHERE status IN ('queued', 'processing')"
 )
+PREPARE = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;" + SCHEMA
+# Rows are deleted by rowid in small batches: one DELETE of a month of rows would hold
+# the write lock (and every batch of new rows behind it) for seconds.
+PRUNE = (
+    "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests "
+    "WHERE created_at < ? AND status NOT IN ('queued', 'processing') LIMIT ?)"
+)
+PRUNE_BATCH_ROWS = 2000
+PRUNE_EVERY_S = 3600.0
 RETRY_AFTER_ERROR_S = 1.0
+REJECTION_ROW_EVERY_S = 1.0  # per client
+REJECTION_CLIENTS = 10_000  # clients whose last rejection row is remembered (least recent forgotten first)
+REJECTION_MEMORY_S = 60.0  # ... and for how long, to carry their suppressed count into their next row
+QUERY_HASH_HEX = 16
+
+
+class LogUnavailable(StartupError):
+    """The log file cannot be opened for writing; the message is the reason (SQLite's, or ours)."""
+
+
+@dataclass(slots=True)
+class _Sampled:
+    row_at: float  # monotonic time of this client's last rejection row
+    suppressed: int = 0  # rejections since then that got no row
 
 
 class RequestLog:
@@ -78,48 +129,90 @@ class RequestLog:
     await log.open()          # creates the schema, marks rows a crash left open as abandoned
     log.record(ticket)        # never blocks: admission, start and end of each request
     await log.close()         # flushes everything, then closes
+
+    ``open`` raises :class:`LogUnavailable` (and leaves nothing open) when the
+    file cannot be written: a missing directory, a directory, a read-only file,
+    a file that is not SQLite.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, buffer_rows: int = 100_000, retention_days: float = 30.0) -> None:
         self.path = path
+        self.buffer_rows = buffer_rows
+        self.retention_days = retention_days
         self._db: aiosqlite.Connection | None = None
         self._inserts: list[tuple[Any, ...]] = []
         self._updates: list[tuple[Any, ...]] = []
+        self._writing = 0  # rows of the batch being written: still in memory, still count against the buffer
+        self._unlogged: set[str] = set()  # live requests whose admission row was dropped
+        self._sampled: TTLCache[str, _Sampled] = TTLCache(maxsize=REJECTION_CLIENTS, ttl=REJECTION_MEMORY_S)
         self._wake = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
+        self._prune_due = False
+        self._prune_timer: asyncio.TimerHandle | None = None
         self.rows_written = 0
+        self.rows_dropped = 0
+        self.last_drop_at: float | None = None  # monotonic
+        self.rows_pruned = 0
+        self.rejections_unlogged = 0
         self.batches = 0
         self.failing = False
         self.abandoned_at_start = 0
 
     def __repr__(self) -> str:
-        return f"RequestLog(path={self.path!r}, written={self.rows_written}, backlog={self.backlog})"
+        return (
+            f"RequestLog(path={self.path!r}, written={self.rows_written}, backlog={self.backlog}, "
+            f"dropped={self.rows_dropped})"
+        )
 
     @property
     def backlog(self) -> int:
-        return len(self._inserts) + len(self._updates)
+        return len(self._inserts) + len(self._updates) + self._writing
+
+    def dropped_within(self, seconds: float) -> bool:
+        return self.last_drop_at is not None and time.monotonic() - self.last_drop_at < seconds
 
     async def open(self) -> None:
-        db = await aiosqlite.connect(self.path)
-        await db.executescript(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;" + SCHEMA
-        )
-        cursor = await db.execute(ABANDON, (time.time(),))
-        self.abandoned_at_start = cursor.rowcount
-        await db.commit()
+        _check_path(self.path)
+        try:
+            db = await aiosqlite.connect(self.path)  # stops its own thread if this fails
+        except sqlite3.Error as exc:
+            raise LogUnavailable(str(exc)) from None
+        try:
+            await db.executescript(PREPARE)
+            # Take the write lock now: a read-only file fails here, not at the first batch of rows.
+            await db.execute("BEGIN IMMEDIATE")
+            cursor = await db.execute(ABANDON, (time.time(),))
+            self.abandoned_at_start = cursor.rowcount
+            await db.commit()
+        except BaseException as exc:
+            # aiosqlite's thread is not a daemon: left running, it keeps the process from exiting.
+            await db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise LogUnavailable(str(exc)) from None
+            raise
         if self.abandoned_at_start:
             logger.warning("marked %d requests left open by an earlier run as abandoned", self.abandoned_at_start)
         self._db = db
+        self._prune_due = self.retention_days > 0
         self._writer = asyncio.create_task(self._write_loop(), name="guestqueue-log-writer")
+        self._wake.set()
 
     def record(self, ticket: Ticket) -> None:
         """Log the ticket as it is now: its admission (the row's INSERT), its start or its end."""
         if ticket.status is Status.QUEUED:
+            if self.backlog >= self.buffer_rows:
+                self._unlogged.add(ticket.id)
+                self._dropped()
+                return
             self._inserts.append((
                 ticket.id, ticket.client, ticket.query, _json(ticket.parameters), ticket.session_id,
                 ticket.status.value, None, None, None, int(ticket.cached), ticket.created_at, None, None, None, None,
             ))
+        elif ticket.id in self._unlogged:
+            if ticket.done:
+                self._unlogged.discard(ticket.id)
+            return
         else:
             self._updates.append((
                 ticket.status.value, ticket.error_code, ticket.error, ticket.answer if ticket.done else None,
@@ -129,20 +222,47 @@ class RequestLog:
         self._wake.set()
 
     def record_rejection(self, client: str, query: str, code: str) -> None:
-        now = time.time()
+        """A 429/503: a row without the query's text, at most one per client per ``REJECTION_ROW_EVERY_S``."""
+        now = time.monotonic()
+        sampled = self._sampled.get(client)
+        if sampled is not None and now - sampled.row_at < REJECTION_ROW_EVERY_S:
+            sampled.suppressed += 1  # in place: assigning would restart the entry's TTL
+            self.rejections_unlogged += 1
+            return
+        if self.backlog >= self.buffer_rows:
+            self._dropped()
+            return
+        parameters: dict[str, Any] = {"query_chars": len(query), "query_sha256": _short_hash(query)}
+        if sampled is not None and sampled.suppressed:
+            parameters["suppressed"] = sampled.suppressed
+        self._sampled[client] = _Sampled(now)
+        wall = time.time()
         self._inserts.append((
-            new_request_id(), client, query, "{}", None, "rejected", code, None, None, 0, now, None, now, None, None,
+            new_request_id(), client, "", _json(parameters), None, "rejected", code, None, None, 0, wall, None, wall,
+            None, None,
         ))
         self._wake.set()
 
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
-        if self._writer is not None:
-            await self._writer
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
+        try:
+            if self._writer is not None:
+                await self._writer
+        finally:
+            # Even when cancelled (a forced exit): aiosqlite's thread is not a daemon, so a
+            # connection left open keeps the process alive after everything else has stopped.
+            if self._db is not None:
+                db, self._db = self._db, None
+                await db.close()
+
+    def _dropped(self) -> None:
+        if not self.rows_dropped:
+            logger.error("request log buffer full (%d rows): dropping new rows", self.buffer_rows)
+        self.rows_dropped += 1
+        self.last_drop_at = time.monotonic()
 
     async def _write_loop(self) -> None:
         assert self._db is not None
@@ -152,6 +272,7 @@ class RequestLog:
             inserts, updates = self._inserts, self._updates
             self._inserts, self._updates = [], []
             if inserts or updates:
+                self._writing = len(inserts) + len(updates)
                 try:
                     await self._db.executemany(INSERT, inserts)
                     await self._db.executemany(UPDATE, updates)
@@ -173,15 +294,69 @@ class RequestLog:
                     await asyncio.sleep(RETRY_AFTER_ERROR_S)
                     continue
                 self.failing = False
+                self._writing = 0
                 self.rows_written += len(inserts) + len(updates)
                 self.batches += 1
             if self._closing and not self.backlog:
                 return
+            if self._prune_due and not self._closing:
+                await self._prune_batch()
+
+    async def _prune_batch(self) -> None:
+        """Delete one batch of rows past the retention; wake again for the next, or come back in an hour."""
+        assert self._db is not None
+        cutoff = time.time() - self.retention_days * 86_400
+        try:
+            cursor = await self._db.execute(PRUNE, (cutoff, PRUNE_BATCH_ROWS))
+            await self._db.commit()
+        except Exception:
+            logger.exception("request log pruning failed; trying again later")
+            await self._db.rollback()
+            deleted = 0
+        else:
+            deleted = cursor.rowcount
+            self.rows_pruned += deleted
+        if deleted >= PRUNE_BATCH_ROWS:
+            self._wake.set()  # more to delete, after whatever rows came in meanwhile
+            return
+        self._prune_due = False
+        self._prune_timer = asyncio.get_running_loop().call_later(PRUNE_EVERY_S, self._prune_again)
+
+    def _prune_again(self) -> None:
+        self._prune_due = True
+        self._wake.set()
 
     def _put_back(self, inserts: list[tuple[Any, ...]], updates: list[tuple[Any, ...]]) -> None:
+        self._writing = 0
         self._inserts[:0] = inserts
         self._updates[:0] = updates
         self._wake.set()
+
+
+def check(path: str) -> None:
+    """Open the log file once, synchronously, as :meth:`RequestLog.open` will; raise
+    :class:`LogUnavailable` if it cannot be written. For ``guestqueue serve``, before it starts."""
+    _check_path(path)
+    try:
+        with closing(sqlite3.connect(path)) as db:
+            db.executescript(PREPARE)
+            db.execute("BEGIN IMMEDIATE")
+            db.rollback()
+    except sqlite3.Error as exc:
+        raise LogUnavailable(str(exc)) from None
+
+
+def _check_path(path: str) -> None:
+    # SQLite says "unable to open database file" for both; say which.
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise LogUnavailable(f"no such directory: {directory}")
+    if os.path.isdir(path):
+        raise LogUnavailable("is a directory")
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:QUERY_HASH_HEX]
 
 
 def _valid_row(row: tuple[Any, ...]) -> tuple[Any, ...]:

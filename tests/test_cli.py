@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import env_without_guest_vars, free_port, wait_for_http
+from .conftest import MockUpstream, env_without_guest_vars, free_port, start_server_process, wait_for_http
 
 
 @contextmanager
@@ -69,3 +73,120 @@ async def test_serve_freezes_long_lived_objects_and_unfreezes_now_and_then() -> 
         freezer.cancel()
     finally:
         gc.unfreeze()
+
+
+def _serve_fails(env: dict[str, str], cwd: Path, *, as_nobody: bool = False) -> tuple[int, str, float]:
+    """Run `python -m guestqueue serve` expecting it to refuse to start: exit code, stderr, seconds taken."""
+    began = time.monotonic()
+    command = [sys.executable, "-m", "guestqueue", "serve"]
+    if as_nobody:
+        command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+    proc = subprocess.Popen(
+        command, env={**env_without_guest_vars(), **env}, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, stderr = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # SIGTERM was ignored by the hung process (the bug): only SIGKILL works
+        proc.communicate()
+        raise AssertionError("guestqueue serve did not exit") from None
+    return proc.returncode, stderr, time.monotonic() - began
+
+
+@pytest.fixture
+def world_readable_dir() -> Iterator[Path]:
+    # pytest's tmp_path sits under a 0700 directory another user cannot enter.
+    directory = Path(tempfile.mkdtemp(prefix="guestqueue-ro-"))
+    directory.chmod(0o777)
+    yield directory
+    shutil.rmtree(directory)
+
+
+@pytest.mark.parametrize("case", ["not sqlite", "a directory", "missing directory", "read-only file"])
+def test_a_db_path_that_cannot_be_written_exits_at_once_with_one_line(
+    case: str, tmp_path: Path, world_readable_dir: Path
+) -> None:
+    # Before: "Application startup failed", then the process never exited (an aiosqlite thread
+    # stayed open) and ignored SIGTERM and SIGINT, so systemd's Restart=on-failure never fired.
+    as_nobody = False
+    if case == "not sqlite":
+        path = tmp_path / "notes.txt"
+        path.write_text("not a database, just notes\n" * 100)
+        reason = "file is not a database"
+    elif case == "a directory":
+        path = tmp_path
+        reason = "is a directory"
+    elif case == "missing directory":
+        path = tmp_path / "no" / "such" / "guestqueue.db"
+        reason = f"no such directory: {tmp_path / 'no' / 'such'}"
+    else:
+        path = world_readable_dir / "guestqueue.db"
+        sqlite3.connect(path).close()
+        path.chmod(0o444)
+        # root writes to a 0444 file anyway: run as someone it applies to
+        as_nobody = os.geteuid() == 0
+        if as_nobody and shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: no way to make a file read-only")
+        reason = "attempt to write a readonly database"
+    code, stderr, took = _serve_fails(
+        {"GUEST_DB_PATH": str(path), "GUEST_PORT": str(free_port())}, path.parent if as_nobody else tmp_path,
+        as_nobody=as_nobody,
+    )
+    assert code == 1 and took < 8
+    assert stderr == f"guestqueue: error: GUEST_DB_PATH={str(path)!r}: {reason}\n"
+
+
+def test_a_library_lifespan_with_a_bad_db_path_exits_instead_of_hanging(tmp_path: Path) -> None:
+    # Without `guestqueue serve`'s check: uvicorn runs the lifespan, which fails; the process must still end.
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database\n" * 100)
+    script = (
+        "import uvicorn\nfrom guestqueue import Settings, create_app\n"
+        f"uvicorn.run(create_app(Settings(db_path={str(path)!r})), port={free_port()})\n"
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", script], env=env_without_guest_vars(), capture_output=True, text=True, timeout=10
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the process did not exit (a thread of the request log was left open)") from None
+    assert proc.returncode == 3, proc.stderr  # uvicorn's STARTUP_FAILURE
+    assert f"GUEST_DB_PATH={str(path)!r}: file is not a database" in proc.stderr
+
+
+def test_a_second_instance_on_a_busy_port_leaves_the_first_ones_rows_alone(
+    upstream: MockUpstream, tmp_path: Path
+) -> None:
+    # Before: the second instance ran its start-up (marking the live instance's open rows
+    # `abandoned`) and only then failed to bind.
+    db = tmp_path / "shared.db"
+    env = {"GUEST_DB_PATH": str(db), "GUEST_UPSTREAM_URL": upstream.url(chunks=2, delay=1.5),
+           "GUEST_UPSTREAM_INTERVAL_SEC": "0"}
+    first = start_server_process(tmp_path, **env)
+    port = first.base.split(":")[2].split("/")[0]
+    try:
+        with httpx.Client(timeout=20) as client:
+            with client.stream("POST", f"{first.base}/chat", json={"query": "long"}) as stream:
+                deadline = time.monotonic() + 10
+                while _statuses(db) != ["processing"]:
+                    assert time.monotonic() < deadline, _statuses(db)
+                    time.sleep(0.05)
+                code, stderr, took = _serve_fails({**env, "GUEST_PORT": port}, tmp_path)
+                assert _statuses(db) == ["processing"], "the live instance's row is untouched"
+                assert code == 1 and took < 8
+                assert stderr == f"guestqueue: error: GUEST_PORT={port}: address already in use\n"
+                body = stream.read().decode()
+            assert "workflow_complete" in body
+        deadline = time.monotonic() + 5
+        while _statuses(db) != ["completed"]:
+            assert time.monotonic() < deadline, _statuses(db)
+            time.sleep(0.05)
+    finally:
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.proc.wait(timeout=20) == 0
+
+
+def _statuses(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [status for (status,) in conn.execute("SELECT status FROM requests")]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import signal
 import sqlite3
 import time
@@ -10,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from guestqueue import store
 from guestqueue.store import RequestLog
 from guestqueue.tickets import Status, Ticket
 
@@ -45,8 +49,11 @@ async def test_one_row_per_request_after_a_mixed_run(upstream: MockUpstream, tmp
         async with serve(upstream_url=upstream.url(mode="hang"), db_path=str(db), request_timeout_s=0.3) as running:
             timed_out = await ask(client, running.base, "times out")
     rows = _rows(db)
-    by_query = {row["query"]: row for row in rows.values()}
+    by_query = {row["query"] or "rejected": row for row in rows.values()}  # a rejected row keeps no text
     assert len(rows) == 8, "one row per request, rejected one included"
+    assert json.loads(by_query["rejected"]["parameters"]) == {
+        "query_chars": 8, "query_sha256": hashlib.sha256(b"rejected").hexdigest()[:16]
+    }
     expected = {
         "success": ("completed", None), "cancelled": ("cancelled", "cancelled"),
         "leaves": ("cancelled", "disconnected"),
@@ -145,3 +152,120 @@ async def test_a_row_sqlite_cannot_take_does_not_stall_the_log(tmp_path: Path) -
     rows = _rows(tmp_path / "poison.db")
     assert rows[bad.id]["query"] == "q\ufffd" and rows[bad.id]["error"] == "upstream said \ufffd"
     assert rows[good.id]["status"] == "queued"
+
+
+async def test_rejection_rows_keep_no_query_text_and_one_row_per_client_per_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A flood of refused 4 000-character questions from one address grew the file by tens of MB/s.
+    monkeypatch.setattr(store, "REJECTION_ROW_EVERY_S", 0.3)
+    log = RequestLog(str(tmp_path / "rejections.db"))
+    await log.open()
+    question = "x" * 4000
+    for _ in range(500):
+        log.record_rejection("flooder", question, "client_limit")
+    log.record_rejection("someone else", "why?", "queue_full")
+    await asyncio.sleep(0.35)
+    log.record_rejection("flooder", question, "client_limit")
+    await log.close()
+    rows = sorted(_rows(tmp_path / "rejections.db").values(), key=lambda row: (row["client"], row["created_at"]))
+    assert [(row["client"], row["status"], row["error_code"]) for row in rows] == [
+        ("flooder", "rejected", "client_limit"), ("flooder", "rejected", "client_limit"),
+        ("someone else", "rejected", "queue_full"),
+    ]
+    assert {row["query"] for row in rows} == {""}
+    digest = hashlib.sha256(question.encode()).hexdigest()[:16]
+    assert [json.loads(row["parameters"]) for row in rows] == [
+        {"query_chars": 4000, "query_sha256": digest},
+        {"query_chars": 4000, "query_sha256": digest, "suppressed": 499},
+        {"query_chars": 4, "query_sha256": hashlib.sha256(b"why?").hexdigest()[:16]},
+    ]
+    assert log.rejections_unlogged == 499
+
+
+async def test_a_rejection_flood_barely_grows_the_log(upstream: MockUpstream, tmp_path: Path) -> None:
+    db = tmp_path / "flood.db"
+    async with serve(upstream_url=upstream.url(mode="hang"), db_path=str(db), max_per_client=1) as running, \
+            httpx.AsyncClient(timeout=10) as client:
+        async with client.stream("POST", f"{running.base}/chat", json={"query": "hold"}):
+            await wait_until(lambda: len(running.service.pool.active) == 1)
+            await wait_until(lambda: running.service.log.rows_written >= 2, message="the holder's rows written")
+            before = sum(p.stat().st_size for p in tmp_path.glob("flood.db*"))
+            for _ in range(300):
+                refused = await client.post(f"{running.base}/chat", json={"query": "y" * 4000})
+                assert refused.status_code == 429
+            await wait_until(lambda: running.service.log.backlog == 0)
+            grown = sum(p.stat().st_size for p in tmp_path.glob("flood.db*")) - before
+    rejected = [row for row in _rows(db).values() if row["status"] == "rejected"]
+    assert 1 <= len(rejected) <= 10, "one row per client per second"
+    assert grown < 100_000, f"300 refused 4 000-character questions grew the log by {grown} bytes"
+
+
+async def test_the_buffer_is_capped_and_drops_whole_new_requests(tmp_path: Path) -> None:
+    # With SQLite failing, every row stayed in memory: RSS grew without limit under a flood.
+    log = RequestLog(str(tmp_path / "capped.db"), buffer_rows=50)
+    await log.open()
+    assert log._db is not None
+    await log._db.execute("PRAGMA query_only = ON")  # every write now fails
+    tickets = [Ticket(f"q{i}", "c") for i in range(200)]
+    for ticket in tickets:
+        log.record(ticket)
+    for _ in range(100):
+        log.record_rejection(f"client {_}", "refused", "queue_full")
+    assert log.backlog <= 50
+    for ticket in tickets:
+        ticket.start()
+        log.record(ticket)
+        ticket.end(Status.COMPLETED)
+        log.record(ticket)
+    # The 50 kept requests keep their start and end (dropping those would leave their rows open);
+    # the 150 dropped ones and the 100 rejections never take a place.
+    assert log.backlog <= 50 * 3 and log.rows_dropped == 150 + 100
+    assert not log._unlogged, "every dropped request ended, so nothing is remembered for it"
+    await wait_until(lambda: log.failing, message="writer notices")
+    await log._db.execute("PRAGMA query_only = OFF")
+    await log.close()
+    rows = _rows(tmp_path / "capped.db")
+    assert len(rows) == 50 and {row["status"] for row in rows.values()} == {"completed"}, "no row left open"
+
+
+async def test_health_and_metrics_report_dropped_rows(upstream: MockUpstream, tmp_path: Path) -> None:
+    async with serve(upstream_url=upstream.url(), db_path=str(tmp_path / "drops.db"), log_buffer_rows=3) as running, \
+            httpx.AsyncClient(timeout=10) as client:
+        log = running.service.log
+        await log._db.execute("PRAGMA query_only = ON")
+        for i in range(4):
+            assert (await client.post(f"{running.base}/chat/simple", json={"query": f"q{i}"})).status_code == 200
+        health = (await client.get(f"{running.base}/health")).json()
+        assert health["status"] == "degraded"
+        assert any("dropped" in problem for problem in health["problems"]), health
+        metrics = (await client.get(f"{running.base}/metrics")).text
+        assert f"guestqueue_log_rows_dropped_total {float(log.rows_dropped)}" in metrics and log.rows_dropped >= 1
+        await log._db.execute("PRAGMA query_only = OFF")
+
+
+async def test_retention_prunes_old_finished_rows_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "PRUNE_BATCH_ROWS", 10)
+    db = tmp_path / "old.db"
+    log = RequestLog(str(db))
+    await log.open()
+    await log.close()
+    day = 86_400
+    with sqlite3.connect(db) as conn:
+        for i, (age_days, status) in enumerate([(40, "completed")] * 35 + [(31, "failed"), (40, "queued"),
+                                                                            (29, "completed"), (0, "completed")]):
+            conn.execute(
+                "INSERT INTO requests (request_id, client, query, parameters, status, created_at) "
+                "VALUES (?, 'c', 'q', '{}', ?, ?)", (f"r{i}", status, time.time() - age_days * day),
+            )
+    log = RequestLog(str(db), retention_days=30)
+    await log.open()  # the open row from "a crash" is marked abandoned, and is old: pruned too
+    await wait_until(lambda: log.rows_pruned == 37, message="old rows pruned")
+    assert log.rows_pruned == 37 and not log._prune_due, "pruned 10 at a time, then waits for the next hour"
+    await log.close()
+    assert sorted(_rows(db)) == ["r37", "r38"], "rows younger than 30 days are kept"
+    keep = RequestLog(str(db), retention_days=0)  # 0 keeps everything
+    await keep.open()
+    await asyncio.sleep(0.1)
+    await keep.close()
+    assert keep.rows_pruned == 0 and len(_rows(db)) == 2
