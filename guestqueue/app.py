@@ -73,7 +73,8 @@ class GuestQueue:
         client = make_http_client(self.settings)
         settings = self.settings
         log = RequestLog(
-            settings.db_path, buffer_rows=settings.log_buffer_rows, retention_days=settings.log_retention_days
+            settings.db_path, buffer_rows=settings.log_buffer_rows, retention_days=settings.log_retention_days,
+            instance_ttl_s=settings.instance_ttl_s,
         ) if settings.db_path else None
         try:
             upstream = make_upstream(settings, client, self.workflow)

@@ -75,6 +75,9 @@ class Settings:
     log_retention_days: float = _setting(
         "GUEST_LOG_RETENTION_DAYS", 30.0, "request log rows older than this are deleted (0 = keep forever)"
     )
+    instance_ttl_s: float = _setting(
+        "GUEST_INSTANCE_TTL_SEC", 5.0, "an instance silent this long is dead (its open log rows become abandoned)"
+    )
     max_body_bytes: int = _setting("GUEST_MAX_BODY_BYTES", 65536, "largest request body (413 beyond)")
     max_query_chars: int = _setting("GUEST_MAX_QUERY_CHARS", 4000, "longest query (422 beyond)")
     max_per_client: int = _setting("GUEST_MAX_PER_CLIENT", 2, "requests one client may have in line or processing")
@@ -108,6 +111,8 @@ class Settings:
         if self.upstream_kind in ("http", "openai", "python") and not self.upstream_url:
             raise SettingsError(f"GUEST_UPSTREAM_KIND={self.upstream_kind!r} needs GUEST_UPSTREAM_URL")
         self._check_upstream_combination()
+        if self.instance_ttl_s <= 0:
+            raise SettingsError(f"GUEST_INSTANCE_TTL_SEC={self.instance_ttl_s!r}: must be > 0")
         if self.position_update_s <= 0:
             raise SettingsError(f"GUEST_POSITION_UPDATE_SEC={self.position_update_s!r}: must be > 0")
         if self.send_timeout_s <= 0:
