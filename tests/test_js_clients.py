@@ -16,15 +16,10 @@ from .conftest import MockUpstream, serve, stream_events
 
 JS = Path(__file__).parent / "js"
 
-requires_node = pytest.mark.skipif(
-    shutil.which("node") is None or not (JS / "node_modules").is_dir(),
-    reason="needs node and `npm ci --prefix tests/js` (.ci/run does both)",
-)
-pytestmark = requires_node
-
-
 async def node(script: str, *args: str) -> dict[str, Any]:
     """Run ``tests/js/SCRIPT`` under Node; it prints one JSON object."""
+    if shutil.which("node") is None or not (JS / "node_modules").is_dir():
+        pytest.fail("these tests need node and `npm ci --prefix tests/js` (README's test command, .ci/run)")
     proc = await asyncio.create_subprocess_exec(
         "node", str(JS / script), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )

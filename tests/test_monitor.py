@@ -11,7 +11,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from .conftest import MockUpstream, serve, wait_until
-from .test_js_clients import node, requires_node
+from .test_js_clients import node
 
 
 async def test_the_status_stream_sends_at_once_on_a_change_and_ends_on_shutdown(upstream: MockUpstream) -> None:
@@ -35,7 +35,6 @@ async def test_the_status_stream_sends_at_once_on_a_change_and_ends_on_shutdown(
         assert rest, "the final status before the end"
 
 
-@requires_node
 async def test_an_eventsource_monitor_reads_the_status_stream() -> None:
     async with serve() as running:
         result = await node("eventsource_status.mjs", f"{running.base}/queue/status/stream", "3")
