@@ -131,6 +131,7 @@ class GuestQueue:
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             WebSocketRoute("/ws", self.websocket),
+            Route("/", self.index, methods=["GET"]),
             *page_routes(),
         ]
 
@@ -236,6 +237,9 @@ class GuestQueue:
         await serve_websocket(websocket, service)
 
     # -- status --------------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        return JSONResponse(links(request.scope.get("root_path", "")))
 
     async def queue_status(self, request: Request) -> Response:
         self._require_admin(request)
@@ -347,12 +351,21 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS: dict[Any, Any] = {Rejected: _rejected, HTTPException: _http_error, Exception: _internal_error}
 
 
+def links(prefix: str) -> dict[str, str]:
+    """Where things are, for ``GET /`` and ``GET /api/v1/guest/``."""
+    return {
+        "service": "guestqueue", "api": prefix, "chat_page": f"{prefix}/static/chat.html",
+        "dashboard": f"{prefix}/dashboard", "ask": f"POST {prefix}/chat", "status": f"{prefix}/queue/status",
+        "health": f"{prefix}/health",
+    }
+
+
 def create_app(settings: Settings | None = None, *, workflow: Workflow | None = None) -> Starlette:
     """A standalone app serving the API under ``/api/v1/guest``."""
     guest = GuestQueue(settings, workflow=workflow)
 
     async def index(request: Request) -> Response:
-        return JSONResponse({"service": "guestqueue", "api": API_PREFIX, "health": f"{API_PREFIX}/health"})
+        return JSONResponse(links(API_PREFIX))
 
     app = Starlette(
         routes=[Route("/", index), Mount(API_PREFIX, app=guest.app)],
