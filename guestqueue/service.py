@@ -147,7 +147,7 @@ class QueueService:
             self._reject(client, query, ShuttingDown("The service is restarting. Please try again shortly."))
         if self.per_client[client] >= self.settings.max_per_client:
             self._reject(client, query, ClientLimit(
-                f"You already have {self.per_client[client]} questions in progress. "
+                f"You already have {_count(self.per_client[client], 'question')} in progress. "
                 "Please wait for an answer before asking more.",
                 retry_after_s=self._retry_after_s(1),
             ))
@@ -446,3 +446,6 @@ class QueueService:
             **self.stats.as_dict(),
         }
 
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
