@@ -23,9 +23,10 @@ Several processes may share one file. Each row carries its writer's
 ``instance_id``, and each writer beats a heartbeat into
 ``instances(instance_id, host, pid, started_at, heartbeat_at)`` three times per
 ``GUEST_INSTANCE_TTL_SEC``. An instance marks ``abandoned`` only the open rows
-of instances whose heartbeat is older than that (and rows from before
-instances), at start-up and at each heartbeat, so a live neighbour's rows are
-never touched and a crashed one's are closed within seconds, without a restart.
+of instances whose heartbeat is older than that, or, on the same host, whose
+process is gone (and rows from before instances), at start-up and at each
+heartbeat: a live neighbour's rows are never touched, a crashed one's are
+closed within seconds without a restart, and at once by a restart on its host.
 
 Rejected rows keep no query text: ``query`` is ``''`` and ``parameters`` holds
 ``{"query_chars": N, "query_sha256": "<first 16 hex digits>"}``. A flood of
@@ -124,6 +125,7 @@ HEARTBEAT = (
     "ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
 )
 LEAVE = "DELETE FROM instances WHERE instance_id = ?"
+NEIGHBOURS = "SELECT instance_id, pid FROM instances WHERE host = ? AND instance_id != ?"
 PREPARE = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;" + SCHEMA
 # Rows are deleted by rowid in small batches: one DELETE of a month of rows would hold
 # the write lock (and every batch of new rows behind it) for seconds.
@@ -352,8 +354,13 @@ class RequestLog:
 
     async def _abandon_dead(self, db: aiosqlite.Connection) -> int:
         """Beat our own heart, then close the open rows of instances that stopped beating."""
-        now = time.time()
-        await db.execute(HEARTBEAT, (self.instance_id, socket.gethostname(), os.getpid(), self._started_at, now))
+        now, host = time.time(), socket.gethostname()
+        await db.execute(HEARTBEAT, (self.instance_id, host, os.getpid(), self._started_at, now))
+        # A neighbour on this host whose process is gone is dead now, not in a TTL: a restart
+        # after a crash closes the crashed run's rows at once.
+        for instance_id, pid in await db.execute_fetchall(NEIGHBOURS, (host, self.instance_id)):
+            if not _process_exists(pid):
+                await db.execute(LEAVE, (instance_id,))
         alive_since = {"now": now, "alive_since": now - self.instance_ttl_s}
         cursor = await db.execute(ABANDON, alive_since)
         await db.execute(FORGET_DEAD, alive_since)
@@ -425,6 +432,16 @@ def check(path: str) -> None:
             db.rollback()
     except sqlite3.Error as exc:
         raise LogUnavailable(str(exc)) from None
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _check_path(path: str) -> None:
