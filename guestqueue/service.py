@@ -136,7 +136,8 @@ class QueueService:
                 retry_after_s=self._retry_after_s(1),
             ))
         ticket = Ticket(query, client, parameters or {}, session_id)
-        key = AnswerCache.key(query, ticket.parameters) if self.cache is not None else None
+        # Same question, parameters and session (or none): never another session's answer.
+        key = AnswerCache.key(query, ticket.parameters, session_id) if self.cache is not None else None
         if self.cache is not None and key is not None and (cached := self.cache.get(key)) is not None:
             self._register(ticket)
             self.stats.cache_hits += 1
