@@ -1,7 +1,9 @@
 """HTTP upstreams: a JSON POST whose answer is read by its content type.
 
 ``http`` posts ``{"query", "parameters", "session_id"}``; ``openai`` posts a
-chat-completions request with ``"stream": true``. Both read the response the
+chat-completions request with ``"stream": true``, the settings' model, the
+question as the one user message, and of the guest's parameters only those
+allowed (``GUEST_UPSTREAM_ALLOWED_PARAMETERS``). Both read the response the
 same way: ``application/json`` (one answer), ``text/event-stream`` (each data
 line a chunk, OpenAI deltas understood), ``application/x-ndjson`` (a JSON
 value per line) or any other streamed text.
@@ -10,12 +12,13 @@ value per line) or any other streamed text.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import httpx
 from httpx_sse import EventSource
 
+from .config import OPENAI_RESERVED_PARAMETERS
 from .errors import UpstreamError, UpstreamFailure, UpstreamUnavailable
 from .upstream import Chunk, WorkflowRequest
 
@@ -23,13 +26,16 @@ ANSWER_FIELDS = ("answer", "response", "text", "content", "output", "result")
 CHUNK_FIELDS = ("answer_chunk", "chunk", "delta", "token", *ANSWER_FIELDS)
 UNAVAILABLE_MESSAGE = "The assistant is unavailable right now. Please try again in a moment."
 MALFORMED_MESSAGE = "The assistant sent an answer we could not read. Please try again."
+DEFAULT_ALLOWED_PARAMETERS = ("temperature", "top_p")
 
 
 class HttpUpstream:
     def __init__(
-        self, client: httpx.AsyncClient, url: str, *, kind: str = "http", api_key: str = "", model: str = ""
+        self, client: httpx.AsyncClient, url: str, *, kind: str = "http", api_key: str = "", model: str = "",
+        allowed_parameters: Collection[str] = DEFAULT_ALLOWED_PARAMETERS,
     ) -> None:
         self.kind = kind
+        self.allowed_parameters = frozenset(allowed_parameters) - set(OPENAI_RESERVED_PARAMETERS)
         self._client = client
         self.url = httpx.URL(url)
         path = self.url.path.rstrip("/")
@@ -46,11 +52,10 @@ class HttpUpstream:
     def payload(self, request: WorkflowRequest) -> dict[str, Any]:
         if self.kind != "openai":
             return {"query": request.query, "parameters": dict(request.parameters), "session_id": request.session_id}
-        extra = dict(request.parameters)
-        history = extra.pop("messages", None)
-        messages = list(history) if isinstance(history, list) else []
-        messages.append({"role": "user", "content": request.query})
-        body = {**extra, "messages": messages, "stream": True}
+        # Only the allowed parameters: a guest must not pick the model, add a system message,
+        # ask for 128 choices, 100 000 tokens or tools at the operator's expense.
+        body = {name: value for name, value in request.parameters.items() if name in self.allowed_parameters}
+        body.update(messages=[{"role": "user", "content": request.query}], stream=True)
         if self._model:
             body["model"] = self._model
         return body
