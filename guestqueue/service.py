@@ -65,7 +65,7 @@ class QueueService:
         self.cache = AnswerCache(settings.cache_size, settings.cache_ttl_s) if settings.cache_size > 0 else None
         self.inflight: dict[str, Flight] = {}  # flights by cache key, for single-flight
         self.line = WaitingLine(settings.max_queue_size, on_moved=self._publish_positions)
-        self.limiter = PacingLimiter(settings.upstream_interval_s)
+        self.limiter = PacingLimiter(settings.upstream_interval_s, max_hold_s=settings.upstream_max_hold_s)
         self.estimator = WaitEstimator(
             settings.max_concurrent_requests, settings.upstream_interval_s, self._eta_snapshot
         )
@@ -386,10 +386,13 @@ class QueueService:
                 stream.check(now)
 
     def health(self) -> tuple[str, dict[str, Any]]:
-        """``ok``, ``degraded`` (upstream failing, log behind) or ``unavailable`` (shutting down)."""
+        """``ok``, ``degraded`` (upstream failing or holding us off, log behind) or ``unavailable``
+        (shutting down)."""
         problems = []
         if self.pool.consecutive_failures >= UPSTREAM_FAILURES_DEGRADED:
             problems.append(f"upstream failed its last {self.pool.consecutive_failures} calls")
+        if (held_s := self.limiter.held_s()) > 0:
+            problems.append(f"upstream asked us to wait: no new calls for {math.ceil(held_s)} s")
         if self.log is not None and (self.log.failing or self.log.backlog > LOG_BACKLOG_DEGRADED):
             problems.append(f"request log behind ({self.log.backlog} rows waiting)")
         status = "unavailable" if not self.accepting else "degraded" if problems else "ok"

@@ -12,7 +12,10 @@ value per line) or any other streamed text.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Collection
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -79,7 +82,7 @@ async def _check_status(resp: httpx.Response) -> None:
     detail = f"upstream answered HTTP {resp.status_code}: {body}"
     if resp.status_code == 429 or resp.status_code in (502, 503, 504):
         raise UpstreamUnavailable(
-            UNAVAILABLE_MESSAGE, detail=detail, retry_after_s=_retry_after(resp.headers.get("retry-after"))
+            UNAVAILABLE_MESSAGE, detail=detail, retry_after_s=retry_after_s(resp.headers.get("retry-after"))
         )
     raise UpstreamError(
         f"The assistant could not answer (error {resp.status_code}). Please try again later.",
@@ -88,11 +91,25 @@ async def _check_status(resp: httpx.Response) -> None:
     )
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
+    """A Retry-After header in seconds from ``now``: delay-seconds or an HTTP-date (RFC 9110 10.2.3).
+
+    Anything else (``inf``, ``nan``, negative, garbage) is None: the retry backs off as usual.
+    How long a hold may last is the limiter's business (``GUEST_UPSTREAM_MAX_HOLD_SEC``)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
     try:
-        return max(0.0, float(value)) if value is not None else None
+        seconds = float(value)
     except ValueError:
-        return None  # an HTTP date: rare enough that backoff alone is fine
+        try:
+            when = parsedate_to_datetime(value)
+        except (ValueError, TypeError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)  # "-0000": the RFC says HTTP-dates are in GMT
+        seconds = max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 async def _read_body(resp: httpx.Response) -> AsyncIterator[Chunk]:

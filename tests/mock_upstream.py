@@ -13,7 +13,8 @@ from ``GET /calls?tag=...`` (start time, body, whether the caller went away;
     chunks    number of chunks (default 3)          delay      seconds between chunks (default 0)
     first     seconds before the first byte         status     HTTP status for mode=status
     fail      fail the first N calls of this tag with ``status`` (then behave per mode)
-    retry_after  Retry-After header sent with a failure
+    retry_after  Retry-After header sent with a failure, as given (``99999``, ``inf``, garbage)
+    retry_after_in  Retry-After as an HTTP-date this many seconds from now
     echo      1 = the chunks are the query text itself (for framing tests)
     ping      1 = an SSE comment after every chunk
 
@@ -31,6 +32,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from email.utils import formatdate
 from typing import Any
 
 import uvicorn
@@ -73,6 +75,8 @@ async def upstream(request: Request) -> Response:
     if float(params.get("first", "0")):
         await asyncio.sleep(float(params["first"]))
     headers = {"Retry-After": params["retry_after"]} if "retry_after" in params else None
+    if "retry_after_in" in params:
+        headers = {"Retry-After": formatdate(time.time() + float(params["retry_after_in"]), usegmt=True)}
     if len(CALLS[tag]) <= int(params.get("fail", "0")) or mode == "status":
         return PlainTextResponse("upstream says no", status_code=int(params.get("status", "500")), headers=headers)
     chunks = _chunks(params, body)
