@@ -162,7 +162,7 @@ class GuestQueue:
         return ticket
 
     async def _admit(self, request: Request) -> Ticket:
-        body = await read_chat_request(request, self.settings)
+        body = await read_chat_request(request, self.settings, upstream_kind=self._service.upstream.kind)
         return self._service.submit(
             body.query, client=client_key(request), parameters=body.parameters, session_id=body.session_id
         )

@@ -22,6 +22,7 @@ def test_defaults_match_design() -> None:
     assert (s.cache_size, s.cache_ttl_s, s.db_path) == (1000, 3600, "guestqueue.db")
     assert (s.max_body_bytes, s.max_query_chars, s.max_per_client, s.shutdown_grace_s) == (65536, 4000, 2, 30)
     assert s.send_timeout_s == 30
+    assert s.upstream_allowed_parameter_names == ("temperature", "top_p") and s.upstream_max_hold_s == 120
     assert s.resolved_upstream_kind == "demo"
 
 
@@ -71,6 +72,10 @@ def test_secrets_stay_out_of_repr() -> None:
         ({"GUEST_MAX_QUEUE_SIZE": "abc"}, "GUEST_MAX_QUEUE_SIZE='abc'"),
         ({"GUEST_MAX_QUEUE_SIZE": "-1"}, "GUEST_MAX_QUEUE_SIZE=-1"),
         ({"GUEST_UPSTREAM_URL": "nosuchmodule:fn"}, "GUEST_UPSTREAM_URL='nosuchmodule:fn'"),
+        ({"GUEST_UPSTREAM_URL": "http://127.0.0.1:9/v1/chat/completions"}, "GUEST_UPSTREAM_MODEL=''"),
+        ({"GUEST_UPSTREAM_URL": "http://127.0.0.1:9/v1", "GUEST_UPSTREAM_KIND": "openai"}, "GUEST_UPSTREAM_MODEL=''"),
+        ({"GUEST_UPSTREAM_ALLOWED_PARAMETERS": "temperature,model"}, "GUEST_UPSTREAM_ALLOWED_PARAMETERS="),
+        ({"GUEST_UPSTREAM_MAX_HOLD_SEC": "inf"}, "GUEST_UPSTREAM_MAX_HOLD_SEC='inf'"),
     ],
 )
 def test_cli_stops_with_one_line(env: dict[str, str], expected: str) -> None:
