@@ -27,7 +27,7 @@ class ChatRequest:
     idempotency_key: str | None = None
 
 
-async def read_chat_request(request: Request, settings: Settings) -> ChatRequest:
+async def read_chat_request(request: Request, settings: Settings, *, upstream_kind: str | None = None) -> ChatRequest:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType("Send the question as JSON with Content-Type: application/json.")
@@ -36,7 +36,7 @@ async def read_chat_request(request: Request, settings: Settings) -> ChatRequest
     data = parse_json_object(body, "The request body")
     if key is not None:
         data["idempotency_key"] = key  # the header is the HTTP spelling of the field
-    return validate_chat_request(data, settings)
+    return validate_chat_request(data, settings, upstream_kind=upstream_kind)
 
 
 def parse_json_object(raw: bytes | str, what: str) -> dict[str, Any]:
@@ -77,8 +77,11 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def validate_chat_request(data: dict[str, Any], settings: Settings) -> ChatRequest:
-    """The fields of a decoded question (shared by the HTTP and WebSocket transports)."""
+def validate_chat_request(data: dict[str, Any], settings: Settings, *, upstream_kind: str | None = None) -> ChatRequest:
+    """The fields of a decoded question (shared by the HTTP and WebSocket transports).
+
+    ``upstream_kind`` is the kind of the upstream actually in use (a workflow passed in
+    code wins over the settings); by default the settings' kind."""
     query = data.get("query")
     if not isinstance(query, str) or not query.strip():
         raise InvalidField("'query' must be a non-empty string.")
@@ -89,6 +92,8 @@ def validate_chat_request(data: dict[str, Any], settings: Settings) -> ChatReque
         parameters = {}
     elif not isinstance(parameters, dict):
         raise InvalidField("'parameters' must be a JSON object.")
+    if (upstream_kind or settings.resolved_upstream_kind) == "openai":
+        _check_openai_parameters(parameters)
     session_id = data.get("session_id")
     if session_id is not None and (not isinstance(session_id, str) or len(session_id) > MAX_SESSION_ID_CHARS):
         raise InvalidField(f"'session_id' must be a string of at most {MAX_SESSION_ID_CHARS} characters.")
@@ -101,6 +106,16 @@ def validate_chat_request(data: dict[str, Any], settings: Settings) -> ChatReque
             "e.g. a UUID."
         )
     return ChatRequest(query, parameters, session_id, key)
+
+
+def _check_openai_parameters(parameters: dict[str, Any]) -> None:
+    # The conversation and the model are the operator's: a guest's `messages` could add a
+    # system prompt, its `model` a costlier model. Other parameters outside
+    # GUEST_UPSTREAM_ALLOWED_PARAMETERS are dropped when the upstream request is built.
+    if "messages" in parameters:
+        raise InvalidField("'parameters.messages' is not accepted: guests cannot set the conversation sent upstream.")
+    if "model" in parameters:
+        raise InvalidField("'parameters.model' is not accepted: the model is chosen by the server.")
 
 
 def client_key(request: HTTPConnection) -> str:

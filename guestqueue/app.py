@@ -174,7 +174,7 @@ class GuestQueue:
 
     async def _admit(self, request: Request) -> tuple[Ticket, bool]:
         """The admitted ticket, and whether it is one this client had already sent (Idempotency-Key)."""
-        body = await read_chat_request(request, self.settings)
+        body = await read_chat_request(request, self.settings, upstream_kind=self._service.upstream.kind)
         client = client_key(request)
         service = self._service
         known = service.registry.by_key(client, body.idempotency_key) if body.idempotency_key else None

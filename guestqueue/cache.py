@@ -1,11 +1,11 @@
 """Answer cache for common questions (cachetools TTL cache).
 
 Keys are the normalized query (case, surrounding and repeated whitespace do
-not matter) plus the parameters; only successful answers are stored, as the
-chunks they streamed in, so a hit streams the same way::
+not matter) plus the parameters plus the session id; only successful answers
+are stored, as the chunks they streamed in, so a hit streams the same way::
 
     cache = AnswerCache(max_size=1000, ttl_s=3600)
-    key = cache.key("  What is  guestqueue? ", {})
+    key = cache.key("  What is  guestqueue? ", {}, session_id=None)
     cache.put(key, CachedAnswer(("A ", "queue."), ["More?"]))
 """
 
@@ -40,9 +40,12 @@ class AnswerCache:
         return f"AnswerCache(size={len(self._entries)}, max_size={self._entries.maxsize})"
 
     @staticmethod
-    def key(query: str, parameters: Mapping[str, Any]) -> str:
-        params = json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
-        return f"{normalize_query(query)}\x00{params}"
+    def key(query: str, parameters: Mapping[str, Any], session_id: str | None = None) -> str:
+        """Also the single-flight key. The session id is part of it because an upstream may
+        answer from a session's memory: one session's answer must never reach another."""
+        return json.dumps(
+            [normalize_query(query), parameters, session_id], sort_keys=True, separators=(",", ":"), default=str
+        )
 
     def get(self, key: str) -> CachedAnswer | None:
         return self._entries.get(key)

@@ -17,6 +17,8 @@ from typing import Any
 
 UPSTREAM_KINDS = ("auto", "http", "openai", "python", "demo")
 AT_LEAST_ONE = ("max_concurrent_requests", "max_queue_size", "max_body_bytes", "max_query_chars", "log_buffer_rows")
+# Body fields of an openai request that guestqueue sets itself; never taken from a guest.
+OPENAI_RESERVED_PARAMETERS = ("messages", "model", "stream")
 
 
 class SettingsError(ValueError):
@@ -55,6 +57,13 @@ class Settings:
         "GUEST_UPSTREAM_INTERVAL_SEC", 10.0, "minimum seconds between upstream call starts (0 = off)"
     )
     upstream_retries: int = _setting("GUEST_UPSTREAM_RETRIES", 3, "retries before the first chunk was sent")
+    upstream_allowed_parameters: str = _setting(
+        "GUEST_UPSTREAM_ALLOWED_PARAMETERS", "temperature,top_p",
+        "guest parameters forwarded to an openai upstream (comma-separated); others are dropped", minimum=None,
+    )
+    upstream_max_hold_s: float = _setting(
+        "GUEST_UPSTREAM_MAX_HOLD_SEC", 120.0, "longest pause an upstream's Retry-After may impose on all calls"
+    )
     position_update_s: float = _setting(
         "GUEST_POSITION_UPDATE_SEC", 1.0, "a waiting guest hears its place at least this often"
     )
@@ -113,6 +122,15 @@ class Settings:
         self._check_upstream_combination()
         if self.instance_ttl_s <= 0:
             raise SettingsError(f"GUEST_INSTANCE_TTL_SEC={self.instance_ttl_s!r}: must be > 0")
+        if self.resolved_upstream_kind == "openai" and not self.upstream_model:
+            # A guest may not choose the model (nor its cost): it comes only from here.
+            raise SettingsError("GUEST_UPSTREAM_MODEL='': an openai upstream needs a model name")
+        reserved = sorted(set(self.upstream_allowed_parameter_names) & set(OPENAI_RESERVED_PARAMETERS))
+        if reserved:
+            raise SettingsError(
+                f"GUEST_UPSTREAM_ALLOWED_PARAMETERS={self.upstream_allowed_parameters!r}: "
+                f"{', '.join(reserved)} cannot come from guests"
+            )
         if self.position_update_s <= 0:
             raise SettingsError(f"GUEST_POSITION_UPDATE_SEC={self.position_update_s!r}: must be > 0")
         if self.send_timeout_s <= 0:
@@ -143,6 +161,10 @@ class Settings:
             raise SettingsError(
                 f"GUEST_UPSTREAM_MODEL={self.upstream_model!r}: only an openai upstream takes a model, and {why}"
             )
+
+    @property
+    def upstream_allowed_parameter_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.upstream_allowed_parameters.split(",") if name.strip())
 
     @property
     def cors_origin_list(self) -> list[str]:

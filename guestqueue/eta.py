@@ -11,10 +11,14 @@ costs O(1) each.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Callable
 
 DEFAULT_PROCESSING_S = 5.0  # until the first real measurement
+# An estimate goes into JSON (`queued` events) and Retry-After headers: it must be a
+# finite number whatever the inputs, or one bad value (inf) breaks every later answer.
+MAX_ESTIMATE_S = 86_400.0
 
 
 class WaitEstimator:
@@ -53,7 +57,8 @@ class WaitEstimator:
             self._reset()
         while len(self._starts) < position:
             self._extend()
-        return self._starts[position - 1]
+        estimate = self._starts[position - 1]
+        return min(estimate, MAX_ESTIMATE_S) if math.isfinite(estimate) else MAX_ESTIMATE_S
 
     def _reset(self) -> None:
         elapsed, pacing_delay_s = self._snapshot()

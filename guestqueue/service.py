@@ -68,7 +68,7 @@ class QueueService:
         self.line = WaitingLine(
             settings.max_queue_size, on_moved=self._publish_positions, startable_now=self._startable_now
         )
-        self.limiter = PacingLimiter(settings.upstream_interval_s)
+        self.limiter = PacingLimiter(settings.upstream_interval_s, max_hold_s=settings.upstream_max_hold_s)
         self.estimator = WaitEstimator(
             settings.max_concurrent_requests, settings.upstream_interval_s, self._eta_snapshot
         )
@@ -152,7 +152,8 @@ class QueueService:
                 retry_after_s=self._retry_after_s(1),
             ))
         ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key)
-        key = AnswerCache.key(query, ticket.parameters) if self.cache is not None else None
+        # Same question, parameters and session (or none): never another session's answer.
+        key = AnswerCache.key(query, ticket.parameters, session_id) if self.cache is not None else None
         if self.cache is not None and key is not None and (cached := self.cache.get(key)) is not None:
             self._register(ticket)
             self.stats.cache_hits += 1
@@ -421,10 +422,13 @@ class QueueService:
         await self._status_changed.wait()
 
     def health(self) -> tuple[str, dict[str, Any]]:
-        """``ok``, ``degraded`` (upstream failing, log behind) or ``unavailable`` (shutting down)."""
+        """``ok``, ``degraded`` (upstream failing or holding us off, log behind) or ``unavailable``
+        (shutting down)."""
         problems = []
         if self.pool.consecutive_failures >= UPSTREAM_FAILURES_DEGRADED:
             problems.append(f"upstream failed its last {self.pool.consecutive_failures} calls")
+        if (held_s := self.limiter.held_s()) > 0:
+            problems.append(f"upstream asked us to wait: no new calls for {math.ceil(held_s)} s")
         log = self.log
         if log is not None and (log.failing or log.backlog > LOG_BACKLOG_DEGRADED):
             problems.append(f"request log behind ({log.backlog} rows waiting)")

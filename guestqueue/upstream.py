@@ -166,4 +166,5 @@ def make_upstream(settings: Settings, client: httpx.AsyncClient, workflow: Workf
     if kind == "python":
         return PythonUpstream(load_workflow(settings.upstream_url))
     return HttpUpstream(client, settings.upstream_url, kind=kind, api_key=settings.upstream_api_key,
-                        model=settings.upstream_model)
+                        model=settings.upstream_model,
+                        allowed_parameters=settings.upstream_allowed_parameter_names)

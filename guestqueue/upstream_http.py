@@ -1,7 +1,9 @@
 """HTTP upstreams: a JSON POST whose answer is read by its content type.
 
 ``http`` posts ``{"query", "parameters", "session_id"}``; ``openai`` posts a
-chat-completions request with ``"stream": true``. Both read the response the
+chat-completions request with ``"stream": true``, the settings' model, the
+question as the one user message, and of the guest's parameters only those
+allowed (``GUEST_UPSTREAM_ALLOWED_PARAMETERS``). Both read the response the
 same way: ``application/json`` (one answer), ``text/event-stream`` (each data
 line a chunk, OpenAI deltas understood), ``application/x-ndjson`` (a JSON
 value per line) or any other streamed text.
@@ -10,12 +12,16 @@ value per line) or any other streamed text.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Collection
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 from httpx_sse import EventSource
 
+from .config import OPENAI_RESERVED_PARAMETERS
 from .errors import UpstreamError, UpstreamFailure, UpstreamUnavailable
 from .upstream import Chunk, WorkflowRequest, describe_transport_error
 
@@ -23,13 +29,16 @@ ANSWER_FIELDS = ("answer", "response", "text", "content", "output", "result")
 CHUNK_FIELDS = ("answer_chunk", "chunk", "delta", "token", *ANSWER_FIELDS)
 UNAVAILABLE_MESSAGE = "The assistant is unavailable right now. Please try again in a moment."
 MALFORMED_MESSAGE = "The assistant sent an answer we could not read. Please try again."
+DEFAULT_ALLOWED_PARAMETERS = ("temperature", "top_p")
 
 
 class HttpUpstream:
     def __init__(
-        self, client: httpx.AsyncClient, url: str, *, kind: str = "http", api_key: str = "", model: str = ""
+        self, client: httpx.AsyncClient, url: str, *, kind: str = "http", api_key: str = "", model: str = "",
+        allowed_parameters: Collection[str] = DEFAULT_ALLOWED_PARAMETERS,
     ) -> None:
         self.kind = kind
+        self.allowed_parameters = frozenset(allowed_parameters) - set(OPENAI_RESERVED_PARAMETERS)
         self._client = client
         self.url = httpx.URL(url)
         path = self.url.path.rstrip("/")
@@ -46,11 +55,10 @@ class HttpUpstream:
     def payload(self, request: WorkflowRequest) -> dict[str, Any]:
         if self.kind != "openai":
             return {"query": request.query, "parameters": dict(request.parameters), "session_id": request.session_id}
-        extra = dict(request.parameters)
-        history = extra.pop("messages", None)
-        messages = list(history) if isinstance(history, list) else []
-        messages.append({"role": "user", "content": request.query})
-        body = {**extra, "messages": messages, "stream": True}
+        # Only the allowed parameters: a guest must not pick the model, add a system message,
+        # ask for 128 choices, 100 000 tokens or tools at the operator's expense.
+        body = {name: value for name, value in request.parameters.items() if name in self.allowed_parameters}
+        body.update(messages=[{"role": "user", "content": request.query}], stream=True)
         if self._model:
             body["model"] = self._model
         return body
@@ -74,7 +82,7 @@ async def _check_status(resp: httpx.Response) -> None:
     detail = f"upstream answered HTTP {resp.status_code}: {body}"
     if resp.status_code == 429 or resp.status_code in (502, 503, 504):
         raise UpstreamUnavailable(
-            UNAVAILABLE_MESSAGE, detail=detail, retry_after_s=_retry_after(resp.headers.get("retry-after"))
+            UNAVAILABLE_MESSAGE, detail=detail, retry_after_s=retry_after_s(resp.headers.get("retry-after"))
         )
     raise UpstreamError(
         f"The assistant could not answer (error {resp.status_code}). Please try again later.",
@@ -83,11 +91,25 @@ async def _check_status(resp: httpx.Response) -> None:
     )
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
+    """A Retry-After header in seconds from ``now``: delay-seconds or an HTTP-date (RFC 9110 10.2.3).
+
+    Anything else (``inf``, ``nan``, negative, garbage) is None: the retry backs off as usual.
+    How long a hold may last is the limiter's business (``GUEST_UPSTREAM_MAX_HOLD_SEC``)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
     try:
-        return max(0.0, float(value)) if value is not None else None
+        seconds = float(value)
     except ValueError:
-        return None  # an HTTP date: rare enough that backoff alone is fine
+        try:
+            when = parsedate_to_datetime(value)
+        except (ValueError, TypeError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)  # "-0000": the RFC says HTTP-dates are in GMT
+        seconds = max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 async def _read_body(resp: httpx.Response) -> AsyncIterator[Chunk]:

@@ -124,7 +124,7 @@ class WorkerPool:
                 if flight.answer_parts or not exc.retryable or attempt >= self._settings.upstream_retries:
                     raise
                 attempt += 1
-                if exc.retry_after_s is not None:
+                if exc.retry_after_s is not None:  # held at most GUEST_UPSTREAM_MAX_HOLD_SEC (the limiter caps it)
                     self._service.limiter.hold_until(exc.retry_after_s)
                 logger.info("flight %s retry %d after: %s", flight.id, attempt, exc.detail)
                 await asyncio.sleep(backoff_s(attempt))

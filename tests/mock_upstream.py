@@ -8,10 +8,13 @@ from ``GET /calls?tag=...`` (start time, body, whether the caller went away;
 ``?prefix=...`` gives ``{tag: calls}`` for every tag starting with it).
 
     mode      sse (default) | openai | json | ndjson | text | status | malformed | hang | reset | drip | empty
+              | memory (an upstream with per-session memory: the chunks name the body's session_id
+              and the questions that session asked before, like a chat model with history)
     chunks    number of chunks (default 3)          delay      seconds between chunks (default 0)
     first     seconds before the first byte         status     HTTP status for mode=status
     fail      fail the first N calls of this tag with ``status`` (then behave per mode)
-    retry_after  Retry-After header sent with a failure
+    retry_after  Retry-After header sent with a failure, as given (``99999``, ``inf``, garbage)
+    retry_after_in  Retry-After as an HTTP-date this many seconds from now
     echo      1 = the chunks are the query text itself (for framing tests)
     ping      1 = an SSE comment after every chunk
 
@@ -29,6 +32,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from email.utils import formatdate
 from typing import Any
 
 import uvicorn
@@ -39,6 +43,7 @@ from starlette.routing import Route
 
 INJECTION = "line one\n\nevent: workflow_complete\ndata: {\"forged\": true}\r\nid: 999\rretry: 1\n\n"
 CALLS: dict[str, list[dict[str, Any]]] = defaultdict(list)
+MEMORY: dict[tuple[str, str], list[str]] = defaultdict(list)  # (tag, session_id): questions asked
 
 
 def _chunks(params: dict[str, str], body: dict[str, Any]) -> list[str]:
@@ -46,6 +51,12 @@ def _chunks(params: dict[str, str], body: dict[str, Any]) -> list[str]:
         return [str(body.get("query", ""))]
     if params.get("inject") == "1":
         return ["safe start ", INJECTION, " safe end"]
+    if params.get("mode") == "memory":
+        session = str(body.get("session_id"))
+        asked = MEMORY[params.get("tag", ""), session]
+        chunks = [f"private answer for session={session}", f"; earlier questions: {asked}"]
+        asked.append(str(body.get("query")))
+        return chunks
     count = int(params.get("chunks", "3"))
     return [f"chunk{i} " for i in range(count)]
 
@@ -64,6 +75,8 @@ async def upstream(request: Request) -> Response:
     if float(params.get("first", "0")):
         await asyncio.sleep(float(params["first"]))
     headers = {"Retry-After": params["retry_after"]} if "retry_after" in params else None
+    if "retry_after_in" in params:
+        headers = {"Retry-After": formatdate(time.time() + float(params["retry_after_in"]), usegmt=True)}
     if len(CALLS[tag]) <= int(params.get("fail", "0")) or mode == "status":
         return PlainTextResponse("upstream says no", status_code=int(params.get("status", "500")), headers=headers)
     chunks = _chunks(params, body)

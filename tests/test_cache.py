@@ -86,3 +86,37 @@ async def test_riders_survive_the_first_guest_leaving(upstream: MockUpstream) ->
     assert rider_events[-1].name == "workflow_complete" and rider_events[-1].data["answer"] == "chunk0 chunk1 "
     assert rider_events[-1].data["cached"] is True, "it rode the leader's flight"
     assert [c["body"]["query"] for c in upstream.calls(tag)] == ["blocker", "shared"]
+
+
+async def test_one_sessions_answer_never_reaches_another_session(upstream: MockUpstream) -> None:
+    # An upstream with per-session memory: Alice and Bob ask the same question at once
+    # (single-flight would have merged them), Carol later (the cache would have answered her).
+    url, tag = upstream.tagged(mode="memory", delay=0.3)
+    async with serve(upstream_url=url, cache_size=10, max_concurrent_requests=1) as running, \
+            httpx.AsyncClient(timeout=30) as client:
+        alice, bob = await asyncio.gather(
+            ask(client, running.base, "What did I tell you?", session_id="alice"),
+            ask(client, running.base, "  what did I tell you? ", session_id="bob"),
+        )
+        carol = await ask(client, running.base, "What did I tell you?", session_id="carol")
+        alice_again = await ask(client, running.base, "what did i tell you?", session_id="alice")
+        anonymous = await asyncio.gather(*(ask(client, running.base, "What did I tell you?") for _ in range(2)))
+        assert_drained(running)
+    for name, events in (("alice", alice), ("bob", bob), ("carol", carol)):
+        assert events[-1].name == "workflow_complete"
+        assert events[-1].data["answer"] == f"private answer for session={name}; earlier questions: []", name
+        assert events[-1].data["cached"] is False, f"{name}'s answer came from its own upstream call"
+    assert alice_again[-1].data["cached"] is True, "a session still gets its own earlier answer from the cache"
+    assert alice_again[-1].data["answer"] == alice[-1].data["answer"]
+    assert {r[-1].data["answer"] for r in anonymous} == {"private answer for session=None; earlier questions: []"}
+    assert sorted(r[-1].data["cached"] for r in anonymous) == [False, True], "no session: shared as before"
+    sessions = [call["body"]["session_id"] for call in upstream.calls(tag)]
+    assert sorted(map(str, sessions)) == ["None", "alice", "bob", "carol"], "one call per session, with its own id"
+
+
+def test_keys_differ_by_session() -> None:
+    key = AnswerCache.key
+    assert key("q", {}, "alice") != key("q", {}, "bob")
+    assert key("q", {}, "alice") != key("q", {})
+    assert key(" Q ", {}, "alice") == key("q", {}, "alice")
+    assert key("q", {}) == key("q", {}, None)

@@ -23,6 +23,7 @@ def test_defaults_match_design() -> None:
     assert (s.cache_size, s.cache_ttl_s, s.db_path) == (1000, 3600, "guestqueue.db")
     assert (s.max_body_bytes, s.max_query_chars, s.max_per_client, s.shutdown_grace_s) == (65536, 4000, 2, 30)
     assert s.send_timeout_s == 30
+    assert s.upstream_allowed_parameter_names == ("temperature", "top_p") and s.upstream_max_hold_s == 120
     assert s.resolved_upstream_kind == "demo"
 
 
@@ -72,6 +73,10 @@ def test_secrets_stay_out_of_repr() -> None:
         ({"GUEST_MAX_QUEUE_SIZE": "abc"}, "GUEST_MAX_QUEUE_SIZE='abc'"),
         ({"GUEST_MAX_QUEUE_SIZE": "-1"}, "GUEST_MAX_QUEUE_SIZE=-1"),
         ({"GUEST_UPSTREAM_URL": "nosuchmodule:fn"}, "GUEST_UPSTREAM_URL='nosuchmodule:fn'"),
+        ({"GUEST_UPSTREAM_URL": "http://127.0.0.1:9/v1/chat/completions"}, "GUEST_UPSTREAM_MODEL=''"),
+        ({"GUEST_UPSTREAM_URL": "http://127.0.0.1:9/v1", "GUEST_UPSTREAM_KIND": "openai"}, "GUEST_UPSTREAM_MODEL=''"),
+        ({"GUEST_UPSTREAM_ALLOWED_PARAMETERS": "temperature,model"}, "GUEST_UPSTREAM_ALLOWED_PARAMETERS="),
+        ({"GUEST_UPSTREAM_MAX_HOLD_SEC": "inf"}, "GUEST_UPSTREAM_MAX_HOLD_SEC='inf'"),
     ],
 )
 def test_cli_stops_with_one_line(env: dict[str, str], expected: str) -> None:
@@ -87,9 +92,9 @@ def test_cli_stops_with_one_line(env: dict[str, str], expected: str) -> None:
 @pytest.mark.parametrize(
     ("url", "model", "kind"),
     [
-        ("https://api.example.org/v1", "", "openai"),
-        ("https://api.example.org/v1/", "", "openai"),
-        ("https://api.example.org/v1/chat/completions", "", "openai"),
+        ("https://api.example.org/v1", "m", "openai"),
+        ("https://api.example.org/v1/", "m", "openai"),
+        ("https://api.example.org/v1/chat/completions", "m", "openai"),
         ("http://127.0.0.1:4000", "gpt-4o-mini", "openai"),  # e.g. a LiteLLM proxy at its root
         ("http://127.0.0.1:9000/chat", "", "http"),
         ("mypkg.flows:answer", "", "python"),
@@ -98,6 +103,12 @@ def test_cli_stops_with_one_line(env: dict[str, str], expected: str) -> None:
 )
 def test_auto_picks_the_upstream_kind(url: str, model: str, kind: str) -> None:
     assert Settings(upstream_url=url, upstream_model=model).resolved_upstream_kind == kind
+
+
+def test_a_v1_url_without_a_model_stops_start_up_instead_of_failing_the_first_guest() -> None:
+    # It used to become an http upstream, and the first guest got "error 404".
+    with pytest.raises(SettingsError, match="an openai upstream needs a model name"):
+        Settings(upstream_url="https://api.example.org/v1")
 
 
 @pytest.mark.parametrize(

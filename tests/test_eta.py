@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from guestqueue.eta import WaitEstimator
+from guestqueue.eta import MAX_ESTIMATE_S, WaitEstimator
 
 
 def _estimator(concurrency: int, interval: float, elapsed: list[float], delay: float = 0.0) -> WaitEstimator:
@@ -39,3 +39,11 @@ def test_moving_average_follows_recent_durations() -> None:
     estimator.invalidate()
     assert estimator.avg_processing_s == pytest.approx(2)
     assert estimator.estimate_s(2) == pytest.approx(4)
+
+
+@pytest.mark.parametrize("delay", [float("inf"), float("nan"), 1e308])
+def test_estimates_stay_finite_whatever_the_limiter_says(delay: float) -> None:
+    # They go into JSON events and Retry-After headers: inf or nan would break both.
+    estimator = _estimator(1, 1, [], delay)
+    estimates = [estimator.estimate_s(p) for p in (1, 2, 50)]
+    assert all(0 <= e <= MAX_ESTIMATE_S for e in estimates), estimates
