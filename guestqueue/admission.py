@@ -12,6 +12,7 @@ from .config import Settings
 from .errors import BodyTooLarge, InvalidField, InvalidJSON, Rejected, UnsupportedMediaType
 
 MAX_SESSION_ID_CHARS = 256
+MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 
 class ClientGone(Rejected):
@@ -23,14 +24,19 @@ class ChatRequest:
     query: str
     parameters: dict[str, Any] = field(default_factory=dict)
     session_id: str | None = None
+    idempotency_key: str | None = None
 
 
 async def read_chat_request(request: Request, settings: Settings, *, upstream_kind: str | None = None) -> ChatRequest:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType("Send the question as JSON with Content-Type: application/json.")
+    key = request.headers.get("idempotency-key")
     body = await _read_limited(request, settings.max_body_bytes)
-    return validate_chat_request(parse_json_object(body, "The request body"), settings, upstream_kind=upstream_kind)
+    data = parse_json_object(body, "The request body")
+    if key is not None:
+        data["idempotency_key"] = key  # the header is the HTTP spelling of the field
+    return validate_chat_request(data, settings, upstream_kind=upstream_kind)
 
 
 def parse_json_object(raw: bytes | str, what: str) -> dict[str, Any]:
@@ -91,7 +97,15 @@ def validate_chat_request(data: dict[str, Any], settings: Settings, *, upstream_
     session_id = data.get("session_id")
     if session_id is not None and (not isinstance(session_id, str) or len(session_id) > MAX_SESSION_ID_CHARS):
         raise InvalidField(f"'session_id' must be a string of at most {MAX_SESSION_ID_CHARS} characters.")
-    return ChatRequest(query, parameters, session_id)
+    key = data.get("idempotency_key")
+    if key is not None and not (
+        isinstance(key, str) and 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS and key.isascii() and key.isprintable()
+    ):
+        raise InvalidField(
+            f"The Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters, "
+            "e.g. a UUID."
+        )
+    return ChatRequest(query, parameters, session_id, key)
 
 
 def _check_openai_parameters(parameters: dict[str, Any]) -> None:

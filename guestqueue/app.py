@@ -34,6 +34,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from .admission import client_key, read_chat_request
 from .config import Settings
 from .errors import Forbidden, NotFound, Rejected, ShuttingDown, StartupError, Unauthorized
+from .monitor import StatusMonitor
 from .pages import page_routes
 from .service import QueueService
 from .store import LogUnavailable, RequestLog
@@ -52,6 +53,7 @@ class GuestQueue:
         self.settings = settings if settings is not None else Settings.from_env()
         self.workflow = workflow
         self.service: QueueService | None = None
+        self.monitor: StatusMonitor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.app = Starlette(
             routes=self._routes(),
@@ -71,7 +73,8 @@ class GuestQueue:
         client = make_http_client(self.settings)
         settings = self.settings
         log = RequestLog(
-            settings.db_path, buffer_rows=settings.log_buffer_rows, retention_days=settings.log_retention_days
+            settings.db_path, buffer_rows=settings.log_buffer_rows, retention_days=settings.log_retention_days,
+            instance_ttl_s=settings.instance_ttl_s,
         ) if settings.db_path else None
         try:
             upstream = make_upstream(settings, client, self.workflow)
@@ -83,12 +86,15 @@ class GuestQueue:
                     raise StartupError(f"GUEST_DB_PATH={settings.db_path!r}: {exc}") from None
             service = QueueService(settings, upstream, log=log)
             await service.start()
-            self.service, self._loop = service, asyncio.get_running_loop()
+            monitor = StatusMonitor(service, ping_s=self.settings.ping_s, send_timeout_s=self.settings.send_timeout_s)
+            monitor.start()
+            self.service, self.monitor, self._loop = service, monitor, asyncio.get_running_loop()
             try:
                 yield
             finally:
                 await service.stop()
-                self.service = None
+                await monitor.stop()
+                self.service = self.monitor = None
         finally:
             if log is not None:
                 await log.close()
@@ -116,12 +122,16 @@ class GuestQueue:
             Route("/chat/simple", self.chat_simple, methods=["POST"]),
             Route("/chat/{request_id}/events", self.chat_events, methods=["GET"]),
             Route("/chat/{request_id}", self.chat_cancel, methods=["DELETE"]),
+            Route("/chat/{name}", self.no_such_chat_endpoint, methods=["POST"]),
             Route("/queue/status", self.queue_status, methods=["GET"]),
+            Route("/queue/status/stream", self.queue_status_stream, methods=["GET"]),
+            Route("/queue/status/samples", self.queue_status_samples, methods=["GET"]),
             Route("/queue/request/{request_id}", self.queue_request, methods=["GET"]),
             Route("/queue/history", self.queue_history, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             WebSocketRoute("/ws", self.websocket),
+            Route("/", self.index, methods=["GET"]),
             *page_routes(),
         ]
 
@@ -135,7 +145,8 @@ class GuestQueue:
         if origins:
             middleware.append(Middleware(
                 CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["Content-Type", "Last-Event-ID", "X-API-Key"], expose_headers=["X-Request-ID"],
+                allow_headers=["Content-Type", "Last-Event-ID", "X-API-Key", "Idempotency-Key"],
+                expose_headers=["X-Request-ID", "Retry-After"],
             ))
         return middleware
 
@@ -161,24 +172,32 @@ class GuestQueue:
             raise NotFound("No request with that id (it may have expired).")
         return ticket
 
-    async def _admit(self, request: Request) -> Ticket:
+    async def _admit(self, request: Request) -> tuple[Ticket, bool]:
+        """The admitted ticket, and whether it is one this client had already sent (Idempotency-Key)."""
         body = await read_chat_request(request, self.settings, upstream_kind=self._service.upstream.kind)
-        return self._service.submit(
-            body.query, client=client_key(request), parameters=body.parameters, session_id=body.session_id
+        client = client_key(request)
+        service = self._service
+        known = service.registry.by_key(client, body.idempotency_key) if body.idempotency_key else None
+        ticket = service.submit(
+            body.query, client=client, parameters=body.parameters, session_id=body.session_id,
+            idempotency_key=body.idempotency_key,
         )
+        return ticket, ticket is known
 
     # -- chat ----------------------------------------------------------------------
 
-    async def chat(self, request: Request) -> TicketStream:
-        ticket = await self._admit(request)
-        return TicketStream(self._service, ticket)
+    async def chat(self, request: Request) -> Response | TicketStream:
+        ticket, again = await self._admit(request)
+        # The same question sent again (a client retrying a dropped POST stream): resume it.
+        return self._stream(ticket, _last_event_id(request) if again else 0)
 
-    async def chat_events(self, request: Request) -> TicketStream:
-        ticket = self._ticket(request)
-        raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
-        raw = raw.strip()
-        # isdigit() alone accepts "²" and other digits int() refuses (a 500): ASCII digits only.
-        last_event_id = int(raw) if raw.isascii() and raw.isdigit() else 0
+    async def chat_events(self, request: Request) -> Response | TicketStream:
+        return self._stream(self._ticket(request), _last_event_id(request))
+
+    def _stream(self, ticket: Ticket, last_event_id: int) -> Response | TicketStream:
+        if ticket.done and last_event_id >= ticket.events.last_id:
+            # Everything was seen: 204 tells an EventSource to stop reconnecting (the SSE spec's way).
+            return Response(status_code=204, headers={"X-Request-ID": ticket.id})
         return TicketStream(self._service, ticket, last_event_id)
 
     async def chat_cancel(self, request: Request) -> Response:
@@ -190,9 +209,17 @@ class GuestQueue:
             )
         return JSONResponse({"request_id": ticket.id, "status": "cancelled"})
 
+    async def no_such_chat_endpoint(self, request: Request) -> Response:
+        # e.g. an OpenAI client pointed here: POST /chat/completions would otherwise be a 405 of the
+        # DELETE /chat/{request_id} route, which says nothing useful.
+        raise NotFound(
+            f"There is no POST /chat/{request.path_params['name']}. Ask with POST /chat (an SSE stream) or "
+            "POST /chat/simple (one JSON answer), with a JSON body {\"query\": \"...\"}."
+        )
+
     async def chat_simple(self, request: Request) -> Response:
         service = self._service
-        ticket = await self._admit(request)
+        ticket, _ = await self._admit(request)
         service.subscribe(ticket)
         try:
             finished = await _until_done_or_disconnect(ticket, request)
@@ -211,15 +238,32 @@ class GuestQueue:
 
     # -- status --------------------------------------------------------------------
 
+    async def index(self, request: Request) -> Response:
+        return JSONResponse(links(request.scope.get("root_path", "")))
+
     async def queue_status(self, request: Request) -> Response:
         self._require_admin(request)
         return JSONResponse(self._service.snapshot())
+
+    async def queue_status_stream(self, request: Request) -> Response:
+        self._require_admin(request)
+        return self._monitor.stream()
+
+    async def queue_status_samples(self, request: Request) -> Response:
+        self._require_admin(request)
+        return JSONResponse(self._monitor.samples())
+
+    @property
+    def _monitor(self) -> StatusMonitor:
+        if self.monitor is None:
+            raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
+        return self.monitor
 
     async def queue_request(self, request: Request) -> Response:
         self._require_admin(request)
         ticket = self._ticket(request)
         if ticket.flight is not None:
-            self._service.line.position(ticket.flight)  # renumber first if the line just changed
+            self._service.line.position(ticket.flight)  # exact (renumbered silently) if the line just changed
         return JSONResponse(ticket.summary())
 
     async def queue_history(self, request: Request) -> Response:
@@ -236,6 +280,13 @@ class GuestQueue:
             return JSONResponse({"status": "unavailable", "problems": ["not running"]}, status_code=503)
         status, body = self.service.health()
         return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
+
+
+def _last_event_id(request: Request) -> int:
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
+    raw = raw.strip()
+    # isdigit() alone accepts "²" and other digits int() refuses (a 500): ASCII digits only.
+    return int(raw) if raw.isascii() and raw.isdigit() else 0
 
 
 async def _until_done_or_disconnect(ticket: Ticket, request: Request) -> bool:
@@ -300,12 +351,21 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS: dict[Any, Any] = {Rejected: _rejected, HTTPException: _http_error, Exception: _internal_error}
 
 
+def links(prefix: str) -> dict[str, str]:
+    """Where things are, for ``GET /`` and ``GET /api/v1/guest/``."""
+    return {
+        "service": "guestqueue", "api": prefix, "chat_page": f"{prefix}/static/chat.html",
+        "dashboard": f"{prefix}/dashboard", "ask": f"POST {prefix}/chat", "status": f"{prefix}/queue/status",
+        "health": f"{prefix}/health",
+    }
+
+
 def create_app(settings: Settings | None = None, *, workflow: Workflow | None = None) -> Starlette:
     """A standalone app serving the API under ``/api/v1/guest``."""
     guest = GuestQueue(settings, workflow=workflow)
 
     async def index(request: Request) -> Response:
-        return JSONResponse({"service": "guestqueue", "api": API_PREFIX, "health": f"{API_PREFIX}/health"})
+        return JSONResponse(links(API_PREFIX))
 
     app = Starlette(
         routes=[Route("/", index), Mount(API_PREFIX, app=guest.app)],

@@ -15,16 +15,18 @@ import dataclasses
 import errno
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
 from collections.abc import Sequence
 from types import FrameType
 
+import httpx
 import uvicorn
 
 from . import store
-from .app import GuestQueue, create_app
+from .app import API_PREFIX, GuestQueue, create_app
 from .config import Settings, SettingsError
 from .errors import StartupError
 from .upstream import load_workflow
@@ -95,6 +97,27 @@ def bind_socket(settings: Settings) -> socket.socket:
             raise StartupError(f"GUEST_HOST={settings.host!r}: {reason}") from None
         raise StartupError(f"GUEST_PORT={settings.port!r}: {reason}") from None
     return sock
+
+
+def where_things_are(settings: Settings, host: str, port: int) -> list[str]:
+    """What a new user needs to know at start-up: where to go, what answers, where it is written down."""
+    shown_host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    base = f"http://{shown_host}:{port}{API_PREFIX}"
+    kind = settings.resolved_upstream_kind
+    if kind == "demo":
+        upstream = "demo (built in; set GUEST_UPSTREAM_URL for your own)"
+    else:
+        url = httpx.URL(settings.upstream_url) if kind != "python" else None
+        shown = str(url.copy_with(username=None, password=None)) if url is not None else settings.upstream_url
+        upstream = f"{kind} {shown}" + (f" (model {settings.upstream_model})" if settings.upstream_model else "")
+    log = os.path.abspath(settings.db_path) if settings.db_path else "off (GUEST_DB_PATH is empty)"
+    return [
+        f"listening on http://{shown_host}:{port}",
+        f"upstream:    {upstream}",
+        f"chat page:   {base}/static/chat.html",
+        f"dashboard:   {base}/dashboard",
+        f"request log: {log}",
+    ]
 
 
 def check_request_log(settings: Settings) -> None:
@@ -193,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # uvicorn re-raises the signal it shut down for; a drained shutdown is a clean exit (0).
     signal.signal(signal.SIGTERM, lambda sig, frame: None)
-    logger.info("listening on http://%s:%d", *sock.getsockname()[:2])
+    host, port = sock.getsockname()[:2]
+    for line in where_things_are(settings, host, port):
+        logger.info("%s", line)
     GuestServer(config, app.state.guestqueue).run(sockets=[sock])
     return 0

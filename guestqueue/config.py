@@ -84,6 +84,9 @@ class Settings:
     log_retention_days: float = _setting(
         "GUEST_LOG_RETENTION_DAYS", 30.0, "request log rows older than this are deleted (0 = keep forever)"
     )
+    instance_ttl_s: float = _setting(
+        "GUEST_INSTANCE_TTL_SEC", 5.0, "an instance silent this long is dead (its open log rows become abandoned)"
+    )
     max_body_bytes: int = _setting("GUEST_MAX_BODY_BYTES", 65536, "largest request body (413 beyond)")
     max_query_chars: int = _setting("GUEST_MAX_QUERY_CHARS", 4000, "longest query (422 beyond)")
     max_per_client: int = _setting("GUEST_MAX_PER_CLIENT", 2, "requests one client may have in line or processing")
@@ -116,6 +119,9 @@ class Settings:
             )
         if self.upstream_kind in ("http", "openai", "python") and not self.upstream_url:
             raise SettingsError(f"GUEST_UPSTREAM_KIND={self.upstream_kind!r} needs GUEST_UPSTREAM_URL")
+        self._check_upstream_combination()
+        if self.instance_ttl_s <= 0:
+            raise SettingsError(f"GUEST_INSTANCE_TTL_SEC={self.instance_ttl_s!r}: must be > 0")
         if self.resolved_upstream_kind == "openai" and not self.upstream_model:
             # A guest may not choose the model (nor its cost): it comes only from here.
             raise SettingsError("GUEST_UPSTREAM_MODEL='': an openai upstream needs a model name")
@@ -134,7 +140,8 @@ class Settings:
 
     @property
     def resolved_upstream_kind(self) -> str:
-        """`auto` made concrete: no URL is the demo, `module:function` is python, else http."""
+        """`auto` made concrete: no URL is the demo, `module:function` is python; a URL is openai when
+        it ends in ``/v1`` or ``/chat/completions`` or a model is named, else http."""
         if self.upstream_kind != "auto":
             return self.upstream_kind
         url = self.upstream_url
@@ -143,7 +150,17 @@ class Settings:
         if "://" not in url and ":" in url:
             return "python"
         path = url.split("?", 1)[0].rstrip("/")
-        return "openai" if path.endswith("/chat/completions") else "http"
+        if path.endswith(("/chat/completions", "/v1")) or self.upstream_model:
+            return "openai"
+        return "http"
+
+    def _check_upstream_combination(self) -> None:
+        kind = self.resolved_upstream_kind
+        if self.upstream_model and kind != "openai":
+            why = "no GUEST_UPSTREAM_URL is set" if not self.upstream_url else f"the upstream kind is {kind!r}"
+            raise SettingsError(
+                f"GUEST_UPSTREAM_MODEL={self.upstream_model!r}: only an openai upstream takes a model, and {why}"
+            )
 
     @property
     def upstream_allowed_parameter_names(self) -> tuple[str, ...]:

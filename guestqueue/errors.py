@@ -8,6 +8,7 @@ Every rejection maps to exactly one HTTP status and one ``code`` string::
     │   ├── BodyTooLarge          413 body_too_large
     │   ├── UnsupportedMediaType  415 unsupported_media_type
     │   ├── InvalidField          422 invalid_field
+    │   ├── IdempotencyMismatch   422 idempotency_mismatch (a key reused for another question)
     │   ├── LineFull              429 queue_full      (with Retry-After)
     │   ├── ClientLimit           429 client_limit    (with Retry-After)
     │   ├── ShuttingDown          503 shutting_down
@@ -40,8 +41,11 @@ class Rejected(GuestQueueError):
         self.message = message
         self.retry_after_s = retry_after_s
 
-    def body(self) -> dict[str, str]:
-        return {"error": self.message, "code": self.code}
+    def body(self) -> dict[str, str | int]:
+        body: dict[str, str | int] = {"error": self.message, "code": self.code}
+        if self.retry_after_s is not None:
+            body["retry_after"] = self.retry_after_s  # the Retry-After header, readable cross-origin too
+        return body
 
 
 class InvalidJSON(Rejected):
@@ -58,6 +62,10 @@ class UnsupportedMediaType(Rejected):
 
 class InvalidField(Rejected):
     status_code, code = 422, "invalid_field"
+
+
+class IdempotencyMismatch(Rejected):
+    status_code, code = 422, "idempotency_mismatch"
 
 
 class LineFull(Rejected):

@@ -4,6 +4,11 @@ Each event is encoded once, as standard SSE framing with a single ``data:``
 line holding a JSON envelope ``{"event": NAME, "data": PAYLOAD}``. JSON
 escapes CR and LF, so no text from a guest or the upstream can start a new
 SSE line and forge an event.
+
+The answer chunks of one upstream call are kept once, in a
+:class:`SharedAnswer`, however many guests ride the call: each rider's
+:class:`EventLog` follows it (its chunk events are numbered in the rider's own
+id sequence and made when read), instead of holding its own copy of every chunk.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import asyncio
 import json
 import math
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 QUEUED = "queued"
@@ -89,11 +93,41 @@ def encode_sse(event_id: int, name: str, envelope: dict[str, Any]) -> bytes:
     return f"event: {name}\nid: {event_id}\ndata: {data}\n\n".encode()
 
 
+class SharedAnswer:
+    """The chunks of one upstream answer, kept once for every guest riding it.
+
+    ``texts`` is the flight's own list of chunks (appended as they arrive); the
+    id-free tail of each chunk's SSE block is encoded once, on first read.
+    """
+
+    __slots__ = ("_tails", "texts")
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self._tails: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def event(self, index: int, event_id: int) -> Event:
+        """Chunk ``index`` as one reader's event ``event_id``."""
+        while len(self._tails) <= index:
+            envelope = {"event": ANSWER_CHUNK, "data": self.texts[len(self._tails)]}
+            self._tails.append(f"data: {json.dumps(envelope, separators=(',', ':'))}\n\n".encode())
+        event = Event(event_id, ANSWER_CHUNK, self.texts[index])
+        event._encoded = b"event: answer_chunk\nid: %d\n" % event_id + self._tails[index]
+        return event
+
+
 class EventLog:
     """The events of one request, in order, with a broadcast wake-up for readers.
 
     Position updates (``queued``) are not kept: only the newest one matters, so
     a reader that resumes gets the current place, not a history of places.
+
+    Answer chunks are not kept either: the log follows its flight's
+    :class:`SharedAnswer` from an id on, until the next event it publishes
+    (the terminal one) fixes how many chunks it had.
     """
 
     def __init__(self, max_events: int = DEFAULT_REPLAY_EVENTS) -> None:
@@ -102,14 +136,30 @@ class EventLog:
         self._last_id = 0
         self._changed = asyncio.Event()
         self.closed = False
+        self._answer: SharedAnswer | None = None
+        self._answer_base = 0  # the id before the answer's first chunk
+        self._answer_len: int | None = None  # fixed once another event follows the answer
 
     @property
     def last_id(self) -> int:
+        if self._answer is not None and self._answer_len is None:
+            return self._answer_base + len(self._answer)
         return self._last_id
+
+    def follow(self, answer: SharedAnswer) -> None:
+        """From now on, the answer's chunks (those already there, then new ones) are this log's
+        next events; call :meth:`nudge` when a chunk is added."""
+        if self._answer is not None:
+            raise RuntimeError("event log already follows an answer")
+        self._answer, self._answer_base = answer, self._last_id
+        self._latest_position = None
 
     def publish(self, name: str, data: Any) -> Event:
         if self.closed:
             raise RuntimeError("event log already ended with a terminal event")
+        if self._answer is not None and self._answer_len is None:
+            self._answer_len = len(self._answer)
+            self._last_id = self._answer_base + self._answer_len
         self._last_id += 1
         event = Event(self._last_id, name, data)
         if name == QUEUED:
@@ -139,6 +189,13 @@ class EventLog:
                 break
             newer.append(event)
         newer.reverse()
+        if self._answer is not None:
+            # The answer's chunks stand between the events before it and those after it.
+            base, answer = self._answer_base, self._answer
+            end = len(answer) if self._answer_len is None else self._answer_len
+            split = next((i for i, event in enumerate(newer) if event.id > base), len(newer))
+            first = max(last_seen_id - base, 0)
+            newer[split:split] = [answer.event(i, base + 1 + i) for i in range(first, end)]
         # A kept position event is always the newest: any other event replaces it.
         position = self._latest_position
         if position is not None and position.id > last_seen_id:
@@ -150,13 +207,11 @@ class EventLog:
         while self._last_id <= last_seen_id:
             await self._changed.wait()
 
-    def __iter__(self) -> Iterator[Event]:
-        return iter(self._events)
-
     def compact(self) -> None:
         """Forget all but the terminal event: a finished request stays cheap to keep for lookups."""
         terminal = self.terminal_event()
         self._events.clear()
+        self._answer = None
         if terminal is not None:
             self._events.append(terminal)
 

@@ -62,30 +62,66 @@ def _mean(values: deque[float]) -> float:
 
 
 class Registry:
-    """Live tickets by id, plus the most recent finished ones (bounded)."""
+    """Live tickets by id, plus the most recent finished ones (bounded).
 
-    def __init__(self, history_size: int, keep_finished: int = 1000) -> None:
+    A finished ticket keeps its whole event log for ``replay_s`` (a guest who
+    reconnects just after the end gets the answer again), then only its
+    terminal event. Bounded by count too: at most ``keep_finished`` full logs,
+    however fast requests finish, since beyond that count they cannot be looked up.
+    """
+
+    def __init__(self, history_size: int, keep_finished: int = 1000, replay_s: float = 60.0) -> None:
         self._live: dict[str, Ticket] = {}
         self._finished: OrderedDict[str, Ticket] = OrderedDict()
         self._keep_finished = max(keep_finished, history_size)
         self._recent: deque[Ticket] = deque(maxlen=history_size)
+        self._replay_s = replay_s
+        self._full_logs: deque[tuple[float, Ticket]] = deque()  # (finished at, ticket), oldest first
+        # (client, Idempotency-Key) -> ticket, while the ticket is live or its log replayable.
+        self._by_key: dict[tuple[str, str], Ticket] = {}
 
     def __len__(self) -> int:
         return len(self._live)
 
     def add(self, ticket: Ticket) -> None:
         self._live[ticket.id] = ticket
+        if ticket.idempotency_key is not None:
+            self._by_key[(ticket.client, ticket.idempotency_key)] = ticket
         if self._recent.maxlen:
             self._recent.append(ticket)
 
     def get(self, request_id: str) -> Ticket | None:
         return self._live.get(request_id) or self._finished.get(request_id)
 
+    def by_key(self, client: str, idempotency_key: str) -> Ticket | None:
+        """The request this client sent with this Idempotency-Key, if still live or replayable."""
+        return self._by_key.get((client, idempotency_key))
+
     def finished(self, ticket: Ticket) -> None:
         self._live.pop(ticket.id, None)
         self._finished[ticket.id] = ticket
         while len(self._finished) > self._keep_finished:
             self._finished.popitem(last=False)
+        self._full_logs.append((time.monotonic(), ticket))
+        while len(self._full_logs) > self._keep_finished:
+            self._forget_replay(self._full_logs.popleft()[1])
+
+    def compact_expired(self, now: float) -> None:
+        """Keep only the terminal event of tickets that finished more than ``replay_s`` ago."""
+        logs = self._full_logs
+        while logs and now - logs[0][0] >= self._replay_s:
+            self._forget_replay(logs.popleft()[1])
+
+    def _forget_replay(self, ticket: Ticket) -> None:
+        ticket.events.compact()
+        if ticket.idempotency_key is not None:
+            key = (ticket.client, ticket.idempotency_key)
+            if self._by_key.get(key) is ticket:
+                del self._by_key[key]
+
+    @property
+    def full_logs(self) -> int:
+        return len(self._full_logs)
 
     def live(self) -> list[Ticket]:
         return list(self._live.values())

@@ -5,21 +5,28 @@ Usage::
     limiter = PacingLimiter(interval_s=10)
     async with limiter:          # returns when this caller may start
         await call_upstream()    # the next caller may start 10 s after this one did
+    await limiter.acquire(first=True)   # a retry of a call that already holds a worker slot
 
-Invariants: starts are granted in the order callers arrived (FIFO, through
-``asyncio.Lock``'s fair queue); a caller cancelled while waiting leaves the
-queue and consumes no start; time is read from the event loop's clock; a hold
-(an upstream's Retry-After) lasts at most ``max_hold_s`` and is always finite.
+Invariants: starts are granted in the order callers arrived (FIFO), except
+that callers asking ``first`` (retries: their flight already waited its turn
+and holds a slot) are served before everyone else, FIFO among themselves; a
+caller cancelled while waiting leaves the queue and consumes no start; waiters
+are futures woken by one timer, at the next start time, so nobody sleeps
+holding a lock; time is read from the event loop's clock; a hold (an
+upstream's Retry-After) lasts at most ``max_hold_s`` and is always finite.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from types import TracebackType
 
 
 class PacingLimiter:
+    __slots__ = ("_first", "_held_until", "_next_start", "_timer", "_waiters", "interval_s", "max_hold_s", "starts")
+
     def __init__(self, interval_s: float, *, max_hold_s: float = 120.0) -> None:
         if not 0 <= interval_s < math.inf:
             raise ValueError("interval_s must be >= 0 and finite")
@@ -27,9 +34,13 @@ class PacingLimiter:
             raise ValueError("max_hold_s must be >= 0 and finite")
         self.interval_s = interval_s
         self.max_hold_s = max_hold_s
-        self._lock = asyncio.Lock()
         self._next_start = float("-inf")  # loop time before which nobody may start
         self._held_until = float("-inf")  # loop time until which a hold_until() holds every start
+        # Each waiter's future gets, when granted, the _next_start it replaced (to undo a start
+        # granted to a caller cancelled before it could use it).
+        self._first: deque[asyncio.Future[float]] = deque()
+        self._waiters: deque[asyncio.Future[float]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
         self.starts = 0
 
     def __repr__(self) -> str:
@@ -40,8 +51,7 @@ class PacingLimiter:
 
     @property
     def waiting(self) -> int:
-        waiters = getattr(self._lock, "_waiters", None)
-        return len(waiters) if waiters else 0
+        return sum(not f.done() for f in self._first) + sum(not f.done() for f in self._waiters)
 
     def delay_s(self) -> float:
         """Seconds until the next start could be granted (0 if now)."""
@@ -60,18 +70,55 @@ class PacingLimiter:
         self._held_until = max(self._held_until, until)
         self._next_start = max(self._next_start, until)
 
-    async def acquire(self) -> float:
-        """Wait for this caller's start; returns the seconds spent waiting."""
+    async def acquire(self, *, first: bool = False) -> float:
+        """Wait for this caller's start; returns the seconds spent waiting. ``first``: before every
+        caller not asking ``first`` (a retry of a flight that already holds a slot)."""
         loop = asyncio.get_running_loop()
         began = loop.time()
-        async with self._lock:
-            # A loop: hold_until() may push the next start later while we sleep.
-            while (delay := self._next_start - loop.time()) > 0:
-                await asyncio.sleep(delay)
+        if not self._first and not self._waiters and self._next_start <= began:
+            self._grant(began)
+            return 0.0
+        future: asyncio.Future[float] = loop.create_future()
+        (self._first if first else self._waiters).append(future)
+        self._wake()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._undo(future.result())  # granted, but the caller is gone: the start is not used
+            elif future in (queue := self._first if first else self._waiters):  # _wake may have dropped it
+                queue.remove(future)
+            self._wake()
+            raise
+        return loop.time() - began
+
+    def _grant(self, now: float) -> float:
+        replaced, self._next_start = self._next_start, now + self.interval_s
+        self.starts += 1
+        return replaced
+
+    def _undo(self, replaced: float) -> None:
+        self.starts -= 1
+        self._next_start = max(replaced, self._held_until)
+
+    def _wake(self) -> None:
+        """Grant every start that is due (the ``first`` queue before the rest), then set one timer
+        for the next."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        loop = asyncio.get_running_loop()
+        while queue := (self._first or self._waiters):
+            future = queue[0]
+            if future.done():  # cancelled while waiting
+                queue.popleft()
+                continue
             now = loop.time()
-            self._next_start = now + self.interval_s
-            self.starts += 1
-            return now - began
+            if self._next_start > now:
+                self._timer = loop.call_at(self._next_start, self._wake)
+                return
+            queue.popleft()
+            future.set_result(self._grant(now))
 
     async def __aenter__(self) -> float:
         return await self.acquire()

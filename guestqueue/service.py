@@ -22,9 +22,9 @@ from typing import Any, NoReturn, Protocol
 
 from .cache import AnswerCache, CachedAnswer
 from .config import Settings
-from .errors import ClientLimit, LineFull, Rejected, ShuttingDown
+from .errors import ClientLimit, IdempotencyMismatch, LineFull, Rejected, ShuttingDown
 from .eta import WaitEstimator
-from .events import ANSWER_CHUNK, ERROR, PROCESSING, QUEUED, TIMEOUT, WORKFLOW_COMPLETE
+from .events import ERROR, PROCESSING, QUEUED, TIMEOUT, WORKFLOW_COMPLETE, SharedAnswer
 from .history import Registry, Stats
 from .limiter import PacingLimiter
 from .line import WaitingLine
@@ -62,10 +62,12 @@ class QueueService:
         self.upstream = upstream
         self.log = log
         self.stats = Stats()
-        self.registry = Registry(settings.history_size)
+        self.registry = Registry(settings.history_size, replay_s=max(REPLAY_AFTER_END_S, settings.reconnect_grace_s))
         self.cache = AnswerCache(settings.cache_size, settings.cache_ttl_s) if settings.cache_size > 0 else None
         self.inflight: dict[str, Flight] = {}  # flights by cache key, for single-flight
-        self.line = WaitingLine(settings.max_queue_size, on_moved=self._publish_positions)
+        self.line = WaitingLine(
+            settings.max_queue_size, on_moved=self._publish_positions, startable_now=self._startable_now
+        )
         self.limiter = PacingLimiter(settings.upstream_interval_s, max_hold_s=settings.upstream_max_hold_s)
         self.estimator = WaitEstimator(
             settings.max_concurrent_requests, settings.upstream_interval_s, self._eta_snapshot
@@ -78,6 +80,7 @@ class QueueService:
         self._watcher: asyncio.Task[None] | None = None
         self.streams: set[OpenStream] = set()  # the guests' open SSE responses
         self._stopping: asyncio.Future[None] | None = None
+        self._status_changed = asyncio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -95,6 +98,7 @@ class QueueService:
     def begin_shutdown(self) -> None:
         """Stop admitting now and drain in the background (see :meth:`stop`)."""
         self.accepting = False
+        self._notify_status()
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(self._stop())
 
@@ -125,18 +129,29 @@ class QueueService:
     # -- admission -----------------------------------------------------------------
 
     def submit(
-        self, query: str, *, client: str, parameters: dict[str, Any] | None = None, session_id: str | None = None
+        self, query: str, *, client: str, parameters: dict[str, Any] | None = None, session_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Ticket:
-        """Admit a request, or raise a :class:`~guestqueue.errors.Rejected`."""
+        """Admit a request, or raise a :class:`~guestqueue.errors.Rejected`.
+
+        With an ``idempotency_key`` this client already used for a request that is live or still
+        replayable, that same request is returned (nothing is admitted, nothing called upstream).
+        """
+        if idempotency_key is not None and (known := self.registry.by_key(client, idempotency_key)) is not None:
+            if (known.query, known.parameters, known.session_id) != (query, parameters or {}, session_id):
+                raise IdempotencyMismatch(
+                    "This Idempotency-Key was already used for a different question. Use a new key per question."
+                )
+            return known
         if not self.accepting:
             self._reject(client, query, ShuttingDown("The service is restarting. Please try again shortly."))
         if self.per_client[client] >= self.settings.max_per_client:
             self._reject(client, query, ClientLimit(
-                f"You already have {self.per_client[client]} questions in progress. "
+                f"You already have {_count(self.per_client[client], 'question')} in progress. "
                 "Please wait for an answer before asking more.",
                 retry_after_s=self._retry_after_s(1),
             ))
-        ticket = Ticket(query, client, parameters or {}, session_id)
+        ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key)
         # Same question, parameters and session (or none): never another session's answer.
         key = AnswerCache.key(query, ticket.parameters, session_id) if self.cache is not None else None
         if self.cache is not None and key is not None and (cached := self.cache.get(key)) is not None:
@@ -163,9 +178,9 @@ class QueueService:
         ticket.expiry_timer = asyncio.get_running_loop().call_later(self.settings.max_wait_s, self._expire, ticket)
         if flight.started:
             self._start_ticket(ticket)
-            for text in flight.answer_parts:
-                ticket.events.publish(ANSWER_CHUNK, text)
+            ticket.events.follow(flight.shared)  # the chunks so far, then the rest as they come
         else:
+            self.line.position(flight)  # a rider's flight may have moved since it was numbered
             self._publish_position(ticket)
         return ticket
 
@@ -177,6 +192,7 @@ class QueueService:
         raise exc
 
     def _register(self, ticket: Ticket) -> None:
+        self._notify_status()
         self.stats.total_requests += 1
         self.per_client[ticket.client] += 1
         self.registry.add(ticket)
@@ -189,9 +205,8 @@ class QueueService:
     def _answer_from_cache(self, ticket: Ticket, cached: CachedAnswer) -> None:
         ticket.cached = True
         self._start_ticket(ticket)
-        for text in cached.chunks:
-            ticket.events.publish(ANSWER_CHUNK, text)
         ticket.answer_parts = list(cached.chunks)
+        ticket.events.follow(SharedAnswer(ticket.answer_parts))
         ticket.suggested_questions = list(cached.suggested_questions)
         self._end(ticket, Status.COMPLETED, WORKFLOW_COMPLETE, self._complete_payload(ticket))
 
@@ -232,24 +247,26 @@ class QueueService:
     # -- flights: called by the workers ------------------------------------------
 
     def on_started(self, flight: Flight) -> None:
+        self._notify_status()
         self.line.started(flight)
         flight.started_mono = time.monotonic()
         self.estimator.invalidate()
         for ticket in flight.tickets:
             self._start_ticket(ticket)
+            ticket.events.follow(flight.shared)
 
     def emit_chunk(self, flight: Flight, text: str) -> None:
-        flight.answer_parts.append(text)
+        flight.answer_parts.append(text)  # one copy, read by every rider's event log
         for ticket in flight.tickets:
-            ticket.events.publish(ANSWER_CHUNK, text)
+            ticket.events.nudge()
 
     def end_flight_completed(self, flight: Flight) -> None:
         self._flight_finished(flight, record_duration=True)
         if self.cache is not None and flight.key is not None:
             self.cache.put(flight.key, CachedAnswer(tuple(flight.answer_parts), list(flight.suggested_questions)))
         for ticket in list(flight.tickets):
-            ticket.answer_parts = list(flight.answer_parts)
-            ticket.suggested_questions = list(flight.suggested_questions)
+            ticket.answer_parts = flight.answer_parts  # final now: shared, not copied per rider
+            ticket.suggested_questions = flight.suggested_questions
             self._end(ticket, Status.COMPLETED, WORKFLOW_COMPLETE, self._complete_payload(ticket))
 
     def end_flight_timeout(self, flight: Flight) -> None:
@@ -313,13 +330,12 @@ class QueueService:
     ) -> bool:
         if not ticket.end(status, error=error, error_code=code):
             return False
+        self._notify_status()
         if ticket.flight is not None:
             self._leave_flight(ticket, ticket.flight)
         if event == WORKFLOW_COMPLETE:
             payload["duration_ms"] = round(ticket.duration_ms or 0.0, 1)
         ticket.events.publish(event, payload)
-        replay_s = max(REPLAY_AFTER_END_S, self.settings.reconnect_grace_s)
-        asyncio.get_running_loop().call_later(replay_s, ticket.events.compact)
         self.per_client[ticket.client] -= 1
         if self.per_client[ticket.client] <= 0:
             del self.per_client[ticket.client]
@@ -343,6 +359,13 @@ class QueueService:
         now = time.monotonic()
         elapsed = [now - f.started_mono for f in self.pool.active.values() if f.started_mono is not None]
         return elapsed, self.limiter.delay_s()
+
+    def _startable_now(self) -> int:
+        """Flights a free slot would start right now: with pacing, at most the one the limiter lets go."""
+        free = self.settings.max_concurrent_requests - len(self.pool.active)
+        if self.settings.upstream_interval_s > 0:
+            return min(free, 1 if self.limiter.delay_s() <= 0 else 0)
+        return free
 
     def _publish_position(self, ticket: Ticket) -> None:
         position = ticket.position
@@ -371,9 +394,12 @@ class QueueService:
             await asyncio.sleep(max(0.0, due - loop.time()))
             due = max(due + interval_s, loop.time())
             self.estimator.invalidate()
-            for flight in self.line.flights():
+            self.registry.compact_expired(time.monotonic())
+            flights = self.line.flights()
+            for flight in flights:
                 for ticket in flight.tickets:
                     self._publish_position(ticket)
+            self.line.mark_reported(flights)
 
     async def _watch_streams(self) -> None:
         """One pass over the open streams, several times a second: quiet ones send a ping (which
@@ -385,6 +411,15 @@ class QueueService:
             now = time.monotonic()
             for stream in list(self.streams):
                 stream.check(now)
+
+    def _notify_status(self) -> None:
+        # set() wakes every current waiter; clear() at once makes later waits block again.
+        self._status_changed.set()
+        self._status_changed.clear()
+
+    async def status_changed(self) -> None:
+        """Return at the next admission, start or end (for monitors' live status)."""
+        await self._status_changed.wait()
 
     def health(self) -> tuple[str, dict[str, Any]]:
         """``ok``, ``degraded`` (upstream failing or holding us off, log behind) or ``unavailable``
@@ -415,3 +450,6 @@ class QueueService:
             **self.stats.as_dict(),
         }
 
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

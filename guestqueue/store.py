@@ -13,11 +13,20 @@ Schema (times are Unix seconds, durations milliseconds)::
     requests(request_id TEXT PRIMARY KEY, client TEXT, query TEXT, parameters TEXT (JSON),
              session_id TEXT, status TEXT, error_code TEXT, error TEXT, answer TEXT,
              cached INTEGER, created_at REAL, started_at REAL, finished_at REAL,
-             wait_ms REAL, processing_ms REAL)
+             wait_ms REAL, processing_ms REAL, instance_id TEXT)
 
 ``status`` is ``queued`` or ``processing`` while a request is open, then one of
 ``completed failed timeout cancelled``; ``rejected`` for a 429 or 503; ``abandoned``
-for rows a crashed process left open (marked at the next start-up).
+for rows a crashed process left open.
+
+Several processes may share one file. Each row carries its writer's
+``instance_id``, and each writer beats a heartbeat into
+``instances(instance_id, host, pid, started_at, heartbeat_at)`` three times per
+``GUEST_INSTANCE_TTL_SEC``. An instance marks ``abandoned`` only the open rows
+of instances whose heartbeat is older than that, or, on the same host, whose
+process is gone (and rows from before instances), at start-up and at each
+heartbeat: a live neighbour's rows are never touched, a crashed one's are
+closed within seconds without a restart, and at once by a restart on its host.
 
 Rejected rows keep no query text: ``query`` is ``''`` and ``parameters`` holds
 ``{"query_chars": N, "query_sha256": "<first 16 hex digits>"}``. A flood of
@@ -48,6 +57,8 @@ import hashlib
 import json
 import logging
 import os
+import secrets
+import socket
 import sqlite3
 import time
 from contextlib import closing
@@ -79,23 +90,42 @@ CREATE TABLE IF NOT EXISTS requests (
     started_at    REAL,
     finished_at   REAL,
     wait_ms       REAL,
-    processing_ms REAL
+    processing_ms REAL,
+    instance_id   TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_created_at ON requests (created_at);
 CREATE INDEX IF NOT EXISTS requests_open ON requests (status) WHERE status IN ('queued', 'processing');
+CREATE TABLE IF NOT EXISTS instances (
+    instance_id   TEXT PRIMARY KEY,
+    host          TEXT NOT NULL,
+    pid           INTEGER NOT NULL,
+    started_at    REAL NOT NULL,
+    heartbeat_at  REAL NOT NULL
+);
 """
+# Files written before rows carried their instance.
+MIGRATIONS = {"instance_id": "ALTER TABLE requests ADD COLUMN instance_id TEXT"}
 
 COLUMNS = (
     "request_id", "client", "query", "parameters", "session_id", "status", "error_code", "error", "answer",
-    "cached", "created_at", "started_at", "finished_at", "wait_ms", "processing_ms",
+    "cached", "created_at", "started_at", "finished_at", "wait_ms", "processing_ms", "instance_id",
 )
 INSERT = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 UPDATED = ("status", "error_code", "error", "answer", "cached", "started_at", "finished_at", "wait_ms", "processing_ms")
 UPDATE = f"UPDATE requests SET {', '.join(f'{c} = ?' for c in UPDATED)} WHERE request_id = ?"
+# Open rows of instances that stopped beating (or of files from before instances): their writer is gone.
 ABANDON = (
-    "UPDATE requests SET status = 'abandoned', error_code = 'abandoned', finished_at = ? "
-    "WHERE status IN ('queued', 'processing')"
+    "UPDATE requests SET status = 'abandoned', error_code = 'abandoned', finished_at = :now "
+    "WHERE status IN ('queued', 'processing') AND (instance_id IS NULL OR instance_id NOT IN "
+    "(SELECT instance_id FROM instances WHERE heartbeat_at >= :alive_since))"
 )
+FORGET_DEAD = "DELETE FROM instances WHERE heartbeat_at < :alive_since"
+HEARTBEAT = (
+    "INSERT INTO instances (instance_id, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+)
+LEAVE = "DELETE FROM instances WHERE instance_id = ?"
+NEIGHBOURS = "SELECT instance_id, pid FROM instances WHERE host = ? AND instance_id != ?"
 PREPARE = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;" + SCHEMA
 # Rows are deleted by rowid in small batches: one DELETE of a month of rows would hold
 # the write lock (and every batch of new rows behind it) for seconds.
@@ -103,6 +133,7 @@ PRUNE = (
     "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests "
     "WHERE created_at < ? AND status NOT IN ('queued', 'processing') LIMIT ?)"
 )
+HEARTBEATS_PER_TTL = 3  # an instance that missed three heartbeats in a row is dead
 PRUNE_BATCH_ROWS = 2000
 PRUNE_EVERY_S = 3600.0
 RETRY_AFTER_ERROR_S = 1.0
@@ -126,7 +157,7 @@ class RequestLog:
     """Usage::
 
     log = RequestLog("guestqueue.db")
-    await log.open()          # creates the schema, marks rows a crash left open as abandoned
+    await log.open()          # creates the schema, marks rows dead instances left open as abandoned
     log.record(ticket)        # never blocks: admission, start and end of each request
     await log.close()         # flushes everything, then closes
 
@@ -135,10 +166,18 @@ class RequestLog:
     a file that is not SQLite.
     """
 
-    def __init__(self, path: str, *, buffer_rows: int = 100_000, retention_days: float = 30.0) -> None:
+    def __init__(
+        self, path: str, *, buffer_rows: int = 100_000, retention_days: float = 30.0, instance_ttl_s: float = 5.0,
+        instance_id: str | None = None,
+    ) -> None:
         self.path = path
         self.buffer_rows = buffer_rows
         self.retention_days = retention_days
+        self.instance_ttl_s = instance_ttl_s
+        self.instance_id = instance_id or secrets.token_hex(8)
+        self._started_at = time.time()
+        self._heartbeat_due = False
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
         self._db: aiosqlite.Connection | None = None
         self._inserts: list[tuple[Any, ...]] = []
         self._updates: list[tuple[Any, ...]] = []
@@ -180,10 +219,13 @@ class RequestLog:
             raise LogUnavailable(str(exc)) from None
         try:
             await db.executescript(PREPARE)
+            columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(requests)")}
+            for column, migration in MIGRATIONS.items():
+                if column not in columns:
+                    await db.execute(migration)
             # Take the write lock now: a read-only file fails here, not at the first batch of rows.
             await db.execute("BEGIN IMMEDIATE")
-            cursor = await db.execute(ABANDON, (time.time(),))
-            self.abandoned_at_start = cursor.rowcount
+            self.abandoned_at_start = await self._abandon_dead(db)
             await db.commit()
         except BaseException as exc:
             # aiosqlite's thread is not a daemon: left running, it keeps the process from exiting.
@@ -192,8 +234,9 @@ class RequestLog:
                 raise LogUnavailable(str(exc)) from None
             raise
         if self.abandoned_at_start:
-            logger.warning("marked %d requests left open by an earlier run as abandoned", self.abandoned_at_start)
+            logger.warning("marked %d requests left open by a stopped instance as abandoned", self.abandoned_at_start)
         self._db = db
+        self._schedule_heartbeat()
         self._prune_due = self.retention_days > 0
         self._writer = asyncio.create_task(self._write_loop(), name="guestqueue-log-writer")
         self._wake.set()
@@ -208,6 +251,7 @@ class RequestLog:
             self._inserts.append((
                 ticket.id, ticket.client, ticket.query, _json(ticket.parameters), ticket.session_id,
                 ticket.status.value, None, None, None, int(ticket.cached), ticket.created_at, None, None, None, None,
+                self.instance_id,
             ))
         elif ticket.id in self._unlogged:
             if ticket.done:
@@ -239,18 +283,22 @@ class RequestLog:
         wall = time.time()
         self._inserts.append((
             new_request_id(), client, "", _json(parameters), None, "rejected", code, None, None, 0, wall, None, wall,
-            None, None,
+            None, None, self.instance_id,
         ))
         self._wake.set()
 
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
-        if self._prune_timer is not None:
-            self._prune_timer.cancel()
+        for timer in (self._prune_timer, self._heartbeat_timer):
+            if timer is not None:
+                timer.cancel()
         try:
             if self._writer is not None:
                 await self._writer
+            if self._db is not None and not self.backlog:
+                await self._db.execute(LEAVE, (self.instance_id,))  # every row of ours is written: none open
+                await self._db.commit()
         finally:
             # Even when cancelled (a forced exit): aiosqlite's thread is not a daemon, so a
             # connection left open keeps the process alive after everything else has stopped.
@@ -299,8 +347,48 @@ class RequestLog:
                 self.batches += 1
             if self._closing and not self.backlog:
                 return
+            if self._heartbeat_due and not self._closing:
+                await self._heartbeat()
             if self._prune_due and not self._closing:
                 await self._prune_batch()
+
+    async def _abandon_dead(self, db: aiosqlite.Connection) -> int:
+        """Beat our own heart, then close the open rows of instances that stopped beating."""
+        now, host = time.time(), socket.gethostname()
+        await db.execute(HEARTBEAT, (self.instance_id, host, os.getpid(), self._started_at, now))
+        # A neighbour on this host whose process is gone is dead now, not in a TTL: a restart
+        # after a crash closes the crashed run's rows at once.
+        for instance_id, pid in await db.execute_fetchall(NEIGHBOURS, (host, self.instance_id)):
+            if not _process_exists(pid):
+                await db.execute(LEAVE, (instance_id,))
+        alive_since = {"now": now, "alive_since": now - self.instance_ttl_s}
+        cursor = await db.execute(ABANDON, alive_since)
+        await db.execute(FORGET_DEAD, alive_since)
+        return cursor.rowcount
+
+    async def _heartbeat(self) -> None:
+        """Tell other instances on this file we are alive; close what dead ones left open."""
+        assert self._db is not None
+        self._heartbeat_due = False
+        try:
+            abandoned = await self._abandon_dead(self._db)
+            await self._db.commit()
+        except Exception:
+            logger.exception("request log heartbeat failed; trying again")
+            await self._db.rollback()
+        else:
+            if abandoned:
+                logger.warning("marked %d requests left open by a stopped instance as abandoned", abandoned)
+        self._schedule_heartbeat()
+
+    def _schedule_heartbeat(self) -> None:
+        self._heartbeat_timer = asyncio.get_running_loop().call_later(
+            self.instance_ttl_s / HEARTBEATS_PER_TTL, self._heartbeat_again
+        )
+
+    def _heartbeat_again(self) -> None:
+        self._heartbeat_due = True
+        self._wake.set()
 
     async def _prune_batch(self) -> None:
         """Delete one batch of rows past the retention; wake again for the next, or come back in an hour."""
@@ -344,6 +432,16 @@ def check(path: str) -> None:
             db.rollback()
     except sqlite3.Error as exc:
         raise LogUnavailable(str(exc)) from None
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _check_path(path: str) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .events import EventLog
+from .events import EventLog, SharedAnswer
 
 
 class Status(StrEnum):
@@ -49,6 +49,7 @@ class Ticket:
     client: str
     parameters: dict[str, Any] = field(default_factory=dict)
     session_id: str | None = None
+    idempotency_key: str | None = None  # the client's name for this request, to ask again safely
     id: str = field(default_factory=new_request_id)
     status: Status = Status.QUEUED
     created_at: float = field(default_factory=time.time)
@@ -140,11 +141,16 @@ class Flight:
     tickets: list[Ticket]
     id: str = field(default_factory=new_flight_id)
     position: int = 0
+    reported_position: int = 0  # the place its guests last heard
     started_mono: float | None = None
     finished: bool = False
     answer_parts: list[str] = field(default_factory=list)
     suggested_questions: list[str] = field(default_factory=list)
     job: asyncio.Task[None] | None = None
+    shared: SharedAnswer = field(init=False)  # answer_parts, read by every rider's event log
+
+    def __post_init__(self) -> None:
+        self.shared = SharedAnswer(self.answer_parts)
 
     @property
     def started(self) -> bool:

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -123,6 +124,31 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
     transport = AiohttpTransport(limits=limits, retries=0)
     timeout = httpx.Timeout(connect=10.0, read=settings.request_timeout_s, write=10.0, pool=10.0)
     return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
+
+
+def describe_transport_error(exc: httpx.TransportError, url: httpx.URL | str) -> str:
+    """What went wrong on the way to the upstream, in plain words, for the logs.
+
+    httpx-aiohttp maps every aiohttp connection error to ``ConnectTimeout`` (a refused
+    connection read "ConnectTimeout: ... ssl:default"); the aiohttp error it wraps says
+    what really happened.
+    """
+    cause = exc.__cause__
+    where = httpx.URL(url)
+    host = f"{where.host}:{where.port or (443 if where.scheme == 'https' else 80)}"
+    if isinstance(cause, aiohttp.ClientConnectorDNSError):
+        return f"DNS lookup failed for {where.host} ({cause.os_error.strerror or cause.os_error})"
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        if isinstance(cause.os_error, ConnectionRefusedError):
+            return f"connection refused by {host} (nothing listening there?)"
+        if isinstance(cause.os_error, TimeoutError):
+            return f"timed out connecting to {host}"
+        return f"could not connect to {host} ({cause.os_error.strerror or cause.os_error})"
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return f"{host} closed the connection before answering"
+    if isinstance(cause, TimeoutError) or (isinstance(exc, httpx.TimeoutException) and cause is None):
+        return f"timed out waiting for {host}"
+    return f"{type(cause or exc).__name__} talking to {host}: {cause or exc}"
 
 
 def make_upstream(settings: Settings, client: httpx.AsyncClient, workflow: Workflow | None = None) -> Upstream:

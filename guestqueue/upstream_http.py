@@ -23,7 +23,7 @@ from httpx_sse import EventSource
 
 from .config import OPENAI_RESERVED_PARAMETERS
 from .errors import UpstreamError, UpstreamFailure, UpstreamUnavailable
-from .upstream import Chunk, WorkflowRequest
+from .upstream import Chunk, WorkflowRequest, describe_transport_error
 
 ANSWER_FIELDS = ("answer", "response", "text", "content", "output", "result")
 CHUNK_FIELDS = ("answer_chunk", "chunk", "delta", "token", *ANSWER_FIELDS)
@@ -70,7 +70,7 @@ class HttpUpstream:
                 async for chunk in _read_body(resp):
                     yield chunk
         except httpx.TransportError as exc:
-            raise UpstreamUnavailable(UNAVAILABLE_MESSAGE, detail=f"{type(exc).__name__}: {exc}") from exc
+            raise UpstreamUnavailable(UNAVAILABLE_MESSAGE, detail=describe_transport_error(exc, self.url)) from exc
         except httpx.HTTPError as exc:  # e.g. a decoding error inside httpx
             raise UpstreamError(MALFORMED_MESSAGE, detail=f"{type(exc).__name__}: {exc}") from exc
 

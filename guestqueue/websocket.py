@@ -83,7 +83,7 @@ async def _admit(websocket: WebSocket, service: QueueService) -> Ticket:
     data = _from_older_form(parse_json_object(text, "The message"))
     body = validate_chat_request(data, settings, upstream_kind=service.upstream.kind)
     return service.submit(body.query, client=client_key(websocket), parameters=body.parameters,
-                          session_id=body.session_id)
+                          session_id=body.session_id, idempotency_key=body.idempotency_key)
 
 
 def _from_older_form(data: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,9 @@ Each flight runs as its own job task so that it can be cancelled alone (its
 last guest left). A job waits for the pacing limiter (the flight is still
 position 1 meanwhile), starts, streams the upstream's chunks to every guest
 riding the flight under the processing time limit, and retries a failed call
-only while no chunk has been sent.
+only while no chunk has been sent. A retry goes first at the limiter (its
+flight already had its turn), and the waits between attempts do not count
+against the processing time limit, which measures the upstream.
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ class WorkerPool:
             service.on_started(flight)
             self.active[flight.id] = flight
             try:
-                async with asyncio.timeout(self._settings.request_timeout_s):
-                    await self._call_upstream(flight)
+                async with asyncio.timeout(self._settings.request_timeout_s) as deadline:
+                    await self._call_upstream(flight, deadline)
             except TimeoutError:
                 self._count("timeout")
                 service.end_flight_timeout(flight)
@@ -102,7 +104,9 @@ class WorkerPool:
         self.upstream_calls[result] += 1
         self.consecutive_failures = 0 if result == "ok" else self.consecutive_failures + 1
 
-    async def _call_upstream(self, flight: Flight) -> None:
+    async def _call_upstream(self, flight: Flight, deadline: asyncio.Timeout) -> None:
+        """Call the upstream, retrying before the first chunk. The processing time limit counts the
+        upstream's time: the backoff and pacing waits between attempts move ``deadline`` on."""
         first = flight.tickets[0]
         request = WorkflowRequest(first.id, first.query, first.parameters, first.session_id)
         attempt = 0
@@ -127,5 +131,12 @@ class WorkerPool:
                 if exc.retry_after_s is not None:  # held at most GUEST_UPSTREAM_MAX_HOLD_SEC (the limiter caps it)
                     self._service.limiter.hold_until(exc.retry_after_s)
                 logger.info("flight %s retry %d after: %s", flight.id, attempt, exc.detail)
+                loop = asyncio.get_running_loop()
+                waiting_since = loop.time()
                 await asyncio.sleep(backoff_s(attempt))
-                await self._service.limiter.acquire()  # a retry is a new upstream start
+                # A retry is a new upstream start, but this flight already had its turn and holds
+                # its slot: it goes before the flights still waiting for theirs.
+                await self._service.limiter.acquire(first=True)
+                when = deadline.when()
+                if when is not None:
+                    deadline.reschedule(when + loop.time() - waiting_since)

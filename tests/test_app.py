@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import uuid
 
 import httpx
 
@@ -251,3 +252,31 @@ async def test_many_concurrent_guests_nothing_lost(upstream: MockUpstream) -> No
     assert all(r[-1].name == "workflow_complete" for r in results)
     assert status["completed_requests"] == guests and status["total_requests"] == guests
     assert len(upstream.calls(tag)) == guests
+
+
+async def test_a_retry_goes_first_at_the_limiter(upstream: MockUpstream) -> None:
+    # A's first call fails while B and C wait for their pacing turns. A's retry used to queue
+    # behind them (a whole interval each); it already had its turn, so it goes first now.
+    tag = uuid.uuid4().hex[:12]
+    mock = {"tag": tag, "chunks": 1}
+    async with serve(upstream_url=upstream.url(), upstream_interval_s=0.5, upstream_retries=1,
+                     max_concurrent_requests=3) as running, httpx.AsyncClient(timeout=30) as client:
+        a = asyncio.create_task(ask(client, running.base, "a", parameters={"mock": {**mock, "fail": 1,
+                                                                                    "status": 503}}))
+        await wait_until(lambda: running.service.limiter.starts == 1)
+        others = [asyncio.create_task(ask(client, running.base, q, parameters={"mock": mock})) for q in "bc"]
+        for events in await asyncio.gather(a, *others):
+            assert events[-1].name == "workflow_complete"
+    calls = sorted(upstream.calls(tag), key=lambda call: call["t"])
+    assert [call["body"]["query"] for call in calls] == ["a", "a", "b", "c"]
+
+
+async def test_waits_between_attempts_do_not_count_against_the_processing_limit(upstream: MockUpstream) -> None:
+    # First attempt fails at once; the retry waits for its pacing turn (1 s) and then takes 0.6 s.
+    # With the waits counted, 1.6 s > the 1.3 s limit ended it as a timeout.
+    url, tag = upstream.tagged(fail=1, status=503, chunks=2, delay=0.3)
+    async with serve(upstream_url=url, upstream_interval_s=1.0, upstream_retries=1,
+                     request_timeout_s=1.3) as running, httpx.AsyncClient(timeout=30) as client:
+        events = await ask(client, running.base)
+    assert events[-1].name == "workflow_complete", events[-1]
+    assert len(upstream.calls(tag)) == 2

@@ -190,3 +190,22 @@ def test_a_second_instance_on_a_busy_port_leaves_the_first_ones_rows_alone(
 def _statuses(db: Path) -> list[str]:
     with sqlite3.connect(db) as conn:
         return [status for (status,) in conn.execute("SELECT status FROM requests")]
+
+
+def test_serve_says_where_things_are(tmp_path: Path, upstream: MockUpstream) -> None:
+    port = free_port()
+    url = upstream.url().replace("http://", "http://user:hunter2@")
+    env = {**env_without_guest_vars(), "GUEST_UPSTREAM_URL": url}
+    with running([sys.executable, "-m", "guestqueue", "serve", "--port", str(port)], env, tmp_path) as proc:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{base}/api/v1/guest/health")
+        for index in (f"{base}/", f"{base}/api/v1/guest/"):
+            links = httpx.get(index).json()
+            assert httpx.get(base + links["chat_page"]).status_code == 200, index
+            assert httpx.get(base + links["dashboard"]).status_code == 200, index
+    output = proc.stdout.read() if proc.stdout else ""
+    assert f"chat page:   {base}/api/v1/guest/static/chat.html" in output
+    assert f"dashboard:   {base}/api/v1/guest/dashboard" in output
+    assert f"request log: {tmp_path / 'guestqueue.db'}" in output
+    assert f"upstream:    http {upstream.base}/upstream" in output
+    assert "hunter2" not in output, "credentials in the upstream URL are not printed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -86,3 +87,38 @@ def test_cli_stops_with_one_line(env: dict[str, str], expected: str) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "model", "kind"),
+    [
+        ("https://api.example.org/v1", "m", "openai"),
+        ("https://api.example.org/v1/", "m", "openai"),
+        ("https://api.example.org/v1/chat/completions", "m", "openai"),
+        ("http://127.0.0.1:4000", "gpt-4o-mini", "openai"),  # e.g. a LiteLLM proxy at its root
+        ("http://127.0.0.1:9000/chat", "", "http"),
+        ("mypkg.flows:answer", "", "python"),
+        ("", "", "demo"),
+    ],
+)
+def test_auto_picks_the_upstream_kind(url: str, model: str, kind: str) -> None:
+    assert Settings(upstream_url=url, upstream_model=model).resolved_upstream_kind == kind
+
+
+def test_a_v1_url_without_a_model_stops_start_up_instead_of_failing_the_first_guest() -> None:
+    # It used to become an http upstream, and the first guest got "error 404".
+    with pytest.raises(SettingsError, match="an openai upstream needs a model name"):
+        Settings(upstream_url="https://api.example.org/v1")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"upstream_kind": "http", "upstream_url": "http://127.0.0.1:9000/chat", "upstream_model": "m"},
+        {"upstream_url": "mypkg.flows:answer", "upstream_model": "m"},
+        {"upstream_model": "m"},
+    ],
+)
+def test_a_model_for_an_upstream_that_takes_none_stops_start_up(values: dict[str, Any]) -> None:
+    with pytest.raises(SettingsError, match="GUEST_UPSTREAM_MODEL='m': only an openai upstream takes a model"):
+        Settings(**values)

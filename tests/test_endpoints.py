@@ -104,6 +104,7 @@ async def test_per_client_limit(upstream: MockUpstream) -> None:
         resp = await client.post(f"{running.base}/chat", json={"query": "third"})
         assert resp.status_code == 429 and resp.json()["code"] == "client_limit"
         assert "retry-after" in resp.headers
+        assert resp.json()["error"].startswith("You already have 2 questions in progress.")
         await asyncio.gather(*held)
         assert (await client.post(f"{running.base}/chat/simple", json={"query": "later"})).status_code == 200
 
@@ -210,3 +211,13 @@ async def test_health_degrades_after_repeated_upstream_failures(upstream: MockUp
         health = await client.get(f"{running.base}/health")
         assert health.status_code == 200 and health.json()["status"] == "degraded"
         assert "upstream" in health.json()["problems"][0]
+
+
+async def test_the_client_limit_reads_right_in_the_singular(upstream: MockUpstream) -> None:
+    async with serve(upstream_url=upstream.url(delay=0.3), max_per_client=1) as running, \
+            httpx.AsyncClient(timeout=30) as client:
+        held = asyncio.create_task(ask(client, running.base, "first"))
+        await wait_until(lambda: running.service.stats.total_requests == 1)
+        resp = await client.post(f"{running.base}/chat", json={"query": "second"})
+        assert resp.json()["error"].startswith("You already have 1 question in progress."), resp.json()
+        await held

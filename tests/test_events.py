@@ -16,6 +16,7 @@ from guestqueue.events import (
     WORKFLOW_COMPLETE,
     Event,
     EventLog,
+    SharedAnswer,
     encode_queued,
     encode_sse,
 )
@@ -100,3 +101,46 @@ def test_fast_queued_encoding_matches_the_general_one(position: int, size: int, 
     data = {"request_id": request_id, "queue_position": position, "total_ahead": position - 1,
             "queue_size": size, "estimated_wait_sec": wait}
     assert encode_queued(3, data) == encode_sse(3, QUEUED, {"event": QUEUED, "data": data})
+
+
+@given(st.text())
+def test_a_shared_chunk_encodes_as_its_own_event_would(text: str) -> None:
+    answer = SharedAnswer([text])
+    assert answer.event(0, 7).encode() == encode_sse(7, ANSWER_CHUNK, {"event": ANSWER_CHUNK, "data": text})
+
+
+async def test_riders_follow_one_answer_in_their_own_id_sequences() -> None:
+    parts: list[str] = []
+    answer = SharedAnswer(parts)
+    early, late = EventLog(), EventLog()
+    early.publish(QUEUED, {"queue_position": 1})
+    early.publish(PROCESSING, {})
+    early.follow(answer)
+    parts.extend(["a", "b"])
+    assert early.last_id == 4
+    for _ in range(3):
+        late.publish(QUEUED, {"queue_position": 1})
+    late.publish(PROCESSING, {})
+    late.follow(answer)  # joins after two chunks: it still gets them, as its ids 5 and 6
+    parts.append("c")
+    assert [(e.id, e.name, e.data) for e in late.after(0)] == [
+        (4, PROCESSING, {}), (5, ANSWER_CHUNK, "a"), (6, ANSWER_CHUNK, "b"), (7, ANSWER_CHUNK, "c"),
+    ]
+    assert [e.data for e in early.after(3)] == ["b", "c"], "resuming mid-answer"
+    early.publish(WORKFLOW_COMPLETE, {"answer": "abc"})
+    parts.append("d")  # a later chunk (for other riders) is not this log's any more
+    assert [(e.id, e.name) for e in early.after(4)] == [(5, ANSWER_CHUNK), (6, WORKFLOW_COMPLETE)]
+    assert early.last_id == 6 and early.closed
+    early.compact()
+    assert [e.name for e in early.after(0)] == [WORKFLOW_COMPLETE]
+
+
+def test_a_rider_costs_no_memory_per_chunk() -> None:
+    parts = [f"chunk {i} " for i in range(500)]
+    answer = SharedAnswer(parts)
+    logs = [EventLog() for _ in range(200)]
+    for log in logs:
+        log.publish(PROCESSING, {})
+        log.follow(answer)
+    assert all(len(log._events) == 1 for log in logs), "chunks live once, in the shared answer"
+    assert len(logs[-1].after(0)) == 501

@@ -76,3 +76,32 @@ async def test_hold_until_delays_the_next_start() -> None:
 def test_negative_interval_is_refused() -> None:
     with pytest.raises(ValueError):
         PacingLimiter(interval_s=-1)
+
+
+async def test_a_retry_goes_before_callers_still_waiting_for_their_first_turn() -> None:
+    limiter = PacingLimiter(interval_s=0.05)
+    await limiter.acquire()
+    order: list[str] = []
+
+    async def caller(name: str, *, first: bool = False) -> None:
+        await limiter.acquire(first=first)
+        order.append(name)
+
+    tasks = [asyncio.create_task(caller(name)) for name in ("b", "c")]
+    await asyncio.sleep(0.01)
+    tasks += [asyncio.create_task(caller("a-retry", first=True)), asyncio.create_task(caller("d"))]
+    await asyncio.gather(*tasks)
+    assert order == ["a-retry", "b", "c", "d"]
+
+
+async def test_a_start_granted_to_a_caller_cancelled_before_using_it_is_given_back() -> None:
+    limiter = PacingLimiter(interval_s=10)
+    await limiter.acquire()
+    waiter = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    limiter._next_start = 0.0  # its turn comes (as the timer would make it) ...
+    limiter._wake()
+    waiter.cancel()  # ... and it goes away before it could use it
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert limiter.starts == 1 and limiter.delay_s() == 0, "the next caller may start at once"

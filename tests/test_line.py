@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from guestqueue.errors import LineFull
-from guestqueue.line import WaitingLine
+from guestqueue.line import MIN_REPORT_GAP_S, WaitingLine
 from guestqueue.tickets import Flight, Ticket
 
 
@@ -71,8 +71,6 @@ async def test_bounded() -> None:
 
 
 async def test_reports_under_churn_are_spaced_but_reads_stay_exact() -> None:
-    from guestqueue.line import MIN_REPORT_GAP_S
-
     batches: list[list[Flight]] = []
     line = WaitingLine(1000, on_moved=batches.append)
     flights = _flights(100)
@@ -88,3 +86,33 @@ async def test_reports_under_churn_are_spaced_but_reads_stay_exact() -> None:
     reported = len(batches)
     await asyncio.sleep(MIN_REPORT_GAP_S * 1.5)
     assert len(batches) <= reported + 1 and flights[6].position == 1
+
+
+async def test_reading_positions_never_reports() -> None:
+    # Reads (a status poll, a new guest's admission) renumber silently; only the
+    # throttled report tells guests, and it tells each moved flight once.
+    batches: list[list[Flight]] = []
+    line = WaitingLine(1000, on_moved=batches.append)
+    flights = _flights(100)
+    for f in flights:
+        line.admit(f)
+    line.leave(flights[0])
+    for f in flights[1:]:
+        assert line.position(f) == flights.index(f)
+    line.admit(_flights(1)[0])
+    line.flights()
+    assert batches == [], "reads and admissions must not report"
+    await asyncio.sleep(0)
+    assert len(batches) == 1 and len(batches[0]) == 99, "the report still tells everyone who moved, once"
+    line.leave(flights[1])
+    line.position(flights[2])
+    await asyncio.sleep(MIN_REPORT_GAP_S * 1.5)
+    assert len(batches) == 2 and len(batches[1]) == 99
+
+
+async def test_flights_a_free_slot_starts_now_do_not_count_as_waiting() -> None:
+    line = WaitingLine(2, startable_now=lambda: 4)
+    for flight in _flights(6):
+        line.admit(flight)
+    with pytest.raises(LineFull):
+        line.admit(_flights(1)[0])

@@ -8,6 +8,7 @@ import json
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +104,17 @@ async def test_degraded_health_when_the_log_cannot_write(upstream: MockUpstream,
         assert (await client.get(f"{running.base}/health")).json()["status"] == "ok"
 
 
+def _wait_for_rows(db: Path, check: Callable[[dict[str, dict[str, Any]]], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check(rows := _rows(db)):
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.05)
+
+
 def test_sigkill_then_restart_marks_open_rows_abandoned(upstream: MockUpstream, tmp_path: Path) -> None:
     db = tmp_path / "crash.db"
     env = {"GUEST_DB_PATH": str(db), "GUEST_UPSTREAM_URL": upstream.url(mode="hang"),
-           "GUEST_UPSTREAM_INTERVAL_SEC": "0", "GUEST_MAX_CONCURRENT_REQUESTS": "1"}
+           "GUEST_UPSTREAM_INTERVAL_SEC": "0", "GUEST_MAX_CONCURRENT_REQUESTS": "1", "GUEST_INSTANCE_TTL_SEC": "1"}
     server = start_server_process(tmp_path, **env)
     streams = []
     try:
@@ -126,8 +134,9 @@ def test_sigkill_then_restart_marks_open_rows_abandoned(upstream: MockUpstream, 
             server.proc.kill()
     restarted = start_server_process(tmp_path, **env)
     try:
-        rows = _rows(db)
-        assert len(rows) == 3 and {r["status"] for r in rows.values()} == {"abandoned"}
+        # Once the dead instance's heartbeat is older than GUEST_INSTANCE_TTL_SEC.
+        _wait_for_rows(db, lambda rows: {r["status"] for r in rows.values()} == {"abandoned"})
+        assert len(_rows(db)) == 3
         with sqlite3.connect(db) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
@@ -269,3 +278,34 @@ async def test_retention_prunes_old_finished_rows_in_batches(tmp_path: Path, mon
     await asyncio.sleep(0.1)
     await keep.close()
     assert keep.rows_pruned == 0 and len(_rows(db)) == 2
+
+
+def test_two_instances_on_one_file_close_only_a_dead_ones_rows(upstream: MockUpstream, tmp_path: Path) -> None:
+    # The default guestqueue.db makes this easy: a second process on the same file used to mark
+    # the first one's live rows abandoned at start-up.
+    db = tmp_path / "shared.db"
+    env = {"GUEST_DB_PATH": str(db), "GUEST_UPSTREAM_URL": upstream.url(mode="hang"),
+           "GUEST_UPSTREAM_INTERVAL_SEC": "0", "GUEST_INSTANCE_TTL_SEC": "1"}
+    first = start_server_process(tmp_path, **env)
+    second = None
+    try:
+        client = httpx.Client(timeout=10)
+        stream = client.stream("POST", f"{first.base}/chat", json={"query": "held by the first"})
+        stream.__enter__()
+        _wait_for_rows(db, lambda rows: [r["status"] for r in rows.values()] == ["processing"])
+        second = start_server_process(tmp_path, **env)
+        time.sleep(2.5)  # more than the TTL: the second instance has beaten its heart and swept
+        assert [r["status"] for r in _rows(db).values()] == ["processing"], "a live neighbour's row is left alone"
+        with sqlite3.connect(db) as conn:
+            instances = {row[0] for row in conn.execute("SELECT instance_id FROM instances")}
+            owners = {row[0] for row in conn.execute("SELECT instance_id FROM requests")}
+        assert len(instances) == 2 and owners < instances
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=10)
+        # No restart needed: the survivor closes the dead instance's rows within a few seconds.
+        _wait_for_rows(db, lambda rows: [r["status"] for r in rows.values()] == ["abandoned"], timeout_s=5)
+    finally:
+        for server in (first, second):
+            if server is not None and server.proc.poll() is None:
+                server.proc.send_signal(signal.SIGTERM)
+                server.proc.wait(timeout=20)

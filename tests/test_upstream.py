@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 
+import aiohttp
 import httpx
 import pytest
 import websockets
 
 from guestqueue import Chunk, Settings, WorkflowRequest
 from guestqueue.errors import UpstreamError, UpstreamUnavailable
-from guestqueue.upstream import PythonUpstream, load_workflow, make_http_client, make_upstream
+from guestqueue.upstream import (
+    PythonUpstream,
+    describe_transport_error,
+    load_workflow,
+    make_http_client,
+    make_upstream,
+)
 from guestqueue.upstream_http import HttpUpstream, chunk_from_data
 
-from .conftest import MockUpstream, ask, serve
+from .conftest import MockUpstream, ask, free_port, serve
 from .test_websocket import messages, ws_url
 
 REQUEST = WorkflowRequest("rid", "what?", {"temperature": 0.2}, "session-1")
@@ -114,7 +122,7 @@ async def test_make_upstream_picks_the_kind() -> None:
         "http://x/v1/chat/completions": "openai",
     }
     for url, kind in cases.items():
-        settings = Settings(upstream_url=url, upstream_model="tiny")
+        settings = Settings(upstream_url=url, upstream_model="tiny" if kind == "openai" else "")
         async with make_http_client(settings) as client:
             assert make_upstream(settings, client).kind == kind
     settings = Settings(upstream_url="http://x/v1", upstream_kind="openai", upstream_model="tiny")
@@ -143,6 +151,33 @@ async def test_shared_client_streams_and_maps_errors_on_the_aiohttp_transport(up
             await _read(HttpUpstream(client, upstream.url(mode="reset", chunks=5)))
         with pytest.raises(UpstreamUnavailable):
             await _read(HttpUpstream(client, "http://127.0.0.1:9/refused"))
+
+
+async def test_a_refused_connection_is_logged_in_plain_words() -> None:
+    port = free_port()  # nothing listens there
+    client = make_http_client(Settings())
+    try:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await _read(HttpUpstream(client, f"http://127.0.0.1:{port}/chat"))
+    finally:
+        await client.aclose()
+    assert caught.value.detail == f"connection refused by 127.0.0.1:{port} (nothing listening there?)"
+    assert "ssl:default" not in caught.value.detail
+
+
+def test_transport_errors_say_what_happened() -> None:
+    url = "https://llm.example.org/v1/chat/completions"
+
+    def mapped(cause: BaseException) -> str:
+        exc = httpx.ConnectTimeout("as httpx-aiohttp maps it")  # every connection error, whatever it was
+        exc.__cause__ = cause
+        return describe_transport_error(exc, url)
+
+    dns = aiohttp.ClientConnectorDNSError(None, socket.gaierror(-2, "Name or service not known"))  # type: ignore[arg-type]
+    assert mapped(dns) == "DNS lookup failed for llm.example.org (Name or service not known)"
+    slow = aiohttp.ClientConnectorError(None, TimeoutError())  # type: ignore[arg-type]
+    assert mapped(slow) == "timed out connecting to llm.example.org:443"
+    assert mapped(aiohttp.ServerDisconnectedError()) == "llm.example.org:443 closed the connection before answering"
 
 
 async def test_guests_cannot_rewrite_the_openai_request(upstream: MockUpstream) -> None:

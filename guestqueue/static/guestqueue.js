@@ -105,6 +105,13 @@ export class SSEParser {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+function newKey() {
+  if (globalThis.crypto?.randomUUID) return globalThis.crypto.randomUUID(); // secure contexts only
+  const bytes = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 /** A client for one guestqueue API (by default the page's own origin, /api/v1/guest). */
 export class GuestQueueClient {
   /**
@@ -191,20 +198,31 @@ export class GuestRequest {
 
   async _run(body) {
     const { client } = this;
+    // One key per question: if the POST's answer is lost on the way, sending it again (same key)
+    // reaches the same request instead of asking twice.
+    const idempotencyKey = newKey();
     let response;
-    try {
-      response = await client.fetch(`${client.baseUrl}/chat`, {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...client.headers },
-        body: JSON.stringify(body),
-        signal: this._abort.signal,
-      });
-    } catch (exc) {
-      if (this.ending) return;
-      const data = { error: "Could not reach the service.", code: "network_error", detail: String(exc) };
-      this._emit("error", data);
-      this._finish("error", data);
-      return;
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        response = await client.fetch(`${client.baseUrl}/chat`, {
+          method: "POST",
+          headers: { "Content-Type": "application/json", Accept: "text/event-stream",
+                     "Idempotency-Key": idempotencyKey, ...client.headers },
+          body: JSON.stringify(body),
+          signal: this._abort.signal,
+        });
+        break;
+      } catch (exc) {
+        if (this.ending) return;
+        if (attempt >= client.maxReconnects) {
+          const data = { error: "Could not reach the service.", code: "network_error", detail: String(exc) };
+          this._emit("error", data);
+          this._finish("error", data);
+          return;
+        }
+        await sleep(Math.min(client.reconnectDelayMs * 2 ** attempt, 5000));
+        if (this.ending) return;
+      }
     }
     if (!response.ok) {
       await this._rejected(response);
@@ -301,8 +319,9 @@ export class GuestRequest {
       data = { error: `The service answered ${response.status}.`, code: "http_error" };
     }
     data = { ...data, status: response.status };
+    // The body's retry_after; the header only where CORS exposes it (or the same origin).
     const retryAfter = parseInt(response.headers.get("Retry-After") || "", 10);
-    if (!Number.isNaN(retryAfter)) data.retry_after = retryAfter;
+    if (typeof data.retry_after !== "number" && !Number.isNaN(retryAfter)) data.retry_after = retryAfter;
     this._emit("rejected", data);
     this._finish("rejected", data);
   }

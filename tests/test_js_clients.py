@@ -1,0 +1,54 @@
+"""Third-party SSE clients from npm, run by Node against a real guestqueue: what frontend
+developers use, not our own client. tests/js/package.json pins them (`npm ci --prefix tests/js`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import MockUpstream, serve, stream_events
+
+JS = Path(__file__).parent / "js"
+
+async def node(script: str, *args: str) -> dict[str, Any]:
+    """Run ``tests/js/SCRIPT`` under Node; it prints one JSON object."""
+    if shutil.which("node") is None or not (JS / "node_modules").is_dir():
+        pytest.fail("these tests need node and `npm ci --prefix tests/js` (README's test command, .ci/run)")
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(JS / script), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def test_fetch_event_source_retrying_a_dropped_post_resumes_without_duplicates(upstream: MockUpstream) -> None:
+    url, tag = upstream.tagged(chunks=6, delay=0.1)
+    async with serve(upstream_url=url, reconnect_grace_s=5) as running:
+        result = await node("fetch_event_source_resume.mjs", running.base)
+        assert running.service.stats.total_requests == 1, "the retried POST is the same request"
+    assert result["posts"] == 2, result
+    chunks = [e["data"] for e in result["events"] if e["event"] == "answer_chunk"]
+    assert chunks == [f"chunk{i} " for i in range(6)], "every chunk once, in order"
+    ids = [int(e["id"]) for e in result["events"]]
+    assert ids == sorted(set(ids)), "event ids increase across the retry"
+    assert result["events"][-1]["event"] == "workflow_complete"
+    assert len(await upstream.acalls(tag)) == 1
+
+
+async def test_eventsource_that_does_not_close_stops_at_the_204(upstream: MockUpstream) -> None:
+    async with serve(upstream_url=upstream.url(chunks=2)) as running, httpx.AsyncClient(timeout=30) as client:
+        done = await stream_events(client, f"{running.base}/chat", json={"query": "q"})
+        request_id = done[-1].data["request_id"]
+        # The default reconnection delay is 3 s: 8 s would see two more attempts on an empty 200.
+        result = await node("eventsource_204.mjs", f"{running.base}/chat/{request_id}/events", "8000")
+    assert [e["event"] for e in result["events"]][-1] == "workflow_complete"
+    assert result["connects"] == 2, result
+    assert result["readyState"] == 2, "CLOSED: the 204 ended it"
