@@ -331,3 +331,66 @@ def test_client_cancel_leaves_the_line(browser: WebDriver, site: str) -> None:
     assert result["first"] == "workflow_complete"
     assert result["second"]["event"] == "error"
     assert result["second"]["data"]["code"] == "cancelled"
+
+
+# -- the pages' Content-Security-Policy, and the dashboard's live stream ----------------
+
+CSP_WATCH = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation",
+                          (e) => window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));
+"""
+
+
+@pytest.fixture
+def watched(browser: WebDriver) -> Iterator[WebDriver]:
+    """The browser, recording every Content-Security-Policy violation of the pages it opens."""
+    added = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": CSP_WATCH})
+    try:
+        yield browser
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": added["identifier"]})
+
+
+def test_the_pages_work_under_their_content_security_policy(watched: WebDriver, site: str) -> None:
+    open_chat(watched, site)
+    assert "your place in line" in watched.find_element(By.ID, "intro").text
+    ask_on_page(watched, "does the policy let the page work?")
+    wait(watched, 40).until(lambda d: ending_of_last_turn(d) == "workflow_complete")
+    assert watched.execute_script("return window.__cspViolations") == []
+    watched.get(f"{site}/dashboard")
+    wait(watched).until(lambda d: d.find_element(By.ID, "mode").text == "Live")
+    assert watched.execute_script("return window.__cspViolations") == []
+    # The policy does bite: an injected inline script is refused.
+    watched.execute_script("""
+        const s = document.createElement("script"); s.textContent = "window.__injected = true";
+        document.body.appendChild(s);""")
+    assert watched.execute_script("return window.__injected === undefined")
+    assert any("script-src" in v for v in watched.execute_script("return window.__cspViolations"))
+
+
+def test_dashboard_starts_from_the_servers_samples_and_follows_the_stream(browser: WebDriver, site: str) -> None:
+    time.sleep(3)  # the server has sampled a few seconds by now
+    browser.get(f"{site}/dashboard")
+    wait(browser, 5).until(lambda d: d.find_element(By.ID, "mode").text == "Live")
+    shown_s = int(browser.find_element(By.ID, "window").text)
+    assert shown_s >= 3, f"the chart starts with the server's history, not empty ({shown_s} s)"
+
+
+STREAM_DOWN = """
+const realFetch = window.fetch.bind(window);
+window.fetch = (url, init) => String(url).includes("queue/status/stream")
+  ? Promise.reject(new TypeError("stream blocked by the test")) : realFetch(url, init);
+"""
+
+
+def test_dashboard_falls_back_to_polling_when_the_stream_fails(browser: WebDriver, site: str) -> None:
+    added = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": STREAM_DOWN})
+    try:
+        browser.get(f"{site}/dashboard")
+        wait(browser).until(lambda d: d.find_element(By.ID, "mode").text == "Refreshed every second")
+        wait(browser).until(lambda d: "questions so far" in d.find_element(By.ID, "updated").text)
+        before = browser.find_element(By.ID, "updated").text
+        wait(browser).until(lambda d: d.find_element(By.ID, "updated").text != before)  # uptime moves on
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": added["identifier"]})

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -221,3 +224,20 @@ async def test_the_client_limit_reads_right_in_the_singular(upstream: MockUpstre
         resp = await client.post(f"{running.base}/chat", json={"query": "second"})
         assert resp.json()["error"].startswith("You already have 1 question in progress."), resp.json()
         await held
+
+
+async def test_pages_carry_security_headers_and_a_hash_based_policy() -> None:
+    async with serve() as running, httpx.AsyncClient(timeout=10) as client:
+        for path in ("/static/chat.html", "/dashboard", "/static/guestqueue.js"):
+            resp = await client.get(f"{running.base}{path}")
+            assert resp.status_code == 200, path
+            assert resp.headers["x-content-type-options"] == "nosniff", path
+            assert resp.headers["x-frame-options"] == "DENY", path
+            assert resp.headers["referrer-policy"] == "no-referrer", path
+        chat = await client.get(f"{running.base}/static/chat.html")
+        policy = chat.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "'unsafe-inline'" not in policy
+        script = re.search(r"<script type=\"module\">(.*?)</script>", chat.text, re.S)
+        assert script is not None
+        digest = base64.b64encode(hashlib.sha256(script.group(1).encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in policy
