@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
+import websockets
 
 from .conftest import MockUpstream, serve, stream_events
+from .test_websocket import messages, ws_url
 
 
 async def test_a_dropped_post_stream_sent_again_resumes_the_same_request(upstream: MockUpstream) -> None:
@@ -78,3 +82,19 @@ async def test_post_to_an_unknown_chat_endpoint_is_a_404_with_a_hint() -> None:
         resp = await client.post(f"{running.base}/chat/completions", json={"model": "x", "messages": []})
         assert resp.status_code == 404 and resp.json()["code"] == "not_found"
         assert "POST /chat" in resp.json()["error"]
+
+
+async def test_a_websocket_question_sent_again_with_its_key_is_the_same_request(upstream: MockUpstream) -> None:
+    url, tag = upstream.tagged(chunks=3, delay=0.1)
+    question = {"query": "q", "idempotency_key": "ws-question-1"}
+    async with serve(upstream_url=url, reconnect_grace_s=2) as running:
+        async with websockets.connect(ws_url(running.base)) as ws:
+            await ws.send(json.dumps(question))
+            first = await ws.recv()  # then the connection drops
+        async with websockets.connect(ws_url(running.base)) as ws:
+            await ws.send(json.dumps(question))
+            again = await messages(ws)
+        assert running.service.stats.total_requests == 1
+    assert json.loads(first)["request_id"] == again[-1]["request_id"]
+    assert again[-1]["type"] == "result" and again[-1]["data"]["answer"] == "chunk0 chunk1 chunk2 "
+    assert len(await upstream.acalls(tag)) == 1
