@@ -51,7 +51,8 @@ async def refused(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, he
 
 async def read_response(reader: asyncio.StreamReader) -> bytes:
     head = await reader.readuntil(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    lines = head.lower().split(b"\r\n")
+    length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length"))
     return head + await reader.readexactly(length)
 
 
