@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 
 from .config import Settings
-from .errors import BodyTooLarge, InvalidField, InvalidJSON, Rejected, UnsupportedMediaType
+from .errors import BodyTimeout, BodyTooLarge, InvalidField, InvalidJSON, Rejected, UnsupportedMediaType
 
 MAX_SESSION_ID_CHARS = 256
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -32,7 +33,7 @@ async def read_chat_request(request: Request, settings: Settings, *, upstream_ki
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType("Send the question as JSON with Content-Type: application/json.")
     key = request.headers.get("idempotency-key")
-    body = await _read_limited(request, settings.max_body_bytes)
+    body = await _read_limited(request, settings.max_body_bytes, settings.body_timeout_s)
     data = parse_json_object(body, "The request body")
     if key is not None:
         data["idempotency_key"] = key  # the header is the HTTP spelling of the field
@@ -57,19 +58,24 @@ def parse_json_object(raw: bytes | str, what: str) -> dict[str, Any]:
     return data
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
+async def _read_limited(request: Request, limit: int, timeout_s: float) -> bytes:
     too_large = BodyTooLarge(f"The request body is larger than {limit} bytes.")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isdigit() and len(declared) <= 20 and int(declared) > limit:
         raise too_large
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:  # a chunked or lying body is cut off here, not after
-                raise too_large
+        # A whole body, not each chunk: a Content-Length larger than what is sent, or a client
+        # dribbling a byte now and then, would otherwise hold the connection forever.
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:  # a chunked or lying body is cut off here, not after
+                    raise too_large
     except ClientDisconnect:
         raise ClientGone("The client disconnected while sending.") from None
+    except TimeoutError:
+        raise BodyTimeout(f"The request body did not arrive within {timeout_s:g} seconds.") from None
     return bytes(body)
 
 

@@ -189,16 +189,17 @@ class GuestQueue:
     async def chat(self, request: Request) -> Response | TicketStream:
         ticket, again = await self._admit(request)
         # The same question sent again (a client retrying a dropped POST stream): resume it.
-        return self._stream(ticket, _last_event_id(request) if again else 0)
+        return self._stream(request, ticket, resume=again)
 
     async def chat_events(self, request: Request) -> Response | TicketStream:
-        return self._stream(self._ticket(request), _last_event_id(request))
+        return self._stream(request, self._ticket(request), resume=True)
 
-    def _stream(self, ticket: Ticket, last_event_id: int) -> Response | TicketStream:
+    def _stream(self, request: Request, ticket: Ticket, *, resume: bool) -> Response | TicketStream:
+        last_event_id = _last_event_id(request) if resume else 0
         if ticket.done and last_event_id >= ticket.events.last_id:
             # Everything was seen: 204 tells an EventSource to stop reconnecting (the SSE spec's way).
             return Response(status_code=204, headers={"X-Request-ID": ticket.id})
-        return TicketStream(self._service, ticket, last_event_id)
+        return TicketStream(self._service, ticket, last_event_id, client=client_key(request), resume=resume)
 
     async def chat_cancel(self, request: Request) -> Response:
         ticket = self._ticket(request)
@@ -282,11 +283,18 @@ class GuestQueue:
         return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
 
+MAX_LAST_EVENT_ID_CHARS = 20  # event ids are counters: 20 digits is more than any stream reaches
+
+
 def _last_event_id(request: Request) -> int:
+    """The guest's last seen event id; anything else (empty, not digits, too long) is ignored: 0."""
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
     raw = raw.strip()
-    # isdigit() alone accepts "²" and other digits int() refuses (a 500): ASCII digits only.
-    return int(raw) if raw.isascii() and raw.isdigit() else 0
+    # isdigit() alone accepts "²" and other digits int() refuses (a 500): ASCII digits only. The
+    # length cap keeps int() under Python's 4 300-digit limit (a ValueError, hence a 500).
+    if len(raw) > MAX_LAST_EVENT_ID_CHARS or not (raw.isascii() and raw.isdigit()):
+        return 0
+    return int(raw)
 
 
 async def _until_done_or_disconnect(ticket: Ticket, request: Request) -> bool:
@@ -331,7 +339,9 @@ async def _rejected(request: Request, exc: Exception) -> Response:
     guest = getattr(request.app.state, "guestqueue", None)
     if not exc.counted and guest is not None and guest.service is not None:
         guest.service.stats.rejections[exc.code] += 1
-    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else {}
+    if exc.close_connection:
+        headers["Connection"] = "close"
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
 

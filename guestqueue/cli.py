@@ -29,6 +29,7 @@ from . import store
 from .app import API_PREFIX, GuestQueue, create_app
 from .config import Settings, SettingsError
 from .errors import StartupError
+from .server import uvicorn_config
 from .upstream import load_workflow
 
 logger = logging.getLogger("guestqueue")
@@ -58,8 +59,6 @@ def load_settings(args: argparse.Namespace) -> Settings:
             raise SettingsError(str(exc)) from None
     return settings
 
-
-KEEP_ALIVE_S = 75
 
 # A full (generation 2) garbage collection walks every live object: with 10 000
 # waiting guests that is about a million, and the pause lands in every guest's
@@ -199,21 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        lifespan="on",
-        # Forwarded headers are believed only from GUEST_TRUSTED_PROXIES, by the app itself.
-        proxy_headers=False,
-        # Idle keep-alive connections outlive the client's (httpx: 5 s, nginx upstream keepalive: 60 s),
-        # so a proxy never sends a request on a connection we are just closing (a POST is not retried).
-        timeout_keep_alive=KEEP_ALIVE_S,
-        # Let our own shutdown (finish work, then a terminal event for everyone) complete first.
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
-    )
+    config = uvicorn_config(app, settings, log_level=args.log_level, access_log=args.access_log)
     # uvicorn re-raises the signal it shut down for; a drained shutdown is a clean exit (0).
     signal.signal(signal.SIGTERM, lambda sig, frame: None)
     host, port = sock.getsockname()[:2]

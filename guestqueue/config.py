@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 UPSTREAM_KINDS = ("auto", "http", "openai", "python", "demo")
-AT_LEAST_ONE = ("max_concurrent_requests", "max_queue_size", "max_body_bytes", "max_query_chars", "log_buffer_rows")
+AT_LEAST_ONE = (
+    "max_concurrent_requests", "max_queue_size", "max_body_bytes", "max_query_chars", "log_buffer_rows",
+    "max_header_bytes", "backlog",
+)
 # Body fields of an openai request that guestqueue sets itself; never taken from a guest.
 OPENAI_RESERVED_PARAMETERS = ("messages", "model", "stream")
 
@@ -101,6 +104,19 @@ class Settings:
     shutdown_grace_s: float = _setting(
         "GUEST_SHUTDOWN_GRACE_SEC", 30.0, "on SIGTERM, how long running work may finish"
     )
+    max_header_bytes: int = _setting(
+        "GUEST_MAX_HEADER_BYTES", 65536, "largest request line plus headers (400 and closed beyond)"
+    )
+    header_timeout_s: float = _setting(
+        "GUEST_HEADER_TIMEOUT_SEC", 10.0, "a connection whose request line and headers are not in by then is closed"
+    )
+    body_timeout_s: float = _setting(
+        "GUEST_BODY_TIMEOUT_SEC", 10.0, "a request body not fully received by then gets 408 body_timeout"
+    )
+    max_connections: int = _setting(
+        "GUEST_MAX_CONNECTIONS", 0, "open connections at most (0 = the open-file limit minus a reserve)"
+    )
+    backlog: int = _setting("GUEST_BACKLOG", 2048, "connections the kernel queues before they are accepted")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -135,6 +151,9 @@ class Settings:
             raise SettingsError(f"GUEST_POSITION_UPDATE_SEC={self.position_update_s!r}: must be > 0")
         if self.send_timeout_s <= 0:
             raise SettingsError(f"GUEST_SEND_TIMEOUT_SEC={self.send_timeout_s!r}: must be > 0")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{ENV_NAMES[name]}={getattr(self, name)!r}: must be > 0")
         if self.request_timeout_s <= 0:
             raise SettingsError(f"GUEST_REQUEST_TIMEOUT_SEC={self.request_timeout_s!r}: must be > 0")
 

@@ -13,6 +13,7 @@ Every rejection maps to exactly one HTTP status and one ``code`` string::
     │   ├── ClientLimit           429 client_limit    (with Retry-After)
     │   ├── ShuttingDown          503 shutting_down
     │   ├── NotFound              404 not_found
+    │   ├── BodyTimeout           408 body_timeout    (the body did not arrive within GUEST_BODY_TIMEOUT_SEC)
     │   ├── Unauthorized          401 unauthorized
     │   └── Forbidden             403 forbidden
     ├── UpstreamFailure           ends an admitted request with a terminal `error` event
@@ -35,6 +36,7 @@ class GuestQueueError(Exception):
 class Rejected(GuestQueueError):
     status_code = 400
     counted = False  # already in the stats (admission rejections are counted where they happen)
+    close_connection = False  # the request was not read to its end: the connection cannot be reused
 
     def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
@@ -82,6 +84,11 @@ class ShuttingDown(Rejected):
 
 class NotFound(Rejected):
     status_code, code = 404, "not_found"
+
+
+class BodyTimeout(Rejected):
+    status_code, code = 408, "body_timeout"
+    close_connection = True
 
 
 class Unauthorized(Rejected):

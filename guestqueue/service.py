@@ -50,10 +50,18 @@ LOG_DROPS_DEGRADED_S = 300.0  # ... or when the log dropped rows (its buffer was
 # A finished request's events stay replayable this long (for a guest reconnecting just
 # after the end); then only its terminal event is kept.
 REPLAY_AFTER_END_S = 60.0
+# Open SSE streams of one request: a guest reconnecting while its old stream is not yet seen to be
+# gone needs two, a second tab three. A newer stream ends the oldest beyond it.
+MAX_STREAMS_PER_REQUEST = 3
+# Resume streams one client may hold open, per question it may have (GUEST_MAX_PER_CLIENT): a guest
+# reconnecting every question it has is never refused; 2 000 resume streams of one client are.
+STREAMS_PER_QUESTION = MAX_STREAMS_PER_REQUEST
 
 
 class OpenStream(Protocol):
     def check(self, now: float) -> None: ...
+
+    def end(self) -> None: ...
 
 
 class QueueService:
@@ -79,6 +87,8 @@ class QueueService:
         self._ticker: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.streams: set[OpenStream] = set()  # the guests' open SSE responses
+        self.request_streams: dict[str, list[OpenStream]] = {}  # by request id, oldest first
+        self.client_streams: Counter[str] = Counter()
         self._stopping: asyncio.Future[None] | None = None
         self._status_changed = asyncio.Event()
 
@@ -211,6 +221,32 @@ class QueueService:
         self._end(ticket, Status.COMPLETED, WORKFLOW_COMPLETE, self._complete_payload(ticket))
 
     # -- guests coming and going ---------------------------------------------------
+
+    def open_stream(self, ticket: Ticket, stream: OpenStream, client: str, *, resume: bool) -> None:
+        """Count an SSE stream of ``ticket`` held by ``client``; raise ClientLimit for a resume stream
+        beyond the client's share, and end the request's oldest stream beyond MAX_STREAMS_PER_REQUEST."""
+        limit = self.settings.max_per_client * STREAMS_PER_QUESTION
+        if resume and self.client_streams[client] >= limit:
+            self.stats.rejections[ClientLimit.code] += 1
+            exc = ClientLimit(f"You already have {_count(limit, 'open stream')}. Close one before opening more.",
+                              retry_after_s=1)
+            exc.counted = True
+            raise exc
+        streams = self.request_streams.setdefault(ticket.id, [])
+        streams.append(stream)
+        self.client_streams[client] += 1
+        if len(streams) > MAX_STREAMS_PER_REQUEST:
+            streams.pop(0).end()  # the newest wins: the guest's latest tab or reconnect
+
+    def close_stream(self, ticket: Ticket, stream: OpenStream, client: str) -> None:
+        streams = self.request_streams.get(ticket.id, [])
+        if stream in streams:
+            streams.remove(stream)
+        if not streams:
+            self.request_streams.pop(ticket.id, None)
+        self.client_streams[client] -= 1
+        if self.client_streams[client] <= 0:
+            del self.client_streams[client]
 
     def subscribe(self, ticket: Ticket) -> None:
         ticket.subscribers += 1

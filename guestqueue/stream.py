@@ -41,7 +41,10 @@ PING = b": ping\n\n"
 class TicketStream:
     media_type = "text/event-stream"
 
-    def __init__(self, service: QueueService, ticket: Ticket, last_event_id: int = 0) -> None:
+    def __init__(
+        self, service: QueueService, ticket: Ticket, last_event_id: int = 0, *, client: str = "unknown",
+        resume: bool = False,
+    ) -> None:
         self._service = service
         self._ticket = ticket
         self._last_event_id = last_event_id
@@ -56,6 +59,8 @@ class TicketStream:
             (b"x-accel-buffering", b"no"),  # nginx: pass each event on at once
             (b"x-request-id", ticket.id.encode()),
         ]
+        self._client = client
+        service.open_stream(ticket, self, client, resume=resume)  # may refuse (429): before subscribing
         service.subscribe(ticket)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -86,7 +91,14 @@ class TicketStream:
         finally:
             listener.cancel()
             self._service.streams.discard(self)
+            self._service.close_stream(self._ticket, self, self._client)
             self._service.unsubscribe(self._ticket, reason=reason)
+
+    def end(self) -> None:
+        """End this stream (a newer stream of the same request replaces it): no terminal event,
+        the guest's EventSource would reconnect, which is why the newest wins."""
+        self._gone = True
+        self._ticket.events.nudge()
 
     def check(self, now: float) -> None:
         """The service's pass over open streams: let go of a stuck send, or ping a quiet stream."""

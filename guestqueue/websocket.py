@@ -16,7 +16,7 @@ upstream). It then receives JSON messages, each with a ``type``:
 
 The guest may send ``{"type": "cancel"}`` while waiting. After the last message
 the server closes the connection: 1000 after an answer or an ending, 1007 for
-a message that is not JSON, 1008 for invalid fields, 1009 for a message over
+a message that is not JSON (or nested too deep to read), 1008 for invalid fields, 1009 for a message over
 ``GUEST_MAX_BODY_BYTES``, 1013 (try again later) for a full line, a per-client
 limit or a restart.
 
@@ -55,6 +55,10 @@ CLOSE_CODES: dict[type[Rejected], int] = {InvalidJSON: CLOSE_INVALID_DATA, Inval
 
 async def serve_websocket(websocket: WebSocket, service: QueueService) -> None:
     """Admit one question from ``websocket`` and stream its lifecycle as JSON messages."""
+    if not _origin_allowed(websocket, service.settings.cors_origin_list):
+        # Before accepting: the handshake is answered 403 (CORS does not cover WebSockets).
+        await websocket.close(CLOSE_POLICY, reason="forbidden_origin")
+        return
     await websocket.accept()
     try:
         ticket = await _admit(websocket, service)
@@ -64,10 +68,19 @@ async def serve_websocket(websocket: WebSocket, service: QueueService) -> None:
         await _reject(websocket, exc)
         return
     service.subscribe(ticket)
+    reason = "disconnected"
     try:
-        await _converse(websocket, service, ticket)
+        if await _converse(websocket, service, ticket):
+            reason = "send_timeout"
     finally:
-        service.unsubscribe(ticket)
+        service.unsubscribe(ticket, reason=reason)
+
+
+def _origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
+    """With GUEST_CORS_ORIGINS set, a browser page from another origin may not open a socket here
+    (browsers send Origin on every WebSocket; clients without one are not browsers: allowed)."""
+    origin = websocket.headers.get("origin")
+    return not allowed or origin is None or origin in allowed or "*" in allowed
 
 
 async def _admit(websocket: WebSocket, service: QueueService) -> Ticket:
@@ -111,9 +124,10 @@ async def _reject(websocket: WebSocket, exc: Rejected) -> None:
         pass  # the guest left before hearing why
 
 
-async def _converse(websocket: WebSocket, service: QueueService, ticket: Ticket) -> None:
-    """Send events until the terminal one, while listening for a cancel or a disconnect."""
-    sender = asyncio.ensure_future(_send_events(websocket, ticket))
+async def _converse(websocket: WebSocket, service: QueueService, ticket: Ticket) -> bool:
+    """Send events until the terminal one, while listening for a cancel or a disconnect.
+    True if the guest stopped reading (a send waited GUEST_SEND_TIMEOUT_SEC)."""
+    sender = asyncio.ensure_future(_send_events(websocket, ticket, service.settings.send_timeout_s))
     listener = asyncio.ensure_future(_listen(websocket, service, ticket))
     try:
         await asyncio.wait([sender, listener], return_when=asyncio.FIRST_COMPLETED)
@@ -126,18 +140,26 @@ async def _converse(websocket: WebSocket, service: QueueService, ticket: Ticket)
             await websocket.close(CLOSE_NORMAL)
         except (WebSocketDisconnect, RuntimeError):
             pass
+    stuck = any(isinstance(result, TimeoutError) for result in results)
+    if stuck:
+        logger.info("request %s: the guest took no WebSocket message for %gs; let go", ticket.id,
+                    service.settings.send_timeout_s)
     for result in results:
-        if isinstance(result, Exception) and not isinstance(result, WebSocketDisconnect | OSError):
+        if isinstance(result, Exception) and not isinstance(result, WebSocketDisconnect | OSError | TimeoutError):
             logger.warning("websocket for request %s ended with %r", ticket.id, result)
+    return stuck
 
 
-async def _send_events(websocket: WebSocket, ticket: Ticket) -> None:
+async def _send_events(websocket: WebSocket, ticket: Ticket, send_timeout_s: float) -> None:
     # The same reading of the event log as guestqueue.stream.TicketStream.
     seen = 0
     log = ticket.events
     while True:
         for event in log.after(seen):
-            await websocket.send_json(to_message(event, ticket.id))
+            # A guest that stops reading would pin this task (and its place) until GUEST_MAX_WAIT_SEC:
+            # it is let go like an SSE guest whose send timed out.
+            async with asyncio.timeout(send_timeout_s):
+                await websocket.send_json(to_message(event, ticket.id))
             seen = event.id
             if event.terminal:
                 return
@@ -154,7 +176,7 @@ async def _listen(websocket: WebSocket, service: QueueService, ticket: Ticket) -
             return
         try:
             data = json.loads(message.get("text") or "null")
-        except ValueError:
+        except (ValueError, RecursionError):
             continue  # the question has been asked; anything but a cancel is ignored
         if isinstance(data, dict) and data.get("type") == "cancel":
             service.cancel(ticket, Status.CANCELLED, "cancelled", "The request was cancelled.")

@@ -29,6 +29,7 @@ from httpx_sse import aconnect_sse
 from guestqueue import GuestQueue, Settings, Workflow
 from guestqueue.app import API_PREFIX
 from guestqueue.config import ENV_NAMES
+from guestqueue.server import uvicorn_config
 
 HERE = Path(__file__).parent
 
@@ -44,11 +45,6 @@ FAST = {
     "cache_size": 0,
     "shutdown_grace_s": 1.0,
 }
-
-
-# Like `guestqueue serve`: the server keeps idle connections open longer than clients
-# (httpx: 5 s) do, so a client never reuses a connection the server is just closing.
-KEEP_ALIVE_S = 75
 
 
 def free_port() -> int:
@@ -132,12 +128,12 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def serve_uvicorn(app: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
-    """Like :func:`serve_app`, also yielding the uvicorn server."""
+async def serve_uvicorn(app: Any, settings: Settings | None = None) -> AsyncIterator[tuple[str, uvicorn.Server]]:
+    """Like :func:`serve_app`, also yielding the uvicorn server, configured as ``guestqueue serve``
+    configures it (:func:`guestqueue.server.uvicorn_config`) for ``settings``."""
     port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", proxy_headers=False,
-        timeout_keep_alive=KEEP_ALIVE_S,
+    config = uvicorn_config(
+        app, settings or Settings(), host="127.0.0.1", port=port, log_level="warning",
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -158,8 +154,9 @@ async def serve(workflow: Workflow | None = None, **overrides: Any) -> AsyncIter
     """guestqueue (short settings, plus ``overrides``) on a free port."""
     from guestqueue import create_app
 
-    app = create_app(Settings(**{**FAST, **overrides}), workflow=workflow)
-    async with serve_uvicorn(app) as (base, server):
+    settings = Settings(**{**FAST, **overrides})
+    app = create_app(settings, workflow=workflow)
+    async with serve_uvicorn(app, settings) as (base, server):
         yield Running(app.state.guestqueue, base + API_PREFIX, server)
 
 

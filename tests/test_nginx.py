@@ -249,21 +249,20 @@ async def test_too_many_requests_from_one_address_get_429(stack: Stack) -> None:
 
 
 async def test_too_many_open_streams_from_one_address_get_429(stack: Stack) -> None:
+    # Status streams: guestqueue itself caps a guest's chat streams (3 per request, GUEST_MAX_PER_CLIENT x 3
+    # per client) before nginx's limit_conn of 20 would be reached.
     async with client_from("127.0.0.7", limits=httpx.Limits(max_connections=40)) as client:
-        async with client.stream("POST", f"{stack.nginx}/chat", json=ask_body("watched", first=3)) as first:
-            request_id = first.headers["X-Request-ID"]
-            url = f"{stack.nginx}/chat/{request_id}/events"
-            streams = [client.stream("GET", url) for _ in range(19)]  # 20 open with the first
-            opened = [await s.__aenter__() for s in streams]
-            try:
-                assert {r.status_code for r in opened} == {200}
-                over = await client.get(url)
-                assert over.status_code == 429
-                assert over.json()["code"] == "rate_limited"
-            finally:
-                for s in streams:
-                    await s.__aexit__(None, None, None)
-            await first.aread()
+        url = f"{stack.nginx}/queue/status/stream"
+        streams = [client.stream("GET", url) for _ in range(20)]
+        opened = [await s.__aenter__() for s in streams]
+        try:
+            assert {r.status_code for r in opened} == {200}
+            over = await client.get(url)
+            assert over.status_code == 429
+            assert over.json()["code"] == "rate_limited"
+        finally:
+            for s in streams:
+                await s.__aexit__(None, None, None)
 
 
 async def test_websocket_through_nginx(stack: Stack) -> None:

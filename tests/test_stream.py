@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import httpx
+
+from guestqueue import WorkflowRequest
 
 from .conftest import MockUpstream, ask, assert_drained, serve, stream_events, wait_until
 
@@ -81,3 +84,63 @@ async def test_head_on_the_events_endpoint_does_not_hang(upstream: MockUpstream)
         head = await client.head(f"{running.base}/chat/{request_id}/events")
         assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream")
         assert (await answer)[-1].name == "workflow_complete"
+
+
+class Held:
+    """A Python workflow that answers only when released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def __call__(self, request: WorkflowRequest) -> AsyncIterator[str]:
+        await self.release.wait()
+        yield "done"
+
+
+async def first_event(client: httpx.AsyncClient, base: str, query: str) -> str:
+    events = await stream_events(client, f"{base}/chat", json={"query": query}, stop_after="processing")
+    request_id: str = events[0].data["request_id"]
+    return request_id
+
+
+async def test_a_last_event_id_of_4301_digits_is_ignored_not_a_500() -> None:
+    # Once a 500: int() refuses more than 4 300 digits (ValueError).
+    held = Held()
+    async with serve(held, reconnect_grace_s=5.0) as running, httpx.AsyncClient(timeout=10) as client:
+        request_id = await first_event(client, running.base, "wait")
+        huge = "9" * 4301
+        for url, headers in ((f"{running.base}/chat/{request_id}/events", {"Last-Event-ID": huge}),
+                             (f"{running.base}/chat/{request_id}/events?last_event_id={huge}", {})):
+            async with client.stream("GET", url, headers=headers) as response:
+                assert response.status_code == 200  # ignored: the stream replays from the start
+        held.release.set()
+
+
+async def test_one_request_has_at_most_three_open_streams_the_newest_win() -> None:
+    # Once: 2 000 resume streams of one request from one client were all served (2 000 open files).
+    held = Held()
+    async with serve(held, reconnect_grace_s=5.0) as running, httpx.AsyncClient(timeout=10) as client:
+        request_id = await first_event(client, running.base, "wait")
+        url = f"{running.base}/chat/{request_id}/events"
+        readers = [asyncio.ensure_future(stream_events(client, url, method="GET")) for _ in range(5)]
+        await wait_until(lambda: sum(reader.done() for reader in readers) == 2, message="the two oldest ended")
+        assert len(running.service.streams) == 3
+        held.release.set()
+        ends = [events[-1].name if events else None for events in await asyncio.gather(*readers)]
+    assert ends.count("workflow_complete") == 3, "the three newest streams heard the answer"
+
+
+async def test_resume_streams_count_toward_the_per_client_limit() -> None:
+    held = Held()
+    async with serve(held, max_per_client=1, reconnect_grace_s=5.0) as running, \
+            httpx.AsyncClient(timeout=10) as client:
+        own = asyncio.ensure_future(ask(client, running.base, "mine"))  # one stream, this client's question
+        others = running.service.submit("someone else's", client="10.0.0.9")
+        url = f"{running.base}/chat/{others.id}/events"
+        readers = [asyncio.ensure_future(stream_events(client, url, method="GET")) for _ in range(2)]
+        await wait_until(lambda: len(running.service.streams) == 3, message="three streams open")
+        refused = await client.get(url)
+        assert refused.status_code == 429 and refused.json()["code"] == "client_limit"
+        held.release.set()
+        await asyncio.gather(own, *readers)
+        assert_drained(running)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -135,7 +140,8 @@ async def test_per_client_limit_counts_websocket_and_sse_guests_together() -> No
     (b'{"query": "bytes"}', "invalid_json", 1007),
     ('{"query": ""}', "invalid_field", 1008),
     ('{"query": "x", "parameters": []}', "invalid_field", 1008),
-    ('{"query": "' + "x" * 70000 + '"}', "body_too_large", 1009),
+    ("[" * 60_000, "invalid_json", 1007),  # once a RecursionError: the socket dropped without a close frame
+    ('{"query": ' + '{"a": ' * 8_000 + "1" + "}" * 8_001, "invalid_json", 1007),
 ])
 async def test_invalid_messages_get_a_clear_error_and_close(sent: str | bytes, code: str, close_code: int) -> None:
     async with serve() as running:
@@ -146,6 +152,19 @@ async def test_invalid_messages_get_a_clear_error_and_close(sent: str | bytes, c
         assert len(received) == 1 and received[0]["type"] == "error" and received[0]["code"] == code
         assert received[0]["message"]
         # The server is unharmed, and nothing was admitted.
+        assert running.service.stats.total_requests == 0
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{running.base}/health")).status_code == 200
+
+
+async def test_a_message_over_the_body_limit_is_refused_by_the_protocol_before_it_is_buffered() -> None:
+    # uvicorn's default (16 MiB per message) let 60 guests x 15 MB take the server to 913 MB.
+    async with serve(max_body_bytes=1000) as running:
+        async with websockets.connect(ws_url(running.base), max_size=None) as ws:
+            await ws.send('{"query": "' + "x" * 5_000_000 + '"}')
+            received = await messages(ws)
+            assert ws.close_code == 1009
+        assert received == []
         assert running.service.stats.total_requests == 0
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"{running.base}/health")).status_code == 200
@@ -186,3 +205,84 @@ async def test_cancel_message_leaves_the_line() -> None:
             await messages(first)
         assert running.service.stats.as_dict()["cancelled_requests"] == 1
     assert rest[-1]["type"] == "error" and rest[-1]["code"] == "cancelled"
+
+
+async def raw_websocket(base: str, *, receive_buffer: int | None = None) -> tuple[
+    asyncio.StreamReader, asyncio.StreamWriter
+]:
+    """A WebSocket opened by hand over a plain socket (to stop reading, or to see control frames)."""
+    url = urlsplit(ws_url(base))
+    assert url.hostname is not None and url.port is not None
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (url.hostname, url.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    return reader, writer
+
+
+def text_frame(text: str) -> bytes:
+    """One masked (as a client must) text frame."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    header = bytes([0x81]) + (bytes([0x80 | len(payload)]) if len(payload) < 126
+                              else bytes([0x80 | 126]) + struct.pack("!H", len(payload)))
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+    elif length == 127:
+        (length,) = struct.unpack("!Q", await reader.readexactly(8))
+    return first & 0x0F, await reader.readexactly(length)
+
+
+async def test_a_guest_who_stops_reading_is_let_go_after_the_send_timeout() -> None:
+    # Once: a send to a guest that stopped reading waited forever, pinning its task and its place.
+    asked: list[str] = []
+
+    async def long_answer(request: WorkflowRequest) -> AsyncIterator[str]:
+        asked.append(request.request_id)
+        for _ in range(5000):
+            yield "x" * 1000
+
+    async with serve(long_answer, send_timeout_s=0.5, ping_s=0, reconnect_grace_s=0.0) as running:
+        _, writer = await raw_websocket(running.base, receive_buffer=4096)
+        writer.write(text_frame(json.dumps({"query": "a long one"})))
+        await wait_until(lambda: bool(asked), message="asked upstream")
+        ticket = running.service.registry.get(asked[0])
+        assert ticket is not None
+        await wait_until(lambda: ticket.subscribers == 0, timeout_s=8, message="the guest let go")
+        assert ticket.drop_reason == "send_timeout" or ticket.done
+        writer.close()
+
+
+async def test_protocol_pings_every_ping_interval() -> None:
+    async with serve(ping_s=0.3) as running:
+        reader, writer = await raw_websocket(running.base)
+        async with asyncio.timeout(3):
+            opcode, _ = await read_frame(reader)
+        assert opcode == 0x9  # ping (uvicorn's default was every 20 s)
+        writer.close()
+
+
+async def test_a_websocket_from_another_origin_is_refused_when_origins_are_set() -> None:
+    async with serve(cors_origins="http://good.example") as running:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(ws_url(running.base), origin="http://evil.example"):  # type: ignore[arg-type]
+                pass
+        assert refused.value.response.status_code == 403
+        for origin in ("http://good.example", None):  # a listed page, or a client that is not a browser
+            async with websockets.connect(ws_url(running.base), origin=origin) as ws:  # type: ignore[arg-type]
+                await ws.send(json.dumps({"query": "hello"}))
+                assert (await messages(ws))[-1]["type"] == "result"
