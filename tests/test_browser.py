@@ -103,8 +103,11 @@ def test_second_guest_sees_place_one_then_the_streamed_answer(browser: WebDriver
     browser.switch_to.new_window("tab")
     open_chat(browser, site)
     ask_on_page(browser, "How long is the line today?")
-    position = wait(browser).until(lambda d: d.find_elements(By.ID, "position"))[0]
-    assert position.text == "1"
+    # Read in the page: the element is redrawn on each place update (a WebElement could go stale).
+    position = wait(browser).until(
+        lambda d: d.execute_script("const p = document.getElementById('position'); return p && p.textContent")
+    )
+    assert position == "1"
     status = last_turn(browser, "status")
     assert re.search(r"You're 1 in line, next up · (about \d+ s to go|any moment now)", status), status
     screenshot(browser, "chat-waiting.png")
