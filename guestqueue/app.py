@@ -16,7 +16,6 @@ on the outer app (FastAPI takes the same argument).
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,9 +30,10 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from .access import Access, PeerRecorder
 from .admission import client_key, read_chat_request
 from .config import Settings
-from .errors import Forbidden, NotFound, Rejected, ShuttingDown, StartupError, Unauthorized
+from .errors import NotFound, Rejected, ShuttingDown, StartupError
 from .monitor import StatusMonitor
 from .pages import page_routes
 from .service import QueueService
@@ -54,6 +54,7 @@ class GuestQueue:
         self.workflow = workflow
         self.service: QueueService | None = None
         self.monitor: StatusMonitor | None = None
+        self.access = Access(self.settings)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.app = Starlette(
             routes=self._routes(),
@@ -136,7 +137,8 @@ class GuestQueue:
         ]
 
     def _middleware(self) -> list[Middleware]:
-        middleware = []
+        # Outermost: the TCP peer, before proxy headers replace scope["client"] (access.py's local rule).
+        middleware = [Middleware(PeerRecorder)]
         if self.settings.trusted_proxies:
             # The client key (per-client limits, the log) is the peer address, or the
             # X-Forwarded-For address when, and only when, the peer is a trusted proxy.
@@ -156,15 +158,9 @@ class GuestQueue:
             raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
         return self.service
 
-    def _require_admin(self, request: Request) -> None:
-        expected = self.settings.admin_api_key
-        if not expected:
-            return
-        given = request.headers.get("x-api-key")
-        if given is None:
-            raise Unauthorized("This endpoint needs the X-API-Key header.")
-        if not hmac.compare_digest(given.encode(), expected.encode()):  # constant time
-            raise Forbidden("The X-API-Key is not valid.")
+    def _require_status_reader(self, request: Request) -> None:
+        if not self.settings.public_status:
+            self.access.require_operator(request)
 
     def _ticket(self, request: Request) -> Ticket:
         ticket = self._service.registry.get(request.path_params["request_id"])
@@ -243,15 +239,15 @@ class GuestQueue:
         return JSONResponse(links(request.scope.get("root_path", "")))
 
     async def queue_status(self, request: Request) -> Response:
-        self._require_admin(request)
+        self._require_status_reader(request)
         return JSONResponse(self._service.snapshot())
 
     async def queue_status_stream(self, request: Request) -> Response:
-        self._require_admin(request)
+        self._require_status_reader(request)
         return self._monitor.stream()
 
     async def queue_status_samples(self, request: Request) -> Response:
-        self._require_admin(request)
+        self._require_status_reader(request)
         return JSONResponse(self._monitor.samples())
 
     @property
@@ -261,18 +257,18 @@ class GuestQueue:
         return self.monitor
 
     async def queue_request(self, request: Request) -> Response:
-        self._require_admin(request)
+        # The id is its guest's credential (access.py): holding it is permission enough.
         ticket = self._ticket(request)
         if ticket.flight is not None:
             self._service.line.position(ticket.flight)  # exact (renumbered silently) if the line just changed
         return JSONResponse(ticket.summary())
 
     async def queue_history(self, request: Request) -> Response:
-        self._require_admin(request)
+        self.access.require_operator(request)  # it lists request ids: operators only
         return JSONResponse(self._service.registry.recent())
 
     async def metrics(self, request: Request) -> Response:
-        self._require_admin(request)
+        self.access.require_operator(request)
         body, content_type = self._service.metrics.render()
         return Response(body, media_type=content_type)
 

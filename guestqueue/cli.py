@@ -110,13 +110,16 @@ def where_things_are(settings: Settings, host: str, port: int) -> list[str]:
         shown = str(url.copy_with(username=None, password=None)) if url is not None else settings.upstream_url
         upstream = f"{kind} {shown}" + (f" (model {settings.upstream_model})" if settings.upstream_model else "")
     log = os.path.abspath(settings.db_path) if settings.db_path else "off (GUEST_DB_PATH is empty)"
-    return [
+    lines = [
         f"listening on http://{shown_host}:{port}",
         f"upstream:    {upstream}",
         f"chat page:   {base}/static/chat.html",
         f"dashboard:   {base}/dashboard",
         f"request log: {log}",
     ]
+    if not settings.admin_api_key:
+        lines.append("warning: GUEST_ADMIN_API_KEY is not set: /queue/history and /metrics answer only local callers")
+    return lines
 
 
 def check_request_log(settings: Settings) -> None:

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 UPSTREAM_KINDS = ("auto", "http", "openai", "python", "demo")
 AT_LEAST_ONE = (
     "max_concurrent_requests", "max_queue_size", "max_body_bytes", "max_query_chars", "log_buffer_rows",
     "max_header_bytes", "backlog",
 )
+PYTHON_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+ADMIN_KEY_MIN_CHARS = 16
+URL_KINDS = ("http", "openai")
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # Body fields of an openai request that guestqueue sets itself; never taken from a guest.
 OPENAI_RESERVED_PARAMETERS = ("messages", "model", "stream")
 
@@ -94,7 +100,13 @@ class Settings:
     max_query_chars: int = _setting("GUEST_MAX_QUERY_CHARS", 4000, "longest query (422 beyond)")
     max_per_client: int = _setting("GUEST_MAX_PER_CLIENT", 2, "requests one client may have in line or processing")
     admin_api_key: str = _setting(
-        "GUEST_ADMIN_API_KEY", "", "X-API-Key required by status, history and metrics", minimum=None, secret=True
+        "GUEST_ADMIN_API_KEY", "",
+        f"X-API-Key required by history and metrics (at least {ADMIN_KEY_MIN_CHARS} characters); "
+        "empty = they answer only local callers", minimum=None, secret=True,
+    )
+    public_status: bool = _setting(
+        "GUEST_PUBLIC_STATUS", True, "anyone may read /queue/status (aggregate counts only); "
+        "false = it needs the admin key too", minimum=None,
     )
     cors_origins: str = _setting("GUEST_CORS_ORIGINS", "", "comma-separated allowed origins", minimum=None)
     trusted_proxies: str = _setting(
@@ -135,7 +147,14 @@ class Settings:
             )
         if self.upstream_kind in ("http", "openai", "python") and not self.upstream_url:
             raise SettingsError(f"GUEST_UPSTREAM_KIND={self.upstream_kind!r} needs GUEST_UPSTREAM_URL")
+        self._check_upstream_url()
         self._check_upstream_combination()
+        if self.admin_api_key and len(self.admin_api_key) < ADMIN_KEY_MIN_CHARS:
+            # A short key falls to guessing; the message never shows the key itself.
+            raise SettingsError(
+                f"GUEST_ADMIN_API_KEY: must be at least {ADMIN_KEY_MIN_CHARS} characters "
+                f"(it has {len(self.admin_api_key)})"
+            )
         if self.instance_ttl_s <= 0:
             raise SettingsError(f"GUEST_INSTANCE_TTL_SEC={self.instance_ttl_s!r}: must be > 0")
         if self.resolved_upstream_kind == "openai" and not self.upstream_model:
@@ -173,6 +192,29 @@ class Settings:
             return "openai"
         return "http"
 
+    def _check_upstream_url(self) -> None:
+        """A URL an operator mistyped fails here, at start-up, not at the first guest's question."""
+        url, kind = self.upstream_url, self.resolved_upstream_kind
+        if kind == "python":
+            if not PYTHON_TARGET.fullmatch(url):
+                raise SettingsError(
+                    f"GUEST_UPSTREAM_URL={url!r}: a python upstream is module:function (e.g. mypkg.bot:answer); "
+                    "a URL starts with http:// or https://"
+                )
+        elif kind in URL_KINDS:
+            parsed = urlsplit(url)
+            if "@" in parsed.netloc:  # the message is printed: never with the URL's password
+                url = parsed._replace(netloc="***@" + parsed.netloc.rpartition("@")[2]).geturl()
+            try:
+                parsed.port  # noqa: B018 -- raises ValueError on a port out of range or not a number
+            except ValueError:
+                raise SettingsError(f"GUEST_UPSTREAM_URL={url!r}: the port is not a number in 0-65535") from None
+            if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
+                raise SettingsError(
+                    f"GUEST_UPSTREAM_URL={url!r}: must be an http:// or https:// URL with a host "
+                    "(or module:function for a python upstream)"
+                )
+
     def _check_upstream_combination(self) -> None:
         kind = self.resolved_upstream_kind
         if self.upstream_model and kind != "openai":
@@ -206,6 +248,12 @@ class Settings:
 def parse_value(env: str, raw: str, type_name: Any) -> Any:
     """Turn one raw string into the field's type, or say which variable was wrong."""
     raw = raw.strip()
+    if type_name in (bool, "bool"):
+        if raw.lower() in TRUE:
+            return True
+        if raw.lower() in FALSE:
+            return False
+        raise SettingsError(f"{env}={raw!r}: must be true or false")
     try:
         if type_name in (int, "int"):
             return int(raw)

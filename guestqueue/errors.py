@@ -11,6 +11,7 @@ Every rejection maps to exactly one HTTP status and one ``code`` string::
     │   ├── IdempotencyMismatch   422 idempotency_mismatch (a key reused for another question)
     │   ├── LineFull              429 queue_full      (with Retry-After)
     │   ├── ClientLimit           429 client_limit    (with Retry-After)
+    │   ├── TooManyAttempts       429 too_many_attempts (wrong admin keys; with Retry-After)
     │   ├── ShuttingDown          503 shutting_down
     │   ├── NotFound              404 not_found
     │   ├── BodyTimeout           408 body_timeout    (the body did not arrive within GUEST_BODY_TIMEOUT_SEC)
@@ -76,6 +77,10 @@ class LineFull(Rejected):
 
 class ClientLimit(Rejected):
     status_code, code = 429, "client_limit"
+
+
+class TooManyAttempts(Rejected):
+    status_code, code = 429, "too_many_attempts"
 
 
 class ShuttingDown(Rejected):

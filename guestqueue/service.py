@@ -358,13 +358,15 @@ class QueueService:
         self, ticket: Ticket, status: Status, code: str, message: str, *, detail: str | None = None
     ) -> bool:
         payload = {"request_id": ticket.id, "error": message, "code": code}
-        return self._end(ticket, status, ERROR, payload, error=detail or message, code=code)
+        # An upstream's own words (a traceback, an address) stay out of every public view: the
+        # detail goes to the request log's error column only (and to the server log, workers.py).
+        return self._end(ticket, status, ERROR, payload, error=message, code=code, detail=detail)
 
     def _end(
         self, ticket: Ticket, status: Status, event: str, payload: dict[str, Any],
-        *, error: str | None = None, code: str | None = None,
+        *, error: str | None = None, code: str | None = None, detail: str | None = None,
     ) -> bool:
-        if not ticket.end(status, error=error, error_code=code):
+        if not ticket.end(status, error=error, error_code=code, error_detail=detail):
             return False
         self._notify_status()
         if ticket.flight is not None:

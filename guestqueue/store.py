@@ -259,7 +259,8 @@ class RequestLog:
             return
         else:
             self._updates.append((
-                ticket.status.value, ticket.error_code, ticket.error, ticket.answer if ticket.done else None,
+                ticket.status.value, ticket.error_code, ticket.error_detail or ticket.error,
+                ticket.answer if ticket.done else None,
                 int(ticket.cached), ticket.started_at, ticket.finished_at, ticket.wait_ms, ticket.duration_ms,
                 ticket.id,
             ))

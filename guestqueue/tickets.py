@@ -59,8 +59,9 @@ class Ticket:
     finished_at: float | None = None
     wait_ms: float | None = None
     duration_ms: float | None = None
-    error: str | None = None
+    error: str | None = None  # the guest-safe message: what summary() and /queue/history show
     error_code: str | None = None
+    error_detail: str | None = None  # what went wrong upstream: the server log and the request log only
     answer_parts: list[str] = field(default_factory=list)
     suggested_questions: list[str] = field(default_factory=list)
     cached: bool = False
@@ -92,14 +93,17 @@ class Ticket:
         self.started_mono = time.monotonic()
         self.wait_ms = (self.started_mono - self.created_mono) * 1000
 
-    def end(self, status: Status, *, error: str | None = None, error_code: str | None = None) -> bool:
+    def end(
+        self, status: Status, *, error: str | None = None, error_code: str | None = None,
+        error_detail: str | None = None,
+    ) -> bool:
         """Move to a terminal state; False (and no change) if the ticket had already ended."""
         if self.done:
             return False
         now = time.monotonic()
         self.status = status
         self.finished_at = time.time()
-        self.error, self.error_code = error, error_code
+        self.error, self.error_code, self.error_detail = error, error_code, error_detail
         if self.started_mono is None:
             self.wait_ms = (now - self.created_mono) * 1000
         else:

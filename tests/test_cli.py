@@ -17,6 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from guestqueue import Settings
+from guestqueue.cli import where_things_are
+
 from .conftest import MockUpstream, env_without_guest_vars, free_port, start_server_process, wait_for_http
 
 
@@ -209,3 +212,11 @@ def test_serve_says_where_things_are(tmp_path: Path, upstream: MockUpstream) -> 
     assert f"request log: {tmp_path / 'guestqueue.db'}" in output
     assert f"upstream:    http {upstream.base}/upstream" in output
     assert "hunter2" not in output, "credentials in the upstream URL are not printed"
+    assert "warning: GUEST_ADMIN_API_KEY is not set: /queue/history and /metrics answer only local callers" in output
+
+
+def test_serve_warns_once_when_no_admin_key_is_set() -> None:
+    warning = "warning: GUEST_ADMIN_API_KEY is not set"
+    lines = where_things_are(Settings(), "0.0.0.0", 8000)
+    assert sum(warning in line for line in lines) == 1
+    assert not any(warning in line for line in where_things_are(Settings(admin_api_key="k" * 16), "::", 8000))

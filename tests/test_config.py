@@ -63,7 +63,7 @@ def test_every_setting_has_a_flag_and_flags_win_over_env(monkeypatch: pytest.Mon
 
 
 def test_secrets_stay_out_of_repr() -> None:
-    text = repr(Settings(upstream_api_key="sk-very-secret", admin_api_key="admin-secret"))
+    text = repr(Settings(upstream_api_key="sk-very-secret", admin_api_key="admin-secret-of-16+"))
     assert "sk-very-secret" not in text and "admin-secret" not in text
 
 
@@ -77,6 +77,10 @@ def test_secrets_stay_out_of_repr() -> None:
         ({"GUEST_UPSTREAM_URL": "http://127.0.0.1:9/v1", "GUEST_UPSTREAM_KIND": "openai"}, "GUEST_UPSTREAM_MODEL=''"),
         ({"GUEST_UPSTREAM_ALLOWED_PARAMETERS": "temperature,model"}, "GUEST_UPSTREAM_ALLOWED_PARAMETERS="),
         ({"GUEST_UPSTREAM_MAX_HOLD_SEC": "inf"}, "GUEST_UPSTREAM_MAX_HOLD_SEC='inf'"),
+        ({"GUEST_UPSTREAM_URL": "localhost:8080"}, "GUEST_UPSTREAM_URL='localhost:8080'"),
+        ({"GUEST_UPSTREAM_URL": "ftp://example.org/chat"}, "GUEST_UPSTREAM_URL='ftp://example.org/chat'"),
+        ({"GUEST_ADMIN_API_KEY": "hunter2"}, "GUEST_ADMIN_API_KEY: must be at least 16 characters"),
+        ({"GUEST_PUBLIC_STATUS": "maybe"}, "GUEST_PUBLIC_STATUS='maybe'"),
     ],
 )
 def test_cli_stops_with_one_line(env: dict[str, str], expected: str) -> None:
@@ -122,3 +126,49 @@ def test_a_v1_url_without_a_model_stops_start_up_instead_of_failing_the_first_gu
 def test_a_model_for_an_upstream_that_takes_none_stops_start_up(values: dict[str, Any]) -> None:
     with pytest.raises(SettingsError, match="GUEST_UPSTREAM_MODEL='m': only an openai upstream takes a model"):
         Settings(**values)
+
+
+@pytest.mark.parametrize(
+    ("values", "shown"),
+    [
+        ({"upstream_url": "localhost:8080"}, "'localhost:8080'"),  # no scheme: read as module:function
+        ({"upstream_url": "http:/example.org/chat"}, "'http:/example.org/chat'"),
+        ({"upstream_url": "ftp://example.org/chat"}, "'ftp://example.org/chat'"),
+        ({"upstream_url": "http://"}, "'http://'"),
+        ({"upstream_url": "http:///chat"}, "'http:///chat'"),
+        ({"upstream_url": "http://example.org:99999/chat"}, "the port"),
+        ({"upstream_url": "example.org/chat", "upstream_kind": "http"}, "'example.org/chat'"),
+        ({"upstream_url": "file:///etc/passwd", "upstream_kind": "openai", "upstream_model": "m"}, "'file:///"),
+        ({"upstream_url": "mypkg.flows", "upstream_kind": "python"}, "module:function"),
+        ({"upstream_url": "https://user:pw@/chat"}, "'https://***@/chat'"),
+    ],
+)
+def test_a_bad_upstream_url_stops_start_up(values: dict[str, Any], shown: str) -> None:
+    # It used to start, and every guest's question failed at the first call.
+    with pytest.raises(SettingsError) as error:
+        Settings(**values)
+    message = str(error.value)
+    assert message.startswith("GUEST_UPSTREAM_URL") and shown in message and "\n" not in message
+    assert ":pw@" not in message, "the URL's password is not printed"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9000/chat", "https://bot.example.org/ask?x=1", "HTTP://EXAMPLE.ORG", "mypkg.flows:answer",
+            "mypkg.flows:Bot.answer"],
+)
+def test_good_upstream_urls_are_accepted(url: str) -> None:
+    Settings(upstream_url=url)
+
+
+def test_a_short_admin_key_stops_start_up_without_showing_it() -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings(admin_api_key="fifteen-chars!!")
+    assert "GUEST_ADMIN_API_KEY" in str(error.value) and "fifteen" not in str(error.value)
+    assert Settings(admin_api_key="sixteen-chars!!!").admin_api_key == "sixteen-chars!!!"
+    assert Settings(admin_api_key="ключ-из-16-букв!").admin_api_key  # characters, not bytes
+
+
+def test_public_status_is_a_boolean_setting() -> None:
+    assert Settings().public_status is True
+    assert Settings.from_env({"GUEST_PUBLIC_STATUS": "false"}).public_status is False
+    assert Settings.from_env({"GUEST_PUBLIC_STATUS": " Yes "}).public_status is True

@@ -323,3 +323,30 @@ async def test_slow_clients_are_cut_and_normal_guests_unaffected(
     assert all(t.events[-1][1] == "workflow_complete" for t in normal)
     assert served_in < 5, f"normal guests took {served_in:.1f}s beside the slow ones"
     assert all(c is not None and c < 1 + 1.5 for c in cut), cut
+
+
+@pytest.mark.parametrize("path", ["/queue/history", "/metrics", "/queue/%68istory", "//queue//history", "/metrics/"])
+async def test_the_operator_views_answer_only_the_allow_listed_network(stack: Stack, path: str) -> None:
+    # /queue/history lists request ids, each a guest's only credential: nginx used to pass it to anyone.
+    async with client_from("127.0.0.2") as outsider:
+        refused = await outsider.get(f"{stack.nginx}{path}")
+        assert refused.status_code == 403, (path, refused.text)
+        assert refused.json() == {
+            "error": "This address may not use this endpoint.", "code": "forbidden", "by": "nginx",
+        }
+        # What guests need still passes: the public status, and a lookup by id (404 for a guessed one).
+        assert (await outsider.get(f"{stack.nginx}/queue/status")).status_code == 200
+        assert (await outsider.get(f"{stack.nginx}/queue/request/{'0' * 32}")).status_code == 404
+    async with client_from("127.0.0.1") as insider:
+        assert (await insider.get(f"{stack.nginx}/queue/history")).status_code == 200
+
+
+async def test_guestqueue_refuses_the_operator_views_to_a_forwarded_outsider(stack: Stack) -> None:
+    # Should nginx's allow list be widened by mistake, guestqueue (no admin key) still answers only
+    # local callers: X-Forwarded-For from its trusted proxy names the real address.
+    async with client_from("127.0.0.1") as proxy_like:
+        for path in ("/queue/history", "/metrics"):
+            outsider = await proxy_like.get(f"{stack.direct}{path}", headers={"X-Forwarded-For": "203.0.113.7"})
+            assert outsider.status_code == 403 and outsider.json()["code"] == "forbidden", path
+            local = await proxy_like.get(f"{stack.direct}{path}", headers={"X-Forwarded-For": "127.0.0.1"})
+            assert local.status_code == 200, path
