@@ -5,9 +5,10 @@
 the recommended edge (nginx.conf), but the server defends itself without it:
 
 - the request line and headers together are capped at ``GUEST_MAX_HEADER_BYTES``
-  (h11's incomplete-event size: it bounds the whole head, so it also bounds the
-  number of headers; beyond it 400 and the connection closes). httptools, faster,
-  has no such limit (a 1 MB header and 20 000 headers were accepted), hence h11;
+  (h11's incomplete-event size, and :class:`HeadLimitedConnection` for a head that
+  arrives whole in one read, which h11 does not measure; at 4 bytes or more a
+  line, it bounds the number of headers too; beyond it 4xx and the connection
+  closes). httptools, faster, has no such limit (a 1 MB header and 20 000 headers were accepted), hence h11;
 - a connection whose head is not complete ``GUEST_HEADER_TIMEOUT_SEC`` after it
   opened (or after its first byte, on an idle keep-alive connection) is closed:
   uvicorn has no such timeout, and a client dribbling a byte now and then kept
@@ -54,14 +55,44 @@ def default_max_connections() -> int:
     return max(16, soft - RESERVED_FDS)
 
 
+class HeadLimitedConnection(h11.Connection):
+    """h11's server side, measuring a complete request head too.
+
+    h11 checks ``max_incomplete_event_size`` only while the head is incomplete: one that
+    arrives whole in a single read was parsed whatever its size (12 000 headers, 97 KB,
+    answered 200 under the 64 KiB default). Refused like h11's own limit (400, closed).
+    """
+
+    def __init__(self, max_head_bytes: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self.max_head_bytes = max_head_bytes
+
+    def next_event(self) -> Any:
+        event = super().next_event()
+        if isinstance(event, h11.Request) and head_size(event) > self.max_head_bytes:
+            raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+        return event
+
+
+def head_size(request: h11.Request) -> int:
+    """The bytes of a request head, give or take its whitespace (at least 4 per header line)."""
+    return len(request.method) + len(request.target) + 12 + sum(len(n) + len(v) + 4 for n, v in request.headers)
+
+
 class GuestH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus a deadline for the request head and eviction past the
-    connection limit (see the module docstring). :func:`uvicorn_config` sets the class attributes."""
+    """uvicorn's h11 protocol, plus a deadline for the request head, a size limit for a head that
+    arrives in one read, and eviction past the connection limit (see the module docstring).
+    :func:`uvicorn_config` sets the class attributes."""
 
     header_timeout_s: float = 10.0
     max_connections: int = 0
+    max_header_bytes: int = 65536
 
     _head_deadline: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn = HeadLimitedConnection(self.max_header_bytes)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -114,6 +145,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     max_connections = settings.max_connections or default_max_connections()
     protocol = type("GuestH11Protocol", (GuestH11Protocol,), {
         "header_timeout_s": settings.header_timeout_s, "max_connections": max_connections,
+        "max_header_bytes": settings.max_header_bytes,
     })
     options: dict[str, Any] = {
         "host": settings.host,

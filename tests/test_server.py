@@ -71,6 +71,17 @@ async def test_twenty_thousand_headers_are_refused() -> None:
         assert await refused(*await connect(running.base), head) in (400, "reset")
 
 
+async def test_a_head_over_the_limit_is_refused_even_when_it_arrives_in_one_read() -> None:
+    # h11 checks its limit only while the head is incomplete: 12 000 headers (97 KB) sent in one
+    # write against the 64 KiB default were parsed and answered 200.
+    async with serve(max_header_bytes=16384) as running:
+        head = b"GET /api/v1/guest/health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X%d:\r\n" % i for i in range(3000))
+        assert 16384 < len(head) < 32768  # well within one read
+        assert await refused(*await connect(running.base), head + b"\r\n") in (400, "reset")
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{running.base}/health")).status_code == 200
+
+
 async def test_a_head_dribbled_byte_by_byte_is_closed_after_the_header_timeout() -> None:
     async with serve(header_timeout_s=0.5) as running:
         reader, writer = await connect(running.base)
