@@ -80,7 +80,10 @@ def _origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
     """With GUEST_CORS_ORIGINS set, a browser page from another origin may not open a socket here
     (browsers send Origin on every WebSocket; clients without one are not browsers: allowed)."""
     origin = websocket.headers.get("origin")
-    return not allowed or origin is None or origin in allowed or "*" in allowed
+    if not allowed or origin is None or origin in allowed or "*" in allowed:
+        return True
+    # The same origin as the server's own pages (the Host the browser connected to) is never foreign.
+    return origin.partition("://")[2] == websocket.headers.get("host")
 
 
 async def _admit(websocket: WebSocket, service: QueueService) -> Ticket:
