@@ -22,6 +22,11 @@ AT_LEAST_ONE = (
     "max_concurrent_requests", "max_queue_size", "max_body_bytes", "max_query_chars", "log_buffer_rows",
     "max_header_bytes", "backlog",
 )
+# Durations that must be above zero (a zero timeout or tick would end or spin everything at once).
+ABOVE_ZERO = (
+    "request_timeout_s", "position_update_s", "send_timeout_s", "instance_ttl_s", "header_timeout_s",
+    "body_timeout_s",
+)
 PYTHON_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 ADMIN_KEY_MIN_CHARS = 16
 URL_KINDS = ("http", "openai")
@@ -139,6 +144,9 @@ class Settings:
         for name in AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{ENV_NAMES[name]}={getattr(self, name)!r}: must be >= 1")
+        for name in ABOVE_ZERO:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{ENV_NAMES[name]}={getattr(self, name)!r}: must be > 0")
         if not 0 < self.port < 65536:
             raise SettingsError(f"GUEST_PORT={self.port!r}: must be a port number (1-65535)")
         if self.upstream_kind not in UPSTREAM_KINDS:
@@ -155,26 +163,12 @@ class Settings:
                 f"GUEST_ADMIN_API_KEY: must be at least {ADMIN_KEY_MIN_CHARS} characters "
                 f"(it has {len(self.admin_api_key)})"
             )
-        if self.instance_ttl_s <= 0:
-            raise SettingsError(f"GUEST_INSTANCE_TTL_SEC={self.instance_ttl_s!r}: must be > 0")
-        if self.resolved_upstream_kind == "openai" and not self.upstream_model:
-            # A guest may not choose the model (nor its cost): it comes only from here.
-            raise SettingsError("GUEST_UPSTREAM_MODEL='': an openai upstream needs a model name")
         reserved = sorted(set(self.upstream_allowed_parameter_names) & set(OPENAI_RESERVED_PARAMETERS))
         if reserved:
             raise SettingsError(
                 f"GUEST_UPSTREAM_ALLOWED_PARAMETERS={self.upstream_allowed_parameters!r}: "
                 f"{', '.join(reserved)} cannot come from guests"
             )
-        if self.position_update_s <= 0:
-            raise SettingsError(f"GUEST_POSITION_UPDATE_SEC={self.position_update_s!r}: must be > 0")
-        if self.send_timeout_s <= 0:
-            raise SettingsError(f"GUEST_SEND_TIMEOUT_SEC={self.send_timeout_s!r}: must be > 0")
-        for name in ("header_timeout_s", "body_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"{ENV_NAMES[name]}={getattr(self, name)!r}: must be > 0")
-        if self.request_timeout_s <= 0:
-            raise SettingsError(f"GUEST_REQUEST_TIMEOUT_SEC={self.request_timeout_s!r}: must be > 0")
 
     @property
     def resolved_upstream_kind(self) -> str:
@@ -217,6 +211,9 @@ class Settings:
 
     def _check_upstream_combination(self) -> None:
         kind = self.resolved_upstream_kind
+        if kind == "openai" and not self.upstream_model:
+            # A guest may not choose the model (nor its cost): it comes only from here.
+            raise SettingsError("GUEST_UPSTREAM_MODEL='': an openai upstream needs a model name")
         if self.upstream_model and kind != "openai":
             why = "no GUEST_UPSTREAM_URL is set" if not self.upstream_url else f"the upstream kind is {kind!r}"
             raise SettingsError(
