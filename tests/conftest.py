@@ -31,6 +31,8 @@ from guestqueue.app import API_PREFIX
 from guestqueue.config import ENV_NAMES
 from guestqueue.server import uvicorn_config
 
+pytest_plugins = ["tests.redis_server"]
+
 HERE = Path(__file__).parent
 
 # Short settings so tests finish in seconds; each test overrides what it exercises.
