@@ -31,7 +31,7 @@ from .line import WaitingLine
 from .metrics import Metrics
 from .store import RequestLog
 from .tickets import Flight, Status, Ticket
-from .upstream import Upstream
+from .upstream import Upstream, WorkflowRequest
 from .workers import WorkerPool
 
 logger = logging.getLogger("guestqueue")
@@ -171,7 +171,7 @@ class QueueService:
             return ticket
         flight = self.inflight.get(key) if key is not None else None
         if flight is None:
-            flight = Flight(key, [ticket])
+            flight = Flight(key, [ticket], WorkflowRequest(ticket.id, query, ticket.parameters, session_id))
             try:
                 self.line.admit(flight)
             except LineFull as exc:

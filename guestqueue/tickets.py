@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from .events import EventLog, SharedAnswer
+from .upstream import WorkflowRequest
 
 
 class Status(StrEnum):
@@ -139,10 +140,16 @@ def new_flight_id() -> str:
 
 @dataclass(eq=False, slots=True)
 class Flight:
-    """One upstream call and the tickets waiting for its answer."""
+    """One upstream call and the tickets waiting for its answer.
+
+    ``request`` is what the upstream is asked; with a shared line, any instance
+    may run the flight, so it holds everything the call needs. ``tickets`` are
+    this instance's guests riding it (none, when another instance admitted it).
+    """
 
     key: str | None
     tickets: list[Ticket]
+    request: WorkflowRequest
     id: str = field(default_factory=new_flight_id)
     position: int = 0
     reported_position: int = 0  # the place its guests last heard

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .errors import UpstreamError, UpstreamFailure
 from .tickets import Flight
-from .upstream import Upstream, WorkflowRequest, valid_text
+from .upstream import Upstream, valid_text
 
 if TYPE_CHECKING:
     from .service import QueueService
@@ -107,8 +107,7 @@ class WorkerPool:
     async def _call_upstream(self, flight: Flight, deadline: asyncio.Timeout) -> None:
         """Call the upstream, retrying before the first chunk. The processing time limit counts the
         upstream's time: the backoff and pacing waits between attempts move ``deadline`` on."""
-        first = flight.tickets[0]
-        request = WorkflowRequest(first.id, first.query, first.parameters, first.session_id)
+        request = flight.request
         attempt = 0
         while True:
             try:

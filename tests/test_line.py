@@ -9,10 +9,11 @@ import pytest
 from guestqueue.errors import LineFull
 from guestqueue.line import MIN_REPORT_GAP_S, WaitingLine
 from guestqueue.tickets import Flight, Ticket
+from guestqueue.upstream import WorkflowRequest
 
 
 def _flights(n: int) -> list[Flight]:
-    return [Flight(None, [Ticket(f"q{i}", "client")]) for i in range(n)]
+    return [Flight(None, [Ticket(f"q{i}", "client")], WorkflowRequest(f"r{i}", f"q{i}")) for i in range(n)]
 
 
 async def test_positions_are_exact_after_leaving_and_starting() -> None:

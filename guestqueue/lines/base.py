@@ -1,0 +1,111 @@
+"""The waiting line and the pacer as interfaces: one process (``memory``) or many (``redis``).
+
+A *flight* (one upstream call, see tickets.py) waits in line from admission
+until it starts. The service admits flights and takes them out when their last
+guest leaves; the worker pool asks the line for the next flight it may run and
+tells it when the call is over; the position ticker reads one
+:class:`LineView` per tick. Nothing else touches the line, so the service and
+the workers are the same code whether the line lives in this process or in
+Redis, shared by every instance.
+
+Both implementations keep these invariants (tests/test_lines_contract.py
+runs the same suite against each):
+
+- **FIFO.** Flights start in admission order (a flight that left never starts).
+- **Concurrency.** At most ``max_concurrent`` flights run at once (between
+  :meth:`Line.start` and :meth:`Line.finish`), across every instance sharing
+  the line.
+- **Pacing.** Two starts (retries included) are at least ``interval_s`` apart,
+  across every instance; an upstream's Retry-After holds every start
+  (:meth:`Pacer.hold`), at most ``max_hold_s``.
+- **Capacity.** At most ``max_size`` flights wait, not counting those a free
+  slot would start right now.
+- **Positions.** A view's positions are exact for the moment it was taken:
+  1 = next to start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..tickets import Flight
+
+
+@dataclass(frozen=True, slots=True)
+class LineView:
+    """One snapshot of the whole line (every instance's flights), taken at once."""
+
+    positions: Mapping[str, int]  # flight id -> place in line, 1 = next to start
+    running_s: tuple[float, ...] = ()  # how long each running call has been running (for the ETA)
+    next_start_s: float = 0.0  # seconds until pacing lets the next flight start
+    held_s: float = 0.0  # seconds an upstream's Retry-After still holds every start
+    max_concurrent: int = 1
+    instances: tuple[dict[str, object], ...] = field(default=())  # the live instances (Redis only)
+
+    @property
+    def size(self) -> int:
+        return len(self.positions)
+
+    @property
+    def active(self) -> int:
+        return len(self.running_s)
+
+    def position(self, flight_id: str) -> int:
+        """1 = next to start; 0 = not in line (started, left, or never admitted)."""
+        return self.positions.get(flight_id, 0)
+
+    def startable_now(self, interval_s: float) -> int:
+        """Flights a free slot would start right now: with pacing, at most the one it lets go."""
+        free = max(0, self.max_concurrent - self.active)
+        if interval_s > 0:
+            return min(free, 1 if self.next_start_s <= 0 else 0)
+        return free
+
+
+class Line(Protocol):
+    """Flights waiting to start, in admission order, and the gate that starts them."""
+
+    async def admit(self, flight: Flight) -> int:
+        """Join at the back; returns the flight's position. Raises LineFull."""
+        ...
+
+    async def leave(self, flight: Flight) -> bool:
+        """Take a waiting flight out of line wherever it stands; False if it was not waiting."""
+        ...
+
+    async def next(self) -> Flight:
+        """Wait for a flight this instance may run (the memory line: its front; Redis: the global
+        front once a slot and the pacing turn are granted to this instance)."""
+        ...
+
+    async def start(self, flight: Flight) -> float:
+        """Wait for ``flight``'s turn (pacing, slot), then take it out of line as started; returns
+        the seconds waited. Cancelling the wait gives the turn back."""
+        ...
+
+    async def finish(self, flight: Flight) -> None:
+        """``flight``'s call is over (whatever the outcome): its slot is free."""
+        ...
+
+    async def view(self) -> LineView:
+        """The whole line now, in a bounded number of steps (never one per flight)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop background work; the line's state stays (for other instances)."""
+        ...
+
+
+class Pacer(Protocol):
+    """The one limiter of upstream starts, shared by every instance of the line."""
+
+    async def hold(self, delay_s: float) -> None:
+        """No start for ``delay_s`` seconds (an upstream's Retry-After), at most ``max_hold_s``."""
+        ...
+
+    async def retry_turn(self) -> float:
+        """A start for a retry of a flight that already runs (holds a slot): served before every
+        flight still in line; returns the seconds waited."""
+        ...
