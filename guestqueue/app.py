@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -36,6 +36,7 @@ from .config import Settings
 from .errors import NotFound, Rejected, ShuttingDown, StartupError
 from .monitor import StatusMonitor
 from .pages import page_routes
+from .runtime import Queue, open_queue
 from .service import QueueService
 from .store import LogUnavailable, RequestLog
 from .stream import TicketStream
@@ -52,6 +53,7 @@ class GuestQueue:
     def __init__(self, settings: Settings | None = None, *, workflow: Workflow | None = None) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self.workflow = workflow
+        self.queue: Queue | None = None
         self.service: QueueService | None = None
         self.monitor: StatusMonitor | None = None
         self.access = Access(self.settings)
@@ -69,37 +71,40 @@ class GuestQueue:
 
     @asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
-        """Open the request log, start the workers and the shared HTTP client; on exit, drain,
-        stop them and flush the log."""
-        client = make_http_client(self.settings)
+        """Open the request log and the shared HTTP client, start the queue; on exit, drain it, stop
+        the workers and the monitor, flush the log (the exit stack undoes each step in reverse)."""
         settings = self.settings
+        async with AsyncExitStack() as stack:
+            client = make_http_client(settings)
+            stack.push_async_callback(client.aclose)
+            upstream = make_upstream(settings, client, self.workflow)
+            log = await self._open_log(stack)
+            queue = await open_queue(stack, settings, upstream, log)
+            monitor = StatusMonitor(queue.service, ping_s=settings.ping_s, send_timeout_s=settings.send_timeout_s)
+            monitor.start()
+            stack.push_async_callback(monitor.stop)
+            self.queue, self.service, self.monitor = queue, queue.service, monitor
+            self._loop = asyncio.get_running_loop()
+            stack.callback(self._forget)
+            yield
+
+    async def _open_log(self, stack: AsyncExitStack) -> RequestLog | None:
+        settings = self.settings
+        if not settings.db_path:
+            return None
         log = RequestLog(
             settings.db_path, buffer_rows=settings.log_buffer_rows, retention_days=settings.log_retention_days,
             instance_ttl_s=settings.instance_ttl_s,
-        ) if settings.db_path else None
+        )
         try:
-            upstream = make_upstream(settings, client, self.workflow)
-            if log is not None:
-                try:
-                    await log.open()
-                except LogUnavailable as exc:
-                    log = None  # open() left nothing open
-                    raise StartupError(f"GUEST_DB_PATH={settings.db_path!r}: {exc}") from None
-            service = QueueService(settings, upstream, log=log)
-            await service.start()
-            monitor = StatusMonitor(service, ping_s=self.settings.ping_s, send_timeout_s=self.settings.send_timeout_s)
-            monitor.start()
-            self.service, self.monitor, self._loop = service, monitor, asyncio.get_running_loop()
-            try:
-                yield
-            finally:
-                await service.stop()
-                await monitor.stop()
-                self.service = self.monitor = None
-        finally:
-            if log is not None:
-                await log.close()
-            await client.aclose()
+            await log.open()
+        except LogUnavailable as exc:  # open() left nothing open
+            raise StartupError(f"GUEST_DB_PATH={settings.db_path!r}: {exc}") from None
+        stack.push_async_callback(log.close)
+        return log
+
+    def _forget(self) -> None:
+        self.queue = self.service = self.monitor = None
 
     async def drain(self) -> None:
         """Begin a graceful shutdown (see :meth:`request_shutdown`) and wait until it is over:
@@ -170,11 +175,11 @@ class GuestQueue:
 
     async def _admit(self, request: Request) -> tuple[Ticket, bool]:
         """The admitted ticket, and whether it is one this client had already sent (Idempotency-Key)."""
-        body = await read_chat_request(request, self.settings, upstream_kind=self._service.upstream.kind)
+        body = await read_chat_request(request, self.settings, upstream_kind=self._service.upstream_kind)
         client = client_key(request)
         service = self._service
         known = service.registry.by_key(client, body.idempotency_key) if body.idempotency_key else None
-        ticket = service.submit(
+        ticket = await service.submit(
             body.query, client=client, parameters=body.parameters, session_id=body.session_id,
             idempotency_key=body.idempotency_key,
         )
@@ -240,7 +245,7 @@ class GuestQueue:
 
     async def queue_status(self, request: Request) -> Response:
         self._require_status_reader(request)
-        return JSONResponse(self._service.snapshot())
+        return JSONResponse(await self._service.status())
 
     async def queue_status_stream(self, request: Request) -> Response:
         self._require_status_reader(request)
@@ -259,8 +264,10 @@ class GuestQueue:
     async def queue_request(self, request: Request) -> Response:
         # The id is its guest's credential (access.py): holding it is permission enough.
         ticket = self._ticket(request)
-        if ticket.flight is not None:
-            self._service.line.position(ticket.flight)  # exact (renumbered silently) if the line just changed
+        flight = ticket.flight
+        if flight is not None and ticket.status is Status.QUEUED:
+            view = await self._service.positions.refresh()  # exact now, not as last reported
+            flight.position = view.position(flight.id) or flight.position
         return JSONResponse(ticket.summary())
 
     async def queue_history(self, request: Request) -> Response:
@@ -269,13 +276,17 @@ class GuestQueue:
 
     async def metrics(self, request: Request) -> Response:
         self.access.require_operator(request)
-        body, content_type = self._service.metrics.render()
+        queue = self.queue
+        if queue is None:
+            raise ShuttingDown("The service is not running.")
+        await queue.service.positions.refresh()  # the gauges read the line's freshest view
+        body, content_type = queue.metrics.render()
         return Response(body, media_type=content_type)
 
     async def health(self, request: Request) -> Response:
         if self.service is None:
             return JSONResponse({"status": "unavailable", "problems": ["not running"]}, status_code=503)
-        status, body = self.service.health()
+        status, body = await self.service.health()
         return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
 

@@ -87,6 +87,12 @@ class ShuttingDown(Rejected):
     status_code, code = 503, "shutting_down"
 
 
+class LineUnavailable(Rejected):
+    """The shared line (Redis) cannot be reached: nothing is admitted until it answers again."""
+
+    status_code, code = 503, "unavailable"
+
+
 class NotFound(Rejected):
     status_code, code = 404, "not_found"
 

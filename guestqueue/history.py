@@ -33,7 +33,22 @@ class Stats:
         """Well-formed requests that were not admitted (line full, client limit, shutting down)."""
         return sum(self.rejections[code] for code in ADMISSION_REJECTIONS)
 
-    def record_end(self, ticket: Ticket) -> None:
+    # -- a RequestListener (service.py) ----------------------------------------------
+
+    def admitted(self, ticket: Ticket) -> None:
+        self.total_requests += 1
+        if ticket.from_cache:
+            self.cache_hits += 1
+        elif ticket.cached:
+            self.shared_answers += 1
+
+    def started(self, ticket: Ticket) -> None:
+        return None
+
+    def rejected(self, client: str, query: str, code: str) -> None:
+        self.rejections[code] += 1
+
+    def ended(self, ticket: Ticket) -> None:
         self.outcomes[ticket.status] += 1
         if ticket.cached:
             return
@@ -82,6 +97,9 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._live)
+
+    def __contains__(self, ticket: Ticket) -> bool:
+        return ticket.id in self._live or ticket.id in self._finished
 
     def add(self, ticket: Ticket) -> None:
         self._live[ticket.id] = ticket

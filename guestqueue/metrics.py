@@ -1,26 +1,47 @@
 """Prometheus metrics, from the app's own registry (two apps never collide).
 
-Counters and gauges are read from the service's own stats at scrape time, so
-nothing is counted twice; only the time histograms are observed as they happen.
+Counters and gauges are read at scrape time from a :class:`MetricsSource`
+(the runtime's view of the service, pool, line and log), so nothing is counted
+twice; only the time histograms are observed as they happen, as a listener of
+every request's end.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .service import QueueService
+from .history import Stats
+from .store import RequestLog
+from .tickets import Ticket
 
 TIME_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
+class MetricsSource(Protocol):
+    """What the gauges and counters are read from at scrape time."""
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def log(self) -> RequestLog | None: ...
+
+    @property
+    def upstream_calls(self) -> Counter[str]: ...
+
+    def queue_size(self) -> int: ...
+
+    def active_requests(self) -> int: ...
+
+
 class Metrics:
-    def __init__(self, service: QueueService) -> None:
+    def __init__(self, source: MetricsSource) -> None:
         self.registry = CollectorRegistry()
         self.wait_seconds = Histogram(
             "guestqueue_wait_seconds", "Time from admission to start (or leaving the line)",
@@ -34,22 +55,42 @@ class Metrics:
             "guestqueue_pacing_delay_seconds", "Time an upstream call waited for the pacing limiter",
             buckets=TIME_BUCKETS_S, registry=self.registry,
         )
-        self.registry.register(_ServiceCollector(service))
+        self.registry.register(_Collector(source))
+
+    # -- a RequestListener (service.py) ----------------------------------------------
+
+    def admitted(self, ticket: Ticket) -> None:
+        return None
+
+    def started(self, ticket: Ticket) -> None:
+        return None
+
+    def rejected(self, client: str, query: str, code: str) -> None:
+        return None
+
+    def ended(self, ticket: Ticket) -> None:
+        if ticket.wait_ms is not None:
+            self.wait_seconds.observe(ticket.wait_ms / 1000)
+        if ticket.duration_ms is not None and not ticket.cached:
+            self.processing_seconds.observe(ticket.duration_ms / 1000)
+
+    def paced(self, waited_s: float) -> None:
+        self.pacing_delay_seconds.observe(waited_s)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-class _ServiceCollector(Collector):
-    def __init__(self, service: QueueService) -> None:
-        self._service = service
+class _Collector(Collector):
+    def __init__(self, source: MetricsSource) -> None:
+        self._source = source
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        service = self._service
+        service = self._source
         stats = service.stats
-        yield GaugeMetricFamily("guestqueue_queue_size", "Upstream calls waiting in line", value=len(service.line))
+        yield GaugeMetricFamily("guestqueue_queue_size", "Upstream calls waiting in line", value=service.queue_size())
         yield GaugeMetricFamily(
-            "guestqueue_active_requests", "Upstream calls being processed", value=len(service.pool.active)
+            "guestqueue_active_requests", "Upstream calls being processed", value=service.active_requests()
         )
         yield CounterMetricFamily("guestqueue_admitted_requests", "Requests admitted", value=stats.total_requests)
         outcomes = CounterMetricFamily("guestqueue_requests", "Finished requests by outcome", labels=["outcome"])
@@ -66,7 +107,7 @@ class _ServiceCollector(Collector):
             value=stats.shared_answers,
         )
         calls = CounterMetricFamily("guestqueue_upstream_calls", "Upstream calls by result", labels=["result"])
-        for result, count in sorted(service.pool.upstream_calls.items()):
+        for result, count in sorted(service.upstream_calls.items()):
             calls.add_metric([result], count)
         yield calls
         if service.log is not None:

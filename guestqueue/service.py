@@ -1,7 +1,12 @@
 """The running queue: admission, the line, the workers, and every way a request ends.
 
-A :class:`QueueService` is created in the app's lifespan and owns all state;
-nothing lives in module globals, so two apps can run side by side. Every
+A :class:`QueueService` is created in the app's lifespan (runtime.py) with the
+line and pacer it uses (in memory, or shared through Redis); nothing lives in
+module globals, so two apps can run side by side. The worker pool runs flights
+and reports back through the :class:`~guestqueue.workers.FlightSink` methods
+(``on_started`` … ``end_flight_error``); the position ticker lives in
+positions.py; stats, the request log and the metrics hear every admission,
+start and end as listeners. Every
 admitted ticket ends exactly once, through :meth:`QueueService._end`, which
 emits the one terminal event and does the bookkeeping synchronously (so
 cancellation cannot interrupt it half-way).
@@ -18,21 +23,18 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, Protocol
 
 from .cache import AnswerCache, CachedAnswer
 from .config import Settings
-from .errors import ClientLimit, IdempotencyMismatch, LineFull, Rejected, ShuttingDown
-from .eta import WaitEstimator
-from .events import ERROR, PROCESSING, QUEUED, TIMEOUT, WORKFLOW_COMPLETE, SharedAnswer
+from .errors import ClientLimit, IdempotencyMismatch, LineFull, LineUnavailable, Rejected, ShuttingDown
+from .events import ERROR, PROCESSING, TIMEOUT, WORKFLOW_COMPLETE, SharedAnswer
 from .history import Registry, Stats
-from .limiter import PacingLimiter
-from .line import WaitingLine
-from .metrics import Metrics
-from .store import RequestLog
+from .lines.base import Line, Pacer
+from .positions import Positions
 from .tickets import Flight, Status, Ticket
-from .upstream import Upstream, WorkflowRequest
-from .workers import WorkerPool
+from .upstream import WorkflowRequest
 
 logger = logging.getLogger("guestqueue")
 
@@ -44,9 +46,6 @@ DROP_MESSAGES = {
     "disconnected": "The guest disconnected.",
     "send_timeout": "The guest stopped reading the answer.",
 }
-UPSTREAM_FAILURES_DEGRADED = 3  # /health says degraded after this many failed upstream calls in a row
-LOG_BACKLOG_DEGRADED = 10_000  # ... or when this many log rows wait to be written
-LOG_DROPS_DEGRADED_S = 300.0  # ... or when the log dropped rows (its buffer was full) this recently
 # A finished request's events stay replayable this long (for a guest reconnecting just
 # after the end); then only its terminal event is kept.
 REPLAY_AFTER_END_S = 60.0
@@ -64,28 +63,40 @@ class OpenStream(Protocol):
     def end(self) -> None: ...
 
 
+class RequestListener(Protocol):
+    """Hears every request's admission, start and end (stats, the request log, metrics)."""
+
+    def admitted(self, ticket: Ticket) -> None: ...
+
+    def started(self, ticket: Ticket) -> None: ...
+
+    def ended(self, ticket: Ticket) -> None: ...
+
+    def rejected(self, client: str, query: str, code: str) -> None: ...
+
+
 class QueueService:
-    def __init__(self, settings: Settings, upstream: Upstream, *, log: RequestLog | None = None) -> None:
+    def __init__(self, settings: Settings, line: Line, pacer: Pacer, *, upstream_kind: str = "custom") -> None:
         self.settings = settings
-        self.upstream = upstream
-        self.log = log
+        self.line = line
+        self.pacer = pacer
+        self.upstream_kind = upstream_kind
         self.stats = Stats()
+        self.listeners: list[RequestListener] = [self.stats]
         self.registry = Registry(settings.history_size, replay_s=max(REPLAY_AFTER_END_S, settings.reconnect_grace_s))
         self.cache = AnswerCache(settings.cache_size, settings.cache_ttl_s) if settings.cache_size > 0 else None
         self.inflight: dict[str, Flight] = {}  # flights by cache key, for single-flight
-        self.line = WaitingLine(
-            settings.max_queue_size, on_moved=self._publish_positions, startable_now=self._startable_now
-        )
-        self.limiter = PacingLimiter(settings.upstream_interval_s, max_hold_s=settings.upstream_max_hold_s)
-        self.estimator = WaitEstimator(
-            settings.max_concurrent_requests, settings.upstream_interval_s, self._eta_snapshot
-        )
-        self.pool = WorkerPool(self, upstream)
-        self.metrics = Metrics(self)
+        self.waiting: dict[str, Flight] = {}  # this instance's flights in line, by id
+        self.running: dict[str, Flight] = {}  # this instance's flights started and not ended
+        self.positions = Positions(settings, line, self.waiting)
+        self.positions.on_tick.append(lambda: self.registry.compact_expired(time.monotonic()))
+        self.health_checks: list[Callable[[], list[str]]] = []  # problems the other parts see
         self.per_client: Counter[str] = Counter()
         self.accepting = True
-        self._ticker: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Future[object]] = set()
+        # Set by the runtime when flights may run on another instance: stop the call there.
+        self.on_abandoned: Callable[[Flight], None] | None = None
         self.streams: set[OpenStream] = set()  # the guests' open SSE responses
         self.request_streams: dict[str, list[OpenStream]] = {}  # by request id, oldest first
         self.client_streams: Counter[str] = Counter()
@@ -94,15 +105,14 @@ class QueueService:
 
     def __repr__(self) -> str:
         return (
-            f"QueueService(queued={len(self.line)}, active={len(self.pool.active)}, "
-            f"total={self.stats.total_requests}, upstream={self.upstream.kind})"
+            f"QueueService(queued={len(self.waiting)}, active={len(self.running)}, "
+            f"total={self.stats.total_requests}, line={self.line!r})"
         )
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        self.pool.start()
-        self._ticker = asyncio.create_task(self._tick_positions(), name="guestqueue-positions")
+        self.positions.start()
         self._watcher = asyncio.create_task(self._watch_streams(), name="guestqueue-streams")
 
     def begin_shutdown(self) -> None:
@@ -122,23 +132,22 @@ class QueueService:
     async def _stop(self) -> None:
         deadline = time.monotonic() + self.settings.shutdown_grace_s
         # Guests still waiting will not be served by this process: tell them at once.
-        for flight in self.line.flights():
+        for flight in list(self.waiting.values()):
             self._end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
-        while self.pool.active and time.monotonic() < deadline:
+        while self.running and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        jobs = [flight.job for flight in self.pool.active.values() if flight.job is not None]
-        for flight in list(self.pool.active.values()):
+        jobs = [flight.job for flight in self.running.values() if flight.job is not None]
+        for flight in list(self.running.values()):
             self._end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
         await asyncio.gather(*jobs, return_exceptions=True)
-        await self.pool.stop()
-        for task in (self._ticker, self._watcher):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await self.positions.stop()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
 
     # -- admission -----------------------------------------------------------------
 
-    def submit(
+    async def submit(
         self, query: str, *, client: str, parameters: dict[str, Any] | None = None, session_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> Ticket:
@@ -165,24 +174,28 @@ class QueueService:
         # Same question, parameters and session (or none): never another session's answer.
         key = AnswerCache.key(query, ticket.parameters, session_id) if self.cache is not None else None
         if self.cache is not None and key is not None and (cached := self.cache.get(key)) is not None:
+            ticket.from_cache = True
             self._register(ticket)
-            self.stats.cache_hits += 1
             self._answer_from_cache(ticket, cached)
             return ticket
         flight = self.inflight.get(key) if key is not None else None
         if flight is None:
             flight = Flight(key, [ticket], WorkflowRequest(ticket.id, query, ticket.parameters, session_id))
             try:
-                self.line.admit(flight)
-            except LineFull as exc:
-                exc.retry_after_s = self._retry_after_s(self.settings.max_queue_size + 1)
+                # The memory line answers without yielding; on Redis an identical question asked
+                # during this round trip gets a flight of its own (single-flight is best effort).
+                flight.position = await self.line.admit(flight)
+            except (LineFull, LineUnavailable) as exc:
+                if exc.retry_after_s is None:
+                    exc.retry_after_s = self._retry_after_s(self.settings.max_queue_size + 1)
                 self._reject(client, query, exc)
+            if not flight.started:
+                self.waiting[flight.id] = flight
             if key is not None:
                 self.inflight[key] = flight
         else:
             flight.tickets.append(ticket)
             ticket.cached = True  # answered by another guest's upstream call
-            self.stats.shared_answers += 1
         ticket.flight = flight
         self._register(ticket)
         ticket.expiry_timer = asyncio.get_running_loop().call_later(self.settings.max_wait_s, self._expire, ticket)
@@ -190,27 +203,24 @@ class QueueService:
             self._start_ticket(ticket)
             ticket.events.follow(flight.shared)  # the chunks so far, then the rest as they come
         else:
-            self.line.position(flight)  # a rider's flight may have moved since it was numbered
-            self._publish_position(ticket)
+            self.positions.tell(ticket, max(1, self.positions.view.position(flight.id) or flight.position))
         return ticket
 
     def _reject(self, client: str, query: str, exc: Rejected) -> NoReturn:
-        self.stats.rejections[exc.code] += 1
         exc.counted = True
-        if self.log is not None:
-            self.log.record_rejection(client, query, exc.code)
+        for listener in self.listeners:
+            listener.rejected(client, query, exc.code)
         raise exc
 
     def _register(self, ticket: Ticket) -> None:
         self._notify_status()
-        self.stats.total_requests += 1
         self.per_client[ticket.client] += 1
         self.registry.add(ticket)
-        if self.log is not None:
-            self.log.record(ticket)
+        for listener in self.listeners:
+            listener.admitted(ticket)
 
     def _retry_after_s(self, position: int) -> int:
-        return max(1, math.ceil(self.estimator.estimate_s(position)))
+        return max(1, math.ceil(self.positions.retry_after_s(position)))
 
     def _answer_from_cache(self, ticket: Ticket, cached: CachedAnswer) -> None:
         ticket.cached = True
@@ -280,13 +290,14 @@ class QueueService:
         """End one guest's request early; its flight goes on for others riding it. False if already ended."""
         return self._end_error(ticket, status, code, message)
 
-    # -- flights: called by the workers ------------------------------------------
+    # -- flights: called by the workers (FlightSink) ------------------------------
 
     def on_started(self, flight: Flight) -> None:
         self._notify_status()
-        self.line.started(flight)
+        self.waiting.pop(flight.id, None)
+        self.running[flight.id] = flight
         flight.started_mono = time.monotonic()
-        self.estimator.invalidate()
+        self.positions.estimator.invalidate()
         for ticket in flight.tickets:
             self._start_ticket(ticket)
             ticket.events.follow(flight.shared)
@@ -323,21 +334,38 @@ class QueueService:
 
     def _flight_finished(self, flight: Flight, *, record_duration: bool = False) -> None:
         flight.finished = True
+        self.waiting.pop(flight.id, None)
+        self.running.pop(flight.id, None)
         if flight.key is not None and self.inflight.get(flight.key) is flight:
             del self.inflight[flight.key]
         if record_duration and flight.started_mono is not None:
-            self.estimator.record(time.monotonic() - flight.started_mono)
-        self.estimator.invalidate()
+            self.positions.estimator.record(time.monotonic() - flight.started_mono)
+        self.positions.estimator.invalidate()
 
     def _leave_flight(self, ticket: Ticket, flight: Flight) -> None:
         flight.tickets.remove(ticket)
         if flight.tickets or flight.finished:
             return
         # Nobody rides this flight any more: it leaves the line, or its upstream call stops.
+        waiting = flight.id in self.waiting
         self._flight_finished(flight)
-        self.line.leave(flight)
+        if waiting:
+            self._background(self.line.leave(flight))
         if flight.job is not None and not flight.job.done():
             flight.job.cancel()
+        elif flight.started and self.on_abandoned is not None:
+            self.on_abandoned(flight)  # it runs on another instance: stop it there
+
+    def _background(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run ``work`` without waiting for it (from a synchronous ending); errors are logged."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.warning("background line update failed: %s", exc)
 
     # -- endings -------------------------------------------------------------------
 
@@ -346,8 +374,8 @@ class QueueService:
             ticket.expiry_timer.cancel()
             ticket.expiry_timer = None
         ticket.start()
-        if self.log is not None:
-            self.log.record(ticket)
+        for listener in self.listeners:
+            listener.started(ticket)
         ticket.events.publish(PROCESSING, {"request_id": ticket.id})
 
     def _complete_payload(self, ticket: Ticket) -> dict[str, Any]:
@@ -377,67 +405,14 @@ class QueueService:
         self.per_client[ticket.client] -= 1
         if self.per_client[ticket.client] <= 0:
             del self.per_client[ticket.client]
-        self.stats.record_end(ticket)
-        if ticket.wait_ms is not None:
-            self.metrics.wait_seconds.observe(ticket.wait_ms / 1000)
-        if ticket.duration_ms is not None and not ticket.cached:
-            self.metrics.processing_seconds.observe(ticket.duration_ms / 1000)
         self.registry.finished(ticket)
-        if self.log is not None:
-            self.log.record(ticket)
+        for listener in self.listeners:
+            listener.ended(ticket)
         logger.info(
             "request %s %s%s wait=%.0fms run=%.0fms",
             ticket.id, status.value, f" ({code})" if code else "", ticket.wait_ms or 0, ticket.duration_ms or 0,
         )
         return True
-
-    # -- positions -----------------------------------------------------------------
-
-    def _eta_snapshot(self) -> tuple[list[float], float]:
-        now = time.monotonic()
-        elapsed = [now - f.started_mono for f in self.pool.active.values() if f.started_mono is not None]
-        return elapsed, self.limiter.delay_s()
-
-    def _startable_now(self) -> int:
-        """Flights a free slot would start right now: with pacing, at most the one the limiter lets go."""
-        free = self.settings.max_concurrent_requests - len(self.pool.active)
-        if self.settings.upstream_interval_s > 0:
-            return min(free, 1 if self.limiter.delay_s() <= 0 else 0)
-        return free
-
-    def _publish_position(self, ticket: Ticket) -> None:
-        position = ticket.position
-        ticket.events.publish(QUEUED, {
-            "request_id": ticket.id,
-            "queue_position": position,
-            "total_ahead": position - 1,
-            "queue_size": len(self.line),
-            "estimated_wait_sec": round(self.estimator.estimate_s(position), 1),
-        })
-
-    def _publish_positions(self, moved: list[Flight]) -> None:
-        self.estimator.invalidate()
-        for flight in moved:
-            for ticket in flight.tickets:
-                self._publish_position(ticket)
-
-    async def _tick_positions(self) -> None:
-        """Every waiting guest hears its place at least every ``position_update_s``."""
-        loop = asyncio.get_running_loop()
-        interval_s = self.settings.position_update_s
-        due = loop.time() + interval_s
-        while True:
-            # A fixed cadence: sleeping a full interval after each round would let the
-            # round's own duration (~0.15 s at 10 000 guests) stretch every gap past it.
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            due = max(due + interval_s, loop.time())
-            self.estimator.invalidate()
-            self.registry.compact_expired(time.monotonic())
-            flights = self.line.flights()
-            for flight in flights:
-                for ticket in flight.tickets:
-                    self._publish_position(ticket)
-            self.line.mark_reported(flights)
 
     async def _watch_streams(self) -> None:
         """One pass over the open streams, several times a second: quiet ones send a ping (which
@@ -459,34 +434,43 @@ class QueueService:
         """Return at the next admission, start or end (for monitors' live status)."""
         await self._status_changed.wait()
 
-    def health(self) -> tuple[str, dict[str, Any]]:
+    async def health(self) -> tuple[str, dict[str, Any]]:
         """``ok``, ``degraded`` (upstream failing or holding us off, log behind) or ``unavailable``
-        (shutting down)."""
-        problems = []
-        if self.pool.consecutive_failures >= UPSTREAM_FAILURES_DEGRADED:
-            problems.append(f"upstream failed its last {self.pool.consecutive_failures} calls")
-        if (held_s := self.limiter.held_s()) > 0:
-            problems.append(f"upstream asked us to wait: no new calls for {math.ceil(held_s)} s")
-        log = self.log
-        if log is not None and (log.failing or log.backlog > LOG_BACKLOG_DEGRADED):
-            problems.append(f"request log behind ({log.backlog} rows waiting)")
-        if log is not None and log.dropped_within(LOG_DROPS_DEGRADED_S):
-            problems.append(f"request log dropped {log.rows_dropped} rows (its buffer of {log.buffer_rows} was full)")
-        status = "unavailable" if not self.accepting else "degraded" if problems else "ok"
+        (shutting down, or the shared line unreachable)."""
+        problems = [problem for check in self.health_checks for problem in check()]
+        try:
+            view = await self.positions.refresh()
+        except LineUnavailable as exc:
+            problems.append(str(exc))
+            view, reachable = self.positions.view, False
+        else:
+            reachable = True
+        if view.held_s > 0:
+            problems.append(f"upstream asked us to wait: no new calls for {math.ceil(view.held_s)} s")
+        status = "unavailable" if not (self.accepting and reachable) else "degraded" if problems else "ok"
         return status, {
-            "status": status, "problems": problems, "upstream": self.upstream.kind,
-            "queue_size": len(self.line), "active_requests": len(self.pool.active),
+            "status": status, "problems": problems, "upstream": self.upstream_kind,
+            "queue_size": view.size, "active_requests": view.active,
         }
 
+    async def status(self) -> dict[str, Any]:
+        """The body of ``/queue/status``, from a fresh view of the line."""
+        await self.positions.refresh()
+        return self.snapshot()
+
     def snapshot(self) -> dict[str, Any]:
-        """The body of ``/queue/status``."""
-        return {
-            "queue_size": len(self.line),
-            "active_requests": len(self.pool.active),
+        """``/queue/status`` as of the line's freshest view (for monitors, several times a second)."""
+        view = self.line.peek()
+        out = {
+            "queue_size": view.size,
+            "active_requests": view.active,
             "max_concurrent": self.settings.max_concurrent_requests,
             "max_queue_size": self.settings.max_queue_size,
             **self.stats.as_dict(),
         }
+        if view.instances:
+            out["instances"] = list(view.instances)
+        return out
 
 
 def _count(n: int, noun: str) -> str:

@@ -73,6 +73,8 @@ from .tickets import Status, Ticket, new_request_id
 from .upstream import valid_text
 
 logger = logging.getLogger("guestqueue.store")
+LOG_BACKLOG_DEGRADED = 10_000  # /health is degraded when this many rows wait to be written
+LOG_DROPS_DEGRADED_S = 300.0  # ... or when the log dropped rows (its buffer was full) this recently
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -265,6 +267,29 @@ class RequestLog:
                 ticket.id,
             ))
         self._wake.set()
+
+    # -- a RequestListener (service.py): every admission, start and end is a row change --
+
+    def admitted(self, ticket: Ticket) -> None:
+        self.record(ticket)
+
+    def started(self, ticket: Ticket) -> None:
+        self.record(ticket)
+
+    def ended(self, ticket: Ticket) -> None:
+        self.record(ticket)
+
+    def rejected(self, client: str, query: str, code: str) -> None:
+        self.record_rejection(client, query, code)
+
+    def problems(self) -> list[str]:
+        """What /health should say about the log."""
+        problems = []
+        if self.failing or self.backlog > LOG_BACKLOG_DEGRADED:
+            problems.append(f"request log behind ({self.backlog} rows waiting)")
+        if self.dropped_within(LOG_DROPS_DEGRADED_S):
+            problems.append(f"request log dropped {self.rows_dropped} rows (its buffer of {self.buffer_rows} was full)")
+        return problems
 
     def record_rejection(self, client: str, query: str, code: str) -> None:
         """A 429/503: a row without the query's text, at most one per client per ``REJECTION_ROW_EVERY_S``."""

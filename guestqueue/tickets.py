@@ -65,7 +65,8 @@ class Ticket:
     error_detail: str | None = None  # what went wrong upstream: the server log and the request log only
     answer_parts: list[str] = field(default_factory=list)
     suggested_questions: list[str] = field(default_factory=list)
-    cached: bool = False
+    cached: bool = False  # answered without an upstream call of its own
+    from_cache: bool = False  # ... because the answer cache had it
     events: EventLog = field(default_factory=EventLog)
     flight: Flight | None = None
     subscribers: int = 0

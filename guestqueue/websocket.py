@@ -97,8 +97,8 @@ async def _admit(websocket: WebSocket, service: QueueService) -> Ticket:
     if len(text.encode()) > settings.max_body_bytes:
         raise BodyTooLarge(f"The message is larger than {settings.max_body_bytes} bytes.")
     data = _from_older_form(parse_json_object(text, "The message"))
-    body = validate_chat_request(data, settings, upstream_kind=service.upstream.kind)
-    return service.submit(body.query, client=client_key(websocket), parameters=body.parameters,
+    body = validate_chat_request(data, settings, upstream_kind=service.upstream_kind)
+    return await service.submit(body.query, client=client_key(websocket), parameters=body.parameters,
                           session_id=body.session_id, idempotency_key=body.idempotency_key)
 
 

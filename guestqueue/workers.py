@@ -1,8 +1,12 @@
 """The worker pool: N workers take flights from the line and run them upstream.
 
+The pool knows the line, the pacer, the upstream and a :class:`FlightSink`
+(who hears what a flight does: the service, or the relay that carries it to
+the instance holding the flight's guests); it imports none of them.
+
 Each flight runs as its own job task so that it can be cancelled alone (its
-last guest left). A job waits for the pacing limiter (the flight is still
-position 1 meanwhile), starts, streams the upstream's chunks to every guest
+last guest left). A job waits for its turn (slot and pacing; the flight is
+still position 1 meanwhile), starts, streams the upstream's chunks to every guest
 riding the flight under the processing time limit, and retries a failed call
 only while no chunk has been sent. A retry goes first at the limiter (its
 flight already had its turn), and the waits between attempts do not count
@@ -15,14 +19,14 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-from .errors import UpstreamError, UpstreamFailure
+from .config import Settings
+from .errors import LineUnavailable, UpstreamError, UpstreamFailure
+from .lines.base import Line, Pacer
 from .tickets import Flight
 from .upstream import Upstream, valid_text
-
-if TYPE_CHECKING:
-    from .service import QueueService
 
 logger = logging.getLogger("guestqueue.workers")
 
@@ -36,15 +40,44 @@ def backoff_s(attempt: int) -> float:
     return ceiling * random.uniform(0.5, 1.0)
 
 
+UPSTREAM_FAILURES_DEGRADED = 3  # /health says degraded after this many failed upstream calls in a row
+
+
+class FlightSink(Protocol):
+    """Hears what a running flight does. Each ending is called at most once per flight."""
+
+    def on_started(self, flight: Flight) -> None: ...
+
+    def emit_chunk(self, flight: Flight, text: str) -> None: ...
+
+    def end_flight_completed(self, flight: Flight) -> None: ...
+
+    def end_flight_timeout(self, flight: Flight) -> None: ...
+
+    def end_flight_error(self, flight: Flight, code: str, message: str, *, detail: str | None = None) -> None: ...
+
+
 class WorkerPool:
-    def __init__(self, service: QueueService, upstream: Upstream) -> None:
-        self._service = service
+    def __init__(
+        self, settings: Settings, line: Line, pacer: Pacer, upstream: Upstream, sink: FlightSink,
+        *, on_paced: Callable[[float], None] = lambda waited_s: None,
+    ) -> None:
+        self._settings = settings
+        self._line = line
+        self._pacer = pacer
         self._upstream = upstream
-        self._settings = service.settings
+        self._sink = sink
+        self._on_paced = on_paced  # seconds each start waited for its turn (a metric)
         self._workers: list[asyncio.Task[None]] = []
         self.active: dict[str, Flight] = {}
         self.upstream_calls: Counter[str] = Counter()
         self.consecutive_failures = 0
+
+    def problems(self) -> list[str]:
+        """What /health should say about the upstream."""
+        if self.consecutive_failures >= UPSTREAM_FAILURES_DEGRADED:
+            return [f"upstream failed its last {self.consecutive_failures} calls"]
+        return []
 
     def __repr__(self) -> str:
         return f"WorkerPool(size={len(self._workers)}, active={len(self.active)}, calls={dict(self.upstream_calls)})"
@@ -60,45 +93,60 @@ class WorkerPool:
         self._workers.clear()
 
     async def _work(self) -> None:
-        line = self._service.line
         while True:
-            flight = await line.next()
+            try:
+                flight = await self._line.next()
+            except LineUnavailable:  # the shared line is unreachable: try again shortly
+                await asyncio.sleep(0.5)
+                continue
+            if flight.finished:  # its last guest left while the line handed it over
+                continue
             job = asyncio.create_task(self._run(flight), name=f"guestqueue-job-{flight.id}")
             flight.job = job
             try:
                 await asyncio.wait({job})
             finally:
                 # A job cancelled before it ever ran never reached its own handler.
-                if flight.tickets and not flight.finished:
-                    self._service.end_flight_error(flight, "shutdown", "The request was stopped. Please try again.")
+                if not flight.finished:
+                    self._sink.end_flight_error(flight, "shutdown", "The request was stopped. Please try again.")
 
     async def _run(self, flight: Flight) -> None:
-        service = self._service
+        sink = self._sink
+        started = False
         try:
-            waited_s = await service.limiter.acquire()
-            service.metrics.pacing_delay_seconds.observe(waited_s)
-            service.on_started(flight)
+            waited_s = await self._line.start(flight)
+            started = True
+            self._on_paced(waited_s)
+            sink.on_started(flight)
             self.active[flight.id] = flight
             try:
                 async with asyncio.timeout(self._settings.request_timeout_s) as deadline:
                     await self._call_upstream(flight, deadline)
             except TimeoutError:
                 self._count("timeout")
-                service.end_flight_timeout(flight)
+                sink.end_flight_timeout(flight)
                 return
-            service.end_flight_completed(flight)
+            sink.end_flight_completed(flight)
         except UpstreamFailure as exc:
             logger.warning("flight %s upstream failure: %s", flight.id, exc.detail)
-            service.end_flight_error(flight, exc.code, exc.guest_message, detail=exc.detail)
+            sink.end_flight_error(flight, exc.code, exc.guest_message, detail=exc.detail)
         except asyncio.CancelledError:
-            if flight.tickets and not flight.finished:
-                service.end_flight_error(flight, "shutdown", "The request was stopped. Please try again.")
+            if not flight.finished:
+                sink.end_flight_error(flight, "shutdown", "The request was stopped. Please try again.")
             raise
         except Exception:
             logger.exception("flight %s failed inside guestqueue", flight.id)
-            service.end_flight_error(flight, "internal_error", "Something went wrong on our side.")
+            sink.end_flight_error(flight, "internal_error", "Something went wrong on our side.")
         finally:
             self.active.pop(flight.id, None)
+            if started:
+                await asyncio.shield(self._finish(flight))
+
+    async def _finish(self, flight: Flight) -> None:
+        try:
+            await self._line.finish(flight)
+        except LineUnavailable:
+            logger.warning("flight %s: could not give its slot back (the line's lease frees it)", flight.id)
 
     def _count(self, result: str) -> None:
         self.upstream_calls[result] += 1
@@ -116,7 +164,7 @@ class WorkerPool:
                     if chunk.suggested_questions is not None:
                         flight.suggested_questions = [valid_text(q) for q in chunk.suggested_questions]
                     if chunk.text:
-                        self._service.emit_chunk(flight, valid_text(chunk.text))
+                        self._sink.emit_chunk(flight, valid_text(chunk.text))
                 if not flight.answer_parts:
                     raise UpstreamError("The assistant returned an empty answer. Please try again.")
                 self._count("ok")
@@ -128,14 +176,14 @@ class WorkerPool:
                     raise
                 attempt += 1
                 if exc.retry_after_s is not None:  # held at most GUEST_UPSTREAM_MAX_HOLD_SEC (the limiter caps it)
-                    self._service.limiter.hold_until(exc.retry_after_s)
+                    await self._pacer.hold(exc.retry_after_s)
                 logger.info("flight %s retry %d after: %s", flight.id, attempt, exc.detail)
                 loop = asyncio.get_running_loop()
                 waiting_since = loop.time()
                 await asyncio.sleep(backoff_s(attempt))
                 # A retry is a new upstream start, but this flight already had its turn and holds
                 # its slot: it goes before the flights still waiting for theirs.
-                await self._service.limiter.acquire(first=True)
+                await self._pacer.retry_turn()
                 when = deadline.when()
                 if when is not None:
                     deadline.reschedule(when + loop.time() - waiting_since)

@@ -121,6 +121,12 @@ class Running:
         assert self.guest.service is not None
         return self.guest.service
 
+    @property
+    def queue(self) -> Any:
+        """The running queue's parts (pool, metrics, log): guestqueue/runtime.py."""
+        assert self.guest.queue is not None
+        return self.guest.queue
+
 
 @asynccontextmanager
 async def serve_app(app: Any) -> AsyncIterator[str]:
@@ -206,8 +212,8 @@ async def wait_until(predicate: Any, timeout_s: float = 5.0, message: str = "con
 
 def assert_drained(running: Running) -> None:
     service = running.service
-    assert len(service.line) == 0, "queued count must return to 0"
-    assert not service.pool.active, "active count must return to 0"
+    assert len(service.waiting) == 0, "queued count must return to 0"
+    assert not service.running, "active count must return to 0"
     assert not service.per_client, "per-client counts must return to 0"
     assert len(service.registry) == 0, "no live tickets may remain"
 

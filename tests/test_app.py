@@ -21,7 +21,7 @@ from .conftest import (
 
 async def test_demo_upstream_answers_with_no_configuration() -> None:
     async with serve() as running, httpx.AsyncClient(timeout=30) as client:
-        assert running.service.upstream.kind == "demo"
+        assert running.service.upstream_kind == "demo"
         events = await ask(client, running.base, "What is this?")
     names = [e.name for e in events]
     assert names[0] == "queued" and "processing" in names and names[-1] == "workflow_complete"
@@ -135,7 +135,7 @@ async def test_retries_before_first_chunk_then_success(upstream: MockUpstream) -
     url, tag = upstream.tagged(fail=2, status=503, chunks=2)
     async with serve(upstream_url=url, upstream_retries=3) as running, httpx.AsyncClient(timeout=30) as client:
         events = await ask(client, running.base)
-        assert running.service.pool.upstream_calls["upstream_unavailable"] == 2
+        assert running.queue.pool.upstream_calls["upstream_unavailable"] == 2
     assert events[-1].name == "workflow_complete"
     assert len(upstream.calls(tag)) == 3
 
@@ -164,7 +164,7 @@ async def test_wait_limit_ends_with_wait_timeout(upstream: MockUpstream) -> None
     async with serve(upstream_url=slow, max_concurrent_requests=1, max_wait_s=0.3, request_timeout_s=2) as running, \
             httpx.AsyncClient(timeout=30) as client:
         blocker = asyncio.create_task(ask(client, running.base, "blocker"))
-        await wait_until(lambda: len(running.service.pool.active) == 1)
+        await wait_until(lambda: len(running.service.running) == 1)
         events = await ask(client, running.base, "waiter")
         await blocker
         assert_drained(running)
@@ -195,7 +195,7 @@ async def test_disconnect_while_queued_never_reaches_upstream(upstream: MockUpst
     async with serve(upstream_url=blocking, max_concurrent_requests=1) as running, \
             httpx.AsyncClient(timeout=30) as client:
         blocker = asyncio.create_task(ask(client, running.base, "blocker"))
-        await wait_until(lambda: len(running.service.pool.active) == 1)
+        await wait_until(lambda: len(running.service.running) == 1)
         # A guest who leaves after hearing its place...
         leaving = await stream_events(client, f"{running.base}/chat", json={"query": "leaver"}, stop_after="queued")
         assert leaving[0].data["queue_position"] == 1
@@ -217,7 +217,7 @@ async def test_disconnect_while_processing_cancels_upstream_and_frees_slot(upstr
     async with serve(upstream_url=url, max_concurrent_requests=1) as running, httpx.AsyncClient(timeout=30) as client:
         partial = await stream_events(client, f"{running.base}/chat", json={"query": "q"}, stop_after="answer_chunk")
         assert partial[-1].name == "answer_chunk"
-        await wait_until(lambda: not running.service.pool.active, message="slot freed")
+        await wait_until(lambda: not running.service.running, message="slot freed")
         await wait_until(lambda: upstream.calls(tag)[0]["disconnected"], message="upstream cancelled")
         assert_drained(running)
 
@@ -226,10 +226,10 @@ async def test_cancel_by_delete(upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(chunks=2, delay=0.3)
     async with serve(upstream_url=url, max_concurrent_requests=1) as running, httpx.AsyncClient(timeout=30) as client:
         blocker = asyncio.create_task(ask(client, running.base, "blocker"))
-        await wait_until(lambda: len(running.service.pool.active) == 1)
+        await wait_until(lambda: len(running.service.running) == 1)
         waiting = asyncio.create_task(ask(client, running.base, "waiting"))
-        await wait_until(lambda: len(running.service.line) == 1)
-        request_id = running.service.line.flights()[0].tickets[0].id
+        await wait_until(lambda: len(running.service.waiting) == 1)
+        request_id = next(iter(running.service.waiting.values())).tickets[0].id
         resp = await client.delete(f"{running.base}/chat/{request_id}")
         assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
         events = await waiting
@@ -263,7 +263,7 @@ async def test_a_retry_goes_first_at_the_limiter(upstream: MockUpstream) -> None
                      max_concurrent_requests=3) as running, httpx.AsyncClient(timeout=30) as client:
         a = asyncio.create_task(ask(client, running.base, "a", parameters={"mock": {**mock, "fail": 1,
                                                                                     "status": 503}}))
-        await wait_until(lambda: running.service.limiter.starts == 1)
+        await wait_until(lambda: running.service.line.limiter.starts == 1)
         others = [asyncio.create_task(ask(client, running.base, q, parameters={"mock": mock})) for q in "bc"]
         for events in await asyncio.gather(a, *others):
             assert events[-1].name == "workflow_complete"

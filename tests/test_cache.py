@@ -70,14 +70,14 @@ async def test_riders_survive_the_first_guest_leaving(upstream: MockUpstream) ->
     async with serve(upstream_url=url, cache_size=10, max_concurrent_requests=1, reconnect_grace_s=0.2) as running, \
             httpx.AsyncClient(timeout=30) as client:
         blocker = asyncio.create_task(ask(client, running.base, "blocker"))
-        await wait_until(lambda: len(running.service.pool.active) == 1)
+        await wait_until(lambda: len(running.service.running) == 1)
         leader = await stream_events(client, f"{running.base}/chat", json={"query": "shared"}, stop_after="queued")
         rider = asyncio.create_task(ask(client, running.base, "shared"))  # rides the leader's flight...
         await wait_until(lambda: running.service.stats.total_requests == 3)
         leader_id = leader[0].data["request_id"]
         # ...which the leader leaves once its reconnect grace is over, while still in line.
         await wait_until(lambda: running.service.registry.get(leader_id).done, message="leader abandoned")
-        assert len(running.service.line) == 1, "the flight keeps its place for the rider"
+        assert len(running.service.waiting) == 1, "the flight keeps its place for the rider"
         rider_events = await rider
         await blocker
         assert_drained(running)

@@ -38,7 +38,7 @@ async def test_hostile_guest_bodies_are_refused_with_the_right_status_never_500(
         for name, body, content_type, chunked, expected in guest_cases():
             status, answer = await send_raw(port_of(running), body, content_type, chunked, "/api/v1/guest/chat/simple")
             verdict.check(status == expected, f"{name}: {status} (expected {expected}): {answer[:120]!r}")
-        log = running.service.log
+        log = running.queue.log
         await asyncio.sleep(0.3)
         verdict.check(not log.failing and log.backlog == 0, f"request log stuck: backlog {log.backlog}")
         check_drained(verdict, running.service)
@@ -57,7 +57,7 @@ async def test_lone_surrogates_from_the_upstream_do_not_break_answers_or_the_log
         simple = await client.post(f"{running.base}/chat/simple", json={"query": "q"})
         streamed = await read_sse(client, f"{running.base}/chat", {"query": "q2"})
         await asyncio.sleep(0.3)
-        assert not running.service.log.failing and running.service.log.backlog == 0
+        assert not running.queue.log.failing and running.queue.log.backlog == 0
     assert simple.status_code == 200, simple.text
     assert simple.json()["answer"] == "a\ufffdb" and simple.json()["suggested_questions"] == ["q\ufffd?"]
     assert [e.data for e in streamed if e.name == "answer_chunk"] == ["a\ufffdb"]

@@ -88,9 +88,9 @@ async def test_line_full_answers_429_with_retry_after(upstream: MockUpstream) ->
     async with serve(upstream_url=url, max_concurrent_requests=1, max_queue_size=2) as running, \
             httpx.AsyncClient(timeout=30) as client:
         held = [asyncio.create_task(ask(client, running.base, "q0"))]
-        await wait_until(lambda: len(running.service.pool.active) == 1)
+        await wait_until(lambda: len(running.service.running) == 1)
         held += [asyncio.create_task(ask(client, running.base, f"q{i}")) for i in (1, 2)]
-        await wait_until(lambda: len(running.service.line) == 2)
+        await wait_until(lambda: len(running.service.waiting) == 2)
         resp = await client.post(f"{running.base}/chat", json={"query": "one too many"})
         assert resp.status_code == 429 and resp.json()["code"] == "queue_full"
         assert int(resp.headers["retry-after"]) >= 1
@@ -134,14 +134,14 @@ async def test_status_request_history_and_health(upstream: MockUpstream) -> None
     async with serve(upstream_url=url, max_concurrent_requests=1, history_size=3) as running, \
             httpx.AsyncClient(timeout=30) as client:
         blocker = asyncio.create_task(ask(client, running.base, "first"))
-        await wait_until(lambda: len(running.service.pool.active) == 1)
+        await wait_until(lambda: len(running.service.running) == 1)
         waiting = asyncio.create_task(ask(client, running.base, "second"))
-        await wait_until(lambda: len(running.service.line) == 1)
+        await wait_until(lambda: len(running.service.waiting) == 1)
         status = (await client.get(f"{running.base}/queue/status")).json()
         assert set(status) == STATUS_FIELDS
         assert status["queue_size"] == 1 and status["active_requests"] == 1 and status["max_concurrent"] == 1
 
-        queued_id = running.service.line.flights()[0].tickets[0].id
+        queued_id = next(iter(running.service.waiting.values())).tickets[0].id
         queued = (await client.get(f"{running.base}/queue/request/{queued_id}")).json()
         assert queued["status"] == "queued" and queued["queue_position"] == 1 and "created_at" in queued
         await asyncio.gather(blocker, waiting)

@@ -25,9 +25,9 @@ async def test_metrics_match_the_requests_made(upstream: MockUpstream) -> None:
         await ask(client, running.base, "one")
         await ask(client, running.base, "one")  # cache hit
         blocker = asyncio.create_task(ask(client, running.base, "two"))
-        await wait_until(lambda: len(running.service.pool.active) == 1)
+        await wait_until(lambda: len(running.service.running) == 1)
         waiting = asyncio.create_task(ask(client, running.base, "three"))
-        await wait_until(lambda: len(running.service.line) == 1)
+        await wait_until(lambda: len(running.service.waiting) == 1)
         assert (await client.post(f"{running.base}/chat", json={"query": "four"})).status_code == 429
         assert (await client.post(f"{running.base}/chat", content=b"{", headers={"content-type": "application/json"})
                 ).status_code == 400

@@ -49,7 +49,7 @@ async def test_a_huge_retry_after_holds_the_line_only_for_the_cap(upstream: Mock
             httpx.AsyncClient(timeout=10) as client:
         async with asyncio.timeout(8):  # before the fix: 28 hours, or forever
             first = asyncio.create_task(ask(client, running.base, "first"))
-            await wait_until(lambda: running.service.limiter.held_s() > 0, message="the upstream's hold")
+            await wait_until(lambda: running.service.line.limiter.held_s() > 0, message="the upstream's hold")
             health = (await client.get(f"{running.base}/health")).json()
             events = await first
         assert_drained(running)
@@ -69,9 +69,9 @@ async def test_an_infinite_retry_after_is_ignored_and_never_reaches_json_or_head
             httpx.AsyncClient(timeout=10) as client:
         async with asyncio.timeout(10):  # before the fix: the first guest's retry waited forever
             first = asyncio.create_task(ask(client, running.base, "first"))
-            await wait_until(lambda: len(running.service.pool.active) == 1, message="first processing")
+            await wait_until(lambda: len(running.service.running) == 1, message="first processing")
             second = asyncio.create_task(ask(client, running.base, "second"))
-            await wait_until(lambda: len(running.service.line) == 1, message="second in line")
+            await wait_until(lambda: len(running.service.waiting) == 1, message="second in line")
             full = await client.post(f"{running.base}/chat", json={"query": "third"})
             health = (await client.get(f"{running.base}/health")).json()
             results = await asyncio.gather(first, second)

@@ -1,4 +1,4 @@
-"""The position ticker in guestqueue/service.py."""
+"""The service (guestqueue/service.py) and its position ticker (guestqueue/positions.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 import httpx
 
 from guestqueue import Settings
-from guestqueue.line import MIN_REPORT_GAP_S
-from guestqueue.service import QueueService
-from guestqueue.tickets import Status, Ticket
-from guestqueue.upstream import PythonUpstream, WorkflowRequest
+from guestqueue.lines.memory import MIN_REPORT_GAP_S, MemoryLine
+from guestqueue.positions import Positions
+from guestqueue.tickets import Flight, Status, Ticket
+from guestqueue.upstream import WorkflowRequest
 
 from .conftest import FAST, MockUpstream, serve, wait_until
 
@@ -27,16 +27,20 @@ async def test_position_ticks_keep_a_fixed_cadence_however_long_a_round_takes() 
     # A round of updates takes time (~0.15 s at 10 000 guests); the next round must
     # still come one interval after the previous one started, not after it ended.
     interval_s, work_s = 0.1, 0.04
-    service = QueueService(Settings(**{**FAST, "position_update_s": interval_s}), PythonUpstream(_never))  # type: ignore[arg-type]
-    service.submit("waiting", client="c")
+    settings = Settings(**{**FAST, "position_update_s": interval_s})  # type: ignore[arg-type]
+    line = MemoryLine(max_size=10, max_concurrent=1, interval_s=0)
+    ticket = Ticket("waiting", "c")
+    flight = Flight(None, [ticket], WorkflowRequest(ticket.id, "waiting"))
+    await line.admit(flight)
+    positions = Positions(settings, line, {flight.id: flight})
     rounds: list[float] = []
 
-    def slow_publish(ticket: Ticket) -> None:
+    def slow_tell(ticket: Ticket, position: int) -> None:
         rounds.append(asyncio.get_running_loop().time())
         time.sleep(work_s)
 
-    service._publish_position = slow_publish  # type: ignore[method-assign]
-    ticker = asyncio.create_task(service._tick_positions())
+    positions.tell = slow_tell  # type: ignore[method-assign]
+    ticker = asyncio.create_task(positions._tick())
     await asyncio.sleep(interval_s * 6.5)
     ticker.cancel()
     gaps = [b - a for a, b in itertools.pairwise(rounds)]
@@ -72,12 +76,12 @@ async def test_churn_does_not_re_announce_the_whole_line() -> None:
     waiting = 300
     async with serve(_never, max_concurrent_requests=1, max_queue_size=1000) as running:
         service = running.service
-        tickets = [service.submit(f"q{i}", client=f"c{i}") for i in range(waiting)]
+        tickets = [await service.submit(f"q{i}", client=f"c{i}") for i in range(waiting)]
         await asyncio.sleep(MIN_REPORT_GAP_S * 2)
         before = _events_published(tickets)
         for i in range(50):
             service.cancel(tickets[i + 1], Status.CANCELLED, "cancelled", "bye")
-            tickets.append(service.submit(f"again {i}", client=f"again{i}"))
+            tickets.append(await service.submit(f"again {i}", client=f"again{i}"))
             await asyncio.sleep(0)
         await asyncio.sleep(MIN_REPORT_GAP_S * 2)
         churn = _events_published(tickets) - before
@@ -90,7 +94,7 @@ async def test_status_polls_tell_nobody() -> None:
     async with serve(_never, max_concurrent_requests=1, max_queue_size=1000) as running, \
             httpx.AsyncClient(timeout=20) as client:
         service = running.service
-        tickets = [service.submit(f"q{i}", client=f"c{i}") for i in range(waiting)]
+        tickets = [await service.submit(f"q{i}", client=f"c{i}") for i in range(waiting)]
         await asyncio.sleep(MIN_REPORT_GAP_S * 2)
         before = _events_published(tickets)
         for i in range(50):
@@ -114,7 +118,7 @@ async def test_full_event_logs_of_finished_requests_are_bounded_by_count() -> No
     async with serve(_two_chunks, max_concurrent_requests=50, max_queue_size=2000, max_per_client=5000) as running:
         service = running.service
         keep = service.registry._keep_finished
-        tickets = [service.submit(f"q{i}", client="c") for i in range(keep + 500)]
+        tickets = [await service.submit(f"q{i}", client="c") for i in range(keep + 500)]
         await wait_until(lambda: all(t.done for t in tickets), 20, "every request to finish")
         full = [t for t in tickets if len(t.events.after(0)) > 1]
         assert len(full) <= keep, f"{len(full)} full logs kept"

@@ -34,14 +34,14 @@ async def test_one_row_per_request_after_a_mixed_run(upstream: MockUpstream, tmp
     async with httpx.AsyncClient(timeout=30) as client:
         async with serve(upstream_url=ok, db_path=str(db), max_concurrent_requests=1, max_queue_size=2) as running:
             done = asyncio.create_task(ask(client, running.base, "success", parameters={"lang": "en"}))
-            await wait_until(lambda: len(running.service.pool.active) == 1)
+            await wait_until(lambda: len(running.service.running) == 1)
             cancelled = asyncio.create_task(ask(client, running.base, "cancelled"))
-            await wait_until(lambda: len(running.service.line) == 1)
-            cancel_id = running.service.line.flights()[0].tickets[0].id
+            await wait_until(lambda: len(running.service.waiting) == 1)
+            cancel_id = next(iter(running.service.waiting.values())).tickets[0].id
             await client.delete(f"{running.base}/chat/{cancel_id}")
             left = await stream_events(client, f"{running.base}/chat", json={"query": "leaves"}, stop_after="queued")
             full = [asyncio.create_task(ask(client, running.base, f"fill {i}")) for i in range(2)]
-            await wait_until(lambda: len(running.service.line) == 2)
+            await wait_until(lambda: len(running.service.waiting) == 2)
             rejected = await client.post(f"{running.base}/chat", json={"query": "rejected"})
             assert rejected.status_code == 429
             results = [await done, await cancelled, *await asyncio.gather(*full)]
@@ -94,13 +94,13 @@ async def test_writer_batches_and_flushes_on_close(tmp_path: Path) -> None:
 async def test_degraded_health_when_the_log_cannot_write(upstream: MockUpstream, tmp_path: Path) -> None:
     async with serve(upstream_url=upstream.url(), db_path=str(tmp_path / "ro.db")) as running, \
             httpx.AsyncClient(timeout=10) as client:
-        await running.service.log._db.execute("PRAGMA query_only = ON")  # every write now fails
+        await running.queue.log._db.execute("PRAGMA query_only = ON")  # every write now fails
         await client.post(f"{running.base}/chat/simple", json={"query": "x"})
-        await wait_until(lambda: running.service.log.failing, message="writer notices")
+        await wait_until(lambda: running.queue.log.failing, message="writer notices")
         health = (await client.get(f"{running.base}/health")).json()
         assert health["status"] == "degraded" and "log" in health["problems"][0]
-        await running.service.log._db.execute("PRAGMA query_only = OFF")
-        await wait_until(lambda: not running.service.log.failing, timeout_s=5, message="writer recovers")
+        await running.queue.log._db.execute("PRAGMA query_only = OFF")
+        await wait_until(lambda: not running.queue.log.failing, timeout_s=5, message="writer recovers")
         assert (await client.get(f"{running.base}/health")).json()["status"] == "ok"
 
 
@@ -197,13 +197,13 @@ async def test_a_rejection_flood_barely_grows_the_log(upstream: MockUpstream, tm
     async with serve(upstream_url=upstream.url(mode="hang"), db_path=str(db), max_per_client=1) as running, \
             httpx.AsyncClient(timeout=10) as client:
         async with client.stream("POST", f"{running.base}/chat", json={"query": "hold"}):
-            await wait_until(lambda: len(running.service.pool.active) == 1)
-            await wait_until(lambda: running.service.log.rows_written >= 2, message="the holder's rows written")
+            await wait_until(lambda: len(running.service.running) == 1)
+            await wait_until(lambda: running.queue.log.rows_written >= 2, message="the holder's rows written")
             before = sum(p.stat().st_size for p in tmp_path.glob("flood.db*"))
             for _ in range(300):
                 refused = await client.post(f"{running.base}/chat", json={"query": "y" * 4000})
                 assert refused.status_code == 429
-            await wait_until(lambda: running.service.log.backlog == 0)
+            await wait_until(lambda: running.queue.log.backlog == 0)
             grown = sum(p.stat().st_size for p in tmp_path.glob("flood.db*")) - before
     rejected = [row for row in _rows(db).values() if row["status"] == "rejected"]
     assert 1 <= len(rejected) <= 10, "one row per client per second"
@@ -241,7 +241,7 @@ async def test_the_buffer_is_capped_and_drops_whole_new_requests(tmp_path: Path)
 async def test_health_and_metrics_report_dropped_rows(upstream: MockUpstream, tmp_path: Path) -> None:
     async with serve(upstream_url=upstream.url(), db_path=str(tmp_path / "drops.db"), log_buffer_rows=3) as running, \
             httpx.AsyncClient(timeout=10) as client:
-        log = running.service.log
+        log = running.queue.log
         await log._db.execute("PRAGMA query_only = ON")
         for i in range(4):
             assert (await client.post(f"{running.base}/chat/simple", json={"query": f"q{i}"})).status_code == 200

@@ -45,7 +45,7 @@ async def test_reconnect_after_grace_finds_the_request_ended(upstream: MockUpstr
     async with serve(upstream_url=url, max_concurrent_requests=1, reconnect_grace_s=0.1) as running, \
             httpx.AsyncClient(timeout=30) as client:
         blocker = asyncio.create_task(ask(client, running.base, "blocker"))
-        await wait_until(lambda: len(running.service.pool.active) == 1)
+        await wait_until(lambda: len(running.service.running) == 1)
         before = await stream_events(client, f"{running.base}/chat", json={"query": "late"}, stop_after="queued")
         request_id = before[0].data["request_id"]
         await wait_until(lambda: running.service.registry.get(request_id).done, message="grace over")
@@ -135,7 +135,7 @@ async def test_resume_streams_count_toward_the_per_client_limit() -> None:
     async with serve(held, max_per_client=1, reconnect_grace_s=5.0) as running, \
             httpx.AsyncClient(timeout=10) as client:
         own = asyncio.ensure_future(ask(client, running.base, "mine"))  # one stream, this client's question
-        others = running.service.submit("someone else's", client="10.0.0.9")
+        others = await running.service.submit("someone else's", client="10.0.0.9")
         url = f"{running.base}/chat/{others.id}/events"
         readers = [asyncio.ensure_future(stream_events(client, url, method="GET")) for _ in range(2)]
         await wait_until(lambda: len(running.service.streams) == 3, message="three streams open")

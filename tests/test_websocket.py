@@ -58,7 +58,7 @@ async def test_lifecycle_in_order_while_waiting_behind_another_guest() -> None:
     async with serve(gate, max_concurrent_requests=1) as running:
         async with websockets.connect(ws_url(running.base)) as first:
             await first.send(json.dumps({"query": "hold the line"}))
-            await wait_until(lambda: len(running.service.pool.active) == 1, message="first guest processing")
+            await wait_until(lambda: len(running.service.running) == 1, message="first guest processing")
             async with websockets.connect(ws_url(running.base)) as second:
                 await second.send(json.dumps({"query": "my turn?", "session_id": "s1"}))
                 waiting = json.loads(await second.recv())
@@ -103,9 +103,9 @@ async def test_queue_full_is_a_message_and_shares_the_line_with_sse_guests() -> 
                 return asyncio.create_task(client.post(f"{running.base}/chat/simple", json={"query": query}))
 
             holders = [hold("hold 1")]
-            await wait_until(lambda: len(running.service.pool.active) == 1, message="first SSE guest processing")
+            await wait_until(lambda: len(running.service.running) == 1, message="first SSE guest processing")
             holders.append(hold("hold 2"))
-            await wait_until(lambda: len(running.service.line) == 1, message="second SSE guest waiting")
+            await wait_until(lambda: len(running.service.waiting) == 1, message="second SSE guest waiting")
             async with websockets.connect(ws_url(running.base)) as ws:
                 await ws.send(json.dumps({"query": "room for me?"}))
                 received = await messages(ws)
@@ -175,11 +175,11 @@ async def test_a_guest_who_disconnects_while_waiting_leaves_after_the_grace() ->
     async with serve(gate, max_concurrent_requests=1, reconnect_grace_s=0.3) as running:
         async with websockets.connect(ws_url(running.base)) as first:
             await first.send(json.dumps({"query": "hold on"}))
-            await wait_until(lambda: len(running.service.pool.active) == 1, message="first guest processing")
+            await wait_until(lambda: len(running.service.running) == 1, message="first guest processing")
             async with websockets.connect(ws_url(running.base)) as second:
                 await second.send(json.dumps({"query": "I will not wait"}))
                 assert json.loads(await second.recv())["type"] == "queue_position"
-                request_id = running.service.line.flights()[0].tickets[0].id
+                request_id = next(iter(running.service.waiting.values())).tickets[0].id
             ticket = running.service.registry.get(request_id)
             await wait_until(lambda: ticket.done, timeout_s=5, message="abandoned ticket ended")
             assert ticket.error_code == "disconnected"
@@ -195,7 +195,7 @@ async def test_cancel_message_leaves_the_line() -> None:
     async with serve(gate, max_concurrent_requests=1) as running:
         async with websockets.connect(ws_url(running.base)) as first:
             await first.send(json.dumps({"query": "hold it"}))
-            await wait_until(lambda: len(running.service.pool.active) == 1, message="first guest processing")
+            await wait_until(lambda: len(running.service.running) == 1, message="first guest processing")
             async with websockets.connect(ws_url(running.base)) as second:
                 await second.send(json.dumps({"query": "never mind"}))
                 assert json.loads(await second.recv())["type"] == "queue_position"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from guestqueue import Settings
+from guestqueue.runtime import run_queue
 from guestqueue.service import QueueService
 from guestqueue.upstream import PythonUpstream, WorkflowRequest
 
@@ -58,12 +59,15 @@ async def _riders(riders: int, chunks: int) -> float:
         await release.wait()
 
     settings = Settings(**QUIET, max_concurrent_requests=1, max_queue_size=10, cache_size=100)
-    service = QueueService(settings, PythonUpstream(answer))
-    await service.start()
+    async with run_queue(settings, PythonUpstream(answer)) as queue:
+        return await _measure_riders(queue.service, riders, all_sent, release)
+
+
+async def _measure_riders(service: QueueService, riders: int, all_sent: asyncio.Event, release: asyncio.Event) -> float:
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    tickets = [service.submit("the same question", client=f"guest{n}") for n in range(riders)]
+    tickets = [await service.submit("the same question", client=f"guest{n}") for n in range(riders)]
     await asyncio.wait_for(all_sent.wait(), 60)
     await asyncio.sleep(0.1)
     for ticket in tickets:  # what a stream reads: every event, encoded
@@ -73,7 +77,6 @@ async def _riders(riders: int, chunks: int) -> float:
     grown = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
     release.set()
-    await service.stop()
     return grown / riders / 1024
 
 
@@ -85,12 +88,15 @@ async def _finished(requests: int, rate: float) -> tuple[float, int]:
             yield f"part {n} of a short answer "
 
     settings = Settings(**QUIET, max_concurrent_requests=50, max_queue_size=10_000, cache_size=0)
-    service = QueueService(settings, PythonUpstream(answer))
-    await service.start()
+    async with run_queue(settings, PythonUpstream(answer)) as queue:
+        return await _run_finished(queue.service, requests, rate)
+
+
+async def _run_finished(service: QueueService, requests: int, rate: float) -> tuple[float, int]:
     tickets = []
     began = time.monotonic()
     for n in range(requests):
-        tickets.append(service.submit(f"question {n}", client="guest"))
+        tickets.append(await service.submit(f"question {n}", client="guest"))
         if len(tickets) >= 1000:  # hold only a batch: the queue alone decides what stays alive
             tickets = [t for t in tickets if not t.done]
         await asyncio.sleep(max(0.0, began + (n + 1) / rate - time.monotonic()))
@@ -99,7 +105,6 @@ async def _finished(requests: int, rate: float) -> tuple[float, int]:
     gc.collect()
     rss = rss_mib()
     full = sum(1 for t in service.registry._finished.values() if len(t.events.after(0)) > 1)
-    await service.stop()
     return rss, full
 
 

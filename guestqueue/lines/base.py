@@ -93,6 +93,11 @@ class Line(Protocol):
         """The whole line now, in a bounded number of steps (never one per flight)."""
         ...
 
+    def peek(self) -> LineView:
+        """The freshest view without waiting: the memory line's is exact; a shared line gives the
+        last one it took (at most a tick old)."""
+        ...
+
     async def close(self) -> None:
         """Stop background work; the line's state stays (for other instances)."""
         ...

@@ -68,7 +68,7 @@ async def frozen_reader(
         loop = asyncio.get_running_loop()
         head, body = raw_request("/api/v1/guest/chat", json.dumps({"query": "frozen"}).encode())
         await loop.sock_sendall(sock, head + body)
-        await wait_until(lambda: len(service.pool.active) == 1, message="the frozen guest's request started")
+        await wait_until(lambda: len(service.running) == 1, message="the frozen guest's request started")
         protocol = _protocol_of(server, sock.getsockname()[1])
         verdict.check(protocol is not None, "no server connection for the frozen socket")
         if phase == "pings":
@@ -83,7 +83,7 @@ async def frozen_reader(
         blocked = time.monotonic()
         if phase == "pings":
             verdict.figures["pings_until_blocked_s"] = round(blocked - pings_from, 2)
-        await wait_until(lambda: not service.pool.active, timeout_s=send_timeout_s + grace_s + 10,
+        await wait_until(lambda: not service.running, timeout_s=send_timeout_s + grace_s + 10,
                          message="the worker slot freed")
         freed_after = time.monotonic() - blocked
         bound = send_timeout_s + grace_s + bound_slack_s

@@ -242,8 +242,8 @@ def check_log(
 
 def check_drained(verdict: Verdict, service: Any) -> None:
     """The service's own counters are back to zero (the in-loop test hook)."""
-    verdict.check(len(service.line) == 0, f"{len(service.line)} flights still in line")
-    verdict.check(not service.pool.active, f"{len(service.pool.active)} flights still active")
+    verdict.check(len(service.waiting) == 0, f"{len(service.waiting)} flights still in line")
+    verdict.check(not service.running, f"{len(service.running)} flights still active")
     verdict.check(not service.per_client, f"per-client counts left: {dict(service.per_client)}")
     verdict.check(len(service.registry) == 0, f"{len(service.registry)} live tickets left")
     verdict.check(not service.inflight, f"{len(service.inflight)} flights left in the single-flight map")
@@ -252,7 +252,7 @@ def check_drained(verdict: Verdict, service: Any) -> None:
 async def drained(service: Any, timeout_s: float) -> bool:
     """Wait (bounded) for the reconnect grace and stragglers to end every ticket."""
     deadline = time.monotonic() + timeout_s
-    while len(service.registry) or len(service.line) or service.pool.active:
+    while len(service.registry) or len(service.waiting) or service.running:
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.02)

@@ -1,4 +1,6 @@
-"""The waiting line: a bounded FIFO of flights (upstream calls) not started yet.
+"""The in-process line: a bounded FIFO of flights (upstream calls) not started yet, and the
+pacing limiter that starts them (the default, for a single process; lines/base.py has
+the interface and its invariants, lines/redis.py the line shared by several processes).
 
 Workers take flights through an ``asyncio.Queue`` (the hand-off); a flight
 stays *in line* until it really starts, so a flight a worker holds while the
@@ -18,18 +20,22 @@ The size limit counts guests *waiting*: flights that a free slot will start
 right now (``startable_now``, e.g. idle workers after a burst) are in line
 for a moment but are not refused room.
 
-The line is an interface (admit / leave / next / started / position) so a
-shared implementation, e.g. on Redis, can replace this in-memory default.
+Starting is two steps here (one process sees the whole line, so its front is
+the global front): :meth:`MemoryLine.next` hands a worker the front flight, and
+:meth:`MemoryLine.start` waits for a slot and the limiter's turn; a flight held
+meanwhile is still position 1, and cancelling the wait consumes no start.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
-from .errors import LineFull
-from .tickets import Flight
+from ..errors import LineFull
+from ..limiter import PacingLimiter
+from ..tickets import Flight
+from .base import LineView
 
 MIN_REPORT_GAP_S = 0.1
 
@@ -50,19 +56,26 @@ class _Handoff(asyncio.Queue[Flight]):
         self._queue.pop(flight.id, None)
 
 
-class WaitingLine:
-    """In-memory FIFO line. ``on_moved`` hears the flights whose place changed."""
+class MemoryLine:
+    """In-memory FIFO line and pacer (lines/base.py's Line and Pacer). ``on_moved`` hears the
+    flights whose place changed."""
 
     def __init__(
         self,
-        max_size: int,
-        on_moved: Callable[[list[Flight]], None] | None = None,
         *,
-        startable_now: Callable[[], int] = lambda: 0,
+        max_size: int,
+        max_concurrent: int,
+        interval_s: float,
+        max_hold_s: float = 120.0,
+        on_moved: Callable[[list[Flight]], None] | None = None,
     ) -> None:
         self.max_size = max_size
-        self._on_moved = on_moved
-        self._startable_now = startable_now
+        self.max_concurrent = max_concurrent
+        self.interval_s = interval_s
+        self.limiter = PacingLimiter(interval_s, max_hold_s=max_hold_s)
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._running: dict[str, float] = {}  # flight id -> loop time it started
+        self.on_moved = on_moved
         self._handoff = _Handoff()  # unbounded: admit() enforces the limit
         # Every flight not yet started, in admission order, including those a
         # worker already holds while it waits for the pacing limiter.
@@ -78,9 +91,68 @@ class WaitingLine:
     def __contains__(self, flight: Flight) -> bool:
         return flight.id in self._waiting
 
-    def admit(self, flight: Flight) -> None:
+    def __repr__(self) -> str:
+        return f"MemoryLine(waiting={len(self._waiting)}, running={len(self._running)}, {self.limiter!r})"
+
+    # -- Line ----------------------------------------------------------------------
+
+    async def admit(self, flight: Flight) -> int:
+        self.admit_now(flight)
+        return flight.position
+
+    async def leave(self, flight: Flight) -> bool:
+        return self.leave_now(flight)
+
+    async def start(self, flight: Flight) -> float:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await self._slots.acquire()
+        try:
+            await self.limiter.acquire()
+        except BaseException:
+            self._slots.release()
+            raise
+        self._running[flight.id] = loop.time()
+        self.leave_now(flight)
+        return loop.time() - began
+
+    async def finish(self, flight: Flight) -> None:
+        if self._running.pop(flight.id, None) is not None:
+            self._slots.release()
+
+    async def view(self) -> LineView:
+        return self.view_now()
+
+    def peek(self) -> LineView:
+        return self.view_now()
+
+    async def close(self) -> None:
+        return None
+
+    # -- Pacer ---------------------------------------------------------------------
+
+    async def hold(self, delay_s: float) -> None:
+        self.limiter.hold_until(delay_s)
+
+    async def retry_turn(self) -> float:
+        return await self.limiter.acquire(first=True)
+
+    # -- the same, synchronous (one process needs no round trip) -------------------
+
+    def view_now(self) -> LineView:
+        now = asyncio.get_running_loop().time()
+        return LineView(
+            _Positions(self),
+            running_s=tuple(now - started for started in self._running.values()),
+            next_start_s=self.limiter.delay_s(),
+            held_s=self.limiter.held_s(),
+            max_concurrent=self.max_concurrent,
+        )
+
+    def admit_now(self, flight: Flight) -> None:
         """Join at the back (the caller tells the newcomer its place), or raise LineFull."""
-        waiting = len(self._waiting) - min(len(self._waiting), self._startable_now())
+        startable = self.view_now().startable_now(self.interval_s)
+        waiting = len(self._waiting) - min(len(self._waiting), startable)
         if waiting >= self.max_size:
             raise LineFull("The line is full. Please try again in a little while.")
         # Joining at the back moves nobody else, and the newcomer's place is exact without
@@ -89,7 +161,7 @@ class WaitingLine:
         flight.position = flight.reported_position = len(self._waiting)
         self._handoff.put_nowait(flight)
 
-    def leave(self, flight: Flight) -> bool:
+    def leave_now(self, flight: Flight) -> bool:
         """Take a flight out of line wherever it stands; False if it was not in line."""
         if self._waiting.pop(flight.id, None) is None:
             return False
@@ -101,10 +173,6 @@ class WaitingLine:
     async def next(self) -> Flight:
         """The flight at the front that no worker holds yet (waits for one)."""
         return await self._handoff.get()
-
-    def started(self, flight: Flight) -> None:
-        """The flight leaves the line because its processing begins."""
-        self.leave(flight)
 
     def position(self, flight: Flight) -> int:
         """1 = next to start; 0 = not in line. Exact, and tells nobody."""
@@ -147,7 +215,27 @@ class WaitingLine:
         self._unreported = False
         self._renumber()
         moved = [flight for flight in self._waiting.values() if flight.reported_position != flight.position]
-        if moved and self._on_moved is not None:
+        if moved and self.on_moved is not None:
             self._last_report = asyncio.get_running_loop().time()
-            self._on_moved(moved)
+            self.on_moved(moved)
         self.mark_reported(moved)
+
+
+class _Positions(Mapping[str, int]):
+    """A view's positions, read from the line (renumbered once, when first read), not copied."""
+
+    __slots__ = ("_line",)
+
+    def __init__(self, line: MemoryLine) -> None:
+        self._line = line
+
+    def __getitem__(self, flight_id: str) -> int:
+        flight = self._line._waiting[flight_id]
+        self._line._renumber()
+        return flight.position
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._line._waiting)
+
+    def __len__(self) -> int:
+        return len(self._line._waiting)
