@@ -101,6 +101,11 @@ class Settings:
     instance_ttl_s: float = _setting(
         "GUEST_INSTANCE_TTL_SEC", 5.0, "an instance silent this long is dead (its open log rows become abandoned)"
     )
+    redis_url: str = _setting(
+        "GUEST_REDIS_URL", "", "redis://host:port/db shared by several instances; empty = the line in this process",
+        minimum=None, secret=True,
+    )
+    redis_prefix: str = _setting("GUEST_REDIS_PREFIX", "guestqueue", "key prefix in Redis", minimum=None)
     max_body_bytes: int = _setting("GUEST_MAX_BODY_BYTES", 65536, "largest request body (413 beyond)")
     max_query_chars: int = _setting("GUEST_MAX_QUERY_CHARS", 4000, "longest query (422 beyond)")
     max_per_client: int = _setting("GUEST_MAX_PER_CLIENT", 2, "requests one client may have in line or processing")

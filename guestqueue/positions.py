@@ -36,6 +36,7 @@ class Positions:
         )
         self._task: asyncio.Task[None] | None = None
         self.on_tick: list[Callable[[], None]] = []  # housekeeping run once per tick
+        self.on_view: list[Callable[[], None]] = []  # run after each tick's view is taken
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._tick(), name="guestqueue-positions")
@@ -110,3 +111,5 @@ class Positions:
             except Exception:  # the line is unreachable (Redis): guests keep their last place
                 continue
             self.report(list(self._waiting.values()))
+            for follow_up in self.on_view:
+                follow_up()

@@ -9,19 +9,27 @@ Everything else is the same code either way.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
+import redis.asyncio as aioredis
+
 from .config import Settings
 from .history import Stats
 from .lines.memory import MemoryLine
+from .lines.redis import RedisLine
 from .metrics import Metrics
+from .relay import FlightRelay
 from .service import QueueService
 from .store import RequestLog
 from .upstream import Upstream
-from .workers import WorkerPool
+from .workers import FlightSink, WorkerPool
 
 
 @dataclass
@@ -52,21 +60,50 @@ class Queue:
 
 async def open_queue(stack: AsyncExitStack, settings: Settings, upstream: Upstream, log: RequestLog | None) -> Queue:
     """Build and start the queue; ``stack`` stops it (drains the service, stops the workers)."""
+    if settings.redis_url:
+        return await _open_shared(stack, settings, upstream, log)
     line = MemoryLine(
         max_size=settings.max_queue_size, max_concurrent=settings.max_concurrent_requests,
         interval_s=settings.upstream_interval_s, max_hold_s=settings.upstream_max_hold_s,
     )
     service = QueueService(settings, line, line, upstream_kind=upstream.kind)
     line.on_moved = service.positions.moved
+    stack.push_async_callback(line.close)
+    return await _start(stack, settings, service, upstream, service, log)
+
+
+async def _open_shared(stack: AsyncExitStack, settings: Settings, upstream: Upstream, log: RequestLog | None) -> Queue:
+    """The line, pacer and flight events on Redis (GUEST_REDIS_URL), shared with other instances."""
+    redis = aioredis.from_url(settings.redis_url)
+    stack.push_async_callback(redis.aclose)
+    instance_id = log.instance_id if log is not None else secrets.token_hex(8)
+    line = RedisLine(
+        redis, prefix=settings.redis_prefix, instance_id=instance_id, max_size=settings.max_queue_size,
+        max_concurrent=settings.max_concurrent_requests, interval_s=settings.upstream_interval_s,
+        max_hold_s=settings.upstream_max_hold_s, instance_ttl_s=settings.instance_ttl_s,
+    )
+    await line.register({"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time()})
+    stack.push_async_callback(line.close)
+    service = QueueService(settings, line, line, upstream_kind=upstream.kind)
+    relay = FlightRelay(redis, line.keys, service)
+    relay.start()
+    stack.push_async_callback(relay.stop)
+    return await _start(stack, settings, service, upstream, relay, log)
+
+
+async def _start(
+    stack: AsyncExitStack, settings: Settings, service: QueueService, upstream: Upstream, sink: FlightSink,
+    log: RequestLog | None,
+) -> Queue:
     queue = Queue(service, log)
     queue.metrics = Metrics(queue)
-    queue.pool = WorkerPool(settings, line, line, upstream, service, on_paced=queue.metrics.paced)
+    line = service.line
+    queue.pool = WorkerPool(settings, line, service.pacer, upstream, sink, on_paced=queue.metrics.paced)
     service.listeners.append(queue.metrics)
     service.health_checks.append(queue.pool.problems)
     if log is not None:
         service.listeners.append(log)
         service.health_checks.append(log.problems)
-    stack.push_async_callback(line.close)
     stack.push_async_callback(queue.pool.stop)
     await service.start()
     queue.pool.start()

@@ -114,6 +114,8 @@ async def upstream(request: Request) -> Response:
         except asyncio.CancelledError:
             call["disconnected"] = True
             raise
+        finally:
+            call["ended"] = time.time()  # with "t": how long the call ran (concurrency checks)
 
     sse = "text/event-stream"
     media = {"sse": sse, "hang": sse, "reset": sse, "openai": sse, "ndjson": "application/x-ndjson"}

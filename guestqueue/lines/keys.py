@@ -1,0 +1,83 @@
+"""Every Redis key and channel of a shared line, in one place (as arq keeps its in one module).
+
+All keys start with the deployment's prefix (GUEST_REDIS_PREFIX), so several
+deployments can share one Redis. Scripts build no key names of their own
+except ``instance_info`` and ``request`` (from an id and this prefix), which is
+fine on a single Redis or Valkey (not on a cluster).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str
+
+    @property
+    def seq(self) -> str:
+        """The ticket counter: each admitted flight's global number (INCR)."""
+        return f"{self.prefix}:seq"
+
+    @property
+    def line(self) -> str:
+        """ZSET flight id -> its number: the flights waiting, in admission order."""
+        return f"{self.prefix}:line"
+
+    @property
+    def slots(self) -> str:
+        """HASH flight id -> "instance started_ms": the flights running, and who runs them."""
+        return f"{self.prefix}:slots"
+
+    @property
+    def orphans(self) -> str:
+        """HASH flight id -> "instance started_ms": running flights of instances found dead."""
+        return f"{self.prefix}:orphans"
+
+    @property
+    def pace(self) -> str:
+        """Redis time (ms) before which no flight may start."""
+        return f"{self.prefix}:pace"
+
+    @property
+    def held(self) -> str:
+        """Redis time (ms) until which an upstream's Retry-After holds every start."""
+        return f"{self.prefix}:held"
+
+    @property
+    def retrying(self) -> str:
+        """ZSET token -> expiry ms: retries waiting for a pacing turn (they go first)."""
+        return f"{self.prefix}:retrying"
+
+    @property
+    def instances(self) -> str:
+        """ZSET instance id -> lease expiry ms (renewed by each instance's heartbeat)."""
+        return f"{self.prefix}:instances"
+
+    def instance_info(self, instance_id: str) -> str:
+        """HASH host, pid, started_at of one instance."""
+        return f"{self.prefix}:instance:{instance_id}"
+
+    def request(self, flight_id: str) -> str:
+        """HASH what a flight asks upstream, so any instance can run it."""
+        return f"{self.prefix}:request:{flight_id}"
+
+    def flight_events(self, flight_id: str) -> str:
+        """STREAM of one flight's events (relay.py)."""
+        return f"{self.prefix}:events:{flight_id}"
+
+    @property
+    def wake(self) -> str:
+        """Channel: the line or its slots changed (admit, leave, finish): try to start."""
+        return f"{self.prefix}:wake"
+
+    @property
+    def events_channel(self) -> str:
+        """Channel: a flight's stream has a new event (the message is the flight id)."""
+        return f"{self.prefix}:flight-events"
+
+    @property
+    def cancel_channel(self) -> str:
+        """Channel: stop this flight's call, its last guest left (the message is the flight id)."""
+        return f"{self.prefix}:flight-cancel"

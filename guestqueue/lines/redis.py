@@ -1,0 +1,472 @@
+"""The line shared by several instances, on Redis (GUEST_REDIS_URL; Valkey works the same).
+
+Design. The line belongs to Redis, not to a process: any instance may run any
+flight, and a guest's place does not depend on the process holding its
+connection. As in AWS's waiting room, a counter (``INCR``) numbers every
+admitted flight; the waiting flights are a sorted set scored by that number,
+and each flight's request is a hash, so whichever instance starts it can run
+it. Starting is ONE atomic script (:data:`START`): "the flight at the global
+front starts now, on this instance" happens only if a global slot is free, no
+retry is waiting for its turn, and pacing allows, all timed on Redis ``TIME``
+(never a client clock). The script pops the front, records the slot as
+``instance started_ms`` and moves the pacing mark; there is no window between
+choosing the front and taking the slot in which another instance could slip in.
+
+Slots are leases: each instance renews its lease (a sorted set of expiry
+times) every ``instance_ttl_s / 3``; a slot whose instance's lease ran out does
+not count, and the next start moves it to the orphans hash, from which exactly
+one survivor takes it (:meth:`RedisLine.dead_flights`) to put the flight back
+at the front or end it (relay.py decides: had a chunk been sent?). Like arq's
+job keys, every key name comes from keys.py.
+
+Waiting workers do not poll: admissions, leaves and finished calls publish on
+a wake channel; one subscriber per instance wakes its workers, which knock on
+the script one at a time (a local lock). A short fallback timer (the pacing
+wait, at most 0.5 s) covers a lost message or a lease that just expired.
+
+Invariants (tests/test_lines_contract.py and tests/test_lines_redis.py):
+- a flight starts at most once, and only from the global front;
+- at most ``max_concurrent`` slots held by live instances;
+- two starts (retries included) at least ``interval_s`` apart on Redis's clock;
+- a view is one round trip whatever the line's length.
+Redis errors surface as :class:`~guestqueue.errors.LineUnavailable` (503 for
+guests), and every background task keeps retrying until Redis answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import secrets
+from collections.abc import Coroutine
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..errors import LineFull, LineUnavailable
+from ..tickets import Flight
+from ..upstream import WorkflowRequest
+from .base import LineView
+from .keys import Keys
+
+logger = logging.getLogger("guestqueue.lines.redis")
+
+# Shared Lua: NOW (ms on Redis's clock) and LIVE_ACTIVE (slots of live instances; slots of
+# dead ones move to the orphans hash). KEYS[1]=slots KEYS[2]=instances KEYS[3]=orphans.
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function live_active(slots, instances, orphans)
+  local active = 0
+  local all = redis.call('HGETALL', slots)
+  for i = 1, #all, 2 do
+    local owner = string.match(all[i + 1], '^(%S+)')
+    local lease = tonumber(redis.call('ZSCORE', instances, owner) or '0')
+    if lease >= now then
+      active = active + 1
+    else
+      redis.call('HSET', orphans, all[i], all[i + 1])
+      redis.call('HDEL', slots, all[i])
+    end
+  end
+  return active
+end
+"""
+
+# KEYS: slots instances orphans line seq pace request(flight)
+# ARGV: flight_id max_size max_concurrent interval_ms then field/value pairs of the request
+ADMIT = _PRELUDE + """
+local active = live_active(KEYS[1], KEYS[2], KEYS[3])
+local free = math.max(0, tonumber(ARGV[3]) - active)
+local startable = free
+if tonumber(ARGV[4]) > 0 then
+  local pace = tonumber(redis.call('GET', KEYS[6]) or '0')
+  if pace <= now then startable = math.min(free, 1) else startable = 0 end
+end
+local waiting = redis.call('ZCARD', KEYS[4])
+if waiting - math.min(waiting, startable) >= tonumber(ARGV[2]) then return -1 end
+local seq = redis.call('INCR', KEYS[5])
+redis.call('ZADD', KEYS[4], seq, ARGV[1])
+redis.call('HSET', KEYS[7], 'seq', seq, unpack(ARGV, 5))
+return redis.call('ZRANK', KEYS[4], ARGV[1]) + 1
+"""
+
+# KEYS: slots instances orphans line pace retrying   ARGV: instance_id max_concurrent interval_ms prefix
+# Returns {'go', flight_id, request fields...} | {'pace', ms} | {'busy'} | {'empty'} | {'retry'}
+START = _PRELUDE + """
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+if redis.call('ZCARD', KEYS[6]) > 0 then return {'retry'} end
+if live_active(KEYS[1], KEYS[2], KEYS[3]) >= tonumber(ARGV[2]) then return {'busy'} end
+local head = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
+if not head then return {'empty'} end
+local pace = tonumber(redis.call('GET', KEYS[5]) or '0')
+if pace > now then return {'pace', tostring(pace - now)} end
+redis.call('ZREM', KEYS[4], head)
+redis.call('HSET', KEYS[1], head, ARGV[1] .. ' ' .. now)
+redis.call('SET', KEYS[5], now + tonumber(ARGV[3]))
+local out = {'go', head}
+local fields = redis.call('HGETALL', ARGV[4] .. ':request:' .. head)
+for i = 1, #fields do out[#out + 1] = fields[i] end
+return out
+"""
+
+# KEYS: pace held   ARGV: delay_ms
+HOLD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local untill = now + tonumber(ARGV[1])
+if tonumber(redis.call('GET', KEYS[1]) or '0') < untill then redis.call('SET', KEYS[1], untill) end
+if tonumber(redis.call('GET', KEYS[2]) or '0') < untill then redis.call('SET', KEYS[2], untill) end
+return untill
+"""
+
+# KEYS: pace retrying   ARGV: token interval_ms   -> 0 (turn taken) or ms to wait
+RETRY_TURN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local pace = tonumber(redis.call('GET', KEYS[1]) or '0')
+if pace > now then
+  redis.call('ZADD', KEYS[2], now + 60000, ARGV[1])
+  return pace - now
+end
+redis.call('SET', KEYS[1], now + tonumber(ARGV[2]))
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 0
+"""
+
+# KEYS: slots instances orphans line pace held   ARGV: prefix
+VIEW = _PRELUDE + """
+live_active(KEYS[1], KEYS[2], KEYS[3])
+local running = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 2, #all, 2 do running[#running + 1] = string.match(all[i], '%S+ (%d+)') end
+local infos = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do
+  infos[#infos + 1] = cjson.encode({id = id, info = redis.call('HGETALL', ARGV[1] .. ':instance:' .. id)})
+end
+return {now, redis.call('ZRANGE', KEYS[4], 0, -1), running, redis.call('GET', KEYS[5]) or '0',
+        redis.call('GET', KEYS[6]) or '0', infos}
+"""
+
+# KEYS: instances info   ARGV: instance_id ttl_ms field/value pairs...  -> 1 if the lease was new
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fresh = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if #ARGV > 2 then redis.call('HSET', KEYS[2], unpack(ARGV, 3)) end
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 3)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
+return fresh
+"""
+
+# KEYS: slots instances orphans   ARGV: prefix  -> {flight_id, request json}... taken over by the caller
+TAKE_ORPHANS = _PRELUDE + """
+live_active(KEYS[1], KEYS[2], KEYS[3])
+local out = {}
+local all = redis.call('HGETALL', KEYS[3])
+for i = 1, #all, 2 do
+  local fields = redis.call('HGETALL', ARGV[1] .. ':request:' .. all[i])
+  out[#out + 1] = all[i]
+  out[#out + 1] = cjson.encode(fields)
+end
+redis.call('DEL', KEYS[3])
+return out
+"""
+
+UNAVAILABLE = "The waiting line is unavailable right now. Please try again in a few seconds."
+MAX_WAKE_WAIT_S = 0.5  # a worker re-knocks at least this often (lost wake-up, expired lease)
+REQUEST_TTL_S = 86_400  # a request hash outlives any wait (GUEST_MAX_WAIT_SEC is far shorter)
+
+
+class RedisLine:
+    """The shared line and pacer: lines/base.py's Line and Pacer on Redis."""
+
+    def __init__(
+        self, redis: aioredis.Redis, *, prefix: str, instance_id: str, max_size: int, max_concurrent: int,
+        interval_s: float, max_hold_s: float = 120.0, instance_ttl_s: float = 5.0,
+    ) -> None:
+        self._redis = redis
+        self.keys = Keys(prefix)
+        self.instance_id = instance_id
+        self.max_size = max_size
+        self.max_concurrent = max_concurrent
+        self.interval_ms = round(interval_s * 1000)
+        self.max_hold_s = max_hold_s
+        self.instance_ttl_s = instance_ttl_s
+        self._info: dict[str, str] = {}
+        self._admit = redis.register_script(ADMIT)
+        self._start = redis.register_script(START)
+        self._hold = redis.register_script(HOLD)
+        self._retry = redis.register_script(RETRY_TURN)
+        self._view = redis.register_script(VIEW)
+        self._beat = redis.register_script(HEARTBEAT)
+        self._orphans = redis.register_script(TAKE_ORPHANS)
+        self._knock = asyncio.Lock()  # one local worker at a time asks Redis for a start
+        self._woken = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._spawned: set[asyncio.Future[None]] = set()  # fire-and-forget work, kept alive till done
+        self._last_view = LineView({}, max_concurrent=max_concurrent)
+
+    def __repr__(self) -> str:
+        return f"RedisLine(prefix={self.keys.prefix!r}, instance={self.instance_id})"
+
+    # -- instances -----------------------------------------------------------------
+
+    async def register(self, info: dict[str, Any]) -> None:
+        """Join the line's instances (and start the heartbeat that keeps this one alive)."""
+        self._info = {k: str(v) for k, v in info.items()}
+        await self._heartbeat_once()
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="guestqueue-redis-heartbeat"))
+        self._tasks.append(asyncio.create_task(self._listen(), name="guestqueue-redis-wake"))
+
+    async def _heartbeat_once(self) -> None:
+        pairs = [x for kv in self._info.items() for x in kv]
+        ttl_ms = round(self.instance_ttl_s * 1000)
+        keys = [self.keys.instances, self.keys.instance_info(self.instance_id)]
+        fresh = await self._call(self._beat, keys, [self.instance_id, ttl_ms, *pairs])
+        if fresh:
+            logger.info("instance %s registered on the shared line", self.instance_id)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.instance_ttl_s / 3)
+            try:
+                await self._heartbeat_once()  # a Redis restarted empty finds us again here
+            except LineUnavailable as exc:
+                logger.warning("heartbeat failed: %s", exc)
+
+    async def _listen(self) -> None:
+        """Wake local workers whenever any instance changes the line or frees a slot."""
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.keys.wake)
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self._woken.set()
+            except (RedisError, OSError) as exc:
+                logger.warning("wake-ups lost (%s); listening again shortly", exc)
+                await asyncio.sleep(0.5)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.keys.instances, self.instance_id)
+                pipe.delete(self.keys.instance_info(self.instance_id))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            logger.warning("could not leave the instances list: %s", exc)
+
+    # -- Line ----------------------------------------------------------------------
+
+    async def admit(self, flight: Flight) -> int:
+        request = flight.request
+        fields = {
+            "key": flight.key or "", "request_id": request.request_id, "query": request.query,
+            "parameters": json.dumps(dict(request.parameters)), "session_id": request.session_id or "",
+        }
+        keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.seq,
+                self.keys.pace, self.keys.request(flight.id)]
+        args = [flight.id, self.max_size, self.max_concurrent, self.interval_ms,
+                *[x for kv in fields.items() for x in kv]]
+        position = int(await self._call(self._admit, keys, args))
+        if position < 0:
+            raise LineFull("The line is full. Please try again in a little while.")
+        await self._quietly(self._expire_request(flight.id))
+        await self._wake_all()
+        flight.position = position
+        return position
+
+    async def _expire_request(self, flight_id: str) -> None:
+        await self._redis.expire(self.keys.request(flight_id), REQUEST_TTL_S)
+
+    async def leave(self, flight: Flight) -> bool:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.line, flight.id)
+            pipe.delete(self.keys.request(flight.id))
+            pipe.publish(self.keys.wake, "leave")
+            try:
+                removed, _, _ = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                raise _unavailable(exc) from exc
+        return bool(removed)
+
+    async def next(self) -> Flight:
+        while True:
+            async with self._knock:
+                self._woken.clear()
+                try:
+                    reply = await self._try_start()
+                except LineUnavailable:
+                    await asyncio.sleep(MAX_WAKE_WAIT_S)
+                    continue
+                kind, value = reply
+                if isinstance(value, Flight):
+                    return value
+                wait_s = MAX_WAKE_WAIT_S
+                if kind == "pace":
+                    wait_s = min(wait_s, int(value) / 1000)
+                try:
+                    await asyncio.wait_for(self._woken.wait(), wait_s)
+                except TimeoutError:
+                    pass
+
+    async def _try_start(self) -> tuple[str, Any]:
+        keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.pace,
+                self.keys.retrying]
+        args = [self.instance_id, self.max_concurrent, self.interval_ms, self.keys.prefix]
+        # Shielded: a worker cancelled mid-call must not lose a flight the script already popped.
+        call = asyncio.ensure_future(self._call(self._start, keys, args))
+        try:
+            reply = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(self._give_back)
+            raise
+        return _start_reply(reply)
+
+    def _give_back(self, call: asyncio.Future[Any]) -> None:
+        if call.cancelled() or call.exception() is not None:
+            return
+        kind, flight = _start_reply(call.result())
+        if kind == "go":
+            self._spawn(self._quietly(self.requeue_front(flight)))
+
+    async def start(self, flight: Flight) -> float:
+        return 0.0  # next() granted the slot and the pacing turn in the same script
+
+    async def finish(self, flight: Flight) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.slots, flight.id)
+            pipe.delete(self.keys.request(flight.id))
+            pipe.publish(self.keys.wake, "finish")
+            try:
+                await pipe.execute()
+            except (RedisError, OSError) as exc:
+                raise _unavailable(exc) from exc
+
+    async def view(self) -> LineView:
+        keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.pace,
+                self.keys.held]
+        now, order, running, pace, held, infos = await self._call(self._view, keys, [self.keys.prefix])
+        now = int(now)
+        self._last_view = LineView(
+            {_text(flight_id): n for n, flight_id in enumerate(order, start=1)},
+            running_s=tuple(max(0.0, (now - int(started)) / 1000) for started in running),
+            next_start_s=max(0.0, (int(pace) - now) / 1000),
+            held_s=max(0.0, (int(held) - now) / 1000),
+            max_concurrent=self.max_concurrent,
+            instances=tuple(_instance(json.loads(_text(raw))) for raw in infos),
+        )
+        return self._last_view
+
+    def peek(self) -> LineView:
+        return self._last_view
+
+    # -- Pacer ---------------------------------------------------------------------
+
+    async def hold(self, delay_s: float) -> None:
+        if math.isnan(delay_s) or delay_s <= 0:
+            return
+        delay_ms = round(min(delay_s, self.max_hold_s) * 1000)
+        await self._call(self._hold, [self.keys.pace, self.keys.held], [delay_ms])
+
+    async def retry_turn(self) -> float:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        token = secrets.token_hex(8)
+        try:
+            while (wait_ms := int(await self._call(self._retry, [self.keys.pace, self.keys.retrying],
+                                                    [token, self.interval_ms]))) > 0:
+                await asyncio.sleep(wait_ms / 1000)
+        finally:
+            await asyncio.shield(self._quietly(self._redis.zrem(self.keys.retrying, token)))
+        return loop.time() - began
+
+    # -- dead instances --------------------------------------------------------------
+
+    async def dead_flights(self) -> list[Flight]:
+        """The running flights of instances whose lease ran out, each handed to exactly one caller."""
+        reply = await self._call(self._orphans, [self.keys.slots, self.keys.instances, self.keys.orphans],
+                                 [self.keys.prefix])
+        flights = []
+        for i in range(0, len(reply), 2):
+            raw = json.loads(_text(reply[i + 1]))
+            fields = dict(zip(raw[::2], raw[1::2], strict=True)) if isinstance(raw, list) else {}
+            flights.append(_flight(_text(reply[i]), fields))
+        return flights
+
+    async def requeue_front(self, flight: Flight) -> None:
+        """Put a flight back in line at its old number: ahead of everyone admitted after it."""
+        seq = await self._redis.hget(self.keys.request(flight.id), "seq")
+        if seq is None:  # its request is gone (the call ended meanwhile)
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.keys.line, {flight.id: int(seq)})
+            pipe.hdel(self.keys.slots, flight.id)
+            pipe.publish(self.keys.wake, "requeue")
+            await pipe.execute()
+
+    # -- plumbing --------------------------------------------------------------------
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def _wake_all(self) -> None:
+        await self._quietly(self._redis.publish(self.keys.wake, "admit"))
+
+    async def _quietly(self, work: Any) -> None:
+        try:
+            await work
+        except (RedisError, OSError) as exc:
+            logger.warning("shared line: %s", exc)
+
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+
+def _unavailable(exc: BaseException) -> LineUnavailable:
+    # What went wrong (an address, a password error) goes to the log, not to guests.
+    logger.warning("shared line unreachable: %s", exc)
+    return LineUnavailable(UNAVAILABLE, retry_after_s=5)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _start_reply(reply: list[Any]) -> tuple[str, Any]:
+    kind = _text(reply[0])
+    if kind != "go":
+        return kind, _text(reply[1]) if len(reply) > 1 else None
+    raw = [_text(x) for x in reply[2:]]
+    return kind, _flight(_text(reply[1]), dict(zip(raw[::2], raw[1::2], strict=True)))
+
+
+def _flight(flight_id: str, fields: dict[str, str]) -> Flight:
+    request = WorkflowRequest(
+        fields.get("request_id", flight_id), fields.get("query", ""),
+        json.loads(fields.get("parameters") or "{}"), fields.get("session_id") or None,
+    )
+    return Flight(fields.get("key") or None, [], request, id=flight_id)
+
+
+def _instance(entry: dict[str, Any]) -> dict[str, object]:
+    raw = entry.get("info") or []
+    info: dict[str, object] = dict(zip(raw[::2], raw[1::2], strict=True)) if isinstance(raw, list) else {}
+    for name in ("pid",):
+        if isinstance(info.get(name), str) and str(info[name]).isdigit():
+            info[name] = int(str(info[name]))
+    if isinstance(info.get("started_at"), str):
+        info["started_at"] = float(str(info["started_at"]))
+    return {"id": entry["id"], **info}

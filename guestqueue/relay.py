@@ -1,0 +1,215 @@
+"""Flight events across instances: the worker's sink when the line is shared (Redis).
+
+With a shared line, any instance may run any flight, while the flight's guests
+are connected to the instance that admitted them. The runner's worker pool
+reports to a :class:`FlightRelay` (a :class:`~guestqueue.workers.FlightSink`):
+each event (``started``, ``chunk``, ``completed``, ``timeout``, ``error``) is
+appended to the flight's Redis stream and announced on one channel. Every
+instance listens on that channel and applies the events of the flights whose
+guests it holds to its own service, in stream order, exactly as its own
+workers would (service.py's sink methods); a flight run by this instance for
+its own guests is applied at once, without waiting for Redis.
+
+A guest who leaves the last seat of a flight running elsewhere sends a cancel
+on a second channel; the runner stops the call (as when a local guest leaves).
+
+Invariants: events of one flight are applied in the order they were appended,
+each once (the relay remembers the last stream id applied per flight); a
+message lost on the channel is caught up at the next position tick (a local
+flight missing from the line's view has started somewhere: its stream is read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .lines.keys import Keys
+from .service import QueueService
+from .tickets import Flight
+
+logger = logging.getLogger("guestqueue.relay")
+
+STREAM_TTL_S = 3600  # a flight's events stay readable this long (resumes, late followers)
+
+
+class FlightRelay:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, service: QueueService) -> None:
+        self._redis = redis
+        self._service = service
+        self._keys = keys
+        self._events_channel = keys.events_channel
+        self._cancel_channel = keys.cancel_channel
+        self._applied: dict[str, str] = {}  # flight id -> last stream id applied here
+        self._direct: set[str] = set()  # flights run here for guests held here: applied directly
+        self._running: dict[str, Flight] = {}  # the runner's copies of the flights this instance runs
+        self._listener: asyncio.Task[None] | None = None
+        self._spawned: set[asyncio.Future[None]] = set()  # fire-and-forget work, kept alive till done
+        self._sending: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
+        service.on_abandoned = self.cancel
+        service.positions.on_view.append(self._catch_up_started)
+
+    def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="guestqueue-relay")
+        self._sender = asyncio.create_task(self._send(), name="guestqueue-relay-send")
+
+    async def stop(self) -> None:
+        await self._sending.join()  # every event this instance produced reaches Redis
+        for task in (self._listener, self._sender):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    # -- FlightSink: this instance runs the flight --------------------------------
+
+    def on_started(self, flight: Flight) -> None:
+        self._running[flight.id] = flight
+        self._publish(flight, {"t": "started"})
+
+    def emit_chunk(self, flight: Flight, text: str) -> None:
+        flight.answer_parts.append(text)  # the worker checks the answer is not empty
+        self._publish(flight, {"t": "chunk", "text": text})
+
+    def end_flight_completed(self, flight: Flight) -> None:
+        self._end(flight, {"t": "completed", "suggested": flight.suggested_questions})
+
+    def end_flight_timeout(self, flight: Flight) -> None:
+        self._end(flight, {"t": "timeout"})
+
+    def end_flight_error(self, flight: Flight, code: str, message: str, *, detail: str | None = None) -> None:
+        self._end(flight, {"t": "error", "code": code, "message": message, "detail": detail})
+
+    def _end(self, flight: Flight, event: dict[str, Any]) -> None:
+        if flight.finished:
+            return
+        flight.finished = True
+        self._running.pop(flight.id, None)
+        self._publish(flight, event)
+
+    def _publish(self, flight: Flight, event: dict[str, Any]) -> None:
+        local = self._local(flight.id)
+        if local is not None and local is not flight:  # our own guests hear it now (not via Redis)
+            self._direct.add(flight.id)
+            self._apply(local, event)
+        if event["t"] not in ("started", "chunk"):
+            self._direct.discard(flight.id)
+        self._sending.put_nowait((flight.id, event))
+
+    async def _send(self) -> None:
+        """Append events to their flight's stream in the order they happened (one sender)."""
+        while True:
+            flight_id, event = await self._sending.get()
+            try:
+                stream = self._keys.flight_events(flight_id)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.xadd(stream, {"e": json.dumps(event)})
+                    pipe.expire(stream, STREAM_TTL_S)
+                    pipe.publish(self._events_channel, flight_id)
+                    await pipe.execute()
+            except RedisError as exc:
+                logger.warning("flight %s: event %s not relayed: %s", flight_id, event.get("t"), exc)
+            finally:
+                self._sending.task_done()
+
+    # -- cancels: the last guest of a flight running elsewhere left ------------------
+
+    def cancel(self, flight: Flight) -> None:
+        self._spawn(self._publish_cancel(flight.id))
+
+    async def _publish_cancel(self, flight_id: str) -> None:
+        try:
+            await self._redis.publish(self._cancel_channel, flight_id)
+        except RedisError as exc:
+            logger.warning("flight %s: cancel not relayed: %s", flight_id, exc)
+
+    # -- following: this instance holds the flight's guests ------------------------
+
+    def _local(self, flight_id: str) -> Flight | None:
+        service = self._service
+        return service.waiting.get(flight_id) or service.running.get(flight_id)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._events_channel, self._cancel_channel)
+                    async for message in pubsub.listen():
+                        if message["type"] != "message":
+                            continue
+                        flight_id = _text(message["data"])
+                        if _text(message["channel"]) == self._cancel_channel:
+                            self._stop_running(flight_id)
+                        elif self._local(flight_id) is not None:
+                            await self._catch_up(flight_id)
+            except RedisError as exc:
+                logger.warning("relay lost Redis (%s); listening again shortly", exc)
+                await asyncio.sleep(0.5)
+
+    def _stop_running(self, flight_id: str) -> None:
+        flight = self._running.get(flight_id)
+        if flight is not None and flight.job is not None and not flight.job.done():
+            flight.finished = True  # nobody is left to tell
+            flight.job.cancel()
+
+    async def _catch_up(self, flight_id: str) -> None:
+        """Apply the flight's events this instance has not applied yet, in order."""
+        if flight_id in self._direct:
+            return
+        after = self._applied.get(flight_id, "0")
+        stream = self._keys.flight_events(flight_id)
+        entries: list[Any] = await self._redis.xrange(stream, min=f"({after}" if after != "0" else "-") or []
+        for entry_id, fields in entries:
+            local = self._local(flight_id)
+            if local is None:
+                break
+            self._applied[flight_id] = _text(entry_id)
+            self._apply(local, json.loads(fields[b"e"]))
+
+    def _catch_up_started(self) -> None:
+        """After each view: local flights no longer in line started somewhere; read their streams."""
+        view = self._service.positions.view
+        for flight_id in [f for f in self._service.waiting if view.position(f) == 0]:
+            self._spawn(self._catch_up_quietly(flight_id))
+
+    async def _catch_up_quietly(self, flight_id: str) -> None:
+        try:
+            await self._catch_up(flight_id)
+        except RedisError as exc:
+            logger.warning("flight %s: could not catch up: %s", flight_id, exc)
+
+    def _apply(self, flight: Flight, event: dict[str, Any]) -> None:
+        service, kind = self._service, event["t"]
+        if flight.finished:
+            return
+        if kind == "started":
+            if not flight.started:
+                service.on_started(flight)
+        elif kind == "chunk":
+            if not flight.started:
+                service.on_started(flight)
+            service.emit_chunk(flight, event["text"])
+        else:
+            self._applied.pop(flight.id, None)
+            if kind == "completed":
+                flight.suggested_questions = list(event.get("suggested") or [])
+                service.end_flight_completed(flight)
+            elif kind == "timeout":
+                service.end_flight_timeout(flight)
+            else:
+                service.end_flight_error(flight, event["code"], event["message"], detail=event.get("detail"))
+
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
