@@ -193,7 +193,11 @@ class GuestQueue:
         return self._stream(request, ticket, resume=again)
 
     async def chat_events(self, request: Request) -> Response | TicketStream:
-        return self._stream(request, self._ticket(request), resume=True)
+        # With a shared line, a request another instance held is taken over here.
+        ticket = await self._service.find(request.path_params["request_id"], _last_event_id(request))
+        if ticket is None:
+            raise NotFound("No request with that id (it may have expired).")
+        return self._stream(request, ticket, resume=True)
 
     def _stream(self, request: Request, ticket: Ticket, *, resume: bool) -> Response | TicketStream:
         last_event_id = _last_event_id(request) if resume else 0
@@ -203,7 +207,9 @@ class GuestQueue:
         return TicketStream(self._service, ticket, last_event_id, client=client_key(request), resume=resume)
 
     async def chat_cancel(self, request: Request) -> Response:
-        ticket = self._ticket(request)
+        ticket = await self._service.find(request.path_params["request_id"])  # held here or elsewhere
+        if ticket is None:
+            raise NotFound("No request with that id (it may have expired).")
         if not self._service.cancel(ticket, Status.CANCELLED, "cancelled", "The request was cancelled."):
             return JSONResponse(
                 {"error": "The request had already finished.", "code": "already_finished", **ticket.summary()},

@@ -146,6 +146,11 @@ class EventLog:
             return self._answer_base + len(self._answer)
         return self._last_id
 
+    def continue_from(self, last_id: int) -> None:
+        """The next event's id is above ``last_id`` (a request taken over from another instance: its
+        guest's ids keep increasing)."""
+        self._last_id = max(self._last_id, last_id)
+
     def follow(self, answer: SharedAnswer) -> None:
         """From now on, the answer's chunks (those already there, then new ones) are this log's
         next events; call :meth:`nudge` when a chunk is added."""

@@ -108,6 +108,12 @@ class Registry:
         if self._recent.maxlen:
             self._recent.append(ticket)
 
+    def forget(self, ticket: Ticket) -> None:
+        """A live ticket another instance took over: it is no longer ours to look up."""
+        self._live.pop(ticket.id, None)
+        if ticket.idempotency_key is not None:
+            self._by_key.pop((ticket.client, ticket.idempotency_key), None)
+
     def get(self, request_id: str) -> Ticket | None:
         return self._live.get(request_id) or self._finished.get(request_id)
 

@@ -44,6 +44,7 @@ class FlightRelay:
         self._redis = redis
         self._service = service
         self._keys = keys
+        self._instance_id = service.places.instance_id if service.places is not None else ""
         self._events_channel = keys.events_channel
         self._cancel_channel = keys.cancel_channel
         self._applied: dict[str, str] = {}  # flight id -> last stream id applied here
@@ -54,6 +55,7 @@ class FlightRelay:
         self._sending: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
         service.on_abandoned = self.cancel
+        service.on_adopted = self.follow
         service.positions.on_view.append(self._catch_up_started)
 
     def start(self) -> None:
@@ -139,12 +141,16 @@ class FlightRelay:
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self._events_channel, self._cancel_channel)
+                    await pubsub.subscribe(self._events_channel, self._cancel_channel, self._keys.moved_channel)
                     async for message in pubsub.listen():
                         if message["type"] != "message":
                             continue
-                        flight_id = _text(message["data"])
-                        if _text(message["channel"]) == self._cancel_channel:
+                        channel, flight_id = _text(message["channel"]), _text(message["data"])
+                        if channel == self._keys.moved_channel:
+                            request_id, old_holder, _ = json.loads(flight_id)
+                            if old_holder == self._instance_id:
+                                self._service.release(request_id)
+                        elif channel == self._cancel_channel:
                             self._stop_running(flight_id)
                         elif self._local(flight_id) is not None:
                             await self._catch_up(flight_id)
@@ -171,6 +177,14 @@ class FlightRelay:
                 break
             self._applied[flight_id] = _text(entry_id)
             self._apply(local, json.loads(fields[b"e"]))
+
+    async def follow(self, flight: Flight) -> None:
+        """A flight this instance now holds a guest of (taken over): apply what it did so far."""
+        self._applied.pop(flight.id, None)
+        try:
+            await self._catch_up(flight.id)
+        except RedisError as exc:
+            logger.warning("flight %s: could not catch up: %s", flight.id, exc)
 
     def _catch_up_started(self) -> None:
         """After each view: local flights no longer in line started somewhere; read their streams."""

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from .config import Settings
 from .history import Stats
 from .lines.memory import MemoryLine
+from .lines.places import RedisPlaces
 from .lines.redis import RedisLine
 from .metrics import Metrics
 from .relay import FlightRelay
@@ -84,7 +85,8 @@ async def _open_shared(stack: AsyncExitStack, settings: Settings, upstream: Upst
     )
     await line.register({"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time()})
     stack.push_async_callback(line.close)
-    service = QueueService(settings, line, line, upstream_kind=upstream.kind)
+    places = RedisPlaces(redis, line.keys, instance_id)
+    service = QueueService(settings, line, line, places=places, upstream_kind=upstream.kind)
     relay = FlightRelay(redis, line.keys, service)
     relay.start()
     stack.push_async_callback(relay.stop)

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, Protocol
 
 from .cache import AnswerCache, CachedAnswer
@@ -31,7 +31,7 @@ from .config import Settings
 from .errors import ClientLimit, IdempotencyMismatch, LineFull, LineUnavailable, Rejected, ShuttingDown
 from .events import ERROR, PROCESSING, TIMEOUT, WORKFLOW_COMPLETE, SharedAnswer
 from .history import Registry, Stats
-from .lines.base import Line, Pacer
+from .lines.base import Line, Pacer, Places
 from .positions import Positions
 from .tickets import Flight, Status, Ticket
 from .upstream import WorkflowRequest
@@ -76,10 +76,14 @@ class RequestListener(Protocol):
 
 
 class QueueService:
-    def __init__(self, settings: Settings, line: Line, pacer: Pacer, *, upstream_kind: str = "custom") -> None:
+    def __init__(
+        self, settings: Settings, line: Line, pacer: Pacer, *, places: Places | None = None,
+        upstream_kind: str = "custom",
+    ) -> None:
         self.settings = settings
         self.line = line
         self.pacer = pacer
+        self.places = places  # a shared line's request records (None: this process is the whole line)
         self.upstream_kind = upstream_kind
         self.stats = Stats()
         self.listeners: list[RequestListener] = [self.stats]
@@ -97,6 +101,8 @@ class QueueService:
         self._tasks: set[asyncio.Future[object]] = set()
         # Set by the runtime when flights may run on another instance: stop the call there.
         self.on_abandoned: Callable[[Flight], None] | None = None
+        # Set by the runtime with a shared line: catch a taken-over request's flight up on its events.
+        self.on_adopted: Callable[[Flight], Awaitable[None]] | None = None
         self.streams: set[OpenStream] = set()  # the guests' open SSE responses
         self.request_streams: dict[str, list[OpenStream]] = {}  # by request id, oldest first
         self.client_streams: Counter[str] = Counter()
@@ -218,6 +224,9 @@ class QueueService:
         self.registry.add(ticket)
         for listener in self.listeners:
             listener.admitted(ticket)
+        if self.places is not None:
+            flight_id = ticket.flight.id if ticket.flight is not None else None
+            self._background(self.places.record(ticket, flight_id))
 
     def _retry_after_s(self, position: int) -> int:
         return max(1, math.ceil(self.positions.retry_after_s(position)))
@@ -349,14 +358,95 @@ class QueueService:
         # Nobody rides this flight any more: it leaves the line, or its upstream call stops.
         waiting = flight.id in self.waiting
         self._flight_finished(flight)
+        if self.places is not None:
+            self._background(self._let_go(flight, waiting=waiting))
+            return
         if waiting:
             self._background(self.line.leave(flight))
         if flight.job is not None and not flight.job.done():
             flight.job.cancel()
-        elif flight.started and self.on_abandoned is not None:
-            self.on_abandoned(flight)  # it runs on another instance: stop it there
 
-    def _background(self, work: Coroutine[Any, Any, object]) -> None:
+    async def _let_go(self, flight: Flight, *, waiting: bool, abandon: bool = True) -> None:
+        """This instance holds no more guests of a flight of the shared line. If no instance does,
+        it leaves the line, or its call (on whichever instance runs it) stops."""
+        assert self.places is not None
+        if not await self.places.let_go(flight.id) or not abandon:
+            return
+        if waiting:
+            await self.line.leave(flight)
+        elif self.on_abandoned is not None:
+            self.on_abandoned(flight)
+
+    # -- a shared line: guests moving between instances ------------------------------
+
+    async def find(self, request_id: str, last_event_id: int = 0) -> Ticket | None:
+        """The request, held here or taken over from the instance that held it (shared line)."""
+        ticket = self.registry.get(request_id)
+        if ticket is not None or self.places is None:
+            return ticket
+        record = await self.places.claim(request_id)
+        return None if record is None else await self._adopt(record, last_event_id)
+
+    async def _adopt(self, record: Any, last_event_id: int) -> Ticket:
+        ticket = Ticket(record.query, record.client, record.parameters, record.session_id, record.idempotency_key,
+                        id=record.request_id, created_at=record.created_at)
+        ticket.cached = record.cached
+        if record.terminal is not None:  # over already: only its ending is left to hear
+            ticket.events.continue_from(last_event_id)
+            ticket.end(record.status)
+            name, payload = record.terminal
+            ticket.events.publish(name, payload)
+            self.registry.add(ticket)
+            self.registry.finished(ticket)
+            return ticket
+        flight = self.waiting.get(record.flight_id) or self.running.get(record.flight_id)
+        if flight is None:
+            request = WorkflowRequest(record.request_id, record.query, record.parameters, record.session_id)
+            flight = Flight(None, [], request, id=record.flight_id)
+            self.waiting[flight.id] = flight
+        started_id = record.started_event_id
+        ticket.events.continue_from(started_id - 1 if started_id is not None else last_event_id)
+        flight.tickets.append(ticket)
+        ticket.flight = flight
+        self.per_client[ticket.client] += 1
+        self.registry.add(ticket)
+        if flight.started:
+            self._start_ticket(ticket)
+            ticket.events.follow(flight.shared)
+        elif started_id is None:  # still waiting (a started one hears its start from the catch-up below)
+            waited_s = max(0.0, time.time() - record.created_at)
+            ticket.expiry_timer = asyncio.get_running_loop().call_later(
+                max(0.0, self.settings.max_wait_s - waited_s), self._expire, ticket)
+            self.positions.tell(ticket, max(1, self.positions.view.position(flight.id)))
+        if self.on_adopted is not None:
+            await self.on_adopted(flight)  # its flight may have started, or ended, elsewhere
+        return ticket
+
+    def release(self, request_id: str) -> None:
+        """Another instance took this request over: let go of it without ending it."""
+        ticket = self.registry.get(request_id)
+        if ticket is None or ticket.done:
+            return
+        for timer in (ticket.grace_timer, ticket.expiry_timer):
+            if timer is not None:
+                timer.cancel()
+        ticket.grace_timer = ticket.expiry_timer = None
+        self.registry.forget(ticket)
+        self.per_client[ticket.client] -= 1
+        if self.per_client[ticket.client] <= 0:
+            del self.per_client[ticket.client]
+        for stream in list(self.request_streams.get(ticket.id, [])):
+            stream.end()
+        flight = ticket.flight
+        if flight is None or ticket not in flight.tickets:
+            return
+        flight.tickets.remove(ticket)
+        if not flight.tickets and not flight.finished:
+            waiting = flight.id in self.waiting
+            self._flight_finished(flight)
+            self._background(self._let_go(flight, waiting=waiting, abandon=False))
+
+    def _background(self, work: Awaitable[object]) -> None:
         """Run ``work`` without waiting for it (from a synchronous ending); errors are logged."""
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
@@ -376,7 +466,9 @@ class QueueService:
         ticket.start()
         for listener in self.listeners:
             listener.started(ticket)
-        ticket.events.publish(PROCESSING, {"request_id": ticket.id})
+        event = ticket.events.publish(PROCESSING, {"request_id": ticket.id})
+        if self.places is not None:
+            self._background(self.places.record(ticket, None, event_id=event.id))
 
     def _complete_payload(self, ticket: Ticket) -> dict[str, Any]:
         return {"request_id": ticket.id, "answer": ticket.answer, "suggested_questions": ticket.suggested_questions,
@@ -408,6 +500,8 @@ class QueueService:
         self.registry.finished(ticket)
         for listener in self.listeners:
             listener.ended(ticket)
+        if self.places is not None:
+            self._background(self.places.record(ticket, None))
         logger.info(
             "request %s %s%s wait=%.0fms run=%.0fms",
             ticket.id, status.value, f" ({code})" if code else "", ticket.wait_ms or 0, ticket.duration_ms or 0,

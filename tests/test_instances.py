@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from httpx_sse import aconnect_sse
 
 from guestqueue.config import ENV_NAMES
 
@@ -109,3 +111,62 @@ async def test_the_size_limit_is_global(
             assert int(refused.headers["retry-after"]) >= 1
             answers = await asyncio.gather(holder, *two)
             assert [a.status_code for a in answers] == [200, 200, 200]
+
+
+@pytest.fixture
+def two(tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream) -> Iterator[list[str]]:
+    yield from _instances(
+        tmp_path, 2, redis_url, redis_prefix, upstream_url=upstream.url(), max_concurrent_requests=1,
+        reconnect_grace_s=5.0,
+    )
+
+
+async def _first_events(client: httpx.AsyncClient, url: str, count: int, **kwargs: Any) -> list[Received]:
+    """The first ``count`` events of a stream, then the guest drops it."""
+    events: list[Received] = []
+    async with aconnect_sse(client, kwargs.pop("method", "POST"), url, **kwargs) as source:
+        async for sse in source.aiter_sse():
+            if sse.data:
+                events.append(Received(sse.event, sse.id, json.loads(sse.data)["data"]))
+            if len(events) >= count:
+                break
+    return events
+
+
+async def test_an_answer_resumes_on_another_instance_without_a_chunk_lost_or_repeated(
+    two: list[str], upstream: MockUpstream
+) -> None:
+    tag = "resume-" + two[0].rsplit(":", 1)[1][:5]
+    async with httpx.AsyncClient(timeout=30) as client:
+        body = _body("tell me", tag, chunks=8, delay=0.15)
+        seen = await _first_events(client, f"{two[0]}/chat", 4, json=body)  # queued?, processing, chunks…
+        request_id = seen[0].data["request_id"]
+        rest = await stream_events(client, f"{two[1]}/chat/{request_id}/events", method="GET",
+                                   headers={"Last-Event-ID": seen[-1].id})
+    ids = [int(e.id) for e in seen + rest]
+    assert ids == sorted(set(ids)), f"ids increase, none repeated: {ids}"
+    chunks = [e.data for e in seen + rest if e.name == "answer_chunk"]
+    assert "".join(chunks) == "".join(f"chunk{i} " for i in range(8)), chunks
+    assert rest[-1].name == "workflow_complete" and rest[-1].data["answer"] == "".join(chunks)
+    assert len(await upstream.acalls(tag)) == 1, "one upstream call, whichever instance the guest was on"
+
+
+async def test_a_waiting_guest_keeps_its_place_on_another_instance(two: list[str], upstream: MockUpstream) -> None:
+    tag = "place-" + two[0].rsplit(":", 1)[1][:5]
+    async with httpx.AsyncClient(timeout=30) as client:
+        holder = asyncio.create_task(stream_events(client, f"{two[0]}/chat", json=_body("hold", tag, delay=0.5)))
+        await asyncio.sleep(0.3)
+        second = asyncio.create_task(stream_events(client, f"{two[0]}/chat", json=_body("second", tag)))
+        await asyncio.sleep(0.1)
+        seen = await _first_events(client, f"{two[1]}/chat", 1, json=_body("third", tag))
+        assert seen[0].name == "queued" and seen[0].data["queue_position"] == 2
+        request_id = seen[0].data["request_id"]
+        # Reconnect to the other instance (nginx round-robin would do the same).
+        rest = await stream_events(client, f"{two[0]}/chat/{request_id}/events", method="GET",
+                                   headers={"Last-Event-ID": seen[-1].id})
+        await asyncio.gather(holder, second)
+    assert rest[0].name == "queued" and rest[0].data["queue_position"] in (1, 2), rest[0]
+    assert int(rest[0].id) > int(seen[-1].id)
+    assert rest[-1].name == "workflow_complete", rest[-1]
+    queries = [call["body"]["query"] for call in await upstream.acalls(tag)]
+    assert queries == ["hold", "second", "third"], "its place in line was kept"

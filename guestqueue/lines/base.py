@@ -26,11 +26,11 @@ runs the same suite against each):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from ..tickets import Flight
+from ..tickets import Flight, Ticket
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +114,17 @@ class Pacer(Protocol):
         """A start for a retry of a flight that already runs (holds a slot): served before every
         flight still in line; returns the seconds waited."""
         ...
+
+
+class Places(Protocol):
+    """Guests' places on a shared line: request records any instance can take over (lines/places.py)."""
+
+    instance_id: str
+
+    def record(self, ticket: Ticket, flight_id: str | None, *, event_id: int | None = None) -> Awaitable[None]: ...
+
+    async def load(self, request_id: str) -> Any: ...
+
+    async def claim(self, request_id: str) -> Any: ...
+
+    async def let_go(self, flight_id: str) -> bool: ...

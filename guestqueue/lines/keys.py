@@ -67,6 +67,19 @@ class Keys:
         """STREAM of one flight's events (relay.py)."""
         return f"{self.prefix}:events:{flight_id}"
 
+    def ticket(self, request_id: str) -> str:
+        """HASH one guest request's record: any instance can resume or look it up (places.py)."""
+        return f"{self.prefix}:ticket:{request_id}"
+
+    def holders(self, flight_id: str) -> str:
+        """SET the instances holding guests of this flight (it stays in line while one does)."""
+        return f"{self.prefix}:holders:{flight_id}"
+
+    @property
+    def moved_channel(self) -> str:
+        """Channel: [request id, old holder, new holder]: a guest resumed on another instance."""
+        return f"{self.prefix}:ticket-moved"
+
     @property
     def wake(self) -> str:
         """Channel: the line or its slots changed (admit, leave, finish): try to start."""

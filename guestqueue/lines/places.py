@@ -1,0 +1,159 @@
+"""Guests' places on a shared line: each request's record in Redis, and which instance holds it.
+
+A guest's place belongs to the line, not to the process holding its
+connection. Each admitted request has a record (what was asked, its flight,
+its state, the id of its ``processing`` event and, once over, its terminal
+event), so any instance can take over (*claim*) a guest who reconnects to it:
+the claim names the new holder atomically and tells the old one, which lets go
+of the request silently (no terminal event: the guest goes on elsewhere).
+
+A flight stays in line while some instance holds one of its guests: each
+flight has a set of holders, and :meth:`RedisPlaces.let_go` reports when the
+last one left (then the flight leaves the line, or its call stops).
+
+Invariants: one holder per request at a time; a holder set never empties
+while an instance still holds a guest of the flight; a request record lives
+``RECORD_TTL_S`` after its last change (long enough to resume or look it up).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..errors import LineUnavailable
+from ..tickets import Status, Ticket
+from .keys import Keys
+
+logger = logging.getLogger("guestqueue.lines.places")
+
+RECORD_TTL_S = 3600
+
+# KEYS: ticket record   ARGV: instance   -> the previous holder ('' if none); nil if no record
+CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local previous = redis.call('HGET', KEYS[1], 'holder') or ''
+redis.call('HSET', KEYS[1], 'holder', ARGV[1])
+return previous
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceRecord:
+    """A request as another instance recorded it."""
+
+    request_id: str
+    flight_id: str
+    client: str
+    query: str
+    parameters: dict[str, Any]
+    session_id: str | None
+    idempotency_key: str | None
+    status: Status
+    created_at: float
+    started_at: float | None
+    started_event_id: int | None  # the id of its `processing` event (its chunks follow it)
+    holder: str
+    cached: bool
+    terminal: tuple[str, dict[str, Any]] | None  # (event name, payload) once over
+
+
+class RedisPlaces:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, instance_id: str) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.instance_id = instance_id
+        self._claim = redis.register_script(CLAIM)
+
+    def record(self, ticket: Ticket, flight_id: str | None, *, event_id: int | None = None) -> Awaitable[None]:
+        """Write ``ticket`` as it is now (admission, start, end); this instance holds it. The fields
+        are read at once; the returned awaitable writes them."""
+        key = self._keys.ticket(ticket.id)
+        fields: dict[str, str | int | float] = {
+            "status": ticket.status.value, "holder": self.instance_id, "cached": int(ticket.cached),
+        }
+        if ticket.status is Status.QUEUED:
+            fields.update({
+                "flight_id": flight_id or "", "client": ticket.client, "query": ticket.query,
+                "parameters": json.dumps(ticket.parameters), "session_id": ticket.session_id or "",
+                "idempotency_key": ticket.idempotency_key or "", "created_at": ticket.created_at,
+            })
+        if ticket.started_at is not None:
+            fields["started_at"] = ticket.started_at
+        if event_id is not None and ticket.status is Status.PROCESSING:
+            fields["started_event_id"] = event_id
+        if ticket.done and (terminal := ticket.events.terminal_event()) is not None:
+            fields["terminal"] = json.dumps([terminal.name, terminal.data])
+        holders = flight_id if flight_id and ticket.status is Status.QUEUED else None
+        return self._write(key, fields, holders)
+
+    async def _write(self, key: str, fields: dict[str, str | int | float], flight_id: str | None) -> None:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=cast(Any, fields))  # redis-py's Mapping type is invariant in its key
+                pipe.expire(key, RECORD_TTL_S)
+                if flight_id is not None:
+                    pipe.sadd(self._keys.holders(flight_id), self.instance_id)
+                    pipe.expire(self._keys.holders(flight_id), RECORD_TTL_S)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            logger.warning("%s: record not written: %s", key, exc)
+
+    async def load(self, request_id: str) -> PlaceRecord | None:
+        try:
+            raw = await self._redis.hgetall(self._keys.ticket(request_id))
+        except (RedisError, OSError) as exc:
+            raise LineUnavailable("The waiting line is unavailable right now. Please try again shortly.",
+                                  retry_after_s=5) from exc
+        return _record(request_id, {_text(k): _text(v) for k, v in raw.items()}) if raw else None
+
+    async def claim(self, request_id: str) -> PlaceRecord | None:
+        """Become the holder of a request recorded by another instance (the old holder is told)."""
+        try:
+            previous = await self._claim(keys=[self._keys.ticket(request_id)], args=[self.instance_id])
+            if previous is None:
+                return None
+            record = await self.load(request_id)
+            if record is None:
+                return None
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(self._keys.holders(record.flight_id), self.instance_id)
+                pipe.publish(self._keys.moved_channel, json.dumps([request_id, _text(previous), self.instance_id]))
+                await pipe.execute()
+            return record
+        except (RedisError, OSError) as exc:
+            raise LineUnavailable("The waiting line is unavailable right now. Please try again shortly.",
+                                  retry_after_s=5) from exc
+
+    async def let_go(self, flight_id: str) -> bool:
+        """This instance holds no more guests of the flight; True if no instance does any more."""
+        key = self._keys.holders(flight_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.srem(key, self.instance_id)
+            pipe.scard(key)
+            _, left = await pipe.execute()
+        return int(left) == 0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _record(request_id: str, raw: dict[str, str]) -> PlaceRecord:
+    terminal = json.loads(raw["terminal"]) if raw.get("terminal") else None
+    return PlaceRecord(
+        request_id=request_id, flight_id=raw.get("flight_id", ""), client=raw.get("client", ""),
+        query=raw.get("query", ""), parameters=json.loads(raw.get("parameters") or "{}"),
+        session_id=raw.get("session_id") or None, idempotency_key=raw.get("idempotency_key") or None,
+        status=Status(raw.get("status", "queued")), created_at=float(raw.get("created_at") or 0),
+        started_at=float(raw["started_at"]) if raw.get("started_at") else None,
+        started_event_id=int(raw["started_event_id"]) if raw.get("started_event_id") else None,
+        holder=raw.get("holder", ""), cached=raw.get("cached") == "1",
+        terminal=(terminal[0], terminal[1]) if terminal else None,
+    )
