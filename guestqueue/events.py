@@ -25,6 +25,7 @@ ANSWER_CHUNK = "answer_chunk"
 WORKFLOW_COMPLETE = "workflow_complete"
 TIMEOUT = "timeout"
 ERROR = "error"
+RECONNECT = "reconnect"  # not an ending: this instance is stopping, the guest resumes on another
 TERMINAL_EVENTS = frozenset({WORKFLOW_COMPLETE, TIMEOUT, ERROR})
 
 # Events kept per request for replay after a reconnect. A longer answer can

@@ -30,27 +30,33 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .lines.keys import Keys
+from .errors import LineUnavailable
+from .lines.places import RedisPlaces
+from .lines.redis import RedisLine
 from .service import QueueService
 from .tickets import Flight
 
 logger = logging.getLogger("guestqueue.relay")
 
 STREAM_TTL_S = 3600  # a flight's events stay readable this long (resumes, late followers)
+INTERRUPTED = "The answer was interrupted. Please ask again."
 
 
 class FlightRelay:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, service: QueueService) -> None:
+    def __init__(self, redis: aioredis.Redis, line: RedisLine, places: RedisPlaces, service: QueueService) -> None:
         self._redis = redis
+        self._line = line
+        self._places = places
         self._service = service
-        self._keys = keys
-        self._instance_id = service.places.instance_id if service.places is not None else ""
+        keys = self._keys = line.keys
+        self._instance_id = places.instance_id
         self._events_channel = keys.events_channel
         self._cancel_channel = keys.cancel_channel
         self._applied: dict[str, str] = {}  # flight id -> last stream id applied here
         self._direct: set[str] = set()  # flights run here for guests held here: applied directly
         self._running: dict[str, Flight] = {}  # the runner's copies of the flights this instance runs
         self._listener: asyncio.Task[None] | None = None
+        self._janitor: asyncio.Task[None] | None = None
         self._spawned: set[asyncio.Future[None]] = set()  # fire-and-forget work, kept alive till done
         self._sending: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
@@ -61,10 +67,11 @@ class FlightRelay:
     def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="guestqueue-relay")
         self._sender = asyncio.create_task(self._send(), name="guestqueue-relay-send")
+        self._janitor = asyncio.create_task(self._clean_up_after_the_dead(), name="guestqueue-relay-janitor")
 
     async def stop(self) -> None:
         await self._sending.join()  # every event this instance produced reaches Redis
-        for task in (self._listener, self._sender):
+        for task in (self._listener, self._sender, self._janitor):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -86,7 +93,49 @@ class FlightRelay:
         self._end(flight, {"t": "timeout"})
 
     def end_flight_error(self, flight: Flight, code: str, message: str, *, detail: str | None = None) -> None:
+        if code == "shutdown" and not flight.answer_parts and not flight.finished:
+            # This instance stops before the call said anything: another instance runs it, from
+            # the front of the line (the worker gives the slot back as usual).
+            flight.finished = True
+            self._running.pop(flight.id, None)
+            self._spawn(self._requeue(flight))
+            return
+        if code == "shutdown":
+            code, message = "interrupted", INTERRUPTED
         self._end(flight, {"t": "error", "code": code, "message": message, "detail": detail})
+
+    async def _requeue(self, flight: Flight) -> None:
+        try:
+            await self._line.requeue_front(flight)
+        except (RedisError, OSError) as exc:
+            logger.warning("flight %s: could not go back in line: %s", flight.id, exc)
+
+    # -- instances that died: their running calls and their guests' places ------------
+
+    async def _clean_up_after_the_dead(self) -> None:
+        """Every few seconds (any live instance may do it; each orphan goes to exactly one): a call a
+        dead instance was running is retried from the front if it had sent no chunk, else ends
+        ``interrupted``; places nobody took over within the grace are released (places.py)."""
+        while True:
+            await asyncio.sleep(self._line.instance_ttl_s / 2)
+            try:
+                for flight in await self._line.dead_flights():
+                    await self._recover(flight)
+                await self._places.reap(self._service.settings.reconnect_grace_s)
+            except (LineUnavailable, RedisError, OSError) as exc:
+                logger.warning("could not clean up after dead instances: %s", exc)
+
+    async def _recover(self, flight: Flight) -> None:
+        entries: list[Any] = await self._redis.xrange(self._keys.flight_events(flight.id)) or []
+        kinds = [json.loads(fields[b"e"])["t"] for _, fields in entries]
+        if any(kind in ("completed", "timeout", "error") for kind in kinds):
+            return  # it had ended; only its slot was left
+        if "chunk" not in kinds:
+            logger.info("flight %s: its instance died before any chunk; back to the front", flight.id)
+            await self._line.requeue_front(flight)
+            return
+        logger.info("flight %s: its instance died mid-answer; it ends interrupted", flight.id)
+        self._sending.put_nowait((flight.id, {"t": "error", "code": "interrupted", "message": INTERRUPTED}))
 
     def _end(self, flight: Flight, event: dict[str, Any]) -> None:
         if flight.finished:

@@ -87,7 +87,7 @@ async def _open_shared(stack: AsyncExitStack, settings: Settings, upstream: Upst
     stack.push_async_callback(line.close)
     places = RedisPlaces(redis, line.keys, instance_id)
     service = QueueService(settings, line, line, places=places, upstream_kind=upstream.kind)
-    relay = FlightRelay(redis, line.keys, service)
+    relay = FlightRelay(redis, line, places, service)
     relay.start()
     stack.push_async_callback(relay.stop)
     return await _start(stack, settings, service, upstream, relay, log)
@@ -102,6 +102,7 @@ async def _start(
     line = service.line
     queue.pool = WorkerPool(settings, line, service.pacer, upstream, sink, on_paced=queue.metrics.paced)
     service.listeners.append(queue.metrics)
+    service.on_drain.append(queue.pool.drain)
     service.health_checks.append(queue.pool.problems)
     if log is not None:
         service.listeners.append(log)

@@ -29,7 +29,7 @@ from typing import Any, NoReturn, Protocol
 from .cache import AnswerCache, CachedAnswer
 from .config import Settings
 from .errors import ClientLimit, IdempotencyMismatch, LineFull, LineUnavailable, Rejected, ShuttingDown
-from .events import ERROR, PROCESSING, TIMEOUT, WORKFLOW_COMPLETE, SharedAnswer
+from .events import ERROR, PROCESSING, RECONNECT, TIMEOUT, WORKFLOW_COMPLETE, SharedAnswer
 from .history import Registry, Stats
 from .lines.base import Line, Pacer, Places
 from .positions import Positions
@@ -42,6 +42,7 @@ TIMEOUT_FALLBACK = (
     "Sorry, this is taking longer than expected. Please try again in a moment, or rephrase your question."
 )
 SHUTDOWN_MESSAGE = "The service is restarting. Please ask again shortly."
+RECONNECT_AFTER_S = 1.0  # what a `reconnect` event asks a guest to wait before resuming elsewhere
 DROP_MESSAGES = {
     "disconnected": "The guest disconnected.",
     "send_timeout": "The guest stopped reading the answer.",
@@ -60,7 +61,7 @@ STREAMS_PER_QUESTION = MAX_STREAMS_PER_REQUEST
 class OpenStream(Protocol):
     def check(self, now: float) -> None: ...
 
-    def end(self) -> None: ...
+    def end(self, *, flush: bool = False) -> None: ...
 
 
 class RequestListener(Protocol):
@@ -103,6 +104,7 @@ class QueueService:
         self.on_abandoned: Callable[[Flight], None] | None = None
         # Set by the runtime with a shared line: catch a taken-over request's flight up on its events.
         self.on_adopted: Callable[[Flight], Awaitable[None]] | None = None
+        self.on_drain: list[Callable[[], None]] = []  # run when shutdown begins
         self.streams: set[OpenStream] = set()  # the guests' open SSE responses
         self.request_streams: dict[str, list[OpenStream]] = {}  # by request id, oldest first
         self.client_streams: Counter[str] = Counter()
@@ -137,14 +139,23 @@ class QueueService:
 
     async def _stop(self) -> None:
         deadline = time.monotonic() + self.settings.shutdown_grace_s
-        # Guests still waiting will not be served by this process: tell them at once.
+        for drain in self.on_drain:
+            drain()  # e.g. the workers take no new flight
+        # Guests still waiting will not be served by this process: with a shared line they keep
+        # their places and resume on another instance; alone, they hear it is over.
         for flight in list(self.waiting.values()):
-            self._end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
+            if self.places is not None:
+                self._hand_off_all(flight)
+            else:
+                self._end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
         while self.running and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         jobs = [flight.job for flight in self.running.values() if flight.job is not None]
         for flight in list(self.running.values()):
-            self._end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
+            if self.places is not None:
+                self._hand_off_all(flight)  # its call goes on (or is retried) on another instance
+            else:
+                self._end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
         await asyncio.gather(*jobs, return_exceptions=True)
         await self.positions.stop()
         if self._watcher is not None:
@@ -277,7 +288,7 @@ class QueueService:
         """A stream ended; ``reason`` (``disconnected``, ``send_timeout``) is the row's code if the guest
         does not come back within the reconnect grace."""
         ticket.subscribers -= 1
-        if ticket.subscribers == 0 and not ticket.done:
+        if ticket.subscribers == 0 and not ticket.done and not ticket.moved:
             ticket.drop_reason = reason
             loop = asyncio.get_running_loop()
             ticket.grace_timer = loop.call_later(self.settings.reconnect_grace_s, self._abandon, ticket)
@@ -427,6 +438,23 @@ class QueueService:
         ticket = self.registry.get(request_id)
         if ticket is None or ticket.done:
             return
+        for stream in list(self.request_streams.get(ticket.id, [])):
+            stream.end()
+        self._let_go_of(ticket, abandon=False)
+
+    def _hand_off_all(self, flight: Flight) -> None:
+        """This instance stops: its guests of ``flight`` hear ``reconnect`` and resume elsewhere."""
+        retry_after_ms = round(RECONNECT_AFTER_S * 1000)
+        for ticket in list(flight.tickets):
+            ticket.events.publish(RECONNECT, {"request_id": ticket.id, "retry_after_ms": retry_after_ms})
+            for stream in list(self.request_streams.get(ticket.id, [])):
+                stream.end(flush=True)
+            # Its place stays this instance's in Redis until a guest claims it elsewhere, or
+            # the instance's lease and the reconnect grace run out (lines/places.py reaps it).
+            self._let_go_of(ticket, abandon=False, keep_holding=True)
+
+    def _let_go_of(self, ticket: Ticket, *, abandon: bool, keep_holding: bool = False) -> None:
+        ticket.moved = True
         for timer in (ticket.grace_timer, ticket.expiry_timer):
             if timer is not None:
                 timer.cancel()
@@ -435,8 +463,6 @@ class QueueService:
         self.per_client[ticket.client] -= 1
         if self.per_client[ticket.client] <= 0:
             del self.per_client[ticket.client]
-        for stream in list(self.request_streams.get(ticket.id, [])):
-            stream.end()
         flight = ticket.flight
         if flight is None or ticket not in flight.tickets:
             return
@@ -444,7 +470,8 @@ class QueueService:
         if not flight.tickets and not flight.finished:
             waiting = flight.id in self.waiting
             self._flight_finished(flight)
-            self._background(self._let_go(flight, waiting=waiting, abandon=False))
+            if not keep_holding:
+                self._background(self._let_go(flight, waiting=waiting, abandon=abandon))
 
     def _background(self, work: Awaitable[object]) -> None:
         """Run ``work`` without waiting for it (from a synchronous ending); errors are logged."""

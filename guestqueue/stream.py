@@ -49,6 +49,7 @@ class TicketStream:
         self._ticket = ticket
         self._last_event_id = last_event_id
         self._gone = False
+        self._flush = False  # end once the events published so far are sent
         self._task: asyncio.Task[object] | None = None
         self._sending_since: float | None = None
         self._last_sent = time.monotonic()
@@ -94,10 +95,14 @@ class TicketStream:
             self._service.close_stream(self._ticket, self, self._client)
             self._service.unsubscribe(self._ticket, reason=reason)
 
-    def end(self) -> None:
+    def end(self, *, flush: bool = False) -> None:
         """End this stream (a newer stream of the same request replaces it): no terminal event,
-        the guest's EventSource would reconnect, which is why the newest wins."""
-        self._gone = True
+        the guest's EventSource would reconnect, which is why the newest wins. ``flush``: send
+        the events already published first (a ``reconnect`` event)."""
+        if flush:
+            self._flush = True
+        else:
+            self._gone = True
         self._ticket.events.nudge()
 
     def check(self, now: float) -> None:
@@ -124,8 +129,8 @@ class TicketStream:
                 seen = event.id
                 if event.terminal:
                     return
-            if log.closed:
-                return  # ended before the guest's last seen id: nothing more will come
+            if log.closed or self._flush:
+                return  # ended before the guest's last seen id, or told to stop after what it had
             if not events:
                 yield PING
             await log.wait()

@@ -70,6 +70,7 @@ class Ticket:
     events: EventLog = field(default_factory=EventLog)
     flight: Flight | None = None
     subscribers: int = 0
+    moved: bool = False  # another instance holds it now (a shared line): nothing here may end it
     drop_reason: str | None = None  # why its last stream ended, for the row if the guest never returns
     grace_timer: asyncio.TimerHandle | None = None
     expiry_timer: asyncio.TimerHandle | None = None

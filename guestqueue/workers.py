@@ -20,7 +20,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from .config import Settings
 from .errors import LineUnavailable, UpstreamError, UpstreamFailure
@@ -69,6 +69,8 @@ class WorkerPool:
         self._sink = sink
         self._on_paced = on_paced  # seconds each start waited for its turn (a metric)
         self._workers: list[asyncio.Task[None]] = []
+        self._idle: set[asyncio.Task[Any]] = set()  # workers waiting for a flight
+        self._draining = False
         self.active: dict[str, Flight] = {}
         self.upstream_calls: Counter[str] = Counter()
         self.consecutive_failures = 0
@@ -86,6 +88,12 @@ class WorkerPool:
         for number in range(self._settings.max_concurrent_requests):
             self._workers.append(asyncio.create_task(self._work(), name=f"guestqueue-worker-{number}"))
 
+    def drain(self) -> None:
+        """Take no new flight (shutdown): idle workers stop, busy ones after their flight."""
+        self._draining = True
+        for worker in self._idle:
+            worker.cancel()
+
     async def stop(self) -> None:
         for worker in self._workers:
             worker.cancel()
@@ -93,12 +101,17 @@ class WorkerPool:
         self._workers.clear()
 
     async def _work(self) -> None:
-        while True:
+        me = asyncio.current_task()
+        assert me is not None
+        while not self._draining:
+            self._idle.add(me)
             try:
                 flight = await self._line.next()
             except LineUnavailable:  # the shared line is unreachable: try again shortly
                 await asyncio.sleep(0.5)
                 continue
+            finally:
+                self._idle.discard(me)
             if flight.finished:  # its last guest left while the line handed it over
                 continue
             job = asyncio.create_task(self._run(flight), name=f"guestqueue-job-{flight.id}")

@@ -170,3 +170,142 @@ async def test_a_waiting_guest_keeps_its_place_on_another_instance(two: list[str
     assert rest[-1].name == "workflow_complete", rest[-1]
     queries = [call["body"]["query"] for call in await upstream.acalls(tag)]
     assert queries == ["hold", "second", "third"], "its place in line was kept"
+
+
+async def test_sigterm_sends_waiting_guests_elsewhere_with_their_places(
+    tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
+) -> None:
+    tag = "sigterm-" + redis_prefix
+    settings = {**FAST, "redis_url": redis_url, "redis_prefix": redis_prefix, "instance_ttl_s": 2.0,
+                "upstream_url": upstream.url(), "max_concurrent_requests": 1, "reconnect_grace_s": 5.0,
+                "shutdown_grace_s": 3.0}
+    env = {ENV_NAMES[name]: str(value) for name, value in settings.items()}
+    stopping, staying = start_server_process(tmp_path, **env), start_server_process(tmp_path, **env)
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            holder = asyncio.create_task(
+                stream_events(client, f"{staying.base}/chat", json=_body("hold", tag, chunks=4, delay=0.3)))
+            await asyncio.sleep(0.3)
+            seen: list[Received] = []
+
+            async def wait_on_the_stopping_instance() -> None:
+                async with aconnect_sse(client, "POST", f"{stopping.base}/chat", json=_body("waiting", tag)) as source:
+                    async for sse in source.aiter_sse():
+                        if sse.data:
+                            seen.append(Received(sse.event, sse.id, json.loads(sse.data)["data"]))
+
+            waiter = asyncio.create_task(wait_on_the_stopping_instance())
+            while not seen:
+                await asyncio.sleep(0.05)
+            stopping.proc.terminate()  # SIGTERM
+            await asyncio.wait_for(waiter, 10)  # the stream ends (it does not hang)
+            assert seen[-1].name == "reconnect", seen[-1]
+            assert seen[-1].data["retry_after_ms"] > 0
+            assert not any(e.name in ("error", "workflow_complete", "timeout") for e in seen)
+            assert await asyncio.to_thread(stopping.proc.wait, 15) == 0
+            request_id = seen[0].data["request_id"]
+            rest = await stream_events(client, f"{staying.base}/chat/{request_id}/events", method="GET",
+                                       headers={"Last-Event-ID": seen[-1].id})
+            await holder
+        assert rest[-1].name == "workflow_complete", rest[-1]
+        queries = [call["body"]["query"] for call in await upstream.acalls(tag)]
+        assert queries == ["hold", "waiting"], "served once, after the call ahead of it"
+    finally:
+        for server in (stopping, staying):
+            server.proc.terminate()
+            server.proc.wait(15)
+
+
+def _env(redis_url: str, redis_prefix: str, upstream: MockUpstream, **overrides: Any) -> dict[str, str]:
+    settings = {**FAST, "redis_url": redis_url, "redis_prefix": redis_prefix, "instance_ttl_s": 1.0,
+                "upstream_url": upstream.url(), "max_concurrent_requests": 1, "reconnect_grace_s": 5.0, **overrides}
+    return {ENV_NAMES[name]: str(value) for name, value in settings.items()}
+
+
+async def _stream_into(client: httpx.AsyncClient, url: str, body: dict[str, Any], seen: list[Received]) -> None:
+    """Stream into ``seen`` until the stream ends or breaks (its instance killed)."""
+    try:
+        async with aconnect_sse(client, "POST", url, json=body) as source:
+            async for sse in source.aiter_sse():
+                if sse.data:
+                    seen.append(Received(sse.event, sse.id, json.loads(sse.data)["data"]))
+    except httpx.HTTPError:
+        pass
+
+
+@pytest.mark.parametrize(("chunks_before_kill", "ending"), [(0, "workflow_complete"), (2, "error")])
+async def test_sigkill_mid_call_retries_from_the_front_or_ends_interrupted(
+    tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream, chunks_before_kill: int, ending: str
+) -> None:
+    tag = f"sigkill{chunks_before_kill}-{redis_prefix}"
+    env = _env(redis_url, redis_prefix, upstream)
+    doomed = start_server_process(tmp_path, **env)  # alone: the call surely runs there
+    survivor = None
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            body = _body("question", tag, chunks=6, delay=0.4, first=1.0)
+            seen: list[Received] = []
+            streaming = asyncio.create_task(_stream_into(client, f"{doomed.base}/chat", body, seen))
+            # Killed once its upstream call is under way and the wanted chunks were sent.
+            while not await upstream.acalls(tag) or [e.name for e in seen].count("answer_chunk") < chunks_before_kill:
+                await asyncio.sleep(0.02)
+            doomed.proc.kill()
+            survivor = start_server_process(tmp_path, **env)
+            await asyncio.wait_for(streaming, 15)
+            assert doomed.proc.wait(5) != 0, "killed"
+            assert [e.name for e in seen].count("answer_chunk") == chunks_before_kill
+            request_id = seen[0].data["request_id"]
+            rest = await asyncio.wait_for(stream_events(
+                client, f"{survivor.base}/chat/{request_id}/events", method="GET",
+                headers={"Last-Event-ID": seen[-1].id}), 20)
+        assert rest[-1].name == ending, rest[-1]
+        if ending == "error":
+            assert rest[-1].data["code"] == "interrupted"
+            assert [e.name for e in rest].count("answer_chunk") == 0, "never a second answer"
+        else:
+            chunks = [e.data for e in rest if e.name == "answer_chunk"]
+            assert "".join(chunks) == "".join(f"chunk{i} " for i in range(6))
+        calls = await upstream.acalls(tag)
+        assert len(calls) == (2 if ending == "workflow_complete" else 1), calls
+    finally:
+        for server in (doomed, survivor):
+            if server is not None:
+                server.proc.kill()
+                server.proc.wait(15)
+
+
+async def test_a_dead_instances_guest_who_never_returns_gives_its_place_up_after_the_grace(
+    tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
+) -> None:
+    tag = "gone-" + redis_prefix
+    env = _env(redis_url, redis_prefix, upstream, reconnect_grace_s=1.0)
+    survivor = start_server_process(tmp_path, **env)
+    doomed = None
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            # The call ahead runs 4 s: longer than the dead instance's lease and grace (2 s).
+            holder = asyncio.create_task(client.post(f"{survivor.base}/chat/simple",
+                                                     json=_body("hold", tag, chunks=3, delay=2.0)))
+            while not await upstream.acalls(tag):
+                await asyncio.sleep(0.02)
+            doomed = start_server_process(tmp_path, **env)  # after the call started on the survivor
+            seen: list[Received] = []
+            lost = asyncio.create_task(_stream_into(client, f"{doomed.base}/chat", _body("lost", tag), seen))
+            while not seen:
+                await asyncio.sleep(0.02)
+            after = asyncio.create_task(client.post(f"{survivor.base}/chat/simple", json=_body("after", tag)))
+            await asyncio.sleep(0.2)
+            doomed.proc.kill()
+            await lost
+            answers = await asyncio.gather(holder, after)
+            assert [a.status_code for a in answers] == [200, 200]
+            ended = await stream_events(client, f"{survivor.base}/chat/{seen[0].data['request_id']}/events",
+                                        method="GET", headers={"Last-Event-ID": seen[-1].id})
+        assert ended[-1].name == "error" and ended[-1].data["code"] == "disconnected", ended
+        queries = [call["body"]["query"] for call in await upstream.acalls(tag)]
+        assert queries == ["hold", "after"], "the lost guest's place was released, never called"
+    finally:
+        for server in (doomed, survivor):
+            if server is not None:
+                server.proc.kill()
+                server.proc.wait(15)

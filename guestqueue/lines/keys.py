@@ -71,6 +71,10 @@ class Keys:
         """HASH one guest request's record: any instance can resume or look it up (places.py)."""
         return f"{self.prefix}:ticket:{request_id}"
 
+    def held_requests(self, instance_id: str) -> str:
+        """SET the request ids an instance holds (or held: reaped after it died)."""
+        return f"{self.prefix}:held:{instance_id}"
+
     def holders(self, flight_id: str) -> str:
         """SET the instances holding guests of this flight (it stays in line while one does)."""
         return f"{self.prefix}:holders:{flight_id}"

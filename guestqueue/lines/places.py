@@ -35,6 +35,37 @@ logger = logging.getLogger("guestqueue.lines.places")
 
 RECORD_TTL_S = 3600
 
+# Requests of instances dead for longer than the grace (nobody took them over) let go of their
+# places: their records end as `disconnected`, and a flight nobody holds any more leaves the line.
+# KEYS: instances line   ARGV: grace_ms prefix terminal_json  -> number of places released
+REAP = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local released = 0
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))) do
+  local held = ARGV[2] .. ':held:' .. dead
+  for _, request_id in ipairs(redis.call('SMEMBERS', held)) do
+    local record = ARGV[2] .. ':ticket:' .. request_id
+    local values = redis.call('HMGET', record, 'holder', 'status', 'flight_id')
+    if values[1] == dead and (values[2] == 'queued' or values[2] == 'processing') then
+      redis.call('HSET', record, 'status', 'cancelled', 'terminal', ARGV[3])
+      released = released + 1
+      if values[3] then
+        local holders = ARGV[2] .. ':holders:' .. values[3]
+        redis.call('SREM', holders, dead)
+        if redis.call('SCARD', holders) == 0 and redis.call('ZREM', KEYS[2], values[3]) == 1 then
+          redis.call('DEL', ARGV[2] .. ':request:' .. values[3])
+        end
+      end
+    end
+  end
+  redis.call('DEL', held)
+  redis.call('ZREM', KEYS[1], dead)
+end
+return released
+"""
+ABANDONED = ["error", {"error": "The guest did not come back.", "code": "disconnected"}]
+
 # KEYS: ticket record   ARGV: instance   -> the previous holder ('' if none); nil if no record
 CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
@@ -70,11 +101,11 @@ class RedisPlaces:
         self._keys = keys
         self.instance_id = instance_id
         self._claim = redis.register_script(CLAIM)
+        self._reap = redis.register_script(REAP)
 
     def record(self, ticket: Ticket, flight_id: str | None, *, event_id: int | None = None) -> Awaitable[None]:
         """Write ``ticket`` as it is now (admission, start, end); this instance holds it. The fields
         are read at once; the returned awaitable writes them."""
-        key = self._keys.ticket(ticket.id)
         fields: dict[str, str | int | float] = {
             "status": ticket.status.value, "holder": self.instance_id, "cached": int(ticket.cached),
         }
@@ -91,13 +122,18 @@ class RedisPlaces:
         if ticket.done and (terminal := ticket.events.terminal_event()) is not None:
             fields["terminal"] = json.dumps([terminal.name, terminal.data])
         holders = flight_id if flight_id and ticket.status is Status.QUEUED else None
-        return self._write(key, fields, holders)
+        return self._write(ticket.id, fields, holders)
 
-    async def _write(self, key: str, fields: dict[str, str | int | float], flight_id: str | None) -> None:
+    async def _write(self, request_id: str, fields: dict[str, str | int | float], flight_id: str | None) -> None:
+        key = self._keys.ticket(request_id)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=cast(Any, fields))  # redis-py's Mapping type is invariant in its key
                 pipe.expire(key, RECORD_TTL_S)
+                if "terminal" in fields:
+                    pipe.srem(self._keys.held_requests(self.instance_id), request_id)
+                else:
+                    pipe.sadd(self._keys.held_requests(self.instance_id), request_id)
                 if flight_id is not None:
                     pipe.sadd(self._keys.holders(flight_id), self.instance_id)
                     pipe.expire(self._keys.holders(flight_id), RECORD_TTL_S)
@@ -123,6 +159,7 @@ class RedisPlaces:
             if record is None:
                 return None
             async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.sadd(self._keys.held_requests(self.instance_id), request_id)
                 pipe.sadd(self._keys.holders(record.flight_id), self.instance_id)
                 pipe.publish(self._keys.moved_channel, json.dumps([request_id, _text(previous), self.instance_id]))
                 await pipe.execute()
@@ -130,6 +167,12 @@ class RedisPlaces:
         except (RedisError, OSError) as exc:
             raise LineUnavailable("The waiting line is unavailable right now. Please try again shortly.",
                                   retry_after_s=5) from exc
+
+    async def reap(self, grace_s: float) -> int:
+        """Release the places of instances dead for longer than ``grace_s``; how many."""
+        released = await self._reap(keys=[self._keys.instances, self._keys.line],
+                                    args=[round(grace_s * 1000), self._keys.prefix, json.dumps(ABANDONED)])
+        return int(released)
 
     async def let_go(self, flight_id: str) -> bool:
         """This instance holds no more guests of the flight; True if no instance does any more."""

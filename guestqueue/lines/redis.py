@@ -256,12 +256,12 @@ class RedisLine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(self.keys.instances, self.instance_id)
-                pipe.delete(self.keys.instance_info(self.instance_id))
-                await pipe.execute()
+            # The lease ends now rather than vanishing: guests this instance handed off keep their
+            # places for the reconnect grace, then other instances release them (places.py).
+            await self._beat(keys=[self.keys.instances, self.keys.instance_info(self.instance_id)],
+                             args=[self.instance_id, 0])
         except (RedisError, OSError) as exc:
-            logger.warning("could not leave the instances list: %s", exc)
+            logger.warning("could not end this instance's lease: %s", exc)
 
     # -- Line ----------------------------------------------------------------------
 
