@@ -87,6 +87,7 @@ async def _open_shared(stack: AsyncExitStack, settings: Settings, upstream: Upst
     stack.push_async_callback(line.close)
     places = RedisPlaces(redis, line.keys, instance_id)
     service = QueueService(settings, line, line, places=places, upstream_kind=upstream.kind)
+    line.on_rejoined.append(service.rejoin)
     relay = FlightRelay(redis, line, places, service)
     relay.start()
     stack.push_async_callback(relay.stop)

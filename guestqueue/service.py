@@ -433,6 +433,23 @@ class QueueService:
             await self.on_adopted(flight)  # its flight may have started, or ended, elsewhere
         return ticket
 
+    async def rejoin(self) -> None:
+        """The shared line forgot this instance (Redis restarted empty): its waiting guests' flights
+        go back in line, in their old order, and their records are written again."""
+        view = await self.positions.refresh()
+        missing = [f for f in self.waiting.values() if view.position(f.id) == 0 and not f.started]
+        for flight in sorted(missing, key=lambda f: f.position):
+            try:
+                await self.line.admit(flight)
+            except (LineFull, LineUnavailable) as exc:
+                logger.warning("flight %s could not rejoin the line: %s", flight.id, exc)
+                continue
+            if self.places is not None:
+                for ticket in flight.tickets:
+                    self._background(self.places.record(ticket, flight.id))
+        if missing:
+            logger.warning("%d flights rejoined the shared line after Redis forgot it", len(missing))
+
     def release(self, request_id: str) -> None:
         """Another instance took this request over: let go of it without ending it."""
         ticket = self.registry.get(request_id)

@@ -21,6 +21,7 @@ from httpx_sse import aconnect_sse
 from guestqueue.config import ENV_NAMES
 
 from .conftest import FAST, MockUpstream, Received, start_server_process, stream_events
+from .redis_server import run_redis
 
 INTERVAL_S = 0.3
 
@@ -309,3 +310,37 @@ async def test_a_dead_instances_guest_who_never_returns_gives_its_place_up_after
             if server is not None:
                 server.proc.kill()
                 server.proc.wait(15)
+
+
+async def test_redis_down_is_an_answer_and_the_instance_recovers_by_itself(
+    tmp_path: Path, redis_prefix: str, upstream: MockUpstream
+) -> None:
+    tag = "outage-" + redis_prefix
+    with run_redis() as redis:
+        for (base,) in _instances(tmp_path, 1, redis.url, redis_prefix, upstream_url=upstream.url(), instance_ttl_s=1.0):
+            async with httpx.AsyncClient(timeout=30) as client:
+                assert (await client.post(f"{base}/chat/simple", json=_body("before", tag))).status_code == 200
+                running = asyncio.create_task(stream_events(client, f"{base}/chat",
+                                                            json=_body("running", tag, chunks=4, delay=0.4)))
+                while not await upstream.acalls(tag) or len(await upstream.acalls(tag)) < 2:
+                    await asyncio.sleep(0.02)
+                redis.stop()
+                refused = await client.post(f"{base}/chat/simple", json=_body("during", tag))
+                assert refused.status_code == 503 and refused.json()["code"] == "unavailable", refused.text
+                assert int(refused.headers["retry-after"]) >= 1
+                assert "127.0.0.1" not in refused.text, "no internal address in a guest's answer"
+                health = await client.get(f"{base}/health")
+                assert health.status_code == 503 and health.json()["status"] == "unavailable"
+                status = await client.get(f"{base}/queue/status")
+                assert status.status_code == 503, status.text
+                events = await running
+                assert events[-1].name == "workflow_complete", "a stream already running finishes"
+                redis.start()  # back, and empty
+                for _ in range(100):
+                    answer = await client.post(f"{base}/chat/simple", json=_body("after", tag))
+                    if answer.status_code == 200:
+                        break
+                    assert answer.status_code == 503, answer.text
+                    await asyncio.sleep(0.1)
+                assert answer.status_code == 200, "recovered by itself"
+                assert (await client.get(f"{base}/health")).json()["status"] == "ok"

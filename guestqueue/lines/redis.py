@@ -40,7 +40,7 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -197,6 +197,9 @@ class RedisLine:
         self.max_hold_s = max_hold_s
         self.instance_ttl_s = instance_ttl_s
         self._info: dict[str, str] = {}
+        self._registered = False
+        # Called when Redis had forgotten this instance: e.g. put its guests' flights back in line.
+        self.on_rejoined: list[Callable[[], Awaitable[None]]] = []
         self._admit = redis.register_script(ADMIT)
         self._start = redis.register_script(START)
         self._hold = redis.register_script(HOLD)
@@ -229,6 +232,10 @@ class RedisLine:
         fresh = await self._call(self._beat, keys, [self.instance_id, ttl_ms, *pairs])
         if fresh:
             logger.info("instance %s registered on the shared line", self.instance_id)
+            if self._registered:  # Redis lost us (restarted empty, or we were taken for dead)
+                for rejoin in self.on_rejoined:
+                    await rejoin()
+        self._registered = True
 
     async def _heartbeat(self) -> None:
         while True:
