@@ -317,7 +317,8 @@ async def test_redis_down_is_an_answer_and_the_instance_recovers_by_itself(
 ) -> None:
     tag = "outage-" + redis_prefix
     with run_redis() as redis:
-        for (base,) in _instances(tmp_path, 1, redis.url, redis_prefix, upstream_url=upstream.url(), instance_ttl_s=1.0):
+        settings = {"upstream_url": upstream.url(), "instance_ttl_s": 1.0}
+        for (base,) in _instances(tmp_path, 1, redis.url, redis_prefix, **settings):
             async with httpx.AsyncClient(timeout=30) as client:
                 assert (await client.post(f"{base}/chat/simple", json=_body("before", tag))).status_code == 200
                 running = asyncio.create_task(stream_events(client, f"{base}/chat",
