@@ -39,6 +39,7 @@ from .tickets import Flight
 logger = logging.getLogger("guestqueue.relay")
 
 STREAM_TTL_S = 3600  # a flight's events stay readable this long (resumes, late followers)
+FLUSH_TIMEOUT_S = 5.0  # at shutdown, how long to wait for the last events to reach Redis
 INTERRUPTED = "The answer was interrupted. Please ask again."
 
 
@@ -70,7 +71,10 @@ class FlightRelay:
         self._janitor = asyncio.create_task(self._clean_up_after_the_dead(), name="guestqueue-relay-janitor")
 
     async def stop(self) -> None:
-        await self._sending.join()  # every event this instance produced reaches Redis
+        try:  # every event this instance produced reaches Redis (unless Redis is gone)
+            await asyncio.wait_for(self._sending.join(), FLUSH_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("%d flight events not relayed: Redis did not take them", self._sending.qsize())
         for task in (self._listener, self._sender, self._janitor):
             if task is not None:
                 task.cancel()
@@ -164,7 +168,7 @@ class FlightRelay:
                     pipe.expire(stream, STREAM_TTL_S)
                     pipe.publish(self._events_channel, flight_id)
                     await pipe.execute()
-            except RedisError as exc:
+            except (RedisError, OSError) as exc:
                 logger.warning("flight %s: event %s not relayed: %s", flight_id, event.get("t"), exc)
             finally:
                 self._sending.task_done()
