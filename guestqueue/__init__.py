@@ -1,6 +1,5 @@
 """guestqueue: a fair, bounded waiting line in front of a slow or rate-limited upstream."""
 
-from .app import API_PREFIX, GuestQueue, create_app
 from .config import Settings, SettingsError
 from .errors import (
     GuestQueueError,
@@ -11,6 +10,7 @@ from .errors import (
 )
 from .limiter import PacingLimiter
 from .upstream import Chunk, Workflow, WorkflowRequest
+from .web.app import API_PREFIX, GuestQueue, create_app
 
 __version__ = "0.1.0"
 

@@ -26,11 +26,11 @@ import httpx
 import uvicorn
 
 from . import store
-from .app import API_PREFIX, GuestQueue, create_app
 from .config import Settings, SettingsError
 from .errors import StartupError
-from .server import uvicorn_config
 from .upstream import load_workflow
+from .web.app import API_PREFIX, GuestQueue, create_app
+from .web.server import uvicorn_config
 
 logger = logging.getLogger("guestqueue")
 

@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from .events import EventLog, SharedAnswer
-from .upstream import WorkflowRequest
+from .upstream.base import WorkflowRequest
 
 
 class Status(StrEnum):

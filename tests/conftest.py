@@ -27,9 +27,9 @@ import uvicorn
 from httpx_sse import aconnect_sse
 
 from guestqueue import GuestQueue, Settings, Workflow
-from guestqueue.app import API_PREFIX
 from guestqueue.config import ENV_NAMES
-from guestqueue.server import uvicorn_config
+from guestqueue.web.app import API_PREFIX
+from guestqueue.web.server import uvicorn_config
 
 pytest_plugins = ["tests.redis_server"]
 
@@ -138,7 +138,7 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
 @asynccontextmanager
 async def serve_uvicorn(app: Any, settings: Settings | None = None) -> AsyncIterator[tuple[str, uvicorn.Server]]:
     """Like :func:`serve_app`, also yielding the uvicorn server, configured as ``guestqueue serve``
-    configures it (:func:`guestqueue.server.uvicorn_config`) for ``settings``."""
+    configures it (:func:`guestqueue.web.server.uvicorn_config`) for ``settings``."""
     port = free_port()
     config = uvicorn_config(
         app, settings or Settings(), host="127.0.0.1", port=port, log_level="warning",

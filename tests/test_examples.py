@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from guestqueue.app import API_PREFIX
 from guestqueue.cli import build_parser, load_settings
 from guestqueue.config import Settings
+from guestqueue.web.app import API_PREFIX
 
 from .conftest import MockUpstream, load_example, serve
 

@@ -27,7 +27,7 @@ import httpx
 import pytest
 import websockets
 
-from guestqueue.app import API_PREFIX
+from guestqueue.web.app import API_PREFIX
 
 from .conftest import MockUpstream, free_port, guestqueue_process, wait_for_http
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from guestqueue import PacingLimiter
-from guestqueue.upstream_http import retry_after_s
+from guestqueue.upstream.http import retry_after_s
 
 from .conftest import MockUpstream, ask, assert_drained, serve, stream_events, wait_until
 

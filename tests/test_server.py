@@ -1,4 +1,4 @@
-"""Hostile clients straight to uvicorn (no nginx in front), over raw sockets: guestqueue.server."""
+"""Hostile clients straight to uvicorn (no nginx in front), over raw sockets: guestqueue.web.server."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from guestqueue import Settings
-from guestqueue.server import uvicorn_config
+from guestqueue.web.server import uvicorn_config
 
 from .conftest import env_without_guest_vars, free_port, serve, wait_for_http
 

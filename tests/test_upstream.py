@@ -20,7 +20,7 @@ from guestqueue.upstream import (
     make_http_client,
     make_upstream,
 )
-from guestqueue.upstream_http import HttpUpstream, chunk_from_data
+from guestqueue.upstream.http import HttpUpstream, chunk_from_data
 
 from .conftest import MockUpstream, ask, free_port, serve
 from .test_websocket import messages, ws_url
@@ -108,8 +108,9 @@ async def test_python_workflow_adapter() -> None:
 
 
 def test_load_workflow_from_module_path() -> None:
-    assert load_workflow("guestqueue.demo:demo_workflow").__name__ == "demo_workflow"
-    for bad in ("no_colon", "missing_module_xyz:f", "guestqueue.demo:nope", "guestqueue.demo:ANSWERS"):
+    assert load_workflow("guestqueue.upstream.demo:demo_workflow").__name__ == "demo_workflow"
+    demo = "guestqueue.upstream.demo"
+    for bad in ("no_colon", "missing_module_xyz:f", f"{demo}:nope", f"{demo}:ANSWERS"):
         with pytest.raises(ValueError, match="GUEST_UPSTREAM_URL"):
             load_workflow(bad)
 
@@ -117,7 +118,7 @@ def test_load_workflow_from_module_path() -> None:
 async def test_make_upstream_picks_the_kind() -> None:
     cases = {
         "": "demo",
-        "guestqueue.demo:demo_workflow": "python",
+        "guestqueue.upstream.demo:demo_workflow": "python",
         "http://x/api/chat": "http",
         "http://x/v1/chat/completions": "openai",
     }

@@ -30,8 +30,8 @@ from collections.abc import AsyncIterator
 
 from starlette.types import Message, Receive, Scope, Send
 
-from .service import QueueService
-from .tickets import Ticket
+from ..service import QueueService
+from ..tickets import Ticket
 
 logger = logging.getLogger("guestqueue.stream")
 

@@ -26,9 +26,9 @@ from cachetools import TTLCache
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..config import Settings
+from ..errors import Forbidden, TooManyAttempts, Unauthorized
 from .admission import client_key
-from .config import Settings
-from .errors import Forbidden, TooManyAttempts, Unauthorized
 
 FORWARDING_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
 FAILURES_PER_WINDOW = 5

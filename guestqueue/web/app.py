@@ -30,18 +30,18 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from ..config import Settings
+from ..errors import NotFound, Rejected, ShuttingDown, StartupError
+from ..runtime import Queue, open_queue
+from ..service import QueueService
+from ..store import LogUnavailable, RequestLog
+from ..tickets import Status, Ticket
+from ..upstream import Workflow, make_http_client, make_upstream
 from .access import Access, PeerRecorder
 from .admission import client_key, read_chat_request
-from .config import Settings
-from .errors import NotFound, Rejected, ShuttingDown, StartupError
 from .monitor import StatusMonitor
 from .pages import page_routes
-from .runtime import Queue, open_queue
-from .service import QueueService
-from .store import LogUnavailable, RequestLog
 from .stream import TicketStream
-from .tickets import Status, Ticket
-from .upstream import Workflow, make_http_client, make_upstream
 from .websocket import serve_websocket
 
 API_PREFIX = "/api/v1/guest"

@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource
 
-from .config import OPENAI_RESERVED_PARAMETERS
-from .errors import UpstreamError, UpstreamFailure, UpstreamUnavailable
-from .upstream import Chunk, WorkflowRequest, describe_transport_error
+from ..config import OPENAI_RESERVED_PARAMETERS
+from ..errors import UpstreamError, UpstreamFailure, UpstreamUnavailable
+from .base import Chunk, WorkflowRequest, describe_transport_error
 
 ANSWER_FIELDS = ("answer", "response", "text", "content", "output", "result")
 CHUNK_FIELDS = ("answer_chunk", "chunk", "delta", "token", *ANSWER_FIELDS)

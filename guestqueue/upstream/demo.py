@@ -11,7 +11,7 @@ import hashlib
 import random
 from collections.abc import AsyncIterator
 
-from .upstream import Chunk, WorkflowRequest
+from .base import Chunk, WorkflowRequest
 
 THINKING_S = 0.4
 WORD_DELAY_S = (0.03, 0.08)

@@ -35,11 +35,11 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..errors import BodyTooLarge, InvalidField, InvalidJSON, LineFull, Rejected
+from ..events import ANSWER_CHUNK, ERROR, PROCESSING, QUEUED, TIMEOUT, WORKFLOW_COMPLETE, Event
+from ..service import QueueService
+from ..tickets import Status, Ticket
 from .admission import client_key, parse_json_object, validate_chat_request
-from .errors import BodyTooLarge, InvalidField, InvalidJSON, LineFull, Rejected
-from .events import ANSWER_CHUNK, ERROR, PROCESSING, QUEUED, TIMEOUT, WORKFLOW_COMPLETE, Event
-from .service import QueueService
-from .tickets import Status, Ticket
 
 logger = logging.getLogger("guestqueue")
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 
-from .config import Settings
-from .errors import BodyTimeout, BodyTooLarge, InvalidField, InvalidJSON, Rejected, UnsupportedMediaType
+from ..config import Settings
+from ..errors import BodyTimeout, BodyTooLarge, InvalidField, InvalidJSON, Rejected, UnsupportedMediaType
 
 MAX_SESSION_ID_CHARS = 256
 MAX_IDEMPOTENCY_KEY_CHARS = 255

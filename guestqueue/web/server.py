@@ -37,7 +37,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .config import Settings
+from ..config import Settings
 
 # Idle keep-alive connections outlive the client's (httpx: 5 s, nginx upstream keepalive: 60 s),
 # so a proxy never sends a request on a connection we are just closing (a POST is not retried).

@@ -1,0 +1,109 @@
+"""The package's shape: no import circles, no imports hidden in functions, nothing imports web/.
+
+The core (line, service, workers, upstream adapters, log) is usable without
+the web layer; only the entry points (``guestqueue/__init__.py``, ``cli.py``)
+put the two together.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "guestqueue"
+ENTRY_POINTS = {"guestqueue", "guestqueue.cli", "guestqueue.__main__"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _resolve(module: str, path: Path, node: ast.ImportFrom) -> list[str]:
+    if node.level == 0:
+        base = node.module or ""
+    else:
+        package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        package = package[: len(package) - (node.level - 1)]
+        base = ".".join(package + ([node.module] if node.module else []))
+    if not base.startswith("guestqueue"):
+        return []
+    if node.module is None:  # from . import x: x may be a module
+        return [f"{base}.{alias.name}" for alias in node.names]
+    return [base]
+
+
+def _graph() -> tuple[dict[str, set[str]], list[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    nested: list[str] = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                nested += [f"{name}:{inner.lineno}" for inner in ast.walk(node)
+                           if isinstance(inner, ast.Import | ast.ImportFrom)]
+            if isinstance(node, ast.ImportFrom):
+                targets = _resolve(name, path, node)
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("guestqueue")]
+            else:
+                continue
+            for target in targets:
+                while target not in modules and "." in target:
+                    target = target.rsplit(".", 1)[0]  # a name imported from a module
+                if target in modules and target != name:
+                    graph[name].add(target)
+    return graph, nested
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            # A package's __init__ importing its own submodules is how packages work, not a circle.
+            if node == nxt.rsplit(".", 1)[0] or state.get(nxt) == 2:
+                continue
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if (found := visit(nxt)) is not None:
+                return found
+        state[node] = 2
+        path.pop()
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)) is not None:
+            return found
+    return None
+
+
+def test_no_import_circles() -> None:
+    graph, _ = _graph()
+    cycle = _cycle(graph)
+    assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_finder_finds_one() -> None:
+    # The check above must be able to fail.
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_imports_inside_functions() -> None:
+    _, nested = _graph()
+    assert not nested, f"imports inside functions (hiding a circle?): {nested}"
+
+
+def test_only_the_entry_points_import_the_web_layer() -> None:
+    graph, _ = _graph()
+    offenders = sorted(
+        f"{name} -> {target}" for name, targets in graph.items() for target in targets
+        if target.startswith("guestqueue.web") and not name.startswith("guestqueue.web") and name not in ENTRY_POINTS
+    )
+    assert not offenders, offenders
