@@ -57,6 +57,12 @@ class Stats:
         if ticket.duration_ms is not None:
             self._processing_ms.append(ticket.duration_ms)
 
+    def set_average(self, kind: str, value_ms: float) -> None:
+        """Averages computed elsewhere (every instance's, lines/tally.py): ``wait`` or ``processing``."""
+        values = self._waits_ms if kind == "wait" else self._processing_ms
+        values.clear()
+        values.append(value_ms)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "total_requests": self.total_requests,

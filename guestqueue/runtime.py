@@ -22,9 +22,11 @@ import redis.asyncio as aioredis
 
 from .config import Settings
 from .history import Stats
+from .lines.answers import RedisAnswers
 from .lines.memory import MemoryLine
 from .lines.places import RedisPlaces
 from .lines.redis import RedisLine
+from .lines.tally import RedisTally
 from .metrics import Metrics
 from .relay import FlightRelay
 from .service import QueueService
@@ -41,12 +43,19 @@ class Queue:
     log: RequestLog | None
     pool: WorkerPool = field(init=False)
     metrics: Metrics = field(init=False)
+    _shared_stats: Stats | None = None  # every instance's totals, as of the last refresh()
+
+    async def refresh(self) -> None:
+        """Read the line (and, shared, every instance's totals) for the next scrape."""
+        await self.service.positions.refresh()
+        if self.service.tally is not None:
+            self._shared_stats = await self.service.tally.stats(self.service.stats)
 
     # -- the MetricsSource (metrics.py) ----------------------------------------------
 
     @property
     def stats(self) -> Stats:
-        return self.service.stats
+        return self._shared_stats or self.service.stats
 
     @property
     def upstream_calls(self) -> Counter[str]:
@@ -86,7 +95,11 @@ async def _open_shared(stack: AsyncExitStack, settings: Settings, upstream: Upst
     await line.register({"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time()})
     stack.push_async_callback(line.close)
     places = RedisPlaces(redis, line.keys, instance_id)
-    service = QueueService(settings, line, line, places=places, upstream_kind=upstream.kind)
+    tally = RedisTally(redis, line.keys, settings.history_size)
+    answers = RedisAnswers(redis, line.keys, settings.cache_ttl_s) if settings.cache_size > 0 else None
+    service = QueueService(settings, line, line, places=places, tally=tally, shared_answers=answers,
+                           upstream_kind=upstream.kind)
+    service.listeners.append(tally)
     line.on_rejoined.append(service.rejoin)
     relay = FlightRelay(redis, line, places, service)
     relay.start()

@@ -31,7 +31,7 @@ from .config import Settings
 from .errors import ClientLimit, IdempotencyMismatch, LineFull, LineUnavailable, Rejected, ShuttingDown
 from .events import ERROR, PROCESSING, RECONNECT, TIMEOUT, WORKFLOW_COMPLETE, SharedAnswer
 from .history import Registry, Stats
-from .lines.base import Line, Pacer, Places
+from .lines.base import Line, Pacer, Places, SharedAnswers, Tally
 from .positions import Positions
 from .tickets import Flight, Status, Ticket
 from .upstream import WorkflowRequest
@@ -79,12 +79,14 @@ class RequestListener(Protocol):
 class QueueService:
     def __init__(
         self, settings: Settings, line: Line, pacer: Pacer, *, places: Places | None = None,
-        upstream_kind: str = "custom",
+        tally: Tally | None = None, shared_answers: SharedAnswers | None = None, upstream_kind: str = "custom",
     ) -> None:
         self.settings = settings
         self.line = line
         self.pacer = pacer
         self.places = places  # a shared line's request records (None: this process is the whole line)
+        self.tally = tally  # a shared line's totals and recent requests (None: ours are all there is)
+        self.shared_answers = shared_answers  # behind self.cache: the answers every instance cached
         self.upstream_kind = upstream_kind
         self.stats = Stats()
         self.listeners: list[RequestListener] = [self.stats]
@@ -181,16 +183,36 @@ class QueueService:
             return known
         if not self.accepting:
             self._reject(client, query, ShuttingDown("The service is restarting. Please try again shortly."))
-        if self.per_client[client] >= self.settings.max_per_client:
+        limit = self.settings.max_per_client
+        held = self.per_client[client]
+        if held >= limit or (self.places is not None and not await self._take_client_slot(client, query)):
             self._reject(client, query, ClientLimit(
-                f"You already have {_count(self.per_client[client], 'question')} in progress. "
+                f"You already have {_count(max(held, limit), 'question')} in progress. "
                 "Please wait for an answer before asking more.",
                 retry_after_s=self._retry_after_s(1),
             ))
+        try:
+            return await self._admit(query, client, parameters, session_id, idempotency_key)
+        except Rejected:
+            if self.places is not None:  # the client's count taken above was not used
+                self._background(self.places.give_back_client_slot(client))
+            raise
+
+    async def _take_client_slot(self, client: str, query: str) -> bool:
+        assert self.places is not None
+        try:
+            return await self.places.take_client_slot(client, self.settings.max_per_client)
+        except LineUnavailable as exc:
+            self._reject(client, query, exc)
+
+    async def _admit(
+        self, query: str, client: str, parameters: dict[str, Any] | None, session_id: str | None,
+        idempotency_key: str | None,
+    ) -> Ticket:
         ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key)
         # Same question, parameters and session (or none): never another session's answer.
         key = AnswerCache.key(query, ticket.parameters, session_id) if self.cache is not None else None
-        if self.cache is not None and key is not None and (cached := self.cache.get(key)) is not None:
+        if key is not None and (cached := await self._cached(key)) is not None:
             ticket.from_cache = True
             self._register(ticket)
             self._answer_from_cache(ticket, cached)
@@ -222,6 +244,15 @@ class QueueService:
         else:
             self.positions.tell(ticket, max(1, self.positions.view.position(flight.id) or flight.position))
         return ticket
+
+    async def _cached(self, key: str) -> CachedAnswer | None:
+        assert self.cache is not None
+        cached = self.cache.get(key)
+        if cached is None and self.shared_answers is not None:
+            cached = await self.shared_answers.get(key)
+            if cached is not None:
+                self.cache.put(key, cached)
+        return cached
 
     def _reject(self, client: str, query: str, exc: Rejected) -> NoReturn:
         exc.counted = True
@@ -330,7 +361,10 @@ class QueueService:
     def end_flight_completed(self, flight: Flight) -> None:
         self._flight_finished(flight, record_duration=True)
         if self.cache is not None and flight.key is not None:
-            self.cache.put(flight.key, CachedAnswer(tuple(flight.answer_parts), list(flight.suggested_questions)))
+            answer = CachedAnswer(tuple(flight.answer_parts), list(flight.suggested_questions))
+            self.cache.put(flight.key, answer)
+            if self.shared_answers is not None:
+                self._background(self.shared_answers.put(flight.key, answer))
         for ticket in list(flight.tickets):
             ticket.answer_parts = flight.answer_parts  # final now: shared, not copied per rider
             ticket.suggested_questions = flight.suggested_questions
@@ -541,6 +575,8 @@ class QueueService:
         self.per_client[ticket.client] -= 1
         if self.per_client[ticket.client] <= 0:
             del self.per_client[ticket.client]
+        if self.places is not None:
+            self._background(self.places.give_back_client_slot(ticket.client))
         self.registry.finished(ticket)
         for listener in self.listeners:
             listener.ended(ticket)
@@ -592,9 +628,36 @@ class QueueService:
         }
 
     async def status(self) -> dict[str, Any]:
-        """The body of ``/queue/status``, from a fresh view of the line."""
+        """The body of ``/queue/status``, from a fresh view of the line (and, shared, every
+        instance's totals)."""
         await self.positions.refresh()
-        return self.snapshot()
+        out = self.snapshot()
+        if self.tally is not None:
+            out.update((await self.tally.stats(self.stats)).as_dict())
+        return out
+
+    async def history(self) -> list[dict[str, Any]]:
+        """The body of ``/queue/history``: the latest requests, newest first, of every instance."""
+        return await self.tally.recent() if self.tally is not None else self.registry.recent()
+
+    async def lookup(self, request_id: str) -> dict[str, Any] | None:
+        """The body of ``/queue/request/{id}``, for a request held here or by another instance."""
+        ticket = self.registry.get(request_id)
+        if ticket is not None:
+            flight = ticket.flight
+            if flight is not None and ticket.status is Status.QUEUED:
+                view = await self.positions.refresh()  # exact now, not as last reported
+                flight.position = view.position(flight.id) or flight.position
+            return ticket.summary()
+        if self.places is None:
+            return None
+        record = await self.places.load(request_id)
+        if record is None:
+            return None
+        out: dict[str, Any] = record.summary()
+        if record.status is Status.QUEUED:
+            out["queue_position"] = (await self.positions.refresh()).position(record.flight_id)
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         """``/queue/status`` as of the line's freshest view (for monitors, several times a second)."""

@@ -345,3 +345,51 @@ async def test_redis_down_is_an_answer_and_the_instance_recovers_by_itself(
                     await asyncio.sleep(0.1)
                 assert answer.status_code == 200, "recovered by itself"
                 assert (await client.get(f"{base}/health")).json()["status"] == "ok"
+
+
+async def test_status_history_lookups_and_metrics_answer_for_every_instance(
+    two: list[str], upstream: MockUpstream
+) -> None:
+    tag = "views-" + two[0].rsplit(":", 1)[1][:5]
+    async with httpx.AsyncClient(timeout=30) as client:
+        answers = [await client.post(f"{base}/chat/simple", json=_body(f"from {n}", tag)) for n, base in enumerate(two)]
+        assert [a.status_code for a in answers] == [200, 200]
+        ids = [a.json()["request_id"] for a in answers]
+        for base in two:
+            status = (await client.get(f"{base}/queue/status")).json()
+            assert status["total_requests"] == 2 and status["completed_requests"] == 2, status
+            assert len(status["instances"]) == 2 and all({"id", "host", "pid"} <= set(i) for i in status["instances"])
+            history = (await client.get(f"{base}/queue/history")).json()
+            assert [h["request_id"] for h in history] == ids[::-1], "newest first, both instances"
+            for request_id in ids:
+                found = (await client.get(f"{base}/queue/request/{request_id}")).json()
+                assert found["status"] == "completed" and found["request_id"] == request_id, found
+            metrics = (await client.get(f"{base}/metrics")).text
+            assert "guestqueue_admitted_requests_total 2.0" in metrics, metrics[:2000]
+        missing = await client.get(f"{two[0]}/queue/request/{'0' * 32}")
+        assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+
+
+async def test_the_per_client_limit_and_the_cache_are_shared(
+    tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
+) -> None:
+    tag = "shared-" + redis_prefix
+    for bases in _instances(tmp_path, 2, redis_url, redis_prefix, upstream_url=upstream.url(delay=0.3),
+                            max_per_client=2, cache_size=100, max_concurrent_requests=4):
+        async with httpx.AsyncClient(timeout=30) as client:
+            # Two questions in progress, one on each instance: a third anywhere is one too many.
+            busy = [asyncio.create_task(client.post(f"{base}/chat/simple", json=_body(f"busy {n}", tag)))
+                    for n, base in enumerate(bases)]
+            await asyncio.sleep(0.2)
+            third = await client.post(f"{bases[0]}/chat/simple", json=_body("third", tag))
+            assert third.status_code == 429 and third.json()["code"] == "client_limit", third.text
+            assert [b.status_code for b in await asyncio.gather(*busy)] == [200, 200]
+            # Answered on instance 0: a hit on instance 1, without another upstream call.
+            first = await client.post(f"{bases[0]}/chat/simple", json=_body("common question", tag))
+            again = await client.post(f"{bases[1]}/chat/simple", json=_body("  Common   QUESTION ", tag))
+            assert again.json()["answer"] == first.json()["answer"] and again.json()["cached"] is True
+            private = await client.post(f"{bases[1]}/chat/simple",
+                                        json={**_body("common question", tag), "session_id": "alice"})
+            assert private.json()["cached"] is False, "another session never gets the shared answer"
+            queries = [call["body"]["query"] for call in await upstream.acalls(tag)]
+            assert sorted(queries) == ["busy 0", "busy 1", "common question", "common question"], queries

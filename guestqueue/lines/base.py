@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..cache import CachedAnswer
+from ..history import Stats
 from ..tickets import Flight, Ticket
 
 
@@ -128,3 +130,23 @@ class Places(Protocol):
     async def claim(self, request_id: str) -> Any: ...
 
     async def let_go(self, flight_id: str) -> bool: ...
+
+    async def take_client_slot(self, client: str, limit: int) -> bool: ...
+
+    def give_back_client_slot(self, client: str) -> Awaitable[None]: ...
+
+
+class Tally(Protocol):
+    """Every instance's totals and recent requests (lines/tally.py); also a request listener."""
+
+    async def stats(self, local: Stats) -> Stats: ...
+
+    async def recent(self) -> list[dict[str, Any]]: ...
+
+
+class SharedAnswers(Protocol):
+    """The answer cache every instance shares (lines/answers.py)."""
+
+    async def get(self, key: str) -> CachedAnswer | None: ...
+
+    async def put(self, key: str, answer: CachedAnswer) -> None: ...

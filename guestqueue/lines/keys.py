@@ -84,6 +84,24 @@ class Keys:
         """Channel: [request id, old holder, new holder]: a guest resumed on another instance."""
         return f"{self.prefix}:ticket-moved"
 
+    def answer(self, digest: str) -> str:
+        """STRING a cached answer, by the SHA-256 of its cache key (answers.py)."""
+        return f"{self.prefix}:answer:{digest}"
+
+    def client(self, client: str) -> str:
+        """Counter: requests one client has queued or processing, on every instance."""
+        return f"{self.prefix}:client:{client}"
+
+    @property
+    def totals(self) -> str:
+        """HASH counters of every instance: admitted, outcomes, rejections, wait sums (tally.py)."""
+        return f"{self.prefix}:totals"
+
+    @property
+    def recent(self) -> str:
+        """LIST the latest request ids, newest first (``/queue/history``)."""
+        return f"{self.prefix}:recent"
+
     @property
     def wake(self) -> str:
         """Channel: the line or its slots changed (admit, leave, finish): try to start."""

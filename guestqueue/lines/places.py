@@ -46,10 +46,13 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumbe
   local held = ARGV[2] .. ':held:' .. dead
   for _, request_id in ipairs(redis.call('SMEMBERS', held)) do
     local record = ARGV[2] .. ':ticket:' .. request_id
-    local values = redis.call('HMGET', record, 'holder', 'status', 'flight_id')
+    local values = redis.call('HMGET', record, 'holder', 'status', 'flight_id', 'client')
     if values[1] == dead and (values[2] == 'queued' or values[2] == 'processing') then
       redis.call('HSET', record, 'status', 'cancelled', 'terminal', ARGV[3])
       released = released + 1
+      if values[4] and redis.call('DECR', ARGV[2] .. ':client:' .. values[4]) <= 0 then
+        redis.call('DEL', ARGV[2] .. ':client:' .. values[4])
+      end
       if values[3] then
         local holders = ARGV[2] .. ':holders:' .. values[3]
         redis.call('SREM', holders, dead)
@@ -65,6 +68,14 @@ end
 return released
 """
 ABANDONED = ["error", {"error": "The guest did not come back.", "code": "disconnected"}]
+
+# KEYS: client counter   ARGV: limit ttl_s  -> 1 (taken) or 0 (the client is at its limit)
+TAKE_CLIENT_SLOT = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end
+return 1
+"""
 
 # KEYS: ticket record   ARGV: instance   -> the previous holder ('' if none); nil if no record
 CLAIM = """
@@ -93,6 +104,10 @@ class PlaceRecord:
     holder: str
     cached: bool
     terminal: tuple[str, dict[str, Any]] | None  # (event name, payload) once over
+    raw: dict[str, str]
+
+    def summary(self) -> dict[str, Any]:
+        return summary(self.request_id, self.raw)
 
 
 class RedisPlaces:
@@ -102,6 +117,7 @@ class RedisPlaces:
         self.instance_id = instance_id
         self._claim = redis.register_script(CLAIM)
         self._reap = redis.register_script(REAP)
+        self._take_client = redis.register_script(TAKE_CLIENT_SLOT)
 
     def record(self, ticket: Ticket, flight_id: str | None, *, event_id: int | None = None) -> Awaitable[None]:
         """Write ``ticket`` as it is now (admission, start, end); this instance holds it. The fields
@@ -115,8 +131,9 @@ class RedisPlaces:
                 "parameters": json.dumps(ticket.parameters), "session_id": ticket.session_id or "",
                 "idempotency_key": ticket.idempotency_key or "", "created_at": ticket.created_at,
             })
-        if ticket.started_at is not None:
-            fields["started_at"] = ticket.started_at
+        for name in ("started_at", "finished_at", "wait_ms", "duration_ms"):
+            if (value := getattr(ticket, name)) is not None:
+                fields[name] = value
         if event_id is not None and ticket.status is Status.PROCESSING:
             fields["started_event_id"] = event_id
         if ticket.done and (terminal := ticket.events.terminal_event()) is not None:
@@ -174,6 +191,24 @@ class RedisPlaces:
                                     args=[round(grace_s * 1000), self._keys.prefix, json.dumps(ABANDONED)])
         return int(released)
 
+    async def take_client_slot(self, client: str, limit: int) -> bool:
+        """Count one more request of ``client`` on every instance, unless it has ``limit`` already."""
+        try:
+            return bool(await self._take_client(keys=[self._keys.client(client)], args=[limit, RECORD_TTL_S]))
+        except (RedisError, OSError) as exc:
+            raise LineUnavailable("The waiting line is unavailable right now. Please try again shortly.",
+                                  retry_after_s=5) from exc
+
+    def give_back_client_slot(self, client: str) -> Awaitable[None]:
+        return self._give_back(client)
+
+    async def _give_back(self, client: str) -> None:
+        try:
+            if await self._redis.decr(self._keys.client(client)) <= 0:
+                await self._redis.delete(self._keys.client(client))
+        except (RedisError, OSError) as exc:
+            logger.warning("client %s: count not given back: %s", client, exc)
+
     async def let_go(self, flight_id: str) -> bool:
         """This instance holds no more guests of the flight; True if no instance does any more."""
         key = self._keys.holders(flight_id)
@@ -182,6 +217,30 @@ class RedisPlaces:
             pipe.scard(key)
             _, left = await pipe.execute()
         return int(left) == 0
+
+
+def summary(request_id: str, raw: dict[str, str]) -> dict[str, Any]:
+    """``/queue/request/{id}``'s body from a request's record (lines/places.py)."""
+    out: dict[str, Any] = {"request_id": request_id, "status": raw.get("status", "queued"),
+                           "created_at": float(raw.get("created_at") or 0)}
+    for name in ("started_at", "finished_at"):
+        if raw.get(name):
+            out[name] = float(raw[name])
+    for name in ("wait_ms", "duration_ms"):
+        if raw.get(name):
+            out[name] = round(float(raw[name]), 1)
+    if raw.get("terminal"):
+        event, payload = json.loads(raw["terminal"])
+        if event != "workflow_complete" and isinstance(payload, dict):
+            if "error" in payload:
+                out["error"] = payload["error"]
+            if "code" in payload:
+                out["error_code"] = payload["code"]
+            elif event == "timeout":
+                out["error_code"] = "timeout"
+    if raw.get("cached") == "1":
+        out["cached"] = True
+    return out
 
 
 def _text(value: bytes | str) -> str:
@@ -198,5 +257,5 @@ def _record(request_id: str, raw: dict[str, str]) -> PlaceRecord:
         started_at=float(raw["started_at"]) if raw.get("started_at") else None,
         started_event_id=int(raw["started_event_id"]) if raw.get("started_event_id") else None,
         holder=raw.get("holder", ""), cached=raw.get("cached") == "1",
-        terminal=(terminal[0], terminal[1]) if terminal else None,
+        terminal=(terminal[0], terminal[1]) if terminal else None, raw=raw,
     )

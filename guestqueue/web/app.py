@@ -269,23 +269,21 @@ class GuestQueue:
 
     async def queue_request(self, request: Request) -> Response:
         # The id is its guest's credential (access.py): holding it is permission enough.
-        ticket = self._ticket(request)
-        flight = ticket.flight
-        if flight is not None and ticket.status is Status.QUEUED:
-            view = await self._service.positions.refresh()  # exact now, not as last reported
-            flight.position = view.position(flight.id) or flight.position
-        return JSONResponse(ticket.summary())
+        found = await self._service.lookup(request.path_params["request_id"])  # here or on another instance
+        if found is None:
+            raise NotFound("No request with that id (it may have expired).")
+        return JSONResponse(found)
 
     async def queue_history(self, request: Request) -> Response:
         self.access.require_operator(request)  # it lists request ids: operators only
-        return JSONResponse(self._service.registry.recent())
+        return JSONResponse(await self._service.history())
 
     async def metrics(self, request: Request) -> Response:
         self.access.require_operator(request)
         queue = self.queue
         if queue is None:
             raise ShuttingDown("The service is not running.")
-        await queue.service.positions.refresh()  # the gauges read the line's freshest view
+        await queue.refresh()  # the line now, and every instance's totals
         body, content_type = queue.metrics.render()
         return Response(body, media_type=content_type)
 
