@@ -393,3 +393,82 @@ async def test_the_per_client_limit_and_the_cache_are_shared(
             assert private.json()["cached"] is False, "another session never gets the shared answer"
             queries = [call["body"]["query"] for call in await upstream.acalls(tag)]
             assert sorted(queries) == ["busy 0", "busy 1", "common question", "common question"], queries
+
+
+class Fleet:
+    """Instances that come and go (a rolling restart); guests reach whichever are up."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self._tmp_path, self._env = tmp_path, env
+        self.servers = [start_server_process(tmp_path, **env) for _ in range(3)]
+        self._turn = itertools.count()
+
+    def base(self) -> str:
+        live = [s for s in self.servers if s.proc.poll() is None]
+        return live[next(self._turn) % len(live)].base
+
+    async def restart(self, index: int) -> int:
+        """SIGTERM one instance, start its replacement; its exit code."""
+        old = self.servers[index]
+        old.proc.terminate()
+        self.servers[index] = await asyncio.to_thread(start_server_process, self._tmp_path, **self._env)
+        return await asyncio.to_thread(old.proc.wait, 20)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.proc.kill()
+            server.proc.wait(15)
+
+
+async def _guest(client: httpx.AsyncClient, fleet: Fleet, body: dict[str, Any]) -> list[Received]:
+    """Ask, and follow the answer across instances: on `reconnect` or a dropped stream, resume on
+    another instance with Last-Event-ID, as an EventSource would."""
+    events: list[Received] = []
+    method, url, kwargs = "POST", f"{fleet.base()}/chat", {"json": body}
+    for _ in range(20):
+        try:
+            async with aconnect_sse(client, method, url, **kwargs) as source:
+                async for sse in source.aiter_sse():
+                    if sse.data:
+                        events.append(Received(sse.event, sse.id, json.loads(sse.data)["data"]))
+        except httpx.HTTPError:
+            pass
+        if events and events[-1].name in ("workflow_complete", "error", "timeout"):
+            return events
+        if not events:  # the POST itself did not get through: ask again elsewhere
+            url = f"{fleet.base()}/chat"
+            await asyncio.sleep(0.2)
+            continue
+        await asyncio.sleep(0.3)
+        method, kwargs = "GET", {"headers": {"Last-Event-ID": events[-1].id}}
+        url = f"{fleet.base()}/chat/{events[0].data['request_id']}/events"
+    raise AssertionError(f"never ended: {events[-3:]}")
+
+
+async def test_a_rolling_restart_under_load_loses_no_place(
+    tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
+) -> None:
+    tag = "rolling-" + redis_prefix
+    env = _env(redis_url, redis_prefix, upstream, max_concurrent_requests=2, shutdown_grace_s=2.0)
+    fleet = Fleet(tmp_path, env)
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            guests = []
+            for n in range(24):
+                body = _body(f"g{n:02d}", tag, chunks=3, delay=0.3)  # 0.6 s a call, two at a time: ~7 s
+                guests.append(asyncio.create_task(_guest(client, fleet, body)))
+                await asyncio.sleep(0.02)
+            exits = [await fleet.restart(i) for i in range(3)]
+            results = await asyncio.wait_for(asyncio.gather(*guests), 90)
+        assert exits == [0, 0, 0]
+        endings = [events[-1] for events in results]
+        unfinished = [e for e in endings if e.name != "workflow_complete"]
+        assert not unfinished, unfinished
+        for events in results:
+            assert sum(e.name in ("workflow_complete", "error", "timeout") for e in events) == 1
+        moved = sum(any(e.name == "reconnect" for e in events) for events in results)
+        assert moved >= 3, f"only {moved} guests were sent elsewhere: the restart came too late to test anything"
+        queries = [call["body"]["query"] for call in await upstream.acalls(tag)]
+        assert sorted(queries) == [f"g{n:02d}" for n in range(24)], "each asked upstream exactly once"
+    finally:
+        fleet.stop()
