@@ -33,7 +33,7 @@ from .events import ERROR, PROCESSING, RECONNECT, TIMEOUT, WORKFLOW_COMPLETE, Sh
 from .history import Registry, Stats
 from .lines.base import Line, Pacer, Places, SharedAnswers, Tally
 from .positions import Positions
-from .tickets import Flight, Status, Ticket
+from .tickets import Flight, Status, Ticket, new_request_id
 from .upstream import WorkflowRequest
 
 logger = logging.getLogger("guestqueue")
@@ -175,12 +175,37 @@ class QueueService:
         With an ``idempotency_key`` this client already used for a request that is live or still
         replayable, that same request is returned (nothing is admitted, nothing called upstream).
         """
-        if idempotency_key is not None and (known := self.registry.by_key(client, idempotency_key)) is not None:
+        request_id = new_request_id()
+        if idempotency_key is not None and (known := await self._known(client, idempotency_key, request_id)):
             if (known.query, known.parameters, known.session_id) != (query, parameters or {}, session_id):
                 raise IdempotencyMismatch(
                     "This Idempotency-Key was already used for a different question. Use a new key per question."
                 )
             return known
+        try:
+            return await self._submit(query, client, parameters, session_id, idempotency_key, request_id)
+        except Rejected:
+            if idempotency_key is not None and self.places is not None:  # the key may be used again
+                self._background(self.places.forget_key(client, idempotency_key, request_id))
+            raise
+
+    async def _known(self, client: str, idempotency_key: str, request_id: str) -> Ticket | None:
+        """The request this client already sent with this key (here, or on another instance); with
+        a shared line, else the key is reserved for ``request_id`` at once (two instances asked the
+        same key at the same moment admit it once)."""
+        known = self.registry.by_key(client, idempotency_key)
+        if known is not None or self.places is None:
+            return known
+        try:
+            owner = await self.places.reserve_key(client, idempotency_key, request_id)
+        except LineUnavailable as exc:
+            self._reject(client, "", exc)
+        return None if owner == request_id else await self.find(owner)
+
+    async def _submit(
+        self, query: str, client: str, parameters: dict[str, Any] | None, session_id: str | None,
+        idempotency_key: str | None, request_id: str,
+    ) -> Ticket:
         if not self.accepting:
             self._reject(client, query, ShuttingDown("The service is restarting. Please try again shortly."))
         limit = self.settings.max_per_client
@@ -192,7 +217,7 @@ class QueueService:
                 retry_after_s=self._retry_after_s(1),
             ))
         try:
-            return await self._admit(query, client, parameters, session_id, idempotency_key)
+            return await self._admit(query, client, parameters, session_id, idempotency_key, request_id)
         except Rejected:
             if self.places is not None:  # the client's count taken above was not used
                 self._background(self.places.give_back_client_slot(client))
@@ -207,9 +232,9 @@ class QueueService:
 
     async def _admit(
         self, query: str, client: str, parameters: dict[str, Any] | None, session_id: str | None,
-        idempotency_key: str | None,
+        idempotency_key: str | None, request_id: str,
     ) -> Ticket:
-        ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key)
+        ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key, id=request_id)
         # Same question, parameters and session (or none): never another session's answer.
         key = AnswerCache.key(query, ticket.parameters, session_id) if self.cache is not None else None
         if key is not None and (cached := await self._cached(key)) is not None:

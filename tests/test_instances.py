@@ -472,3 +472,17 @@ async def test_a_rolling_restart_under_load_loses_no_place(
         assert sorted(queries) == [f"g{n:02d}" for n in range(24)], "each asked upstream exactly once"
     finally:
         fleet.stop()
+
+
+async def test_an_idempotency_key_names_one_request_on_every_instance(two: list[str], upstream: MockUpstream) -> None:
+    tag = "idem-" + two[0].rsplit(":", 1)[1][:5]
+    body = _body("once", tag, chunks=3, delay=0.3)
+    headers = {"Idempotency-Key": "order-77"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        seen = await _first_events(client, f"{two[0]}/chat", 2, json=body, headers=headers)
+        again = await stream_events(client, f"{two[1]}/chat", json=body, headers=headers)
+        other = await client.post(f"{two[1]}/chat/simple", json=_body("another question", tag), headers=headers)
+    assert again[0].data["request_id"] == seen[0].data["request_id"], "the same request, taken over"
+    assert again[-1].name == "workflow_complete"
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_mismatch", other.text
+    assert [c["body"]["query"] for c in await upstream.acalls(tag)] == ["once"]

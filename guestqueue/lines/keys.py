@@ -88,6 +88,10 @@ class Keys:
         """STRING a cached answer, by the SHA-256 of its cache key (answers.py)."""
         return f"{self.prefix}:answer:{digest}"
 
+    def idempotency(self, client: str, idempotency_key: str) -> str:
+        """STRING the request id a client's Idempotency-Key names (the same on every instance)."""
+        return f"{self.prefix}:idempotency:{client}:{idempotency_key}"
+
     def client(self, client: str) -> str:
         """Counter: requests one client has queued or processing, on every instance."""
         return f"{self.prefix}:client:{client}"

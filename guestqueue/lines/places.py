@@ -191,6 +191,27 @@ class RedisPlaces:
                                     args=[round(grace_s * 1000), self._keys.prefix, json.dumps(ABANDONED)])
         return int(released)
 
+    async def reserve_key(self, client: str, idempotency_key: str, request_id: str) -> str:
+        """The request this client's Idempotency-Key names: ``request_id`` if the key was free."""
+        key = self._keys.idempotency(client, idempotency_key)
+        try:
+            if await self._redis.set(key, request_id, nx=True, ex=RECORD_TTL_S):
+                return request_id
+            owner = await self._redis.get(key)
+        except (RedisError, OSError) as exc:
+            raise LineUnavailable("The waiting line is unavailable right now. Please try again shortly.",
+                                  retry_after_s=5) from exc
+        return _text(owner) if owner is not None else request_id
+
+    async def forget_key(self, client: str, idempotency_key: str, request_id: str) -> None:
+        """The request reserved under this key was refused: the key may name the next one."""
+        key = self._keys.idempotency(client, idempotency_key)
+        try:
+            if await self._redis.get(key) in (request_id, request_id.encode()):
+                await self._redis.delete(key)
+        except (RedisError, OSError) as exc:
+            logger.warning("Idempotency-Key not released: %s", exc)
+
     async def take_client_slot(self, client: str, limit: int) -> bool:
         """Count one more request of ``client`` on every instance, unless it has ``limit`` already."""
         try:
