@@ -113,7 +113,12 @@ COLUMNS = (
     "cached", "created_at", "started_at", "finished_at", "wait_ms", "processing_ms", "instance_id",
 )
 INSERT = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-UPDATED = ("status", "error_code", "error", "answer", "cached", "started_at", "finished_at", "wait_ms", "processing_ms")
+# instance_id too: with a shared line, the instance that ends a request may not be the one that
+# admitted it (the guest resumed elsewhere); the row then belongs to the one still alive.
+UPDATED = (
+    "status", "error_code", "error", "answer", "cached", "started_at", "finished_at", "wait_ms", "processing_ms",
+    "instance_id",
+)
 UPDATE = f"UPDATE requests SET {', '.join(f'{c} = ?' for c in UPDATED)} WHERE request_id = ?"
 # Open rows of instances that stopped beating (or of files from before instances): their writer is gone.
 ABANDON = (
@@ -264,7 +269,7 @@ class RequestLog:
                 ticket.status.value, ticket.error_code, ticket.error_detail or ticket.error,
                 ticket.answer if ticket.done else None,
                 int(ticket.cached), ticket.started_at, ticket.finished_at, ticket.wait_ms, ticket.duration_ms,
-                ticket.id,
+                self.instance_id, ticket.id,
             ))
         self._wake.set()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import sqlite3
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -239,7 +240,8 @@ async def test_sigkill_mid_call_retries_from_the_front_or_ends_interrupted(
     tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream, chunks_before_kill: int, ending: str
 ) -> None:
     tag = f"sigkill{chunks_before_kill}-{redis_prefix}"
-    env = _env(redis_url, redis_prefix, upstream)
+    db = tmp_path / "shared-log.db"  # both instances on one host, one request log
+    env = _env(redis_url, redis_prefix, upstream, db_path=str(db))
     doomed = start_server_process(tmp_path, **env)  # alone: the call surely runs there
     survivor = None
     try:
@@ -268,6 +270,16 @@ async def test_sigkill_mid_call_retries_from_the_front_or_ends_interrupted(
             assert "".join(chunks) == "".join(f"chunk{i} " for i in range(6))
         calls = await upstream.acalls(tag)
         assert len(calls) == (2 if ending == "workflow_complete" else 1), calls
+        # The request's row ends with its real end, written by the instance that ended it.
+        expected = "completed" if ending == "workflow_complete" else "failed"
+        for _ in range(100):
+            with sqlite3.connect(db) as conn:
+                rows = conn.execute("SELECT request_id, status FROM requests").fetchall()
+            if (request_id, expected) in rows and not any(status in ("queued", "processing") for _, status in rows):
+                break
+            await asyncio.sleep(0.1)
+        assert (request_id, expected) in rows, rows
+        assert all(status not in ("queued", "processing") for _, status in rows), rows
     finally:
         for server in (doomed, survivor):
             if server is not None:
