@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import gc
@@ -19,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -66,6 +68,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
 # survive a few seconds are mostly the connections themselves, so they are
 # frozen (left alone by the collector; refcounting still frees them). Cycles
 # frozen by mistake are reclaimed at the next periodic unfreeze.
+RESTART_PAUSE_S = 1.0  # before starting again a worker that died (a crash loop must not spin)
+
 GC_FREEZE_EVERY_S = 10.0
 GC_UNFREEZE_EVERY = 60  # freezes: about every 10 minutes
 
@@ -110,9 +114,15 @@ def where_things_are(settings: Settings, host: str, port: int) -> list[str]:
         shown = str(url.copy_with(username=None, password=None)) if url is not None else settings.upstream_url
         upstream = f"{kind} {shown}" + (f" (model {settings.upstream_model})" if settings.upstream_model else "")
     log = os.path.abspath(settings.db_path) if settings.db_path else "off (GUEST_DB_PATH is empty)"
+    line = "in this process (GUEST_REDIS_URL is empty)"
+    if settings.redis_url:
+        redis = httpx.URL(settings.redis_url)  # shown without its password
+        line = f"shared through {redis.copy_with(username=None, password=None)} (prefix {settings.redis_prefix!r})"
+    processes = f" ({settings.workers} processes)" if settings.workers > 1 else ""
     lines = [
-        f"listening on http://{shown_host}:{port}",
+        f"listening on http://{shown_host}:{port}{processes}",
         f"upstream:    {upstream}",
+        f"line:        {line}",
         f"chat page:   {base}/static/chat.html",
         f"dashboard:   {base}/dashboard",
         f"request log: {log}",
@@ -200,12 +210,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"guestqueue: error: {exc}", file=sys.stderr)
         return 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port = sock.getsockname()[:2]
+    for line in where_things_are(settings, host, port):
+        logger.info("%s", line)
+    if settings.workers > 1:
+        return supervise(settings, sock, args)
+    serve_here(settings, sock, args)
+    return 0
+
+
+def serve_here(settings: Settings, sock: socket.socket, args: argparse.Namespace) -> None:
+    """One server process on the bound socket, until it has drained."""
     app = create_app(settings)
     config = uvicorn_config(app, settings, log_level=args.log_level, access_log=args.access_log)
     # uvicorn re-raises the signal it shut down for; a drained shutdown is a clean exit (0).
     signal.signal(signal.SIGTERM, lambda sig, frame: None)
-    host, port = sock.getsockname()[:2]
-    for line in where_things_are(settings, host, port):
-        logger.info("%s", line)
     GuestServer(config, app.state.guestqueue).run(sockets=[sock])
-    return 0
+
+
+def supervise(settings: Settings, sock: socket.socket, args: argparse.Namespace) -> int:
+    """``--workers N``: N server processes share the listening socket (the kernel spreads the
+    connections) and one line (Redis). SIGTERM or SIGINT here is passed on to every one, each
+    drains as a single server does, and this process exits 0 once they all did. A worker that
+    dies on its own is started again."""
+    children: dict[int, int] = {}  # pid -> worker number
+    stopping = False
+
+    def start(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the child: a server of its own on the shared socket
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            try:
+                serve_here(settings, sock, args)
+            finally:
+                os._exit(0)
+        children[pid] = number
+
+    def stop(sig: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for number in range(settings.workers):
+        start(number)
+    logger.info("%d worker processes: %s", settings.workers, ", ".join(map(str, children)))
+    failed = False
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        if pid not in children:
+            continue
+        number = children.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            failed |= code != 0
+        else:
+            logger.warning("worker %d (pid %d) exited with %d; starting it again", number, pid, code)
+            time.sleep(RESTART_PAUSE_S)
+            start(number)
+    sock.close()
+    return 1 if failed else 0

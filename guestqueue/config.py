@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 UPSTREAM_KINDS = ("auto", "http", "openai", "python", "demo")
 AT_LEAST_ONE = (
     "max_concurrent_requests", "max_queue_size", "max_body_bytes", "max_query_chars", "log_buffer_rows",
-    "max_header_bytes", "backlog",
+    "max_header_bytes", "backlog", "workers",
 )
 # Durations that must be above zero (a zero timeout or tick would end or spin everything at once).
 ABOVE_ZERO = (
@@ -105,7 +105,13 @@ class Settings:
         "GUEST_REDIS_URL", "", "redis://host:port/db shared by several instances; empty = the line in this process",
         minimum=None, secret=True,
     )
-    redis_prefix: str = _setting("GUEST_REDIS_PREFIX", "guestqueue", "key prefix in Redis", minimum=None)
+    redis_prefix: str = _setting(
+        "GUEST_REDIS_PREFIX", "guestqueue", "key prefix in Redis (several deployments may share one Redis)",
+        minimum=None,
+    )
+    workers: int = _setting(
+        "GUEST_WORKERS", 1, "server processes sharing the port (more than 1 needs GUEST_REDIS_URL)"
+    )
     max_body_bytes: int = _setting("GUEST_MAX_BODY_BYTES", 65536, "largest request body (413 beyond)")
     max_query_chars: int = _setting("GUEST_MAX_QUERY_CHARS", 4000, "longest query (422 beyond)")
     max_per_client: int = _setting("GUEST_MAX_PER_CLIENT", 2, "requests one client may have in line or processing")
@@ -162,6 +168,7 @@ class Settings:
             raise SettingsError(f"GUEST_UPSTREAM_KIND={self.upstream_kind!r} needs GUEST_UPSTREAM_URL")
         self._check_upstream_url()
         self._check_upstream_combination()
+        self._check_redis()
         if self.admin_api_key and len(self.admin_api_key) < ADMIN_KEY_MIN_CHARS:
             # A short key falls to guessing; the message never shows the key itself.
             raise SettingsError(
@@ -213,6 +220,22 @@ class Settings:
                     f"GUEST_UPSTREAM_URL={url!r}: must be an http:// or https:// URL with a host "
                     "(or module:function for a python upstream)"
                 )
+
+    def _check_redis(self) -> None:
+        if self.workers > 1 and not self.redis_url:
+            raise SettingsError(
+                f"GUEST_WORKERS={self.workers}: several processes need one shared line: set GUEST_REDIS_URL"
+            )
+        if self.redis_url:
+            parsed = urlsplit(self.redis_url)
+            if parsed.scheme not in ("redis", "rediss", "unix") or (parsed.scheme != "unix" and not parsed.hostname):
+                shown = parsed._replace(netloc="***@" + parsed.netloc.rpartition("@")[2]).geturl() \
+                    if "@" in parsed.netloc else self.redis_url
+                raise SettingsError(
+                    f"GUEST_REDIS_URL={shown!r}: must be a redis://host:port/db, rediss:// or unix:// URL"
+                )
+        if not self.redis_prefix or any(c.isspace() for c in self.redis_prefix):
+            raise SettingsError(f"GUEST_REDIS_PREFIX={self.redis_prefix!r}: must be a non-empty word without spaces")
 
     def _check_upstream_combination(self) -> None:
         kind = self.resolved_upstream_kind
