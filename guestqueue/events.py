@@ -54,6 +54,11 @@ class Event:
         if self._encoded is None:
             if self.name == QUEUED:
                 self._encoded = encode_queued(self.id, self.data)
+            elif self.name == RECONNECT:
+                # No `id:` line: the guest's Last-Event-ID stays that of the last event it really
+                # had, which is where the instance it reconnects to takes the numbering up.
+                data = json.dumps(self.envelope(), separators=(",", ":"))
+                self._encoded = f"event: {self.name}\ndata: {data}\n\n".encode()
             else:
                 self._encoded = encode_sse(self.id, self.name, self.envelope())
         return self._encoded

@@ -17,9 +17,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from .config import Settings
+from .errors import LineUnavailable
 from .eta import WaitEstimator
 from .events import QUEUED
 from .lines.base import Line, LineView
+from .stopping import raise_if_cancelled, stop_tasks
 from .tickets import Flight, Ticket
 
 
@@ -43,8 +45,7 @@ class Positions:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await stop_tasks([self._task])
 
     async def refresh(self) -> LineView:
         """A new view of the line (the estimates follow it)."""
@@ -108,7 +109,8 @@ class Positions:
                 housekeeping()
             try:
                 await self.refresh()
-            except Exception:  # the line is unreachable (Redis): guests keep their last place
+            except LineUnavailable:  # Redis is unreachable: guests keep their last place
+                raise_if_cancelled()
                 continue
             self.report(list(self._waiting.values()))
             for follow_up in self.on_view:

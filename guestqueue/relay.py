@@ -34,6 +34,7 @@ from .errors import LineUnavailable
 from .lines.places import RedisPlaces
 from .lines.redis import RedisLine
 from .service import QueueService
+from .stopping import raise_if_cancelled, stop_tasks
 from .tickets import Flight
 
 logger = logging.getLogger("guestqueue.relay")
@@ -75,10 +76,7 @@ class FlightRelay:
             await asyncio.wait_for(self._sending.join(), FLUSH_TIMEOUT_S)
         except TimeoutError:
             logger.warning("%d flight events not relayed: Redis did not take them", self._sending.qsize())
-        for task in (self._listener, self._sender, self._janitor):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await stop_tasks([self._listener, self._sender, self._janitor, *self._spawned])
 
     # -- FlightSink: this instance runs the flight --------------------------------
 
@@ -127,6 +125,7 @@ class FlightRelay:
                     await self._recover(flight)
                 await self._places.reap(self._service.settings.reconnect_grace_s)
             except (LineUnavailable, RedisError, OSError) as exc:
+                raise_if_cancelled()
                 logger.warning("could not clean up after dead instances: %s", exc)
 
     async def _recover(self, flight: Flight) -> None:
@@ -169,6 +168,7 @@ class FlightRelay:
                     pipe.publish(self._events_channel, flight_id)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
+                raise_if_cancelled()
                 logger.warning("flight %s: event %s not relayed: %s", flight_id, event.get("t"), exc)
             finally:
                 self._sending.task_done()
@@ -207,7 +207,8 @@ class FlightRelay:
                             self._stop_running(flight_id)
                         elif self._local(flight_id) is not None:
                             await self._catch_up(flight_id)
-            except RedisError as exc:
+            except (RedisError, OSError) as exc:
+                raise_if_cancelled()
                 logger.warning("relay lost Redis (%s); listening again shortly", exc)
                 await asyncio.sleep(0.5)
 

@@ -117,6 +117,7 @@ async def _start(
     queue.pool = WorkerPool(settings, line, service.pacer, upstream, sink, on_paced=queue.metrics.paced)
     service.listeners.append(queue.metrics)
     service.on_drain.append(queue.pool.drain)
+    service.busy.append(lambda: bool(queue.pool.active))
     service.health_checks.append(queue.pool.problems)
     if log is not None:
         service.listeners.append(log)

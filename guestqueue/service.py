@@ -33,6 +33,7 @@ from .events import ERROR, PROCESSING, RECONNECT, TIMEOUT, WORKFLOW_COMPLETE, Sh
 from .history import Registry, Stats
 from .lines.base import Line, Pacer, Places, SharedAnswers, Tally
 from .positions import Positions
+from .stopping import stop_tasks
 from .tickets import Flight, Status, Ticket, new_request_id
 from .upstream import WorkflowRequest
 
@@ -107,6 +108,7 @@ class QueueService:
         # Set by the runtime with a shared line: catch a taken-over request's flight up on its events.
         self.on_adopted: Callable[[Flight], Awaitable[None]] | None = None
         self.on_drain: list[Callable[[], None]] = []  # run when shutdown begins
+        self.busy: list[Callable[[], bool]] = []  # other work the shutdown grace waits for
         self.streams: set[OpenStream] = set()  # the guests' open SSE responses
         self.request_streams: dict[str, list[OpenStream]] = {}  # by request id, oldest first
         self.client_streams: Counter[str] = Counter()
@@ -150,7 +152,9 @@ class QueueService:
                 self._hand_off_all(flight)
             else:
                 self._end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
-        while self.running and time.monotonic() < deadline:
+        # Running calls get the grace: our guests' (wherever they run) and, with a shared line, the
+        # calls this instance runs for other instances' guests.
+        while (self.running or any(busy() for busy in self.busy)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         jobs = [flight.job for flight in self.running.values() if flight.job is not None]
         for flight in list(self.running.values()):
@@ -160,9 +164,7 @@ class QueueService:
                 self._end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
         await asyncio.gather(*jobs, return_exceptions=True)
         await self.positions.stop()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        await stop_tasks([self._watcher])
 
     # -- admission -----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from .config import Settings
 from .errors import LineUnavailable, UpstreamError, UpstreamFailure
 from .lines.base import Line, Pacer
+from .stopping import raise_if_cancelled, stop_tasks
 from .tickets import Flight
 from .upstream import Upstream, valid_text
 
@@ -95,9 +96,7 @@ class WorkerPool:
             worker.cancel()
 
     async def stop(self) -> None:
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await stop_tasks(self._workers)
         self._workers.clear()
 
     async def _work(self) -> None:
@@ -108,6 +107,7 @@ class WorkerPool:
             try:
                 flight = await self._line.next()
             except LineUnavailable:  # the shared line is unreachable: try again shortly
+                raise_if_cancelled()
                 await asyncio.sleep(0.5)
                 continue
             finally:

@@ -10,6 +10,8 @@ import asyncio
 import itertools
 import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,9 +22,21 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from guestqueue.config import ENV_NAMES
+from guestqueue.web.app import API_PREFIX
 
-from .conftest import FAST, MockUpstream, Received, start_server_process, stream_events
+from .conftest import (
+    FAST,
+    MockUpstream,
+    Received,
+    env_without_guest_vars,
+    free_port,
+    start_server_process,
+    stream_events,
+    wait_for_http,
+)
 from .redis_server import run_redis
+from .test_js_clients import node
+from .test_nginx import run_nginx
 
 INTERVAL_S = 0.3
 
@@ -432,7 +446,17 @@ class Fleet:
             server.proc.wait(15)
 
 
-async def _guest(client: httpx.AsyncClient, fleet: Fleet, body: dict[str, Any]) -> list[Received]:
+class Through:
+    """One address for every guest (nginx in front of the instances)."""
+
+    def __init__(self, base: str) -> None:
+        self._base = base
+
+    def base(self) -> str:
+        return self._base
+
+
+async def _guest(client: httpx.AsyncClient, fleet: Fleet | Through, body: dict[str, Any]) -> list[Received]:
     """Ask, and follow the answer across instances: on `reconnect` or a dropped stream, resume on
     another instance with Last-Event-ID, as an EventSource would."""
     events: list[Received] = []
@@ -498,3 +522,56 @@ async def test_an_idempotency_key_names_one_request_on_every_instance(two: list[
     assert again[-1].name == "workflow_complete"
     assert other.status_code == 422 and other.json()["code"] == "idempotency_mismatch", other.text
     assert [c["body"]["query"] for c in await upstream.acalls(tag)] == ["once"]
+
+
+async def test_behind_nginx_an_eventsource_follows_its_request_through_a_rolling_restart(
+    tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
+) -> None:
+    tag = "nginx-" + redis_prefix
+    env = _env(redis_url, redis_prefix, upstream, max_concurrent_requests=1, trusted_proxies="127.0.0.1",
+               shutdown_grace_s=3.0)
+    ports = [free_port() for _ in range(3)]
+    procs = {port: _start_on(tmp_path, env, port) for port in ports}
+    bases = [f"http://127.0.0.1:{port}{API_PREFIX}" for port in ports]
+    try:
+        with run_nginx(tmp_path, bases[0], read_timeout=None, more=tuple(bases[1:])) as proxied:
+            async with httpx.AsyncClient(timeout=30) as client:
+                ahead = [asyncio.create_task(_guest(client, Through(proxied),
+                                                    _body(f"ahead {n}", tag, chunks=3, delay=0.5)))
+                         for n in range(5)]
+                await asyncio.sleep(0.3)
+                first = await _first_events(client, f"{proxied}/chat", 1, json=_body("followed", tag, chunks=3))
+                request_id = first[0].data["request_id"]
+                follower = asyncio.create_task(node("eventsource_follow.mjs", f"{proxied}/chat/{request_id}/events",
+                                                    "60000"))
+                await asyncio.sleep(1.0)
+                for port in ports:  # each instance in turn: SIGTERM, then back on its port
+                    procs[port].terminate()
+                    assert await asyncio.to_thread(procs[port].wait, 20) == 0
+                    procs[port] = await asyncio.to_thread(_start_on, tmp_path, env, port)
+                result = await follower
+                answers = await asyncio.gather(*ahead)
+        assert [events[-1].name for events in answers] == ["workflow_complete"] * 5, [a[-1] for a in answers]
+        names = [e["event"] for e in result["events"]]
+        assert names[-1] == "workflow_complete" and names.count("workflow_complete") == 1, names
+        chunks = [e["data"] for e in result["events"] if e["event"] == "answer_chunk"]
+        assert chunks == ["chunk0 ", "chunk1 ", "chunk2 "], chunks
+        assert result["connects"] >= 2 and "reconnect" in names, "it was sent elsewhere and came back by itself"
+        queries = [call["body"]["query"] for call in await upstream.acalls(tag)]
+        assert sorted(queries) == sorted([f"ahead {n}" for n in range(5)] + ["followed"]), "each asked once"
+        assert queries[-1] == "followed", "it kept its place behind the five ahead of it"
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait(15)
+
+
+def _start_on(tmp_path: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """A guestqueue process on a given port (a restarted instance comes back where nginx expects it)."""
+    log = (tmp_path / f"guestqueue-{port}.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "guestqueue", "serve"],
+                            env={**env_without_guest_vars(), **env, "GUEST_PORT": str(port)},
+                            stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    wait_for_http(f"http://127.0.0.1:{port}{API_PREFIX}/health")
+    return proc

@@ -53,13 +53,14 @@ def _replace(text: str, old: str, new: str, count: int) -> str:
 
 def render_conf(
     prefix: Path, *, listen_port: int, upstream_port: int, read_timeout: str | None = None,
-    header_timeout: str | None = None,
+    header_timeout: str | None = None, more_upstream_ports: tuple[int, ...] = (),
 ) -> Path:
     text = NGINX_CONF.read_text()
     if header_timeout is not None:
         text = _replace(text, "client_header_timeout 10s;", f"client_header_timeout {header_timeout};", 1)
     text = _replace(text, "listen 8080;", f"listen 127.0.0.1:{listen_port};", 1)
-    text = _replace(text, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};", 1)
+    servers = "".join(f"\n        server 127.0.0.1:{port};" for port in more_upstream_ports)
+    text = _replace(text, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};{servers}", 1)
     if read_timeout is not None:
         text = _replace(text, "proxy_read_timeout 700s;", f"proxy_read_timeout {read_timeout};", 2)
     if os.geteuid() == 0:
@@ -80,15 +81,17 @@ class Stack:
 
 @contextmanager
 def run_nginx(
-    prefix: Path, guestqueue_base: str, *, read_timeout: str | None, header_timeout: str | None = None
+    prefix: Path, guestqueue_base: str, *, read_timeout: str | None, header_timeout: str | None = None,
+    more: tuple[str, ...] = (),
 ) -> Iterator[str]:
-    """nginx with the repository's conf in front of ``guestqueue_base``; yields the proxied API base URL."""
+    """nginx with the repository's conf in front of ``guestqueue_base`` (and the ``more`` instances,
+    round-robin); yields the proxied API base URL."""
     upstream_port = urlsplit(guestqueue_base).port
     assert upstream_port is not None
     port = free_port()
     conf = render_conf(
         prefix, listen_port=port, upstream_port=upstream_port, read_timeout=read_timeout,
-        header_timeout=header_timeout,
+        header_timeout=header_timeout, more_upstream_ports=tuple(urlsplit(b).port or 0 for b in more),
     )
     command = [nginx_binary(), "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
     checked = subprocess.run([*command, "-t", "-q"], capture_output=True, text=True)

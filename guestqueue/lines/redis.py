@@ -47,6 +47,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..errors import LineFull, LineUnavailable
+from ..stopping import raise_if_cancelled, stop_tasks
 from ..tickets import Flight
 from ..upstream import WorkflowRequest
 from .base import LineView
@@ -243,6 +244,7 @@ class RedisLine:
             try:
                 await self._heartbeat_once()  # a Redis restarted empty finds us again here
             except LineUnavailable as exc:
+                raise_if_cancelled()
                 logger.warning("heartbeat failed: %s", exc)
 
     async def _listen(self) -> None:
@@ -255,13 +257,12 @@ class RedisLine:
                         if message["type"] == "message":
                             self._woken.set()
             except (RedisError, OSError) as exc:
+                raise_if_cancelled()
                 logger.warning("wake-ups lost (%s); listening again shortly", exc)
                 await asyncio.sleep(0.5)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks([*self._tasks, *self._spawned])
         try:
             # The lease ends now rather than vanishing: guests this instance handed off keep their
             # places for the reconnect grace, then other instances release them (places.py).
@@ -311,6 +312,7 @@ class RedisLine:
                 try:
                     reply = await self._try_start()
                 except LineUnavailable:
+                    raise_if_cancelled()
                     await asyncio.sleep(MAX_WAKE_WAIT_S)
                     continue
                 kind, value = reply

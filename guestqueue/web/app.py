@@ -233,6 +233,15 @@ class GuestQueue:
             finished = await _until_done_or_disconnect(ticket, request)
         finally:
             service.unsubscribe(ticket)
+        if ticket.moved:
+            # This instance is stopping (or another took the request over): the place is kept in
+            # the shared line; asking again with the same Idempotency-Key, or following the events,
+            # on any instance picks it up.
+            return JSONResponse({
+                "error": "The service is restarting. Ask again (send the same Idempotency-Key to keep your "
+                         "place) or follow GET /chat/{request_id}/events.",
+                "code": "reconnect", "request_id": ticket.id, "retry_after": 1,
+            }, status_code=503, headers={"Retry-After": "1"})
         if not finished:
             return Response(status_code=204)  # nobody is listening any more
         return _simple_answer(ticket)
@@ -309,10 +318,11 @@ def _last_event_id(request: Request) -> int:
 
 
 async def _until_done_or_disconnect(ticket: Ticket, request: Request) -> bool:
-    """Wait for the ticket's end; False if the client went away first."""
+    """Wait for the ticket's end (or its hand-off to another instance); False if the client went
+    away first."""
 
     async def ended() -> None:
-        while not ticket.done:
+        while not ticket.done and not ticket.moved:
             await ticket.events.wait_after(ticket.events.last_id)
 
     async def disconnected() -> None:
@@ -326,7 +336,7 @@ async def _until_done_or_disconnect(ticket: Ticket, request: Request) -> bool:
         for waiter in waiters:
             waiter.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
-    return ticket.done
+    return ticket.done or ticket.moved
 
 
 SIMPLE_STATUS = {"timeout": 504, "wait_timeout": 504, "cancelled": 409, "shutdown": 503, "internal_error": 500}

@@ -36,7 +36,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import BodyTooLarge, InvalidField, InvalidJSON, LineFull, Rejected
-from ..events import ANSWER_CHUNK, ERROR, PROCESSING, QUEUED, TIMEOUT, WORKFLOW_COMPLETE, Event
+from ..events import ANSWER_CHUNK, ERROR, PROCESSING, QUEUED, RECONNECT, TIMEOUT, WORKFLOW_COMPLETE, Event
 from ..service import QueueService
 from ..tickets import Status, Ticket
 from .admission import client_key, parse_json_object, validate_chat_request
@@ -164,7 +164,7 @@ async def _send_events(websocket: WebSocket, ticket: Ticket, send_timeout_s: flo
             async with asyncio.timeout(send_timeout_s):
                 await websocket.send_json(to_message(event, ticket.id))
             seen = event.id
-            if event.terminal:
+            if event.terminal or event.name == RECONNECT:  # over, or to be followed elsewhere
                 return
         if log.closed:
             return

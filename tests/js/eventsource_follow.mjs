@@ -1,0 +1,31 @@
+// The `eventsource` package (the WHATWG EventSource for Node) following one request through nginx
+// while the guestqueue instances behind it restart: it must reconnect by itself (with
+// Last-Event-ID) and hear the answer exactly once.
+//   node eventsource_follow.mjs EVENTS_URL TIMEOUT_MS  ->  prints {"events": [...], "connects": N}
+import { EventSource } from "eventsource";
+
+const [url, timeoutMs] = [process.argv[2], Number(process.argv[3] || 60000)];
+let connects = 0;
+const events = [];
+const source = new EventSource(url, {
+  fetch: (input, init) => {
+    connects += 1;
+    return fetch(input, init);
+  },
+});
+let timer;
+const done = new Promise((resolve) => {
+  for (const name of ["queued", "processing", "answer_chunk", "reconnect", "workflow_complete", "error", "timeout"]) {
+    source.addEventListener(name, (e) => {
+      if (e.data === undefined) return; // EventSource's own "error": a dropped connection, not ours
+      events.push({ id: e.lastEventId, event: name, data: JSON.parse(e.data).data });
+      if (["workflow_complete", "error", "timeout"].includes(name)) resolve();
+    });
+  }
+  timer = setTimeout(resolve, timeoutMs);
+});
+source.onerror = () => {}; // a closed stream is reconnected by the EventSource itself
+await done;
+clearTimeout(timer); // a pending timer would keep node running
+source.close();
+console.log(JSON.stringify({ events, connects }));
