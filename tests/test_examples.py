@@ -9,15 +9,18 @@ import json
 import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from guestqueue.cli import build_parser, load_settings
 from guestqueue.config import Settings
 from guestqueue.web.app import API_PREFIX
 
 from .conftest import MockUpstream, load_example, serve
+from .test_nginx import nginx_binary
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
@@ -93,3 +96,28 @@ def test_openai_guide_commands_are_valid(monkeypatch: pytest.MonkeyPatch) -> Non
         settings = settings_for(words, env, monkeypatch)
         assert settings.resolved_upstream_kind == "openai", line
         assert settings.upstream_model and settings.upstream_url.startswith(("http://", "https://")), line
+
+
+def test_the_compose_example_runs_three_instances_on_one_redis_behind_nginx(tmp_path: Path) -> None:
+    compose = yaml.safe_load((EXAMPLES / "docker-compose.yml").read_text())
+    services = compose["services"]
+    instances = [name for name in services if name.startswith("guestqueue-")]
+    assert {"redis", "nginx"} <= set(services) and len(instances) == 3
+    for name in instances:
+        environment = services[name]["environment"]
+        assert environment["GUEST_REDIS_URL"].startswith("redis://redis:"), name
+        Settings.from_env({k: str(v) for k, v in environment.items()})  # every value is a valid setting
+    conf = (EXAMPLES / "nginx-compose.conf").read_text()
+    for name in instances:
+        assert f"server {name}:8000;" in conf, f"nginx sends guests to {name}"
+    block = conf.split("upstream guestqueue {")[1].split("}")[0]
+    directives = [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert not any(d.startswith(("ip_hash", "hash ")) for d in directives), "plain round-robin"
+    # nginx resolves upstream names when it starts: check the rest with addresses that exist here.
+    local = conf
+    for n, name in enumerate(instances):
+        local = local.replace(f"server {name}:8000;", f"server 127.0.0.1:{8001 + n};")
+    (tmp_path / "nginx.conf").write_text(local)
+    checked = subprocess.run([nginx_binary(), "-t", "-q", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
