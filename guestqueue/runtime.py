@@ -32,6 +32,7 @@ from .relay import FlightRelay
 from .service import QueueService
 from .store import RequestLog
 from .upstream import Upstream
+from .views import QueueViews
 from .workers import FlightSink, WorkerPool
 
 
@@ -43,6 +44,7 @@ class Queue:
     log: RequestLog | None
     pool: WorkerPool = field(init=False)
     metrics: Metrics = field(init=False)
+    views: QueueViews = field(init=False)
     _shared_stats: Stats | None = None  # every instance's totals, as of the last refresh()
 
     async def refresh(self) -> None:
@@ -112,6 +114,7 @@ async def _start(
     log: RequestLog | None,
 ) -> Queue:
     queue = Queue(service, log)
+    queue.views = QueueViews(service)
     queue.metrics = Metrics(queue)
     line = service.line
     queue.pool = WorkerPool(settings, line, service.pacer, upstream, sink, on_paced=queue.metrics.paced)

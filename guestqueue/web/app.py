@@ -80,7 +80,7 @@ class GuestQueue:
             upstream = make_upstream(settings, client, self.workflow)
             log = await self._open_log(stack)
             queue = await open_queue(stack, settings, upstream, log)
-            monitor = StatusMonitor(queue.service, ping_s=settings.ping_s, send_timeout_s=settings.send_timeout_s)
+            monitor = StatusMonitor(queue.views, ping_s=settings.ping_s, send_timeout_s=settings.send_timeout_s)
             monitor.start()
             stack.push_async_callback(monitor.stop)
             self.queue, self.service, self.monitor = queue, queue.service, monitor
@@ -162,6 +162,12 @@ class GuestQueue:
         if self.service is None:
             raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
         return self.service
+
+    @property
+    def _queue(self) -> Queue:
+        if self.queue is None:
+            raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
+        return self.queue
 
     def _require_status_reader(self, request: Request) -> None:
         if not self.settings.public_status:
@@ -260,7 +266,7 @@ class GuestQueue:
 
     async def queue_status(self, request: Request) -> Response:
         self._require_status_reader(request)
-        return JSONResponse(await self._service.status())
+        return JSONResponse(await self._queue.views.status())
 
     async def queue_status_stream(self, request: Request) -> Response:
         self._require_status_reader(request)
@@ -278,20 +284,18 @@ class GuestQueue:
 
     async def queue_request(self, request: Request) -> Response:
         # The id is its guest's credential (access.py): holding it is permission enough.
-        found = await self._service.lookup(request.path_params["request_id"])  # here or on another instance
+        found = await self._queue.views.lookup(request.path_params["request_id"])  # here or on another instance
         if found is None:
             raise NotFound("No request with that id (it may have expired).")
         return JSONResponse(found)
 
     async def queue_history(self, request: Request) -> Response:
         self.access.require_operator(request)  # it lists request ids: operators only
-        return JSONResponse(await self._service.history())
+        return JSONResponse(await self._queue.views.history())
 
     async def metrics(self, request: Request) -> Response:
         self.access.require_operator(request)
-        queue = self.queue
-        if queue is None:
-            raise ShuttingDown("The service is not running.")
+        queue = self._queue
         await queue.refresh()  # the line now, and every instance's totals
         body, content_type = queue.metrics.render()
         return Response(body, media_type=content_type)
@@ -299,7 +303,7 @@ class GuestQueue:
     async def health(self, request: Request) -> Response:
         if self.service is None:
             return JSONResponse({"status": "unavailable", "problems": ["not running"]}, status_code=503)
-        status, body = await self.service.health()
+        status, body = await self._queue.views.health()
         return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
 

@@ -33,7 +33,8 @@ MIN_STREAM_GAP_S = 0.1  # under churn, at most ten status events a second per mo
 class StatusSource(Protocol):
     """The running queue, as far as a monitor needs it."""
 
-    accepting: bool
+    @property
+    def accepting(self) -> bool: ...
 
     def snapshot(self) -> dict[str, Any]: ...
 
