@@ -55,6 +55,11 @@ class _Handoff(asyncio.Queue[Flight]):
     def discard(self, flight: Flight) -> None:
         self._queue.pop(flight.id, None)
 
+    def return_front(self, flight: Flight) -> None:
+        """A worker let go of ``flight`` before starting it: the next worker takes it first."""
+        self.put_nowait(flight)
+        self._queue.move_to_end(flight.id, last=False)
+
 
 class MemoryLine:
     """In-memory FIFO line and pacer (lines/base.py's Line and Pacer). ``on_moved`` hears the
@@ -106,11 +111,16 @@ class MemoryLine:
     async def start(self, flight: Flight) -> float:
         loop = asyncio.get_running_loop()
         began = loop.time()
-        await self._slots.acquire()
         try:
-            await self.limiter.acquire()
-        except BaseException:
-            self._slots.release()
+            await self._slots.acquire()
+            try:
+                await self.limiter.acquire()
+            except BaseException:
+                self._slots.release()
+                raise
+        except asyncio.CancelledError:
+            if flight.id in self._waiting:  # still in line: it must not be lost with this worker
+                self._handoff.return_front(flight)
             raise
         self._running[flight.id] = loop.time()
         self.leave_now(flight)

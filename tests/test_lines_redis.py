@@ -1,0 +1,133 @@
+"""The Redis line's own promises (the shared ones are in test_lines_contract.py): several instances
+on one line, dead instances, and a view whose cost does not grow with the line."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import redis.asyncio as aioredis
+
+from guestqueue.lines.redis import RedisLine
+from guestqueue.tickets import Flight
+from guestqueue.upstream import WorkflowRequest
+
+
+def flights(n: int, tag: str = "q") -> list[Flight]:
+    return [Flight(None, [], WorkflowRequest(f"{tag}{i}", f"{tag}{i}")) for i in range(n)]
+
+
+@asynccontextmanager
+async def instances(url: str, prefix: str, *names: str, **settings: float) -> AsyncIterator[list[RedisLine]]:
+    """One RedisLine per name, each with its own client, sharing one line."""
+    options = {"max_size": 1000, "max_concurrent": 1, "interval_s": 0.0, "instance_ttl_s": 1.0, **settings}
+    async with AsyncExitStack() as stack:
+        lines: list[RedisLine] = []
+        for name in names:
+            client = aioredis.from_url(url)
+            stack.push_async_callback(client.aclose)
+            line = RedisLine(client, prefix=prefix, instance_id=name, **options)  # type: ignore[arg-type]
+            await line.register({"host": "test", "pid": len(lines), "started_at": time.time()})
+            stack.push_async_callback(line.close)
+            lines.append(line)
+        yield lines
+
+
+def die(line: RedisLine) -> None:
+    """As SIGKILL would: its heartbeat stops, nothing is given back."""
+    for task in line._tasks:
+        task.cancel()
+
+
+async def test_one_fifo_across_instances_whichever_runs_the_flight(redis_url: str, redis_prefix: str) -> None:
+    # One slot: the order of the grants is the order the workers see (with two, two grants could
+    # reach their workers in either order).
+    async with instances(redis_url, redis_prefix, "A", "B") as (a, b):
+        admitted = flights(6)
+        for n, flight in enumerate(admitted):
+            await (a if n % 2 else b).admit(flight)
+        started: list[str] = []
+
+        async def work(line: RedisLine) -> None:
+            while True:
+                flight = await line.next()
+                started.append(flight.request.query)
+                await asyncio.sleep(0.02)
+                await line.finish(flight)
+
+        workers = [asyncio.create_task(work(line)) for line in (a, b, a, b)]
+        while len(started) < 6:
+            await asyncio.sleep(0.01)
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        assert started == [f.request.query for f in admitted]
+
+
+async def test_a_dead_instances_slot_comes_back_and_its_flight_goes_to_one_survivor(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async with instances(redis_url, redis_prefix, "dead", "B", "C") as (dead, b, c):
+        running, waiting = flights(2)
+        await dead.admit(running)
+        assert (await dead.next()).id == running.id
+        await b.admit(waiting)
+        die(dead)
+        # The one slot is the dead instance's until its lease (1 s) runs out; then B may start.
+        began = time.monotonic()
+        got = await asyncio.wait_for(b.next(), 5)
+        assert got.id == waiting.id and 0.5 < time.monotonic() - began < 3
+        found = await asyncio.gather(b.dead_flights(), c.dead_flights())
+        assert sorted(len(f) for f in found) == [0, 1], "exactly one survivor takes it over"
+        orphan = next(f for f in found if f)[0]
+        assert orphan.id == running.id and orphan.request.query == running.request.query
+        # Back in line at its old number: ahead of everyone admitted after it.
+        later, = flights(1, tag="later")
+        await c.admit(later)
+        await b.requeue_front(orphan)
+        view = await c.view()
+        assert view.position(orphan.id) == 1 and view.position(later.id) == 2
+
+
+async def test_a_view_costs_the_same_whatever_the_length_of_the_line(redis_url: str, redis_prefix: str) -> None:
+    async with instances(redis_url, redis_prefix, "A", max_size=5000) as (line,):
+        client = aioredis.from_url(redis_url)
+
+        async def commands_per_view() -> int:
+            before = await client.info("commandstats")
+            await line.view()
+            after = await client.info("commandstats")
+            return sum(int(v["calls"]) for v in after.values()) - sum(int(v["calls"]) for v in before.values())
+
+        for flight in flights(10):
+            await line.admit(flight)
+        small = await commands_per_view()
+        for flight in flights(1000, tag="more"):
+            await line.admit(flight)
+        large = await commands_per_view()
+        await client.aclose()
+        assert large == small, f"{small} commands for 10 waiting, {large} for 1010"
+
+
+async def test_a_freed_slot_starts_the_next_flight_on_another_instance_at_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async with instances(redis_url, redis_prefix, "A", "B") as (a, b):
+        delays = []
+        for flight in flights(30):
+            await a.admit(flight)
+        held = await a.next()
+        for _ in range(29):
+            waiter = asyncio.create_task(b.next())
+            await asyncio.sleep(0.02)  # B is waiting for the slot
+            freed = time.monotonic()
+            await a.finish(held)
+            held = await waiter
+            delays.append(time.monotonic() - freed)
+            a, b = b, a
+        await a.finish(held)
+        # Woken by Redis pub/sub, not by the 0.5 s fallback poll.
+        assert statistics.median(delays) < 0.05, sorted(delays)
