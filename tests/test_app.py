@@ -259,7 +259,9 @@ async def test_a_retry_goes_first_at_the_limiter(upstream: MockUpstream) -> None
     # behind them (a whole interval each); it already had its turn, so it goes first now.
     tag = uuid.uuid4().hex[:12]
     mock = {"tag": tag, "chunks": 1}
-    async with serve(upstream_url=upstream.url(), upstream_interval_s=0.5, upstream_retries=1,
+    # The interval is longer than the longest backoff before a first retry (0.5 s, workers.py), so
+    # B's turn is never due before A's retry asks: only the order of the turns is tested.
+    async with serve(upstream_url=upstream.url(), upstream_interval_s=1.0, upstream_retries=1,
                      max_concurrent_requests=3) as running, httpx.AsyncClient(timeout=30) as client:
         a = asyncio.create_task(ask(client, running.base, "a", parameters={"mock": {**mock, "fail": 1,
                                                                                     "status": 503}}))
