@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import dispatch, eta, logwriter, memory, overhead, waiting
+from . import dispatch, eta, logwriter, memory, overhead, scaleout, waiting
 
 SCENARIOS: dict[str, ModuleType] = {
     "overhead": overhead, "waiting": waiting, "eta": eta, "dispatch": dispatch, "logwriter": logwriter,
-    "memory": memory,
+    "memory": memory, "scaleout": scaleout,
 }
