@@ -28,10 +28,11 @@ from tests.chaos.frozen import frozen_reader  # noqa: E402
 from tests.chaos.oracle import Verdict  # noqa: E402
 from tests.chaos.process import sigkill_then_restart, sigterm_with_crowd  # noqa: E402
 from tests.chaos.resets import resets_before_stream  # noqa: E402
+from tests.chaos.rolling import rolling_restart  # noqa: E402
 from tests.chaos.soak import SoakConfig, chaos_soak  # noqa: E402
 from tests.conftest import MockUpstream, run_mock_upstream  # noqa: E402
 
-SCENARIOS = ("soak", "frozen", "resets", "sigterm", "sigkill", "flood")
+SCENARIOS = ("soak", "frozen", "resets", "sigterm", "sigkill", "flood", "rolling")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--processing", type=int, default=50, help="SIGTERM: guests processing")
     parser.add_argument("--kills", type=int, default=5, help="SIGKILL: kill-and-restart rounds")
     parser.add_argument("--flood-clients", type=int, default=60, help="flood: normal clients")
+    parser.add_argument("--rolling-guests", type=int, default=2000,
+                        help="rolling: guests through nginx while 3 instances restart (one killed)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
     return parser.parse_args(argv)
@@ -66,6 +69,7 @@ def scenarios(
                                               rss_bound_mb=150),
         "sigkill": lambda: sigkill_then_restart(upstream, tmp, rounds=args.kills, requests=200, workers=20),
         "flood": lambda: flood_beside_normal(upstream, tmp, clients=args.flood_clients, each=3, flood_connections=16),
+        "rolling": lambda: rolling_restart(upstream, tmp, guests=args.rolling_guests),
     }
 
 

@@ -97,20 +97,13 @@ class FlightRelay:
     def end_flight_error(self, flight: Flight, code: str, message: str, *, detail: str | None = None) -> None:
         if code == "shutdown" and not flight.answer_parts and not flight.finished:
             # This instance stops before the call said anything: another instance runs it, from
-            # the front of the line (the worker gives the slot back as usual).
-            flight.finished = True
+            # the front of the line (the worker puts it back instead of finishing it).
+            flight.finished = flight.back_in_line = True
             self._running.pop(flight.id, None)
-            self._spawn(self._requeue(flight))
             return
         if code == "shutdown":
             code, message = "interrupted", INTERRUPTED
         self._end(flight, {"t": "error", "code": code, "message": message, "detail": detail})
-
-    async def _requeue(self, flight: Flight) -> None:
-        try:
-            await self._line.requeue_front(flight)
-        except (RedisError, OSError) as exc:
-            logger.warning("flight %s: could not go back in line: %s", flight.id, exc)
 
     # -- instances that died: their running calls and their guests' places ------------
 

@@ -157,6 +157,7 @@ class Flight:
     reported_position: int = 0  # the place its guests last heard
     started_mono: float | None = None
     finished: bool = False
+    back_in_line: bool = False  # its call stopped before saying anything: it goes back to the front
     answer_parts: list[str] = field(default_factory=list)
     suggested_questions: list[str] = field(default_factory=list)
     job: asyncio.Task[None] | None = None

@@ -157,7 +157,10 @@ class WorkerPool:
 
     async def _finish(self, flight: Flight) -> None:
         try:
-            await self._line.finish(flight)
+            if flight.back_in_line:  # a shared line: another instance runs it instead
+                await self._line.requeue_front(flight)
+            else:
+                await self._line.finish(flight)
         except LineUnavailable:
             logger.warning("flight %s: could not give its slot back (the line's lease frees it)", flight.id)
 

@@ -53,12 +53,14 @@ def _replace(text: str, old: str, new: str, count: int) -> str:
 
 def render_conf(
     prefix: Path, *, listen_port: int, upstream_port: int, read_timeout: str | None = None,
-    header_timeout: str | None = None, more_upstream_ports: tuple[int, ...] = (),
+    header_timeout: str | None = None, more_upstream_ports: tuple[int, ...] = (), worker_connections: int = 0,
 ) -> Path:
     text = NGINX_CONF.read_text()
     if header_timeout is not None:
         text = _replace(text, "client_header_timeout 10s;", f"client_header_timeout {header_timeout};", 1)
     text = _replace(text, "listen 8080;", f"listen 127.0.0.1:{listen_port};", 1)
+    if worker_connections:
+        text = _replace(text, "worker_connections 1024;", f"worker_connections {worker_connections};", 1)
     servers = "".join(f"\n        server 127.0.0.1:{port};" for port in more_upstream_ports)
     text = _replace(text, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};{servers}", 1)
     if read_timeout is not None:
@@ -82,7 +84,7 @@ class Stack:
 @contextmanager
 def run_nginx(
     prefix: Path, guestqueue_base: str, *, read_timeout: str | None, header_timeout: str | None = None,
-    more: tuple[str, ...] = (),
+    more: tuple[str, ...] = (), worker_connections: int = 0,
 ) -> Iterator[str]:
     """nginx with the repository's conf in front of ``guestqueue_base`` (and the ``more`` instances,
     round-robin); yields the proxied API base URL."""
@@ -92,6 +94,7 @@ def run_nginx(
     conf = render_conf(
         prefix, listen_port=port, upstream_port=upstream_port, read_timeout=read_timeout,
         header_timeout=header_timeout, more_upstream_ports=tuple(urlsplit(b).port or 0 for b in more),
+        worker_connections=worker_connections,
     )
     command = [nginx_binary(), "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
     checked = subprocess.run([*command, "-t", "-q"], capture_output=True, text=True)

@@ -91,6 +91,11 @@ class Line(Protocol):
         """``flight``'s call is over (whatever the outcome): its slot is free."""
         ...
 
+    async def requeue_front(self, flight: Flight) -> None:
+        """``flight``'s call stopped before it said anything (its instance is stopping or died): its
+        slot is free and it waits again at its old place, ahead of everyone admitted after it."""
+        ...
+
     async def view(self) -> LineView:
         """The whole line now, in a bounded number of steps (never one per flight)."""
         ...

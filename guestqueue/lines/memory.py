@@ -130,6 +130,10 @@ class MemoryLine:
         if self._running.pop(flight.id, None) is not None:
             self._slots.release()
 
+    async def requeue_front(self, flight: Flight) -> None:
+        # One process: a flight stops only when this process does, and its guests with it.
+        await self.finish(flight)
+
     async def view(self) -> LineView:
         return self.view_now()
 
