@@ -454,8 +454,13 @@ class QueueService:
     async def find(self, request_id: str, last_event_id: int = 0) -> Ticket | None:
         """The request, held here or taken over from the instance that held it (shared line)."""
         ticket = self.registry.get(request_id)
-        if ticket is not None or self.places is None:
+        if self.places is None:
             return ticket
+        if ticket is not None:
+            if ticket.done or await self.places.holder(request_id) in ("", self.places.instance_id):
+                return ticket
+            # Another instance took it over and its word has not reached us yet: ours is stale.
+            self.release(request_id)
         record = await self.places.claim(request_id)
         return None if record is None else await self._adopt(record, last_event_id)
 
@@ -550,6 +555,11 @@ class QueueService:
             self._flight_finished(flight)
             if not keep_holding:
                 self._background(self._let_go(flight, waiting=waiting, abandon=abandon))
+
+    async def settled(self) -> None:
+        """Wait for the shared line to hear what just happened here (records, leaves), so that an
+        answer sent now is true on every instance."""
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _background(self, work: Awaitable[object]) -> None:
         """Run ``work`` without waiting for it (from a synchronous ending); errors are logged."""

@@ -575,3 +575,21 @@ def _start_on(tmp_path: Path, env: dict[str, str], port: int) -> subprocess.Pope
     log.close()
     wait_for_http(f"http://127.0.0.1:{port}{API_PREFIX}/health")
     return proc
+
+
+async def test_a_guest_can_cancel_on_any_instance(two: list[str], upstream: MockUpstream) -> None:
+    tag = "cancel-" + two[0].rsplit(":", 1)[1][:5]
+    async with httpx.AsyncClient(timeout=30) as client:
+        holder = asyncio.create_task(client.post(f"{two[0]}/chat/simple", json=_body("hold", tag, delay=0.4)))
+        while not await upstream.acalls(tag):
+            await asyncio.sleep(0.02)
+        seen = await _first_events(client, f"{two[0]}/chat", 1, json=_body("changed my mind", tag))
+        request_id = seen[0].data["request_id"]
+        cancelled = await client.delete(f"{two[1]}/chat/{request_id}")
+        again = await client.delete(f"{two[0]}/chat/{request_id}")
+        found = (await client.get(f"{two[0]}/queue/request/{request_id}")).json()
+        await holder
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
+    assert again.status_code == 409 and again.json()["code"] == "already_finished", again.text
+    assert found["status"] == "cancelled"
+    assert [c["body"]["query"] for c in await upstream.acalls(tag)] == ["hold"], "never asked upstream"

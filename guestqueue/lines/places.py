@@ -166,6 +166,15 @@ class RedisPlaces:
                                   retry_after_s=5) from exc
         return _record(request_id, {_text(k): _text(v) for k, v in raw.items()}) if raw else None
 
+    async def holder(self, request_id: str) -> str:
+        """The instance holding the request now ('' if no record)."""
+        try:
+            value = await self._redis.hget(self._keys.ticket(request_id), "holder")
+        except (RedisError, OSError) as exc:
+            raise LineUnavailable("The waiting line is unavailable right now. Please try again shortly.",
+                                  retry_after_s=5) from exc
+        return _text(value) if value is not None else ""
+
     async def claim(self, request_id: str) -> PlaceRecord | None:
         """Become the holder of a request recorded by another instance (the old holder is told)."""
         try:

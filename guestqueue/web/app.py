@@ -216,7 +216,9 @@ class GuestQueue:
         ticket = await self._service.find(request.path_params["request_id"])  # held here or elsewhere
         if ticket is None:
             raise NotFound("No request with that id (it may have expired).")
-        if not self._service.cancel(ticket, Status.CANCELLED, "cancelled", "The request was cancelled."):
+        cancelled = self._service.cancel(ticket, Status.CANCELLED, "cancelled", "The request was cancelled.")
+        await self._service.settled()  # every instance knows it before the guest does
+        if not cancelled:
             return JSONResponse(
                 {"error": "The request had already finished.", "code": "already_finished", **ticket.summary()},
                 status_code=409,
