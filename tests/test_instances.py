@@ -74,8 +74,9 @@ async def test_one_fifo_one_slot_one_pace_across_three_instances(three: list[str
         streams = []
         for n in range(6):  # admitted in this order, each on another instance than the one before
             base = three[n % 3]
-            streams.append(asyncio.create_task(stream_events(client, f"{base}/chat", json=_body(f"q{n}", tag))))
-            await asyncio.sleep(0.05)
+            admitted = asyncio.Event()
+            streams.append(asyncio.create_task(_stream_noting(client, f"{base}/chat", _body(f"q{n}", tag), admitted)))
+            await asyncio.wait_for(admitted.wait(), 10)  # its first event: it is in line
         results = await asyncio.gather(*streams)
     for n, events in enumerate(results):
         assert events[-1].name == "workflow_complete", (n, events[-1])
@@ -87,6 +88,18 @@ async def test_one_fifo_one_slot_one_pace_across_three_instances(three: list[str
         assert after["t"] >= before["ended"] - 0.01, "one call at a time across instances"
 
 
+async def _stream_noting(client: httpx.AsyncClient, url: str, body: dict[str, Any],
+                         admitted: asyncio.Event) -> list[Received]:
+    """A whole stream; ``admitted`` is set at its first event."""
+    events: list[Received] = []
+    async with aconnect_sse(client, "POST", url, json=body) as source:
+        async for sse in source.aiter_sse():
+            if sse.data:
+                events.append(Received(sse.event, sse.id, json.loads(sse.data)["data"]))
+                admitted.set()
+    return events
+
+
 async def test_positions_count_every_instances_guests(three: list[str], upstream: MockUpstream) -> None:
     tag = "positions-" + three[0].rsplit(":", 1)[1][:5]
     async with httpx.AsyncClient(timeout=30) as client:
@@ -96,8 +109,9 @@ async def test_positions_count_every_instances_guests(three: list[str], upstream
         waiting: list[asyncio.Task[list[Received]]] = []
         for n in range(6):
             url = f"{three[n % 3]}/chat"
-            waiting.append(asyncio.create_task(stream_events(client, url, json=_body(f"w{n}", tag))))
-            await asyncio.sleep(0.05)
+            admitted = asyncio.Event()
+            waiting.append(asyncio.create_task(_stream_noting(client, url, _body(f"w{n}", tag), admitted)))
+            await asyncio.wait_for(admitted.wait(), 10)
         results = await asyncio.gather(holder, *waiting)
     for n, events in enumerate(results[1:], start=1):
         places = [e.data for e in events if e.name == "queued"]
@@ -382,7 +396,11 @@ async def test_status_history_lookups_and_metrics_answer_for_every_instance(
         assert [a.status_code for a in answers] == [200, 200]
         ids = [a.json()["request_id"] for a in answers]
         for base in two:
-            status = (await client.get(f"{base}/queue/status")).json()
+            for _ in range(50):  # each instance adds its counts a few milliseconds after the answer
+                status = (await client.get(f"{base}/queue/status")).json()
+                if status["completed_requests"] == 2:
+                    break
+                await asyncio.sleep(0.05)
             assert status["total_requests"] == 2 and status["completed_requests"] == 2, status
             assert len(status["instances"]) == 2 and all({"id", "host", "pid"} <= set(i) for i in status["instances"])
             history = (await client.get(f"{base}/queue/history")).json()
