@@ -132,10 +132,14 @@ async def test_the_size_limit_is_global(
     ):
         async with httpx.AsyncClient(timeout=30) as client:
             holder = asyncio.create_task(client.post(f"{bases[0]}/chat/simple", json=_body("hold", tag)))
-            await asyncio.sleep(0.3)
+            while not await upstream.acalls(tag):
+                await asyncio.sleep(0.02)
             two = [asyncio.create_task(client.post(f"{bases[n]}/chat/simple", json=_body(f"w{n}", tag)))
                    for n in range(2)]
-            await asyncio.sleep(0.3)
+            for _ in range(100):  # both in line
+                if (await client.get(f"{bases[1]}/queue/status")).json()["queue_size"] == 2:
+                    break
+                await asyncio.sleep(0.02)
             refused = await client.post(f"{bases[1]}/chat/simple", json=_body("one too many", tag))
             assert refused.status_code == 429 and refused.json()["code"] == "queue_full", refused.text
             assert int(refused.headers["retry-after"]) >= 1
@@ -184,10 +188,11 @@ async def test_an_answer_resumes_on_another_instance_without_a_chunk_lost_or_rep
 async def test_a_waiting_guest_keeps_its_place_on_another_instance(two: list[str], upstream: MockUpstream) -> None:
     tag = "place-" + two[0].rsplit(":", 1)[1][:5]
     async with httpx.AsyncClient(timeout=30) as client:
-        holder = asyncio.create_task(stream_events(client, f"{two[0]}/chat", json=_body("hold", tag, delay=0.5)))
-        await asyncio.sleep(0.3)
-        second = asyncio.create_task(stream_events(client, f"{two[0]}/chat", json=_body("second", tag)))
-        await asyncio.sleep(0.1)
+        started, admitted = asyncio.Event(), asyncio.Event()
+        holder = asyncio.create_task(_stream_noting(client, f"{two[0]}/chat", _body("hold", tag, delay=0.5), started))
+        await asyncio.wait_for(started.wait(), 10)
+        second = asyncio.create_task(_stream_noting(client, f"{two[0]}/chat", _body("second", tag), admitted))
+        await asyncio.wait_for(admitted.wait(), 10)
         seen = await _first_events(client, f"{two[1]}/chat", 1, json=_body("third", tag))
         assert seen[0].name == "queued" and seen[0].data["queue_position"] == 2
         request_id = seen[0].data["request_id"]
