@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import gc
@@ -219,6 +220,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with(parent: int) -> None:
+    """Linux: this worker gets SIGTERM (and drains) if the supervising parent is killed."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before that took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def serve_here(settings: Settings, sock: socket.socket, args: argparse.Namespace) -> None:
     """One server process on the bound socket, until it has drained."""
     app = create_app(settings)
@@ -236,9 +248,16 @@ def supervise(settings: Settings, sock: socket.socket, args: argparse.Namespace)
     children: dict[int, int] = {}  # pid -> worker number
     stopping = False
 
+    parent = os.getpid()
+
     def start(number: int) -> None:
         pid = os.fork()
         if pid == 0:  # the child: a server of its own on the shared socket
+            # Its own process group: a Ctrl-C in the terminal (or systemd's SIGTERM to the whole
+            # group, without KillMode=mixed) reaches only the parent, which passes on exactly one
+            # SIGTERM; a second one would make a worker exit without draining.
+            os.setpgid(0, 0)
+            die_with(parent)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             try:
                 serve_here(settings, sock, args)

@@ -95,3 +95,24 @@ def test_a_worker_that_dies_is_started_again(
     finally:
         parent.terminate()
         parent.wait(30)
+
+
+def test_workers_leave_with_their_parent(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    port = free_port()
+    env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_REDIS_URL": redis_url,
+           "GUEST_REDIS_PREFIX": redis_prefix, "GUEST_DB_PATH": ""}
+    parent = subprocess.Popen([sys.executable, "-m", "guestqueue", "serve", "--workers", "2"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}{API_PREFIX}/health")
+        children = _children(parent.pid)
+        parent.kill()  # no chance to pass anything on
+        parent.wait(10)
+        for _ in range(100):
+            if not any(_state(pid) not in ("gone",) and "zombie" not in _state(pid) for pid in children):
+                break
+            time.sleep(0.1)
+        assert all(_state(pid) == "gone" or "zombie" in _state(pid) for pid in children), children
+    finally:
+        for pid in _children(parent.pid) if parent.poll() is None else []:
+            os.kill(pid, 9)
