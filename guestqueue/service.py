@@ -185,7 +185,10 @@ class QueueService:
                 )
             return known
         try:
-            return await self._submit(query, client, parameters, session_id, idempotency_key, request_id)
+            ticket = await self._submit(query, client, parameters, session_id, idempotency_key, request_id)
+            if self.places is not None:
+                await self.settled()  # its record is in Redis before the guest hears of it
+            return ticket
         except Rejected:
             if idempotency_key is not None and self.places is not None:  # the key may be used again
                 self._background(self.places.forget_key(client, idempotency_key, request_id))

@@ -559,8 +559,9 @@ async def test_behind_nginx_an_eventsource_follows_its_request_through_a_rolling
     try:
         with run_nginx(tmp_path, bases[0], read_timeout=None, more=tuple(bases[1:])) as proxied:
             async with httpx.AsyncClient(timeout=30) as client:
+                # Five calls of 2 s ahead: the followed guest waits longer than three restarts take.
                 ahead = [asyncio.create_task(_guest(client, Through(proxied),
-                                                    _body(f"ahead {n}", tag, chunks=3, delay=0.5)))
+                                                    _body(f"ahead {n}", tag, chunks=3, delay=1.0)))
                          for n in range(5)]
                 await asyncio.sleep(0.3)
                 first = await _first_events(client, f"{proxied}/chat", 1, json=_body("followed", tag, chunks=3))
