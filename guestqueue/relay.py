@@ -222,6 +222,9 @@ class FlightRelay:
             local = self._local(flight_id)
             if local is None:
                 break
+            # Two catch-ups of one flight may overlap: the one that reads an entry second skips it.
+            if _entry(_text(entry_id)) <= _entry(self._applied.get(flight_id, "0")):
+                continue
             self._applied[flight_id] = _text(entry_id)
             self._apply(local, json.loads(fields[b"e"]))
 
@@ -236,7 +239,9 @@ class FlightRelay:
     def _catch_up_started(self) -> None:
         """After each view: local flights no longer in line started somewhere; read their streams."""
         view = self._service.positions.view
-        for flight_id in [f for f in self._service.waiting if view.position(f) == 0]:
+        started = [f for f in self._service.waiting if view.position(f) == 0]
+        # Running elsewhere, a missed message would leave its guests hanging: read on from the stream.
+        for flight_id in [*started, *(f for f in self._service.running if f not in self._direct)]:
             self._spawn(self._catch_up_quietly(flight_id))
 
     async def _catch_up_quietly(self, flight_id: str) -> None:
@@ -271,6 +276,12 @@ class FlightRelay:
         task = asyncio.ensure_future(work)
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
+
+def _entry(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ("milliseconds-sequence") as something that orders correctly."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

@@ -35,6 +35,9 @@ from .upstream import Upstream
 from .views import QueueViews
 from .workers import FlightSink, WorkerPool
 
+REDIS_CONNECTIONS = 256  # per instance; pub/sub listeners hold two of them
+REDIS_POOL_TIMEOUT_S = 5.0  # then LineUnavailable (503), as when Redis is down
+
 
 @dataclass
 class Queue:
@@ -86,7 +89,10 @@ async def open_queue(stack: AsyncExitStack, settings: Settings, upstream: Upstre
 
 async def _open_shared(stack: AsyncExitStack, settings: Settings, upstream: Upstream, log: RequestLog | None) -> Queue:
     """The line, pacer and flight events on Redis (GUEST_REDIS_URL), shared with other instances."""
-    redis = aioredis.from_url(settings.redis_url)
+    # Blocking: a burst of guests waits for a connection instead of failing ("Too many connections").
+    pool = aioredis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=REDIS_CONNECTIONS,
+                                                    timeout=REDIS_POOL_TIMEOUT_S)
+    redis = aioredis.Redis(connection_pool=pool)
     stack.push_async_callback(redis.aclose)
     instance_id = log.instance_id if log is not None else secrets.token_hex(8)
     line = RedisLine(
