@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from redis.asyncio.connection import parse_url as parse_redis_url
+
 UPSTREAM_KINDS = ("auto", "http", "openai", "python", "demo")
 AT_LEAST_ONE = (
     "max_concurrent_requests", "max_queue_size", "max_body_bytes", "max_query_chars", "log_buffer_rows",
@@ -33,6 +35,9 @@ URL_KINDS = ("http", "openai")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # Body fields of an openai request that guestqueue sets itself; never taken from a guest.
 OPENAI_RESERVED_PARAMETERS = ("messages", "model", "stream")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+# redis-py also reads a password from the query (``?password=...``): never printed either.
+REDIS_QUERY_PASSWORD = re.compile(r"(?i)(^|&)(password=)[^&]*")
 
 
 class SettingsError(ValueError):
@@ -227,13 +232,9 @@ class Settings:
                 f"GUEST_WORKERS={self.workers}: several processes need one shared line: set GUEST_REDIS_URL"
             )
         if self.redis_url:
-            parsed = urlsplit(self.redis_url)
-            if parsed.scheme not in ("redis", "rediss", "unix") or (parsed.scheme != "unix" and not parsed.hostname):
-                shown = parsed._replace(netloc="***@" + parsed.netloc.rpartition("@")[2]).geturl() \
-                    if "@" in parsed.netloc else self.redis_url
-                raise SettingsError(
-                    f"GUEST_REDIS_URL={shown!r}: must be a redis://host:port/db, rediss:// or unix:// URL"
-                )
+            problem = redis_url_problem(self.redis_url)
+            if problem:
+                raise SettingsError(f"GUEST_REDIS_URL={shown_redis_url(self.redis_url)!r}: {problem}")
         if not self.redis_prefix or any(c.isspace() for c in self.redis_prefix):
             raise SettingsError(f"GUEST_REDIS_PREFIX={self.redis_prefix!r}: must be a non-empty word without spaces")
 
@@ -268,6 +269,53 @@ class Settings:
             elif env in environ:
                 values[f.name] = parse_value(env, environ[env], f.type)
         return cls(**values)
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why redis-py could not use ``url`` (or would quietly use another database), or None.
+
+    Found at start-up rather than as a traceback in every worker, or as database 0 for a
+    mistyped ``redis://host/one``."""
+    parsed = urlsplit(url)
+    scheme = parsed.scheme.lower()
+    if scheme not in REDIS_SCHEMES:
+        return "must be a redis://host:port/db, rediss://host:port/db or unix:///path/to/socket URL"
+    try:
+        parsed.port  # noqa: B018 -- raises ValueError on a port out of range or not a number
+    except ValueError:
+        return "the port is not a number in 0-65535"
+    if scheme == "unix":
+        if not parsed.path:
+            return "a unix:// URL needs the socket's path (unix:///run/redis/redis.sock)"
+    else:
+        if not parsed.hostname:
+            return f"a {scheme}:// URL needs a host ({scheme}://host:port/db)"
+        database = parsed.path.strip("/")
+        if database and not database.isdigit():
+            # redis-py would take database 0 without a word: another deployment's line, perhaps.
+            return f"the database after the host must be a number ({scheme}://host:port/0), not {database!r}"
+    try:
+        parse_redis_url(url)  # the query's options, read as redis-py will read them at connection time
+    except ValueError as exc:
+        return str(exc)  # names the option, never its value
+    return None
+
+
+def shown_redis_url(url: str) -> str:
+    """``url`` as it may be printed: its password, in the user part or the query, as ``***``."""
+    parsed = urlsplit(url)
+    netloc, query = parsed.netloc, REDIS_QUERY_PASSWORD.sub(r"\1\2***", parsed.query)
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        name, colon, _password = user.partition(":")
+        # Without a colon the whole user part may be a password typed in the wrong place.
+        netloc = f"{name}:***@{host}" if colon else f"***@{host}"
+    if (netloc, query) == (parsed.netloc, parsed.query):
+        return url
+    # Put together by hand: urlunsplit drops the // of a unix:///path URL.
+    return f"{parsed.scheme}://{netloc}{parsed.path}" + (f"?{query}" if query else "") + (
+        f"#{parsed.fragment}" if parsed.fragment else ""
+    )
 
 
 def parse_value(env: str, raw: str, type_name: Any) -> Any:

@@ -11,6 +11,7 @@ import pytest
 
 from guestqueue import Settings, SettingsError
 from guestqueue.cli import build_parser, load_settings
+from guestqueue.config import shown_redis_url
 
 from .conftest import env_without_guest_vars
 
@@ -23,6 +24,7 @@ def test_defaults_match_design() -> None:
     assert (s.cache_size, s.cache_ttl_s, s.db_path) == (1000, 3600, "guestqueue.db")
     assert (s.max_body_bytes, s.max_query_chars, s.max_per_client, s.shutdown_grace_s) == (65536, 4000, 2, 30)
     assert s.send_timeout_s == 30
+    assert (s.redis_url, s.redis_prefix, s.instance_ttl_s, s.workers) == ("", "guestqueue", 5, 1)
     assert s.upstream_allowed_parameter_names == ("temperature", "top_p") and s.upstream_max_hold_s == 120
     assert s.resolved_upstream_kind == "demo"
 
@@ -172,3 +174,67 @@ def test_public_status_is_a_boolean_setting() -> None:
     assert Settings().public_status is True
     assert Settings.from_env({"GUEST_PUBLIC_STATUS": "false"}).public_status is False
     assert Settings.from_env({"GUEST_PUBLIC_STATUS": " Yes "}).public_status is True
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://127.0.0.1:6379/0", "must be a redis://"),
+        ("127.0.0.1:6379", "must be a redis://"),
+        ("redis://", "needs a host"),
+        ("redis://:hunter2@/0", "'redis://:***@/0': a redis:// URL needs a host"),
+        ("unix://", "needs the socket's path"),
+        ("redis://127.0.0.1:port/0", "the port is not a number"),
+        ("redis://:hunter2@127.0.0.1:99999/0", "'redis://:***@127.0.0.1:99999/0': the port"),
+        # redis-py would quietly use database 0 (perhaps another deployment's line).
+        ("redis://127.0.0.1:6379/one", "the database after the host must be a number"),
+        ("redis://127.0.0.1:6379/0?db=x", "Invalid value for 'db'"),
+        ("redis://127.0.0.1/0?socket_timeout=soon&password=hunter2", "?socket_timeout=soon&password=***'"),
+    ],
+)
+def test_a_bad_redis_url_stops_start_up_without_its_password(url: str, shown: str) -> None:
+    # A bad port used to crash the start-up banner with a traceback; a bad option or database came
+    # up only in each worker's start-up, or never (database 0).
+    with pytest.raises(SettingsError) as error:
+        Settings(redis_url=url)
+    message = str(error.value)
+    assert message.startswith("GUEST_REDIS_URL=") and shown in message and "\n" not in message, message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "redis://redis", "rediss://user:pw@cache.example.org:6380/2",
+            "REDIS://[::1]:6379", "unix:///run/redis/redis.sock?db=1", "redis://h:6379/0?socket_timeout=2.5"],
+)
+def test_good_redis_urls_are_accepted(url: str) -> None:
+    assert Settings(redis_url=url).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:hunter2@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("rediss://app:hunter2@cache:6380/1", "rediss://app:***@cache:6380/1"),
+        ("redis://hunter2@cache/0", "redis://***@cache/0"),  # a password without its colon
+        ("redis://cache/0?password=hunter2&db=1", "redis://cache/0?password=***&db=1"),  # redis-py reads it too
+        ("unix:///run/redis.sock?Password=hunter2", "unix:///run/redis.sock?Password=***"),
+        ("unix://:hunter2@/run/redis.sock", "unix://:***@/run/redis.sock"),
+    ],
+)
+def test_a_redis_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert shown_redis_url(url) == shown
+    assert "hunter2" not in repr(Settings(redis_url=url))
+
+
+@pytest.mark.parametrize(("values", "env"), [
+    ({"redis_prefix": ""}, "GUEST_REDIS_PREFIX"),
+    ({"redis_prefix": "my line"}, "GUEST_REDIS_PREFIX"),
+    ({"workers": 0}, "GUEST_WORKERS"),
+    ({"workers": 2}, "GUEST_REDIS_URL"),  # several processes need the shared line
+    ({"instance_ttl_s": 0}, "GUEST_INSTANCE_TTL_SEC"),
+])
+def test_bad_instance_settings_stop_start_up(values: dict[str, Any], env: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings(**values)
+    assert env in str(error.value) and "\n" not in str(error.value)
