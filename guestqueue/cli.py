@@ -1,10 +1,11 @@
 """``guestqueue serve``: settings from GUEST_* variables and flags, then uvicorn.
 
 Start-up order matters: the listening socket is bound first, then the request
-log is checked, then uvicorn starts. A second instance on a port in use fails
-before it touches the log (whose start-up marks open rows ``abandoned``: they
-belong to the live instance), and a log that cannot be written stops start-up
-with one line instead of uvicorn's traceback.
+log is checked, then Redis (with ``GUEST_REDIS_URL``), then uvicorn starts. A
+second instance on a port in use fails before it touches the log (whose
+start-up marks open rows ``abandoned``: they belong to the live instance), and
+a log that cannot be written or a Redis that cannot be used stops start-up with
+one line instead of uvicorn's traceback (from every worker).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from collections.abc import Sequence
 from types import FrameType
 
 import httpx
+import redis.asyncio as aioredis
 import uvicorn
+from redis.exceptions import RedisError
 
 from . import store
-from .config import Settings, SettingsError
+from .config import Settings, SettingsError, shown_redis_url
 from .errors import StartupError
 from .upstream import load_workflow
 from .web.app import API_PREFIX, GuestQueue, create_app
@@ -117,8 +120,7 @@ def where_things_are(settings: Settings, host: str, port: int) -> list[str]:
     log = os.path.abspath(settings.db_path) if settings.db_path else "off (GUEST_DB_PATH is empty)"
     line = "in this process (GUEST_REDIS_URL is empty)"
     if settings.redis_url:
-        redis = httpx.URL(settings.redis_url)  # shown without its password
-        line = f"shared through {redis.copy_with(username=None, password=None)} (prefix {settings.redis_prefix!r})"
+        line = f"shared through {shown_redis_url(settings.redis_url)} (prefix {settings.redis_prefix!r})"
     processes = f" ({settings.workers} processes)" if settings.workers > 1 else ""
     lines = [
         f"listening on http://{shown_host}:{port}{processes}",
@@ -140,6 +142,33 @@ def check_request_log(settings: Settings) -> None:
         store.check(settings.db_path)
     except store.LogUnavailable as exc:
         raise StartupError(f"GUEST_DB_PATH={settings.db_path!r}: {exc}") from None
+
+
+REDIS_CHECK_TIMEOUT_S = 5.0
+
+
+def check_redis(settings: Settings) -> None:
+    """One PING before any worker starts: a Redis that is down, refuses the password or does not
+    know an option of the URL stops start-up with one line (exit 1; systemd or compose start it
+    again) instead of a traceback from each worker's start-up."""
+    if not settings.redis_url:
+        return
+    try:
+        asyncio.run(_ping(settings.redis_url))
+    except (RedisError, OSError, TypeError, ValueError) as exc:
+        # TypeError: redis-py takes unknown URL options as keyword arguments of its connection.
+        reason = f"an option redis-py does not know ({exc})" if isinstance(exc, TypeError) else str(exc)
+        raise StartupError(
+            f"GUEST_REDIS_URL={shown_redis_url(settings.redis_url)!r}: cannot use Redis: {reason or type(exc).__name__}"
+        ) from None
+
+
+async def _ping(url: str) -> None:
+    client = aioredis.from_url(url, socket_connect_timeout=REDIS_CHECK_TIMEOUT_S, socket_timeout=REDIS_CHECK_TIMEOUT_S)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
 
 
 class GuestServer(uvicorn.Server):
@@ -206,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         check_request_log(settings)
+        check_redis(settings)
     except StartupError as exc:
         sock.close()
         print(f"guestqueue: error: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -213,6 +214,40 @@ def test_serve_says_where_things_are(tmp_path: Path, upstream: MockUpstream) -> 
     assert f"upstream:    http {upstream.base}/upstream" in output
     assert "hunter2" not in output, "credentials in the upstream URL are not printed"
     assert "warning: GUEST_ADMIN_API_KEY is not set: /queue/history and /metrics answer only local callers" in output
+
+
+def test_the_shared_line_is_named_without_its_password() -> None:
+    # redis-py also takes the password from the query; that one used to be printed.
+    settings = Settings(redis_url="redis://app:hunter2@cache:6379/0?password=hunter2", redis_prefix="shop")
+    lines = where_things_are(settings, "127.0.0.1", 8000)
+    assert "line:        shared through redis://app:***@cache:6379/0?password=*** (prefix 'shop')" in lines
+    assert not any("hunter2" in line for line in lines)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_stops_with_one_line_when_redis_cannot_be_reached(workers: str, tmp_path: Path) -> None:
+    # It used to start anyway: each worker died in its start-up with a traceback (and the
+    # supervisor started it again, forever).
+    port, closed = free_port(), free_port()
+    env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_WORKERS": workers, "GUEST_DB_PATH": "",
+           "GUEST_REDIS_URL": f"redis://:hunter2@127.0.0.1:{closed}/0"}
+    result = subprocess.run([sys.executable, "-m", "guestqueue", "serve"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"guestqueue: error: GUEST_REDIS_URL='redis://:***@127.0.0.1:{closed}/0': ")
+    assert result.stderr.count("\n") == 1 and "hunter2" not in result.stderr + result.stdout, result.stderr
+    with socket.socket() as sock:  # the port was let go
+        sock.bind(("127.0.0.1", port))
+
+
+def test_serve_stops_with_one_line_on_an_option_redis_does_not_know(tmp_path: Path, redis_url: str) -> None:
+    env = {**env_without_guest_vars(), "GUEST_PORT": str(free_port()), "GUEST_DB_PATH": "",
+           "GUEST_REDIS_URL": f"{redis_url}?sockettimeout=5"}
+    result = subprocess.run([sys.executable, "-m", "guestqueue", "serve"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and "redis-py does not know" in result.stderr, result.stderr
+    assert "sockettimeout" in result.stderr
 
 
 def test_serve_warns_once_when_no_admin_key_is_set() -> None:
