@@ -23,7 +23,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from types import FrameType
 
 import httpx
@@ -189,6 +189,14 @@ class GuestServer(uvicorn.Server):
         self._draining = False
         self._drain: asyncio.Future[None] | None = None
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            # A worker of `--workers N` starts with the stop signals held back (see supervise):
+            # one that came while it was starting is taken now, by this server, and drains it.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            yield
+
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         freezer = asyncio.create_task(freeze_survivors(), name="guestqueue-gc-freeze")
@@ -251,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def die_with(parent: int) -> None:
@@ -281,6 +290,10 @@ def supervise(settings: Settings, sock: socket.socket, args: argparse.Namespace)
     parent = os.getpid()
 
     def start(number: int) -> None:
+        # Held back across the fork: a child that got a stop before its server's own handlers were
+        # in place would lose it (or run `stop` below, copied by fork) and serve on; the server
+        # takes it once it listens for signals (GuestServer.capture_signals).
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:  # the child: a server of its own on the shared socket
             # Its own process group: a Ctrl-C in the terminal (or systemd's SIGTERM to the whole
@@ -294,6 +307,7 @@ def supervise(settings: Settings, sock: socket.socket, args: argparse.Namespace)
             finally:
                 os._exit(0)
         children[pid] = number
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def stop(sig: int, frame: FrameType | None) -> None:
         nonlocal stopping
@@ -322,6 +336,7 @@ def supervise(settings: Settings, sock: socket.socket, args: argparse.Namespace)
         else:
             logger.warning("worker %d (pid %d) exited with %d; starting it again", number, pid, code)
             time.sleep(RESTART_PAUSE_S)
-            start(number)
+            if not stopping:  # a stop during the pause: nobody would tell the new worker
+                start(number)
     sock.close()
     return 1 if failed else 0

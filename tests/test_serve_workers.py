@@ -116,3 +116,52 @@ def test_workers_leave_with_their_parent(tmp_path: Path, redis_url: str, redis_p
     finally:
         for pid in _children(parent.pid) if parent.poll() is None else []:
             os.kill(pid, 9)
+
+
+def _serve_two(port: int, redis_url: str, redis_prefix: str) -> subprocess.Popen[bytes]:
+    env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_REDIS_URL": redis_url,
+           "GUEST_REDIS_PREFIX": redis_prefix, "GUEST_DB_PATH": ""}
+    return subprocess.Popen([sys.executable, "-m", "guestqueue", "serve", "--workers", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stops_cleanly(parent: subprocess.Popen[bytes], children: set[int]) -> None:
+    try:
+        assert parent.wait(30) == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()  # its workers follow (they get SIGTERM when it dies)
+            parent.wait(10)
+    for _ in range(100):
+        if all(_state(pid) == "gone" or "zombie" in _state(pid) for pid in children):
+            break
+        time.sleep(0.1)
+    assert all(_state(pid) == "gone" or "zombie" in _state(pid) for pid in children), children
+
+
+def test_a_stop_while_a_dead_worker_waits_to_be_started_again_stops_everything(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # The supervisor used to start the dead worker again after its pause even though it had been told
+    # to stop: that new worker never heard of the stop, and the parent waited for it forever.
+    port = free_port()
+    parent = _serve_two(port, redis_url, redis_prefix)
+    wait_for_http(f"http://127.0.0.1:{port}{API_PREFIX}/health")
+    children = _children(parent.pid)
+    os.kill(min(children), 9)
+    time.sleep(0.2)  # within the restart pause
+    parent.terminate()
+    _stops_cleanly(parent, children)
+
+
+def test_a_stop_while_the_workers_start_stops_everything(redis_url: str, redis_prefix: str) -> None:
+    # A SIGTERM that reached a worker before its server listened for signals used to be lost (or run
+    # the parent's handler, copied by fork): the worker then served on and the parent never exited.
+    parent = _serve_two(free_port(), redis_url, redis_prefix)
+    children: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(children) < 2 and time.monotonic() < deadline:
+        children = _children(parent.pid)
+    assert len(children) == 2
+    parent.terminate()
+    _stops_cleanly(parent, children)
