@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from . import store
 from .config import Settings, SettingsError, shown_redis_url
 from .errors import StartupError
+from .linespec import DEFAULT_LINE, load_lines
 from .upstream import load_workflow
 from .web.app import API_PREFIX, GuestQueue, create_app
 from .web.server import uvicorn_config
@@ -58,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
 def load_settings(args: argparse.Namespace) -> Settings:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)}
     settings = Settings.from_env(**overrides)
-    if settings.resolved_upstream_kind == "python":
-        try:
-            load_workflow(settings.upstream_url)
-        except ValueError as exc:
-            raise SettingsError(str(exc)) from None
+    # Every line's file and python upstream are checked now: a mistake is one line and exit 2.
+    for spec in load_lines(settings.config, settings).values():
+        if spec.settings.resolved_upstream_kind == "python":
+            try:
+                load_workflow(spec.settings.upstream_url)
+            except ValueError as exc:
+                raise SettingsError(str(exc) if spec.name == DEFAULT_LINE else f"line {spec.name}: {exc}") from None
     return settings
 
 
@@ -130,6 +133,9 @@ def where_things_are(settings: Settings, host: str, port: int) -> list[str]:
         f"dashboard:   {base}/dashboard",
         f"request log: {log}",
     ]
+    if settings.config:
+        names = ", ".join(load_lines(settings.config, settings))
+        lines[1:2] = [f"lines:       {names} (from {settings.config}), at http://{shown_host}:{port}/api/v1/lines"]
     if not settings.admin_api_key:
         lines.append("warning: GUEST_ADMIN_API_KEY is not set: /queue/history and /metrics answer only local callers")
     return lines

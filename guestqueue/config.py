@@ -150,6 +150,10 @@ class Settings:
         "GUEST_MAX_CONNECTIONS", 0, "open connections at most (0 = the open-file limit minus a reserve)"
     )
     backlog: int = _setting("GUEST_BACKLOG", 2048, "connections the kernel queues before they are accepted")
+    config: str = _setting(
+        "GUEST_CONFIG", "", "TOML file declaring named lines ([lines.NAME] tables); empty = one line `guest` "
+        "from these settings", minimum=None,
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

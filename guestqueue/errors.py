@@ -10,10 +10,13 @@ Every rejection maps to exactly one HTTP status and one ``code`` string::
     │   ├── InvalidField          422 invalid_field
     │   ├── IdempotencyMismatch   422 idempotency_mismatch (a key reused for another question)
     │   ├── LineFull              429 queue_full      (with Retry-After)
+    │   ├── WaitTooLong           429 wait_too_long   (the line's max_predicted_wait_sec; with Retry-After)
     │   ├── ClientLimit           429 client_limit    (with Retry-After)
     │   ├── TooManyAttempts       429 too_many_attempts (wrong admin keys; with Retry-After)
     │   ├── ShuttingDown          503 shutting_down
+    │   ├── LineClosed            503 line_closed     (the line's mode is reject; with its message)
     │   ├── NotFound              404 not_found
+    │   │   └── UnknownLine       404 unknown_line
     │   ├── BodyTimeout           408 body_timeout    (the body did not arrive within GUEST_BODY_TIMEOUT_SEC)
     │   ├── Unauthorized          401 unauthorized
     │   └── Forbidden             403 forbidden
@@ -75,6 +78,10 @@ class LineFull(Rejected):
     status_code, code = 429, "queue_full"
 
 
+class WaitTooLong(Rejected):
+    status_code, code = 429, "wait_too_long"
+
+
 class ClientLimit(Rejected):
     status_code, code = 429, "client_limit"
 
@@ -93,8 +100,16 @@ class LineUnavailable(Rejected):
     status_code, code = 503, "unavailable"
 
 
+class LineClosed(Rejected):
+    status_code, code = 503, "line_closed"
+
+
 class NotFound(Rejected):
     status_code, code = 404, "not_found"
+
+
+class UnknownLine(NotFound):
+    code = "unknown_line"
 
 
 class BodyTimeout(Rejected):

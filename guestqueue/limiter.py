@@ -13,7 +13,9 @@ and holds a slot) are served before everyone else, FIFO among themselves; a
 caller cancelled while waiting leaves the queue and consumes no start; waiters
 are futures woken by one timer, at the next start time, so nobody sleeps
 holding a lock; time is read from the event loop's clock; a hold (an
-upstream's Retry-After) lasts at most ``max_hold_s`` and is always finite.
+upstream's Retry-After) lasts at most ``max_hold_s`` and is always finite; with
+``release_per_minute`` (seed 001's rate-controlled release), no 60-second window
+holds more starts than that, on top of the interval.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ import math
 from collections import deque
 from types import TracebackType
 
+RELEASE_WINDOW_S = 60.0
+
 
 class PacingLimiter:
-    __slots__ = ("_first", "_held_until", "_next_start", "_timer", "_waiters", "interval_s", "max_hold_s", "starts")
+    __slots__ = (
+        "_first", "_held_until", "_next_start", "_releases", "_timer", "_waiters", "interval_s", "max_hold_s",
+        "release_per_minute", "starts",
+    )
 
-    def __init__(self, interval_s: float, *, max_hold_s: float = 120.0) -> None:
+    def __init__(self, interval_s: float, *, max_hold_s: float = 120.0, release_per_minute: int = 0) -> None:
         if not 0 <= interval_s < math.inf:
             raise ValueError("interval_s must be >= 0 and finite")
         if not 0 <= max_hold_s < math.inf:
@@ -41,6 +48,8 @@ class PacingLimiter:
         self._first: deque[asyncio.Future[float]] = deque()
         self._waiters: deque[asyncio.Future[float]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self.release_per_minute = release_per_minute
+        self._releases: deque[float] = deque()  # loop times of the starts of the last minute
         self.starts = 0
 
     def __repr__(self) -> str:
@@ -94,11 +103,20 @@ class PacingLimiter:
 
     def _grant(self, now: float) -> float:
         replaced, self._next_start = self._next_start, now + self.interval_s
+        if self.release_per_minute > 0:
+            releases = self._releases
+            releases.append(now)
+            while releases[0] <= now - RELEASE_WINDOW_S:
+                releases.popleft()
+            if len(releases) >= self.release_per_minute:  # a full minute's worth: the oldest ages out first
+                self._next_start = max(self._next_start, releases[-self.release_per_minute] + RELEASE_WINDOW_S)
         self.starts += 1
         return replaced
 
     def _undo(self, replaced: float) -> None:
         self.starts -= 1
+        if self._releases:
+            self._releases.pop()
         self._next_start = max(replaced, self._held_until)
 
     def _wake(self) -> None:

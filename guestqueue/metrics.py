@@ -1,16 +1,17 @@
 """Prometheus metrics, from the app's own registry (two apps never collide).
 
-Counters and gauges are read at scrape time from a :class:`MetricsSource`
-(the runtime's view of the service, pool, line and log), so nothing is counted
-twice; only the time histograms are observed as they happen, as a listener of
-every request's end.
+Counters and gauges are read at scrape time from each line's
+:class:`MetricsSource` (the runtime's view of its service, pool and line) and
+from the request log, so nothing is counted twice; only the time histograms
+are observed as they happen, as a listener of every request's end. Every
+series of a line carries its ``line`` label.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -24,13 +25,10 @@ TIME_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 6
 
 
 class MetricsSource(Protocol):
-    """What the gauges and counters are read from at scrape time."""
+    """What one line's gauges and counters are read from at scrape time."""
 
     @property
     def stats(self) -> Stats: ...
-
-    @property
-    def log(self) -> RequestLog | None: ...
 
     @property
     def upstream_calls(self) -> Counter[str]: ...
@@ -41,23 +39,51 @@ class MetricsSource(Protocol):
 
 
 class Metrics:
-    def __init__(self, source: MetricsSource) -> None:
+    """Every line's metrics (each series labelled ``line``), and the request log's."""
+
+    def __init__(self, log: RequestLog | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.log = log
+        self.sources: dict[str, MetricsSource] = {}
         self.wait_seconds = Histogram(
-            "guestqueue_wait_seconds", "Time from admission to start (or leaving the line)",
+            "guestqueue_wait_seconds", "Time from admission to start (or leaving the line)", ["line"],
             buckets=TIME_BUCKETS_S, registry=self.registry,
         )
         self.processing_seconds = Histogram(
-            "guestqueue_processing_seconds", "Time from start to the end of processing",
+            "guestqueue_processing_seconds", "Time from start to the end of processing", ["line"],
             buckets=TIME_BUCKETS_S, registry=self.registry,
         )
         self.pacing_delay_seconds = Histogram(
-            "guestqueue_pacing_delay_seconds", "Time an upstream call waited for the pacing limiter",
+            "guestqueue_pacing_delay_seconds", "Time an upstream call waited for the pacing limiter", ["line"],
             buckets=TIME_BUCKETS_S, registry=self.registry,
         )
-        self.registry.register(_Collector(source))
+        self.registry.register(_Collector(self))
 
-    # -- a RequestListener (service.py) ----------------------------------------------
+    def add(self, line: str, source: MetricsSource) -> LineMetrics:
+        """Count ``line`` from now on; the returned listener times its requests."""
+        self.sources[line] = source
+        return LineMetrics(self, line)
+
+    def remove(self, line: str) -> None:
+        """A deleted line's series disappear."""
+        self.sources.pop(line, None)
+        for histogram in (self.wait_seconds, self.processing_seconds, self.pacing_delay_seconds):
+            try:
+                histogram.remove(line)
+            except KeyError:
+                pass
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class LineMetrics:
+    """One line's time histograms: a request listener (service.py) and the pool's pacing hook."""
+
+    def __init__(self, metrics: Metrics, line: str) -> None:
+        self._wait = metrics.wait_seconds.labels(line)
+        self._processing = metrics.processing_seconds.labels(line)
+        self._pacing = metrics.pacing_delay_seconds.labels(line)
 
     def admitted(self, ticket: Ticket) -> None:
         return None
@@ -70,60 +96,63 @@ class Metrics:
 
     def ended(self, ticket: Ticket) -> None:
         if ticket.wait_ms is not None:
-            self.wait_seconds.observe(ticket.wait_ms / 1000)
+            self._wait.observe(ticket.wait_ms / 1000)
         if ticket.duration_ms is not None and not ticket.cached:
-            self.processing_seconds.observe(ticket.duration_ms / 1000)
+            self._processing.observe(ticket.duration_ms / 1000)
 
     def paced(self, waited_s: float) -> None:
-        self.pacing_delay_seconds.observe(waited_s)
+        self._pacing.observe(waited_s)
 
-    def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+def _family(kind: type[GaugeMetricFamily | CounterMetricFamily], name: str, doc: str, *labels: str) -> Any:
+    return kind(name, doc, labels=["line", *labels])
 
 
 class _Collector(Collector):
-    def __init__(self, source: MetricsSource) -> None:
-        self._source = source
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        service = self._source
-        stats = service.stats
-        yield GaugeMetricFamily("guestqueue_queue_size", "Upstream calls waiting in line", value=service.queue_size())
-        yield GaugeMetricFamily(
-            "guestqueue_active_requests", "Upstream calls being processed", value=service.active_requests()
+        gauge, counter = GaugeMetricFamily, CounterMetricFamily
+        size = _family(gauge, "guestqueue_queue_size", "Upstream calls waiting in line")
+        active = _family(gauge, "guestqueue_active_requests", "Upstream calls being processed")
+        admitted = _family(counter, "guestqueue_admitted_requests", "Requests admitted")
+        outcomes = _family(counter, "guestqueue_requests", "Finished requests by outcome", "outcome")
+        rejections = _family(counter, "guestqueue_rejections", "Rejected requests by reason", "reason")
+        hits = _family(counter, "guestqueue_cache_hits", "Requests answered from the cache")
+        shared = _family(
+            counter, "guestqueue_shared_answers", "Requests answered by an identical request's upstream call"
         )
-        yield CounterMetricFamily("guestqueue_admitted_requests", "Requests admitted", value=stats.total_requests)
-        outcomes = CounterMetricFamily("guestqueue_requests", "Finished requests by outcome", labels=["outcome"])
-        for status, count in stats.outcomes.items():
-            outcomes.add_metric([status.value], count)
-        yield outcomes
-        rejections = CounterMetricFamily("guestqueue_rejections", "Rejected requests by reason", labels=["reason"])
-        for reason, count in sorted(stats.rejections.items()):
-            rejections.add_metric([reason], count)
-        yield rejections
-        yield CounterMetricFamily("guestqueue_cache_hits", "Requests answered from the cache", value=stats.cache_hits)
-        yield CounterMetricFamily(
-            "guestqueue_shared_answers", "Requests answered by an identical request's upstream call",
-            value=stats.shared_answers,
-        )
-        calls = CounterMetricFamily("guestqueue_upstream_calls", "Upstream calls by result", labels=["result"])
-        for result, count in sorted(service.upstream_calls.items()):
-            calls.add_metric([result], count)
-        yield calls
-        if service.log is not None:
+        calls = _family(counter, "guestqueue_upstream_calls", "Upstream calls by result", "result")
+        for line, source in sorted(self._metrics.sources.items()):
+            stats = source.stats
+            size.add_metric([line], source.queue_size())
+            active.add_metric([line], source.active_requests())
+            admitted.add_metric([line], stats.total_requests)
+            for status, count in stats.outcomes.items():
+                outcomes.add_metric([line, status.value], count)
+            for reason, count in sorted(stats.rejections.items()):
+                rejections.add_metric([line, reason], count)
+            hits.add_metric([line], stats.cache_hits)
+            shared.add_metric([line], stats.shared_answers)
+            for result, count in sorted(source.upstream_calls.items()):
+                calls.add_metric([line, result], count)
+        yield from (size, active, admitted, outcomes, rejections, hits, shared, calls)
+        log = self._metrics.log
+        if log is not None:
             yield CounterMetricFamily(
-                "guestqueue_log_rows_written", "Rows written to the request log", value=service.log.rows_written
+                "guestqueue_log_rows_written", "Rows written to the request log", value=log.rows_written
             )
-            yield GaugeMetricFamily("guestqueue_log_backlog", "Rows waiting to be written", value=service.log.backlog)
+            yield GaugeMetricFamily("guestqueue_log_backlog", "Rows waiting to be written", value=log.backlog)
             yield CounterMetricFamily(
                 "guestqueue_log_rows_dropped", "Rows not logged because the buffer was full (GUEST_LOG_BUFFER_ROWS)",
-                value=service.log.rows_dropped,
+                value=log.rows_dropped,
             )
             yield CounterMetricFamily(
                 "guestqueue_log_rejections_unlogged", "Rejections left out of the log by its per-client sampling",
-                value=service.log.rejections_unlogged,
+                value=log.rejections_unlogged,
             )
             yield CounterMetricFamily(
                 "guestqueue_log_rows_pruned", "Rows deleted after GUEST_LOG_RETENTION_DAYS",
-                value=service.log.rows_pruned,
+                value=log.rows_pruned,
             )

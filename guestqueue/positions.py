@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from .config import Settings
 from .errors import LineUnavailable
@@ -26,16 +27,21 @@ from .tickets import Flight, Ticket
 
 
 class Positions:
-    def __init__(self, settings: Settings, line: Line, waiting: Mapping[str, Flight]) -> None:
-        """``waiting``: this instance's flights still in line (the service's own index)."""
+    def __init__(
+        self, settings: Settings, line: Line, waiting: Mapping[str, Flight], *,
+        notice: Callable[[], dict[str, Any]] = dict, release_per_minute: int = 0,
+    ) -> None:
+        """``waiting``: this instance's flights still in line (the service's own index); ``notice``:
+        what every ``queued`` event adds (the line's mode and message while it is not open)."""
         self._settings = settings
         self._line = line
         self._waiting = waiting
         self.view = LineView({}, max_concurrent=settings.max_concurrent_requests)
         self._view_mono = time.monotonic()
-        self.estimator = WaitEstimator(
-            settings.max_concurrent_requests, settings.upstream_interval_s, self._eta_snapshot
-        )
+        self.notice = notice
+        # Over many starts, a release rate paces like an interval of 60 s / rate.
+        interval_s = max(settings.upstream_interval_s, 60.0 / release_per_minute if release_per_minute else 0.0)
+        self.estimator = WaitEstimator(settings.max_concurrent_requests, interval_s, self._eta_snapshot)
         self._task: asyncio.Task[None] | None = None
         self.on_tick: list[Callable[[], None]] = []  # housekeeping run once per tick
         self.on_view: list[Callable[[], None]] = []  # run after each tick's view is taken
@@ -75,6 +81,7 @@ class Positions:
             "total_ahead": position - 1,
             "queue_size": max(self.view.size, position),
             "estimated_wait_sec": round(self.estimator.estimate_s(position), 1),
+            **self.notice(),
         })
 
     def report(self, flights: Iterable[Flight]) -> None:

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from .config import Settings
+from .gate import Gate
 from .history import Stats
 from .lines.answers import RedisAnswers
 from .lines.memory import MemoryLine
 from .lines.places import RedisPlaces
 from .lines.redis import RedisLine
 from .lines.tally import RedisTally
+from .linespec import DEFAULT_LINE, LineSpec, default_line
 from .metrics import Metrics
 from .relay import FlightRelay
 from .service import QueueService
@@ -35,13 +37,14 @@ from .upstream import Upstream
 from .views import QueueViews
 from .workers import FlightSink, WorkerPool
 
-REDIS_CONNECTIONS = 256  # per instance; pub/sub listeners hold two of them
+REDIS_CONNECTIONS = 256  # per instance, for commands
+REDIS_CONNECTIONS_PER_LINE = 4  # each line's pub/sub listeners hold two more
 REDIS_POOL_TIMEOUT_S = 5.0  # then LineUnavailable (503), as when Redis is down
 
 
 @dataclass
 class Queue:
-    """What the web layer serves: the service, and the parts it reports on."""
+    """One line, running: what the web layer serves (the service), and the parts it reports on."""
 
     service: QueueService
     log: RequestLog | None
@@ -59,6 +62,14 @@ class Queue:
     # -- the MetricsSource (metrics.py) ----------------------------------------------
 
     @property
+    def name(self) -> str:
+        return self.service.name
+
+    @property
+    def spec(self) -> LineSpec:
+        return self.service.gate.spec
+
+    @property
     def stats(self) -> Stats:
         return self._shared_stats or self.service.stats
 
@@ -73,63 +84,97 @@ class Queue:
         return self.service.line.peek().active
 
 
-async def open_queue(stack: AsyncExitStack, settings: Settings, upstream: Upstream, log: RequestLog | None) -> Queue:
-    """Build and start the queue; ``stack`` stops it (drains the service, stops the workers)."""
+async def open_queue(
+    stack: AsyncExitStack, settings: Settings, upstream: Upstream, log: RequestLog | None, *,
+    spec: LineSpec | None = None, redis: aioredis.Redis | None = None, metrics: Metrics | None = None,
+) -> Queue:
+    """Build and start one line (``spec``, by default the ``guest`` line of ``settings``); ``stack``
+    stops it (drains the service, stops the workers). ``redis`` and ``metrics`` may be shared by
+    every line of the process."""
+    spec = spec if spec is not None else default_line(settings)
+    settings = spec.settings
+    gate = Gate(spec)
+    metrics = metrics if metrics is not None else Metrics(log)
     if settings.redis_url:
-        return await _open_shared(stack, settings, upstream, log)
+        if redis is None:
+            redis = open_redis(settings)
+            stack.push_async_callback(redis.aclose)
+        return await _open_shared(stack, gate, upstream, log, redis, metrics)
     line = MemoryLine(
         max_size=settings.max_queue_size, max_concurrent=settings.max_concurrent_requests,
         interval_s=settings.upstream_interval_s, max_hold_s=settings.upstream_max_hold_s,
+        release_per_minute=spec.release_per_minute,
     )
-    service = QueueService(settings, line, line, upstream_kind=upstream.kind)
+    line.starts_allowed = gate.starts_allowed
+    service = QueueService(settings, line, line, upstream_kind=upstream.kind, gate=gate)
     line.on_moved = service.positions.moved
     stack.push_async_callback(line.close)
-    return await _start(stack, settings, service, upstream, service, log)
+    return await _start(stack, service, upstream, service, log, metrics)
 
 
-async def _open_shared(stack: AsyncExitStack, settings: Settings, upstream: Upstream, log: RequestLog | None) -> Queue:
-    """The line, pacer and flight events on Redis (GUEST_REDIS_URL), shared with other instances."""
+def open_redis(settings: Settings, *, lines: int = 1) -> aioredis.Redis:
+    """The process's Redis client: one pool for every line (each line's relay holds two connections)."""
     # Blocking: a burst of guests waits for a connection instead of failing ("Too many connections").
-    pool = aioredis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=REDIS_CONNECTIONS,
-                                                    timeout=REDIS_POOL_TIMEOUT_S)
-    redis = aioredis.Redis(connection_pool=pool)
-    stack.push_async_callback(redis.aclose)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=REDIS_CONNECTIONS + REDIS_CONNECTIONS_PER_LINE * lines,
+        timeout=REDIS_POOL_TIMEOUT_S,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def redis_prefix(settings: Settings, line: str) -> str:
+    """The ``guest`` line keeps the deployment's prefix (as before lines); others get their own."""
+    return settings.redis_prefix if line == DEFAULT_LINE else f"{settings.redis_prefix}:line:{line}"
+
+
+async def _open_shared(
+    stack: AsyncExitStack, gate: Gate, upstream: Upstream, log: RequestLog | None, redis: aioredis.Redis,
+    metrics: Metrics,
+) -> Queue:
+    """The line, pacer and flight events on Redis (GUEST_REDIS_URL), shared with other instances."""
+    spec = gate.spec
+    settings = spec.settings
     instance_id = log.instance_id if log is not None else secrets.token_hex(8)
     line = RedisLine(
-        redis, prefix=settings.redis_prefix, instance_id=instance_id, max_size=settings.max_queue_size,
+        redis, prefix=redis_prefix(settings, spec.name), instance_id=instance_id, max_size=settings.max_queue_size,
         max_concurrent=settings.max_concurrent_requests, interval_s=settings.upstream_interval_s,
         max_hold_s=settings.upstream_max_hold_s, instance_ttl_s=settings.instance_ttl_s,
+        release_per_minute=spec.release_per_minute,
     )
+    line.starts_allowed = gate.starts_allowed
     await line.register({"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time()})
     stack.push_async_callback(line.close)
     places = RedisPlaces(redis, line.keys, instance_id)
     tally = RedisTally(redis, line.keys, settings.history_size)
     answers = RedisAnswers(redis, line.keys, settings.cache_ttl_s) if settings.cache_size > 0 else None
     service = QueueService(settings, line, line, places=places, tally=tally, shared_answers=answers,
-                           upstream_kind=upstream.kind)
+                           upstream_kind=upstream.kind, gate=gate)
     service.listeners.append(tally)
     line.on_rejoined.append(service.rejoin)
     relay = FlightRelay(redis, line, places, service)
     relay.start()
     stack.push_async_callback(relay.stop)
-    return await _start(stack, settings, service, upstream, relay, log)
+    return await _start(stack, service, upstream, relay, log, metrics)
 
 
 async def _start(
-    stack: AsyncExitStack, settings: Settings, service: QueueService, upstream: Upstream, sink: FlightSink,
-    log: RequestLog | None,
+    stack: AsyncExitStack, service: QueueService, upstream: Upstream, sink: FlightSink, log: RequestLog | None,
+    metrics: Metrics,
 ) -> Queue:
+    settings = service.settings
     queue = Queue(service, log)
     queue.views = QueueViews(service)
-    queue.metrics = Metrics(queue)
+    queue.metrics = metrics
+    timing = metrics.add(service.name, queue)
+    stack.callback(metrics.remove, service.name)
     line = service.line
-    queue.pool = WorkerPool(settings, line, service.pacer, upstream, sink, on_paced=queue.metrics.paced)
-    service.listeners.append(queue.metrics)
+    queue.pool = WorkerPool(settings, line, service.pacer, upstream, sink, on_paced=timing.paced)
+    service.listeners.append(timing)
     service.on_drain.append(queue.pool.drain)
     service.busy.append(lambda: bool(queue.pool.active))
     service.health_checks.append(queue.pool.problems)
     if log is not None:
-        service.listeners.append(log)
+        service.listeners.append(log.for_line(service.name))
         service.health_checks.append(log.problems)
     stack.push_async_callback(queue.pool.stop)
     await service.start()

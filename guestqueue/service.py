@@ -28,10 +28,20 @@ from typing import Any, NoReturn, Protocol
 
 from .cache import AnswerCache, CachedAnswer
 from .config import Settings
-from .errors import ClientLimit, IdempotencyMismatch, LineFull, LineUnavailable, Rejected, ShuttingDown
+from .errors import (
+    ClientLimit,
+    IdempotencyMismatch,
+    LineFull,
+    LineUnavailable,
+    Rejected,
+    ShuttingDown,
+    WaitTooLong,
+)
 from .events import ERROR, PROCESSING, RECONNECT, TIMEOUT, WORKFLOW_COMPLETE, SharedAnswer
+from .gate import Gate
 from .history import Registry, Stats
 from .lines.base import Line, Pacer, Places, SharedAnswers, Tally
+from .linespec import default_line
 from .positions import Positions
 from .stopping import stop_tasks
 from .tickets import Flight, Status, Ticket, new_request_id
@@ -81,8 +91,11 @@ class QueueService:
     def __init__(
         self, settings: Settings, line: Line, pacer: Pacer, *, places: Places | None = None,
         tally: Tally | None = None, shared_answers: SharedAnswers | None = None, upstream_kind: str = "custom",
+        gate: Gate | None = None,
     ) -> None:
         self.settings = settings
+        self.gate = gate if gate is not None else Gate(default_line(settings))
+        self.name = self.gate.spec.name  # the line's name
         self.line = line
         self.pacer = pacer
         self.places = places  # a shared line's request records (None: this process is the whole line)
@@ -96,7 +109,9 @@ class QueueService:
         self.inflight: dict[str, Flight] = {}  # flights by cache key, for single-flight
         self.waiting: dict[str, Flight] = {}  # this instance's flights in line, by id
         self.running: dict[str, Flight] = {}  # this instance's flights started and not ended
-        self.positions = Positions(settings, line, self.waiting)
+        self.positions = Positions(
+            settings, line, self.waiting, notice=self.gate.notice, release_per_minute=self.gate.spec.release_per_minute,
+        )
         self.positions.on_tick.append(lambda: self.registry.compact_expired(time.monotonic()))
         self.health_checks: list[Callable[[], list[str]]] = []  # problems the other parts see
         self.per_client: Counter[str] = Counter()
@@ -213,6 +228,10 @@ class QueueService:
     ) -> Ticket:
         if not self.accepting:
             self._reject(client, query, ShuttingDown("The service is restarting. Please try again shortly."))
+        try:
+            self.gate.check_open()
+        except Rejected as exc:
+            self._reject(client, query, exc)
         limit = self.settings.max_per_client
         held = self.per_client[client]
         if held >= limit or (self.places is not None and not await self._take_client_slot(client, query)):
@@ -251,9 +270,13 @@ class QueueService:
         if flight is None:
             flight = Flight(key, [ticket], WorkflowRequest(ticket.id, query, ticket.parameters, session_id))
             try:
+                # Only a question that needs a call of its own waits: a cached or shared answer does not.
+                self.gate.check_wait(self._newcomer_wait_s)
                 # The memory line answers without yielding; on Redis an identical question asked
                 # during this round trip gets a flight of its own (single-flight is best effort).
                 flight.position = await self.line.admit(flight)
+            except WaitTooLong as exc:
+                self._reject(client, query, exc)
             except (LineFull, LineUnavailable) as exc:
                 if exc.retry_after_s is None:
                     exc.retry_after_s = self._retry_after_s(self.settings.max_queue_size + 1)
@@ -274,6 +297,13 @@ class QueueService:
         else:
             self.positions.tell(ticket, max(1, self.positions.view.position(flight.id) or flight.position))
         return ticket
+
+    def _newcomer_wait_s(self) -> float:
+        """The estimated wait at the back of the line, from its freshest view."""
+        view = self.line.peek()
+        if view is not self.positions.view:
+            self.positions.use(view)
+        return self.positions.retry_after_s(view.size + 1)
 
     async def _cached(self, key: str) -> CachedAnswer | None:
         assert self.cache is not None

@@ -57,6 +57,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import sqlite3
@@ -69,6 +70,7 @@ import aiosqlite
 from cachetools import TTLCache
 
 from .errors import StartupError
+from .linespec import DEFAULT_LINE
 from .tickets import Status, Ticket, new_request_id
 from .upstream import valid_text
 
@@ -92,8 +94,7 @@ CREATE TABLE IF NOT EXISTS requests (
     started_at    REAL,
     finished_at   REAL,
     wait_ms       REAL,
-    processing_ms REAL,
-    instance_id   TEXT
+    processing_ms REAL
 );
 CREATE INDEX IF NOT EXISTS requests_created_at ON requests (created_at);
 CREATE INDEX IF NOT EXISTS requests_open ON requests (status) WHERE status IN ('queued', 'processing');
@@ -105,12 +106,18 @@ CREATE TABLE IF NOT EXISTS instances (
     heartbeat_at  REAL NOT NULL
 );
 """
-# Files written before rows carried their instance.
-MIGRATIONS = {"instance_id": "ALTER TABLE requests ADD COLUMN instance_id TEXT"}
+# Numbered: PRAGMA user_version is the number of the last one applied. Each runs once, in order,
+# at open; an ADD COLUMN finding its column already there (a file from before the numbering) is
+# skipped. Never edit one that shipped: add the next.
+MIGRATIONS: tuple[str, ...] = (
+    "ALTER TABLE requests ADD COLUMN instance_id TEXT",  # 1: rows carry their instance
+    "ALTER TABLE requests ADD COLUMN line TEXT NOT NULL DEFAULT 'guest'",  # 2: ... and their line
+)
+ADD_COLUMN = re.compile(r"ALTER TABLE (?P<table>\w+) ADD COLUMN (?P<column>\w+)")
 
 COLUMNS = (
     "request_id", "client", "query", "parameters", "session_id", "status", "error_code", "error", "answer",
-    "cached", "created_at", "started_at", "finished_at", "wait_ms", "processing_ms", "instance_id",
+    "cached", "created_at", "started_at", "finished_at", "wait_ms", "processing_ms", "instance_id", "line",
 )
 INSERT = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 # instance_id too: with a shared line, the instance that ends a request may not be the one that
@@ -226,10 +233,7 @@ class RequestLog:
             raise LogUnavailable(str(exc)) from None
         try:
             await db.executescript(PREPARE)
-            columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(requests)")}
-            for column, migration in MIGRATIONS.items():
-                if column not in columns:
-                    await db.execute(migration)
+            await migrate(db)
             # Take the write lock now: a read-only file fails here, not at the first batch of rows.
             await db.execute("BEGIN IMMEDIATE")
             self.abandoned_at_start = await self._abandon_dead(db)
@@ -248,7 +252,11 @@ class RequestLog:
         self._writer = asyncio.create_task(self._write_loop(), name="guestqueue-log-writer")
         self._wake.set()
 
-    def record(self, ticket: Ticket) -> None:
+    def for_line(self, line: str) -> LineRows:
+        """The request listener (service.py) of one line: its rows carry the line's name."""
+        return LineRows(self, line)
+
+    def record(self, ticket: Ticket, line: str = DEFAULT_LINE) -> None:
         """Log the ticket as it is now: its admission (the row's INSERT), its start or its end."""
         if ticket.status is Status.QUEUED:
             if self.backlog >= self.buffer_rows:
@@ -258,7 +266,7 @@ class RequestLog:
             self._inserts.append((
                 ticket.id, ticket.client, ticket.query, _json(ticket.parameters), ticket.session_id,
                 ticket.status.value, None, None, None, int(ticket.cached), ticket.created_at, None, None, None, None,
-                self.instance_id,
+                self.instance_id, line,
             ))
         elif ticket.id in self._unlogged:
             if ticket.done:
@@ -296,7 +304,7 @@ class RequestLog:
             problems.append(f"request log dropped {self.rows_dropped} rows (its buffer of {self.buffer_rows} was full)")
         return problems
 
-    def record_rejection(self, client: str, query: str, code: str) -> None:
+    def record_rejection(self, client: str, query: str, code: str, line: str = DEFAULT_LINE) -> None:
         """A 429/503: a row without the query's text, at most one per client per ``REJECTION_ROW_EVERY_S``."""
         now = time.monotonic()
         sampled = self._sampled.get(client)
@@ -314,7 +322,7 @@ class RequestLog:
         wall = time.time()
         self._inserts.append((
             new_request_id(), client, "", _json(parameters), None, "rejected", code, None, None, 0, wall, None, wall,
-            None, None, self.instance_id,
+            None, None, self.instance_id, line,
         ))
         self._wake.set()
 
@@ -450,6 +458,44 @@ class RequestLog:
         self._inserts[:0] = inserts
         self._updates[:0] = updates
         self._wake.set()
+
+
+async def migrate(db: aiosqlite.Connection) -> None:
+    """Apply the migrations this file has not had yet (see :data:`MIGRATIONS`)."""
+    applied = next(iter(await db.execute_fetchall("PRAGMA user_version")))[0]
+    for number, statement in enumerate(MIGRATIONS, start=1):
+        if number <= applied:
+            continue
+        added = ADD_COLUMN.match(statement)
+        if added is None or added["column"] not in await _columns(db, added["table"]):
+            await db.executescript(statement)
+        await db.execute(f"PRAGMA user_version = {number}")
+    await db.commit()
+
+
+async def _columns(db: aiosqlite.Connection, table: str) -> set[str]:
+    return {row[1] for row in await db.execute_fetchall(f"PRAGMA table_info({table})")}
+
+
+class LineRows:
+    """One line's request listener: every admission, start, end and rejection is a row of that line."""
+
+    __slots__ = ("_line", "_log")
+
+    def __init__(self, log: RequestLog, line: str) -> None:
+        self._log, self._line = log, line
+
+    def admitted(self, ticket: Ticket) -> None:
+        self._log.record(ticket, self._line)
+
+    def started(self, ticket: Ticket) -> None:
+        self._log.record(ticket, self._line)
+
+    def ended(self, ticket: Ticket) -> None:
+        self._log.record(ticket, self._line)
+
+    def rejected(self, client: str, query: str, code: str) -> None:
+        self._log.record_rejection(client, query, code, self._line)
 
 
 def check(path: str) -> None:

@@ -109,9 +109,11 @@ async def test_a_second_client_cannot_read_resume_or_cancel_the_first_clients_re
     async with serve(upstream_url=upstream.url(first=1.0), **settings) as running, \
             httpx.AsyncClient(timeout=10) as client:
         first = asyncio.ensure_future(ask(client, running.base, "my private question", headers=GUEST_A))
-        while not running.guest._service.registry.live():
+        service = running.guest.service
+        assert service is not None
+        while not service.registry.live():
             await asyncio.sleep(0.01)
-        request_id = running.guest._service.registry.live()[0].id
+        request_id = service.registry.live()[0].id
         seen = await _everything_b_can_read(client, running.base, {**GUEST_B, "X-API-Key": "not-the-key-at-all"})
         assert request_id not in seen and "my private question" not in seen
         guessed = new_request_id()

@@ -10,11 +10,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from .conftest import MockUpstream, ask, serve, wait_until
 
 
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _samples(text: str, line: str = "guest") -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One line's samples (its ``line`` label taken off), and those of no line (the log's)."""
     return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "line"))): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
+        if s.labels.get("line", line) == line
     }
 
 

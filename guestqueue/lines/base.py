@@ -16,7 +16,8 @@ runs the same suite against each):
   :meth:`Line.start` and :meth:`Line.finish`), across every instance sharing
   the line.
 - **Pacing.** Two starts (retries included) are at least ``interval_s`` apart,
-  across every instance; an upstream's Retry-After holds every start
+  across every instance, and no minute holds more than ``release_per_minute``
+  starts (when set); an upstream's Retry-After holds every start
   (:meth:`Pacer.hold`), at most ``max_hold_s``.
 - **Capacity.** At most ``max_size`` flights wait, not counting those a free
   slot would start right now.
@@ -26,7 +27,7 @@ runs the same suite against each):
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -68,6 +69,9 @@ class LineView:
 
 class Line(Protocol):
     """Flights waiting to start, in admission order, and the gate that starts them."""
+
+    # The line's mode (gate.py): while it says no (paused), nothing starts and flights keep their places.
+    starts_allowed: Callable[[], bool]
 
     async def admit(self, flight: Flight) -> int:
         """Join at the back; returns the flight's position. Raises LineFull."""

@@ -41,6 +41,11 @@ class Keys:
         return f"{self.prefix}:pace"
 
     @property
+    def releases(self) -> str:
+        """List: start times (Redis ms) of the last minute, for a line's release_per_minute."""
+        return f"{self.prefix}:releases"
+
+    @property
     def held(self) -> str:
         """Redis time (ms) until which an upstream's Retry-After holds every start."""
         return f"{self.prefix}:held"

@@ -38,6 +38,7 @@ from ..tickets import Flight
 from .base import LineView
 
 MIN_REPORT_GAP_S = 0.1
+HELD_POLL_S = 0.2  # a paused line's workers look again this often (a mode or a scheduled window)
 
 
 class _Handoff(asyncio.Queue[Flight]):
@@ -72,12 +73,14 @@ class MemoryLine:
         max_concurrent: int,
         interval_s: float,
         max_hold_s: float = 120.0,
+        release_per_minute: int = 0,
         on_moved: Callable[[list[Flight]], None] | None = None,
     ) -> None:
         self.max_size = max_size
         self.max_concurrent = max_concurrent
         self.interval_s = interval_s
-        self.limiter = PacingLimiter(interval_s, max_hold_s=max_hold_s)
+        self.limiter = PacingLimiter(interval_s, max_hold_s=max_hold_s, release_per_minute=release_per_minute)
+        self.starts_allowed: Callable[[], bool] = lambda: True  # the line's mode (gate.py)
         self._slots = asyncio.Semaphore(max_concurrent)
         self._running: dict[str, float] = {}  # flight id -> loop time it started
         self.on_moved = on_moved
@@ -112,6 +115,8 @@ class MemoryLine:
         loop = asyncio.get_running_loop()
         began = loop.time()
         try:
+            while not self.starts_allowed():  # paused: the flight keeps its place at the front
+                await asyncio.sleep(HELD_POLL_S)
             await self._slots.acquire()
             try:
                 await self.limiter.acquire()

@@ -95,9 +95,25 @@ redis.call('HSET', KEYS[7], 'seq', seq, unpack(ARGV, 5))
 return redis.call('ZRANK', KEYS[4], ARGV[1]) + 1
 """
 
-# KEYS: slots instances orphans line pace retrying   ARGV: instance_id max_concurrent interval_ms prefix
+# Seed 001's release rate: at most ARGV[n] starts in any minute. KEYS[n]: the list of the last
+# minute's start times (oldest first). Returns the ms until the next start may come (0 = now).
+_RELEASES = """
+local function release_wait(releases, per_minute)
+  if per_minute <= 0 then return 0 end
+  while true do
+    local oldest = redis.call('LINDEX', releases, 0)
+    if not oldest or tonumber(oldest) > now - 60000 then break end
+    redis.call('LPOP', releases)
+  end
+  if redis.call('LLEN', releases) < per_minute then return 0 end
+  return tonumber(redis.call('LINDEX', releases, -per_minute)) + 60000 - now
+end
+"""
+
+# KEYS: slots instances orphans line pace retrying releases
+# ARGV: instance_id max_concurrent interval_ms prefix release_per_minute
 # Returns {'go', flight_id, request fields...} | {'pace', ms} | {'busy'} | {'empty'} | {'retry'}
-START = _PRELUDE + """
+START = _PRELUDE + _RELEASES + """
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
 if redis.call('ZCARD', KEYS[6]) > 0 then return {'retry'} end
 if live_active(KEYS[1], KEYS[2], KEYS[3]) >= tonumber(ARGV[2]) then return {'busy'} end
@@ -105,9 +121,15 @@ local head = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
 if not head then return {'empty'} end
 local pace = tonumber(redis.call('GET', KEYS[5]) or '0')
 if pace > now then return {'pace', tostring(pace - now)} end
+local release = release_wait(KEYS[7], tonumber(ARGV[5]))
+if release > 0 then return {'pace', tostring(release)} end
 redis.call('ZREM', KEYS[4], head)
 redis.call('HSET', KEYS[1], head, ARGV[1] .. ' ' .. now)
 redis.call('SET', KEYS[5], now + tonumber(ARGV[3]))
+if tonumber(ARGV[5]) > 0 then
+  redis.call('RPUSH', KEYS[7], now)
+  redis.call('PEXPIRE', KEYS[7], 120000)
+end
 local out = {'go', head}
 local fields = redis.call('HGETALL', ARGV[4] .. ':request:' .. head)
 for i = 1, #fields do out[#out + 1] = fields[i] end
@@ -138,8 +160,8 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return 0
 """
 
-# KEYS: slots instances orphans line pace held   ARGV: prefix
-VIEW = _PRELUDE + """
+# KEYS: slots instances orphans line pace held releases   ARGV: prefix release_per_minute
+VIEW = _PRELUDE + _RELEASES + """
 live_active(KEYS[1], KEYS[2], KEYS[3])
 local running = {}
 local all = redis.call('HGETALL', KEYS[1])
@@ -148,7 +170,8 @@ local infos = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do
   infos[#infos + 1] = cjson.encode({id = id, info = redis.call('HGETALL', ARGV[1] .. ':instance:' .. id)})
 end
-return {now, redis.call('ZRANGE', KEYS[4], 0, -1), running, redis.call('GET', KEYS[5]) or '0',
+local pace = math.max(tonumber(redis.call('GET', KEYS[5]) or '0'), now + release_wait(KEYS[7], tonumber(ARGV[2])))
+return {now, redis.call('ZRANGE', KEYS[4], 0, -1), running, tostring(pace),
         redis.call('GET', KEYS[6]) or '0', infos}
 """
 
@@ -187,9 +210,11 @@ class RedisLine:
 
     def __init__(
         self, redis: aioredis.Redis, *, prefix: str, instance_id: str, max_size: int, max_concurrent: int,
-        interval_s: float, max_hold_s: float = 120.0, instance_ttl_s: float = 5.0,
+        interval_s: float, max_hold_s: float = 120.0, instance_ttl_s: float = 5.0, release_per_minute: int = 0,
     ) -> None:
         self._redis = redis
+        self.release_per_minute = release_per_minute
+        self.starts_allowed: Callable[[], bool] = lambda: True  # the line's mode (gate.py), on every instance
         self.keys = Keys(prefix)
         self.instance_id = instance_id
         self.max_size = max_size
@@ -307,6 +332,9 @@ class RedisLine:
 
     async def next(self) -> Flight:
         while True:
+            if not self.starts_allowed():  # paused: ask for no start (the script would take the slot)
+                await asyncio.sleep(MAX_WAKE_WAIT_S)
+                continue
             async with self._knock:
                 self._woken.clear()
                 try:
@@ -328,8 +356,8 @@ class RedisLine:
 
     async def _try_start(self) -> tuple[str, Any]:
         keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.pace,
-                self.keys.retrying]
-        args = [self.instance_id, self.max_concurrent, self.interval_ms, self.keys.prefix]
+                self.keys.retrying, self.keys.releases]
+        args = [self.instance_id, self.max_concurrent, self.interval_ms, self.keys.prefix, self.release_per_minute]
         # Shielded: a worker cancelled mid-call must not lose a flight the script already popped.
         call = asyncio.ensure_future(self._call(self._start, keys, args))
         try:
@@ -361,8 +389,10 @@ class RedisLine:
 
     async def view(self) -> LineView:
         keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.pace,
-                self.keys.held]
-        now, order, running, pace, held, infos = await self._call(self._view, keys, [self.keys.prefix])
+                self.keys.held, self.keys.releases]
+        now, order, running, pace, held, infos = await self._call(
+            self._view, keys, [self.keys.prefix, self.release_per_minute]
+        )
         now = int(now)
         self._last_view = LineView(
             {_text(flight_id): n for n, flight_id in enumerate(order, start=1)},

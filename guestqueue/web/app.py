@@ -11,6 +11,11 @@ Run it alone (``guestqueue serve``) or mount it in your own app::
 
 Mounted apps' lifespans are not run by Starlette, hence ``lifespan=guest.lifespan``
 on the outer app (FastAPI takes the same argument).
+
+Named lines (``GUEST_CONFIG``, linespec.py) are served by ``guest.lines_app``
+under ``/api/v1/lines``: ``GET /api/v1/lines`` lists them and each has the full
+API under ``/api/v1/lines/{line}/``. ``guest.app`` serves the ``guest`` line,
+and the process-wide views (health and metrics of every line, the pages).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
@@ -32,11 +37,13 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ..config import Settings
 from ..errors import NotFound, Rejected, ShuttingDown, StartupError
-from ..runtime import Queue, open_queue
+from ..linespec import DEFAULT_LINE, load_lines
+from ..lineup import Lineup
+from ..runtime import Queue, open_redis
 from ..service import QueueService
 from ..store import LogUnavailable, RequestLog
 from ..tickets import Status, Ticket
-from ..upstream import Workflow, make_http_client, make_upstream
+from ..upstream import Workflow, make_http_client
 from .access import Access, PeerRecorder
 from .admission import client_key, read_chat_request
 from .monitor import StatusMonitor
@@ -45,17 +52,18 @@ from .stream import TicketStream
 from .websocket import serve_websocket
 
 API_PREFIX = "/api/v1/guest"
+LINES_PREFIX = "/api/v1/lines"
 
 
 class GuestQueue:
-    """guestqueue's API and the queue behind it. State is created in :meth:`lifespan`."""
+    """guestqueue's API and the lines behind it. State is created in :meth:`lifespan`."""
 
     def __init__(self, settings: Settings | None = None, *, workflow: Workflow | None = None) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
+        self.specs = load_lines(self.settings.config, self.settings)  # a bad file fails here, at start-up
         self.workflow = workflow
-        self.queue: Queue | None = None
-        self.service: QueueService | None = None
-        self.monitor: StatusMonitor | None = None
+        self.lineup: Lineup | None = None
+        self.monitors: dict[str, StatusMonitor] = {}
         self.access = Access(self.settings)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.app = Starlette(
@@ -65,28 +73,61 @@ class GuestQueue:
             lifespan=self.lifespan,
         )
         self.app.state.guestqueue = self
+        self.lines_app = Starlette(
+            routes=[Route("/", self.list_lines, methods=["GET"]), Mount("/{line}", routes=self._line_routes())],
+            middleware=self._middleware(),
+            exception_handlers=EXCEPTION_HANDLERS,
+        )
+        self.lines_app.state.guestqueue = self
 
     def __repr__(self) -> str:
-        return f"GuestQueue(service={self.service!r})"
+        return f"GuestQueue(lineup={self.lineup!r})"
+
+    @property
+    def queue(self) -> Queue | None:
+        """The ``guest`` line (the one ``/api/v1/guest`` serves), if it runs."""
+        return self.lineup.queues.get(DEFAULT_LINE) if self.lineup is not None else None
+
+    @property
+    def service(self) -> QueueService | None:
+        queue = self.queue
+        return queue.service if queue is not None else None
+
+    @property
+    def monitor(self) -> StatusMonitor | None:
+        return self.monitors.get(DEFAULT_LINE)
 
     @asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
-        """Open the request log and the shared HTTP client, start the queue; on exit, drain it, stop
-        the workers and the monitor, flush the log (the exit stack undoes each step in reverse)."""
+        """Open the request log and the shared HTTP (and Redis) clients, start every line; on exit,
+        drain them, stop the workers and the monitors, flush the log (the exit stack undoes each
+        step in reverse)."""
         settings = self.settings
         async with AsyncExitStack() as stack:
             client = make_http_client(settings)
             stack.push_async_callback(client.aclose)
-            upstream = make_upstream(settings, client, self.workflow)
             log = await self._open_log(stack)
-            queue = await open_queue(stack, settings, upstream, log)
-            monitor = StatusMonitor(queue.views, ping_s=settings.ping_s, send_timeout_s=settings.send_timeout_s)
-            monitor.start()
-            stack.push_async_callback(monitor.stop)
-            self.queue, self.service, self.monitor = queue, queue.service, monitor
+            redis = None
+            if settings.redis_url:
+                redis = open_redis(settings, lines=len(self.specs))
+                stack.push_async_callback(redis.aclose)
+            lineup = Lineup(client=client, log=log, redis=redis, workflow=self.workflow)
+            lineup.on_open.append(self._start_monitor)
+            stack.push_async_callback(lineup.aclose)
+            for spec in self.specs.values():
+                await lineup.open(spec)
+            self.lineup = lineup
             self._loop = asyncio.get_running_loop()
             stack.callback(self._forget)
             yield
+
+    async def _start_monitor(self, queue: Queue, stack: AsyncExitStack) -> None:
+        settings = self.settings
+        monitor = StatusMonitor(queue.views, ping_s=settings.ping_s, send_timeout_s=settings.send_timeout_s)
+        monitor.start()
+        self.monitors[queue.name] = monitor
+        stack.push_async_callback(monitor.stop)
+        stack.callback(self.monitors.pop, queue.name, None)
 
     async def _open_log(self, stack: AsyncExitStack) -> RequestLog | None:
         settings = self.settings
@@ -104,25 +145,35 @@ class GuestQueue:
         return log
 
     def _forget(self) -> None:
-        self.queue = self.service = self.monitor = None
+        self.lineup = None
 
     async def drain(self) -> None:
         """Begin a graceful shutdown (see :meth:`request_shutdown`) and wait until it is over:
-        every guest has had its terminal event. ``guestqueue serve`` awaits it on SIGTERM,
-        still listening (so new guests hear 503 ``shutting_down``), before uvicorn stops."""
-        if self.service is not None:
-            await self.service.stop()
+        every guest of every line has had its terminal event. ``guestqueue serve`` awaits it on
+        SIGTERM, still listening (so new guests hear 503 ``shutting_down``), before uvicorn stops."""
+        if self.lineup is not None:
+            await self.lineup.drain()
 
     def request_shutdown(self) -> None:
         """Begin a graceful shutdown: refuse new guests, finish running work, end the rest.
 
         Safe to call from a signal handler or another thread.
         """
-        service, loop = self.service, self._loop
-        if service is not None and loop is not None:
-            loop.call_soon_threadsafe(service.begin_shutdown)
+        lineup, loop = self.lineup, self._loop
+        if lineup is not None and loop is not None:
+            loop.call_soon_threadsafe(lineup.begin_shutdown)
 
     def _routes(self) -> list[BaseRoute]:
+        return [
+            *self._line_routes(),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/", self.index, methods=["GET"]),
+            *page_routes(),
+        ]
+
+    def _line_routes(self) -> list[BaseRoute]:
+        """One line's API: the ``guest`` line's under /api/v1/guest, any line's under /api/v1/lines/{line}."""
         return [
             Route("/chat", self.chat, methods=["POST"]),
             Route("/chat/simple", self.chat_simple, methods=["POST"]),
@@ -134,11 +185,7 @@ class GuestQueue:
             Route("/queue/status/samples", self.queue_status_samples, methods=["GET"]),
             Route("/queue/request/{request_id}", self.queue_request, methods=["GET"]),
             Route("/queue/history", self.queue_history, methods=["GET"]),
-            Route("/health", self.health, methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
             WebSocketRoute("/ws", self.websocket),
-            Route("/", self.index, methods=["GET"]),
-            *page_routes(),
         ]
 
     def _middleware(self) -> list[Middleware]:
@@ -158,32 +205,27 @@ class GuestQueue:
         return middleware
 
     @property
-    def _service(self) -> QueueService:
-        if self.service is None:
+    def _lineup(self) -> Lineup:
+        if self.lineup is None:
             raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
-        return self.service
+        return self.lineup
 
-    @property
-    def _queue(self) -> Queue:
-        if self.queue is None:
-            raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
-        return self.queue
+    def _queue(self, request: HTTPConnection) -> Queue:
+        """The line the request's path names (``guest`` under /api/v1/guest)."""
+        return self._lineup.get(line_name(request))
+
+    def _service(self, request: HTTPConnection) -> QueueService:
+        return self._queue(request).service
 
     def _require_status_reader(self, request: Request) -> None:
         if not self.settings.public_status:
             self.access.require_operator(request)
 
-    def _ticket(self, request: Request) -> Ticket:
-        ticket = self._service.registry.get(request.path_params["request_id"])
-        if ticket is None:
-            raise NotFound("No request with that id (it may have expired).")
-        return ticket
-
     async def _admit(self, request: Request) -> tuple[Ticket, bool]:
         """The admitted ticket, and whether it is one this client had already sent (Idempotency-Key)."""
-        body = await read_chat_request(request, self.settings, upstream_kind=self._service.upstream_kind)
+        service = self._service(request)
+        body = await read_chat_request(request, service.settings, upstream_kind=service.upstream_kind)
         client = client_key(request)
-        service = self._service
         known = service.registry.by_key(client, body.idempotency_key) if body.idempotency_key else None
         ticket = await service.submit(
             body.query, client=client, parameters=body.parameters, session_id=body.session_id,
@@ -200,7 +242,7 @@ class GuestQueue:
 
     async def chat_events(self, request: Request) -> Response | TicketStream:
         # With a shared line, a request another instance held is taken over here.
-        ticket = await self._service.find(request.path_params["request_id"], _last_event_id(request))
+        ticket = await self._service(request).find(request.path_params["request_id"], _last_event_id(request))
         if ticket is None:
             raise NotFound("No request with that id (it may have expired).")
         return self._stream(request, ticket, resume=True)
@@ -210,14 +252,15 @@ class GuestQueue:
         if ticket.done and last_event_id >= ticket.events.last_id:
             # Everything was seen: 204 tells an EventSource to stop reconnecting (the SSE spec's way).
             return Response(status_code=204, headers={"X-Request-ID": ticket.id})
-        return TicketStream(self._service, ticket, last_event_id, client=client_key(request), resume=resume)
+        return TicketStream(self._service(request), ticket, last_event_id, client=client_key(request), resume=resume)
 
     async def chat_cancel(self, request: Request) -> Response:
-        ticket = await self._service.find(request.path_params["request_id"])  # held here or elsewhere
+        service = self._service(request)
+        ticket = await service.find(request.path_params["request_id"])  # held here or elsewhere
         if ticket is None:
             raise NotFound("No request with that id (it may have expired).")
-        cancelled = self._service.cancel(ticket, Status.CANCELLED, "cancelled", "The request was cancelled.")
-        await self._service.settled()  # every instance knows it before the guest does
+        cancelled = service.cancel(ticket, Status.CANCELLED, "cancelled", "The request was cancelled.")
+        await service.settled()  # every instance knows it before the guest does
         if not cancelled:
             return JSONResponse(
                 {"error": "The request had already finished.", "code": "already_finished", **ticket.summary()},
@@ -234,7 +277,7 @@ class GuestQueue:
         )
 
     async def chat_simple(self, request: Request) -> Response:
-        service = self._service
+        service = self._service(request)
         ticket, _ = await self._admit(request)
         service.subscribe(ticket)
         try:
@@ -255,58 +298,88 @@ class GuestQueue:
         return _simple_answer(ticket)
 
     async def websocket(self, websocket: WebSocket) -> None:
-        service = self.service
-        if service is None:
-            await websocket.close(1013, reason="shutting_down")
+        queue = self.lineup.queues.get(line_name(websocket)) if self.lineup is not None else None
+        if queue is None:
+            # 1013 "try again later" while stopping; 1008 (policy) for a line that does not exist.
+            await websocket.close(1013 if self.lineup is None else 1008,
+                                  reason="shutting_down" if self.lineup is None else "unknown_line")
             return
-        await serve_websocket(websocket, service)
+        await serve_websocket(websocket, queue.service)
 
     # -- status --------------------------------------------------------------------
 
     async def index(self, request: Request) -> Response:
         return JSONResponse(links(request.scope.get("root_path", "")))
 
+    async def list_lines(self, request: Request) -> Response:
+        """``GET /api/v1/lines``: the lines, with their mode and size."""
+        lines = []
+        for queue in self._lineup:
+            view = queue.service.line.peek()
+            lines.append({
+                "name": queue.name, "mode": queue.service.gate.mode(), "public": queue.spec.public,
+                "upstream": queue.service.upstream_kind, "queue_size": view.size, "active_requests": view.active,
+                "url": f"{request.url.path.rstrip('/')}/{queue.name}",
+            })
+        return JSONResponse({"lines": lines})
+
     async def queue_status(self, request: Request) -> Response:
         self._require_status_reader(request)
-        return JSONResponse(await self._queue.views.status())
+        return JSONResponse(await self._queue(request).views.status())
 
     async def queue_status_stream(self, request: Request) -> Response:
         self._require_status_reader(request)
-        return self._monitor.stream()
+        return self._monitor(request).stream()
 
     async def queue_status_samples(self, request: Request) -> Response:
         self._require_status_reader(request)
-        return JSONResponse(self._monitor.samples())
+        return JSONResponse(self._monitor(request).samples())
 
-    @property
-    def _monitor(self) -> StatusMonitor:
-        if self.monitor is None:
+    def _monitor(self, request: Request) -> StatusMonitor:
+        monitor = self.monitors.get(self._queue(request).name)
+        if monitor is None:
             raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
-        return self.monitor
+        return monitor
 
     async def queue_request(self, request: Request) -> Response:
         # The id is its guest's credential (access.py): holding it is permission enough.
-        found = await self._queue.views.lookup(request.path_params["request_id"])  # here or on another instance
+        found = await self._queue(request).views.lookup(request.path_params["request_id"])  # or another instance's
         if found is None:
             raise NotFound("No request with that id (it may have expired).")
         return JSONResponse(found)
 
     async def queue_history(self, request: Request) -> Response:
         self.access.require_operator(request)  # it lists request ids: operators only
-        return JSONResponse(await self._queue.views.history())
+        return JSONResponse(await self._queue(request).views.history())
 
     async def metrics(self, request: Request) -> Response:
+        """Every line's metrics (labelled ``line``) and the request log's."""
         self.access.require_operator(request)
-        queue = self._queue
-        await queue.refresh()  # the line now, and every instance's totals
-        body, content_type = queue.metrics.render()
+        lineup = self._lineup
+        for queue in lineup:
+            await queue.refresh()  # the line now, and every instance's totals
+        body, content_type = lineup.metrics.render()
         return Response(body, media_type=content_type)
 
     async def health(self, request: Request) -> Response:
-        if self.service is None:
+        """The worst of every line's health; with the ``guest`` line's fields at the top (as before
+        lines) and each line's under ``lines``."""
+        if self.lineup is None:
             return JSONResponse({"status": "unavailable", "problems": ["not running"]}, status_code=503)
-        status, body = await self._queue.views.health()
-        return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
+        lines = {}
+        for queue in self.lineup:
+            _, lines[queue.name] = await queue.views.health()
+        worst = max((line["status"] for line in lines.values()), key=HEALTH_ORDER.index, default="ok")
+        main = lines.get(DEFAULT_LINE) or {
+            "queue_size": sum(line["queue_size"] for line in lines.values()),
+            "active_requests": sum(line["active_requests"] for line in lines.values()),
+        }
+        problems = [
+            problem if name == DEFAULT_LINE else f"line {name}: {problem}"
+            for name, line in lines.items() for problem in line["problems"]
+        ]
+        body = {**main, "status": worst, "problems": problems, "lines": lines}
+        return JSONResponse(body, status_code=503 if worst == "unavailable" else 200)
 
 
 MAX_LAST_EVENT_ID_CHARS = 20  # event ids are counters: 20 digits is more than any stream reaches
@@ -361,11 +434,21 @@ def _simple_answer(ticket: Ticket) -> Response:
     return JSONResponse(body, status_code=SIMPLE_STATUS.get(code, 502))
 
 
+HEALTH_ORDER = ("ok", "degraded", "unavailable")
+
+
+def line_name(connection: HTTPConnection) -> str:
+    """The line a request's path names; /api/v1/guest/... names none: the ``guest`` line."""
+    return str(connection.path_params.get("line", DEFAULT_LINE))
+
+
 async def _rejected(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Rejected)
     guest = getattr(request.app.state, "guestqueue", None)
-    if not exc.counted and guest is not None and guest.service is not None:
-        guest.service.stats.rejections[exc.code] += 1
+    lineup = guest.lineup if guest is not None else None
+    queue = lineup.queues.get(line_name(request)) if lineup is not None else None
+    if not exc.counted and queue is not None:
+        queue.service.stats.rejections[exc.code] += 1
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else {}
     if exc.close_connection:
         headers["Connection"] = "close"
@@ -405,7 +488,10 @@ def create_app(settings: Settings | None = None, *, workflow: Workflow | None = 
         return JSONResponse(links(API_PREFIX))
 
     app = Starlette(
-        routes=[Route("/", index), Mount(API_PREFIX, app=guest.app)],
+        routes=[
+            Route("/", index), Route(LINES_PREFIX, guest.list_lines), Mount(LINES_PREFIX, app=guest.lines_app),
+            Mount(API_PREFIX, app=guest.app),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=guest.lifespan,
     )

@@ -1,0 +1,77 @@
+"""A line's mode as it applies now, and what it lets through.
+
+Modes (as in Cloudflare's waiting room), each set on the line or by a scheduled window:
+
+- ``open``: guests join and start as the line's limits allow;
+- ``paused``: guests join and wait, nothing starts (maintenance of the upstream);
+- ``queue_all``: the same, and every waiting guest hears the line's message;
+- ``reject``: new guests get 503 ``line_closed`` with the message; those already
+  in line are still served.
+
+Admission by predicted wait: with ``max_predicted_wait_sec``, a guest whose
+estimated wait at the back of the line exceeds it gets 429 ``wait_too_long``
+with a Retry-After of the excess.
+
+Every instance reads its line's spec (kept in step through Redis by the
+catalog), and schedules are read against each instance's clock.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import LineClosed, WaitTooLong
+from .linespec import LineSpec
+
+HELD_MODES = ("paused", "queue_all")
+DEFAULT_MESSAGES = {
+    "reject": "This line is closed right now. Please come back later.",
+    "queue_all": "Everyone waits for now; the line will start moving soon.",
+    "paused": "The line is paused for a moment; you keep your place.",
+}
+
+
+class Gate:
+    def __init__(self, spec: LineSpec, *, clock: Callable[[], float] = time.time) -> None:
+        self.spec = spec
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"Gate(line={self.spec.name!r}, mode={self.mode()!r})"
+
+    def mode(self) -> str:
+        return self.spec.mode_at(self._clock())
+
+    def starts_allowed(self) -> bool:
+        return self.mode() not in HELD_MODES
+
+    def message(self, mode: str | None = None) -> str:
+        mode = mode or self.mode()
+        return self.spec.message or DEFAULT_MESSAGES.get(mode, "")
+
+    def notice(self) -> dict[str, Any]:
+        """What a waiting guest's ``queued`` events add while the line is not open."""
+        mode = self.mode()
+        if mode == "open":
+            return {}
+        return {"line_mode": mode, "message": self.message(mode)}
+
+    def check_open(self) -> None:
+        """Raise LineClosed while the mode is reject."""
+        if self.mode() == "reject":
+            raise LineClosed(self.message("reject"))
+
+    def check_wait(self, estimate_s: Callable[[], float]) -> None:
+        """Raise WaitTooLong when a newcomer's estimated wait exceeds ``max_predicted_wait_sec``."""
+        limit = self.spec.max_predicted_wait_s
+        if limit > 0 and self.mode() == "open":  # a held line has no estimate worth refusing on
+            estimate = estimate_s()
+            if estimate > limit:
+                raise WaitTooLong(
+                    f"The wait is about {math.ceil(estimate)} s, more than this line's {limit:g} s. "
+                    "Please try again later.",
+                    retry_after_s=max(1, math.ceil(estimate - limit)),
+                )

@@ -1,0 +1,295 @@
+"""Named lines: what each line is (its upstream, limits, pacing, mode, tiers).
+
+Lines are declared in a TOML file (``GUEST_CONFIG=guestqueue.toml``, read with
+``tomllib``), one ``[lines.NAME]`` table each, and/or created through the admin
+API, whose JSON body takes the same keys::
+
+    [lines.fast]
+    upstream_url = "http://fast-model:8080/chat"
+    upstream_interval_sec = 0
+    max_concurrent_requests = 8
+
+    [lines.slow]
+    upstream_url = "http://slow-model:8080/chat"
+    release_per_minute = 6
+    mode = "paused"
+    [[lines.slow.schedule]]
+    start = 2026-12-01T02:00:00Z
+    end = 2026-12-01T03:00:00Z
+    mode = "reject"
+
+A setting's key is its environment name without ``GUEST_``, in lower case
+(``upstream_interval_sec``); what a line does not set comes from the
+``GUEST_*`` settings. With no file there is one line, ``guest``, built from the
+``GUEST_*`` settings exactly as before lines existed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .config import ENV_NAMES, Settings, SettingsError, parse_value
+
+DEFAULT_LINE = "guest"
+MODES = ("open", "paused", "queue_all", "reject")
+LINE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+TIER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+MAX_MESSAGE_CHARS = 500
+DEFAULT_STARVATION_S = 120.0
+
+# The settings a line may set for itself; the rest (address, log, Redis, edge limits, keys)
+# belong to the process.
+LINE_SETTINGS = (
+    "upstream_url", "upstream_kind", "upstream_model", "upstream_api_key", "upstream_interval_s",
+    "upstream_retries", "upstream_allowed_parameters", "upstream_max_hold_s", "max_concurrent_requests",
+    "max_queue_size", "request_timeout_s", "max_wait_s", "cache_size", "cache_ttl_s", "max_per_client",
+    "max_query_chars", "history_size", "position_update_s", "reconnect_grace_s",
+)
+# A line's key (env name without GUEST_, lower case) -> the Settings field.
+SETTING_KEYS = {ENV_NAMES[name].removeprefix("GUEST_").lower(): name for name in LINE_SETTINGS}
+POLICY_KEYS = (
+    "mode", "message", "schedule", "max_predicted_wait_sec", "release_per_minute", "public", "tiers",
+    "default_tier", "max_starvation_sec", "application_id",
+)
+SECRET_KEYS = ("upstream_api_key",)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A scheduled mode: from ``start`` (inclusive) to ``end`` (exclusive), Unix seconds."""
+
+    start: float
+    end: float
+    mode: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"start": _iso(self.start), "end": _iso(self.end), "mode": self.mode}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LineSpec:
+    """One line: its settings (the process's, with the line's own on top) and its policy."""
+
+    name: str
+    settings: Settings
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # the line's own setting keys, as given
+    mode: str = "open"
+    message: str = ""  # shown to guests in queue_all and reject modes
+    schedule: tuple[Window, ...] = ()
+    max_predicted_wait_s: float = 0.0  # 0 = admit whatever the estimate
+    release_per_minute: int = 0  # starts in any 60 s window at most; 0 = only the interval paces
+    public: bool = True  # chat needs no key
+    tiers: tuple[str, ...] = ()  # highest first
+    default_tier: str = ""
+    max_starvation_s: float = DEFAULT_STARVATION_S
+    application_id: str | None = None
+
+    def mode_at(self, now: float) -> str:
+        """The mode at Unix time ``now``: the last scheduled window holding it, else ``mode``."""
+        for window in reversed(self.schedule):
+            if window.start <= now < window.end:
+                return window.mode
+        return self.mode
+
+    def tier_rank(self, tier: str | None) -> int:
+        """0 = the highest tier; an unknown or missing tier is the line's default."""
+        if not self.tiers:
+            return 0
+        if tier in self.tiers:
+            return self.tiers.index(tier)
+        return self.tiers.index(self.default_tier)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The line as the admin API shows it: keys as in the file, secrets never."""
+        out: dict[str, Any] = {"name": self.name}
+        for key, name in SETTING_KEYS.items():
+            value = getattr(self.settings, name)
+            out[key] = ("***" if value else "") if key in SECRET_KEYS else value
+        out.update({
+            "upstream_kind": self.settings.resolved_upstream_kind, "mode": self.mode, "message": self.message,
+            "schedule": [window.as_dict() for window in self.schedule],
+            "max_predicted_wait_sec": self.max_predicted_wait_s, "release_per_minute": self.release_per_minute,
+            "public": self.public, "tiers": list(self.tiers), "default_tier": self.default_tier,
+            "max_starvation_sec": self.max_starvation_s, "application_id": self.application_id,
+        })
+        return out
+
+    def stored(self) -> dict[str, Any]:
+        """What is kept (SQLite, Redis) to build the line again: the keys as given, secrets included."""
+        out: dict[str, Any] = dict(self.overrides)
+        out.update({
+            "mode": self.mode, "message": self.message, "schedule": [w.as_dict() for w in self.schedule],
+            "max_predicted_wait_sec": self.max_predicted_wait_s, "release_per_minute": self.release_per_minute,
+            "public": self.public, "tiers": list(self.tiers), "default_tier": self.default_tier,
+            "max_starvation_sec": self.max_starvation_s, "application_id": self.application_id,
+        })
+        return out
+
+
+def default_line(settings: Settings) -> LineSpec:
+    return LineSpec(name=DEFAULT_LINE, settings=settings)
+
+
+def parse_line(name: str, table: Mapping[str, Any], base: Settings, *, where: str) -> LineSpec:
+    """A line from its table (TOML) or JSON body; errors name ``where``, the key and the value."""
+    if not isinstance(name, str) or not LINE_NAME.fullmatch(name):
+        raise SettingsError(
+            f"{where}: line name {name!r}: use 1-64 lower-case letters, digits, '-' or '_' (starting with a "
+            "letter or digit)"
+        )
+    if not isinstance(table, Mapping):
+        raise SettingsError(f"{where}: must be a table of settings")
+    unknown = sorted(set(table) - set(SETTING_KEYS) - set(POLICY_KEYS))
+    if unknown:
+        raise SettingsError(
+            f"{where}: unknown key {unknown[0]!r}; a line takes {', '.join(sorted(SETTING_KEYS))}, "
+            f"{', '.join(POLICY_KEYS)}"
+        )
+    overrides = {key: value for key, value in table.items() if key in SETTING_KEYS}
+    values = {SETTING_KEYS[key]: _setting_value(key, value, where) for key, value in overrides.items()}
+    if "upstream_url" in values:
+        # The process's kind, model and key were for the process's URL: the key, above all, is
+        # never sent to another line's host.
+        for inherited in ("upstream_kind", "upstream_model", "upstream_api_key"):
+            values.setdefault(inherited, "auto" if inherited == "upstream_kind" else "")
+    try:
+        settings = dataclasses.replace(base, **values)
+    except SettingsError as exc:
+        raise SettingsError(f"{where}: {_as_key(str(exc))}") from None
+    policy = _policy(table, where)
+    return LineSpec(name=name, settings=settings, overrides=overrides, **policy)
+
+
+def load_lines(path: str, base: Settings) -> dict[str, LineSpec]:
+    """The lines of ``GUEST_CONFIG``'s file; without a file, the one line ``guest``."""
+    if not path:
+        return {DEFAULT_LINE: default_line(base)}
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        raise SettingsError(f"GUEST_CONFIG={path!r}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"GUEST_CONFIG={path!r}: not valid TOML: {exc}") from None
+    unknown = sorted(set(document) - {"lines"})
+    if unknown:
+        raise SettingsError(f"{path}: unknown table {unknown[0]!r}; lines go in [lines.NAME] tables")
+    tables = document.get("lines")
+    if not isinstance(tables, dict) or not tables:
+        raise SettingsError(f"{path}: declares no line; add one [lines.NAME] table per line")
+    return {name: parse_line(name, table, base, where=f"{path} [lines.{name}]") for name, table in tables.items()}
+
+
+def _setting_value(key: str, value: Any, where: str) -> Any:
+    name = SETTING_KEYS[key]
+    kind = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    if isinstance(value, bool) and kind not in (bool, "bool"):
+        raise SettingsError(f"{where}: {key}={value!r}: must be a {'whole ' if kind in (int, 'int') else ''}number")
+    if isinstance(value, (int, float)) and kind in (float, "float") and math.isfinite(value):
+        return float(value)
+    if isinstance(value, int) and kind in (int, "int"):
+        return value
+    if isinstance(value, str) and kind in (str, "str"):
+        return value
+    if isinstance(value, (str, int, float)):
+        try:
+            return parse_value(key, str(value), kind)
+        except SettingsError as exc:
+            raise SettingsError(f"{where}: {exc}") from None
+    raise SettingsError(f"{where}: {key}={value!r}: must be a {kind if isinstance(kind, str) else kind.__name__}")
+
+
+def _as_key(message: str) -> str:
+    """A Settings error names GUEST_UPSTREAM_URL; in a line's table the key is upstream_url."""
+    return re.sub(r"GUEST_([A-Z_]+)", lambda m: m.group(1).lower(), message)
+
+
+def _policy(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    mode = table.get("mode", "open")
+    if mode not in MODES:
+        raise SettingsError(f"{where}: mode={mode!r}: must be one of {', '.join(MODES)}")
+    out["mode"] = mode
+    message = table.get("message", "")
+    if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
+        raise SettingsError(f"{where}: message: must be a string of at most {MAX_MESSAGE_CHARS} characters")
+    out["message"] = message
+    windows = _list(table, "schedule", where)
+    out["schedule"] = tuple(_window(item, f"{where} schedule[{i}]") for i, item in enumerate(windows))
+    out["max_predicted_wait_s"] = _number(table, "max_predicted_wait_sec", where, 0.0)
+    rate = _number(table, "release_per_minute", where, 0)
+    if rate != int(rate):
+        raise SettingsError(f"{where}: release_per_minute={rate!r}: must be a whole number")
+    out["release_per_minute"] = int(rate)
+    public = table.get("public", True)
+    if not isinstance(public, bool):
+        raise SettingsError(f"{where}: public={public!r}: must be true or false")
+    out["public"] = public
+    tiers = tuple(_list(table, "tiers", where))
+    for tier in tiers:
+        if not isinstance(tier, str) or not TIER_NAME.fullmatch(tier):
+            raise SettingsError(f"{where}: tiers: {tier!r} is not a tier name (letters, digits, '-', '_')")
+    if len(set(tiers)) != len(tiers):
+        raise SettingsError(f"{where}: tiers: a tier is listed twice")
+    out["tiers"] = tiers
+    default_tier = table.get("default_tier", tiers[-1] if tiers else "")
+    if tiers and default_tier not in tiers:
+        raise SettingsError(f"{where}: default_tier={default_tier!r}: must be one of the tiers {list(tiers)}")
+    out["default_tier"] = default_tier if tiers else ""
+    starvation = _number(table, "max_starvation_sec", where, DEFAULT_STARVATION_S)
+    if starvation <= 0:
+        raise SettingsError(f"{where}: max_starvation_sec={starvation!r}: must be > 0")
+    out["max_starvation_s"] = float(starvation)
+    application = table.get("application_id")
+    if application is not None and not isinstance(application, str):
+        raise SettingsError(f"{where}: application_id={application!r}: must be a string")
+    out["application_id"] = application
+    return out
+
+
+def _list(table: Mapping[str, Any], key: str, where: str) -> Iterable[Any]:
+    value = table.get(key, [])
+    if not isinstance(value, list):
+        raise SettingsError(f"{where}: {key}: must be a list")
+    return value
+
+
+def _number(table: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{where}: {key}={value!r}: must be a number >= 0")
+    return value
+
+
+def _window(item: Any, where: str) -> Window:
+    if not isinstance(item, Mapping) or set(item) != {"start", "end", "mode"}:
+        raise SettingsError(f"{where}: a window is a table with start, end and mode")
+    start, end = _instant(item["start"], f"{where} start"), _instant(item["end"], f"{where} end")
+    if end <= start:
+        raise SettingsError(f"{where}: end must be after start")
+    if item["mode"] not in MODES:
+        raise SettingsError(f"{where}: mode={item['mode']!r}: must be one of {', '.join(MODES)}")
+    return Window(start, end, item["mode"])
+
+
+def _instant(value: Any, where: str) -> float:
+    """A TOML offset date-time, or the same as an ISO 8601 string (JSON); never a local time."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise SettingsError(f"{where}={value!r}: not an ISO 8601 date-time") from None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise SettingsError(f"{where}={value!r}: must be a date-time with its offset (2026-12-01T02:00:00Z)")
+    return value.timestamp()
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,105 @@
+"""The named lines this process serves, each one running queue (runtime.py).
+
+Lines open at start-up (from ``GUEST_CONFIG``, or the one ``guest`` line) and
+at run time (the admin API); each has an exit stack of its own, so one line can
+be closed (drained: its guests hear their terminal events) while the others
+run on. They share the process's HTTP client, Redis client, request log and
+metrics registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+
+import httpx
+import redis.asyncio as aioredis
+
+from .errors import UnknownLine
+from .linespec import DEFAULT_LINE, LineSpec
+from .metrics import Metrics
+from .runtime import Queue, open_queue
+from .store import RequestLog
+from .upstream import Workflow, make_upstream
+
+# Run for each line opened, with the line's own exit stack (e.g. the web layer's status monitor).
+OpenHook = Callable[[Queue, AsyncExitStack], Awaitable[None]]
+
+
+class Lineup:
+    def __init__(
+        self, *, client: httpx.AsyncClient, log: RequestLog | None, redis: aioredis.Redis | None = None,
+        workflow: Workflow | None = None,
+    ) -> None:
+        self._client = client
+        self._log = log
+        self._redis = redis
+        self._workflow = workflow  # GuestQueue(workflow=...): the guest line's upstream
+        self.metrics = Metrics(log)
+        self.queues: dict[str, Queue] = {}
+        self._stacks: dict[str, AsyncExitStack] = {}
+        self._lock = asyncio.Lock()  # one line opened or closed at a time
+        self.on_open: list[OpenHook] = []
+
+    def __repr__(self) -> str:
+        return f"Lineup(lines={sorted(self.queues)})"
+
+    def __iter__(self) -> Iterator[Queue]:
+        return iter(list(self.queues.values()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.queues
+
+    def get(self, name: str) -> Queue:
+        queue = self.queues.get(name)
+        if queue is None:
+            raise UnknownLine(f"There is no line named {name!r}.")
+        return queue
+
+    async def open(self, spec: LineSpec) -> Queue:
+        """Start ``spec``'s line (replacing nothing: close a line of the same name first)."""
+        async with self._lock:
+            if spec.name in self.queues:
+                raise ValueError(f"line {spec.name!r} is already open")
+            stack = AsyncExitStack()
+            try:
+                workflow = self._workflow if spec.name == DEFAULT_LINE else None
+                upstream = make_upstream(spec.settings, self._client, workflow)
+                queue = await open_queue(
+                    stack, spec.settings, upstream, self._log, spec=spec, redis=self._redis, metrics=self.metrics,
+                )
+                for hook in self.on_open:
+                    await hook(queue, stack)
+            except BaseException:
+                await stack.aclose()
+                raise
+            self.queues[spec.name], self._stacks[spec.name] = queue, stack
+            return queue
+
+    async def close(self, name: str) -> None:
+        """Drain and stop one line (its waiting guests hear ``shutdown``)."""
+        async with self._lock:
+            self.queues.pop(name, None)
+            stack = self._stacks.pop(name, None)
+        if stack is not None:
+            await stack.aclose()
+
+    def begin_shutdown(self) -> None:
+        for queue in self:
+            queue.service.begin_shutdown()
+
+    async def drain(self) -> None:
+        """Every line drains at once (each within its grace)."""
+        await asyncio.gather(*(queue.service.stop() for queue in self))
+
+    async def aclose(self) -> None:
+        """Close every line, the last opened first; errors are collected, the first re-raised."""
+        errors: list[BaseException] = []
+        for name in reversed(list(self._stacks)):
+            try:
+                await self.close(name)
+            except Exception as exc:  # the other lines still close
+                errors.append(exc)
+        if errors:
+            raise errors[0]
