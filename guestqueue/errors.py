@@ -9,6 +9,7 @@ Every rejection maps to exactly one HTTP status and one ``code`` string::
     │   ├── UnsupportedMediaType  415 unsupported_media_type
     │   ├── InvalidField          422 invalid_field
     │   ├── IdempotencyMismatch   422 idempotency_mismatch (a key reused for another question)
+    │   ├── Conflict              409 conflict        (the admin API: a line that exists, or comes from the file)
     │   ├── LineFull              429 queue_full      (with Retry-After)
     │   ├── WaitTooLong           429 wait_too_long   (the line's max_predicted_wait_sec; with Retry-After)
     │   ├── ClientLimit           429 client_limit    (with Retry-After)
@@ -72,6 +73,10 @@ class InvalidField(Rejected):
 
 class IdempotencyMismatch(Rejected):
     status_code, code = 422, "idempotency_mismatch"
+
+
+class Conflict(Rejected):
+    status_code, code = 409, "conflict"
 
 
 class LineFull(Rejected):

@@ -10,7 +10,8 @@ metrics registry.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
 
 import httpx
@@ -23,6 +24,8 @@ from .runtime import Queue, open_queue
 from .store import RequestLog
 from .upstream import Workflow, make_upstream
 
+logger = logging.getLogger("guestqueue.lineup")
+UPSTREAM_FIELDS = ("upstream_url", "upstream_kind", "upstream_model", "upstream_api_key", "upstream_allowed_parameters")
 # Run for each line opened, with the line's own exit stack (e.g. the web layer's status monitor).
 OpenHook = Callable[[Queue, AsyncExitStack], Awaitable[None]]
 
@@ -76,6 +79,23 @@ class Lineup:
                 raise
             self.queues[spec.name], self._stacks[spec.name] = queue, stack
             return queue
+
+    async def sync(self, specs: Mapping[str, LineSpec]) -> None:
+        """Make the open lines ``specs``: open the new, close the gone, apply the changed (at once,
+        keeping every waiting guest's place)."""
+        for name in [name for name in self.queues if name not in specs]:
+            await self.close(name)
+        for name, spec in specs.items():
+            queue = self.queues.get(name)
+            try:
+                if queue is None:
+                    await self.open(spec)
+                elif queue.spec != spec:
+                    new, old = spec.settings, queue.spec.settings
+                    changed = any(getattr(new, f) != getattr(old, f) for f in UPSTREAM_FIELDS)
+                    queue.apply(spec, make_upstream(new, self._client, None) if changed else None)
+            except Exception:  # one line that cannot open leaves the others running
+                logger.exception("line %s could not be opened or changed", name)
 
     async def close(self, name: str) -> None:
         """Drain and stop one line (its waiting guests hear ``shutdown``)."""

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .history import Stats
@@ -73,8 +73,23 @@ class Metrics:
             except KeyError:
                 pass
 
-    def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+    def render(self, line: str | None = None) -> tuple[bytes, str]:
+        """Every series, or (``line``) that line's only."""
+        registry: Any = self.registry if line is None else _OneLine(self.registry, line)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _OneLine:
+    """A registry's series of one line (what generate_latest needs: collect())."""
+
+    def __init__(self, registry: CollectorRegistry, line: str) -> None:
+        self._registry, self._line = registry, line
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            family.samples = [s for s in family.samples if s.labels.get("line") == self._line]
+            if family.samples:
+                yield family
 
 
 class LineMetrics:

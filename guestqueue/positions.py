@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from .config import Settings
@@ -39,12 +40,19 @@ class Positions:
         self.view = LineView({}, max_concurrent=settings.max_concurrent_requests)
         self._view_mono = time.monotonic()
         self.notice = notice
-        # Over many starts, a release rate paces like an interval of 60 s / rate.
-        interval_s = max(settings.upstream_interval_s, 60.0 / release_per_minute if release_per_minute else 0.0)
-        self.estimator = WaitEstimator(settings.max_concurrent_requests, interval_s, self._eta_snapshot)
+        self.estimator = WaitEstimator(
+            settings.max_concurrent_requests, _pace_s(settings, release_per_minute), self._eta_snapshot
+        )
         self._task: asyncio.Task[None] | None = None
         self.on_tick: list[Callable[[], None]] = []  # housekeeping run once per tick
         self.on_view: list[Callable[[], None]] = []  # run after each tick's view is taken
+
+    def reconfigure(self, settings: Settings, release_per_minute: int) -> None:
+        self._settings = settings
+        self.estimator.concurrency = settings.max_concurrent_requests
+        self.estimator.interval_s = _pace_s(settings, release_per_minute)
+        self.view = replace(self.view, max_concurrent=settings.max_concurrent_requests)
+        self.estimator.invalidate()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._tick(), name="guestqueue-positions")
@@ -122,3 +130,8 @@ class Positions:
             self.report(list(self._waiting.values()))
             for follow_up in self.on_view:
                 follow_up()
+
+
+def _pace_s(settings: Settings, release_per_minute: int) -> float:
+    """Over many starts, a release rate paces like an interval of 60 s / rate."""
+    return max(settings.upstream_interval_s, 60.0 / release_per_minute if release_per_minute else 0.0)

@@ -53,6 +53,21 @@ class Queue:
     views: QueueViews = field(init=False)
     _shared_stats: Stats | None = None  # every instance's totals, as of the last refresh()
 
+    def apply(self, spec: LineSpec, upstream: Upstream | None) -> None:
+        """The line's new spec (the admin API), at once: its mode and policy, limits, pacing and,
+        with ``upstream``, a new upstream for the calls that start from now on."""
+        service, settings = self.service, spec.settings
+        service.gate.spec = spec
+        service.settings = settings
+        service.positions.reconfigure(settings, spec.release_per_minute)
+        service.line.reconfigure(
+            max_size=settings.max_queue_size, max_concurrent=settings.max_concurrent_requests,
+            interval_s=settings.upstream_interval_s, release_per_minute=spec.release_per_minute,
+        )
+        if upstream is not None:
+            service.upstream_kind = upstream.kind
+        self.pool.reconfigure(settings, upstream or self.pool.upstream)
+
     async def refresh(self) -> None:
         """Read the line (and, shared, every instance's totals) for the next scrape."""
         await self.service.positions.refresh()

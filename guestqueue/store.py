@@ -112,6 +112,10 @@ CREATE TABLE IF NOT EXISTS instances (
 MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE requests ADD COLUMN instance_id TEXT",  # 1: rows carry their instance
     "ALTER TABLE requests ADD COLUMN line TEXT NOT NULL DEFAULT 'guest'",  # 2: ... and their line
+    # 3: the catalog (catalog.py): applications, API keys (hashes only), lines made at run time
+    "CREATE TABLE IF NOT EXISTS applications (id TEXT PRIMARY KEY, body TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY, application_id TEXT NOT NULL, body TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS lines (name TEXT PRIMARY KEY, body TEXT NOT NULL);",
 )
 ADD_COLUMN = re.compile(r"ALTER TABLE (?P<table>\w+) ADD COLUMN (?P<column>\w+)")
 

@@ -89,6 +89,17 @@ class WorkerPool:
         for number in range(self._settings.max_concurrent_requests):
             self._workers.append(asyncio.create_task(self._work(), name=f"guestqueue-worker-{number}"))
 
+    @property
+    def upstream(self) -> Upstream:
+        return self._upstream
+
+    def reconfigure(self, settings: Settings, upstream: Upstream) -> None:
+        """The line's settings or upstream changed: new calls use them; more slots get more workers
+        (fewer slots need no fewer: the line lets no more start)."""
+        self._settings, self._upstream = settings, upstream
+        for number in range(len(self._workers), settings.max_concurrent_requests):
+            self._workers.append(asyncio.create_task(self._work(), name=f"guestqueue-worker-{number}"))
+
     def drain(self) -> None:
         """Take no new flight (shutdown): idle workers stop, busy ones after their flight."""
         self._draining = True

@@ -414,7 +414,7 @@ async def test_status_history_lookups_and_metrics_answer_for_every_instance(
                 found = (await client.get(f"{base}/queue/request/{request_id}")).json()
                 assert found["status"] == "completed" and found["request_id"] == request_id, found
             metrics = (await client.get(f"{base}/metrics")).text
-            assert "guestqueue_admitted_requests_total 2.0" in metrics, metrics[:2000]
+            assert 'guestqueue_admitted_requests_total{line="guest"} 2.0' in metrics, metrics[:2000]
         missing = await client.get(f"{two[0]}/queue/request/{'0' * 32}")
         assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 

@@ -113,6 +113,10 @@ class Line(Protocol):
         """Stop background work; the line's state stays (for other instances)."""
         ...
 
+    def reconfigure(self, *, max_size: int, max_concurrent: int, interval_s: float, release_per_minute: int) -> None:
+        """The line's limits changed (the admin API): they hold from now on."""
+        ...
+
 
 class Pacer(Protocol):
     """The one limiter of upstream starts, shared by every instance of the line."""

@@ -82,6 +82,7 @@ class MemoryLine:
         self.limiter = PacingLimiter(interval_s, max_hold_s=max_hold_s, release_per_minute=release_per_minute)
         self.starts_allowed: Callable[[], bool] = lambda: True  # the line's mode (gate.py)
         self._slots = asyncio.Semaphore(max_concurrent)
+        self._retired: set[asyncio.Task[bool]] = set()  # slots taken out of use by a smaller max_concurrent
         self._running: dict[str, float] = {}  # flight id -> loop time it started
         self.on_moved = on_moved
         self._handoff = _Handoff()  # unbounded: admit() enforces the limit
@@ -146,7 +147,19 @@ class MemoryLine:
         return self.view_now()
 
     async def close(self) -> None:
-        return None
+        for task in self._retired:
+            task.cancel()
+
+    def reconfigure(self, *, max_size: int, max_concurrent: int, interval_s: float, release_per_minute: int) -> None:
+        """New limits, at once (the admin API): running calls finish, waiting flights keep their places."""
+        self.max_size, self.interval_s = max_size, interval_s
+        self.limiter.interval_s, self.limiter.release_per_minute = interval_s, release_per_minute
+        change, self.max_concurrent = max_concurrent - self.max_concurrent, max_concurrent
+        for _ in range(change):
+            self._slots.release()
+        for _ in range(-change):  # a slot retired as soon as it is free (and kept)
+            task = asyncio.ensure_future(self._slots.acquire())
+            self._retired.add(task)
 
     # -- Pacer ---------------------------------------------------------------------
 

@@ -404,6 +404,11 @@ class RedisLine:
         )
         return self._last_view
 
+    def reconfigure(self, *, max_size: int, max_concurrent: int, interval_s: float, release_per_minute: int) -> None:
+        """New limits, at once: every instance applies the line's new spec within a second."""
+        self.max_size, self.max_concurrent = max_size, max_concurrent
+        self.interval_ms, self.release_per_minute = round(interval_s * 1000), release_per_minute
+
     def peek(self) -> LineView:
         return self._last_view
 

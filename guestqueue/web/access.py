@@ -14,6 +14,12 @@ behind nginx every peer is 127.0.0.1, so a forwarding header from a peer that is
 not in ``GUEST_TRUSTED_PROXIES`` makes the caller remote, and with a trusted proxy
 the forwarded address decides. :class:`PeerRecorder` keeps the TCP peer in
 ``scope["state"]`` before uvicorn's ProxyHeadersMiddleware replaces ``scope["client"]``.
+
+Named lines and the admin API (catalog.py) add API keys of applications, sent as
+``X-API-Key`` or ``Authorization: Bearer``: :meth:`Access.principal` says who is
+asking, :meth:`Access.require` whether they may do something on a line. The
+admin key (``GUEST_ADMIN_API_KEY``) is the super admin; without one, a local
+caller is (as for the operator's views).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from cachetools import TTLCache
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..catalog import ANONYMOUS, SUPER_ADMIN, Catalog, Principal
 from ..config import Settings
 from ..errors import Forbidden, TooManyAttempts, Unauthorized
 from .admission import client_key
@@ -101,6 +108,38 @@ class Access:
             self.throttle.failed(client)
             raise Forbidden("The X-API-Key is not valid.")
 
+    def principal(self, request: HTTPConnection, catalog: Catalog) -> Principal:
+        """Who sends this request: the super admin, an application's key, or nobody (no key; a
+        local caller is the super admin while no admin key is set). A key that is not valid is
+        refused (403), and counted by the throttle."""
+        given = given_key(request)
+        if given is None:
+            return SUPER_ADMIN if not self.admin_key and self.is_local(request) else ANONYMOUS
+        client = client_key(request)
+        self.throttle.check(client)
+        # Both checks always run, each in constant time: a wrong key costs what a right one does.
+        is_admin = bool(self.admin_key) and hmac.compare_digest(given.encode("latin-1"), self.admin_key)
+        found = catalog.principal(given)
+        if is_admin:
+            return SUPER_ADMIN
+        if found is None:
+            self.throttle.failed(client)
+            raise Forbidden("The API key is not valid (or was revoked).")
+        return found
+
+    def require(self, request: HTTPConnection, catalog: Catalog, permission: str, line: str,
+                owner: str | None) -> Principal:
+        """The caller, if it may do ``permission`` on ``line`` (of application ``owner``); else
+        401 (no key) or 403."""
+        principal = self.principal(request, catalog)
+        if principal.may(permission, line, owner):
+            return principal
+        if principal.role == "anonymous":
+            raise Unauthorized(
+                f"This needs an API key with {permission} on line {line!r} (X-API-Key or Authorization: Bearer)."
+            )
+        raise Forbidden(f"This API key does not have {permission} on line {line!r}.")
+
     def is_local(self, request: HTTPConnection) -> bool:
         state: dict[str, Any] = request.scope.get("state") or {}
         peer = state.get("peer", request.scope.get("client"))
@@ -123,6 +162,16 @@ class Access:
         except ValueError:
             return False
         return any(address in network for network in self.trusted)
+
+
+def given_key(request: HTTPConnection) -> str | None:
+    """The key sent as X-API-Key, or as ``Authorization: Bearer KEY``."""
+    key = request.headers.get("x-api-key")
+    if key is None:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            key = credentials.strip()
+    return key
 
 
 def _networks(raw: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | str:

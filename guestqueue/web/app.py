@@ -21,6 +21,7 @@ and the process-wide views (health and metrics of every line, the pages).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -35,9 +36,11 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from ..config import Settings
+from ..catalog import Catalog, Principal
+from ..catalogstore import CatalogStore
+from ..config import Settings, SettingsError
 from ..errors import NotFound, Rejected, ShuttingDown, StartupError
-from ..linespec import DEFAULT_LINE, load_lines
+from ..linespec import DEFAULT_LINE, LineSpec, load_lines, parse_line
 from ..lineup import Lineup
 from ..runtime import Queue, open_redis
 from ..service import QueueService
@@ -45,6 +48,7 @@ from ..store import LogUnavailable, RequestLog
 from ..tickets import Status, Ticket
 from ..upstream import Workflow, make_http_client
 from .access import Access, PeerRecorder
+from .admin import AdminApi
 from .admission import client_key, read_chat_request
 from .monitor import StatusMonitor
 from .pages import page_routes
@@ -53,6 +57,8 @@ from .websocket import serve_websocket
 
 API_PREFIX = "/api/v1/guest"
 LINES_PREFIX = "/api/v1/lines"
+ADMIN_PREFIX = "/api/v1/admin"
+logger = logging.getLogger("guestqueue.web")
 
 
 class GuestQueue:
@@ -74,11 +80,19 @@ class GuestQueue:
         )
         self.app.state.guestqueue = self
         self.lines_app = Starlette(
-            routes=[Route("/", self.list_lines, methods=["GET"]), Mount("/{line}", routes=self._line_routes())],
+            routes=[
+                Route("/", self.list_lines, methods=["GET"]),
+                Mount("/{line}", routes=[*self._line_routes(), Route("/metrics", self.line_metrics, methods=["GET"])]),
+            ],
             middleware=self._middleware(),
             exception_handlers=EXCEPTION_HANDLERS,
         )
         self.lines_app.state.guestqueue = self
+        self.store: CatalogStore | None = None
+        self.admin = AdminApi(self.settings, self.access, self.specs, self._sync_lines)
+        self.admin_app = Starlette(
+            routes=self.admin.routes(), middleware=self._middleware(), exception_handlers=EXCEPTION_HANDLERS,
+        )
 
     def __repr__(self) -> str:
         return f"GuestQueue(lineup={self.lineup!r})"
@@ -111,12 +125,17 @@ class GuestQueue:
             if settings.redis_url:
                 redis = open_redis(settings, lines=len(self.specs))
                 stack.push_async_callback(redis.aclose)
+            store = CatalogStore(Catalog(), db_path=settings.db_path, redis=redis, prefix=settings.redis_prefix)
+            await store.open()
+            stack.push_async_callback(store.close)
             lineup = Lineup(client=client, log=log, redis=redis, workflow=self.workflow)
             lineup.on_open.append(self._start_monitor)
             stack.push_async_callback(lineup.aclose)
-            for spec in self.specs.values():
+            for spec in self._desired(store.catalog).values():
                 await lineup.open(spec)
-            self.lineup = lineup
+            self.lineup, self.store = lineup, store
+            self.admin.lineup, self.admin.store = lineup, store
+            store.on_change.append(self._sync_lines)
             self._loop = asyncio.get_running_loop()
             stack.callback(self._forget)
             yield
@@ -145,7 +164,27 @@ class GuestQueue:
         return log
 
     def _forget(self) -> None:
-        self.lineup = None
+        self.lineup = self.store = self.admin.lineup = self.admin.store = None
+
+    def _desired(self, catalog: Catalog) -> dict[str, LineSpec]:
+        """The lines there should be: the file's, with the catalog's (made or changed at run time) on top."""
+        specs = dict(self.specs)
+        for name, stored in catalog.lines.items():
+            try:
+                specs[name] = parse_line(name, stored, self.settings, where=f"stored line {name!r}")
+            except SettingsError as exc:  # e.g. stored under other GUEST_* settings: the rest still run
+                logger.error("%s; the line is not served", exc)
+        return specs
+
+    async def _sync_lines(self) -> None:
+        if self.lineup is not None and self.store is not None:
+            await self.lineup.sync(self._desired(self.store.catalog))
+
+    @property
+    def catalog(self) -> Catalog:
+        if self.store is None:
+            raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
+        return self.store.catalog
 
     async def drain(self) -> None:
         """Begin a graceful shutdown (see :meth:`request_shutdown`) and wait until it is over:
@@ -217,13 +256,32 @@ class GuestQueue:
     def _service(self, request: HTTPConnection) -> QueueService:
         return self._queue(request).service
 
+    def _require(self, request: HTTPConnection, permission: str) -> Principal:
+        """The caller, if it may do ``permission`` on the request's line. Without a key, the
+        operator's rule (the admin key, or a local caller while none is set) answers as before lines."""
+        spec = self._queue(request).spec
+        principal = self.access.principal(request, self.catalog)
+        if principal.may(permission, spec.name, spec.application_id):
+            return principal
+        if principal.role == "anonymous":
+            self.access.require_operator(request)  # raises: 401 (no key) or 403 (not local)
+        return self.access.require(request, self.catalog, permission, spec.name, spec.application_id)
+
     def _require_status_reader(self, request: Request) -> None:
-        if not self.settings.public_status:
-            self.access.require_operator(request)
+        if not (self.settings.public_status and self._queue(request).spec.public):
+            self._require(request, "READ")
+
+    def _asker(self, request: HTTPConnection) -> Principal:
+        """Who asks: anyone on a public line (a key, if sent, must be valid: it gives the tier),
+        WRITE on the others."""
+        if self._queue(request).spec.public:
+            return self.access.principal(request, self.catalog)
+        return self._require(request, "WRITE")
 
     async def _admit(self, request: Request) -> tuple[Ticket, bool]:
         """The admitted ticket, and whether it is one this client had already sent (Idempotency-Key)."""
         service = self._service(request)
+        self._asker(request)
         body = await read_chat_request(request, service.settings, upstream_kind=service.upstream_kind)
         client = client_key(request)
         known = service.registry.by_key(client, body.idempotency_key) if body.idempotency_key else None
@@ -256,6 +314,11 @@ class GuestQueue:
 
     async def chat_cancel(self, request: Request) -> Response:
         service = self._service(request)
+        if not self._queue(request).spec.public:  # on a public line the request's id is permission enough
+            principal = self._asker(request)
+            spec = self._queue(request).spec
+            if not principal.may("DELETE", spec.name, spec.application_id):
+                self._require(request, "WRITE")
         ticket = await service.find(request.path_params["request_id"])  # held here or elsewhere
         if ticket is None:
             raise NotFound("No request with that id (it may have expired).")
@@ -304,6 +367,11 @@ class GuestQueue:
             await websocket.close(1013 if self.lineup is None else 1008,
                                   reason="shutting_down" if self.lineup is None else "unknown_line")
             return
+        try:
+            self._asker(websocket)
+        except Rejected as exc:
+            await websocket.close(1008, reason=exc.code)
+            return
         await serve_websocket(websocket, queue.service)
 
     # -- status --------------------------------------------------------------------
@@ -312,9 +380,14 @@ class GuestQueue:
         return JSONResponse(links(request.scope.get("root_path", "")))
 
     async def list_lines(self, request: Request) -> Response:
-        """``GET /api/v1/lines``: the lines, with their mode and size."""
+        """``GET /api/v1/lines``: the lines the caller may see (the public ones, and those its key
+        has a permission on), with their mode and size."""
+        principal = self.access.principal(request, self.catalog)
         lines = []
-        for queue in self._lineup:
+        for queue in sorted(self._lineup, key=lambda queue: queue.name):
+            spec = queue.spec
+            if not (spec.public or principal.granted(spec.name, spec.application_id)):
+                continue
             view = queue.service.line.peek()
             lines.append({
                 "name": queue.name, "mode": queue.service.gate.mode(), "public": queue.spec.public,
@@ -349,8 +422,16 @@ class GuestQueue:
         return JSONResponse(found)
 
     async def queue_history(self, request: Request) -> Response:
-        self.access.require_operator(request)  # it lists request ids: operators only
+        self._require(request, "READ")  # it lists request ids: operators and READ keys only
         return JSONResponse(await self._queue(request).views.history())
+
+    async def line_metrics(self, request: Request) -> Response:
+        """One line's metrics (READ)."""
+        self._require(request, "READ")
+        queue = self._queue(request)
+        await queue.refresh()
+        body, content_type = self._lineup.metrics.render(queue.name)
+        return Response(body, media_type=content_type)
 
     async def metrics(self, request: Request) -> Response:
         """Every line's metrics (labelled ``line``) and the request log's."""
@@ -490,7 +571,7 @@ def create_app(settings: Settings | None = None, *, workflow: Workflow | None = 
     app = Starlette(
         routes=[
             Route("/", index), Route(LINES_PREFIX, guest.list_lines), Mount(LINES_PREFIX, app=guest.lines_app),
-            Mount(API_PREFIX, app=guest.app),
+            Mount(ADMIN_PREFIX, app=guest.admin_app), Mount(API_PREFIX, app=guest.app),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=guest.lifespan,

@@ -1,0 +1,162 @@
+"""The admin API: applications, keys and their permissions, lines changed while running."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .conftest import MockUpstream, Running, serve, stream_events, wait_until
+
+ADMIN = {"X-API-Key": "the-super-admin-key-0123456789"}
+
+
+@asynccontextmanager
+async def admin_server(tmp_path: Path, upstream: MockUpstream, **overrides: Any) -> AsyncIterator[tuple[Running, str]]:
+    """guestqueue with an admin key and a request log; yields it and the /api/v1 URL."""
+    settings: dict[str, Any] = {
+        "admin_api_key": ADMIN["X-API-Key"], "db_path": str(tmp_path / "guestqueue.db"),
+        "upstream_url": upstream.url(chunks=1), **overrides,
+    }
+    async with serve(**settings) as running:
+        yield running, running.base.removesuffix("/guest")
+
+
+async def _application(client: httpx.AsyncClient, api: str, name: str) -> str:
+    created = await client.post(f"{api}/admin/applications", json={"name": name}, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+async def _key(client: httpx.AsyncClient, api: str, app: str, **body: Any) -> str:
+    made = await client.post(f"{api}/admin/applications/{app}/keys", json=body, headers=ADMIN)
+    assert made.status_code == 201, made.text
+    return str(made.json()["key"])
+
+
+async def _line(client: httpx.AsyncClient, api: str, **body: Any) -> dict[str, Any]:
+    made = await client.post(f"{api}/admin/lines", json=body, headers=ADMIN)
+    assert made.status_code == 201, made.text
+    return dict(made.json())
+
+
+async def test_a_key_with_write_on_one_line_is_refused_on_another(tmp_path: Path, upstream: MockUpstream) -> None:
+    async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
+        app = await _application(client, api, "chatbots")
+        for name in ("alpha", "beta"):
+            await _line(client, api, name=name, application_id=app, public=False, upstream_url=upstream.url(chunks=1))
+        key = await _key(client, api, app, permissions={"alpha": ["WRITE"]})
+        asked = await client.post(f"{api}/lines/alpha/chat/simple", json={"query": "hi"}, headers={"X-API-Key": key})
+        assert asked.status_code == 200 and asked.json()["answer"]
+        bearer = {"Authorization": f"Bearer {key}"}
+        assert (await client.post(f"{api}/lines/alpha/chat/simple", json={"query": "hi"}, headers=bearer)
+                ).status_code == 200, "the key works as a bearer token too"
+        refused = await client.post(f"{api}/lines/beta/chat/simple", json={"query": "hi"}, headers={"X-API-Key": key})
+        assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+        nobody = await client.post(f"{api}/lines/alpha/chat/simple", json={"query": "hi"})
+        assert nobody.status_code == 401 and nobody.json()["code"] == "unauthorized"
+        assert (await client.get(f"{api}/lines/alpha/queue/history", headers={"X-API-Key": key})
+                ).status_code == 403, "WRITE is not READ"
+        me = (await client.get(f"{api}/admin/auth/me", headers={"X-API-Key": key})).json()
+        assert me["role"] == "member" and me["application"]["id"] == app and "secret_hash" not in me["key"]
+        assert (await client.get(f"{api}/admin/auth/permissions/alpha", headers={"X-API-Key": key})
+                ).json() == {"line": "alpha", "permissions": ["WRITE"]}
+        listed = (await client.get(f"{api}/lines", headers={"X-API-Key": key})).json()["lines"]
+        assert [line["name"] for line in listed] == ["alpha", "guest"], "its own line and the public ones"
+
+
+async def test_a_key_is_shown_once_stored_as_a_hash_and_revoked_at_once(tmp_path: Path, upstream: MockUpstream) -> None:
+    async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
+        app = await _application(client, api, "app")
+        await _line(client, api, name="private", application_id=app, public=False)
+        made = await client.post(f"{api}/admin/applications/{app}/keys", json={"permissions": {"*": ["READ"]}},
+                                 headers=ADMIN)
+        key, key_id = made.json()["key"], made.json()["id"]
+        listed = (await client.get(f"{api}/admin/applications/{app}/keys", headers=ADMIN)).text
+        secret = key.rsplit("_", 1)[1]
+        assert secret not in listed and key_id in listed
+        reader = {"X-API-Key": key}
+        assert (await client.get(f"{api}/lines/private/queue/status", headers=reader)).status_code == 200
+        revoked = await client.delete(f"{api}/admin/applications/{app}/keys/{key_id}", headers=ADMIN)
+        assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+        after = await client.get(f"{api}/lines/private/queue/status", headers=reader)
+        assert after.status_code == 403
+    stored = (tmp_path / "guestqueue.db").read_bytes()
+    assert secret.encode() not in stored and key_id.encode() in stored
+
+
+async def test_an_application_admin_manages_its_own_application_only(tmp_path: Path, upstream: MockUpstream) -> None:
+    async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
+        mine, theirs = await _application(client, api, "mine"), await _application(client, api, "theirs")
+        admin = {"X-API-Key": await _key(client, api, mine, role="admin")}
+        assert [a["id"] for a in (await client.get(f"{api}/admin/applications", headers=admin)).json()
+                ["applications"]] == [mine]
+        assert (await client.get(f"{api}/admin/applications/{theirs}", headers=admin)).status_code == 404
+        assert (await client.post(f"{api}/admin/lines", json={"name": "x", "application_id": theirs},
+                                  headers=admin)).status_code == 403
+        made = await client.post(f"{api}/admin/lines", json={"name": "ours", "application_id": mine}, headers=admin)
+        assert made.status_code == 201
+        assert (await client.post(f"{api}/admin/applications/{mine}/keys", json={}, headers=admin)).status_code == 201
+        assert (await client.post(f"{api}/admin/applications", json={"name": "n"}, headers=admin)).status_code == 403
+        assert (await client.put(f"{api}/admin/lines/guest", json={"mode": "paused"}, headers=admin)
+                ).status_code == 403, "the deployment's own line is the super admin's"
+        # Deleting an application stops its keys at once.
+        assert (await client.delete(f"{api}/admin/applications/{mine}", headers=ADMIN)).status_code == 200
+        assert (await client.get(f"{api}/admin/auth/me", headers=admin)).status_code == 403
+        assert (await client.get(f"{api}/lines/ours/queue/status")).status_code == 404, "its lines closed"
+
+
+async def test_a_line_paused_and_opened_through_the_api_keeps_its_order(
+    tmp_path: Path, upstream: MockUpstream,
+) -> None:
+    url, tag = upstream.tagged(chunks=1)
+    async with admin_server(tmp_path, upstream) as (running, api), httpx.AsyncClient(timeout=30) as client:
+        await _line(client, api, name="m", upstream_url=url)
+        paused = await client.put(f"{api}/admin/lines/m", json={"mode": "paused"}, headers=ADMIN)
+        assert paused.status_code == 200 and paused.json()["mode"] == "paused"
+        assert running.guest.lineup is not None
+        service = running.guest.lineup.get("m").service
+        guests = []
+        for n in range(3):
+            guests.append(asyncio.create_task(stream_events(client, f"{api}/lines/m/chat", json={"query": f"q{n}"})))
+            await wait_until(lambda n=n: service.line.peek().size == n + 1)
+        await asyncio.sleep(0.8)
+        assert await upstream.acalls(tag) == []
+        assert (await client.put(f"{api}/admin/lines/m", json={"mode": "open"}, headers=ADMIN)).status_code == 200
+        results = await asyncio.gather(*guests)
+        assert [call["body"]["query"] for call in await upstream.acalls(tag)] == ["q0", "q1", "q2"]
+        assert all(events[-1].name == "workflow_complete" for events in results)
+
+
+async def test_lines_and_keys_outlive_a_restart(tmp_path: Path, upstream: MockUpstream) -> None:
+    async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
+        app = await _application(client, api, "kept")
+        await _line(client, api, name="kept", application_id=app, public=False, max_queue_size=7)
+        key = await _key(client, api, app, permissions={"kept": ["WRITE", "READ"]})
+    async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
+        status = await client.get(f"{api}/lines/kept/queue/status", headers={"X-API-Key": key})
+        assert status.status_code == 200 and status.json()["max_queue_size"] == 7
+
+
+async def test_bad_admin_requests_get_clear_errors(tmp_path: Path, upstream: MockUpstream) -> None:
+    async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
+        cases = [
+            (client.post(f"{api}/admin/applications", json={"name": "x"}), 401, "unauthorized"),
+            (client.post(f"{api}/admin/applications", json={"name": ""}, headers=ADMIN), 422, "invalid_field"),
+            (client.post(f"{api}/admin/applications", content=b"{", headers=ADMIN), 400, "invalid_json"),
+            (client.post(f"{api}/admin/lines", json={"name": "Bad Name"}, headers=ADMIN), 422, "invalid_field"),
+            (client.post(f"{api}/admin/lines", json={"name": "guest"}, headers=ADMIN), 409, "conflict"),
+            (client.post(f"{api}/admin/lines", json={"name": "z", "mode": "shut"}, headers=ADMIN), 422,
+             "invalid_field"),
+            (client.put(f"{api}/admin/lines/nope", json={}, headers=ADMIN), 404, "not_found"),
+            (client.get(f"{api}/admin/auth/me", headers={"X-API-Key": "gq_nope_nope"}), 403, "forbidden"),
+        ]
+        for call, status, code in cases:
+            answer = await call
+            assert (answer.status_code, answer.json()["code"]) == (status, code), answer.text
+        schema = (await client.get(f"{api}/admin/openapi.json")).json()
+        assert "/applications/{app_id}/keys" in schema["paths"] and "post" in schema["paths"]["/lines"]
