@@ -105,7 +105,7 @@ class CatalogStore:
                     else:
                         pipe.hset(f"{self._key}:{kind}", ident, body)
                     pipe.incr(f"{self._key}:version")
-                    _, _, version = await pipe.execute()
+                    _, version = await pipe.execute()
                 self._version = str(version).encode()
         await self._changed()
 

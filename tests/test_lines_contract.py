@@ -221,3 +221,44 @@ async def test_a_worker_cancelled_while_waiting_loses_no_flight_and_no_turn(make
         await starts.until(1, timeout_s=5)
         await starts.stop()
         assert starts.order() == [late.id], "the flight the cancelled worker was about to take still starts"
+
+
+async def test_the_release_rate_caps_the_starts_of_any_minute(make_line: MakeLine) -> None:
+    async with make_line(max_size=20, max_concurrent=4, interval_s=0, release_per_minute=3) as line:
+        for flight in flights(5):
+            await line.admit(flight)
+        starts = Starts(line, workers=4)
+        await starts.until(3)
+        await asyncio.sleep(0.5)
+        assert len(starts.started) == 3, "a fourth start within the minute"
+        view = await line.view()
+        assert 58 < view.next_start_s <= 60, "the view says when the oldest start ages out (for the ETA)"
+        await starts.stop()
+
+
+async def test_nothing_starts_while_the_line_is_held_and_order_is_kept(make_line: MakeLine) -> None:
+    async with make_line(max_size=20, max_concurrent=2, interval_s=0) as line:
+        held = True
+        line.starts_allowed = lambda: not held
+        waiting = flights(4)
+        for flight in waiting:
+            await line.admit(flight)
+        starts = Starts(line, workers=2, hold_s=0.01)
+        await asyncio.sleep(0.8)
+        assert starts.started == [] and (await line.view()).size == 4
+        held = False
+        await starts.until(4)
+        await starts.stop()
+        assert starts.order() == [f.id for f in waiting]
+
+
+async def test_new_limits_hold_at_once(make_line: MakeLine) -> None:
+    async with make_line(max_size=20, max_concurrent=1, interval_s=0) as line:
+        for flight in flights(6):
+            await line.admit(flight)
+        starts = Starts(line, workers=3, hold_s=0.3)
+        await starts.until(1)
+        line.reconfigure(max_size=20, max_concurrent=3, interval_s=0, release_per_minute=0)
+        await starts.until(6)
+        assert starts.most_running == 3
+        await starts.stop()
