@@ -63,6 +63,7 @@ class Queue:
         service.line.reconfigure(
             max_size=settings.max_queue_size, max_concurrent=settings.max_concurrent_requests,
             interval_s=settings.upstream_interval_s, release_per_minute=spec.release_per_minute,
+            max_starvation_s=spec.max_starvation_s,
         )
         if upstream is not None:
             service.upstream_kind = upstream.kind
@@ -118,7 +119,7 @@ async def open_queue(
     line = MemoryLine(
         max_size=settings.max_queue_size, max_concurrent=settings.max_concurrent_requests,
         interval_s=settings.upstream_interval_s, max_hold_s=settings.upstream_max_hold_s,
-        release_per_minute=spec.release_per_minute,
+        release_per_minute=spec.release_per_minute, max_starvation_s=spec.max_starvation_s,
     )
     line.starts_allowed = gate.starts_allowed
     service = QueueService(settings, line, line, upstream_kind=upstream.kind, gate=gate)
@@ -154,7 +155,7 @@ async def _open_shared(
         redis, prefix=redis_prefix(settings, spec.name), instance_id=instance_id, max_size=settings.max_queue_size,
         max_concurrent=settings.max_concurrent_requests, interval_s=settings.upstream_interval_s,
         max_hold_s=settings.upstream_max_hold_s, instance_ttl_s=settings.instance_ttl_s,
-        release_per_minute=spec.release_per_minute,
+        release_per_minute=spec.release_per_minute, max_starvation_s=spec.max_starvation_s,
     )
     line.starts_allowed = gate.starts_allowed
     await line.register({"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time()})

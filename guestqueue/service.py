@@ -185,9 +185,10 @@ class QueueService:
 
     async def submit(
         self, query: str, *, client: str, parameters: dict[str, Any] | None = None, session_id: str | None = None,
-        idempotency_key: str | None = None,
+        idempotency_key: str | None = None, tier: str | None = None,
     ) -> Ticket:
-        """Admit a request, or raise a :class:`~guestqueue.errors.Rejected`.
+        """Admit a request, or raise a :class:`~guestqueue.errors.Rejected`. ``tier``: the asker's
+        priority tier (its API key's); none, or one the line does not have, is the line's default.
 
         With an ``idempotency_key`` this client already used for a request that is live or still
         replayable, that same request is returned (nothing is admitted, nothing called upstream).
@@ -200,7 +201,7 @@ class QueueService:
                 )
             return known
         try:
-            ticket = await self._submit(query, client, parameters, session_id, idempotency_key, request_id)
+            ticket = await self._submit(query, client, parameters, session_id, idempotency_key, request_id, tier)
             if self.places is not None:
                 await self.settled()  # its record is in Redis before the guest hears of it
             return ticket
@@ -224,7 +225,7 @@ class QueueService:
 
     async def _submit(
         self, query: str, client: str, parameters: dict[str, Any] | None, session_id: str | None,
-        idempotency_key: str | None, request_id: str,
+        idempotency_key: str | None, request_id: str, tier: str | None,
     ) -> Ticket:
         if not self.accepting:
             self._reject(client, query, ShuttingDown("The service is restarting. Please try again shortly."))
@@ -241,7 +242,7 @@ class QueueService:
                 retry_after_s=self._retry_after_s(1),
             ))
         try:
-            return await self._admit(query, client, parameters, session_id, idempotency_key, request_id)
+            return await self._admit(query, client, parameters, session_id, idempotency_key, request_id, tier)
         except Rejected:
             if self.places is not None:  # the client's count taken above was not used
                 self._background(self.places.give_back_client_slot(client))
@@ -256,7 +257,7 @@ class QueueService:
 
     async def _admit(
         self, query: str, client: str, parameters: dict[str, Any] | None, session_id: str | None,
-        idempotency_key: str | None, request_id: str,
+        idempotency_key: str | None, request_id: str, tier: str | None,
     ) -> Ticket:
         ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key, id=request_id)
         # Same question, parameters and session (or none): never another session's answer.
@@ -269,6 +270,7 @@ class QueueService:
         flight = self.inflight.get(key) if key is not None else None
         if flight is None:
             flight = Flight(key, [ticket], WorkflowRequest(ticket.id, query, ticket.parameters, session_id))
+            flight.rank = self.gate.spec.tier_rank(tier)
             try:
                 # Only a question that needs a call of its own waits: a cached or shared answer does not.
                 self.gate.check_wait(self._newcomer_wait_s)

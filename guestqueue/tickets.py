@@ -158,6 +158,8 @@ class Flight:
     started_mono: float | None = None
     finished: bool = False
     back_in_line: bool = False  # its call stopped before saying anything: it goes back to the front
+    rank: int = 0  # its priority tier: 0 = the highest (linespec.LineSpec.tier_rank)
+    order: tuple[int, int] = (0, 0)  # the memory line's sort key: (rank, number)
     answer_parts: list[str] = field(default_factory=list)
     suggested_questions: list[str] = field(default_factory=list)
     job: asyncio.Task[None] | None = None

@@ -262,3 +262,41 @@ async def test_new_limits_hold_at_once(make_line: MakeLine) -> None:
         await starts.until(6)
         assert starts.most_running == 3
         await starts.stop()
+
+
+def tiered(*ranks: int) -> list[Flight]:
+    out = flights(len(ranks))
+    for flight, rank in zip(out, ranks, strict=True):
+        flight.rank = rank
+    return out
+
+
+async def test_higher_tiers_start_first_fifo_within_a_tier_and_positions_say_so(make_line: MakeLine) -> None:
+    async with make_line(max_size=20, max_concurrent=1, interval_s=0) as line:
+        free1, free2, paid1, paid2 = tiered(1, 1, 0, 0)
+        for flight in (free1, free2, paid1, paid2):
+            await line.admit(flight)
+        view = await line.view()
+        assert [view.position(f.id) for f in (paid1, paid2, free1, free2)] == [1, 2, 3, 4]
+        starts = Starts(line, workers=1, hold_s=0.01)
+        await starts.until(4)
+        await starts.stop()
+        assert starts.order() == [paid1.id, paid2.id, free1.id, free2.id]
+
+
+async def test_a_lower_tier_flight_that_waited_long_enough_goes_before_newer_higher_tiers(
+    make_line: MakeLine,
+) -> None:
+    async with make_line(max_size=20, max_concurrent=1, interval_s=0, max_starvation_s=0.5) as line:
+        free, paid_soon, paid_later = tiered(1, 0, 0)
+        await line.admit(free)
+        await line.admit(paid_soon)
+        assert (await line.view()).position(free.id) == 2, "passed by a newer higher tier, for now"
+        await asyncio.sleep(0.6)
+        await line.admit(paid_later)
+        view = await line.view()
+        assert [view.position(f.id) for f in (free, paid_soon, paid_later)] == [1, 2, 3]
+        starts = Starts(line, workers=1, hold_s=0.01)
+        await starts.until(3)
+        await starts.stop()
+        assert starts.order() == [free.id, paid_soon.id, paid_later.id]

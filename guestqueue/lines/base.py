@@ -11,7 +11,9 @@ Redis, shared by every instance.
 Both implementations keep these invariants (tests/test_lines_contract.py
 runs the same suite against each):
 
-- **FIFO.** Flights start in admission order (a flight that left never starts).
+- **FIFO.** Flights start in admission order (a flight that left never starts);
+  with priority tiers, the highest tier first, FIFO within a tier, and a flight
+  that waited ``max_starvation_s`` goes before higher-tier flights admitted after it.
 - **Concurrency.** At most ``max_concurrent`` flights run at once (between
   :meth:`Line.start` and :meth:`Line.finish`), across every instance sharing
   the line.
@@ -113,7 +115,8 @@ class Line(Protocol):
         """Stop background work; the line's state stays (for other instances)."""
         ...
 
-    def reconfigure(self, *, max_size: int, max_concurrent: int, interval_s: float, release_per_minute: int) -> None:
+    def reconfigure(self, *, max_size: int, max_concurrent: int, interval_s: float, release_per_minute: int,
+                    max_starvation_s: float = 120.0) -> None:
         """The line's limits changed (the admin API): they hold from now on."""
         ...
 

@@ -41,6 +41,11 @@ class Keys:
         return f"{self.prefix}:pace"
 
     @property
+    def aging(self) -> str:
+        """Sorted set: flights of a lower tier, scored by when they are promoted to the highest."""
+        return f"{self.prefix}:aging"
+
+    @property
     def releases(self) -> str:
         """List: start times (Redis ms) of the last minute, for a line's release_per_minute."""
         return f"{self.prefix}:releases"

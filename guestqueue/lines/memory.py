@@ -16,6 +16,13 @@ churn (a fast upstream and a long line) reports come at most every
 ``MIN_REPORT_GAP_S``, since each report reaches every waiter. Joining at the
 back needs neither: the newcomer's place is the line's length.
 
+Priority tiers: the line is sorted by (rank, number), rank 0 being the highest
+tier, so it is FIFO within a tier (and plain FIFO without tiers). A flight of a
+lower tier that waited ``max_starvation_s`` is promoted to rank 0 at its own
+number (:meth:`MemoryLine.promote`, run before every hand-out and view): nobody
+waits longer than that behind higher-tier guests who came after it. A
+higher-tier flight joining ahead of others moves them, and they hear it at once.
+
 The size limit counts guests *waiting*: flights that a free slot will start
 right now (``startable_now``, e.g. idle workers after a burst) are in line
 for a moment but are not refused room.
@@ -29,8 +36,11 @@ meanwhile is still position 1, and cancelling the wait consumes no start.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+import itertools
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+
+from sortedcontainers import SortedKeyList
 
 from ..errors import LineFull
 from ..limiter import PacingLimiter
@@ -42,24 +52,35 @@ HELD_POLL_S = 0.2  # a paused line's workers look again this often (a mode or a 
 
 
 class _Handoff(asyncio.Queue[Flight]):
-    """An asyncio.Queue whose items can be removed from the middle (O(1))."""
+    """An asyncio.Queue of the flights no worker holds, handed out in the line's order (the
+    front-most first, whatever order they were put in); removable from the middle."""
+
+    def __init__(self, line: MemoryLine) -> None:
+        self._line = line
+        super().__init__()
 
     def _init(self, maxsize: int) -> None:
-        self._queue: OrderedDict[str, Flight] = OrderedDict()
+        self._queue: dict[str, Flight] = {}
 
     def _put(self, flight: Flight) -> None:
         self._queue[flight.id] = flight
 
     def _get(self) -> Flight:
-        return self._queue.popitem(last=False)[1]
+        self._line.promote()
+        # The line's front-most flight no worker holds: workers hold at most a few, so this
+        # looks at a few flights whatever the line's length.
+        for flight in self._line._order:
+            if flight.id in self._queue:
+                return self._queue.pop(flight.id)
+        raise AssertionError("a flight to hand out is not in line")
 
     def discard(self, flight: Flight) -> None:
         self._queue.pop(flight.id, None)
 
     def return_front(self, flight: Flight) -> None:
-        """A worker let go of ``flight`` before starting it: the next worker takes it first."""
+        """A worker let go of ``flight`` before starting it: the next worker takes it first (it
+        is still the front-most)."""
         self.put_nowait(flight)
-        self._queue.move_to_end(flight.id, last=False)
 
 
 class MemoryLine:
@@ -74,6 +95,7 @@ class MemoryLine:
         interval_s: float,
         max_hold_s: float = 120.0,
         release_per_minute: int = 0,
+        max_starvation_s: float = 120.0,
         on_moved: Callable[[list[Flight]], None] | None = None,
     ) -> None:
         self.max_size = max_size
@@ -85,10 +107,14 @@ class MemoryLine:
         self._retired: set[asyncio.Task[bool]] = set()  # slots taken out of use by a smaller max_concurrent
         self._running: dict[str, float] = {}  # flight id -> loop time it started
         self.on_moved = on_moved
-        self._handoff = _Handoff()  # unbounded: admit() enforces the limit
-        # Every flight not yet started, in admission order, including those a
-        # worker already holds while it waits for the pacing limiter.
-        self._waiting: OrderedDict[str, Flight] = OrderedDict()
+        self._handoff = _Handoff(self)  # unbounded: admit() enforces the limit
+        # Every flight not yet started, including those a worker already holds while it waits for
+        # the pacing limiter: by id, and in start order (tier, then admission; see promote()).
+        self._waiting: dict[str, Flight] = {}
+        self._order: SortedKeyList[Flight] = SortedKeyList(key=_order_key)
+        self._numbers = itertools.count(1)
+        self.max_starvation_s = max_starvation_s
+        self._aging: deque[tuple[float, Flight]] = deque()  # flights of lower tiers, by promotion time
         self._report_scheduled = False
         self._dirty = False  # positions need renumbering
         self._unreported = False  # some guest has not heard its current position
@@ -150,9 +176,10 @@ class MemoryLine:
         for task in self._retired:
             task.cancel()
 
-    def reconfigure(self, *, max_size: int, max_concurrent: int, interval_s: float, release_per_minute: int) -> None:
+    def reconfigure(self, *, max_size: int, max_concurrent: int, interval_s: float, release_per_minute: int,
+                    max_starvation_s: float = 120.0) -> None:
         """New limits, at once (the admin API): running calls finish, waiting flights keep their places."""
-        self.max_size, self.interval_s = max_size, interval_s
+        self.max_size, self.interval_s, self.max_starvation_s = max_size, interval_s, max_starvation_s
         self.limiter.interval_s, self.limiter.release_per_minute = interval_s, release_per_minute
         change, self.max_concurrent = max_concurrent - self.max_concurrent, max_concurrent
         for _ in range(change):
@@ -172,6 +199,7 @@ class MemoryLine:
     # -- the same, synchronous (one process needs no round trip) -------------------
 
     def view_now(self) -> LineView:
+        self.promote()
         now = asyncio.get_running_loop().time()
         return LineView(
             _Positions(self),
@@ -187,20 +215,46 @@ class MemoryLine:
         waiting = len(self._waiting) - min(len(self._waiting), startable)
         if waiting >= self.max_size:
             raise LineFull("The line is full. Please try again in a little while.")
-        # Joining at the back moves nobody else, and the newcomer's place is exact without
-        # renumbering the others.
+        flight.order = (flight.rank, next(self._numbers))
         self._waiting[flight.id] = flight
-        flight.position = flight.reported_position = len(self._waiting)
+        self._order.add(flight)
+        if flight.rank > 0:
+            self._aging.append((asyncio.get_running_loop().time() + self.max_starvation_s, flight))
+        place = self._order.bisect_key_left(flight.order) + 1
+        if place == len(self._order):
+            # Joining at the back moves nobody else, and the newcomer's place is exact without
+            # renumbering the others.
+            flight.position = flight.reported_position = place
+        else:  # a higher tier: everyone behind moved back one, and hears it at once
+            flight.position = place
+            self._moved()
         self._handoff.put_nowait(flight)
 
     def leave_now(self, flight: Flight) -> bool:
         """Take a flight out of line wherever it stands; False if it was not in line."""
         if self._waiting.pop(flight.id, None) is None:
             return False
+        del self._order[self._order.bisect_key_left(flight.order)]
         self._handoff.discard(flight)
+        self._moved()
+        return True
+
+    def promote(self) -> None:
+        """Flights of a lower tier that waited ``max_starvation_s`` go to the highest tier at their
+        own number: ahead of every higher-tier flight admitted after them."""
+        now = asyncio.get_running_loop().time()
+        while self._aging and self._aging[0][0] <= now:
+            _, flight = self._aging.popleft()
+            if flight.id not in self._waiting:
+                continue
+            del self._order[self._order.bisect_key_left(flight.order)]
+            flight.order = (0, flight.order[1])
+            self._order.add(flight)
+            self._moved()
+
+    def _moved(self) -> None:
         self._dirty = self._unreported = True
         self._schedule_report()
-        return True
 
     async def next(self) -> Flight:
         """The flight at the front that no worker holds yet (waits for one)."""
@@ -214,7 +268,7 @@ class MemoryLine:
     def flights(self) -> list[Flight]:
         """The line in order, positions exact; tells nobody (the caller may)."""
         self._renumber()
-        return list(self._waiting.values())
+        return list(self._order)
 
     def mark_reported(self, flights: list[Flight]) -> None:
         """The caller told these flights' guests their current positions."""
@@ -236,7 +290,7 @@ class MemoryLine:
         if not self._dirty:
             return
         self._dirty = False
-        for number, flight in enumerate(self._waiting.values(), start=1):
+        for number, flight in enumerate(self._order, start=1):
             flight.position = number
 
     def _report(self) -> None:
@@ -246,7 +300,7 @@ class MemoryLine:
             return
         self._unreported = False
         self._renumber()
-        moved = [flight for flight in self._waiting.values() if flight.reported_position != flight.position]
+        moved = [flight for flight in self._order if flight.reported_position != flight.position]
         if moved and self.on_moved is not None:
             self._last_report = asyncio.get_running_loop().time()
             self.on_moved(moved)
@@ -267,7 +321,11 @@ class _Positions(Mapping[str, int]):
         return flight.position
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._line._waiting)
+        return (flight.id for flight in self._line._order)
 
     def __len__(self) -> int:
         return len(self._line._waiting)
+
+
+def _order_key(flight: Flight) -> tuple[int, int]:
+    return flight.order

@@ -77,9 +77,25 @@ local function live_active(slots, instances, orphans)
 end
 """
 
-# KEYS: slots instances orphans line seq pace request(flight)
-# ARGV: flight_id max_size max_concurrent interval_ms then field/value pairs of the request
-ADMIT = _PRELUDE + """
+# Priority tiers: a flight's score is rank * TIER_SPAN + its number (rank 0 = the highest tier),
+# so the sorted set orders by tier, then ticket. A flight of a lower tier is put in the aging set
+# with its deadline; once it passed, it is promoted to rank 0 at its own number: nobody waits
+# longer than max_starvation_sec behind higher-tier guests who came after it.
+# KEYS[line] KEYS[aging]; ran at the start of START and VIEW, so every view and start sees it.
+_AGING = """
+local TIER_SPAN = 1e12
+local function promote(line, aging)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', aging, '-inf', now)) do
+    local score = redis.call('ZSCORE', line, id)
+    if score then redis.call('ZADD', line, string.format('%.0f', tonumber(score) % TIER_SPAN), id) end
+    redis.call('ZREM', aging, id)
+  end
+end
+"""
+
+# KEYS: slots instances orphans line seq pace request(flight) aging
+# ARGV: flight_id max_size max_concurrent interval_ms rank starvation_ms, then field/value pairs of the request
+ADMIT = _PRELUDE + _AGING + """
 local active = live_active(KEYS[1], KEYS[2], KEYS[3])
 local free = math.max(0, tonumber(ARGV[3]) - active)
 local startable = free
@@ -90,8 +106,10 @@ end
 local waiting = redis.call('ZCARD', KEYS[4])
 if waiting - math.min(waiting, startable) >= tonumber(ARGV[2]) then return -1 end
 local seq = redis.call('INCR', KEYS[5])
-redis.call('ZADD', KEYS[4], seq, ARGV[1])
-redis.call('HSET', KEYS[7], 'seq', seq, unpack(ARGV, 5))
+local rank = tonumber(ARGV[5])
+redis.call('ZADD', KEYS[4], string.format('%.0f', rank * TIER_SPAN + seq), ARGV[1])
+if rank > 0 then redis.call('ZADD', KEYS[8], now + tonumber(ARGV[6]), ARGV[1]) end
+redis.call('HSET', KEYS[7], 'seq', seq, unpack(ARGV, 7))
 return redis.call('ZRANK', KEYS[4], ARGV[1]) + 1
 """
 
@@ -110,10 +128,11 @@ local function release_wait(releases, per_minute)
 end
 """
 
-# KEYS: slots instances orphans line pace retrying releases
+# KEYS: slots instances orphans line pace retrying releases aging
 # ARGV: instance_id max_concurrent interval_ms prefix release_per_minute
 # Returns {'go', flight_id, request fields...} | {'pace', ms} | {'busy'} | {'empty'} | {'retry'}
-START = _PRELUDE + _RELEASES + """
+START = _PRELUDE + _RELEASES + _AGING + """
+promote(KEYS[4], KEYS[8])
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
 if redis.call('ZCARD', KEYS[6]) > 0 then return {'retry'} end
 if live_active(KEYS[1], KEYS[2], KEYS[3]) >= tonumber(ARGV[2]) then return {'busy'} end
@@ -160,8 +179,9 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return 0
 """
 
-# KEYS: slots instances orphans line pace held releases   ARGV: prefix release_per_minute
-VIEW = _PRELUDE + _RELEASES + """
+# KEYS: slots instances orphans line pace held releases aging   ARGV: prefix release_per_minute
+VIEW = _PRELUDE + _RELEASES + _AGING + """
+promote(KEYS[4], KEYS[8])
 live_active(KEYS[1], KEYS[2], KEYS[3])
 local running = {}
 local all = redis.call('HGETALL', KEYS[1])
@@ -211,8 +231,10 @@ class RedisLine:
     def __init__(
         self, redis: aioredis.Redis, *, prefix: str, instance_id: str, max_size: int, max_concurrent: int,
         interval_s: float, max_hold_s: float = 120.0, instance_ttl_s: float = 5.0, release_per_minute: int = 0,
+        max_starvation_s: float = 120.0,
     ) -> None:
         self._redis = redis
+        self.max_starvation_s = max_starvation_s
         self.release_per_minute = release_per_minute
         self.starts_allowed: Callable[[], bool] = lambda: True  # the line's mode (gate.py), on every instance
         self.keys = Keys(prefix)
@@ -305,9 +327,9 @@ class RedisLine:
             "parameters": json.dumps(dict(request.parameters)), "session_id": request.session_id or "",
         }
         keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.seq,
-                self.keys.pace, self.keys.request(flight.id)]
-        args = [flight.id, self.max_size, self.max_concurrent, self.interval_ms,
-                *[x for kv in fields.items() for x in kv]]
+                self.keys.pace, self.keys.request(flight.id), self.keys.aging]
+        args = [flight.id, self.max_size, self.max_concurrent, self.interval_ms, flight.rank,
+                round(self.max_starvation_s * 1000), *[x for kv in fields.items() for x in kv]]
         position = int(await self._call(self._admit, keys, args))
         if position < 0:
             raise LineFull("The line is full. Please try again in a little while.")
@@ -356,7 +378,7 @@ class RedisLine:
 
     async def _try_start(self) -> tuple[str, Any]:
         keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.pace,
-                self.keys.retrying, self.keys.releases]
+                self.keys.retrying, self.keys.releases, self.keys.aging]
         args = [self.instance_id, self.max_concurrent, self.interval_ms, self.keys.prefix, self.release_per_minute]
         # Shielded: a worker cancelled mid-call must not lose a flight the script already popped.
         call = asyncio.ensure_future(self._call(self._start, keys, args))
@@ -389,7 +411,7 @@ class RedisLine:
 
     async def view(self) -> LineView:
         keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.pace,
-                self.keys.held, self.keys.releases]
+                self.keys.held, self.keys.releases, self.keys.aging]
         now, order, running, pace, held, infos = await self._call(
             self._view, keys, [self.keys.prefix, self.release_per_minute]
         )
@@ -404,9 +426,10 @@ class RedisLine:
         )
         return self._last_view
 
-    def reconfigure(self, *, max_size: int, max_concurrent: int, interval_s: float, release_per_minute: int) -> None:
+    def reconfigure(self, *, max_size: int, max_concurrent: int, interval_s: float, release_per_minute: int,
+                    max_starvation_s: float = 120.0) -> None:
         """New limits, at once: every instance applies the line's new spec within a second."""
-        self.max_size, self.max_concurrent = max_size, max_concurrent
+        self.max_size, self.max_concurrent, self.max_starvation_s = max_size, max_concurrent, max_starvation_s
         self.interval_ms, self.release_per_minute = round(interval_s * 1000), release_per_minute
 
     def peek(self) -> LineView:

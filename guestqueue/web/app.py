@@ -278,16 +278,22 @@ class GuestQueue:
             return self.access.principal(request, self.catalog)
         return self._require(request, "WRITE")
 
+    def _tier(self, request: HTTPConnection, asker: Principal) -> str | None:
+        """The asker's tier counts on lines it may WRITE to (its application's): a key of one
+        application buys no priority on another's public line."""
+        spec = self._queue(request).spec
+        return asker.tier if asker.key is not None and asker.may("WRITE", spec.name, spec.application_id) else None
+
     async def _admit(self, request: Request) -> tuple[Ticket, bool]:
         """The admitted ticket, and whether it is one this client had already sent (Idempotency-Key)."""
         service = self._service(request)
-        self._asker(request)
+        asker = self._asker(request)
         body = await read_chat_request(request, service.settings, upstream_kind=service.upstream_kind)
         client = client_key(request)
         known = service.registry.by_key(client, body.idempotency_key) if body.idempotency_key else None
         ticket = await service.submit(
             body.query, client=client, parameters=body.parameters, session_id=body.session_id,
-            idempotency_key=body.idempotency_key,
+            idempotency_key=body.idempotency_key, tier=self._tier(request, asker),
         )
         return ticket, ticket is known
 
