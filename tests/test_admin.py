@@ -81,6 +81,9 @@ async def test_a_key_is_shown_once_stored_as_a_hash_and_revoked_at_once(tmp_path
         assert secret not in listed and key_id in listed
         reader = {"X-API-Key": key}
         assert (await client.get(f"{api}/lines/private/queue/status", headers=reader)).status_code == 200
+        metrics = (await client.get(f"{api}/lines/private/metrics", headers=reader)).text
+        assert 'guestqueue_queue_size{line="private"}' in metrics and 'line="guest"' not in metrics
+        assert (await client.get(f"{api}/lines/private/metrics")).status_code == 401
         revoked = await client.delete(f"{api}/admin/applications/{app}/keys/{key_id}", headers=ADMIN)
         assert revoked.status_code == 200 and revoked.json()["revoked_at"]
         after = await client.get(f"{api}/lines/private/queue/status", headers=reader)
@@ -160,3 +163,23 @@ async def test_bad_admin_requests_get_clear_errors(tmp_path: Path, upstream: Moc
             assert (answer.status_code, answer.json()["code"]) == (status, code), answer.text
         schema = (await client.get(f"{api}/admin/openapi.json")).json()
         assert "/applications/{app_id}/keys" in schema["paths"] and "post" in schema["paths"]["/lines"]
+
+
+async def test_on_a_private_line_cancelling_needs_delete_or_write(tmp_path: Path, upstream: MockUpstream) -> None:
+    async with admin_server(tmp_path, upstream, upstream_url=upstream.url(chunks=1, first=5.0),
+                            reconnect_grace_s=30.0) as (_, api), \
+            httpx.AsyncClient(timeout=10) as client:
+        app = await _application(client, api, "app")
+        await _line(client, api, name="private", application_id=app, public=False)
+        writer = {"X-API-Key": await _key(client, api, app, permissions={"private": ["WRITE"]})}
+        deleter = {"X-API-Key": await _key(client, api, app, permissions={"private": ["DELETE"]})}
+        reader = {"X-API-Key": await _key(client, api, app, permissions={"private": ["READ"]})}
+        ids = []
+        for _ in range(2):
+            async with client.stream("POST", f"{api}/lines/private/chat", json={"query": "slow"},
+                                     headers=writer) as response:
+                ids.append(response.headers["X-Request-ID"])
+        assert (await client.delete(f"{api}/lines/private/chat/{ids[0]}")).status_code == 401
+        assert (await client.delete(f"{api}/lines/private/chat/{ids[0]}", headers=reader)).status_code == 403
+        assert (await client.delete(f"{api}/lines/private/chat/{ids[0]}", headers=deleter)).status_code == 200
+        assert (await client.delete(f"{api}/lines/private/chat/{ids[1]}", headers=writer)).status_code == 200

@@ -320,9 +320,9 @@ class GuestQueue:
 
     async def chat_cancel(self, request: Request) -> Response:
         service = self._service(request)
-        if not self._queue(request).spec.public:  # on a public line the request's id is permission enough
-            principal = self._asker(request)
-            spec = self._queue(request).spec
+        spec = self._queue(request).spec
+        if not spec.public:  # on a public line the request's id is permission enough
+            principal = self.access.principal(request, self.catalog)
             if not principal.may("DELETE", spec.name, spec.application_id):
                 self._require(request, "WRITE")
         ticket = await service.find(request.path_params["request_id"])  # held here or elsewhere
