@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import websockets
 
 from .conftest import MockUpstream, Running, serve, stream_events, wait_until
 
@@ -183,3 +186,21 @@ async def test_on_a_private_line_cancelling_needs_delete_or_write(tmp_path: Path
         assert (await client.delete(f"{api}/lines/private/chat/{ids[0]}", headers=reader)).status_code == 403
         assert (await client.delete(f"{api}/lines/private/chat/{ids[0]}", headers=deleter)).status_code == 200
         assert (await client.delete(f"{api}/lines/private/chat/{ids[1]}", headers=writer)).status_code == 200
+
+
+async def test_a_private_lines_websocket_needs_write(tmp_path: Path, upstream: MockUpstream) -> None:
+    async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
+        app = await _application(client, api, "app")
+        await _line(client, api, name="private", application_id=app, public=False)
+        writer = await _key(client, api, app, permissions={"private": ["WRITE"]})
+        url = api.replace("http://", "ws://") + "/lines/private/ws"
+        with pytest.raises(websockets.InvalidStatus) as refused:  # closed before accepting: the handshake's 403
+            async with websockets.connect(url):
+                pass
+        assert refused.value.response.status_code == 403
+        async with websockets.connect(url, additional_headers={"X-API-Key": writer}) as ws:
+            await ws.send(json.dumps({"query": "hi"}))
+            names: list[str] = []
+            while not names or names[-1] not in ("result", "error", "queue_full"):
+                names.append(json.loads(await ws.recv())["type"])
+        assert names[-1] == "result"

@@ -374,11 +374,11 @@ class GuestQueue:
                                   reason="shutting_down" if self.lineup is None else "unknown_line")
             return
         try:
-            self._asker(websocket)
+            asker = self._asker(websocket)
         except Rejected as exc:
             await websocket.close(1008, reason=exc.code)
             return
-        await serve_websocket(websocket, queue.service)
+        await serve_websocket(websocket, queue.service, tier=self._tier(websocket, asker))
 
     # -- status --------------------------------------------------------------------
 

@@ -53,15 +53,16 @@ CLOSE_CODES: dict[type[Rejected], int] = {InvalidJSON: CLOSE_INVALID_DATA, Inval
                                           BodyTooLarge: CLOSE_TOO_BIG}
 
 
-async def serve_websocket(websocket: WebSocket, service: QueueService) -> None:
-    """Admit one question from ``websocket`` and stream its lifecycle as JSON messages."""
+async def serve_websocket(websocket: WebSocket, service: QueueService, *, tier: str | None = None) -> None:
+    """Admit one question from ``websocket`` (at the asker's priority ``tier``) and stream its
+    lifecycle as JSON messages."""
     if not _origin_allowed(websocket, service.settings.cors_origin_list):
         # Before accepting: the handshake is answered 403 (CORS does not cover WebSockets).
         await websocket.close(CLOSE_POLICY, reason="forbidden_origin")
         return
     await websocket.accept()
     try:
-        ticket = await _admit(websocket, service)
+        ticket = await _admit(websocket, service, tier)
     except WebSocketDisconnect:
         return
     except Rejected as exc:
@@ -86,7 +87,7 @@ def _origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
     return origin.partition("://")[2] == websocket.headers.get("host")
 
 
-async def _admit(websocket: WebSocket, service: QueueService) -> Ticket:
+async def _admit(websocket: WebSocket, service: QueueService, tier: str | None) -> Ticket:
     settings = service.settings
     message = await websocket.receive()
     if message["type"] == "websocket.disconnect":
@@ -99,7 +100,7 @@ async def _admit(websocket: WebSocket, service: QueueService) -> Ticket:
     data = _from_older_form(parse_json_object(text, "The message"))
     body = validate_chat_request(data, settings, upstream_kind=service.upstream_kind)
     return await service.submit(body.query, client=client_key(websocket), parameters=body.parameters,
-                          session_id=body.session_id, idempotency_key=body.idempotency_key)
+                          session_id=body.session_id, idempotency_key=body.idempotency_key, tier=tier)
 
 
 def _from_older_form(data: dict[str, Any]) -> dict[str, Any]:
