@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from guestqueue.errors import LineFull
 from guestqueue.lines.memory import MemoryLine
 from guestqueue.lines.redis import RedisLine
+from guestqueue.stopping import stop_tasks
 from guestqueue.tickets import Flight
 from guestqueue.upstream import WorkflowRequest
 
@@ -88,9 +89,8 @@ class Starts:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        # As the pool stops its workers: redis-py may swallow a cancel that lands inside a call.
+        await stop_tasks(self.tasks)
 
     def order(self) -> list[str]:
         return [flight_id for flight_id, _ in self.started]

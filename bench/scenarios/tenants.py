@@ -6,11 +6,12 @@ body: find the line by name, say who the key is (``Access.principal``: the
 admin-key comparison and the catalog's constant-time hash check) and whether
 it may WRITE there. Timed in this process, call by call, for a right key, a
 wrong secret of a known key id and an unknown key id. The catalog's check
-costs the same for a wrong secret of a real key and for a key that does not
-exist (one hash, one constant-time comparison each: nothing tells a guesser
-whether an id exists or how close a secret came); a right key costs a little
-more after the comparison (its application is looked up), as a refusal does
-(the throttle's count, the 403), which tells nothing the answer does not. The
+costs the same for a secret one character off and for one wrong throughout
+(one hash, one constant-time comparison of digests: nothing tells a guesser
+how close it came). A right key costs a little more after the comparison (its
+application is looked up), and a refusal too (the throttle's count, the 403),
+which tells nothing the answer does not; an unknown key id is compared against
+a dummy digest (the id is public: ``hint`` shows it). The
 right key's whole check must stay under 0.1 ms at p50.
 """
 
@@ -67,8 +68,10 @@ def run(args: argparse.Namespace) -> Result:
     access.throttle.limit = 10**9  # measured here: the check itself, not the 429 of the wrong-key throttle
     kinds = {
         "right key": [(secret, line) for secret, line in shown],
-        "wrong secret": [(secret[:-4] + "AAAA", line) for secret, line in shown],
-        "unknown key id": [(f"gq_{n:016x}_" + secret.rsplit("_", 1)[1], line) for n, (secret, line) in
+        "wrong secret, last character off": [(secret[:-1] + ("A" if secret[-1] != "A" else "B"), line)
+                                              for secret, line in shown],
+        "wrong secret, all of it": [(secret[:len("gq_") + 17] + "A" * 43, line) for secret, line in shown],
+        "unknown key id": [(f"gq_{n:016x}_" + secret[len("gq_") + 17:], line) for n, (secret, line) in
                            enumerate(shown)],
     }
     timings: dict[str, list[float]] = {}
@@ -87,12 +90,13 @@ def run(args: argparse.Namespace) -> Result:
             table.add(kind, q[49], q[89], q[98], statistics.fmean(samples))
         result.tables.append(table)
     right = statistics.median(timings["right key"])
-    # What a guesser could probe: a wrong secret of a real key id against an id that does not exist.
-    wrong = statistics.median(lookups["wrong secret"]) / statistics.median(lookups["unknown key id"])
+    # What a guesser could probe: whether a closer guess takes longer (it must not).
+    wrong = statistics.median(lookups["wrong secret, last character off"]) / statistics.median(
+        lookups["wrong secret, all of it"])
     result.raw["p50_us"] = {kind: statistics.median(samples) for kind, samples in timings.items()}
     result.target(f"p50 of the check, {args.lines} lines, {args.keys} keys (ms)", right / 1000, "≤ 0.1",
                   right / 1000 <= 0.1)
-    result.target("key check alone: p50 wrong secret ÷ unknown key id", wrong, "0.8 - 1.25 (the same cost)",
+    result.target("key check alone: p50 nearly right ÷ all wrong secret", wrong, "0.8 - 1.25 (the same cost)",
                   0.8 <= wrong <= 1.25)
     return result
 

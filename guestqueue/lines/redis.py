@@ -257,6 +257,7 @@ class RedisLine:
         self._orphans = redis.register_script(TAKE_ORPHANS)
         self._knock = asyncio.Lock()  # one local worker at a time asks Redis for a start
         self._woken = asyncio.Event()
+        self._nappers: set[asyncio.Future[None]] = set()  # workers waiting for a wake-up (_nap)
         self._tasks: list[asyncio.Task[None]] = []
         self._spawned: set[asyncio.Future[None]] = set()  # fire-and-forget work, kept alive till done
         self._last_view = LineView({}, max_concurrent=max_concurrent)
@@ -302,7 +303,7 @@ class RedisLine:
                     await pubsub.subscribe(self.keys.wake)
                     async for message in pubsub.listen():
                         if message["type"] == "message":
-                            self._woken.set()
+                            self._wake_workers()
             except (RedisError, OSError) as exc:
                 raise_if_cancelled()
                 logger.warning("wake-ups lost (%s); listening again shortly", exc)
@@ -371,10 +372,27 @@ class RedisLine:
                 wait_s = MAX_WAKE_WAIT_S
                 if kind == "pace":
                     wait_s = min(wait_s, int(value) / 1000)
-                try:
-                    await asyncio.wait_for(self._woken.wait(), wait_s)
-                except TimeoutError:
-                    pass
+                if not self._woken.is_set():  # a wake-up during the call: knock again at once
+                    await self._nap(wait_s)
+
+    def _wake_workers(self) -> None:
+        self._woken.set()
+        for napper in self._nappers:
+            _wake(napper)
+
+    async def _nap(self, wait_s: float) -> None:
+        """Until a wake-up or ``wait_s``: a future and a timer (as aiolimiter's waiters). Not
+        wait_for or asyncio.timeout: on Python 3.11 either can swallow a cancel that comes as its
+        timeout fires, and a worker would then knock for ever (a stop that never ends)."""
+        loop = asyncio.get_running_loop()
+        napper = loop.create_future()
+        self._nappers.add(napper)
+        timer = loop.call_later(wait_s, _wake, napper)
+        try:
+            await napper
+        finally:
+            timer.cancel()
+            self._nappers.discard(napper)
 
     async def _try_start(self) -> tuple[str, Any]:
         keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.pace,
@@ -510,6 +528,11 @@ def _unavailable(exc: BaseException) -> LineUnavailable:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _wake(napper: asyncio.Future[None]) -> None:
+    if not napper.done():
+        napper.set_result(None)
 
 
 def _start_reply(reply: list[Any]) -> tuple[str, Any]:
