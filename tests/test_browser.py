@@ -8,12 +8,14 @@ selenium is given both paths, so it never tries to download a browser.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -397,3 +399,89 @@ def test_dashboard_falls_back_to_polling_when_the_stream_fails(browser: WebDrive
         wait(browser).until(lambda d: d.find_element(By.ID, "updated").text != before)  # uptime moves on
     finally:
         browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": added["identifier"]})
+
+
+# -- the chat page's URL parameters: line, language, theme -------------------------------------
+
+I18N = ROOT / "guestqueue" / "web" / "static" / "i18n"
+
+
+def strings(lang: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((I18N / f"{lang}.json").read_text(encoding="utf-8"))
+    return loaded
+
+
+def test_every_language_has_every_string() -> None:
+    english = strings("en")
+    for path in I18N.glob("*.json"):
+        other = strings(path.stem)
+        assert other.keys() == english.keys() and other["errors"].keys() == english["errors"].keys(), path.name
+
+
+def open_page(driver: WebDriver, url: str) -> None:
+    driver.get(url)
+    wait(driver).until(lambda d: d.execute_script(
+        "return document.readyState === 'complete' && document.getElementById('ask').textContent !== ''"
+        " && document.title !== ''"))
+    wait(driver).until(lambda d: d.execute_script("return document.documentElement.dataset.theme") is not None)
+
+
+def _box(driver: WebDriver, element_id: str) -> dict[str, float]:
+    box: dict[str, float] = driver.execute_script(
+        "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
+        "return {left: r.left, right: r.right, width: innerWidth}", element_id)
+    return box
+
+
+def test_the_page_in_arabic_reads_right_to_left_and_answers(browser: WebDriver, site: str) -> None:
+    arabic = strings("ar")
+    open_page(browser, f"{site}/static/chat.html?lang=en")
+    ltr = _box(browser, "ask")
+    open_page(browser, f"{site}/static/chat.html?lang=ar")
+    assert browser.execute_script("return [document.documentElement.lang, document.documentElement.dir]") == [
+        "ar", "rtl"]
+    assert browser.title == arabic["title"]
+    assert browser.find_element(By.ID, "ask").text == arabic["ask"]
+    rtl = _box(browser, "ask")
+    # The send button sits at the line's end: the right in English, the left in Arabic.
+    assert ltr["left"] > ltr["width"] / 2 and rtl["right"] < rtl["width"] / 2, (ltr, rtl)
+    ask_on_page(browser, "ما هذا؟")
+    wait(browser, 30).until(lambda d: ending_of_last_turn(d) is not None)
+    assert ending_of_last_turn(browser) == "workflow_complete"
+    waited = arabic["waited"].split("{seconds}")[0]
+    status = last_turn(browser, "status")
+    assert status == "" or status.startswith(waited), status
+    shot = screenshot(browser, "chat-arabic.png")
+    assert shot.stat().st_size > 10_000, "the screenshot should show a page, not a blank"
+
+
+def test_the_dark_theme_is_dark_and_the_light_one_light(browser: WebDriver, site: str) -> None:
+    def background() -> list[int]:
+        color: str = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
+        return [int(part) for part in re.findall(r"\d+", color)[:3]]
+
+    open_page(browser, f"{site}/static/chat.html?theme=dark")
+    dark = background()
+    screenshot(browser, "chat-dark.png")
+    open_page(browser, f"{site}/static/chat.html?theme=light")
+    light = background()
+    assert sum(dark) < 120 < 600 < sum(light), (dark, light)
+
+
+def test_the_line_parameter_asks_that_line(browser: WebDriver, tmp_path_factory: pytest.TempPathFactory) -> None:
+    log_dir = tmp_path_factory.mktemp("browser-lines")
+    config = log_dir / "guestqueue.toml"
+    config.write_text("[lines.guest]\n[lines.side]\nupstream_interval_sec = 0\n")
+    with guestqueue_process(log_dir, config=str(config)) as base:
+        open_page(browser, f"{base}/static/chat.html?line=side")
+        assert browser.find_element(By.ID, "line-name").text == strings("en")["line"].replace("{line}", "side")
+        ask_on_page(browser, "Which line am I on?")
+        wait(browser, 30).until(lambda d: ending_of_last_turn(d) is not None)
+        assert ending_of_last_turn(browser) == "workflow_complete"
+        lines = base.removesuffix("/guest") + "/lines"
+        totals = [httpx.get(f"{lines}/{name}/queue/status").json()["total_requests"] for name in ("guest", "side")]
+        assert totals == [0, 1]
+        open_page(browser, f"{base}/static/chat.html?line=nosuch&lang=ar")
+        ask_on_page(browser, "?")
+        wait(browser).until(lambda d: last_turn(d, "error") != "")
+        assert last_turn(browser, "error") == strings("ar")["errors"]["unknown_line"]

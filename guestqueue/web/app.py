@@ -82,7 +82,9 @@ class GuestQueue:
         self.lines_app = Starlette(
             routes=[
                 Route("/", self.list_lines, methods=["GET"]),
-                Mount("/{line}", routes=[*self._line_routes(), Route("/metrics", self.line_metrics, methods=["GET"])]),
+                Mount("/{line}", routes=[
+                    *self._line_routes(), Route("/metrics", self.line_metrics, methods=["GET"]), *page_routes(),
+                ]),
             ],
             middleware=self._middleware(),
             exception_handlers=EXCEPTION_HANDLERS,
