@@ -481,6 +481,15 @@ def test_the_line_parameter_asks_that_line(browser: WebDriver, tmp_path_factory:
         lines = base.removesuffix("/guest") + "/lines"
         totals = [httpx.get(f"{lines}/{name}/queue/status").json()["total_requests"] for name in ("guest", "side")]
         assert totals == [0, 1]
+        # The dashboard's line picker lists both lines and opens the one picked.
+        browser.get(f"{base}/dashboard")
+        wait(browser).until(lambda d: d.find_element(By.ID, "line-picker").is_displayed())
+        options = browser.execute_script("return [...document.getElementById('line').options].map(o => o.value)")
+        assert options == ["guest", "side"]
+        browser.execute_script("const s = document.getElementById('line'); s.value = 'side';"
+                               "s.dispatchEvent(new Event('change'))")
+        wait(browser).until(lambda d: d.current_url.endswith("/api/v1/lines/side/dashboard"))
+        wait(browser).until(lambda d: d.find_element(By.ID, "completed_requests").text == "1")
         open_page(browser, f"{base}/static/chat.html?line=nosuch&lang=ar")
         ask_on_page(browser, "?")
         wait(browser).until(lambda d: last_turn(d, "error") != "")
