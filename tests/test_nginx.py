@@ -356,3 +356,23 @@ async def test_guestqueue_refuses_the_operator_views_to_a_forwarded_outsider(sta
             assert outsider.status_code == 403 and outsider.json()["code"] == "forbidden", path
             local = await proxy_like.get(f"{stack.direct}{path}", headers={"X-Forwarded-For": "127.0.0.1"})
             assert local.status_code == 200, path
+
+
+async def test_named_lines_and_the_admin_api_through_nginx(upstream: MockUpstream, tmp_path: Path) -> None:
+    config = tmp_path / "guestqueue.toml"
+    config.write_text(f'[lines.guest]\n[lines.side]\nupstream_url = "{upstream.url(chunks=2)}"\n')
+    with guestqueue_process(tmp_path, upstream_url=upstream.url(), trusted_proxies="127.0.0.1",
+                            config=str(config), admin_api_key="the-super-admin-key-0123456789") as direct, \
+            run_nginx(tmp_path, direct, read_timeout=None) as proxied:
+        api = proxied.removesuffix("/guest")
+        async with httpx.AsyncClient(timeout=20) as client:
+            listed = (await client.get(f"{api}/lines")).json()["lines"]
+            assert [line["name"] for line in listed] == ["guest", "side"]
+            timeline = await timed_stream(client, f"{api}/lines/side/chat", json={"query": "via nginx"})
+            assert timeline.names[-1] == "workflow_complete" and timeline.names.count("answer_chunk") == 2
+            me = await client.get(f"{api}/admin/auth/me", headers={"X-API-Key": "the-super-admin-key-0123456789"})
+            assert me.json()["role"] == "super_admin"
+        async with websockets.connect(api.replace("http://", "ws://") + "/lines/side/ws") as ws:
+            await ws.send(json.dumps({"query": "a websocket on a named line"}))
+            messages = [json.loads(m) async for m in ws]
+        assert messages[-1]["type"] == "result"
