@@ -247,10 +247,12 @@ class MemoryLine:
             _, flight = self._aging.popleft()
             if flight.id not in self._waiting:
                 continue
-            del self._order[self._order.bisect_key_left(flight.order)]
+            place = self._order.bisect_key_left(flight.order)
+            del self._order[place]
             flight.order = (0, flight.order[1])
             self._order.add(flight)
-            self._moved()
+            if self._order.bisect_key_left(flight.order) != place:  # it passed someone: they moved back
+                self._moved()
 
     def _moved(self) -> None:
         self._dirty = self._unreported = True
