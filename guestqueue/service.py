@@ -273,7 +273,9 @@ class QueueService:
             flight.rank = self.gate.spec.tier_rank(tier)
             try:
                 # Only a question that needs a call of its own waits: a cached or shared answer does not.
-                self.gate.check_wait(self._newcomer_wait_s)
+                if self.gate.spec.max_predicted_wait_s > 0:
+                    ahead = await self.line.ahead_of(flight.rank)
+                    self.gate.check_wait(lambda: self._newcomer_wait_s(ahead))
                 # The memory line answers without yielding; on Redis an identical question asked
                 # during this round trip gets a flight of its own (single-flight is best effort).
                 flight.position = await self.line.admit(flight)
@@ -300,12 +302,13 @@ class QueueService:
             self.positions.tell(ticket, max(1, self.positions.view.position(flight.id) or flight.position))
         return ticket
 
-    def _newcomer_wait_s(self) -> float:
-        """The estimated wait at the back of the line, from its freshest view."""
+    def _newcomer_wait_s(self, ahead: int) -> float:
+        """The estimated wait of a newcomer with ``ahead`` flights before it (its tier's place), from
+        the line's freshest view."""
         view = self.line.peek()
         if view is not self.positions.view:
             self.positions.use(view)
-        return self.positions.retry_after_s(view.size + 1)
+        return self.positions.retry_after_s(ahead + 1)
 
     async def _cached(self, key: str) -> CachedAnswer | None:
         assert self.cache is not None

@@ -300,3 +300,10 @@ async def test_a_lower_tier_flight_that_waited_long_enough_goes_before_newer_hig
         await starts.until(3)
         await starts.stop()
         assert starts.order() == [free.id, paid_soon.id, paid_later.id]
+
+
+async def test_a_newcomer_is_told_how_many_would_start_before_it(make_line: MakeLine) -> None:
+    async with make_line(max_size=20, max_concurrent=1, interval_s=0) as line:
+        for flight in tiered(1, 1, 0, 1):
+            await line.admit(flight)
+        assert [await line.ahead_of(rank) for rank in (0, 1, 2)] == [1, 4, 4]

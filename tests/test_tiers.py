@@ -93,3 +93,27 @@ async def test_a_key_of_another_application_buys_no_priority(tmp_path: Path, ups
         assert claimed["positions"][0] == 2, "behind the free guest who came first"
         await asyncio.gather(first, free)
         assert (await client.get(f"{api}/admin/auth/me", headers=ADMIN)).json()["role"] == "super_admin"
+
+
+async def test_the_predicted_wait_is_the_newcomers_own_tiers(tmp_path: Path, upstream: MockUpstream) -> None:
+    async with admin_server(tmp_path, upstream) as (running, api), httpx.AsyncClient(timeout=30) as client:
+        app = await _application(client, api, "w")
+        await _line(client, api, name="w", application_id=app, tiers=["paid", "free"], max_concurrent_requests=1,
+                    max_predicted_wait_sec=3, upstream_url=upstream.url(chunks=1, first=2.0))
+        paid = {"X-API-Key": await _key(client, api, app, tier="paid", permissions={"w": ["WRITE"]})}
+        assert running.guest.lineup is not None
+        service = running.guest.lineup.get("w").service
+        service.positions.estimator.record(2.0)  # as if one call had been measured
+        chat = f"{api}/lines/w/chat"
+        guests = [asyncio.create_task(_timed(client, chat, {"query": "free 1"}, {}))]
+        while service.line.peek().active == 0:
+            await asyncio.sleep(0.02)
+        guests.append(asyncio.create_task(_timed(client, chat, {"query": "free 2"}, {})))
+        while service.line.peek().size == 0:
+            await asyncio.sleep(0.02)
+        refused = await client.post(chat, json={"query": "free 3"})
+        assert refused.status_code == 429 and refused.json()["code"] == "wait_too_long"
+        guests.append(asyncio.create_task(_timed(client, chat, {"query": "paid 1"}, paid)))
+        results = await asyncio.gather(*guests)
+    assert results[-1]["positions"][0] == 1, "ahead of the free guest waiting"
+    assert all(result["end"] == "workflow_complete" for result in results)

@@ -79,6 +79,10 @@ class Line(Protocol):
         """Join at the back; returns the flight's position. Raises LineFull."""
         ...
 
+    async def ahead_of(self, rank: int) -> int:
+        """How many flights would start before a newcomer of tier ``rank`` (0 = the highest)."""
+        ...
+
     async def leave(self, flight: Flight) -> bool:
         """Take a waiting flight out of line wherever it stands; False if it was not waiting."""
         ...

@@ -135,6 +135,10 @@ class MemoryLine:
         self.admit_now(flight)
         return flight.position
 
+    async def ahead_of(self, rank: int) -> int:
+        self.promote()
+        return int(self._order.bisect_key_left((rank + 1, 0)))  # every flight of its tier or a higher one
+
     async def leave(self, flight: Flight) -> bool:
         return self.leave_now(flight)
 

@@ -220,6 +220,7 @@ redis.call('DEL', KEYS[3])
 return out
 """
 
+TIER_SPAN = 10**12  # as in _AGING: a score is rank * TIER_SPAN + the flight's number
 UNAVAILABLE = "The waiting line is unavailable right now. Please try again in a few seconds."
 MAX_WAKE_WAIT_S = 0.5  # a worker re-knocks at least this often (lost wake-up, expired lease)
 REQUEST_TTL_S = 86_400  # a request hash outlives any wait (GUEST_MAX_WAIT_SEC is far shorter)
@@ -341,6 +342,14 @@ class RedisLine:
 
     async def _expire_request(self, flight_id: str) -> None:
         await self._redis.expire(self.keys.request(flight_id), REQUEST_TTL_S)
+
+    async def ahead_of(self, rank: int) -> int:
+        """Flights of its tier or a higher one (scores below the next tier's); a promotion due but not
+        yet applied (START and VIEW apply them) is missed until the next view."""
+        try:
+            return int(await self._redis.zcount(self.keys.line, "-inf", f"({(rank + 1) * TIER_SPAN:.0f}"))
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
 
     async def leave(self, flight: Flight) -> bool:
         async with self._redis.pipeline(transaction=True) as pipe:
