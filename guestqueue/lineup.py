@@ -43,6 +43,7 @@ class Lineup:
         self.queues: dict[str, Queue] = {}
         self._stacks: dict[str, AsyncExitStack] = {}
         self._lock = asyncio.Lock()  # one line opened or closed at a time
+        self._syncing = asyncio.Lock()
         self.on_open: list[OpenHook] = []
 
     def __repr__(self) -> str:
@@ -82,20 +83,22 @@ class Lineup:
 
     async def sync(self, specs: Mapping[str, LineSpec]) -> None:
         """Make the open lines ``specs``: open the new, close the gone, apply the changed (at once,
-        keeping every waiting guest's place)."""
-        for name in [name for name in self.queues if name not in specs]:
-            await self.close(name)
-        for name, spec in specs.items():
-            queue = self.queues.get(name)
-            try:
-                if queue is None:
-                    await self.open(spec)
-                elif queue.spec != spec:
-                    new, old = spec.settings, queue.spec.settings
-                    changed = any(getattr(new, f) != getattr(old, f) for f in UPSTREAM_FIELDS)
-                    queue.apply(spec, make_upstream(new, self._client, None) if changed else None)
-            except Exception:  # one line that cannot open leaves the others running
-                logger.exception("line %s could not be opened or changed", name)
+        keeping every waiting guest's place). One sync at a time: two admin calls at once (or one
+        and a reload from Redis) would otherwise both open the same new line."""
+        async with self._syncing:
+            for name in [name for name in self.queues if name not in specs]:
+                await self.close(name)
+            for name, spec in specs.items():
+                queue = self.queues.get(name)
+                try:
+                    if queue is None:
+                        await self.open(spec)
+                    elif queue.spec != spec:
+                        new, old = spec.settings, queue.spec.settings
+                        changed = any(getattr(new, f) != getattr(old, f) for f in UPSTREAM_FIELDS)
+                        queue.apply(spec, make_upstream(new, self._client, None) if changed else None)
+                except Exception:  # one line that cannot open leaves the others running
+                    logger.exception("line %s could not be opened or changed", name)
 
     async def close(self, name: str) -> None:
         """Drain and stop one line (its waiting guests hear ``shutdown``)."""

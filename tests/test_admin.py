@@ -204,3 +204,13 @@ async def test_a_private_lines_websocket_needs_write(tmp_path: Path, upstream: M
             while not names or names[-1] not in ("result", "error", "queue_full"):
                 names.append(json.loads(await ws.recv())["type"])
         assert names[-1] == "result"
+
+
+async def test_lines_made_at_the_same_moment_all_open(tmp_path: Path, upstream: MockUpstream) -> None:
+    async with admin_server(tmp_path, upstream) as (running, api), httpx.AsyncClient(timeout=10) as client:
+        made = await asyncio.gather(*(client.post(f"{api}/admin/lines", json={"name": f"l{n}"}, headers=ADMIN)
+                                      for n in range(6)))
+        assert [answer.status_code for answer in made] == [201] * 6
+        listed = (await client.get(f"{api}/lines")).json()["lines"]
+        assert sorted(line["name"] for line in listed) == ["guest", *(f"l{n}" for n in range(6))]
+        assert running.guest.lineup is not None and len(running.guest.lineup.queues) == 7
