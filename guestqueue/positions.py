@@ -26,6 +26,8 @@ from .lines.base import Line, LineView
 from .stopping import raise_if_cancelled, stop_tasks
 from .tickets import Flight, Ticket
 
+MIN_KICK_GAP_S = 0.1  # under a stream of higher-tier arrivals, at most ten extra rounds a second
+
 
 class Positions:
     def __init__(
@@ -44,6 +46,9 @@ class Positions:
             settings.max_concurrent_requests, _pace_s(settings, release_per_minute), self._eta_snapshot
         )
         self._task: asyncio.Task[None] | None = None
+        self._kick: asyncio.Future[bool] | None = None  # the tick's sleep, ended by a kick
+        self._kicked = False
+        self._last_kick = float("-inf")
         self.on_tick: list[Callable[[], None]] = []  # housekeeping run once per tick
         self.on_view: list[Callable[[], None]] = []  # run after each tick's view is taken
 
@@ -72,6 +77,35 @@ class Positions:
         """A view taken by someone else (e.g. at admission) is the newest one."""
         self.view, self._view_mono = view, time.monotonic()
         self.estimator.invalidate()
+
+    def kick(self) -> None:
+        """The line was reordered (a higher tier joined ahead): a round now, not at the next tick."""
+        if self._kick is not None:
+            _settle(self._kick, False)
+        else:
+            self._kicked = True  # during a round, or while the last kick's gap runs
+
+    async def _sleep_until(self, due: float) -> bool:
+        """Until loop time ``due`` (True), or a kick (False; at most one per ``MIN_KICK_GAP_S``).
+        A future and a timer, not wait_for (which can swallow a cancel on Python 3.11)."""
+        loop = asyncio.get_running_loop()
+        gap_s = self._last_kick + MIN_KICK_GAP_S - loop.time()
+        if gap_s > 0:
+            await asyncio.sleep(min(gap_s, max(0.0, due - loop.time())))
+        if loop.time() >= due:
+            return True
+        if not self._kicked:
+            self._kick = loop.create_future()
+            timer = loop.call_at(due, _settle, self._kick, True)
+            try:
+                if await self._kick:
+                    return True
+            finally:
+                timer.cancel()
+                self._kick = None
+        self._kicked = False
+        self._last_kick = loop.time()
+        return False
 
     def _eta_snapshot(self) -> tuple[list[float], float]:
         aged = time.monotonic() - self._view_mono  # the view's clock has moved on since
@@ -118,8 +152,9 @@ class Positions:
         while True:
             # A fixed cadence: sleeping a full interval after each round would let the
             # round's own duration (~0.15 s at 10 000 guests) stretch every gap past it.
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            due = max(due + interval_s, loop.time())
+            # A kick (the line reordered) runs a round at once, keeping the cadence.
+            if await self._sleep_until(due):
+                due = max(due + interval_s, loop.time())
             for housekeeping in self.on_tick:
                 housekeeping()
             try:
@@ -130,6 +165,11 @@ class Positions:
             self.report(list(self._waiting.values()))
             for follow_up in self.on_view:
                 follow_up()
+
+
+def _settle(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def _pace_s(settings: Settings, release_per_minute: int) -> float:

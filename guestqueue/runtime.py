@@ -167,6 +167,7 @@ async def _open_shared(
                            upstream_kind=upstream.kind, gate=gate)
     service.listeners.append(tally)
     line.on_rejoined.append(service.rejoin)
+    line.on_reordered.append(service.positions.kick)
     relay = FlightRelay(redis, line, places, service)
     relay.start()
     stack.push_async_callback(relay.stop)

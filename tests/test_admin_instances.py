@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,3 +87,53 @@ async def test_a_revoked_key_is_refused_on_every_instance_within_a_second(
     logs = "".join(path.read_text(errors="replace") for path in tmp_path.glob("guestqueue-*.log"))
     assert made["key"].removeprefix("gq_").split("_", 1)[1] not in logs, "no key is ever logged"
 
+
+
+@pytest.fixture
+def slow_ticking_pair(tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream) -> Iterator[list[str]]:
+    """Two instances whose guests hear their place only every 5 s, unless something moves them."""
+    for bases in _instances(tmp_path, 2, redis_url, redis_prefix, upstream_url=upstream.url(chunks=1, first=3.0),
+                            admin_api_key=ADMIN_KEY, position_update_s=5.0, max_concurrent_requests=1):
+        yield [base.removesuffix("/guest") for base in bases]
+
+
+async def _positions(client: httpx.AsyncClient, url: str, heard: list[tuple[float, int]], **kwargs: Any) -> None:
+    async with client.stream("POST", url, **kwargs) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                envelope = json.loads(line.removeprefix("data:"))
+                if envelope["event"] == "queued":
+                    heard.append((time.monotonic(), envelope["data"]["queue_position"]))
+
+
+async def test_a_guest_passed_by_a_higher_tier_on_another_instance_hears_it_at_once(
+    slow_ticking_pair: list[str],
+) -> None:
+    a, b = slow_ticking_pair
+    async with httpx.AsyncClient(timeout=30) as client:
+        app = (await client.post(f"{a}/admin/applications", json={"name": "t"}, headers=ADMIN)).json()["id"]
+        made = await client.post(f"{a}/admin/lines", json={"name": "t", "application_id": app,
+                                                           "tiers": ["paid", "free"]}, headers=ADMIN)
+        assert made.status_code == 201
+        key = (await client.post(f"{a}/admin/applications/{app}/keys", headers=ADMIN,
+                                 json={"tier": "paid", "permissions": {"t": ["WRITE"]}})).json()["key"]
+
+        async def served_on_b() -> bool:
+            return (await client.get(f"{b}/lines/t/queue/status")).status_code == 200
+
+        await _within(PROPAGATION_S, served_on_b)
+        running: list[tuple[float, int]] = []
+        waiting: list[tuple[float, int]] = []
+        tasks = [asyncio.create_task(_positions(client, f"{b}/lines/t/chat", running, json={"query": "free 1"}))]
+        await asyncio.sleep(0.5)
+        tasks.append(asyncio.create_task(_positions(client, f"{b}/lines/t/chat", waiting, json={"query": "free 2"})))
+        while not waiting:
+            await asyncio.sleep(0.02)
+        assert waiting[-1][1] == 1
+        asked = time.monotonic()
+        tasks.append(asyncio.create_task(_positions(client, f"{a}/lines/t/chat", [], json={"query": "paid"},
+                                                    headers={"X-API-Key": key})))
+        while not any(position == 2 for _, position in waiting):
+            assert time.monotonic() - asked < 2.0, f"not told within 2 s (ticks every 5 s): {waiting}"
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*tasks)

@@ -110,7 +110,7 @@ local rank = tonumber(ARGV[5])
 redis.call('ZADD', KEYS[4], string.format('%.0f', rank * TIER_SPAN + seq), ARGV[1])
 if rank > 0 then redis.call('ZADD', KEYS[8], now + tonumber(ARGV[6]), ARGV[1]) end
 redis.call('HSET', KEYS[7], 'seq', seq, unpack(ARGV, 7))
-return redis.call('ZRANK', KEYS[4], ARGV[1]) + 1
+return {redis.call('ZRANK', KEYS[4], ARGV[1]) + 1, redis.call('ZCARD', KEYS[4])}
 """
 
 # Seed 001's release rate: at most ARGV[n] starts in any minute. KEYS[n]: the list of the last
@@ -220,6 +220,7 @@ redis.call('DEL', KEYS[3])
 return out
 """
 
+REORDERED = "reordered"  # the wake-up message of a flight that joined ahead of others
 TIER_SPAN = 10**12  # as in _AGING: a score is rank * TIER_SPAN + the flight's number
 UNAVAILABLE = "The waiting line is unavailable right now. Please try again in a few seconds."
 MAX_WAKE_WAIT_S = 0.5  # a worker re-knocks at least this often (lost wake-up, expired lease)
@@ -247,6 +248,8 @@ class RedisLine:
         self.instance_ttl_s = instance_ttl_s
         self._info: dict[str, str] = {}
         self._registered = False
+        # Called when a flight joined ahead of others (a higher tier), here or on another instance.
+        self.on_reordered: list[Callable[[], None]] = []
         # Called when Redis had forgotten this instance: e.g. put its guests' flights back in line.
         self.on_rejoined: list[Callable[[], Awaitable[None]]] = []
         self._admit = redis.register_script(ADMIT)
@@ -305,6 +308,9 @@ class RedisLine:
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             self._wake_workers()
+                            if message["data"] == REORDERED.encode():
+                                for hook in self.on_reordered:
+                                    hook()
             except (RedisError, OSError) as exc:
                 raise_if_cancelled()
                 logger.warning("wake-ups lost (%s); listening again shortly", exc)
@@ -332,11 +338,13 @@ class RedisLine:
                 self.keys.pace, self.keys.request(flight.id), self.keys.aging]
         args = [flight.id, self.max_size, self.max_concurrent, self.interval_ms, flight.rank,
                 round(self.max_starvation_s * 1000), *[x for kv in fields.items() for x in kv]]
-        position = int(await self._call(self._admit, keys, args))
-        if position < 0:
+        reply = await self._call(self._admit, keys, args)
+        if reply == -1:
             raise LineFull("The line is full. Please try again in a little while.")
+        position, size = (int(x) for x in reply)
         await self._quietly(self._expire_request(flight.id))
-        await self._wake_all()
+        # Joining ahead of others (a higher tier) moves them back: every instance tells its guests now.
+        await self._quietly(self._redis.publish(self.keys.wake, REORDERED if position < size else "admit"))
         flight.position = position
         return position
 
@@ -513,9 +521,6 @@ class RedisLine:
             return await script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
-
-    async def _wake_all(self) -> None:
-        await self._quietly(self._redis.publish(self.keys.wake, "admit"))
 
     async def _quietly(self, work: Any) -> None:
         try:
