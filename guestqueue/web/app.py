@@ -14,8 +14,10 @@ on the outer app (FastAPI takes the same argument).
 
 Named lines (``GUEST_CONFIG``, linespec.py) are served by ``guest.lines_app``
 under ``/api/v1/lines``: ``GET /api/v1/lines`` lists them and each has the full
-API under ``/api/v1/lines/{line}/``. ``guest.app`` serves the ``guest`` line,
-and the process-wide views (health and metrics of every line, the pages).
+API under ``/api/v1/lines/{line}/`` (the handlers: lineapi.py). ``guest.app``
+serves the ``guest`` line and the process-wide views (health and metrics of
+every line, the pages); ``guest.admin_app`` the admin API (admin.py), mounted
+at ``/api/v1/admin`` by :func:`create_app`. Mount all three to embed them all.
 """
 
 from __future__ import annotations
@@ -30,30 +32,26 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.routing import BaseRoute, Mount, Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from ..catalog import Catalog, Principal
+from ..catalog import Catalog
 from ..catalogstore import CatalogStore
 from ..config import Settings, SettingsError
-from ..errors import NotFound, Rejected, ShuttingDown, StartupError
+from ..errors import Rejected, ShuttingDown, StartupError
 from ..linespec import DEFAULT_LINE, LineSpec, load_lines, parse_line
 from ..lineup import Lineup
 from ..runtime import Queue, open_redis
 from ..service import QueueService
 from ..store import LogUnavailable, RequestLog
-from ..tickets import Status, Ticket
 from ..upstream import Workflow, make_http_client
 from .access import Access, PeerRecorder
 from .admin import AdminApi
-from .admission import client_key, read_chat_request
+from .lineapi import LineApi, line_name
 from .monitor import StatusMonitor
 from .pages import page_routes
-from .stream import TicketStream
-from .websocket import serve_websocket
 
 API_PREFIX = "/api/v1/guest"
 LINES_PREFIX = "/api/v1/lines"
@@ -72,6 +70,7 @@ class GuestQueue:
         self.monitors: dict[str, StatusMonitor] = {}
         self.access = Access(self.settings)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.lines = LineApi(self)
         self.app = Starlette(
             routes=self._routes(),
             middleware=self._middleware(),
@@ -81,9 +80,9 @@ class GuestQueue:
         self.app.state.guestqueue = self
         self.lines_app = Starlette(
             routes=[
-                Route("/", self.list_lines, methods=["GET"]),
+                Route("/", self.lines.list_lines, methods=["GET"]),
                 Mount("/{line}", routes=[
-                    *self._line_routes(), Route("/metrics", self.line_metrics, methods=["GET"]), *page_routes(),
+                    *self.lines.routes(), Route("/metrics", self.lines.line_metrics, methods=["GET"]), *page_routes(),
                 ]),
             ],
             middleware=self._middleware(),
@@ -206,27 +205,11 @@ class GuestQueue:
 
     def _routes(self) -> list[BaseRoute]:
         return [
-            *self._line_routes(),
+            *self.lines.routes(),
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/", self.index, methods=["GET"]),
             *page_routes(),
-        ]
-
-    def _line_routes(self) -> list[BaseRoute]:
-        """One line's API: the ``guest`` line's under /api/v1/guest, any line's under /api/v1/lines/{line}."""
-        return [
-            Route("/chat", self.chat, methods=["POST"]),
-            Route("/chat/simple", self.chat_simple, methods=["POST"]),
-            Route("/chat/{request_id}/events", self.chat_events, methods=["GET"]),
-            Route("/chat/{request_id}", self.chat_cancel, methods=["DELETE"]),
-            Route("/chat/{name}", self.no_such_chat_endpoint, methods=["POST"]),
-            Route("/queue/status", self.queue_status, methods=["GET"]),
-            Route("/queue/status/stream", self.queue_status_stream, methods=["GET"]),
-            Route("/queue/status/samples", self.queue_status_samples, methods=["GET"]),
-            Route("/queue/request/{request_id}", self.queue_request, methods=["GET"]),
-            Route("/queue/history", self.queue_history, methods=["GET"]),
-            WebSocketRoute("/ws", self.websocket),
         ]
 
     def _middleware(self) -> list[Middleware]:
@@ -240,206 +223,19 @@ class GuestQueue:
         if origins:
             middleware.append(Middleware(
                 CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["Content-Type", "Last-Event-ID", "X-API-Key", "Idempotency-Key"],
+                allow_headers=["Content-Type", "Last-Event-ID", "X-API-Key", "Authorization", "Idempotency-Key"],
                 expose_headers=["X-Request-ID", "Retry-After"],
             ))
         return middleware
+
+    async def index(self, request: Request) -> Response:
+        return JSONResponse(links(request.scope.get("root_path", "")))
 
     @property
     def _lineup(self) -> Lineup:
         if self.lineup is None:
             raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
         return self.lineup
-
-    def _queue(self, request: HTTPConnection) -> Queue:
-        """The line the request's path names (``guest`` under /api/v1/guest)."""
-        return self._lineup.get(line_name(request))
-
-    def _service(self, request: HTTPConnection) -> QueueService:
-        return self._queue(request).service
-
-    def _require(self, request: HTTPConnection, permission: str) -> Principal:
-        """The caller, if it may do ``permission`` on the request's line. Without a key, the
-        operator's rule (the admin key, or a local caller while none is set) answers as before lines."""
-        spec = self._queue(request).spec
-        principal = self.access.principal(request, self.catalog)
-        if principal.may(permission, spec.name, spec.application_id):
-            return principal
-        if principal.role == "anonymous":
-            self.access.require_operator(request)  # raises: 401 (no key) or 403 (not local)
-        return self.access.require(request, self.catalog, permission, spec.name, spec.application_id)
-
-    def _require_status_reader(self, request: Request) -> None:
-        if not (self.settings.public_status and self._queue(request).spec.public):
-            self._require(request, "READ")
-
-    def _asker(self, request: HTTPConnection) -> Principal:
-        """Who asks: anyone on a public line (a key, if sent, must be valid: it gives the tier),
-        WRITE on the others."""
-        if self._queue(request).spec.public:
-            return self.access.principal(request, self.catalog)
-        return self._require(request, "WRITE")
-
-    def _tier(self, request: HTTPConnection, asker: Principal) -> str | None:
-        """The asker's tier counts on lines it may WRITE to (its application's): a key of one
-        application buys no priority on another's public line."""
-        spec = self._queue(request).spec
-        return asker.tier if asker.key is not None and asker.may("WRITE", spec.name, spec.application_id) else None
-
-    async def _admit(self, request: Request) -> tuple[Ticket, bool]:
-        """The admitted ticket, and whether it is one this client had already sent (Idempotency-Key)."""
-        service = self._service(request)
-        asker = self._asker(request)
-        body = await read_chat_request(request, service.settings, upstream_kind=service.upstream_kind)
-        client = client_key(request)
-        known = service.registry.by_key(client, body.idempotency_key) if body.idempotency_key else None
-        ticket = await service.submit(
-            body.query, client=client, parameters=body.parameters, session_id=body.session_id,
-            idempotency_key=body.idempotency_key, tier=self._tier(request, asker),
-        )
-        return ticket, ticket is known
-
-    # -- chat ----------------------------------------------------------------------
-
-    async def chat(self, request: Request) -> Response | TicketStream:
-        ticket, again = await self._admit(request)
-        # The same question sent again (a client retrying a dropped POST stream): resume it.
-        return self._stream(request, ticket, resume=again)
-
-    async def chat_events(self, request: Request) -> Response | TicketStream:
-        # With a shared line, a request another instance held is taken over here.
-        ticket = await self._service(request).find(request.path_params["request_id"], _last_event_id(request))
-        if ticket is None:
-            raise NotFound("No request with that id (it may have expired).")
-        return self._stream(request, ticket, resume=True)
-
-    def _stream(self, request: Request, ticket: Ticket, *, resume: bool) -> Response | TicketStream:
-        last_event_id = _last_event_id(request) if resume else 0
-        if ticket.done and last_event_id >= ticket.events.last_id:
-            # Everything was seen: 204 tells an EventSource to stop reconnecting (the SSE spec's way).
-            return Response(status_code=204, headers={"X-Request-ID": ticket.id})
-        return TicketStream(self._service(request), ticket, last_event_id, client=client_key(request), resume=resume)
-
-    async def chat_cancel(self, request: Request) -> Response:
-        service = self._service(request)
-        spec = self._queue(request).spec
-        if not spec.public:  # on a public line the request's id is permission enough
-            principal = self.access.principal(request, self.catalog)
-            if not principal.may("DELETE", spec.name, spec.application_id):
-                self._require(request, "WRITE")
-        ticket = await service.find(request.path_params["request_id"])  # held here or elsewhere
-        if ticket is None:
-            raise NotFound("No request with that id (it may have expired).")
-        cancelled = service.cancel(ticket, Status.CANCELLED, "cancelled", "The request was cancelled.")
-        await service.settled()  # every instance knows it before the guest does
-        if not cancelled:
-            return JSONResponse(
-                {"error": "The request had already finished.", "code": "already_finished", **ticket.summary()},
-                status_code=409,
-            )
-        return JSONResponse({"request_id": ticket.id, "status": "cancelled"})
-
-    async def no_such_chat_endpoint(self, request: Request) -> Response:
-        # e.g. an OpenAI client pointed here: POST /chat/completions would otherwise be a 405 of the
-        # DELETE /chat/{request_id} route, which says nothing useful.
-        raise NotFound(
-            f"There is no POST /chat/{request.path_params['name']}. Ask with POST /chat (an SSE stream) or "
-            "POST /chat/simple (one JSON answer), with a JSON body {\"query\": \"...\"}."
-        )
-
-    async def chat_simple(self, request: Request) -> Response:
-        service = self._service(request)
-        ticket, _ = await self._admit(request)
-        service.subscribe(ticket)
-        try:
-            finished = await _until_done_or_disconnect(ticket, request)
-        finally:
-            service.unsubscribe(ticket)
-        if ticket.moved:
-            # This instance is stopping (or another took the request over): the place is kept in
-            # the shared line; asking again with the same Idempotency-Key, or following the events,
-            # on any instance picks it up.
-            return JSONResponse({
-                "error": "The service is restarting. Ask again (send the same Idempotency-Key to keep your "
-                         "place) or follow GET /chat/{request_id}/events.",
-                "code": "reconnect", "request_id": ticket.id, "retry_after": 1,
-            }, status_code=503, headers={"Retry-After": "1"})
-        if not finished:
-            return Response(status_code=204)  # nobody is listening any more
-        return _simple_answer(ticket)
-
-    async def websocket(self, websocket: WebSocket) -> None:
-        queue = self.lineup.queues.get(line_name(websocket)) if self.lineup is not None else None
-        if queue is None:
-            # 1013 "try again later" while stopping; 1008 (policy) for a line that does not exist.
-            await websocket.close(1013 if self.lineup is None else 1008,
-                                  reason="shutting_down" if self.lineup is None else "unknown_line")
-            return
-        try:
-            asker = self._asker(websocket)
-        except Rejected as exc:
-            await websocket.close(1008, reason=exc.code)
-            return
-        await serve_websocket(websocket, queue.service, tier=self._tier(websocket, asker))
-
-    # -- status --------------------------------------------------------------------
-
-    async def index(self, request: Request) -> Response:
-        return JSONResponse(links(request.scope.get("root_path", "")))
-
-    async def list_lines(self, request: Request) -> Response:
-        """``GET /api/v1/lines``: the lines the caller may see (the public ones, and those its key
-        has a permission on), with their mode and size."""
-        principal = self.access.principal(request, self.catalog)
-        lines = []
-        for queue in sorted(self._lineup, key=lambda queue: queue.name):
-            spec = queue.spec
-            if not (spec.public or principal.granted(spec.name, spec.application_id)):
-                continue
-            view = queue.service.line.peek()
-            lines.append({
-                "name": queue.name, "mode": queue.service.gate.mode(), "public": queue.spec.public,
-                "upstream": queue.service.upstream_kind, "queue_size": view.size, "active_requests": view.active,
-                "url": f"{request.url.path.rstrip('/')}/{queue.name}",
-            })
-        return JSONResponse({"lines": lines})
-
-    async def queue_status(self, request: Request) -> Response:
-        self._require_status_reader(request)
-        return JSONResponse(await self._queue(request).views.status())
-
-    async def queue_status_stream(self, request: Request) -> Response:
-        self._require_status_reader(request)
-        return self._monitor(request).stream()
-
-    async def queue_status_samples(self, request: Request) -> Response:
-        self._require_status_reader(request)
-        return JSONResponse(self._monitor(request).samples())
-
-    def _monitor(self, request: Request) -> StatusMonitor:
-        monitor = self.monitors.get(self._queue(request).name)
-        if monitor is None:
-            raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
-        return monitor
-
-    async def queue_request(self, request: Request) -> Response:
-        # The id is its guest's credential (access.py): holding it is permission enough.
-        found = await self._queue(request).views.lookup(request.path_params["request_id"])  # or another instance's
-        if found is None:
-            raise NotFound("No request with that id (it may have expired).")
-        return JSONResponse(found)
-
-    async def queue_history(self, request: Request) -> Response:
-        self._require(request, "READ")  # it lists request ids: operators and READ keys only
-        return JSONResponse(await self._queue(request).views.history())
-
-    async def line_metrics(self, request: Request) -> Response:
-        """One line's metrics (READ)."""
-        self._require(request, "READ")
-        queue = self._queue(request)
-        await queue.refresh()
-        body, content_type = self._lineup.metrics.render(queue.name)
-        return Response(body, media_type=content_type)
 
     async def metrics(self, request: Request) -> Response:
         """Every line's metrics (labelled ``line``) and the request log's."""
@@ -471,64 +267,7 @@ class GuestQueue:
         return JSONResponse(body, status_code=503 if worst == "unavailable" else 200)
 
 
-MAX_LAST_EVENT_ID_CHARS = 20  # event ids are counters: 20 digits is more than any stream reaches
-
-
-def _last_event_id(request: Request) -> int:
-    """The guest's last seen event id; anything else (empty, not digits, too long) is ignored: 0."""
-    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
-    raw = raw.strip()
-    # isdigit() alone accepts "²" and other digits int() refuses (a 500): ASCII digits only. The
-    # length cap keeps int() under Python's 4 300-digit limit (a ValueError, hence a 500).
-    if len(raw) > MAX_LAST_EVENT_ID_CHARS or not (raw.isascii() and raw.isdigit()):
-        return 0
-    return int(raw)
-
-
-async def _until_done_or_disconnect(ticket: Ticket, request: Request) -> bool:
-    """Wait for the ticket's end (or its hand-off to another instance); False if the client went
-    away first."""
-
-    async def ended() -> None:
-        while not ticket.done and not ticket.moved:
-            await ticket.events.wait_after(ticket.events.last_id)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    waiters = [asyncio.ensure_future(ended()), asyncio.ensure_future(disconnected())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
-    return ticket.done or ticket.moved
-
-
-SIMPLE_STATUS = {"timeout": 504, "wait_timeout": 504, "cancelled": 409, "shutdown": 503, "internal_error": 500}
-
-
-def _simple_answer(ticket: Ticket) -> Response:
-    if ticket.status is Status.COMPLETED:
-        return JSONResponse({
-            "request_id": ticket.id, "answer": ticket.answer, "suggested_questions": ticket.suggested_questions,
-            "cached": ticket.cached, "wait_ms": round(ticket.wait_ms or 0.0, 1),
-            "duration_ms": round(ticket.duration_ms or 0.0, 1),
-        })
-    terminal = ticket.events.terminal_event()
-    body = dict(terminal.data) if terminal is not None else {"request_id": ticket.id, "error": ticket.error}
-    code = str(body.setdefault("code", ticket.error_code or "timeout"))
-    return JSONResponse(body, status_code=SIMPLE_STATUS.get(code, 502))
-
-
 HEALTH_ORDER = ("ok", "degraded", "unavailable")
-
-
-def line_name(connection: HTTPConnection) -> str:
-    """The line a request's path names; /api/v1/guest/... names none: the ``guest`` line."""
-    return str(connection.path_params.get("line", DEFAULT_LINE))
 
 
 async def _rejected(request: Request, exc: Exception) -> Response:
@@ -578,7 +317,7 @@ def create_app(settings: Settings | None = None, *, workflow: Workflow | None = 
 
     app = Starlette(
         routes=[
-            Route("/", index), Route(LINES_PREFIX, guest.list_lines), Mount(LINES_PREFIX, app=guest.lines_app),
+            Route("/", index), Route(LINES_PREFIX, guest.lines.list_lines), Mount(LINES_PREFIX, app=guest.lines_app),
             Mount(ADMIN_PREFIX, app=guest.admin_app), Mount(API_PREFIX, app=guest.app),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
