@@ -56,7 +56,7 @@ LINE_SETTINGS = (
 SETTING_KEYS = {ENV_NAMES[name].removeprefix("GUEST_").lower(): name for name in LINE_SETTINGS}
 POLICY_KEYS = (
     "mode", "message", "schedule", "max_predicted_wait_sec", "release_per_minute", "public", "tiers",
-    "default_tier", "max_starvation_sec", "application_id",
+    "default_tier", "max_starvation_sec", "application_id", "purged_at",
 )
 SECRET_KEYS = ("upstream_api_key",)
 
@@ -90,6 +90,7 @@ class LineSpec:
     default_tier: str = ""
     max_starvation_s: float = DEFAULT_STARVATION_S
     application_id: str | None = None
+    purged_at: float = 0.0  # Unix time of the last purge (MANAGE): guests waiting then were sent away
 
     def mode_at(self, now: float) -> str:
         """The mode at Unix time ``now``: the last scheduled window holding it, else ``mode``."""
@@ -118,6 +119,7 @@ class LineSpec:
             "max_predicted_wait_sec": self.max_predicted_wait_s, "release_per_minute": self.release_per_minute,
             "public": self.public, "tiers": list(self.tiers), "default_tier": self.default_tier,
             "max_starvation_sec": self.max_starvation_s, "application_id": self.application_id,
+            "purged_at": self.purged_at,
         })
         return out
 
@@ -129,6 +131,7 @@ class LineSpec:
             "max_predicted_wait_sec": self.max_predicted_wait_s, "release_per_minute": self.release_per_minute,
             "public": self.public, "tiers": list(self.tiers), "default_tier": self.default_tier,
             "max_starvation_sec": self.max_starvation_s, "application_id": self.application_id,
+            "purged_at": self.purged_at,
         })
         return out
 
@@ -251,6 +254,7 @@ def _policy(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     if application is not None and not isinstance(application, str):
         raise SettingsError(f"{where}: application_id={application!r}: must be a string")
     out["application_id"] = application
+    out["purged_at"] = float(_number(table, "purged_at", where, 0.0))
     return out
 
 

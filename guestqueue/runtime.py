@@ -57,7 +57,10 @@ class Queue:
         """The line's new spec (the admin API), at once: its mode and policy, limits, pacing and,
         with ``upstream``, a new upstream for the calls that start from now on."""
         service, settings = self.service, spec.settings
+        purged = spec.purged_at > service.gate.spec.purged_at
         service.gate.spec = spec
+        if purged:
+            service.purge(spec.purged_at)
         service.settings = settings
         service.positions.reconfigure(settings, spec.release_per_minute)
         service.line.reconfigure(

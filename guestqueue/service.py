@@ -402,6 +402,15 @@ class QueueService:
                 ticket, Status.CANCELLED, "wait_timeout", "The line is moving slowly today. Please try again later."
             )
 
+    def purge(self, before: float) -> int:
+        """Send away every guest of this instance still waiting that joined at or before Unix time
+        ``before`` (the line's operator cleared it); returns how many."""
+        purged = 0
+        for ticket in self.registry.live():
+            if ticket.status is Status.QUEUED and ticket.created_at <= before:
+                purged += self.cancel(ticket, Status.CANCELLED, "purged", "The line was cleared. Please ask again.")
+        return purged
+
     def cancel(self, ticket: Ticket, status: Status, code: str, message: str) -> bool:
         """End one guest's request early; its flight goes on for others riding it. False if already ended."""
         return self._end_error(ticket, status, code, message)

@@ -214,3 +214,25 @@ async def test_lines_made_at_the_same_moment_all_open(tmp_path: Path, upstream: 
         listed = (await client.get(f"{api}/lines")).json()["lines"]
         assert sorted(line["name"] for line in listed) == ["guest", *(f"l{n}" for n in range(6))]
         assert running.guest.lineup is not None and len(running.guest.lineup.queues) == 7
+
+
+async def test_a_purge_sends_the_waiting_guests_away_and_lets_the_running_call_finish(
+    tmp_path: Path, upstream: MockUpstream,
+) -> None:
+    async with admin_server(tmp_path, upstream, upstream_url=upstream.url(chunks=1, first=1.0)) as (running, api), \
+            httpx.AsyncClient(timeout=20) as client:
+        app = await _application(client, api, "p")
+        await _line(client, api, name="p", application_id=app, max_concurrent_requests=1)
+        manager = {"X-API-Key": await _key(client, api, app, permissions={"p": ["MANAGE"]})}
+        reader = {"X-API-Key": await _key(client, api, app, permissions={"p": ["READ"]})}
+        assert running.guest.lineup is not None
+        line = running.guest.lineup.get("p").service.line
+        guests = [asyncio.create_task(stream_events(client, f"{api}/lines/p/chat", json={"query": f"q{n}"}))
+                  for n in range(3)]
+        await wait_until(lambda: line.peek().size == 2 and line.peek().active == 1)
+        assert (await client.post(f"{api}/admin/lines/p/purge", headers=reader)).status_code == 403
+        purged = await client.post(f"{api}/admin/lines/p/purge", headers=manager)
+        assert purged.status_code == 200 and purged.json()["purged_at"] > 0
+        endings = [(events[-1].name, events[-1].data.get("code")) for events in await asyncio.gather(*guests)]
+    assert sorted(endings, key=str) == sorted([("workflow_complete", None), ("error", "purged"), ("error", "purged")],
+                                              key=str)

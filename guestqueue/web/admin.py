@@ -66,6 +66,7 @@ class AdminApi:
             Route("/lines/{line}", self.get_line, methods=["GET"]),
             Route("/lines/{line}", self.update_line, methods=["PUT"]),
             Route("/lines/{line}", self.delete_line, methods=["DELETE"]),
+            Route("/lines/{line}/purge", self.purge_line, methods=["POST"]),
             Route("/auth/me", self.me, methods=["GET"]),
             Route("/auth/permissions/{line}", self.permissions, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"], include_in_schema=False),
@@ -272,6 +273,19 @@ class AdminApi:
         await self._store.put_line(new.name, new.stored())
         await self.sync()
         return JSONResponse(new.as_dict())
+
+    async def purge_line(self, request: Request) -> Response:
+        """
+        summary: Clear a line (MANAGE)
+        description: Every guest waiting now, on every instance, ends with `error` code `purged`; running calls finish.
+        responses: {200: {description: '{"name": ..., "purged_at": ...}'}}
+        """
+        spec = self._spec(request.path_params["line"])
+        self.access.require(request, self._catalog, "MANAGE", spec.name, spec.application_id)
+        new = replace(spec, purged_at=time.time())
+        await self._store.put_line(new.name, new.stored())
+        await self.sync()
+        return JSONResponse({"name": new.name, "purged_at": new.purged_at})
 
     async def delete_line(self, request: Request) -> Response:
         """
