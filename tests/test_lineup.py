@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -152,3 +153,17 @@ async def test_health_metrics_and_the_log_cover_every_line(tmp_path: Path, upstr
     with sqlite3.connect(db) as conn:
         rows = dict(conn.execute("SELECT line, COUNT(*) FROM requests GROUP BY line").fetchall())
     assert rows == {"guest": 1, "other": 2}
+
+
+async def test_a_scheduled_window_sets_the_mode_while_it_lasts(tmp_path: Path, upstream: MockUpstream) -> None:
+    def at(offset_s: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + offset_s))
+
+    toml = (f'[lines.s]\nupstream_url = "{upstream.url(chunks=1)}"\nmessage = "Maintenance until the hour."\n'
+            f'[[lines.s.schedule]]\nstart = {at(-60)}\nend = {at(2)}\nmode = "reject"\n')
+    async with serve_lines(tmp_path, toml) as (_, lines), httpx.AsyncClient(timeout=10) as client:
+        during = await client.post(f"{lines}/s/chat/simple", json={"query": "now?"})
+        assert during.status_code == 503 and during.json()["error"] == "Maintenance until the hour."
+        await asyncio.sleep(2.5)
+        after = await client.post(f"{lines}/s/chat/simple", json={"query": "and now?"})
+        assert after.status_code == 200 and after.json()["answer"]
