@@ -236,3 +236,17 @@ async def test_a_purge_sends_the_waiting_guests_away_and_lets_the_running_call_f
         endings = [(events[-1].name, events[-1].data.get("code")) for events in await asyncio.gather(*guests)]
     assert sorted(endings, key=str) == sorted([("workflow_complete", None), ("error", "purged"), ("error", "purged")],
                                               key=str)
+
+
+async def test_without_an_admin_key_a_remote_guest_of_a_private_line_is_asked_for_a_key(
+    tmp_path: Path, upstream: MockUpstream,
+) -> None:
+    async with serve(upstream_url=upstream.url(chunks=1), db_path=str(tmp_path / "g.db")) as running, \
+            httpx.AsyncClient(timeout=10) as client:
+        api = running.base.removesuffix("/guest")
+        # No GUEST_ADMIN_API_KEY: a local caller is the super admin (as for the operator's views).
+        assert (await client.post(f"{api}/admin/lines", json={"name": "private", "public": False})).status_code == 201
+        remote = {"X-Forwarded-For": "203.0.113.9"}  # from a proxy that is not trusted: not local
+        asked = await client.post(f"{api}/lines/private/chat/simple", json={"query": "hi"}, headers=remote)
+        assert asked.status_code == 401 and asked.json()["code"] == "unauthorized"
+        assert "API key" in asked.json()["error"]

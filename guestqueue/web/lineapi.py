@@ -96,14 +96,15 @@ class LineApi:
         return self._queue(request).service
 
     def _require(self, request: HTTPConnection, permission: str) -> Principal:
-        """The caller, if it may do ``permission`` on the request's line. Without a key, the
-        operator's rule (the admin key, or a local caller while none is set) answers as before lines."""
+        """The caller, if it may do ``permission`` on the request's line; else 401 (no key) or 403.
+        Reading without a key answers as the operator's views did before lines (the admin key, or
+        a local caller while none is set)."""
         spec = self._queue(request).spec
         principal = self.access.principal(request, self.catalog)
         if principal.may(permission, spec.name, spec.application_id):
             return principal
-        if principal.role == "anonymous":
-            self.access.require_operator(request)  # raises: 401 (no key) or 403 (not local)
+        if principal.role == "anonymous" and permission == "READ":
+            self.access.require_operator(request)  # the operator's views: 401 (no key) or 403 (not local)
         return self.access.require(request, self.catalog, permission, spec.name, spec.application_id)
 
     def _require_status_reader(self, request: Request) -> None:
