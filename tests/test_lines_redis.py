@@ -67,24 +67,42 @@ async def test_one_fifo_across_instances_whichever_runs_the_flight(redis_url: st
         assert started == [f.request.query for f in admitted]
 
 
-async def test_a_dead_instances_slot_comes_back_and_its_flight_goes_to_one_survivor(
-    redis_url: str, redis_prefix: str
-) -> None:
+async def test_a_dead_instances_call_that_said_nothing_goes_back_first(redis_url: str, redis_prefix: str) -> None:
     async with instances(redis_url, redis_prefix, "dead", "B", "C") as (dead, b, c):
         running, waiting = flights(2)
         await dead.admit(running)
         assert (await dead.next()).id == running.id
         await b.admit(waiting)
         die(dead)
-        # The one slot is the dead instance's until its lease (1 s) runs out; then B may start.
+        # The one slot is the dead instance's until its lease (1 s) runs out; then its call, which
+        # had sent nothing, is back at its old number before anything starts: ahead of `waiting`.
         began = time.monotonic()
         got = await asyncio.wait_for(b.next(), 5)
-        assert got.id == waiting.id and 0.5 < time.monotonic() - began < 3
+        assert got.id == running.id and 0.5 < time.monotonic() - began < 3
+        assert got.request.query == running.request.query
+        found = await asyncio.gather(b.dead_flights(), c.dead_flights())
+        assert [len(f) for f in found] == [0, 0], "nothing left for a survivor to end"
+
+
+async def test_a_dead_instances_call_that_had_answered_goes_to_one_survivor(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async with instances(redis_url, redis_prefix, "dead", "B", "C") as (dead, b, c):
+        running, waiting = flights(2)
+        await dead.admit(running)
+        assert (await dead.next()).id == running.id
+        await dead._redis.xadd(dead.keys.flight_events(running.id), {"e": '{"t": "chunk", "text": "half"}'})
+        await b.admit(waiting)
+        die(dead)
+        # Its guests saw part of an answer: it must not run again. The slot frees, `waiting` starts,
+        # and exactly one survivor takes the call over (to end it `interrupted`, relay.py).
+        got = await asyncio.wait_for(b.next(), 5)
+        assert got.id == waiting.id
         found = await asyncio.gather(b.dead_flights(), c.dead_flights())
         assert sorted(len(f) for f in found) == [0, 1], "exactly one survivor takes it over"
         orphan = next(f for f in found if f)[0]
         assert orphan.id == running.id and orphan.request.query == running.request.query
-        # Back in line at its old number: ahead of everyone admitted after it.
+        # requeue_front (a stopping instance's call) puts a flight back at its old number.
         later, = flights(1, tag="later")
         await c.admit(later)
         await b.requeue_front(orphan)

@@ -2,7 +2,7 @@
 
 All keys start with the deployment's prefix (GUEST_REDIS_PREFIX), so several
 deployments can share one Redis. Scripts build no key names of their own
-except ``instance_info`` and ``request`` (from an id and this prefix), which is
+except ``instance_info``, ``request`` and ``flight_events`` (from an id and this prefix), which is
 fine on a single Redis or Valkey (not on a cluster).
 """
 

@@ -55,12 +55,15 @@ from .keys import Keys
 
 logger = logging.getLogger("guestqueue.lines.redis")
 
-# Shared Lua: NOW (ms on Redis's clock) and LIVE_ACTIVE (slots of live instances; slots of
-# dead ones move to the orphans hash). KEYS[1]=slots KEYS[2]=instances KEYS[3]=orphans.
+# Shared Lua: NOW (ms on Redis's clock) and LIVE_ACTIVE (slots of live instances). A slot of a
+# dead instance is given up where it is found, before any start: a call that had said nothing
+# (its event stream holds no chunk and no ending) goes back into line at its old number at once,
+# so nobody admitted after it can start first; any other moves to the orphans hash, for one
+# survivor to end (relay.py). KEYS: slots instances orphans line; PREFIX: the keys' prefix.
 _PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function live_active(slots, instances, orphans)
+local function live_active(slots, instances, orphans, line, prefix)
   local active = 0
   local all = redis.call('HGETALL', slots)
   for i = 1, #all, 2 do
@@ -69,8 +72,16 @@ local function live_active(slots, instances, orphans)
     if lease >= now then
       active = active + 1
     else
-      redis.call('HSET', orphans, all[i], all[i + 1])
-      redis.call('HDEL', slots, all[i])
+      local id = all[i]
+      local last = redis.call('XREVRANGE', prefix .. ':events:' .. id, '+', '-', 'COUNT', 1)[1]
+      local said = last and cjson.decode(last[2][2])['t'] ~= 'started'
+      local seq = redis.call('HGET', prefix .. ':request:' .. id, 'seq')
+      if seq and not said then
+        redis.call('ZADD', line, seq, id)
+      else
+        redis.call('HSET', orphans, id, all[i + 1])
+      end
+      redis.call('HDEL', slots, id)
     end
   end
   return active
@@ -94,9 +105,9 @@ end
 """
 
 # KEYS: slots instances orphans line seq pace request(flight) aging
-# ARGV: flight_id max_size max_concurrent interval_ms rank starvation_ms, then field/value pairs of the request
+# ARGV: flight_id max_size max_concurrent interval_ms rank starvation_ms prefix, then field/value pairs of the request
 ADMIT = _PRELUDE + _AGING + """
-local active = live_active(KEYS[1], KEYS[2], KEYS[3])
+local active = live_active(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[7])
 local free = math.max(0, tonumber(ARGV[3]) - active)
 local startable = free
 if tonumber(ARGV[4]) > 0 then
@@ -109,7 +120,7 @@ local seq = redis.call('INCR', KEYS[5])
 local rank = tonumber(ARGV[5])
 redis.call('ZADD', KEYS[4], string.format('%.0f', rank * TIER_SPAN + seq), ARGV[1])
 if rank > 0 then redis.call('ZADD', KEYS[8], now + tonumber(ARGV[6]), ARGV[1]) end
-redis.call('HSET', KEYS[7], 'seq', seq, unpack(ARGV, 7))
+redis.call('HSET', KEYS[7], 'seq', seq, unpack(ARGV, 8))
 return {redis.call('ZRANK', KEYS[4], ARGV[1]) + 1, redis.call('ZCARD', KEYS[4])}
 """
 
@@ -135,7 +146,7 @@ START = _PRELUDE + _RELEASES + _AGING + """
 promote(KEYS[4], KEYS[8])
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
 if redis.call('ZCARD', KEYS[6]) > 0 then return {'retry'} end
-if live_active(KEYS[1], KEYS[2], KEYS[3]) >= tonumber(ARGV[2]) then return {'busy'} end
+if live_active(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4]) >= tonumber(ARGV[2]) then return {'busy'} end
 local head = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
 if not head then return {'empty'} end
 local pace = tonumber(redis.call('GET', KEYS[5]) or '0')
@@ -182,7 +193,7 @@ return 0
 # KEYS: slots instances orphans line pace held releases aging   ARGV: prefix release_per_minute
 VIEW = _PRELUDE + _RELEASES + _AGING + """
 promote(KEYS[4], KEYS[8])
-live_active(KEYS[1], KEYS[2], KEYS[3])
+live_active(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
 local running = {}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 2, #all, 2 do running[#running + 1] = string.match(all[i], '%S+ (%d+)') end
@@ -206,9 +217,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
 return fresh
 """
 
-# KEYS: slots instances orphans   ARGV: prefix  -> {flight_id, request json}... taken over by the caller
+# KEYS: slots instances orphans line   ARGV: prefix  -> {flight_id, request json}... taken over by the caller
 TAKE_ORPHANS = _PRELUDE + """
-live_active(KEYS[1], KEYS[2], KEYS[3])
+live_active(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
 local out = {}
 local all = redis.call('HGETALL', KEYS[3])
 for i = 1, #all, 2 do
@@ -337,7 +348,7 @@ class RedisLine:
         keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.seq,
                 self.keys.pace, self.keys.request(flight.id), self.keys.aging]
         args = [flight.id, self.max_size, self.max_concurrent, self.interval_ms, flight.rank,
-                round(self.max_starvation_s * 1000), *[x for kv in fields.items() for x in kv]]
+                round(self.max_starvation_s * 1000), self.keys.prefix, *[x for kv in fields.items() for x in kv]]
         reply = await self._call(self._admit, keys, args)
         if reply == -1:
             raise LineFull("The line is full. Please try again in a little while.")
@@ -494,7 +505,8 @@ class RedisLine:
 
     async def dead_flights(self) -> list[Flight]:
         """The running flights of instances whose lease ran out, each handed to exactly one caller."""
-        reply = await self._call(self._orphans, [self.keys.slots, self.keys.instances, self.keys.orphans],
+        reply = await self._call(self._orphans, [self.keys.slots, self.keys.instances, self.keys.orphans,
+                                                 self.keys.line],
                                  [self.keys.prefix])
         flights = []
         for i in range(0, len(reply), 2):
