@@ -8,12 +8,16 @@ selenium is given both paths, so it never tries to download a browser.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -22,8 +26,12 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
+from starlette.staticfiles import StaticFiles
 
-from .conftest import guestqueue_process
+from guestqueue import Chunk, Settings, WorkflowRequest, create_app
+from guestqueue.web.pages import STATIC_DIR
+
+from .conftest import FAST, guestqueue_process, serve_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -91,9 +99,16 @@ def ask_on_page(driver: WebDriver, question: str) -> None:
     driver.find_element(By.ID, "ask").click()
 
 
+def page_is_ready(driver: WebDriver) -> bool:
+    """The chat page has its strings and has taken over its form: the Ask button turns on."""
+    ready: bool = driver.execute_script(
+        "return document.readyState === 'complete' && !document.getElementById('ask').disabled")
+    return ready
+
+
 def open_chat(driver: WebDriver, site: str) -> None:
     driver.get(f"{site}/static/chat.html")
-    wait(driver).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    wait(driver).until(page_is_ready)
 
 
 def test_second_guest_sees_place_one_then_the_streamed_answer(browser: WebDriver, site: str) -> None:
@@ -420,10 +435,7 @@ def test_every_language_has_every_string() -> None:
 
 def open_page(driver: WebDriver, url: str) -> None:
     driver.get(url)
-    wait(driver).until(lambda d: d.execute_script(
-        "return document.readyState === 'complete' && document.getElementById('ask').textContent !== ''"
-        " && document.title !== ''"))
-    wait(driver).until(lambda d: d.execute_script("return document.documentElement.dataset.theme") is not None)
+    wait(driver).until(page_is_ready)
 
 
 def _box(driver: WebDriver, element_id: str) -> dict[str, float]:
@@ -456,16 +468,58 @@ def test_the_page_in_arabic_reads_right_to_left_and_answers(browser: WebDriver, 
 
 
 def test_the_dark_theme_is_dark_and_the_light_one_light(browser: WebDriver, site: str) -> None:
-    def background() -> list[int]:
-        color: str = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
-        return [int(part) for part in re.findall(r"\d+", color)[:3]]
-
     open_page(browser, f"{site}/static/chat.html?theme=dark")
-    dark = background()
+    dark = background(browser)
     screenshot(browser, "chat-dark.png")
     open_page(browser, f"{site}/static/chat.html?theme=light")
-    light = background()
+    light = background(browser)
     assert sum(dark) < 120 < 600 < sum(light), (dark, light)
+
+
+def background(driver: WebDriver) -> list[int]:
+    color: str = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+    return [int(part) for part in re.findall(r"\d+", color)[:3]]
+
+
+@contextmanager
+def system_colors(driver: WebDriver, scheme: str) -> Iterator[None]:
+    """The browser as on a system set to ``scheme`` (light or dark)."""
+    def emulate(value: str) -> None:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                               {"features": [{"name": "prefers-color-scheme", "value": value}]})
+
+    emulate(scheme)
+    try:
+        yield
+    finally:
+        emulate("")
+
+
+def test_without_a_theme_the_page_follows_the_system_while_open(browser: WebDriver, site: str) -> None:
+    with system_colors(browser, "dark"):
+        open_page(browser, f"{site}/static/chat.html")
+        assert sum(background(browser)) < 120
+        with system_colors(browser, "light"):  # the system switches while the page is open
+            wait(browser, 5).until(lambda d: sum(background(d)) > 600)
+        # ?theme= wins over the system's colours.
+        open_page(browser, f"{site}/static/chat.html?theme=light")
+        assert sum(background(browser)) > 600
+
+
+def test_a_line_name_is_shown_as_given_and_an_unknown_one_gets_the_servers_404(
+    browser: WebDriver, site: str
+) -> None:
+    name = "no$&such$'line"  # String.replace would read $& and $' as patterns
+    open_page(browser, f"{site}/static/chat.html?line={quote(name)}")
+    assert browser.find_element(By.ID, "line-name").text == strings("en")["line"].replace("{line}", name)
+    ask_on_page(browser, "anyone there?")
+    wait(browser).until(lambda d: ending_of_last_turn(d) == "rejected")
+    # What the server answers at the line's address is what the page shows, in the page's words.
+    lines = site.removesuffix("/guest") + "/lines"
+    answer = httpx.post(f"{lines}/{quote(name, safe='')}/chat", json={"query": "anyone there?"})
+    assert answer.status_code == 404 and answer.json()["code"] == "unknown_line", answer.text
+    assert last_turn(browser, "error") == strings("en")["errors"]["unknown_line"]
+    assert browser.find_element(By.ID, "ask").is_enabled()  # and the page goes on working
 
 
 def test_the_line_parameter_asks_that_line(browser: WebDriver, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -494,3 +548,45 @@ def test_the_line_parameter_asks_that_line(browser: WebDriver, tmp_path_factory:
         ask_on_page(browser, "?")
         wait(browser).until(lambda d: last_turn(d, "error") != "")
         assert last_turn(browser, "error") == strings("ar")["errors"]["unknown_line"]
+
+
+async def echo(request: WorkflowRequest) -> AsyncIterator[str | Chunk]:
+    yield f"you asked: {request.query}"
+
+
+async def test_a_copy_of_the_page_on_another_path_of_the_site(browser: WebDriver, tmp_path: Path) -> None:
+    """The page copied into a site's own folders (with guestqueue.js and i18n/ next to it), on the
+    origin that also serves the API: line= finds /api/v1/lines/NAME at the site's root; a missing
+    language file falls back to English; with no strings at all the page says so and takes nothing."""
+    help_dir, bare_dir = tmp_path / "help", tmp_path / "bare"
+    for folder in (help_dir / "i18n", bare_dir):
+        folder.mkdir(parents=True)
+    for folder in (help_dir, bare_dir):
+        for name in ("chat.html", "guestqueue.js"):
+            shutil.copy(STATIC_DIR / name, folder / name)
+    shutil.copy(STATIC_DIR / "i18n" / "en.json", help_dir / "i18n" / "en.json")  # no ar.json
+    fast: dict[str, Any] = FAST
+    app = create_app(Settings(**fast), workflow=echo)
+    app.mount("/help", StaticFiles(directory=help_dir))
+    app.mount("/bare", StaticFiles(directory=bare_dir))
+    english = strings("en")
+
+    def check(site: str) -> None:
+        open_page(browser, f"{site}/help/chat.html?line=guest")
+        ask_on_page(browser, "where am I?")
+        wait(browser).until(lambda d: ending_of_last_turn(d) is not None)
+        assert (ending_of_last_turn(browser), last_turn(browser, "answer")) == (
+            "workflow_complete", "you asked: where am I?")
+        open_page(browser, f"{site}/help/chat.html?line=nosuch&lang=ar")
+        assert browser.execute_script("return document.documentElement.dir") == "ltr"
+        assert browser.find_element(By.ID, "ask").text == english["ask"]
+        ask_on_page(browser, "?")
+        wait(browser).until(lambda d: ending_of_last_turn(d) == "rejected")
+        assert last_turn(browser, "error") == english["errors"]["unknown_line"]
+        browser.get(f"{site}/bare/chat.html")
+        wait(browser).until(lambda d: "could not load its text" in d.find_element(By.ID, "intro").text)
+        assert "i18n/en.json: HTTP 404" in browser.find_element(By.ID, "intro").text
+        assert not browser.find_element(By.ID, "ask").is_enabled()
+
+    async with serve_app(app) as site:
+        await asyncio.to_thread(check, site)
