@@ -29,6 +29,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from starlette.staticfiles import StaticFiles
 
 from guestqueue import Chunk, Settings, WorkflowRequest, create_app
+from guestqueue.errors import GuestQueueError, Rejected, UpstreamFailure
 from guestqueue.web.pages import STATIC_DIR
 
 from .conftest import FAST, guestqueue_process, serve_app
@@ -431,6 +432,51 @@ def test_every_language_has_every_string() -> None:
     for path in I18N.glob("*.json"):
         other = strings(path.stem)
         assert other.keys() == english.keys() and other["errors"].keys() == english["errors"].keys(), path.name
+
+
+# Codes the chat page never meets: it always sends a JSON body and no Idempotency-Key, never calls
+# the admin API, shows a `timeout` event's own fallback text, and does not read the answers of
+# DELETE /chat/{id} (already_finished) or chat/simple (reconnect); client_disconnected answers a
+# guest who has gone.
+NOT_ON_THE_PAGE = {"invalid_json", "unsupported_media_type", "idempotency_mismatch", "conflict",
+                   "too_many_attempts", "timeout", "already_finished", "reconnect", "client_disconnected"}
+CODE = re.compile(r'(?:"code": |code=|code: )"(\w+)"')
+
+
+def every_code() -> set[str]:
+    """Every error code a caller can be sent: the error tree's, and those written out in the server,
+    the browser client and nginx.conf."""
+    codes = set()
+    tree: list[type[GuestQueueError]] = [Rejected, UpstreamFailure]
+    while tree:
+        kind = tree.pop()
+        codes.add(kind.code)
+        tree.extend(kind.__subclasses__())
+    for path in [*(ROOT / "guestqueue").rglob("*.py"), STATIC_DIR / "guestqueue.js", ROOT / "nginx.conf"]:
+        codes.update(CODE.findall(path.read_text(encoding="utf-8")))
+    return codes
+
+
+def test_every_error_a_guest_can_meet_has_words_in_every_language() -> None:
+    codes = every_code()
+    assert NOT_ON_THE_PAGE <= codes, "a code the page was said not to meet is gone: drop it from the list"
+    for path in I18N.glob("*.json"):
+        missing = codes - NOT_ON_THE_PAGE - strings(path.stem)["errors"].keys()
+        assert not missing, f"{path.name} has no words for {sorted(missing)}: the guest would read the server's"
+
+
+def test_the_pages_own_text_is_en_json() -> None:
+    """What the page shows before its script has run is en.json's text, not a drifting copy."""
+    html = (STATIC_DIR / "chat.html").read_text(encoding="utf-8")
+    english = strings("en")
+    shown = re.findall(r'data-text="(\w+)"[^>]*>([^<]*)<', html)
+    placeholders = re.findall(r'\splaceholder="([^"]*)"\s+data-placeholder="(\w+)"', html)
+    assert len(shown) >= 4 and placeholders, (shown, placeholders)
+    assert re.findall(r"<title>(.*?)</title>", html) == [english["title"]]
+    for key, text in shown:
+        assert " ".join(text.split()) == english[key], key
+    for text, key in placeholders:
+        assert text == english[key], key
 
 
 def open_page(driver: WebDriver, url: str) -> None:
