@@ -9,6 +9,7 @@ selenium is given both paths, so it never tries to download a browser.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import shutil
@@ -484,42 +485,87 @@ def open_page(driver: WebDriver, url: str) -> None:
     wait(driver).until(page_is_ready)
 
 
-def _box(driver: WebDriver, element_id: str) -> dict[str, float]:
+def _box(driver: WebDriver, selector: str) -> dict[str, float]:
+    """Where an element is drawn, in screenshot pixels (the window's width with it)."""
     box: dict[str, float] = driver.execute_script(
-        "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
-        "return {left: r.left, right: r.right, width: innerWidth}", element_id)
+        "const r = document.querySelector(arguments[0]).getBoundingClientRect(), k = devicePixelRatio;"
+        "return {left: r.left * k, right: r.right * k, middle: (r.top + r.bottom) / 2 * k, width: innerWidth * k}",
+        selector)
     return box
+
+
+SCREENSHOT_ROW = """
+const [png, y, done] = arguments;
+const image = new Image();
+image.onload = () => {
+  const canvas = document.createElement("canvas");
+  [canvas.width, canvas.height] = [image.width, 1];
+  const context = canvas.getContext("2d");
+  context.drawImage(image, 0, -y);
+  done([...context.getImageData(0, 0, image.width, 1).data]);
+};
+image.onerror = () => done(null);
+image.src = "data:image/png;base64," + png;
+"""
+
+
+def screenshot_row(driver: WebDriver, shot: Path, y: float) -> list[tuple[int, ...]]:
+    """One row of a saved screenshot's pixels (RGB), decoded by the browser: there is no imaging
+    library here, and the page's policy lets it read data: images."""
+    data = driver.execute_async_script(SCREENSHOT_ROW, base64.b64encode(shot.read_bytes()).decode(), int(y))
+    assert data, f"{shot} is not an image"
+    return [tuple(data[x:x + 3]) for x in range(0, len(data), 4)]
+
+
+def accent_in_screenshot(driver: WebDriver, shot: Path, selector: str) -> tuple[int, int, int]:
+    """On the screenshot's row through the element's middle, the first and last x drawn in the accent
+    blue (either theme's, at full strength), and the row's width."""
+    row = screenshot_row(driver, shot, _box(driver, selector)["middle"])
+    blue = [x for x, (r, _, b) in enumerate(row) if b > 200 and r < 120]
+    assert blue, f"no accent blue on {shot.name}'s row through {selector}"
+    return blue[0], blue[-1], len(row)
 
 
 def test_the_page_in_arabic_reads_right_to_left_and_answers(browser: WebDriver, site: str) -> None:
     arabic = strings("ar")
     open_page(browser, f"{site}/static/chat.html?lang=en")
-    ltr = _box(browser, "ask")
+    ltr = _box(browser, "#ask")
+    first, last, width = accent_in_screenshot(browser, screenshot(browser, "chat-english.png"), "#ask")
+    assert first > width / 2, "in English the Ask button is drawn on the right"
     open_page(browser, f"{site}/static/chat.html?lang=ar")
     assert browser.execute_script("return [document.documentElement.lang, document.documentElement.dir]") == [
         "ar", "rtl"]
     assert browser.title == arabic["title"]
     assert browser.find_element(By.ID, "ask").text == arabic["ask"]
-    rtl = _box(browser, "ask")
-    # The send button sits at the line's end: the right in English, the left in Arabic.
+    assert browser.find_element(By.ID, "intro").text == arabic["intro"]
+    assert browser.find_element(By.ID, "question").get_attribute("placeholder") == arabic["placeholder"]
+    rtl = _box(browser, "#ask")
+    # The send button sits at the line's end: the right in English, the left in Arabic, both where
+    # the page puts it and where the screenshot shows it.
     assert ltr["left"] > ltr["width"] / 2 and rtl["right"] < rtl["width"] / 2, (ltr, rtl)
+    first, last, width = accent_in_screenshot(browser, screenshot(browser, "chat-arabic.png"), "#ask")
+    assert last < width / 2, "in Arabic the Ask button is drawn on the left"
     ask_on_page(browser, "ما هذا؟")
     wait(browser, 30).until(lambda d: ending_of_last_turn(d) is not None)
     assert ending_of_last_turn(browser) == "workflow_complete"
     waited = arabic["waited"].split("{seconds}")[0]
     status = last_turn(browser, "status")
     assert status == "" or status.startswith(waited), status
-    shot = screenshot(browser, "chat-arabic.png")
-    assert shot.stat().st_size > 10_000, "the screenshot should show a page, not a blank"
+    # The guest's own question, a blue bubble at the line's end: on the left in Arabic.
+    shot = screenshot(browser, "chat-arabic-answer.png")
+    first, last, width = accent_in_screenshot(browser, shot, ".turn:last-child .question")
+    assert last < width / 2, "the question's bubble is drawn on the left"
 
 
 def test_the_dark_theme_is_dark_and_the_light_one_light(browser: WebDriver, site: str) -> None:
     open_page(browser, f"{site}/static/chat.html?theme=dark")
     dark = background(browser)
-    screenshot(browser, "chat-dark.png")
+    [dark_corner, *_] = screenshot_row(browser, screenshot(browser, "chat-dark.png"), 2)
     open_page(browser, f"{site}/static/chat.html?theme=light")
     light = background(browser)
+    [light_corner, *_] = screenshot_row(browser, screenshot(browser, "chat-light.png"), 2)
     assert sum(dark) < 120 < 600 < sum(light), (dark, light)
+    assert sum(dark_corner) < 120 < 600 < sum(light_corner), (dark_corner, light_corner)
 
 
 def background(driver: WebDriver) -> list[int]:
