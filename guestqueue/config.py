@@ -150,6 +150,9 @@ class Settings:
         "GUEST_MAX_CONNECTIONS", 0, "open connections at most (0 = the open-file limit minus a reserve)"
     )
     backlog: int = _setting("GUEST_BACKLOG", 2048, "connections the kernel queues before they are accepted")
+    webhook_backoff_s: float = _setting(
+        "GUEST_WEBHOOK_BACKOFF_SEC", 1.0, "a failed webhook delivery is tried again after this, doubling (3 retries)"
+    )
     config: str = _setting(
         "GUEST_CONFIG", "", "TOML file declaring named lines ([lines.NAME] tables); empty = one line `guest` "
         "from these settings", minimum=None,

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+
 from .config import ENV_NAMES, Settings, SettingsError, parse_value
 
 DEFAULT_LINE = "guest"
@@ -56,9 +58,46 @@ LINE_SETTINGS = (
 SETTING_KEYS = {ENV_NAMES[name].removeprefix("GUEST_").lower(): name for name in LINE_SETTINGS}
 POLICY_KEYS = (
     "mode", "message", "schedule", "max_predicted_wait_sec", "release_per_minute", "public", "tiers",
-    "default_tier", "max_starvation_sec", "application_id", "purged_at",
+    "default_tier", "max_starvation_sec", "application_id", "purged_at", "webhooks",
 )
 SECRET_KEYS = ("upstream_api_key",)
+
+
+WEBHOOK_EVENTS = ("admitted", "completed", "failed", "timeout", "cancelled", "line_threshold", "upstream_degraded")
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    url: str
+    events: tuple[str, ...]
+    secret: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """As the admin API shows it: never the secret."""
+        return {"url": self.url, "events": list(self.events), "secret": "***"}
+
+
+def parse_webhooks(value: Any, where: str) -> tuple[Webhook, ...]:
+    """The ``webhooks`` of a line's table (webhooks.py sends them)."""
+    if not isinstance(value, list):
+        raise SettingsError(f"{where}: webhooks: must be a list of tables with url, events and secret")
+    hooks = []
+    for n, item in enumerate(value):
+        at = f"{where} webhooks[{n}]"
+        if not isinstance(item, Mapping) or set(item) - {"url", "events", "secret"}:
+            raise SettingsError(f"{at}: a webhook has url, events and secret")
+        url = item.get("url")
+        if not isinstance(url, str) or httpx.URL(url).scheme not in ("http", "https") or not httpx.URL(url).host:
+            raise SettingsError(f"{at}: url={url!r}: must be an http:// or https:// URL")
+        events = item.get("events", list(WEBHOOK_EVENTS))
+        if not isinstance(events, list) or not events or any(e not in WEBHOOK_EVENTS for e in events):
+            raise SettingsError(f"{at}: events: a list of {', '.join(WEBHOOK_EVENTS)}")
+        secret = item.get("secret")
+        if not isinstance(secret, str) or len(secret) < 16:
+            raise SettingsError(f"{at}: secret: a string of at least 16 characters (it signs every delivery)")
+        hooks.append(Webhook(url, tuple(dict.fromkeys(events)), secret))
+    return tuple(hooks)
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +130,7 @@ class LineSpec:
     max_starvation_s: float = DEFAULT_STARVATION_S
     application_id: str | None = None
     purged_at: float = 0.0  # Unix time of the last purge (MANAGE): guests waiting then were sent away
+    webhooks: tuple[Webhook, ...] = ()
 
     def mode_at(self, now: float) -> str:
         """The mode at Unix time ``now``: the last scheduled window holding it, else ``mode``."""
@@ -119,7 +159,7 @@ class LineSpec:
             "max_predicted_wait_sec": self.max_predicted_wait_s, "release_per_minute": self.release_per_minute,
             "public": self.public, "tiers": list(self.tiers), "default_tier": self.default_tier,
             "max_starvation_sec": self.max_starvation_s, "application_id": self.application_id,
-            "purged_at": self.purged_at,
+            "purged_at": self.purged_at, "webhooks": [hook.as_dict() for hook in self.webhooks],
         })
         return out
 
@@ -132,6 +172,7 @@ class LineSpec:
             "public": self.public, "tiers": list(self.tiers), "default_tier": self.default_tier,
             "max_starvation_sec": self.max_starvation_s, "application_id": self.application_id,
             "purged_at": self.purged_at,
+            "webhooks": [{"url": h.url, "events": list(h.events), "secret": h.secret} for h in self.webhooks],
         })
         return out
 
@@ -255,6 +296,7 @@ def _policy(table: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise SettingsError(f"{where}: application_id={application!r}: must be a string")
     out["application_id"] = application
     out["purged_at"] = float(_number(table, "purged_at", where, 0.0))
+    out["webhooks"] = parse_webhooks(table.get("webhooks", []), where)
     return out
 
 

@@ -23,6 +23,7 @@ from .metrics import Metrics
 from .runtime import Queue, open_queue
 from .store import RequestLog
 from .upstream import Workflow, make_upstream
+from .webhooks import LineWebhooks, Outbox
 
 logger = logging.getLogger("guestqueue.lineup")
 UPSTREAM_FIELDS = ("upstream_url", "upstream_kind", "upstream_model", "upstream_api_key", "upstream_allowed_parameters")
@@ -33,9 +34,11 @@ OpenHook = Callable[[Queue, AsyncExitStack], Awaitable[None]]
 class Lineup:
     def __init__(
         self, *, client: httpx.AsyncClient, log: RequestLog | None, redis: aioredis.Redis | None = None,
-        workflow: Workflow | None = None,
+        workflow: Workflow | None = None, outbox: Outbox | None = None,
     ) -> None:
         self._client = client
+        self._outbox = outbox  # the webhooks' sender (webhooks.py), shared by every line
+        self._webhooks: dict[str, LineWebhooks] = {}
         self._log = log
         self._redis = redis
         self._workflow = workflow  # GuestQueue(workflow=...): the guest line's upstream
@@ -73,6 +76,11 @@ class Lineup:
                 queue = await open_queue(
                     stack, spec.settings, upstream, self._log, spec=spec, redis=self._redis, metrics=self.metrics,
                 )
+                if self._outbox is not None:
+                    listener = LineWebhooks(self._outbox, spec.name, spec.webhooks)
+                    queue.service.listeners.append(listener)
+                    self._webhooks[spec.name] = listener
+                    stack.callback(self._webhooks.pop, spec.name, None)
                 for hook in self.on_open:
                     await hook(queue, stack)
             except BaseException:
@@ -94,6 +102,8 @@ class Lineup:
                     if queue is None:
                         await self.open(spec)
                     elif queue.spec != spec:
+                        if name in self._webhooks:
+                            self._webhooks[name].hooks = spec.webhooks
                         new, old = spec.settings, queue.spec.settings
                         changed = any(getattr(new, f) != getattr(old, f) for f in UPSTREAM_FIELDS)
                         queue.apply(spec, make_upstream(new, self._client, None) if changed else None)

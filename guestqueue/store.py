@@ -116,6 +116,11 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS applications (id TEXT PRIMARY KEY, body TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY, application_id TEXT NOT NULL, body TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS lines (name TEXT PRIMARY KEY, body TEXT NOT NULL);",
+    # 4: the webhooks' outbox (webhooks.py): kept before the first attempt, so a restart sends them
+    "CREATE TABLE IF NOT EXISTS webhook_deliveries (id TEXT PRIMARY KEY, line TEXT NOT NULL, event TEXT NOT NULL, "
+    "url TEXT NOT NULL, secret TEXT NOT NULL, body BLOB NOT NULL, attempts INTEGER NOT NULL, status TEXT NOT NULL, "
+    "last_error TEXT, created_at REAL NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS webhook_deliveries_pending ON webhook_deliveries (status) WHERE status = 'pending';",
 )
 ADD_COLUMN = re.compile(r"ALTER TABLE (?P<table>\w+) ADD COLUMN (?P<column>\w+)")
 

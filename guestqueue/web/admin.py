@@ -25,6 +25,7 @@ from ..config import Settings, SettingsError
 from ..errors import Conflict, Forbidden, InvalidField, InvalidJSON, NotFound, ShuttingDown, Unauthorized
 from ..linespec import LineSpec, parse_line
 from ..lineup import Lineup
+from ..webhooks import Outbox
 from .access import Access
 
 SCHEMAS = SchemaGenerator({
@@ -50,6 +51,7 @@ class AdminApi:
         self.sync = sync  # make the running lines what the catalog says
         self.store: CatalogStore | None = None
         self.lineup: Lineup | None = None
+        self.outbox: Outbox | None = None
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -67,6 +69,7 @@ class AdminApi:
             Route("/lines/{line}", self.update_line, methods=["PUT"]),
             Route("/lines/{line}", self.delete_line, methods=["DELETE"]),
             Route("/lines/{line}/purge", self.purge_line, methods=["POST"]),
+            Route("/callback_errors", self.callback_errors, methods=["GET"]),
             Route("/auth/me", self.me, methods=["GET"]),
             Route("/auth/permissions/{line}", self.permissions, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"], include_in_schema=False),
@@ -302,6 +305,17 @@ class AdminApi:
         await self._store.put_line(spec.name, None)
         await self.sync()
         return JSONResponse({"name": spec.name, "deleted": True})
+
+    async def callback_errors(self, request: Request) -> Response:
+        """
+        summary: Webhook deliveries given up after every retry, newest last (super admin)
+        responses: {200: {description: '{"errors": [{delivery_id, line, event, url, attempts, last_error,
+          failed_at}], "results": {delivered, retried, failed}}'}}
+        """
+        if not self._who(request).is_super:
+            raise Forbidden("Only the super admin reads the callback errors.")
+        outbox = self.outbox
+        return JSONResponse({"errors": outbox.failures if outbox else [], "results": outbox.results if outbox else {}})
 
     # -- who am I ------------------------------------------------------------------------
 

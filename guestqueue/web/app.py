@@ -47,6 +47,7 @@ from ..runtime import Queue, open_redis
 from ..service import QueueService
 from ..store import LogUnavailable, RequestLog
 from ..upstream import Workflow, make_http_client
+from ..webhooks import Outbox
 from .access import Access, PeerRecorder
 from .admin import AdminApi
 from .lineapi import LineApi, line_name
@@ -129,7 +130,11 @@ class GuestQueue:
             store = CatalogStore(Catalog(), db_path=settings.db_path, redis=redis, prefix=settings.redis_prefix)
             await store.open()
             stack.push_async_callback(store.close)
-            lineup = Lineup(client=client, log=log, redis=redis, workflow=self.workflow)
+            outbox = Outbox(db_path=settings.db_path, client=client, backoff_s=settings.webhook_backoff_s)
+            await outbox.open()
+            stack.push_async_callback(outbox.close)
+            self.admin.outbox = outbox
+            lineup = Lineup(client=client, log=log, redis=redis, workflow=self.workflow, outbox=outbox)
             lineup.on_open.append(self._start_monitor)
             stack.push_async_callback(lineup.aclose)
             for spec in self._desired(store.catalog).values():

@@ -1,0 +1,204 @@
+"""Webhooks (seed 001's callbacks): a line's events POSTed to its subscribers, signed, retried,
+never lost to a restart.
+
+A line lists its subscribers in its spec::
+
+    [[lines.support.webhooks]]
+    url = "https://example.com/hooks/guestqueue"
+    events = ["completed", "failed"]
+    secret = "a long random string"
+
+Each delivery is one JSON POST with ``X-Guestqueue-Event``, ``X-Guestqueue-Delivery`` (its id,
+the same on every attempt: receivers drop repeats) and ``X-Guestqueue-Signature:
+sha256=<hex HMAC-SHA256 of the body with the secret>``. Delivery never delays a guest: events go
+to an outbox (a row in the request log's SQLite file, written before the first attempt) and one
+sender task posts them. A failed attempt (no answer, or not 2xx) is tried again up to
+``RETRIES`` times with exponential backoff and jitter; one that fails them all is kept with its
+last error (``GET /api/v1/admin/callback_errors``). Rows still pending at a restart are sent then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+import httpx
+
+from .linespec import Webhook
+from .stopping import stop_tasks
+from .store import migrate
+from .tickets import Status, Ticket
+
+logger = logging.getLogger("guestqueue.webhooks")
+
+ENDINGS = {Status.COMPLETED: "completed", Status.FAILED: "failed", Status.TIMEOUT: "timeout",
+           Status.CANCELLED: "cancelled"}
+RETRIES = 3
+ATTEMPT_TIMEOUT_S = 10.0
+KEPT_ERRORS = 100  # failed deliveries listed by callback_errors
+
+
+def signature(secret: str, body: bytes) -> str:
+    """``sha256=<hex>``: what a receiver computes from the body and compares (hmac.compare_digest)."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@dataclass(slots=True)
+class _Delivery:
+    id: str
+    line: str
+    event: str
+    url: str
+    secret: str
+    body: bytes
+    attempts: int = 0
+    last_error: str | None = None
+    timer: asyncio.TimerHandle | None = None  # the wait before its next attempt
+
+
+class Outbox:
+    """Every line's deliveries: kept (SQLite) before they are tried, sent by one task."""
+
+    def __init__(self, *, db_path: str, client: httpx.AsyncClient, backoff_s: float = 1.0) -> None:
+        self._db_path = db_path
+        self._db: aiosqlite.Connection | None = None
+        self._client = client
+        self._backoff_s = backoff_s
+        self._ready: asyncio.Queue[_Delivery] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
+        self._waiting: set[asyncio.TimerHandle] = set()
+        self.results: dict[str, int] = {"delivered": 0, "retried": 0, "failed": 0}
+        self.failures: list[dict[str, Any]] = []  # the last KEPT_ERRORS given up, newest last
+
+    def __repr__(self) -> str:
+        return f"Outbox(pending={self._ready.qsize() + len(self._waiting)}, {self.results})"
+
+    async def open(self) -> None:
+        if self._db_path:
+            self._db = await aiosqlite.connect(self._db_path)
+            await self._db.execute("PRAGMA busy_timeout=5000")
+            await migrate(self._db)
+            rows = await self._db.execute_fetchall(
+                "SELECT id, line, event, url, secret, body, attempts FROM webhook_deliveries "
+                "WHERE status = 'pending' ORDER BY created_at")
+            for row in rows:  # left by the last run: sent now
+                delivery_id, line, event, url, secret, body, attempts = row
+                self._ready.put_nowait(_Delivery(delivery_id, line, event, url, secret, bytes(body), attempts))
+        self._sender = asyncio.create_task(self._send_loop(), name="guestqueue-webhooks")
+
+    async def close(self) -> None:
+        for timer in self._waiting:
+            timer.cancel()
+        if self._sender is not None:
+            await stop_tasks([self._sender])
+        if self._db is not None:
+            await self._db.close()
+
+    def post(self, line: str, hook: Webhook, event: str, data: Mapping[str, Any]) -> str:
+        """Queue one delivery (never waits); returns its id."""
+        delivery_id = secrets.token_hex(12)
+        body = json.dumps({"id": delivery_id, "event": event, "line": line, "created_at": time.time(),
+                           "data": dict(data)}).encode()
+        self._ready.put_nowait(_Delivery(delivery_id, line, event, hook.url, hook.secret, body))
+        return delivery_id
+
+    async def _send_loop(self) -> None:
+        while True:
+            delivery = await self._ready.get()
+            try:
+                if delivery.attempts == 0:
+                    await self._keep(delivery)
+                await self._attempt(delivery)
+            except Exception:  # one bad delivery never stops the others
+                logger.exception("webhook delivery %s", delivery.id)
+
+    async def _attempt(self, delivery: _Delivery) -> None:
+        delivery.attempts += 1
+        headers = {
+            "Content-Type": "application/json", "X-Guestqueue-Event": delivery.event,
+            "X-Guestqueue-Delivery": delivery.id, "X-Guestqueue-Signature": signature(delivery.secret, delivery.body),
+        }
+        try:
+            answer = await self._client.post(delivery.url, content=delivery.body, headers=headers,
+                                             timeout=ATTEMPT_TIMEOUT_S)
+            error = None if answer.is_success else f"HTTP {answer.status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+        if error is None:
+            self.results["delivered"] += 1
+            await self._settle(delivery, "delivered")
+            return
+        delivery.last_error = error
+        if delivery.attempts > RETRIES:
+            self.results["failed"] += 1
+            self.failures = [*self.failures, self._failure(delivery)][-KEPT_ERRORS:]
+            logger.warning("webhook %s to %s failed %d times: %s", delivery.id, delivery.url, delivery.attempts, error)
+            await self._settle(delivery, "failed")
+            return
+        self.results["retried"] += 1
+        await self._settle(delivery, "pending")
+        delay_s = self._backoff_s * 2 ** (delivery.attempts - 1) * random.uniform(0.5, 1.0)
+        delivery.timer = asyncio.get_running_loop().call_later(delay_s, self._again, delivery)
+        self._waiting.add(delivery.timer)
+
+    def _again(self, delivery: _Delivery) -> None:
+        if delivery.timer is not None:
+            self._waiting.discard(delivery.timer)
+        self._ready.put_nowait(delivery)
+
+    def _failure(self, delivery: _Delivery) -> dict[str, Any]:
+        return {"delivery_id": delivery.id, "line": delivery.line, "event": delivery.event, "url": delivery.url,
+                "attempts": delivery.attempts, "last_error": delivery.last_error, "failed_at": time.time()}
+
+    async def _keep(self, delivery: _Delivery) -> None:
+        if self._db is None:
+            return
+        await self._db.execute(
+            "INSERT OR IGNORE INTO webhook_deliveries (id, line, event, url, secret, body, attempts, status, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, 0, 'pending', ?)",
+            (delivery.id, delivery.line, delivery.event, delivery.url, delivery.secret, delivery.body, time.time()))
+        await self._db.commit()
+
+    async def _settle(self, delivery: _Delivery, status: str) -> None:
+        if self._db is None:
+            return
+        await self._db.execute(
+            "UPDATE webhook_deliveries SET status = ?, attempts = ?, last_error = ? WHERE id = ?",
+            (status, delivery.attempts, delivery.last_error, delivery.id))
+        await self._db.commit()
+
+
+class LineWebhooks:
+    """One line's request listener (service.py): its events, to the subscribers that asked for them."""
+
+    def __init__(self, outbox: Outbox, line: str, hooks: tuple[Webhook, ...]) -> None:
+        self._outbox, self.line, self.hooks = outbox, line, hooks
+
+    def _post(self, event: str, ticket: Ticket) -> None:
+        for hook in self.hooks:
+            if event in hook.events:
+                self._outbox.post(self.line, hook, event, ticket.summary())
+
+    def admitted(self, ticket: Ticket) -> None:
+        return None
+
+    def started(self, ticket: Ticket) -> None:
+        return None
+
+    def rejected(self, client: str, query: str, code: str) -> None:
+        return None
+
+    def ended(self, ticket: Ticket) -> None:
+        event = ENDINGS.get(ticket.status)
+        if event is not None:
+            self._post(event, ticket)

@@ -1,0 +1,115 @@
+"""Webhooks over real HTTP: a receiver served by uvicorn, guestqueue posting to it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .conftest import MockUpstream, ask, serve, serve_app, wait_until
+
+SECRET = "a-webhook-secret-of-some-length"
+
+
+@dataclass
+class Receiver:
+    """Answers 500 to the first ``fail`` posts, then 200; ``down`` makes it answer 503."""
+
+    fail: int = 0
+    down: bool = False
+    seen: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    processed: set[str] = field(default_factory=set)
+
+    async def hook(self, request: Request) -> Response:
+        body = await request.body()
+        self.seen.append((dict(request.headers), body))
+        if self.down or len(self.seen) <= self.fail:
+            return JSONResponse({"error": "not now"}, status_code=503 if self.down else 500)
+        self.processed.add(request.headers["x-guestqueue-delivery"])  # idempotent by delivery id
+        return JSONResponse({"ok": True})
+
+
+@asynccontextmanager
+async def receiving(receiver: Receiver) -> AsyncIterator[str]:
+    async with serve_app(Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])])) as base:
+        yield f"{base}/hook"
+
+
+def _config(tmp_path: Path, upstream: MockUpstream, url: str, events: str = '["completed"]') -> str:
+    path = tmp_path / "guestqueue.toml"
+    path.write_text(f'[lines.w]\nupstream_url = "{upstream.url(chunks=1)}"\n'
+                    f'[[lines.w.webhooks]]\nurl = "{url}"\nevents = {events}\nsecret = "{SECRET}"\n')
+    return str(path)
+
+
+async def test_a_receiver_that_fails_twice_gets_one_delivery_three_times_signed(
+    tmp_path: Path, upstream: MockUpstream,
+) -> None:
+    receiver = Receiver(fail=2)
+    async with receiving(receiver) as url, serve(config=_config(tmp_path, upstream, url), webhook_backoff_s=0.05,
+                                                 db_path=str(tmp_path / "g.db")) as running, \
+            httpx.AsyncClient(timeout=10) as client:
+        events = await ask(client, running.base.removesuffix("/guest") + "/lines/w", "tell the hook")
+        await wait_until(lambda: len(receiver.processed) == 1, timeout_s=10)
+    assert events[-1].name == "workflow_complete"
+    assert len(receiver.seen) == 3, "two failures, then the one that worked"
+    ids = {headers["x-guestqueue-delivery"] for headers, _ in receiver.seen}
+    assert len(ids) == 1 and receiver.processed == ids, "one delivery id on every attempt"
+    for headers, body in receiver.seen:
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["x-guestqueue-signature"], expected)
+        assert headers["x-guestqueue-event"] == "completed"
+    payload = json.loads(receiver.seen[-1][1])
+    assert payload["event"] == "completed" and payload["line"] == "w"
+    assert payload["data"]["request_id"] == events[-1].data["request_id"]
+
+
+async def test_a_delivery_that_fails_every_retry_is_listed_with_its_error(
+    tmp_path: Path, upstream: MockUpstream,
+) -> None:
+    receiver = Receiver(down=True)
+    async with receiving(receiver) as url, serve(config=_config(tmp_path, upstream, url), webhook_backoff_s=0.02,
+                                                 db_path=str(tmp_path / "g.db")) as running, \
+            httpx.AsyncClient(timeout=10) as client:
+        await ask(client, running.base.removesuffix("/guest") + "/lines/w", "nobody listens")
+        api = running.base.removesuffix("/guest")
+
+        async def listed() -> list[Any]:
+            return list((await client.get(f"{api}/admin/callback_errors")).json()["errors"])
+
+        for _ in range(200):
+            if await listed():
+                break
+            await asyncio.sleep(0.05)
+        errors = await listed()
+    assert len(receiver.seen) == 4, "the first attempt and three retries"
+    assert errors and errors[0]["attempts"] == 4 and errors[0]["last_error"] == "HTTP 503"
+
+
+async def test_a_restart_sends_what_was_still_pending(tmp_path: Path, upstream: MockUpstream) -> None:
+    receiver = Receiver(down=True)
+    db = str(tmp_path / "g.db")
+    async with receiving(receiver) as url:
+        config = _config(tmp_path, upstream, url)
+        # A long backoff: the one retry left is due long after this instance stops.
+        async with serve(config=config, webhook_backoff_s=60.0, db_path=db) as running, \
+                httpx.AsyncClient(timeout=10) as client:
+            await ask(client, running.base.removesuffix("/guest") + "/lines/w", "before the restart")
+            await wait_until(lambda: len(receiver.seen) == 1, timeout_s=10)
+        first_id = receiver.seen[0][0]["x-guestqueue-delivery"]
+        receiver.down = False
+        async with serve(config=config, webhook_backoff_s=60.0, db_path=db):
+            await wait_until(lambda: bool(receiver.processed), timeout_s=10)
+    assert receiver.processed == {first_id}, "the same delivery, sent again by the next run"
