@@ -43,6 +43,9 @@ class Lineup:
         self._redis = redis
         self._workflow = workflow  # GuestQueue(workflow=...): the guest line's upstream
         self.metrics = Metrics(log)
+        if outbox is not None:
+            self.metrics.webhook_results = outbox.results  # the same dict: counted once, read at scrape
+            outbox.on_attempt.append(self.metrics.webhook_attempt)
         self.queues: dict[str, Queue] = {}
         self._stacks: dict[str, AsyncExitStack] = {}
         self._lock = asyncio.Lock()  # one line opened or closed at a time

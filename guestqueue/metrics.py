@@ -57,7 +57,15 @@ class Metrics:
             "guestqueue_pacing_delay_seconds", "Time an upstream call waited for the pacing limiter", ["line"],
             buckets=TIME_BUCKETS_S, registry=self.registry,
         )
+        self.webhook_seconds = Histogram(
+            "guestqueue_webhook_delivery_seconds", "Time one webhook delivery attempt took", ["result"],
+            buckets=TIME_BUCKETS_S, registry=self.registry,
+        )
+        self.webhook_results: dict[str, int] = {}  # the outbox's counts (webhooks.py), read at scrape time
         self.registry.register(_Collector(self))
+
+    def webhook_attempt(self, seconds: float, worked: bool) -> None:
+        self.webhook_seconds.labels("ok" if worked else "error").observe(seconds)
 
     def add(self, line: str, source: MetricsSource) -> LineMetrics:
         """Count ``line`` from now on; the returned listener times its requests."""
@@ -153,6 +161,11 @@ class _Collector(Collector):
             for result, count in sorted(source.upstream_calls.items()):
                 calls.add_metric([line, result], count)
         yield from (size, active, admitted, outcomes, rejections, hits, shared, calls)
+        deliveries = CounterMetricFamily("guestqueue_webhook_deliveries", "Webhook deliveries by result",
+                                         labels=["result"])
+        for result, count in sorted(self._metrics.webhook_results.items()):
+            deliveries.add_metric([result], count)
+        yield deliveries
         log = self._metrics.log
         if log is not None:
             yield CounterMetricFamily(

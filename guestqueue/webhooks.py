@@ -27,7 +27,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,7 @@ class Outbox:
         self._sender: asyncio.Task[None] | None = None
         self._waiting: set[asyncio.TimerHandle] = set()
         self.results: dict[str, int] = {"delivered": 0, "retried": 0, "failed": 0}
+        self.on_attempt: list[Callable[[float, bool], None]] = []  # seconds it took, whether it worked (metrics)
         self.failures: list[dict[str, Any]] = []  # the last KEPT_ERRORS given up, newest last
 
     def __repr__(self) -> str:
@@ -128,12 +129,15 @@ class Outbox:
             "Content-Type": "application/json", "X-Guestqueue-Event": delivery.event,
             "X-Guestqueue-Delivery": delivery.id, "X-Guestqueue-Signature": signature(delivery.secret, delivery.body),
         }
+        began = time.monotonic()
         try:
             answer = await self._client.post(delivery.url, content=delivery.body, headers=headers,
                                              timeout=ATTEMPT_TIMEOUT_S)
             error = None if answer.is_success else f"HTTP {answer.status_code}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
+        for hook in self.on_attempt:
+            hook(time.monotonic() - began, error is None)
         if error is None:
             self.results["delivered"] += 1
             await self._settle(delivery, "delivered")

@@ -63,6 +63,7 @@ async def test_a_receiver_that_fails_twice_gets_one_delivery_three_times_signed(
             httpx.AsyncClient(timeout=10) as client:
         events = await ask(client, running.base.removesuffix("/guest") + "/lines/w", "tell the hook")
         await wait_until(lambda: len(receiver.processed) == 1, timeout_s=10)
+        metrics = (await client.get(f"{running.base}/metrics")).text
     assert events[-1].name == "workflow_complete"
     assert len(receiver.seen) == 3, "two failures, then the one that worked"
     ids = {headers["x-guestqueue-delivery"] for headers, _ in receiver.seen}
@@ -71,6 +72,9 @@ async def test_a_receiver_that_fails_twice_gets_one_delivery_three_times_signed(
         expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
         assert hmac.compare_digest(headers["x-guestqueue-signature"], expected)
         assert headers["x-guestqueue-event"] == "completed"
+    assert 'guestqueue_webhook_deliveries_total{result="delivered"} 1.0' in metrics
+    assert 'guestqueue_webhook_deliveries_total{result="retried"} 2.0' in metrics
+    assert 'guestqueue_webhook_delivery_seconds_count{result="error"} 2.0' in metrics
     payload = json.loads(receiver.seen[-1][1])
     assert payload["event"] == "completed" and payload["line"] == "w"
     assert payload["data"]["request_id"] == events[-1].data["request_id"]
