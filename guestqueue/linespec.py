@@ -58,7 +58,8 @@ LINE_SETTINGS = (
 SETTING_KEYS = {ENV_NAMES[name].removeprefix("GUEST_").lower(): name for name in LINE_SETTINGS}
 POLICY_KEYS = (
     "mode", "message", "schedule", "max_predicted_wait_sec", "release_per_minute", "public", "tiers",
-    "default_tier", "max_starvation_sec", "application_id", "purged_at", "webhooks",
+    "default_tier", "max_starvation_sec", "application_id", "purged_at", "webhooks", "alert_queue_size",
+    "alert_wait_p95_sec", "alert_failure_rate",
 )
 SECRET_KEYS = ("upstream_api_key",)
 
@@ -131,6 +132,11 @@ class LineSpec:
     application_id: str | None = None
     purged_at: float = 0.0  # Unix time of the last purge (MANAGE): guests waiting then were sent away
     webhooks: tuple[Webhook, ...] = ()
+    # Thresholds of the line_threshold event (0 = off): guests waiting, p95 of the last waits,
+    # share of the last endings that failed or timed out.
+    alert_queue_size: int = 0
+    alert_wait_p95_s: float = 0.0
+    alert_failure_rate: float = 0.0
 
     def mode_at(self, now: float) -> str:
         """The mode at Unix time ``now``: the last scheduled window holding it, else ``mode``."""
@@ -160,6 +166,8 @@ class LineSpec:
             "public": self.public, "tiers": list(self.tiers), "default_tier": self.default_tier,
             "max_starvation_sec": self.max_starvation_s, "application_id": self.application_id,
             "purged_at": self.purged_at, "webhooks": [hook.as_dict() for hook in self.webhooks],
+            "alert_queue_size": self.alert_queue_size, "alert_wait_p95_sec": self.alert_wait_p95_s,
+            "alert_failure_rate": self.alert_failure_rate,
         })
         return out
 
@@ -173,6 +181,8 @@ class LineSpec:
             "max_starvation_sec": self.max_starvation_s, "application_id": self.application_id,
             "purged_at": self.purged_at,
             "webhooks": [{"url": h.url, "events": list(h.events), "secret": h.secret} for h in self.webhooks],
+            "alert_queue_size": self.alert_queue_size, "alert_wait_p95_sec": self.alert_wait_p95_s,
+            "alert_failure_rate": self.alert_failure_rate,
         })
         return out
 
@@ -297,6 +307,15 @@ def _policy(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     out["application_id"] = application
     out["purged_at"] = float(_number(table, "purged_at", where, 0.0))
     out["webhooks"] = parse_webhooks(table.get("webhooks", []), where)
+    size = _number(table, "alert_queue_size", where, 0)
+    if size != int(size):
+        raise SettingsError(f"{where}: alert_queue_size={size!r}: must be a whole number")
+    out["alert_queue_size"] = int(size)
+    out["alert_wait_p95_s"] = float(_number(table, "alert_wait_p95_sec", where, 0.0))
+    rate = _number(table, "alert_failure_rate", where, 0.0)
+    if rate > 1:
+        raise SettingsError(f"{where}: alert_failure_rate={rate!r}: a share between 0 and 1")
+    out["alert_failure_rate"] = float(rate)
     return out
 
 

@@ -80,8 +80,11 @@ class Lineup:
                     stack, spec.settings, upstream, self._log, spec=spec, redis=self._redis, metrics=self.metrics,
                 )
                 if self._outbox is not None:
-                    listener = LineWebhooks(self._outbox, spec.name, spec.webhooks)
+                    listener = LineWebhooks(self._outbox, spec)
                     queue.service.listeners.append(listener)
+                    queue.service.positions.on_view.append(
+                        lambda: listener.check(queue.service.line.peek().size, queue.pool.problems())
+                    )
                     self._webhooks[spec.name] = listener
                     stack.callback(self._webhooks.pop, spec.name, None)
                 for hook in self.on_open:
@@ -106,7 +109,7 @@ class Lineup:
                         await self.open(spec)
                     elif queue.spec != spec:
                         if name in self._webhooks:
-                            self._webhooks[name].hooks = spec.webhooks
+                            self._webhooks[name].spec = spec
                         new, old = spec.settings, queue.spec.settings
                         changed = any(getattr(new, f) != getattr(old, f) for f in UPSTREAM_FIELDS)
                         queue.apply(spec, make_upstream(new, self._client, None) if changed else None)

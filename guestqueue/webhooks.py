@@ -24,9 +24,11 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import random
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +36,7 @@ from typing import Any
 import aiosqlite
 import httpx
 
-from .linespec import Webhook
+from .linespec import LineSpec, Webhook
 from .stopping import stop_tasks
 from .store import migrate
 from .tickets import Status, Ticket
@@ -44,6 +46,10 @@ logger = logging.getLogger("guestqueue.webhooks")
 ENDINGS = {Status.COMPLETED: "completed", Status.FAILED: "failed", Status.TIMEOUT: "timeout",
            Status.CANCELLED: "cancelled"}
 RETRIES = 3
+RECENT = 100  # requests the p95 wait and the failure rate are taken over
+MIN_ENDINGS_FOR_RATE = 10  # fewer endings say nothing about a failure rate
+HYSTERESIS = 0.8  # a threshold fires again only after its value fell below 80 % of it
+CHAT_HOSTS = ("hooks.slack.com", "webhook.office.com")  # incoming webhooks that want {"text": ...}
 ATTEMPT_TIMEOUT_S = 10.0
 KEPT_ERRORS = 100  # failed deliveries listed by callback_errors
 
@@ -108,8 +114,13 @@ class Outbox:
     def post(self, line: str, hook: Webhook, event: str, data: Mapping[str, Any]) -> str:
         """Queue one delivery (never waits); returns its id."""
         delivery_id = secrets.token_hex(12)
-        body = json.dumps({"id": delivery_id, "event": event, "line": line, "created_at": time.time(),
-                           "data": dict(data)}).encode()
+        payload: dict[str, Any] = {"id": delivery_id, "event": event, "line": line, "created_at": time.time(),
+                                   "data": dict(data)}
+        host = httpx.URL(hook.url).host
+        if any(host == chat or host.endswith("." + chat) for chat in CHAT_HOSTS):
+            # Slack and Teams incoming webhooks show "text" and refuse other shapes.
+            payload = {"text": str(data.get("text") or f"guestqueue line {line}: {event}")}
+        body = json.dumps(payload).encode()
         self._ready.put_nowait(_Delivery(delivery_id, line, event, hook.url, hook.secret, body))
         return delivery_id
 
@@ -183,15 +194,26 @@ class Outbox:
 
 
 class LineWebhooks:
-    """One line's request listener (service.py): its events, to the subscribers that asked for them."""
+    """One line's request listener (service.py) and threshold watcher: its events, to the
+    subscribers that asked for them.
 
-    def __init__(self, outbox: Outbox, line: str, hooks: tuple[Webhook, ...]) -> None:
-        self._outbox, self.line, self.hooks = outbox, line, hooks
+    Thresholds (``alert_queue_size``, ``alert_wait_p95_sec``, ``alert_failure_rate``) are read at
+    every positions tick; each fires ``line_threshold`` once when crossed, and is armed again
+    once its value falls below ``HYSTERESIS`` of the threshold. ``upstream_degraded`` fires when
+    the upstream starts failing (/health's problems appear), once until they clear.
+    """
 
-    def _post(self, event: str, ticket: Ticket) -> None:
-        for hook in self.hooks:
+    def __init__(self, outbox: Outbox, spec: LineSpec) -> None:
+        self._outbox, self.spec = outbox, spec
+        self._waits: deque[float] = deque(maxlen=RECENT)  # seconds, of the last requests that started
+        self._failed: deque[bool] = deque(maxlen=RECENT)  # of the last endings: failed or timed out?
+        self._above: set[str] = set()
+        self._degraded = False
+
+    def _post(self, event: str, data: Mapping[str, Any]) -> None:
+        for hook in self.spec.webhooks:
             if event in hook.events:
-                self._outbox.post(self.line, hook, event, ticket.summary())
+                self._outbox.post(self.spec.name, hook, event, data)
 
     def admitted(self, ticket: Ticket) -> None:
         return None
@@ -203,6 +225,37 @@ class LineWebhooks:
         return None
 
     def ended(self, ticket: Ticket) -> None:
+        if ticket.wait_ms is not None and not ticket.from_cache:
+            self._waits.append(ticket.wait_ms / 1000)
+        if ticket.status is not Status.CANCELLED:
+            self._failed.append(ticket.status in (Status.FAILED, Status.TIMEOUT))
         event = ENDINGS.get(ticket.status)
         if event is not None:
-            self._post(event, ticket)
+            self._post(event, ticket.summary())
+
+    def check(self, queue_size: int, problems: list[str]) -> None:
+        """Once per tick: the thresholds, and the upstream's health."""
+        spec = self.spec
+        self._threshold("queue_size", float(queue_size), float(spec.alert_queue_size))
+        if self._waits:
+            p95 = sorted(self._waits)[max(0, math.ceil(0.95 * len(self._waits)) - 1)]
+            self._threshold("wait_p95_sec", p95, spec.alert_wait_p95_s)
+        if len(self._failed) >= MIN_ENDINGS_FOR_RATE:
+            self._threshold("failure_rate", sum(self._failed) / len(self._failed), spec.alert_failure_rate)
+        degraded = bool(problems)
+        if degraded and not self._degraded:
+            self._post("upstream_degraded", {"line": spec.name, "problems": problems,
+                                             "text": f"guestqueue line {spec.name}: {'; '.join(problems)}"})
+        self._degraded = degraded
+
+    def _threshold(self, metric: str, value: float, limit: float) -> None:
+        if limit <= 0:
+            return
+        if metric not in self._above and value >= limit:
+            self._above.add(metric)
+            self._post("line_threshold", {
+                "line": self.spec.name, "metric": metric, "value": round(value, 3), "threshold": limit,
+                "text": f"guestqueue line {self.spec.name}: {metric} is {value:g} (threshold {limit:g})",
+            })
+        elif metric in self._above and value < limit * HYSTERESIS:
+            self._above.discard(metric)

@@ -18,6 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from guestqueue.linespec import Webhook
+from guestqueue.webhooks import Outbox
+
 from .conftest import MockUpstream, ask, serve, serve_app, wait_until
 
 SECRET = "a-webhook-secret-of-some-length"
@@ -117,3 +120,40 @@ async def test_a_restart_sends_what_was_still_pending(tmp_path: Path, upstream: 
         async with serve(config=config, webhook_backoff_s=60.0, db_path=db):
             await wait_until(lambda: bool(receiver.processed), timeout_s=10)
     assert receiver.processed == {first_id}, "the same delivery, sent again by the next run"
+
+
+async def test_a_threshold_fires_once_per_crossing(tmp_path: Path, upstream: MockUpstream) -> None:
+    receiver = Receiver()
+    async with receiving(receiver) as url:
+        path = tmp_path / "guestqueue.toml"
+        path.write_text(f'[lines.a]\nupstream_url = "{upstream.url(chunks=1, first=0.6)}"\nalert_queue_size = 2\n'
+                        f'max_concurrent_requests = 1\n[[lines.a.webhooks]]\nurl = "{url}"\n'
+                        f'events = ["line_threshold"]\nsecret = "{SECRET}"\n')
+        async with serve(config=str(path), webhook_backoff_s=0.05) as running, \
+                httpx.AsyncClient(timeout=30) as client:
+            chat = running.base.removesuffix("/guest") + "/lines/a"
+            guests = [asyncio.create_task(ask(client, chat, f"q{n}")) for n in range(5)]
+            await asyncio.gather(*guests)
+            await wait_until(lambda: len(receiver.seen) >= 1, timeout_s=5)
+            await asyncio.sleep(0.5)  # a second delivery, had there been one, would be in by now
+    bodies = [json.loads(body) for _, body in receiver.seen]
+    assert len(bodies) == 1, "the line stayed above the threshold: one alert"
+    assert bodies[0]["event"] == "line_threshold"
+    assert bodies[0]["data"]["metric"] == "queue_size" and bodies[0]["data"]["threshold"] == 2
+
+
+async def test_a_slack_or_teams_webhook_gets_a_text_body() -> None:
+    sent: list[bytes] = []
+
+    def slack(request: httpx.Request) -> httpx.Response:  # Slack is not ours: a mock transport stands in
+        sent.append(request.content)
+        return httpx.Response(200, text="ok")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(slack)) as client:
+        outbox = Outbox(db_path="", client=client)
+        await outbox.open()
+        hook = Webhook("https://hooks.slack.com/services/T0/B0/x", ("line_threshold",), SECRET)
+        outbox.post("a", hook, "line_threshold", {"text": "guestqueue line a: queue_size is 9 (threshold 5)"})
+        await wait_until(lambda: bool(sent))
+        await outbox.close()
+    assert json.loads(sent[0]) == {"text": "guestqueue line a: queue_size is 9 (threshold 5)"}
