@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .runtime import Queue, open_queue
 from .store import RequestLog
 from .upstream import Workflow, make_upstream
-from .webhooks import LineWebhooks, Outbox
+from .webhooks import EventStream, LineWebhooks, Outbox
 
 logger = logging.getLogger("guestqueue.lineup")
 UPSTREAM_FIELDS = ("upstream_url", "upstream_kind", "upstream_model", "upstream_api_key", "upstream_allowed_parameters")
@@ -38,6 +38,7 @@ class Lineup:
     ) -> None:
         self._client = client
         self._outbox = outbox  # the webhooks' sender (webhooks.py), shared by every line
+        self.stream: EventStream | None = None  # with Redis: every line's events in one stream
         self._webhooks: dict[str, LineWebhooks] = {}
         self._log = log
         self._redis = redis
@@ -80,7 +81,7 @@ class Lineup:
                     stack, spec.settings, upstream, self._log, spec=spec, redis=self._redis, metrics=self.metrics,
                 )
                 if self._outbox is not None:
-                    listener = LineWebhooks(self._outbox, spec)
+                    listener = LineWebhooks(self._outbox, spec, self.stream)
                     queue.service.listeners.append(listener)
                     queue.service.positions.on_view.append(
                         lambda: listener.check(queue.service.line.peek().size, queue.pool.problems())

@@ -35,6 +35,8 @@ from typing import Any
 
 import aiosqlite
 import httpx
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from .linespec import LineSpec, Webhook
 from .stopping import stop_tasks
@@ -52,6 +54,7 @@ HYSTERESIS = 0.8  # a threshold fires again only after its value fell below 80 %
 CHAT_HOSTS = ("hooks.slack.com", "webhook.office.com")  # incoming webhooks that want {"text": ...}
 ATTEMPT_TIMEOUT_S = 10.0
 KEPT_ERRORS = 100  # failed deliveries listed by callback_errors
+STREAM_MAX_LEN = 100_000  # entries kept in the shared event stream (about, as MAXLEN ~)
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -193,6 +196,31 @@ class Outbox:
         await self._db.commit()
 
 
+class EventStream:
+    """With Redis, every line's events also go to one capped stream (``{prefix}:events``), for other
+    services to read as seed 004's consumers read its Kafka topic. Appending never waits."""
+
+    def __init__(self, redis: aioredis.Redis, key: str, *, max_len: int = STREAM_MAX_LEN) -> None:
+        self._redis, self.key, self._max_len = redis, key, max_len
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def append(self, line: str, event: str, data: Mapping[str, Any]) -> None:
+        task = asyncio.create_task(self._append(line, event, data))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _append(self, line: str, event: str, data: Mapping[str, Any]) -> None:
+        fields = {"line": line, "event": event, "data": json.dumps(dict(data))}
+        try:
+            await self._redis.xadd(self.key, fields, maxlen=self._max_len, approximate=True)  # type: ignore[arg-type]
+        except (RedisError, OSError) as exc:
+            logger.warning("event not added to %s: %s", self.key, exc)
+
+    async def close(self) -> None:
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=ATTEMPT_TIMEOUT_S)
+
+
 class LineWebhooks:
     """One line's request listener (service.py) and threshold watcher: its events, to the
     subscribers that asked for them.
@@ -203,14 +231,16 @@ class LineWebhooks:
     the upstream starts failing (/health's problems appear), once until they clear.
     """
 
-    def __init__(self, outbox: Outbox, spec: LineSpec) -> None:
-        self._outbox, self.spec = outbox, spec
+    def __init__(self, outbox: Outbox, spec: LineSpec, stream: EventStream | None = None) -> None:
+        self._outbox, self.spec, self._stream = outbox, spec, stream
         self._waits: deque[float] = deque(maxlen=RECENT)  # seconds, of the last requests that started
         self._failed: deque[bool] = deque(maxlen=RECENT)  # of the last endings: failed or timed out?
         self._above: set[str] = set()
         self._degraded = False
 
     def _post(self, event: str, data: Mapping[str, Any]) -> None:
+        if self._stream is not None:
+            self._stream.append(self.spec.name, event, data)
         for hook in self.spec.webhooks:
             if event in hook.events:
                 self._outbox.post(self.spec.name, hook, event, data)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -157,3 +158,25 @@ async def test_a_slack_or_teams_webhook_gets_a_text_body() -> None:
         await wait_until(lambda: bool(sent))
         await outbox.close()
     assert json.loads(sent[0]) == {"text": "guestqueue line a: queue_size is 9 (threshold 5)"}
+
+
+async def test_with_redis_every_event_also_goes_to_the_shared_stream(
+    tmp_path: Path, upstream: MockUpstream, redis_url: str, redis_prefix: str,
+) -> None:
+    async with serve(upstream_url=upstream.url(chunks=1), redis_url=redis_url, redis_prefix=redis_prefix) as running, \
+            httpx.AsyncClient(timeout=10) as client:
+        events = await ask(client, running.base, "into the stream")
+        request_id = events[-1].data["request_id"]
+        redis = aioredis.from_url(redis_url)
+        entries: list[Any] = []
+        try:
+            for _ in range(100):
+                entries = list(await redis.xrange(f"{redis_prefix}:events") or [])
+                if entries:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await redis.aclose()
+    (_, fields), = entries
+    assert fields[b"line"] == b"guest" and fields[b"event"] == b"completed"
+    assert json.loads(fields[b"data"])["request_id"] == request_id

@@ -47,7 +47,7 @@ from ..runtime import Queue, open_redis
 from ..service import QueueService
 from ..store import LogUnavailable, RequestLog
 from ..upstream import Workflow, make_http_client
-from ..webhooks import Outbox
+from ..webhooks import EventStream, Outbox
 from .access import Access, PeerRecorder
 from .admin import AdminApi
 from .lineapi import LineApi, line_name
@@ -135,6 +135,9 @@ class GuestQueue:
             stack.push_async_callback(outbox.close)
             self.admin.outbox = outbox
             lineup = Lineup(client=client, log=log, redis=redis, workflow=self.workflow, outbox=outbox)
+            if redis is not None:
+                lineup.stream = EventStream(redis, f"{settings.redis_prefix}:events")
+                stack.push_async_callback(lineup.stream.close)
             lineup.on_open.append(self._start_monitor)
             stack.push_async_callback(lineup.aclose)
             for spec in self._desired(store.catalog).values():
