@@ -11,6 +11,7 @@ Permissions, per key and per line (seed 002's set)::
     WRITE    ask (chat) on a line that is not public
     DELETE   cancel others' requests
     MANAGE   change the line (mode, settings), purge it
+    WORK     take a pull line's jobs and answer them (a pull worker's key)
 
 ``"*"`` grants them on every line of the key's application. Roles (seed 001):
 the super admin (``GUEST_ADMIN_API_KEY``) may do everything; an application
@@ -33,7 +34,7 @@ from typing import Any
 
 from .errors import InvalidField
 
-PERMISSIONS = ("READ", "WRITE", "DELETE", "MANAGE")
+PERMISSIONS = ("READ", "WRITE", "DELETE", "MANAGE", "WORK")
 ROLES = ("admin", "member")
 ALL_LINES = "*"
 KEY_PREFIX = "gq_"

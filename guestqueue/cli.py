@@ -35,6 +35,7 @@ from . import store
 from .config import Settings, SettingsError, shown_redis_url
 from .errors import StartupError
 from .linespec import DEFAULT_LINE, load_lines
+from .pullworker import add_worker_parser, run_worker
 from .upstream import load_workflow
 from .web.app import API_PREFIX, GuestQueue, create_app
 from .web.server import uvicorn_config
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=f.name, metavar="VALUE", help=help_text)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request (costs throughput)")
+    add_worker_parser(commands)
     return parser
 
 
@@ -237,6 +239,8 @@ class GuestServer(uvicorn.Server):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "worker":
+        return run_worker(args)
     try:
         settings = load_settings(args)
     except SettingsError as exc:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from redis.asyncio.connection import parse_url as parse_redis_url
 
-UPSTREAM_KINDS = ("auto", "http", "openai", "python", "demo")
+UPSTREAM_KINDS = ("auto", "http", "openai", "python", "demo", "pull")
 AT_LEAST_ONE = (
     "max_concurrent_requests", "max_queue_size", "max_body_bytes", "max_query_chars", "log_buffer_rows",
     "max_header_bytes", "backlog", "workers",
@@ -31,6 +31,7 @@ ABOVE_ZERO = (
 )
 PYTHON_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 ADMIN_KEY_MIN_CHARS = 16
+TOKEN_SECRET_MIN_CHARS = 32
 URL_KINDS = ("http", "openai")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # Body fields of an openai request that guestqueue sets itself; never taken from a guest.
@@ -66,7 +67,7 @@ class Settings:
     max_wait_s: float = _setting("GUEST_MAX_WAIT_SEC", 600.0, "time limit in line (then error wait_timeout)")
     upstream_url: str = _setting("GUEST_UPSTREAM_URL", "", "upstream endpoint; empty = built-in demo", minimum=None)
     upstream_kind: str = _setting(
-        "GUEST_UPSTREAM_KIND", "auto", "http | openai | python | demo | auto", minimum=None
+        "GUEST_UPSTREAM_KIND", "auto", "http | openai | python | demo | pull | auto", minimum=None
     )
     upstream_model: str = _setting("GUEST_UPSTREAM_MODEL", "", "model name for the openai kind", minimum=None)
     upstream_api_key: str = _setting(
@@ -153,6 +154,14 @@ class Settings:
     webhook_backoff_s: float = _setting(
         "GUEST_WEBHOOK_BACKOFF_SEC", 1.0, "a failed webhook delivery is tried again after this, doubling (3 retries)"
     )
+    token_secret: str = _setting(
+        "GUEST_TOKEN_SECRET", "", f"signs admission lines' tokens with HS256 (at least {TOKEN_SECRET_MIN_CHARS} "
+        "characters; the same on every instance)", minimum=None, secret=True,
+    )
+    token_key_file: str = _setting(
+        "GUEST_TOKEN_KEY_FILE", "", "PEM private key signing admission tokens with RS256 or ES256 instead "
+        "(its public key is served as JWKS)", minimum=None,
+    )
     config: str = _setting(
         "GUEST_CONFIG", "", "TOML file declaring named lines ([lines.NAME] tables); empty = one line `guest` "
         "from these settings", minimum=None,
@@ -186,6 +195,11 @@ class Settings:
             raise SettingsError(
                 f"GUEST_ADMIN_API_KEY: must be at least {ADMIN_KEY_MIN_CHARS} characters "
                 f"(it has {len(self.admin_api_key)})"
+            )
+        if self.token_secret and len(self.token_secret) < TOKEN_SECRET_MIN_CHARS:
+            raise SettingsError(
+                f"GUEST_TOKEN_SECRET: must be at least {TOKEN_SECRET_MIN_CHARS} characters "
+                f"(it has {len(self.token_secret)}); HS256 wants a key as long as its hash"
             )
         reserved = sorted(set(self.upstream_allowed_parameter_names) & set(OPENAI_RESERVED_PARAMETERS))
         if reserved:
@@ -247,6 +261,10 @@ class Settings:
 
     def _check_upstream_combination(self) -> None:
         kind = self.resolved_upstream_kind
+        if kind == "pull" and self.upstream_url:
+            raise SettingsError(
+                f"GUEST_UPSTREAM_URL={self.upstream_url!r}: a pull line has no URL; its workers come for its jobs"
+            )
         if kind == "openai" and not self.upstream_model:
             # A guest may not choose the model (nor its cost): it comes only from here.
             raise SettingsError("GUEST_UPSTREAM_MODEL='': an openai upstream needs a model name")

@@ -19,12 +19,14 @@ Every rejection maps to exactly one HTTP status and one ``code`` string::
     │   ├── NotFound              404 not_found
     │   │   └── UnknownLine       404 unknown_line
     │   ├── BodyTimeout           408 body_timeout    (the body did not arrive within GUEST_BODY_TIMEOUT_SEC)
+    │   ├── ReceiptGone           410 receipt_expired (a pull worker's lease ran out, or its job ended)
     │   ├── Unauthorized          401 unauthorized
     │   └── Forbidden             403 forbidden
     ├── UpstreamFailure           ends an admitted request with a terminal `error` event
     │   ├── UpstreamUnavailable   upstream_unavailable (connection failed, 429, 502-504); retried
-    │   └── UpstreamError         upstream_error (other non-2xx, malformed or empty output);
-    │                             retried only for 5xx
+    │   ├── UpstreamError         upstream_error (other non-2xx, malformed or empty output);
+    │   │                         retried only for 5xx
+    │   └── Interrupted           interrupted (a pull worker vanished mid-answer); never retried
     └── StartupError              guestqueue cannot start as configured (one line, then exit 1)
         └── LogUnavailable        (store.py) GUEST_DB_PATH cannot be opened for writing
 
@@ -130,6 +132,10 @@ class Forbidden(Rejected):
     status_code, code = 403, "forbidden"
 
 
+class ReceiptGone(Rejected):
+    status_code, code = 410, "receipt_expired"
+
+
 class UpstreamFailure(GuestQueueError):
     """The upstream could not answer. ``guest_message`` is safe to show a guest."""
 
@@ -158,6 +164,10 @@ class UpstreamUnavailable(UpstreamFailure):
 
 class UpstreamError(UpstreamFailure):
     code = "upstream_error"
+
+
+class Interrupted(UpstreamFailure):
+    code = "interrupted"
 
 
 class StartupError(GuestQueueError):

@@ -25,8 +25,9 @@ ANSWER_CHUNK = "answer_chunk"
 WORKFLOW_COMPLETE = "workflow_complete"
 TIMEOUT = "timeout"
 ERROR = "error"
+ADMITTED = "admitted"  # an admission line's ending: the guest's token (sessions.py)
 RECONNECT = "reconnect"  # not an ending: this instance is stopping, the guest resumes on another
-TERMINAL_EVENTS = frozenset({WORKFLOW_COMPLETE, TIMEOUT, ERROR})
+TERMINAL_EVENTS = frozenset({WORKFLOW_COMPLETE, TIMEOUT, ERROR, ADMITTED})
 
 # Events kept per request for replay after a reconnect. A longer answer can
 # still be resumed from any recent event id; only very old ids are gone.

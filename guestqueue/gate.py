@@ -6,7 +6,9 @@ Modes (as in Cloudflare's waiting room), each set on the line or by a scheduled 
 - ``paused``: guests join and wait, nothing starts (maintenance of the upstream);
 - ``queue_all``: the same, and every waiting guest hears the line's message;
 - ``reject``: new guests get 503 ``line_closed`` with the message; those already
-  in line are still served.
+  in line are still served;
+- ``admission``: open, and the line is a waiting room (sessions.py); its scheduled
+  windows hold or close it like any other line.
 
 Admission by predicted wait: with ``max_predicted_wait_sec``, a guest whose
 estimated wait at the back of the line exceeds it gets 429 ``wait_too_long``
@@ -27,6 +29,7 @@ from .errors import LineClosed, WaitTooLong
 from .linespec import LineSpec
 
 HELD_MODES = ("paused", "queue_all")
+OPEN_MODES = ("open", "admission")  # an admission line is open; it admits instead of calling
 DEFAULT_MESSAGES = {
     "reject": "This line is closed right now. Please come back later.",
     "queue_all": "Everyone waits for now; the line will start moving soon.",
@@ -55,7 +58,7 @@ class Gate:
     def notice(self) -> dict[str, Any]:
         """What a waiting guest's ``queued`` events add while the line is not open."""
         mode = self.mode()
-        if mode == "open":
+        if mode in OPEN_MODES:
             return {}
         return {"line_mode": mode, "message": self.message(mode)}
 
@@ -67,7 +70,7 @@ class Gate:
     def check_wait(self, estimate_s: Callable[[], float]) -> None:
         """Raise WaitTooLong when a newcomer's estimated wait exceeds ``max_predicted_wait_sec``."""
         limit = self.spec.max_predicted_wait_s
-        if limit > 0 and self.mode() == "open":  # a held line has no estimate worth refusing on
+        if limit > 0 and self.mode() in OPEN_MODES:  # a held line has no estimate worth refusing on
             estimate = estimate_s()
             if estimate > limit:
                 raise WaitTooLong(

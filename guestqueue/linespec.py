@@ -40,7 +40,8 @@ import httpx
 from .config import ENV_NAMES, Settings, SettingsError, parse_value
 
 DEFAULT_LINE = "guest"
-MODES = ("open", "paused", "queue_all", "reject")
+MODES = ("open", "paused", "queue_all", "reject", "admission")
+WINDOW_MODES = ("open", "paused", "queue_all", "reject")
 LINE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 TIER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 MAX_MESSAGE_CHARS = 500
@@ -56,10 +57,17 @@ LINE_SETTINGS = (
 )
 # A line's key (env name without GUEST_, lower case) -> the Settings field.
 SETTING_KEYS = {ENV_NAMES[name].removeprefix("GUEST_").lower(): name for name in LINE_SETTINGS}
+# An admission line's own keys (mode = "admission"; sessions.py).
+ADMISSION_KEYS = ("max_active", "batch_size", "process_interval_sec", "session_ttl_sec", "redirect_url")
+# What an admission line sets through its own keys, or has no use for.
+NOT_FOR_ADMISSION = (
+    "upstream_url", "upstream_kind", "upstream_model", "upstream_api_key", "upstream_interval_sec",
+    "upstream_retries", "upstream_allowed_parameters", "max_concurrent_requests", "cache_size",
+)
 POLICY_KEYS = (
     "mode", "message", "schedule", "max_predicted_wait_sec", "release_per_minute", "public", "tiers",
     "default_tier", "max_starvation_sec", "application_id", "purged_at", "webhooks", "alert_queue_size",
-    "alert_wait_p95_sec", "alert_failure_rate",
+    "alert_wait_p95_sec", "alert_failure_rate", "max_receive_count", *ADMISSION_KEYS,
 )
 SECRET_KEYS = ("upstream_api_key",)
 
@@ -102,6 +110,23 @@ def parse_webhooks(value: Any, where: str) -> tuple[Webhook, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class Admission:
+    """An admission line (a waiting room, seed 004): no upstream; guests at the front get a signed
+    token while fewer than ``max_active`` sessions are open, ``batch_size`` per
+    ``process_interval_s`` at most, spread evenly over it."""
+    max_active: int = 100
+    batch_size: int = 10
+    process_interval_s: float = 1.0
+    session_ttl_s: float = 600.0
+    redirect_url: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"max_active": self.max_active, "batch_size": self.batch_size,
+                "process_interval_sec": self.process_interval_s, "session_ttl_sec": self.session_ttl_s,
+                "redirect_url": self.redirect_url}
+
+
+@dataclass(frozen=True, slots=True)
 class Window:
     """A scheduled mode: from ``start`` (inclusive) to ``end`` (exclusive), Unix seconds."""
 
@@ -137,6 +162,8 @@ class LineSpec:
     alert_queue_size: int = 0
     alert_wait_p95_s: float = 0.0
     alert_failure_rate: float = 0.0
+    admission: Admission | None = None  # set by mode = "admission"
+    max_receive_count: int = 3  # a pull line's job goes back to the front at most this many times
 
     def mode_at(self, now: float) -> str:
         """The mode at Unix time ``now``: the last scheduled window holding it, else ``mode``."""
@@ -167,8 +194,10 @@ class LineSpec:
             "max_starvation_sec": self.max_starvation_s, "application_id": self.application_id,
             "purged_at": self.purged_at, "webhooks": [hook.as_dict() for hook in self.webhooks],
             "alert_queue_size": self.alert_queue_size, "alert_wait_p95_sec": self.alert_wait_p95_s,
-            "alert_failure_rate": self.alert_failure_rate,
+            "alert_failure_rate": self.alert_failure_rate, "max_receive_count": self.max_receive_count,
         })
+        if self.admission is not None:
+            out.update(self.admission.as_dict())
         return out
 
     def stored(self) -> dict[str, Any]:
@@ -182,8 +211,10 @@ class LineSpec:
             "purged_at": self.purged_at,
             "webhooks": [{"url": h.url, "events": list(h.events), "secret": h.secret} for h in self.webhooks],
             "alert_queue_size": self.alert_queue_size, "alert_wait_p95_sec": self.alert_wait_p95_s,
-            "alert_failure_rate": self.alert_failure_rate,
+            "alert_failure_rate": self.alert_failure_rate, "max_receive_count": self.max_receive_count,
         })
+        if self.admission is not None:
+            out.update(self.admission.as_dict())
         return out
 
 
@@ -213,11 +244,29 @@ def parse_line(name: str, table: Mapping[str, Any], base: Settings, *, where: st
         # never sent to another line's host.
         for inherited in ("upstream_kind", "upstream_model", "upstream_api_key"):
             values.setdefault(inherited, "auto" if inherited == "upstream_kind" else "")
+    if values.get("upstream_kind") == "pull":
+        # Its workers come to it: the process's upstream address, model and key are not its.
+        for inherited in ("upstream_url", "upstream_model", "upstream_api_key"):
+            values.setdefault(inherited, "")
     try:
         settings = dataclasses.replace(base, **values)
     except SettingsError as exc:
         raise SettingsError(f"{where}: {_as_key(str(exc))}") from None
     policy = _policy(table, where)
+    if policy["mode"] == "admission":
+        if not (base.token_secret or base.token_key_file):
+            raise SettingsError(
+                f"{where}: mode=\"admission\" needs GUEST_TOKEN_SECRET (at least 32 characters) or "
+                "GUEST_TOKEN_KEY_FILE to sign its guests' tokens"
+            )
+        policy["admission"] = admission = _admission(table, where)
+        # The line's limits are the waiting room's: sessions hold its slots, and the pacing spreads
+        # each batch over the interval. No answer is shared, so nothing is cached.
+        settings = dataclasses.replace(
+            settings, max_concurrent_requests=admission.max_active,
+            upstream_interval_s=admission.process_interval_s / admission.batch_size, cache_size=0,
+            upstream_retries=0, request_timeout_s=max(settings.request_timeout_s, 60.0),
+        )
     return LineSpec(name=name, settings=settings, overrides=overrides, **policy)
 
 
@@ -271,6 +320,8 @@ def _policy(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     if mode not in MODES:
         raise SettingsError(f"{where}: mode={mode!r}: must be one of {', '.join(MODES)}")
     out["mode"] = mode
+    if mode != "admission" and (stray := sorted(set(table) & set(ADMISSION_KEYS))):
+        raise SettingsError(f"{where}: {stray[0]}: only an admission line (mode = \"admission\") takes it")
     message = table.get("message", "")
     if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
         raise SettingsError(f"{where}: message: must be a string of at most {MAX_MESSAGE_CHARS} characters")
@@ -316,7 +367,33 @@ def _policy(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     if rate > 1:
         raise SettingsError(f"{where}: alert_failure_rate={rate!r}: a share between 0 and 1")
     out["alert_failure_rate"] = float(rate)
+    receives = _number(table, "max_receive_count", where, 3)
+    if receives < 1 or receives != int(receives):
+        raise SettingsError(f"{where}: max_receive_count={receives!r}: must be a whole number >= 1")
+    out["max_receive_count"] = int(receives)
     return out
+
+
+def _admission(table: Mapping[str, Any], where: str) -> Admission:
+    clash = sorted(set(table) & set(NOT_FOR_ADMISSION))
+    if clash:
+        raise SettingsError(
+            f"{where}: {clash[0]}: an admission line calls no upstream; its limits are max_active, batch_size "
+            "and process_interval_sec"
+        )
+    default = Admission()
+    values: dict[str, Any] = {}
+    for key, name, whole in (("max_active", "max_active", True), ("batch_size", "batch_size", True),
+                             ("process_interval_sec", "process_interval_s", False),
+                             ("session_ttl_sec", "session_ttl_s", False)):
+        value = _number(table, key, where, getattr(default, name))
+        if value <= 0 or (whole and value != int(value)):
+            raise SettingsError(f"{where}: {key}={value!r}: must be a {'whole ' if whole else ''}number > 0")
+        values[name] = int(value) if whole else float(value)
+    redirect = table.get("redirect_url", "")
+    if not isinstance(redirect, str) or (redirect and httpx.URL(redirect).scheme not in ("http", "https")):
+        raise SettingsError(f"{where}: redirect_url={redirect!r}: must be an http:// or https:// URL")
+    return Admission(redirect_url=redirect, **values)
 
 
 def _list(table: Mapping[str, Any], key: str, where: str) -> Iterable[Any]:
@@ -339,8 +416,8 @@ def _window(item: Any, where: str) -> Window:
     start, end = _instant(item["start"], f"{where} start"), _instant(item["end"], f"{where} end")
     if end <= start:
         raise SettingsError(f"{where}: end must be after start")
-    if item["mode"] not in MODES:
-        raise SettingsError(f"{where}: mode={item['mode']!r}: must be one of {', '.join(MODES)}")
+    if item["mode"] not in WINDOW_MODES:
+        raise SettingsError(f"{where}: mode={item['mode']!r}: must be one of {', '.join(WINDOW_MODES)}")
     return Window(start, end, item["mode"])
 
 

@@ -108,6 +108,10 @@ class Lineup:
                 try:
                     if queue is None:
                         await self.open(spec)
+                    elif _kind(queue.spec) != _kind(spec):
+                        # A line becoming a waiting room or a pull line, or ceasing to be one, is a new line.
+                        await self.close(name)
+                        await self.open(spec)
                     elif queue.spec != spec:
                         if name in self._webhooks:
                             self._webhooks[name].spec = spec
@@ -143,3 +147,8 @@ class Lineup:
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+def _kind(spec: LineSpec) -> tuple[bool, bool]:
+    """What a line is built as: a waiting room? a pull line?"""
+    return spec.admission is not None, spec.settings.resolved_upstream_kind == "pull"

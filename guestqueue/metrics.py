@@ -37,6 +37,8 @@ class MetricsSource(Protocol):
 
     def active_requests(self) -> int: ...
 
+    def session_counts(self) -> dict[str, int] | None: ...  # an admission line's (sessions.py)
+
 
 class Metrics:
     """Every line's metrics (each series labelled ``line``), and the request log's."""
@@ -147,7 +149,17 @@ class _Collector(Collector):
             counter, "guestqueue_shared_answers", "Requests answered by an identical request's upstream call"
         )
         calls = _family(counter, "guestqueue_upstream_calls", "Upstream calls by result", "result")
+        granted = _family(counter, "guestqueue_admitted", "Guests an admission line let in (tokens issued)")
+        expired = _family(counter, "guestqueue_sessions_expired", "Admission sessions that ran to their token's exp")
+        ended = _family(counter, "guestqueue_sessions_ended", "Admission sessions ended, by how", "how")
+        open_sessions = _family(gauge, "guestqueue_sessions_active", "Admission sessions holding a slot now")
         for line, source in sorted(self._metrics.sources.items()):
+            if (sessions := source.session_counts()) is not None:
+                granted.add_metric([line], sessions["admitted"])
+                expired.add_metric([line], sessions["expired"])
+                for how in ("completed", "expired", "revoked"):
+                    ended.add_metric([line, how], sessions[how])
+                open_sessions.add_metric([line], sessions["sessions_active"])
             stats = source.stats
             size.add_metric([line], source.queue_size())
             active.add_metric([line], source.active_requests())
@@ -160,7 +172,8 @@ class _Collector(Collector):
             shared.add_metric([line], stats.shared_answers)
             for result, count in sorted(source.upstream_calls.items()):
                 calls.add_metric([line, result], count)
-        yield from (size, active, admitted, outcomes, rejections, hits, shared, calls)
+        yield from (size, active, admitted, outcomes, rejections, hits, shared, calls, granted, expired, ended,
+                    open_sessions)
         deliveries = CounterMetricFamily("guestqueue_webhook_deliveries", "Webhook deliveries by result",
                                          labels=["result"])
         for result, count in sorted(self._metrics.webhook_results.items()):

@@ -3,7 +3,8 @@
 With a shared line, any instance may run any flight, while the flight's guests
 are connected to the instance that admitted them. The runner's worker pool
 reports to a :class:`FlightRelay` (a :class:`~guestqueue.workers.FlightSink`):
-each event (``started``, ``chunk``, ``completed``, ``timeout``, ``error``) is
+each event (``started``, ``chunk``, ``completed``, ``timeout``, ``error``,
+``admitted``) is
 appended to the flight's Redis stream and announced on one channel. Every
 instance listens on that channel and applies the events of the flights whose
 guests it holds to its own service, in stream order, exactly as its own
@@ -94,6 +95,9 @@ class FlightRelay:
     def end_flight_timeout(self, flight: Flight) -> None:
         self._end(flight, {"t": "timeout"})
 
+    def end_flight_admitted(self, flight: Flight, grant: dict[str, Any]) -> None:
+        self._end(flight, {"t": "admitted", "grant": grant})
+
     def end_flight_error(self, flight: Flight, code: str, message: str, *, detail: str | None = None) -> None:
         if code == "shutdown" and not flight.answer_parts and not flight.finished:
             # This instance stops before the call said anything: another instance runs it, from
@@ -124,7 +128,7 @@ class FlightRelay:
     async def _recover(self, flight: Flight) -> None:
         entries: list[Any] = await self._redis.xrange(self._keys.flight_events(flight.id)) or []
         kinds = [json.loads(fields[b"e"])["t"] for _, fields in entries]
-        if any(kind in ("completed", "timeout", "error") for kind in kinds):
+        if any(kind in ("completed", "timeout", "error", "admitted") for kind in kinds):
             return  # it had ended; only its slot was left
         if "chunk" not in kinds:
             logger.info("flight %s: its instance died before any chunk; back to the front", flight.id)
@@ -268,6 +272,8 @@ class FlightRelay:
                 service.end_flight_completed(flight)
             elif kind == "timeout":
                 service.end_flight_timeout(flight)
+            elif kind == "admitted":
+                service.end_flight_admitted(flight, event["grant"])
             else:
                 service.end_flight_error(flight, event["code"], event["message"], detail=event.get("detail"))
 

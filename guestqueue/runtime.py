@@ -32,8 +32,12 @@ from .linespec import DEFAULT_LINE, LineSpec, default_line
 from .metrics import Metrics
 from .relay import FlightRelay
 from .service import QueueService
+from .sessions import MemorySessions, RedisSessions, Sessions
 from .store import RequestLog
+from .tokens import TokenSigner
 from .upstream import Upstream
+from .upstream.jobboard import JobBoard, MemoryJobBoard, RedisJobBoard
+from .upstream.pull import PullUpstream
 from .views import QueueViews
 from .workers import FlightSink, WorkerPool
 
@@ -51,6 +55,8 @@ class Queue:
     pool: WorkerPool = field(init=False)
     metrics: Metrics = field(init=False)
     views: QueueViews = field(init=False)
+    sessions: Sessions | None = None  # an admission line's (sessions.py)
+    jobs: JobBoard | None = None  # a pull line's (jobboard.py)
     _shared_stats: Stats | None = None  # every instance's totals, as of the last refresh()
 
     def apply(self, spec: LineSpec, upstream: Upstream | None) -> None:
@@ -59,6 +65,11 @@ class Queue:
         service, settings = self.service, spec.settings
         purged = spec.purged_at > service.gate.spec.purged_at
         service.gate.spec = spec
+        if self.sessions is not None and spec.admission is not None:
+            self.sessions.admission = spec.admission
+        if isinstance(self.pool.upstream, PullUpstream):
+            self.pool.upstream.max_receive_count = spec.max_receive_count
+            upstream = None  # its board and its jobs stay
         if purged:
             service.purge(spec.purged_at)
         service.settings = settings
@@ -102,6 +113,9 @@ class Queue:
     def active_requests(self) -> int:
         return self.service.line.peek().active
 
+    def session_counts(self) -> dict[str, int] | None:
+        return self.sessions.counts() if self.sessions is not None else None
+
 
 async def open_queue(
     stack: AsyncExitStack, settings: Settings, upstream: Upstream, log: RequestLog | None, *,
@@ -118,7 +132,11 @@ async def open_queue(
         if redis is None:
             redis = open_redis(settings)
             stack.push_async_callback(redis.aclose)
+        if settings.resolved_upstream_kind == "pull":
+            upstream = _pull(spec, RedisJobBoard(redis, redis_prefix(settings, spec.name), spec.name))
         return await _open_shared(stack, gate, upstream, log, redis, metrics)
+    if settings.resolved_upstream_kind == "pull":
+        upstream = _pull(spec, MemoryJobBoard(spec.name))
     line = MemoryLine(
         max_size=settings.max_queue_size, max_concurrent=settings.max_concurrent_requests,
         interval_s=settings.upstream_interval_s, max_hold_s=settings.upstream_max_hold_s,
@@ -128,7 +146,15 @@ async def open_queue(
     service = QueueService(settings, line, line, upstream_kind=upstream.kind, gate=gate)
     line.on_moved = service.positions.moved
     stack.push_async_callback(line.close)
-    return await _start(stack, service, upstream, service, log, metrics)
+    sessions = None
+    if spec.admission is not None:
+        sessions = Sessions(spec.name, spec.admission, TokenSigner.from_settings(settings), MemorySessions(line))
+        stack.push_async_callback(sessions.close)
+    return await _start(stack, service, upstream, service, log, metrics, sessions)
+
+
+def _pull(spec: LineSpec, board: JobBoard) -> PullUpstream:
+    return PullUpstream(board, max_receive_count=spec.max_receive_count)
 
 
 def open_redis(settings: Settings, *, lines: int = 1) -> aioredis.Redis:
@@ -174,21 +200,32 @@ async def _open_shared(
     relay = FlightRelay(redis, line, places, service)
     relay.start()
     stack.push_async_callback(relay.stop)
-    return await _start(stack, service, upstream, relay, log, metrics)
+    sessions = None
+    if spec.admission is not None:
+        store = RedisSessions(redis, line.keys)
+        store.start()
+        sessions = Sessions(spec.name, spec.admission, TokenSigner.from_settings(settings), store)
+        stack.push_async_callback(sessions.close)
+    return await _start(stack, service, upstream, relay, log, metrics, sessions)
 
 
 async def _start(
     stack: AsyncExitStack, service: QueueService, upstream: Upstream, sink: FlightSink, log: RequestLog | None,
-    metrics: Metrics,
+    metrics: Metrics, sessions: Sessions | None = None,
 ) -> Queue:
     settings = service.settings
-    queue = Queue(service, log)
-    queue.views = QueueViews(service)
+    queue = Queue(service, log, sessions=sessions)
+    if isinstance(upstream, PullUpstream):
+        queue.jobs = upstream.board
+        stack.push_async_callback(upstream.board.close)
+    if sessions is not None:
+        service.upstream_kind = "admission"
+    queue.views = QueueViews(service, sessions)
     queue.metrics = metrics
     timing = metrics.add(service.name, queue)
     stack.callback(metrics.remove, service.name)
     line = service.line
-    queue.pool = WorkerPool(settings, line, service.pacer, upstream, sink, on_paced=timing.paced)
+    queue.pool = WorkerPool(settings, line, service.pacer, upstream, sink, on_paced=timing.paced, admitter=sessions)
     service.listeners.append(timing)
     service.on_drain.append(queue.pool.drain)
     service.busy.append(lambda: bool(queue.pool.active))

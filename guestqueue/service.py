@@ -37,7 +37,7 @@ from .errors import (
     ShuttingDown,
     WaitTooLong,
 )
-from .events import ERROR, PROCESSING, RECONNECT, TIMEOUT, WORKFLOW_COMPLETE, SharedAnswer
+from .events import ADMITTED, ERROR, PROCESSING, RECONNECT, TIMEOUT, WORKFLOW_COMPLETE, SharedAnswer
 from .gate import Gate
 from .history import Registry, Stats
 from .lines.base import Line, Pacer, Places, SharedAnswers, Tally
@@ -57,6 +57,7 @@ RECONNECT_AFTER_S = 1.0  # what a `reconnect` event asks a guest to wait before 
 DROP_MESSAGES = {
     "disconnected": "The guest disconnected.",
     "send_timeout": "The guest stopped reading the answer.",
+    "stopped_polling": "The guest stopped asking for its place.",
 }
 # A finished request's events stay replayable this long (for a guest reconnecting just
 # after the end); then only its terminal event is kept.
@@ -389,6 +390,16 @@ class QueueService:
             loop = asyncio.get_running_loop()
             ticket.grace_timer = loop.call_later(self.settings.reconnect_grace_s, self._abandon, ticket)
 
+    def polled(self, ticket: Ticket, grace_s: float) -> None:
+        """A guest following by polling (an admission line's ``GET …/join/{id}``) keeps its place while
+        it polls: without a stream, it is let go ``grace_s`` after its last poll."""
+        if ticket.done or ticket.moved or ticket.subscribers > 0:
+            return
+        if ticket.grace_timer is not None:
+            ticket.grace_timer.cancel()
+        ticket.drop_reason = "stopped_polling"
+        ticket.grace_timer = asyncio.get_running_loop().call_later(grace_s, self._abandon, ticket)
+
     def _abandon(self, ticket: Ticket) -> None:
         ticket.grace_timer = None
         if ticket.subscribers == 0:
@@ -455,6 +466,12 @@ class QueueService:
         self._flight_finished(flight)
         for ticket in list(flight.tickets):
             self._end_error(ticket, Status.FAILED, code, message, detail=detail)
+
+    def end_flight_admitted(self, flight: Flight, grant: dict[str, Any]) -> None:
+        """An admission line let the flight's guest in (sessions.py): its token ends the request."""
+        self._flight_finished(flight)
+        for ticket in list(flight.tickets):
+            self._end(ticket, Status.ADMITTED, ADMITTED, {**grant, "request_id": ticket.id})
 
     def _end_all(self, flight: Flight, code: str, message: str) -> None:
         for ticket in list(flight.tickets):

@@ -1,7 +1,7 @@
 """One guest request (a ticket) and one upstream call (a flight).
 
 A ticket's state machine: ``queued → processing → completed | failed |
-timeout | cancelled``, plus ``queued → cancelled`` (the guest left or waited
+timeout | cancelled`` (``admitted`` on an admission line), plus ``queued → cancelled`` (the guest left or waited
 too long) and ``queued → failed`` (shutdown). A ticket ends exactly once:
 :meth:`Ticket.end` refuses a second ending, so racing causes (timeout vs.
 cancel vs. done) cannot produce two terminal events.
@@ -33,6 +33,7 @@ class Status(StrEnum):
     FAILED = "failed"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    ADMITTED = "admitted"  # an admission line's guest got its token (sessions.py)
 
     @property
     def terminal(self) -> bool:

@@ -12,12 +12,14 @@ from typing import Any
 
 from .errors import LineUnavailable
 from .service import QueueService
+from .sessions import Sessions
 from .tickets import Status
 
 
 class QueueViews:
-    def __init__(self, service: QueueService) -> None:
+    def __init__(self, service: QueueService, sessions: Sessions | None = None) -> None:
         self._service = service
+        self._sessions = sessions  # an admission line's: its sessions in /queue/status
 
     @property
     def accepting(self) -> bool:
@@ -39,6 +41,8 @@ class QueueViews:
         }
         if view.instances:
             out["instances"] = list(view.instances)
+        if self._sessions is not None:
+            out["sessions"] = self._sessions.counts()
         return out
 
     async def health(self) -> tuple[str, dict[str, Any]]:

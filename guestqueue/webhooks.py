@@ -46,7 +46,7 @@ from .tickets import Status, Ticket
 logger = logging.getLogger("guestqueue.webhooks")
 
 ENDINGS = {Status.COMPLETED: "completed", Status.FAILED: "failed", Status.TIMEOUT: "timeout",
-           Status.CANCELLED: "cancelled"}
+           Status.CANCELLED: "cancelled", Status.ADMITTED: "admitted"}
 RETRIES = 3
 RECENT = 100  # requests the p95 wait and the failure rate are taken over
 MIN_ENDINGS_FOR_RATE = 10  # fewer endings say nothing about a failure rate

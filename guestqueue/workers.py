@@ -57,11 +57,20 @@ class FlightSink(Protocol):
 
     def end_flight_error(self, flight: Flight, code: str, message: str, *, detail: str | None = None) -> None: ...
 
+    def end_flight_admitted(self, flight: Flight, grant: dict[str, Any]) -> None: ...
+
+
+class Admitter(Protocol):
+    """An admission line's sessions (sessions.py): the flight's guest gets a token instead of a call,
+    and its slot becomes the session's."""
+
+    async def admit(self, flight: Flight) -> dict[str, Any]: ...
+
 
 class WorkerPool:
     def __init__(
         self, settings: Settings, line: Line, pacer: Pacer, upstream: Upstream, sink: FlightSink,
-        *, on_paced: Callable[[float], None] = lambda waited_s: None,
+        *, on_paced: Callable[[float], None] = lambda waited_s: None, admitter: Admitter | None = None,
     ) -> None:
         self._settings = settings
         self._line = line
@@ -69,6 +78,7 @@ class WorkerPool:
         self._upstream = upstream
         self._sink = sink
         self._on_paced = on_paced  # seconds each start waited for its turn (a metric)
+        self._admitter = admitter  # an admission line: no upstream call
         self._workers: list[asyncio.Task[None]] = []
         self._idle: set[asyncio.Task[Any]] = set()  # workers waiting for a flight
         self._draining = False
@@ -141,16 +151,27 @@ class WorkerPool:
             waited_s = await self._line.start(flight)
             started = True
             self._on_paced(waited_s)
-            sink.on_started(flight)
+            # A pull line's guests hear `processing` when a worker takes the job (its first chunk).
+            announced = not getattr(self._upstream, "starts_when_taken", False)
+            if announced:
+                sink.on_started(flight)
+            if self._admitter is not None:
+                grant = await self._admitter.admit(flight)
+                started = False  # the slot is the session's now: it is not given back here
+                sink.end_flight_admitted(flight, grant)
+                return
             self.active[flight.id] = flight
             try:
                 async with asyncio.timeout(self._settings.request_timeout_s) as deadline:
-                    await self._call_upstream(flight, deadline)
+                    await self._call_upstream(flight, deadline, announced)
             except TimeoutError:
                 self._count("timeout")
                 sink.end_flight_timeout(flight)
                 return
             sink.end_flight_completed(flight)
+        except LineUnavailable:  # an admission line's session could not be kept: the guest may ask again
+            sink.end_flight_error(flight, "unavailable", "The waiting room is unavailable right now. Please try "
+                                  "again in a few seconds.")
         except UpstreamFailure as exc:
             logger.warning("flight %s upstream failure: %s", flight.id, exc.detail)
             sink.end_flight_error(flight, exc.code, exc.guest_message, detail=exc.detail)
@@ -179,14 +200,18 @@ class WorkerPool:
         self.upstream_calls[result] += 1
         self.consecutive_failures = 0 if result == "ok" else self.consecutive_failures + 1
 
-    async def _call_upstream(self, flight: Flight, deadline: asyncio.Timeout) -> None:
+    async def _call_upstream(self, flight: Flight, deadline: asyncio.Timeout, announced: bool) -> None:
         """Call the upstream, retrying before the first chunk. The processing time limit counts the
-        upstream's time: the backoff and pacing waits between attempts move ``deadline`` on."""
+        upstream's time: the backoff and pacing waits between attempts move ``deadline`` on.
+        Not ``announced``: the flight's start is told at the upstream's first chunk (pull)."""
         request = flight.request
         attempt = 0
         while True:
             try:
                 async for chunk in self._upstream.stream(request):
+                    if not announced:
+                        announced = True
+                        self._sink.on_started(flight)
                     # An upstream's "\ud800" would make every UTF-8 writer (JSON answers, SQLite) fail later.
                     if chunk.suggested_questions is not None:
                         flight.suggested_questions = [valid_text(q) for q in chunk.suggested_questions]

@@ -130,3 +130,24 @@ class Keys:
     def cancel_channel(self) -> str:
         """Channel: stop this flight's call, its last guest left (the message is the flight id)."""
         return f"{self.prefix}:flight-cancel"
+
+    # -- an admission line's sessions (sessions.py; its scripts spell these names too) --
+
+    @property
+    def sessions(self) -> str:
+        """Sorted set: each open session's slot owner (``s:<jti>``) by its expiry (ms)."""
+        return f"{self.prefix}:sessions"
+
+    def session(self, request_id: str) -> str:
+        """Hash: one session's jti, flight, exp and state (active, completed, expired, revoked)."""
+        return f"{self.prefix}:session:{request_id}"
+
+    @property
+    def session_jtis(self) -> str:
+        """Hash: jti -> request id, of the open sessions (revocation by jti)."""
+        return f"{self.prefix}:session-jtis"
+
+    @property
+    def session_totals(self) -> str:
+        """Hash: admitted, completed, expired, revoked."""
+        return f"{self.prefix}:session-totals"

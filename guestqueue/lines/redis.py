@@ -68,9 +68,13 @@ local function live_active(slots, instances, orphans, line, prefix)
   local all = redis.call('HGETALL', slots)
   for i = 1, #all, 2 do
     local owner = string.match(all[i + 1], '^(%S+)')
-    local lease = tonumber(redis.call('ZSCORE', instances, owner) or '0')
+    -- an instance's slot lives by the instance's lease, an admission session's (s:<jti>) till its exp
+    local lease = tonumber(redis.call('ZSCORE', instances, owner) or redis.call('ZSCORE', prefix .. ':sessions', owner)
+                           or '0')
     if lease >= now then
       active = active + 1
+    elseif string.sub(owner, 1, 2) == 's:' then
+      redis.call('HDEL', slots, all[i])  -- a session past its exp (sessions.py's sweep counts it)
     else
       local id = all[i]
       local last = redis.call('XREVRANGE', prefix .. ':events:' .. id, '+', '-', 'COUNT', 1)[1]

@@ -14,6 +14,8 @@ from ..config import Settings
 from .base import Chunk, Upstream, Workflow, WorkflowRequest, describe_transport_error, valid_text
 from .demo import demo_workflow
 from .http import HttpUpstream
+from .jobboard import MemoryJobBoard
+from .pull import PullUpstream
 from .python import PythonUpstream, load_workflow
 
 __all__ = [
@@ -51,6 +53,8 @@ def make_upstream(settings: Settings, client: httpx.AsyncClient, workflow: Workf
         return demo
     if kind == "python":
         return PythonUpstream(load_workflow(settings.upstream_url))
+    if kind == "pull":  # the runtime gives it the line's job board (runtime.py)
+        return PullUpstream(MemoryJobBoard("guest"))
     return HttpUpstream(client, settings.upstream_url, kind=kind, api_key=settings.upstream_api_key,
                         model=settings.upstream_model,
                         allowed_parameters=settings.upstream_allowed_parameter_names)

@@ -40,6 +40,29 @@ async def read_chat_request(request: Request, settings: Settings, *, upstream_ki
     return validate_chat_request(data, settings, upstream_kind=upstream_kind)
 
 
+async def read_optional_json(request: Request, settings: Settings) -> dict[str, Any]:
+    """A body that may be left out (an admission line's join): ``{}``, or a JSON object."""
+    body = await _read_limited(request, settings.max_body_bytes, settings.body_timeout_s)
+    if not body.strip():
+        return {}
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType("Send the body as JSON with Content-Type: application/json (or send none).")
+    return parse_json_object(body, "The request body")
+
+
+async def read_json_list(request: Request, settings: Settings, what: str) -> list[Any]:
+    """A JSON list body (a pull worker's chunks), read within the usual size and time limits."""
+    body = await _read_limited(request, settings.max_body_bytes, settings.body_timeout_s)
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidJSON(f"{what} is not valid JSON.") from None
+    if not isinstance(data, list):
+        raise InvalidField(f"{what} must be a JSON list of strings.")
+    return data
+
+
 def parse_json_object(raw: bytes | str, what: str) -> dict[str, Any]:
     """A JSON object, or InvalidJSON (also for invalid UTF-8, NaN and nesting too deep to parse)."""
     try:

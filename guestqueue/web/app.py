@@ -50,6 +50,7 @@ from ..upstream import Workflow, make_http_client
 from ..webhooks import EventStream, Outbox
 from .access import Access, PeerRecorder
 from .admin import AdminApi
+from .jobs import JobsApi
 from .lineapi import LineApi, line_name
 from .monitor import StatusMonitor
 from .pages import page_routes
@@ -57,6 +58,7 @@ from .pages import page_routes
 API_PREFIX = "/api/v1/guest"
 LINES_PREFIX = "/api/v1/lines"
 ADMIN_PREFIX = "/api/v1/admin"
+JOBS_PREFIX = "/api/v1/jobs"  # a pull worker's reports, by receipt (web/jobs.py)
 logger = logging.getLogger("guestqueue.web")
 
 
@@ -92,6 +94,10 @@ class GuestQueue:
         self.lines_app.state.guestqueue = self
         self.store: CatalogStore | None = None
         self.admin = AdminApi(self.settings, self.access, self.specs, self._sync_lines)
+        self.jobs_app = Starlette(
+            routes=JobsApi(self.lines).receipt_routes(), middleware=self._middleware(),
+            exception_handlers=EXCEPTION_HANDLERS,
+        )
         self.admin_app = Starlette(
             routes=self.admin.routes(), middleware=self._middleware(), exception_handlers=EXCEPTION_HANDLERS,
         )
@@ -326,7 +332,8 @@ def create_app(settings: Settings | None = None, *, workflow: Workflow | None = 
     app = Starlette(
         routes=[
             Route("/", index), Route(LINES_PREFIX, guest.lines.list_lines), Mount(LINES_PREFIX, app=guest.lines_app),
-            Mount(ADMIN_PREFIX, app=guest.admin_app), Mount(API_PREFIX, app=guest.app),
+            Mount(ADMIN_PREFIX, app=guest.admin_app), Mount(JOBS_PREFIX, app=guest.jobs_app),
+            Mount(API_PREFIX, app=guest.app),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=guest.lifespan,

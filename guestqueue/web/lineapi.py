@@ -23,8 +23,10 @@ from ..service import QueueService
 from ..tickets import Status, Ticket
 from .access import Access
 from .admission import client_key, read_chat_request
+from .jobs import JobsApi
 from .monitor import StatusMonitor
 from .stream import TicketStream
+from .waitingroom import WaitingRoom
 from .websocket import serve_websocket
 
 
@@ -80,6 +82,8 @@ class LineApi:
             Route("/queue/request/{request_id}", self.queue_request, methods=["GET"]),
             Route("/queue/history", self.queue_history, methods=["GET"]),
             WebSocketRoute("/ws", self.websocket),
+            *WaitingRoom(self).routes(),  # an admission line's (404 on the others)
+            *JobsApi(self).line_routes(),  # a pull line's (404 on the others)
         ]
 
     @property
@@ -158,13 +162,18 @@ class LineApi:
             return Response(status_code=204, headers={"X-Request-ID": ticket.id})
         return TicketStream(self._service(request), ticket, last_event_id, client=client_key(request), resume=resume)
 
-    async def chat_cancel(self, request: Request) -> Response:
-        service = self._service(request)
+    def _may_end(self, request: Request) -> None:
+        """Ending a guest's request (or an admission session) by its id: on a public line the id is
+        permission enough; on a private one, DELETE or WRITE."""
         spec = self._queue(request).spec
-        if not spec.public:  # on a public line the request's id is permission enough
+        if not spec.public:
             principal = self.access.principal(request, self.catalog)
             if not principal.may("DELETE", spec.name, spec.application_id):
                 self._require(request, "WRITE")
+
+    async def chat_cancel(self, request: Request) -> Response:
+        service = self._service(request)
+        self._may_end(request)
         ticket = await service.find(request.path_params["request_id"])  # held here or elsewhere
         if ticket is None:
             raise NotFound("No request with that id (it may have expired).")

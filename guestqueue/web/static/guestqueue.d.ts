@@ -1,7 +1,7 @@
 // Types for guestqueue.js (the browser client). Plain declarations, no build step needed.
 
 export declare const DEFAULT_BASE_URL: "/api/v1/guest";
-export declare const TERMINAL_EVENTS: readonly ["workflow_complete", "timeout", "error"];
+export declare const TERMINAL_EVENTS: readonly ["workflow_complete", "timeout", "error", "admitted"];
 
 export interface SSEMessage {
   /** The `event:` field, or "message" when there was none. */
@@ -57,6 +57,8 @@ export interface Handlers {
   workflow_complete?(data: WorkflowComplete): void;
   timeout?(data: Timeout): void;
   error?(data: ErrorData): void;
+  /** An admission line let the guest in: its token, to show the protected page. */
+  admitted?(data: Admitted): void;
   rejected?(data: Rejection): void;
   reconnecting?(info: { attempt: number; delayMs: number; lastEventId: string }): void;
   /** Every event, before its own handler. */
@@ -67,7 +69,17 @@ export type Ending =
   | { event: "workflow_complete"; data: WorkflowComplete }
   | { event: "timeout"; data: Timeout }
   | { event: "error"; data: ErrorData }
+  | { event: "admitted"; data: Admitted }
   | { event: "rejected"; data: Rejection };
+
+export interface Admitted {
+  request_id: string;
+  /** A JWT (claims sub, line, iat, exp, jti) the protected application checks. */
+  token: string;
+  /** Unix seconds: the session (and its token) ends then. */
+  expires_at: number;
+  redirect_url?: string;
+}
 
 export interface ClientOptions {
   /** Default "/api/v1/guest" on the page's origin. */

@@ -18,7 +18,7 @@
 // would (the server keeps the guest's place for GUEST_RECONNECT_GRACE_SEC).
 
 export const DEFAULT_BASE_URL = "/api/v1/guest";
-export const TERMINAL_EVENTS = Object.freeze(["workflow_complete", "timeout", "error"]);
+export const TERMINAL_EVENTS = Object.freeze(["workflow_complete", "timeout", "error", "admitted"]);
 
 /**
  * Incremental parser for a text/event-stream, per the WHATWG HTML standard

@@ -1,0 +1,298 @@
+"""An admission line's sessions (a waiting room, seed 004): admitted guests hold the line's slots.
+
+An admission line calls no upstream. When a guest's flight starts (the line's
+own slot and pacing rules: ``max_active`` slots, one start every
+``process_interval_sec / batch_size``), the worker asks :meth:`Sessions.admit`
+for a token (tokens.py) and the guest hears the terminal ``admitted`` event.
+The slot then belongs to the session, not to the worker: it is freed when the
+protected application completes the session, when its token is revoked, or at
+the token's ``exp``. So ``max_active`` is the number of guests inside at once.
+
+In memory the slot stays the memory line's until a timer or a call frees it.
+On Redis the slot's owner becomes ``s:<jti>``, with a lease in the line's
+``sessions`` sorted set scored by ``exp`` (lines/redis.py counts a slot as live
+while its owner's lease holds, an instance's or a session's), so sessions
+outlive the instance that admitted them and no instance gives a slot twice.
+Ending a session is one script (whichever instance runs it, it ends once);
+every instance runs the expiry sweep every half second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .errors import LineUnavailable
+from .lines.keys import Keys
+from .lines.memory import MemoryLine
+from .linespec import Admission
+from .stopping import raise_if_cancelled, stop_tasks
+from .tickets import Flight
+from .tokens import Grant, InvalidToken, TokenSigner
+
+logger = logging.getLogger("guestqueue.sessions")
+
+ENDINGS = ("completed", "expired", "revoked")
+SWEEP_EVERY_S = 0.5
+
+
+@dataclass(slots=True)
+class _Session:
+    request_id: str
+    jti: str
+    expires_at: float
+    flight: Flight
+    timer: asyncio.TimerHandle | None = None
+
+
+class SessionStore(Protocol):
+    async def open(self, flight: Flight, grant: Grant) -> bool: ...
+
+    async def end(self, request_id: str, how: str) -> bool: ...
+
+    async def by_jti(self, jti: str) -> str | None: ...
+
+    async def state(self, request_id: str) -> str | None: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    async def close(self) -> None: ...
+
+
+class Sessions:
+    """What the worker pool and the web layer ask of an admission line."""
+
+    def __init__(self, line: str, admission: Admission, signer: TokenSigner, store: SessionStore) -> None:
+        self.line, self.admission, self.signer, self._store = line, admission, signer, store
+
+    def __repr__(self) -> str:
+        return f"Sessions(line={self.line!r}, {self._store!r})"
+
+    async def admit(self, flight: Flight) -> dict[str, Any]:
+        """The flight's guest is in: a token, and the flight's slot is the session's now. Returns the
+        ``admitted`` event's payload."""
+        grant = self.signer.issue(flight.request.request_id, self.line, self.admission.session_ttl_s)
+        if not await self._store.open(flight, grant):
+            # The slot is not this instance's any more (its lease ran out meanwhile): no token.
+            raise LineUnavailable("The waiting room is unavailable right now. Please try again shortly.")
+        return grant.payload(self.admission.redirect_url)
+
+    async def complete(self, request_id: str) -> bool:
+        """The guest is done: its slot frees at once. False if it was not an open session."""
+        return await self._ended(request_id, "completed")
+
+    async def revoke(self, jti: str) -> bool:
+        request_id = await self._store.by_jti(jti)
+        return request_id is not None and await self._ended(request_id, "revoked")
+
+    async def _ended(self, request_id: str, how: str) -> bool:
+        return await self._store.end(request_id, how)
+
+    async def state(self, request_id: str) -> str | None:
+        """``active``, ``completed``, ``expired``, ``revoked``, or None (never admitted)."""
+        return await self._store.state(request_id)
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a good token of an open session; InvalidToken says why not."""
+        claims = self.signer.verify(token, self.line)
+        state = await self._store.state(claims["sub"])
+        if state != "active":
+            raise InvalidToken(f"the session is {state or 'unknown'}")
+        return claims
+
+    def counts(self) -> dict[str, int]:
+        """``sessions_active`` and the totals: admitted, completed, expired, revoked (shared: as of
+        the last sweep, at most half a second old)."""
+        return self._store.counts()
+
+    async def close(self) -> None:
+        await self._store.close()
+
+
+class MemorySessions:
+    """One process: the memory line keeps the slot until :meth:`end` (a call or the timer)."""
+
+    def __init__(self, line: MemoryLine) -> None:
+        self._line = line
+        self._open: dict[str, _Session] = {}
+        self._jtis: dict[str, str] = {}
+        self._ended: dict[str, str] = {}  # request id -> how, for verify's answer
+        self._totals: Counter[str] = Counter()
+        self._expiring: set[asyncio.Future[bool]] = set()
+
+    def __repr__(self) -> str:
+        return f"MemorySessions(active={len(self._open)}, {dict(self._totals)})"
+
+    async def open(self, flight: Flight, grant: Grant) -> bool:
+        session = _Session(grant.request_id, grant.jti, grant.expires_at, flight)
+        delay_s = max(0.0, grant.expires_at - time.time())
+        session.timer = asyncio.get_running_loop().call_later(delay_s, self._expire, grant.request_id)
+        self._open[grant.request_id], self._jtis[grant.jti] = session, grant.request_id
+        self._totals["admitted"] += 1
+        return True
+
+    def _expire(self, request_id: str) -> None:
+        task = asyncio.ensure_future(self.end(request_id, "expired"))
+        self._expiring.add(task)
+        task.add_done_callback(self._expiring.discard)
+
+    async def end(self, request_id: str, how: str) -> bool:
+        session = self._open.pop(request_id, None)
+        if session is None:
+            return False
+        if session.timer is not None:
+            session.timer.cancel()
+        self._jtis.pop(session.jti, None)
+        self._ended[request_id] = how
+        if len(self._ended) > 10_000:  # oldest first (dicts keep order)
+            del self._ended[next(iter(self._ended))]
+        self._totals[how] += 1
+        await self._line.finish(session.flight)
+        return True
+
+    async def by_jti(self, jti: str) -> str | None:
+        return self._jtis.get(jti)
+
+    async def state(self, request_id: str) -> str | None:
+        return "active" if request_id in self._open else self._ended.get(request_id)
+
+    def counts(self) -> dict[str, int]:
+        return {"sessions_active": len(self._open), **{k: self._totals[k] for k in ("admitted", *ENDINGS)}}
+
+    async def close(self) -> None:
+        for session in self._open.values():
+            if session.timer is not None:
+                session.timer.cancel()
+
+
+# KEYS: slots sessions session(id) jtis totals   ARGV: flight_id jti exp_ms request_id
+# The slot START gave this instance becomes the session's (owner s:<jti>, leased until exp).
+_OPEN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local owner = 's:' .. ARGV[2]
+redis.call('HSET', KEYS[1], ARGV[1], owner .. ' ' .. now)
+redis.call('ZADD', KEYS[2], ARGV[3], owner)
+redis.call('HSET', KEYS[3], 'jti', ARGV[2], 'flight', ARGV[1], 'exp', ARGV[3], 'state', 'active')
+redis.call('PEXPIREAT', KEYS[3], tonumber(ARGV[3]) + 86400000)
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[4])
+redis.call('HINCRBY', KEYS[5], 'admitted', 1)
+return 1
+"""
+
+# Ends one session (once, whoever asks). ARGV: how (completed|revoked|expired) prefix
+_END_ONE = """
+local function end_session(id, how, prefix)
+  local key = prefix .. ':session:' .. id
+  if redis.call('HGET', key, 'state') ~= 'active' then return 0 end
+  local jti = redis.call('HGET', key, 'jti')
+  local flight = redis.call('HGET', key, 'flight')
+  redis.call('ZREM', prefix .. ':sessions', 's:' .. jti)
+  redis.call('HDEL', prefix .. ':slots', flight)
+  redis.call('DEL', prefix .. ':request:' .. flight)
+  redis.call('HDEL', prefix .. ':session-jtis', jti)
+  redis.call('HSET', key, 'state', how)
+  redis.call('HINCRBY', prefix .. ':session-totals', how, 1)
+  redis.call('PUBLISH', prefix .. ':wake', 'finish')
+  return 1
+end
+"""
+
+# KEYS: session(id)   ARGV: how prefix request_id
+_END = _END_ONE + "return end_session(ARGV[3], ARGV[1], ARGV[2])"
+
+# KEYS: sessions jtis   ARGV: prefix   -> how many sessions past their exp it ended
+_SWEEP = _END_ONE + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ended = 0
+for _, owner in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 500)) do
+  local id = redis.call('HGET', KEYS[2], string.sub(owner, 3))
+  if id then
+    ended = ended + end_session(id, 'expired', ARGV[1])
+  else
+    redis.call('ZREM', KEYS[1], owner)
+  end
+end
+return ended
+"""
+
+
+class RedisSessions:
+    """Sessions of a line shared through Redis (the keys under the line's prefix, keys.py)."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self._redis, self._keys = redis, keys
+        self._open_script = redis.register_script(_OPEN)
+        self._end_script = redis.register_script(_END)
+        self._sweep_script = redis.register_script(_SWEEP)
+        self._sweeper: asyncio.Task[None] | None = None
+        self._counts = {"sessions_active": 0, **dict.fromkeys(("admitted", *ENDINGS), 0)}
+
+    def __repr__(self) -> str:
+        return f"RedisSessions(prefix={self._keys.prefix!r})"
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="guestqueue-sessions-sweep")
+
+    async def open(self, flight: Flight, grant: Grant) -> bool:
+        keys = self._keys
+        return bool(await self._call(self._open_script, [keys.slots, keys.sessions, keys.session(grant.request_id),
+                                                         keys.session_jtis, keys.session_totals],
+                                     [flight.id, grant.jti, round(grant.expires_at * 1000), grant.request_id]))
+
+    async def end(self, request_id: str, how: str) -> bool:
+        return bool(await self._call(self._end_script, [self._keys.session(request_id)],
+                                     [how, self._keys.prefix, request_id]))
+
+    async def by_jti(self, jti: str) -> str | None:
+        value = await self._call(self._redis.hget, self._keys.session_jtis, jti)
+        return None if value is None else _text(value)
+
+    async def state(self, request_id: str) -> str | None:
+        value = await self._call(self._redis.hget, self._keys.session(request_id), "state")
+        return None if value is None else _text(value)
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    async def _count(self) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self._keys.sessions)
+            pipe.hgetall(self._keys.session_totals)
+            active, totals = await pipe.execute()
+        named = {_text(k): int(v) for k, v in totals.items()}
+        self._counts = {"sessions_active": int(active), **{k: named.get(k, 0) for k in ("admitted", *ENDINGS)}}
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            try:
+                await self._sweep_script(keys=[self._keys.sessions, self._keys.session_jtis], args=[self._keys.prefix])
+                await self._count()
+            except (RedisError, OSError) as exc:
+                raise_if_cancelled()
+                logger.warning("session expiry sweep failed: %s", exc)
+
+    async def close(self) -> None:
+        await stop_tasks([self._sweeper])
+
+    async def _call(self, command: Any, *args: Any) -> Any:
+        try:
+            if args and isinstance(args[0], list):  # a script: keys, args
+                return await command(keys=args[0], args=args[1])
+            return await command(*args)
+        except (RedisError, OSError) as exc:
+            raise LineUnavailable("The waiting room is unavailable right now. Please try again shortly.") from exc
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,189 @@
+"""The pull workers' API (upstream/jobboard.py): take a pull line's jobs, send their answers.
+
+- ``POST /api/v1/lines/{line}/jobs/receive`` (``WORK``): optional JSON ``{wait_sec (0-20, default
+  10), max_jobs (1-10, default 1), visibility_timeout_sec (1-43200, default 30)}``; long-polls up to
+  ``wait_sec`` and answers ``{"jobs": [{job_id, receipt, request: {query, parameters, session_id},
+  receive_count}]}`` in line order (an empty list when none came).
+- With the receipt (``WORK`` on its line), under ``/api/v1/jobs/{receipt}/``:
+  ``chunks`` (a JSON list of strings, or an ``application/x-ndjson`` body streamed as the answer
+  is made, one JSON string per line, each passed on as it arrives), ``complete`` (optional
+  ``{suggested_questions}``), ``fail`` (``{error, retryable}``), ``extend``
+  (``{visibility_timeout_sec}``). A receipt whose lease ran out, or whose job ended, gets 410
+  ``receipt_expired``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Protocol
+
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ..catalog import Catalog, Principal
+from ..errors import BodyTooLarge, InvalidField, NotFound, ReceiptGone, UnknownLine
+from ..lineup import Lineup
+from ..runtime import Queue
+from ..upstream.jobboard import JobBoard, Report, receipt_line
+from .access import Access
+from .admission import ClientGone, read_json_list, read_optional_json
+
+MAX_WAIT_S = 20.0  # as SQS's long poll
+MAX_JOBS = 10
+DEFAULT_VISIBILITY_S = 30.0
+MAX_VISIBILITY_S = 43_200.0  # 12 hours, as SQS
+MAX_ANSWER_BYTES = 16 * 1024 * 1024  # one job's chunks, streamed (each line also within max_body_bytes)
+NDJSON = ("application/x-ndjson", "application/jsonl", "application/jsonlines")
+
+
+class LineRoutes(Protocol):
+    """What the line API (lineapi.py) lends these routes."""
+
+    @property
+    def access(self) -> Access: ...
+
+    @property
+    def catalog(self) -> Catalog: ...
+
+    @property
+    def lineup(self) -> Lineup | None: ...
+
+    def _queue(self, request: HTTPConnection) -> Queue: ...
+
+    def _require(self, request: HTTPConnection, permission: str) -> Principal: ...
+
+
+class JobsApi:
+    def __init__(self, api: LineRoutes) -> None:
+        self._api = api
+
+    def line_routes(self) -> list[BaseRoute]:
+        """Under ``/api/v1/lines/{line}``."""
+        return [Route("/jobs/receive", self.receive, methods=["POST"])]
+
+    def receipt_routes(self) -> list[BaseRoute]:
+        """Under ``/api/v1/jobs``."""
+        return [
+            Route("/{receipt}/chunks", self.chunks, methods=["POST"]),
+            Route("/{receipt}/complete", self.complete, methods=["POST"]),
+            Route("/{receipt}/fail", self.fail, methods=["POST"]),
+            Route("/{receipt}/extend", self.extend, methods=["POST"]),
+        ]
+
+    async def receive(self, request: Request) -> Response:
+        queue = self._api._queue(request)
+        board = _board(queue)
+        self._api._require(request, "WORK")
+        data = await read_optional_json(request, queue.service.settings)
+        wait_s = _number(data, "wait_sec", 10.0, 0.0, MAX_WAIT_S)
+        max_jobs = _number(data, "max_jobs", 1, 1, MAX_JOBS)
+        if max_jobs != int(max_jobs):
+            raise InvalidField("'max_jobs' must be a whole number from 1 to 10.")
+        visibility_s = _number(data, "visibility_timeout_sec", DEFAULT_VISIBILITY_S, 1.0, MAX_VISIBILITY_S)
+        return JSONResponse({"jobs": await board.receive(int(max_jobs), wait_s, visibility_s)})
+
+    def _leased(self, request: Request) -> tuple[Queue, JobBoard, str]:
+        """The receipt's line and board, if the caller may work on it."""
+        receipt = request.path_params["receipt"]
+        lineup = self._api.lineup
+        try:
+            queue = lineup.get(receipt_line(receipt)) if lineup is not None else None
+        except UnknownLine:
+            queue = None
+        if queue is None or queue.jobs is None:
+            raise ReceiptGone("This receipt is not valid (no pull line of that name runs here).")
+        spec = queue.spec
+        principal = self._api.access.principal(request, self._api.catalog)
+        if not principal.may("WORK", spec.name, spec.application_id):
+            self._api.access.require(request, self._api.catalog, "WORK", spec.name, spec.application_id)
+        return queue, queue.jobs, receipt
+
+    async def chunks(self, request: Request) -> Response:
+        queue, board, receipt = self._leased(request)
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        sent = 0
+        if media_type in NDJSON:
+            sent = await self._stream_lines(request, board, receipt, queue.service.settings.max_body_bytes)
+        else:
+            texts = _texts(await read_json_list(request, queue.service.settings, "The body"), "The body")
+            if texts:
+                await board.report(receipt, Report("chunks", {"texts": texts}))
+            sent = len(texts)
+        return JSONResponse({"receipt": receipt, "chunks": sent})
+
+    async def _stream_lines(self, request: Request, board: JobBoard, receipt: str, max_line: int) -> int:
+        """Each complete line of the NDJSON body goes on as soon as it is in."""
+        pending, total, sent = b"", 0, 0
+        try:
+            async for piece in request.stream():
+                total += len(piece)
+                if total > MAX_ANSWER_BYTES:
+                    raise BodyTooLarge(f"One job's chunks may be at most {MAX_ANSWER_BYTES} bytes.")
+                pending += piece
+                *lines, pending = pending.split(b"\n")
+                if len(pending) > max_line:
+                    raise BodyTooLarge(f"A line of the body is longer than {max_line} bytes.")
+                texts = [text for line in lines if line.strip() for text in _texts([_line(line)], "A line")]
+                if texts:
+                    await board.report(receipt, Report("chunks", {"texts": texts}))
+                    sent += len(texts)
+        except ClientDisconnect:
+            raise ClientGone("The worker disconnected while sending.") from None
+        if pending.strip():
+            await board.report(receipt, Report("chunks", {"texts": _texts([_line(pending)], "A line")}))
+            sent += 1
+        return sent
+
+    async def complete(self, request: Request) -> Response:
+        queue, board, receipt = self._leased(request)
+        data = await read_optional_json(request, queue.service.settings)
+        questions = data.get("suggested_questions", [])
+        if not isinstance(questions, list) or not all(isinstance(q, str) for q in questions):
+            raise InvalidField("'suggested_questions' must be a list of strings.")
+        await board.report(receipt, Report("complete", {"suggested_questions": questions}))
+        return JSONResponse({"receipt": receipt, "status": "completed"})
+
+    async def fail(self, request: Request) -> Response:
+        queue, board, receipt = self._leased(request)
+        data = await read_optional_json(request, queue.service.settings)
+        error, retryable = data.get("error", ""), data.get("retryable", False)
+        if not isinstance(error, str) or not isinstance(retryable, bool):
+            raise InvalidField("Send {\"error\": \"what went wrong\", \"retryable\": true|false}.")
+        await board.report(receipt, Report("fail", {"error": error[:1000], "retryable": retryable}))
+        return JSONResponse({"receipt": receipt, "status": "failed"})
+
+    async def extend(self, request: Request) -> Response:
+        queue, board, receipt = self._leased(request)
+        data = await read_optional_json(request, queue.service.settings)
+        visibility_s = _number(data, "visibility_timeout_sec", DEFAULT_VISIBILITY_S, 1.0, MAX_VISIBILITY_S)
+        await board.extend(receipt, visibility_s)
+        return JSONResponse({"receipt": receipt, "visibility_timeout_sec": visibility_s})
+
+
+def _board(queue: Queue) -> JobBoard:
+    if queue.jobs is None:
+        raise NotFound(f"Line {queue.name!r} is not a pull line (upstream_kind = \"pull\"); it has no jobs.")
+    return queue.jobs
+
+
+def _line(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise InvalidField("Each line of an NDJSON body is one JSON string (a chunk of the answer).") from None
+
+
+def _texts(data: Any, what: str) -> list[str]:
+    if not isinstance(data, list) or not all(isinstance(text, str) for text in data):
+        raise InvalidField(f"{what} must be a JSON list of strings (the answer's next chunks).")
+    return [text for text in data if text]
+
+
+def _number(data: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise InvalidField(f"'{key}' must be a number from {low:g} to {high:g}.")
+    return float(value)
