@@ -15,11 +15,17 @@ to an outbox (a row in the request log's SQLite file, written before the first a
 sender task posts them. A failed attempt (no answer, or not 2xx) is tried again up to
 ``RETRIES`` times with exponential backoff and jitter; one that fails them all is kept with its
 last error (``GET /api/v1/admin/callback_errors``). Rows still pending at a restart are sent then.
+
+With Redis (several instances) the outbox is shared instead: a pending delivery is a hash entry
+and a due time in a sorted set under ``{prefix}:webhooks:``; any instance claims due deliveries
+(a claim is a short lease: an instance that dies mid-attempt leaves it to another), so pending
+deliveries survive the death of the instance that made them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -55,6 +61,25 @@ CHAT_HOSTS = ("hooks.slack.com", "webhook.office.com")  # incoming webhooks that
 ATTEMPT_TIMEOUT_S = 10.0
 KEPT_ERRORS = 100  # failed deliveries listed by callback_errors
 STREAM_MAX_LEN = 100_000  # entries kept in the shared event stream (about, as MAXLEN ~)
+CLAIM_LEASE_MS = 60_000  # a claimed delivery is another instance's again after this (its claimer died)
+CLAIM_POLL_S = 0.2  # a shared outbox looks for due deliveries this often (at once after a local post)
+
+# KEYS: due pending   ARGV: lease_ms max  -> pending JSONs claimed (their due moved past the lease)
+_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
+  local body = redis.call('HGET', KEYS[2], id)
+  if body then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), id)
+    out[#out + 1] = body
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -78,14 +103,22 @@ class _Delivery:
 class Outbox:
     """Every line's deliveries: kept (SQLite) before they are tried, sent by one task."""
 
-    def __init__(self, *, db_path: str, client: httpx.AsyncClient, backoff_s: float = 1.0) -> None:
-        self._db_path = db_path
+    def __init__(self, *, db_path: str, client: httpx.AsyncClient, backoff_s: float = 1.0,
+                 redis: aioredis.Redis | None = None, prefix: str = "guestqueue") -> None:
+        self._db_path = db_path if redis is None else ""  # shared: the pending deliveries live in Redis
+        self._redis = redis
+        self._due, self._pending = f"{prefix}:webhooks:due", f"{prefix}:webhooks:pending"
+        self._failed_key = f"{prefix}:webhooks:failed"
+        self._claim = redis.register_script(_CLAIM) if redis is not None else None
+        self._posted = asyncio.Event()
+        self._claimer: asyncio.Task[None] | None = None
         self._db: aiosqlite.Connection | None = None
         self._client = client
         self._backoff_s = backoff_s
         self._ready: asyncio.Queue[_Delivery] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
         self._waiting: set[asyncio.TimerHandle] = set()
+        self._keeping: set[asyncio.Future[None]] = set()
         self.results: dict[str, int] = {"delivered": 0, "retried": 0, "failed": 0}
         self.on_attempt: list[Callable[[float, bool], None]] = []  # seconds it took, whether it worked (metrics)
         self.failures: list[dict[str, Any]] = []  # the last KEPT_ERRORS given up, newest last
@@ -105,12 +138,15 @@ class Outbox:
                 delivery_id, line, event, url, secret, body, attempts = row
                 self._ready.put_nowait(_Delivery(delivery_id, line, event, url, secret, bytes(body), attempts))
         self._sender = asyncio.create_task(self._send_loop(), name="guestqueue-webhooks")
+        if self._redis is not None:
+            self._claimer = asyncio.create_task(self._claim_loop(), name="guestqueue-webhooks-claim")
 
     async def close(self) -> None:
         for timer in self._waiting:
             timer.cancel()
-        if self._sender is not None:
-            await stop_tasks([self._sender])
+        if self._keeping:  # the last posts reach Redis, where another instance will send them
+            await asyncio.wait(self._keeping, timeout=ATTEMPT_TIMEOUT_S)
+        await stop_tasks([self._claimer, self._sender])
         if self._db is not None:
             await self._db.close()
 
@@ -124,14 +160,82 @@ class Outbox:
             # Slack and Teams incoming webhooks show "text" and refuse other shapes.
             payload = {"text": str(data.get("text") or f"guestqueue line {line}: {event}")}
         body = json.dumps(payload).encode()
-        self._ready.put_nowait(_Delivery(delivery_id, line, event, hook.url, hook.secret, body))
+        delivery = _Delivery(delivery_id, line, event, hook.url, hook.secret, body)
+        if self._redis is not None:  # kept in Redis first; the claim loop (of any instance) sends it
+            task = asyncio.ensure_future(self._share(delivery))
+            self._keeping.add(task)
+            task.add_done_callback(self._keeping.discard)
+        else:
+            self._ready.put_nowait(delivery)
         return delivery_id
+
+    async def failed(self) -> list[dict[str, Any]]:
+        """The deliveries given up, newest last (every instance's, when shared)."""
+        if self._redis is None:
+            return list(self.failures)
+        try:
+            raw = await self._redis.lrange(self._failed_key, 0, KEPT_ERRORS - 1)
+        except (RedisError, OSError) as exc:
+            logger.warning("failed webhook deliveries not read: %s", exc)
+            return list(self.failures)
+        return [json.loads(item) for item in reversed(raw)]
+
+    # -- shared through Redis ----------------------------------------------------------
+
+    async def _share(self, delivery: _Delivery, due_in_s: float = 0.0) -> None:
+        assert self._redis is not None
+        kept = json.dumps({"id": delivery.id, "line": delivery.line, "event": delivery.event, "url": delivery.url,
+                           "secret": delivery.secret, "body": delivery.body.decode(), "attempts": delivery.attempts,
+                           "last_error": delivery.last_error})
+        try:
+            now_ms = round(time.time() * 1000)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._pending, delivery.id, kept)
+                pipe.zadd(self._due, {delivery.id: now_ms + round(due_in_s * 1000)})
+                await pipe.execute()
+        except (RedisError, OSError) as exc:  # kept here instead: sent by this instance
+            logger.warning("webhook %s kept in this process only (Redis: %s)", delivery.id, exc)
+            if due_in_s <= 0:
+                self._ready.put_nowait(delivery)
+            return
+        self._posted.set()
+
+    async def _claim_loop(self) -> None:
+        assert self._claim is not None
+        while True:
+            self._posted.clear()
+            try:
+                claimed = await self._claim(keys=[self._due, self._pending], args=[CLAIM_LEASE_MS, 20])
+            except (RedisError, OSError) as exc:
+                logger.warning("webhook deliveries not claimed: %s", exc)
+                claimed = []
+            for raw in claimed:
+                kept = json.loads(raw)
+                self._ready.put_nowait(_Delivery(
+                    kept["id"], kept["line"], kept["event"], kept["url"], kept["secret"], kept["body"].encode(),
+                    kept["attempts"], kept["last_error"]))
+            if not claimed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._posted.wait(), CLAIM_POLL_S)
+
+    async def _settle_shared(self, delivery: _Delivery, status: str) -> None:
+        assert self._redis is not None
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(self._pending, delivery.id)
+                pipe.zrem(self._due, delivery.id)
+                if status == "failed":
+                    pipe.lpush(self._failed_key, json.dumps(self._failure(delivery)))
+                    pipe.ltrim(self._failed_key, 0, KEPT_ERRORS - 1)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            logger.warning("webhook %s not settled in Redis: %s", delivery.id, exc)
 
     async def _send_loop(self) -> None:
         while True:
             delivery = await self._ready.get()
             try:
-                if delivery.attempts == 0:
+                if delivery.attempts == 0 and self._redis is None:
                     await self._keep(delivery)
                 await self._attempt(delivery)
             except Exception:  # one bad delivery never stops the others
@@ -164,8 +268,11 @@ class Outbox:
             await self._settle(delivery, "failed")
             return
         self.results["retried"] += 1
-        await self._settle(delivery, "pending")
         delay_s = self._backoff_s * 2 ** (delivery.attempts - 1) * random.uniform(0.5, 1.0)
+        if self._redis is not None:
+            await self._share(delivery, delay_s)  # due again then, for whichever instance claims it
+            return
+        await self._settle(delivery, "pending")
         delivery.timer = asyncio.get_running_loop().call_later(delay_s, self._again, delivery)
         self._waiting.add(delivery.timer)
 
@@ -188,6 +295,8 @@ class Outbox:
         await self._db.commit()
 
     async def _settle(self, delivery: _Delivery, status: str) -> None:
+        if self._redis is not None and status != "pending":
+            await self._settle_shared(delivery, status)
         if self._db is None:
             return
         await self._db.execute(

@@ -180,3 +180,38 @@ async def test_with_redis_every_event_also_goes_to_the_shared_stream(
     (_, fields), = entries
     assert fields[b"line"] == b"guest" and fields[b"event"] == b"completed"
     assert json.loads(fields[b"data"])["request_id"] == request_id
+
+
+async def test_with_redis_a_pending_delivery_is_sent_by_another_instance(
+    tmp_path: Path, upstream: MockUpstream, redis_url: str, redis_prefix: str,
+) -> None:
+    """The instance that made the delivery stops (its own file gone with it); another one, with
+    another file but the same Redis, sends what was pending; and every instance lists the failures."""
+    receiver = Receiver(down=True)
+    shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "webhook_backoff_s": 1.0}
+    async with receiving(receiver) as url:
+        config = _config(tmp_path, upstream, url)
+        async with serve(config=config, db_path=str(tmp_path / "a.db"), **shared) as first, \
+                httpx.AsyncClient(timeout=10) as client:
+            await ask(client, first.base.removesuffix("/guest") + "/lines/w", "made on the first instance")
+            await wait_until(lambda: len(receiver.seen) == 1, timeout_s=10)
+        first_id = receiver.seen[0][0]["x-guestqueue-delivery"]
+        receiver.down = False
+        async with serve(config=config, db_path=str(tmp_path / "b.db"), **shared):
+            await wait_until(lambda: bool(receiver.processed), timeout_s=10)
+        assert receiver.processed == {first_id}, "the same delivery, sent by the other instance"
+
+        receiver.down = True
+        fast = {**shared, "webhook_backoff_s": 0.02}
+        async with serve(config=config, db_path=str(tmp_path / "c.db"), **fast) as third, \
+                serve(config=config, db_path=str(tmp_path / "d.db"), **fast) as fourth, \
+                httpx.AsyncClient(timeout=10) as client:
+            await ask(client, third.base.removesuffix("/guest") + "/lines/w", "nobody listens")
+            listed: list[Any] = []
+            for _ in range(200):
+                listed = (await client.get(f"{fourth.base.removesuffix('/guest')}/admin/callback_errors")
+                          ).json()["errors"]
+                if listed:
+                    break
+                await asyncio.sleep(0.05)
+    assert len(listed) == 1 and listed[0]["attempts"] == 4 and listed[0]["last_error"] == "HTTP 503"

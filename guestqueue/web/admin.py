@@ -315,7 +315,8 @@ class AdminApi:
         if not self._who(request).is_super:
             raise Forbidden("Only the super admin reads the callback errors.")
         outbox = self.outbox
-        return JSONResponse({"errors": outbox.failures if outbox else [], "results": outbox.results if outbox else {}})
+        return JSONResponse({"errors": await outbox.failed() if outbox else [],
+                             "results": outbox.results if outbox else {}})
 
     # -- who am I ------------------------------------------------------------------------
 

@@ -136,7 +136,8 @@ class GuestQueue:
             store = CatalogStore(Catalog(), db_path=settings.db_path, redis=redis, prefix=settings.redis_prefix)
             await store.open()
             stack.push_async_callback(store.close)
-            outbox = Outbox(db_path=settings.db_path, client=client, backoff_s=settings.webhook_backoff_s)
+            outbox = Outbox(db_path=settings.db_path, client=client, backoff_s=settings.webhook_backoff_s,
+                            redis=redis, prefix=settings.redis_prefix)
             await outbox.open()
             stack.push_async_callback(outbox.close)
             self.admin.outbox = outbox
