@@ -28,6 +28,7 @@ from .upstream import Chunk, Workflow, WorkflowRequest, load_workflow
 
 logger = logging.getLogger("guestqueue.worker")
 BACKOFF_S, BACKOFF_CAP_S = 0.5, 30.0
+MAX_JOBS_PER_RECEIVE = 10  # the server's limit (web/jobs.py)
 
 
 class PullWorker:
@@ -62,11 +63,13 @@ class PullWorker:
                 reply = await self._client.post(
                     f"{self._api}/lines/{self._line}/jobs/receive",
                     headers=self._headers,
-                    json={"wait_sec": 20, "max_jobs": free, "visibility_timeout_sec": self._visibility_s},
+                    json={"wait_sec": 20, "max_jobs": min(free, MAX_JOBS_PER_RECEIVE),
+                          "visibility_timeout_sec": self._visibility_s},
                 )
                 reply.raise_for_status()
             except httpx.HTTPStatusError as exc:
-                if exc.response.status_code in (401, 403, 404):  # a wrong key or line: no retry helps
+                status = exc.response.status_code
+                if 400 <= status < 500 and status not in (408, 429):  # a wrong key, line or request: retries won't help
                     raise SystemExit(f"guestqueue worker: {exc.response.status_code} {exc.response.text}") from None
                 failures = await _back_off(failures, exc)
                 continue

@@ -470,7 +470,9 @@ class RequestLog:
 
 
 async def migrate(db: aiosqlite.Connection) -> None:
-    """Apply the migrations this file has not had yet (see :data:`MIGRATIONS`)."""
+    """Apply the migrations this file has not had yet (see :data:`MIGRATIONS`), on the base schema
+    (made here too: whichever part opens the file first, the log, the catalog or the outbox)."""
+    await db.executescript(SCHEMA)
     applied = next(iter(await db.execute_fetchall("PRAGMA user_version")))[0]
     for number, statement in enumerate(MIGRATIONS, start=1):
         if number <= applied:

@@ -39,7 +39,9 @@ def test_overhead_smoke(tmp_path: Path) -> None:
         assert row[-1] == 0, f"{name} had errors"
 
 
-@pytest.mark.parametrize("scenario", ["waiting", "eta", "dispatch", "logwriter", "memory", "scaleout", "tenants"])
+@pytest.mark.parametrize(
+    "scenario", ["waiting", "eta", "dispatch", "logwriter", "memory", "scaleout", "tenants", "beyond"],
+)
 def test_scenario_smoke(scenario: str, tmp_path: Path) -> None:
     result = _run(scenario, tmp_path)
     assert _rows(result)

@@ -4,6 +4,7 @@ the systemd unit, the Dockerfile and the OpenAI setup guide must parse as real s
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -121,3 +123,32 @@ def test_the_compose_example_runs_three_instances_on_one_redis_behind_nginx(tmp_
     checked = subprocess.run([nginx_binary(), "-t", "-q", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+
+
+async def test_the_checkout_example_lets_in_the_admitted_and_frees_the_slot_when_they_pay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "change-me-to-32-or-more-random-characters"
+    async with serve(config=str(EXAMPLES / "waiting_room.toml"), token_secret=secret) as running:
+        queue = running.base.removesuffix("/api/v1/guest")
+        monkeypatch.setenv("GUEST_TOKEN_SECRET", secret)
+        monkeypatch.setenv("GUESTQUEUE_URL", queue)
+        checkout = load_example("checkout")
+        shop = httpx.AsyncClient(transport=httpx.ASGITransport(app=checkout.app), base_url="http://shop")
+        async with shop, httpx.AsyncClient(timeout=10) as client:
+            page = (await shop.get("/")).text
+            assert f"{queue}/api/v1/lines/shop" in page, "the waiting page joins our line"
+            joined = (await client.post(f"{queue}/api/v1/lines/shop/join")).json()
+            state = joined
+            for _ in range(100):
+                if state["status"] == "admitted":
+                    break
+                await asyncio.sleep(0.05)
+                state = (await client.get(f"{queue}/api/v1/lines/shop/join/{joined['request_id']}")).json()
+            assert state["redirect_url"] == "http://127.0.0.1:9000/checkout"
+            assert (await shop.get("/checkout", params={"token": "forged"})).status_code == 403
+            assert "Checkout" in (await shop.get("/checkout", params={"token": state["token"]})).text
+            paid = await shop.post("/pay", data={"token": state["token"]})
+            assert "Thank you" in paid.text
+            again = await client.post(f"{queue}/api/v1/lines/shop/sessions/{joined['request_id']}/complete")
+            assert again.status_code == 409 and again.json()["state"] == "completed"

@@ -188,7 +188,7 @@ async def test_with_redis_a_pending_delivery_is_sent_by_another_instance(
     """The instance that made the delivery stops (its own file gone with it); another one, with
     another file but the same Redis, sends what was pending; and every instance lists the failures."""
     receiver = Receiver(down=True)
-    shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "webhook_backoff_s": 1.0}
+    shared: dict[str, Any] = {"redis_url": redis_url, "redis_prefix": redis_prefix, "webhook_backoff_s": 1.0}
     async with receiving(receiver) as url:
         config = _config(tmp_path, upstream, url)
         async with serve(config=config, db_path=str(tmp_path / "a.db"), **shared) as first, \

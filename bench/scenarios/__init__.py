@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import dispatch, eta, logwriter, memory, overhead, scaleout, tenants, waiting
+from . import beyond, dispatch, eta, logwriter, memory, overhead, scaleout, tenants, waiting
 
 SCENARIOS: dict[str, ModuleType] = {
     "overhead": overhead, "waiting": waiting, "eta": eta, "dispatch": dispatch, "logwriter": logwriter,
-    "memory": memory, "scaleout": scaleout, "tenants": tenants,
+    "memory": memory, "scaleout": scaleout, "tenants": tenants, "beyond": beyond,
 }
