@@ -440,7 +440,8 @@ def test_every_language_has_every_string() -> None:
 # DELETE /chat/{id} (already_finished) or chat/simple (reconnect); client_disconnected answers a
 # guest who has gone.
 NOT_ON_THE_PAGE = {"invalid_json", "unsupported_media_type", "idempotency_mismatch", "conflict",
-                   "too_many_attempts", "timeout", "already_finished", "reconnect", "client_disconnected"}
+                   "too_many_attempts", "timeout", "already_finished", "reconnect", "client_disconnected",
+                   "receipt_expired"}  # a pull worker's (web/jobs.py), never a guest's
 CODE = re.compile(r'(?:"code": |code=|code: )"(\w+)"')
 
 
