@@ -4,6 +4,7 @@ verification, and two instances on one Redis never giving a slot twice."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -163,6 +165,15 @@ async def test_an_es256_key_file_signs_and_its_jwks_checks_tokens_offline(tmp_pa
         public = jwt.PyJWK(jwks["keys"][0])
         claims = jwt.decode(admitted.data["token"], public.key, algorithms=["ES256"])
         assert claims["line"] == "shop"
+
+
+async def test_a_websocket_guest_is_admitted_too(tmp_path: Path) -> None:
+    async with room(tmp_path, _room()) as (lines, _):
+        async with websockets.connect(lines.replace("http://", "ws://") + "/shop/ws") as socket:
+            await socket.send(json.dumps({"query": "let me in"}))
+            messages = [json.loads(message) async for message in socket]
+    assert messages[-1]["type"] == "admitted"
+    assert jwt.decode(messages[-1]["data"]["token"], SECRET, algorithms=["HS256"])["line"] == "shop"
 
 
 async def test_wrong_use_gets_clear_errors(tmp_path: Path) -> None:

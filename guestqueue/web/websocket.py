@@ -12,6 +12,7 @@ upstream). It then receives JSON messages, each with a ``type``:
 ``result``          ``request_id, data`` (as the SSE ``workflow_complete`` payload) — last
 ``error``           ``message, code`` (+ ``request_id``, ``fallback`` when known) — last
 ``queue_full``      ``message, retry_after`` — last
+``admitted``        ``request_id, data`` (an admission line's token, as the SSE event) — last
 ==================  ==========================================================
 
 The guest may send ``{"type": "cancel"}`` while waiting. After the last message
