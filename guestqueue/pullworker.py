@@ -167,6 +167,7 @@ def run_worker(args: argparse.Namespace) -> int:
         print("guestqueue worker: error: --concurrency >= 1 and --visibility-timeout in 1-43200", file=sys.stderr)
         return 2
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would drown the worker's own
 
     async def serve() -> None:
         worker = PullWorker(args.server, args.line, args.key, workflow, concurrency=args.concurrency,

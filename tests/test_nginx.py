@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import websockets
+from httpx_sse import aconnect_sse
 
 from guestqueue.web.app import API_PREFIX
 
@@ -376,3 +377,40 @@ async def test_named_lines_and_the_admin_api_through_nginx(upstream: MockUpstrea
             await ws.send(json.dumps({"query": "a websocket on a named line"}))
             messages = [json.loads(m) async for m in ws]
         assert messages[-1]["type"] == "result"
+
+
+async def test_a_pull_worker_streams_its_answer_through_nginx(tmp_path: Path) -> None:
+    """The NDJSON body reaches guestqueue as it is sent: the guest hears the first chunk while the
+    worker's request is still open (nginx buffering it would hang this test)."""
+    config = tmp_path / "guestqueue.toml"
+    config.write_text('[lines.gpu]\nupstream_kind = "pull"\nupstream_interval_sec = 0\n')
+    key = {"X-API-Key": "the-super-admin-key-0123456789"}
+    with guestqueue_process(tmp_path, trusted_proxies="127.0.0.1", config=str(config),
+                            admin_api_key=key["X-API-Key"]) as direct, \
+            run_nginx(tmp_path, direct, read_timeout=None) as proxied:
+        api = proxied.removesuffix("/guest")
+        first_chunk = asyncio.Event()
+
+        async def guest(client: httpx.AsyncClient) -> list[str]:
+            chunks = []
+            async with aconnect_sse(client, "POST", f"{api}/lines/gpu/chat", json={"query": "q"}) as source:
+                async for sse in source.aiter_sse():
+                    if sse.event == "answer_chunk":
+                        chunks.append(json.loads(sse.data)["data"])
+                        first_chunk.set()
+            return chunks
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b'"streamed "\n'
+            await asyncio.wait_for(first_chunk.wait(), 10)
+            yield b'"through nginx"\n'
+
+        async with httpx.AsyncClient(timeout=30) as client:
+            asked = asyncio.create_task(guest(client))
+            jobs = (await client.post(f"{api}/lines/gpu/jobs/receive", json={"wait_sec": 10}, headers=key)).json()
+            receipt = jobs["jobs"][0]["receipt"]
+            sent = await client.post(f"{api}/jobs/{receipt}/chunks", content=body(),
+                                     headers={**key, "Content-Type": "application/x-ndjson"})
+            assert sent.json()["chunks"] == 2
+            assert (await client.post(f"{api}/jobs/{receipt}/complete", headers=key)).status_code == 200
+            assert await asked == ["streamed ", "through nginx"]
