@@ -108,6 +108,7 @@ class PullWorker:
             )
             if done.is_success:
                 self.served += 1
+                logger.info("job %s answered (%d served)", job["job_id"], self.served)
         except Exception as exc:  # the workflow (or the connection) failed: say so, if we still can
             logger.warning("job %s failed: %s", job["job_id"], exc)
             try:
