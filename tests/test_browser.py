@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -33,7 +36,7 @@ from guestqueue import Chunk, Settings, WorkflowRequest, create_app
 from guestqueue.errors import GuestQueueError, Rejected, UpstreamFailure
 from guestqueue.web.pages import STATIC_DIR
 
-from .conftest import FAST, guestqueue_process, serve_app
+from .conftest import FAST, free_port, guestqueue_process, serve_app, wait_for_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -683,3 +686,34 @@ async def test_a_copy_of_the_page_on_another_path_of_the_site(browser: WebDriver
 
     async with serve_app(app) as site:
         await asyncio.to_thread(check, site)
+
+
+def test_the_checkout_examples_waiting_room_in_a_browser(browser: WebDriver, tmp_path: Path) -> None:
+    """examples/checkout.py's page, in Chromium: it joins the line across origins (CORS), polls,
+    is sent to the checkout with its token when admitted, and paying frees the place."""
+    secret = "change-me-to-32-or-more-random-characters"
+    shop_port = free_port()
+    shop_origin = f"http://127.0.0.1:{shop_port}"
+    config = tmp_path / "room.toml"
+    config.write_text('[lines.shop]\nmode = "admission"\nmax_active = 1\nbatch_size = 1\n'
+                      'process_interval_sec = 0.1\nsession_ttl_sec = 60\n')
+    with guestqueue_process(tmp_path, config=str(config), token_secret=secret, cors_origins=shop_origin) as base:
+        queue = base.removesuffix("/api/v1/guest")
+        env = {**os.environ, "GUEST_TOKEN_SECRET": secret, "GUESTQUEUE_URL": queue}
+        shop = subprocess.Popen([sys.executable, "-m", "uvicorn", "examples.checkout:app", "--port", str(shop_port),
+                                 "--log-level", "warning"], cwd=ROOT, env=env)
+        try:
+            wait_for_http(f"{shop_origin}/")
+            first = httpx.post(f"{queue}/api/v1/lines/shop/join").json()  # holds the one place for now
+            browser.get(f"{shop_origin}/")
+            wait(browser).until(lambda d: "Place 1" in d.find_element(By.ID, "place").text)
+            httpx.post(f"{queue}/api/v1/lines/shop/sessions/{first['request_id']}/complete")
+            wait(browser).until(lambda d: "/checkout" in d.current_url)
+            assert browser.find_element(By.TAG_NAME, "h1").text == "Checkout"
+            browser.find_element(By.TAG_NAME, "button").click()
+            wait(browser).until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "Thank you!")
+            status = httpx.get(f"{queue}/api/v1/lines/shop/queue/status").json()
+            assert status["sessions"]["completed"] == 2 and status["sessions"]["sessions_active"] == 0
+        finally:
+            shop.terminate()
+            shop.wait(10)
