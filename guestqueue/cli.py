@@ -1,4 +1,5 @@
-"""``guestqueue serve``: settings from GUEST_* variables and flags, then uvicorn.
+"""``guestqueue serve``: settings from GUEST_* variables and flags, then uvicorn (``guestqueue simulate``
+lives in simulate.py).
 
 Start-up order matters: the listening socket is bound first, then the request
 log is checked, then Redis (with ``GUEST_REDIS_URL``), then uvicorn starts. A
@@ -31,7 +32,7 @@ import redis.asyncio as aioredis
 import uvicorn
 from redis.exceptions import RedisError
 
-from . import store
+from . import simulate, store
 from .config import Settings, SettingsError, shown_redis_url
 from .errors import StartupError
 from .linespec import DEFAULT_LINE, load_lines
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request (costs throughput)")
     add_worker_parser(commands)
+    simulate.add_arguments(commands.add_parser(
+        "simulate", help="run a line's real admission, pacing and estimates on a virtual clock (what-if limits)",
+    ))
     return parser
 
 
@@ -241,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "worker":
         return run_worker(args)
+    if args.command == "simulate":
+        return simulate.main(args)
     try:
         settings = load_settings(args)
     except SettingsError as exc:

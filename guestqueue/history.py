@@ -6,6 +6,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from typing import Any
 
+from . import clock
 from .tickets import Status, Ticket
 
 AVERAGE_WINDOW = 100
@@ -132,7 +133,7 @@ class Registry:
         self._finished[ticket.id] = ticket
         while len(self._finished) > self._keep_finished:
             self._finished.popitem(last=False)
-        self._full_logs.append((time.monotonic(), ticket))
+        self._full_logs.append((clock.monotonic(), ticket))
         while len(self._full_logs) > self._keep_finished:
             self._forget_replay(self._full_logs.popleft()[1])
 

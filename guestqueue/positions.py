@@ -13,11 +13,11 @@ every number in one ``queued`` event comes from one moment.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from . import clock
 from .config import Settings
 from .errors import LineUnavailable
 from .eta import WaitEstimator
@@ -40,7 +40,7 @@ class Positions:
         self._line = line
         self._waiting = waiting
         self.view = LineView({}, max_concurrent=settings.max_concurrent_requests)
-        self._view_mono = time.monotonic()
+        self._view_mono = clock.monotonic()
         self.notice = notice
         self.estimator = WaitEstimator(
             settings.max_concurrent_requests, _pace_s(settings, release_per_minute), self._eta_snapshot
@@ -69,13 +69,13 @@ class Positions:
     async def refresh(self) -> LineView:
         """A new view of the line (the estimates follow it)."""
         self.view = await self._line.view()
-        self._view_mono = time.monotonic()
+        self._view_mono = clock.monotonic()
         self.estimator.invalidate()
         return self.view
 
     def use(self, view: LineView) -> None:
         """A view taken by someone else (e.g. at admission) is the newest one."""
-        self.view, self._view_mono = view, time.monotonic()
+        self.view, self._view_mono = view, clock.monotonic()
         self.estimator.invalidate()
 
     def kick(self) -> None:
@@ -108,7 +108,7 @@ class Positions:
         return False
 
     def _eta_snapshot(self) -> tuple[list[float], float]:
-        aged = time.monotonic() - self._view_mono  # the view's clock has moved on since
+        aged = clock.monotonic() - self._view_mono  # the view's clock has moved on since
         view = self.view
         return [s + aged for s in view.running_s], max(0.0, view.next_start_s - aged)
 

@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, Protocol
 
+from . import clock
 from .cache import AnswerCache, CachedAnswer
 from .config import Settings
 from .errors import (
@@ -113,7 +114,7 @@ class QueueService:
         self.positions = Positions(
             settings, line, self.waiting, notice=self.gate.notice, release_per_minute=self.gate.spec.release_per_minute,
         )
-        self.positions.on_tick.append(lambda: self.registry.compact_expired(time.monotonic()))
+        self.positions.on_tick.append(lambda: self.registry.compact_expired(clock.monotonic()))
         self.health_checks: list[Callable[[], list[str]]] = []  # problems the other parts see
         self.per_client: Counter[str] = Counter()
         self.accepting = True
@@ -158,7 +159,7 @@ class QueueService:
         await asyncio.shield(self._stopping)
 
     async def _stop(self) -> None:
-        deadline = time.monotonic() + self.settings.shutdown_grace_s
+        deadline = clock.monotonic() + self.settings.shutdown_grace_s
         for drain in self.on_drain:
             drain()  # e.g. the workers take no new flight
         # Guests still waiting will not be served by this process: with a shared line they keep
@@ -170,7 +171,7 @@ class QueueService:
                 self._end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
         # Running calls get the grace: our guests' (wherever they run) and, with a shared line, the
         # calls this instance runs for other instances' guests.
-        while (self.running or any(busy() for busy in self.busy)) and time.monotonic() < deadline:
+        while (self.running or any(busy() for busy in self.busy)) and clock.monotonic() < deadline:
             await asyncio.sleep(0.05)
         jobs = [flight.job for flight in self.running.values() if flight.job is not None]
         for flight in list(self.running.values()):
@@ -432,7 +433,7 @@ class QueueService:
         self._notify_status()
         self.waiting.pop(flight.id, None)
         self.running[flight.id] = flight
-        flight.started_mono = time.monotonic()
+        flight.started_mono = clock.monotonic()
         self.positions.estimator.invalidate()
         for ticket in flight.tickets:
             self._start_ticket(ticket)
@@ -484,7 +485,7 @@ class QueueService:
         if flight.key is not None and self.inflight.get(flight.key) is flight:
             del self.inflight[flight.key]
         if record_duration and flight.started_mono is not None:
-            self.positions.estimator.record(time.monotonic() - flight.started_mono)
+            self.positions.estimator.record(clock.monotonic() - flight.started_mono)
         self.positions.estimator.invalidate()
 
     def _leave_flight(self, ticket: Ticket, flight: Flight) -> None:
@@ -696,7 +697,7 @@ class QueueService:
         every_s = min(1.0, settings.send_timeout_s / 4, *([settings.ping_s / 2] if settings.ping_s > 0 else []))
         while True:
             await asyncio.sleep(every_s)
-            now = time.monotonic()
+            now = time.monotonic()  # the clock web/stream.py times its sends on (real sockets: real time)
             for stream in list(self.streams):
                 stream.check(now)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from . import clock
 from .events import EventLog, SharedAnswer
 from .upstream.base import WorkflowRequest
 
@@ -55,7 +56,7 @@ class Ticket:
     id: str = field(default_factory=new_request_id)
     status: Status = Status.QUEUED
     created_at: float = field(default_factory=time.time)
-    created_mono: float = field(default_factory=time.monotonic)
+    created_mono: float = field(default_factory=clock.monotonic)
     started_at: float | None = None
     started_mono: float | None = None
     finished_at: float | None = None
@@ -94,7 +95,7 @@ class Ticket:
     def start(self) -> None:
         self.status = Status.PROCESSING
         self.started_at = time.time()
-        self.started_mono = time.monotonic()
+        self.started_mono = clock.monotonic()
         self.wait_ms = (self.started_mono - self.created_mono) * 1000
 
     def end(
@@ -104,7 +105,7 @@ class Ticket:
         """Move to a terminal state; False (and no change) if the ticket had already ended."""
         if self.done:
             return False
-        now = time.monotonic()
+        now = clock.monotonic()
         self.status = status
         self.finished_at = time.time()
         self.error, self.error_code, self.error_detail = error, error_code, error_detail
