@@ -220,6 +220,7 @@ async def _start(
         stack.push_async_callback(upstream.board.close)
     if sessions is not None:
         service.upstream_kind = "admission"
+        sessions.on_ended.append(service.positions.estimator.record)  # a slot is held a session long
     queue.views = QueueViews(service, sessions)
     queue.metrics = metrics
     timing = metrics.add(service.name, queue)

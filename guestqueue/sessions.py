@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,10 +50,13 @@ class _Session:
     jti: str
     expires_at: float
     flight: Flight
+    opened: float  # the loop's clock
     timer: asyncio.TimerHandle | None = None
 
 
 class SessionStore(Protocol):
+    on_ended: Callable[[float], None]  # a session's length, as it ends here
+
     async def open(self, flight: Flight, grant: Grant) -> bool: ...
 
     async def end(self, request_id: str, how: str) -> bool: ...
@@ -71,7 +75,9 @@ class Sessions:
 
     def __init__(self, line: str, admission: Admission, signer: TokenSigner, store: SessionStore) -> None:
         self.line, self.admission, self.signer, self._store = line, admission, signer, store
-
+        # Each session's length in seconds as it ends here: how long a slot is held, for the ETA.
+        self.on_ended: list[Callable[[float], None]] = []
+        store.on_ended = self._ended_after
     def __repr__(self) -> str:
         return f"Sessions(line={self.line!r}, {self._store!r})"
 
@@ -94,6 +100,10 @@ class Sessions:
 
     async def _ended(self, request_id: str, how: str) -> bool:
         return await self._store.end(request_id, how)
+
+    def _ended_after(self, seconds: float) -> None:
+        for hook in self.on_ended:
+            hook(seconds)
 
     async def state(self, request_id: str) -> str | None:
         """``active``, ``completed``, ``expired``, ``revoked``, or None (never admitted)."""
@@ -126,14 +136,16 @@ class MemorySessions:
         self._ended: dict[str, str] = {}  # request id -> how, for verify's answer
         self._totals: Counter[str] = Counter()
         self._expiring: set[asyncio.Future[bool]] = set()
+        self.on_ended: Callable[[float], None] = lambda seconds: None
 
     def __repr__(self) -> str:
         return f"MemorySessions(active={len(self._open)}, {dict(self._totals)})"
 
     async def open(self, flight: Flight, grant: Grant) -> bool:
-        session = _Session(grant.request_id, grant.jti, grant.expires_at, flight)
+        loop = asyncio.get_running_loop()
+        session = _Session(grant.request_id, grant.jti, grant.expires_at, flight, loop.time())
         delay_s = max(0.0, grant.expires_at - time.time())
-        session.timer = asyncio.get_running_loop().call_later(delay_s, self._expire, grant.request_id)
+        session.timer = loop.call_later(delay_s, self._expire, grant.request_id)
         self._open[grant.request_id], self._jtis[grant.jti] = session, grant.request_id
         self._totals["admitted"] += 1
         return True
@@ -154,6 +166,7 @@ class MemorySessions:
         if len(self._ended) > 10_000:  # oldest first (dicts keep order)
             del self._ended[next(iter(self._ended))]
         self._totals[how] += 1
+        self.on_ended(asyncio.get_running_loop().time() - session.opened)
         await self._line.finish(session.flight)
         return True
 
@@ -181,15 +194,17 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 local owner = 's:' .. ARGV[2]
 redis.call('HSET', KEYS[1], ARGV[1], owner .. ' ' .. now)
 redis.call('ZADD', KEYS[2], ARGV[3], owner)
-redis.call('HSET', KEYS[3], 'jti', ARGV[2], 'flight', ARGV[1], 'exp', ARGV[3], 'state', 'active')
+redis.call('HSET', KEYS[3], 'jti', ARGV[2], 'flight', ARGV[1], 'exp', ARGV[3], 'state', 'active', 'opened', now)
 redis.call('PEXPIREAT', KEYS[3], tonumber(ARGV[3]) + 86400000)
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[4])
 redis.call('HINCRBY', KEYS[5], 'admitted', 1)
 return 1
 """
 
-# Ends one session (once, whoever asks). ARGV: how (completed|revoked|expired) prefix
+# Ends one session (once, whoever asks): its length in ms (at least 1), or 0 if it was not open.
 _END_ONE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function end_session(id, how, prefix)
   local key = prefix .. ':session:' .. id
   if redis.call('HGET', key, 'state') ~= 'active' then return 0 end
@@ -202,25 +217,21 @@ local function end_session(id, how, prefix)
   redis.call('HSET', key, 'state', how)
   redis.call('HINCRBY', prefix .. ':session-totals', how, 1)
   redis.call('PUBLISH', prefix .. ':wake', 'finish')
-  return 1
+  return math.max(1, now - tonumber(redis.call('HGET', key, 'opened') or now))
 end
 """
 
 # KEYS: session(id)   ARGV: how prefix request_id
 _END = _END_ONE + "return end_session(ARGV[3], ARGV[1], ARGV[2])"
 
-# KEYS: sessions jtis   ARGV: prefix   -> how many sessions past their exp it ended
+# KEYS: sessions jtis   ARGV: prefix   -> the lengths (ms) of the sessions past their exp it ended
 _SWEEP = _END_ONE + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ended = 0
+local ended = {}
 for _, owner in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 500)) do
   local id = redis.call('HGET', KEYS[2], string.sub(owner, 3))
-  if id then
-    ended = ended + end_session(id, 'expired', ARGV[1])
-  else
-    redis.call('ZREM', KEYS[1], owner)
-  end
+  local length = id and end_session(id, 'expired', ARGV[1]) or 0
+  if length > 0 then ended[#ended + 1] = length end
+  if not id then redis.call('ZREM', KEYS[1], owner) end
 end
 return ended
 """
@@ -236,6 +247,7 @@ class RedisSessions:
         self._sweep_script = redis.register_script(_SWEEP)
         self._sweeper: asyncio.Task[None] | None = None
         self._counts = {"sessions_active": 0, **dict.fromkeys(("admitted", *ENDINGS), 0)}
+        self.on_ended: Callable[[float], None] = lambda seconds: None
 
     def __repr__(self) -> str:
         return f"RedisSessions(prefix={self._keys.prefix!r})"
@@ -250,8 +262,11 @@ class RedisSessions:
                                      [flight.id, grant.jti, round(grant.expires_at * 1000), grant.request_id]))
 
     async def end(self, request_id: str, how: str) -> bool:
-        return bool(await self._call(self._end_script, [self._keys.session(request_id)],
-                                     [how, self._keys.prefix, request_id]))
+        length_ms = await self._call(self._end_script, [self._keys.session(request_id)],
+                                     [how, self._keys.prefix, request_id])
+        if length_ms:
+            self.on_ended(int(length_ms) / 1000)
+        return bool(length_ms)
 
     async def by_jti(self, jti: str) -> str | None:
         value = await self._call(self._redis.hget, self._keys.session_jtis, jti)
@@ -276,7 +291,10 @@ class RedisSessions:
         while True:
             await asyncio.sleep(SWEEP_EVERY_S)
             try:
-                await self._sweep_script(keys=[self._keys.sessions, self._keys.session_jtis], args=[self._keys.prefix])
+                lengths = await self._sweep_script(keys=[self._keys.sessions, self._keys.session_jtis],
+                                                   args=[self._keys.prefix])
+                for length_ms in lengths:
+                    self.on_ended(int(length_ms) / 1000)
                 await self._count()
             except (RedisError, OSError) as exc:
                 raise_if_cancelled()

@@ -42,6 +42,7 @@ from .events import QUEUED
 from .linespec import DEFAULT_LINE, LineSpec, load_lines
 from .runtime import open_queue
 from .service import QueueService
+from .sessions import Sessions
 from .tickets import Status, Ticket
 from .upstream import Chunk, WorkflowRequest
 
@@ -130,10 +131,10 @@ class SimulatedUpstream:
     kind = "simulated"
 
     def __init__(self, calls_s: dict[str, float]) -> None:
-        self._calls_s = calls_s  # by question: every simulated guest asks its own
+        self.calls_s = calls_s  # by question: every simulated guest asks its own
 
     async def stream(self, request: WorkflowRequest) -> AsyncIterator[Chunk]:
-        await asyncio.sleep(self._calls_s[request.query])
+        await asyncio.sleep(self.calls_s[request.query])
         yield Chunk("simulated answer")
 
 
@@ -170,6 +171,33 @@ class _Recorder:
         return None
 
 
+class _Visitors:
+    """An admission line's guests once admitted: each stays its drawn duration in the protected
+    application, then completes its session (unless its token expired first)."""
+
+    def __init__(self, sessions: Sessions, stay_s: dict[str, float]) -> None:
+        self._sessions, self._stay_s = sessions, stay_s
+        self._leaving: set[asyncio.Future[bool]] = set()
+
+    def ended(self, ticket: Ticket) -> None:
+        if ticket.status is Status.ADMITTED:
+            asyncio.get_running_loop().call_later(self._stay_s[ticket.query], self._leave, ticket.id)
+
+    def _leave(self, request_id: str) -> None:
+        task = asyncio.ensure_future(self._sessions.complete(request_id))
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
+
+    def admitted(self, ticket: Ticket) -> None:
+        return None
+
+    def started(self, ticket: Ticket) -> None:
+        return None
+
+    def rejected(self, client: str, query: str, code: str) -> None:
+        return None
+
+
 @dataclass
 class Result:
     spec: LineSpec
@@ -185,7 +213,8 @@ class Result:
         errors = [g.eta_s - g.wait_s for g in self.guests if g.eta_s is not None and g.wait_s is not None]
         refused = Counter(g.refused for g in self.guests if g.refused)
         outcomes = Counter(g.outcome for g in self.guests if g.ticket is not None)
-        served = outcomes.pop(Status.COMPLETED.value, 0)
+        # Answered, or (a waiting room) let in.
+        served = outcomes.pop(Status.COMPLETED.value, 0) + outcomes.pop(Status.ADMITTED.value, 0)
         return {
             "line": self.spec.name,
             "settings": {
@@ -268,6 +297,8 @@ async def _run(spec: LineSpec, scenario: Scenario) -> Result:
         service = queue.service
         recorder = _Recorder(queue.queue_size, t0)
         service.listeners.append(recorder)
+        if queue.sessions is not None:  # a waiting room: the drawn duration is a visit's length
+            service.listeners.append(_Visitors(queue.sessions, upstream.calls_s))
         # Nobody lasts longer than its wait limit plus its call's limit (retries never happen here).
         horizon_s = arrival + settings.max_wait_s + settings.request_timeout_s + SETTLE_MARGIN_S
         try:
@@ -283,7 +314,7 @@ async def _run(spec: LineSpec, scenario: Scenario) -> Result:
         if (ticket := guest.ticket) is not None:
             if ticket.started_mono is not None and ticket.wait_ms is not None:
                 guest.wait_s = ticket.wait_ms / 1000
-            completed = ticket.status is Status.COMPLETED
+            completed = ticket.status in (Status.COMPLETED, Status.ADMITTED)
             guest.outcome = ticket.status.value if completed else ticket.error_code or ticket.status.value
     return Result(spec, scenario, guests, recorder.samples, ended)
 

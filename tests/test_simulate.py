@@ -13,7 +13,7 @@ import pytest
 
 from guestqueue import Settings
 from guestqueue.cli import main
-from guestqueue.linespec import LineSpec, default_line
+from guestqueue.linespec import LineSpec, default_line, parse_line
 from guestqueue.simulate import Durations, Scenario, simulate, what_if
 
 from .conftest import env_without_guest_vars
@@ -148,3 +148,16 @@ def test_plot_without_matplotlib_says_how_to_get_it(
     captured = capsys.readouterr()
     assert captured.err == "guestqueue: error: --plot needs matplotlib: pip install 'guestqueue[plot]'\n"
     assert captured.out == "" and not path.exists()
+
+
+def test_a_waiting_room_lets_everyone_in_as_visits_end_and_estimates_from_their_length() -> None:
+    """An admission line: the drawn duration is how long a guest stays inside; its slot frees then,
+    and the estimate guests hear learns how long a visit holds a slot."""
+    spec = parse_line("shop", {"mode": "admission", "max_active": 3, "batch_size": 1, "process_interval_sec": 1,
+                               "session_ttl_sec": 600}, Settings(token_secret="s" * 32), where="test")
+    summary = simulate(spec, Scenario(120, 0.2, Durations.parse("fixed:20"), seed=3)).summary()
+    assert summary["served"] == summary["admitted"] == 120 and summary["refused"] == 0
+    # Three slots held 20 s each: at most 9 visits begin a minute, fewer when nobody waits (the run
+    # ends at the last admission, not at the last visit's end: a little over 9 is the last ones').
+    assert 6 <= summary["throughput_per_min"] <= 9.5
+    assert summary["eta_error_sec"]["median_abs"] <= 5, summary["eta_error_sec"]
