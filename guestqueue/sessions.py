@@ -78,6 +78,7 @@ class Sessions:
         # Each session's length in seconds as it ends here: how long a slot is held, for the ETA.
         self.on_ended: list[Callable[[float], None]] = []
         store.on_ended = self._ended_after
+
     def __repr__(self) -> str:
         return f"Sessions(line={self.line!r}, {self._store!r})"
 
@@ -92,14 +93,12 @@ class Sessions:
 
     async def complete(self, request_id: str) -> bool:
         """The guest is done: its slot frees at once. False if it was not an open session."""
-        return await self._ended(request_id, "completed")
+        return await self._store.end(request_id, "completed")
 
     async def revoke(self, jti: str) -> bool:
+        """The token is withdrawn: its session ends and its slot frees. False if no open session had it."""
         request_id = await self._store.by_jti(jti)
-        return request_id is not None and await self._ended(request_id, "revoked")
-
-    async def _ended(self, request_id: str, how: str) -> bool:
-        return await self._store.end(request_id, how)
+        return request_id is not None and await self._store.end(request_id, "revoked")
 
     def _ended_after(self, seconds: float) -> None:
         for hook in self.on_ended:
