@@ -110,7 +110,7 @@ class PullWorker:
                 self.served += 1
                 logger.info("job %s answered (%d served)", job["job_id"], self.served)
         except Exception as exc:  # the workflow (or the connection) failed: say so, if we still can
-            logger.warning("job %s failed: %s", job["job_id"], exc)
+            logger.warning("job %s failed: %s: %s", job["job_id"], type(exc).__name__, exc)
             try:
                 await self._client.post(
                     f"{url}/fail",

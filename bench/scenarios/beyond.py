@@ -10,10 +10,13 @@ Redis line (a redis-server started here):
 - **webhook delivery**: ``--deliveries`` events, one at a time, to a receiver on
   loopback (uvicorn): from the event to the receiver's handler, p50 and p99. The
   outbox keeps each delivery first (SQLite, or Redis when shared).
-- **pull jobs**: ``--jobs`` guests ask a pull line (HTTP, uvicorn) served by
-  ``--workers`` ``PullWorker`` clients (httpx, the same process) answering one chunk
-  each; jobs per second from the first ask to the last answer. Server and workers share
-  this process's one core, so this is a floor.
+- **pull jobs**: ``--jobs`` guests, 64 at a time, ask a pull line of a
+  ``guestqueue serve`` process (64 slots) served by ``--workers`` ``PullWorker``
+  clients in this process answering one chunk each: receive, the NDJSON chunks,
+  complete. Jobs per second from the first ask to the last answer, and the
+  guestqueue process's CPU per job (on two cores the guests and the Python
+  workers, one process, are the bottleneck: the CPU per job says what one
+  guestqueue core can carry).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -41,14 +45,14 @@ from guestqueue.pullworker import PullWorker
 from guestqueue.runtime import open_queue
 from guestqueue.tickets import Status
 from guestqueue.upstream import WorkflowRequest, make_upstream
-from guestqueue.web.app import create_app
 from guestqueue.webhooks import Outbox
 
-from ..procs import free_port
+from ..procs import PY, Server, free_port
 from ..report import Result, Table
 from .scaleout import Redis
 
 SECRET = "bench-token-secret-of-32-characters-or-more"
+ASKING = 64  # guests asking the pull line at once (and its slots: jobs out with workers at once)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +79,8 @@ async def _run(args: argparse.Namespace, redis_url: str) -> Result:
     admission = Table("admission decisions (guests let in: slot, token, session)",
                       ["line", "guests", "seconds", "decisions/s"])
     webhooks = Table("webhook delivery, event to receiver (ms)", ["outbox", "deliveries", "p50", "p90", "p99"])
-    pulls = Table("pull workers: jobs through HTTP, one chunk each", ["line", "jobs", "workers", "seconds", "jobs/s"])
+    pulls = Table("pull workers: jobs through HTTP, one chunk each",
+                  ["line", "jobs", "workers", "seconds", "jobs/s", "guestqueue CPU ms/job"])
     for line, url in (("memory", ""), ("redis", redis_url)):
         seconds = await _admissions(args.guests, url)
         admission.add(line, args.guests, seconds, args.guests / seconds)
@@ -84,9 +89,10 @@ async def _run(args: argparse.Namespace, redis_url: str) -> Result:
         q = statistics.quantiles(latencies, n=100)
         webhooks.add("sqlite" if not url else "redis", args.deliveries, q[49], q[89], q[98])
         result.raw[f"webhook_{line}_p50_ms"] = q[49]
-        seconds = await _jobs(args.jobs, args.workers, url)
-        pulls.add(line, args.jobs, args.workers, seconds, args.jobs / seconds)
+        seconds, cpu_s = await _jobs(args.jobs, args.workers, url)
+        pulls.add(line, args.jobs, args.workers, seconds, args.jobs / seconds, cpu_s / args.jobs * 1000)
         result.raw[f"jobs_{line}_per_s"] = args.jobs / seconds
+        result.raw[f"jobs_{line}_server_cpu_ms"] = cpu_s / args.jobs * 1000
     result.tables += [admission, webhooks, pulls]
     return result
 
@@ -146,31 +152,46 @@ async def _deliveries(count: int, redis_url: str) -> list[float]:
     return latencies
 
 
-async def _jobs(jobs: int, workers: int, redis_url: str) -> float:
+async def _jobs(jobs: int, workers: int, redis_url: str) -> tuple[float, float]:
+    """Seconds for ``jobs`` jobs, and the guestqueue process's CPU seconds meanwhile."""
     config = Path(tempfile.mkdtemp()) / "pull.toml"
-    config.write_text('[lines.gpu]\nupstream_kind = "pull"\nmax_concurrent_requests = 64\n'
-                      f'upstream_interval_sec = 0\nmax_queue_size = {jobs + 10}\n')
-    settings = _settings(redis_url, config=str(config))
+    config.write_text(f'[lines.gpu]\nupstream_kind = "pull"\nmax_concurrent_requests = {ASKING}\n'
+                      'upstream_interval_sec = 0\n')
+    env = {"GUEST_CONFIG": str(config), "GUEST_DB_PATH": "", "GUEST_MAX_PER_CLIENT": "1000000",
+           "GUEST_REDIS_URL": redis_url, "GUEST_REDIS_PREFIX": f"bench{time.monotonic_ns()}"}
+    port = free_port()
+    server = Server("guestqueue", [PY, "-m", "guestqueue", "serve", "--port", str(port), "--log-level", "warning"],
+                    port, "/api/v1/guest/health", env=env)
 
     async def answer(request: WorkflowRequest) -> AsyncIterator[str]:
         yield "ok"
 
-    async with _served(create_app(settings)) as base, httpx.AsyncClient(timeout=600) as client:
-        pool = [PullWorker(base, "gpu", "", answer, concurrency=16) for _ in range(workers)]
-        running = [asyncio.create_task(worker.run()) for worker in pool]
-        try:
-            began = time.perf_counter()
-            replies = await asyncio.gather(*(client.post(f"{base}/api/v1/lines/gpu/chat/simple",
-                                                         json={"query": f"job {n}"}) for n in range(jobs)))
-            seconds = time.perf_counter() - began
-        finally:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-            for worker in pool:
-                await worker.aclose()
-    assert all(reply.status_code == 200 for reply in replies), {reply.status_code for reply in replies}
-    return seconds
+    with server:
+        base = server.base
+        async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=ASKING + 10)) as client:
+            pool = [PullWorker(base, "gpu", "", answer, concurrency=16) for _ in range(workers)]
+            running = [asyncio.create_task(worker.run()) for worker in pool]
+            asking = asyncio.Semaphore(ASKING)  # a steady crowd: the pull path's pace, not a long line's
+
+            async def ask(n: int) -> int:
+                async with asking:
+                    reply = await client.post(f"{base}/api/v1/lines/gpu/chat/simple", json={"query": f"job {n}"})
+                    return reply.status_code
+
+            try:
+                began = time.perf_counter()
+                server.mark()
+                codes = await asyncio.gather(*(ask(n) for n in range(jobs)))
+                seconds = time.perf_counter() - began
+                cpu_s = server.usage().cpu_s
+            finally:
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
+                for worker in pool:
+                    await worker.aclose()
+    assert set(codes) == {200}, Counter(codes)
+    return seconds, cpu_s
 
 
 class _served:

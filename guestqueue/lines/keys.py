@@ -135,7 +135,7 @@ class Keys:
 
     @property
     def sessions(self) -> str:
-        """Sorted set: each open session's slot owner (``s:<jti>``) by its expiry (ms)."""
+        """Sorted set: each open session (``s:<jti> <opened ms>``) by its expiry (ms); each holds a slot."""
         return f"{self.prefix}:sessions"
 
     def session(self, request_id: str) -> str:

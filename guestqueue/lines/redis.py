@@ -13,8 +13,9 @@ retry is waiting for its turn, and pacing allows, all timed on Redis ``TIME``
 choosing the front and taking the slot in which another instance could slip in.
 
 Slots are leases: each instance renews its lease (a sorted set of expiry
-times) every ``instance_ttl_s / 3``; a slot whose instance's lease ran out does
-not count, and the next start moves it to the orphans hash, from which exactly
+times) every ``instance_ttl_s / 3``; an admission line's sessions hold slots
+too, until their tokens' expiry (sessions.py). A slot whose instance's lease
+ran out does not count, and the next start moves it to the orphans hash, from which exactly
 one survivor takes it (:meth:`RedisLine.dead_flights`) to put the flight back
 at the front or end it (relay.py decides: had a chunk been sent?). Like arq's
 job keys, every key name comes from keys.py.
@@ -68,13 +69,9 @@ local function live_active(slots, instances, orphans, line, prefix)
   local all = redis.call('HGETALL', slots)
   for i = 1, #all, 2 do
     local owner = string.match(all[i + 1], '^(%S+)')
-    -- an instance's slot lives by the instance's lease, an admission session's (s:<jti>) till its exp
-    local lease = tonumber(redis.call('ZSCORE', instances, owner) or redis.call('ZSCORE', prefix .. ':sessions', owner)
-                           or '0')
+    local lease = tonumber(redis.call('ZSCORE', instances, owner) or '0')
     if lease >= now then
       active = active + 1
-    elseif string.sub(owner, 1, 2) == 's:' then
-      redis.call('HDEL', slots, all[i])  -- a session past its exp (sessions.py's sweep counts it)
     else
       local id = all[i]
       local last = redis.call('XREVRANGE', prefix .. ':events:' .. id, '+', '-', 'COUNT', 1)[1]
@@ -88,7 +85,8 @@ local function live_active(slots, instances, orphans, line, prefix)
       redis.call('HDEL', slots, id)
     end
   end
-  return active
+  -- An admission line's sessions hold slots till their exp, whoever admitted them (sessions.py).
+  return active + redis.call('ZCOUNT', prefix .. ':sessions', now, '+inf')
 end
 """
 
@@ -201,6 +199,9 @@ live_active(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
 local running = {}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 2, #all, 2 do running[#running + 1] = string.match(all[i], '%S+ (%d+)') end
+for _, owner in ipairs(redis.call('ZRANGEBYSCORE', ARGV[1] .. ':sessions', now, '+inf')) do
+  running[#running + 1] = string.match(owner, ' (%d+)$')
+end
 local infos = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do
   infos[#infos + 1] = cjson.encode({id = id, info = redis.call('HGETALL', ARGV[1] .. ':instance:' .. id)})
