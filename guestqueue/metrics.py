@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .history import Stats
+from .service import QuietListener
 from .store import RequestLog
 from .tickets import Ticket
 
@@ -102,22 +103,13 @@ class _OneLine:
                 yield family
 
 
-class LineMetrics:
+class LineMetrics(QuietListener):
     """One line's time histograms: a request listener (service.py) and the pool's pacing hook."""
 
     def __init__(self, metrics: Metrics, line: str) -> None:
         self._wait = metrics.wait_seconds.labels(line)
         self._processing = metrics.processing_seconds.labels(line)
         self._pacing = metrics.pacing_delay_seconds.labels(line)
-
-    def admitted(self, ticket: Ticket) -> None:
-        return None
-
-    def started(self, ticket: Ticket) -> None:
-        return None
-
-    def rejected(self, client: str, query: str, code: str) -> None:
-        return None
 
     def ended(self, ticket: Ticket) -> None:
         if ticket.wait_ms is not None:

@@ -89,6 +89,22 @@ class RequestListener(Protocol):
     def rejected(self, client: str, query: str, code: str) -> None: ...
 
 
+class QuietListener:
+    """A :class:`RequestListener` that hears nothing: a listener overrides only what it needs."""
+
+    def admitted(self, ticket: Ticket) -> None:
+        return None
+
+    def started(self, ticket: Ticket) -> None:
+        return None
+
+    def ended(self, ticket: Ticket) -> None:
+        return None
+
+    def rejected(self, client: str, query: str, code: str) -> None:
+        return None
+
+
 class QueueService:
     def __init__(
         self, settings: Settings, line: Line, pacer: Pacer, *, places: Places | None = None,

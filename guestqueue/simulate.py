@@ -41,7 +41,7 @@ from .errors import Rejected
 from .events import QUEUED
 from .linespec import DEFAULT_LINE, LineSpec, load_lines
 from .runtime import open_queue
-from .service import QueueService
+from .service import QueueService, QuietListener
 from .sessions import Sessions
 from .tickets import Status, Ticket
 from .upstream import Chunk, WorkflowRequest
@@ -171,7 +171,7 @@ class _Recorder:
         return None
 
 
-class _Visitors:
+class _Visitors(QuietListener):
     """An admission line's guests once admitted: each stays its drawn duration in the protected
     application, then completes its session (unless its token expired first)."""
 
@@ -187,15 +187,6 @@ class _Visitors:
         task = asyncio.ensure_future(self._sessions.complete(request_id))
         self._leaving.add(task)
         task.add_done_callback(self._leaving.discard)
-
-    def admitted(self, ticket: Ticket) -> None:
-        return None
-
-    def started(self, ticket: Ticket) -> None:
-        return None
-
-    def rejected(self, client: str, query: str, code: str) -> None:
-        return None
 
 
 @dataclass

@@ -45,6 +45,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .linespec import LineSpec, Webhook
+from .service import QuietListener
 from .stopping import stop_tasks
 from .store import migrate
 from .tickets import Status, Ticket
@@ -330,7 +331,7 @@ class EventStream:
             await asyncio.wait(self._pending, timeout=ATTEMPT_TIMEOUT_S)
 
 
-class LineWebhooks:
+class LineWebhooks(QuietListener):
     """One line's request listener (service.py) and threshold watcher: its events, to the
     subscribers that asked for them.
 
@@ -353,15 +354,6 @@ class LineWebhooks:
         for hook in self.spec.webhooks:
             if event in hook.events:
                 self._outbox.post(self.spec.name, hook, event, data)
-
-    def admitted(self, ticket: Ticket) -> None:
-        return None
-
-    def started(self, ticket: Ticket) -> None:
-        return None
-
-    def rejected(self, client: str, query: str, code: str) -> None:
-        return None
 
     def ended(self, ticket: Ticket) -> None:
         if ticket.wait_ms is not None and not ticket.from_cache:
