@@ -209,7 +209,8 @@ class Outbox:
                 claimed = await self._claim(keys=[self._due, self._pending], args=[CLAIM_LEASE_MS, 20])
             except (RedisError, OSError) as exc:
                 logger.warning("webhook deliveries not claimed: %s", exc)
-                claimed = []
+                await asyncio.sleep(1.0)  # Redis is away: ask again in a while, not five times a second
+                continue
             for raw in claimed:
                 kept = json.loads(raw)
                 self._ready.put_nowait(_Delivery(
