@@ -11,6 +11,12 @@ riding the flight under the processing time limit, and retries a failed call
 only while no chunk has been sent. A retry goes first at the limiter (its
 flight already had its turn), and the waits between attempts do not count
 against the processing time limit, which measures the upstream.
+
+Two kinds of line run the same way with a twist: an admission line's flight
+gets a token and a session instead of a call (the ``admitter``, sessions.py:
+the slot is the session's from then on, not given back here), and a pull
+line's guests hear ``processing`` only when a remote worker takes the job
+(the upstream's first chunk, upstream/pull.py).
 """
 
 from __future__ import annotations
@@ -169,9 +175,8 @@ class WorkerPool:
                 sink.end_flight_timeout(flight)
                 return
             sink.end_flight_completed(flight)
-        except LineUnavailable:  # an admission line's session could not be kept: the guest may ask again
-            sink.end_flight_error(flight, "unavailable", "The waiting room is unavailable right now. Please try "
-                                  "again in a few seconds.")
+        except LineUnavailable as exc:  # a session or a pull job could not be kept (Redis): ask again
+            sink.end_flight_error(flight, "unavailable", str(exc))
         except UpstreamFailure as exc:
             logger.warning("flight %s upstream failure: %s", flight.id, exc.detail)
             sink.end_flight_error(flight, exc.code, exc.guest_message, detail=exc.detail)

@@ -350,7 +350,7 @@ async def _run(awaitable: Any) -> Any:
     try:
         return await awaitable
     except (RedisError, OSError) as exc:
-        raise LineUnavailable("The job board is unavailable right now. Please try again shortly.") from exc
+        raise LineUnavailable("The line is unavailable right now. Please try again in a few seconds.") from exc
 
 
 def _text(value: bytes | str) -> str:
