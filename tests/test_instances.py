@@ -329,9 +329,10 @@ async def test_a_dead_instances_guest_who_never_returns_gives_its_place_up_after
     doomed = None
     try:
         async with httpx.AsyncClient(timeout=30) as client:
-            # The call ahead runs 4 s: longer than the dead instance's lease and grace (2 s).
+            # The call ahead runs 6 s: well past the dead instance's lease, the grace and the reaper's
+            # round (up to about 4 s after the kill), even on a loaded machine.
             holder = asyncio.create_task(client.post(f"{survivor.base}/chat/simple",
-                                                     json=_body("hold", tag, chunks=3, delay=2.0)))
+                                                     json=_body("hold", tag, chunks=3, delay=3.0)))
             while not await upstream.acalls(tag):
                 await asyncio.sleep(0.02)
             doomed = start_server_process(tmp_path, **env)  # after the call started on the survivor
