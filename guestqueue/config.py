@@ -162,6 +162,10 @@ class Settings:
         "GUEST_TOKEN_KEY_FILE", "", "PEM private key signing admission tokens with RS256 or ES256 instead "
         "(its public key is served as JWKS)", minimum=None,
     )
+    openai_prefix: str = _setting(
+        "GUEST_OPENAI_PREFIX", "/v1", "where the OpenAI-compatible API is mounted (chat/completions, models); "
+        "empty = off", minimum=None,
+    )
     config: str = _setting(
         "GUEST_CONFIG", "", "TOML file declaring named lines ([lines.NAME] tables); empty = one line `guest` "
         "from these settings", minimum=None,
@@ -196,6 +200,9 @@ class Settings:
                 f"GUEST_ADMIN_API_KEY: must be at least {ADMIN_KEY_MIN_CHARS} characters "
                 f"(it has {len(self.admin_api_key)})"
             )
+        if self.openai_prefix and (not self.openai_prefix.startswith("/") or self.openai_prefix.endswith("/")
+                                   or self.openai_prefix.startswith("/api/v1/")):
+            raise SettingsError(f"GUEST_OPENAI_PREFIX={self.openai_prefix!r}: a path like /v1 (not under /api/v1/)")
         if self.token_secret and len(self.token_secret) < TOKEN_SECRET_MIN_CHARS:
             raise SettingsError(
                 f"GUEST_TOKEN_SECRET: must be at least {TOKEN_SECRET_MIN_CHARS} characters "

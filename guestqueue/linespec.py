@@ -67,7 +67,7 @@ NOT_FOR_ADMISSION = (
 POLICY_KEYS = (
     "mode", "message", "schedule", "max_predicted_wait_sec", "release_per_minute", "public", "tiers",
     "default_tier", "max_starvation_sec", "application_id", "purged_at", "webhooks", "alert_queue_size",
-    "alert_wait_p95_sec", "alert_failure_rate", "max_receive_count", *ADMISSION_KEYS,
+    "alert_wait_p95_sec", "alert_failure_rate", "max_receive_count", "openai_model", *ADMISSION_KEYS,
 )
 SECRET_KEYS = ("upstream_api_key",)
 
@@ -164,6 +164,7 @@ class LineSpec:
     alert_failure_rate: float = 0.0
     admission: Admission | None = None  # set by mode = "admission"
     max_receive_count: int = 3  # a pull line's job goes back to the front at most this many times
+    openai_model: str = ""  # another name OpenAI clients may ask this line by (web/openai.py)
 
     def mode_at(self, now: float) -> str:
         """The mode at Unix time ``now``: the last scheduled window holding it, else ``mode``."""
@@ -195,6 +196,7 @@ class LineSpec:
             "purged_at": self.purged_at, "webhooks": [hook.as_dict() for hook in self.webhooks],
             "alert_queue_size": self.alert_queue_size, "alert_wait_p95_sec": self.alert_wait_p95_s,
             "alert_failure_rate": self.alert_failure_rate, "max_receive_count": self.max_receive_count,
+            "openai_model": self.openai_model,
         })
         if self.admission is not None:
             out.update(self.admission.as_dict())
@@ -212,6 +214,7 @@ class LineSpec:
             "webhooks": [{"url": h.url, "events": list(h.events), "secret": h.secret} for h in self.webhooks],
             "alert_queue_size": self.alert_queue_size, "alert_wait_p95_sec": self.alert_wait_p95_s,
             "alert_failure_rate": self.alert_failure_rate, "max_receive_count": self.max_receive_count,
+            "openai_model": self.openai_model,
         })
         if self.admission is not None:
             out.update(self.admission.as_dict())
@@ -287,7 +290,19 @@ def load_lines(path: str, base: Settings) -> dict[str, LineSpec]:
     tables = document.get("lines")
     if not isinstance(tables, dict) or not tables:
         raise SettingsError(f"{path}: declares no line; add one [lines.NAME] table per line")
-    return {name: parse_line(name, table, base, where=f"{path} [lines.{name}]") for name, table in tables.items()}
+    specs = {name: parse_line(name, table, base, where=f"{path} [lines.{name}]") for name, table in tables.items()}
+    check_models(specs.values(), where=path)
+    return specs
+
+
+def check_models(specs: Iterable[LineSpec], *, where: str) -> None:
+    """Every model name OpenAI clients may ask (a line's name or its ``openai_model``) names one line."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        for model in {spec.name, spec.openai_model} - {""}:
+            if seen.setdefault(model, spec.name) != spec.name:
+                raise SettingsError(f"{where}: openai_model={model!r} names both line {seen[model]!r} and "
+                                    f"line {spec.name!r}")
 
 
 def _setting_value(key: str, value: Any, where: str) -> Any:
@@ -371,6 +386,10 @@ def _policy(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     if receives < 1 or receives != int(receives):
         raise SettingsError(f"{where}: max_receive_count={receives!r}: must be a whole number >= 1")
     out["max_receive_count"] = int(receives)
+    alias = table.get("openai_model", "")
+    if not isinstance(alias, str) or len(alias) > 128 or (alias and not alias.isprintable()):
+        raise SettingsError(f"{where}: openai_model={alias!r}: a model name of at most 128 printable characters")
+    out["openai_model"] = alias
     return out
 
 

@@ -101,3 +101,20 @@ def test_a_scheduled_window_sets_the_mode_while_it_lasts() -> None:
 
 def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(seconds))
+
+
+def test_a_line_is_built_again_the_same_from_what_is_kept() -> None:
+    """What the admin API keeps (SQLite, Redis) makes the same line again on every instance."""
+    base = Settings(token_secret="t" * 32)
+    tables = {
+        "tiered": {"tiers": ["paid", "free"], "max_starvation_sec": 30, "release_per_minute": 6, "public": False,
+                   "webhooks": [{"url": "https://example.com/h", "events": ["completed"], "secret": "s" * 16}],
+                   "alert_queue_size": 9, "mode": "queue_all", "message": "soon"},
+        "gpu": {"upstream_kind": "pull", "max_receive_count": 5, "upstream_interval_sec": 0},
+        "shop": {"mode": "admission", "max_active": 7, "batch_size": 2, "process_interval_sec": 0.5,
+                 "session_ttl_sec": 90, "redirect_url": "https://shop.example/checkout"},
+    }
+    for name, table in tables.items():
+        spec = parse_line(name, table, base, where="t")
+        again = parse_line(name, spec.stored(), base, where="t")
+        assert again == spec, name

@@ -58,7 +58,12 @@ class HttpUpstream:
         # Only the allowed parameters: a guest must not pick the model, add a system message,
         # ask for 128 choices, 100 000 tokens or tools at the operator's expense.
         body = {name: value for name, value in request.parameters.items() if name in self.allowed_parameters}
-        body.update(messages=[{"role": "user", "content": request.query}], stream=True)
+        # The OpenAI front door (web/openai.py) passes its caller's messages as sent; guests' `chat`
+        # cannot set them (web/admission.py refuses parameters.messages for this kind).
+        messages = request.parameters.get("messages")
+        if not isinstance(messages, list):
+            messages = [{"role": "user", "content": request.query}]
+        body.update(messages=messages, stream=True)
         if self._model:
             body["model"] = self._model
         return body

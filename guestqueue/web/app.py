@@ -53,6 +53,7 @@ from .admin import AdminApi
 from .jobs import JobsApi
 from .lineapi import LineApi, line_name
 from .monitor import StatusMonitor
+from .openai import OpenAIApi, OpenAIError, error_body, openai_error
 from .pages import page_routes
 
 API_PREFIX = "/api/v1/guest"
@@ -94,6 +95,11 @@ class GuestQueue:
         self.lines_app.state.guestqueue = self
         self.store: CatalogStore | None = None
         self.admin = AdminApi(self.settings, self.access, self.specs, self._sync_lines)
+        self.openai = OpenAIApi(self.lines)
+        self.openai_app = Starlette(
+            routes=self.openai.routes(), middleware=self._middleware(), exception_handlers=OPENAI_HANDLERS,
+        )
+        self.openai_app.state.guestqueue = self
         self.jobs_app = Starlette(
             routes=JobsApi(self.lines).receipt_routes(), middleware=self._middleware(),
             exception_handlers=EXCEPTION_HANDLERS,
@@ -314,6 +320,26 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS: dict[Any, Any] = {Rejected: _rejected, HTTPException: _http_error, Exception: _internal_error}
 
 
+async def _openai_rejected(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Rejected)
+    return openai_error(exc)
+
+
+async def _openai_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return openai_error(OpenAIError(str(exc.detail), exc.status_code, "invalid_request_error", None))
+
+
+async def _openai_internal_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse(error_body("Something went wrong on our side.", "server_error", "internal_error"),
+                        status_code=500)
+
+
+# The OpenAI front door answers every error in OpenAI's shape (web/openai.py).
+OPENAI_HANDLERS: dict[Any, Any] = {Rejected: _openai_rejected, HTTPException: _openai_http_error,
+                                   Exception: _openai_internal_error}
+
+
 def links(prefix: str) -> dict[str, str]:
     """Where things are, for ``GET /`` and ``GET /api/v1/guest/``."""
     return {
@@ -335,6 +361,7 @@ def create_app(settings: Settings | None = None, *, workflow: Workflow | None = 
             Route("/", index), Route(LINES_PREFIX, guest.lines.list_lines), Mount(LINES_PREFIX, app=guest.lines_app),
             Mount(ADMIN_PREFIX, app=guest.admin_app), Mount(JOBS_PREFIX, app=guest.jobs_app),
             Mount(API_PREFIX, app=guest.app),
+            *([Mount(guest.settings.openai_prefix, app=guest.openai_app)] if guest.settings.openai_prefix else []),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=guest.lifespan,

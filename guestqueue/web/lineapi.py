@@ -199,7 +199,7 @@ class LineApi:
         ticket, _ = await self._admit(request)
         service.subscribe(ticket)
         try:
-            finished = await _until_done_or_disconnect(ticket, request)
+            finished = await until_done_or_disconnect(ticket, request)
         finally:
             service.unsubscribe(ticket)
         if ticket.moved:
@@ -300,7 +300,7 @@ def _last_event_id(request: Request) -> int:
     return int(raw)
 
 
-async def _until_done_or_disconnect(ticket: Ticket, request: Request) -> bool:
+async def until_done_or_disconnect(ticket: Ticket, request: Request) -> bool:
     """Wait for the ticket's end (or its hand-off to another instance); False if the client went
     away first."""
 

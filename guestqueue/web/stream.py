@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator
 
 from starlette.types import Message, Receive, Scope, Send
 
+from ..events import Event
 from ..service import QueueService
 from ..tickets import Ticket
 
@@ -125,7 +126,7 @@ class TicketStream:
         while not self._gone:
             events = log.after(seen)
             for event in events:
-                yield event.encode()
+                yield self._encode(event)
                 seen = event.id
                 if event.terminal:
                     return
@@ -134,6 +135,10 @@ class TicketStream:
             if not events:
                 yield PING
             await log.wait()
+
+    def _encode(self, event: Event) -> bytes:
+        """An event as this stream's bytes (guestqueue's SSE framing; the OpenAI stream has its own)."""
+        return event.encode()
 
     async def _listen(self, receive: Receive) -> None:
         message: Message = {}
