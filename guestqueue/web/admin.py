@@ -23,7 +23,7 @@ from ..catalog import Application, Catalog, Principal
 from ..catalogstore import CatalogStore
 from ..config import Settings, SettingsError
 from ..errors import Conflict, Forbidden, InvalidField, InvalidJSON, NotFound, ShuttingDown, Unauthorized
-from ..linespec import LineSpec, parse_line
+from ..linespec import LineSpec, check_models, parse_line
 from ..lineup import Lineup
 from ..webhooks import Outbox
 from .access import Access
@@ -105,6 +105,14 @@ class AdminApi:
         if queue is None:
             raise NotFound(f"There is no line named {name!r}.")
         return queue.spec
+
+    def _check_models(self, spec: LineSpec) -> None:
+        """The OpenAI model names stay one line's each (web/openai.py): 409 if ``spec`` takes another's."""
+        others = [queue.spec for queue in self.lineup if queue.name != spec.name] if self.lineup is not None else []
+        try:
+            check_models([*others, spec], where="line")
+        except SettingsError as exc:
+            raise Conflict(str(exc)) from None
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(SCHEMAS.get_schema(routes=request.app.routes))
@@ -231,6 +239,7 @@ class AdminApi:
         if self.lineup is not None and name in self.lineup:
             raise Conflict(f"A line named {name!r} exists. Change it with PUT /api/v1/admin/lines/{name}.")
         spec = _parsed(name, body, self.settings)
+        self._check_models(spec)
         await self._store.put_line(spec.name, spec.stored())
         await self.sync()
         return JSONResponse(spec.as_dict(), status_code=201)
@@ -273,6 +282,7 @@ class AdminApi:
         merged = {key: value for key, value in merged.items() if value is not None}
         merged.pop("name", None)
         new = _parsed(spec.name, merged, self.settings)
+        self._check_models(new)
         await self._store.put_line(new.name, new.stored())
         await self.sync()
         return JSONResponse(new.as_dict())
