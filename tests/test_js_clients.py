@@ -52,3 +52,24 @@ async def test_eventsource_that_does_not_close_stops_at_the_204(upstream: MockUp
     assert [e["event"] for e in result["events"]][-1] == "workflow_complete"
     assert result["connects"] == 2, result
     assert result["readyState"] == 2, "CLOSED: the 204 ended it"
+
+
+async def test_the_openai_javascript_sdk_streams_the_same_answer_as_chat(upstream: MockUpstream) -> None:
+    async with serve(upstream_url=upstream.url(chunks=4)) as running, httpx.AsyncClient(timeout=30) as client:
+        chat = await stream_events(client, f"{running.base}/chat", json={"query": "same question"})
+        result = await node("openai_sdk.mjs", running.base.removesuffix("/api/v1/guest") + "/v1", "answer")
+    assert result["streamed"] == result["whole"] == chat[-1].data["answer"]
+    assert result["finish"] == ["stop"] and result["models"] == ["guest"]
+
+
+async def test_the_openai_javascript_sdk_sees_a_full_line_as_a_rate_limit_error(upstream: MockUpstream) -> None:
+    async with serve(upstream_url=upstream.url(chunks=1, first=1.5), max_concurrent_requests=1,
+                     max_queue_size=1) as running, httpx.AsyncClient(timeout=30) as client:
+        busy = [asyncio.create_task(stream_events(client, f"{running.base}/chat", json={"query": f"f{n}"}))
+                for n in range(2)]
+        while len(running.service.waiting) < 1:
+            await asyncio.sleep(0.02)
+        result = await node("openai_sdk.mjs", running.base.removesuffix("/api/v1/guest") + "/v1", "limited")
+        await asyncio.gather(*busy)
+    assert result["rateLimit"] is True and result["status"] == 429, result
+    assert result["code"] == "rate_limit_exceeded" and int(result["retryAfterMs"]) >= 1000

@@ -414,3 +414,19 @@ async def test_a_pull_worker_streams_its_answer_through_nginx(tmp_path: Path) ->
             assert sent.json()["chunks"] == 2
             assert (await client.post(f"{api}/jobs/{receipt}/complete", headers=key)).status_code == 200
             assert await asked == ["streamed ", "through nginx"]
+
+
+async def test_the_openai_front_door_through_nginx(upstream: MockUpstream, tmp_path: Path) -> None:
+    with guestqueue_process(tmp_path, upstream_url=upstream.url(chunks=3, delay=0.05), trusted_proxies="127.0.0.1"
+                            ) as direct, run_nginx(tmp_path, direct, read_timeout=None) as proxied:
+        v1 = proxied.removesuffix("/api/v1/guest") + "/v1"
+        async with httpx.AsyncClient(timeout=20) as client:
+            lines = []
+            async with client.stream("POST", f"{v1}/chat/completions", json={
+                    "model": "guest", "messages": [{"role": "user", "content": "via nginx"}], "stream": True}) as r:
+                assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+                lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+            models = (await client.get(f"{v1}/models")).json()
+    deltas = [json.loads(line[6:])["choices"][0]["delta"].get("content", "") for line in lines[:-1]]
+    assert "".join(deltas) == "chunk0 chunk1 chunk2 " and lines[-1] == "data: [DONE]"
+    assert [m["id"] for m in models["data"]] == ["guest"]
