@@ -83,6 +83,25 @@ class GuestQueue(Target):
                     raise RuntimeError(f"guestqueue {name.decode()}: {data[:200].decode()}")
 
 
+class OpenAIFront(Target):
+    """guestqueue's OpenAI front door: ``chat.completion.chunk`` data lines, then ``[DONE]``."""
+
+    async def events(self, query: str) -> AsyncIterator[Event]:
+        body = {"model": "guest", "messages": [{"role": "user", "content": query}], "stream": True}
+        async with self.session.post(self.url + "/v1/chat/completions", json=body) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+            async for _, data in sse(resp):
+                if data == b"[DONE]":
+                    yield "done", NO_DATA
+                    return
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise RuntimeError(f"guestqueue /v1 error: {data[:200].decode()}")
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    yield "answer_chunk", NO_DATA
+
+
 class Gradio(Target):
     fn_index = -1
 
@@ -120,7 +139,8 @@ class Gradio(Target):
                     raise RuntimeError(f"gradio {msg}: {str(message)[:200]}")
 
 
-KINDS: dict[str, type[Target]] = {"direct": Direct, "relay": Relay, "guestqueue": GuestQueue, "gradio": Gradio}
+KINDS: dict[str, type[Target]] = {"direct": Direct, "relay": Relay, "guestqueue": GuestQueue,
+                                  "guestqueue-openai": OpenAIFront, "gradio": Gradio}
 
 
 async def target_from_job(session: aiohttp.ClientSession, job: dict[str, Any]) -> Target:

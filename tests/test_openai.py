@@ -11,12 +11,15 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from guestqueue.tickets import Status
 
 from .conftest import MockUpstream, Running, ask, serve, wait_until
 
-MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"},
+]
 
 
 def root(running: Running) -> str:
@@ -179,12 +182,16 @@ async def test_closing_an_sdk_stream_stops_its_call_and_frees_the_slot(upstream:
 async def test_models_lines_by_alias_and_openai_errors(upstream: MockUpstream, tmp_path: Any) -> None:
     config = tmp_path / "lines.toml"
     config.write_text(f'[lines.support]\nupstream_url = "{upstream.url(chunks=1)}"\nopenai_model = "support-bot"\n'
-                      f'[lines.private]\nupstream_url = "{upstream.url(chunks=1)}"\npublic = false\n')
-    async with serve(config=str(config), admin_api_key="the-super-admin-key-0123456789") as running, \
+                      f'[lines.private]\nupstream_url = "{upstream.url(chunks=1)}"\npublic = false\n'
+                      '[lines.shop]\nmode = "admission"\n')
+    async with serve(config=str(config), admin_api_key="the-super-admin-key-0123456789",
+                     token_secret="s" * 32) as running, \
             httpx.AsyncClient(timeout=10) as client:
         v1 = root(running) + "/v1"
         listed = (await client.get(f"{v1}/models", headers={"Authorization": "Bearer sk-none"})).json()
-        assert [m["id"] for m in listed["data"]] == ["support-bot"], "the private line is not shown"
+        assert [m["id"] for m in listed["data"]] == ["support-bot"], "neither the private line nor the waiting room"
+        room = await client.post(f"{v1}/chat/completions", json={"model": "shop", "messages": MESSAGES})
+        assert room.status_code == 404 and room.json()["error"]["code"] == "model_not_found"
         for model in ("support-bot", "support"):
             done = await client.post(f"{v1}/chat/completions", json={"model": model, "messages": MESSAGES})
             assert done.json()["choices"][0]["message"]["content"] == "chunk0 ", model

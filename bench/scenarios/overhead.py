@@ -17,7 +17,8 @@ from ..procs import Server
 from ..report import Result, Table
 from ..stats import spread
 
-KINDS = ("direct", "relay", "relay-aiohttp", "guestqueue")
+# guestqueue-openai: the same guestqueue server, asked through its OpenAI front door (/v1/chat/completions).
+KINDS = ("direct", "relay", "relay-aiohttp", "guestqueue", "guestqueue-openai")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def smoke(args: argparse.Namespace) -> None:
     args.rounds, args.duration_s, args.concurrency, args.ttfc_count = 1, 1.0, 4, 10
-    args.servers = "direct,relay,guestqueue"
+    args.servers = "direct,relay,guestqueue,guestqueue-openai"
 
 
 def run(args: argparse.Namespace) -> Result:
@@ -50,16 +51,17 @@ def run(args: argparse.Namespace) -> Result:
             started["relay"] = stack.enter_context(servers.relay(url, concurrency=slots))
         if "relay-aiohttp" in kinds:
             started["relay-aiohttp"] = stack.enter_context(servers.relay(url, concurrency=slots, transport="aiohttp"))
-        if "guestqueue" in kinds:
+        if "guestqueue" in kinds or "guestqueue-openai" in kinds:
             started["guestqueue"] = stack.enter_context(
                 servers.guestqueue(url, concurrency=slots, queue_size=10_000, interval_s=0.0,
                                    extra=args.guestqueue_flags.split()))
+            started["guestqueue-openai"] = started["guestqueue"]
         for round_no in range(args.rounds):
             order = kinds[round_no % len(kinds):] + kinds[: round_no % len(kinds)]
             for kind in order:
                 server = started[kind]
                 target = {"kind": "direct", "url": url} if server is None else \
-                    {"kind": servers.kind_of(server), "url": server.base}
+                    {"kind": kind if kind == "guestqueue-openai" else servers.kind_of(server), "url": server.base}
                 measured = server or mock  # for "direct", the upstream is the server
                 measured.mark()
                 load = servers.drive({**target, "mode": "streams", "concurrency": args.concurrency,
@@ -98,6 +100,12 @@ def _tabulate(result: Result, kinds: list[str], runs: dict[str, list[dict[str, A
     if "guestqueue" in med and "direct" in med:
         ratio = med["guestqueue"]["rate"] / med["direct"]["rate"]
         result.target("throughput ≥ 0.45 x direct", round(ratio, 3), "≥ 0.45", ratio >= 0.45)
+    if "guestqueue" in med and "guestqueue-openai" in med:
+        front = Table("the OpenAI front door against /chat, the same server (medians over rounds)",
+                      ["streams/s via /chat", "streams/s via /v1/chat/completions", "ratio"])
+        front.add(med["guestqueue"]["rate"], med["guestqueue-openai"]["rate"],
+                  med["guestqueue-openai"]["rate"] / med["guestqueue"]["rate"])
+        result.tables.append(front)
         extra = med["guestqueue"]["ttfc"] - med["direct"]["ttfc"]
         result.target("ttfc p50 - direct (ms)", round(extra, 3), "≤ 0.6", extra <= 0.6)
     if "guestqueue" in med and "relay" in med:

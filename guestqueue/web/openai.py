@@ -104,14 +104,14 @@ class OpenAIApi:
             return []
         request.scope[FOREIGN_KEYS_ANONYMOUS] = True
         principal = self._lines.access.principal(request, self._lines.catalog)
-        return [queue for queue in lineup if queue.spec.public
-                or principal.may("WRITE", queue.spec.name, queue.spec.application_id)]
+        return [queue for queue in lineup if queue.sessions is None and (
+            queue.spec.public or principal.may("WRITE", queue.spec.name, queue.spec.application_id))]
 
     def _line(self, request: HTTPConnection, model: str) -> Queue:
         lineup = self._lines.lineup
         for queue in lineup if lineup is not None else ():
-            if model in (queue.spec.name, queue.spec.openai_model):
-                return queue
+            if model in (queue.spec.name, queue.spec.openai_model) and queue.sessions is None:
+                return queue  # (a waiting room answers with a token, not a completion: no model)
         raise OpenAIError(f"The model `{model}` does not exist or you do not have access to it.", 404,
                           "invalid_request_error", "model_not_found", "model")
 
@@ -151,7 +151,7 @@ class OpenAIApi:
         if not isinstance(options, dict):
             raise OpenAIError("'stream_options' must be an object.", 400, "invalid_request_error", None,
                               "stream_options")
-        if body.get("n", 1) != 1:
+        if body.get("n") not in (None, 1):
             raise OpenAIError("Only n = 1 is supported.", 400, "invalid_request_error", None, "n")
         parameters = {key: value for key, value in body.items() if key not in OWN_FIELDS}
         parameters["messages"] = messages  # an openai upstream gets them as sent; others read the query
@@ -175,6 +175,8 @@ class OpenAIApi:
                 service.cancel(ticket, Status.CANCELLED, "disconnected", "The client disconnected.")
         if not finished:
             return Response(status_code=499)
+        if ticket.moved:  # this instance is stopping: an OpenAI client cannot follow it elsewhere
+            raise OpenAIError("The service is restarting. Please ask again.", 503, "server_error", "shutdown")
         return completion.whole()
 
 
