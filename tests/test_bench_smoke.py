@@ -32,11 +32,16 @@ def _rows(result: dict[str, object]) -> list[list[object]]:
 
 
 def test_overhead_smoke(tmp_path: Path) -> None:
-    rows = {row[0]: row for row in _rows(_run("overhead", tmp_path))}
-    assert set(rows) == {"direct", "relay", "guestqueue"}
+    result = _run("overhead", tmp_path)
+    rows = {row[0]: row for row in _rows(result)}
+    assert set(rows) == {"direct", "relay", "guestqueue", "guestqueue-openai"}
     for name, row in rows.items():
         assert isinstance(row[1], float) and row[1] > 0, f"{name} streamed nothing"
         assert row[-1] == 0, f"{name} had errors"
+    tables = result["tables"]
+    assert isinstance(tables, list)
+    [ratio] = [table["rows"][0][-1] for table in tables if "OpenAI front door" in table["title"]]
+    assert isinstance(ratio, float) and ratio > 0
 
 
 @pytest.mark.parametrize(

@@ -217,3 +217,42 @@ async def test_models_lines_by_alias_and_openai_errors(upstream: MockUpstream, t
         not_json = await client.post(f"{v1}/chat/completions", content=b"{", headers={"Content-Type":
                                                                                       "application/json"})
         assert not_json.status_code == 400 and not_json.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_model_name_names_one_line_and_the_prefix_is_a_path(tmp_path: Any) -> None:
+    from guestqueue.config import Settings, SettingsError
+    from guestqueue.linespec import load_lines
+
+    config = tmp_path / "clash.toml"
+    config.write_text('[lines.a]\nopenai_model = "bot"\n[lines.b]\nopenai_model = "bot"\n')
+    with pytest.raises(SettingsError, match="'bot' names both line 'a' and line 'b'"):
+        load_lines(str(config), Settings())
+    config.write_text('[lines.a]\n[lines.b]\nopenai_model = "a"\n')
+    with pytest.raises(SettingsError, match="names both"):
+        load_lines(str(config), Settings())
+    for prefix in ("v1", "/v1/", "/api/v1/openai"):
+        with pytest.raises(SettingsError, match="GUEST_OPENAI_PREFIX"):
+            Settings(openai_prefix=prefix)
+    assert Settings(openai_prefix="").openai_prefix == ""
+
+
+async def test_a_line_made_through_the_admin_api_may_not_take_anothers_model_name(upstream: MockUpstream) -> None:
+    admin = {"X-API-Key": "the-super-admin-key-0123456789"}
+    async with serve(upstream_url=upstream.url(chunks=1), admin_api_key=admin["X-API-Key"]) as running, \
+            httpx.AsyncClient(timeout=10) as client:
+        api = running.base.removesuffix("/guest")
+        made = await client.post(f"{api}/admin/lines", headers=admin, json={"name": "side", "openai_model": "guest"})
+        assert made.status_code == 409 and "names both" in made.json()["error"]
+        made = await client.post(f"{api}/admin/lines", headers=admin, json={"name": "side", "openai_model": "bot"})
+        assert made.status_code == 201
+        await wait_until(lambda: running.guest.lineup is not None and "side" in running.guest.lineup, 5, "the line")
+        done = await client.post(f"{root(running)}/v1/chat/completions", json={"model": "bot", "messages": MESSAGES})
+        assert done.status_code == 200
+        off = await client.get(f"{root(running)}/v1/models")
+        assert sorted(m["id"] for m in off.json()["data"]) == ["bot", "guest"]
+
+
+async def test_the_front_door_can_be_turned_off(upstream: MockUpstream) -> None:
+    async with serve(upstream_url=upstream.url(chunks=1), openai_prefix="") as running, \
+            httpx.AsyncClient(timeout=10) as client:
+        assert (await client.get(f"{root(running)}/v1/models")).status_code == 404
