@@ -24,6 +24,7 @@ from .config import Settings
 from .gate import Gate
 from .history import Stats
 from .lines.answers import RedisAnswers
+from .lines.keys import Keys
 from .lines.memory import MemoryLine
 from .lines.places import RedisPlaces
 from .lines.redis import RedisLine
@@ -133,7 +134,7 @@ async def open_queue(
             redis = open_redis(settings)
             stack.push_async_callback(redis.aclose)
         if settings.resolved_upstream_kind == "pull":
-            upstream = _pull(spec, RedisJobBoard(redis, redis_prefix(settings, spec.name), spec.name))
+            upstream = _pull(spec, RedisJobBoard(redis, Keys(redis_prefix(settings, spec.name)), spec.name))
         return await _open_shared(stack, gate, upstream, log, redis, metrics)
     if settings.resolved_upstream_kind == "pull":
         upstream = _pull(spec, MemoryJobBoard(spec.name))

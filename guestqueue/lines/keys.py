@@ -151,3 +151,27 @@ class Keys:
     def session_totals(self) -> str:
         """Hash: admitted, completed, expired, revoked."""
         return f"{self.prefix}:session-totals"
+
+    # -- a pull line's job board (upstream/jobboard.py; its scripts spell these names too) --
+
+    @property
+    def job_offers(self) -> str:
+        """List: the ids of the jobs waiting for a worker, the next at the head."""
+        return f"{self.prefix}:job-offers"
+
+    @property
+    def job_leases(self) -> str:
+        """Sorted set: each live receipt by its lease's end (ms)."""
+        return f"{self.prefix}:job-leases"
+
+    def job(self, job_id: str) -> str:
+        """Hash: one job's request (JSON), its receipt and receive count."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def job_reports(self, job_id: str) -> str:
+        """Stream: what the job's workers reported (taken, chunks, complete, fail), read by its owner."""
+        return f"{self.prefix}:job-reports:{job_id}"
+
+    def receipt(self, receipt: str) -> str:
+        """String: the job id a receipt leases."""
+        return f"{self.prefix}:receipt:{receipt}"

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..errors import LineUnavailable, ReceiptGone
+from ..lines.keys import Keys
 from .base import WorkflowRequest
 
 REPORTS = ("taken", "chunks", "complete", "fail", "expired")  # what a job's owner hears
@@ -246,9 +247,10 @@ return 1
 class RedisJobBoard:
     """The board of a line shared by several instances (keys under the line's prefix)."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, line: str) -> None:
-        self._redis, self._prefix, self._line = redis, prefix, line
-        self._offers_key, self._leases_key = f"{prefix}:job-offers", f"{prefix}:job-leases"
+    def __init__(self, redis: aioredis.Redis, keys: Keys, line: str) -> None:
+        self._redis, self._keys, self._line = redis, keys, line
+        self._prefix = keys.prefix  # the scripts spell the per-job and per-receipt keys from it
+        self._offers_key, self._leases_key = keys.job_offers, keys.job_leases
         self._receive = redis.register_script(_RECEIVE)
         self._report = redis.register_script(_REPORT)
         self._extend = redis.register_script(_EXTEND)
@@ -259,20 +261,14 @@ class RedisJobBoard:
     def __repr__(self) -> str:
         return f"RedisJobBoard(prefix={self._prefix!r})"
 
-    def _job(self, job_id: str) -> str:
-        return f"{self._prefix}:job:{job_id}"
-
-    def _reports(self, job_id: str) -> str:
-        return f"{self._prefix}:job-reports:{job_id}"
-
     async def offer(self, job: Job, *, front: bool = False) -> None:
         request = job.request
         payload = json.dumps({"request_id": request.request_id, "query": request.query,
                               "parameters": dict(request.parameters), "session_id": request.session_id})
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._job(job.id), mapping={"request": payload})
-            pipe.expire(self._job(job.id), 86_400)
-            pipe.expire(self._reports(job.id), 86_400)
+            pipe.hset(self._keys.job(job.id), mapping={"request": payload})
+            pipe.expire(self._keys.job(job.id), 86_400)
+            pipe.expire(self._keys.job_reports(job.id), 86_400)
             (pipe.lpush if front else pipe.rpush)(self._offers_key, job.id)
             await _run(pipe.execute())
         self._read_from.setdefault(job.id, "0")
@@ -280,26 +276,27 @@ class RedisJobBoard:
 
     async def withdraw(self, job: Job) -> None:
         self._read_from.pop(job.id, None)
-        receipt = await _run(self._redis.hget(self._job(job.id), "receipt"))
+        receipt = await _run(self._redis.hget(self._keys.job(job.id), "receipt"))
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.lrem(self._offers_key, 0, job.id)
             if receipt is not None:
                 receipt = _text(receipt)
                 pipe.zrem(self._leases_key, receipt)
-                pipe.delete(f"{self._prefix}:receipt:{receipt}")
-            pipe.delete(self._job(job.id), self._reports(job.id))
+                pipe.delete(self._keys.receipt(receipt))
+            pipe.delete(self._keys.job(job.id), self._keys.job_reports(job.id))
             await _run(pipe.execute())
 
     async def next_report(self, job: Job) -> Report:
         while True:
             after = self._read_from.get(job.id, "0")
-            reply = await _run(self._redis.xread({self._reports(job.id): after}, count=1, block=REPORT_BLOCK_MS))
+            stream: dict[Any, Any] = {self._keys.job_reports(job.id): after}  # redis-py types its keys invariantly
+            reply = await _run(self._redis.xread(stream, count=1, block=REPORT_BLOCK_MS))
             if reply:
                 entry_id, fields = reply[0][1][0]
                 self._read_from[job.id] = _text(entry_id)
                 report = json.loads(fields[b"r"])
                 if report["kind"] == "taken":
-                    receipt, count = await _run(self._redis.hmget(self._job(job.id), ["receipt", "receive_count"]))
+                    receipt, count = await _run(self._redis.hmget(self._keys.job(job.id), ["receipt", "receive_count"]))
                     job.receipt, job.receive_count = _text(receipt or b""), int(count or 0)
                 return Report(report["kind"], report.get("data") or {})
             if job.receipt and await _run(self._expire_if_due(keys=[self._leases_key],
