@@ -54,6 +54,7 @@ from .jobs import JobsApi
 from .lineapi import LineApi, line_name
 from .monitor import StatusMonitor
 from .openai import OpenAIApi, OpenAIError, error_body, openai_error
+from .origin import OriginGuard
 from .pages import page_routes
 
 API_PREFIX = "/api/v1/guest"
@@ -241,6 +242,8 @@ class GuestQueue:
             # X-Forwarded-For address when, and only when, the peer is a trusted proxy.
             middleware.append(Middleware(ProxyHeadersMiddleware, trusted_hosts=self.settings.trusted_proxies))
         origins = self.settings.cors_origin_list
+        # Every app: a page of another site may not drive a write (origin.py); preflights pass to CORS.
+        middleware.append(Middleware(OriginGuard, allowed=origins))
         if origins:
             middleware.append(Middleware(
                 CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
