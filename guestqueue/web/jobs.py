@@ -171,7 +171,7 @@ def _board(queue: Queue) -> JobBoard:
 def _line(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes ("[[[[...")
         raise InvalidField("Each line of an NDJSON body is one JSON string (a chunk of the answer).") from None
 
 
