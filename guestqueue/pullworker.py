@@ -6,7 +6,9 @@ async generator taking a :class:`~guestqueue.upstream.WorkflowRequest`),
 streams the chunks back as one NDJSON body, then ``complete`` (or ``fail``).
 While a job runs its lease is extended every third of the visibility timeout.
 A lost connection is retried with exponential backoff and jitter; a receipt
-that is gone (410) means the job went elsewhere, and it is dropped.
+that is gone (410) means the job went elsewhere, and it is dropped. A plain
+``http://`` server that is not this machine gets one warning: the key and the
+jobs would cross the network in clear text (nginx.conf shows how to add TLS).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import ipaddress
 import json
 import logging
 import os
@@ -44,6 +48,7 @@ class PullWorker:
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self._api = server.rstrip("/") + "/api/v1"
+        _warn_if_in_clear(server)
         self._line, self._workflow = line, workflow
         self._concurrency, self._visibility_s = concurrency, visibility_s
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -137,6 +142,29 @@ class PullWorker:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self._client.aclose()
+
+
+def _warn_if_in_clear(server: str) -> None:
+    url = httpx.URL(server)
+    if url.scheme == "http" and not _is_loopback(url.host):
+        _warn_in_clear(url.host)
+
+
+@functools.cache  # once per process (and server), not per worker built or per request
+def _warn_in_clear(host: str) -> None:
+    logger.warning(
+        "the server %s is reached over plain http://: the worker's key and every job (questions, answers) "
+        "cross the network readable by anyone on the way; use https:// (nginx.conf shows how)", host,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 async def _back_off(failures: int, exc: Exception) -> int:
