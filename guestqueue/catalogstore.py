@@ -26,11 +26,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .catalog import ApiKey, Application, Catalog
+from .errors import LineUnavailable
 from .stopping import raise_if_cancelled, stop_tasks
 from .store import migrate
 
 logger = logging.getLogger("guestqueue.catalog")
 POLL_S = 0.25
+UNWRITABLE = ("The shared catalog (Redis, GUEST_REDIS_URL) cannot be written right now: it is down or out of"
+              " memory. Nothing was changed; try again in a few seconds.")
 
 
 class CatalogStore:
@@ -72,42 +75,59 @@ class CatalogStore:
     # -- changes -----------------------------------------------------------------------
 
     async def put_application(self, application: Application) -> None:
-        self.catalog.applications[application.id] = application
-        await self._put("applications", application.id, _dump(application),
+        await self._put("applications", application.id, application, _dump(application),
                         "INSERT OR REPLACE INTO applications (id, body) VALUES (?, ?)", (application.id,))
 
     async def put_key(self, key: ApiKey) -> None:
-        self.catalog.keys[key.id] = key
-        await self._put("keys", key.id, _dump(key),
+        await self._put("keys", key.id, key, _dump(key),
                         "INSERT OR REPLACE INTO api_keys (id, application_id, body) VALUES (?, ?, ?)",
                         (key.id, key.application_id))
 
     async def put_line(self, name: str, stored: dict[str, Any] | None) -> None:
         """Store a run-time line's keys, or forget it (None)."""
-        if stored is None:
-            self.catalog.lines.pop(name, None)
-        else:
-            self.catalog.lines[name] = stored
         body = json.dumps(stored) if stored is not None else None
         sql = "INSERT OR REPLACE INTO lines (name, body) VALUES (?, ?)" if stored is not None else \
             "DELETE FROM lines WHERE name = ?"
-        await self._put("lines", name, body, sql, (name,))
+        await self._put("lines", name, stored, body, sql, (name,))
 
-    async def _put(self, kind: str, ident: str, body: str | None, sql: str, params: tuple[Any, ...]) -> None:
+    async def _put(self, kind: str, ident: str, item: Any, body: str | None, sql: str,
+                   params: tuple[Any, ...]) -> None:
+        """Store ``item`` (None: forget it) as ``kind`` ``ident``: where every instance reads it first
+        (Redis), then the file, then the catalog in memory. A write refused makes nothing after it
+        happen, so this process never keeps a change the shared copy does not have."""
         async with self._lock:
+            version = await self._put_shared(kind, ident, body) if self._redis is not None else None
             if self._db is not None:
+                # If this fails after Redis took the change, _version stays behind: the poller
+                # loads the change from Redis, so memory still agrees with the shared copy.
                 await self._db.execute(sql, (*params, body) if body is not None else params)
                 await self._db.commit()
-            if self._redis is not None:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    if body is None:
-                        pipe.hdel(f"{self._key}:{kind}", ident)
-                    else:
-                        pipe.hset(f"{self._key}:{kind}", ident, body)
-                    pipe.incr(f"{self._key}:version")
-                    _, version = await pipe.execute()
-                self._version = str(version).encode()
+            table: dict[str, Any] = getattr(self.catalog, kind)  # load() may have replaced it meanwhile
+            if item is None:
+                table.pop(ident, None)
+            else:
+                table[ident] = item
+            if version is not None:
+                self._version = version
         await self._changed()
+
+    async def _put_shared(self, kind: str, ident: str, body: str | None) -> bytes:
+        """Write one change and bump the version, or LineUnavailable (503) if Redis is away or full."""
+        assert self._redis is not None
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if body is None:
+                    pipe.hdel(f"{self._key}:{kind}", ident)
+                else:
+                    pipe.hset(f"{self._key}:{kind}", ident, body)
+                pipe.incr(f"{self._key}:version")
+                _, version = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise_if_cancelled()
+            # The detail (an address, "OOM command not allowed") is for the log, as for guests (lines/redis.py).
+            logger.warning("cannot write the shared catalog: %s", exc)
+            raise LineUnavailable(UNWRITABLE, retry_after_s=5) from exc
+        return str(version).encode()
 
     async def _changed(self) -> None:
         for hook in self.on_change:
