@@ -55,7 +55,8 @@ wait();
 def claims_of(token: str) -> dict[str, object] | None:
     """The token's claims if guestqueue signed it for our line and it has not expired."""
     try:
-        claims: dict[str, object] = jwt.decode(token, SECRET, algorithms=["HS256"])
+        # audience: a token guestqueue signed for another line is refused.
+        claims: dict[str, object] = jwt.decode(token, SECRET, algorithms=["HS256"], audience=LINE)
     except jwt.InvalidTokenError:
         return None
     return claims if claims.get("line") == LINE else None

@@ -35,6 +35,8 @@ from typing import Any
 from .errors import InvalidField
 
 PERMISSIONS = ("READ", "WRITE", "DELETE", "MANAGE", "WORK")
+QUOTA_KEYS = ("max_lines", "max_keys", "max_webhooks_per_line")
+MAX_QUOTA = 10_000
 ROLES = ("admin", "member")
 ALL_LINES = "*"
 KEY_PREFIX = "gq_"
@@ -50,6 +52,10 @@ class Application:
     tier: str = ""  # the tier of its keys that name none
     created_at: float = field(default_factory=time.time)
     deleted_at: float | None = None
+    # Quotas (QUOTA_KEYS), the super admin's to set: what one tenant may hold.
+    max_lines: int = 20
+    max_keys: int = 50
+    max_webhooks_per_line: int = 5
 
     def public(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,7 @@ its flags from the same table, so the two can never drift apart::
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ ABOVE_ZERO = (
 )
 PYTHON_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 ADMIN_KEY_MIN_CHARS = 16
+MAX_TEXT_CHARS = 20_000  # any text setting: a URL, a key, a system prompt
+MESSAGE_RULES = ("conversation", "all")
 TOKEN_SECRET_MIN_CHARS = 32
 URL_KINDS = ("http", "openai")
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -45,11 +48,17 @@ class SettingsError(ValueError):
     """A setting has a value we cannot use; the message names variable and value."""
 
 
-def _setting(env: str, default: Any, help: str, *, minimum: float | None = 0, secret: bool = False) -> Any:
+def _setting(
+    env: str, default: Any, help: str, *, minimum: float | None = 0, maximum: float | None = None,
+    secret: bool = False,
+) -> Any:
+    """A setting and its bounds. ``maximum`` (numbers) or the length (text) is what no real deployment
+    needs to exceed: a line's tenant sets these keys too, and nothing they set may grow memory or
+    CPU without bound (one task per slot, one tick per ``position_update_sec``)."""
     return field(
         default=default,
         repr=not secret,
-        metadata={"env": env, "help": help, "minimum": minimum},
+        metadata={"env": env, "help": help, "minimum": minimum, "maximum": maximum},
     )
 
 
@@ -60,11 +69,17 @@ class Settings:
     host: str = _setting("GUEST_HOST", "127.0.0.1", "address `guestqueue serve` listens on", minimum=None)
     port: int = _setting("GUEST_PORT", 8000, "port `guestqueue serve` listens on")
     max_concurrent_requests: int = _setting(
-        "GUEST_MAX_CONCURRENT_REQUESTS", 3, "requests processed at once (worker pool size)"
+        "GUEST_MAX_CONCURRENT_REQUESTS", 3, "requests processed at once (worker pool size)", maximum=10_000,
     )
-    max_queue_size: int = _setting("GUEST_MAX_QUEUE_SIZE", 50, "requests waiting; beyond it 429")
-    request_timeout_s: float = _setting("GUEST_REQUEST_TIMEOUT_SEC", 60.0, "processing time limit per request")
-    max_wait_s: float = _setting("GUEST_MAX_WAIT_SEC", 600.0, "time limit in line (then error wait_timeout)")
+    max_queue_size: int = _setting(
+        "GUEST_MAX_QUEUE_SIZE", 50, "requests waiting; beyond it 429", maximum=1_000_000,
+    )
+    request_timeout_s: float = _setting(
+        "GUEST_REQUEST_TIMEOUT_SEC", 60.0, "processing time limit per request", maximum=86_400,
+    )
+    max_wait_s: float = _setting(
+        "GUEST_MAX_WAIT_SEC", 600.0, "time limit in line (then error wait_timeout)", maximum=86_400,
+    )
     upstream_url: str = _setting("GUEST_UPSTREAM_URL", "", "upstream endpoint; empty = built-in demo", minimum=None)
     upstream_kind: str = _setting(
         "GUEST_UPSTREAM_KIND", "auto", "http | openai | python | demo | pull | auto", minimum=None
@@ -74,29 +89,47 @@ class Settings:
         "GUEST_UPSTREAM_API_KEY", "", "bearer token sent upstream", minimum=None, secret=True
     )
     upstream_interval_s: float = _setting(
-        "GUEST_UPSTREAM_INTERVAL_SEC", 10.0, "minimum seconds between upstream call starts (0 = off)"
+        "GUEST_UPSTREAM_INTERVAL_SEC", 10.0, "minimum seconds between upstream call starts (0 = off)", maximum=3_600,
     )
-    upstream_retries: int = _setting("GUEST_UPSTREAM_RETRIES", 3, "retries before the first chunk was sent")
+    upstream_retries: int = _setting(
+        "GUEST_UPSTREAM_RETRIES", 3, "retries before the first chunk was sent", maximum=10,
+    )
     upstream_allowed_parameters: str = _setting(
         "GUEST_UPSTREAM_ALLOWED_PARAMETERS", "temperature,top_p",
         "guest parameters forwarded to an openai upstream (comma-separated); others are dropped", minimum=None,
     )
     upstream_max_hold_s: float = _setting(
-        "GUEST_UPSTREAM_MAX_HOLD_SEC", 120.0, "longest pause an upstream's Retry-After may impose on all calls"
+        "GUEST_UPSTREAM_MAX_HOLD_SEC", 120.0, "longest pause an upstream's Retry-After may impose on all calls",
+        maximum=3_600,
+    )
+    upstream_messages: str = _setting(
+        "GUEST_UPSTREAM_MESSAGES", "conversation", "a caller's messages sent to an openai upstream: conversation "
+        "(its user and assistant turns; its system turns are dropped) | all (as sent; the operator's only)",
+        minimum=None,
+    )
+    upstream_system_prompt: str = _setting(
+        "GUEST_UPSTREAM_SYSTEM_PROMPT", "", "system message put first in every openai upstream call", minimum=None,
+    )
+    max_answer_bytes: int = _setting(
+        "GUEST_MAX_ANSWER_BYTES", 1_048_576, "largest answer (UTF-8 bytes, all chunks); beyond it the call is "
+        "closed and the guest gets error answer_too_large", minimum=1024, maximum=64 * 1_048_576,
     )
     position_update_s: float = _setting(
-        "GUEST_POSITION_UPDATE_SEC", 1.0, "a waiting guest hears its place at least this often"
+        "GUEST_POSITION_UPDATE_SEC", 1.0, "a waiting guest hears its place at least this often", minimum=0.05,
+        maximum=60,
     )
     ping_s: float = _setting("GUEST_PING_SEC", 15.0, "SSE comment ping on quiet streams")
     send_timeout_s: float = _setting(
         "GUEST_SEND_TIMEOUT_SEC", 30.0, "a guest that takes no bytes for this long is let go"
     )
     reconnect_grace_s: float = _setting(
-        "GUEST_RECONNECT_GRACE_SEC", 5.0, "a dropped guest keeps its place this long"
+        "GUEST_RECONNECT_GRACE_SEC", 5.0, "a dropped guest keeps its place this long", maximum=3_600,
     )
-    history_size: int = _setting("GUEST_HISTORY_SIZE", 100, "recent requests kept for diagnostics")
-    cache_size: int = _setting("GUEST_CACHE_SIZE", 1000, "answer cache entries (0 = off)")
-    cache_ttl_s: float = _setting("GUEST_CACHE_TTL_SEC", 3600.0, "answer cache lifetime")
+    history_size: int = _setting(
+        "GUEST_HISTORY_SIZE", 100, "recent requests kept for diagnostics", maximum=10_000,
+    )
+    cache_size: int = _setting("GUEST_CACHE_SIZE", 1000, "answer cache entries (0 = off)", maximum=100_000)
+    cache_ttl_s: float = _setting("GUEST_CACHE_TTL_SEC", 3600.0, "answer cache lifetime", maximum=604_800)
     db_path: str = _setting("GUEST_DB_PATH", "guestqueue.db", "SQLite request log (empty = off)", minimum=None)
     log_buffer_rows: int = _setting(
         "GUEST_LOG_BUFFER_ROWS", 100_000, "request log rows held while SQLite is behind; beyond it new rows are dropped"
@@ -119,8 +152,12 @@ class Settings:
         "GUEST_WORKERS", 1, "server processes sharing the port (more than 1 needs GUEST_REDIS_URL)"
     )
     max_body_bytes: int = _setting("GUEST_MAX_BODY_BYTES", 65536, "largest request body (413 beyond)")
-    max_query_chars: int = _setting("GUEST_MAX_QUERY_CHARS", 4000, "longest query (422 beyond)")
-    max_per_client: int = _setting("GUEST_MAX_PER_CLIENT", 2, "requests one client may have in line or processing")
+    max_query_chars: int = _setting(
+        "GUEST_MAX_QUERY_CHARS", 4000, "longest query (422 beyond)", maximum=1_000_000,
+    )
+    max_per_client: int = _setting(
+        "GUEST_MAX_PER_CLIENT", 2, "requests one client may have in line or processing", maximum=10_000,
+    )
     admin_api_key: str = _setting(
         "GUEST_ADMIN_API_KEY", "",
         f"X-API-Key required by history and metrics (at least {ADMIN_KEY_MIN_CHARS} characters); "
@@ -131,6 +168,11 @@ class Settings:
         "false = it needs the admin key too", minimum=None,
     )
     cors_origins: str = _setting("GUEST_CORS_ORIGINS", "", "comma-separated allowed origins", minimum=None)
+    outbound_allow: str = _setting(
+        "GUEST_OUTBOUND_ALLOW", "", "CIDRs (comma-separated, or *) that lines and webhooks made through the admin "
+        "API may reach although they are loopback, private, link-local or this server's own (outbound.py)",
+        minimum=None,
+    )
     trusted_proxies: str = _setting(
         "GUEST_TRUSTED_PROXIES", "", "proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed",
         minimum=None,
@@ -174,9 +216,13 @@ class Settings:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            minimum = f.metadata["minimum"]
+            minimum, maximum = f.metadata["minimum"], f.metadata["maximum"]
             if minimum is not None and value < minimum:
                 raise SettingsError(f"{f.metadata['env']}={value!r}: must be >= {minimum}")
+            if maximum is not None and value > maximum:
+                raise SettingsError(f"{f.metadata['env']}={value!r}: must be <= {maximum:_}")
+            if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+                raise SettingsError(f"{f.metadata['env']}: at most {MAX_TEXT_CHARS} characters (it has {len(value)})")
         for name in AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{ENV_NAMES[name]}={getattr(self, name)!r}: must be >= 1")
@@ -192,6 +238,13 @@ class Settings:
         if self.upstream_kind in ("http", "openai", "python") and not self.upstream_url:
             raise SettingsError(f"GUEST_UPSTREAM_KIND={self.upstream_kind!r} needs GUEST_UPSTREAM_URL")
         self._check_upstream_url()
+        if self.upstream_messages not in MESSAGE_RULES:
+            raise SettingsError(
+                f"GUEST_UPSTREAM_MESSAGES={self.upstream_messages!r}: must be one of {', '.join(MESSAGE_RULES)}"
+            )
+        problem = cidrs_problem(self.outbound_allow)
+        if problem:
+            raise SettingsError(f"GUEST_OUTBOUND_ALLOW={self.outbound_allow!r}: {problem}")
         self._check_upstream_combination()
         self._check_redis()
         if self.admin_api_key and len(self.admin_api_key) < ADMIN_KEY_MIN_CHARS:
@@ -301,6 +354,18 @@ class Settings:
             elif env in environ:
                 values[f.name] = parse_value(env, environ[env], f.type)
         return cls(**values)
+
+
+def cidrs_problem(raw: str) -> str | None:
+    """Why ``raw`` is not a comma-separated list of CIDRs (or ``*``), or None."""
+    for item in (item.strip() for item in raw.split(",")):
+        if not item or item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r} is not an address or CIDR (e.g. 10.0.0.0/8, 127.0.0.1)"
+    return None
 
 
 def redis_url_problem(url: str) -> str | None:

@@ -21,12 +21,14 @@ Every rejection maps to exactly one HTTP status and one ``code`` string::
     │   ├── BodyTimeout           408 body_timeout    (the body did not arrive within GUEST_BODY_TIMEOUT_SEC)
     │   ├── ReceiptGone           410 receipt_expired (a pull worker's lease ran out, or its job ended)
     │   ├── Unauthorized          401 unauthorized
-    │   └── Forbidden             403 forbidden
+    │   ├── Forbidden             403 forbidden
+    │   └── QuotaExceeded         403 quota_exceeded (an application's lines, keys or webhooks per line)
     ├── UpstreamFailure           ends an admitted request with a terminal `error` event
     │   ├── UpstreamUnavailable   upstream_unavailable (connection failed, 429, 502-504); retried
     │   ├── UpstreamError         upstream_error (other non-2xx, malformed or empty output);
     │   │                         retried only for 5xx
-    │   └── Interrupted           interrupted (a pull worker vanished mid-answer); never retried
+    │   ├── Interrupted           interrupted (a pull worker vanished mid-answer); never retried
+    │   └── AnswerTooLarge        answer_too_large (past the line's max_answer_bytes); never retried
     └── StartupError              guestqueue cannot start as configured (one line, then exit 1)
         └── LogUnavailable        (store.py) GUEST_DB_PATH cannot be opened for writing
 
@@ -132,6 +134,10 @@ class Forbidden(Rejected):
     status_code, code = 403, "forbidden"
 
 
+class QuotaExceeded(Rejected):
+    status_code, code = 403, "quota_exceeded"
+
+
 class ReceiptGone(Rejected):
     status_code, code = 410, "receipt_expired"
 
@@ -168,6 +174,10 @@ class UpstreamError(UpstreamFailure):
 
 class Interrupted(UpstreamFailure):
     code = "interrupted"
+
+
+class AnswerTooLarge(UpstreamFailure):
+    code = "answer_too_large"
 
 
 class StartupError(GuestQueueError):

@@ -34,10 +34,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from .config import ENV_NAMES, Settings, SettingsError, parse_value
+from .outbound import OutboundPolicy
 
 DEFAULT_LINE = "guest"
 MODES = ("open", "paused", "queue_all", "reject", "admission")
@@ -53,25 +55,48 @@ LINE_SETTINGS = (
     "upstream_url", "upstream_kind", "upstream_model", "upstream_api_key", "upstream_interval_s",
     "upstream_retries", "upstream_allowed_parameters", "upstream_max_hold_s", "max_concurrent_requests",
     "max_queue_size", "request_timeout_s", "max_wait_s", "cache_size", "cache_ttl_s", "max_per_client",
-    "max_query_chars", "history_size", "position_update_s", "reconnect_grace_s",
+    "max_query_chars", "history_size", "position_update_s", "reconnect_grace_s", "upstream_messages",
+    "upstream_system_prompt", "max_answer_bytes",
 )
 # A line's key (env name without GUEST_, lower case) -> the Settings field.
 SETTING_KEYS = {ENV_NAMES[name].removeprefix("GUEST_").lower(): name for name in LINE_SETTINGS}
 # An admission line's own keys (mode = "admission"; sessions.py).
-ADMISSION_KEYS = ("max_active", "batch_size", "process_interval_sec", "session_ttl_sec", "redirect_url")
+ADMISSION_KEYS = (
+    "max_active", "batch_size", "process_interval_sec", "session_ttl_sec", "redirect_url", "max_sessions_per_client",
+    "token_secret",
+)
 # What an admission line sets through its own keys, or has no use for.
 NOT_FOR_ADMISSION = (
     "upstream_url", "upstream_kind", "upstream_model", "upstream_api_key", "upstream_interval_sec",
-    "upstream_retries", "upstream_allowed_parameters", "max_concurrent_requests", "cache_size",
+    "upstream_retries", "upstream_allowed_parameters", "max_concurrent_requests", "cache_size", "upstream_messages",
+    "upstream_system_prompt", "max_answer_bytes",
 )
 POLICY_KEYS = (
     "mode", "message", "schedule", "max_predicted_wait_sec", "release_per_minute", "public", "tiers",
     "default_tier", "max_starvation_sec", "application_id", "purged_at", "webhooks", "alert_queue_size",
     "alert_wait_p95_sec", "alert_failure_rate", "max_receive_count", "openai_model", *ADMISSION_KEYS,
 )
-SECRET_KEYS = ("upstream_api_key",)
+SECRET_KEYS = ("upstream_api_key", "token_secret")
+# Bounds of the policy keys, [low, high] (the settings' keys are bounded where config.py declares
+# them): what no real line needs to exceed, checked here for the file, the admin API and stored
+# lines alike, so that nothing a tenant sets grows memory or CPU beyond them.
+POLICY_BOUNDS: dict[str, tuple[float, float]] = {
+    "max_predicted_wait_sec": (0, 86_400), "release_per_minute": (0, 60_000), "max_starvation_sec": (0.1, 86_400),
+    "alert_queue_size": (0, 1_000_000), "alert_wait_p95_sec": (0, 86_400), "alert_failure_rate": (0, 1),
+    "max_receive_count": (1, 100), "purged_at": (0, 1e11), "max_active": (1, 10_000), "batch_size": (1, 10_000),
+    "process_interval_sec": (0.0001, 3_600), "session_ttl_sec": (1, 604_800), "max_sessions_per_client": (1, 1_000),
+}
+WHOLE_NUMBERS = ("release_per_minute", "alert_queue_size", "max_receive_count", "max_active", "batch_size",
+                 "max_sessions_per_client")
+MAX_TIERS = 16
+MAX_WINDOWS = 100
+MAX_WEBHOOKS = 20  # per line, whoever declares it; an application's own quota may be lower (catalog.py)
+MAX_URL_CHARS = 2048
+MIN_TOKEN_SECRET_CHARS = 32
 
 
+# Incoming webhooks whose URL path is their secret (webhooks.py posts them {"text": ...}).
+CHAT_HOSTS = ("hooks.slack.com", "webhook.office.com")
 WEBHOOK_EVENTS = ("admitted", "completed", "failed", "timeout", "cancelled", "line_threshold", "upstream_degraded")
 
 
@@ -80,32 +105,76 @@ class Webhook:
     url: str
     events: tuple[str, ...]
     secret: str
+    trusted: bool = field(default=True, compare=False)  # the operator's (file): may reach any address
 
     def as_dict(self) -> dict[str, Any]:
-        """As the admin API shows it: never the secret."""
-        return {"url": self.url, "events": list(self.events), "secret": "***"}
+        """As the admin API shows it: never the secret, nor one inside the URL (a Slack hook's path)."""
+        return {"url": mask_url(self.url), "events": list(self.events), "secret": "***"}
 
 
-def parse_webhooks(value: Any, where: str) -> tuple[Webhook, ...]:
-    """The ``webhooks`` of a line's table (webhooks.py sends them)."""
+def parse_webhooks(value: Any, where: str, *, outbound: OutboundPolicy | None = None,
+                   operator: Iterable[Webhook] = ()) -> tuple[Webhook, ...]:
+    """The ``webhooks`` of a line's table (webhooks.py sends them). With ``outbound`` (a tenant's
+    table), a URL that is not the ``operator``'s own must be one the outbound rule lets us reach."""
     if not isinstance(value, list):
         raise SettingsError(f"{where}: webhooks: must be a list of tables with url, events and secret")
+    if len(value) > MAX_WEBHOOKS:
+        raise SettingsError(f"{where}: webhooks: at most {MAX_WEBHOOKS} per line (it has {len(value)})")
+    operator_urls = {hook.url for hook in operator}
     hooks = []
     for n, item in enumerate(value):
         at = f"{where} webhooks[{n}]"
         if not isinstance(item, Mapping) or set(item) - {"url", "events", "secret"}:
             raise SettingsError(f"{at}: a webhook has url, events and secret")
         url = item.get("url")
-        if not isinstance(url, str) or httpx.URL(url).scheme not in ("http", "https") or not httpx.URL(url).host:
-            raise SettingsError(f"{at}: url={url!r}: must be an http:// or https:// URL")
+        problem = url_problem(url)
+        if problem:
+            raise SettingsError(f"{at}: url={mask_url(url) if isinstance(url, str) else url!r}: {problem}")
+        assert isinstance(url, str)
+        trusted = outbound is None or url in operator_urls
+        if not trusted and outbound is not None and (refused := outbound.refuses_url(url)):
+            raise SettingsError(f"{at}: url={mask_url(url)!r}: {refused}")
         events = item.get("events", list(WEBHOOK_EVENTS))
         if not isinstance(events, list) or not events or any(e not in WEBHOOK_EVENTS for e in events):
             raise SettingsError(f"{at}: events: a list of {', '.join(WEBHOOK_EVENTS)}")
         secret = item.get("secret")
         if not isinstance(secret, str) or len(secret) < 16:
             raise SettingsError(f"{at}: secret: a string of at least 16 characters (it signs every delivery)")
-        hooks.append(Webhook(url, tuple(dict.fromkeys(events)), secret))
+        hooks.append(Webhook(url, tuple(dict.fromkeys(events)), secret, trusted))
     return tuple(hooks)
+
+
+def url_problem(url: Any) -> str | None:
+    """Why ``url`` is not an http(s) URL we would send anything to, or None."""
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
+        return f"must be an http:// or https:// URL of at most {MAX_URL_CHARS} characters"
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        return "must not hold spaces or control characters (CR, LF, tab)"
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        return f"not a URL ({exc})"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return "must be an http:// or https:// URL with a host"
+    return None
+
+
+def mask_url(url: str) -> str:
+    """``url`` as a reader without the line's secrets may see it: the password of ``user:pass@``,
+    every query value (``?key=...``) and the path of a chat service's hook (the path is the secret)."""
+    try:
+        parsed = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parsed.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = "&".join(f"{part.partition('=')[0]}=***" for part in parsed.query.split("&") if part)
+    path = parsed.path
+    if (parsed.hostname or "").endswith(CHAT_HOSTS):
+        path = "/***"
+    return urlunsplit((parsed.scheme, netloc, path, query, ""))
 
 
 
@@ -119,11 +188,15 @@ class Admission:
     process_interval_s: float = 1.0
     session_ttl_s: float = 600.0
     redirect_url: str = ""
+    max_sessions_per_client: int = 2  # open sessions and places in line, together, of one client
+    token_secret: str = field(default="", repr=False)  # the line's own HS256 secret (else the process's key)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, *, secrets: bool = False) -> dict[str, Any]:
+        """The keys as in the file; the token secret only with ``secrets`` (what is kept), else masked."""
         return {"max_active": self.max_active, "batch_size": self.batch_size,
                 "process_interval_sec": self.process_interval_s, "session_ttl_sec": self.session_ttl_s,
-                "redirect_url": self.redirect_url}
+                "redirect_url": self.redirect_url, "max_sessions_per_client": self.max_sessions_per_client,
+                "token_secret": self.token_secret if secrets else ("***" if self.token_secret else "")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +238,9 @@ class LineSpec:
     admission: Admission | None = None  # set by mode = "admission"
     max_receive_count: int = 3  # a pull line's job goes back to the front at most this many times
     openai_model: str = ""  # another name OpenAI clients may ask this line by (web/openai.py)
+    # The upstream URL is the operator's (the file, GUEST_*): it may reach any address. A tenant's
+    # (the admin API) reaches only what the outbound rule allows (outbound.py).
+    upstream_trusted: bool = field(default=True, compare=False)
 
     def mode_at(self, now: float) -> str:
         """The mode at Unix time ``now``: the last scheduled window holding it, else ``mode``."""
@@ -187,6 +263,8 @@ class LineSpec:
         for key, name in SETTING_KEYS.items():
             value = getattr(self.settings, name)
             out[key] = ("***" if value else "") if key in SECRET_KEYS else value
+        if "://" in self.settings.upstream_url:
+            out["upstream_url"] = mask_url(self.settings.upstream_url)
         out.update({
             "upstream_kind": self.settings.resolved_upstream_kind, "mode": self.mode, "message": self.message,
             "schedule": [window.as_dict() for window in self.schedule],
@@ -217,7 +295,7 @@ class LineSpec:
             "openai_model": self.openai_model,
         })
         if self.admission is not None:
-            out.update(self.admission.as_dict())
+            out.update(self.admission.as_dict(secrets=True))
         return out
 
 
@@ -225,8 +303,15 @@ def default_line(settings: Settings) -> LineSpec:
     return LineSpec(name=DEFAULT_LINE, settings=settings)
 
 
-def parse_line(name: str, table: Mapping[str, Any], base: Settings, *, where: str) -> LineSpec:
-    """A line from its table (TOML) or JSON body; errors name ``where``, the key and the value."""
+def parse_line(name: str, table: Mapping[str, Any], base: Settings, *, where: str, tenant: bool = False,
+               operator: LineSpec | None = None) -> LineSpec:
+    """A line from its table (TOML) or JSON body; errors name ``where``, the key and the value.
+
+    ``tenant``: the table came through the admin API (or was kept from it), not from the operator's
+    file or ``GUEST_*``. Then what runs code in the server or sends the caller's system turns
+    (``upstream_kind = "python"``, ``upstream_messages = "all"``) is refused unless it is the
+    ``operator``'s own value for this line (the file's line of the same name), and its URLs must be
+    ones the outbound rule lets us reach (outbound.py)."""
     if not isinstance(name, str) or not LINE_NAME.fullmatch(name):
         raise SettingsError(
             f"{where}: line name {name!r}: use 1-64 lower-case letters, digits, '-' or '_' (starting with a "
@@ -255,14 +340,19 @@ def parse_line(name: str, table: Mapping[str, Any], base: Settings, *, where: st
         settings = dataclasses.replace(base, **values)
     except SettingsError as exc:
         raise SettingsError(f"{where}: {_as_key(str(exc))}") from None
-    policy = _policy(table, where)
+    trusted = not tenant or "upstream_url" not in overrides or (
+        operator is not None and operator.settings.upstream_url == settings.upstream_url)
+    if tenant:
+        _check_tenant_settings(settings, operator, trusted, where)
+    outbound = OutboundPolicy.from_settings(base) if tenant else None
+    policy = _policy(table, where, outbound, operator)
     if policy["mode"] == "admission":
-        if not (base.token_secret or base.token_key_file):
-            raise SettingsError(
-                f"{where}: mode=\"admission\" needs GUEST_TOKEN_SECRET (at least 32 characters) or "
-                "GUEST_TOKEN_KEY_FILE to sign its guests' tokens"
-            )
         policy["admission"] = admission = _admission(table, where)
+        if not (base.token_secret or base.token_key_file or admission.token_secret):
+            raise SettingsError(
+                f"{where}: mode=\"admission\" needs a token_secret of its own, GUEST_TOKEN_SECRET (at least 32 "
+                "characters) or GUEST_TOKEN_KEY_FILE to sign its guests' tokens"
+            )
         # The line's limits are the waiting room's: sessions hold its slots, and the pacing spreads
         # each batch over the interval. No answer is shared, so nothing is cached.
         settings = dataclasses.replace(
@@ -270,7 +360,26 @@ def parse_line(name: str, table: Mapping[str, Any], base: Settings, *, where: st
             upstream_interval_s=admission.process_interval_s / admission.batch_size, cache_size=0,
             upstream_retries=0, request_timeout_s=max(settings.request_timeout_s, 60.0),
         )
-    return LineSpec(name=name, settings=settings, overrides=overrides, **policy)
+    return LineSpec(name=name, settings=settings, overrides=overrides, upstream_trusted=trusted, **policy)
+
+
+def _check_tenant_settings(settings: Settings, operator: LineSpec | None, trusted: bool, where: str) -> None:
+    """What only the operator may set (the file, ``GUEST_*``), refused in a tenant's table."""
+    mine = operator.settings if operator is not None else None
+    operators_code = mine is not None and mine.resolved_upstream_kind == "python" and \
+        mine.upstream_url == settings.upstream_url
+    if settings.resolved_upstream_kind == "python" and not operators_code:
+        raise SettingsError(
+            f"{where}: upstream_url={settings.upstream_url!r}: a python upstream (module:function) runs code inside "
+            "the server: only the operator declares one (GUEST_CONFIG or GUEST_UPSTREAM_URL), never the admin API"
+        )
+    if settings.upstream_messages == "all" and not (mine is not None and mine.upstream_messages == "all"):
+        raise SettingsError(
+            f"{where}: upstream_messages='all': forwarding a caller's own system turns is the operator's choice "
+            "(GUEST_CONFIG or GUEST_UPSTREAM_MESSAGES), never the admin API's"
+        )
+    if not trusted and (refused := OutboundPolicy.from_settings(settings).refuses_url(settings.upstream_url)):
+        raise SettingsError(f"{where}: upstream_url={mask_url(settings.upstream_url)!r}: {refused}")
 
 
 def load_lines(path: str, base: Settings) -> dict[str, LineSpec]:
@@ -329,7 +438,8 @@ def _as_key(message: str) -> str:
     return re.sub(r"GUEST_([A-Z_]+)", lambda m: m.group(1).lower(), message)
 
 
-def _policy(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+def _policy(table: Mapping[str, Any], where: str, outbound: OutboundPolicy | None = None,
+            operator: LineSpec | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     mode = table.get("mode", "open")
     if mode not in MODES:
@@ -341,18 +451,15 @@ def _policy(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
         raise SettingsError(f"{where}: message: must be a string of at most {MAX_MESSAGE_CHARS} characters")
     out["message"] = message
-    windows = _list(table, "schedule", where)
+    windows = _list(table, "schedule", where, MAX_WINDOWS)
     out["schedule"] = tuple(_window(item, f"{where} schedule[{i}]") for i, item in enumerate(windows))
     out["max_predicted_wait_s"] = _number(table, "max_predicted_wait_sec", where, 0.0)
-    rate = _number(table, "release_per_minute", where, 0)
-    if rate != int(rate):
-        raise SettingsError(f"{where}: release_per_minute={rate!r}: must be a whole number")
-    out["release_per_minute"] = int(rate)
+    out["release_per_minute"] = int(_number(table, "release_per_minute", where, 0))
     public = table.get("public", True)
     if not isinstance(public, bool):
         raise SettingsError(f"{where}: public={public!r}: must be true or false")
     out["public"] = public
-    tiers = tuple(_list(table, "tiers", where))
+    tiers = tuple(_list(table, "tiers", where, MAX_TIERS))
     for tier in tiers:
         if not isinstance(tier, str) or not TIER_NAME.fullmatch(tier):
             raise SettingsError(f"{where}: tiers: {tier!r} is not a tier name (letters, digits, '-', '_')")
@@ -363,29 +470,18 @@ def _policy(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     if tiers and default_tier not in tiers:
         raise SettingsError(f"{where}: default_tier={default_tier!r}: must be one of the tiers {list(tiers)}")
     out["default_tier"] = default_tier if tiers else ""
-    starvation = _number(table, "max_starvation_sec", where, DEFAULT_STARVATION_S)
-    if starvation <= 0:
-        raise SettingsError(f"{where}: max_starvation_sec={starvation!r}: must be > 0")
-    out["max_starvation_s"] = float(starvation)
+    out["max_starvation_s"] = _number(table, "max_starvation_sec", where, DEFAULT_STARVATION_S)
     application = table.get("application_id")
-    if application is not None and not isinstance(application, str):
-        raise SettingsError(f"{where}: application_id={application!r}: must be a string")
+    if application is not None and (not isinstance(application, str) or len(application) > 64):
+        raise SettingsError(f"{where}: application_id={application!r}: must be an application's id")
     out["application_id"] = application
-    out["purged_at"] = float(_number(table, "purged_at", where, 0.0))
-    out["webhooks"] = parse_webhooks(table.get("webhooks", []), where)
-    size = _number(table, "alert_queue_size", where, 0)
-    if size != int(size):
-        raise SettingsError(f"{where}: alert_queue_size={size!r}: must be a whole number")
-    out["alert_queue_size"] = int(size)
-    out["alert_wait_p95_s"] = float(_number(table, "alert_wait_p95_sec", where, 0.0))
-    rate = _number(table, "alert_failure_rate", where, 0.0)
-    if rate > 1:
-        raise SettingsError(f"{where}: alert_failure_rate={rate!r}: a share between 0 and 1")
-    out["alert_failure_rate"] = float(rate)
-    receives = _number(table, "max_receive_count", where, 3)
-    if receives < 1 or receives != int(receives):
-        raise SettingsError(f"{where}: max_receive_count={receives!r}: must be a whole number >= 1")
-    out["max_receive_count"] = int(receives)
+    out["purged_at"] = _number(table, "purged_at", where, 0.0)
+    out["webhooks"] = parse_webhooks(table.get("webhooks", []), where, outbound=outbound,
+                                     operator=operator.webhooks if operator is not None else ())
+    out["alert_queue_size"] = int(_number(table, "alert_queue_size", where, 0))
+    out["alert_wait_p95_s"] = _number(table, "alert_wait_p95_sec", where, 0.0)
+    out["alert_failure_rate"] = _number(table, "alert_failure_rate", where, 0.0)
+    out["max_receive_count"] = int(_number(table, "max_receive_count", where, 3))
     alias = table.get("openai_model", "")
     if not isinstance(alias, str) or len(alias) > 128 or (alias and not alias.isprintable()):
         raise SettingsError(f"{where}: openai_model={alias!r}: a model name of at most 128 printable characters")
@@ -402,31 +498,38 @@ def _admission(table: Mapping[str, Any], where: str) -> Admission:
         )
     default = Admission()
     values: dict[str, Any] = {}
-    for key, name, whole in (("max_active", "max_active", True), ("batch_size", "batch_size", True),
-                             ("process_interval_sec", "process_interval_s", False),
-                             ("session_ttl_sec", "session_ttl_s", False)):
+    for key, name in (("max_active", "max_active"), ("batch_size", "batch_size"),
+                      ("process_interval_sec", "process_interval_s"), ("session_ttl_sec", "session_ttl_s"),
+                      ("max_sessions_per_client", "max_sessions_per_client")):
         value = _number(table, key, where, getattr(default, name))
-        if value <= 0 or (whole and value != int(value)):
-            raise SettingsError(f"{where}: {key}={value!r}: must be a {'whole ' if whole else ''}number > 0")
-        values[name] = int(value) if whole else float(value)
+        values[name] = int(value) if key in WHOLE_NUMBERS else value
     redirect = table.get("redirect_url", "")
-    if not isinstance(redirect, str) or (redirect and httpx.URL(redirect).scheme not in ("http", "https")):
+    if not isinstance(redirect, str) or (redirect and url_problem(redirect)):
         raise SettingsError(f"{where}: redirect_url={redirect!r}: must be an http:// or https:// URL")
-    return Admission(redirect_url=redirect, **values)
+    secret = table.get("token_secret", "")
+    if not isinstance(secret, str) or (secret and not MIN_TOKEN_SECRET_CHARS <= len(secret) <= 1024):
+        raise SettingsError(f"{where}: token_secret: a string of {MIN_TOKEN_SECRET_CHARS} to 1024 characters "
+                            "(it signs this line's tokens with HS256)")
+    return Admission(redirect_url=redirect, token_secret=secret, **values)
 
 
-def _list(table: Mapping[str, Any], key: str, where: str) -> Iterable[Any]:
+def _list(table: Mapping[str, Any], key: str, where: str, most: int) -> Iterable[Any]:
     value = table.get(key, [])
-    if not isinstance(value, list):
-        raise SettingsError(f"{where}: {key}: must be a list")
+    if not isinstance(value, list) or len(value) > most:
+        raise SettingsError(f"{where}: {key}: must be a list of at most {most}")
     return value
 
 
 def _number(table: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    """A policy key's number, within its bounds (POLICY_BOUNDS)."""
+    low, high = POLICY_BOUNDS[key]
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise SettingsError(f"{where}: {key}={value!r}: must be a number >= 0")
-    return value
+    whole = key in WHOLE_NUMBERS
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high or (whole and value != int(value)):
+        kind = "a whole number" if whole else "a number"
+        raise SettingsError(f"{where}: {key}={value!r}: must be {kind} from {low:g} to {high:g}")
+    return int(value) if whole else float(value)
 
 
 def _window(item: Any, where: str) -> Window:

@@ -26,7 +26,10 @@ from .upstream import Workflow, make_upstream
 from .webhooks import EventStream, LineWebhooks, Outbox
 
 logger = logging.getLogger("guestqueue.lineup")
-UPSTREAM_FIELDS = ("upstream_url", "upstream_kind", "upstream_model", "upstream_api_key", "upstream_allowed_parameters")
+UPSTREAM_FIELDS = (
+    "upstream_url", "upstream_kind", "upstream_model", "upstream_api_key", "upstream_allowed_parameters",
+    "upstream_messages", "upstream_system_prompt", "max_answer_bytes",
+)
 # Run for each line opened, with the line's own exit stack (e.g. the web layer's status monitor).
 OpenHook = Callable[[Queue, AsyncExitStack], Awaitable[None]]
 
@@ -34,9 +37,10 @@ OpenHook = Callable[[Queue, AsyncExitStack], Awaitable[None]]
 class Lineup:
     def __init__(
         self, *, client: httpx.AsyncClient, log: RequestLog | None, redis: aioredis.Redis | None = None,
-        workflow: Workflow | None = None, outbox: Outbox | None = None,
+        workflow: Workflow | None = None, outbox: Outbox | None = None, guarded: httpx.AsyncClient | None = None,
     ) -> None:
         self._client = client
+        self._guarded = guarded or client  # for upstream URLs tenants set (outbound.py)
         self._outbox = outbox  # the webhooks' sender (webhooks.py), shared by every line
         self.stream: EventStream | None = None  # with Redis: every line's events in one stream
         self._webhooks: dict[str, LineWebhooks] = {}
@@ -52,6 +56,7 @@ class Lineup:
         self._lock = asyncio.Lock()  # one line opened or closed at a time
         self._syncing = asyncio.Lock()
         self.on_open: list[OpenHook] = []
+        self.problems: dict[str, str] = {}  # kept lines that cannot open or parse -> why (/health)
 
     def __repr__(self) -> str:
         return f"Lineup(lines={sorted(self.queues)})"
@@ -76,7 +81,7 @@ class Lineup:
             stack = AsyncExitStack()
             try:
                 workflow = self._workflow if spec.name == DEFAULT_LINE else None
-                upstream = make_upstream(spec.settings, self._client, workflow)
+                upstream = make_upstream(spec.settings, self._client_for(spec), workflow)
                 queue = await open_queue(
                     stack, spec.settings, upstream, self._log, spec=spec, redis=self._redis, metrics=self.metrics,
                 )
@@ -96,30 +101,50 @@ class Lineup:
             self.queues[spec.name], self._stacks[spec.name] = queue, stack
             return queue
 
-    async def sync(self, specs: Mapping[str, LineSpec]) -> None:
+    async def open_or_report(self, spec: LineSpec) -> Queue | None:
+        """Open a line kept from the admin API; one that cannot open (an import that fails, a port
+        it cannot bind) is logged in one line and noted in ``problems``, and the others run."""
+        try:
+            queue = await self.open(spec)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            logger.error("line %s cannot open, it is not served: %s", spec.name, why)
+            self.problems[spec.name] = why
+            return None
+        self.problems.pop(spec.name, None)
+        return queue
+
+    async def sync(self, specs: Mapping[str, LineSpec], unusable: Mapping[str, str] | None = None) -> None:
         """Make the open lines ``specs``: open the new, close the gone, apply the changed (at once,
         keeping every waiting guest's place). One sync at a time: two admin calls at once (or one
-        and a reload from Redis) would otherwise both open the same new line."""
+        and a reload from Redis) would otherwise both open the same new line. ``unusable``: the
+        kept lines that do not parse, with why (shown in /health until they are fixed)."""
         async with self._syncing:
+            self.problems = {name: why for name, why in self.problems.items() if name in specs}
+            self.problems.update(unusable or {})
             for name in [name for name in self.queues if name not in specs]:
                 await self.close(name)
             for name, spec in specs.items():
                 queue = self.queues.get(name)
                 try:
                     if queue is None:
-                        await self.open(spec)
+                        await self.open_or_report(spec)
                     elif _kind(queue.spec) != _kind(spec):
                         # A line becoming a waiting room or a pull line, or ceasing to be one, is a new line.
                         await self.close(name)
-                        await self.open(spec)
+                        await self.open_or_report(spec)
                     elif queue.spec != spec:
                         if name in self._webhooks:
                             self._webhooks[name].spec = spec
                         new, old = spec.settings, queue.spec.settings
-                        changed = any(getattr(new, f) != getattr(old, f) for f in UPSTREAM_FIELDS)
-                        queue.apply(spec, make_upstream(new, self._client, None) if changed else None)
-                except Exception:  # one line that cannot open leaves the others running
-                    logger.exception("line %s could not be opened or changed", name)
+                        changed = any(getattr(new, f) != getattr(old, f) for f in UPSTREAM_FIELDS) or \
+                            spec.upstream_trusted != queue.spec.upstream_trusted
+                        queue.apply(spec, make_upstream(new, self._client_for(spec), None) if changed else None)
+                except Exception as exc:  # one line that cannot change leaves the others running
+                    logger.error("line %s could not be changed: %s", name, f"{type(exc).__name__}: {exc}"[:300])
+
+    def _client_for(self, spec: LineSpec) -> httpx.AsyncClient:
+        return self._client if spec.upstream_trusted else self._guarded
 
     async def close(self, name: str) -> None:
         """Drain and stop one line (its waiting guests hear ``shutdown``)."""

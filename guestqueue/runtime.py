@@ -67,7 +67,7 @@ class Queue:
         purged = spec.purged_at > service.gate.spec.purged_at
         service.gate.spec = spec
         if self.sessions is not None and spec.admission is not None:
-            self.sessions.admission = spec.admission
+            self.sessions.reconfigure(spec.admission, _signer(spec))
         if isinstance(self.pool.upstream, PullUpstream):
             self.pool.upstream.max_receive_count = spec.max_receive_count
             upstream = None  # its board and its jobs stay
@@ -144,14 +144,19 @@ async def open_queue(
         release_per_minute=spec.release_per_minute, max_starvation_s=spec.max_starvation_s,
     )
     line.starts_allowed = gate.starts_allowed
-    service = QueueService(settings, line, line, upstream_kind=upstream.kind, gate=gate)
-    line.on_moved = service.positions.moved
     stack.push_async_callback(line.close)
     sessions = None
     if spec.admission is not None:
-        sessions = Sessions(spec.name, spec.admission, TokenSigner.from_settings(settings), MemorySessions(line))
+        sessions = Sessions(spec.name, spec.admission, _signer(spec), MemorySessions(line))
         stack.push_async_callback(sessions.close)
+    service = QueueService(settings, line, line, upstream_kind=upstream.kind, gate=gate, sessions=sessions)
+    line.on_moved = service.positions.moved
     return await _start(stack, service, upstream, service, log, metrics, sessions)
+
+
+def _signer(spec: LineSpec) -> TokenSigner:
+    assert spec.admission is not None
+    return TokenSigner.for_line(spec.settings, spec.admission.token_secret, spec.name)
 
 
 def _pull(spec: LineSpec, board: JobBoard) -> PullUpstream:
@@ -193,20 +198,20 @@ async def _open_shared(
     places = RedisPlaces(redis, line.keys, instance_id)
     tally = RedisTally(redis, line.keys, settings.history_size)
     answers = RedisAnswers(redis, line.keys, settings.cache_ttl_s) if settings.cache_size > 0 else None
+    sessions = None
+    if spec.admission is not None:
+        store = RedisSessions(redis, line.keys)
+        store.start()
+        sessions = Sessions(spec.name, spec.admission, _signer(spec), store)
+        stack.push_async_callback(sessions.close)
     service = QueueService(settings, line, line, places=places, tally=tally, shared_answers=answers,
-                           upstream_kind=upstream.kind, gate=gate)
+                           upstream_kind=upstream.kind, gate=gate, sessions=sessions)
     service.listeners.append(tally)
     line.on_rejoined.append(service.rejoin)
     line.on_reordered.append(service.positions.kick)
     relay = FlightRelay(redis, line, places, service)
     relay.start()
     stack.push_async_callback(relay.stop)
-    sessions = None
-    if spec.admission is not None:
-        store = RedisSessions(redis, line.keys)
-        store.start()
-        sessions = Sessions(spec.name, spec.admission, TokenSigner.from_settings(settings), store)
-        stack.push_async_callback(sessions.close)
     return await _start(stack, service, upstream, relay, log, metrics, sessions)
 
 

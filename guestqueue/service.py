@@ -89,6 +89,14 @@ class RequestListener(Protocol):
     def rejected(self, client: str, query: str, code: str) -> None: ...
 
 
+class ClientSessions(Protocol):
+    """An admission line's sessions (sessions.py), as far as a client's limit is concerned."""
+
+    async def check_client(self, client: str, waiting: int) -> None: ...
+
+    def admitted(self, client: str, request_id: str, expires_at: float) -> Awaitable[None]: ...
+
+
 class QuietListener:
     """A :class:`RequestListener` that hears nothing: a listener overrides only what it needs."""
 
@@ -109,9 +117,10 @@ class QueueService:
     def __init__(
         self, settings: Settings, line: Line, pacer: Pacer, *, places: Places | None = None,
         tally: Tally | None = None, shared_answers: SharedAnswers | None = None, upstream_kind: str = "custom",
-        gate: Gate | None = None,
+        gate: Gate | None = None, sessions: ClientSessions | None = None,
     ) -> None:
         self.settings = settings
+        self.sessions = sessions  # an admission line's: open sessions count toward a client's limit
         self.gate = gate if gate is not None else Gate(default_line(settings))
         self.name = self.gate.spec.name  # the line's name
         self.line = line
@@ -253,6 +262,11 @@ class QueueService:
             self._reject(client, query, exc)
         limit = self.settings.max_per_client
         held = self.per_client[client]
+        if self.sessions is not None:
+            try:
+                await self.sessions.check_client(client, held)
+            except Rejected as exc:
+                self._reject(client, query, exc)
         if held >= limit or (self.places is not None and not await self._take_client_slot(client, query)):
             self._reject(client, query, ClientLimit(
                 f"You already have {_count(max(held, limit), 'question')} in progress. "
@@ -488,6 +502,8 @@ class QueueService:
         """An admission line let the flight's guest in (sessions.py): its token ends the request."""
         self._flight_finished(flight)
         for ticket in list(flight.tickets):
+            if self.sessions is not None:
+                self._background(self.sessions.admitted(ticket.client, ticket.id, grant["expires_at"]))
             self._end(ticket, Status.ADMITTED, ADMITTED, {**grant, "request_id": ticket.id})
 
     def _end_all(self, flight: Flight, code: str, message: str) -> None:

@@ -24,14 +24,14 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .errors import LineUnavailable
+from .errors import ClientLimit, LineUnavailable
 from .lines.keys import Keys
 from .lines.memory import MemoryLine
 from .linespec import Admission
@@ -42,6 +42,7 @@ from .tokens import Grant, InvalidToken, TokenSigner
 logger = logging.getLogger("guestqueue.sessions")
 
 ENDINGS = ("completed", "expired", "revoked")
+MAX_COUNTED = 1_000  # a client's sessions read to count them (its limit is far below)
 SWEEP_EVERY_S = 0.5
 
 
@@ -68,6 +69,10 @@ class SessionStore(Protocol):
 
     def counts(self) -> dict[str, int]: ...
 
+    async def note_client(self, client: str, request_id: str, expires_at: float) -> None: ...
+
+    async def held_by(self, client: str) -> int: ...
+
     async def close(self) -> None: ...
 
 
@@ -82,6 +87,11 @@ class Sessions:
 
     def __repr__(self) -> str:
         return f"Sessions(line={self.line!r}, {self._store!r})"
+
+    def reconfigure(self, admission: Admission, signer: TokenSigner) -> None:
+        """The line's keys changed (the admin API): new tokens follow them; a new token secret also
+        decides what verifies from now on."""
+        self.admission, self.signer = admission, signer
 
     async def admit(self, flight: Flight) -> dict[str, Any]:
         """The flight's guest is in: a token, and the flight's slot is the session's now. Returns the
@@ -100,6 +110,22 @@ class Sessions:
         """The token is withdrawn: its session ends and its slot frees. False if no open session had it."""
         request_id = await self._store.by_jti(jti)
         return request_id is not None and await self._store.end(request_id, "revoked")
+
+    async def check_client(self, client: str, waiting: int) -> None:
+        """Refuse a client whose open sessions and places in line reach ``max_sessions_per_client``:
+        an admitted guest still holds a slot, so one address cannot hold them all."""
+        limit = self.admission.max_sessions_per_client
+        held = waiting + await self._store.held_by(client)
+        if held >= limit:
+            raise ClientLimit(
+                f"You already have {held} place{'s' if held != 1 else ''} in this waiting room or visits open "
+                f"(at most {limit}). Finish one, or wait until it ends, before joining again.",
+                retry_after_s=max(1, round(min(self.admission.session_ttl_s, 60))),
+            )
+
+    def admitted(self, client: str, request_id: str, expires_at: float) -> Awaitable[None]:
+        """The guest's own instance notes whose session this is (the limit above counts it)."""
+        return self._store.note_client(client, request_id, expires_at)
 
     def _ended_after(self, seconds: float) -> None:
         for hook in self.on_ended:
@@ -135,6 +161,7 @@ class MemorySessions:
         self._jtis: dict[str, str] = {}
         self._ended: dict[str, str] = {}  # request id -> how, for verify's answer
         self._totals: Counter[str] = Counter()
+        self._clients: dict[str, set[str]] = {}  # client -> request ids of its sessions (pruned when counted)
         self._expiring: set[asyncio.Future[bool]] = set()
         self.on_ended: Callable[[float], None] = lambda seconds: None
 
@@ -178,6 +205,19 @@ class MemorySessions:
 
     def counts(self) -> dict[str, int]:
         return {"sessions_active": len(self._open), **{k: self._totals[k] for k in ("admitted", *ENDINGS)}}
+
+    async def note_client(self, client: str, request_id: str, expires_at: float) -> None:
+        if request_id in self._open:
+            self._clients.setdefault(client, set()).add(request_id)
+
+    async def held_by(self, client: str) -> int:
+        mine = self._clients.get(client)
+        if not mine:
+            return 0
+        mine &= self._open.keys()
+        if not mine:
+            del self._clients[client]
+        return len(mine)
 
     async def close(self) -> None:
         for session in self._open.values():
@@ -279,6 +319,35 @@ class RedisSessions:
 
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
+
+    async def note_client(self, client: str, request_id: str, expires_at: float) -> None:
+        key, expires_ms = self._keys.client_sessions(client), round(expires_at * 1000)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(key, {request_id: expires_ms})
+                pipe.pexpireat(key, expires_ms + 1000)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:  # the limit is then counted without it, for its length
+            logger.warning("session %s not counted for its client: %s", request_id, exc)
+
+    async def held_by(self, client: str) -> int:
+        """The client's sessions still active (a few: it can hold no more than its limit)."""
+        key = self._keys.client_sessions(client)
+        now_ms = round(time.time() * 1000)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now_ms)
+            pipe.zrange(key, 0, MAX_COUNTED - 1)
+            _, ids = await self._call(pipe.execute)
+        if not ids:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request_id in ids:
+                pipe.hget(self._keys.session(_text(request_id)), "state")
+            states = await self._call(pipe.execute)
+        ended = [request_id for request_id, state in zip(ids, states, strict=True) if state != b"active"]
+        if ended:
+            await self._call(self._redis.zrem, key, *ended)
+        return len(ids) - len(ended)
 
     async def _count(self) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:

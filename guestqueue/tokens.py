@@ -2,11 +2,14 @@
 
 HS256 with ``GUEST_TOKEN_SECRET`` (the protected application holds the same
 secret), or RS256 / ES256 with ``GUEST_TOKEN_KEY_FILE`` (a PEM private key; the
-application needs only the public key, served as JWKS). Claims: ``sub`` (the
-request id, which is also the session's id), ``line``, ``iat``, ``exp`` (the
-session's end), ``jti``. Every instance of a shared line must sign with the same
-key, so nothing is generated here: an admission line without a key is a
-configuration error.
+application needs only the public key, served as JWKS), or the line's own
+``token_secret`` (HS256: whoever checks one line's tokens offline cannot mint
+another's). Claims: ``sub`` (the request id, which is also the session's id),
+``line``, ``aud`` (the line too: any JWT library that is given the audience it
+expects refuses another line's token), ``iat``, ``exp`` (the session's end),
+``jti``. Every instance of a shared line must sign with the same key, so
+nothing is generated here: an admission line without a key is a configuration
+error.
 """
 
 from __future__ import annotations
@@ -82,11 +85,16 @@ class TokenSigner:
                 raise SettingsError(f"GUEST_TOKEN_KEY_FILE={settings.token_key_file!r}: {exc.strerror}") from None
         return cls(secret=settings.token_secret)
 
+    @classmethod
+    def for_line(cls, settings: Settings, token_secret: str, line: str) -> TokenSigner:
+        """The line's own secret if it has one, else the process's key."""
+        return cls(secret=token_secret, kid=f"line:{line}") if token_secret else cls.from_settings(settings)
+
     def issue(self, request_id: str, line: str, ttl_s: float) -> Grant:
         now = time.time()
         jti = secrets.token_hex(16)
         expires = math.ceil(now + ttl_s)  # whole seconds (NumericDate), never sooner than asked
-        claims = {"sub": request_id, "line": line, "iat": int(now), "exp": expires, "jti": jti}
+        claims = {"sub": request_id, "line": line, "aud": line, "iat": int(now), "exp": expires, "jti": jti}
         token = jwt.encode(claims, self._signing, algorithm=self.algorithm, headers={"kid": self.kid})
         return Grant(request_id, token, jti, float(expires))
 
@@ -94,11 +102,14 @@ class TokenSigner:
         """The token's claims, if it is signed by us, for ``line``, and not expired."""
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, self._public, algorithms=[self.algorithm], leeway=LEEWAY_S,
-                options={"require": ["sub", "line", "iat", "exp", "jti"]},
+                token, self._public, algorithms=[self.algorithm], leeway=LEEWAY_S, audience=line,
+                options={"require": ["sub", "line", "aud", "iat", "exp", "jti"]},
             )
         except jwt.ExpiredSignatureError:
             raise InvalidToken("the token has expired") from None
+        except jwt.InvalidAudienceError:
+            other = jwt.decode(token, options={"verify_signature": False}).get("aud")
+            raise InvalidToken(f"the token is for line {other!r}, not {line!r}") from None
         except jwt.InvalidTokenError as exc:
             raise InvalidToken(f"the token is not valid: {exc}") from None
         if claims["line"] != line:

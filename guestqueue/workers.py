@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .config import Settings
-from .errors import LineUnavailable, UpstreamError, UpstreamFailure
+from .errors import AnswerTooLarge, LineUnavailable, UpstreamError, UpstreamFailure
 from .lines.base import Line, Pacer
 from .stopping import raise_if_cancelled, stop_tasks
 from .tickets import Flight
@@ -37,6 +37,9 @@ from .upstream import Upstream, valid_text
 
 logger = logging.getLogger("guestqueue.workers")
 
+TOO_LARGE = "The answer was longer than this line allows; it was cut short."
+MAX_SUGGESTIONS = 10
+MAX_SUGGESTION_CHARS = 500
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
 
@@ -48,6 +51,9 @@ def backoff_s(attempt: int) -> float:
 
 
 UPSTREAM_FAILURES_DEGRADED = 3  # /health says degraded after this many failed upstream calls in a row
+# An admission line's workers only hand out tokens (no call is held): this many serve any
+# max_active, since the line, not the pool, counts the open sessions.
+ADMITTING_WORKERS = 16
 
 
 class FlightSink(Protocol):
@@ -101,8 +107,12 @@ class WorkerPool:
     def __repr__(self) -> str:
         return f"WorkerPool(size={len(self._workers)}, active={len(self.active)}, calls={dict(self.upstream_calls)})"
 
+    def _size(self, settings: Settings) -> int:
+        slots = settings.max_concurrent_requests
+        return min(slots, ADMITTING_WORKERS) if self._admitter is not None else slots
+
     def start(self) -> None:
-        for number in range(self._settings.max_concurrent_requests):
+        for number in range(self._size(self._settings)):
             self._workers.append(asyncio.create_task(self._work(), name=f"guestqueue-worker-{number}"))
 
     @property
@@ -113,7 +123,7 @@ class WorkerPool:
         """The line's settings or upstream changed: new calls use them; more slots get more workers
         (fewer slots need no fewer: the line lets no more start)."""
         self._settings, self._upstream = settings, upstream
-        for number in range(len(self._workers), settings.max_concurrent_requests):
+        for number in range(len(self._workers), self._size(settings)):
             self._workers.append(asyncio.create_task(self._work(), name=f"guestqueue-worker-{number}"))
 
     def drain(self) -> None:
@@ -211,17 +221,24 @@ class WorkerPool:
         Not ``announced``: the flight's start is told at the upstream's first chunk (pull)."""
         request = flight.request
         attempt = 0
+        limit = self._settings.max_answer_bytes
         while True:
             try:
+                size = 0
                 async for chunk in self._upstream.stream(request):
                     if not announced:
                         announced = True
                         self._sink.on_started(flight)
                     # An upstream's "\ud800" would make every UTF-8 writer (JSON answers, SQLite) fail later.
                     if chunk.suggested_questions is not None:
-                        flight.suggested_questions = [valid_text(q) for q in chunk.suggested_questions]
+                        flight.suggested_questions = [valid_text(q)[:MAX_SUGGESTION_CHARS]
+                                                      for q in chunk.suggested_questions[:MAX_SUGGESTIONS]]
                     if chunk.text:
-                        self._sink.emit_chunk(flight, valid_text(chunk.text))
+                        text = valid_text(chunk.text)
+                        size += len(text.encode())
+                        if size > limit:  # leaving the loop closes the call (its generator, its connection)
+                            raise AnswerTooLarge(TOO_LARGE, detail=f"the answer passed max_answer_bytes={limit}")
+                        self._sink.emit_chunk(flight, text)
                 if not flight.answer_parts:
                     raise UpstreamError("The assistant returned an empty answer. Please try again.")
                 self._count("ok")

@@ -16,6 +16,8 @@ import websockets
 from .conftest import MockUpstream, Running, serve, stream_events, wait_until
 
 ADMIN = {"X-API-Key": "the-super-admin-key-0123456789"}
+JSON = {"Content-Type": "application/json"}
+TEXT = {"Content-Type": "text/plain"}  # what any web page may send across sites
 
 
 @asynccontextmanager
@@ -23,7 +25,9 @@ async def admin_server(tmp_path: Path, upstream: MockUpstream, **overrides: Any)
     """guestqueue with an admin key and a request log; yields it and the /api/v1 URL."""
     settings: dict[str, Any] = {
         "admin_api_key": ADMIN["X-API-Key"], "db_path": str(tmp_path / "guestqueue.db"),
-        "upstream_url": upstream.url(chunks=1), **overrides,
+        "upstream_url": upstream.url(chunks=1),
+        # The operator lets lines made through the admin API reach the mock upstream on loopback.
+        "outbound_allow": "127.0.0.0/8", **overrides,
     }
     async with serve(**settings) as running:
         yield running, running.base.removesuffix("/guest")
@@ -153,7 +157,9 @@ async def test_bad_admin_requests_get_clear_errors(tmp_path: Path, upstream: Moc
         cases = [
             (client.post(f"{api}/admin/applications", json={"name": "x"}), 401, "unauthorized"),
             (client.post(f"{api}/admin/applications", json={"name": ""}, headers=ADMIN), 422, "invalid_field"),
-            (client.post(f"{api}/admin/applications", content=b"{", headers=ADMIN), 400, "invalid_json"),
+            (client.post(f"{api}/admin/applications", content=b"{", headers={**ADMIN, **JSON}), 400, "invalid_json"),
+            (client.post(f"{api}/admin/applications", content=b'{"name": "x"}', headers={**ADMIN, **TEXT}), 415,
+             "unsupported_media_type"),
             (client.post(f"{api}/admin/lines", json={"name": "Bad Name"}, headers=ADMIN), 422, "invalid_field"),
             (client.post(f"{api}/admin/lines", json={"name": "guest"}, headers=ADMIN), 409, "conflict"),
             (client.post(f"{api}/admin/lines", json={"name": "z", "mode": "shut"}, headers=ADMIN), 422,

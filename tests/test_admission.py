@@ -26,7 +26,9 @@ SECRET = "a-token-secret-of-at-least-32-characters!"
 
 
 def _room(name: str = "shop", **keys: Any) -> str:
-    settings = {"max_active": 3, "batch_size": 10, "process_interval_sec": 0.1, "session_ttl_sec": 30, **keys}
+    # One test client joins many times: its own limit (max_sessions_per_client) is tested on its own.
+    settings = {"max_active": 3, "batch_size": 10, "process_interval_sec": 0.1, "session_ttl_sec": 30,
+                "max_sessions_per_client": 100, **keys}
     body = "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in settings.items())
     return f'[lines.{name}]\nmode = "admission"\n{body}\n'
 
@@ -123,9 +125,12 @@ async def test_tokens_verify_online_and_offline_and_bad_ones_fail(tmp_path: Path
         events = await stream_events(client, f"{url}/join", headers={"Accept": "text/event-stream"})
         assert [e.name for e in events][-1] == "admitted"
         token = events[-1].data["token"]
-        claims = jwt.decode(token, SECRET, algorithms=["HS256"])  # what a protected app does offline
+        # What a protected app does offline; the audience is the line (a token of another line is refused).
+        claims = jwt.decode(token, SECRET, algorithms=["HS256"], audience="shop")
         assert claims["sub"] == events[-1].data["request_id"] and claims["line"] == "shop"
-        assert set(claims) == {"sub", "line", "iat", "exp", "jti"}
+        assert set(claims) == {"sub", "line", "aud", "iat", "exp", "jti"}
+        with pytest.raises(jwt.InvalidAudienceError):
+            jwt.decode(token, SECRET, algorithms=["HS256"], audience="other")
 
         async def verify(candidate: str) -> dict[str, Any]:
             reply = await client.post(f"{url}/tokens/verify", json={"token": candidate})
@@ -163,7 +168,7 @@ async def test_an_es256_key_file_signs_and_its_jwks_checks_tokens_offline(tmp_pa
         assert admitted.data["redirect_url"] == "https://shop.example/checkout"
         jwks = (await client.get(f"{url}/tokens/jwks")).json()
         public = jwt.PyJWK(jwks["keys"][0])
-        claims = jwt.decode(admitted.data["token"], public.key, algorithms=["ES256"])
+        claims = jwt.decode(admitted.data["token"], public.key, algorithms=["ES256"], audience="shop")
         assert claims["line"] == "shop"
 
 
@@ -173,7 +178,7 @@ async def test_a_websocket_guest_is_admitted_too(tmp_path: Path) -> None:
             await socket.send(json.dumps({"query": "let me in"}))
             messages = [json.loads(message) async for message in socket]
     assert messages[-1]["type"] == "admitted"
-    assert jwt.decode(messages[-1]["data"]["token"], SECRET, algorithms=["HS256"])["line"] == "shop"
+    assert jwt.decode(messages[-1]["data"]["token"], SECRET, algorithms=["HS256"], audience="shop")["line"] == "shop"
 
 
 async def test_wrong_use_gets_clear_errors(tmp_path: Path) -> None:

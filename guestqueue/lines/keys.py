@@ -152,6 +152,11 @@ class Keys:
         """Hash: admitted, completed, expired, revoked."""
         return f"{self.prefix}:session-totals"
 
+    def client_sessions(self, client: str) -> str:
+        """Sorted set: the request ids of one client's sessions, by expiry (ms); the client's limit
+        counts those still active."""
+        return f"{self.prefix}:client-sessions:{client}"
+
     # -- a pull line's job board (upstream/jobboard.py; its scripts spell these names too) --
 
     @property

@@ -11,6 +11,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from ..config import Settings
+from ..outbound import OUTBOUND_HEADER, GuardedTransport, OutboundPolicy
 from .base import Chunk, Upstream, Workflow, WorkflowRequest, describe_transport_error, valid_text
 from .demo import demo_workflow
 from .http import HttpUpstream
@@ -24,8 +25,9 @@ __all__ = [
 ]
 
 
-def make_http_client(settings: Settings) -> httpx.AsyncClient:
-    """The one shared HTTP client; its transport is chosen here and nowhere else.
+def make_http_client(settings: Settings, policy: OutboundPolicy | None = None) -> httpx.AsyncClient:
+    """The shared HTTP client; its transport is chosen here and nowhere else. With ``policy``, the
+    client for the URLs tenants set (outbound.py): it connects only where the policy allows.
 
     httpx's API on aiohttp's connection pool (``httpx-aiohttp``): httpcore's
     pool walks every pooled connection on each request and streams through
@@ -37,9 +39,11 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
         max_connections=settings.max_concurrent_requests * 2 + 8,
         max_keepalive_connections=settings.max_concurrent_requests + 4,
     )
-    transport = AiohttpTransport(limits=limits, retries=0)
+    transport = AiohttpTransport(limits=limits, retries=0) if policy is None else \
+        GuardedTransport(policy, limits=limits, retries=0)
     timeout = httpx.Timeout(connect=10.0, read=settings.request_timeout_s, write=10.0, pool=10.0)
-    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
+    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False,
+                             headers={OUTBOUND_HEADER: "1"})
 
 
 def make_upstream(settings: Settings, client: httpx.AsyncClient, workflow: Workflow | None = None) -> Upstream:
@@ -57,4 +61,6 @@ def make_upstream(settings: Settings, client: httpx.AsyncClient, workflow: Workf
         return PullUpstream(MemoryJobBoard("guest"))
     return HttpUpstream(client, settings.upstream_url, kind=kind, api_key=settings.upstream_api_key,
                         model=settings.upstream_model,
-                        allowed_parameters=settings.upstream_allowed_parameter_names)
+                        allowed_parameters=settings.upstream_allowed_parameter_names,
+                        max_answer_bytes=settings.max_answer_bytes, messages=settings.upstream_messages,
+                        system_prompt=settings.upstream_system_prompt)

@@ -22,7 +22,8 @@ import httpx
 from httpx_sse import EventSource
 
 from ..config import OPENAI_RESERVED_PARAMETERS
-from ..errors import UpstreamError, UpstreamFailure, UpstreamUnavailable
+from ..conversation import conversation
+from ..errors import AnswerTooLarge, UpstreamError, UpstreamFailure, UpstreamUnavailable
 from .base import Chunk, WorkflowRequest, describe_transport_error
 
 ANSWER_FIELDS = ("answer", "response", "text", "content", "output", "result")
@@ -30,12 +31,15 @@ CHUNK_FIELDS = ("answer_chunk", "chunk", "delta", "token", *ANSWER_FIELDS)
 UNAVAILABLE_MESSAGE = "The assistant is unavailable right now. Please try again in a moment."
 MALFORMED_MESSAGE = "The assistant sent an answer we could not read. Please try again."
 DEFAULT_ALLOWED_PARAMETERS = ("temperature", "top_p")
+TOO_LARGE_MESSAGE = "The answer was longer than this line allows; it was cut short."
+WIRE_BYTES_PER_ANSWER_BYTE = 16
 
 
 class HttpUpstream:
     def __init__(
         self, client: httpx.AsyncClient, url: str, *, kind: str = "http", api_key: str = "", model: str = "",
-        allowed_parameters: Collection[str] = DEFAULT_ALLOWED_PARAMETERS,
+        allowed_parameters: Collection[str] = DEFAULT_ALLOWED_PARAMETERS, max_answer_bytes: int = 1_048_576,
+        messages: str = "conversation", system_prompt: str = "",
     ) -> None:
         self.kind = kind
         self.allowed_parameters = frozenset(allowed_parameters) - set(OPENAI_RESERVED_PARAMETERS)
@@ -45,6 +49,11 @@ class HttpUpstream:
         if kind == "openai" and not path.endswith("/chat/completions"):
             self.url = self.url.copy_with(path=path + "/chat/completions")
         self._model = model
+        self._messages, self._system_prompt = messages, system_prompt
+        # Bytes on the wire: an answer's own limit (the worker pool's) times what streaming formats
+        # wrap each piece in (an OpenAI delta is ~40x its text); it also bounds a JSON answer's
+        # and any one line's buffer.
+        self.max_wire_bytes = max_answer_bytes * WIRE_BYTES_PER_ANSWER_BYTE
         self._headers = {"Accept": "text/event-stream, application/x-ndjson, application/json, text/plain"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -58,12 +67,12 @@ class HttpUpstream:
         # Only the allowed parameters: a guest must not pick the model, add a system message,
         # ask for 128 choices, 100 000 tokens or tools at the operator's expense.
         body = {name: value for name, value in request.parameters.items() if name in self.allowed_parameters}
-        # The OpenAI front door (web/openai.py) passes its caller's messages as sent; guests' `chat`
-        # cannot set them (web/admission.py refuses parameters.messages for this kind).
+        # The OpenAI front door (web/openai.py) passes its caller's messages; guests' `chat` cannot
+        # set them (web/admission.py refuses parameters.messages for this kind). One rule for both.
         messages = request.parameters.get("messages")
         if not isinstance(messages, list):
             messages = [{"role": "user", "content": request.query}]
-        body.update(messages=messages, stream=True)
+        body.update(messages=conversation(messages, self._messages, self._system_prompt), stream=True)
         if self._model:
             body["model"] = self._model
         return body
@@ -71,6 +80,7 @@ class HttpUpstream:
     async def stream(self, request: WorkflowRequest) -> AsyncIterator[Chunk]:
         try:
             async with self._client.stream("POST", self.url, json=self.payload(request), headers=self._headers) as resp:
+                resp.stream = CappedStream(resp.stream, self.max_wire_bytes)
                 await _check_status(resp)
                 async for chunk in _read_body(resp):
                     yield chunk
@@ -78,6 +88,25 @@ class HttpUpstream:
             raise UpstreamUnavailable(UNAVAILABLE_MESSAGE, detail=describe_transport_error(exc, self.url)) from exc
         except httpx.HTTPError as exc:  # e.g. a decoding error inside httpx
             raise UpstreamError(MALFORMED_MESSAGE, detail=f"{type(exc).__name__}: {exc}") from exc
+
+
+class CappedStream(httpx.AsyncByteStream):
+    """A response body that ends in ``answer_too_large`` past ``limit`` bytes: every reader (JSON,
+    lines, SSE) reads through it, so none buffers more."""
+
+    def __init__(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, limit: int) -> None:
+        assert isinstance(stream, httpx.AsyncByteStream)
+        self._stream, self._limit, self.received = stream, limit, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            self.received += len(chunk)
+            if self.received > self._limit:
+                raise AnswerTooLarge(TOO_LARGE_MESSAGE, detail=f"the upstream sent more than {self._limit} bytes")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 async def _check_status(resp: httpx.Response) -> None:

@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..catalog import ANONYMOUS, KEY_PREFIX, SUPER_ADMIN, Catalog, Principal
 from ..config import Settings
 from ..errors import Forbidden, TooManyAttempts, Unauthorized
+from ..outbound import OUTBOUND_HEADER
 from .admission import client_key
 
 FORWARDING_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
@@ -145,6 +146,8 @@ class Access:
         raise Forbidden(f"This API key does not have {permission} on line {line!r}.")
 
     def is_local(self, request: HTTPConnection) -> bool:
+        if OUTBOUND_HEADER in request.headers:
+            return False  # guestqueue's own request (a webhook, an upstream call) is never the operator
         state: dict[str, Any] = request.scope.get("state") or {}
         peer = state.get("peer", request.scope.get("client"))
         peer_host = peer[0] if peer else None

@@ -19,11 +19,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.schemas import SchemaGenerator
 
-from ..catalog import Application, Catalog, Principal
+from ..catalog import MAX_QUOTA, QUOTA_KEYS, Application, Catalog, Principal
 from ..catalogstore import CatalogStore
 from ..config import Settings, SettingsError
-from ..errors import Conflict, Forbidden, InvalidField, InvalidJSON, NotFound, ShuttingDown, Unauthorized
-from ..linespec import LineSpec, check_models, parse_line
+from ..errors import (
+    Conflict,
+    Forbidden,
+    InvalidField,
+    InvalidJSON,
+    NotFound,
+    QuotaExceeded,
+    ShuttingDown,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from ..linespec import DEFAULT_LINE, LINE_NAME, LineSpec, check_models, mask_url, parse_line
 from ..lineup import Lineup
 from ..webhooks import Outbox
 from .access import Access
@@ -99,12 +109,50 @@ class AdminApi:
             raise NotFound("No application with that id.")  # the same whether it exists or not
         return app
 
-    def _spec(self, name: str) -> LineSpec:
+    def _spec(self, request: Request, *, anonymous: bool = False) -> LineSpec:
+        """The line named in the path, if the caller may see it (a public line, or one it has a
+        permission on): otherwise exactly the answer for a missing one, so private lines cannot be
+        probed. The admin API needs a key (401 first), save ``anonymous`` routes."""
+        name = request.path_params["line"]
+        principal = self.access.principal(request, self._catalog) if anonymous else self._who(request)
         lineup = self.lineup
         queue = lineup.queues.get(name) if lineup is not None else None
-        if queue is None:
+        spec = queue.spec if queue is not None else self._broken(name)
+        if spec is None or not (spec.public or principal.granted(spec.name, spec.application_id)):
             raise NotFound(f"There is no line named {name!r}.")
-        return queue.spec
+        return spec
+
+    def _broken(self, name: str) -> LineSpec | None:
+        """A kept line that does not run (it no longer opens): still the admin API's to fix or delete."""
+        stored = self._catalog.lines.get(name)
+        if stored is None or not LINE_NAME.fullmatch(name):
+            return None
+        application_id = stored.get("application_id")
+        return LineSpec(name=name, settings=self.settings, public=False,
+                        application_id=application_id if isinstance(application_id, str) else None)
+
+    def _check_quotas(self, spec: LineSpec, principal: Principal, *, old: LineSpec | None = None) -> None:
+        """What an application may hold (its quotas, set by the super admin), and the names anonymous
+        callers reach by default (``guest``; a public line's OpenAI model name): the super admin's."""
+        if principal.is_super:
+            return
+        new = old is None
+        if new and spec.name == DEFAULT_LINE:
+            raise Forbidden(f"Line {DEFAULT_LINE!r} is the default chat page's: only the super admin makes it.")
+        changed_alias = old is None or (old.public, old.openai_model) != (spec.public, spec.openai_model)
+        if spec.public and spec.openai_model and changed_alias:
+            raise Forbidden("openai_model on a public line is a model name anyone may ask: only the super admin "
+                            "sets it (or make the line private: public = false).")
+        app = self._catalog.applications.get(spec.application_id or "")
+        if app is None:
+            return
+        if len(spec.webhooks) > app.max_webhooks_per_line:
+            raise QuotaExceeded(f"webhooks: application {app.id!r} may have {app.max_webhooks_per_line} per line "
+                                "(max_webhooks_per_line; the super admin can raise it).")
+        owned = sum(1 for stored in self._catalog.lines.values() if stored.get("application_id") == app.id)
+        if new and owned >= app.max_lines:
+            raise QuotaExceeded(f"Application {app.id!r} has its {app.max_lines} lines (max_lines; the super admin "
+                                "can raise it).")
 
     def _check_models(self, spec: LineSpec) -> None:
         """The OpenAI model names stay one line's each (web/openai.py): 409 if ``spec`` takes another's."""
@@ -130,7 +178,7 @@ class AdminApi:
         if not principal.is_super:
             raise Forbidden("Only the super admin (GUEST_ADMIN_API_KEY) creates applications.")
         body = await _body(request)
-        app = self._catalog.new_application(body.get("name"), body.get("tier", ""))
+        app = replace(self._catalog.new_application(body.get("name"), body.get("tier", "")), **quotas(body))
         await self._store.put_application(app)
         return JSONResponse(app.public(), status_code=201)
 
@@ -155,10 +203,14 @@ class AdminApi:
         summary: Rename an application or change its tier
         responses: {200: {description: The application}}
         """
-        app = self._application(request, self._who(request))
+        principal = self._who(request)
+        app = self._application(request, principal)
         body = await _body(request)
+        limits = quotas(body)
+        if limits and not principal.is_super:
+            raise Forbidden(f"{next(iter(limits))}: an application's quotas are the super admin's to set.")
         fresh = self._catalog.new_application(body.get("name", app.name), body.get("tier", app.tier))
-        app = replace(app, name=fresh.name, tier=fresh.tier)
+        app = replace(app, name=fresh.name, tier=fresh.tier, **limits)
         await self._store.put_application(app)
         return JSONResponse(app.public())
 
@@ -191,8 +243,13 @@ class AdminApi:
             enum: [READ, WRITE, DELETE, MANAGE]}}}}}}}}
         responses: {201: {description: '{"key": "gq_...", ...}: keep it, it is never shown again'}}
         """
-        app = self._application(request, self._who(request))
+        principal = self._who(request)
+        app = self._application(request, principal)
         body = await _body(request)
+        live = sum(1 for key in self._catalog.keys.values() if key.application_id == app.id and key.revoked_at is None)
+        if live >= app.max_keys and not principal.is_super:
+            raise QuotaExceeded(f"Application {app.id!r} has its {app.max_keys} keys (max_keys; revoke one, or ask "
+                                "the super admin to raise it).")
         key, shown = self._catalog.new_key(
             app, name=body.get("name", ""), role=body.get("role", "member"), permissions=body.get("permissions"),
             tier=body.get("tier", ""),
@@ -236,9 +293,10 @@ class AdminApi:
         name = body.pop("name", None)
         if not principal.manages(body.get("application_id")):
             raise Forbidden("Create lines of your own application only (set application_id).")
-        if self.lineup is not None and name in self.lineup:
+        if (self.lineup is not None and name in self.lineup) or (isinstance(name, str) and name in self._catalog.lines):
             raise Conflict(f"A line named {name!r} exists. Change it with PUT /api/v1/admin/lines/{name}.")
-        spec = _parsed(name, body, self.settings)
+        spec = self._parsed(name, body)
+        self._check_quotas(spec, principal)
         self._check_models(spec)
         await self._store.put_line(spec.name, spec.stored())
         await self.sync()
@@ -261,7 +319,7 @@ class AdminApi:
         summary: One line (READ)
         responses: {200: {description: The line}}
         """
-        spec = self._spec(request.path_params["line"])
+        spec = self._spec(request)
         self.access.require(request, self._catalog, "READ", spec.name, spec.application_id)
         return JSONResponse(spec.as_dict())
 
@@ -271,17 +329,24 @@ class AdminApi:
         description: Keys left out keep their values; a key set to null goes back to the default.
         responses: {200: {description: The line}}
         """
-        spec = self._spec(request.path_params["line"])
+        spec = self._spec(request)
         principal = self.access.require(request, self._catalog, "MANAGE", spec.name, spec.application_id)
         body = await _body(request)
         if body.get("application_id", spec.application_id) != spec.application_id and not (
             principal.manages(spec.application_id) and principal.manages(body["application_id"])
         ):
             raise Forbidden("Moving a line to another application needs the admin of both.")
-        merged = {**spec.stored(), **body}
+        kept = self._catalog.lines.get(spec.name) or spec.stored()
+        if body.get("upstream_url") == mask_url(str(kept.get("upstream_url", ""))):
+            del body["upstream_url"]  # the URL as GET showed it, masked: unchanged
+        if "upstream_url" in body and body["upstream_url"] != kept.get("upstream_url") \
+                and "upstream_api_key" not in body:
+            kept = {key: value for key, value in kept.items() if key != "upstream_api_key"}  # never to another host
+        merged = {**kept, **body}
         merged = {key: value for key, value in merged.items() if value is not None}
         merged.pop("name", None)
-        new = _parsed(spec.name, merged, self.settings)
+        new = self._parsed(spec.name, merged)
+        self._check_quotas(new, principal, old=spec)
         self._check_models(new)
         await self._store.put_line(new.name, new.stored())
         await self.sync()
@@ -293,7 +358,7 @@ class AdminApi:
         description: Every guest waiting now, on every instance, ends with `error` code `purged`; running calls finish.
         responses: {200: {description: '{"name": ..., "purged_at": ...}'}}
         """
-        spec = self._spec(request.path_params["line"])
+        spec = self._spec(request)
         self.access.require(request, self._catalog, "MANAGE", spec.name, spec.application_id)
         new = replace(spec, purged_at=time.time())
         await self._store.put_line(new.name, new.stored())
@@ -306,7 +371,7 @@ class AdminApi:
         description: Its waiting guests hear `error` shutdown. Lines declared in GUEST_CONFIG cannot be deleted here.
         responses: {200: {description: Deleted}, 409: {description: Declared in GUEST_CONFIG}}
         """
-        spec = self._spec(request.path_params["line"])
+        spec = self._spec(request)
         principal = self._who(request)
         if not principal.manages(spec.application_id):
             raise Forbidden("Only the line's application admin (or the super admin) deletes it.")
@@ -342,22 +407,39 @@ class AdminApi:
         summary: The caller's permissions on one line
         responses: {200: {description: '{"line": ..., "permissions": ["READ", ...]}'}}
         """
-        spec = self._spec(request.path_params["line"])
+        spec = self._spec(request, anonymous=True)
         principal = self.access.principal(request, self._catalog)
         return JSONResponse({"line": spec.name, "permissions": principal.granted(spec.name, spec.application_id)})
 
+    def _parsed(self, name: Any, body: dict[str, Any]) -> LineSpec:
+        """A line from the admin API: a tenant's table, whatever the caller (linespec.parse_line)."""
+        operator = self.file_specs.get(name) if isinstance(name, str) else None
+        try:
+            return parse_line(name, body, self.settings, where="line", tenant=True, operator=operator)
+        except SettingsError as exc:
+            raise InvalidField(str(exc)) from None
 
-def _parsed(name: Any, body: dict[str, Any], settings: Settings) -> LineSpec:
-    try:
-        return parse_line(name, body, settings, where="line")
-    except SettingsError as exc:
-        raise InvalidField(str(exc)) from None
+
+def quotas(body: dict[str, Any]) -> dict[str, Any]:
+    """The quota keys of an application's body (the super admin's to set), checked."""
+    found = {}
+    for key in QUOTA_KEYS:
+        if key in body:
+            value = body[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_QUOTA:
+                raise InvalidField(f"{key}={value!r}: must be a whole number from 0 to {MAX_QUOTA}")
+            found[key] = value
+    return found
 
 
 async def _body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if len(raw) > MAX_ADMIN_BODY_BYTES:
         raise InvalidField(f"The body is larger than {MAX_ADMIN_BODY_BYTES} bytes.")
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if raw.strip() and media_type != "application/json" and not media_type.endswith("+json"):
+        # A form or text/plain body is what any web page can send across sites without asking.
+        raise UnsupportedMediaType("Send the body as JSON with Content-Type: application/json.")
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, RecursionError):

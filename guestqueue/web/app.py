@@ -43,6 +43,7 @@ from ..config import Settings, SettingsError
 from ..errors import Rejected, ShuttingDown, StartupError
 from ..linespec import DEFAULT_LINE, LineSpec, load_lines, parse_line
 from ..lineup import Lineup
+from ..outbound import OutboundPolicy
 from ..runtime import Queue, open_redis
 from ..service import QueueService
 from ..store import LogUnavailable, RequestLog
@@ -135,6 +136,8 @@ class GuestQueue:
         async with AsyncExitStack() as stack:
             client = make_http_client(settings)
             stack.push_async_callback(client.aclose)
+            guarded = make_http_client(settings, OutboundPolicy.from_settings(settings))  # tenants' URLs
+            stack.push_async_callback(guarded.aclose)
             log = await self._open_log(stack)
             redis = None
             if settings.redis_url:
@@ -148,14 +151,20 @@ class GuestQueue:
             await outbox.open()
             stack.push_async_callback(outbox.close)
             self.admin.outbox = outbox
-            lineup = Lineup(client=client, log=log, redis=redis, workflow=self.workflow, outbox=outbox)
+            lineup = Lineup(client=client, log=log, redis=redis, workflow=self.workflow, outbox=outbox,
+                            guarded=guarded)
             if redis is not None:
                 lineup.stream = EventStream(redis, f"{settings.redis_prefix}:events")
                 stack.push_async_callback(lineup.stream.close)
             lineup.on_open.append(self._start_monitor)
             stack.push_async_callback(lineup.aclose)
-            for spec in self._desired(store.catalog).values():
-                await lineup.open(spec)
+            specs, unusable = self._desired(store.catalog)
+            for spec in specs.values():
+                if spec.name in store.catalog.lines:  # kept from the admin API: skipped if it cannot open
+                    await lineup.open_or_report(spec)
+                else:
+                    await lineup.open(spec)  # the operator's file: a line that cannot open stops start-up
+            lineup.problems.update(unusable)
             self.lineup, self.store = lineup, store
             self.admin.lineup, self.admin.store = lineup, store
             store.on_change.append(self._sync_lines)
@@ -189,19 +198,23 @@ class GuestQueue:
     def _forget(self) -> None:
         self.lineup = self.store = self.admin.lineup = self.admin.store = None
 
-    def _desired(self, catalog: Catalog) -> dict[str, LineSpec]:
-        """The lines there should be: the file's, with the catalog's (made or changed at run time) on top."""
-        specs = dict(self.specs)
+    def _desired(self, catalog: Catalog) -> tuple[dict[str, LineSpec], dict[str, str]]:
+        """The lines there should be: the file's, with the catalog's (made or changed at run time) on
+        top; and the kept lines that no longer parse, with why (each logged in one line, shown in
+        /health; a file line of the same name runs instead)."""
+        specs, unusable = dict(self.specs), {}
         for name, stored in catalog.lines.items():
             try:
-                specs[name] = parse_line(name, stored, self.settings, where=f"stored line {name!r}")
-            except SettingsError as exc:  # e.g. stored under other GUEST_* settings: the rest still run
-                logger.error("%s; the line is not served", exc)
-        return specs
+                specs[name] = parse_line(name, stored, self.settings, where=f"stored line {name!r}", tenant=True,
+                                         operator=self.specs.get(name))
+            except SettingsError as exc:  # e.g. a bound added since it was kept: the rest still run
+                logger.error("%s; the line is not served (fix or delete it through the admin API)", exc)
+                unusable[name] = str(exc)
+        return specs, unusable
 
     async def _sync_lines(self) -> None:
         if self.lineup is not None and self.store is not None:
-            await self.lineup.sync(self._desired(self.store.catalog))
+            await self.lineup.sync(*self._desired(self.store.catalog))
 
     @property
     def catalog(self) -> Catalog:
@@ -287,6 +300,9 @@ class GuestQueue:
             problem if name == DEFAULT_LINE else f"line {name}: {problem}"
             for name, line in lines.items() for problem in line["problems"]
         ]
+        problems += [f"line {name} is not served: {why}" for name, why in sorted(self.lineup.problems.items())]
+        if self.lineup.problems and worst == "ok":
+            worst = "degraded"
         body = {**main, "status": worst, "problems": problems, "lines": lines}
         return JSONResponse(body, status_code=503 if worst == "unavailable" else 200)
 

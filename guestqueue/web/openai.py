@@ -30,6 +30,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from ..catalog import Principal
+from ..conversation import caller_turns
 from ..errors import InvalidJSON, Rejected
 from ..events import ANSWER_CHUNK, ERROR, PROCESSING, QUEUED, RECONNECT, TIMEOUT, WORKFLOW_COMPLETE, Event
 from ..runtime import Queue
@@ -97,21 +99,24 @@ class OpenAIApi:
             Route("/models/{model:path}", self.model, methods=["GET"]),
         ]
 
-    def _visible(self, request: HTTPConnection) -> list[Queue]:
-        """The lines this caller may ask: the public ones, and those its key may WRITE to."""
-        lineup = self._lines.lineup
-        if lineup is None:
-            return []
+    def _principal(self, request: HTTPConnection) -> Principal:
         request.scope[FOREIGN_KEYS_ANONYMOUS] = True
-        principal = self._lines.access.principal(request, self._lines.catalog)
-        return [queue for queue in lineup if queue.sessions is None and (
-            queue.spec.public or principal.may("WRITE", queue.spec.name, queue.spec.application_id))]
+        return self._lines.access.principal(request, self._lines.catalog)
+
+    def _visible(self, request: HTTPConnection) -> list[Queue]:
+        """The lines this caller may ask, each by the name it is listed under."""
+        lineup = self._lines.lineup
+        principal = self._principal(request)
+        return [queue for queue in lineup or () if _reachable(queue, principal, _model_id(queue))]
 
     def _line(self, request: HTTPConnection, model: str) -> Queue:
+        """The line ``model`` names, if this caller may ask it; else exactly the answer for a model that
+        does not exist (a private line cannot be probed)."""
         lineup = self._lines.lineup
-        for queue in lineup if lineup is not None else ():
-            if model in (queue.spec.name, queue.spec.openai_model) and queue.sessions is None:
-                return queue  # (a waiting room answers with a token, not a completion: no model)
+        principal = self._principal(request)
+        for queue in lineup or ():
+            if model in (queue.spec.name, queue.spec.openai_model) and _reachable(queue, principal, model):
+                return queue
         raise OpenAIError(f"The model `{model}` does not exist or you do not have access to it.", 404,
                           "invalid_request_error", "model_not_found", "model")
 
@@ -119,10 +124,7 @@ class OpenAIApi:
         return JSONResponse({"object": "list", "data": [_model(queue) for queue in self._visible(request)]})
 
     async def model(self, request: Request) -> Response:
-        queue = self._line(request, request.path_params["model"])
-        if queue not in self._visible(request):
-            self._line(request, "\0")  # the same 404 as an unknown model: no probing of private lines
-        return JSONResponse(_model(queue))
+        return JSONResponse(_model(self._line(request, request.path_params["model"])))
 
     async def chat_completions(self, request: Request) -> Response | TicketStream:
         try:
@@ -141,7 +143,6 @@ class OpenAIApi:
             raise OpenAIError("You must provide a model parameter.", 400, "invalid_request_error", None, "model")
         queue = self._line(request, model)
         request.scope.setdefault("path_params", {})["line"] = queue.name  # the line API's checks read it
-        request.scope[FOREIGN_KEYS_ANONYMOUS] = True
         asker = self._lines._asker(request)
         messages = _messages(body.get("messages"))
         stream = body.get("stream", False)
@@ -154,7 +155,8 @@ class OpenAIApi:
         if body.get("n") not in (None, 1):
             raise OpenAIError("Only n = 1 is supported.", 400, "invalid_request_error", None, "n")
         parameters = {key: value for key, value in body.items() if key not in OWN_FIELDS}
-        parameters["messages"] = messages  # an openai upstream gets them as sent; others read the query
+        # The line's rule decides which of the caller's turns go on (conversation.py), whatever the upstream.
+        parameters["messages"] = caller_turns(messages, queue.service.settings.upstream_messages)
         query = _last_user_text(messages)
         if len(query) > queue.service.settings.max_query_chars:
             raise OpenAIError(f"The last user message is longer than {queue.service.settings.max_query_chars} "
@@ -180,8 +182,25 @@ class OpenAIApi:
         return completion.whole()
 
 
+def _reachable(queue: Queue, principal: Principal, model: str) -> bool:
+    """May ``principal`` ask ``queue`` as ``model``? A waiting room is no model (it answers with a
+    token). A key with WRITE asks its lines by any of their names; anyone asks the deployment's
+    public lines, and a tenant's public line only by the model name the super admin gave it
+    (``openai_model``): names anonymous clients reach are the operator's to give."""
+    spec = queue.spec
+    if queue.sessions is not None:
+        return False
+    if principal.may("WRITE", spec.name, spec.application_id):
+        return True
+    return spec.public and (spec.application_id is None or (bool(spec.openai_model) and model == spec.openai_model))
+
+
+def _model_id(queue: Queue) -> str:
+    return queue.spec.openai_model or queue.name
+
+
 def _model(queue: Queue) -> dict[str, Any]:
-    return {"id": queue.spec.openai_model or queue.name, "object": "model", "created": STARTED,
+    return {"id": _model_id(queue), "object": "model", "created": STARTED,
             "owned_by": queue.spec.application_id or "guestqueue"}
 
 

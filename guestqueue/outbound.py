@@ -1,0 +1,162 @@
+"""Where guestqueue may send what strangers point it at (a tenant's upstream URL, its webhooks).
+
+The operator's own URLs (``GUEST_CONFIG``'s file, ``GUEST_*``) may reach any address. A URL set
+through the admin API may not reach loopback, link-local, private, reserved or multicast
+addresses, nor this server's own addresses, unless ``GUEST_OUTBOUND_ALLOW`` lists them (CIDRs, or
+``*``): otherwise a tenant could read an internal service through its line, or aim a webhook at
+guestqueue's own admin API. ::
+
+    policy = OutboundPolicy.from_settings(settings)
+    policy.refuses_url("http://10.0.0.7/chat")   # "10.0.0.7 is a private address ..." (422 at once)
+    client = guarded_http_client(policy, ...)    # checks every address it actually connects to
+
+The check that counts is made on the address connected to, not on the name: the guarded
+client's resolver drops every address the rule refuses (DNS can answer differently between a
+check and the connect), and an address written in the URL is checked before the request.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from httpx_aiohttp import AiohttpTransport
+
+from .config import Settings
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Sent with every request guestqueue makes: such a request is never a local caller of guestqueue
+# (web/access.py), even when it reaches it through an address the operator allowed.
+OUTBOUND_HEADER = "x-guestqueue-outbound"
+
+
+class OutboundPolicy:
+    """Which addresses a tenant's URL may reach."""
+
+    __slots__ = ("_allowed", "_everything", "_own")
+
+    def __init__(self, allow: Iterable[Network] = (), *, everything: bool = False,
+                 own: Iterable[Address] = ()) -> None:
+        self._allowed = tuple(allow)
+        self._everything = everything
+        self._own = frozenset(own)
+
+    def __repr__(self) -> str:
+        allowed = "*" if self._everything else ",".join(map(str, self._allowed))
+        return f"OutboundPolicy(allow={allowed!r}, own={len(self._own)})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OutboundPolicy:
+        items = [item.strip() for item in settings.outbound_allow.split(",") if item.strip()]
+        networks = [ipaddress.ip_network(item, strict=False) for item in items if item != "*"]
+        return cls(networks, everything="*" in items, own=_own_addresses(settings.host))
+
+    def refusal(self, address: Address) -> str | None:
+        """Why ``address`` may not be reached, or None."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        if self._everything or any(address in network for network in self._allowed):
+            return None
+        if address in self._own:
+            return f"{address} is this server's own address"
+        if address.is_multicast or not address.is_global:
+            kind = "loopback" if address.is_loopback else "link-local" if address.is_link_local else \
+                "private or reserved"
+            return f"{address} is a {kind} address"
+        return None
+
+    def refuses_url(self, url: str) -> str | None:
+        """Why a tenant may not set ``url``, as far as the URL alone tells (an address in it, or
+        ``localhost``); names are checked again at every connect."""
+        host = httpx.URL(url).host if url else ""
+        if not host:
+            return None
+        if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+            return _words(f"{host} is this server")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        refused = self.refusal(address)
+        return _words(refused) if refused else None
+
+
+def _words(why: str) -> str:
+    return f"{why}: a URL set through the admin API may reach it only if GUEST_OUTBOUND_ALLOW lists it"
+
+
+@functools.cache
+def _own_addresses(host: str) -> frozenset[Address]:
+    """The addresses this machine answers on, as far as it knows them (its name's, and the bound one)."""
+    found: set[Address] = set()
+    names = [socket.gethostname(), host]
+    for name in names:
+        try:
+            infos = socket.getaddrinfo(name, None)
+        except (OSError, UnicodeError):
+            continue
+        for info in infos:
+            try:
+                found.add(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
+            except ValueError:
+                continue
+    # 0.0.0.0 and :: are "every address here"; loopback is refused by kind already.
+    return frozenset(address for address in found if not address.is_unspecified)
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver, keeping only the addresses the policy allows: aiohttp connects to what
+    this returns and nothing else, so the address checked is the address connected to."""
+
+    def __init__(self, policy: OutboundPolicy) -> None:
+        self._policy = policy
+        self._resolver = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[
+            ResolveResult]:
+        results = await self._resolver.resolve(host, port, family)
+        allowed = [result for result in results if self._policy.refusal(ipaddress.ip_address(result["host"])) is None]
+        if not allowed:
+            why = self._policy.refusal(ipaddress.ip_address(results[0]["host"])) if results else "no address"
+            raise OSError(f"{host} is not reachable from a line or webhook set through the admin API ({why}; "
+                          "GUEST_OUTBOUND_ALLOW lists what is)")
+        return allowed
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+class GuardedTransport(AiohttpTransport):
+    """The shared transport, with the policy's resolver; an address written in the URL (which
+    aiohttp connects to without resolving) is checked here."""
+
+    def __init__(self, policy: OutboundPolicy, **kwargs: Any) -> None:
+        self._policy = policy
+        super().__init__(**kwargs)
+
+    def get_client(self) -> aiohttp.ClientSession:
+        limit = self.limits.max_connections or 0
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(self._policy), limit=limit, keepalive_timeout=self.limits.keepalive_expiry,
+            ssl=self.ssl_context,
+        )
+        return aiohttp.ClientSession(connector=connector)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            address = ipaddress.ip_address(request.url.host)
+        except ValueError:
+            return await super().handle_async_request(request)  # a name: the resolver checks it
+        refused = self._policy.refusal(address)
+        if refused:
+            raise httpx.ConnectError(f"not reachable from a URL set through the admin API: {refused}",
+                                     request=request)
+        return await super().handle_async_request(request)
