@@ -133,9 +133,7 @@ async def test_behind_nginx_the_pages_own_origin_may_write(tmp_path: Path) -> No
         root = _root(proxied)
         async with httpx.AsyncClient(timeout=10) as client:
             made = await client.post(
-                f"{root}/api/v1/admin/applications",
-                content='{"name": "mine"}',
-                headers={"Content-Type": "text/plain", "Origin": root},
+                f"{root}/api/v1/admin/applications", json={"name": "mine"}, headers={"Origin": root}
             )
             assert made.status_code == 201, made.text
             forged = await client.post(
