@@ -11,15 +11,19 @@ A line lists its subscribers in its spec::
 Each delivery is one JSON POST with ``X-Guestqueue-Event``, ``X-Guestqueue-Delivery`` (its id,
 the same on every attempt: receivers drop repeats) and ``X-Guestqueue-Signature:
 sha256=<hex HMAC-SHA256 of the body with the secret>``. Delivery never delays a guest: events go
-to an outbox (a row in the request log's SQLite file, written before the first attempt) and one
-sender task posts them. A failed attempt (no answer, or not 2xx) is tried again up to
-``RETRIES`` times with exponential backoff and jitter; one that fails them all is kept with its
-last error (``GET /api/v1/admin/callback_errors``). Rows still pending at a restart are sent then.
+to an outbox (a row in the request log's SQLite file, written before the first attempt), then to
+its URL's lane: a lane sends in order, one attempt at a time, and ends when it runs dry; lanes run
+side by side, ``MAX_IN_FLIGHT`` attempts at most in all. So a hanging receiver holds up its own
+URL only (issue 20: it held every other tenant's deliveries back 10 s per event). A failed attempt
+(no answer, or not 2xx) is tried again, at the back of its lane, up to ``RETRIES`` times with
+exponential backoff and jitter; one that fails them all is kept with its last error
+(``GET /api/v1/admin/callback_errors``). Rows still pending at a restart are sent then.
 
 With Redis (several instances) the outbox is shared instead: a pending delivery is a hash entry
 and a due time in a sorted set under ``{prefix}:webhooks:``; any instance claims due deliveries
 (a claim is a short lease: an instance that dies mid-attempt leaves it to another), so pending
-deliveries survive the death of the instance that made them.
+deliveries survive the death of the instance that made them. Claimed deliveries go to the
+claiming instance's lanes: one URL gets one attempt at a time from each instance.
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ MIN_ENDINGS_FOR_RATE = 10  # fewer endings say nothing about a failure rate
 HYSTERESIS = 0.8  # a threshold fires again only after its value fell below 80 % of it
 CHAT_HOSTS = ("hooks.slack.com", "webhook.office.com")  # incoming webhooks that want {"text": ...}
 ATTEMPT_TIMEOUT_S = 10.0
+# Attempts at once, over every URL. The client's pool is the upstreams' too (make_http_client: 2 x
+# max_concurrent_requests + 8): within its spare 8, hanging receivers never take a guest's connection
+# (with 64, sixteen of them took all 14 of the default pool and a guest's request waited 10 s).
+MAX_IN_FLIGHT = 8
 KEPT_ERRORS = 100  # failed deliveries listed by callback_errors
 STREAM_MAX_LEN = 100_000  # entries kept in the shared event stream (about, as MAXLEN ~)
 CLAIM_LEASE_MS = 60_000  # a claimed delivery is another instance's again after this (its claimer died)
@@ -102,10 +110,11 @@ class _Delivery:
 
 
 class Outbox:
-    """Every line's deliveries: kept (SQLite) before they are tried, sent by one task."""
+    """Every line's deliveries: kept (SQLite) before they are tried, sent from one lane per URL."""
 
     def __init__(self, *, db_path: str, client: httpx.AsyncClient, backoff_s: float = 1.0,
-                 redis: aioredis.Redis | None = None, prefix: str = "guestqueue") -> None:
+                 redis: aioredis.Redis | None = None, prefix: str = "guestqueue",
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self._db_path = db_path if redis is None else ""  # shared: the pending deliveries live in Redis
         self._redis = redis
         self._due, self._pending = f"{prefix}:webhooks:due", f"{prefix}:webhooks:pending"
@@ -116,8 +125,13 @@ class Outbox:
         self._db: aiosqlite.Connection | None = None
         self._client = client
         self._backoff_s = backoff_s
-        self._ready: asyncio.Queue[_Delivery] = asyncio.Queue()
-        self._sender: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(max_in_flight)  # held for each attempt
+        # Invariant: a URL has a lane (queued deliveries) exactly while its sender task runs; the
+        # task removes it when the lane is empty, so the dict holds only URLs with work.
+        self._lanes: dict[str, deque[_Delivery]] = {}
+        self._senders: set[asyncio.Task[None]] = set()
+        self._held: set[str] = set()  # ids queued or in flight here (a lease that ran out is not a second copy)
+        self._closing = False
         self._waiting: set[asyncio.TimerHandle] = set()
         self._keeping: set[asyncio.Future[None]] = set()
         self.results: dict[str, int] = {"delivered": 0, "retried": 0, "failed": 0}
@@ -125,7 +139,8 @@ class Outbox:
         self.failures: list[dict[str, Any]] = []  # the last KEPT_ERRORS given up, newest last
 
     def __repr__(self) -> str:
-        return f"Outbox(pending={self._ready.qsize() + len(self._waiting)}, {self.results})"
+        queued = sum(len(lane) for lane in self._lanes.values())
+        return f"Outbox(pending={queued + len(self._waiting)}, lanes={len(self._lanes)}, {self.results})"
 
     async def open(self) -> None:
         if self._db_path:
@@ -137,8 +152,7 @@ class Outbox:
                 "WHERE status = 'pending' ORDER BY created_at")
             for row in rows:  # left by the last run: sent now
                 delivery_id, line, event, url, secret, body, attempts = row
-                self._ready.put_nowait(_Delivery(delivery_id, line, event, url, secret, bytes(body), attempts))
-        self._sender = asyncio.create_task(self._send_loop(), name="guestqueue-webhooks")
+                self._enqueue(_Delivery(delivery_id, line, event, url, secret, bytes(body), attempts))
         if self._redis is not None:
             self._claimer = asyncio.create_task(self._claim_loop(), name="guestqueue-webhooks-claim")
 
@@ -147,7 +161,9 @@ class Outbox:
             timer.cancel()
         if self._keeping:  # the last posts reach Redis, where another instance will send them
             await asyncio.wait(self._keeping, timeout=ATTEMPT_TIMEOUT_S)
-        await stop_tasks([self._claimer, self._sender])
+        self._closing = True  # no lane starts from here on (nor from a retry's timer that fires late)
+        await stop_tasks([self._claimer, *self._senders])
+        self._lanes.clear()  # a lane whose task was cancelled before it ever ran
         if self._db is not None:
             await self._db.close()
 
@@ -167,7 +183,7 @@ class Outbox:
             self._keeping.add(task)
             task.add_done_callback(self._keeping.discard)
         else:
-            self._ready.put_nowait(delivery)
+            self._enqueue(delivery)
         return delivery_id
 
     async def failed(self) -> list[dict[str, Any]]:
@@ -197,7 +213,7 @@ class Outbox:
         except (RedisError, OSError) as exc:  # kept here instead: sent by this instance
             logger.warning("webhook %s kept in this process only (Redis: %s)", delivery.id, exc)
             if due_in_s <= 0:
-                self._ready.put_nowait(delivery)
+                self._enqueue(delivery)
             return
         self._posted.set()
 
@@ -213,7 +229,7 @@ class Outbox:
                 continue
             for raw in claimed:
                 kept = json.loads(raw)
-                self._ready.put_nowait(_Delivery(
+                self._enqueue(_Delivery(
                     kept["id"], kept["line"], kept["event"], kept["url"], kept["secret"], kept["body"].encode(),
                     kept["attempts"], kept["last_error"]))
             if not claimed:
@@ -233,15 +249,33 @@ class Outbox:
         except (RedisError, OSError) as exc:
             logger.warning("webhook %s not settled in Redis: %s", delivery.id, exc)
 
-    async def _send_loop(self) -> None:
-        while True:
-            delivery = await self._ready.get()
-            try:
-                if delivery.attempts == 0 and self._redis is None:
-                    await self._keep(delivery)
-                await self._attempt(delivery)
-            except Exception:  # one bad delivery never stops the others
-                logger.exception("webhook delivery %s", delivery.id)
+    def _enqueue(self, delivery: _Delivery) -> None:
+        if self._closing or delivery.id in self._held:  # held: claimed again while it waited its turn
+            return
+        self._held.add(delivery.id)
+        lane = self._lanes.get(delivery.url)
+        if lane is None:
+            lane = self._lanes[delivery.url] = deque()
+            task = asyncio.create_task(self._send_lane(delivery.url, lane), name="guestqueue-webhooks")
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+        lane.append(delivery)
+
+    async def _send_lane(self, url: str, lane: deque[_Delivery]) -> None:
+        try:
+            while lane:
+                delivery = lane.popleft()
+                try:
+                    if delivery.attempts == 0 and self._redis is None:
+                        await self._keep(delivery)
+                    async with self._slots:
+                        await self._attempt(delivery)
+                except Exception:  # one bad delivery never stops the others
+                    logger.exception("webhook delivery %s", delivery.id)
+                finally:
+                    self._held.discard(delivery.id)
+        finally:
+            del self._lanes[url]  # idle (or stopped): the URL's next delivery opens a new lane
 
     async def _attempt(self, delivery: _Delivery) -> None:
         delivery.attempts += 1
@@ -281,7 +315,7 @@ class Outbox:
     def _again(self, delivery: _Delivery) -> None:
         if delivery.timer is not None:
             self._waiting.discard(delivery.timer)
-        self._ready.put_nowait(delivery)
+        self._enqueue(delivery)
 
     def _failure(self, delivery: _Delivery) -> dict[str, Any]:
         return {"delivery_id": delivery.id, "line": delivery.line, "event": delivery.event, "url": delivery.url,
