@@ -156,7 +156,7 @@ class Settings:
         "GUEST_MAX_QUERY_CHARS", 4000, "longest query (422 beyond)", maximum=1_000_000,
     )
     max_per_client: int = _setting(
-        "GUEST_MAX_PER_CLIENT", 2, "requests one client may have in line or processing", maximum=10_000,
+        "GUEST_MAX_PER_CLIENT", 2, "requests one client may have in line or processing", maximum=1_000_000,
     )
     admin_api_key: str = _setting(
         "GUEST_ADMIN_API_KEY", "",
@@ -297,6 +297,8 @@ class Settings:
             parsed = urlsplit(url)
             if "@" in parsed.netloc:  # the message is printed: never with the URL's password
                 url = parsed._replace(netloc="***@" + parsed.netloc.rpartition("@")[2]).geturl()
+            if any(ord(c) < 33 or ord(c) == 127 for c in url):  # a header injection, or a typo
+                raise SettingsError(f"GUEST_UPSTREAM_URL={url!r}: must not hold spaces or control characters")
             try:
                 parsed.port  # noqa: B018 -- raises ValueError on a port out of range or not a number
             except ValueError:

@@ -80,7 +80,7 @@ class OutboundPolicy:
         if not host:
             return None
         if host.lower() == "localhost" or host.lower().endswith(".localhost"):
-            return _words(f"{host} is this server")
+            host = "127.0.0.1"  # RFC 6761: always loopback, whatever DNS says
         try:
             address = ipaddress.ip_address(host)
         except ValueError:

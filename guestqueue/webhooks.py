@@ -39,7 +39,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,7 @@ import httpx
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .linespec import LineSpec, Webhook
+from .linespec import CHAT_HOSTS, LineSpec, Webhook
 from .service import QuietListener
 from .stopping import stop_tasks
 from .store import migrate
@@ -62,12 +62,11 @@ RETRIES = 3
 RECENT = 100  # requests the p95 wait and the failure rate are taken over
 MIN_ENDINGS_FOR_RATE = 10  # fewer endings say nothing about a failure rate
 HYSTERESIS = 0.8  # a threshold fires again only after its value fell below 80 % of it
-CHAT_HOSTS = ("hooks.slack.com", "webhook.office.com")  # incoming webhooks that want {"text": ...}
 ATTEMPT_TIMEOUT_S = 10.0
-# Attempts at once, over every URL. The client's pool is the upstreams' too (make_http_client: 2 x
-# max_concurrent_requests + 8): within its spare 8, hanging receivers never take a guest's connection
-# (with 64, sixteen of them took all 14 of the default pool and a guest's request waited 10 s).
-MAX_IN_FLIGHT = 8
+# Attempts at once, over every URL. The outbox has HTTP clients (and connection pools) of its own
+# (web/app.py), so hanging receivers never take a guest's upstream connection; within this many,
+# each URL's lane goes on whatever the others do.
+MAX_IN_FLIGHT = 32
 KEPT_ERRORS = 100  # failed deliveries listed by callback_errors
 STREAM_MAX_LEN = 100_000  # entries kept in the shared event stream (about, as MAXLEN ~)
 CLAIM_LEASE_MS = 60_000  # a claimed delivery is another instance's again after this (its claimer died)
@@ -114,7 +113,8 @@ class Outbox:
 
     def __init__(self, *, db_path: str, client: httpx.AsyncClient, backoff_s: float = 1.0,
                  redis: aioredis.Redis | None = None, prefix: str = "guestqueue",
-                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                 max_in_flight: int = MAX_IN_FLIGHT, guarded: httpx.AsyncClient | None = None,
+                 trusted_urls: Collection[str] = ()) -> None:
         self._db_path = db_path if redis is None else ""  # shared: the pending deliveries live in Redis
         self._redis = redis
         self._due, self._pending = f"{prefix}:webhooks:due", f"{prefix}:webhooks:pending"
@@ -124,6 +124,10 @@ class Outbox:
         self._claimer: asyncio.Task[None] | None = None
         self._db: aiosqlite.Connection | None = None
         self._client = client
+        # The operator's webhook URLs (the file's) may reach any address; every other URL goes
+        # through the guarded client, which connects only where the outbound rule allows.
+        self._guarded = guarded or client
+        self._trusted_urls = frozenset(trusted_urls)
         self._backoff_s = backoff_s
         self._slots = asyncio.Semaphore(max_in_flight)  # held for each attempt
         # Invariant: a URL has a lane (queued deliveries) exactly while its sender task runs; the
@@ -285,8 +289,9 @@ class Outbox:
         }
         began = time.monotonic()
         try:
-            answer = await self._client.post(delivery.url, content=delivery.body, headers=headers,
-                                             timeout=ATTEMPT_TIMEOUT_S)
+            client = self._client if delivery.url in self._trusted_urls else self._guarded
+            answer = await client.post(delivery.url, content=delivery.body, headers=headers,
+                                       timeout=ATTEMPT_TIMEOUT_S)
             error = None if answer.is_success else f"HTTP {answer.status_code}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]

@@ -17,6 +17,7 @@ from ``GET /calls?tag=...`` (start time, body, whether the caller went away;
     retry_after_in  Retry-After as an HTTP-date this many seconds from now
     echo      1 = the chunks are the query text itself (for framing tests)
     ping      1 = an SSE comment after every chunk
+    size      each chunk is this many bytes of "x" (a large answer)
 
 The same keys in the request body's ``parameters.mock`` object win over the URL's.
 Any of these may also come per request in the body, as ``parameters.mock``
@@ -58,6 +59,8 @@ def _chunks(params: dict[str, str], body: dict[str, Any]) -> list[str]:
         asked.append(str(body.get("query")))
         return chunks
     count = int(params.get("chunks", "3"))
+    if "size" in params:
+        return ["x" * int(params["size"])] * count
     return [f"chunk{i} " for i in range(count)]
 
 
@@ -68,7 +71,8 @@ async def upstream(request: Request) -> Response:
     parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
     params = {**dict(request.query_params), **{k: str(v) for k, v in dict(parameters.get("mock") or {}).items()}}
     tag = params.get("tag", "")
-    call: dict[str, Any] = {"t": time.time(), "body": body, "disconnected": False, "finished": False, "sent": 0}
+    call: dict[str, Any] = {"t": time.time(), "body": body, "disconnected": False, "finished": False, "sent": 0,
+                            "authorization": request.headers.get("authorization")}
     CALLS[tag].append(call)
     mode = params.get("mode", "sse")
     delay = float(params.get("delay", "0"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,105 @@ def test_a_line_is_built_again_the_same_from_what_is_kept() -> None:
         spec = parse_line(name, table, base, where="t")
         again = parse_line(name, spec.stored(), base, where="t")
         assert again == spec, name
+
+
+# -- strangers (issue 20): what a tenant's table may not do ---------------------------------------
+
+TENANT: dict[str, Any] = {"where": "line", "tenant": True}
+
+
+@pytest.mark.parametrize(("key", "value", "bound"), [
+    ("max_concurrent_requests", 2**64, "<= 10_000"),
+    ("max_concurrent_requests", 1_000_000_000, "<= 10_000"),
+    ("position_update_sec", 1e-300, ">= 0.05"),
+    ("max_queue_size", 10**12, "<= 1_000_000"),
+    ("history_size", 10**9, "<= 10_000"),
+    ("cache_size", 10**9, "<= 100_000"),
+    ("upstream_retries", 1000, "<= 10"),
+    ("max_answer_bytes", 10**12, "<= 67_108_864"),
+    ("release_per_minute", 10**12, "from 0 to 60000"),
+    ("alert_queue_size", 10**12, "from 0 to 1e+06"),
+    ("max_receive_count", 10**9, "from 1 to 100"),
+])
+def test_every_numeric_line_key_has_an_upper_and_lower_bound(key: str, value: float, bound: str) -> None:
+    """Issue 20 point 3: one admin call could grow the process to 23 GB (a task per slot) or hold a
+    core (a tick every 1e-300 s). The same bounds hold for the file, the API and stored lines."""
+    for tenant in (False, True):
+        with pytest.raises(SettingsError, match=re.escape(key)) as caught:
+            parse_line("x", {key: value}, BASE, where="line", tenant=tenant)
+        assert bound in str(caught.value), str(caught.value)
+
+
+def test_admission_keys_are_bounded_too() -> None:
+    base = Settings(token_secret="t" * 32, db_path="")
+    for key, value in (("max_active", 10**9), ("batch_size", 10**9), ("process_interval_sec", 1e-300),
+                       ("session_ttl_sec", 1e12), ("max_sessions_per_client", 10**9)):
+        with pytest.raises(SettingsError, match=re.escape(key)):
+            parse_line("shop", {"mode": "admission", key: value}, base, where="line")
+    with pytest.raises(SettingsError, match="tiers: must be a list of at most 16"):
+        parse_line("x", {"tiers": [f"t{n}" for n in range(17)]}, BASE, where="line")
+
+
+def test_a_python_upstream_is_the_operators_only() -> None:
+    """Issue 20 point 1: through the admin API, ``module:function`` imported any module."""
+    for table in ({"upstream_url": "this:nothing"}, {"upstream_url": "os:system", "upstream_kind": "python"}):
+        with pytest.raises(SettingsError, match=r"python upstream .* only the operator declares one"):
+            parse_line("x", table, BASE, **TENANT)
+    assert parse_line("x", {"upstream_url": "this:nothing"}, BASE, where="file").settings.upstream_url == \
+        "this:nothing"  # the file's own is the operator's (it is imported when the line opens)
+    operator = parse_line("bot", {"upstream_url": "mybot:answer"}, BASE, where="file")
+    kept = parse_line("bot", {**operator.stored(), "mode": "paused"}, BASE, **TENANT, operator=operator)
+    assert kept.mode == "paused", "a tenant may pause the operator's python line without naming the code"
+
+
+def test_forwarding_a_callers_system_turns_is_the_operators_only() -> None:
+    with pytest.raises(SettingsError, match="upstream_messages='all'"):
+        parse_line("x", {"upstream_messages": "all"}, BASE, **TENANT)
+    assert parse_line("x", {"upstream_messages": "all"}, BASE, where="file").settings.upstream_messages == "all"
+    with pytest.raises(SettingsError, match="upstream_messages"):
+        parse_line("x", {"upstream_messages": "some"}, BASE, where="file")
+
+
+@pytest.mark.parametrize("url", ["http://up.example/\r\nX-Injected: 1", "http://up.example/a b", "ftp://x/"])
+def test_a_url_with_control_characters_is_refused_naming_the_key(url: str) -> None:
+    with pytest.raises(SettingsError, match="upstream_url"):
+        parse_line("x", {"upstream_url": url}, BASE, **TENANT)
+    hook = [{"url": url, "events": ["completed"], "secret": "s" * 16}]
+    with pytest.raises(SettingsError, match=r"webhooks\[0\]: url="):
+        parse_line("x", {"webhooks": hook}, BASE, **TENANT)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x", "http://localhost/x", "http://10.1.2.3/x",
+                                 "http://[::1]/x", "http://169.254.169.254/latest", "http://[::ffff:127.0.0.1]/"])
+def test_a_tenants_url_may_not_name_an_internal_address(url: str) -> None:
+    """Issue 20 point 5, as far as the URL alone tells (the connect is checked again: test_outbound.py)."""
+    with pytest.raises(SettingsError, match="GUEST_OUTBOUND_ALLOW"):
+        parse_line("x", {"upstream_url": url}, BASE, **TENANT)
+    hook = [{"url": url, "events": ["completed"], "secret": "s" * 16}]
+    with pytest.raises(SettingsError, match="GUEST_OUTBOUND_ALLOW"):
+        parse_line("x", {"webhooks": hook}, BASE, **TENANT)
+    allowed = Settings(db_path="", outbound_allow="0.0.0.0/0,::/0")
+    assert not parse_line("x", {"upstream_url": url}, allowed, **TENANT).upstream_trusted
+    assert parse_line("x", {"upstream_url": url}, BASE, where="file").upstream_trusted
+
+
+def test_secrets_inside_urls_are_masked_like_the_key() -> None:
+    """Issue 20 point 7: READ members saw ``user:pass@``, ``?key=`` and Slack hook paths."""
+    spec = parse_line("x", {
+        "upstream_url": "https://bot:hunter2@up.example/chat?key=s3cret&model=m", "upstream_api_key": "k" * 20,
+        "webhooks": [{"url": "https://hooks.slack.com/services/T0/B0/XyZsecret", "events": ["failed"],
+                      "secret": "s" * 16}],
+    }, BASE, where="file")
+    shown = str(spec.as_dict())
+    for secret in ("hunter2", "s3cret", "XyZsecret", "k" * 20, "s" * 16):
+        assert secret not in shown
+    assert spec.as_dict()["upstream_url"] == "https://bot:***@up.example/chat?key=***&model=***"
+    assert "hunter2" in spec.stored()["upstream_url"], "what is kept to build the line again keeps it"
+
+
+def test_a_waiting_room_may_have_its_own_token_secret_shown_masked() -> None:
+    spec = parse_line("shop", {"mode": "admission", "token_secret": "z" * 40}, Settings(db_path=""), where="l")
+    assert spec.admission is not None and spec.admission.token_secret == "z" * 40
+    assert spec.as_dict()["token_secret"] == "***" and spec.stored()["token_secret"] == "z" * 40
+    with pytest.raises(SettingsError, match="token_secret"):
+        parse_line("shop", {"mode": "admission", "token_secret": "short"}, Settings(db_path=""), where="l")

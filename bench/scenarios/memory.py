@@ -27,7 +27,7 @@ from guestqueue.upstream import PythonUpstream, WorkflowRequest
 
 from ..report import Result, Table
 
-QUIET: dict[str, Any] = {"db_path": "", "upstream_interval_s": 0.0, "max_per_client": 10**7, "upstream_retries": 0}
+QUIET: dict[str, Any] = {"db_path": "", "upstream_interval_s": 0.0, "max_per_client": 10**6, "upstream_retries": 0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

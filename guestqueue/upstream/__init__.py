@@ -25,7 +25,9 @@ __all__ = [
 ]
 
 
-def make_http_client(settings: Settings, policy: OutboundPolicy | None = None) -> httpx.AsyncClient:
+def make_http_client(
+    settings: Settings, policy: OutboundPolicy | None = None, *, connections: int | None = None,
+) -> httpx.AsyncClient:
     """The shared HTTP client; its transport is chosen here and nowhere else. With ``policy``, the
     client for the URLs tenants set (outbound.py): it connects only where the policy allows.
 
@@ -35,10 +37,8 @@ def make_http_client(settings: Settings, policy: OutboundPolicy | None = None) -
     relayed stream (docs/benchmarks.md). aiohttp's errors are mapped to
     httpx's by the transport, so the adapters see only httpx exceptions.
     """
-    limits = httpx.Limits(
-        max_connections=settings.max_concurrent_requests * 2 + 8,
-        max_keepalive_connections=settings.max_concurrent_requests + 4,
-    )
+    connections = connections or settings.max_concurrent_requests * 2 + 8
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections // 2 + 1)
     transport = AiohttpTransport(limits=limits, retries=0) if policy is None else \
         GuardedTransport(policy, limits=limits, retries=0)
     timeout = httpx.Timeout(connect=10.0, read=settings.request_timeout_s, write=10.0, pool=10.0)

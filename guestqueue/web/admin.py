@@ -33,7 +33,7 @@ from ..errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from ..linespec import DEFAULT_LINE, LINE_NAME, LineSpec, check_models, mask_url, parse_line
+from ..linespec import DEFAULT_LINE, LINE_NAME, SECRET_KEYS, LineSpec, check_models, mask_url, parse_line
 from ..lineup import Lineup
 from ..webhooks import Outbox
 from .access import Access
@@ -337,8 +337,12 @@ class AdminApi:
         ):
             raise Forbidden("Moving a line to another application needs the admin of both.")
         kept = self._catalog.lines.get(spec.name) or spec.stored()
+        # What GET showed, sent back (masked): unchanged.
         if body.get("upstream_url") == mask_url(str(kept.get("upstream_url", ""))):
-            del body["upstream_url"]  # the URL as GET showed it, masked: unchanged
+            del body["upstream_url"]
+        for secret in SECRET_KEYS:
+            if body.get(secret) == "***":
+                del body[secret]
         if "upstream_url" in body and body["upstream_url"] != kept.get("upstream_url") \
                 and "upstream_api_key" not in body:
             kept = {key: value for key, value in kept.items() if key != "upstream_api_key"}  # never to another host

@@ -62,6 +62,7 @@ API_PREFIX = "/api/v1/guest"
 LINES_PREFIX = "/api/v1/lines"
 ADMIN_PREFIX = "/api/v1/admin"
 JOBS_PREFIX = "/api/v1/jobs"  # a pull worker's reports, by receipt (web/jobs.py)
+WEBHOOK_CONNECTIONS = 40  # each webhook client's pool: above the outbox's attempts at once
 logger = logging.getLogger("guestqueue.web")
 
 
@@ -136,7 +137,8 @@ class GuestQueue:
         async with AsyncExitStack() as stack:
             client = make_http_client(settings)
             stack.push_async_callback(client.aclose)
-            guarded = make_http_client(settings, OutboundPolicy.from_settings(settings))  # tenants' URLs
+            policy = OutboundPolicy.from_settings(settings)
+            guarded = make_http_client(settings, policy)  # for the upstream URLs tenants set
             stack.push_async_callback(guarded.aclose)
             log = await self._open_log(stack)
             redis = None
@@ -146,8 +148,15 @@ class GuestQueue:
             store = CatalogStore(Catalog(), db_path=settings.db_path, redis=redis, prefix=settings.redis_prefix)
             await store.open()
             stack.push_async_callback(store.close)
-            outbox = Outbox(db_path=settings.db_path, client=client, backoff_s=settings.webhook_backoff_s,
-                            redis=redis, prefix=settings.redis_prefix)
+            # Webhooks have clients (and connection pools) of their own: a hanging receiver never
+            # holds a connection a guest's upstream call needs.
+            hooks = make_http_client(settings, connections=WEBHOOK_CONNECTIONS)
+            hooks_guarded = make_http_client(settings, policy, connections=WEBHOOK_CONNECTIONS)
+            for each in (hooks, hooks_guarded):
+                stack.push_async_callback(each.aclose)
+            outbox = Outbox(db_path=settings.db_path, client=hooks, backoff_s=settings.webhook_backoff_s,
+                            redis=redis, prefix=settings.redis_prefix, guarded=hooks_guarded,
+                            trusted_urls={hook.url for spec in self.specs.values() for hook in spec.webhooks})
             await outbox.open()
             stack.push_async_callback(outbox.close)
             self.admin.outbox = outbox
