@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.helpers import is_ip_address
 from aiohttp.resolver import DefaultResolver
 from httpx_aiohttp import AiohttpTransport
 
@@ -81,12 +82,22 @@ class OutboundPolicy:
             return None
         if host.lower() == "localhost" or host.lower().endswith(".localhost"):
             host = "127.0.0.1"  # RFC 6761: always loopback, whatever DNS says
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return None
-        refused = self.refusal(address)
+        address = literal_address(host)
+        refused = self.refusal(address) if address is not None else None
         return _words(refused) if refused else None
+
+
+def literal_address(host: str) -> Address | None:
+    """The address a host written as one means, in any form the C library takes (``127.1``,
+    ``2130706433``, ``0x7f.1`` are all 127.0.0.1, and are connected to without a lookup)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 def _words(why: str) -> str:
@@ -151,11 +162,14 @@ class GuardedTransport(AiohttpTransport):
         return aiohttp.ClientSession(connector=connector)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            address = ipaddress.ip_address(request.url.host)
-        except ValueError:
+        host = request.url.host
+        address = literal_address(host)
+        if address is None and is_ip_address(host):
+            refused: str | None = f"{host} is an address in a form we do not read"
+        elif address is None:
             return await super().handle_async_request(request)  # a name: the resolver checks it
-        refused = self._policy.refusal(address)
+        else:
+            refused = self._policy.refusal(address)
         if refused:
             raise httpx.ConnectError(f"not reachable from a URL set through the admin API: {refused}",
                                      request=request)

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..catalog import Catalog, Principal
-from ..errors import BodyTooLarge, InvalidField, NotFound, ReceiptGone, UnknownLine
+from ..errors import BodyTooLarge, InvalidField, NotFound, ReceiptGone, Rejected, UnknownLine
 from ..lineup import Lineup
 from ..runtime import Queue
 from ..upstream.jobboard import JobBoard, Report, receipt_line
@@ -34,7 +34,9 @@ MAX_WAIT_S = 20.0  # as SQS's long poll
 MAX_JOBS = 10
 DEFAULT_VISIBILITY_S = 30.0
 MAX_VISIBILITY_S = 43_200.0  # 12 hours, as SQS
-MAX_ANSWER_BYTES = 16 * 1024 * 1024  # one job's chunks, streamed (each line also within max_body_bytes)
+# One post's body, streamed (each line also within max_body_bytes): the line's whole answer
+# (max_answer_bytes, where the worker pool ends it) as JSON escapes may spell it, at most 6 bytes a byte.
+JSON_BYTES_PER_ANSWER_BYTE = 6
 NDJSON = ("application/x-ndjson", "application/jsonl", "application/jsonlines")
 
 
@@ -105,7 +107,13 @@ class JobsApi:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         sent = 0
         if media_type in NDJSON:
-            sent = await self._stream_lines(request, board, receipt, queue.service.settings.max_body_bytes)
+            settings = queue.service.settings
+            most = settings.max_answer_bytes * JSON_BYTES_PER_ANSWER_BYTE + settings.max_body_bytes
+            try:
+                sent = await self._stream_lines(request, board, receipt, settings.max_body_bytes, most)
+            except Rejected as exc:  # (the job ended, the post is too large) mid-body: stop the sender
+                exc.close_connection = True  # else the server would go on reading what it throws away
+                raise
         else:
             texts = _texts(await read_json_list(request, queue.service.settings, "The body"), "The body")
             if texts:
@@ -113,14 +121,15 @@ class JobsApi:
             sent = len(texts)
         return JSONResponse({"receipt": receipt, "chunks": sent})
 
-    async def _stream_lines(self, request: Request, board: JobBoard, receipt: str, max_line: int) -> int:
-        """Each complete line of the NDJSON body goes on as soon as it is in."""
+    async def _stream_lines(self, request: Request, board: JobBoard, receipt: str, max_line: int, most: int) -> int:
+        """Each complete line of the NDJSON body goes on as soon as it is in; past the line's
+        max_answer_bytes the job ends (workers.py) and the next report answers 410."""
         pending, total, sent = b"", 0, 0
         try:
             async for piece in request.stream():
                 total += len(piece)
-                if total > MAX_ANSWER_BYTES:
-                    raise BodyTooLarge(f"One job's chunks may be at most {MAX_ANSWER_BYTES} bytes.")
+                if total > most:
+                    raise BodyTooLarge(f"One post of a job's chunks may be at most {most} bytes.")
                 pending += piece
                 *lines, pending = pending.split(b"\n")
                 if len(pending) > max_line:
