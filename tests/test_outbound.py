@@ -108,8 +108,9 @@ async def test_tenants_urls_cannot_reach_inside_across_two_instances(
     admin), two tenants; tenant A aims its upstream and webhooks inside."""
     receiver = Receiver()
     async with serve_app(Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])])) as hooks:
-        shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "upstream_url": upstream.url(chunks=1),
-                  "webhook_backoff_s": 0.05}
+        shared: dict[str, Any] = {
+            "redis_url": redis_url, "redis_prefix": redis_prefix, "upstream_url": upstream.url(chunks=1),
+            "webhook_backoff_s": 0.05}
         async with serve(db_path=str(tmp_path / "one.db"), **shared) as one, \
                 serve(db_path=str(tmp_path / "two.db"), **shared) as two, httpx.AsyncClient(timeout=10) as client:
             api_one, api_two = (r.base.removesuffix("/guest") for r in (one, two))
@@ -146,8 +147,9 @@ async def test_with_the_operators_leave_a_tenants_webhook_arrives_but_is_no_loca
     and one aimed at guestqueue's own admin API is refused there (401), not obeyed."""
     receiver = Receiver()
     async with serve_app(Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])])) as hooks:
-        shared = {"redis_url": redis_url, "redis_prefix": redis_prefix, "upstream_url": upstream.url(chunks=1),
-                  "webhook_backoff_s": 0.05, "outbound_allow": "127.0.0.0/8"}
+        shared: dict[str, Any] = {
+            "redis_url": redis_url, "redis_prefix": redis_prefix, "upstream_url": upstream.url(chunks=1),
+            "webhook_backoff_s": 0.05, "outbound_allow": "127.0.0.0/8"}
         async with serve(db_path=str(tmp_path / "one.db"), **shared) as one, \
                 serve(db_path=str(tmp_path / "two.db"), **shared) as two, httpx.AsyncClient(timeout=10) as client:
             api_one, api_two = (r.base.removesuffix("/guest") for r in (one, two))
