@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from .config import ENV_NAMES, Settings, SettingsError, parse_value
+from .config import AT_LEAST_ONE, ENV_NAMES, Settings, SettingsError, parse_value
 from .outbound import OutboundPolicy
 
 DEFAULT_LINE = "guest"
@@ -361,6 +361,18 @@ def parse_line(name: str, table: Mapping[str, Any], base: Settings, *, where: st
             upstream_retries=0, request_timeout_s=max(settings.request_timeout_s, 60.0),
         )
     return LineSpec(name=name, settings=settings, overrides=overrides, upstream_trusted=trusted, **policy)
+
+
+def key_bounds() -> dict[str, tuple[float, float | None]]:
+    """Every numeric line key's [low, high], as declared (config.py's settings, POLICY_BOUNDS):
+    what docs/design.md's table of bounds states (tests/test_linespec.py compares them)."""
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    out: dict[str, tuple[float, float | None]] = {}
+    for key, name in SETTING_KEYS.items():
+        metadata = fields[name].metadata
+        if fields[name].type in ("int", "float", int, float):
+            out[key] = (1 if name in AT_LEAST_ONE else metadata["minimum"], metadata["maximum"])
+    return {**out, **POLICY_BOUNDS}
 
 
 def _check_tenant_settings(settings: Settings, operator: LineSpec | None, trusted: bool, where: str) -> None:

@@ -23,8 +23,9 @@ PROPAGATION_S = 1.0
 @pytest.fixture
 def pair(tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream) -> Iterator[list[str]]:
     """Two instances (their /api/v1 URLs) sharing one Redis."""
+    # outbound_allow: the operator lets lines made through the admin API reach the loopback mock upstream.
     for bases in _instances(tmp_path, 2, redis_url, redis_prefix, upstream_url=upstream.url(chunks=1),
-                            admin_api_key=ADMIN_KEY):
+                            admin_api_key=ADMIN_KEY, outbound_allow="127.0.0.0/8"):
         yield [base.removesuffix("/guest") for base in bases]
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from guestqueue import Settings, SettingsError
 from guestqueue.gate import Gate
-from guestqueue.linespec import load_lines, parse_line
+from guestqueue.linespec import key_bounds, load_lines, parse_line
 
 BASE = Settings(upstream_interval_s=10.0, max_concurrent_requests=3, db_path="")
 
@@ -221,3 +221,15 @@ def test_a_waiting_room_may_have_its_own_token_secret_shown_masked() -> None:
     assert spec.as_dict()["token_secret"] == "***" and spec.stored()["token_secret"] == "z" * 40
     with pytest.raises(SettingsError, match="token_secret"):
         parse_line("shop", {"mode": "admission", "token_secret": "short"}, Settings(db_path=""), where="l")
+
+
+def test_the_bounds_table_of_the_design_is_what_the_code_declares() -> None:
+    """docs/design.md states every numeric line key's bounds; they are declared once, in the code."""
+    text = (Path(__file__).parent.parent / "docs" / "design.md").read_text()
+    section = text.split("### Bounds of the line keys", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {}
+    for row in rows:
+        key, low, high = (cell.strip().strip("`").replace(",", "") for cell in row.strip("|").split("|")[:3])
+        documented[key] = (float(low.removeprefix("> ")), float(high))
+    assert documented == {key: (float(low), float(high or 0)) for key, (low, high) in key_bounds().items()}

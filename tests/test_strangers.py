@@ -301,3 +301,18 @@ async def test_a_waiting_rooms_own_token_secret_signs_its_tokens_only(tmp_path: 
             assert verdict["valid"] is False, (line, verdict)
         shown = (await client.get(f"{running.base.removesuffix('/guest')}/admin/lines/shop")).json()
         assert shown["token_secret"] == "***"
+
+
+async def test_a_page_whose_name_was_rebound_to_loopback_is_no_local_caller(upstream: MockUpstream) -> None:
+    """DNS rebinding: evil.example resolving to 127.0.0.1 is same-origin with itself in the browser,
+    and its requests come from loopback; without an admin key a local caller is the super admin."""
+    async with serve(upstream_url=upstream.url(chunks=1)) as running, httpx.AsyncClient(timeout=10) as client:
+        api = running.base.removesuffix("/guest")
+        port = running.base.split(":")[2].split("/")[0]
+        assert (await client.get(f"{api}/admin/auth/me")).json()["role"] == "super_admin"
+        rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+        me = await client.get(f"{api}/admin/auth/me", headers=rebound)
+        assert me.status_code == 401
+        made = await client.post(f"{api}/admin/applications", json={"name": "x"}, headers=rebound)
+        assert made.status_code == 401 and not running.guest.catalog.applications
+        assert (await client.get(f"{running.base}/metrics", headers=rebound)).status_code == 403

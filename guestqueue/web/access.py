@@ -148,6 +148,10 @@ class Access:
     def is_local(self, request: HTTPConnection) -> bool:
         if OUTBOUND_HEADER in request.headers:
             return False  # guestqueue's own request (a webhook, an upstream call) is never the operator
+        if not _is_local_host(request.headers.get("host", "")):
+            # DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 is
+            # same-origin with its own name. The operator on this machine uses an address or localhost.
+            return False
         state: dict[str, Any] = request.scope.get("state") or {}
         peer = state.get("peer", request.scope.get("client"))
         peer_host = peer[0] if peer else None
@@ -195,6 +199,19 @@ def _networks(raw: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] |
         except ValueError:
             continue  # a host name: uvicorn may match it literally; we cannot, so it is not trusted here
     return networks
+
+
+def _is_local_host(host_header: str) -> bool:
+    """The Host a local operator sends: an address, or localhost (not a name someone else controls)."""
+    host = host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+    host = host.strip("[]").split("]")[0].lower()
+    if host in ("localhost", "") or host.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(host: str | None) -> bool:
