@@ -117,14 +117,14 @@ async def scenario(name: str, base: str, pid: int, db: Path, args: argparse.Name
             asked = asyncio.create_task(client.post(f"{base}/api/v1/lines/gpu/chat", json={"query": "q"}))
             jobs = (await client.post(f"{base}/api/v1/lines/gpu/jobs/receive", json={"wait_sec": 10})).json()["jobs"]
             receipt = jobs[0]["receipt"]
-            line = json.dumps("y" * 60_000).encode() + b"\n"
+            chunk_line = json.dumps("y" * 60_000).encode() + b"\n"
             total, statuses = args.pull_mib * MIB, []
             while total > 0:  # posts of 16 MiB, as the review's worker sent them
                 size = min(total, 16 * MIB)
 
                 async def body(size: int = size) -> AsyncIterator[bytes]:
-                    for _ in range(size // len(line)):
-                        yield line
+                    for _ in range(size // len(chunk_line)):
+                        yield chunk_line
 
                 try:
                     reply = await client.post(f"{base}/api/v1/jobs/{receipt}/chunks", content=body(),
