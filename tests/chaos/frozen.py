@@ -57,6 +57,7 @@ async def frozen_reader(
     settings = {
         "send_timeout_s": send_timeout_s, "reconnect_grace_s": grace_s, "ping_s": 0.02,
         "request_timeout_s": 60.0, "db_path": str(db), "max_concurrent_requests": 1,
+        "max_answer_bytes": 64 * 1024 * 1024,  # the endless answer outlasts the test, not the line's bound
     }
     async with serve(workflow=workflow, **settings) as running:
         service, server = running.service, running.server
