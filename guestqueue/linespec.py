@@ -105,7 +105,6 @@ class Webhook:
     url: str
     events: tuple[str, ...]
     secret: str
-    trusted: bool = field(default=True, compare=False)  # the operator's (file): may reach any address
 
     def as_dict(self) -> dict[str, Any]:
         """As the admin API shows it: never the secret, nor one inside the URL (a Slack hook's path)."""
@@ -131,8 +130,8 @@ def parse_webhooks(value: Any, where: str, *, outbound: OutboundPolicy | None = 
         if problem:
             raise SettingsError(f"{at}: url={mask_url(url) if isinstance(url, str) else url!r}: {problem}")
         assert isinstance(url, str)
-        trusted = outbound is None or url in operator_urls
-        if not trusted and outbound is not None and (refused := outbound.refuses_url(url)):
+        # (webhooks.py sends the operator's own URLs, the file's, with the unguarded client)
+        if outbound is not None and url not in operator_urls and (refused := outbound.refuses_url(url)):
             raise SettingsError(f"{at}: url={mask_url(url)!r}: {refused}")
         events = item.get("events", list(WEBHOOK_EVENTS))
         if not isinstance(events, list) or not events or any(e not in WEBHOOK_EVENTS for e in events):
@@ -140,7 +139,7 @@ def parse_webhooks(value: Any, where: str, *, outbound: OutboundPolicy | None = 
         secret = item.get("secret")
         if not isinstance(secret, str) or len(secret) < 16:
             raise SettingsError(f"{at}: secret: a string of at least 16 characters (it signs every delivery)")
-        hooks.append(Webhook(url, tuple(dict.fromkeys(events)), secret, trusted))
+        hooks.append(Webhook(url, tuple(dict.fromkeys(events)), secret))
     return tuple(hooks)
 
 
@@ -240,7 +239,7 @@ class LineSpec:
     openai_model: str = ""  # another name OpenAI clients may ask this line by (web/openai.py)
     # The upstream URL is the operator's (the file, GUEST_*): it may reach any address. A tenant's
     # (the admin API) reaches only what the outbound rule allows (outbound.py).
-    upstream_trusted: bool = field(default=True, compare=False)
+    upstream_trusted: bool = True
 
     def mode_at(self, now: float) -> str:
         """The mode at Unix time ``now``: the last scheduled window holding it, else ``mode``."""
@@ -342,9 +341,9 @@ def parse_line(name: str, table: Mapping[str, Any], base: Settings, *, where: st
         raise SettingsError(f"{where}: {_as_key(str(exc))}") from None
     trusted = not tenant or "upstream_url" not in overrides or (
         operator is not None and operator.settings.upstream_url == settings.upstream_url)
-    if tenant:
-        _check_tenant_settings(settings, operator, trusted, where)
     outbound = OutboundPolicy.from_settings(base) if tenant else None
+    if outbound is not None:
+        _check_tenant_settings(settings, operator, None if trusted else outbound, where)
     policy = _policy(table, where, outbound, operator)
     if policy["mode"] == "admission":
         policy["admission"] = admission = _admission(table, where)
@@ -375,8 +374,10 @@ def key_bounds() -> dict[str, tuple[float, float | None]]:
     return {**out, **POLICY_BOUNDS}
 
 
-def _check_tenant_settings(settings: Settings, operator: LineSpec | None, trusted: bool, where: str) -> None:
-    """What only the operator may set (the file, ``GUEST_*``), refused in a tenant's table."""
+def _check_tenant_settings(settings: Settings, operator: LineSpec | None, outbound: OutboundPolicy | None,
+                           where: str) -> None:
+    """What only the operator may set (the file, ``GUEST_*``), refused in a tenant's table; with
+    ``outbound``, the upstream URL is the tenant's and must be one the rule lets us reach."""
     mine = operator.settings if operator is not None else None
     operators_code = mine is not None and mine.resolved_upstream_kind == "python" and \
         mine.upstream_url == settings.upstream_url
@@ -390,7 +391,7 @@ def _check_tenant_settings(settings: Settings, operator: LineSpec | None, truste
             f"{where}: upstream_messages='all': forwarding a caller's own system turns is the operator's choice "
             "(GUEST_CONFIG or GUEST_UPSTREAM_MESSAGES), never the admin API's"
         )
-    if not trusted and (refused := OutboundPolicy.from_settings(settings).refuses_url(settings.upstream_url)):
+    if outbound is not None and (refused := outbound.refuses_url(settings.upstream_url)):
         raise SettingsError(f"{where}: upstream_url={mask_url(settings.upstream_url)!r}: {refused}")
 
 
