@@ -106,23 +106,28 @@ async def _answer(request: Request) -> Response:
 async def test_many_hanging_receivers_leave_the_upstreams_their_connections(
     tmp_path: Path, upstream: MockUpstream,
 ) -> None:
-    """The webhooks' client is the upstreams' too: with 64 attempts allowed at once, sixteen hanging
-    receivers took all 14 connections of its default pool and another line's guest waited 10 s."""
+    """Webhooks once shared the upstreams' client: sixteen hanging receivers took all 14 connections
+    of its default pool and another line's guest waited 10 s. Now the outbox has clients (and pools)
+    of its own, and at most MAX_IN_FLIGHT attempts at once: more hanging receivers than both."""
     dead = Hanging()
+    hooks_per_line = 18  # two lines of them: more than MAX_IN_FLIGHT (32), within the 20 a line may have
     fresh_upstream = Starlette(routes=[Route("/chat", _answer, methods=["POST"])])  # no idle connection to reuse
     async with hanging(dead) as dead_url, serve_app(fresh_upstream) as fresh:
         path = tmp_path / "guestqueue.toml"
-        path.write_text(f'[lines.a]\nupstream_url = "{upstream.url(chunks=1)}"\n' + "".join(
-            f'[[lines.a.webhooks]]\nurl = "{dead_url}?n={n}"\nevents = ["completed"]\nsecret = "{SECRET}"\n'
-            for n in range(16)) + f'[lines.b]\nupstream_url = "{fresh}/chat"\n')
+        path.write_text("".join(
+            f'[lines.{line}]\nupstream_url = "{upstream.url(chunks=1)}"\n' + "".join(
+                f'[[lines.{line}.webhooks]]\nurl = "{dead_url}?line={line}&n={n}"\nevents = ["completed"]\n'
+                f'secret = "{SECRET}"\n' for n in range(hooks_per_line))
+            for line in ("a", "c")) + f'[lines.b]\nupstream_url = "{fresh}/chat"\n')
         async with serve(config=str(path)) as running, httpx.AsyncClient(timeout=10) as client:
             api = running.base.removesuffix("/guest")
-            await ask(client, f"{api}/lines/a", "for sixteen dead ends")
+            await ask(client, f"{api}/lines/a", "for eighteen dead ends")
+            await ask(client, f"{api}/lines/c", "and eighteen more")
             await wait_until(lambda: dead.seen == MAX_IN_FLIGHT, timeout_s=5, message="the cap's worth in flight")
             async with asyncio.timeout(B_WITHIN_S):
                 events = await ask(client, f"{api}/lines/b", "a guest of another line")
     assert events[-1].name == "workflow_complete"
-    assert dead.seen == MAX_IN_FLIGHT, "the other eight wait for a slot"
+    assert dead.seen == MAX_IN_FLIGHT, "the others wait for a slot"
 
 
 async def test_one_urls_deliveries_go_in_order_one_at_a_time_beside_another_urls() -> None:
