@@ -30,6 +30,7 @@ from . import clock
 from .cache import AnswerCache, CachedAnswer
 from .config import Settings
 from .errors import (
+    AnswerTooLarge,
     ClientLimit,
     IdempotencyMismatch,
     LineFull,
@@ -496,6 +497,8 @@ class QueueService:
     def end_flight_error(self, flight: Flight, code: str, message: str, *, detail: str | None = None) -> None:
         self._flight_finished(flight)
         for ticket in list(flight.tickets):
+            if code == AnswerTooLarge.code:  # the log keeps what the guest heard: a prefix max_answer_bytes bounds
+                ticket.answer_parts = flight.answer_parts
             self._end_error(ticket, Status.FAILED, code, message, detail=detail)
 
     def end_flight_admitted(self, flight: Flight, grant: dict[str, Any]) -> None:
