@@ -121,6 +121,8 @@ MIGRATIONS: tuple[str, ...] = (
     "url TEXT NOT NULL, secret TEXT NOT NULL, body BLOB NOT NULL, attempts INTEGER NOT NULL, status TEXT NOT NULL, "
     "last_error TEXT, created_at REAL NOT NULL);"
     "CREATE INDEX IF NOT EXISTS webhook_deliveries_pending ON webhook_deliveries (status) WHERE status = 'pending';",
+    # 5: the version of the catalog the tables above hold (catalogstore.py: Redis's, as last seen)
+    "CREATE TABLE IF NOT EXISTS catalog_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 )
 ADD_COLUMN = re.compile(r"ALTER TABLE (?P<table>\w+) ADD COLUMN (?P<column>\w+)")
 
