@@ -34,12 +34,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-import httpx
 
 from .config import AT_LEAST_ONE, ENV_NAMES, Settings, SettingsError, parse_value
-from .outbound import OutboundPolicy
+from .outbound import OutboundPolicy, mask_url, url_problem
 
 DEFAULT_LINE = "guest"
 MODES = ("open", "paused", "queue_all", "reject", "admission")
@@ -91,12 +88,9 @@ WHOLE_NUMBERS = ("release_per_minute", "alert_queue_size", "max_receive_count", 
 MAX_TIERS = 16
 MAX_WINDOWS = 100
 MAX_WEBHOOKS = 20  # per line, whoever declares it; an application's own quota may be lower (catalog.py)
-MAX_URL_CHARS = 2048
 MIN_TOKEN_SECRET_CHARS = 32
 
 
-# Incoming webhooks whose URL path is their secret (webhooks.py posts them {"text": ...}).
-CHAT_HOSTS = ("hooks.slack.com", "webhook.office.com")
 WEBHOOK_EVENTS = ("admitted", "completed", "failed", "timeout", "cancelled", "line_threshold", "upstream_degraded")
 
 
@@ -141,40 +135,6 @@ def parse_webhooks(value: Any, where: str, *, outbound: OutboundPolicy | None = 
             raise SettingsError(f"{at}: secret: a string of at least 16 characters (it signs every delivery)")
         hooks.append(Webhook(url, tuple(dict.fromkeys(events)), secret))
     return tuple(hooks)
-
-
-def url_problem(url: Any) -> str | None:
-    """Why ``url`` is not an http(s) URL we would send anything to, or None."""
-    if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
-        return f"must be an http:// or https:// URL of at most {MAX_URL_CHARS} characters"
-    if any(ord(c) < 33 or ord(c) == 127 for c in url):
-        return "must not hold spaces or control characters (CR, LF, tab)"
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        return f"not a URL ({exc})"
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        return "must be an http:// or https:// URL with a host"
-    return None
-
-
-def mask_url(url: str) -> str:
-    """``url`` as a reader without the line's secrets may see it: the password of ``user:pass@``,
-    every query value (``?key=...``) and the path of a chat service's hook (the path is the secret)."""
-    try:
-        parsed = urlsplit(url)
-    except ValueError:
-        return "***"
-    netloc = parsed.netloc
-    if "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.partition(':')[0]}:***@{host}"
-    query = "&".join(f"{part.partition('=')[0]}=***" for part in parsed.query.split("&") if part)
-    path = parsed.path
-    if (parsed.hostname or "").endswith(CHAT_HOSTS):
-        path = "/***"
-    return urlunsplit((parsed.scheme, netloc, path, query, ""))
-
 
 
 @dataclass(frozen=True, slots=True)

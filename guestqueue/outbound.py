@@ -10,7 +10,9 @@ guestqueue's own admin API. ::
     policy.refuses_url("http://10.0.0.7/chat")   # "10.0.0.7 is a private address ..." (422 at once)
     client = guarded_http_client(policy, ...)    # checks every address it actually connects to
 
-The check that counts is made on the address connected to, not on the name: the guarded
+:func:`url_problem` says what makes a URL unusable and :func:`mask_url` how a
+reader without the line's secrets sees it. The check that counts is made on
+the address connected to, not on the name: the guarded
 client's resolver drops every address the rule refuses (DNS can answer differently between a
 check and the connect), and an address written in the URL is checked before the request.
 """
@@ -22,6 +24,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import httpx
@@ -37,6 +40,42 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Sent with every request guestqueue makes: such a request is never a local caller of guestqueue
 # (web/access.py), even when it reaches it through an address the operator allowed.
 OUTBOUND_HEADER = "x-guestqueue-outbound"
+MAX_URL_CHARS = 2048
+# Incoming webhooks whose URL path is their secret (webhooks.py posts them {"text": ...}).
+CHAT_HOSTS = ("hooks.slack.com", "webhook.office.com")
+
+
+def url_problem(url: Any) -> str | None:
+    """Why ``url`` is not an http(s) URL we would send anything to, or None."""
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
+        return f"must be an http:// or https:// URL of at most {MAX_URL_CHARS} characters"
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        return "must not hold spaces or control characters (CR, LF, tab)"
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        return f"not a URL ({exc})"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return "must be an http:// or https:// URL with a host"
+    return None
+
+
+def mask_url(url: str) -> str:
+    """``url`` as a reader without the line's secrets may see it: the password of ``user:pass@``,
+    every query value (``?key=...``) and the path of a chat service's hook (the path is the secret)."""
+    try:
+        parsed = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parsed.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = "&".join(f"{part.partition('=')[0]}=***" for part in parsed.query.split("&") if part)
+    path = parsed.path
+    if (parsed.hostname or "").endswith(CHAT_HOSTS):
+        path = "/***"
+    return urlunsplit((parsed.scheme, netloc, path, query, ""))
 
 
 class OutboundPolicy:

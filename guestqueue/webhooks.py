@@ -48,7 +48,8 @@ import httpx
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .linespec import CHAT_HOSTS, LineSpec, Webhook
+from .linespec import LineSpec, Webhook
+from .outbound import CHAT_HOSTS
 from .service import QuietListener
 from .stopping import stop_tasks
 from .store import migrate

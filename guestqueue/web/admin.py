@@ -33,8 +33,9 @@ from ..errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from ..linespec import DEFAULT_LINE, LINE_NAME, SECRET_KEYS, LineSpec, check_models, mask_url, parse_line
+from ..linespec import DEFAULT_LINE, LINE_NAME, SECRET_KEYS, LineSpec, check_models, parse_line
 from ..lineup import Lineup
+from ..outbound import mask_url
 from ..webhooks import Outbox
 from .access import Access
 
