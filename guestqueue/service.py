@@ -568,8 +568,9 @@ class QueueService:
         ticket = Ticket(record.query, record.client, record.parameters, record.session_id, record.idempotency_key,
                         id=record.request_id, created_at=record.created_at)
         ticket.cached = record.cached
-        if record.terminal is not None:  # over already: only its ending is left to hear
-            ticket.events.continue_from(last_event_id)
+        if record.terminal is not None:  # over already: only its ending is left to hear, under its own id
+            ending_id = record.terminal_event_id if record.terminal_event_id is not None else last_event_id + 1
+            ticket.events.continue_from(ending_id - 1)
             ticket.end(record.status)
             name, payload = record.terminal
             ticket.events.publish(name, payload)

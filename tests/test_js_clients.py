@@ -73,3 +73,27 @@ async def test_the_openai_javascript_sdk_sees_a_full_line_as_a_rate_limit_error(
         await asyncio.gather(*busy)
     assert result["rateLimit"] is True and result["status"] == 429, result
     assert result["code"] == "rate_limit_exceeded" and int(result["retryAfterMs"]) >= 1000
+
+
+async def test_eventsource_following_after_the_end_behind_nginx_hears_the_ending_once(
+    upstream: MockUpstream, redis_url: str, redis_prefix: str, tmp_path: Path,
+) -> None:
+    """Issue 21 point 1, as seen on main: two instances behind the repo's nginx.conf (round-robin),
+    the `eventsource` client following a finished request and not closing; its reconnection with
+    Last-Event-ID reached the other instance, which sent the ending again under a new id. 20 runs,
+    at once: every one hears `workflow_complete` once and is stopped by a 204."""
+    from .test_instances import _instances
+    from .test_nginx import run_nginx
+
+    for one, two in _instances(tmp_path, 2, redis_url, redis_prefix, upstream_url=upstream.url(chunks=2)):
+        async with httpx.AsyncClient(timeout=30) as client:
+            ids = [(await stream_events(client, f"{one}/chat", json={"query": f"q{n}"}))[-1].data["request_id"]
+                   for n in range(20)]
+        with run_nginx(tmp_path, one, read_timeout=None, more=(two,)) as proxied:
+            # The default reconnection delay is 3 s: 4.5 s sees the reconnection and its answer.
+            results = await asyncio.gather(*(node("eventsource_204.mjs", f"{proxied}/chat/{request_id}/events",
+                                                  "4500") for request_id in ids))
+    for result in results:
+        endings = [e for e in result["events"] if e["event"] == "workflow_complete"]
+        assert len(endings) == 1, result
+        assert result["connects"] == 2 and result["readyState"] == 2, result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import websockets
@@ -98,3 +99,25 @@ async def test_a_websocket_question_sent_again_with_its_key_is_the_same_request(
     assert json.loads(first)["request_id"] == again[-1]["request_id"]
     assert again[-1]["type"] == "result" and again[-1]["data"]["answer"] == "chunk0 chunk1 chunk2 "
     assert len(await upstream.acalls(tag)) == 1
+
+
+async def test_the_ending_keeps_its_id_on_every_instance_of_a_shared_line(
+    upstream: MockUpstream, redis_url: str, redis_prefix: str,
+) -> None:
+    """Issue 21 point 1, seen on main: a guest that saw `workflow_complete` (id 57) reconnected with
+    Last-Event-ID 57 to the other instance and got the ending again as id 58. Now the ending keeps
+    its id wherever the request is taken over: 204 for a guest that saw it, the same id otherwise."""
+    shared: dict[str, Any] = {
+        "redis_url": redis_url, "redis_prefix": redis_prefix, "upstream_url": upstream.url(chunks=3)}
+    async with serve(**shared) as one, serve(**shared) as two, httpx.AsyncClient(timeout=10) as client:
+        for _ in range(20):
+            events = await stream_events(client, f"{one.base}/chat", json={"query": "once"})
+            ending = events[-1]
+            assert ending.name == "workflow_complete"
+            url = f"{two.base}/chat/{ending.data['request_id']}/events"
+            seen_all = await client.get(url, headers={"Last-Event-ID": ending.id})
+            assert seen_all.status_code == 204, "the ending came again from the other instance"
+            missed = await stream_events(client, url, method="GET",
+                                         headers={"Last-Event-ID": str(int(ending.id) - 1)})
+            assert [(e.name, e.id) for e in missed] == [("workflow_complete", ending.id)]
+            assert (await client.get(url, headers={"Last-Event-ID": ending.id})).status_code == 204

@@ -104,6 +104,7 @@ class PlaceRecord:
     holder: str
     cached: bool
     terminal: tuple[str, dict[str, Any]] | None  # (event name, payload) once over
+    terminal_event_id: int | None  # its id, as the guests of the instance that ended it heard it
     raw: dict[str, str]
 
     def summary(self) -> dict[str, Any]:
@@ -137,7 +138,9 @@ class RedisPlaces:
         if event_id is not None and ticket.status is Status.PROCESSING:
             fields["started_event_id"] = event_id
         if ticket.done and (terminal := ticket.events.terminal_event()) is not None:
-            fields["terminal"] = json.dumps([terminal.name, terminal.data])
+            # With its id: an instance that takes the request over after its end gives the ending
+            # the same id (a guest that saw it gets 204 there too), never a new one.
+            fields["terminal"] = json.dumps([terminal.name, terminal.data, terminal.id])
         holders = flight_id if flight_id and ticket.status is Status.QUEUED else None
         return self._write(ticket.id, fields, holders)
 
@@ -260,7 +263,7 @@ def summary(request_id: str, raw: dict[str, str]) -> dict[str, Any]:
         if raw.get(name):
             out[name] = round(float(raw[name]), 1)
     if raw.get("terminal"):
-        event, payload = json.loads(raw["terminal"])
+        event, payload = json.loads(raw["terminal"])[:2]
         if event != "workflow_complete" and isinstance(payload, dict):
             if "error" in payload:
                 out["error"] = payload["error"]
@@ -288,4 +291,5 @@ def _record(request_id: str, raw: dict[str, str]) -> PlaceRecord:
         started_event_id=int(raw["started_event_id"]) if raw.get("started_event_id") else None,
         holder=raw.get("holder", ""), cached=raw.get("cached") == "1",
         terminal=(terminal[0], terminal[1]) if terminal else None, raw=raw,
+        terminal_event_id=int(terminal[2]) if terminal and len(terminal) > 2 else None,
     )
