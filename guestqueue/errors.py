@@ -178,6 +178,7 @@ class Interrupted(UpstreamFailure):
 
 class AnswerTooLarge(UpstreamFailure):
     code = "answer_too_large"
+    MESSAGE = "The answer was longer than this line allows; it was cut short."
 
 
 class StartupError(GuestQueueError):

@@ -37,7 +37,6 @@ from .upstream import Upstream, valid_text
 
 logger = logging.getLogger("guestqueue.workers")
 
-TOO_LARGE = "The answer was longer than this line allows; it was cut short."
 MAX_SUGGESTIONS = 10
 MAX_SUGGESTION_CHARS = 500
 BACKOFF_BASE_S = 0.5
@@ -237,7 +236,7 @@ class WorkerPool:
                         text = valid_text(chunk.text)
                         size += len(text.encode())
                         if size > limit:  # leaving the loop closes the call (its generator, its connection)
-                            raise AnswerTooLarge(TOO_LARGE, detail=f"the answer passed max_answer_bytes={limit}")
+                            raise AnswerTooLarge(AnswerTooLarge.MESSAGE, detail=f"the answer passed max_answer_bytes={limit}")
                         self._sink.emit_chunk(flight, text)
                 if not flight.answer_parts:
                     raise UpstreamError("The assistant returned an empty answer. Please try again.")

@@ -31,7 +31,6 @@ CHUNK_FIELDS = ("answer_chunk", "chunk", "delta", "token", *ANSWER_FIELDS)
 UNAVAILABLE_MESSAGE = "The assistant is unavailable right now. Please try again in a moment."
 MALFORMED_MESSAGE = "The assistant sent an answer we could not read. Please try again."
 DEFAULT_ALLOWED_PARAMETERS = ("temperature", "top_p")
-TOO_LARGE_MESSAGE = "The answer was longer than this line allows; it was cut short."
 WIRE_BYTES_PER_ANSWER_BYTE = 16
 
 
@@ -102,7 +101,7 @@ class CappedStream(httpx.AsyncByteStream):
         async for chunk in self._stream:
             self.received += len(chunk)
             if self.received > self._limit:
-                raise AnswerTooLarge(TOO_LARGE_MESSAGE, detail=f"the upstream sent more than {self._limit} bytes")
+                raise AnswerTooLarge(AnswerTooLarge.MESSAGE, detail=f"the upstream sent more than {self._limit} bytes")
             yield chunk
 
     async def aclose(self) -> None:
