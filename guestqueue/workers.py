@@ -236,7 +236,8 @@ class WorkerPool:
                         text = valid_text(chunk.text)
                         size += len(text.encode())
                         if size > limit:  # leaving the loop closes the call (its generator, its connection)
-                            raise AnswerTooLarge(AnswerTooLarge.MESSAGE, detail=f"the answer passed max_answer_bytes={limit}")
+                            raise AnswerTooLarge(AnswerTooLarge.MESSAGE,
+                                                 detail=f"the answer passed max_answer_bytes={limit}")
                         self._sink.emit_chunk(flight, text)
                 if not flight.answer_parts:
                     raise UpstreamError("The assistant returned an empty answer. Please try again.")
