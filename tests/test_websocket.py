@@ -287,3 +287,19 @@ async def test_a_websocket_from_another_origin_is_refused_when_origins_are_set()
             async with websockets.connect(ws_url(running.base), origin=origin) as ws:  # type: ignore[arg-type]
                 await ws.send(json.dumps({"query": "hello"}))
                 assert (await messages(ws))[-1]["type"] == "result"
+
+
+async def test_a_websocket_from_another_origin_is_refused_with_no_origins_set_too() -> None:
+    """Issue 20 (a web page in the operator's browser): CORS does not cover WebSockets, so with no
+    GUEST_CORS_ORIGINS any page could open one to a local server, as its operator, on any line."""
+    async with serve() as running:
+        for origin in ("http://evil.example", "null"):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(ws_url(running.base), origin=origin):  # type: ignore[arg-type]
+                    pass
+            assert refused.value.response.status_code == 403
+        own = running.base.split("/api/")[0]
+        for allowed in (own, None):  # guestqueue's own pages; a client that is not a browser
+            async with websockets.connect(ws_url(running.base), origin=allowed) as ws:  # type: ignore[arg-type]
+                await ws.send(json.dumps({"query": "hello"}))
+                assert (await messages(ws))[-1]["type"] == "result"

@@ -75,15 +75,22 @@ class OriginGuard:
         )
 
     def allows(self, origin: str, host: str | None) -> bool:
-        if origin == "null":
-            return False
-        if origin in self.allowed or "*" in self.allowed:
-            return True
-        try:
-            netloc = urlsplit(origin).netloc
-        except ValueError:  # "http://[::1": not an origin a browser sends
-            return False
-        return bool(netloc) and host is not None and _authority(netloc) == _authority(host)
+        return origin_allowed(origin, host, self.allowed)
+
+
+def origin_allowed(origin: str, host: str | None, allowed: Iterable[str]) -> bool:
+    """May a page of ``origin`` talk to the server a browser reached as ``host``? Its own pages, and
+    those of the ``allowed`` origins (GUEST_CORS_ORIGINS); never ``null``. (WebSockets too:
+    web/websocket.py, since CORS does not cover them.)"""
+    if origin == "null":
+        return False
+    if origin in allowed or "*" in allowed:
+        return True
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # "http://[::1": not an origin a browser sends
+        return False
+    return bool(netloc) and host is not None and _authority(netloc) == _authority(host)
 
 
 def _authority(host_and_port: str) -> str:

@@ -41,6 +41,7 @@ from ..events import ANSWER_CHUNK, ERROR, PROCESSING, QUEUED, RECONNECT, TIMEOUT
 from ..service import QueueService
 from ..tickets import Status, Ticket
 from .admission import client_key, parse_json_object, validate_chat_request
+from .origin import origin_allowed
 
 logger = logging.getLogger("guestqueue")
 
@@ -79,13 +80,12 @@ async def serve_websocket(websocket: WebSocket, service: QueueService, *, tier: 
 
 
 def _origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
-    """With GUEST_CORS_ORIGINS set, a browser page from another origin may not open a socket here
-    (browsers send Origin on every WebSocket; clients without one are not browsers: allowed)."""
+    """A browser page of another origin may not open a socket here unless GUEST_CORS_ORIGINS lists it
+    (the rule of web/origin.py: CORS does not cover WebSockets, and without it any page could talk
+    to a local server as its operator). Browsers send Origin on every WebSocket; clients without
+    one are not browsers: allowed."""
     origin = websocket.headers.get("origin")
-    if not allowed or origin is None or origin in allowed or "*" in allowed:
-        return True
-    # The same origin as the server's own pages (the Host the browser connected to) is never foreign.
-    return origin.partition("://")[2] == websocket.headers.get("host")
+    return origin is None or origin_allowed(origin, websocket.headers.get("host"), allowed)
 
 
 async def _admit(websocket: WebSocket, service: QueueService, tier: str | None) -> Ticket:
