@@ -30,6 +30,13 @@ def own_redis() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture
+async def redis(own_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(own_redis.url)
+    yield client
+    await client.aclose()
+
+
 async def _until_redis_has(redis: aioredis.Redis, hash_key: str, field: str, timeout_s: float = 3.0) -> None:
     for _ in range(round(timeout_s / 0.05)):
         if await redis.hexists(hash_key, field):
@@ -49,73 +56,61 @@ async def store(tmp_path: Path, name: str, redis: aioredis.Redis) -> AsyncIterat
 
 
 async def test_a_forgetful_redis_gets_the_newest_catalog_back_and_a_revoked_key_stays_revoked(
-    tmp_path: Path, own_redis: RedisServer,
+    tmp_path: Path, redis: aioredis.Redis,
 ) -> None:
     """Seen on main: a key made on instance 1 and revoked on instance 2 worked again on both after a
     flush and a restart of instance 1, which put back its own file's older catalog."""
-    redis = aioredis.Redis.from_url(own_redis.url)
-    try:
-        async with store(tmp_path, "one", redis) as one, store(tmp_path, "two", redis) as two:
-            app = one.catalog.new_application("shop")
-            await one.put_application(app)
-            key, _ = one.catalog.new_key(app)
-            await one.put_key(key)
-            await one.put_line("run-time", {"upstream_kind": "pull", "application_id": app.id})
-            await wait_until(lambda: key.id in two.catalog.keys, 3, "the key on instance two")
-            await two.put_key(two.catalog.revoked(two.catalog.keys[key.id]))
-            await wait_until(lambda: one.catalog.keys[key.id].revoked_at is not None, 3, "the revocation on one")
-            await redis.flushall()
-            await _until_redis_has(redis, f"{PREFIX}:catalog:keys", key.id)
-            for instance in (one, two):
-                assert "run-time" in instance.catalog.lines and instance.catalog.keys[key.id].revoked_at is not None
+    async with store(tmp_path, "one", redis) as one, store(tmp_path, "two", redis) as two:
+        app = one.catalog.new_application("shop")
+        await one.put_application(app)
+        key, _ = one.catalog.new_key(app)
+        await one.put_key(key)
+        await one.put_line("run-time", {"upstream_kind": "pull", "application_id": app.id})
+        await wait_until(lambda: key.id in two.catalog.keys, 3, "the key on instance two")
+        await two.put_key(two.catalog.revoked(two.catalog.keys[key.id]))
+        await wait_until(lambda: one.catalog.keys[key.id].revoked_at is not None, 3, "the revocation on one")
         await redis.flushall()
-        async with store(tmp_path, "one", redis) as again:  # instance one restarts alone, on an empty Redis
-            assert again.catalog.keys[key.id].revoked_at is not None, "a revoked key worked again"
-            assert "run-time" in again.catalog.lines
-    finally:
-        await redis.aclose()
+        await _until_redis_has(redis, f"{PREFIX}:catalog:keys", key.id)
+        for instance in (one, two):
+            assert "run-time" in instance.catalog.lines and instance.catalog.keys[key.id].revoked_at is not None
+    await redis.flushall()
+    async with store(tmp_path, "one", redis) as again:  # instance one restarts alone, on an empty Redis
+        assert again.catalog.keys[key.id].revoked_at is not None, "a revoked key worked again"
+        assert "run-time" in again.catalog.lines
 
 
 async def test_an_instance_starting_with_an_older_file_takes_redis_newer_catalog(
-    tmp_path: Path, own_redis: RedisServer,
+    tmp_path: Path, redis: aioredis.Redis,
 ) -> None:
-    redis = aioredis.Redis.from_url(own_redis.url)
-    try:
-        async with store(tmp_path, "old", redis) as old:
-            await old.put_application(old.catalog.new_application("first"))
-        async with store(tmp_path, "new", redis) as new:
-            await new.put_application(new.catalog.new_application("second"))
-            key, _ = new.catalog.new_key(next(iter(new.catalog.applications.values())))
-            await new.put_key(new.catalog.revoked(key))
-        async with store(tmp_path, "old", redis) as old:  # its file says one application, Redis two
-            assert {app.name for app in old.catalog.applications.values()} == {"first", "second"}
-            assert await redis.get(f"{PREFIX}:catalog:version") == b"3", "nothing older was put back"
-    finally:
-        await redis.aclose()
+    async with store(tmp_path, "old", redis) as old:
+        await old.put_application(old.catalog.new_application("first"))
+    async with store(tmp_path, "new", redis) as new:
+        await new.put_application(new.catalog.new_application("second"))
+        key, _ = new.catalog.new_key(next(iter(new.catalog.applications.values())))
+        await new.put_key(new.catalog.revoked(key))
+    async with store(tmp_path, "old", redis) as old:  # its file says one application, Redis two
+        assert {app.name for app in old.catalog.applications.values()} == {"first", "second"}
+        assert await redis.get(f"{PREFIX}:catalog:version") == b"3", "nothing older was put back"
 
 
 async def test_a_change_made_while_redis_is_empty_is_kept_with_the_rest(
-    tmp_path: Path, own_redis: RedisServer,
+    tmp_path: Path, own_redis: RedisServer, redis: aioredis.Redis,
 ) -> None:
-    redis = aioredis.Redis.from_url(own_redis.url)
-    try:
-        async with store(tmp_path, "one", redis) as one, store(tmp_path, "two", redis) as two:
-            for name in ("a", "b"):
-                await one.put_application(one.catalog.new_application(name))
-            await wait_until(lambda: len(two.catalog.applications) == 2, 3, "two's applications")
-            own_redis.stop()
-            own_redis.start()  # restarted empty, as without persistence
-            late = one.catalog.new_application("made right after the restart")
-            for _ in range(50):  # the client reconnects
-                try:
-                    await one.put_application(late)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.1)
-            await wait_until(lambda: late.id in two.catalog.applications, 3, "the late change on two")
-            assert len(two.catalog.applications) == 3, "the change came with the rest, not alone"
-    finally:
-        await redis.aclose()
+    async with store(tmp_path, "one", redis) as one, store(tmp_path, "two", redis) as two:
+        for name in ("a", "b"):
+            await one.put_application(one.catalog.new_application(name))
+        await wait_until(lambda: len(two.catalog.applications) == 2, 3, "two's applications")
+        own_redis.stop()
+        own_redis.start()  # restarted empty, as without persistence
+        late = one.catalog.new_application("made right after the restart")
+        for _ in range(50):  # the client reconnects
+            try:
+                await one.put_application(late)
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        await wait_until(lambda: late.id in two.catalog.applications, 3, "the late change on two")
+        assert len(two.catalog.applications) == 3, "the change came with the rest, not alone"
 
 
 async def test_run_time_lines_and_keys_keep_working_on_every_instance_through_a_flush(
@@ -148,17 +143,13 @@ async def test_run_time_lines_and_keys_keep_working_on_every_instance_through_a_
 
 
 async def test_start_up_says_when_redis_keeps_nothing_on_disk(
-    own_redis: RedisServer, caplog: pytest.LogCaptureFixture,
+    redis: aioredis.Redis, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    redis = aioredis.Redis.from_url(own_redis.url)
-    try:
-        with caplog.at_level(logging.WARNING, logger="guestqueue.catalog"):
-            await warn_if_forgetful(redis)
-        assert "Redis keeps nothing on disk" in caplog.text
-        caplog.clear()
-        await redis.config_set("appendonly", "yes")
-        with caplog.at_level(logging.WARNING, logger="guestqueue.catalog"):
-            await warn_if_forgetful(redis)
-        assert "keeps nothing" not in caplog.text
-    finally:
-        await redis.aclose()
+    with caplog.at_level(logging.WARNING, logger="guestqueue.catalog"):
+        await warn_if_forgetful(redis)
+    assert "Redis keeps nothing on disk" in caplog.text
+    caplog.clear()
+    await redis.config_set("appendonly", "yes")
+    with caplog.at_level(logging.WARNING, logger="guestqueue.catalog"):
+        await warn_if_forgetful(redis)
+    assert "keeps nothing" not in caplog.text
