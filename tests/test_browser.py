@@ -26,6 +26,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -80,7 +81,10 @@ def screenshot(driver: WebDriver, name: str) -> Path:
 
 
 def wait(driver: WebDriver, timeout_s: float = 20.0) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.05)
+    # An element found just before the page navigates (a form posted, a redirect) goes stale: the
+    # condition is asked again, as for an element not there yet.
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.05,
+                         ignored_exceptions=[NoSuchElementException, StaleElementReferenceException])
 
 
 def last_turn(driver: WebDriver, part: str) -> str:
