@@ -157,6 +157,10 @@ class Registry:
     def live(self) -> list[Ticket]:
         return list(self._live.values())
 
+    def held(self) -> list[Ticket]:
+        """Every ticket this instance can answer for: live, then the finished it keeps."""
+        return [*self._live.values(), *self._finished.values()]
+
     def recent(self) -> list[dict[str, Any]]:
         """The last ``history_size`` requests, newest first."""
         return [ticket.summary() for ticket in reversed(self._recent)]

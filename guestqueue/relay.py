@@ -14,10 +14,18 @@ its own guests is applied at once, without waiting for Redis.
 A guest who leaves the last seat of a flight running elsewhere sends a cancel
 on a second channel; the runner stops the call (as when a local guest leaves).
 
-Invariants: events of one flight are applied in the order they were appended,
-each once (the relay remembers the last stream id applied per flight); a
-message lost on the channel is caught up at the next position tick (a local
-flight missing from the line's view has started somewhere: its stream is read).
+Each event carries its number in the flight (``n``: ``started`` 0, chunk k is
+k, the ending follows the last chunk), so a follower applies each once,
+whatever reaches the stream twice (a command redis-py sent again after a
+dropped connection, a replay). When Redis forgets the line (lines/redis.py's
+epoch), the runner writes the whole story of its running and recently ended
+flights into their streams again; a follower that meets a gap reads the whole
+stream and applies what follows on, in number order.
+
+Invariants: events of one flight are applied in number order, each once (the
+relay remembers the last stream id read per flight); a message lost on the
+channel is caught up at the next position tick (a local flight missing from the
+line's view has started somewhere: its stream is read).
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
@@ -43,6 +53,17 @@ logger = logging.getLogger("guestqueue.relay")
 STREAM_TTL_S = 3600  # a flight's events stay readable this long (resumes, late followers)
 FLUSH_TIMEOUT_S = 5.0  # at shutdown, how long to wait for the last events to reach Redis
 INTERRUPTED = "The answer was interrupted. Please ask again."
+RETRY_FIRST_S, RETRY_MAX_S = 0.05, 1.0  # an event waiting for Redis asks again this often
+ENDED_KEPT_S = 120.0  # a flight's story stays here this long after its end, to write again if Redis forgets
+
+# KEYS: stream epoch   ARGV: epoch_known event_json ttl_s channel flight_id  -> 1, or 0 if Redis forgot the line
+RELAY_EVENT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('XADD', KEYS[1], '*', 'e', ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
 
 
 class FlightRelay:
@@ -58,6 +79,9 @@ class FlightRelay:
         self._applied: dict[str, str] = {}  # flight id -> last stream id applied here
         self._direct: set[str] = set()  # flights run here for guests held here: applied directly
         self._running: dict[str, Flight] = {}  # the runner's copies of the flights this instance runs
+        # Flights this instance ran that ended lately, with their ending: (ended at, flight, event).
+        self._ended: OrderedDict[str, tuple[float, Flight, dict[str, Any]]] = OrderedDict()
+        self._relay_event = redis.register_script(RELAY_EVENT)
         self._listener: asyncio.Task[None] | None = None
         self._janitor: asyncio.Task[None] | None = None
         self._spawned: set[asyncio.Future[None]] = set()  # fire-and-forget work, kept alive till done
@@ -66,6 +90,7 @@ class FlightRelay:
         service.on_abandoned = self.cancel
         service.on_adopted = self.follow
         service.positions.on_view.append(self._catch_up_started)
+        line.on_forgotten.append(self.give_back)
 
     def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="guestqueue-relay")
@@ -83,11 +108,11 @@ class FlightRelay:
 
     def on_started(self, flight: Flight) -> None:
         self._running[flight.id] = flight
-        self._publish(flight, {"t": "started"})
+        self._publish(flight, {"t": "started", "n": 0})
 
     def emit_chunk(self, flight: Flight, text: str) -> None:
         flight.answer_parts.append(text)  # the worker checks the answer is not empty
-        self._publish(flight, {"t": "chunk", "text": text})
+        self._publish(flight, {"t": "chunk", "text": text, "n": len(flight.answer_parts)})
 
     def end_flight_completed(self, flight: Flight) -> None:
         self._end(flight, {"t": "completed", "suggested": flight.suggested_questions})
@@ -135,13 +160,19 @@ class FlightRelay:
             await self._line.requeue_front(flight)
             return
         logger.info("flight %s: its instance died mid-answer; it ends interrupted", flight.id)
-        self._sending.put_nowait((flight.id, {"t": "error", "code": "interrupted", "message": INTERRUPTED}))
+        ending = {"t": "error", "code": "interrupted", "message": INTERRUPTED, "n": kinds.count("chunk") + 1}
+        self._sending.put_nowait((flight.id, ending))
 
     def _end(self, flight: Flight, event: dict[str, Any]) -> None:
         if flight.finished:
             return
         flight.finished = True
+        event["n"] = len(flight.answer_parts) + 1
         self._running.pop(flight.id, None)
+        now = time.monotonic()
+        self._ended[flight.id] = (now, flight, event)
+        while self._ended and next(iter(self._ended.values()))[0] < now - ENDED_KEPT_S:
+            self._ended.popitem(last=False)
         self._publish(flight, event)
 
     def _publish(self, flight: Flight, event: dict[str, Any]) -> None:
@@ -158,17 +189,54 @@ class FlightRelay:
         while True:
             flight_id, event = await self._sending.get()
             try:
-                stream = self._keys.flight_events(flight_id)
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.xadd(stream, {"e": json.dumps(event)})
-                    pipe.expire(stream, STREAM_TTL_S)
-                    pipe.publish(self._events_channel, flight_id)
-                    await pipe.execute()
-            except (RedisError, OSError) as exc:
-                raise_if_cancelled()
-                logger.warning("flight %s: event %s not relayed: %s", flight_id, event.get("t"), exc)
+                await self._deliver(flight_id, event)
             finally:
                 self._sending.task_done()
+
+    async def _deliver(self, flight_id: str, event: dict[str, Any]) -> None:
+        """Until Redis has it: an event dropped would leave other instances' guests without their
+        answer. Sent twice (a retry after a lost reply) is harmless: followers go by numbers."""
+        pause_s = RETRY_FIRST_S
+        while True:
+            try:
+                known = self._line.epoch
+                if await self._append(flight_id, event, known):
+                    return
+                # Redis forgot the line: it is rebuilt (our flights' stories written again by
+                # give_back), then this event follows them.
+                await self._line.notice(known)
+            except (RedisError, OSError, LineUnavailable) as exc:
+                raise_if_cancelled()
+                if pause_s == RETRY_FIRST_S:
+                    logger.warning("flight %s: event %s waits for Redis: %s", flight_id, event.get("t"), exc)
+                await asyncio.sleep(pause_s)
+                pause_s = min(pause_s * 2, RETRY_MAX_S)
+
+    async def _append(self, flight_id: str, event: dict[str, Any], epoch: str) -> bool:
+        return bool(await self._relay_event(
+            keys=[self._keys.flight_events(flight_id), self._keys.epoch],
+            args=[epoch, json.dumps(event), STREAM_TTL_S, self._events_channel, flight_id]))
+
+    async def give_back(self) -> None:
+        """Redis forgot the line: the flights this instance runs hold their slots again, and the
+        story of each (and of those that ended lately) is written to its stream again, so every
+        follower hears all of it, each event once (numbers)."""
+        running = list(self._running.values())
+        await self._line.rebuild(running, [])
+        stories: list[tuple[Flight, dict[str, Any] | None]] = [(flight, None) for flight in running]
+        stories += [(flight, ending) for _, flight, ending in self._ended.values()]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for flight, ending in stories:
+                stream = self._keys.flight_events(flight.id)
+                story = [{"t": "started", "n": 0}]
+                story += [{"t": "chunk", "text": text, "n": n} for n, text in enumerate(flight.answer_parts, 1)]
+                for event in [*story, *([ending] if ending is not None else [])]:
+                    pipe.xadd(stream, {"e": json.dumps(event)})
+                pipe.expire(stream, STREAM_TTL_S)
+                pipe.publish(self._events_channel, flight.id)
+            await pipe.execute()
+        if stories:
+            logger.warning("%d flights' events written again after Redis forgot them", len(stories))
 
     # -- cancels: the last guest of a flight running elsewhere left ------------------
 
@@ -216,7 +284,7 @@ class FlightRelay:
             flight.job.cancel()
 
     async def _catch_up(self, flight_id: str) -> None:
-        """Apply the flight's events this instance has not applied yet, in order."""
+        """Apply the flight's events this instance has not applied yet, in number order."""
         if flight_id in self._direct:
             return
         after = self._applied.get(flight_id, "0")
@@ -230,7 +298,25 @@ class FlightRelay:
             if _entry(_text(entry_id)) <= _entry(self._applied.get(flight_id, "0")):
                 continue
             self._applied[flight_id] = _text(entry_id)
-            self._apply(local, json.loads(fields[b"e"]))
+            event = json.loads(fields[b"e"])
+            fit = _fit(local, event)
+            if fit == "next":
+                self._apply(local, event)
+            elif fit == "gap":  # events were lost or come out of order (a replay): read the whole story
+                await self._catch_up_in_order(flight_id)
+
+    async def _catch_up_in_order(self, flight_id: str) -> None:
+        entries: list[Any] = await self._redis.xrange(self._keys.flight_events(flight_id)) or []
+        events = sorted((json.loads(fields[b"e"]) for _, fields in entries), key=lambda e: e.get("n", 0))
+        for event in events:
+            local = self._local(flight_id)
+            if local is None:
+                return
+            fit = _fit(local, event)
+            if fit == "gap":
+                return  # the rest comes later (its runner writes it)
+            if fit == "next":
+                self._apply(local, event)
 
     async def follow(self, flight: Flight) -> None:
         """A flight this instance now holds a guest of (taken over): apply what it did so far."""
@@ -282,6 +368,20 @@ class FlightRelay:
         task = asyncio.ensure_future(work)
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
+
+def _fit(flight: Flight, event: dict[str, Any]) -> str:
+    """Where ``event`` stands for this instance's copy of ``flight``: the ``next`` one to apply, one
+    ``seen`` already, or one after a ``gap``. Events without a number (an older instance) are next."""
+    n = event.get("n")
+    if n is None:
+        return "next"
+    if event["t"] == "started":
+        return "seen" if flight.started or flight.finished else "next"
+    have = len(flight.answer_parts)
+    if event["t"] == "chunk" and n <= have:
+        return "seen"
+    return "next" if n <= have + 1 else "gap"
+
 
 def _entry(entry_id: str) -> tuple[int, int]:
     """A stream entry id ("milliseconds-sequence") as something that orders correctly."""

@@ -202,12 +202,14 @@ async def _open_shared(
     if spec.admission is not None:
         store = RedisSessions(redis, line.keys)
         store.start()
+        line.on_forgotten.append(store.give_back)  # before the window closes: no slot given twice
         sessions = Sessions(spec.name, spec.admission, _signer(spec), store)
         stack.push_async_callback(sessions.close)
     service = QueueService(settings, line, line, places=places, tally=tally, shared_answers=answers,
                            upstream_kind=upstream.kind, gate=gate, sessions=sessions)
     service.listeners.append(tally)
     line.on_rejoined.append(service.rejoin)
+    line.on_forgotten.append(service.give_back)
     line.on_reordered.append(service.positions.kick)
     relay = FlightRelay(redis, line, places, service)
     relay.start()

@@ -571,7 +571,7 @@ class QueueService:
         if record.terminal is not None:  # over already: only its ending is left to hear, under its own id
             ending_id = record.terminal_event_id if record.terminal_event_id is not None else last_event_id + 1
             ticket.events.continue_from(ending_id - 1)
-            ticket.end(record.status)
+            ticket.end(record.status if record.status.terminal else Status.CANCELLED)
             name, payload = record.terminal
             ticket.events.publish(name, payload)
             self.registry.add(ticket)
@@ -580,7 +580,7 @@ class QueueService:
         flight = self.waiting.get(record.flight_id) or self.running.get(record.flight_id)
         if flight is None:
             request = WorkflowRequest(record.request_id, record.query, record.parameters, record.session_id)
-            flight = Flight(None, [], request, id=record.flight_id)
+            flight = Flight(None, [], request, id=record.flight_id, number=record.number, rank=record.rank)
             self.waiting[flight.id] = flight
         started_id = record.started_event_id
         ticket.events.continue_from(started_id - 1 if started_id is not None else last_event_id)
@@ -601,21 +601,32 @@ class QueueService:
         return ticket
 
     async def rejoin(self) -> None:
-        """The shared line forgot this instance (Redis restarted empty): its waiting guests' flights
-        go back in line, in their old order, and their records are written again."""
+        """Redis took this instance for dead (cut off longer than its lease): its guests' waiting
+        flights that left the line go back at their old numbers, and their records are written again."""
         view = await self.positions.refresh()
         missing = [f for f in self.waiting.values() if view.position(f.id) == 0 and not f.started]
-        for flight in sorted(missing, key=lambda f: f.position):
-            try:
-                await self.line.admit(flight)
-            except (LineFull, LineUnavailable) as exc:
-                logger.warning("flight %s could not rejoin the line: %s", flight.id, exc)
-                continue
-            if self.places is not None:
-                for ticket in flight.tickets:
-                    self._background(self.places.record(ticket, flight.id))
         if missing:
-            logger.warning("%d flights rejoined the shared line after Redis forgot it", len(missing))
+            await self._give_back(missing)
+            logger.warning("%d flights rejoined the shared line after Redis forgot this instance", len(missing))
+
+    async def give_back(self) -> None:
+        """Redis forgot the whole line (restarted empty, flushed): this instance's guests' waiting
+        flights go back at their old numbers (the instances rebuild it in admission order), and
+        its guests' records (finished ones too) and Idempotency-Keys are written again."""
+        flights = [f for f in self.waiting.values() if not f.started]
+        await self._give_back(flights)
+        logger.warning("gave back %d waiting flights and %d guests to a forgetful Redis",
+                       len(flights), len(self.registry.live()))
+
+    async def _give_back(self, flights: list[Flight]) -> None:
+        await self.line.rebuild([], flights)
+        if self.places is None:
+            return
+        for ticket in self.registry.held():  # the finished too: a guest may look its answer up anywhere
+            flight_id = ticket.flight.id if ticket.flight is not None else None
+            self._background(self.places.record(ticket, flight_id, whole=True))
+            if ticket.idempotency_key is not None:
+                self._background(self.places.reserve_key(ticket.client, ticket.idempotency_key, ticket.id))
 
     def release(self, request_id: str) -> None:
         """Another instance took this request over: let go of it without ending it."""
@@ -719,7 +730,10 @@ class QueueService:
         for listener in self.listeners:
             listener.ended(ticket)
         if self.places is not None:
-            self._background(self.places.record(ticket, None))
+            # Its streams send the ending once this lands: a guest that saw it and resumes on
+            # another instance finds it over there too (web/stream.py).
+            ticket.ending_written = written = self.places.record(ticket, None)
+            self._background(written)
         logger.info(
             "request %s %s%s wait=%.0fms run=%.0fms",
             ticket.id, status.value, f" ({code})" if code else "", ticket.wait_ms or 0, ticket.duration_ms or 0,

@@ -258,6 +258,7 @@ local function end_session(id, how, prefix)
   redis.call('HSET', key, 'state', how)
   redis.call('HINCRBY', prefix .. ':session-totals', how, 1)
   redis.call('PUBLISH', prefix .. ':wake', 'finish')
+  redis.call('PUBLISH', prefix .. ':session-ended', id)
   return math.max(1, now - tonumber(redis.call('HGET', key, 'opened') or now))
 end
 """
@@ -278,15 +279,52 @@ return ended
 """
 
 
+# A session given back to a Redis that forgot it (restarted empty, flushed) by the instance that
+# issued it: it holds its slot again until its exp, and its token verifies again.
+# KEYS: sessions session(id) jtis client_sessions   ARGV: owner flight exp_ms opened_ms jti request_id
+_REOPEN = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'flight', ARGV[2], 'exp', ARGV[3], 'state', 'active',
+           'opened', ARGV[4], 'jti', ARGV[5])
+redis.call('PEXPIREAT', KEYS[2], tonumber(ARGV[3]) + 86400000)
+redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
+if KEYS[4] ~= KEYS[2] then
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[6])
+  redis.call('PEXPIREAT', KEYS[4], tonumber(ARGV[3]) + 1000)
+end
+return 1
+"""
+
+
+@dataclass(slots=True)
+class _Issued:
+    """A session this instance opened, as it would give it back to a Redis that forgot it."""
+
+    flight_id: str
+    jti: str
+    exp_ms: int
+    opened_ms: int
+    client: str | None = None
+
+
 class RedisSessions:
-    """Sessions of a line shared through Redis (the keys under the line's prefix, keys.py)."""
+    """Sessions of a line shared through Redis (the keys under the line's prefix, keys.py).
+
+    Each instance remembers the sessions it opened until they end (here, or anywhere: ends are
+    announced) or expire, and gives them back when Redis forgot the line (:meth:`give_back`):
+    never more than ``max_active`` sessions, and an admitted guest's token keeps verifying.
+    """
 
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self._redis, self._keys = redis, keys
         self._open_script = redis.register_script(_OPEN)
         self._end_script = redis.register_script(_END)
         self._sweep_script = redis.register_script(_SWEEP)
+        self._reopen_script = redis.register_script(_REOPEN)
         self._sweeper: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._issued: dict[str, _Issued] = {}  # request id -> a session opened here, not known ended
         self._counts = {"sessions_active": 0, **dict.fromkeys(("admitted", *ENDINGS), 0)}
         self.on_ended: Callable[[float], None] = lambda seconds: None
 
@@ -295,16 +333,22 @@ class RedisSessions:
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="guestqueue-sessions-sweep")
+        self._listener = asyncio.create_task(self._listen(), name="guestqueue-sessions-ended")
 
     async def open(self, flight: Flight, grant: Grant) -> bool:
         keys = self._keys
-        return bool(await self._call(self._open_script, [keys.slots, keys.sessions, keys.session(grant.request_id),
-                                                         keys.session_jtis, keys.session_totals],
-                                     [flight.id, grant.jti, round(grant.expires_at * 1000), grant.request_id]))
+        exp_ms = round(grant.expires_at * 1000)
+        opened = bool(await self._call(self._open_script, [keys.slots, keys.sessions, keys.session(grant.request_id),
+                                                           keys.session_jtis, keys.session_totals],
+                                       [flight.id, grant.jti, exp_ms, grant.request_id]))
+        if opened:
+            self._issued[grant.request_id] = _Issued(flight.id, grant.jti, exp_ms, round(time.time() * 1000))
+        return opened
 
     async def end(self, request_id: str, how: str) -> bool:
         length_ms = await self._call(self._end_script, [self._keys.session(request_id)],
                                      [how, self._keys.prefix, request_id])
+        self._issued.pop(request_id, None)
         if length_ms:
             self.on_ended(int(length_ms) / 1000)
         return bool(length_ms)
@@ -321,6 +365,8 @@ class RedisSessions:
         return dict(self._counts)
 
     async def note_client(self, client: str, request_id: str, expires_at: float) -> None:
+        if (issued := self._issued.get(request_id)) is not None:
+            issued.client = client
         key, expires_ms = self._keys.client_sessions(client), round(expires_at * 1000)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -370,8 +416,41 @@ class RedisSessions:
                 raise_if_cancelled()
                 logger.warning("session expiry sweep failed: %s", exc)
 
+    async def _listen(self) -> None:
+        """Forget the sessions opened here that ended on any instance (not to give them back)."""
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._keys.session_ended_channel)
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self._issued.pop(_text(message["data"]), None)
+            except (RedisError, OSError) as exc:
+                raise_if_cancelled()
+                logger.warning("session ends not heard (%s); listening again shortly", exc)
+                await asyncio.sleep(SWEEP_EVERY_S)
+
+    async def give_back(self) -> None:
+        """Redis forgot the line: the unexpired sessions opened here hold their slots again (before
+        the rebuild window closes, so nobody is let in on them) and their tokens verify again."""
+        now_ms = round(time.time() * 1000)
+        for request_id in [r for r, issued in self._issued.items() if issued.exp_ms <= now_ms]:
+            del self._issued[request_id]
+        keys = self._keys
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request_id, issued in self._issued.items():
+                owner = f"s:{issued.jti} {issued.opened_ms}"
+                client_key = keys.client_sessions(issued.client) if issued.client else keys.session(request_id)
+                await self._reopen_script(  # queued in the pipeline
+                    keys=[keys.sessions, keys.session(request_id), keys.session_jtis, client_key],
+                    args=[owner, issued.flight_id, issued.exp_ms, issued.opened_ms, issued.jti, request_id],
+                    client=pipe)
+            await pipe.execute()
+        if self._issued:
+            logger.warning("%d sessions given back to a forgetful Redis", len(self._issued))
+
     async def close(self) -> None:
-        await stop_tasks([self._sweeper])
+        await stop_tasks([self._sweeper, self._listener])
 
     async def _call(self, command: Any, *args: Any) -> Any:
         try:

@@ -76,6 +76,7 @@ class Ticket:
     drop_reason: str | None = None  # why its last stream ended, for the row if the guest never returns
     grace_timer: asyncio.TimerHandle | None = None
     expiry_timer: asyncio.TimerHandle | None = None
+    ending_written: asyncio.Future[None] | None = None  # a shared line: its ending's write to Redis
 
     @property
     def answer(self) -> str:
@@ -162,6 +163,7 @@ class Flight:
     back_in_line: bool = False  # its call stopped before saying anything: it goes back to the front
     rank: int = 0  # its priority tier: 0 = the highest (linespec.LineSpec.tier_rank)
     order: tuple[int, int] = (0, 0)  # the memory line's sort key: (rank, number)
+    number: int = 0  # the shared line's ticket number (admission order); 0 = not known here
     answer_parts: list[str] = field(default_factory=list)
     suggested_questions: list[str] = field(default_factory=list)
     job: asyncio.Task[None] | None = None

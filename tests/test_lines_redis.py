@@ -11,8 +11,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import redis.asyncio as aioredis
 
+from guestqueue.lines.places import RedisPlaces
 from guestqueue.lines.redis import RedisLine
-from guestqueue.tickets import Flight
+from guestqueue.tickets import Flight, Status, Ticket
 from guestqueue.upstream import WorkflowRequest
 
 
@@ -149,3 +150,34 @@ async def test_a_freed_slot_starts_the_next_flight_on_another_instance_at_once(
         await a.finish(held)
         # Woken by Redis pub/sub, not by the 0.5 s fallback poll.
         assert statistics.median(delays) < 0.05, sorted(delays)
+
+
+async def test_a_request_record_is_written_by_its_holder_only_and_never_after_its_ending(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Issue 21 point 1: a write that lands late (from an instance the guest moved away from, or a
+    `processing` write overtaken by the ending) must not make a finished request look running, nor
+    take the guest back: the next instance would replay or repeat its ending."""
+    async with instances(redis_url, redis_prefix, "a", "b") as (line_a, line_b):
+        client = aioredis.from_url(redis_url)
+        try:
+            a = RedisPlaces(client, line_a.keys, "a")
+            b = RedisPlaces(client, line_b.keys, "b")
+            ticket = Ticket("once", "guest")
+            await a.record(ticket, "f1")
+            assert (await b.claim(ticket.id)) is not None  # the guest resumed on b
+            ticket.start()
+            await a.record(ticket, None, event_id=3)  # a's late word: dropped
+            record = await b.load(ticket.id)
+            assert record is not None and (record.holder, record.status) == ("b", Status.QUEUED)
+            await b.record(ticket, None, event_id=3)
+            ticket.end(Status.COMPLETED)
+            ticket.events.publish("workflow_complete", {"request_id": ticket.id})
+            ending = b.record(ticket, None)
+            ticket.status = Status.PROCESSING  # a write that was overtaken by the ending
+            await asyncio.gather(ending, b.record(ticket, None, event_id=3))
+            record = await b.load(ticket.id)
+            assert record is not None and record.status is Status.COMPLETED
+            assert record.terminal is not None and record.terminal[0] == "workflow_complete"
+        finally:
+            await client.aclose()

@@ -29,6 +29,7 @@ runs the same suite against each):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -106,6 +107,12 @@ class Line(Protocol):
         slot is free and it waits again at its old place, ahead of everyone admitted after it."""
         ...
 
+    async def rebuild(self, running: list[Flight], waiting: list[Flight]) -> int:
+        """A line that forgot (Redis restarted empty): ``running`` (flights this instance runs) hold
+        their slots again, ``waiting`` (its guests' flights) go back at their old numbers. A memory
+        line never forgets."""
+        ...
+
     async def view(self) -> LineView:
         """The whole line now, in a bounded number of steps (never one per flight)."""
         ...
@@ -143,7 +150,9 @@ class Places(Protocol):
 
     instance_id: str
 
-    def record(self, ticket: Ticket, flight_id: str | None, *, event_id: int | None = None) -> Awaitable[None]: ...
+    def record(
+        self, ticket: Ticket, flight_id: str | None, *, event_id: int | None = None, whole: bool = False
+    ) -> asyncio.Future[None]: ...
 
     async def load(self, request_id: str) -> Any: ...
 

@@ -21,6 +21,17 @@ class Keys:
         return f"{self.prefix}:seq"
 
     @property
+    def epoch(self) -> str:
+        """A random name for this Redis's memory of the line: it changes when Redis forgot
+        everything (restarted empty, flushed), so every instance notices and rebuilds the line."""
+        return f"{self.prefix}:epoch"
+
+    @property
+    def rebuilding(self) -> str:
+        """Set (with an expiry) while the instances rebuild a forgotten line: no start, no new number."""
+        return f"{self.prefix}:rebuilding"
+
+    @property
     def line(self) -> str:
         """ZSET flight id -> its number: the flights waiting, in admission order."""
         return f"{self.prefix}:line"
@@ -132,6 +143,11 @@ class Keys:
         return f"{self.prefix}:flight-cancel"
 
     # -- an admission line's sessions (sessions.py; its scripts spell these names too) --
+
+    @property
+    def session_ended_channel(self) -> str:
+        """Each session's end (its request id): instances forget the sessions they issued that ended."""
+        return f"{self.prefix}:session-ended"
 
     @property
     def sessions(self) -> str:

@@ -170,6 +170,9 @@ class MemoryLine:
         # One process: a flight stops only when this process does, and its guests with it.
         await self.finish(flight)
 
+    async def rebuild(self, running: list[Flight], waiting: list[Flight]) -> int:
+        return 0  # it lives and dies with its process: nothing to give back
+
     async def view(self) -> LineView:
         return self.view_now()
 

@@ -18,16 +18,18 @@ while an instance still holds a guest of the flight; a request record lives
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..errors import LineUnavailable
+from ..events import PROCESSING
 from ..tickets import Status, Ticket
 from .keys import Keys
 
@@ -77,6 +79,23 @@ if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end
 return 1
 """
 
+# A request's record is written by its holder only, and never again once it has its ending: a late
+# write of an instance that was let go (or of one that came back) cannot turn a finished request
+# back into a running one, nor take a guest back from the instance it moved to.
+# KEYS: record held holders   ARGV: instance ttl_s ending(0/1) add_holder(0/1) request_id field value ...
+WRITE_RECORD = """
+local holder = redis.call('HGET', KEYS[1], 'holder')
+if (holder and holder ~= ARGV[1]) or redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+if ARGV[3] == '1' then redis.call('SREM', KEYS[2], ARGV[5]) else redis.call('SADD', KEYS[2], ARGV[5]) end
+if ARGV[4] == '1' then
+  redis.call('SADD', KEYS[3], ARGV[1])
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
+end
+return 1
+"""
+
 # KEYS: ticket record   ARGV: instance   -> the previous holder ('' if none); nil if no record
 CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
@@ -103,6 +122,8 @@ class PlaceRecord:
     started_event_id: int | None  # the id of its `processing` event (its chunks follow it)
     holder: str
     cached: bool
+    number: int  # its flight's ticket number on the shared line (0 if not known)
+    rank: int  # its flight's priority tier
     terminal: tuple[str, dict[str, Any]] | None  # (event name, payload) once over
     terminal_event_id: int | None  # its id, as the guests of the instance that ended it heard it
     raw: dict[str, str]
@@ -119,45 +140,65 @@ class RedisPlaces:
         self._claim = redis.register_script(CLAIM)
         self._reap = redis.register_script(REAP)
         self._take_client = redis.register_script(TAKE_CLIENT_SLOT)
+        self._write_record = redis.register_script(WRITE_RECORD)
+        self._last_write: dict[str, asyncio.Future[None]] = {}  # per request: its writes land in order
 
-    def record(self, ticket: Ticket, flight_id: str | None, *, event_id: int | None = None) -> Awaitable[None]:
-        """Write ``ticket`` as it is now (admission, start, end); this instance holds it. The fields
-        are read at once; the returned awaitable writes them."""
+    def record(
+        self, ticket: Ticket, flight_id: str | None, *, event_id: int | None = None, whole: bool = False
+    ) -> asyncio.Future[None]:
+        """Write ``ticket`` as it is now (admission, start, end; ``whole``: everything, for a Redis
+        that forgot it); this instance holds it. The fields are read at once and written after the
+        request's earlier writes; the returned future is done when this one landed (or failed,
+        which is logged)."""
         fields: dict[str, str | int | float] = {
             "status": ticket.status.value, "holder": self.instance_id, "cached": int(ticket.cached),
         }
-        if ticket.status is Status.QUEUED:
+        admission = ticket.status is Status.QUEUED or whole
+        if admission:
+            flight = ticket.flight
             fields.update({
                 "flight_id": flight_id or "", "client": ticket.client, "query": ticket.query,
                 "parameters": json.dumps(ticket.parameters), "session_id": ticket.session_id or "",
                 "idempotency_key": ticket.idempotency_key or "", "created_at": ticket.created_at,
+                "number": flight.number if flight is not None else 0, "rank": flight.rank if flight is not None else 0,
             })
         for name in ("started_at", "finished_at", "wait_ms", "duration_ms"):
             if (value := getattr(ticket, name)) is not None:
                 fields[name] = value
+        if whole and ticket.status is Status.PROCESSING:
+            event_id = next((e.id for e in ticket.events.after(0) if e.name == PROCESSING), None)
         if event_id is not None and ticket.status is Status.PROCESSING:
             fields["started_event_id"] = event_id
         if ticket.done and (terminal := ticket.events.terminal_event()) is not None:
             # With its id: an instance that takes the request over after its end gives the ending
             # the same id (a guest that saw it gets 204 there too), never a new one.
             fields["terminal"] = json.dumps([terminal.name, terminal.data, terminal.id])
-        holders = flight_id if flight_id and ticket.status is Status.QUEUED else None
-        return self._write(ticket.id, fields, holders)
+        holders = flight_id if flight_id and admission and not ticket.done else None
+        # One write after the other: on two pooled connections a `processing` write could land
+        # after the ending and make a finished request look running to the next instance.
+        previous = self._last_write.get(ticket.id)
+        write = asyncio.ensure_future(self._write(ticket.id, fields, holders, after=previous))
+        self._last_write[ticket.id] = write
+        write.add_done_callback(lambda done: self._written(ticket.id, done))
+        return write
 
-    async def _write(self, request_id: str, fields: dict[str, str | int | float], flight_id: str | None) -> None:
+    def _written(self, request_id: str, write: asyncio.Future[None]) -> None:
+        if self._last_write.get(request_id) is write:
+            del self._last_write[request_id]
+
+    async def _write(
+        self, request_id: str, fields: dict[str, str | int | float], flight_id: str | None,
+        *, after: asyncio.Future[None] | None = None,
+    ) -> None:
+        if after is not None:
+            await asyncio.wait([after])  # its own errors are its own (logged there)
         key = self._keys.ticket(request_id)
+        pairs = [item for pair in fields.items() for item in pair]
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=cast(Any, fields))  # redis-py's Mapping type is invariant in its key
-                pipe.expire(key, RECORD_TTL_S)
-                if "terminal" in fields:
-                    pipe.srem(self._keys.held_requests(self.instance_id), request_id)
-                else:
-                    pipe.sadd(self._keys.held_requests(self.instance_id), request_id)
-                if flight_id is not None:
-                    pipe.sadd(self._keys.holders(flight_id), self.instance_id)
-                    pipe.expire(self._keys.holders(flight_id), RECORD_TTL_S)
-                await pipe.execute()
+            await self._write_record(
+                keys=[key, self._keys.held_requests(self.instance_id), self._keys.holders(flight_id or "-")],
+                args=[self.instance_id, RECORD_TTL_S, int("terminal" in fields), int(flight_id is not None),
+                      request_id, *pairs])
         except (RedisError, OSError) as exc:
             logger.warning("%s: record not written: %s", key, exc)
 
@@ -290,6 +331,7 @@ def _record(request_id: str, raw: dict[str, str]) -> PlaceRecord:
         started_at=float(raw["started_at"]) if raw.get("started_at") else None,
         started_event_id=int(raw["started_event_id"]) if raw.get("started_event_id") else None,
         holder=raw.get("holder", ""), cached=raw.get("cached") == "1",
+        number=int(raw.get("number") or 0), rank=int(raw.get("rank") or 0),
         terminal=(terminal[0], terminal[1]) if terminal else None, raw=raw,
         terminal_event_id=int(terminal[2]) if terminal and len(terminal) > 2 else None,
     )

@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -106,9 +107,25 @@ local function promote(line, aging)
 end
 """
 
-# KEYS: slots instances orphans line seq pace request(flight) aging
-# ARGV: flight_id max_size max_concurrent interval_ms rank starvation_ms prefix, then field/value pairs of the request
-ADMIT = _PRELUDE + _AGING + """
+# Redis forgot the line (its epoch is not the one this instance knows): the caller rebuilds first.
+# While the instances rebuild a forgotten line, nobody starts and nobody gets a new number.
+# KEYS: epoch rebuilding   ARGV[n]: the epoch the caller knows
+_EPOCH = """
+local function forgotten(epoch, rebuilding, known)
+  if redis.call('GET', epoch) ~= known then return 'forgotten' end
+  local wait = redis.call('PTTL', rebuilding)
+  if wait > 0 then return wait end
+  return nil
+end
+"""
+
+# KEYS: slots instances orphans line seq pace request(flight) aging epoch rebuilding
+# ARGV: flight_id max_size max_concurrent interval_ms rank starvation_ms prefix epoch, then field/value pairs
+# Returns {position, size, number} | {'forgotten'} | {'rebuilding', ms} | {'full'}
+ADMIT = _PRELUDE + _AGING + _EPOCH + """
+local lost = forgotten(KEYS[9], KEYS[10], ARGV[8])
+if lost == 'forgotten' then return {'forgotten'} end
+if lost then return {'rebuilding', lost} end
 local active = live_active(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[7])
 local free = math.max(0, tonumber(ARGV[3]) - active)
 local startable = free
@@ -117,13 +134,13 @@ if tonumber(ARGV[4]) > 0 then
   if pace <= now then startable = math.min(free, 1) else startable = 0 end
 end
 local waiting = redis.call('ZCARD', KEYS[4])
-if waiting - math.min(waiting, startable) >= tonumber(ARGV[2]) then return -1 end
+if waiting - math.min(waiting, startable) >= tonumber(ARGV[2]) then return {'full'} end
 local seq = redis.call('INCR', KEYS[5])
 local rank = tonumber(ARGV[5])
 redis.call('ZADD', KEYS[4], string.format('%.0f', rank * TIER_SPAN + seq), ARGV[1])
 if rank > 0 then redis.call('ZADD', KEYS[8], now + tonumber(ARGV[6]), ARGV[1]) end
-redis.call('HSET', KEYS[7], 'seq', seq, unpack(ARGV, 8))
-return {redis.call('ZRANK', KEYS[4], ARGV[1]) + 1, redis.call('ZCARD', KEYS[4])}
+redis.call('HSET', KEYS[7], 'seq', seq, unpack(ARGV, 9))
+return {redis.call('ZRANK', KEYS[4], ARGV[1]) + 1, redis.call('ZCARD', KEYS[4]), seq}
 """
 
 # Seed 001's release rate: at most ARGV[n] starts in any minute. KEYS[n]: the list of the last
@@ -141,10 +158,13 @@ local function release_wait(releases, per_minute)
 end
 """
 
-# KEYS: slots instances orphans line pace retrying releases aging
-# ARGV: instance_id max_concurrent interval_ms prefix release_per_minute
-# Returns {'go', flight_id, request fields...} | {'pace', ms} | {'busy'} | {'empty'} | {'retry'}
-START = _PRELUDE + _RELEASES + _AGING + """
+# KEYS: slots instances orphans line pace retrying releases aging epoch rebuilding
+# ARGV: instance_id max_concurrent interval_ms prefix release_per_minute epoch
+# Returns {'go', flight_id, request fields...} | {'pace', ms} | {'busy'} | {'empty'} | {'retry'} | {'forgotten'}
+START = _PRELUDE + _RELEASES + _AGING + _EPOCH + """
+local lost = forgotten(KEYS[9], KEYS[10], ARGV[6])
+if lost == 'forgotten' then return {'forgotten'} end
+if lost then return {'pace', tostring(lost)} end
 promote(KEYS[4], KEYS[8])
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
 if redis.call('ZCARD', KEYS[6]) > 0 then return {'retry'} end
@@ -211,15 +231,62 @@ return {now, redis.call('ZRANGE', KEYS[4], 0, -1), running, tostring(pace),
         redis.call('GET', KEYS[6]) or '0', infos}
 """
 
-# KEYS: instances info   ARGV: instance_id ttl_ms field/value pairs...  -> 1 if the lease was new
+# Also the line's epoch: made here when Redis has none (a new line, or one Redis forgot); an
+# instance that knew another one opens the rebuild window (every live instance beats within it).
+# KEYS: instances info epoch rebuilding   ARGV: instance_id ttl_ms known_epoch new_epoch field/value pairs...
+# Returns {1 if the lease was new, the epoch, 1 if Redis forgot the epoch this instance knew}
 HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[3], epoch)
+end
+local forgot = 0
+if ARGV[3] ~= '' and ARGV[3] ~= epoch then
+  forgot = 1
+  redis.call('SET', KEYS[4], epoch, 'PX', ARGV[2], 'NX')
+end
 local fresh = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-if #ARGV > 2 then redis.call('HSET', KEYS[2], unpack(ARGV, 3)) end
+if #ARGV > 4 then redis.call('HSET', KEYS[2], unpack(ARGV, 5)) end
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 3)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
-return fresh
+return {fresh, epoch, forgot}
+"""
+
+# An instance's share of a forgotten line, written back at once: the flights it runs hold their
+# slots again (and leave the line if another instance put them back), its guests' waiting
+# flights go back at their old numbers (so the line re-forms in admission order whoever rebuilds
+# first), the counter goes past them, and the pacing mark past this instance's last start.
+# KEYS: slots line seq pace aging   ARGV: instance prefix interval_ms last_start_ago_ms ttl_s
+#   running_json [[id, elapsed_ms]...]   waiting_json [[id, score, number, aging_ms, {field, value...}]...]
+REBUILD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, run in ipairs(cjson.decode(ARGV[6])) do
+  redis.call('HSET', KEYS[1], run[1], ARGV[1] .. ' ' .. string.format('%.0f', now - run[2]))
+  redis.call('ZREM', KEYS[2], run[1])
+end
+local top = 0
+for _, w in ipairs(cjson.decode(ARGV[7])) do
+  if redis.call('HEXISTS', KEYS[1], w[1]) == 0 then
+    redis.call('ZADD', KEYS[2], string.format('%.0f', w[2]), w[1])
+    if w[4] > 0 then redis.call('ZADD', KEYS[5], now + w[4], w[1]) end
+    local request = ARGV[2] .. ':request:' .. w[1]
+    redis.call('HSET', request, 'seq', string.format('%.0f', w[3]), unpack(w[5]))
+    redis.call('EXPIRE', request, tonumber(ARGV[5]))
+  end
+  top = math.max(top, w[3])
+end
+if top > tonumber(redis.call('GET', KEYS[3]) or '0') then redis.call('SET', KEYS[3], string.format('%.0f', top)) end
+local ago = tonumber(ARGV[4])
+if ago >= 0 then
+  local pace = now - ago + tonumber(ARGV[3])
+  if pace > tonumber(redis.call('GET', KEYS[4]) or '0') then redis.call('SET', KEYS[4], string.format('%.0f', pace)) end
+end
+redis.call('PUBLISH', ARGV[2] .. ':wake', 'rebuilt')
+return top
 """
 
 # KEYS: slots instances orphans line   ARGV: prefix  -> {flight_id, request json}... taken over by the caller
@@ -266,8 +333,15 @@ class RedisLine:
         self._registered = False
         # Called when a flight joined ahead of others (a higher tier), here or on another instance.
         self.on_reordered: list[Callable[[], None]] = []
-        # Called when Redis had forgotten this instance: e.g. put its guests' flights back in line.
+        # Called when Redis had forgotten this instance (its lease ran out while it was cut off):
+        # e.g. put its guests' flights back in line.
         self.on_rejoined: list[Callable[[], Awaitable[None]]] = []
+        # Called when Redis forgot the whole line (restarted empty, flushed): give back this
+        # instance's share (flights, records, events, sessions) within the rebuild window.
+        self.on_forgotten: list[Callable[[], Awaitable[None]]] = []
+        self.epoch = ""  # the line's epoch as this instance knows it ("" before registering)
+        self._noticing = asyncio.Lock()  # one rebuild at a time, whoever noticed first
+        self.last_start_mono: float | None = None  # this instance's last start (to pace a rebuilt line)
         self._admit = redis.register_script(ADMIT)
         self._start = redis.register_script(START)
         self._hold = redis.register_script(HOLD)
@@ -275,6 +349,7 @@ class RedisLine:
         self._view = redis.register_script(VIEW)
         self._beat = redis.register_script(HEARTBEAT)
         self._orphans = redis.register_script(TAKE_ORPHANS)
+        self._rebuild = redis.register_script(REBUILD)
         self._knock = asyncio.Lock()  # one local worker at a time asks Redis for a start
         self._woken = asyncio.Event()
         self._nappers: set[asyncio.Future[None]] = set()  # workers waiting for a wake-up (_nap)
@@ -295,16 +370,30 @@ class RedisLine:
         self._tasks.append(asyncio.create_task(self._listen(), name="guestqueue-redis-wake"))
 
     async def _heartbeat_once(self) -> None:
-        pairs = [x for kv in self._info.items() for x in kv]
-        ttl_ms = round(self.instance_ttl_s * 1000)
-        keys = [self.keys.instances, self.keys.instance_info(self.instance_id)]
-        fresh = await self._call(self._beat, keys, [self.instance_id, ttl_ms, *pairs])
-        if fresh:
-            logger.info("instance %s registered on the shared line", self.instance_id)
-            if self._registered:  # Redis lost us (restarted empty, or we were taken for dead)
-                for rejoin in self.on_rejoined:
-                    await rejoin()
-        self._registered = True
+        async with self._noticing:
+            pairs = [x for kv in self._info.items() for x in kv]
+            fresh, epoch, forgot = await self._call(self._beat, self._beat_keys(), [
+                self.instance_id, round(self.instance_ttl_s * 1000), self.epoch, secrets.token_hex(8), *pairs])
+            self.epoch = _text(epoch)
+            if forgot:
+                logger.warning("Redis forgot the shared line (restarted empty, or flushed): instance %s gives "
+                               "back its flights, guests and sessions", self.instance_id)
+                for give_back in self.on_forgotten:
+                    await give_back()
+            elif fresh:
+                logger.info("instance %s registered on the shared line", self.instance_id)
+                if self._registered:  # we were taken for dead (cut off longer than our lease)
+                    for rejoin in self.on_rejoined:
+                        await rejoin()
+            self._registered = True
+
+    async def notice(self, known: str) -> None:
+        """A script found Redis's epoch is not ``known``: beat now (which rebuilds, once)."""
+        if self.epoch == known:  # nobody has handled it yet
+            await self._heartbeat_once()
+
+    def _beat_keys(self) -> list[str]:
+        return [self.keys.instances, self.keys.instance_info(self.instance_id), self.keys.epoch, self.keys.rebuilding]
 
     async def _heartbeat(self) -> None:
         while True:
@@ -337,8 +426,7 @@ class RedisLine:
         try:
             # The lease ends now rather than vanishing: guests this instance handed off keep their
             # places for the reconnect grace, then other instances release them (places.py).
-            await self._beat(keys=[self.keys.instances, self.keys.instance_info(self.instance_id)],
-                             args=[self.instance_id, 0])
+            await self._beat(keys=self._beat_keys(), args=[self.instance_id, 0, self.epoch, secrets.token_hex(8)])
         except (RedisError, OSError) as exc:
             logger.warning("could not end this instance's lease: %s", exc)
 
@@ -351,13 +439,29 @@ class RedisLine:
             "parameters": json.dumps(dict(request.parameters)), "session_id": request.session_id or "",
         }
         keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.seq,
-                self.keys.pace, self.keys.request(flight.id), self.keys.aging]
-        args = [flight.id, self.max_size, self.max_concurrent, self.interval_ms, flight.rank,
-                round(self.max_starvation_s * 1000), self.keys.prefix, *[x for kv in fields.items() for x in kv]]
-        reply = await self._call(self._admit, keys, args)
-        if reply == -1:
-            raise LineFull("The line is full. Please try again in a little while.")
-        position, size = (int(x) for x in reply)
+                self.keys.pace, self.keys.request(flight.id), self.keys.aging, self.keys.epoch, self.keys.rebuilding]
+        pairs = [x for kv in fields.items() for x in kv]
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 2 * self.instance_ttl_s
+        while True:
+            known = self.epoch
+            reply = await self._call(self._admit, keys, [
+                flight.id, self.max_size, self.max_concurrent, self.interval_ms, flight.rank,
+                round(self.max_starvation_s * 1000), self.keys.prefix, known, *pairs])
+            kind = _text(reply[0]) if isinstance(reply[0], bytes | str) else ""
+            if kind == "full":
+                raise LineFull("The line is full. Please try again in a little while.")
+            if not kind:
+                break
+            # Redis forgot the line: the guest waits (a few seconds) until it is rebuilt, so that
+            # it gets a number after everyone admitted before it.
+            if loop.time() > give_up:
+                raise LineUnavailable(UNAVAILABLE, retry_after_s=5)
+            if kind == "forgotten":
+                await self.notice(known)
+            else:
+                await asyncio.sleep(min(int(reply[1]), 250) / 1000)
+        position, size, flight.number = (int(x) for x in reply)
         await self._quietly(self._expire_request(flight.id))
         # Joining ahead of others (a higher tier) moves them back: every instance tells its guests now.
         await self._quietly(self._redis.publish(self.keys.wake, REORDERED if position < size else "admit"))
@@ -401,7 +505,11 @@ class RedisLine:
                     continue
                 kind, value = reply
                 if isinstance(value, Flight):
+                    self.last_start_mono = asyncio.get_running_loop().time()
                     return value
+                if kind == "forgotten":
+                    await self.notice(value)
+                    continue
                 wait_s = MAX_WAKE_WAIT_S
                 if kind == "pace":
                     wait_s = min(wait_s, int(value) / 1000)
@@ -429,8 +537,10 @@ class RedisLine:
 
     async def _try_start(self) -> tuple[str, Any]:
         keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.pace,
-                self.keys.retrying, self.keys.releases, self.keys.aging]
-        args = [self.instance_id, self.max_concurrent, self.interval_ms, self.keys.prefix, self.release_per_minute]
+                self.keys.retrying, self.keys.releases, self.keys.aging, self.keys.epoch, self.keys.rebuilding]
+        known = self.epoch
+        args = [self.instance_id, self.max_concurrent, self.interval_ms, self.keys.prefix, self.release_per_minute,
+                known]
         # Shielded: a worker cancelled mid-call must not lose a flight the script already popped.
         call = asyncio.ensure_future(self._call(self._start, keys, args))
         try:
@@ -438,7 +548,8 @@ class RedisLine:
         except asyncio.CancelledError:
             call.add_done_callback(self._give_back)
             raise
-        return _start_reply(reply)
+        kind, value = _start_reply(reply)
+        return (kind, known) if kind == "forgotten" else (kind, value)
 
     def _give_back(self, call: asyncio.Future[Any]) -> None:
         if call.cancelled() or call.exception() is not None:
@@ -530,6 +641,47 @@ class RedisLine:
             pipe.hdel(self.keys.slots, flight.id)
             pipe.publish(self.keys.wake, "requeue")
             await pipe.execute()
+
+    # -- a line Redis forgot -----------------------------------------------------------
+
+    async def rebuild(self, running: list[Flight], waiting: list[Flight]) -> int:
+        """Give back this instance's share of a forgotten line (REBUILD): ``running``, the flights it
+        runs; ``waiting``, its guests' flights not started, each at its old number. Flights whose
+        number this instance never knew are admitted again afterwards, behind. Returns the highest
+        number given back."""
+        loop = asyncio.get_running_loop()
+        now_mono, now = loop.time(), time.time()
+        runs = [[f.id, round((now_mono - f.started_mono) * 1000) if f.started_mono is not None else 0]
+                for f in running]
+        numbered = [f for f in waiting if f.number > 0]
+        waits = []
+        for flight in numbered:
+            score, aging_ms = flight.number, 0
+            if flight.rank > 0:
+                waited_ms = (now - min((t.created_at for t in flight.tickets), default=now)) * 1000
+                aging_ms = max(0, round(self.max_starvation_s * 1000 - waited_ms))
+                if aging_ms > 0:
+                    score = flight.rank * TIER_SPAN + flight.number
+            request = flight.request
+            fields = ["key", flight.key or "", "request_id", request.request_id, "query", request.query,
+                      "parameters", json.dumps(dict(request.parameters)), "session_id", request.session_id or ""]
+            waits.append([flight.id, score, flight.number, aging_ms, fields])
+        ago_ms = -1 if self.last_start_mono is None else round((now_mono - self.last_start_mono) * 1000)
+        top = await self._call(self._rebuild, [self.keys.slots, self.keys.line, self.keys.seq, self.keys.pace,
+                                               self.keys.aging],
+                               [self.instance_id, self.keys.prefix, self.interval_ms, ago_ms, REQUEST_TTL_S,
+                                json.dumps(runs), json.dumps(waits)])
+        unnumbered = [f for f in waiting if f.number == 0]
+        if unnumbered:  # after the window (admit waits for it), not in the heartbeat that rebuilds
+            self._spawn(self._admit_all(unnumbered))
+        return int(top)
+
+    async def _admit_all(self, flights: list[Flight]) -> None:
+        for flight in flights:
+            try:
+                await self.admit(flight)
+            except (LineFull, LineUnavailable) as exc:
+                logger.warning("flight %s could not rejoin the line: %s", flight.id, exc)
 
     # -- plumbing --------------------------------------------------------------------
 

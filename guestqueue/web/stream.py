@@ -37,6 +37,7 @@ from ..tickets import Ticket
 logger = logging.getLogger("guestqueue.stream")
 
 PING = b": ping\n\n"
+ENDING_WRITE_WAIT_S = 2.0
 
 
 class TicketStream:
@@ -126,6 +127,8 @@ class TicketStream:
         while not self._gone:
             events = log.after(seen)
             for event in events:
+                if event.terminal:
+                    await self._ending_written()
                 yield self._encode(event)
                 seen = event.id
                 if event.terminal:
@@ -135,6 +138,14 @@ class TicketStream:
             if not events:
                 yield PING
             await log.wait()
+
+    async def _ending_written(self) -> None:
+        """On a shared line, the ending goes out once Redis has it: a guest that heard it and then
+        resumes on another instance must find the request over there, not running. A stalled
+        Redis delays it by ENDING_WRITE_WAIT_S at most."""
+        written = self._ticket.ending_written
+        if written is not None and not written.done():
+            await asyncio.wait([written], timeout=ENDING_WRITE_WAIT_S)
 
     def _encode(self, event: Event) -> bytes:
         """An event as this stream's bytes (guestqueue's SSE framing; the OpenAI stream has its own)."""
