@@ -282,8 +282,8 @@ async def warn_if_forgetful(redis: aioredis.Redis) -> None:
         return
     if not int(persistence.get("aof_enabled", 0)) and not str(save).strip():
         logger.warning("Redis keeps nothing on disk (no appendonly, no save points): a restart empties it. "
-                       "guestqueue puts its catalog back, but use appendonly yes (docs/design.md, Several "
-                       "instances)")
+                       "guestqueue rebuilds its lines, sessions and catalog (guests wait a few seconds), but "
+                       "use appendonly yes (docs/design.md, Several instances)")
 
 
 def _dump(item: Application | ApiKey) -> str:
