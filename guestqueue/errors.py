@@ -10,6 +10,7 @@ Every rejection maps to exactly one HTTP status and one ``code`` string::
     │   ├── InvalidField          422 invalid_field
     │   ├── IdempotencyMismatch   422 idempotency_mismatch (a key reused for another question)
     │   ├── Conflict              409 conflict        (the admin API: a line that exists, or comes from the file)
+    │   ├── OffsetMismatch        409 offset_mismatch (a pull worker's chunks do not continue its answer; with offset)
     │   ├── LineFull              429 queue_full      (with Retry-After)
     │   ├── WaitTooLong           429 wait_too_long   (the line's max_predicted_wait_sec; with Retry-After)
     │   ├── ClientLimit           429 client_limit    (with Retry-After)
@@ -136,6 +137,20 @@ class Forbidden(Rejected):
 
 class QuotaExceeded(Rejected):
     status_code, code = 403, "quota_exceeded"
+
+
+class OffsetMismatch(Rejected):
+    """A pull worker's chunks (or ``complete``) do not continue the answer where the line has it:
+    the body's ``offset`` says where to send from (as tus answers an upload at the wrong offset)."""
+
+    status_code, code = 409, "offset_mismatch"
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(f"The answer continues at chunk {offset}: send the chunks from there (offset={offset}).")
+        self.offset = offset
+
+    def body(self) -> dict[str, str | int]:
+        return {**super().body(), "offset": self.offset}
 
 
 class ReceiptGone(Rejected):

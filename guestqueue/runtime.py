@@ -37,8 +37,9 @@ from .sessions import MemorySessions, RedisSessions, Sessions
 from .store import RequestLog
 from .tokens import TokenSigner
 from .upstream import Upstream
-from .upstream.jobboard import JobBoard, MemoryJobBoard, RedisJobBoard
+from .upstream.jobboard import JobBoard, MemoryJobBoard
 from .upstream.pull import PullUpstream
+from .upstream.redisjobs import RedisJobBoard
 from .views import QueueViews
 from .workers import FlightSink, WorkerPool
 

@@ -127,6 +127,26 @@ async def test_a_lease_lost_mid_answer_ends_interrupted_and_too_many_receives_en
         assert events[-1].name == "error" and events[-1].data["code"] == "upstream_unavailable"
 
 
+async def test_chunks_sent_again_are_taken_once_and_a_gap_is_refused_with_the_offset(tmp_path: Path) -> None:
+    async with serve_lines(tmp_path, PULL) as (_, lines), httpx.AsyncClient(timeout=30) as client:
+        asked = asyncio.create_task(stream_events(client, f"{lines}/gpu/chat", json={"query": "q"}))
+        [job] = await _receive(client, lines)
+        chunks, complete = f"{_jobs(lines)}/{job['receipt']}/chunks", f"{_jobs(lines)}/{job['receipt']}/complete"
+        assert (await client.post(chunks, params={"offset": 0}, json=["a", "b"])).json()["offset"] == 2
+        again = await client.post(chunks, params={"offset": 1}, content=b'"b"\n"c"\n',
+                                  headers={"Content-Type": "application/x-ndjson"})  # "b" sent again
+        assert again.json() == {"receipt": job["receipt"], "chunks": 2, "offset": 3}
+        gap = await client.post(chunks, params={"offset": 5}, json=["f"])
+        assert gap.status_code == 409 and gap.json()["code"] == "offset_mismatch" and gap.json()["offset"] == 3
+        assert (await client.post(chunks, json=[])).json()["offset"] == 3  # an empty post asks where it is
+        short = await client.post(complete, json={"offset": 2})
+        assert short.status_code == 409 and short.json()["offset"] == 3
+        assert (await client.post(complete, json={"offset": 3})).status_code == 200
+        events = await asked
+        assert [e.data for e in events if e.name == "answer_chunk"] == ["a", "b", "c"]
+        assert events[-1].data["answer"] == "abc"
+
+
 async def test_a_worker_with_the_wrong_key_is_refused(tmp_path: Path, upstream: MockUpstream) -> None:
     async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
         app = await _application(client, api, "gpus")
@@ -159,12 +179,15 @@ async def test_bad_worker_requests_get_clear_errors(tmp_path: Path) -> None:
 
 
 @contextmanager
-def worker_process(tmp_path: Path, server: str, name: str, workflow: str) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(
+    tmp_path: Path, server: str, name: str, workflow: str, *, visibility_s: float = 1
+) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "GUEST_TEST_WORKER": name, "PYTHONPATH": str(ROOT)}
     log = (tmp_path / f"worker-{name}.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "guestqueue", "worker", "--server", server, "--line", "gpu",
-         "--visibility-timeout", "1", f"tests.pull_workflows:{workflow}"], env=env, stdout=log, stderr=log,
+         "--visibility-timeout", str(visibility_s), f"tests.pull_workflows:{workflow}"],
+        env=env, stdout=log, stderr=log,
     )
     try:
         yield proc

@@ -6,7 +6,9 @@ its guests hear ``processing`` when a worker takes it (the first report,
 upstream. A lease that runs out before the first chunk puts the job back at the
 front of the board (``receive_count`` + 1; past ``max_receive_count`` the guest
 gets ``error`` ``upstream_unavailable``); after a chunk the answer ends
-``interrupted``: a guest never gets a second answer.
+``interrupted``: a guest never gets a second answer. On Redis the board waits
+while Redis is away and puts back a job Redis forgot (redisjobs.py): the answer
+goes on from the worker that holds it.
 """
 
 from __future__ import annotations

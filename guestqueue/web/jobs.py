@@ -6,10 +6,14 @@
   receive_count}]}`` in line order (an empty list when none came).
 - With the receipt (``WORK`` on its line), under ``/api/v1/jobs/{receipt}/``:
   ``chunks`` (a JSON list of strings, or an ``application/x-ndjson`` body streamed as the answer
-  is made, one JSON string per line, each passed on as it arrives), ``complete`` (optional
-  ``{suggested_questions}``), ``fail`` (``{error, retryable}``), ``extend``
+  is made, one JSON string per line, each passed on as it arrives; ``?offset=N``: the index of the
+  body's first chunk in the answer), ``complete`` (optional ``{suggested_questions, offset}``, the
+  offset being the answer's length in chunks), ``fail`` (``{error, retryable}``), ``extend``
   (``{visibility_timeout_sec}``). A receipt whose lease ran out, or whose job ended, gets 410
-  ``receipt_expired``.
+  ``receipt_expired``; chunks that do not continue the answer get 409 ``offset_mismatch`` with the
+  ``offset`` to send from (chunks it already has are skipped: a post sent again repeats nothing);
+  while Redis is away (or has just forgotten the job, until its owner puts it back), 503
+  ``unavailable`` with Retry-After: send the same report again.
 """
 
 from __future__ import annotations
@@ -105,26 +109,25 @@ class JobsApi:
     async def chunks(self, request: Request) -> Response:
         queue, board, receipt = self._leased(request)
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        sent = 0
+        chunks = _Chunks(board, receipt, _offset(request))
         if media_type in NDJSON:
             settings = queue.service.settings
             most = settings.max_answer_bytes * JSON_BYTES_PER_ANSWER_BYTE + settings.max_body_bytes
             try:
-                sent = await self._stream_lines(request, board, receipt, settings.max_body_bytes, most)
+                await self._stream_lines(request, chunks, settings.max_body_bytes, most)
             except Rejected as exc:  # (the job ended, the post is too large) mid-body: stop the sender
                 exc.close_connection = True  # else the server would go on reading what it throws away
                 raise
         else:
-            texts = _texts(await read_json_list(request, queue.service.settings, "The body"), "The body")
-            if texts:
-                await board.report(receipt, Report("chunks", {"texts": texts}))
-            sent = len(texts)
-        return JSONResponse({"receipt": receipt, "chunks": sent})
+            await chunks.send(_texts(await read_json_list(request, queue.service.settings, "The body"), "The body"))
+        if chunks.next is None:  # an empty post: it asks where the answer is
+            await chunks.send([], always=True)
+        return JSONResponse({"receipt": receipt, "chunks": chunks.sent, "offset": chunks.next})
 
-    async def _stream_lines(self, request: Request, board: JobBoard, receipt: str, max_line: int, most: int) -> int:
+    async def _stream_lines(self, request: Request, chunks: _Chunks, max_line: int, most: int) -> None:
         """Each complete line of the NDJSON body goes on as soon as it is in; past the line's
         max_answer_bytes the job ends (workers.py) and the next report answers 410."""
-        pending, total, sent = b"", 0, 0
+        pending, total = b"", 0
         try:
             async for piece in request.stream():
                 total += len(piece)
@@ -134,16 +137,11 @@ class JobsApi:
                 *lines, pending = pending.split(b"\n")
                 if len(pending) > max_line:
                     raise BodyTooLarge(f"A line of the body is longer than {max_line} bytes.")
-                texts = [text for line in lines if line.strip() for text in _texts([_line(line)], "A line")]
-                if texts:
-                    await board.report(receipt, Report("chunks", {"texts": texts}))
-                    sent += len(texts)
+                await chunks.send([text for line in lines if line.strip() for text in _texts([_line(line)], "A line")])
         except ClientDisconnect:
             raise ClientGone("The worker disconnected while sending.") from None
         if pending.strip():
-            await board.report(receipt, Report("chunks", {"texts": _texts([_line(pending)], "A line")}))
-            sent += 1
-        return sent
+            await chunks.send(_texts([_line(pending)], "A line"))
 
     async def complete(self, request: Request) -> Response:
         queue, board, receipt = self._leased(request)
@@ -151,7 +149,10 @@ class JobsApi:
         questions = data.get("suggested_questions", [])
         if not isinstance(questions, list) or not all(isinstance(q, str) for q in questions):
             raise InvalidField("'suggested_questions' must be a list of strings.")
-        await board.report(receipt, Report("complete", {"suggested_questions": questions}))
+        offset = data.get("offset")
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int) or offset < 0):
+            raise InvalidField("'offset' must be the answer's length in chunks (a whole number, 0 or more).")
+        await board.report(receipt, Report("complete", {"suggested_questions": questions}), offset=offset)
         return JSONResponse({"receipt": receipt, "status": "completed"})
 
     async def fail(self, request: Request) -> Response:
@@ -169,6 +170,31 @@ class JobsApi:
         visibility_s = _number(data, "visibility_timeout_sec", DEFAULT_VISIBILITY_S, 1.0, MAX_VISIBILITY_S)
         await board.extend(receipt, visibility_s)
         return JSONResponse({"receipt": receipt, "visibility_timeout_sec": visibility_s})
+
+
+class _Chunks:
+    """One post's chunks on their way to the board, each batch at its offset in the answer."""
+
+    def __init__(self, board: JobBoard, receipt: str, offset: int | None) -> None:
+        self._board, self._receipt, self._offset = board, receipt, offset
+        self.sent = 0  # chunks this post carried (some may have been in the answer already)
+        self.next: int | None = None  # the answer's length in chunks, as the board last said
+
+    async def send(self, texts: list[str], *, always: bool = False) -> None:
+        if not texts and not always:
+            return
+        at = None if self._offset is None else self._offset + self.sent
+        self.next = await self._board.report(self._receipt, Report("chunks", {"texts": texts}), offset=at)
+        self.sent += len(texts)
+
+
+def _offset(request: Request) -> int | None:
+    raw = request.query_params.get("offset")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
+        raise InvalidField("'offset' must be the index of the body's first chunk in the answer (0 or more).")
+    return int(raw)
 
 
 def _board(queue: Queue) -> JobBoard:

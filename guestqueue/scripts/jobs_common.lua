@@ -1,0 +1,41 @@
+-- Shared by a pull line's job board scripts (upstream/redisjobs.py), put before each of them.
+-- KEYS[1] offers (list of job ids)  KEYS[2] leases (receipt -> deadline ms)  KEYS[3] the line's epoch
+-- Per job and per receipt keys are spelled from the line's prefix (lines/keys.py has the names).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local DAY_MS = 86400000
+
+-- The line's epoch (lines/redis.py): a random name made when Redis has none, so a new one after
+-- Redis forgot everything (a restart without persistence, a FLUSHALL); made here too if a job
+-- script comes first. A receipt carries the epoch it was issued in: "<line>.<epoch>.<random>".
+local function epoch(candidate)
+  local current = redis.call('GET', KEYS[3])
+  if current then return current end
+  redis.call('SET', KEYS[3], candidate)
+  return candidate
+end
+
+local function issued_now(receipt)
+  return string.match(receipt, '^[^.]*%.([^.]*)%.') == redis.call('GET', KEYS[3])
+end
+
+-- A receipt's job id while its lease is live; else false and why: 'gone' (it ended or ran out, or
+-- was never issued) or 'forgotten' (issued before Redis lost its data: its owner puts it back).
+local function holder(prefix, receipt)
+  local id = redis.call('GET', prefix .. ':receipt:' .. receipt)
+  local deadline = redis.call('ZSCORE', KEYS[2], receipt)
+  if id and id ~= '' and deadline and tonumber(deadline) >= now then return id end
+  if id or deadline or issued_now(receipt) then return false, 'gone' end
+  return false, 'forgotten'
+end
+
+-- The receipt dies. One issued in an earlier epoch keeps a tombstone (''): without it, it would
+-- read as forgotten again.
+local function bury(prefix, receipt)
+  redis.call('ZREM', KEYS[2], receipt)
+  if issued_now(receipt) then
+    redis.call('DEL', prefix .. ':receipt:' .. receipt)
+  else
+    redis.call('SET', prefix .. ':receipt:' .. receipt, '', 'PX', DAY_MS)
+  end
+end

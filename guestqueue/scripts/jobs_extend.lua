@@ -1,0 +1,6 @@
+-- The lease of a live receipt runs visibility_ms from now.
+-- ARGV: receipt prefix visibility_ms   Returns 1 | 0 gone | -1 forgotten
+local id, why = holder(ARGV[2], ARGV[1])
+if not id then return why == 'forgotten' and -1 or 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+return 1
