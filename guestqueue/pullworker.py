@@ -5,8 +5,11 @@ The worker needs no inbound port (a GPU box behind NAT): it long-polls
 async generator taking a :class:`~guestqueue.upstream.WorkflowRequest`),
 streams the chunks back as one NDJSON body, then ``complete`` (or ``fail``).
 While a job runs its lease is extended every third of the visibility timeout.
-A lost connection is retried with exponential backoff and jitter; a receipt
-that is gone (410) means the job went elsewhere, and it is dropped. A plain
+A lost connection is retried with exponential backoff and jitter. A job's
+report that meets a 503 (Redis away) or a lost connection is sent again, the
+chunks from the ``offset`` the server has (it skips those it already took),
+until the lease would have run out; a receipt that is gone (410) means the job
+went elsewhere or ended, and it is dropped. A plain
 ``http://`` server that is not this machine gets one warning: the key and the
 jobs would cross the network in clear text (nginx.conf shows how to add TLS).
 """
@@ -23,6 +26,7 @@ import logging
 import os
 import random
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,6 +36,8 @@ from .upstream import Chunk, Workflow, WorkflowRequest, load_workflow
 
 logger = logging.getLogger("guestqueue.worker")
 BACKOFF_S, BACKOFF_CAP_S = 0.5, 30.0
+REPORT_RETRY_S, REPORT_RETRY_CAP_S = 0.25, 5.0  # a job's report sent again (503, a lost connection)
+MAX_OFFSET_FIXES = 3  # 409s in a row (each says where to go on from) before a job is given up
 MAX_JOBS_PER_RECEIVE = 10  # the server's limit (web/jobs.py)
 
 
@@ -88,54 +94,84 @@ class PullWorker:
                 task.add_done_callback(self._running.discard)
 
     async def _serve(self, job: dict[str, Any]) -> None:
-        receipt = job["receipt"]
-        url = f"{self._api}/jobs/{receipt}"
-        request = WorkflowRequest(job["job_id"], **job["request"])
-        suggested: list[str] = []
-        keeper = asyncio.create_task(self._keep_leased(url))
-
-        async def lines() -> AsyncIterator[bytes]:
-            async for item in self._workflow(request):
-                chunk = item if isinstance(item, Chunk) else Chunk(str(item))
-                suggested[:] = chunk.suggested_questions or suggested
-                if chunk.text:
-                    yield json.dumps(chunk.text).encode() + b"\n"
-
+        url = f"{self._api}/jobs/{job['receipt']}"
+        answer = _Answer()
+        lease = _Lease(self._visibility_s)
+        making = asyncio.create_task(answer.make(self._workflow, WorkflowRequest(job["job_id"], **job["request"])))
+        keeper = asyncio.create_task(self._keep_leased(url, lease))
         try:
-            sent = await self._client.post(
-                f"{url}/chunks", content=lines(), headers={**self._headers, "Content-Type": "application/x-ndjson"}
-            )
-            if sent.status_code == 410:
-                return  # the lease ran out: the job went to another worker
-            sent.raise_for_status()
-            done = await self._client.post(
-                f"{url}/complete", headers=self._headers, json={"suggested_questions": suggested}
-            )
-            if done.is_success:
-                self.served += 1
-                logger.info("job %s answered (%d served)", job["job_id"], self.served)
-        except Exception as exc:  # the workflow (or the connection) failed: say so, if we still can
-            logger.warning("job %s failed: %s: %s", job["job_id"], type(exc).__name__, exc)
-            try:
-                await self._client.post(
-                    f"{url}/fail",
-                    headers=self._headers,
-                    json={"error": f"{type(exc).__name__}: {exc}"[:500], "retryable": isinstance(exc, httpx.HTTPError)},
-                )
-            except httpx.HTTPError:
-                pass  # its lease runs out and the job goes back to the line
+            outcome = await self._deliver(url, answer, lease)
         finally:
             keeper.cancel()
+            making.cancel()
+        if outcome == "answered":
+            self.served += 1
+            logger.info("job %s answered (%d served)", job["job_id"], self.served)
+        else:
+            logger.warning("job %s %s", job["job_id"], outcome)
 
-    async def _keep_leased(self, url: str) -> None:
+    async def _deliver(self, url: str, answer: _Answer, lease: _Lease) -> str:
+        """Send the answer's chunks as they are made, then ``complete`` (or ``fail``). A report that
+        meets a server or Redis away (503, a lost connection) is sent again from where the server
+        has the answer (``offset``: chunks it already has are skipped there) until the lease would
+        have run out; 410 means the job is not ours any more."""
+        offset, attempt = 0, 0
+        while True:
+            step = "chunks" if offset < len(answer.texts) or not answer.done else \
+                "complete" if answer.error is None else "fail"
+            try:
+                reply: httpx.Response | None = await self._post(f"{url}/{step}", answer, offset)
+            except httpx.HTTPError as exc:
+                logger.info("%s of %s not delivered: %s %s", step, url, type(exc).__name__, exc)
+                reply = None
+            if reply is not None and reply.is_success:
+                lease.renewed()
+                if step != "chunks":
+                    return "answered" if step == "complete" else f"failed: {answer.error}"
+                offset, attempt = reply.json()["offset"], 0
+            elif reply is not None and reply.status_code == 410:
+                return "is gone (its lease ran out, or it ended)"
+            elif reply is not None and reply.status_code == 409:
+                offset = reply.json()["offset"]  # the server has the answer up to here: go on from there
+                attempt += 1
+                if offset > len(answer.texts) or attempt > MAX_OFFSET_FIXES:
+                    return f"dropped: the server has {offset} of its {len(answer.texts)} chunks"
+            elif reply is not None and not _retryable(reply.status_code):
+                refused = f"{step} refused: {reply.status_code} {reply.text}"
+                if step == "chunks":  # (too large, or not allowed): say so, once
+                    with contextlib.suppress(httpx.HTTPError):
+                        await self._client.post(f"{url}/fail", headers=self._headers,
+                                                json={"error": refused[:500], "retryable": False})
+                return f"dropped: {refused}"
+            elif lease.lapsed():
+                return "dropped: the server could not take its reports before the lease ran out"
+            else:
+                attempt += 1
+                await asyncio.sleep(_retry_delay_s(reply, attempt))
+
+    async def _post(self, url: str, answer: _Answer, offset: int) -> httpx.Response:
+        if url.endswith("/chunks"):  # streamed: each chunk goes on as the workflow makes it
+            return await self._client.post(url, params={"offset": offset}, content=answer.lines(offset),
+                                           headers={**self._headers, "Content-Type": "application/x-ndjson"})
+        if answer.error is not None:
+            error = f"{type(answer.error).__name__}: {answer.error}"[:500]
+            body = {"error": error, "retryable": isinstance(answer.error, httpx.HTTPError)}
+        else:
+            body = {"suggested_questions": answer.suggested, "offset": len(answer.texts)}
+        return await self._client.post(url, headers=self._headers, json=body)
+
+    async def _keep_leased(self, url: str, lease: _Lease) -> None:
         while True:
             await asyncio.sleep(self._visibility_s / 3)
             try:
-                await self._client.post(
+                reply = await self._client.post(
                     f"{url}/extend", headers=self._headers, json={"visibility_timeout_sec": self._visibility_s}
                 )
             except httpx.HTTPError as exc:
                 logger.warning("could not extend %s: %s", url, exc)
+                continue
+            if reply.is_success:
+                lease.renewed()
 
     async def aclose(self) -> None:
         for task in self._running:
@@ -165,6 +201,77 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a name: it may resolve anywhere
+
+
+class _Answer:
+    """A job's answer as its workflow makes it, which a post can send (again) from any offset."""
+
+    __slots__ = ("_grown", "done", "error", "suggested", "texts")
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.suggested: list[str] = []
+        self.done = False
+        self.error: BaseException | None = None
+        self._grown = asyncio.Event()
+
+    async def make(self, workflow: Workflow, request: WorkflowRequest) -> None:
+        try:
+            async for item in workflow(request):
+                chunk = item if isinstance(item, Chunk) else Chunk(str(item))
+                self.suggested = chunk.suggested_questions or self.suggested
+                if chunk.text:
+                    self.texts.append(chunk.text)
+                    self._wake()
+        except Exception as exc:  # the workflow failed: the job ends with `fail`
+            self.error = exc
+        finally:
+            self.done = True
+            self._wake()
+
+    def _wake(self) -> None:
+        self._grown.set()
+        self._grown = asyncio.Event()
+
+    async def lines(self, start: int) -> AsyncIterator[bytes]:
+        """The chunks from ``start`` as NDJSON, following the workflow until it ends."""
+        at = start
+        while True:
+            while at < len(self.texts):
+                yield json.dumps(self.texts[at]).encode() + b"\n"
+                at += 1
+            if self.done:
+                return
+            await self._grown.wait()
+
+
+class _Lease:
+    """When the server last took a report or an extend: past the visibility timeout without one,
+    the job is someone else's (or nobody's) and retrying is pointless."""
+
+    __slots__ = ("_last", "_visibility_s")
+
+    def __init__(self, visibility_s: float) -> None:
+        self._visibility_s = visibility_s
+        self._last = time.monotonic()
+
+    def renewed(self) -> None:
+        self._last = time.monotonic()
+
+    def lapsed(self) -> bool:
+        return time.monotonic() - self._last > self._visibility_s
+
+
+def _retryable(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
+def _retry_delay_s(reply: httpx.Response | None, attempt: int) -> float:
+    """The server's Retry-After (at most REPORT_RETRY_CAP_S), else a short backoff with jitter."""
+    said = reply.headers.get("Retry-After", "") if reply is not None else ""
+    if said.isdigit():
+        return min(REPORT_RETRY_CAP_S, float(said))
+    return min(REPORT_RETRY_CAP_S, REPORT_RETRY_S * 2.0**attempt) * random.uniform(0.5, 1.0)
 
 
 async def _back_off(failures: int, exc: Exception) -> int:

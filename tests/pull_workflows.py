@@ -22,3 +22,10 @@ async def stall(request: WorkflowRequest) -> AsyncIterator[str]:
     """Takes the job and says nothing for a long time (a box that hangs, or is killed, first)."""
     await asyncio.sleep(3600)
     yield "never"
+
+
+async def slow(request: WorkflowRequest) -> AsyncIterator[str]:
+    """Twelve numbered words, a quarter second apart: long enough for Redis to go away mid-answer."""
+    for n in range(12):
+        await asyncio.sleep(0.25)
+        yield f"w{n} "

@@ -1,12 +1,12 @@
 """A pull line's jobs when Redis goes away (issue 21, point 5): unreachable for a few seconds and
 back with its data, or restarted empty (no persistence). Real redis-server, guestqueue over
-uvicorn on loopback, workers over real HTTP."""
+uvicorn on loopback, workers over real HTTP (the test's client, or a `guestqueue worker` process)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,9 @@ import pytest
 from .conftest import Received, wait_until
 from .redis_server import RedisServer, run_redis
 from .tcp_proxy import TcpProxy
+from .test_instances import _instances
 from .test_lineup import serve_lines
-from .test_pull import PULL, _follow, _jobs, _receive
+from .test_pull import PULL, _follow, _jobs, _receive, worker_process
 
 OUTAGE_S = 1.5  # below the instances' lease (GUEST_INSTANCE_TTL_SEC, 5 s) and the jobs' leases
 
@@ -109,6 +110,23 @@ async def test_a_job_a_worker_holds_while_redis_is_away_is_finished_when_it_retu
         assert _calls(running) == {"ok": 1}
 
 
+@pytest.mark.parametrize("kind", ["unreachable", "empty"])
+async def test_our_worker_finishes_an_answer_that_redis_interrupted(tmp_path: Path, kind: str) -> None:
+    async with pull_line(tmp_path, kind) as (running, lines, outage), httpx.AsyncClient(timeout=30) as client:
+        heard: list[Received] = []
+        with worker_process(tmp_path, lines.split("/api/v1/")[0], "W", "slow", visibility_s=10):
+            asked = asyncio.create_task(_follow(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
+            await wait_until(lambda: len(_chunks(heard)) >= 2, 15, "the worker is answering")
+            await outage.begin()
+            await asyncio.sleep(OUTAGE_S)
+            await outage.end()
+            await asyncio.wait_for(asked, 20)
+        assert heard[-1].name == "workflow_complete", heard[-1]
+        assert _chunks(heard) == [f"w{n} " for n in range(12)], "every chunk once, in order"
+        assert [e.name for e in heard].count("processing") == 1
+        assert _calls(running) == {"ok": 1}
+
+
 async def test_a_job_no_worker_had_taken_is_offered_again_after_redis_restarts_empty(tmp_path: Path) -> None:
     async with pull_line(tmp_path, "empty") as (running, lines, outage), httpx.AsyncClient(timeout=30) as client:
         heard: list[Received] = []
@@ -164,3 +182,36 @@ async def test_after_an_empty_restart_a_worker_that_sends_no_offset_is_refused_n
         assert [e.name for e in heard if e.name in ("error", "workflow_complete")] == ["error"]
         assert heard[-1].data["code"] == "interrupted" and _chunks(heard) == ["one "]
         assert (await client.post(f"{url}/chunks", params={"offset": 1}, json=["two "])).status_code == 410
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    with run_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def two(tmp_path: Path, own_redis: RedisServer) -> Iterator[list[str]]:
+    """Two guestqueue processes on ``own_redis``: their /api/v1/lines URLs."""
+    config = tmp_path / "pull.toml"
+    config.write_text(PULL)
+    for bases in _instances(tmp_path, 2, own_redis.url, "pull", config=str(config)):
+        yield [base.removesuffix("/guest") + "/lines" for base in bases]
+
+
+async def test_redis_killed_mid_answer_with_two_instances_the_guest_still_gets_it_once(
+    tmp_path: Path, two: list[str], own_redis: RedisServer
+) -> None:
+    """The guest on one instance, our worker on the other; Redis killed and started again empty."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        heard: list[Received] = []
+        with worker_process(tmp_path, two[1].split("/api/v1/")[0], "far", "slow", visibility_s=10):
+            asked = asyncio.create_task(_follow(client, f"{two[0]}/gpu/chat", {"query": "q"}, heard))
+            await wait_until(lambda: len(_chunks(heard)) >= 2, 15, "the worker is answering")
+            await asyncio.to_thread(own_redis.stop)
+            await asyncio.sleep(OUTAGE_S)
+            await asyncio.to_thread(own_redis.start)
+            await asyncio.wait_for(asked, 30)
+    assert heard[-1].name == "workflow_complete", heard[-1]
+    assert _chunks(heard) == [f"w{n} " for n in range(12)], "every chunk once, in order"
+    assert [e.name for e in heard].count("processing") == 1
