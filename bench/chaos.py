@@ -2,6 +2,7 @@
 
     python bench/chaos.py --requests 3000 --duration 120
     python bench/chaos.py --only soak,frozen --requests 500
+    python bench/chaos.py --only forgetful --repeat 10
 
 Each scenario is the same code the CI tests run (tests/chaos/), judged by the same oracle
 (tests/chaos/oracle.py), only with bigger counts. Exit status 1 if any promise broke.
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the oracle and scenarios live in tests/chaos, shared with CI
 
 from tests.chaos.flood import flood_beside_normal  # noqa: E402
+from tests.chaos.forgetful import forgetful_redis  # noqa: E402
 from tests.chaos.frozen import frozen_reader  # noqa: E402
 from tests.chaos.oracle import Verdict  # noqa: E402
 from tests.chaos.process import sigkill_then_restart, sigterm_with_crowd  # noqa: E402
@@ -32,7 +34,7 @@ from tests.chaos.rolling import rolling_restart  # noqa: E402
 from tests.chaos.soak import SoakConfig, chaos_soak  # noqa: E402
 from tests.conftest import MockUpstream, run_mock_upstream  # noqa: E402
 
-SCENARIOS = ("soak", "frozen", "resets", "sigterm", "sigkill", "flood", "rolling")
+SCENARIOS = ("soak", "frozen", "resets", "sigterm", "sigkill", "flood", "rolling", "forgetful")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--flood-clients", type=int, default=60, help="flood: normal clients")
     parser.add_argument("--rolling-guests", type=int, default=2000,
                         help="rolling: guests through nginx while 3 instances restart (one killed)")
+    parser.add_argument("--forgetful-guests", type=int, default=500,
+                        help="forgetful: guests through nginx while Redis is flushed, restarted empty, stalled")
+    parser.add_argument("--visitors", type=int, default=30, help="forgetful: waiting-room visitors beside them")
+    parser.add_argument("--repeat", type=int, default=1, help="run the chosen scenarios this many times")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
     return parser.parse_args(argv)
@@ -70,6 +76,7 @@ def scenarios(
         "sigkill": lambda: sigkill_then_restart(upstream, tmp, rounds=args.kills, requests=200, workers=20),
         "flood": lambda: flood_beside_normal(upstream, tmp, clients=args.flood_clients, each=3, flood_connections=16),
         "rolling": lambda: rolling_restart(upstream, tmp, guests=args.rolling_guests),
+        "forgetful": lambda: forgetful_redis(upstream, tmp, guests=args.forgetful_guests, visitors=args.visitors),
     }
 
 
@@ -91,13 +98,14 @@ def summary(verdict: Verdict) -> str:
 async def run(args: argparse.Namespace) -> int:
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     rows: list[tuple[str, float, Verdict]] = []
-    with run_mock_upstream() as upstream, tempfile.TemporaryDirectory() as tmp:
-        table = scenarios(args, upstream, Path(tmp))
-        for name in chosen:
-            began = time.monotonic()
-            print(f"running {name} ...", file=sys.stderr, flush=True)
-            verdict = await table[name]()
-            rows.append((name, time.monotonic() - began, verdict))
+    for _run in range(args.repeat):
+        with run_mock_upstream() as upstream, tempfile.TemporaryDirectory() as tmp:
+            table = scenarios(args, upstream, Path(tmp))
+            for name in chosen:
+                began = time.monotonic()
+                print(f"running {name} ...", file=sys.stderr, flush=True)
+                verdict = await table[name]()
+                rows.append((name, time.monotonic() - began, verdict))
     print(f"\nmachine: {os.cpu_count()} CPUs, {_cpu_model()}, Python {platform.python_version()}")
     print(f"command: python bench/chaos.py {' '.join(sys.argv[1:])}\n")
     print("| scenario | seconds | violations | measured |")

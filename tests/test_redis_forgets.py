@@ -15,29 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
+from .chaos.forgetful import trouble
 from .conftest import MockUpstream, Received
-from .redis_server import RedisServer, run_redis
+from .redis_server import run_redis
 from .test_admission import SECRET, _join, _poll, _room, _until
 from .test_instances import _body, _instances, _stream_noting
 
 GUESTS = 8
-
-
-async def _trouble(kind: str, redis: RedisServer) -> None:
-    if kind == "restart":
-        redis.stop()
-        redis.start()  # back, and empty (no persistence)
-        return
-    client = aioredis.from_url(redis.url)
-    try:
-        if kind == "flush":
-            await client.flushall()
-        else:
-            await client.execute_command("DEBUG", "SLEEP", "2")
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.parametrize("kind", ["flush", "restart", "sleep"])
@@ -58,7 +43,7 @@ async def test_a_forgetful_or_stalled_redis_keeps_order_answers_and_each_chunk_o
                         client, f"{bases[n % 2]}/chat", _body(f"g{n}", tag, **mock), admitted)))
                     await asyncio.wait_for(admitted.wait(), 10)
                 await asyncio.sleep(0.5)  # the first call is streaming, seven guests wait
-                await _trouble(kind, redis)
+                await trouble(redis, kind)
                 results = await asyncio.gather(*streams)
             for n, events in enumerate(results):
                 endings = [e for e in events if e.name in ("workflow_complete", "error", "timeout")]
@@ -94,9 +79,7 @@ async def test_a_waiting_room_never_lets_more_in_than_max_active_after_redis_for
                 await asyncio.sleep(0.5)
                 tokens = await inside()
                 assert len(tokens) == 2, tokens
-                flusher = aioredis.from_url(redis.url)
-                await flusher.flushall()
-                await flusher.aclose()
+                await trouble(redis, "flush")
                 deadline = time.monotonic() + 3.0  # three rebuild windows
                 while time.monotonic() < deadline:
                     assert await inside() == tokens, "nobody else was let in while two sessions are open"
