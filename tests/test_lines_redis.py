@@ -181,3 +181,19 @@ async def test_a_request_record_is_written_by_its_holder_only_and_never_after_it
             assert record.terminal is not None and record.terminal[0] == "workflow_complete"
         finally:
             await client.aclose()
+
+
+async def test_a_lease_runs_out_only_while_someone_beats(redis_url: str, redis_prefix: str) -> None:
+    """A gap in every instance's heartbeat longer than a lease is Redis's (asleep, unreachable, back
+    from a restart with its data), not the instances': a call running then keeps its slot. On main,
+    the first script after such a gap took it for a dead instance's (a second call, or `interrupted`)."""
+    async with instances(redis_url, redis_prefix, "a", "b") as (line_a, line_b):
+        first, second = flights(2)
+        await line_a.admit(first)
+        await line_b.admit(second)
+        assert (await line_a.next()).id == first.id  # a runs the one slot's call
+        for line in (line_a, line_b):
+            die(line)  # nobody beats, as while Redis slept
+        await asyncio.sleep(1.5)  # more than the 1 s lease
+        assert await line_b.dead_flights() == []
+        assert len((await line_b.view()).running_s) == 1, "a's call still holds the slot"

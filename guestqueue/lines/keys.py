@@ -27,6 +27,12 @@ class Keys:
         return f"{self.prefix}:epoch"
 
     @property
+    def beat(self) -> str:
+        """HASH at, ttl: the last heartbeat of any instance (a gap longer than a lease is Redis's, not
+        the instances': lines/redis.py forgives it)."""
+        return f"{self.prefix}:beat"
+
+    @property
     def rebuilding(self) -> str:
         """Set (with an expiry) while the instances rebuild a forgotten line: no start, no new number."""
         return f"{self.prefix}:rebuilding"

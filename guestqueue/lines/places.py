@@ -32,6 +32,7 @@ from ..errors import LineUnavailable
 from ..events import PROCESSING
 from ..tickets import Status, Ticket
 from .keys import Keys
+from .redis import FORGIVE_GAP
 
 logger = logging.getLogger("guestqueue.lines.places")
 
@@ -43,6 +44,8 @@ RECORD_TTL_S = 3600
 REAP = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+""" + FORGIVE_GAP + """
+forgive_gap(KEYS[1], ARGV[2] .. ':beat')
 local released = 0
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))) do
   local held = ARGV[2] .. ':held:' .. dead

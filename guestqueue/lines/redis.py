@@ -57,6 +57,22 @@ from .keys import Keys
 
 logger = logging.getLogger("guestqueue.lines.redis")
 
+# Leases run out only while someone beats: after a whole lease without any heartbeat (Redis was
+# away or asleep, not the instances), every instance live at the last beat gets a lease to beat
+# again, so no slot, place or running call is taken from a live instance. Needs NOW.
+FORGIVE_GAP = """
+local function forgive_gap(instances, beat)
+  local last = redis.call('HMGET', beat, 'at', 'ttl')
+  local at, ttl = tonumber(last[1] or '0'), tonumber(last[2] or '0')
+  if at > 0 and now - at > ttl then
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', instances, at, '+inf')) do
+      redis.call('ZADD', instances, now + ttl, id)
+    end
+    redis.call('HSET', beat, 'at', now)
+  end
+end
+"""
+
 # Shared Lua: NOW (ms on Redis's clock) and LIVE_ACTIVE (slots of live instances). A slot of a
 # dead instance is given up where it is found, before any start: a call that had said nothing
 # (its event stream holds no chunk and no ending) goes back into line at its old number at once,
@@ -65,7 +81,9 @@ logger = logging.getLogger("guestqueue.lines.redis")
 _PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+""" + FORGIVE_GAP + """
 local function live_active(slots, instances, orphans, line, prefix)
+  forgive_gap(instances, prefix .. ':beat')
   local active = 0
   local all = redis.call('HGETALL', slots)
   for i = 1, #all, 2 do
@@ -233,11 +251,14 @@ return {now, redis.call('ZRANGE', KEYS[4], 0, -1), running, tostring(pace),
 
 # Also the line's epoch: made here when Redis has none (a new line, or one Redis forgot); an
 # instance that knew another one opens the rebuild window (every live instance beats within it).
-# KEYS: instances info epoch rebuilding   ARGV: instance_id ttl_ms known_epoch new_epoch field/value pairs...
+# KEYS: instances info epoch rebuilding beat   ARGV: instance_id ttl_ms known_epoch new_epoch field/value pairs...
 # Returns {1 if the lease was new, the epoch, 1 if Redis forgot the epoch this instance knew}
 HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+""" + FORGIVE_GAP + """
+forgive_gap(KEYS[1], KEYS[5])
+if tonumber(ARGV[2]) > 0 then redis.call('HSET', KEYS[5], 'at', now, 'ttl', ARGV[2]) end
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
   epoch = ARGV[4]
@@ -393,7 +414,8 @@ class RedisLine:
             await self._heartbeat_once()
 
     def _beat_keys(self) -> list[str]:
-        return [self.keys.instances, self.keys.instance_info(self.instance_id), self.keys.epoch, self.keys.rebuilding]
+        return [self.keys.instances, self.keys.instance_info(self.instance_id), self.keys.epoch, self.keys.rebuilding,
+                self.keys.beat]
 
     async def _heartbeat(self) -> None:
         while True:
