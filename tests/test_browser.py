@@ -448,7 +448,7 @@ def test_every_language_has_every_string() -> None:
 # guest who has gone.
 NOT_ON_THE_PAGE = {"invalid_json", "unsupported_media_type", "idempotency_mismatch", "conflict",
                    "too_many_attempts", "timeout", "already_finished", "reconnect", "client_disconnected",
-                   "receipt_expired",  # a pull worker's (web/jobs.py), never a guest's
+                   "receipt_expired", "offset_mismatch",  # a pull worker's (web/jobs.py), never a guest's
                    "quota_exceeded"}  # the admin API's (an application's quotas), never a guest's
 CODE = re.compile(r'(?:"code": |code=|code: )"(\w+)"')
 
