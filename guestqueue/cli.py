@@ -33,7 +33,7 @@ import uvicorn
 from redis.exceptions import RedisError
 
 from . import simulate, store
-from .config import Settings, SettingsError, shown_redis_url
+from .config import Settings, SettingsError, shown_redis_url, unknown_variables
 from .errors import StartupError
 from .linespec import DEFAULT_LINE, load_lines
 from .pullworker import add_worker_parser, run_worker
@@ -115,6 +115,9 @@ def bind_socket(settings: Settings) -> socket.socket:
     return sock
 
 
+MAX_PAGES_SHOWN = 5  # the banner names this many lines' chat pages; GET /api/v1/lines has them all
+
+
 def where_things_are(settings: Settings, host: str, port: int) -> list[str]:
     """What a new user needs to know at start-up: where to go, what answers, where it is written down."""
     shown_host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
@@ -140,8 +143,15 @@ def where_things_are(settings: Settings, host: str, port: int) -> list[str]:
         f"request log: {log}",
     ]
     if settings.config:
-        names = ", ".join(load_lines(settings.config, settings))
-        lines[1:2] = [f"lines:       {names} (from {settings.config}), at http://{shown_host}:{port}/api/v1/lines"]
+        names = list(load_lines(settings.config, settings))
+        lines_url = f"http://{shown_host}:{port}/api/v1/lines"
+        lines[1:2] = [f"lines:       {', '.join(names)} (from {settings.config}), at {lines_url}"]
+        if DEFAULT_LINE not in names:  # no /api/v1/guest/ then: each line's own pages
+            pages = [f"chat page:   {lines_url}/{name}/static/chat.html" for name in names[:MAX_PAGES_SHOWN]]
+            if len(names) > MAX_PAGES_SHOWN:
+                pages.append(f"             (and {len(names) - MAX_PAGES_SHOWN} more lines: {lines_url})")
+            at = next(i for i, line in enumerate(lines) if line.startswith("chat page:"))
+            lines[at:at + 2] = [*pages, f"dashboard:   {lines_url}/{names[0]}/dashboard"] if names else []
     if not settings.admin_api_key:
         lines.append("warning: GUEST_ADMIN_API_KEY is not set: /queue/history and /metrics answer only local callers")
     return lines
@@ -268,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     for line in where_things_are(settings, host, port):
         logger.info("%s", line)
+    for warning in unknown_variables():
+        logger.warning("%s", warning)
     if settings.workers > 1:
         return supervise(settings, sock, args)
     serve_here(settings, sock, args)

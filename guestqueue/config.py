@@ -10,6 +10,7 @@ its flags from the same table, so the two can never drift apart::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
@@ -356,6 +357,24 @@ class Settings:
             elif env in environ:
                 values[f.name] = parse_value(env, environ[env], f.type)
         return cls(**values)
+
+
+# GUEST_* variables read by something other than Settings (examples, `guestqueue worker`).
+OTHER_VARIABLES = frozenset({"GUEST_WORKER_KEY", "GUEST_TOKEN_SECRET"})
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each ``GUEST_*`` variable no setting reads (a typo starts silently with the
+    default otherwise), naming the closest real one."""
+    environ = os.environ if environ is None else environ
+    known = set(ENV_NAMES.values()) | OTHER_VARIABLES
+    warnings = []
+    for name in sorted(n for n in environ if n.startswith("GUEST_") and n not in known):
+        # Compared without the prefix every name shares, or GUEST_FOO would be "close" to GUEST_PORT.
+        close = difflib.get_close_matches(name[6:], sorted(k[6:] for k in known), n=1, cutoff=0.7)
+        hint = f"; did you mean GUEST_{close[0]}?" if close else " (guestqueue serve --help lists the settings)"
+        warnings.append(f"{name} is not a guestqueue setting and is ignored{hint}")
+    return warnings
 
 
 def cidrs_problem(raw: str) -> str | None:

@@ -220,6 +220,29 @@ def test_serve_says_where_things_are(tmp_path: Path, upstream: MockUpstream) -> 
     assert "warning: GUEST_ADMIN_API_KEY is not set: /queue/history and /metrics answer only local callers" in output
 
 
+def test_serve_names_unknown_settings_and_only_the_pages_that_exist(tmp_path: Path) -> None:
+    """Issue 22 points 6 and 8: `GUEST_MAX_QUEU_SIZE=5` started silently with the limit at 50, and a
+    file without a `guest` line still advertised /api/v1/guest/static/chat.html (which said "There
+    is no such line")."""
+    port = free_port()
+    config = tmp_path / "lines.toml"
+    config.write_text("[lines.fast]\n[lines.slow]\n")
+    env = {**env_without_guest_vars(), "GUEST_CONFIG": str(config), "GUEST_MAX_QUEU_SIZE": "5"}
+    with running([sys.executable, "-m", "guestqueue", "serve", "--port", str(port)], env, tmp_path) as proc:
+        lines = f"http://127.0.0.1:{port}/api/v1/lines"
+        wait_for_http(f"{lines}/fast/health")
+        for name in ("fast", "slow"):
+            assert httpx.get(f"{lines}/{name}/static/chat.html").status_code == 200
+        assert httpx.get(f"{lines}/fast/dashboard").status_code == 200
+    output = proc.stdout.read() if proc.stdout else ""
+    assert "GUEST_MAX_QUEU_SIZE is not a guestqueue setting and is ignored; did you mean GUEST_MAX_QUEUE_SIZE?" \
+        in output, output
+    assert "/api/v1/guest/" not in output, output
+    assert f"chat page:   {lines}/fast/static/chat.html" in output and f"chat page:   {lines}/slow/static/chat.html" \
+        in output
+    assert f"dashboard:   {lines}/fast/dashboard" in output
+
+
 def test_the_shared_line_is_named_without_its_password() -> None:
     # redis-py also takes the password from the query; that one used to be printed.
     settings = Settings(redis_url="redis://app:hunter2@cache:6379/0?password=hunter2", redis_prefix="shop")
