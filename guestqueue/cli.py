@@ -36,7 +36,7 @@ from . import simulate, store
 from .config import Settings, SettingsError, shown_redis_url, unknown_variables
 from .errors import StartupError
 from .linespec import DEFAULT_LINE, load_lines
-from .pullworker import add_worker_parser, run_worker
+from .pullworker import add_app_dir, add_worker_parser, import_from_app_dir, run_worker
 from .upstream import load_workflow
 from .web.app import API_PREFIX, GuestQueue, create_app
 from .web.server import uvicorn_config
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=f.name, metavar="VALUE", help=help_text)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request (costs throughput)")
+    add_app_dir(serve)
     add_worker_parser(commands)
     simulate.add_arguments(commands.add_parser(
         "simulate", help="run a line's real admission, pacing and estimates on a virtual clock (what-if limits)",
@@ -257,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_worker(args)
     if args.command == "simulate":
         return simulate.main(args)
+    import_from_app_dir(args)  # a python upstream (module:function) next to where serve runs
     try:
         settings = load_settings(args)
     except SettingsError as exc:

@@ -291,11 +291,24 @@ def add_worker_parser(commands: Any) -> None:
     worker.add_argument("--concurrency", type=int, default=1, help="jobs served at once (default 1)")
     worker.add_argument("--visibility-timeout", type=float, default=30.0, dest="visibility_s",
                         help="seconds a job stays ours without news (extended while it runs; default 30)")
+    add_app_dir(worker)
+
+
+def add_app_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--app-dir", default=".", help="where module:function is imported from, as uvicorn's "
+                                                       "--app-dir (default: the current directory)")
+
+
+def import_from_app_dir(args: argparse.Namespace) -> None:
+    """``module:function`` is found next to where the user runs the command (a console script,
+    unlike ``python -m``, does not look in the current directory by itself)."""
+    sys.path.insert(0, os.path.abspath(args.app_dir))
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    import_from_app_dir(args)
     try:
-        workflow = load_workflow(args.workflow)
+        workflow = load_workflow(args.workflow, named="module:function")
     except ValueError as exc:
         print(f"guestqueue worker: error: {exc}", file=sys.stderr)
         return 2

@@ -243,6 +243,39 @@ def test_serve_names_unknown_settings_and_only_the_pages_that_exist(tmp_path: Pa
     assert f"dashboard:   {lines}/fast/dashboard" in output
 
 
+BOT = """
+from guestqueue.upstream import Chunk
+
+
+async def answer(request):
+    yield Chunk(text="my own answer to " + request.query)
+"""
+
+
+def test_your_own_module_is_imported_from_where_you_run_the_command(tmp_path: Path) -> None:
+    """Issue 22 point 4: `guestqueue worker my_worker:answer` and `guestqueue serve --upstream-url
+    mybot:answer`, run next to the module as README shows, said "No module named ...", and the
+    worker's error named GUEST_UPSTREAM_URL, a setting its user never set."""
+    (tmp_path / "mybot.py").write_text(BOT)
+    script = shutil.which("guestqueue", path=str(Path(sys.executable).parent))
+    assert script is not None
+    port = free_port()
+    env = {**env_without_guest_vars(), "GUEST_UPSTREAM_INTERVAL_SEC": "0"}
+    with running([script, "serve", "--port", str(port), "--upstream-url", "mybot:answer"], env, tmp_path):
+        base = f"http://127.0.0.1:{port}/api/v1/guest"
+        wait_for_http(f"{base}/health")
+        reply = httpx.post(f"{base}/chat/simple", json={"query": "hi"}, timeout=10)
+        assert reply.json()["answer"] == "my own answer to hi", reply.text
+    worker = subprocess.run([script, "worker", "mybot:nothing", "--server", "http://127.0.0.1:9", "--line", "x"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert worker.returncode == 2
+    assert "module:function='mybot:nothing': cannot import (module 'mybot' has no attribute 'nothing')" \
+        in worker.stderr, worker.stderr
+    elsewhere = subprocess.run([script, "worker", "mybot:answer", "--server", "http://127.0.0.1:9", "--line", "x"],
+                               env=env, cwd=tmp_path.parent, capture_output=True, text=True, timeout=30)
+    assert "No module named 'mybot'" in elsewhere.stderr and "--app-dir" in elsewhere.stderr, elsewhere.stderr
+
+
 def test_the_shared_line_is_named_without_its_password() -> None:
     # redis-py also takes the password from the query; that one used to be printed.
     settings = Settings(redis_url="redis://app:hunter2@cache:6379/0?password=hunter2", redis_prefix="shop")

@@ -49,18 +49,22 @@ class PythonUpstream:
             ) from exc
 
 
-def load_workflow(spec: str) -> Workflow:
-    """Import ``module:function`` and check it is an async generator function."""
+def load_workflow(spec: str, *, named: str = "GUEST_UPSTREAM_URL") -> Workflow:
+    """Import ``module:function`` and check it is an async generator function. ``named`` is what
+    the user wrote it as, for the error (a setting, or a command's argument)."""
     module_name, sep, attr = spec.partition(":")
+    where = f"{named}={spec!r}"
     if not sep or not module_name or not attr:
-        raise ValueError(f"GUEST_UPSTREAM_URL={spec!r}: a python upstream is written module:function")
+        raise ValueError(f"{where}: a python upstream is written module:function")
     try:
         target: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"GUEST_UPSTREAM_URL={spec!r}: cannot import ({exc})") from exc
+        hint = " (modules are imported from the current directory, or --app-dir)" if isinstance(
+            exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0] else ""
+        raise ValueError(f"{where}: cannot import ({exc}){hint}") from exc
     if not inspect.isasyncgenfunction(target):
-        raise ValueError(f"GUEST_UPSTREAM_URL={spec!r}: {attr} is not an async generator function")
+        raise ValueError(f"{where}: {attr} is not an async generator function")
     workflow: Workflow = target
     return workflow
