@@ -421,8 +421,14 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+# A simulation signs no token: a waiting room only needs some key to be read (never used).
+UNSIGNED = "guestqueue simulate signs nothing: no token secret needed"
+
+
 def _load(args: argparse.Namespace) -> tuple[LineSpec, Scenario]:
     settings = Settings.from_env(config=args.config)
+    if not (settings.token_secret or settings.token_key_file):
+        settings = dataclasses.replace(settings, token_secret=UNSIGNED)
     lines = load_lines(settings.config, settings)
     if args.line not in lines:
         raise SimulationError(f"--line={args.line!r}: no such line (there are: {', '.join(lines)})")

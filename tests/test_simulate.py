@@ -96,6 +96,16 @@ def test_a_line_of_the_config_file_refuses_by_predicted_wait(
     assert out["refused_by_reason"] == {"line_closed": 20} and out["served"] == 0
 
 
+def test_a_waiting_room_of_the_config_file_needs_no_token_secret(tmp_path: Path) -> None:
+    """Issue 22 point 9: `guestqueue simulate --line shop` on a waiting room demanded
+    GUEST_TOKEN_SECRET, though a simulation signs nothing."""
+    config = tmp_path / "guestqueue.toml"
+    config.write_text('[lines.shop]\nmode = "admission"\nmax_active = 3\nsession_ttl_sec = 60\n')
+    proc, _ = run_cli("--config", str(config), "--line", "shop", "--guests", "20", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["line"] == "shop"
+
+
 def test_the_table_names_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--guests", "50", "--arrival-rate", "2/s", "--duration-dist", "exponential:3"]) == 0
     text = capsys.readouterr().out
