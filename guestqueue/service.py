@@ -269,11 +269,13 @@ class QueueService:
             except Rejected as exc:
                 self._reject(client, query, exc)
         if held >= limit or (self.places is not None and not await self._take_client_slot(client, query)):
-            self._reject(client, query, ClientLimit(
-                f"You already have {_count(max(held, limit), 'question')} in progress. "
-                "Please wait for an answer before asking more.",
-                retry_after_s=self._retry_after_s(1),
-            ))
+            if self.sessions is not None:  # a waiting room: places in line, not questions
+                words = (f"You already have {_count(max(held, limit), 'place')} in this waiting room. "
+                         "Please wait to be let in before joining again.")
+            else:
+                words = (f"You already have {_count(max(held, limit), 'question')} in progress. "
+                         "Please wait for an answer before asking more.")
+            self._reject(client, query, ClientLimit(words, retry_after_s=self._retry_after_s(1)))
         try:
             return await self._admit(query, client, parameters, session_id, idempotency_key, request_id, tier)
         except Rejected:

@@ -192,6 +192,17 @@ async def test_wrong_use_gets_clear_errors(tmp_path: Path) -> None:
         assert (await client.get(f"{lines}/shop/join/{'0' * 32}")).status_code == 404
 
 
+async def test_one_address_at_its_limit_hears_of_places_in_the_waiting_room(tmp_path: Path) -> None:
+    """Issue 22 point 10: a shopper was told "You already have 2 questions in progress"."""
+    async with room(tmp_path, _room(max_active=1, session_ttl_sec=300), max_per_client=2) as (lines, client):
+        url = f"{lines}/shop"
+        for _ in range(3):  # the first is let in, two wait
+            await _join(client, url)
+        refused = await client.post(f"{url}/join")
+        assert refused.status_code == 429 and refused.json()["code"] == "client_limit", refused.text
+        assert refused.json()["error"].startswith("You already have 2 places in this waiting room."), refused.text
+
+
 def test_an_admission_line_without_a_token_key_does_not_start(tmp_path: Path) -> None:
     from guestqueue.config import Settings, SettingsError
     from guestqueue.linespec import parse_line
