@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -722,3 +723,181 @@ def test_the_checkout_examples_waiting_room_in_a_browser(browser: WebDriver, tmp
         finally:
             shop.terminate()
             shop.wait(10)
+
+
+# --- Answers in Markdown (issue 22 point 1) -----------------------------------------------------
+
+MARKDOWN = """## Opening hours
+
+We are open **every day**; see [the map](https://example.com/map).
+
+- Monday to Friday: 9 to 18
+- Weekends: 10 to 16
+
+| day | opens |
+|---|---|
+| Monday | 9 |
+| Sunday | 10 |
+
+```python
+print("hello")
+```
+"""
+HOSTILE = """<script>window.pwned = 1</script>
+
+<img src=x onerror="window.pwned = 1"> and inline <b onmouseover="window.pwned = 1">html</b>
+
+[click me](javascript:window.pwned=1) and <a href="javascript:window.pwned=1">raw</a>
+"""
+ANSWERS = {"markdown": MARKDOWN, "hostile": HOSTILE,
+           "arabic": "## ساعات العمل\n\nنفتح **كل يوم**.\n\n- الاثنين: 9\n- الأحد: 10\n\n"
+                     "| اليوم | نفتح |\n|---|---|\n| الاثنين | 9 |\n\n```python\nprint(\"hello\")\n```\n"}
+
+
+async def markdown_answers(request: WorkflowRequest) -> AsyncIterator[str | Chunk]:
+    """The chosen answer, in small pieces a little apart: the page renders it while it streams."""
+    text = ANSWERS[request.query]
+    for start in range(0, len(text), 12):
+        await asyncio.sleep(0.04)
+        yield text[start:start + 12]
+
+
+@pytest.fixture(scope="module")
+def markdown_site() -> Iterator[str]:
+    """An app answering with ANSWERS[question], served by uvicorn on a loop in a thread of its own
+    (the module's browser tests are synchronous)."""
+    fast: dict[str, Any] = FAST
+    app = create_app(Settings(**fast), workflow=markdown_answers)
+    bases: list[str] = []
+    stopped = threading.Event()
+
+    async def run() -> None:
+        async with serve_app(app) as base:
+            bases.append(base)
+            await asyncio.to_thread(stopped.wait)
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not bases:
+        assert thread.is_alive() and time.monotonic() < deadline, "the Markdown site did not start"
+        time.sleep(0.02)
+    try:
+        yield f"{bases[0]}/api/v1/guest"
+    finally:
+        stopped.set()
+        thread.join(timeout=20)
+
+
+def answer_html(driver: WebDriver, selector: str) -> int:
+    count: int = driver.execute_script(
+        "return document.querySelectorAll('.turn:last-child .answer ' + arguments[0]).length", selector)
+    return count
+
+
+def test_markdown_answer_renders_while_it_streams(browser: WebDriver, markdown_site: str) -> None:
+    open_page(browser, f"{markdown_site}/static/chat.html?theme=light")
+    ask_on_page(browser, "markdown")
+    # Bold shows as bold before the answer has finished.
+    wait(browser).until(lambda d: answer_html(d, "strong") == 1)
+    assert ending_of_last_turn(browser) is None, "the answer should still be streaming"
+    wait(browser).until(lambda d: ending_of_last_turn(d) == "workflow_complete")
+    assert answer_html(browser, "h2") == 1
+    assert answer_html(browser, "ul > li") == 2
+    assert answer_html(browser, "table th") == 2 and answer_html(browser, "table td") == 4
+    assert browser.execute_script(
+        "return document.querySelector('.turn:last-child .answer pre code').textContent") == 'print("hello")\n'
+    assert "**" not in last_turn(browser, "answer") and "```" not in last_turn(browser, "answer")
+    link = browser.find_element(By.CSS_SELECTOR, ".turn:last-child .answer a")
+    assert (link.get_attribute("href"), link.get_attribute("target"), link.get_attribute("rel")) == (
+        "https://example.com/map", "_blank", "noopener noreferrer")
+    # The code block's copy button puts the code on the clipboard.
+    origin = re.match(r"https?://[^/]+", markdown_site)
+    assert origin
+    browser.execute_cdp_cmd("Browser.grantPermissions", {
+        "origin": origin[0], "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    copy = browser.find_element(By.CSS_SELECTOR, ".turn:last-child .answer .code button.copy")
+    assert copy.text == strings("en")["copy"]
+    copy.click()
+    wait(browser, 5).until(lambda d: copy.text == strings("en")["copied"])
+    copied = browser.execute_async_script(
+        "navigator.clipboard.readText().then(arguments[0], (e) => arguments[0]('failed: ' + e))")
+    assert copied == 'print("hello")\n'
+    screenshot(browser, "chat-markdown-light.png")
+
+
+def test_a_hostile_markdown_answer_runs_nothing(watched: WebDriver, markdown_site: str) -> None:
+    open_page(watched, f"{markdown_site}/static/chat.html")
+    ask_on_page(watched, "hostile")
+    wait(watched).until(lambda d: ending_of_last_turn(d) == "workflow_complete")
+    # Raw HTML is shown as the text it is, never made into elements.
+    text = last_turn(watched, "answer")
+    assert "<script>window.pwned = 1</script>" in text and '<img src=x onerror="window.pwned = 1">' in text
+    for tag in ("script", "img", "b", "[onerror]", "[onmouseover]"):
+        assert answer_html(watched, tag) == 0, tag
+    links = watched.find_elements(By.CSS_SELECTOR, ".turn:last-child .answer a")
+    assert [link.text for link in links] == ["click me"]
+    assert links[0].get_attribute("href") is None
+    links[0].click()
+    time.sleep(0.3)
+    assert watched.execute_script("return window.pwned") is None
+    assert len(watched.window_handles) == 1
+    assert watched.execute_script("return window.__cspViolations") == []
+
+
+def test_markdown_in_arabic_and_in_the_dark_theme(browser: WebDriver, markdown_site: str) -> None:
+    open_page(browser, f"{markdown_site}/static/chat.html?lang=ar&theme=light")
+    ask_on_page(browser, "arabic")
+    wait(browser).until(lambda d: ending_of_last_turn(d) == "workflow_complete")
+    assert answer_html(browser, "strong") == 1 and answer_html(browser, "table td") == 2
+    answer_dir, code_dir = browser.execute_script(
+        "const a = document.querySelector('.turn:last-child .answer');"
+        "return [getComputedStyle(a).direction, getComputedStyle(a.querySelector('pre')).direction]")
+    assert (answer_dir, code_dir) == ("rtl", "ltr"), "the answer reads right to left, its code left to right"
+    assert browser.find_element(By.CSS_SELECTOR, ".answer button.copy").text == strings("ar")["copy"]
+    screenshot(browser, "chat-markdown-arabic.png")
+
+    open_page(browser, f"{markdown_site}/static/chat.html?theme=dark")
+    ask_on_page(browser, "markdown")
+    wait(browser).until(lambda d: ending_of_last_turn(d) == "workflow_complete")
+    assert sum(background(browser)) < 120
+    assert answer_html(browser, "pre code") == 1 and answer_html(browser, "table") == 1
+    # The code block and the table are drawn in the dark theme's colours, not the light one's.
+    code_background = browser.execute_script(
+        "return getComputedStyle(document.querySelector('.turn:last-child .answer pre')).backgroundColor")
+    assert sum(int(part) for part in re.findall(r"\d+", code_background)[:3]) < 120, code_background
+    screenshot(browser, "chat-markdown-dark.png")
+
+
+# --- The favicon and the dark theme's Ask button (issue 22 point 2) ------------------------------
+
+def relative_luminance(color: str) -> float:
+    channels = [int(part) / 255 for part in re.findall(r"\d+", color)[:3]]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(a: str, b: str) -> float:
+    light, dark = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_the_pages_name_an_icon_that_exists(browser: WebDriver, site: str) -> None:
+    """Without a <link rel=icon> the browser asks for /favicon.ico, and got a 404."""
+    for url in (f"{site}/static/chat.html", f"{site}/dashboard"):
+        browser.get(url)
+        href = browser.execute_script("const l = document.querySelector('link[rel~=icon]'); return l && l.href")
+        assert href, f"{url} names no icon"
+        response = httpx.get(href)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("image/"), href
+
+
+def test_the_dark_themes_ask_button_looks_enabled(browser: WebDriver, site: str) -> None:
+    """White on the dark theme's light blue was 3.2:1, and read as a button turned off."""
+    for theme in ("dark", "light"):
+        open_page(browser, f"{site}/static/chat.html?theme={theme}")
+        text, fill, opacity = browser.execute_script(
+            "const s = getComputedStyle(document.getElementById('ask'));"
+            "return [s.color, s.backgroundColor, s.opacity]")
+        assert float(opacity) == 1
+        assert contrast(text, fill) >= 4.5, (theme, text, fill)

@@ -41,6 +41,8 @@ def content_security_policy(html: str) -> str:
     """A policy allowing exactly this page's inline ``<script>`` and ``<style>`` blocks."""
     hashes: dict[str, list[str]] = {"script": [], "style": []}
     for tag, body in _INLINE.findall(html):
+        if not body:
+            continue  # a <script src=...>: allowed as 'self', and nothing inline to allow
         digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
         hashes[tag.lower()].append(f"'sha256-{digest}'")
     return "; ".join([
