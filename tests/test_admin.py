@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+
+from guestqueue.catalog import PERMISSIONS
 
 from .conftest import MockUpstream, Running, serve, stream_events, wait_until
 
@@ -172,6 +174,21 @@ async def test_bad_admin_requests_get_clear_errors(tmp_path: Path, upstream: Moc
             assert (answer.status_code, answer.json()["code"]) == (status, code), answer.text
         schema = (await client.get(f"{api}/admin/openapi.json")).json()
         assert "/applications/{app_id}/keys" in schema["paths"] and "post" in schema["paths"]["/lines"]
+        # Issue 22 point 15: a generated client must find the paths and send what the server takes.
+        assert schema["servers"] == [{"url": "/api/v1/admin"}]
+        enums = [node["enum"] for node in _nodes(schema) if "enum" in node and "READ" in node["enum"]]
+        assert enums and all(enum == list(PERMISSIONS) for enum in enums), enums
+
+
+def _nodes(tree: Any) -> Iterator[dict[str, Any]]:
+    """Every object in a JSON document."""
+    if isinstance(tree, dict):
+        yield tree
+        for value in tree.values():
+            yield from _nodes(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _nodes(value)
 
 
 async def test_on_a_private_line_cancelling_needs_delete_or_write(tmp_path: Path, upstream: MockUpstream) -> None:

@@ -42,6 +42,7 @@ from .access import Access
 SCHEMAS = SchemaGenerator({
     "openapi": "3.0.0",
     "info": {"title": "guestqueue admin API", "version": "1"},
+    "servers": [{"url": "/api/v1/admin"}],  # the paths below are relative to the admin API's mount
     "components": {"securitySchemes": {
         "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
         "bearer": {"type": "http", "scheme": "bearer"},
@@ -241,7 +242,7 @@ class AdminApi:
         requestBody: {content: {application/json: {schema: {type: object, properties: {
           name: {type: string}, role: {type: string, enum: [admin, member]}, tier: {type: string},
           permissions: {type: object, additionalProperties: {type: array, items: {type: string,
-            enum: [READ, WRITE, DELETE, MANAGE]}}}}}}}}
+            enum: [READ, WRITE, DELETE, MANAGE, WORK]}}}}}}}}
         responses: {201: {description: '{"key": "gq_...", ...}: keep it, it is never shown again'}}
         """
         principal = self._who(request)
