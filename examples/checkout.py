@@ -8,7 +8,11 @@ guestqueue (the line ``shop``, from examples/waiting_room.toml):
 this app, on another port, sharing the secret:
 
     GUEST_TOKEN_SECRET=change-me-to-32-or-more-random-characters \\
-    uvicorn examples.checkout:app --port 9000
+    python examples/checkout.py --port 9000 --queue http://127.0.0.1:8000 --line shop
+
+(``--queue`` and ``--line`` default to ``GUESTQUEUE_URL`` and ``GUESTQUEUE_LINE``, then to the
+values above; ``uvicorn examples.checkout:app --port 9000`` reads the same variables.) On other
+ports, change ``redirect_url`` in the line and ``GUEST_CORS_ORIGINS`` to this app's address.
 
 Open http://127.0.0.1:9000/: the page joins the line, shows its place, and is
 sent to /checkout with its token when admitted. /checkout checks the token
@@ -18,12 +22,14 @@ slot for the next guest at once (else it frees at the token's expiry).
 
 from __future__ import annotations
 
+import argparse
 import html
 import os
 from urllib.parse import parse_qs
 
 import httpx
 import jwt
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -88,3 +94,18 @@ async def pay(request: Request) -> Response:
 
 
 app = Starlette(routes=[Route("/", waiting), Route("/checkout", checkout), Route("/pay", pay, methods=["POST"])])
+
+
+def main(argv: list[str] | None = None) -> None:
+    global QUEUE, LINE  # the routes above read them
+    parser = argparse.ArgumentParser(description="A checkout page behind a guestqueue waiting room.")
+    parser.add_argument("--port", type=int, default=9000, help="this app's port (default 9000)")
+    parser.add_argument("--queue", default=QUEUE, help="guestqueue's address [GUESTQUEUE_URL, default %(default)s]")
+    parser.add_argument("--line", default=LINE, help="the waiting room's line [GUESTQUEUE_LINE, default %(default)s]")
+    args = parser.parse_args(argv)
+    QUEUE, LINE = args.queue.rstrip("/"), args.line
+    uvicorn.run(app, host="127.0.0.1", port=args.port)
+
+
+if __name__ == "__main__":
+    main()

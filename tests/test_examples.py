@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ from guestqueue.cli import build_parser, load_settings
 from guestqueue.config import Settings
 from guestqueue.web.app import API_PREFIX
 
-from .conftest import MockUpstream, load_example, serve
+from .conftest import MockUpstream, env_without_guest_vars, free_port, load_example, serve, wait_for_http
 from .test_nginx import nginx_binary
 
 ROOT = Path(__file__).parent.parent
@@ -152,3 +153,19 @@ async def test_the_checkout_example_lets_in_the_admitted_and_frees_the_slot_when
             assert "Thank you" in paid.text
             again = await client.post(f"{queue}/api/v1/lines/shop/sessions/{joined['request_id']}/complete")
             assert again.status_code == 409 and again.json()["state"] == "completed"
+
+
+def test_the_checkout_example_takes_its_addresses_from_flags(tmp_path: Path) -> None:
+    """Issue 22 point 13: ports 8000 and 9000 were fixed in the example, GUESTQUEUE_URL only in its source."""
+    port, queue = free_port(), "http://127.0.0.1:18123"
+    env = {**env_without_guest_vars(), "GUEST_TOKEN_SECRET": "s" * 32}
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "checkout.py"), "--port", str(port), "--queue", queue,
+                             "--line", "tickets"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/")
+        page = httpx.get(f"http://127.0.0.1:{port}/").text
+        assert f'const line = "{queue}/api/v1/lines/tickets";' in page, page
+    finally:
+        proc.terminate()
+        proc.wait(10)
