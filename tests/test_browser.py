@@ -762,12 +762,10 @@ async def markdown_answers(request: WorkflowRequest) -> AsyncIterator[str | Chun
         yield text[start:start + 12]
 
 
-@pytest.fixture(scope="module")
-def markdown_site() -> Iterator[str]:
-    """An app answering with ANSWERS[question], served by uvicorn on a loop in a thread of its own
-    (the module's browser tests are synchronous)."""
-    fast: dict[str, Any] = FAST
-    app = create_app(Settings(**fast), workflow=markdown_answers)
+@contextmanager
+def served_in_thread(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on an event loop in a thread of its own (for the synchronous browser
+    tests); yields its guest API's base URL."""
     bases: list[str] = []
     stopped = threading.Event()
 
@@ -780,13 +778,21 @@ def markdown_site() -> Iterator[str]:
     thread.start()
     deadline = time.monotonic() + 15
     while not bases:
-        assert thread.is_alive() and time.monotonic() < deadline, "the Markdown site did not start"
+        assert thread.is_alive() and time.monotonic() < deadline, "the app did not start"
         time.sleep(0.02)
     try:
         yield f"{bases[0]}/api/v1/guest"
     finally:
         stopped.set()
         thread.join(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def markdown_site() -> Iterator[str]:
+    """An app answering with ANSWERS[question]."""
+    fast: dict[str, Any] = FAST
+    with served_in_thread(create_app(Settings(**fast), workflow=markdown_answers)) as base:
+        yield base
 
 
 def answer_html(driver: WebDriver, selector: str) -> int:
@@ -901,3 +907,53 @@ def test_the_dark_themes_ask_button_looks_enabled(browser: WebDriver, site: str)
             "return [s.color, s.backgroundColor, s.opacity]")
         assert float(opacity) == 1
         assert contrast(text, fill) >= 4.5, (theme, text, fill)
+
+
+# --- The dashboard's chart axes, uptime and pacing (issue 22 point 3) ----------------------------
+
+LONG_UP = """
+const realFetch = window.fetch.bind(window);
+window.fetch = async (url, init) => {
+  if (String(url).includes("queue/status/stream")) throw new TypeError("stream blocked by the test");
+  const response = await realFetch(url, init);
+  if (!String(url).endsWith("queue/status")) return response;
+  const body = { ...(await response.json()), uptime_sec: 1831 };
+  return new Response(JSON.stringify(body), { status: response.status, headers: response.headers });
+};
+"""
+
+
+def test_the_dashboard_labels_its_axes_says_uptime_in_minutes_and_explains_pacing(browser: WebDriver) -> None:
+    """Once "up 1831 s", a chart without scales, and "Being answered 0 / 3" beside "Waiting 5" unexplained."""
+    fast: dict[str, Any] = FAST
+    settings = Settings(**{**fast, "upstream_interval_s": 2.0, "max_concurrent_requests": 3})
+    with served_in_thread(create_app(settings, workflow=markdown_answers)) as site:
+        browser.get(f"{site}/dashboard")
+        wait(browser).until(lambda d: d.find_element(By.ID, "mode").text == "Live")
+        browser.execute_script("""
+            for (let i = 0; i < 3; i++) {
+              fetch("chat/simple", { method: "POST", headers: { "Content-Type": "application/json" },
+                                     body: JSON.stringify({ query: "markdown" }) });
+            }
+        """)
+        # One call started, two held back by the 2 s between starts, with two slots free.
+        wait(browser).until(lambda d: d.find_element(By.ID, "pacing").text != "")
+        pacing = browser.find_element(By.ID, "pacing").text
+        assert re.match(r"\d waiting while \d of 3 slots are free: calls to the upstream are started a set time "
+                        r"apart", pacing), pacing
+        wait(browser, 15).until(lambda d: d.find_element(By.ID, "queue_size").text == "0")
+        wait(browser, 5).until(lambda d: d.find_element(By.ID, "pacing").text == "")
+        wait(browser, 5).until(lambda d: int(d.find_element(By.ID, "window").text) >= 4)
+        # Counts on the left, time below.
+        assert browser.find_element(By.ID, "y-zero").text == "0"
+        assert browser.find_element(By.ID, "y-max").text == browser.find_element(By.ID, "max_y").text
+        assert re.fullmatch(r"\u2212\d+ s", browser.find_element(By.ID, "x-start").text)
+        assert browser.find_element(By.ID, "x-now").text == "now"
+        screenshot(browser, "dashboard-axes.png")
+        added = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": LONG_UP})
+        try:
+            browser.get(f"{site}/dashboard")
+            wait(browser).until(lambda d: "questions so far" in d.find_element(By.ID, "updated").text)
+            assert browser.find_element(By.ID, "updated").text.startswith("up 30 min, 3 questions so far")
+        finally:
+            browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": added["identifier"]})
