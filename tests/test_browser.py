@@ -928,32 +928,35 @@ def test_the_dashboard_labels_its_axes_says_uptime_in_minutes_and_explains_pacin
     fast: dict[str, Any] = FAST
     settings = Settings(**{**fast, "upstream_interval_s": 2.0, "max_concurrent_requests": 3})
     with served_in_thread(create_app(settings, workflow=markdown_answers)) as site:
-        browser.get(f"{site}/dashboard")
-        wait(browser).until(lambda d: d.find_element(By.ID, "mode").text == "Live")
-        browser.execute_script("""
-            for (let i = 0; i < 3; i++) {
-              fetch("chat/simple", { method: "POST", headers: { "Content-Type": "application/json" },
-                                     body: JSON.stringify({ query: "markdown" }) });
-            }
-        """)
-        # One call started, two held back by the 2 s between starts, with two slots free.
-        wait(browser).until(lambda d: d.find_element(By.ID, "pacing").text != "")
-        pacing = browser.find_element(By.ID, "pacing").text
-        assert re.match(r"\d waiting while \d of 3 slots are free: calls to the upstream are started a set time "
-                        r"apart", pacing), pacing
-        wait(browser, 15).until(lambda d: d.find_element(By.ID, "queue_size").text == "0")
-        wait(browser, 5).until(lambda d: d.find_element(By.ID, "pacing").text == "")
-        wait(browser, 5).until(lambda d: int(d.find_element(By.ID, "window").text) >= 4)
-        # Counts on the left, time below.
-        assert browser.find_element(By.ID, "y-zero").text == "0"
-        assert browser.find_element(By.ID, "y-max").text == browser.find_element(By.ID, "max_y").text
-        assert re.fullmatch(r"\u2212\d+ s", browser.find_element(By.ID, "x-start").text)
-        assert browser.find_element(By.ID, "x-now").text == "now"
-        screenshot(browser, "dashboard-axes.png")
-        added = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": LONG_UP})
         try:
             browser.get(f"{site}/dashboard")
-            wait(browser).until(lambda d: "questions so far" in d.find_element(By.ID, "updated").text)
-            assert browser.find_element(By.ID, "updated").text.startswith("up 30 min, 3 questions so far")
+            wait(browser).until(lambda d: d.find_element(By.ID, "mode").text == "Live")
+            browser.execute_script("""
+                for (let i = 0; i < 3; i++) {
+                  fetch("chat/simple", { method: "POST", headers: { "Content-Type": "application/json" },
+                                         body: JSON.stringify({ query: "markdown" }) });
+                }
+            """)
+            # One call started, two held back by the 2 s between starts, with two slots free.
+            wait(browser).until(lambda d: d.find_element(By.ID, "pacing").text != "")
+            pacing = browser.find_element(By.ID, "pacing").text
+            assert re.match(r"\d waiting while \d of 3 slots are free: calls to the upstream are started a set time "
+                            r"apart", pacing), pacing
+            wait(browser, 15).until(lambda d: d.find_element(By.ID, "queue_size").text == "0")
+            wait(browser, 5).until(lambda d: d.find_element(By.ID, "pacing").text == "")
+            wait(browser, 5).until(lambda d: int(d.find_element(By.ID, "window").text) >= 4)
+            # Counts on the left, time below.
+            assert browser.find_element(By.ID, "y-zero").text == "0"
+            assert browser.find_element(By.ID, "y-max").text == browser.find_element(By.ID, "max_y").text
+            assert re.fullmatch(r"\u2212\d+ s", browser.find_element(By.ID, "x-start").text)
+            assert browser.find_element(By.ID, "x-now").text == "now"
+            screenshot(browser, "dashboard-axes.png")
+            added = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": LONG_UP})
+            try:
+                browser.get(f"{site}/dashboard")
+                wait(browser).until(lambda d: "questions so far" in d.find_element(By.ID, "updated").text)
+                assert browser.find_element(By.ID, "updated").text.startswith("up 30 min, 3 questions so far")
+            finally:
+                browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": added["identifier"]})
         finally:
-            browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": added["identifier"]})
+            browser.get("about:blank")  # the status stream closed before the server stops
