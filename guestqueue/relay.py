@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
@@ -55,6 +54,7 @@ FLUSH_TIMEOUT_S = 5.0  # at shutdown, how long to wait for the last events to re
 INTERRUPTED = "The answer was interrupted. Please ask again."
 RETRY_FIRST_S, RETRY_MAX_S = 0.05, 1.0  # an event waiting for Redis asks again this often
 ENDED_KEPT_S = 120.0  # a flight's story stays here this long after its end, to write again if Redis forgets
+READ_WITHIN_S = 10.0  # an ending in Redis this long before it forgot had been read by every follower
 
 # KEYS: stream epoch   ARGV: epoch_known event_json ttl_s channel flight_id  -> 1, or 0 if Redis forgot the line
 RELAY_EVENT = """
@@ -169,7 +169,7 @@ class FlightRelay:
         flight.finished = True
         event["n"] = len(flight.answer_parts) + 1
         self._running.pop(flight.id, None)
-        now = time.monotonic()
+        now = asyncio.get_running_loop().time()
         self._ended[flight.id] = (now, flight, event)
         while self._ended and next(iter(self._ended.values()))[0] < now - ENDED_KEPT_S:
             self._ended.popitem(last=False)
@@ -224,7 +224,9 @@ class FlightRelay:
         running = list(self._running.values())
         await self._line.rebuild(running, [])
         stories: list[tuple[Flight, dict[str, Any] | None]] = [(flight, None) for flight in running]
-        stories += [(flight, ending) for _, flight, ending in self._ended.values()]
+        # Endings Redis had long before it forgot were read then: only the later ones again.
+        since = self._line.good_until - READ_WITHIN_S
+        stories += [(flight, ending) for ended_at, flight, ending in self._ended.values() if ended_at >= since]
         async with self._redis.pipeline(transaction=False) as pipe:
             for flight, ending in stories:
                 stream = self._keys.flight_events(flight.id)

@@ -201,7 +201,7 @@ async def _open_shared(
     answers = RedisAnswers(redis, line.keys, settings.cache_ttl_s) if settings.cache_size > 0 else None
     sessions = None
     if spec.admission is not None:
-        store = RedisSessions(redis, line.keys)
+        store = RedisSessions(redis, line)
         store.start()
         line.on_forgotten.append(store.give_back)  # before the window closes: no slot given twice
         sessions = Sessions(spec.name, spec.admission, _signer(spec), store)

@@ -564,6 +564,9 @@ class QueueService:
             # Another instance took it over and its word has not reached us yet: ours is stale.
             self.release(request_id)
         record = await self.places.claim(request_id)
+        if record is None and await self.line.forgetting():
+            # Redis forgot the line a moment ago and its holder has not written it back yet.
+            raise LineUnavailable("The line is being rebuilt. Please ask again in a moment.", retry_after_s=2)
         return None if record is None else await self._adopt(record, last_event_id)
 
     async def _adopt(self, record: Any, last_event_id: int) -> Ticket:

@@ -32,8 +32,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .errors import ClientLimit, LineUnavailable
-from .lines.keys import Keys
 from .lines.memory import MemoryLine
+from .lines.redis import RedisLine
 from .linespec import Admission
 from .stopping import raise_if_cancelled, stop_tasks
 from .tickets import Flight
@@ -225,12 +225,14 @@ class MemorySessions:
                 session.timer.cancel()
 
 
-# KEYS: slots sessions session(id) jtis totals   ARGV: flight_id jti exp_ms request_id
+# KEYS: slots sessions session(id) jtis totals epoch   ARGV: flight_id jti exp_ms request_id epoch
 # The slot START gave this instance becomes the session's: it leaves the slots hash (which stays
 # as short as the calls running) for the sessions set, ``s:<jti> <opened ms>`` scored by exp.
+# -1: Redis forgot the line since (the slot comes back with the rebuild: ask again after it).
 _OPEN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('GET', KEYS[6]) ~= ARGV[5] then return -1 end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 local owner = 's:' .. ARGV[2] .. ' ' .. now
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -316,8 +318,8 @@ class RedisSessions:
     never more than ``max_active`` sessions, and an admitted guest's token keeps verifying.
     """
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
-        self._redis, self._keys = redis, keys
+    def __init__(self, redis: aioredis.Redis, line: RedisLine) -> None:
+        self._redis, self._keys, self._line = redis, line.keys, line
         self._open_script = redis.register_script(_OPEN)
         self._end_script = redis.register_script(_END)
         self._sweep_script = redis.register_script(_SWEEP)
@@ -338,12 +340,17 @@ class RedisSessions:
     async def open(self, flight: Flight, grant: Grant) -> bool:
         keys = self._keys
         exp_ms = round(grant.expires_at * 1000)
-        opened = bool(await self._call(self._open_script, [keys.slots, keys.sessions, keys.session(grant.request_id),
-                                                           keys.session_jtis, keys.session_totals],
-                                       [flight.id, grant.jti, exp_ms, grant.request_id]))
-        if opened:
+        for _attempt in range(3):
+            known = self._line.epoch
+            opened = int(await self._call(self._open_script, [
+                keys.slots, keys.sessions, keys.session(grant.request_id), keys.session_jtis, keys.session_totals,
+                keys.epoch], [flight.id, grant.jti, exp_ms, grant.request_id, known]))
+            if opened >= 0:
+                break
+            await self._line.notice(known)  # its slot is given back, then the session opens on it
+        if opened > 0:
             self._issued[grant.request_id] = _Issued(flight.id, grant.jti, exp_ms, round(time.time() * 1000))
-        return opened
+        return opened > 0
 
     async def end(self, request_id: str, how: str) -> bool:
         length_ms = await self._call(self._end_script, [self._keys.session(request_id)],

@@ -80,6 +80,12 @@ async def test_a_waiting_room_never_lets_more_in_than_max_active_after_redis_for
                 tokens = await inside()
                 assert len(tokens) == 2, tokens
                 await trouble(redis, "flush")
+                for url, request_id in joined:  # asked at once on the other instance: never "no such request"
+                    other = urls[1 - urls.index(url)]
+                    early = await client.get(f"{other}/join/{request_id}")
+                    assert early.status_code in (200, 503), early.text
+                    if early.status_code == 503:
+                        assert early.json()["code"] == "unavailable" and early.headers["retry-after"], early.text
                 deadline = time.monotonic() + 3.0  # three rebuild windows
                 while time.monotonic() < deadline:
                     assert await inside() == tokens, "nobody else was let in while two sessions are open"

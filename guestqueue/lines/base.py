@@ -113,6 +113,10 @@ class Line(Protocol):
         line never forgets."""
         ...
 
+    async def forgetting(self) -> bool:
+        """Whether the line forgot and is being given back right now (a memory line never does)."""
+        ...
+
     async def view(self) -> LineView:
         """The whole line now, in a bounded number of steps (never one per flight)."""
         ...

@@ -173,6 +173,9 @@ class MemoryLine:
     async def rebuild(self, running: list[Flight], waiting: list[Flight]) -> int:
         return 0  # it lives and dies with its process: nothing to give back
 
+    async def forgetting(self) -> bool:
+        return False
+
     async def view(self) -> LineView:
         return self.view_now()
 

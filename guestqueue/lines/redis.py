@@ -363,6 +363,9 @@ class RedisLine:
         self.epoch = ""  # the line's epoch as this instance knows it ("" before registering)
         self._noticing = asyncio.Lock()  # one rebuild at a time, whoever noticed first
         self.last_start_mono: float | None = None  # this instance's last start (to pace a rebuilt line)
+        # When Redis last answered a heartbeat as the same line (loop clock): what was written before
+        # it (less a margin) had been read by the other instances when Redis forgot.
+        self.good_until = 0.0
         self._admit = redis.register_script(ADMIT)
         self._start = redis.register_script(START)
         self._hold = redis.register_script(HOLD)
@@ -396,6 +399,7 @@ class RedisLine:
             fresh, epoch, forgot = await self._call(self._beat, self._beat_keys(), [
                 self.instance_id, round(self.instance_ttl_s * 1000), self.epoch, secrets.token_hex(8), *pairs])
             self.epoch = _text(epoch)
+            now = asyncio.get_running_loop().time()
             if forgot:
                 logger.warning("Redis forgot the shared line (restarted empty, or flushed): instance %s gives "
                                "back its flights, guests and sessions", self.instance_id)
@@ -407,6 +411,7 @@ class RedisLine:
                     for rejoin in self.on_rejoined:
                         await rejoin()
             self._registered = True
+            self.good_until = now
 
     async def notice(self, known: str) -> None:
         """A script found Redis's epoch is not ``known``: beat now (which rebuilds, once)."""
@@ -697,6 +702,18 @@ class RedisLine:
         if unnumbered:  # after the window (admit waits for it), not in the heartbeat that rebuilds
             self._spawn(self._admit_all(unnumbered))
         return int(top)
+
+    async def forgetting(self) -> bool:
+        """Whether Redis forgot the line and the instances are still giving it back (a guest's
+        record may be missing for that moment)."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self.keys.epoch)
+                pipe.exists(self.keys.rebuilding)
+                epoch, rebuilding = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        return epoch is None or _text(epoch) != self.epoch or bool(rebuilding)
 
     async def _admit_all(self, flights: list[Flight]) -> None:
         for flight in flights:

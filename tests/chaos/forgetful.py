@@ -131,6 +131,8 @@ async def _visit(client: httpx.AsyncClient, room: str) -> tuple[float, float] | 
                 if state.get("status") == "admitted":
                     expires = float(state["expires_at"])
                     return expires - SESSION_S, expires
+                if state.get("status") not in (None, "queued", "processing"):
+                    return None  # turned away (the oracle counts it as never let in)
         except httpx.HTTPError:
             pass
         await asyncio.sleep(1.0)
