@@ -157,7 +157,12 @@ class Settings:
         "GUEST_MAX_QUERY_CHARS", 4000, "longest query (422 beyond)", maximum=1_000_000,
     )
     max_per_client: int = _setting(
-        "GUEST_MAX_PER_CLIENT", 2, "requests one client may have in line or processing", maximum=1_000_000,
+        "GUEST_MAX_PER_CLIENT", 2, "requests one client (address) may have in line or processing",
+        maximum=1_000_000,
+    )
+    max_per_key: int = _setting(
+        "GUEST_MAX_PER_KEY", 16, "requests one application API key may have in line or processing (callers "
+        "with a key are counted per key, not per address)", maximum=1_000_000,
     )
     admin_api_key: str = _setting(
         "GUEST_ADMIN_API_KEY", "",

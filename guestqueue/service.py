@@ -70,6 +70,7 @@ MAX_STREAMS_PER_REQUEST = 3
 # Resume streams one client may hold open, per question it may have (GUEST_MAX_PER_CLIENT): a guest
 # reconnecting every question it has is never refused; 2 000 resume streams of one client are.
 STREAMS_PER_QUESTION = MAX_STREAMS_PER_REQUEST
+KEYED_CLIENT = "key:"  # a client named by its application's API key (web/admission.py), not its address
 
 
 class OpenStream(Protocol):
@@ -261,7 +262,7 @@ class QueueService:
             self.gate.check_open()
         except Rejected as exc:
             self._reject(client, query, exc)
-        limit = self.settings.max_per_client
+        limit = self._client_limit(client)
         held = self.per_client[client]
         if self.sessions is not None:
             try:
@@ -283,10 +284,15 @@ class QueueService:
                 self._background(self.places.give_back_client_slot(client))
             raise
 
+    def _client_limit(self, client: str) -> int:
+        """An application's API key has its own share (GUEST_MAX_PER_KEY): callers behind one
+        address (an office, a server using the OpenAI SDK) are told apart by their keys."""
+        return self.settings.max_per_key if client.startswith(KEYED_CLIENT) else self.settings.max_per_client
+
     async def _take_client_slot(self, client: str, query: str) -> bool:
         assert self.places is not None
         try:
-            return await self.places.take_client_slot(client, self.settings.max_per_client)
+            return await self.places.take_client_slot(client, self._client_limit(client))
         except LineUnavailable as exc:
             self._reject(client, query, exc)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from guestqueue.tickets import Status
 
 from .conftest import MockUpstream, Running, ask, serve, wait_until
+from .test_admin import _application, _key, admin_server
 
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"},
@@ -283,3 +285,24 @@ async def test_the_front_door_can_be_turned_off(upstream: MockUpstream) -> None:
     async with serve(upstream_url=upstream.url(chunks=1), openai_prefix="") as running, \
             httpx.AsyncClient(timeout=10) as client:
         assert (await client.get(f"{root(running)}/v1/models")).status_code == 404
+
+
+async def test_callers_with_an_api_key_are_counted_per_key_not_per_address(
+    tmp_path: Path, upstream: MockUpstream
+) -> None:
+    """Issue 22 point 14: five parallel OpenAI SDK calls from one machine ended in RateLimitError
+    (GUEST_MAX_PER_CLIENT 2 per address). A caller with an application's key has the key's own
+    share (GUEST_MAX_PER_KEY); an anonymous caller keeps the address's."""
+    async with admin_server(tmp_path, upstream, upstream_url=upstream.url(chunks=2, delay=0.3), max_per_client=2,
+                            upstream_interval_s=0, max_concurrent_requests=5) as (running, api), \
+            httpx.AsyncClient(timeout=10) as client:
+        key = await _key(client, api, await _application(client, api, "office"))
+        keyed = openai.AsyncOpenAI(base_url=f"{root(running)}/v1", api_key=key, max_retries=0)
+        answers = await asyncio.gather(*(keyed.chat.completions.create(model="guest", messages=MESSAGES)
+                                         for _ in range(5)))
+        assert [a.choices[0].finish_reason for a in answers] == ["stop"] * 5
+        anonymous = openai.AsyncOpenAI(base_url=f"{root(running)}/v1", api_key="sk-none", max_retries=0)
+        outcomes = await asyncio.gather(*(anonymous.chat.completions.create(model="guest", messages=MESSAGES)
+                                          for _ in range(5)), return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
+        assert len(refused) == 3 and len(outcomes) - len(refused) == 2, outcomes

@@ -9,8 +9,10 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 
+from ..catalog import Principal
 from ..config import Settings
 from ..errors import BodyTimeout, BodyTooLarge, InvalidField, InvalidJSON, Rejected, UnsupportedMediaType
+from ..service import KEYED_CLIENT
 
 MAX_SESSION_ID_CHARS = 256
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -150,3 +152,9 @@ def _check_openai_parameters(parameters: dict[str, Any]) -> None:
 def client_key(request: HTTPConnection) -> str:
     """Who is asking, for per-client limits: the peer address."""
     return request.client.host if request.client else "unknown"
+
+
+def asker_key(request: HTTPConnection, asker: Principal) -> str:
+    """Who asks, for per-client limits: an application's API key by its id (with its own limit,
+    GUEST_MAX_PER_KEY), anyone else by the peer address."""
+    return f"{KEYED_CLIENT}{asker.key.id}" if asker.key is not None else client_key(request)

@@ -22,7 +22,7 @@ from ..runtime import Queue
 from ..service import QueueService
 from ..tickets import Status, Ticket
 from .access import Access
-from .admission import client_key, read_chat_request
+from .admission import asker_key, client_key, read_chat_request
 from .jobs import JobsApi
 from .monitor import StatusMonitor
 from .stream import TicketStream
@@ -133,7 +133,7 @@ class LineApi:
         service = self._service(request)
         asker = self._asker(request)
         body = await read_chat_request(request, service.settings, upstream_kind=service.upstream_kind)
-        client = client_key(request)
+        client = asker_key(request, asker)
         known = service.registry.by_key(client, body.idempotency_key) if body.idempotency_key else None
         ticket = await service.submit(
             body.query, client=client, parameters=body.parameters, session_id=body.session_id,

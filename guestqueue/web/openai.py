@@ -38,7 +38,7 @@ from ..runtime import Queue
 from ..service import QueueService
 from ..tickets import Status, Ticket
 from .access import FOREIGN_KEYS_ANONYMOUS
-from .admission import client_key, read_optional_json
+from .admission import asker_key, client_key, read_optional_json
 from .lineapi import LineApi, until_done_or_disconnect
 from .stream import TicketStream
 
@@ -162,7 +162,7 @@ class OpenAIApi:
             raise OpenAIError(f"The last user message is longer than {queue.service.settings.max_query_chars} "
                               "characters.", 400, "invalid_request_error", None, "messages")
         service = queue.service
-        ticket = await service.submit(query, client=client_key(request), parameters=parameters,
+        ticket = await service.submit(query, client=asker_key(request, asker), parameters=parameters,
                                       tier=self._lines._tier(request, asker))
         completion = Completion(ticket, model, include_usage=bool(options.get("include_usage")),
                                 progress=request.headers.get(PROGRESS_HEADER, "").lower() == "events")
