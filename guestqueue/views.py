@@ -37,6 +37,8 @@ class QueueViews:
             "active_requests": view.active,
             "max_concurrent": service.settings.max_concurrent_requests,
             "max_queue_size": service.settings.max_queue_size,
+            # Waiting guests beside free slots are waiting for this: the pacing, or an upstream's pause.
+            "next_start_sec": round(max(view.next_start_s, view.held_s), 1),
             **service.stats.as_dict(),
         }
         if view.instances:

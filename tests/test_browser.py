@@ -941,7 +941,7 @@ def test_the_dashboard_labels_its_axes_says_uptime_in_minutes_and_explains_pacin
             wait(browser).until(lambda d: d.find_element(By.ID, "pacing").text != "")
             pacing = browser.find_element(By.ID, "pacing").text
             assert re.match(r"\d waiting while \d of 3 slots are free: calls to the upstream are started a set time "
-                            r"apart", pacing), pacing
+                            r"apart .*: next start in [12] s\.$", pacing), pacing
             wait(browser, 15).until(lambda d: d.find_element(By.ID, "queue_size").text == "0")
             wait(browser, 5).until(lambda d: d.find_element(By.ID, "pacing").text == "")
             wait(browser, 5).until(lambda d: int(d.find_element(By.ID, "window").text) >= 4)

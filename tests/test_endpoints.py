@@ -17,7 +17,7 @@ from .conftest import MockUpstream, ask, assert_drained, serve, stream_events, w
 STATUS_FIELDS = {
     "queue_size", "active_requests", "max_concurrent", "max_queue_size", "total_requests", "completed_requests",
     "failed_requests", "timeout_requests", "rejected_requests", "cancelled_requests", "cache_hits", "avg_wait_ms",
-    "avg_processing_ms", "uptime_sec",
+    "avg_processing_ms", "uptime_sec", "next_start_sec",
 }
 
 
