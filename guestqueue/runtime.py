@@ -246,6 +246,8 @@ async def _start(
     stack.push_async_callback(queue.pool.stop)
     await service.start()
     queue.pool.start()
+    if settings.resolved_upstream_kind in ("http", "openai") and service.gate.spec.upstream_trusted:
+        queue.pool.probe(settings.upstream_url, service.name)  # a tenant's address is not probed unasked
     stack.push_async_callback(service.stop)
     return queue
 

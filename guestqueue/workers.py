@@ -31,9 +31,11 @@ from typing import Any, Protocol
 from .config import Settings
 from .errors import AnswerTooLarge, LineUnavailable, UpstreamError, UpstreamFailure
 from .lines.base import Line, Pacer
+from .outbound import mask_url
 from .stopping import raise_if_cancelled, stop_tasks
 from .tickets import Flight
 from .upstream import Upstream, valid_text
+from .upstream.probe import unreachable
 
 logger = logging.getLogger("guestqueue.workers")
 
@@ -96,12 +98,26 @@ class WorkerPool:
         self.active: dict[str, Flight] = {}
         self.upstream_calls: Counter[str] = Counter()
         self.consecutive_failures = 0
+        self.unreachable: str | None = None  # what the start-up probe found, until a call succeeds
+        self._probe: asyncio.Task[None] | None = None
 
     def problems(self) -> list[str]:
         """What /health should say about the upstream."""
+        problems = [self.unreachable] if self.unreachable is not None else []
         if self.consecutive_failures >= UPSTREAM_FAILURES_DEGRADED:
-            return [f"upstream failed its last {self.consecutive_failures} calls"]
-        return []
+            problems.append(f"upstream failed its last {self.consecutive_failures} calls")
+        return problems
+
+    def probe(self, url: str, line: str) -> None:
+        """Ask once, in the background, whether the upstream can be reached: one that cannot is named
+        in the log and in /health before a guest waits for it."""
+        self._probe = asyncio.create_task(self._probe_once(url, line), name="guestqueue-upstream-probe")
+
+    async def _probe_once(self, url: str, line: str) -> None:
+        problem = await unreachable(url)
+        if problem is not None and not self.upstream_calls["ok"]:
+            self.unreachable = f"upstream {mask_url(url)} cannot be reached: {problem}"
+            logger.warning("line %s: %s", line, self.unreachable)
 
     def __repr__(self) -> str:
         return f"WorkerPool(size={len(self._workers)}, active={len(self.active)}, calls={dict(self.upstream_calls)})"
@@ -132,7 +148,7 @@ class WorkerPool:
             worker.cancel()
 
     async def stop(self) -> None:
-        await stop_tasks(self._workers)
+        await stop_tasks([*self._workers, self._probe])
         self._workers.clear()
 
     async def _work(self) -> None:
@@ -213,6 +229,8 @@ class WorkerPool:
     def _count(self, result: str) -> None:
         self.upstream_calls[result] += 1
         self.consecutive_failures = 0 if result == "ok" else self.consecutive_failures + 1
+        if result == "ok":
+            self.unreachable = None
 
     async def _call_upstream(self, flight: Flight, deadline: asyncio.Timeout, announced: bool) -> None:
         """Call the upstream, retrying before the first chunk. The processing time limit counts the

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -222,3 +224,21 @@ async def test_allowed_parameters_are_a_setting_and_http_keeps_its_parameters_ob
         events = await ask(client, running.base, "hi", parameters=parameters, session_id="s")
         assert events[-1].name == "workflow_complete", "an http upstream reads parameters as its own object"
     assert upstream.calls(tag)[0]["body"] == {"query": "hi", "parameters": parameters, "session_id": "s"}
+
+
+async def test_an_upstream_that_cannot_be_reached_is_named_at_start_and_fails_fast() -> None:
+    """Issue 22 point 7: README's sample line (a host that does not resolve here) started without a
+    word, then a guest sat in `processing` for 30 s before `upstream_unavailable`."""
+    url = "http://no-such-host.invalid:8080/chat"
+    async with serve(upstream_url=url, upstream_retries=3) as running, httpx.AsyncClient(timeout=30) as client:
+        for _ in range(100):  # the probe runs in the background at start-up
+            health = (await client.get(f"{running.base}/health")).json()
+            if health["problems"]:
+                break
+            await asyncio.sleep(0.1)
+        assert health["status"] == "degraded", health
+        assert any("no-such-host.invalid does not resolve" in p for p in health["problems"]), health
+        began = time.monotonic()
+        answer = await client.post(f"{running.base}/chat/simple", json={"query": "hi"})
+        assert answer.json()["code"] == "upstream_unavailable", answer.text
+        assert time.monotonic() - began < 5, "a name that does not resolve is not retried three times"

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import aiohttp
 import httpx
 from httpx_sse import EventSource
 
@@ -84,7 +85,10 @@ class HttpUpstream:
                 async for chunk in _read_body(resp):
                     yield chunk
         except httpx.TransportError as exc:
-            raise UpstreamUnavailable(UNAVAILABLE_MESSAGE, detail=describe_transport_error(exc, self.url)) from exc
+            # A name that does not resolve will not in the next seconds: no retries, the guest hears now.
+            unresolved = isinstance(exc.__cause__, aiohttp.ClientConnectorDNSError)
+            raise UpstreamUnavailable(UNAVAILABLE_MESSAGE, detail=describe_transport_error(exc, self.url),
+                                      retryable=False if unresolved else None) from exc
         except httpx.HTTPError as exc:  # e.g. a decoding error inside httpx
             raise UpstreamError(MALFORMED_MESSAGE, detail=f"{type(exc).__name__}: {exc}") from exc
 
