@@ -179,7 +179,15 @@ class FlightRelay:
         local = self._local(flight.id)
         if local is not None and local is not flight:  # our own guests hear it now (not via Redis)
             self._direct.add(flight.id)
-            self._apply(local, event)
+            if _fit(local, event) == "gap":
+                # Our guest's flight joined after the call began (its admission still finishing when
+                # this instance started it): what it missed comes from our copy first.
+                if not local.started and not local.finished:
+                    self._service.on_started(local)
+                for text in flight.answer_parts[len(local.answer_parts):event["n"] - 1]:
+                    self._service.emit_chunk(local, text)
+            if _fit(local, event) == "next":
+                self._apply(local, event)
         if event["t"] not in ("started", "chunk"):
             self._direct.discard(flight.id)
         self._sending.put_nowait((flight.id, event))

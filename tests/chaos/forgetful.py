@@ -145,7 +145,7 @@ def _judge(verdict: Verdict, results: list[list[Any]], calls: list[dict[str, Any
         verdict.check([e.name for e in endings] == ["workflow_complete"],
                       f"guest {n}: endings {[e.name for e in endings]}")
         chunks = [e.data for e in events if e.name == "answer_chunk"]
-        verdict.check(chunks == CHUNKS, f"guest {n}: chunks {chunks}")
+        verdict.check(chunks == CHUNKS, f"guest {n}: chunks {chunks} (events {[(e.id, e.name) for e in events]})")
         verdict.counts["reconnected"] += any(e.name == "reconnect" for e in events)
     queries = [c["body"]["query"] for c in sorted(calls, key=lambda c: c["t"])]
     verdict.counts["upstream_calls"] = len(calls)
