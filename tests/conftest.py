@@ -42,6 +42,7 @@ FAST = {
     "reconnect_grace_s": 0.0,
     "request_timeout_s": 10.0,
     "max_per_client": 1000,
+    "max_per_key": 1000,
     "upstream_retries": 0,
     "db_path": "",
     "cache_size": 0,
@@ -245,7 +246,7 @@ def start_server_process(log_dir: Path, **env: str) -> ServerProcess:
     by selenium) or is another process (nginx) that must reach it as a peer.
     """
     port = free_port()
-    full_env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_MAX_PER_CLIENT": "1000", **env}
+    full_env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_MAX_PER_CLIENT": "1000", "GUEST_MAX_PER_KEY": "1000", **env}
     log_path = log_dir / f"guestqueue-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
