@@ -41,6 +41,7 @@ class Positions:
         self._waiting = waiting
         self.view = LineView({}, max_concurrent=settings.max_concurrent_requests)
         self._view_mono = clock.monotonic()
+        self._started_since_view: list[float] = []  # starts heard of after the view was taken (monotonic)
         self.notice = notice
         self.estimator = WaitEstimator(
             settings.max_concurrent_requests, _pace_s(settings, release_per_minute), self._eta_snapshot
@@ -70,12 +71,20 @@ class Positions:
         """A new view of the line (the estimates follow it)."""
         self.view = await self._line.view()
         self._view_mono = clock.monotonic()
+        self._started_since_view.clear()
         self.estimator.invalidate()
         return self.view
 
     def use(self, view: LineView) -> None:
         """A view taken by someone else (e.g. at admission) is the newest one."""
         self.view, self._view_mono = view, clock.monotonic()
+        self._started_since_view.clear()
+        self.estimator.invalidate()
+
+    def started(self) -> None:
+        """A call just started: until the next view, estimates count its slot and the pacing turn it
+        took (a guest who asks right after hears the pacing wait at once, not 0 then 9 s)."""
+        self._started_since_view.append(clock.monotonic())
         self.estimator.invalidate()
 
     def kick(self) -> None:
@@ -108,9 +117,14 @@ class Positions:
         return False
 
     def _eta_snapshot(self) -> tuple[list[float], float]:
-        aged = clock.monotonic() - self._view_mono  # the view's clock has moved on since
+        now = clock.monotonic()
+        aged = now - self._view_mono  # the view's clock has moved on since
         view = self.view
-        return [s + aged for s in view.running_s], max(0.0, view.next_start_s - aged)
+        running = [s + aged for s in view.running_s] + [now - began for began in self._started_since_view]
+        next_start_s = max(0.0, view.next_start_s - aged)
+        if self._started_since_view:
+            next_start_s = max(next_start_s, self._started_since_view[-1] + self.estimator.interval_s - now)
+        return running, next_start_s
 
     def retry_after_s(self, position: int) -> float:
         return self.estimator.estimate_s(position)

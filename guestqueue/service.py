@@ -473,7 +473,7 @@ class QueueService:
         self.waiting.pop(flight.id, None)
         self.running[flight.id] = flight
         flight.started_mono = clock.monotonic()
-        self.positions.estimator.invalidate()
+        self.positions.started()
         for ticket in flight.tickets:
             self._start_ticket(ticket)
             ticket.events.follow(flight.shared)

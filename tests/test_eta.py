@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
+import httpx
 import pytest
+from httpx_sse import aconnect_sse
 
 from guestqueue.eta import MAX_ESTIMATE_S, WaitEstimator
+
+from .conftest import MockUpstream, Received, serve, stream_events, wait_until
 
 
 def _estimator(concurrency: int, interval: float, elapsed: list[float], delay: float = 0.0) -> WaitEstimator:
@@ -47,3 +54,21 @@ def test_estimates_stay_finite_whatever_the_limiter_says(delay: float) -> None:
     estimator = _estimator(1, 1, [], delay)
     estimates = [estimator.estimate_s(p) for p in (1, 2, 50)]
     assert all(0 <= e <= MAX_ESTIMATE_S for e in estimates), estimates
+
+
+async def test_a_guest_right_behind_a_start_hears_the_pacing_wait_at_once(upstream: MockUpstream) -> None:
+    """Issue 22 point 11: the estimate read 0.0, then 9.1 a second later, while the next start waited
+    out the 10 s pacing: the view it came from was taken before the call ahead started."""
+    async with serve(upstream_url=upstream.url(chunks=2, delay=1.0), upstream_interval_s=10.0,
+                     max_concurrent_requests=3, position_update_s=5.0) as running, \
+            httpx.AsyncClient(timeout=30) as client:
+        ahead = asyncio.create_task(stream_events(client, f"{running.base}/chat", json={"query": "ahead"}))
+        await wait_until(lambda: len(running.service.running) == 1, 5, "the first call to start")
+        first: list[Received] = []
+        async with aconnect_sse(client, "POST", f"{running.base}/chat", json={"query": "behind"}) as source:
+            async for sse in source.aiter_sse():
+                first.append(Received(sse.event, sse.id, json.loads(sse.data)["data"]))
+                break
+        assert first[0].name == "queued", first
+        assert 8.0 <= first[0].data["estimated_wait_sec"] <= 10.5, first[0].data
+        ahead.cancel()
