@@ -246,7 +246,8 @@ def start_server_process(log_dir: Path, **env: str) -> ServerProcess:
     by selenium) or is another process (nginx) that must reach it as a peer.
     """
     port = free_port()
-    full_env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_MAX_PER_CLIENT": "1000", "GUEST_MAX_PER_KEY": "1000", **env}
+    full_env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_MAX_PER_CLIENT": "1000",
+                "GUEST_MAX_PER_KEY": "1000", **env}
     log_path = log_dir / f"guestqueue-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
