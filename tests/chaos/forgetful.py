@@ -32,7 +32,7 @@ from ..conftest import FAST, MockUpstream
 from ..redis_server import RedisServer, run_redis
 from ..test_nginx import run_nginx
 from .oracle import TERMINAL_EVENTS, Verdict, read_log
-from .rolling import API, Instances, follow
+from .rolling import API, Instances, admit_one_by_one
 
 CHUNKS = ["chunk0 ", "chunk1 ", "chunk2 "]
 ROOM = "room"
@@ -76,27 +76,13 @@ async def forgetful_redis(upstream: MockUpstream, tmp: Path, *, guests: int, vis
 async def _load(client: httpx.AsyncClient, base: str, redis: RedisServer, guests: int, tag: str,
                 verdict: Verdict) -> list[list[Any]]:
     body = {"query": "", "parameters": {"mock": {"tag": tag, "chunks": len(CHUNKS), "delay": 0.02}}}
-    admitted_so_far = [0]
 
-    async def troubles() -> None:
-        for n, kind in enumerate(TROUBLES, start=1):
-            while admitted_so_far[0] < guests * n // 4:
-                await asyncio.sleep(0.05)
-            await trouble(redis, kind)
-            verdict.counts[kind] += 1
+    async def make_trouble(quarter: int) -> None:
+        kind = TROUBLES[quarter - 1]
+        await trouble(redis, kind)
+        verdict.counts[kind] += 1
 
-    troubling = asyncio.create_task(troubles())
-    tasks = []
-    for n in range(guests):  # one after another: admission order is launch order
-        admitted = asyncio.Event()
-        tasks.append(asyncio.create_task(follow(client, base, {**body, "query": f"g{n:05d}"}, admitted)))
-        try:
-            await asyncio.wait_for(admitted.wait(), 30)
-        except TimeoutError:
-            verdict.violations.append(f"guest {n} was never admitted")
-        admitted_so_far[0] += 1
-    await troubling
-    return list(await asyncio.gather(*tasks))
+    return await admit_one_by_one(client, base, body, guests, verdict, at_quarters=make_trouble)
 
 
 async def trouble(redis: RedisServer, kind: str) -> None:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,32 +137,43 @@ async def rolling_restart(upstream: MockUpstream, tmp: Path, *, guests: int, kil
 
 async def _load(client: httpx.AsyncClient, base: str, instances: Instances, guests: int, tag: str, kill: bool,
                 verdict: Verdict) -> list[list[Any]]:
-    tasks = []
     body = {"query": "", "parameters": {"mock": {"tag": tag, "chunks": 3, "delay": 0.05}}}
-    admitted_so_far = [0]
 
-    async def restarts() -> None:
-        # Each instance in turn, while the line is long: after a quarter, a half and three
-        # quarters of the guests were admitted (the second one killed instead of stopped).
-        for n, port in enumerate(instances.ports):
-            while admitted_so_far[0] < guests * (n + 1) // 4:
+    async def restart(quarter: int) -> None:
+        # Each instance in turn, while the line is long (the second one killed instead of stopped).
+        port, killed = instances.ports[quarter - 1], kill and quarter == 2
+        code = await instances.restart(port, kill=killed)
+        if not killed:
+            verdict.check(code == 0, f"instance on {port} exited {code} after SIGTERM")
+        verdict.counts["restarts"] += 1
+
+    return await admit_one_by_one(client, base, body, guests, verdict, at_quarters=restart)
+
+
+async def admit_one_by_one(client: httpx.AsyncClient, base: str, body: dict[str, Any], guests: int,
+                           verdict: Verdict, *, at_quarters: Callable[[int], Awaitable[None]]) -> list[list[Any]]:
+    """Guests admitted one after another through ``base`` (so admission order is launch order), each
+    following its answer; ``at_quarters(n)`` runs once a quarter, a half and three quarters of them
+    were admitted (n = 1, 2, 3). Every guest's events, in launch order."""
+    admitted_so_far = 0
+
+    async def at_each_quarter() -> None:
+        for quarter in (1, 2, 3):
+            while admitted_so_far < guests * quarter // 4:
                 await asyncio.sleep(0.05)
-            killed = kill and n == 1
-            code = await instances.restart(port, kill=killed)
-            if not killed:
-                verdict.check(code == 0, f"instance on {port} exited {code} after SIGTERM")
-            verdict.counts["restarts"] += 1
+            await at_quarters(quarter)
 
-    restarting = asyncio.create_task(restarts())
-    for n in range(guests):  # one after another: admission order is launch order
+    meanwhile = asyncio.create_task(at_each_quarter())
+    tasks = []
+    for n in range(guests):
         admitted = asyncio.Event()
         tasks.append(asyncio.create_task(follow(client, base, {**body, "query": f"g{n:05d}"}, admitted)))
         try:
             await asyncio.wait_for(admitted.wait(), 30)
         except TimeoutError:
             verdict.violations.append(f"guest {n} was never admitted")
-        admitted_so_far[0] += 1
-    await restarting
+        admitted_so_far += 1
+    await meanwhile
     return list(await asyncio.gather(*tasks))
 
 
