@@ -132,6 +132,13 @@ async def test_chunks_sent_again_are_taken_once_and_a_gap_is_refused_with_the_of
         asked = asyncio.create_task(stream_events(client, f"{lines}/gpu/chat", json={"query": "q"}))
         [job] = await _receive(client, lines)
         chunks, complete = f"{_jobs(lines)}/{job['receipt']}/chunks", f"{_jobs(lines)}/{job['receipt']}/complete"
+        # What a hostile or broken worker might send as an offset: one clear 422 each, nothing taken.
+        for bad in ("-1", "abc", "1e3", "9" * 13, ""):
+            refused = await client.post(chunks, params={"offset": bad}, json=["x"])
+            assert refused.status_code == 422 and refused.json()["code"] == "invalid_field", (bad, refused.text)
+        for bad_json in (-1, True, "3", 1.5, [0]):
+            refused = await client.post(complete, json={"offset": bad_json})
+            assert refused.status_code == 422 and refused.json()["code"] == "invalid_field", (bad_json, refused.text)
         assert (await client.post(chunks, params={"offset": 0}, json=["a", "b"])).json()["offset"] == 2
         again = await client.post(chunks, params={"offset": 1}, content=b'"b"\n"c"\n',
                                   headers={"Content-Type": "application/x-ndjson"})  # "b" sent again
