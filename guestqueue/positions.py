@@ -39,8 +39,12 @@ class Positions:
         self._settings = settings
         self._line = line
         self._waiting = waiting
+        # A pull line's flight holds its slot while its job waits for a worker; until one takes it,
+        # its guests go on hearing they are first in line (rather than nothing).
+        self._awaits_worker = settings.resolved_upstream_kind == "pull"
         self.view = LineView({}, max_concurrent=settings.max_concurrent_requests)
         self._view_mono = clock.monotonic()
+        self._view_asked = float("-inf")  # when the view was asked for (not known: -inf)
         self._started_since_view: list[float] = []  # starts heard of after the view was taken (monotonic)
         self.notice = notice
         self.estimator = WaitEstimator(
@@ -69,15 +73,16 @@ class Positions:
 
     async def refresh(self) -> LineView:
         """A new view of the line (the estimates follow it)."""
+        asked = clock.monotonic()
         self.view = await self._line.view()
-        self._view_mono = clock.monotonic()
+        self._view_mono, self._view_asked = clock.monotonic(), asked
         self._started_since_view.clear()
         self.estimator.invalidate()
         return self.view
 
     def use(self, view: LineView) -> None:
         """A view taken by someone else (e.g. at admission) is the newest one."""
-        self.view, self._view_mono = view, clock.monotonic()
+        self.view, self._view_mono, self._view_asked = view, clock.monotonic(), float("-inf")
         self._started_since_view.clear()
         self.estimator.invalidate()
 
@@ -145,6 +150,8 @@ class Positions:
         view = self.view
         for flight in flights:
             position = view.position(flight.id)
+            if position <= 0 and self._awaits_worker and flight.joined_mono < self._view_asked:
+                position = 1  # in line before the view, out of it now: started, its job not taken yet
             if position <= 0:
                 continue  # started or left since the view; its guests hear that instead
             flight.position = flight.reported_position = position

@@ -38,7 +38,7 @@ from .store import RequestLog
 from .tokens import TokenSigner
 from .upstream import Upstream
 from .upstream.jobboard import JobBoard, MemoryJobBoard
-from .upstream.pull import PullUpstream
+from .upstream.pull import PullUpstream, with_worker_notice, worker_problems
 from .upstream.redisjobs import RedisJobBoard
 from .views import QueueViews
 from .workers import FlightSink, WorkerPool
@@ -225,8 +225,11 @@ async def _start(
     settings = service.settings
     queue = Queue(service, log, sessions=sessions)
     if isinstance(upstream, PullUpstream):
-        queue.jobs = upstream.board
-        stack.push_async_callback(upstream.board.close)
+        board = queue.jobs = upstream.board
+        stack.push_async_callback(board.close)
+        service.on_drain.append(board.stop_receiving)  # open long polls end now: the stop is not held up
+        service.positions.notice = with_worker_notice(board, service.positions.notice)
+        service.health_checks.append(worker_problems(board))
     if sessions is not None:
         service.upstream_kind = "admission"
         sessions.on_ended.append(service.positions.estimator.record)  # a slot is held a session long

@@ -328,6 +328,7 @@ class QueueService:
                 self._reject(client, query, exc)
             if not flight.started:
                 self.waiting[flight.id] = flight
+                flight.joined_mono = clock.monotonic()  # the line has it now (positions.py)
             if key is not None:
                 self.inflight[key] = flight
         else:

@@ -161,6 +161,7 @@ class Flight:
     started_mono: float | None = None
     finished: bool = False
     back_in_line: bool = False  # its call stopped before saying anything: it goes back to the front
+    joined_mono: float = field(default_factory=clock.monotonic)  # when the line had it (joined, or adopted)
     rank: int = 0  # its priority tier: 0 = the highest (linespec.LineSpec.tier_rank)
     order: tuple[int, int] = (0, 0)  # the memory line's sort key: (rank, number)
     number: int = 0  # the shared line's ticket number (admission order); 0 = not known here

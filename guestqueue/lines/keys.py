@@ -191,6 +191,11 @@ class Keys:
         """Sorted set: each live receipt by its lease's end (ms)."""
         return f"{self.prefix}:job-leases"
 
+    @property
+    def job_worker_seen(self) -> str:
+        """String: when a worker last asked for jobs or reported (Redis time, ms); expires in a day."""
+        return f"{self.prefix}:job-worker-seen"
+
     def job(self, job_id: str) -> str:
         """Hash: one job's request (JSON), its receipt and receive count."""
         return f"{self.prefix}:job:{job_id}"

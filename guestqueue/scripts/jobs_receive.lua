@@ -3,6 +3,7 @@
 -- Returns job_id, request_json, receive_count, receipt for each job taken.
 local prefix, visibility = ARGV[3], tonumber(ARGV[2])
 local current = epoch(ARGV[5])
+worker_seen()
 local out = {}
 for n = 1, tonumber(ARGV[1]) do
   local id = redis.call('LPOP', KEYS[1])

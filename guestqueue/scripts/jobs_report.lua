@@ -6,6 +6,7 @@
 -- chunks Redis took but lost before the owner read them would otherwise be missing silently.
 -- Returns {1, next} | {0, 0} the receipt is gone | {-1, 0} forgotten | {-2, next} send from next.
 local receipt, prefix, kind, offset = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+worker_seen()
 local id, why = holder(prefix, receipt)
 if not id then return {why == 'forgotten' and -1 or 0, 0} end
 local job = prefix .. ':job:' .. id

@@ -18,6 +18,14 @@ owner decides (put it back at the front, or end the guest's answer
 ``interrupted`` once a chunk was sent), and the receipt is dead from then on:
 a late report gets 410.
 
+A job taken by a long poll whose worker had already gone (the connection
+closed) is *released*: its lease runs out at once and the job is offered again
+(web/jobs.py). The board keeps when a worker last asked for jobs or reported:
+after ``NO_WORKER_AFTER_S`` with nobody asking and no lease held, the line's
+waiting guests and ``/health`` are told no worker is there
+(:meth:`JobBoard.worker_absent_s`). When the server stops, long polls end at
+once with no jobs (:meth:`JobBoard.stop_receiving`).
+
 In memory (one process) the board is a few dicts and timers. With Redis
 (:class:`~guestqueue.upstream.redisjobs.RedisJobBoard`) it is shared: any
 instance's worker API can hand out any instance's jobs, and reports travel
@@ -32,10 +40,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .. import clock
 from ..errors import OffsetMismatch, ReceiptGone
 from .base import WorkflowRequest
 
 REPORTS = ("taken", "chunks", "complete", "fail", "expired")  # what a job's owner hears
+NO_WORKER_AFTER_S = 10.0  # a worker long-polls at most 20 s at a time and asks again at once
 GONE = "This receipt is not valid any more: its lease ran out (the job went to another worker) or the job ended."
 
 
@@ -73,7 +83,25 @@ class JobBoard(Protocol):
 
     async def next_report(self, job: Job) -> Report: ...
 
-    async def receive(self, max_jobs: int, wait_s: float, visibility_s: float) -> list[dict[str, Any]]: ...
+    async def receive(
+        self, max_jobs: int, wait_s: float, visibility_s: float, *, gone: asyncio.Event | None = None
+    ) -> list[dict[str, Any]]:
+        """Jobs in line order, waiting up to ``wait_s`` for one; none once ``gone`` is set (the
+        worker's connection closed) or the board stops receiving."""
+        ...
+
+    async def release(self, receipt: str) -> None:
+        """The worker never got the job (its long poll had closed): the lease runs out now."""
+        ...
+
+    def stop_receiving(self) -> None:
+        """The server stops: every long poll ends now with no jobs, and so does every later one."""
+        ...
+
+    def worker_absent_s(self) -> float | None:
+        """Seconds since a worker last asked for jobs or reported, once that is
+        ``NO_WORKER_AFTER_S`` or more with no lease held; else None (or not known)."""
+        ...
 
     async def report(self, receipt: str, report: Report, *, offset: int | None = None) -> int:
         """Pass a worker's report on; the answer's next offset (chunks taken so far) comes back."""
@@ -90,6 +118,9 @@ class MemoryJobBoard:
         self._offers: deque[Job] = deque()
         self._leased: dict[str, Job] = {}  # by receipt
         self._offered = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._asking = 0  # long polls waiting now
+        self._seen = clock.monotonic()  # a worker's last ask or report (or the board's start)
 
     def __repr__(self) -> str:
         return f"MemoryJobBoard(offered={len(self._offers)}, leased={len(self._leased)})"
@@ -107,18 +138,30 @@ class MemoryJobBoard:
     async def next_report(self, job: Job) -> Report:
         return await job.reports.get()
 
-    async def receive(self, max_jobs: int, wait_s: float, visibility_s: float) -> list[dict[str, Any]]:
+    async def receive(
+        self, max_jobs: int, wait_s: float, visibility_s: float, *, gone: asyncio.Event | None = None
+    ) -> list[dict[str, Any]]:
+        self._asking += 1
+        try:
+            return await self._receive(max_jobs, wait_s, visibility_s, gone)
+        finally:
+            self._asking -= 1
+            self._seen = clock.monotonic()
+
+    async def _receive(
+        self, max_jobs: int, wait_s: float, visibility_s: float, gone: asyncio.Event | None
+    ) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
+        stops = [self._stopped] if gone is None else [self._stopped, gone]
         while not self._offers:
             self._offered.clear()
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or any(stop.is_set() for stop in stops):
                 return []
-            try:
-                await asyncio.wait_for(self._offered.wait(), remaining)
-            except TimeoutError:
-                return []
+            await wait_any([self._offered, *stops], remaining)
+        if any(stop.is_set() for stop in stops):
+            return []
         taken: list[dict[str, Any]] = []
         while self._offers and len(taken) < max_jobs:
             job = self._offers.popleft()
@@ -149,8 +192,20 @@ class MemoryJobBoard:
             raise ReceiptGone(GONE)
         return job
 
+    async def release(self, receipt: str) -> None:
+        job = self._leased.get(receipt)
+        if job is not None:
+            self._expire(job, receipt)
+
+    def stop_receiving(self) -> None:
+        self._stopped.set()
+
+    def worker_absent_s(self) -> float | None:
+        return None if self._asking or self._leased else absent_since(self._seen)
+
     async def report(self, receipt: str, report: Report, *, offset: int | None = None) -> int:
         job = self._leased_job(receipt)
+        self._seen = clock.monotonic()
         if report.kind == "chunks":
             texts = new_texts(report.data["texts"], offset, job.accepted)
             if texts:
@@ -166,13 +221,33 @@ class MemoryJobBoard:
 
     async def extend(self, receipt: str, visibility_s: float) -> None:
         job = self._leased_job(receipt)
+        self._seen = clock.monotonic()
         if job.lease is not None:
             job.lease.cancel()
         job.lease = asyncio.get_running_loop().call_later(visibility_s, self._expire, job, receipt)
 
     async def close(self) -> None:
+        self._stopped.set()
         for job in list(self._leased.values()):
             self._end_lease(job)
+
+
+def absent_since(seen: float | None) -> float | None:
+    """Seconds since ``seen`` (monotonic; None: not known), once that is NO_WORKER_AFTER_S or more."""
+    if seen is None:
+        return None
+    absent_s = clock.monotonic() - seen
+    return absent_s if absent_s >= NO_WORKER_AFTER_S else None
+
+
+async def wait_any(events: list[asyncio.Event], timeout_s: float) -> None:
+    """Until one of ``events`` is set, or ``timeout_s`` passed."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def new_receipt(line: str) -> str:

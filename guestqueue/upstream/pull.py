@@ -9,17 +9,47 @@ gets ``error`` ``upstream_unavailable``); after a chunk the answer ends
 ``interrupted``: a guest never gets a second answer. On Redis the board waits
 while Redis is away and puts back a job Redis forgot (redisjobs.py): the answer
 goes on from the worker that holds it.
+
+With no worker about (none has asked for jobs or reported for
+``NO_WORKER_AFTER_S``, and no lease is held), the line's ``queued`` events carry
+``no_worker_sec`` and ``/health`` is ``degraded``: a guest is not shown a
+confident wait that only a worker could make true.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from ..errors import Interrupted, UpstreamError, UpstreamUnavailable
 from .base import Chunk, WorkflowRequest
 from .jobboard import Job, JobBoard
 
 DEFAULT_MAX_RECEIVE_COUNT = 3
+
+
+def with_worker_notice(board: JobBoard, notice: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """What each ``queued`` event of a pull line adds: the line's own notice, and how long no worker
+    has been seen while that is ``NO_WORKER_AFTER_S`` or more."""
+
+    def worker_notice() -> dict[str, Any]:
+        absent_s = board.worker_absent_s()
+        added = notice()
+        return added if absent_s is None else {**added, "no_worker_sec": int(absent_s)}
+
+    return worker_notice
+
+
+def worker_problems(board: JobBoard) -> Callable[[], list[str]]:
+    """What /health says about a pull line's workers."""
+
+    def problems() -> list[str]:
+        absent_s = board.worker_absent_s()
+        if absent_s is None:
+            return []
+        return [f"no pull worker has asked for jobs in {int(absent_s)} s"]
+
+    return problems
 
 
 class PullUpstream:

@@ -1,9 +1,11 @@
 """A pull line's job board shared by several instances through Redis (see jobboard.py).
 
 Keys under the line's prefix: an offers list, receipts with leases in a sorted
-set (deadlines on Redis's clock), a hash and a report stream per job; receipts
-name the line's epoch (lines/redis.py), which changes when Redis forgets. The
-scripts are ``scripts/jobs_*.lua``.
+set (deadlines on Redis's clock), a hash and a report stream per job, and when
+a worker was last seen (every ask and report sets it: each instance reads it
+every ``WORKERS_LOOK_S`` to tell its guests whether a worker is there);
+receipts name the line's epoch (lines/redis.py), which changes when Redis
+forgets. The scripts are ``scripts/jobs_*.lua``.
 
 Redis away. The job's owner (the instance running the flight) keeps the job in
 memory: its request, its worker's receipt, its lease and how many chunks it has
@@ -38,10 +40,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .. import clock
 from ..errors import LineUnavailable, OffsetMismatch, ReceiptGone
 from ..lines.keys import Keys
 from ..scripts import load_script
-from .jobboard import GONE, Job, Report
+from ..stopping import stop_tasks
+from .jobboard import GONE, Job, Report, absent_since, wait_any
 
 logger = logging.getLogger("guestqueue.jobs")
 
@@ -49,6 +53,7 @@ RECEIVE_POLL_S = 0.1  # a long poll looks this often (between local wake-ups)
 REPORT_BLOCK_MS = 250  # an owner's read of its job's reports wakes this often to check the lease
 REDIS_RETRY_S = 0.5  # while Redis is away, an owner tries again this often
 RETRY_AFTER_S = 1  # what a worker is told while Redis is away
+WORKERS_LOOK_S = 2.0  # how often an instance reads when a worker was last seen
 UNAVAILABLE = "The job board is unavailable right now (Redis). Send this again in a moment."
 FORGOTTEN = "The job board lost this receipt when Redis restarted; its owner puts it back. Send this again in a moment."
 
@@ -63,14 +68,19 @@ class RedisJobBoard:
     def __init__(self, redis: aioredis.Redis, keys: Keys, line: str) -> None:
         self._redis, self._keys, self._line = redis, keys, line
         self._prefix = keys.prefix  # the scripts spell the per-job and per-receipt keys from it
-        self._board_keys = [keys.job_offers, keys.job_leases, keys.epoch]
-        self._receive = _script(redis, "jobs_receive")
+        self._board_keys = [keys.job_offers, keys.job_leases, keys.epoch, keys.job_worker_seen]
+        self._take = _script(redis, "jobs_receive")
         self._report = _script(redis, "jobs_report")
         self._extend = _script(redis, "jobs_extend")
         self._check = _script(redis, "jobs_check")
         self._withdraw = _script(redis, "jobs_withdraw")
+        self._workers = _script(redis, "jobs_workers")
         self._read_from: dict[str, str] = {}  # job id -> last report stream id read
         self._offered = asyncio.Event()  # an offer made here: this instance's long polls look at once
+        self._stopped = asyncio.Event()
+        self._asking = 0  # this instance's long polls waiting now
+        self._seen: float | None = clock.monotonic()  # a worker's last ask or report, as last read; None: unknown
+        self._looking: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"RedisJobBoard(prefix={self._prefix!r}, owned={len(self._read_from)})"
@@ -157,14 +167,27 @@ class RedisJobBoard:
             job.heard += len(data["texts"])
         return Report(kind, data)
 
-    async def receive(self, max_jobs: int, wait_s: float, visibility_s: float) -> list[dict[str, Any]]:
+    async def receive(
+        self, max_jobs: int, wait_s: float, visibility_s: float, *, gone: asyncio.Event | None = None
+    ) -> list[dict[str, Any]]:
+        self._asking += 1
+        try:
+            return await self._receive(max_jobs, wait_s, visibility_s, gone)
+        finally:
+            self._asking -= 1
+            self._seen = clock.monotonic()  # (other instances hear it from Redis)
+
+    async def _receive(
+        self, max_jobs: int, wait_s: float, visibility_s: float, gone: asyncio.Event | None
+    ) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        while True:
+        stops = [self._stopped] if gone is None else [self._stopped, gone]
+        while not any(stop.is_set() for stop in stops):
             self._offered.clear()
             randoms = [secrets.token_urlsafe(24) for _ in range(max_jobs)]
             reply = await _run(
-                self._receive(
+                self._take(
                     keys=self._board_keys,
                     args=[
                         max_jobs,
@@ -192,12 +215,47 @@ class RedisJobBoard:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
-            try:  # an offer made here wakes us at once; one made elsewhere is seen within the poll
-                await asyncio.wait_for(self._offered.wait(), min(RECEIVE_POLL_S, remaining))
-            except TimeoutError:
-                pass
+            # An offer made here wakes us at once; one made elsewhere is seen within the poll.
+            await wait_any([self._offered, *stops], min(RECEIVE_POLL_S, remaining))
+        return []
+
+    async def release(self, receipt: str) -> None:
+        try:  # the lease ends a millisecond ago: the owner's next look offers the job again
+            await _run(self._extend(keys=self._board_keys, args=[receipt, self._prefix, -1]))
+        except LineUnavailable as exc:  # then the lease runs its course
+            logger.warning("receipt of a closed long poll not released (%s)", exc.__cause__)
+
+    def stop_receiving(self) -> None:
+        self._stopped.set()
+
+    def worker_absent_s(self) -> float | None:
+        if self._looking is None and not self._stopped.is_set():
+            self._looking = asyncio.create_task(self._look_for_workers(), name="guestqueue-jobs-workers")
+        return None if self._asking else absent_since(self._seen)
+
+    async def _look_for_workers(self) -> None:
+        """Every WORKERS_LOOK_S: when a worker (at any instance) last asked or reported."""
+        while True:
+            try:
+                since_ms, leases = await self._redis_workers()
+            except LineUnavailable:
+                self._seen = None  # Redis away: guests hear about that, not about workers
+            else:
+                now = clock.monotonic()
+                if leases:
+                    self._seen = now  # someone is working on a job
+                elif since_ms >= 0:
+                    self._seen = now - since_ms / 1000
+                elif self._seen is None:
+                    self._seen = now  # Redis forgot when: count from now
+            await asyncio.sleep(WORKERS_LOOK_S)
+
+    async def _redis_workers(self) -> tuple[int, int]:
+        since_ms, leases = await _run(self._workers(keys=self._board_keys, args=[]))
+        return int(since_ms), int(leases)
 
     async def report(self, receipt: str, report: Report, *, offset: int | None = None) -> int:
+        self._seen = clock.monotonic()
         texts = [json.dumps(text) for text in report.data["texts"]] if report.kind == "chunks" else []
         body = "" if report.kind == "chunks" else json.dumps({"kind": report.kind, "data": report.data})
         ends = "1" if report.kind in ("complete", "fail") else "0"
@@ -211,11 +269,13 @@ class RedisJobBoard:
         return int(taken)
 
     async def extend(self, receipt: str, visibility_s: float) -> None:
+        self._seen = clock.monotonic()
         done = await _run(self._extend(keys=self._board_keys, args=[receipt, self._prefix, round(visibility_s * 1000)]))
         _raise_for(int(done), 0)
 
     async def close(self) -> None:
-        return None
+        self._stopped.set()
+        await stop_tasks([self._looking])
 
 
 def _request(job: Job) -> dict[str, Any]:

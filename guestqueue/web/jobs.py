@@ -3,7 +3,9 @@
 - ``POST /api/v1/lines/{line}/jobs/receive`` (``WORK``): optional JSON ``{wait_sec (0-20, default
   10), max_jobs (1-10, default 1), visibility_timeout_sec (1-43200, default 30)}``; long-polls up to
   ``wait_sec`` and answers ``{"jobs": [{job_id, receipt, request: {query, parameters, session_id},
-  receive_count}]}`` in line order (an empty list when none came).
+  receive_count}]}`` in line order (an empty list when none came, or the server began to stop). A
+  long poll whose worker hung up takes nothing; a job it took as the worker hung up is offered again
+  at once (not after its visibility timeout).
 - With the receipt (``WORK`` on its line), under ``/api/v1/jobs/{receipt}/``:
   ``chunks`` (a JSON list of strings, or an ``application/x-ndjson`` body streamed as the answer
   is made, one JSON string per line, each passed on as it arrives; ``?offset=N``: the index of the
@@ -18,6 +20,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any, Protocol
@@ -88,7 +91,18 @@ class JobsApi:
         if max_jobs != int(max_jobs):
             raise InvalidField("'max_jobs' must be a whole number from 1 to 10.")
         visibility_s = _number(data, "visibility_timeout_sec", DEFAULT_VISIBILITY_S, 1.0, MAX_VISIBILITY_S)
-        return JSONResponse({"jobs": await board.receive(int(max_jobs), wait_s, visibility_s)})
+        gone = asyncio.Event()
+        watch = asyncio.create_task(_until_disconnected(request, gone))
+        try:
+            jobs = await board.receive(int(max_jobs), wait_s, visibility_s, gone=gone)
+            await asyncio.sleep(0)  # a hang-up that came with the jobs is heard before they are sent
+        finally:
+            watch.cancel()
+        if gone.is_set():
+            for job in jobs:  # nobody will hear of them: offered again now, not after the lease
+                await board.release(job["receipt"])
+            raise ClientGone("The worker disconnected while waiting for jobs.")
+        return JSONResponse({"jobs": jobs})
 
     def _leased(self, request: Request) -> tuple[Queue, JobBoard, str]:
         """The receipt's line and board, if the caller may work on it."""
@@ -186,6 +200,13 @@ class _Chunks:
         at = None if self._offset is None else self._offset + self.sent
         self.next = await self._board.report(self._receipt, Report("chunks", {"texts": texts}), offset=at)
         self.sent += len(texts)
+
+
+async def _until_disconnected(request: Request, gone: asyncio.Event) -> None:
+    """Sets ``gone`` when the worker hangs up (the body is read: what comes next is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
 
 
 def _offset(request: Request) -> int | None:
