@@ -3,7 +3,8 @@
 - ``POST /api/v1/lines/{line}/jobs/receive`` (``WORK``): optional JSON ``{wait_sec (0-20, default
   10), max_jobs (1-10, default 1), visibility_timeout_sec (1-43200, default 30)}``; long-polls up to
   ``wait_sec`` and answers ``{"jobs": [{job_id, receipt, request: {query, parameters, session_id},
-  receive_count}]}`` in line order (an empty list when none came, or the server began to stop). A
+  receive_count}]}`` in line order (an empty list when none came, or the server began to stop; once
+  it stops, 503 ``shutting_down`` with Retry-After). A
   long poll whose worker hung up takes nothing; a job it took as the worker hung up is offered again
   at once (not after its visibility timeout).
 - With the receipt (``WORK`` on its line), under ``/api/v1/jobs/{receipt}/``:
@@ -30,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..catalog import Catalog, Principal
-from ..errors import BodyTooLarge, InvalidField, NotFound, ReceiptGone, Rejected, UnknownLine
+from ..errors import BodyTooLarge, InvalidField, NotFound, ReceiptGone, Rejected, ShuttingDown, UnknownLine
 from ..lineup import Lineup
 from ..runtime import Queue
 from ..upstream.jobboard import JobBoard, Report, receipt_line
@@ -91,6 +92,8 @@ class JobsApi:
         if max_jobs != int(max_jobs):
             raise InvalidField("'max_jobs' must be a whole number from 1 to 10.")
         visibility_s = _number(data, "visibility_timeout_sec", DEFAULT_VISIBILITY_S, 1.0, MAX_VISIBILITY_S)
+        if not queue.service.accepting:  # stopping: a worker backs off (or asks another instance)
+            raise ShuttingDown("This instance is stopping: ask again in a moment.", retry_after_s=1)
         gone = asyncio.Event()
         watch = asyncio.create_task(_until_disconnected(request, gone))
         try:
