@@ -33,6 +33,7 @@ from .conftest import (
     start_server_process,
     stream_events,
     wait_for_http,
+    wait_until,
 )
 from .redis_server import run_redis
 from .test_js_clients import node
@@ -324,15 +325,16 @@ async def test_a_dead_instances_guest_who_never_returns_gives_its_place_up_after
     tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
 ) -> None:
     tag = "gone-" + redis_prefix
-    env = _env(redis_url, redis_prefix, upstream, reconnect_grace_s=1.0)
+    env = _env(redis_url, redis_prefix, upstream, reconnect_grace_s=1.0, request_timeout_s=30.0)
     survivor = start_server_process(tmp_path, **env)
     doomed = None
     try:
         async with httpx.AsyncClient(timeout=30) as client:
-            # The call ahead runs 6 s: well past the dead instance's lease, the grace and the reaper's
-            # round (up to about 4 s after the kill), even on a loaded machine.
+            # The call ahead runs 10 s: well past the second instance's start (seconds on a loaded
+            # machine), the dead instance's lease, the grace and the reaper's round (up to about 4 s
+            # after the kill).
             holder = asyncio.create_task(client.post(f"{survivor.base}/chat/simple",
-                                                     json=_body("hold", tag, chunks=3, delay=3.0)))
+                                                     json=_body("hold", tag, chunks=3, delay=5.0)))
             while not await upstream.acalls(tag):
                 await asyncio.sleep(0.02)
             doomed = start_server_process(tmp_path, **env)  # after the call started on the survivor
@@ -568,13 +570,19 @@ async def test_behind_nginx_an_eventsource_follows_its_request_through_a_rolling
                 await asyncio.sleep(0.3)
                 first = await _first_events(client, f"{proxied}/chat", 1, json=_body("followed", tag, chunks=3))
                 request_id = first[0].data["request_id"]
+                progress = tmp_path / "follower.progress"
                 follower = asyncio.create_task(node("eventsource_follow.mjs", f"{proxied}/chat/{request_id}/events",
-                                                    "60000"))
-                await asyncio.sleep(1.0)
+                                                    "60000", str(progress)))
+                # Restarts begin once the follower hears its stream (Node starts slowly on a loaded
+                # machine), and stop once it has been cut off and tried again: the sooner its own
+                # instance goes, the less the line ahead must outlast.
+                await wait_until(lambda: "event" in _lines(progress), 30, "the follower's first event")
                 for port in ports:  # each instance in turn: SIGTERM, then back on its port
                     procs[port].terminate()
                     assert await asyncio.to_thread(procs[port].wait, 20) == 0
                     procs[port] = await asyncio.to_thread(_start_on, tmp_path, env, port)
+                    if _lines(progress).count("connect") >= 2:
+                        break
                 result = await follower
                 answers = await asyncio.gather(*ahead)
         assert [events[-1].name for events in answers] == ["workflow_complete"] * AHEAD, [a[-1] for a in answers]
@@ -593,6 +601,10 @@ async def test_behind_nginx_an_eventsource_follows_its_request_through_a_rolling
 
 
 AHEAD = 8
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
 
 
 def _start_on(tmp_path: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:

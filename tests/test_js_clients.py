@@ -63,14 +63,17 @@ async def test_the_openai_javascript_sdk_streams_the_same_answer_as_chat(upstrea
 
 
 async def test_the_openai_javascript_sdk_sees_a_full_line_as_a_rate_limit_error(upstream: MockUpstream) -> None:
-    async with serve(upstream_url=upstream.url(chunks=1, first=1.5), max_concurrent_requests=1,
+    # The line stays full (one running, one waiting) far longer than Node takes to start on a loaded machine.
+    async with serve(upstream_url=upstream.url(chunks=2, delay=20), max_concurrent_requests=1,
                      max_queue_size=1) as running, httpx.AsyncClient(timeout=30) as client:
         busy = [asyncio.create_task(stream_events(client, f"{running.base}/chat", json={"query": f"f{n}"}))
                 for n in range(2)]
         while len(running.service.waiting) < 1:
             await asyncio.sleep(0.02)
         result = await node("openai_sdk.mjs", running.base.removesuffix("/api/v1/guest") + "/v1", "limited")
-        await asyncio.gather(*busy)
+        for guest in busy:
+            guest.cancel()
+        await asyncio.gather(*busy, return_exceptions=True)
     assert result["rateLimit"] is True and result["status"] == 429, result
     assert result["code"] == "rate_limit_exceeded" and int(result["retryAfterMs"]) >= 1000
 

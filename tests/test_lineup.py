@@ -82,8 +82,9 @@ async def test_lines_are_listed_and_each_serves_its_own_api(tmp_path: Path, upst
 
 async def test_a_paused_line_holds_everyone_in_order_until_it_opens(tmp_path: Path, upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(chunks=1)
-    async with serve_lines(tmp_path, _line_toml("m", url, mode="paused")) as (running, lines), \
-            httpx.AsyncClient(timeout=30) as client:
+    # One at a time: the upstream sees the calls in the order they started (two at once may arrive swapped).
+    toml = _line_toml("m", url, mode="paused", max_concurrent_requests=1)
+    async with serve_lines(tmp_path, toml) as (running, lines), httpx.AsyncClient(timeout=30) as client:
         guests = []
         for n in range(3):
             guests.append(asyncio.create_task(ask(client, f"{lines}/m", f"question {n}")))

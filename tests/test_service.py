@@ -69,6 +69,13 @@ def _events_published(tickets: list[Ticket]) -> int:
     return sum(ticket.events.last_id for ticket in tickets)  # ids count every event, kept or not
 
 
+def _rounds_allowed(elapsed_s: float) -> float:
+    """Rounds of place reports a line may make in ``elapsed_s``: the change-driven ones at most every
+    MIN_REPORT_GAP_S, the ticks every position_update_s, and a few at the edges. On a loaded machine
+    the churn takes longer and more rounds are fair; without the gap, each change was a round."""
+    return elapsed_s / MIN_REPORT_GAP_S + elapsed_s / float(FAST["position_update_s"]) + 3  # type: ignore[arg-type]
+
+
 async def test_churn_does_not_re_announce_the_whole_line() -> None:
     # 300 waiting guests, then 50 leave-and-join pairs in quick succession. Each pair used to
     # re-announce every waiting guest's place (15 299 events in all); now reports come at most
@@ -78,14 +85,14 @@ async def test_churn_does_not_re_announce_the_whole_line() -> None:
         service = running.service
         tickets = [await service.submit(f"q{i}", client=f"c{i}") for i in range(waiting)]
         await asyncio.sleep(MIN_REPORT_GAP_S * 2)
-        before = _events_published(tickets)
+        before, began = _events_published(tickets), time.monotonic()
         for i in range(50):
             service.cancel(tickets[i + 1], Status.CANCELLED, "cancelled", "bye")
             tickets.append(await service.submit(f"again {i}", client=f"again{i}"))
             await asyncio.sleep(0)
         await asyncio.sleep(MIN_REPORT_GAP_S * 2)
-        churn = _events_published(tickets) - before
-        assert churn < 5 * waiting, f"{churn} events for 50 churn steps"
+        rounds = (_events_published(tickets) - before) / waiting
+        assert rounds < _rounds_allowed(time.monotonic() - began), f"{rounds:.1f} rounds for 50 churn steps"
 
 
 async def test_status_polls_tell_nobody() -> None:
@@ -96,14 +103,14 @@ async def test_status_polls_tell_nobody() -> None:
         service = running.service
         tickets = [await service.submit(f"q{i}", client=f"c{i}") for i in range(waiting)]
         await asyncio.sleep(MIN_REPORT_GAP_S * 2)
-        before = _events_published(tickets)
+        before, began = _events_published(tickets), time.monotonic()
         for i in range(50):
             service.cancel(tickets[i + 1], Status.CANCELLED, "cancelled", "bye")
             poll = await client.get(f"{running.base}/queue/request/{tickets[-1].id}")
             assert poll.json()["queue_position"] == waiting - 2 - i, "polls stay exact"
         await asyncio.sleep(MIN_REPORT_GAP_S * 2)
-        polls = _events_published(tickets) - before
-        assert polls < 5 * waiting, f"{polls} events for 50 status polls"
+        rounds = (_events_published(tickets) - before) / waiting
+        assert rounds < _rounds_allowed(time.monotonic() - began), f"{rounds:.1f} rounds for 50 polls"
 
 
 async def _two_chunks(request: WorkflowRequest) -> AsyncIterator[str]:
