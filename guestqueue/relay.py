@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 from .errors import LineUnavailable
 from .lines.places import RedisPlaces
 from .lines.redis import RedisLine
+from .scripts import load_script
 from .service import QueueService
 from .stopping import raise_if_cancelled, stop_tasks
 from .tickets import Flight
@@ -55,15 +56,6 @@ INTERRUPTED = "The answer was interrupted. Please ask again."
 RETRY_FIRST_S, RETRY_MAX_S = 0.05, 1.0  # an event waiting for Redis asks again this often
 ENDED_KEPT_S = 120.0  # a flight's story stays here this long after its end, to write again if Redis forgets
 READ_WITHIN_S = 10.0  # an ending in Redis this long before it forgot had been read by every follower
-
-# KEYS: stream epoch   ARGV: epoch_known event_json ttl_s channel flight_id  -> 1, or 0 if Redis forgot the line
-RELAY_EVENT = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('XADD', KEYS[1], '*', 'e', ARGV[2])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return 1
-"""
 
 
 class FlightRelay:
@@ -81,7 +73,7 @@ class FlightRelay:
         self._running: dict[str, Flight] = {}  # the runner's copies of the flights this instance runs
         # Flights this instance ran that ended lately, with their ending: (ended at, flight, event).
         self._ended: OrderedDict[str, tuple[float, Flight, dict[str, Any]]] = OrderedDict()
-        self._relay_event = redis.register_script(RELAY_EVENT)
+        self._relay_event = redis.register_script(load_script("relay_event"))
         self._listener: asyncio.Task[None] | None = None
         self._janitor: asyncio.Task[None] | None = None
         self._spawned: set[asyncio.Future[None]] = set()  # fire-and-forget work, kept alive till done

@@ -35,6 +35,7 @@ from .errors import ClientLimit, LineUnavailable
 from .lines.memory import MemoryLine
 from .lines.redis import RedisLine
 from .linespec import Admission
+from .scripts import load_script
 from .stopping import raise_if_cancelled, stop_tasks
 from .tickets import Flight
 from .tokens import Grant, InvalidToken, TokenSigner
@@ -225,78 +226,6 @@ class MemorySessions:
                 session.timer.cancel()
 
 
-# KEYS: slots sessions session(id) jtis totals epoch   ARGV: flight_id jti exp_ms request_id epoch
-# The slot START gave this instance becomes the session's: it leaves the slots hash (which stays
-# as short as the calls running) for the sessions set, ``s:<jti> <opened ms>`` scored by exp.
-# -1: Redis forgot the line since (the slot comes back with the rebuild: ask again after it).
-_OPEN = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('GET', KEYS[6]) ~= ARGV[5] then return -1 end
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-local owner = 's:' .. ARGV[2] .. ' ' .. now
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[3], owner)
-redis.call('HSET', KEYS[3], 'owner', owner, 'flight', ARGV[1], 'exp', ARGV[3], 'state', 'active', 'opened', now,
-           'jti', ARGV[2])
-redis.call('PEXPIREAT', KEYS[3], tonumber(ARGV[3]) + 86400000)
-redis.call('HSET', KEYS[4], ARGV[2], ARGV[4])
-redis.call('HINCRBY', KEYS[5], 'admitted', 1)
-return 1
-"""
-
-# Ends one session (once, whoever asks): its length in ms (at least 1), or 0 if it was not open.
-_END_ONE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function end_session(id, how, prefix)
-  local key = prefix .. ':session:' .. id
-  if redis.call('HGET', key, 'state') ~= 'active' then return 0 end
-  local jti = redis.call('HGET', key, 'jti')
-  local flight = redis.call('HGET', key, 'flight')
-  redis.call('ZREM', prefix .. ':sessions', redis.call('HGET', key, 'owner'))
-  redis.call('DEL', prefix .. ':request:' .. flight)
-  redis.call('HDEL', prefix .. ':session-jtis', jti)
-  redis.call('HSET', key, 'state', how)
-  redis.call('HINCRBY', prefix .. ':session-totals', how, 1)
-  redis.call('PUBLISH', prefix .. ':wake', 'finish')
-  redis.call('PUBLISH', prefix .. ':session-ended', id)
-  return math.max(1, now - tonumber(redis.call('HGET', key, 'opened') or now))
-end
-"""
-
-# KEYS: session(id)   ARGV: how prefix request_id
-_END = _END_ONE + "return end_session(ARGV[3], ARGV[1], ARGV[2])"
-
-# KEYS: sessions jtis   ARGV: prefix   -> the lengths (ms) of the sessions past their exp it ended
-_SWEEP = _END_ONE + """
-local ended = {}
-for _, owner in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 500)) do
-  local id = redis.call('HGET', KEYS[2], string.match(owner, '^s:(%S+)'))
-  local length = id and end_session(id, 'expired', ARGV[1]) or 0
-  if length > 0 then ended[#ended + 1] = length end
-  if not id then redis.call('ZREM', KEYS[1], owner) end
-end
-return ended
-"""
-
-
-# A session given back to a Redis that forgot it (restarted empty, flushed) by the instance that
-# issued it: it holds its slot again until its exp, and its token verifies again.
-# KEYS: sessions session(id) jtis client_sessions   ARGV: owner flight exp_ms opened_ms jti request_id
-_REOPEN = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'flight', ARGV[2], 'exp', ARGV[3], 'state', 'active',
-           'opened', ARGV[4], 'jti', ARGV[5])
-redis.call('PEXPIREAT', KEYS[2], tonumber(ARGV[3]) + 86400000)
-redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
-if KEYS[4] ~= KEYS[2] then
-  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[6])
-  redis.call('PEXPIREAT', KEYS[4], tonumber(ARGV[3]) + 1000)
-end
-return 1
-"""
 
 
 @dataclass(slots=True)
@@ -320,10 +249,10 @@ class RedisSessions:
 
     def __init__(self, redis: aioredis.Redis, line: RedisLine) -> None:
         self._redis, self._keys, self._line = redis, line.keys, line
-        self._open_script = redis.register_script(_OPEN)
-        self._end_script = redis.register_script(_END)
-        self._sweep_script = redis.register_script(_SWEEP)
-        self._reopen_script = redis.register_script(_REOPEN)
+        self._open_script = redis.register_script(load_script("session_open"))
+        self._end_script = redis.register_script(load_script("session_end"))
+        self._sweep_script = redis.register_script(load_script("session_sweep"))
+        self._reopen_script = redis.register_script(load_script("session_reopen"))
         self._sweeper: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._issued: dict[str, _Issued] = {}  # request id -> a session opened here, not known ended

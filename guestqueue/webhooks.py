@@ -50,6 +50,7 @@ from redis.exceptions import RedisError
 
 from .linespec import LineSpec, Webhook
 from .outbound import CHAT_HOSTS
+from .scripts import load_script
 from .service import QuietListener
 from .stopping import stop_tasks
 from .store import migrate
@@ -72,23 +73,6 @@ KEPT_ERRORS = 100  # failed deliveries listed by callback_errors
 STREAM_MAX_LEN = 100_000  # entries kept in the shared event stream (about, as MAXLEN ~)
 CLAIM_LEASE_MS = 60_000  # a claimed delivery is another instance's again after this (its claimer died)
 CLAIM_POLL_S = 0.2  # a shared outbox looks for due deliveries this often (at once after a local post)
-
-# KEYS: due pending   ARGV: lease_ms max  -> pending JSONs claimed (their due moved past the lease)
-_CLAIM = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))) do
-  local body = redis.call('HGET', KEYS[2], id)
-  if body then
-    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), id)
-    out[#out + 1] = body
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-return out
-"""
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -120,7 +104,7 @@ class Outbox:
         self._redis = redis
         self._due, self._pending = f"{prefix}:webhooks:due", f"{prefix}:webhooks:pending"
         self._failed_key = f"{prefix}:webhooks:failed"
-        self._claim = redis.register_script(_CLAIM) if redis is not None else None
+        self._claim = redis.register_script(load_script("webhooks_claim")) if redis is not None else None
         self._posted = asyncio.Event()
         self._claimer: asyncio.Task[None] | None = None
         self._db: aiosqlite.Connection | None = None

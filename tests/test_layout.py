@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from guestqueue.scripts import INCLUDE, load_script
+
 PACKAGE = Path(__file__).resolve().parent.parent / "guestqueue"
 ENTRY_POINTS = {"guestqueue", "guestqueue.cli", "guestqueue.__main__"}
 
@@ -112,3 +114,21 @@ def test_only_the_entry_points_import_the_web_layer() -> None:
 def _in_web(module: str) -> bool:
     # Not a plain prefix test: guestqueue.webhooks is not part of guestqueue.web.
     return module == "guestqueue.web" or module.startswith("guestqueue.web.")
+
+
+def test_lua_lives_in_lua_files() -> None:
+    # Scripts inside Python strings were spelled in pieces glued together (issue 23); each is a
+    # file in guestqueue/scripts now, its shared prelude named by `--! include`.
+    offenders = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "redis.call(" in p.read_text())
+    assert not offenders, f"Lua inside Python: {offenders}"
+
+
+def test_every_script_loads_with_its_includes_once() -> None:
+    scripts = sorted(p.stem for p in (PACKAGE / "scripts").glob("*.lua"))
+    assert len(scripts) > 20
+    for name in scripts:
+        text = load_script(name)  # an include naming no file raises here
+        assert text.count("local t = redis.call('TIME')") <= 1, f"{name}: the time prelude twice"
+        for line in text.splitlines():
+            if line.startswith(INCLUDE):
+                assert line.removeprefix(INCLUDE).strip() in scripts, f"{name}: {line}"

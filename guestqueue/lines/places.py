@@ -30,82 +30,15 @@ from redis.exceptions import RedisError
 
 from ..errors import LineUnavailable
 from ..events import PROCESSING
+from ..scripts import load_script
 from ..tickets import Status, Ticket
 from .keys import Keys
-from .redis import FORGIVE_GAP
 
 logger = logging.getLogger("guestqueue.lines.places")
 
 RECORD_TTL_S = 3600
 
-# Requests of instances dead for longer than the grace (nobody took them over) let go of their
-# places: their records end as `disconnected`, and a flight nobody holds any more leaves the line.
-# KEYS: instances line   ARGV: grace_ms prefix terminal_json  -> number of places released
-REAP = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-""" + FORGIVE_GAP + """
-forgive_gap(KEYS[1], ARGV[2] .. ':beat')
-local released = 0
-for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))) do
-  local held = ARGV[2] .. ':held:' .. dead
-  for _, request_id in ipairs(redis.call('SMEMBERS', held)) do
-    local record = ARGV[2] .. ':ticket:' .. request_id
-    local values = redis.call('HMGET', record, 'holder', 'status', 'flight_id', 'client')
-    if values[1] == dead and (values[2] == 'queued' or values[2] == 'processing') then
-      redis.call('HSET', record, 'status', 'cancelled', 'terminal', ARGV[3])
-      released = released + 1
-      if values[4] and redis.call('DECR', ARGV[2] .. ':client:' .. values[4]) <= 0 then
-        redis.call('DEL', ARGV[2] .. ':client:' .. values[4])
-      end
-      if values[3] then
-        local holders = ARGV[2] .. ':holders:' .. values[3]
-        redis.call('SREM', holders, dead)
-        if redis.call('SCARD', holders) == 0 and redis.call('ZREM', KEYS[2], values[3]) == 1 then
-          redis.call('DEL', ARGV[2] .. ':request:' .. values[3])
-        end
-      end
-    end
-  end
-  redis.call('DEL', held)
-  redis.call('ZREM', KEYS[1], dead)
-end
-return released
-"""
 ABANDONED = ["error", {"error": "The guest did not come back.", "code": "disconnected"}]
-
-# KEYS: client counter   ARGV: limit ttl_s  -> 1 (taken) or 0 (the client is at its limit)
-TAKE_CLIENT_SLOT = """
-local n = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end
-return 1
-"""
-
-# A request's record is written by its holder only, and never again once it has its ending: a late
-# write of an instance that was let go (or of one that came back) cannot turn a finished request
-# back into a running one, nor take a guest back from the instance it moved to.
-# KEYS: record held holders   ARGV: instance ttl_s ending(0/1) add_holder(0/1) request_id field value ...
-WRITE_RECORD = """
-local holder = redis.call('HGET', KEYS[1], 'holder')
-if (holder and holder ~= ARGV[1]) or redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-if ARGV[3] == '1' then redis.call('SREM', KEYS[2], ARGV[5]) else redis.call('SADD', KEYS[2], ARGV[5]) end
-if ARGV[4] == '1' then
-  redis.call('SADD', KEYS[3], ARGV[1])
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
-end
-return 1
-"""
-
-# KEYS: ticket record   ARGV: instance   -> the previous holder ('' if none); nil if no record
-CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local previous = redis.call('HGET', KEYS[1], 'holder') or ''
-redis.call('HSET', KEYS[1], 'holder', ARGV[1])
-return previous
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +73,10 @@ class RedisPlaces:
         self._redis = redis
         self._keys = keys
         self.instance_id = instance_id
-        self._claim = redis.register_script(CLAIM)
-        self._reap = redis.register_script(REAP)
-        self._take_client = redis.register_script(TAKE_CLIENT_SLOT)
-        self._write_record = redis.register_script(WRITE_RECORD)
+        self._claim = redis.register_script(load_script("places_claim"))
+        self._reap = redis.register_script(load_script("places_reap"))
+        self._take_client = redis.register_script(load_script("places_take_client_slot"))
+        self._write_record = redis.register_script(load_script("places_write_record"))
         self._last_write: dict[str, asyncio.Future[None]] = {}  # per request: its writes land in order
 
     def record(

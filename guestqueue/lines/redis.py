@@ -5,7 +5,7 @@ flight, and a guest's place does not depend on the process holding its
 connection. As in AWS's waiting room, a counter (``INCR``) numbers every
 admitted flight; the waiting flights are a sorted set scored by that number,
 and each flight's request is a hash, so whichever instance starts it can run
-it. Starting is ONE atomic script (:data:`START`): "the flight at the global
+it. Starting is ONE atomic script (``scripts/line_start.lua``): "the flight at the global
 front starts now, on this instance" happens only if a global slot is free, no
 retry is waiting for its turn, and pacing allows, all timed on Redis ``TIME``
 (never a client clock). The script pops the front, records the slot as
@@ -49,6 +49,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..errors import LineFull, LineUnavailable
+from ..scripts import load_script
 from ..stopping import raise_if_cancelled, stop_tasks
 from ..tickets import Flight
 from ..upstream import WorkflowRequest
@@ -57,275 +58,8 @@ from .keys import Keys
 
 logger = logging.getLogger("guestqueue.lines.redis")
 
-# Leases run out only while someone beats: after a whole lease without any heartbeat (Redis was
-# away or asleep, not the instances), every instance live at the last beat gets a lease to beat
-# again, so no slot, place or running call is taken from a live instance. Needs NOW.
-FORGIVE_GAP = """
-local function forgive_gap(instances, beat)
-  local last = redis.call('HMGET', beat, 'at', 'ttl')
-  local at, ttl = tonumber(last[1] or '0'), tonumber(last[2] or '0')
-  if at > 0 and now - at > ttl then
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', instances, at, '+inf')) do
-      redis.call('ZADD', instances, now + ttl, id)
-    end
-    redis.call('HSET', beat, 'at', now)
-  end
-end
-"""
-
-# Shared Lua: NOW (ms on Redis's clock) and LIVE_ACTIVE (slots of live instances). A slot of a
-# dead instance is given up where it is found, before any start: a call that had said nothing
-# (its event stream holds no chunk and no ending) goes back into line at its old number at once,
-# so nobody admitted after it can start first; any other moves to the orphans hash, for one
-# survivor to end (relay.py). KEYS: slots instances orphans line; PREFIX: the keys' prefix.
-_PRELUDE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-""" + FORGIVE_GAP + """
-local function live_active(slots, instances, orphans, line, prefix)
-  forgive_gap(instances, prefix .. ':beat')
-  local active = 0
-  local all = redis.call('HGETALL', slots)
-  for i = 1, #all, 2 do
-    local owner = string.match(all[i + 1], '^(%S+)')
-    local lease = tonumber(redis.call('ZSCORE', instances, owner) or '0')
-    if lease >= now then
-      active = active + 1
-    else
-      local id = all[i]
-      local last = redis.call('XREVRANGE', prefix .. ':events:' .. id, '+', '-', 'COUNT', 1)[1]
-      local said = last and cjson.decode(last[2][2])['t'] ~= 'started'
-      local seq = redis.call('HGET', prefix .. ':request:' .. id, 'seq')
-      if seq and not said then
-        redis.call('ZADD', line, seq, id)
-      else
-        redis.call('HSET', orphans, id, all[i + 1])
-      end
-      redis.call('HDEL', slots, id)
-    end
-  end
-  -- An admission line's sessions hold slots till their exp, whoever admitted them (sessions.py).
-  return active + redis.call('ZCOUNT', prefix .. ':sessions', now, '+inf')
-end
-"""
-
-# Priority tiers: a flight's score is rank * TIER_SPAN + its number (rank 0 = the highest tier),
-# so the sorted set orders by tier, then ticket. A flight of a lower tier is put in the aging set
-# with its deadline; once it passed, it is promoted to rank 0 at its own number: nobody waits
-# longer than max_starvation_sec behind higher-tier guests who came after it.
-# KEYS[line] KEYS[aging]; ran at the start of START and VIEW, so every view and start sees it.
-_AGING = """
-local TIER_SPAN = 1e12
-local function promote(line, aging)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', aging, '-inf', now)) do
-    local score = redis.call('ZSCORE', line, id)
-    if score then redis.call('ZADD', line, string.format('%.0f', tonumber(score) % TIER_SPAN), id) end
-    redis.call('ZREM', aging, id)
-  end
-end
-"""
-
-# Redis forgot the line (its epoch is not the one this instance knows): the caller rebuilds first.
-# While the instances rebuild a forgotten line, nobody starts and nobody gets a new number.
-# KEYS: epoch rebuilding   ARGV[n]: the epoch the caller knows
-_EPOCH = """
-local function forgotten(epoch, rebuilding, known)
-  if redis.call('GET', epoch) ~= known then return 'forgotten' end
-  local wait = redis.call('PTTL', rebuilding)
-  if wait > 0 then return wait end
-  return nil
-end
-"""
-
-# KEYS: slots instances orphans line seq pace request(flight) aging epoch rebuilding
-# ARGV: flight_id max_size max_concurrent interval_ms rank starvation_ms prefix epoch, then field/value pairs
-# Returns {position, size, number} | {'forgotten'} | {'rebuilding', ms} | {'full'}
-ADMIT = _PRELUDE + _AGING + _EPOCH + """
-local lost = forgotten(KEYS[9], KEYS[10], ARGV[8])
-if lost == 'forgotten' then return {'forgotten'} end
-if lost then return {'rebuilding', lost} end
-local active = live_active(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[7])
-local free = math.max(0, tonumber(ARGV[3]) - active)
-local startable = free
-if tonumber(ARGV[4]) > 0 then
-  local pace = tonumber(redis.call('GET', KEYS[6]) or '0')
-  if pace <= now then startable = math.min(free, 1) else startable = 0 end
-end
-local waiting = redis.call('ZCARD', KEYS[4])
-if waiting - math.min(waiting, startable) >= tonumber(ARGV[2]) then return {'full'} end
-local seq = redis.call('INCR', KEYS[5])
-local rank = tonumber(ARGV[5])
-redis.call('ZADD', KEYS[4], string.format('%.0f', rank * TIER_SPAN + seq), ARGV[1])
-if rank > 0 then redis.call('ZADD', KEYS[8], now + tonumber(ARGV[6]), ARGV[1]) end
-redis.call('HSET', KEYS[7], 'seq', seq, unpack(ARGV, 9))
-return {redis.call('ZRANK', KEYS[4], ARGV[1]) + 1, redis.call('ZCARD', KEYS[4]), seq}
-"""
-
-# Seed 001's release rate: at most ARGV[n] starts in any minute. KEYS[n]: the list of the last
-# minute's start times (oldest first). Returns the ms until the next start may come (0 = now).
-_RELEASES = """
-local function release_wait(releases, per_minute)
-  if per_minute <= 0 then return 0 end
-  while true do
-    local oldest = redis.call('LINDEX', releases, 0)
-    if not oldest or tonumber(oldest) > now - 60000 then break end
-    redis.call('LPOP', releases)
-  end
-  if redis.call('LLEN', releases) < per_minute then return 0 end
-  return tonumber(redis.call('LINDEX', releases, -per_minute)) + 60000 - now
-end
-"""
-
-# KEYS: slots instances orphans line pace retrying releases aging epoch rebuilding
-# ARGV: instance_id max_concurrent interval_ms prefix release_per_minute epoch
-# Returns {'go', flight_id, request fields...} | {'pace', ms} | {'busy'} | {'empty'} | {'retry'} | {'forgotten'}
-START = _PRELUDE + _RELEASES + _AGING + _EPOCH + """
-local lost = forgotten(KEYS[9], KEYS[10], ARGV[6])
-if lost == 'forgotten' then return {'forgotten'} end
-if lost then return {'pace', tostring(lost)} end
-promote(KEYS[4], KEYS[8])
-redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
-if redis.call('ZCARD', KEYS[6]) > 0 then return {'retry'} end
-if live_active(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4]) >= tonumber(ARGV[2]) then return {'busy'} end
-local head = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
-if not head then return {'empty'} end
-local pace = tonumber(redis.call('GET', KEYS[5]) or '0')
-if pace > now then return {'pace', tostring(pace - now)} end
-local release = release_wait(KEYS[7], tonumber(ARGV[5]))
-if release > 0 then return {'pace', tostring(release)} end
-redis.call('ZREM', KEYS[4], head)
-redis.call('HSET', KEYS[1], head, ARGV[1] .. ' ' .. now)
-redis.call('SET', KEYS[5], now + tonumber(ARGV[3]))
-if tonumber(ARGV[5]) > 0 then
-  redis.call('RPUSH', KEYS[7], now)
-  redis.call('PEXPIRE', KEYS[7], 120000)
-end
-local out = {'go', head}
-local fields = redis.call('HGETALL', ARGV[4] .. ':request:' .. head)
-for i = 1, #fields do out[#out + 1] = fields[i] end
-return out
-"""
-
-# KEYS: pace held   ARGV: delay_ms
-HOLD = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local untill = now + tonumber(ARGV[1])
-if tonumber(redis.call('GET', KEYS[1]) or '0') < untill then redis.call('SET', KEYS[1], untill) end
-if tonumber(redis.call('GET', KEYS[2]) or '0') < untill then redis.call('SET', KEYS[2], untill) end
-return untill
-"""
-
-# KEYS: pace retrying   ARGV: token interval_ms   -> 0 (turn taken) or ms to wait
-RETRY_TURN = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local pace = tonumber(redis.call('GET', KEYS[1]) or '0')
-if pace > now then
-  redis.call('ZADD', KEYS[2], now + 60000, ARGV[1])
-  return pace - now
-end
-redis.call('SET', KEYS[1], now + tonumber(ARGV[2]))
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 0
-"""
-
-# KEYS: slots instances orphans line pace held releases aging   ARGV: prefix release_per_minute
-VIEW = _PRELUDE + _RELEASES + _AGING + """
-promote(KEYS[4], KEYS[8])
-live_active(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
-local running = {}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 2, #all, 2 do running[#running + 1] = string.match(all[i], '%S+ (%d+)') end
-for _, owner in ipairs(redis.call('ZRANGEBYSCORE', ARGV[1] .. ':sessions', now, '+inf')) do
-  running[#running + 1] = string.match(owner, ' (%d+)$')
-end
-local infos = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do
-  infos[#infos + 1] = cjson.encode({id = id, info = redis.call('HGETALL', ARGV[1] .. ':instance:' .. id)})
-end
-local pace = math.max(tonumber(redis.call('GET', KEYS[5]) or '0'), now + release_wait(KEYS[7], tonumber(ARGV[2])))
-return {now, redis.call('ZRANGE', KEYS[4], 0, -1), running, tostring(pace),
-        redis.call('GET', KEYS[6]) or '0', infos}
-"""
-
-# Also the line's epoch: made here when Redis has none (a new line, or one Redis forgot); an
-# instance that knew another one opens the rebuild window (every live instance beats within it).
-# KEYS: instances info epoch rebuilding beat   ARGV: instance_id ttl_ms known_epoch new_epoch field/value pairs...
-# Returns {1 if the lease was new, the epoch, 1 if Redis forgot the epoch this instance knew}
-HEARTBEAT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-""" + FORGIVE_GAP + """
-forgive_gap(KEYS[1], KEYS[5])
-if tonumber(ARGV[2]) > 0 then redis.call('HSET', KEYS[5], 'at', now, 'ttl', ARGV[2]) end
-local epoch = redis.call('GET', KEYS[3])
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('SET', KEYS[3], epoch)
-end
-local forgot = 0
-if ARGV[3] ~= '' and ARGV[3] ~= epoch then
-  forgot = 1
-  redis.call('SET', KEYS[4], epoch, 'PX', ARGV[2], 'NX')
-end
-local fresh = redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-if #ARGV > 4 then redis.call('HSET', KEYS[2], unpack(ARGV, 5)) end
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 3)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
-return {fresh, epoch, forgot}
-"""
-
-# An instance's share of a forgotten line, written back at once: the flights it runs hold their
-# slots again (and leave the line if another instance put them back), its guests' waiting
-# flights go back at their old numbers (so the line re-forms in admission order whoever rebuilds
-# first), the counter goes past them, and the pacing mark past this instance's last start.
-# KEYS: slots line seq pace aging   ARGV: instance prefix interval_ms last_start_ago_ms ttl_s
-#   running_json [[id, elapsed_ms]...]   waiting_json [[id, score, number, aging_ms, {field, value...}]...]
-REBUILD = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for _, run in ipairs(cjson.decode(ARGV[6])) do
-  redis.call('HSET', KEYS[1], run[1], ARGV[1] .. ' ' .. string.format('%.0f', now - run[2]))
-  redis.call('ZREM', KEYS[2], run[1])
-end
-local top = 0
-for _, w in ipairs(cjson.decode(ARGV[7])) do
-  if redis.call('HEXISTS', KEYS[1], w[1]) == 0 then
-    redis.call('ZADD', KEYS[2], string.format('%.0f', w[2]), w[1])
-    if w[4] > 0 then redis.call('ZADD', KEYS[5], now + w[4], w[1]) end
-    local request = ARGV[2] .. ':request:' .. w[1]
-    redis.call('HSET', request, 'seq', string.format('%.0f', w[3]), unpack(w[5]))
-    redis.call('EXPIRE', request, tonumber(ARGV[5]))
-  end
-  top = math.max(top, w[3])
-end
-if top > tonumber(redis.call('GET', KEYS[3]) or '0') then redis.call('SET', KEYS[3], string.format('%.0f', top)) end
-local ago = tonumber(ARGV[4])
-if ago >= 0 then
-  local pace = now - ago + tonumber(ARGV[3])
-  if pace > tonumber(redis.call('GET', KEYS[4]) or '0') then redis.call('SET', KEYS[4], string.format('%.0f', pace)) end
-end
-redis.call('PUBLISH', ARGV[2] .. ':wake', 'rebuilt')
-return top
-"""
-
-# KEYS: slots instances orphans line   ARGV: prefix  -> {flight_id, request json}... taken over by the caller
-TAKE_ORPHANS = _PRELUDE + """
-live_active(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
-local out = {}
-local all = redis.call('HGETALL', KEYS[3])
-for i = 1, #all, 2 do
-  local fields = redis.call('HGETALL', ARGV[1] .. ':request:' .. all[i])
-  out[#out + 1] = all[i]
-  out[#out + 1] = cjson.encode(fields)
-end
-redis.call('DEL', KEYS[3])
-return out
-"""
-
 REORDERED = "reordered"  # the wake-up message of a flight that joined ahead of others
-TIER_SPAN = 10**12  # as in _AGING: a score is rank * TIER_SPAN + the flight's number
+TIER_SPAN = 10**12  # as in scripts/aging.lua: a score is rank * TIER_SPAN + the flight's number
 UNAVAILABLE = "The waiting line is unavailable right now. Please try again in a few seconds."
 MAX_WAKE_WAIT_S = 0.5  # a worker re-knocks at least this often (lost wake-up, expired lease)
 REQUEST_TTL_S = 86_400  # a request hash outlives any wait (GUEST_MAX_WAIT_SEC is far shorter)
@@ -366,14 +100,14 @@ class RedisLine:
         # When Redis last answered a heartbeat as the same line (loop clock): what was written before
         # it (less a margin) had been read by the other instances when Redis forgot.
         self.good_until = 0.0
-        self._admit = redis.register_script(ADMIT)
-        self._start = redis.register_script(START)
-        self._hold = redis.register_script(HOLD)
-        self._retry = redis.register_script(RETRY_TURN)
-        self._view = redis.register_script(VIEW)
-        self._beat = redis.register_script(HEARTBEAT)
-        self._orphans = redis.register_script(TAKE_ORPHANS)
-        self._rebuild = redis.register_script(REBUILD)
+        self._admit = redis.register_script(load_script("line_admit"))
+        self._start = redis.register_script(load_script("line_start"))
+        self._hold = redis.register_script(load_script("line_hold"))
+        self._retry = redis.register_script(load_script("line_retry_turn"))
+        self._view = redis.register_script(load_script("line_view"))
+        self._beat = redis.register_script(load_script("line_heartbeat"))
+        self._orphans = redis.register_script(load_script("line_take_orphans"))
+        self._rebuild = redis.register_script(load_script("line_rebuild"))
         self._knock = asyncio.Lock()  # one local worker at a time asks Redis for a start
         self._woken = asyncio.Event()
         self._nappers: set[asyncio.Future[None]] = set()  # workers waiting for a wake-up (_nap)
@@ -405,11 +139,14 @@ class RedisLine:
                                "back its flights, guests and sessions", self.instance_id)
                 for give_back in self.on_forgotten:
                     await give_back()
+            elif fresh and self._registered:  # we were taken for dead (cut off or stalled past our lease)
+                logger.warning("instance %s was taken for dead (no beat for %.1f s, its lease is %g s): a call "
+                               "it runs that said nothing may be asked again elsewhere", self.instance_id,
+                               now - self.good_until, self.instance_ttl_s)
+                for rejoin in self.on_rejoined:
+                    await rejoin()
             elif fresh:
                 logger.info("instance %s registered on the shared line", self.instance_id)
-                if self._registered:  # we were taken for dead (cut off longer than our lease)
-                    for rejoin in self.on_rejoined:
-                        await rejoin()
             self._registered = True
             self.good_until = now
 
@@ -500,7 +237,7 @@ class RedisLine:
 
     async def ahead_of(self, rank: int) -> int:
         """Flights of its tier or a higher one (scores below the next tier's); a promotion due but not
-        yet applied (START and VIEW apply them) is missed until the next view."""
+        yet applied (line_start.lua and line_view.lua apply them) is missed until the next view."""
         try:
             return int(await self._redis.zcount(self.keys.line, "-inf", f"({(rank + 1) * TIER_SPAN:.0f}"))
         except (RedisError, OSError) as exc:
@@ -672,7 +409,7 @@ class RedisLine:
     # -- a line Redis forgot -----------------------------------------------------------
 
     async def rebuild(self, running: list[Flight], waiting: list[Flight]) -> int:
-        """Give back this instance's share of a forgotten line (REBUILD): ``running``, the flights it
+        """Give back this instance's share of a forgotten line (line_rebuild.lua): ``running``, the flights it
         runs; ``waiting``, its guests' flights not started, each at its old number. Flights whose
         number this instance never knew are admitted again afterwards, behind. Returns the highest
         number given back."""

@@ -1,10 +1,33 @@
-"""Lua scripts run in Redis, one ``.lua`` file each (package data)."""
+"""Lua scripts run in Redis, one ``.lua`` file each (package data).
+
+A script may begin with ``--! include NAME`` lines: the named files (the shared
+prelude of time, leases, tiers, epochs) are put before it, each once, in the
+order their first includer names them.
+"""
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.resources import files
 
+INCLUDE = "--! include "
 
+
+@cache
 def load_script(name: str) -> str:
-    """The text of ``scripts/NAME.lua``."""
-    return files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    """The text of ``scripts/NAME.lua``, its includes put before it."""
+    parts: list[str] = []
+    _gather(name, parts, set())
+    return "\n".join(parts)
+
+
+def _gather(name: str, parts: list[str], seen: set[str]) -> None:
+    if name in seen:
+        return
+    seen.add(name)
+    text = files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if not line.startswith(INCLUDE):
+            break
+        _gather(line.removeprefix(INCLUDE).strip(), parts, seen)
+    parts.append(text)

@@ -1,3 +1,4 @@
+--! include jobs_common
 -- The owner's look at its job while no report comes: has the lease run out, or did Redis forget it?
 -- ARGV: prefix job_id receipt('' when no worker took it) lease_ms request_json receive_count heard epoch_candidate
 -- Returns 'expired' (the receipt dies here, once), 'restored' or 'ok'.

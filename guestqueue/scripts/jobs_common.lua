@@ -1,9 +1,8 @@
+--! include time
 -- Shared by a pull line's job board scripts (upstream/redisjobs.py), put before each of them.
 -- KEYS[1] offers (list of job ids)  KEYS[2] leases (receipt -> deadline ms)  KEYS[3] the line's epoch
 -- KEYS[4] when a worker last asked for jobs or reported (ms)
 -- Per job and per receipt keys are spelled from the line's prefix (lines/keys.py has the names).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local DAY_MS = 86400000
 
 -- A worker was here (its ask or report): guests waiting on the line are not told none is.

@@ -1,3 +1,4 @@
+--! include jobs_common
 -- The lease of a live receipt runs visibility_ms from now (-1: it has run out, the job is offered
 -- again at its owner's next look; a long poll that took it had closed).
 -- ARGV: receipt prefix visibility_ms   Returns 1 | 0 gone | -1 forgotten

@@ -1,3 +1,4 @@
+--! include jobs_common
 -- A worker takes up to max_jobs offered jobs, in line order, each with a new receipt and lease.
 -- ARGV: max_jobs visibility_ms prefix line epoch_candidate, then max_jobs random strings
 -- Returns job_id, request_json, receive_count, receipt for each job taken.

@@ -1,3 +1,4 @@
+--! include jobs_common
 -- A worker's report on its receipt goes to the job's owner (its report stream), in order.
 -- ARGV: receipt prefix kind offset ends(0|1) body, then for 'chunks' each text JSON-encoded
 -- offset (-1: not given): for 'chunks' the index of the first text in the answer, for 'complete'

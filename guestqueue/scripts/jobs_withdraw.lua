@@ -1,3 +1,4 @@
+--! include jobs_common
 -- The job ended (answered, timed out, its guests left): it leaves the offers, its receipt dies.
 -- ARGV: prefix job_id
 local prefix, id = ARGV[1], ARGV[2]

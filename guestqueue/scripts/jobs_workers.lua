@@ -1,3 +1,4 @@
+--! include jobs_common
 -- What the line's waiting guests and /health hear about its workers (upstream/redisjobs.py).
 -- Returns {ms since a worker last asked or reported (-1: not since Redis last forgot), live leases}.
 local seen = redis.call('GET', KEYS[4])

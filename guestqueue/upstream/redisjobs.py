@@ -59,7 +59,7 @@ FORGOTTEN = "The job board lost this receipt when Redis restarted; its owner put
 
 
 def _script(redis: aioredis.Redis, name: str) -> Any:
-    return redis.register_script(load_script("jobs_common") + "\n" + load_script(name))
+    return redis.register_script(load_script(name))  # each includes jobs_common.lua
 
 
 class RedisJobBoard:
