@@ -34,10 +34,10 @@ from typing import Any
 
 import aiosqlite
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from .catalog import ApiKey, Application, Catalog
 from .errors import LineUnavailable
+from .lines.redisio import logged, unavailable
 from .scripts import load_script
 from .stopping import raise_if_cancelled, stop_tasks
 from .store import migrate
@@ -121,11 +121,8 @@ class CatalogStore:
                 # with this change, goes back as the next version, before an older one can.
                 assert self._version is not None
                 version = self._version + 1
-                try:
-                    await self._seed(version)
-                except (RedisError, OSError) as exc:  # the poller puts it back at its next round
-                    raise_if_cancelled()
-                    logger.warning("the shared catalog was not put back yet: %s", exc)
+                # If Redis fails here, the poller puts it back at its next round.
+                await logged(self._seed(version), "the shared catalog was not put back yet")
             # The version moves with this change only if no other instance's came between (else the
             # poller loads them all, and writes them through): a file's version never claims a
             # change it does not hold.
@@ -144,7 +141,8 @@ class CatalogStore:
     async def _put_shared(self, kind: str, ident: str, body: str | None) -> int:
         """Write one change and bump the version, or LineUnavailable (503) if Redis is away or full."""
         assert self._redis is not None
-        try:
+        # The detail (an address, "OOM command not allowed") is for the log, not the admin's answer.
+        with unavailable(UNWRITABLE):
             async with self._redis.pipeline(transaction=True) as pipe:
                 if body is None:
                     pipe.hdel(f"{self._key}:{kind}", ident)
@@ -152,11 +150,6 @@ class CatalogStore:
                     pipe.hset(f"{self._key}:{kind}", ident, body)
                 pipe.incr(f"{self._key}:version")
                 _, version = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise_if_cancelled()
-            # The detail (an address, "OOM command not allowed") is for the log, as for guests (lines/redis.py).
-            logger.warning("cannot write the shared catalog: %s", exc)
-            raise LineUnavailable(UNWRITABLE, retry_after_s=5) from exc
         return int(version)
 
     async def _changed(self) -> None:
@@ -261,11 +254,13 @@ class CatalogStore:
         while True:
             await asyncio.sleep(POLL_S)
             try:
-                if await self._reload():
+                with unavailable():
+                    reloaded = await self._reload()
+                if reloaded:
                     await self._changed()
-            except (RedisError, OSError) as exc:  # Redis away: keep the last catalog, try again
+            except LineUnavailable as exc:  # Redis away: keep the last catalog, try again
                 raise_if_cancelled()
-                logger.warning("cannot read the shared catalog: %s", exc)
+                logger.warning("cannot read the shared catalog: %s", exc.__cause__)
             except Exception:
                 logger.exception("catalog reload failed")
 
@@ -274,11 +269,12 @@ async def warn_if_forgetful(redis: aioredis.Redis) -> None:
     """Say once, at start-up, when Redis keeps nothing on disk: a restart empties it (guestqueue
     rebuilds the catalog from its instances, but a production Redis should not forget)."""
     try:
-        persistence = await redis.info("persistence")
-        save = (await redis.config_get("save")).get("save", "")
-    except (RedisError, OSError) as exc:  # a managed Redis may refuse CONFIG: nothing to say then
+        with unavailable(quiet=True):
+            persistence = await redis.info("persistence")
+            save = (await redis.config_get("save")).get("save", "")
+    except LineUnavailable as exc:  # a managed Redis may refuse CONFIG: nothing to say then
         raise_if_cancelled()
-        logger.debug("Redis persistence not known: %s", exc)
+        logger.debug("Redis persistence not known: %s", exc.__cause__)
         return
     if not int(persistence.get("aof_enabled", 0)) and not str(save).strip():
         logger.warning("Redis keeps nothing on disk (no appendonly, no save points): a restart empties it. "

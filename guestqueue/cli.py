@@ -30,11 +30,11 @@ from types import FrameType
 import httpx
 import redis.asyncio as aioredis
 import uvicorn
-from redis.exceptions import RedisError
 
 from . import simulate, store
 from .config import Settings, SettingsError, shown_redis_url, unknown_variables
 from .errors import StartupError
+from .lines.redisio import FAILURES as REDIS_FAILURES
 from .linespec import DEFAULT_LINE, load_lines
 from .pullworker import add_app_dir, add_worker_parser, import_from_app_dir, run_worker
 from .upstream import load_workflow
@@ -178,7 +178,7 @@ def check_redis(settings: Settings) -> None:
         return
     try:
         asyncio.run(_ping(settings.redis_url))
-    except (RedisError, OSError, TypeError, ValueError) as exc:
+    except (*REDIS_FAILURES, TypeError, ValueError) as exc:
         # TypeError: redis-py takes unknown URL options as keyword arguments of its connection.
         reason = f"an option redis-py does not know ({exc})" if isinstance(exc, TypeError) else str(exc)
         raise StartupError(

@@ -34,15 +34,14 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from .errors import LineUnavailable
 from .lines.places import RedisPlaces
 from .lines.redis import RedisLine
+from .lines.redisio import Spawned, call, logged, text, unavailable
 from .scripts import load_script
 from .service import QueueService
 from .stopping import raise_if_cancelled, stop_tasks
@@ -76,7 +75,7 @@ class FlightRelay:
         self._relay_event = redis.register_script(load_script("relay_event"))
         self._listener: asyncio.Task[None] | None = None
         self._janitor: asyncio.Task[None] | None = None
-        self._spawned: set[asyncio.Future[None]] = set()  # fire-and-forget work, kept alive till done
+        self._spawn = Spawned("relay: work nobody waits for was not done")
         self._sending: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
         service.on_abandoned = self.cancel
@@ -94,7 +93,8 @@ class FlightRelay:
             await asyncio.wait_for(self._sending.join(), FLUSH_TIMEOUT_S)
         except TimeoutError:
             logger.warning("%d flight events not relayed: Redis did not take them", self._sending.qsize())
-        await stop_tasks([self._listener, self._sender, self._janitor, *self._spawned])
+        await stop_tasks([self._listener, self._sender, self._janitor])
+        await self._spawn.stop()
 
     # -- FlightSink: this instance runs the flight --------------------------------
 
@@ -135,12 +135,13 @@ class FlightRelay:
         while True:
             await asyncio.sleep(self._line.instance_ttl_s / 2)
             try:
-                for flight in await self._line.dead_flights():
-                    await self._recover(flight)
-                await self._places.reap(self._service.settings.reconnect_grace_s)
-            except (LineUnavailable, RedisError, OSError) as exc:
+                with unavailable():
+                    for flight in await self._line.dead_flights():
+                        await self._recover(flight)
+                    await self._places.reap(self._service.settings.reconnect_grace_s)
+            except LineUnavailable as exc:
                 raise_if_cancelled()
-                logger.warning("could not clean up after dead instances: %s", exc)
+                logger.warning("could not clean up after dead instances: %s", exc.__cause__ or exc)
 
     async def _recover(self, flight: Flight) -> None:
         entries: list[Any] = await self._redis.xrange(self._keys.flight_events(flight.id)) or []
@@ -205,17 +206,18 @@ class FlightRelay:
                 # Redis forgot the line: it is rebuilt (our flights' stories written again by
                 # give_back), then this event follows them.
                 await self._line.notice(known)
-            except (RedisError, OSError, LineUnavailable) as exc:
+            except LineUnavailable as exc:
                 raise_if_cancelled()
                 if pause_s == RETRY_FIRST_S:
-                    logger.warning("flight %s: event %s waits for Redis: %s", flight_id, event.get("t"), exc)
+                    logger.warning("flight %s: event %s waits for Redis: %s", flight_id, event.get("t"),
+                                   exc.__cause__ or exc)
                 await asyncio.sleep(pause_s)
                 pause_s = min(pause_s * 2, RETRY_MAX_S)
 
     async def _append(self, flight_id: str, event: dict[str, Any], epoch: str) -> bool:
-        return bool(await self._relay_event(
+        return bool(await call(self._relay_event(
             keys=[self._keys.flight_events(flight_id), self._keys.epoch],
-            args=[epoch, json.dumps(event), STREAM_TTL_S, self._events_channel, flight_id]))
+            args=[epoch, json.dumps(event), STREAM_TTL_S, self._events_channel, flight_id])))
 
     async def give_back(self) -> None:
         """Redis forgot the line: the flights this instance runs hold their slots again, and the
@@ -227,6 +229,12 @@ class FlightRelay:
         # Endings Redis had long before it forgot were read then: only the later ones again.
         since = self._line.good_until - READ_WITHIN_S
         stories += [(flight, ending) for ended_at, flight, ending in self._ended.values() if ended_at >= since]
+        with unavailable():
+            await self._write_again(stories)
+        if stories:
+            logger.warning("%d flights' events written again after Redis forgot them", len(stories))
+
+    async def _write_again(self, stories: list[tuple[Flight, dict[str, Any] | None]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for flight, ending in stories:
                 stream = self._keys.flight_events(flight.id)
@@ -237,8 +245,6 @@ class FlightRelay:
                 pipe.expire(stream, STREAM_TTL_S)
                 pipe.publish(self._events_channel, flight.id)
             await pipe.execute()
-        if stories:
-            logger.warning("%d flights' events written again after Redis forgot them", len(stories))
 
     # -- cancels: the last guest of a flight running elsewhere left ------------------
 
@@ -246,10 +252,7 @@ class FlightRelay:
         self._spawn(self._publish_cancel(flight.id))
 
     async def _publish_cancel(self, flight_id: str) -> None:
-        try:
-            await self._redis.publish(self._cancel_channel, flight_id)
-        except RedisError as exc:
-            logger.warning("flight %s: cancel not relayed: %s", flight_id, exc)
+        await logged(self._redis.publish(self._cancel_channel, flight_id), f"flight {flight_id}: cancel not relayed")
 
     # -- following: this instance holds the flight's guests ------------------------
 
@@ -260,24 +263,28 @@ class FlightRelay:
     async def _listen(self) -> None:
         while True:
             try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self._events_channel, self._cancel_channel, self._keys.moved_channel)
-                    async for message in pubsub.listen():
-                        if message["type"] != "message":
-                            continue
-                        channel, flight_id = _text(message["channel"]), _text(message["data"])
-                        if channel == self._keys.moved_channel:
-                            request_id, old_holder, _ = json.loads(flight_id)
-                            if old_holder == self._instance_id:
-                                self._service.release(request_id)
-                        elif channel == self._cancel_channel:
-                            self._stop_running(flight_id)
-                        elif self._local(flight_id) is not None:
-                            await self._catch_up(flight_id)
-            except (RedisError, OSError) as exc:
+                with unavailable():
+                    await self._hear()
+            except LineUnavailable as exc:
                 raise_if_cancelled()
-                logger.warning("relay lost Redis (%s); listening again shortly", exc)
+                logger.warning("relay lost Redis (%s); listening again shortly", exc.__cause__)
                 await asyncio.sleep(0.5)
+
+    async def _hear(self) -> None:
+        async with self._redis.pubsub() as pubsub:
+            await pubsub.subscribe(self._events_channel, self._cancel_channel, self._keys.moved_channel)
+            async for message in pubsub.listen():
+                if message["type"] != "message":
+                    continue
+                channel, flight_id = text(message["channel"]), text(message["data"])
+                if channel == self._keys.moved_channel:
+                    request_id, old_holder, _ = json.loads(flight_id)
+                    if old_holder == self._instance_id:
+                        self._service.release(request_id)
+                elif channel == self._cancel_channel:
+                    self._stop_running(flight_id)
+                elif self._local(flight_id) is not None:
+                    await self._catch_up(flight_id)
 
     def _stop_running(self, flight_id: str) -> None:
         flight = self._running.get(flight_id)
@@ -297,9 +304,9 @@ class FlightRelay:
             if local is None:
                 break
             # Two catch-ups of one flight may overlap: the one that reads an entry second skips it.
-            if _entry(_text(entry_id)) <= _entry(self._applied.get(flight_id, "0")):
+            if _entry(text(entry_id)) <= _entry(self._applied.get(flight_id, "0")):
                 continue
-            self._applied[flight_id] = _text(entry_id)
+            self._applied[flight_id] = text(entry_id)
             event = json.loads(fields[b"e"])
             fit = _fit(local, event)
             if fit == "next":
@@ -323,10 +330,7 @@ class FlightRelay:
     async def follow(self, flight: Flight) -> None:
         """A flight this instance now holds a guest of (taken over): apply what it did so far."""
         self._applied.pop(flight.id, None)
-        try:
-            await self._catch_up(flight.id)
-        except RedisError as exc:
-            logger.warning("flight %s: could not catch up: %s", flight.id, exc)
+        await logged(self._catch_up(flight.id), f"flight {flight.id}: could not catch up")
 
     def _catch_up_started(self) -> None:
         """After each view: local flights no longer in line started somewhere; read their streams."""
@@ -334,13 +338,7 @@ class FlightRelay:
         started = [f for f in self._service.waiting if view.position(f) == 0]
         # Running elsewhere, a missed message would leave its guests hanging: read on from the stream.
         for flight_id in [*started, *(f for f in self._service.running if f not in self._direct)]:
-            self._spawn(self._catch_up_quietly(flight_id))
-
-    async def _catch_up_quietly(self, flight_id: str) -> None:
-        try:
-            await self._catch_up(flight_id)
-        except RedisError as exc:
-            logger.warning("flight %s: could not catch up: %s", flight_id, exc)
+            self._spawn(self._catch_up(flight_id))  # (Spawned logs it if Redis fails)
 
     def _apply(self, flight: Flight, event: dict[str, Any]) -> None:
         service, kind = self._service, event["t"]
@@ -366,11 +364,6 @@ class FlightRelay:
                 service.end_flight_error(flight, event["code"], event["message"], detail=event.get("detail"))
 
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._spawned.add(task)
-        task.add_done_callback(self._spawned.discard)
-
 def _fit(flight: Flight, event: dict[str, Any]) -> str:
     """Where ``event`` stands for this instance's copy of ``flight``: the ``next`` one to apply, one
     ``seen`` already, or one after a ``gap``. Events without a number (an older instance) are next."""
@@ -389,7 +382,3 @@ def _entry(entry_id: str) -> tuple[int, int]:
     """A stream entry id ("milliseconds-sequence") as something that orders correctly."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

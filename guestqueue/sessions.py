@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from .errors import ClientLimit, LineUnavailable
 from .lines.memory import MemoryLine
 from .lines.redis import RedisLine
+from .lines.redisio import call, logged, text, unavailable
 from .linespec import Admission
 from .scripts import load_script
 from .stopping import raise_if_cancelled, stop_tasks
@@ -45,6 +45,7 @@ logger = logging.getLogger("guestqueue.sessions")
 ENDINGS = ("completed", "expired", "revoked")
 MAX_COUNTED = 1_000  # a client's sessions read to count them (its limit is far below)
 SWEEP_EVERY_S = 0.5
+ROOM_UNAVAILABLE = "The waiting room is unavailable right now. Please try again shortly."
 
 
 @dataclass(slots=True)
@@ -291,11 +292,11 @@ class RedisSessions:
 
     async def by_jti(self, jti: str) -> str | None:
         value = await self._call(self._redis.hget, self._keys.session_jtis, jti)
-        return None if value is None else _text(value)
+        return None if value is None else text(value)
 
     async def state(self, request_id: str) -> str | None:
         value = await self._call(self._redis.hget, self._keys.session(request_id), "state")
-        return None if value is None else _text(value)
+        return None if value is None else text(value)
 
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
@@ -304,13 +305,11 @@ class RedisSessions:
         if (issued := self._issued.get(request_id)) is not None:
             issued.client = client
         key, expires_ms = self._keys.client_sessions(client), round(expires_at * 1000)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(key, {request_id: expires_ms})
-                pipe.pexpireat(key, expires_ms + 1000)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:  # the limit is then counted without it, for its length
-            logger.warning("session %s not counted for its client: %s", request_id, exc)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {request_id: expires_ms})
+            pipe.pexpireat(key, expires_ms + 1000)
+            # Not written, the client's limit is counted without it, for its length.
+            await logged(pipe.execute(), f"session {request_id} not counted for its client")
 
     async def held_by(self, client: str) -> int:
         """The client's sessions still active (a few: it can hold no more than its limit)."""
@@ -324,7 +323,7 @@ class RedisSessions:
             return 0
         async with self._redis.pipeline(transaction=False) as pipe:
             for request_id in ids:
-                pipe.hget(self._keys.session(_text(request_id)), "state")
+                pipe.hget(self._keys.session(text(request_id)), "state")
             states = await self._call(pipe.execute)
         ended = [request_id for request_id, state in zip(ids, states, strict=True) if state != b"active"]
         if ended:
@@ -336,35 +335,40 @@ class RedisSessions:
             pipe.zcard(self._keys.sessions)
             pipe.hgetall(self._keys.session_totals)
             active, totals = await pipe.execute()
-        named = {_text(k): int(v) for k, v in totals.items()}
+        named = {text(k): int(v) for k, v in totals.items()}
         self._counts = {"sessions_active": int(active), **{k: named.get(k, 0) for k in ("admitted", *ENDINGS)}}
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_EVERY_S)
             try:
-                lengths = await self._sweep_script(keys=[self._keys.sessions, self._keys.session_jtis],
-                                                   args=[self._keys.prefix])
-                for length_ms in lengths:
-                    self.on_ended(int(length_ms) / 1000)
-                await self._count()
-            except (RedisError, OSError) as exc:
+                with unavailable(ROOM_UNAVAILABLE):
+                    lengths = await self._sweep_script(keys=[self._keys.sessions, self._keys.session_jtis],
+                                                       args=[self._keys.prefix])
+                    for length_ms in lengths:
+                        self.on_ended(int(length_ms) / 1000)
+                    await self._count()
+            except LineUnavailable as exc:
                 raise_if_cancelled()
-                logger.warning("session expiry sweep failed: %s", exc)
+                logger.warning("session expiry sweep failed: %s", exc.__cause__)
 
     async def _listen(self) -> None:
         """Forget the sessions opened here that ended on any instance (not to give them back)."""
         while True:
             try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self._keys.session_ended_channel)
-                    async for message in pubsub.listen():
-                        if message["type"] == "message":
-                            self._issued.pop(_text(message["data"]), None)
-            except (RedisError, OSError) as exc:
+                with unavailable(ROOM_UNAVAILABLE):
+                    await self._hear_ends()
+            except LineUnavailable as exc:
                 raise_if_cancelled()
-                logger.warning("session ends not heard (%s); listening again shortly", exc)
+                logger.warning("session ends not heard (%s); listening again shortly", exc.__cause__)
                 await asyncio.sleep(SWEEP_EVERY_S)
+
+    async def _hear_ends(self) -> None:
+        async with self._redis.pubsub() as pubsub:
+            await pubsub.subscribe(self._keys.session_ended_channel)
+            async for message in pubsub.listen():
+                if message["type"] == "message":
+                    self._issued.pop(text(message["data"]), None)
 
     async def give_back(self) -> None:
         """Redis forgot the line: the unexpired sessions opened here hold their slots again (before
@@ -377,11 +381,12 @@ class RedisSessions:
             for request_id, issued in self._issued.items():
                 owner = f"s:{issued.jti} {issued.opened_ms}"
                 client_key = keys.client_sessions(issued.client) if issued.client else keys.session(request_id)
-                await self._reopen_script(  # queued in the pipeline
-                    keys=[keys.sessions, keys.session(request_id), keys.session_jtis, client_key],
-                    args=[owner, issued.flight_id, issued.exp_ms, issued.opened_ms, issued.jti, request_id],
-                    client=pipe)
-            await pipe.execute()
+                with unavailable(ROOM_UNAVAILABLE):
+                    await self._reopen_script(  # queued in the pipeline
+                        keys=[keys.sessions, keys.session(request_id), keys.session_jtis, client_key],
+                        args=[owner, issued.flight_id, issued.exp_ms, issued.opened_ms, issued.jti, request_id],
+                        client=pipe)
+            await call(pipe.execute(), ROOM_UNAVAILABLE)
         if self._issued:
             logger.warning("%d sessions given back to a forgetful Redis", len(self._issued))
 
@@ -389,13 +394,7 @@ class RedisSessions:
         await stop_tasks([self._sweeper, self._listener])
 
     async def _call(self, command: Any, *args: Any) -> Any:
-        try:
+        with unavailable(ROOM_UNAVAILABLE, retry_after_s=None):
             if args and isinstance(args[0], list):  # a script: keys, args
                 return await command(keys=args[0], args=args[1])
             return await command(*args)
-        except (RedisError, OSError) as exc:
-            raise LineUnavailable("The waiting room is unavailable right now. Please try again shortly.") from exc
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -46,8 +46,9 @@ from typing import Any
 import aiosqlite
 import httpx
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
+from .errors import LineUnavailable
+from .lines.redisio import call, logged
 from .linespec import LineSpec, Webhook
 from .outbound import CHAT_HOSTS
 from .scripts import load_script
@@ -180,9 +181,9 @@ class Outbox:
         if self._redis is None:
             return list(self.failures)
         try:
-            raw = await self._redis.lrange(self._failed_key, 0, KEPT_ERRORS - 1)
-        except (RedisError, OSError) as exc:
-            logger.warning("failed webhook deliveries not read: %s", exc)
+            raw = await call(self._redis.lrange(self._failed_key, 0, KEPT_ERRORS - 1))
+        except LineUnavailable as exc:
+            logger.warning("failed webhook deliveries not read: %s", exc.__cause__)
             return list(self.failures)
         return [json.loads(item) for item in reversed(raw)]
 
@@ -193,14 +194,12 @@ class Outbox:
         kept = json.dumps({"id": delivery.id, "line": delivery.line, "event": delivery.event, "url": delivery.url,
                            "secret": delivery.secret, "body": delivery.body.decode(), "attempts": delivery.attempts,
                            "last_error": delivery.last_error})
-        try:
-            now_ms = round(time.time() * 1000)
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._pending, delivery.id, kept)
-                pipe.zadd(self._due, {delivery.id: now_ms + round(due_in_s * 1000)})
-                await pipe.execute()
-        except (RedisError, OSError) as exc:  # kept here instead: sent by this instance
-            logger.warning("webhook %s kept in this process only (Redis: %s)", delivery.id, exc)
+        now_ms = round(time.time() * 1000)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._pending, delivery.id, kept)
+            pipe.zadd(self._due, {delivery.id: now_ms + round(due_in_s * 1000)})
+            shared = await logged(pipe.execute(), f"webhook {delivery.id} kept in this process only")
+        if not shared:  # kept here instead: sent by this instance
             if due_in_s <= 0:
                 self._enqueue(delivery)
             return
@@ -211,9 +210,9 @@ class Outbox:
         while True:
             self._posted.clear()
             try:
-                claimed = await self._claim(keys=[self._due, self._pending], args=[CLAIM_LEASE_MS, 20])
-            except (RedisError, OSError) as exc:
-                logger.warning("webhook deliveries not claimed: %s", exc)
+                claimed = await call(self._claim(keys=[self._due, self._pending], args=[CLAIM_LEASE_MS, 20]))
+            except LineUnavailable as exc:
+                logger.warning("webhook deliveries not claimed: %s", exc.__cause__)
                 await asyncio.sleep(1.0)  # Redis is away: ask again in a while, not five times a second
                 continue
             for raw in claimed:
@@ -227,16 +226,13 @@ class Outbox:
 
     async def _settle_shared(self, delivery: _Delivery, status: str) -> None:
         assert self._redis is not None
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(self._pending, delivery.id)
-                pipe.zrem(self._due, delivery.id)
-                if status == "failed":
-                    pipe.lpush(self._failed_key, json.dumps(self._failure(delivery)))
-                    pipe.ltrim(self._failed_key, 0, KEPT_ERRORS - 1)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            logger.warning("webhook %s not settled in Redis: %s", delivery.id, exc)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self._pending, delivery.id)
+            pipe.zrem(self._due, delivery.id)
+            if status == "failed":
+                pipe.lpush(self._failed_key, json.dumps(self._failure(delivery)))
+                pipe.ltrim(self._failed_key, 0, KEPT_ERRORS - 1)
+            await logged(pipe.execute(), f"webhook {delivery.id} not settled in Redis")
 
     def _enqueue(self, delivery: _Delivery) -> None:
         if self._closing or delivery.id in self._held:  # held: claimed again while it waited its turn
@@ -346,10 +342,8 @@ class EventStream:
 
     async def _append(self, line: str, event: str, data: Mapping[str, Any]) -> None:
         fields = {"line": line, "event": event, "data": json.dumps(dict(data))}
-        try:
-            await self._redis.xadd(self.key, fields, maxlen=self._max_len, approximate=True)  # type: ignore[arg-type]
-        except (RedisError, OSError) as exc:
-            logger.warning("event not added to %s: %s", self.key, exc)
+        await logged(self._redis.xadd(self.key, fields, maxlen=self._max_len, approximate=True),  # type: ignore[arg-type]
+                     f"event not added to {self.key}")
 
     async def close(self) -> None:
         if self._pending:

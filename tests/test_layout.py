@@ -132,3 +132,12 @@ def test_every_script_loads_with_its_includes_once() -> None:
         for line in text.splitlines():
             if line.startswith(INCLUDE):
                 assert line.removeprefix(INCLUDE).strip() in scripts, f"{name}: {line}"
+
+
+def test_redis_errors_are_mapped_at_one_boundary() -> None:
+    # Before (issue 23): 52 `except RedisError` clauses in 10 modules, the "unavailable" message
+    # spelled in each. Now lines/redisio.py alone knows what redis-py raises.
+    boundary = PACKAGE / "lines" / "redisio.py"
+    offenders = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                       if p != boundary and ("redis.exceptions" in p.read_text() or "RedisError" in p.read_text()))
+    assert not offenders, f"Redis errors caught outside lines/redisio.py: {offenders}"

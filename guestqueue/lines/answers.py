@@ -16,10 +16,11 @@ import json
 import logging
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from ..cache import CachedAnswer
+from ..errors import LineUnavailable
 from .keys import Keys
+from .redisio import logged, unavailable
 
 logger = logging.getLogger("guestqueue.lines.answers")
 
@@ -36,9 +37,10 @@ class RedisAnswers:
     async def get(self, key: str) -> CachedAnswer | None:
         """The shared answer, or None (also when Redis cannot be asked: the upstream can)."""
         try:
-            raw = await self._redis.get(self._key(key))
-        except (RedisError, OSError) as exc:
-            logger.warning("shared cache not read: %s", exc)
+            with unavailable():
+                raw = await self._redis.get(self._key(key))
+        except LineUnavailable as exc:
+            logger.warning("shared cache not read: %s", exc.__cause__)
             return None
         if raw is None:
             return None
@@ -47,7 +49,4 @@ class RedisAnswers:
 
     async def put(self, key: str, answer: CachedAnswer) -> None:
         value = json.dumps([list(answer.chunks), answer.suggested_questions])
-        try:
-            await self._redis.set(self._key(key), value, px=self._ttl_ms)
-        except (RedisError, OSError) as exc:
-            logger.warning("shared cache not written: %s", exc)
+        await logged(self._redis.set(self._key(key), value, px=self._ttl_ms), "shared cache not written")

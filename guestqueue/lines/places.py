@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from ..errors import LineUnavailable
 from ..events import PROCESSING
 from ..scripts import load_script
 from ..tickets import Status, Ticket
 from .keys import Keys
+from .redisio import call, logged, text, unavailable
 
 logger = logging.getLogger("guestqueue.lines.places")
 
@@ -130,34 +129,23 @@ class RedisPlaces:
             await asyncio.wait([after])  # its own errors are its own (logged there)
         key = self._keys.ticket(request_id)
         pairs = [item for pair in fields.items() for item in pair]
-        try:
-            await self._write_record(
-                keys=[key, self._keys.held_requests(self.instance_id), self._keys.holders(flight_id or "-")],
-                args=[self.instance_id, RECORD_TTL_S, int("terminal" in fields), int(flight_id is not None),
-                      request_id, *pairs])
-        except (RedisError, OSError) as exc:
-            logger.warning("%s: record not written: %s", key, exc)
+        await logged(self._write_record(
+            keys=[key, self._keys.held_requests(self.instance_id), self._keys.holders(flight_id or "-")],
+            args=[self.instance_id, RECORD_TTL_S, int("terminal" in fields), int(flight_id is not None),
+                  request_id, *pairs]), f"{key}: record not written")
 
     async def load(self, request_id: str) -> PlaceRecord | None:
-        try:
-            raw = await self._redis.hgetall(self._keys.ticket(request_id))
-        except (RedisError, OSError) as exc:
-            raise LineUnavailable("The waiting line is unavailable right now. Please try again shortly.",
-                                  retry_after_s=5) from exc
-        return _record(request_id, {_text(k): _text(v) for k, v in raw.items()}) if raw else None
+        raw = await call(self._redis.hgetall(self._keys.ticket(request_id)))
+        return _record(request_id, {text(k): text(v) for k, v in raw.items()}) if raw else None
 
     async def holder(self, request_id: str) -> str:
         """The instance holding the request now ('' if no record)."""
-        try:
-            value = await self._redis.hget(self._keys.ticket(request_id), "holder")
-        except (RedisError, OSError) as exc:
-            raise LineUnavailable("The waiting line is unavailable right now. Please try again shortly.",
-                                  retry_after_s=5) from exc
-        return _text(value) if value is not None else ""
+        value = await call(self._redis.hget(self._keys.ticket(request_id), "holder"))
+        return text(value) if value is not None else ""
 
     async def claim(self, request_id: str) -> PlaceRecord | None:
         """Become the holder of a request recorded by another instance (the old holder is told)."""
-        try:
+        with unavailable():
             previous = await self._claim(keys=[self._keys.ticket(request_id)], args=[self.instance_id])
             if previous is None:
                 return None
@@ -167,12 +155,9 @@ class RedisPlaces:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.sadd(self._keys.held_requests(self.instance_id), request_id)
                 pipe.sadd(self._keys.holders(record.flight_id), self.instance_id)
-                pipe.publish(self._keys.moved_channel, json.dumps([request_id, _text(previous), self.instance_id]))
+                pipe.publish(self._keys.moved_channel, json.dumps([request_id, text(previous), self.instance_id]))
                 await pipe.execute()
             return record
-        except (RedisError, OSError) as exc:
-            raise LineUnavailable("The waiting line is unavailable right now. Please try again shortly.",
-                                  retry_after_s=5) from exc
 
     async def reap(self, grace_s: float) -> int:
         """Release the places of instances dead for longer than ``grace_s``; how many."""
@@ -183,41 +168,34 @@ class RedisPlaces:
     async def reserve_key(self, client: str, idempotency_key: str, request_id: str) -> str:
         """The request this client's Idempotency-Key names: ``request_id`` if the key was free."""
         key = self._keys.idempotency(client, idempotency_key)
-        try:
+        with unavailable():
             if await self._redis.set(key, request_id, nx=True, ex=RECORD_TTL_S):
                 return request_id
             owner = await self._redis.get(key)
-        except (RedisError, OSError) as exc:
-            raise LineUnavailable("The waiting line is unavailable right now. Please try again shortly.",
-                                  retry_after_s=5) from exc
-        return _text(owner) if owner is not None else request_id
+        return text(owner) if owner is not None else request_id
 
     async def forget_key(self, client: str, idempotency_key: str, request_id: str) -> None:
         """The request reserved under this key was refused: the key may name the next one."""
         key = self._keys.idempotency(client, idempotency_key)
-        try:
-            if await self._redis.get(key) in (request_id, request_id.encode()):
-                await self._redis.delete(key)
-        except (RedisError, OSError) as exc:
-            logger.warning("Idempotency-Key not released: %s", exc)
+        await logged(self._release_key(key, request_id), "Idempotency-Key not released")
+
+    async def _release_key(self, key: str, request_id: str) -> None:
+        if await self._redis.get(key) in (request_id, request_id.encode()):
+            await self._redis.delete(key)
 
     async def take_client_slot(self, client: str, limit: int) -> bool:
         """Count one more request of ``client`` on every instance, unless it has ``limit`` already."""
-        try:
-            return bool(await self._take_client(keys=[self._keys.client(client)], args=[limit, RECORD_TTL_S]))
-        except (RedisError, OSError) as exc:
-            raise LineUnavailable("The waiting line is unavailable right now. Please try again shortly.",
-                                  retry_after_s=5) from exc
+        return bool(await call(self._take_client(keys=[self._keys.client(client)], args=[limit, RECORD_TTL_S])))
 
     def give_back_client_slot(self, client: str) -> Awaitable[None]:
         return self._give_back(client)
 
     async def _give_back(self, client: str) -> None:
-        try:
-            if await self._redis.decr(self._keys.client(client)) <= 0:
-                await self._redis.delete(self._keys.client(client))
-        except (RedisError, OSError) as exc:
-            logger.warning("client %s: count not given back: %s", client, exc)
+        await logged(self._count_down(client), f"client {client}: count not given back")
+
+    async def _count_down(self, client: str) -> None:
+        if await self._redis.decr(self._keys.client(client)) <= 0:
+            await self._redis.delete(self._keys.client(client))
 
     async def let_go(self, flight_id: str) -> bool:
         """This instance holds no more guests of the flight; True if no instance does any more."""
@@ -251,10 +229,6 @@ def summary(request_id: str, raw: dict[str, str]) -> dict[str, Any]:
     if raw.get("cached") == "1":
         out["cached"] = True
     return out
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _record(request_id: str, raw: dict[str, str]) -> PlaceRecord:

@@ -42,11 +42,10 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from ..errors import LineFull, LineUnavailable
 from ..scripts import load_script
@@ -55,12 +54,12 @@ from ..tickets import Flight
 from ..upstream import WorkflowRequest
 from .base import LineView
 from .keys import Keys
+from .redisio import UNAVAILABLE, Spawned, call, logged, text, unavailable
 
 logger = logging.getLogger("guestqueue.lines.redis")
 
 REORDERED = "reordered"  # the wake-up message of a flight that joined ahead of others
 TIER_SPAN = 10**12  # as in scripts/aging.lua: a score is rank * TIER_SPAN + the flight's number
-UNAVAILABLE = "The waiting line is unavailable right now. Please try again in a few seconds."
 MAX_WAKE_WAIT_S = 0.5  # a worker re-knocks at least this often (lost wake-up, expired lease)
 REQUEST_TTL_S = 86_400  # a request hash outlives any wait (GUEST_MAX_WAIT_SEC is far shorter)
 
@@ -112,7 +111,7 @@ class RedisLine:
         self._woken = asyncio.Event()
         self._nappers: set[asyncio.Future[None]] = set()  # workers waiting for a wake-up (_nap)
         self._tasks: list[asyncio.Task[None]] = []
-        self._spawned: set[asyncio.Future[None]] = set()  # fire-and-forget work, kept alive till done
+        self._spawn = Spawned("shared line: a write nobody waits for was not done")
         self._last_view = LineView({}, max_concurrent=max_concurrent)
 
     def __repr__(self) -> str:
@@ -132,7 +131,7 @@ class RedisLine:
             pairs = [x for kv in self._info.items() for x in kv]
             fresh, epoch, forgot = await self._call(self._beat, self._beat_keys(), [
                 self.instance_id, round(self.instance_ttl_s * 1000), self.epoch, secrets.token_hex(8), *pairs])
-            self.epoch = _text(epoch)
+            self.epoch = text(epoch)
             now = asyncio.get_running_loop().time()
             if forgot:
                 logger.warning("Redis forgot the shared line (restarted empty, or flushed): instance %s gives "
@@ -172,27 +171,30 @@ class RedisLine:
         """Wake local workers whenever any instance changes the line or frees a slot."""
         while True:
             try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self.keys.wake)
-                    async for message in pubsub.listen():
-                        if message["type"] == "message":
-                            self._wake_workers()
-                            if message["data"] == REORDERED.encode():
-                                for hook in self.on_reordered:
-                                    hook()
-            except (RedisError, OSError) as exc:
+                with unavailable():
+                    await self._hear_wake_ups()
+            except LineUnavailable as exc:
                 raise_if_cancelled()
-                logger.warning("wake-ups lost (%s); listening again shortly", exc)
+                logger.warning("wake-ups lost (%s); listening again shortly", exc.__cause__)
                 await asyncio.sleep(0.5)
 
+    async def _hear_wake_ups(self) -> None:
+        async with self._redis.pubsub() as pubsub:
+            await pubsub.subscribe(self.keys.wake)
+            async for message in pubsub.listen():
+                if message["type"] == "message":
+                    self._wake_workers()
+                    if message["data"] == REORDERED.encode():
+                        for hook in self.on_reordered:
+                            hook()
+
     async def close(self) -> None:
-        await stop_tasks([*self._tasks, *self._spawned])
-        try:
-            # The lease ends now rather than vanishing: guests this instance handed off keep their
-            # places for the reconnect grace, then other instances release them (places.py).
-            await self._beat(keys=self._beat_keys(), args=[self.instance_id, 0, self.epoch, secrets.token_hex(8)])
-        except (RedisError, OSError) as exc:
-            logger.warning("could not end this instance's lease: %s", exc)
+        await stop_tasks(self._tasks)
+        await self._spawn.stop()
+        # The lease ends now rather than vanishing: guests this instance handed off keep their
+        # places for the reconnect grace, then other instances release them (places.py).
+        await logged(self._beat(keys=self._beat_keys(), args=[self.instance_id, 0, self.epoch, secrets.token_hex(8)]),
+                     "could not end this instance's lease")
 
     # -- Line ----------------------------------------------------------------------
 
@@ -212,7 +214,7 @@ class RedisLine:
             reply = await self._call(self._admit, keys, [
                 flight.id, self.max_size, self.max_concurrent, self.interval_ms, flight.rank,
                 round(self.max_starvation_s * 1000), self.keys.prefix, known, *pairs])
-            kind = _text(reply[0]) if isinstance(reply[0], bytes | str) else ""
+            kind = text(reply[0]) if isinstance(reply[0], bytes | str) else ""
             if kind == "full":
                 raise LineFull("The line is full. Please try again in a little while.")
             if not kind:
@@ -226,9 +228,10 @@ class RedisLine:
             else:
                 await asyncio.sleep(min(int(reply[1]), 250) / 1000)
         position, size, flight.number = (int(x) for x in reply)
-        await self._quietly(self._expire_request(flight.id))
+        await logged(self._expire_request(flight.id), f"flight {flight.id}: its request's expiry not set")
         # Joining ahead of others (a higher tier) moves them back: every instance tells its guests now.
-        await self._quietly(self._redis.publish(self.keys.wake, REORDERED if position < size else "admit"))
+        await logged(self._redis.publish(self.keys.wake, REORDERED if position < size else "admit"),
+                     "the other instances not woken")
         flight.position = position
         return position
 
@@ -238,20 +241,14 @@ class RedisLine:
     async def ahead_of(self, rank: int) -> int:
         """Flights of its tier or a higher one (scores below the next tier's); a promotion due but not
         yet applied (line_start.lua and line_view.lua apply them) is missed until the next view."""
-        try:
-            return int(await self._redis.zcount(self.keys.line, "-inf", f"({(rank + 1) * TIER_SPAN:.0f}"))
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        return int(await call(self._redis.zcount(self.keys.line, "-inf", f"({(rank + 1) * TIER_SPAN:.0f}")))
 
     async def leave(self, flight: Flight) -> bool:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self.keys.line, flight.id)
             pipe.delete(self.keys.request(flight.id))
             pipe.publish(self.keys.wake, "leave")
-            try:
-                removed, _, _ = await pipe.execute()
-            except (RedisError, OSError) as exc:
-                raise _unavailable(exc) from exc
+            removed, _, _ = await call(pipe.execute())
         return bool(removed)
 
     async def next(self) -> Flight:
@@ -320,7 +317,7 @@ class RedisLine:
             return
         kind, flight = _start_reply(call.result())
         if kind == "go":
-            self._spawn(self._quietly(self.requeue_front(flight)))
+            self._spawn(self.requeue_front(flight))
 
     async def start(self, flight: Flight) -> float:
         return 0.0  # next() granted the slot and the pacing turn in the same script
@@ -330,10 +327,7 @@ class RedisLine:
             pipe.hdel(self.keys.slots, flight.id)
             pipe.delete(self.keys.request(flight.id))
             pipe.publish(self.keys.wake, "finish")
-            try:
-                await pipe.execute()
-            except (RedisError, OSError) as exc:
-                raise _unavailable(exc) from exc
+            await call(pipe.execute())
 
     async def view(self) -> LineView:
         keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.pace,
@@ -343,12 +337,12 @@ class RedisLine:
         )
         now = int(now)
         self._last_view = LineView(
-            {_text(flight_id): n for n, flight_id in enumerate(order, start=1)},
+            {text(flight_id): n for n, flight_id in enumerate(order, start=1)},
             running_s=tuple(max(0.0, (now - int(started)) / 1000) for started in running),
             next_start_s=max(0.0, (int(pace) - now) / 1000),
             held_s=max(0.0, (int(held) - now) / 1000),
             max_concurrent=self.max_concurrent,
-            instances=tuple(_instance(json.loads(_text(raw))) for raw in infos),
+            instances=tuple(_instance(json.loads(text(raw))) for raw in infos),
         )
         return self._last_view
 
@@ -378,7 +372,7 @@ class RedisLine:
                                                     [token, self.interval_ms]))) > 0:
                 await asyncio.sleep(wait_ms / 1000)
         finally:
-            await asyncio.shield(self._quietly(self._redis.zrem(self.keys.retrying, token)))
+            await asyncio.shield(logged(self._redis.zrem(self.keys.retrying, token), "a retry's turn not given back"))
         return loop.time() - began
 
     # -- dead instances --------------------------------------------------------------
@@ -390,9 +384,9 @@ class RedisLine:
                                  [self.keys.prefix])
         flights = []
         for i in range(0, len(reply), 2):
-            raw = json.loads(_text(reply[i + 1]))
+            raw = json.loads(text(reply[i + 1]))
             fields = dict(zip(raw[::2], raw[1::2], strict=True)) if isinstance(raw, list) else {}
-            flights.append(_flight(_text(reply[i]), fields))
+            flights.append(_flight(text(reply[i]), fields))
         return flights
 
     async def requeue_front(self, flight: Flight) -> None:
@@ -443,14 +437,11 @@ class RedisLine:
     async def forgetting(self) -> bool:
         """Whether Redis forgot the line and the instances are still giving it back (a guest's
         record may be missing for that moment)."""
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(self.keys.epoch)
-                pipe.exists(self.keys.rebuilding)
-                epoch, rebuilding = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
-        return epoch is None or _text(epoch) != self.epoch or bool(rebuilding)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.keys.epoch)
+            pipe.exists(self.keys.rebuilding)
+            epoch, rebuilding = await call(pipe.execute())
+        return epoch is None or text(epoch) != self.epoch or bool(rebuilding)
 
     async def _admit_all(self, flights: list[Flight]) -> None:
         for flight in flights:
@@ -462,31 +453,7 @@ class RedisLine:
     # -- plumbing --------------------------------------------------------------------
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
-
-    async def _quietly(self, work: Any) -> None:
-        try:
-            await work
-        except (RedisError, OSError) as exc:
-            logger.warning("shared line: %s", exc)
-
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._spawned.add(task)
-        task.add_done_callback(self._spawned.discard)
-
-def _unavailable(exc: BaseException) -> LineUnavailable:
-    # What went wrong (an address, a password error) goes to the log, not to guests.
-    logger.warning("shared line unreachable: %s", exc)
-    return LineUnavailable(UNAVAILABLE, retry_after_s=5)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        return await call(script(keys=keys, args=args))
 
 
 def _wake(napper: asyncio.Future[None]) -> None:
@@ -495,11 +462,11 @@ def _wake(napper: asyncio.Future[None]) -> None:
 
 
 def _start_reply(reply: list[Any]) -> tuple[str, Any]:
-    kind = _text(reply[0])
+    kind = text(reply[0])
     if kind != "go":
-        return kind, _text(reply[1]) if len(reply) > 1 else None
-    raw = [_text(x) for x in reply[2:]]
-    return kind, _flight(_text(reply[1]), dict(zip(raw[::2], raw[1::2], strict=True)))
+        return kind, text(reply[1]) if len(reply) > 1 else None
+    raw = [text(x) for x in reply[2:]]
+    return kind, _flight(text(reply[1]), dict(zip(raw[::2], raw[1::2], strict=True)))
 
 
 def _flight(flight_id: str, fields: dict[str, str]) -> Flight:

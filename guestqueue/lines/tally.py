@@ -14,19 +14,16 @@ guest's request.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from ..errors import LineUnavailable
 from ..history import Stats
 from ..tickets import Ticket
 from .keys import Keys
 from .places import summary
+from .redisio import Spawned, call, text, unavailable
 
 logger = logging.getLogger("guestqueue.lines.tally")
 
@@ -36,7 +33,7 @@ class RedisTally:
         self._redis = redis
         self._keys = keys
         self._history_size = history_size
-        self._pending: set[asyncio.Future[None]] = set()
+        self._spawn = Spawned("shared totals not updated")
 
     # -- a RequestListener ------------------------------------------------------------
 
@@ -66,35 +63,23 @@ class RedisTally:
         self._spawn(self._send(counts, recent))
 
     async def _send(self, counts: dict[str, float], recent: str | None) -> None:
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for name, value in counts.items():
-                    if isinstance(value, int):
-                        pipe.hincrby(self._keys.totals, name, value)
-                    else:
-                        pipe.hincrbyfloat(self._keys.totals, name, value)
-                if recent is not None and self._history_size > 0:
-                    pipe.lpush(self._keys.recent, recent)
-                    pipe.ltrim(self._keys.recent, 0, self._history_size - 1)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            logger.warning("shared totals not updated: %s", exc)
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name, value in counts.items():
+                if isinstance(value, int):
+                    pipe.hincrby(self._keys.totals, name, value)
+                else:
+                    pipe.hincrbyfloat(self._keys.totals, name, value)
+            if recent is not None and self._history_size > 0:
+                pipe.lpush(self._keys.recent, recent)
+                pipe.ltrim(self._keys.recent, 0, self._history_size - 1)
+            await pipe.execute()
 
     # -- reading back -------------------------------------------------------------------
 
     async def stats(self, local: Stats) -> Stats:
         """A ``Stats`` with every instance's totals (this instance's uptime)."""
-        try:
-            raw = await self._redis.hgetall(self._keys.totals)
-        except (RedisError, OSError) as exc:
-            raise LineUnavailable("The waiting line is unavailable right now. Please try again shortly.",
-                                  retry_after_s=5) from exc
-        totals = {_text(k): float(_text(v)) for k, v in raw.items()}
+        raw = await call(self._redis.hgetall(self._keys.totals))
+        totals = {text(k): float(text(v)) for k, v in raw.items()}
         shared = Stats()
         shared.started_mono = local.started_mono
         shared.total_requests = int(totals.get("total_requests", 0))
@@ -113,19 +98,12 @@ class RedisTally:
 
     async def recent(self) -> list[dict[str, Any]]:
         """The last ``history_size`` requests of every instance, newest first (their records)."""
-        try:
-            ids = [_text(i) for i in await self._redis.lrange(self._keys.recent, 0, self._history_size - 1)]
+        with unavailable():
+            ids = [text(i) for i in await self._redis.lrange(self._keys.recent, 0, self._history_size - 1)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for request_id in ids:
                     pipe.hgetall(self._keys.ticket(request_id))
                 records = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise LineUnavailable("The waiting line is unavailable right now. Please try again shortly.",
-                                  retry_after_s=5) from exc
-        return [summary(request_id, {_text(k): _text(v) for k, v in raw.items()})
+        return [summary(request_id, {text(k): text(v) for k, v in raw.items()})
                 for request_id, raw in zip(ids, records, strict=True) if raw]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 

@@ -38,11 +38,11 @@ import secrets
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from .. import clock
 from ..errors import LineUnavailable, OffsetMismatch, ReceiptGone
 from ..lines.keys import Keys
+from ..lines.redisio import call, text
 from ..scripts import load_script
 from ..stopping import stop_tasks
 from .jobboard import GONE, Job, Report, absent_since, wait_any
@@ -118,7 +118,7 @@ class RedisJobBoard:
                 report = await self._read(job)
                 if report is not None:
                     return report
-                state = _text(await _run(self._check(keys=self._board_keys, args=self._check_args(job))))
+                state = text(await _run(self._check(keys=self._board_keys, args=self._check_args(job))))
             except LineUnavailable as exc:
                 away = await _wait_for_redis(job, exc, away)
                 continue
@@ -153,7 +153,7 @@ class RedisJobBoard:
         if not reply:
             return None
         entry_id, fields = reply[0][1][0]
-        self._read_from[job.id] = _text(entry_id)
+        self._read_from[job.id] = text(entry_id)
         body = json.loads(fields[b"r"])
         kind, data = body["kind"], body.get("data") or {}
         if kind == "taken":
@@ -205,8 +205,8 @@ class RedisJobBoard:
                     request = json.loads(reply[i + 1])
                     jobs.append(
                         {
-                            "job_id": _text(reply[i]),
-                            "receipt": _text(reply[i + 3]),
+                            "job_id": text(reply[i]),
+                            "receipt": text(reply[i + 3]),
                             "receive_count": int(reply[i + 2]),
                             "request": {k: request[k] for k in ("query", "parameters", "session_id")},
                         }
@@ -307,12 +307,5 @@ def _raise_for(done: int, taken: int) -> None:
 
 
 async def _run(awaitable: Any) -> Any:
-    """Redis errors mapped once, here: a worker hears 503 with Retry-After, an owner waits."""
-    try:
-        return await awaitable
-    except (RedisError, OSError) as exc:
-        raise LineUnavailable(UNAVAILABLE, retry_after_s=RETRY_AFTER_S) from exc
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    """Redis failing: a worker hears 503 with Retry-After, an owner waits (lines/redisio.py)."""
+    return await call(awaitable, UNAVAILABLE, retry_after_s=RETRY_AFTER_S)
