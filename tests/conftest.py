@@ -57,7 +57,9 @@ def free_port() -> int:
         return port
 
 
-def wait_for_http(url: str, timeout_s: float = 15.0) -> None:
+def wait_for_http(url: str, timeout_s: float = 60.0) -> None:
+    # A watchdog, not a speed check: a server starting beside the whole suite in four processes
+    # on two cores has taken more than 15 s to answer its first request.
     deadline = time.monotonic() + timeout_s
     while True:
         try:

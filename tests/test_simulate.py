@@ -42,9 +42,11 @@ def test_an_hour_of_a_pacing_bound_line_runs_in_seconds_and_serves_60_over_the_i
         "1", "--upstream-interval-sec", "10", "--max-queue-size", "50", "--json", cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert took_s < 30, f"an hour of line took {took_s:.1f} s of real time"
+    # Virtual time: an hour (3600 s) of line in well under two minutes even on a loaded machine
+    # (17 s in the suite run in four processes, 32 s beside a second such run).
+    assert took_s < 120, f"an hour of line took {took_s:.1f} s of real time"
     out = json.loads(proc.stdout)
-    assert out["simulated_sec"] > 3600 and out["real_sec"] < 30
+    assert out["simulated_sec"] > 3600 and out["real_sec"] < 120
     assert 5.9 <= out["throughput_per_min"] <= 6.1, out
     assert out["queue_peak"] == 50
     assert out["refused"] > 0 and out["refused_by_reason"] == {"queue_full": out["refused"]}
