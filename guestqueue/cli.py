@@ -34,9 +34,9 @@ import uvicorn
 from . import simulate, store
 from .config import Settings, SettingsError, shown_redis_url, unknown_variables
 from .errors import StartupError
-from .lines.redisio import FAILURES as REDIS_FAILURES
+from .lines.redis.boundary import FAILURES as REDIS_FAILURES
 from .linespec import DEFAULT_LINE, load_lines
-from .pullworker import add_app_dir, add_worker_parser, import_from_app_dir, run_worker
+from .pull.worker import add_app_dir, add_worker_parser, import_from_app_dir, run_worker
 from .upstream import load_workflow
 from .web.app import API_PREFIX, GuestQueue, create_app
 from .web.server import uvicorn_config

@@ -25,7 +25,7 @@ ANSWER_CHUNK = "answer_chunk"
 WORKFLOW_COMPLETE = "workflow_complete"
 TIMEOUT = "timeout"
 ERROR = "error"
-ADMITTED = "admitted"  # an admission line's ending: the guest's token (sessions.py)
+ADMITTED = "admitted"  # an admission line's ending: the guest's token (waitingroom/sessions.py)
 RECONNECT = "reconnect"  # not an ending: this instance is stopping, the guest resumes on another
 TERMINAL_EVENTS = frozenset({WORKFLOW_COMPLETE, TIMEOUT, ERROR, ADMITTED})
 

@@ -7,7 +7,7 @@ Modes (as in Cloudflare's waiting room), each set on the line or by a scheduled 
 - ``queue_all``: the same, and every waiting guest hears the line's message;
 - ``reject``: new guests get 503 ``line_closed`` with the message; those already
   in line are still served;
-- ``admission``: open, and the line is a waiting room (sessions.py); its scheduled
+- ``admission``: open, and the line is a waiting room (waitingroom/sessions.py); its scheduled
   windows hold or close it like any other line.
 
 Admission by predicted wait: with ``max_predicted_wait_sec``, a guest whose

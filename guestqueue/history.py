@@ -59,7 +59,7 @@ class Stats:
             self._processing_ms.append(ticket.duration_ms)
 
     def set_average(self, kind: str, value_ms: float) -> None:
-        """Averages computed elsewhere (every instance's, lines/tally.py): ``wait`` or ``processing``."""
+        """Averages computed elsewhere (every instance's, lines/redis/tally.py): ``wait`` or ``processing``."""
         values = self._waits_ms if kind == "wait" else self._processing_ms
         values.clear()
         values.append(value_ms)

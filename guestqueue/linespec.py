@@ -57,7 +57,7 @@ LINE_SETTINGS = (
 )
 # A line's key (env name without GUEST_, lower case) -> the Settings field.
 SETTING_KEYS = {ENV_NAMES[name].removeprefix("GUEST_").lower(): name for name in LINE_SETTINGS}
-# An admission line's own keys (mode = "admission"; sessions.py).
+# An admission line's own keys (mode = "admission"; waitingroom/sessions.py).
 ADMISSION_KEYS = (
     "max_active", "batch_size", "process_interval_sec", "session_ttl_sec", "redirect_url", "max_sessions_per_client",
     "token_secret",
@@ -87,7 +87,7 @@ WHOLE_NUMBERS = ("release_per_minute", "alert_queue_size", "max_receive_count", 
                  "max_sessions_per_client")
 MAX_TIERS = 16
 MAX_WINDOWS = 100
-MAX_WEBHOOKS = 20  # per line, whoever declares it; an application's own quota may be lower (catalog.py)
+MAX_WEBHOOKS = 20  # per line, whoever declares it; an application's own quota may be lower (tenancy/catalog.py)
 MIN_TOKEN_SECRET_CHARS = 32
 
 

@@ -38,7 +38,7 @@ class MetricsSource(Protocol):
 
     def active_requests(self) -> int: ...
 
-    def session_counts(self) -> dict[str, int] | None: ...  # an admission line's (sessions.py)
+    def session_counts(self) -> dict[str, int] | None: ...  # an admission line's (waitingroom/sessions.py)
 
 
 class Metrics:

@@ -3,7 +3,7 @@ stop. The web layer's lifespan calls :func:`open_queue` inside its ``AsyncExitSt
 
 Without ``GUEST_REDIS_URL`` the line and pacer are one in-process
 :class:`~guestqueue.lines.memory.MemoryLine`; with it, a shared
-:class:`~guestqueue.lines.redis.RedisLine` (see that module for the design).
+:class:`~guestqueue.lines.redis.line.RedisLine` (see that module for the design).
 Everything else is the same code either way.
 """
 
@@ -23,24 +23,24 @@ import redis.asyncio as aioredis
 from .config import Settings
 from .gate import Gate
 from .history import Stats
-from .lines.answers import RedisAnswers
-from .lines.keys import Keys
 from .lines.memory import MemoryLine
-from .lines.places import RedisPlaces
-from .lines.redis import RedisLine
-from .lines.tally import RedisTally
+from .lines.redis.answers import RedisAnswers
+from .lines.redis.keys import Keys
+from .lines.redis.line import RedisLine
+from .lines.redis.places import RedisPlaces
+from .lines.redis.relay import FlightRelay
+from .lines.redis.tally import RedisTally
 from .linespec import DEFAULT_LINE, LineSpec, default_line
 from .metrics import Metrics
-from .relay import FlightRelay
+from .pull.board import JobBoard, MemoryJobBoard
+from .pull.redisboard import RedisJobBoard
+from .pull.upstream import PullUpstream, with_worker_notice, worker_problems
 from .service import QueueService
-from .sessions import MemorySessions, RedisSessions, Sessions
 from .store import RequestLog
-from .tokens import TokenSigner
 from .upstream import Upstream
-from .upstream.jobboard import JobBoard, MemoryJobBoard
-from .upstream.pull import PullUpstream, with_worker_notice, worker_problems
-from .upstream.redisjobs import RedisJobBoard
 from .views import QueueViews
+from .waitingroom.sessions import MemorySessions, RedisSessions, Sessions
+from .waitingroom.tokens import TokenSigner
 from .workers import FlightSink, WorkerPool
 
 REDIS_CONNECTIONS = 256  # per instance, for commands
@@ -57,8 +57,8 @@ class Queue:
     pool: WorkerPool = field(init=False)
     metrics: Metrics = field(init=False)
     views: QueueViews = field(init=False)
-    sessions: Sessions | None = None  # an admission line's (sessions.py)
-    jobs: JobBoard | None = None  # a pull line's (jobboard.py)
+    sessions: Sessions | None = None  # an admission line's (waitingroom/sessions.py)
+    jobs: JobBoard | None = None  # a pull line's (pull/board.py)
     _shared_stats: Stats | None = None  # every instance's totals, as of the last refresh()
 
     def apply(self, spec: LineSpec, upstream: Upstream | None) -> None:

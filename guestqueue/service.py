@@ -92,7 +92,7 @@ class RequestListener(Protocol):
 
 
 class ClientSessions(Protocol):
-    """An admission line's sessions (sessions.py), as far as a client's limit is concerned."""
+    """An admission line's sessions (waitingroom/sessions.py), as far as a client's limit is concerned."""
 
     async def check_client(self, client: str, waiting: int) -> None: ...
 
@@ -511,7 +511,7 @@ class QueueService:
             self._end_error(ticket, Status.FAILED, code, message, detail=detail)
 
     def end_flight_admitted(self, flight: Flight, grant: dict[str, Any]) -> None:
-        """An admission line let the flight's guest in (sessions.py): its token ends the request."""
+        """An admission line let the flight's guest in (waitingroom/sessions.py): its token ends the request."""
         self._flight_finished(flight)
         for ticket in list(flight.tickets):
             if self.sessions is not None:
@@ -657,7 +657,7 @@ class QueueService:
             for stream in list(self.request_streams.get(ticket.id, [])):
                 stream.end(flush=True)
             # Its place stays this instance's in Redis until a guest claims it elsewhere, or
-            # the instance's lease and the reconnect grace run out (lines/places.py reaps it).
+            # the instance's lease and the reconnect grace run out (lines/redis/places.py reaps it).
             self._let_go_of(ticket, abandon=False, keep_holding=True)
 
     def _let_go_of(self, ticket: Ticket, *, abandon: bool, keep_holding: bool = False) -> None:

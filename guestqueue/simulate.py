@@ -42,9 +42,9 @@ from .events import QUEUED
 from .linespec import DEFAULT_LINE, LineSpec, load_lines
 from .runtime import open_queue
 from .service import QueueService, QuietListener
-from .sessions import Sessions
 from .tickets import Status, Ticket
 from .upstream import Chunk, WorkflowRequest
+from .waitingroom.sessions import Sessions
 
 RATE_UNITS = {"s": 1.0, "sec": 1.0, "min": 1 / 60, "m": 1 / 60}
 # The settings a flag may change for a what-if run (each named as serve's flag), and their types.

@@ -112,7 +112,7 @@ CREATE TABLE IF NOT EXISTS instances (
 MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE requests ADD COLUMN instance_id TEXT",  # 1: rows carry their instance
     "ALTER TABLE requests ADD COLUMN line TEXT NOT NULL DEFAULT 'guest'",  # 2: ... and their line
-    # 3: the catalog (catalog.py): applications, API keys (hashes only), lines made at run time
+    # 3: the catalog (tenancy/catalog.py): applications, API keys (hashes only), lines made at run time
     "CREATE TABLE IF NOT EXISTS applications (id TEXT PRIMARY KEY, body TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY, application_id TEXT NOT NULL, body TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS lines (name TEXT PRIMARY KEY, body TEXT NOT NULL);",
@@ -121,7 +121,7 @@ MIGRATIONS: tuple[str, ...] = (
     "url TEXT NOT NULL, secret TEXT NOT NULL, body BLOB NOT NULL, attempts INTEGER NOT NULL, status TEXT NOT NULL, "
     "last_error TEXT, created_at REAL NOT NULL);"
     "CREATE INDEX IF NOT EXISTS webhook_deliveries_pending ON webhook_deliveries (status) WHERE status = 'pending';",
-    # 5: the version of the catalog the tables above hold (catalogstore.py: Redis's, as last seen)
+    # 5: the version of the catalog the tables above hold (tenancy/store.py: Redis's, as last seen)
     "CREATE TABLE IF NOT EXISTS catalog_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
 )
 ADD_COLUMN = re.compile(r"ALTER TABLE (?P<table>\w+) ADD COLUMN (?P<column>\w+)")

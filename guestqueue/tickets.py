@@ -34,7 +34,7 @@ class Status(StrEnum):
     FAILED = "failed"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
-    ADMITTED = "admitted"  # an admission line's guest got its token (sessions.py)
+    ADMITTED = "admitted"  # an admission line's guest got its token (waitingroom/sessions.py)
 
     @property
     def terminal(self) -> bool:

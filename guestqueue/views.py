@@ -12,8 +12,8 @@ from typing import Any
 
 from .errors import LineUnavailable
 from .service import QueueService
-from .sessions import Sessions
 from .tickets import Status
+from .waitingroom.sessions import Sessions
 
 
 class QueueViews:

@@ -48,7 +48,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from .errors import LineUnavailable
-from .lines.redisio import call, logged
+from .lines.redis.boundary import call, logged
 from .linespec import LineSpec, Webhook
 from .outbound import CHAT_HOSTS
 from .scripts import load_script

@@ -13,10 +13,10 @@ flight already had its turn), and the waits between attempts do not count
 against the processing time limit, which measures the upstream.
 
 Two kinds of line run the same way with a twist: an admission line's flight
-gets a token and a session instead of a call (the ``admitter``, sessions.py:
+gets a token and a session instead of a call (the ``admitter``, waitingroom/sessions.py:
 the slot is the session's from then on, not given back here), and a pull
 line's guests hear ``processing`` only when a remote worker takes the job
-(the upstream's first chunk, upstream/pull.py).
+(the upstream's first chunk, pull/upstream.py).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class FlightSink(Protocol):
 
 
 class Admitter(Protocol):
-    """An admission line's sessions (sessions.py): the flight's guest gets a token instead of a call,
+    """An admission line's sessions (waitingroom/sessions.py): the flight's guest gets a token instead of a call,
     and its slot becomes the session's."""
 
     async def admit(self, flight: Flight) -> dict[str, Any]: ...

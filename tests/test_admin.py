@@ -13,7 +13,7 @@ import httpx
 import pytest
 import websockets
 
-from guestqueue.catalog import PERMISSIONS
+from guestqueue.tenancy.catalog import PERMISSIONS
 
 from .conftest import MockUpstream, Running, serve, stream_events, wait_until
 

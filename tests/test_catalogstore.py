@@ -1,4 +1,4 @@
-"""catalogstore.py: the catalog survives a Redis that forgets (issue 21, point 4), over a real
+"""tenancy/store.py: the catalog survives a Redis that forgets (issue 21, point 4), over a real
 redis-server that is flushed, and stopped and started again empty."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from guestqueue.catalog import Catalog
-from guestqueue.catalogstore import CatalogStore, warn_if_forgetful
+from guestqueue.tenancy.catalog import Catalog
+from guestqueue.tenancy.store import CatalogStore, warn_if_forgetful
 
 from .conftest import MockUpstream, ask, serve, wait_until
 from .redis_server import RedisServer, run_redis
@@ -145,14 +145,14 @@ async def test_run_time_lines_and_keys_keep_working_on_every_instance_through_a_
 async def test_start_up_says_when_redis_keeps_nothing_on_disk(
     redis: aioredis.Redis, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="guestqueue.catalog"):
+    with caplog.at_level(logging.WARNING, logger="guestqueue.tenancy.catalog"):
         await warn_if_forgetful(redis)
     assert "Redis keeps nothing on disk" in caplog.text
     caplog.clear()
     # A save point is "keeps something" too, and unlike appendonly writes no file where the tests run.
     await redis.config_set("save", "3600 1")
     try:
-        with caplog.at_level(logging.WARNING, logger="guestqueue.catalog"):
+        with caplog.at_level(logging.WARNING, logger="guestqueue.tenancy.catalog"):
             await warn_if_forgetful(redis)
     finally:
         await redis.config_set("save", "")

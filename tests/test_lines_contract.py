@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from guestqueue.errors import LineFull
 from guestqueue.lines.memory import MemoryLine
-from guestqueue.lines.redis import RedisLine
+from guestqueue.lines.redis.line import RedisLine
 from guestqueue.stopping import stop_tasks
 from guestqueue.tickets import Flight
 from guestqueue.upstream import WorkflowRequest

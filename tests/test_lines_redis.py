@@ -11,8 +11,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import redis.asyncio as aioredis
 
-from guestqueue.lines.places import RedisPlaces
-from guestqueue.lines.redis import RedisLine
+from guestqueue.lines.redis.line import RedisLine
+from guestqueue.lines.redis.places import RedisPlaces
 from guestqueue.tickets import Flight, Status, Ticket
 from guestqueue.upstream import WorkflowRequest
 
@@ -96,7 +96,7 @@ async def test_a_dead_instances_call_that_had_answered_goes_to_one_survivor(
         await b.admit(waiting)
         die(dead)
         # Its guests saw part of an answer: it must not run again. The slot frees, `waiting` starts,
-        # and exactly one survivor takes the call over (to end it `interrupted`, relay.py).
+        # and exactly one survivor takes the call over (to end it `interrupted`, lines/redis/relay.py).
         got = await asyncio.wait_for(b.next(), 5)
         assert got.id == waiting.id
         found = await asyncio.gather(b.dead_flights(), c.dead_flights())

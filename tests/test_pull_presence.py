@@ -17,11 +17,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from guestqueue.lines.keys import Keys
-from guestqueue.upstream import jobboard
+from guestqueue.lines.redis.keys import Keys
+from guestqueue.pull import board as pull_board
+from guestqueue.pull.board import Job, JobBoard, MemoryJobBoard
+from guestqueue.pull.redisboard import RedisJobBoard
 from guestqueue.upstream.base import WorkflowRequest
-from guestqueue.upstream.jobboard import Job, JobBoard, MemoryJobBoard
-from guestqueue.upstream.redisjobs import RedisJobBoard
 
 from .conftest import Received, start_server_process, wait_until
 from .test_lineup import serve_lines
@@ -40,7 +40,7 @@ async def test_with_no_worker_about_queued_events_and_health_say_so_until_one_as
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared: bool
 ) -> None:
     # Before: the guest heard `estimated_wait_sec: 0.0` once, then nothing until its timeout.
-    monkeypatch.setattr(jobboard, "NO_WORKER_AFTER_S", NO_WORKER_AFTER_S)
+    monkeypatch.setattr(pull_board, "NO_WORKER_AFTER_S", NO_WORKER_AFTER_S)
     async with _pull_line(tmp_path, shared) as lines, httpx.AsyncClient(timeout=30) as client:
         heard: list[Received] = []
         asked = asyncio.create_task(_follow(client, f"{lines}/gpu/chat", {"query": "anyone?"}, heard))
@@ -91,7 +91,7 @@ async def test_a_job_a_hung_up_poll_took_is_offered_again_at_once(redis_url: str
             assert (await board.next_report(job)).kind == "taken"
             await board.release(taken["receipt"])
             assert (await asyncio.wait_for(board.next_report(job), 2)).kind == "expired", board
-            await board.offer(job, front=True)  # what its owner (upstream/pull.py) does
+            await board.offer(job, front=True)  # what its owner (pull/upstream.py) does
             [again] = await board.receive(1, 1, visibility_s=60)
             assert again["job_id"] == "j1" and again["receive_count"] == 2, (board, again)
             await board.withdraw(job)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from guestqueue.pullworker import PullWorker
+from guestqueue.pull.worker import PullWorker
 from guestqueue.upstream import WorkflowRequest
 
 from .conftest import MockUpstream, stream_events

@@ -41,7 +41,7 @@ from starlette.routing import Route
 
 from guestqueue.config import Settings
 from guestqueue.linespec import Webhook, parse_line
-from guestqueue.pullworker import PullWorker
+from guestqueue.pull.worker import PullWorker
 from guestqueue.runtime import open_queue
 from guestqueue.tickets import Status
 from guestqueue.upstream import WorkflowRequest, make_upstream

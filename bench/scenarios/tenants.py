@@ -25,9 +25,9 @@ from typing import Any
 
 from starlette.requests import Request
 
-from guestqueue.catalog import Catalog
 from guestqueue.config import Settings
 from guestqueue.linespec import parse_line
+from guestqueue.tenancy.catalog import Catalog
 from guestqueue.web.access import Access
 
 from ..report import Result, Table

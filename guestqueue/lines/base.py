@@ -150,7 +150,7 @@ class Pacer(Protocol):
 
 
 class Places(Protocol):
-    """Guests' places on a shared line: request records any instance can take over (lines/places.py)."""
+    """Guests' places on a shared line: request records any instance can take over (lines/redis/places.py)."""
 
     instance_id: str
 
@@ -176,7 +176,7 @@ class Places(Protocol):
 
 
 class Tally(Protocol):
-    """Every instance's totals and recent requests (lines/tally.py); also a request listener."""
+    """Every instance's totals and recent requests (lines/redis/tally.py); also a request listener."""
 
     async def stats(self, local: Stats) -> Stats: ...
 
@@ -184,7 +184,7 @@ class Tally(Protocol):
 
 
 class SharedAnswers(Protocol):
-    """The answer cache every instance shares (lines/answers.py)."""
+    """The answer cache every instance shares (lines/redis/answers.py)."""
 
     async def get(self, key: str) -> CachedAnswer | None: ...
 

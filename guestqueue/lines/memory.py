@@ -1,6 +1,6 @@
 """The in-process line: a bounded FIFO of flights (upstream calls) not started yet, and the
 pacing limiter that starts them (the default, for a single process; lines/base.py has
-the interface and its invariants, lines/redis.py the line shared by several processes).
+the interface and its invariants, lines/redis/line.py the line shared by several processes).
 
 Workers take flights through an ``asyncio.Queue`` (the hand-off); a flight
 stays *in line* until it really starts, so a flight a worker holds while the

@@ -1,4 +1,4 @@
--- Puts one instance's catalog in Redis if Redis has none, or an older one (catalogstore.py).
+-- Puts one instance's catalog in Redis if Redis has none, or an older one (tenancy/store.py).
 -- KEYS: version applications keys lines
 -- ARGV: version, how many applications, keys and lines, then their (id, body) pairs in that order
 -- Returns 1 if it wrote, 0 if Redis already had this version or a newer one (never a step back:

@@ -1,8 +1,8 @@
 --! include time
--- Shared by a pull line's job board scripts (upstream/redisjobs.py), put before each of them.
+-- Shared by a pull line's job board scripts (pull/redisboard.py), put before each of them.
 -- KEYS[1] offers (list of job ids)  KEYS[2] leases (receipt -> deadline ms)  KEYS[3] the line's epoch
 -- KEYS[4] when a worker last asked for jobs or reported (ms)
--- Per job and per receipt keys are spelled from the line's prefix (lines/keys.py has the names).
+-- Per job and per receipt keys are spelled from the line's prefix (lines/redis/keys.py has the names).
 local DAY_MS = 86400000
 
 -- A worker was here (its ask or report): guests waiting on the line are not told none is.
@@ -10,7 +10,7 @@ local function worker_seen()
   redis.call('SET', KEYS[4], now, 'PX', DAY_MS)
 end
 
--- The line's epoch (lines/redis.py): a random name made when Redis has none, so a new one after
+-- The line's epoch (lines/redis/line.py): a random name made when Redis has none, so a new one after
 -- Redis forgot everything (a restart without persistence, a FLUSHALL); made here too if a job
 -- script comes first. A receipt carries the epoch it was issued in: "<line>.<epoch>.<random>".
 local function epoch(candidate)

@@ -1,7 +1,7 @@
 --! include live_active
 --! include aging
 --! include line_epoch
--- A flight joins the line (lines/redis.py).
+-- A flight joins the line (lines/redis/line.py).
 -- KEYS: slots instances orphans line seq pace request(flight) aging epoch rebuilding
 -- ARGV: flight_id max_size max_concurrent interval_ms rank starvation_ms prefix epoch, then field/value pairs
 -- Returns {position, size, number} | {'forgotten'} | {'rebuilding', ms} | {'full'}

@@ -1,5 +1,5 @@
 --! include time
--- A retry takes the next pacing turn before the flights still waiting (lines/redis.py).
+-- A retry takes the next pacing turn before the flights still waiting (lines/redis/line.py).
 -- KEYS: pace retrying   ARGV: token interval_ms   -> 0 (turn taken) or ms to wait
 local pace = tonumber(redis.call('GET', KEYS[1]) or '0')
 if pace > now then

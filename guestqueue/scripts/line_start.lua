@@ -2,7 +2,7 @@
 --! include releases
 --! include aging
 --! include line_epoch
--- The head of the line starts, if a slot, the pacing and the release rate allow (lines/redis.py).
+-- The head of the line starts, if a slot, the pacing and the release rate allow (lines/redis/line.py).
 -- KEYS: slots instances orphans line pace retrying releases aging epoch rebuilding
 -- ARGV: instance_id max_concurrent interval_ms prefix release_per_minute epoch
 -- Returns {'go', flight_id, request fields...} | {'pace', ms} | {'busy'} | {'empty'} | {'retry'} | {'forgotten'}

@@ -1,5 +1,5 @@
 --! include live_active
--- The calls of dead instances that had said something, taken over by the caller (relay.py ends them).
+-- The calls of dead instances that had said something, taken over by the caller (lines/redis/relay.py ends them).
 -- KEYS: slots instances orphans line   ARGV: prefix  -> {flight_id, request json}...
 live_active(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
 local out = {}

@@ -1,7 +1,7 @@
 --! include live_active
 --! include releases
 --! include aging
--- The whole line at once (lines/redis.py).
+-- The whole line at once (lines/redis/line.py).
 -- KEYS: slots instances orphans line pace held releases aging   ARGV: prefix release_per_minute
 promote(KEYS[4], KEYS[8])
 live_active(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])

@@ -2,7 +2,7 @@
 -- LIVE_ACTIVE: the slots held by live instances. A slot of a dead instance is given up where it is
 -- found, before any start: a call that had said nothing (its event stream holds no chunk and no
 -- ending) goes back into line at its old number at once, so nobody admitted after it can start
--- first; any other moves to the orphans hash, for one survivor to end (relay.py).
+-- first; any other moves to the orphans hash, for one survivor to end (lines/redis/relay.py).
 -- (slots, instances, orphans, line: keys; prefix: the keys' prefix)
 local function live_active(slots, instances, orphans, line, prefix)
   forgive_gap(instances, prefix .. ':beat')
@@ -26,6 +26,6 @@ local function live_active(slots, instances, orphans, line, prefix)
       redis.call('HDEL', slots, id)
     end
   end
-  -- An admission line's sessions hold slots till their exp, whoever admitted them (sessions.py).
+  -- An admission line's sessions hold slots till their exp, whoever admitted them (waitingroom/sessions.py).
   return active + redis.call('ZCOUNT', prefix .. ':sessions', now, '+inf')
 end

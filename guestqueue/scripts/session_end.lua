@@ -1,4 +1,4 @@
 --! include session_end_one
--- A session ends (sessions.py).
+-- A session ends (waitingroom/sessions.py).
 -- KEYS: session(id)   ARGV: how prefix request_id
 return end_session(ARGV[3], ARGV[1], ARGV[2])

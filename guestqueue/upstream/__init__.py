@@ -12,11 +12,11 @@ from httpx_aiohttp import AiohttpTransport
 
 from ..config import Settings
 from ..outbound import OUTBOUND_HEADER, GuardedTransport, OutboundPolicy
+from ..pull.board import MemoryJobBoard
+from ..pull.upstream import PullUpstream
 from .base import Chunk, Upstream, Workflow, WorkflowRequest, describe_transport_error, valid_text
 from .demo import demo_workflow
 from .http import HttpUpstream
-from .jobboard import MemoryJobBoard
-from .pull import PullUpstream
 from .python import PythonUpstream, load_workflow
 
 __all__ = [

@@ -15,7 +15,7 @@ not in ``GUEST_TRUSTED_PROXIES`` makes the caller remote, and with a trusted pro
 the forwarded address decides. :class:`PeerRecorder` keeps the TCP peer in
 ``scope["state"]`` before uvicorn's ProxyHeadersMiddleware replaces ``scope["client"]``.
 
-Named lines and the admin API (catalog.py) add API keys of applications, sent as
+Named lines and the admin API (tenancy/catalog.py) add API keys of applications, sent as
 ``X-API-Key`` or ``Authorization: Bearer``: :meth:`Access.principal` says who is
 asking, :meth:`Access.require` whether they may do something on a line. The
 admin key (``GUEST_ADMIN_API_KEY``) is the super admin; without one, a local
@@ -32,10 +32,10 @@ from cachetools import TTLCache
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..catalog import ANONYMOUS, KEY_PREFIX, SUPER_ADMIN, Catalog, Principal
 from ..config import Settings
 from ..errors import Forbidden, TooManyAttempts, Unauthorized
 from ..outbound import OUTBOUND_HEADER
+from ..tenancy.catalog import ANONYMOUS, KEY_PREFIX, SUPER_ADMIN, Catalog, Principal
 from .admission import client_key
 
 FORWARDING_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")

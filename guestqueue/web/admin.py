@@ -1,6 +1,6 @@
 """The admin API under ``/api/v1/admin``: applications, their API keys, lines, and who am I.
 
-Every change is stored (catalogstore.py) and applied to the running lines at
+Every change is stored (tenancy/store.py) and applied to the running lines at
 once; other instances apply it within a second. Errors are the usual JSON
 ``{"error", "code"}``. The OpenAPI description is at ``/api/v1/admin/openapi.json``
 (generated from the YAML in each handler's docstring by Starlette's SchemaGenerator).
@@ -19,8 +19,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.schemas import SchemaGenerator
 
-from ..catalog import MAX_QUOTA, QUOTA_KEYS, Application, Catalog, Principal
-from ..catalogstore import CatalogStore
 from ..config import Settings, SettingsError
 from ..errors import (
     Conflict,
@@ -36,6 +34,8 @@ from ..errors import (
 from ..linespec import DEFAULT_LINE, LINE_NAME, SECRET_KEYS, LineSpec, check_models, parse_line
 from ..lineup import Lineup
 from ..outbound import mask_url
+from ..tenancy.catalog import MAX_QUOTA, QUOTA_KEYS, Application, Catalog, Principal
+from ..tenancy.store import CatalogStore
 from ..webhooks import Outbox
 from .access import Access
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 
-from ..catalog import Principal
 from ..config import Settings
 from ..errors import BodyTimeout, BodyTooLarge, InvalidField, InvalidJSON, Rejected, UnsupportedMediaType
 from ..service import KEYED_CLIENT
+from ..tenancy.catalog import Principal
 
 MAX_SESSION_ID_CHARS = 256
 MAX_IDEMPOTENCY_KEY_CHARS = 255

@@ -37,8 +37,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from ..catalog import Catalog
-from ..catalogstore import CatalogStore
 from ..config import Settings, SettingsError
 from ..errors import Rejected, ShuttingDown, StartupError
 from ..linespec import DEFAULT_LINE, LineSpec, load_lines, parse_line
@@ -47,6 +45,8 @@ from ..outbound import OutboundPolicy
 from ..runtime import Queue, open_redis
 from ..service import QueueService
 from ..store import LogUnavailable, RequestLog
+from ..tenancy.catalog import Catalog
+from ..tenancy.store import CatalogStore
 from ..upstream import Workflow, make_http_client
 from ..webhooks import EventStream, Outbox
 from .access import Access, PeerRecorder

@@ -1,4 +1,4 @@
-"""The pull workers' API (upstream/jobboard.py): take a pull line's jobs, send their answers.
+"""The pull workers' API (pull/board.py): take a pull line's jobs, send their answers.
 
 - ``POST /api/v1/lines/{line}/jobs/receive`` (``WORK``): optional JSON ``{wait_sec (0-20, default
   10), max_jobs (1-10, default 1), visibility_timeout_sec (1-43200, default 30)}``; long-polls up to
@@ -30,11 +30,11 @@ from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..catalog import Catalog, Principal
 from ..errors import BodyTooLarge, InvalidField, NotFound, ReceiptGone, Rejected, ShuttingDown, UnknownLine
 from ..lineup import Lineup
+from ..pull.board import JobBoard, Report, receipt_line
 from ..runtime import Queue
-from ..upstream.jobboard import JobBoard, Report, receipt_line
+from ..tenancy.catalog import Catalog, Principal
 from .access import Access
 from .admission import ClientGone, read_json_list, read_optional_json
 

@@ -1,6 +1,6 @@
 """One line's API, the same for the ``guest`` line (``/api/v1/guest``) and every named line
 (``/api/v1/lines/{line}``): asking, following, cancelling, and the line's status views, with
-each line's permissions (catalog.py) checked before anything is read.
+each line's permissions (tenancy/catalog.py) checked before anything is read.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from ..catalog import Catalog, Principal
 from ..config import Settings
 from ..errors import NotFound, Rejected, ShuttingDown
 from ..linespec import DEFAULT_LINE
 from ..lineup import Lineup
 from ..runtime import Queue
 from ..service import QueueService
+from ..tenancy.catalog import Catalog, Principal
 from ..tickets import Status, Ticket
 from .access import Access
 from .admission import asker_key, client_key, read_chat_request

@@ -30,12 +30,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from ..catalog import Principal
 from ..conversation import caller_turns
 from ..errors import InvalidJSON, Rejected
 from ..events import ANSWER_CHUNK, ERROR, PROCESSING, QUEUED, RECONNECT, TIMEOUT, WORKFLOW_COMPLETE, Event
 from ..runtime import Queue
 from ..service import QueueService
+from ..tenancy.catalog import Principal
 from ..tickets import Status, Ticket
 from .access import FOREIGN_KEYS_ANONYMOUS
 from .admission import asker_key, client_key, read_optional_json

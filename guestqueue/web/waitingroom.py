@@ -1,4 +1,4 @@
-"""An admission line's own routes (sessions.py): join, poll, verify and revoke tokens, end sessions.
+"""An admission line's own routes (waitingroom/sessions.py): join, poll, verify and revoke tokens, end sessions.
 
 Under ``/api/v1/lines/{line}/``:
 
@@ -25,12 +25,12 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..catalog import Principal
 from ..errors import InvalidField, NotFound
 from ..runtime import Queue
-from ..sessions import Sessions
+from ..tenancy.catalog import Principal
 from ..tickets import Status, Ticket
-from ..tokens import InvalidToken
+from ..waitingroom.sessions import Sessions
+from ..waitingroom.tokens import InvalidToken
 from .access import Access
 from .admission import client_key, read_optional_json, validate_chat_request
 from .stream import TicketStream

@@ -3,14 +3,14 @@
 An admission line calls no upstream. When a guest's flight starts (the line's
 own slot and pacing rules: ``max_active`` slots, one start every
 ``process_interval_sec / batch_size``), the worker asks :meth:`Sessions.admit`
-for a token (tokens.py) and the guest hears the terminal ``admitted`` event.
+for a token (waitingroom/tokens.py) and the guest hears the terminal ``admitted`` event.
 The slot then belongs to the session, not to the worker: it is freed when the
 protected application completes the session, when its token is revoked, or at
 the token's ``exp``. So ``max_active`` is the number of guests inside at once.
 
 In memory the slot stays the memory line's until a timer or a call frees it.
 On Redis the slot moves from the line's slots hash to its ``sessions`` sorted
-set, scored by ``exp`` (lines/redis.py counts the slots of live instances plus
+set, scored by ``exp`` (lines/redis/line.py counts the slots of live instances plus
 the sessions not yet expired, one ZCOUNT), so sessions outlive the instance
 that admitted them, no instance gives a slot twice, and a start costs the same
 with ten thousand sessions open as with none.
@@ -30,17 +30,17 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
-from .errors import ClientLimit, LineUnavailable
-from .lines.memory import MemoryLine
-from .lines.redis import RedisLine
-from .lines.redisio import call, logged, text, unavailable
-from .linespec import Admission
-from .scripts import load_script
-from .stopping import raise_if_cancelled, stop_tasks
-from .tickets import Flight
+from ..errors import ClientLimit, LineUnavailable
+from ..lines.memory import MemoryLine
+from ..lines.redis.boundary import call, logged, text, unavailable
+from ..lines.redis.line import RedisLine
+from ..linespec import Admission
+from ..scripts import load_script
+from ..stopping import raise_if_cancelled, stop_tasks
+from ..tickets import Flight
 from .tokens import Grant, InvalidToken, TokenSigner
 
-logger = logging.getLogger("guestqueue.sessions")
+logger = logging.getLogger("guestqueue.waitingroom.sessions")
 
 ENDINGS = ("completed", "expired", "revoked")
 MAX_COUNTED = 1_000  # a client's sessions read to count them (its limit is far below)

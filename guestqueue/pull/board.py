@@ -2,7 +2,7 @@
 
 A line with ``upstream_kind = "pull"`` has no upstream address: remote workers
 (GPU boxes behind NAT) come for its jobs. The line runs as any other: a flight
-that gets its slot and pacing turn is *offered* here (upstream/pull.py); a
+that gets its slot and pacing turn is *offered* here (pull/upstream.py); a
 worker's ``receive`` takes offered jobs in line order and gets one *receipt*
 per job, good for the visibility timeout. With the receipt the worker sends
 chunks, then ``complete`` or ``fail``, and may ``extend`` the lease. Every such
@@ -27,7 +27,7 @@ waiting guests and ``/health`` are told no worker is there
 once with no jobs (:meth:`JobBoard.stop_receiving`).
 
 In memory (one process) the board is a few dicts and timers. With Redis
-(:class:`~guestqueue.upstream.redisjobs.RedisJobBoard`) it is shared: any
+(:class:`~guestqueue.pull.redisboard.RedisJobBoard`) it is shared: any
 instance's worker API can hand out any instance's jobs, and reports travel
 through a Redis stream per job.
 """
@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from .. import clock
 from ..errors import OffsetMismatch, ReceiptGone
-from .base import WorkflowRequest
+from ..upstream.base import WorkflowRequest
 
 REPORTS = ("taken", "chunks", "complete", "fail", "expired")  # what a job's owner hears
 NO_WORKER_AFTER_S = 10.0  # a worker long-polls at most 20 s at a time and asks again at once

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from .config import Settings, SettingsError
+from ..config import Settings, SettingsError
 
 LEEWAY_S = 5  # clocks of the signer and the checker may differ this much
 

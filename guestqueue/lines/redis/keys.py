@@ -29,7 +29,7 @@ class Keys:
     @property
     def beat(self) -> str:
         """HASH at, ttl: the last heartbeat of any instance (a gap longer than a lease is Redis's, not
-        the instances': lines/redis.py forgives it)."""
+        the instances': lines/redis/line.py forgives it)."""
         return f"{self.prefix}:beat"
 
     @property
@@ -91,7 +91,7 @@ class Keys:
         return f"{self.prefix}:request:{flight_id}"
 
     def flight_events(self, flight_id: str) -> str:
-        """STREAM of one flight's events (relay.py)."""
+        """STREAM of one flight's events (lines/redis/relay.py)."""
         return f"{self.prefix}:events:{flight_id}"
 
     def ticket(self, request_id: str) -> str:
@@ -148,7 +148,7 @@ class Keys:
         """Channel: stop this flight's call, its last guest left (the message is the flight id)."""
         return f"{self.prefix}:flight-cancel"
 
-    # -- an admission line's sessions (sessions.py; its scripts spell these names too) --
+    # -- an admission line's sessions (waitingroom/sessions.py; its scripts spell these names too) --
 
     @property
     def session_ended_channel(self) -> str:
@@ -179,7 +179,7 @@ class Keys:
         counts those still active."""
         return f"{self.prefix}:client-sessions:{client}"
 
-    # -- a pull line's job board (upstream/jobboard.py; its scripts spell these names too) --
+    # -- a pull line's job board (pull/board.py; its scripts spell these names too) --
 
     @property
     def job_offers(self) -> str:

@@ -17,12 +17,12 @@ import logging
 
 import redis.asyncio as aioredis
 
-from ..cache import CachedAnswer
-from ..errors import LineUnavailable
+from ...cache import CachedAnswer
+from ...errors import LineUnavailable
+from .boundary import logged, unavailable
 from .keys import Keys
-from .redisio import logged, unavailable
 
-logger = logging.getLogger("guestqueue.lines.answers")
+logger = logging.getLogger("guestqueue.lines.redis.answers")
 
 
 class RedisAnswers:

@@ -19,13 +19,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from ..history import Stats
-from ..tickets import Ticket
+from ...history import Stats
+from ...tickets import Ticket
+from .boundary import Spawned, call, text, unavailable
 from .keys import Keys
 from .places import summary
-from .redisio import Spawned, call, text, unavailable
 
-logger = logging.getLogger("guestqueue.lines.tally")
+logger = logging.getLogger("guestqueue.lines.redis.tally")
 
 
 class RedisTally:

@@ -17,7 +17,7 @@ on a second channel; the runner stops the call (as when a local guest leaves).
 Each event carries its number in the flight (``n``: ``started`` 0, chunk k is
 k, the ending follows the last chunk), so a follower applies each once,
 whatever reaches the stream twice (a command redis-py sent again after a
-dropped connection, a replay). When Redis forgets the line (lines/redis.py's
+dropped connection, a replay). When Redis forgets the line (lines/redis/line.py's
 epoch), the runner writes the whole story of its running and recently ended
 flights into their streams again; a follower that meets a gap reads the whole
 stream and applies what follows on, in number order.
@@ -38,16 +38,16 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from .errors import LineUnavailable
-from .lines.places import RedisPlaces
-from .lines.redis import RedisLine
-from .lines.redisio import Spawned, call, logged, text, unavailable
-from .scripts import load_script
-from .service import QueueService
-from .stopping import raise_if_cancelled, stop_tasks
-from .tickets import Flight
+from ...errors import LineUnavailable
+from ...scripts import load_script
+from ...service import QueueService
+from ...stopping import raise_if_cancelled, stop_tasks
+from ...tickets import Flight
+from .boundary import Spawned, call, logged, text, unavailable
+from .line import RedisLine
+from .places import RedisPlaces
 
-logger = logging.getLogger("guestqueue.relay")
+logger = logging.getLogger("guestqueue.lines.redis.relay")
 
 STREAM_TTL_S = 3600  # a flight's events stay readable this long (resumes, late followers)
 FLUSH_TIMEOUT_S = 5.0  # at shutdown, how long to wait for the last events to reach Redis

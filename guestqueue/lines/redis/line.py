@@ -14,10 +14,10 @@ choosing the front and taking the slot in which another instance could slip in.
 
 Slots are leases: each instance renews its lease (a sorted set of expiry
 times) every ``instance_ttl_s / 3``; an admission line's sessions hold slots
-too, until their tokens' expiry (sessions.py). A slot whose instance's lease
+too, until their tokens' expiry (waitingroom/sessions.py). A slot whose instance's lease
 ran out does not count, and the next start moves it to the orphans hash, from which exactly
 one survivor takes it (:meth:`RedisLine.dead_flights`) to put the flight back
-at the front or end it (relay.py decides: had a chunk been sent?). Like arq's
+at the front or end it (lines/redis/relay.py decides: had a chunk been sent?). Like arq's
 job keys, every key name comes from keys.py.
 
 Waiting workers do not poll: admissions, leaves and finished calls publish on
@@ -47,16 +47,16 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from ..errors import LineFull, LineUnavailable
-from ..scripts import load_script
-from ..stopping import raise_if_cancelled, stop_tasks
-from ..tickets import Flight
-from ..upstream import WorkflowRequest
-from .base import LineView
+from ...errors import LineFull, LineUnavailable
+from ...scripts import load_script
+from ...stopping import raise_if_cancelled, stop_tasks
+from ...tickets import Flight
+from ...upstream import WorkflowRequest
+from ..base import LineView
+from .boundary import UNAVAILABLE, Spawned, call, logged, text, unavailable
 from .keys import Keys
-from .redisio import UNAVAILABLE, Spawned, call, logged, text, unavailable
 
-logger = logging.getLogger("guestqueue.lines.redis")
+logger = logging.getLogger("guestqueue.lines.redis.line")
 
 REORDERED = "reordered"  # the wake-up message of a flight that joined ahead of others
 TIER_SPAN = 10**12  # as in scripts/aging.lua: a score is rank * TIER_SPAN + the flight's number

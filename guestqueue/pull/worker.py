@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from .upstream import Chunk, Workflow, WorkflowRequest, load_workflow
+from ..upstream import Chunk, Workflow, WorkflowRequest, load_workflow
 
 logger = logging.getLogger("guestqueue.worker")
 BACKOFF_S, BACKOFF_CAP_S = 0.5, 30.0

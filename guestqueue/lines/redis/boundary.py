@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from ..errors import LineUnavailable
-from ..stopping import raise_if_cancelled, stop_tasks
+from ...errors import LineUnavailable
+from ...stopping import raise_if_cancelled, stop_tasks
 
 logger = logging.getLogger("guestqueue.redis")
 

@@ -1,4 +1,4 @@
-"""The ``pull`` kind: remote workers take the line's calls as jobs (jobboard.py).
+"""The ``pull`` kind: remote workers take the line's calls as jobs (board.py).
 
 A flight that got its slot and pacing turn is offered on the line's job board;
 its guests hear ``processing`` when a worker takes it (the first report,
@@ -7,7 +7,7 @@ upstream. A lease that runs out before the first chunk puts the job back at the
 front of the board (``receive_count`` + 1; past ``max_receive_count`` the guest
 gets ``error`` ``upstream_unavailable``); after a chunk the answer ends
 ``interrupted``: a guest never gets a second answer. On Redis the board waits
-while Redis is away and puts back a job Redis forgot (redisjobs.py): the answer
+while Redis is away and puts back a job Redis forgot (redisboard.py): the answer
 goes on from the worker that holds it.
 
 With no worker about (none has asked for jobs or reported for
@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..errors import Interrupted, UpstreamError, UpstreamUnavailable
-from .base import Chunk, WorkflowRequest
-from .jobboard import Job, JobBoard
+from ..upstream.base import Chunk, WorkflowRequest
+from .board import Job, JobBoard
 
 DEFAULT_MAX_RECEIVE_COUNT = 3
 

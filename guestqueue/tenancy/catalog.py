@@ -17,7 +17,7 @@ Permissions, per key and per line (seed 002's set)::
 the super admin (``GUEST_ADMIN_API_KEY``) may do everything; an application
 admin key everything within its application; a member key what it is granted.
 
-The catalog is held in memory and kept by a :class:`~guestqueue.catalogstore.CatalogStore`:
+The catalog is held in memory and kept by a :class:`~guestqueue.tenancy.store.CatalogStore`:
 SQLite (the request log's file) and, with ``GUEST_REDIS_URL``, Redis, from which
 every instance reloads it within a second of a change.
 """
@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .errors import InvalidField
+from ..errors import InvalidField
 
 PERMISSIONS = ("READ", "WRITE", "DELETE", "MANAGE", "WORK")
 QUOTA_KEYS = ("max_lines", "max_keys", "max_webhooks_per_line")

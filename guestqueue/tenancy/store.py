@@ -1,4 +1,4 @@
-"""Where the catalog (catalog.py) is kept: SQLite, and Redis when several instances share it.
+"""Where the catalog (tenancy/catalog.py) is kept: SQLite, and Redis when several instances share it.
 
 - SQLite: the request log's file (tables from store.py's migration 3), so
   applications, key hashes and run-time lines survive a restart.
@@ -35,14 +35,14 @@ from typing import Any
 import aiosqlite
 import redis.asyncio as aioredis
 
+from ..errors import LineUnavailable
+from ..lines.redis.boundary import logged, unavailable
+from ..scripts import load_script
+from ..stopping import raise_if_cancelled, stop_tasks
+from ..store import migrate
 from .catalog import ApiKey, Application, Catalog
-from .errors import LineUnavailable
-from .lines.redisio import logged, unavailable
-from .scripts import load_script
-from .stopping import raise_if_cancelled, stop_tasks
-from .store import migrate
 
-logger = logging.getLogger("guestqueue.catalog")
+logger = logging.getLogger("guestqueue.tenancy.catalog")
 VERSION_SQL = "INSERT OR REPLACE INTO catalog_meta (key, value) VALUES ('version', ?)"
 POLL_S = 0.25
 UNWRITABLE = ("The shared catalog (Redis, GUEST_REDIS_URL) cannot be written right now: it is down or out of"

@@ -1,10 +1,10 @@
-"""A pull line's job board shared by several instances through Redis (see jobboard.py).
+"""A pull line's job board shared by several instances through Redis (see board.py).
 
 Keys under the line's prefix: an offers list, receipts with leases in a sorted
 set (deadlines on Redis's clock), a hash and a report stream per job, and when
 a worker was last seen (every ask and report sets it: each instance reads it
 every ``WORKERS_LOOK_S`` to tell its guests whether a worker is there);
-receipts name the line's epoch (lines/redis.py), which changes when Redis
+receipts name the line's epoch (lines/redis/line.py), which changes when Redis
 forgets. The scripts are ``scripts/jobs_*.lua``.
 
 Redis away. The job's owner (the instance running the flight) keeps the job in
@@ -41,11 +41,11 @@ import redis.asyncio as aioredis
 
 from .. import clock
 from ..errors import LineUnavailable, OffsetMismatch, ReceiptGone
-from ..lines.keys import Keys
-from ..lines.redisio import call, text
+from ..lines.redis.boundary import call, text
+from ..lines.redis.keys import Keys
 from ..scripts import load_script
 from ..stopping import stop_tasks
-from .jobboard import GONE, Job, Report, absent_since, wait_any
+from .board import GONE, Job, Report, absent_since, wait_any
 
 logger = logging.getLogger("guestqueue.jobs")
 
@@ -307,5 +307,5 @@ def _raise_for(done: int, taken: int) -> None:
 
 
 async def _run(awaitable: Any) -> Any:
-    """Redis failing: a worker hears 503 with Retry-After, an owner waits (lines/redisio.py)."""
+    """Redis failing: a worker hears 503 with Retry-After, an owner waits (lines/redis/boundary.py)."""
     return await call(awaitable, UNAVAILABLE, retry_after_s=RETRY_AFTER_S)

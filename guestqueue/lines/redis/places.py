@@ -27,13 +27,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from ..events import PROCESSING
-from ..scripts import load_script
-from ..tickets import Status, Ticket
+from ...events import PROCESSING
+from ...scripts import load_script
+from ...tickets import Status, Ticket
+from .boundary import call, logged, text, unavailable
 from .keys import Keys
-from .redisio import call, logged, text, unavailable
 
-logger = logging.getLogger("guestqueue.lines.places")
+logger = logging.getLogger("guestqueue.lines.redis.places")
 
 RECORD_TTL_S = 3600
 
@@ -208,7 +208,7 @@ class RedisPlaces:
 
 
 def summary(request_id: str, raw: dict[str, str]) -> dict[str, Any]:
-    """``/queue/request/{id}``'s body from a request's record (lines/places.py)."""
+    """``/queue/request/{id}``'s body from a request's record (lines/redis/places.py)."""
     out: dict[str, Any] = {"request_id": request_id, "status": raw.get("status", "queued"),
                            "created_at": float(raw.get("created_at") or 0)}
     for name in ("started_at", "finished_at"):
