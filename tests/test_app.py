@@ -89,7 +89,10 @@ async def test_pacing_spaces_upstream_starts_across_workers(upstream: MockUpstre
     assert all(r[-1].name == "workflow_complete" for r in results)
     starts = sorted(c["t"] for c in await upstream.acalls(tag))
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert len(starts) == 4 and min(gaps) >= interval - 0.01, gaps
+    # Seen at the upstream, one call's arrival may lag its start a little (a loaded machine: 12 ms);
+    # the span of the four holds the pacing to within the lag of the first and the last.
+    assert len(starts) == 4 and starts[-1] - starts[0] >= 3 * interval - 0.03, gaps
+    assert min(gaps) >= interval - 0.1, gaps  # without pacing the three would start together
 
 
 async def test_processing_timeout_sends_fallback_and_cancels_upstream(upstream: MockUpstream) -> None:
