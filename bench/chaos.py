@@ -48,10 +48,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--processing", type=int, default=50, help="SIGTERM: guests processing")
     parser.add_argument("--kills", type=int, default=5, help="SIGKILL: kill-and-restart rounds")
     parser.add_argument("--flood-clients", type=int, default=60, help="flood: normal clients")
-    parser.add_argument("--rolling-guests", type=int, default=2000,
-                        help="rolling: guests through nginx while 3 instances restart (one killed)")
-    parser.add_argument("--forgetful-guests", type=int, default=500,
-                        help="forgetful: guests through nginx while Redis is flushed, restarted empty, stalled")
+    parser.add_argument(
+        "--rolling-guests",
+        type=int,
+        default=2000,
+        help="rolling: guests through nginx while 3 instances restart (one killed)",
+    )
+    parser.add_argument(
+        "--forgetful-guests",
+        type=int,
+        default=500,
+        help="forgetful: guests through nginx while Redis is flushed, restarted empty, stalled",
+    )
     parser.add_argument("--visitors", type=int, default=30, help="forgetful: waiting-room visitors beside them")
     parser.add_argument("--repeat", type=int, default=1, help="run the chosen scenarios this many times")
     parser.add_argument("--seed", type=int, default=1)
@@ -63,16 +71,24 @@ def scenarios(
     args: argparse.Namespace, upstream: MockUpstream, tmp: Path
 ) -> dict[str, Callable[[], Awaitable[Verdict]]]:
     soak = SoakConfig(
-        requests=args.requests, duration_s=args.duration, concurrency=args.concurrency, workers=12,
-        queue_size=args.concurrency - 8, timeout_s=args.timeout, retries=2, grace_s=0.5, seed=args.seed,
+        requests=args.requests,
+        duration_s=args.duration,
+        concurrency=args.concurrency,
+        workers=12,
+        queue_size=args.concurrency - 8,
+        timeout_s=args.timeout,
+        retries=2,
+        grace_s=0.5,
+        seed=args.seed,
         rss_bound_mb=150.0,
     )
     return {
         "soak": lambda: chaos_soak(upstream, tmp, soak),
         "frozen": lambda: _both_frozen(tmp),
         "resets": lambda: resets_before_stream(upstream, tmp, connections=args.resets, batch=100, rss_bound_mb=60),
-        "sigterm": lambda: sigterm_with_crowd(upstream, tmp, waiting=args.waiting, processing=args.processing,
-                                              rss_bound_mb=150),
+        "sigterm": lambda: sigterm_with_crowd(
+            upstream, tmp, waiting=args.waiting, processing=args.processing, rss_bound_mb=150
+        ),
         "sigkill": lambda: sigkill_then_restart(upstream, tmp, rounds=args.kills, requests=200, workers=20),
         "flood": lambda: flood_beside_normal(upstream, tmp, clients=args.flood_clients, each=3, flood_connections=16),
         "rolling": lambda: rolling_restart(upstream, tmp, guests=args.rolling_guests),

@@ -62,9 +62,15 @@ async def streams(target: Target, job: Job) -> dict[str, Any]:
 
     await asyncio.gather(*(worker(n) for n in range(concurrency)))
     elapsed = time.monotonic() - begin
-    return {"completed": len(totals), "elapsed_s": elapsed, "streams_per_s": len(totals) / elapsed,
-            "ttfc_ms": summary([t * 1000 for t in ttfc]), "total_ms": summary([t * 1000 for t in totals]),
-            "errors": len(errors), "error_sample": errors[:3]}
+    return {
+        "completed": len(totals),
+        "elapsed_s": elapsed,
+        "streams_per_s": len(totals) / elapsed,
+        "ttfc_ms": summary([t * 1000 for t in ttfc]),
+        "total_ms": summary([t * 1000 for t in totals]),
+        "errors": len(errors),
+        "error_sample": errors[:3],
+    }
 
 
 async def waiters(target: Target, job: Job) -> dict[str, Any]:
@@ -115,10 +121,17 @@ async def waiters(target: Target, job: Job) -> dict[str, Any]:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return {"guests": count, "connected": len(connected), "failures": len(failures), "failure_sample": failures[:3],
-            "measure_s": job["measure_s"], "updates": updates, "updates_per_s": updates / job["measure_s"],
-            "delay_ms": summary([x * 1000 for x in late]),
-            "within_1s": sum(1 for x in late if x <= 1.0) / len(late) if late else 0.0}
+    return {
+        "guests": count,
+        "connected": len(connected),
+        "failures": len(failures),
+        "failure_sample": failures[:3],
+        "measure_s": job["measure_s"],
+        "updates": updates,
+        "updates_per_s": updates / job["measure_s"],
+        "delay_ms": summary([x * 1000 for x in late]),
+        "within_1s": sum(1 for x in late if x <= 1.0) / len(late) if late else 0.0,
+    }
 
 
 async def eta(target: Target, job: Job) -> dict[str, Any]:

@@ -20,8 +20,9 @@ import httpx
 
 
 def build(upstream_url: str, concurrency: int) -> gr.Interface:
-    client = httpx.AsyncClient(timeout=httpx.Timeout(3600.0, connect=10.0),
-                               limits=httpx.Limits(max_connections=concurrency + 8))
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(3600.0, connect=10.0), limits=httpx.Limits(max_connections=concurrency + 8)
+    )
 
     async def answer(query: str) -> AsyncIterator[str]:
         text = ""

@@ -26,15 +26,29 @@ def describe() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         rev = ""
-    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "kernel": platform.release(),
-            "loadavg_at_start": os.getloadavg(), "git": rev, "packages": versions}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "mem_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_at_start": os.getloadavg(),
+        "git": rev,
+        "packages": versions,
+    }
 
 
 def one_line(machine: dict[str, Any]) -> str:
-    return (f"{machine['nproc']} x {machine['cpu']}, {machine['mem_gib']} GiB, Python {machine['python']}, "
-            f"load {machine['loadavg_at_start'][0]:.2f} at start, git {machine['git']}")
+    return (
+        f"{machine['nproc']} x {machine['cpu']}, {machine['mem_gib']} GiB, Python {machine['python']}, "
+        f"load {machine['loadavg_at_start'][0]:.2f} at start, git {machine['git']}"
+    )

@@ -119,8 +119,9 @@ def starlette_app() -> Starlette:
 
 def main() -> None:
     app: Any = starlette_app() if (sys.argv[2:] or ["starlette"])[0] == "starlette" else Mock()
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error", access_log=False,
-                lifespan="off", backlog=4096)
+    uvicorn.run(
+        app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error", access_log=False, lifespan="off", backlog=4096
+    )
 
 
 if __name__ == "__main__":

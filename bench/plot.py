@@ -12,8 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use(): the backend must be chosen first
 
-FIGURES = {"cpu_pct": ("server CPU, % of one core", "waiting-cpu.png"),
-           "rss_mb": ("server RSS, MB", "waiting-rss.png")}
+FIGURES = {"cpu_pct": ("server CPU, % of one core", "waiting-cpu.png"), "rss_mb": ("server RSS, MB", "waiting-rss.png")}
 
 
 def plot(results: Path, out_dir: Path) -> list[Path]:

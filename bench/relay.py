@@ -67,8 +67,14 @@ def build(upstream_url: str, concurrency: int, transport: str = "httpx") -> Star
 def main() -> None:
     port, url, concurrency = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     transport = sys.argv[4] if len(sys.argv) > 4 else "httpx"
-    uvicorn.run(build(url, concurrency, transport), host="127.0.0.1", port=port, log_level="error", access_log=False,
-                backlog=4096)
+    uvicorn.run(
+        build(url, concurrency, transport),
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
+        access_log=False,
+        backlog=4096,
+    )
 
 
 if __name__ == "__main__":

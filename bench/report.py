@@ -24,12 +24,18 @@ class Table:
 
     def render(self) -> str:
         cells = [[_fmt(c) for c in row] for row in self.rows]
-        widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h))
-                  for i, h in enumerate(self.columns)]
-        lines = [self.title, "  ".join(h.ljust(w) for h, w in zip(self.columns, widths, strict=True)),
-                 "  ".join("-" * w for w in widths)]
-        lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-                  for r in cells]
+        widths = [
+            max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h)) for i, h in enumerate(self.columns)
+        ]
+        lines = [
+            self.title,
+            "  ".join(h.ljust(w) for h, w in zip(self.columns, widths, strict=True)),
+            "  ".join("-" * w for w in widths),
+        ]
+        lines += [
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+            for r in cells
+        ]
         return "\n".join(lines)
 
     def markdown(self) -> str:
@@ -61,8 +67,7 @@ class Result:
 
     def target(self, name: str, value: float | None, goal: str, met: bool | None) -> None:
         """Record one of the issue's targets: ``met`` None means it could not be measured."""
-        self.targets.append({"target": name, "value": value, "goal": goal,
-                             "met": met if value is not None else None})
+        self.targets.append({"target": name, "value": value, "goal": goal, "met": met if value is not None else None})
 
     def render(self) -> str:
         parts = [f"# {self.scenario}  ({one_line(self.machine)})", *(t.render() for t in self.tables)]
@@ -76,9 +81,14 @@ class Result:
     def save(self, out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{self.scenario}.json"
-        body = {"scenario": self.scenario, "machine": self.machine, "params": self.params,
-                "tables": [{"title": t.title, "columns": t.columns, "rows": t.rows} for t in self.tables],
-                "targets": self.targets, "raw": self.raw}
+        body = {
+            "scenario": self.scenario,
+            "machine": self.machine,
+            "params": self.params,
+            "tables": [{"title": t.title, "columns": t.columns, "rows": t.rows} for t in self.tables],
+            "targets": self.targets,
+            "raw": self.raw,
+        }
         path.write_text(json.dumps(body, indent=1, default=str) + "\n")
         return path
 

@@ -18,16 +18,44 @@ def mock(build: str = "starlette") -> Server:
     return Server("mock", [PY, "-m", "bench.mock_upstream", str(port), build], port, "/")
 
 
-def guestqueue(upstream_url: str, *, concurrency: int, queue_size: int, interval_s: float = 0.0,
-               extra: list[str] | None = None) -> Server:
+def guestqueue(
+    upstream_url: str, *, concurrency: int, queue_size: int, interval_s: float = 0.0, extra: list[str] | None = None
+) -> Server:
     port = free_port()
     argv = [
-        PY, "-m", "guestqueue", "serve", "--port", str(port), "--log-level", "warning",
-        "--upstream-url", upstream_url, "--upstream-kind", "http",
-        "--max-concurrent-requests", str(concurrency), "--max-queue-size", str(queue_size),
-        "--upstream-interval-sec", str(interval_s), "--max-per-client", "1000000",
-        "--request-timeout-sec", "3600", "--max-wait-sec", "3600", "--upstream-retries", "0",
-        "--db-path", "", "--cache-size", "0", "--position-update-sec", "1", *(extra or []),
+        PY,
+        "-m",
+        "guestqueue",
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--upstream-url",
+        upstream_url,
+        "--upstream-kind",
+        "http",
+        "--max-concurrent-requests",
+        str(concurrency),
+        "--max-queue-size",
+        str(queue_size),
+        "--upstream-interval-sec",
+        str(interval_s),
+        "--max-per-client",
+        "1000000",
+        "--request-timeout-sec",
+        "3600",
+        "--max-wait-sec",
+        "3600",
+        "--upstream-retries",
+        "0",
+        "--db-path",
+        "",
+        "--cache-size",
+        "0",
+        "--position-update-sec",
+        "1",
+        *(extra or []),
     ]
     return Server("guestqueue", argv, port, "/api/v1/guest/health")
 
@@ -35,14 +63,21 @@ def guestqueue(upstream_url: str, *, concurrency: int, queue_size: int, interval
 def relay(upstream_url: str, *, concurrency: int, transport: str = "httpx") -> Server:
     port = free_port()
     name = "relay" if transport == "httpx" else f"relay-{transport}"
-    return Server(name, [PY, "-m", "bench.relay", str(port), upstream_url, str(concurrency), transport],
-                  port, "/health")
+    return Server(
+        name, [PY, "-m", "bench.relay", str(port), upstream_url, str(concurrency), transport], port, "/health"
+    )
 
 
 def gradio(upstream_url: str, *, concurrency: int) -> Server:
     port = free_port()
-    return Server("gradio", [PY, "-m", "bench.gradio_app", str(port), upstream_url, str(concurrency)], port,
-                  "/config", env={"GRADIO_ANALYTICS_ENABLED": "False"}, start_timeout_s=120.0)
+    return Server(
+        "gradio",
+        [PY, "-m", "bench.gradio_app", str(port), upstream_url, str(concurrency)],
+        port,
+        "/config",
+        env={"GRADIO_ANALYTICS_ENABLED": "False"},
+        start_timeout_s=120.0,
+    )
 
 
 def kind_of(server: Server) -> str:
@@ -50,11 +85,13 @@ def kind_of(server: Server) -> str:
     return "relay" if server.name.startswith("relay") else server.name
 
 
-def drive(job: dict[str, Any], on_phase: Callable[[str], None] | None = None,
-          timeout_s: float = DRIVER_TIMEOUT_S) -> dict[str, Any]:
+def drive(
+    job: dict[str, Any], on_phase: Callable[[str], None] | None = None, timeout_s: float = DRIVER_TIMEOUT_S
+) -> dict[str, Any]:
     """Run one job in a fresh driver process; ``on_phase`` hears its phase lines as they come."""
-    proc = subprocess.Popen([PY, "-m", "bench.driver"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [PY, "-m", "bench.driver"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     assert proc.stdin is not None and proc.stdout is not None
     deadline = time.monotonic() + timeout_s
     try:

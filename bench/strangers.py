@@ -44,8 +44,14 @@ SCENARIOS = ("slots", "tick", "stream", "pull")
 
 @contextmanager
 def process(argv: list[str], cwd: Path, env: dict[str, str], port: int, path: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -100,16 +106,21 @@ async def scenario(name: str, base: str, pid: int, db: Path, args: argparse.Name
     async with httpx.AsyncClient(timeout=300) as client:
         admin = f"{base}/api/v1/admin/lines"
         if name == "slots":
-            reply = await client.post(admin, json={"name": "wide", "upstream_kind": "pull",
-                                                   "max_concurrent_requests": args.slots})
+            reply = await client.post(
+                admin, json={"name": "wide", "upstream_kind": "pull", "max_concurrent_requests": args.slots}
+            )
             answered = f"{reply.status_code} {reply.json().get('code', '')}"
             await asyncio.sleep(5)
         elif name == "tick":
-            reply = await client.post(admin, json={"name": "fast", "upstream_kind": "pull",
-                                                   "position_update_sec": 1e-300})
+            reply = await client.post(
+                admin, json={"name": "fast", "upstream_kind": "pull", "position_update_sec": 1e-300}
+            )
             answered = f"{reply.status_code} {reply.json().get('code', '')}"
-            waiting = asyncio.create_task(client.post(f"{base}/api/v1/lines/fast/chat", json={"query": "q"},
-                                                      headers={"Accept": "text/event-stream"}))
+            waiting = asyncio.create_task(
+                client.post(
+                    f"{base}/api/v1/lines/fast/chat", json={"query": "q"}, headers={"Accept": "text/event-stream"}
+                )
+            )
             await asyncio.sleep(5)
             waiting.cancel()
         elif name == "stream":
@@ -133,8 +144,11 @@ async def scenario(name: str, base: str, pid: int, db: Path, args: argparse.Name
                         yield chunk_line
 
                 try:
-                    reply = await client.post(f"{base}/api/v1/jobs/{receipt}/chunks", content=body(),
-                                              headers={"Content-Type": "application/x-ndjson"})
+                    reply = await client.post(
+                        f"{base}/api/v1/jobs/{receipt}/chunks",
+                        content=body(),
+                        headers={"Content-Type": "application/x-ndjson"},
+                    )
                     statuses.append(str(reply.status_code))
                 except httpx.HTTPError as exc:
                     statuses.append(type(exc).__name__)
@@ -149,9 +163,15 @@ async def scenario(name: str, base: str, pid: int, db: Path, args: argparse.Name
     watch.stop()
     await watching
     rss2, db1 = rss_bytes(pid), db_bytes(db)
-    return {"scenario": name, "answered": answered, "rss_growth_mib": round((rss1 - rss0) / MIB, 1),
-            "rss_growth_10s_later_mib": round((rss2 - rss0) / MIB, 1), "cpu_pct": round(100 * cpu / wall, 1),
-            "worst_health_s": round(watch.worst_s, 2), "db_growth_mib": round((db1 - db0) / MIB, 1)}
+    return {
+        "scenario": name,
+        "answered": answered,
+        "rss_growth_mib": round((rss1 - rss0) / MIB, 1),
+        "rss_growth_10s_later_mib": round((rss2 - rss0) / MIB, 1),
+        "cpu_pct": round(100 * cpu / wall, 1),
+        "worst_health_s": round(watch.worst_s, 2),
+        "db_growth_mib": round((db1 - db0) / MIB, 1),
+    }
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -159,18 +179,27 @@ async def main(args: argparse.Namespace) -> None:
     mock_port = free_port()
     mock = f"http://127.0.0.1:{mock_port}"
     chunks = args.answer_mib * MIB // 65536
-    with process([sys.executable, str(ROOT / "tests" / "mock_upstream.py"), str(mock_port)], ROOT, {}, mock_port,
-                 "/calls"):
+    with process(
+        [sys.executable, str(ROOT / "tests" / "mock_upstream.py"), str(mock_port)], ROOT, {}, mock_port, "/calls"
+    ):
         for name in args.only or SCENARIOS:
             with tempfile.TemporaryDirectory() as tmp:
                 config = Path(tmp) / "lines.toml"
-                config.write_text(f'[lines.guest]\nupstream_kind = "pull"\n[lines.big]\n'
-                                  f'upstream_url = "{mock}/upstream?chunks={chunks}&size=65536"\n'
-                                  'upstream_interval_sec = 0\n[lines.gpu]\nupstream_kind = "pull"\n'
-                                  'upstream_interval_sec = 0\n')
+                config.write_text(
+                    f'[lines.guest]\nupstream_kind = "pull"\n[lines.big]\n'
+                    f'upstream_url = "{mock}/upstream?chunks={chunks}&size=65536"\n'
+                    'upstream_interval_sec = 0\n[lines.gpu]\nupstream_kind = "pull"\n'
+                    "upstream_interval_sec = 0\n"
+                )
                 port, db = free_port(), Path(tmp) / "gq.db"
-                env = {"PYTHONPATH": str(source), "GUEST_PORT": str(port), "GUEST_CONFIG": str(config),
-                       "GUEST_DB_PATH": str(db), "GUEST_MAX_PER_CLIENT": "100", "GUEST_REQUEST_TIMEOUT_SEC": "600"}
+                env = {
+                    "PYTHONPATH": str(source),
+                    "GUEST_PORT": str(port),
+                    "GUEST_CONFIG": str(config),
+                    "GUEST_DB_PATH": str(db),
+                    "GUEST_MAX_PER_CLIENT": "100",
+                    "GUEST_REQUEST_TIMEOUT_SEC": "600",
+                }
                 argv = [sys.executable, "-m", "guestqueue", "serve"]
                 with process(argv, source, env, port, "/api/v1/guest/health") as proc:
                     result = await scenario(name, f"http://127.0.0.1:{port}", proc.pid, db, args, mock)

@@ -139,8 +139,13 @@ class Gradio(Target):
                     raise RuntimeError(f"gradio {msg}: {str(message)[:200]}")
 
 
-KINDS: dict[str, type[Target]] = {"direct": Direct, "relay": Relay, "guestqueue": GuestQueue,
-                                  "guestqueue-openai": OpenAIFront, "gradio": Gradio}
+KINDS: dict[str, type[Target]] = {
+    "direct": Direct,
+    "relay": Relay,
+    "guestqueue": GuestQueue,
+    "guestqueue-openai": OpenAIFront,
+    "gradio": Gradio,
+}
 
 
 async def target_from_job(session: aiohttp.ClientSession, job: dict[str, Any]) -> Target:

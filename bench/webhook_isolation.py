@@ -57,8 +57,9 @@ class Receivers:
 @asynccontextmanager
 async def receiving(receivers: Receivers) -> AsyncIterator[str]:
     """Both receivers on one free port in this loop; yields the base URL (``/a`` hangs, ``/b`` answers)."""
-    app = Starlette(routes=[Route("/a", receivers.hang, methods=["POST"]),
-                            Route("/b", receivers.answer, methods=["POST"])])
+    app = Starlette(
+        routes=[Route("/a", receivers.hang, methods=["POST"]), Route("/b", receivers.answer, methods=["POST"])]
+    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
@@ -77,9 +78,11 @@ async def receiving(receivers: Receivers) -> AsyncIterator[str]:
 def write_config(path: Path, upstream_url: str, hooks: str) -> None:
     text = ""
     for line in ("a", "b"):
-        text += (f'[lines.{line}]\nupstream_url = "{upstream_url}"\n'
-                 f'[[lines.{line}.webhooks]]\nurl = "{hooks}/{line}"\nevents = ["completed"]\n'
-                 f'secret = "a-bench-secret-of-some-length"\n')
+        text += (
+            f'[lines.{line}]\nupstream_url = "{upstream_url}"\n'
+            f'[[lines.{line}.webhooks]]\nurl = "{hooks}/{line}"\nevents = ["completed"]\n'
+            f'secret = "a-bench-secret-of-some-length"\n'
+        )
     path.write_text(text)
 
 
@@ -105,8 +108,10 @@ async def measure(args: argparse.Namespace, tmp: Path) -> float | None:
             else:
                 extra += ["--db-path", str(tmp / "guestqueue.db")]
                 count = 1
-            bases = [stack.enter_context(servers.guestqueue(mock.base, concurrency=4, queue_size=100, extra=extra)
-                                         ).base for _ in range(count)]
+            bases = [
+                stack.enter_context(servers.guestqueue(mock.base, concurrency=4, queue_size=100, extra=extra)).base
+                for _ in range(count)
+            ]
             async with httpx.AsyncClient(timeout=30) as client:
                 for n in range(args.events):
                     await chat(client, bases[n % count], "a")
@@ -120,8 +125,11 @@ async def measure(args: argparse.Namespace, tmp: Path) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.webhook_isolation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.webhook_isolation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--events", type=int, default=5, help="requests (so deliveries) on A's line first")
     parser.add_argument("--redis-url", default="", help="two instances sharing the outbox through this Redis")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="give up waiting for B's delivery after this")

@@ -60,8 +60,11 @@ def _show(envelope: dict[str, Any], out: TextIO) -> str | None:
     """Print one event; the answer once the request has ended."""
     name, data = envelope["event"], envelope["data"]
     if name == "queued":
-        print(f"[you are number {data['queue_position']} in line, about {data['estimated_wait_sec']:.0f} s]",
-              file=out, flush=True)
+        print(
+            f"[you are number {data['queue_position']} in line, about {data['estimated_wait_sec']:.0f} s]",
+            file=out,
+            flush=True,
+        )
     elif name == "processing":
         print("[writing your answer]", file=out, flush=True)
     elif name == "answer_chunk":

@@ -57,9 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request (costs throughput)")
     add_app_dir(serve)
     add_worker_parser(commands)
-    simulate.add_arguments(commands.add_parser(
-        "simulate", help="run a line's real admission, pacing and estimates on a virtual clock (what-if limits)",
-    ))
+    simulate.add_arguments(
+        commands.add_parser(
+            "simulate",
+            help="run a line's real admission, pacing and estimates on a virtual clock (what-if limits)",
+        )
+    )
     return parser
 
 
@@ -152,7 +155,7 @@ def where_things_are(settings: Settings, host: str, port: int) -> list[str]:
             if len(names) > MAX_PAGES_SHOWN:
                 pages.append(f"             (and {len(names) - MAX_PAGES_SHOWN} more lines: {lines_url})")
             at = next(i for i, line in enumerate(lines) if line.startswith("chat page:"))
-            lines[at:at + 2] = [*pages, f"dashboard:   {lines_url}/{names[0]}/dashboard"] if names else []
+            lines[at : at + 2] = [*pages, f"dashboard:   {lines_url}/{names[0]}/dashboard"] if names else []
     if not settings.admin_api_key:
         lines.append("warning: GUEST_ADMIN_API_KEY is not set: /queue/history and /metrics answer only local callers")
     return lines

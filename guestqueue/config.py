@@ -23,12 +23,22 @@ from redis.asyncio.connection import parse_url as parse_redis_url
 
 UPSTREAM_KINDS = ("auto", "http", "openai", "python", "demo", "pull")
 AT_LEAST_ONE = (
-    "max_concurrent_requests", "max_queue_size", "max_body_bytes", "max_query_chars", "log_buffer_rows",
-    "max_header_bytes", "backlog", "workers",
+    "max_concurrent_requests",
+    "max_queue_size",
+    "max_body_bytes",
+    "max_query_chars",
+    "log_buffer_rows",
+    "max_header_bytes",
+    "backlog",
+    "workers",
 )
 # Durations that must be above zero (a zero timeout or tick would end or spin everything at once).
 ABOVE_ZERO = (
-    "request_timeout_s", "position_update_s", "send_timeout_s", "instance_ttl_s", "header_timeout_s",
+    "request_timeout_s",
+    "position_update_s",
+    "send_timeout_s",
+    "instance_ttl_s",
+    "header_timeout_s",
     "body_timeout_s",
 )
 PYTHON_TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -50,7 +60,12 @@ class SettingsError(ValueError):
 
 
 def _setting(
-    env: str, default: Any, help: str, *, minimum: float | None = 0, maximum: float | None = None,
+    env: str,
+    default: Any,
+    help: str,
+    *,
+    minimum: float | None = 0,
+    maximum: float | None = None,
     secret: bool = False,
 ) -> Any:
     """A setting and its bounds. ``maximum`` (numbers) or the length (text) is what no real deployment
@@ -70,16 +85,28 @@ class Settings:
     host: str = _setting("GUEST_HOST", "127.0.0.1", "address `guestqueue serve` listens on", minimum=None)
     port: int = _setting("GUEST_PORT", 8000, "port `guestqueue serve` listens on")
     max_concurrent_requests: int = _setting(
-        "GUEST_MAX_CONCURRENT_REQUESTS", 3, "requests processed at once (worker pool size)", maximum=10_000,
+        "GUEST_MAX_CONCURRENT_REQUESTS",
+        3,
+        "requests processed at once (worker pool size)",
+        maximum=10_000,
     )
     max_queue_size: int = _setting(
-        "GUEST_MAX_QUEUE_SIZE", 50, "requests waiting; beyond it 429", maximum=1_000_000,
+        "GUEST_MAX_QUEUE_SIZE",
+        50,
+        "requests waiting; beyond it 429",
+        maximum=1_000_000,
     )
     request_timeout_s: float = _setting(
-        "GUEST_REQUEST_TIMEOUT_SEC", 60.0, "processing time limit per request", maximum=86_400,
+        "GUEST_REQUEST_TIMEOUT_SEC",
+        60.0,
+        "processing time limit per request",
+        maximum=86_400,
     )
     max_wait_s: float = _setting(
-        "GUEST_MAX_WAIT_SEC", 600.0, "time limit in line (then error wait_timeout)", maximum=86_400,
+        "GUEST_MAX_WAIT_SEC",
+        600.0,
+        "time limit in line (then error wait_timeout)",
+        maximum=86_400,
     )
     upstream_url: str = _setting("GUEST_UPSTREAM_URL", "", "upstream endpoint; empty = built-in demo", minimum=None)
     upstream_kind: str = _setting(
@@ -90,33 +117,55 @@ class Settings:
         "GUEST_UPSTREAM_API_KEY", "", "bearer token sent upstream", minimum=None, secret=True
     )
     upstream_interval_s: float = _setting(
-        "GUEST_UPSTREAM_INTERVAL_SEC", 10.0, "minimum seconds between upstream call starts (0 = off)", maximum=3_600,
+        "GUEST_UPSTREAM_INTERVAL_SEC",
+        10.0,
+        "minimum seconds between upstream call starts (0 = off)",
+        maximum=3_600,
     )
     upstream_retries: int = _setting(
-        "GUEST_UPSTREAM_RETRIES", 3, "retries before the first chunk was sent", maximum=10,
+        "GUEST_UPSTREAM_RETRIES",
+        3,
+        "retries before the first chunk was sent",
+        maximum=10,
     )
     upstream_allowed_parameters: str = _setting(
-        "GUEST_UPSTREAM_ALLOWED_PARAMETERS", "temperature,top_p",
-        "guest parameters forwarded to an openai upstream (comma-separated); others are dropped", minimum=None,
+        "GUEST_UPSTREAM_ALLOWED_PARAMETERS",
+        "temperature,top_p",
+        "guest parameters forwarded to an openai upstream (comma-separated); others are dropped",
+        minimum=None,
     )
     upstream_max_hold_s: float = _setting(
-        "GUEST_UPSTREAM_MAX_HOLD_SEC", 120.0, "longest pause an upstream's Retry-After may impose on all calls",
+        "GUEST_UPSTREAM_MAX_HOLD_SEC",
+        120.0,
+        "longest pause an upstream's Retry-After may impose on all calls",
         maximum=3_600,
     )
     upstream_messages: str = _setting(
-        "GUEST_UPSTREAM_MESSAGES", "conversation", "a caller's messages sent to an openai upstream: conversation "
+        "GUEST_UPSTREAM_MESSAGES",
+        "conversation",
+        "a caller's messages sent to an openai upstream: conversation "
         "(its user and assistant turns; its system turns are dropped) | all (as sent; the operator's only)",
         minimum=None,
     )
     upstream_system_prompt: str = _setting(
-        "GUEST_UPSTREAM_SYSTEM_PROMPT", "", "system message put first in every openai upstream call", minimum=None,
+        "GUEST_UPSTREAM_SYSTEM_PROMPT",
+        "",
+        "system message put first in every openai upstream call",
+        minimum=None,
     )
     max_answer_bytes: int = _setting(
-        "GUEST_MAX_ANSWER_BYTES", 1_048_576, "largest answer (UTF-8 bytes, all chunks); beyond it the call is "
-        "closed and the guest gets error answer_too_large", minimum=1024, maximum=64 * 1_048_576,
+        "GUEST_MAX_ANSWER_BYTES",
+        1_048_576,
+        "largest answer (UTF-8 bytes, all chunks); beyond it the call is "
+        "closed and the guest gets error answer_too_large",
+        minimum=1024,
+        maximum=64 * 1_048_576,
     )
     position_update_s: float = _setting(
-        "GUEST_POSITION_UPDATE_SEC", 1.0, "a waiting guest hears its place at least this often", minimum=0.05,
+        "GUEST_POSITION_UPDATE_SEC",
+        1.0,
+        "a waiting guest hears its place at least this often",
+        minimum=0.05,
         maximum=60,
     )
     ping_s: float = _setting("GUEST_PING_SEC", 15.0, "SSE comment ping on quiet streams")
@@ -124,10 +173,16 @@ class Settings:
         "GUEST_SEND_TIMEOUT_SEC", 30.0, "a guest that takes no bytes for this long is let go"
     )
     reconnect_grace_s: float = _setting(
-        "GUEST_RECONNECT_GRACE_SEC", 5.0, "a dropped guest keeps its place this long", maximum=3_600,
+        "GUEST_RECONNECT_GRACE_SEC",
+        5.0,
+        "a dropped guest keeps its place this long",
+        maximum=3_600,
     )
     history_size: int = _setting(
-        "GUEST_HISTORY_SIZE", 100, "recent requests kept for diagnostics", maximum=10_000,
+        "GUEST_HISTORY_SIZE",
+        100,
+        "recent requests kept for diagnostics",
+        maximum=10_000,
     )
     cache_size: int = _setting("GUEST_CACHE_SIZE", 1000, "answer cache entries (0 = off)", maximum=100_000)
     cache_ttl_s: float = _setting("GUEST_CACHE_TTL_SEC", 3600.0, "answer cache lifetime", maximum=604_800)
@@ -142,50 +197,68 @@ class Settings:
         "GUEST_INSTANCE_TTL_SEC", 5.0, "an instance silent this long is dead (its open log rows become abandoned)"
     )
     redis_url: str = _setting(
-        "GUEST_REDIS_URL", "", "redis://host:port/db shared by several instances; empty = the line in this process",
-        minimum=None, secret=True,
+        "GUEST_REDIS_URL",
+        "",
+        "redis://host:port/db shared by several instances; empty = the line in this process",
+        minimum=None,
+        secret=True,
     )
     redis_prefix: str = _setting(
-        "GUEST_REDIS_PREFIX", "guestqueue", "key prefix in Redis (several deployments may share one Redis)",
+        "GUEST_REDIS_PREFIX",
+        "guestqueue",
+        "key prefix in Redis (several deployments may share one Redis)",
         minimum=None,
     )
-    workers: int = _setting(
-        "GUEST_WORKERS", 1, "server processes sharing the port (more than 1 needs GUEST_REDIS_URL)"
-    )
+    workers: int = _setting("GUEST_WORKERS", 1, "server processes sharing the port (more than 1 needs GUEST_REDIS_URL)")
     max_body_bytes: int = _setting("GUEST_MAX_BODY_BYTES", 65536, "largest request body (413 beyond)")
     max_query_chars: int = _setting(
-        "GUEST_MAX_QUERY_CHARS", 4000, "longest query (422 beyond)", maximum=1_000_000,
+        "GUEST_MAX_QUERY_CHARS",
+        4000,
+        "longest query (422 beyond)",
+        maximum=1_000_000,
     )
     max_per_client: int = _setting(
-        "GUEST_MAX_PER_CLIENT", 2, "requests one client (address) may have in line or processing",
+        "GUEST_MAX_PER_CLIENT",
+        2,
+        "requests one client (address) may have in line or processing",
         maximum=1_000_000,
     )
     max_per_key: int = _setting(
-        "GUEST_MAX_PER_KEY", 16, "requests one application API key may have in line or processing (callers "
-        "with a key are counted per key, not per address)", maximum=1_000_000,
+        "GUEST_MAX_PER_KEY",
+        16,
+        "requests one application API key may have in line or processing (callers "
+        "with a key are counted per key, not per address)",
+        maximum=1_000_000,
     )
     admin_api_key: str = _setting(
-        "GUEST_ADMIN_API_KEY", "",
+        "GUEST_ADMIN_API_KEY",
+        "",
         f"X-API-Key required by history and metrics (at least {ADMIN_KEY_MIN_CHARS} characters); "
-        "empty = they answer only local callers", minimum=None, secret=True,
+        "empty = they answer only local callers",
+        minimum=None,
+        secret=True,
     )
     public_status: bool = _setting(
-        "GUEST_PUBLIC_STATUS", True, "anyone may read /queue/status (aggregate counts only); "
-        "false = it needs the admin key too", minimum=None,
+        "GUEST_PUBLIC_STATUS",
+        True,
+        "anyone may read /queue/status (aggregate counts only); false = it needs the admin key too",
+        minimum=None,
     )
     cors_origins: str = _setting("GUEST_CORS_ORIGINS", "", "comma-separated allowed origins", minimum=None)
     outbound_allow: str = _setting(
-        "GUEST_OUTBOUND_ALLOW", "", "CIDRs (comma-separated, or *) that lines and webhooks made through the admin "
+        "GUEST_OUTBOUND_ALLOW",
+        "",
+        "CIDRs (comma-separated, or *) that lines and webhooks made through the admin "
         "API may reach although they are loopback, private, link-local or this server's own (outbound.py)",
         minimum=None,
     )
     trusted_proxies: str = _setting(
-        "GUEST_TRUSTED_PROXIES", "", "proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed",
+        "GUEST_TRUSTED_PROXIES",
+        "",
+        "proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed",
         minimum=None,
     )
-    shutdown_grace_s: float = _setting(
-        "GUEST_SHUTDOWN_GRACE_SEC", 30.0, "on SIGTERM, how long running work may finish"
-    )
+    shutdown_grace_s: float = _setting("GUEST_SHUTDOWN_GRACE_SEC", 30.0, "on SIGTERM, how long running work may finish")
     max_header_bytes: int = _setting(
         "GUEST_MAX_HEADER_BYTES", 65536, "largest request line plus headers (400 and closed beyond)"
     )
@@ -203,20 +276,30 @@ class Settings:
         "GUEST_WEBHOOK_BACKOFF_SEC", 1.0, "a failed webhook delivery is tried again after this, doubling (3 retries)"
     )
     token_secret: str = _setting(
-        "GUEST_TOKEN_SECRET", "", f"signs admission lines' tokens with HS256 (at least {TOKEN_SECRET_MIN_CHARS} "
-        "characters; the same on every instance)", minimum=None, secret=True,
+        "GUEST_TOKEN_SECRET",
+        "",
+        f"signs admission lines' tokens with HS256 (at least {TOKEN_SECRET_MIN_CHARS} "
+        "characters; the same on every instance)",
+        minimum=None,
+        secret=True,
     )
     token_key_file: str = _setting(
-        "GUEST_TOKEN_KEY_FILE", "", "PEM private key signing admission tokens with RS256 or ES256 instead "
-        "(its public key is served as JWKS)", minimum=None,
+        "GUEST_TOKEN_KEY_FILE",
+        "",
+        "PEM private key signing admission tokens with RS256 or ES256 instead (its public key is served as JWKS)",
+        minimum=None,
     )
     openai_prefix: str = _setting(
-        "GUEST_OPENAI_PREFIX", "/v1", "where the OpenAI-compatible API is mounted (chat/completions, models); "
-        "empty = off", minimum=None,
+        "GUEST_OPENAI_PREFIX",
+        "/v1",
+        "where the OpenAI-compatible API is mounted (chat/completions, models); empty = off",
+        minimum=None,
     )
     config: str = _setting(
-        "GUEST_CONFIG", "", "TOML file declaring named lines ([lines.NAME] tables); empty = one line `guest` "
-        "from these settings", minimum=None,
+        "GUEST_CONFIG",
+        "",
+        "TOML file declaring named lines ([lines.NAME] tables); empty = one line `guest` from these settings",
+        minimum=None,
     )
 
     def __post_init__(self) -> None:
@@ -259,8 +342,11 @@ class Settings:
                 f"GUEST_ADMIN_API_KEY: must be at least {ADMIN_KEY_MIN_CHARS} characters "
                 f"(it has {len(self.admin_api_key)})"
             )
-        if self.openai_prefix and (not self.openai_prefix.startswith("/") or self.openai_prefix.endswith("/")
-                                   or self.openai_prefix.startswith("/api/v1/")):
+        if self.openai_prefix and (
+            not self.openai_prefix.startswith("/")
+            or self.openai_prefix.endswith("/")
+            or self.openai_prefix.startswith("/api/v1/")
+        ):
             raise SettingsError(f"GUEST_OPENAI_PREFIX={self.openai_prefix!r}: a path like /v1 (not under /api/v1/)")
         if self.token_secret and len(self.token_secret) < TOKEN_SECRET_MIN_CHARS:
             raise SettingsError(
@@ -436,8 +522,10 @@ def shown_redis_url(url: str) -> str:
     if (netloc, query) == (parsed.netloc, parsed.query):
         return url
     # Put together by hand: urlunsplit drops the // of a unix:///path URL.
-    return f"{parsed.scheme}://{netloc}{parsed.path}" + (f"?{query}" if query else "") + (
-        f"#{parsed.fragment}" if parsed.fragment else ""
+    return (
+        f"{parsed.scheme}://{netloc}{parsed.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parsed.fragment}" if parsed.fragment else "")
     )
 
 

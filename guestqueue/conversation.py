@@ -19,8 +19,11 @@ def caller_turns(messages: list[dict[str, Any]], rule: str) -> list[dict[str, An
     """What of a caller's ``messages`` the line passes on."""
     if rule == "all":
         return messages
-    return [{"role": message["role"], "content": message.get("content") or ""}
-            for message in messages if message.get("role") in CALLER_ROLES]
+    return [
+        {"role": message["role"], "content": message.get("content") or ""}
+        for message in messages
+        if message.get("role") in CALLER_ROLES
+    ]
 
 
 def conversation(messages: list[dict[str, Any]], rule: str, system_prompt: str) -> list[dict[str, Any]]:

@@ -30,8 +30,16 @@ RELEASE_WINDOW_S = 60.0
 
 class PacingLimiter:
     __slots__ = (
-        "_first", "_held_until", "_next_start", "_releases", "_timer", "_waiters", "interval_s", "max_hold_s",
-        "release_per_minute", "starts",
+        "_first",
+        "_held_until",
+        "_next_start",
+        "_releases",
+        "_timer",
+        "_waiters",
+        "interval_s",
+        "max_hold_s",
+        "release_per_minute",
+        "starts",
     )
 
     def __init__(self, interval_s: float, *, max_hold_s: float = 120.0, release_per_minute: int = 0) -> None:

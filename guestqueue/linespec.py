@@ -49,42 +49,103 @@ DEFAULT_STARVATION_S = 120.0
 # The settings a line may set for itself; the rest (address, log, Redis, edge limits, keys)
 # belong to the process.
 LINE_SETTINGS = (
-    "upstream_url", "upstream_kind", "upstream_model", "upstream_api_key", "upstream_interval_s",
-    "upstream_retries", "upstream_allowed_parameters", "upstream_max_hold_s", "max_concurrent_requests",
-    "max_queue_size", "request_timeout_s", "max_wait_s", "cache_size", "cache_ttl_s", "max_per_client",
-    "max_query_chars", "history_size", "position_update_s", "reconnect_grace_s", "upstream_messages",
-    "upstream_system_prompt", "max_answer_bytes",
+    "upstream_url",
+    "upstream_kind",
+    "upstream_model",
+    "upstream_api_key",
+    "upstream_interval_s",
+    "upstream_retries",
+    "upstream_allowed_parameters",
+    "upstream_max_hold_s",
+    "max_concurrent_requests",
+    "max_queue_size",
+    "request_timeout_s",
+    "max_wait_s",
+    "cache_size",
+    "cache_ttl_s",
+    "max_per_client",
+    "max_query_chars",
+    "history_size",
+    "position_update_s",
+    "reconnect_grace_s",
+    "upstream_messages",
+    "upstream_system_prompt",
+    "max_answer_bytes",
 )
 # A line's key (env name without GUEST_, lower case) -> the Settings field.
 SETTING_KEYS = {ENV_NAMES[name].removeprefix("GUEST_").lower(): name for name in LINE_SETTINGS}
 # An admission line's own keys (mode = "admission"; waitingroom/sessions.py).
 ADMISSION_KEYS = (
-    "max_active", "batch_size", "process_interval_sec", "session_ttl_sec", "redirect_url", "max_sessions_per_client",
+    "max_active",
+    "batch_size",
+    "process_interval_sec",
+    "session_ttl_sec",
+    "redirect_url",
+    "max_sessions_per_client",
     "token_secret",
 )
 # What an admission line sets through its own keys, or has no use for.
 NOT_FOR_ADMISSION = (
-    "upstream_url", "upstream_kind", "upstream_model", "upstream_api_key", "upstream_interval_sec",
-    "upstream_retries", "upstream_allowed_parameters", "max_concurrent_requests", "cache_size", "upstream_messages",
-    "upstream_system_prompt", "max_answer_bytes",
+    "upstream_url",
+    "upstream_kind",
+    "upstream_model",
+    "upstream_api_key",
+    "upstream_interval_sec",
+    "upstream_retries",
+    "upstream_allowed_parameters",
+    "max_concurrent_requests",
+    "cache_size",
+    "upstream_messages",
+    "upstream_system_prompt",
+    "max_answer_bytes",
 )
 POLICY_KEYS = (
-    "mode", "message", "schedule", "max_predicted_wait_sec", "release_per_minute", "public", "tiers",
-    "default_tier", "max_starvation_sec", "application_id", "purged_at", "webhooks", "alert_queue_size",
-    "alert_wait_p95_sec", "alert_failure_rate", "max_receive_count", "openai_model", *ADMISSION_KEYS,
+    "mode",
+    "message",
+    "schedule",
+    "max_predicted_wait_sec",
+    "release_per_minute",
+    "public",
+    "tiers",
+    "default_tier",
+    "max_starvation_sec",
+    "application_id",
+    "purged_at",
+    "webhooks",
+    "alert_queue_size",
+    "alert_wait_p95_sec",
+    "alert_failure_rate",
+    "max_receive_count",
+    "openai_model",
+    *ADMISSION_KEYS,
 )
 SECRET_KEYS = ("upstream_api_key", "token_secret")
 # Bounds of the policy keys, [low, high] (the settings' keys are bounded where config.py declares
 # them): what no real line needs to exceed, checked here for the file, the admin API and stored
 # lines alike, so that nothing a tenant sets grows memory or CPU beyond them.
 POLICY_BOUNDS: dict[str, tuple[float, float]] = {
-    "max_predicted_wait_sec": (0, 86_400), "release_per_minute": (0, 60_000), "max_starvation_sec": (0.1, 86_400),
-    "alert_queue_size": (0, 1_000_000), "alert_wait_p95_sec": (0, 86_400), "alert_failure_rate": (0, 1),
-    "max_receive_count": (1, 100), "purged_at": (0, 1e11), "max_active": (1, 10_000), "batch_size": (1, 10_000),
-    "process_interval_sec": (0.0001, 3_600), "session_ttl_sec": (1, 604_800), "max_sessions_per_client": (1, 1_000),
+    "max_predicted_wait_sec": (0, 86_400),
+    "release_per_minute": (0, 60_000),
+    "max_starvation_sec": (0.1, 86_400),
+    "alert_queue_size": (0, 1_000_000),
+    "alert_wait_p95_sec": (0, 86_400),
+    "alert_failure_rate": (0, 1),
+    "max_receive_count": (1, 100),
+    "purged_at": (0, 1e11),
+    "max_active": (1, 10_000),
+    "batch_size": (1, 10_000),
+    "process_interval_sec": (0.0001, 3_600),
+    "session_ttl_sec": (1, 604_800),
+    "max_sessions_per_client": (1, 1_000),
 }
-WHOLE_NUMBERS = ("release_per_minute", "alert_queue_size", "max_receive_count", "max_active", "batch_size",
-                 "max_sessions_per_client")
+WHOLE_NUMBERS = (
+    "release_per_minute",
+    "alert_queue_size",
+    "max_receive_count",
+    "max_active",
+    "batch_size",
+    "max_sessions_per_client",
+)
 MAX_TIERS = 16
 MAX_WINDOWS = 100
 MAX_WEBHOOKS = 20  # per line, whoever declares it; an application's own quota may be lower (tenancy/catalog.py)
@@ -105,8 +166,9 @@ class Webhook:
         return {"url": mask_url(self.url), "events": list(self.events), "secret": "***"}
 
 
-def parse_webhooks(value: Any, where: str, *, outbound: OutboundPolicy | None = None,
-                   operator: Iterable[Webhook] = ()) -> tuple[Webhook, ...]:
+def parse_webhooks(
+    value: Any, where: str, *, outbound: OutboundPolicy | None = None, operator: Iterable[Webhook] = ()
+) -> tuple[Webhook, ...]:
     """The ``webhooks`` of a line's table (webhooks.py sends them). With ``outbound`` (a tenant's
     table), a URL that is not the ``operator``'s own must be one the outbound rule lets us reach."""
     if not isinstance(value, list):
@@ -142,6 +204,7 @@ class Admission:
     """An admission line (a waiting room, seed 004): no upstream; guests at the front get a signed
     token while fewer than ``max_active`` sessions are open, ``batch_size`` per
     ``process_interval_s`` at most, spread evenly over it."""
+
     max_active: int = 100
     batch_size: int = 10
     process_interval_s: float = 1.0
@@ -152,10 +215,15 @@ class Admission:
 
     def as_dict(self, *, secrets: bool = False) -> dict[str, Any]:
         """The keys as in the file; the token secret only with ``secrets`` (what is kept), else masked."""
-        return {"max_active": self.max_active, "batch_size": self.batch_size,
-                "process_interval_sec": self.process_interval_s, "session_ttl_sec": self.session_ttl_s,
-                "redirect_url": self.redirect_url, "max_sessions_per_client": self.max_sessions_per_client,
-                "token_secret": self.token_secret if secrets else ("***" if self.token_secret else "")}
+        return {
+            "max_active": self.max_active,
+            "batch_size": self.batch_size,
+            "process_interval_sec": self.process_interval_s,
+            "session_ttl_sec": self.session_ttl_s,
+            "redirect_url": self.redirect_url,
+            "max_sessions_per_client": self.max_sessions_per_client,
+            "token_secret": self.token_secret if secrets else ("***" if self.token_secret else ""),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,17 +292,28 @@ class LineSpec:
             out[key] = ("***" if value else "") if key in SECRET_KEYS else value
         if "://" in self.settings.upstream_url:
             out["upstream_url"] = mask_url(self.settings.upstream_url)
-        out.update({
-            "upstream_kind": self.settings.resolved_upstream_kind, "mode": self.mode, "message": self.message,
-            "schedule": [window.as_dict() for window in self.schedule],
-            "max_predicted_wait_sec": self.max_predicted_wait_s, "release_per_minute": self.release_per_minute,
-            "public": self.public, "tiers": list(self.tiers), "default_tier": self.default_tier,
-            "max_starvation_sec": self.max_starvation_s, "application_id": self.application_id,
-            "purged_at": self.purged_at, "webhooks": [hook.as_dict() for hook in self.webhooks],
-            "alert_queue_size": self.alert_queue_size, "alert_wait_p95_sec": self.alert_wait_p95_s,
-            "alert_failure_rate": self.alert_failure_rate, "max_receive_count": self.max_receive_count,
-            "openai_model": self.openai_model,
-        })
+        out.update(
+            {
+                "upstream_kind": self.settings.resolved_upstream_kind,
+                "mode": self.mode,
+                "message": self.message,
+                "schedule": [window.as_dict() for window in self.schedule],
+                "max_predicted_wait_sec": self.max_predicted_wait_s,
+                "release_per_minute": self.release_per_minute,
+                "public": self.public,
+                "tiers": list(self.tiers),
+                "default_tier": self.default_tier,
+                "max_starvation_sec": self.max_starvation_s,
+                "application_id": self.application_id,
+                "purged_at": self.purged_at,
+                "webhooks": [hook.as_dict() for hook in self.webhooks],
+                "alert_queue_size": self.alert_queue_size,
+                "alert_wait_p95_sec": self.alert_wait_p95_s,
+                "alert_failure_rate": self.alert_failure_rate,
+                "max_receive_count": self.max_receive_count,
+                "openai_model": self.openai_model,
+            }
+        )
         if self.admission is not None:
             out.update(self.admission.as_dict())
         return out
@@ -242,17 +321,27 @@ class LineSpec:
     def stored(self) -> dict[str, Any]:
         """What is kept (SQLite, Redis) to build the line again: the keys as given, secrets included."""
         out: dict[str, Any] = dict(self.overrides)
-        out.update({
-            "mode": self.mode, "message": self.message, "schedule": [w.as_dict() for w in self.schedule],
-            "max_predicted_wait_sec": self.max_predicted_wait_s, "release_per_minute": self.release_per_minute,
-            "public": self.public, "tiers": list(self.tiers), "default_tier": self.default_tier,
-            "max_starvation_sec": self.max_starvation_s, "application_id": self.application_id,
-            "purged_at": self.purged_at,
-            "webhooks": [{"url": h.url, "events": list(h.events), "secret": h.secret} for h in self.webhooks],
-            "alert_queue_size": self.alert_queue_size, "alert_wait_p95_sec": self.alert_wait_p95_s,
-            "alert_failure_rate": self.alert_failure_rate, "max_receive_count": self.max_receive_count,
-            "openai_model": self.openai_model,
-        })
+        out.update(
+            {
+                "mode": self.mode,
+                "message": self.message,
+                "schedule": [w.as_dict() for w in self.schedule],
+                "max_predicted_wait_sec": self.max_predicted_wait_s,
+                "release_per_minute": self.release_per_minute,
+                "public": self.public,
+                "tiers": list(self.tiers),
+                "default_tier": self.default_tier,
+                "max_starvation_sec": self.max_starvation_s,
+                "application_id": self.application_id,
+                "purged_at": self.purged_at,
+                "webhooks": [{"url": h.url, "events": list(h.events), "secret": h.secret} for h in self.webhooks],
+                "alert_queue_size": self.alert_queue_size,
+                "alert_wait_p95_sec": self.alert_wait_p95_s,
+                "alert_failure_rate": self.alert_failure_rate,
+                "max_receive_count": self.max_receive_count,
+                "openai_model": self.openai_model,
+            }
+        )
         if self.admission is not None:
             out.update(self.admission.as_dict(secrets=True))
         return out
@@ -262,8 +351,15 @@ def default_line(settings: Settings) -> LineSpec:
     return LineSpec(name=DEFAULT_LINE, settings=settings)
 
 
-def parse_line(name: str, table: Mapping[str, Any], base: Settings, *, where: str, tenant: bool = False,
-               operator: LineSpec | None = None) -> LineSpec:
+def parse_line(
+    name: str,
+    table: Mapping[str, Any],
+    base: Settings,
+    *,
+    where: str,
+    tenant: bool = False,
+    operator: LineSpec | None = None,
+) -> LineSpec:
     """A line from its table (TOML) or JSON body; errors name ``where``, the key and the value.
 
     ``tenant``: the table came through the admin API (or was kept from it), not from the operator's
@@ -299,8 +395,11 @@ def parse_line(name: str, table: Mapping[str, Any], base: Settings, *, where: st
         settings = dataclasses.replace(base, **values)
     except SettingsError as exc:
         raise SettingsError(f"{where}: {_as_key(str(exc))}") from None
-    trusted = not tenant or "upstream_url" not in overrides or (
-        operator is not None and operator.settings.upstream_url == settings.upstream_url)
+    trusted = (
+        not tenant
+        or "upstream_url" not in overrides
+        or (operator is not None and operator.settings.upstream_url == settings.upstream_url)
+    )
     outbound = OutboundPolicy.from_settings(base) if tenant else None
     if outbound is not None:
         _check_tenant_settings(settings, operator, None if trusted else outbound, where)
@@ -309,15 +408,18 @@ def parse_line(name: str, table: Mapping[str, Any], base: Settings, *, where: st
         policy["admission"] = admission = _admission(table, where)
         if not (base.token_secret or base.token_key_file or admission.token_secret):
             raise SettingsError(
-                f"{where}: mode=\"admission\" needs a token_secret of its own, GUEST_TOKEN_SECRET (at least 32 "
+                f'{where}: mode="admission" needs a token_secret of its own, GUEST_TOKEN_SECRET (at least 32 '
                 "characters) or GUEST_TOKEN_KEY_FILE to sign its guests' tokens"
             )
         # The line's limits are the waiting room's: sessions hold its slots, and the pacing spreads
         # each batch over the interval. No answer is shared, so nothing is cached.
         settings = dataclasses.replace(
-            settings, max_concurrent_requests=admission.max_active,
-            upstream_interval_s=admission.process_interval_s / admission.batch_size, cache_size=0,
-            upstream_retries=0, request_timeout_s=max(settings.request_timeout_s, 60.0),
+            settings,
+            max_concurrent_requests=admission.max_active,
+            upstream_interval_s=admission.process_interval_s / admission.batch_size,
+            cache_size=0,
+            upstream_retries=0,
+            request_timeout_s=max(settings.request_timeout_s, 60.0),
         )
     return LineSpec(name=name, settings=settings, overrides=overrides, upstream_trusted=trusted, **policy)
 
@@ -334,13 +436,15 @@ def key_bounds() -> dict[str, tuple[float, float | None]]:
     return {**out, **POLICY_BOUNDS}
 
 
-def _check_tenant_settings(settings: Settings, operator: LineSpec | None, outbound: OutboundPolicy | None,
-                           where: str) -> None:
+def _check_tenant_settings(
+    settings: Settings, operator: LineSpec | None, outbound: OutboundPolicy | None, where: str
+) -> None:
     """What only the operator may set (the file, ``GUEST_*``), refused in a tenant's table; with
     ``outbound``, the upstream URL is the tenant's and must be one the rule lets us reach."""
     mine = operator.settings if operator is not None else None
-    operators_code = mine is not None and mine.resolved_upstream_kind == "python" and \
-        mine.upstream_url == settings.upstream_url
+    operators_code = (
+        mine is not None and mine.resolved_upstream_kind == "python" and mine.upstream_url == settings.upstream_url
+    )
     if settings.resolved_upstream_kind == "python" and not operators_code:
         raise SettingsError(
             f"{where}: upstream_url={settings.upstream_url!r}: a python upstream (module:function) runs code inside "
@@ -383,8 +487,9 @@ def check_models(specs: Iterable[LineSpec], *, where: str) -> None:
     for spec in specs:
         for model in {spec.name, spec.openai_model} - {""}:
             if seen.setdefault(model, spec.name) != spec.name:
-                raise SettingsError(f"{where}: openai_model={model!r} names both line {seen[model]!r} and "
-                                    f"line {spec.name!r}")
+                raise SettingsError(
+                    f"{where}: openai_model={model!r} names both line {seen[model]!r} and line {spec.name!r}"
+                )
 
 
 def _setting_value(key: str, value: Any, where: str) -> Any:
@@ -411,15 +516,16 @@ def _as_key(message: str) -> str:
     return re.sub(r"GUEST_([A-Z_]+)", lambda m: m.group(1).lower(), message)
 
 
-def _policy(table: Mapping[str, Any], where: str, outbound: OutboundPolicy | None = None,
-            operator: LineSpec | None = None) -> dict[str, Any]:
+def _policy(
+    table: Mapping[str, Any], where: str, outbound: OutboundPolicy | None = None, operator: LineSpec | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     mode = table.get("mode", "open")
     if mode not in MODES:
         raise SettingsError(f"{where}: mode={mode!r}: must be one of {', '.join(MODES)}")
     out["mode"] = mode
     if mode != "admission" and (stray := sorted(set(table) & set(ADMISSION_KEYS))):
-        raise SettingsError(f"{where}: {stray[0]}: only an admission line (mode = \"admission\") takes it")
+        raise SettingsError(f'{where}: {stray[0]}: only an admission line (mode = "admission") takes it')
     message = table.get("message", "")
     if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
         raise SettingsError(f"{where}: message: must be a string of at most {MAX_MESSAGE_CHARS} characters")
@@ -449,8 +555,9 @@ def _policy(table: Mapping[str, Any], where: str, outbound: OutboundPolicy | Non
         raise SettingsError(f"{where}: application_id={application!r}: must be an application's id")
     out["application_id"] = application
     out["purged_at"] = _number(table, "purged_at", where, 0.0)
-    out["webhooks"] = parse_webhooks(table.get("webhooks", []), where, outbound=outbound,
-                                     operator=operator.webhooks if operator is not None else ())
+    out["webhooks"] = parse_webhooks(
+        table.get("webhooks", []), where, outbound=outbound, operator=operator.webhooks if operator is not None else ()
+    )
     out["alert_queue_size"] = int(_number(table, "alert_queue_size", where, 0))
     out["alert_wait_p95_s"] = _number(table, "alert_wait_p95_sec", where, 0.0)
     out["alert_failure_rate"] = _number(table, "alert_failure_rate", where, 0.0)
@@ -471,9 +578,13 @@ def _admission(table: Mapping[str, Any], where: str) -> Admission:
         )
     default = Admission()
     values: dict[str, Any] = {}
-    for key, name in (("max_active", "max_active"), ("batch_size", "batch_size"),
-                      ("process_interval_sec", "process_interval_s"), ("session_ttl_sec", "session_ttl_s"),
-                      ("max_sessions_per_client", "max_sessions_per_client")):
+    for key, name in (
+        ("max_active", "max_active"),
+        ("batch_size", "batch_size"),
+        ("process_interval_sec", "process_interval_s"),
+        ("session_ttl_sec", "session_ttl_s"),
+        ("max_sessions_per_client", "max_sessions_per_client"),
+    ):
         value = _number(table, key, where, getattr(default, name))
         values[name] = int(value) if key in WHOLE_NUMBERS else value
     redirect = table.get("redirect_url", "")
@@ -481,8 +592,10 @@ def _admission(table: Mapping[str, Any], where: str) -> Admission:
         raise SettingsError(f"{where}: redirect_url={redirect!r}: must be an http:// or https:// URL")
     secret = table.get("token_secret", "")
     if not isinstance(secret, str) or (secret and not MIN_TOKEN_SECRET_CHARS <= len(secret) <= 1024):
-        raise SettingsError(f"{where}: token_secret: a string of {MIN_TOKEN_SECRET_CHARS} to 1024 characters "
-                            "(it signs this line's tokens with HS256)")
+        raise SettingsError(
+            f"{where}: token_secret: a string of {MIN_TOKEN_SECRET_CHARS} to 1024 characters "
+            "(it signs this line's tokens with HS256)"
+        )
     return Admission(redirect_url=redirect, token_secret=secret, **values)
 
 
@@ -498,8 +611,13 @@ def _number(table: Mapping[str, Any], key: str, where: str, default: float) -> f
     low, high = POLICY_BOUNDS[key]
     value = table.get(key, default)
     whole = key in WHOLE_NUMBERS
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high or (whole and value != int(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not low <= value <= high
+        or (whole and value != int(value))
+    ):
         kind = "a whole number" if whole else "a number"
         raise SettingsError(f"{where}: {key}={value!r}: must be {kind} from {low:g} to {high:g}")
     return int(value) if whole else float(value)

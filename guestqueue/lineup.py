@@ -27,8 +27,14 @@ from .webhooks import EventStream, LineWebhooks, Outbox
 
 logger = logging.getLogger("guestqueue.lineup")
 UPSTREAM_FIELDS = (
-    "upstream_url", "upstream_kind", "upstream_model", "upstream_api_key", "upstream_allowed_parameters",
-    "upstream_messages", "upstream_system_prompt", "max_answer_bytes",
+    "upstream_url",
+    "upstream_kind",
+    "upstream_model",
+    "upstream_api_key",
+    "upstream_allowed_parameters",
+    "upstream_messages",
+    "upstream_system_prompt",
+    "max_answer_bytes",
 )
 # Run for each line opened, with the line's own exit stack (e.g. the web layer's status monitor).
 OpenHook = Callable[[Queue, AsyncExitStack], Awaitable[None]]
@@ -36,8 +42,14 @@ OpenHook = Callable[[Queue, AsyncExitStack], Awaitable[None]]
 
 class Lineup:
     def __init__(
-        self, *, client: httpx.AsyncClient, log: RequestLog | None, redis: aioredis.Redis | None = None,
-        workflow: Workflow | None = None, outbox: Outbox | None = None, guarded: httpx.AsyncClient | None = None,
+        self,
+        *,
+        client: httpx.AsyncClient,
+        log: RequestLog | None,
+        redis: aioredis.Redis | None = None,
+        workflow: Workflow | None = None,
+        outbox: Outbox | None = None,
+        guarded: httpx.AsyncClient | None = None,
     ) -> None:
         self._client = client
         self._guarded = guarded or client  # for upstream URLs tenants set (outbound.py)
@@ -83,7 +95,13 @@ class Lineup:
                 workflow = self._workflow if spec.name == DEFAULT_LINE else None
                 upstream = make_upstream(spec.settings, self._client_for(spec), workflow)
                 queue = await open_queue(
-                    stack, spec.settings, upstream, self._log, spec=spec, redis=self._redis, metrics=self.metrics,
+                    stack,
+                    spec.settings,
+                    upstream,
+                    self._log,
+                    spec=spec,
+                    redis=self._redis,
+                    metrics=self.metrics,
                 )
                 if self._outbox is not None:
                     listener = LineWebhooks(self._outbox, spec, self.stream)
@@ -137,8 +155,10 @@ class Lineup:
                         if name in self._webhooks:
                             self._webhooks[name].spec = spec
                         new, old = spec.settings, queue.spec.settings
-                        changed = any(getattr(new, f) != getattr(old, f) for f in UPSTREAM_FIELDS) or \
-                            spec.upstream_trusted != queue.spec.upstream_trusted
+                        changed = (
+                            any(getattr(new, f) != getattr(old, f) for f in UPSTREAM_FIELDS)
+                            or spec.upstream_trusted != queue.spec.upstream_trusted
+                        )
                         queue.apply(spec, make_upstream(new, self._client_for(spec), None) if changed else None)
                 except Exception as exc:  # one line that cannot change leaves the others running
                     logger.error("line %s could not be changed: %s", name, f"{type(exc).__name__}: {exc}"[:300])

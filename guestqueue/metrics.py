@@ -49,20 +49,32 @@ class Metrics:
         self.log = log
         self.sources: dict[str, MetricsSource] = {}
         self.wait_seconds = Histogram(
-            "guestqueue_wait_seconds", "Time from admission to start (or leaving the line)", ["line"],
-            buckets=TIME_BUCKETS_S, registry=self.registry,
+            "guestqueue_wait_seconds",
+            "Time from admission to start (or leaving the line)",
+            ["line"],
+            buckets=TIME_BUCKETS_S,
+            registry=self.registry,
         )
         self.processing_seconds = Histogram(
-            "guestqueue_processing_seconds", "Time from start to the end of processing", ["line"],
-            buckets=TIME_BUCKETS_S, registry=self.registry,
+            "guestqueue_processing_seconds",
+            "Time from start to the end of processing",
+            ["line"],
+            buckets=TIME_BUCKETS_S,
+            registry=self.registry,
         )
         self.pacing_delay_seconds = Histogram(
-            "guestqueue_pacing_delay_seconds", "Time an upstream call waited for the pacing limiter", ["line"],
-            buckets=TIME_BUCKETS_S, registry=self.registry,
+            "guestqueue_pacing_delay_seconds",
+            "Time an upstream call waited for the pacing limiter",
+            ["line"],
+            buckets=TIME_BUCKETS_S,
+            registry=self.registry,
         )
         self.webhook_seconds = Histogram(
-            "guestqueue_webhook_delivery_seconds", "Time one webhook delivery attempt took", ["result"],
-            buckets=TIME_BUCKETS_S, registry=self.registry,
+            "guestqueue_webhook_delivery_seconds",
+            "Time one webhook delivery attempt took",
+            ["result"],
+            buckets=TIME_BUCKETS_S,
+            registry=self.registry,
         )
         self.webhook_results: dict[str, int] = {}  # the outbox's counts (webhooks.py), read at scrape time
         self.registry.register(_Collector(self))
@@ -164,10 +176,23 @@ class _Collector(Collector):
             shared.add_metric([line], stats.shared_answers)
             for result, count in sorted(source.upstream_calls.items()):
                 calls.add_metric([line, result], count)
-        yield from (size, active, admitted, outcomes, rejections, hits, shared, calls, granted, expired, ended,
-                    open_sessions)
-        deliveries = CounterMetricFamily("guestqueue_webhook_deliveries", "Webhook deliveries by result",
-                                         labels=["result"])
+        yield from (
+            size,
+            active,
+            admitted,
+            outcomes,
+            rejections,
+            hits,
+            shared,
+            calls,
+            granted,
+            expired,
+            ended,
+            open_sessions,
+        )
+        deliveries = CounterMetricFamily(
+            "guestqueue_webhook_deliveries", "Webhook deliveries by result", labels=["result"]
+        )
         for result, count in sorted(self._metrics.webhook_results.items()):
             deliveries.add_metric([result], count)
         yield deliveries
@@ -178,14 +203,17 @@ class _Collector(Collector):
             )
             yield GaugeMetricFamily("guestqueue_log_backlog", "Rows waiting to be written", value=log.backlog)
             yield CounterMetricFamily(
-                "guestqueue_log_rows_dropped", "Rows not logged because the buffer was full (GUEST_LOG_BUFFER_ROWS)",
+                "guestqueue_log_rows_dropped",
+                "Rows not logged because the buffer was full (GUEST_LOG_BUFFER_ROWS)",
                 value=log.rows_dropped,
             )
             yield CounterMetricFamily(
-                "guestqueue_log_rejections_unlogged", "Rejections left out of the log by its per-client sampling",
+                "guestqueue_log_rejections_unlogged",
+                "Rejections left out of the log by its per-client sampling",
                 value=log.rejections_unlogged,
             )
             yield CounterMetricFamily(
-                "guestqueue_log_rows_pruned", "Rows deleted after GUEST_LOG_RETENTION_DAYS",
+                "guestqueue_log_rows_pruned",
+                "Rows deleted after GUEST_LOG_RETENTION_DAYS",
                 value=log.rows_pruned,
             )

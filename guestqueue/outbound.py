@@ -83,8 +83,7 @@ class OutboundPolicy:
 
     __slots__ = ("_allowed", "_everything", "_own")
 
-    def __init__(self, allow: Iterable[Network] = (), *, everything: bool = False,
-                 own: Iterable[Address] = ()) -> None:
+    def __init__(self, allow: Iterable[Network] = (), *, everything: bool = False, own: Iterable[Address] = ()) -> None:
         self._allowed = tuple(allow)
         self._everything = everything
         self._own = frozenset(own)
@@ -108,8 +107,9 @@ class OutboundPolicy:
         if address in self._own:
             return f"{address} is this server's own address"
         if address.is_multicast or not address.is_global:
-            kind = "loopback" if address.is_loopback else "link-local" if address.is_link_local else \
-                "private or reserved"
+            kind = (
+                "loopback" if address.is_loopback else "link-local" if address.is_link_local else "private or reserved"
+            )
             return f"{address} is a {kind} address"
         return None
 
@@ -170,14 +170,17 @@ class GuardedResolver(AbstractResolver):
         self._policy = policy
         self._resolver = DefaultResolver()
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[
-            ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         results = await self._resolver.resolve(host, port, family)
         allowed = [result for result in results if self._policy.refusal(ipaddress.ip_address(result["host"])) is None]
         if not allowed:
             why = self._policy.refusal(ipaddress.ip_address(results[0]["host"])) if results else "no address"
-            raise OSError(f"{host} is not reachable from a line or webhook set through the admin API ({why}; "
-                          "GUEST_OUTBOUND_ALLOW lists what is)")
+            raise OSError(
+                f"{host} is not reachable from a line or webhook set through the admin API ({why}; "
+                "GUEST_OUTBOUND_ALLOW lists what is)"
+            )
         return allowed
 
     async def close(self) -> None:
@@ -195,7 +198,9 @@ class GuardedTransport(AiohttpTransport):
     def get_client(self) -> aiohttp.ClientSession:
         limit = self.limits.max_connections or 0
         connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(self._policy), limit=limit, keepalive_timeout=self.limits.keepalive_expiry,
+            resolver=GuardedResolver(self._policy),
+            limit=limit,
+            keepalive_timeout=self.limits.keepalive_expiry,
             ssl=self.ssl_context,
         )
         return aiohttp.ClientSession(connector=connector)
@@ -210,6 +215,5 @@ class GuardedTransport(AiohttpTransport):
         else:
             refused = self._policy.refusal(address)
         if refused:
-            raise httpx.ConnectError(f"not reachable from a URL set through the admin API: {refused}",
-                                     request=request)
+            raise httpx.ConnectError(f"not reachable from a URL set through the admin API: {refused}", request=request)
         return await super().handle_async_request(request)

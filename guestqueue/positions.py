@@ -31,8 +31,13 @@ MIN_KICK_GAP_S = 0.1  # under a stream of higher-tier arrivals, at most ten extr
 
 class Positions:
     def __init__(
-        self, settings: Settings, line: Line, waiting: Mapping[str, Flight], *,
-        notice: Callable[[], dict[str, Any]] = dict, release_per_minute: int = 0,
+        self,
+        settings: Settings,
+        line: Line,
+        waiting: Mapping[str, Flight],
+        *,
+        notice: Callable[[], dict[str, Any]] = dict,
+        release_per_minute: int = 0,
     ) -> None:
         """``waiting``: this instance's flights still in line (the service's own index); ``notice``:
         what every ``queued`` event adds (the line's mode and message while it is not open)."""
@@ -136,14 +141,17 @@ class Positions:
 
     def tell(self, ticket: Ticket, position: int) -> None:
         """Publish ``ticket``'s place in line."""
-        ticket.events.publish(QUEUED, {
-            "request_id": ticket.id,
-            "queue_position": position,
-            "total_ahead": position - 1,
-            "queue_size": max(self.view.size, position),
-            "estimated_wait_sec": round(self.estimator.estimate_s(position), 1),
-            **self.notice(),
-        })
+        ticket.events.publish(
+            QUEUED,
+            {
+                "request_id": ticket.id,
+                "queue_position": position,
+                "total_ahead": position - 1,
+                "queue_size": max(self.view.size, position),
+                "estimated_wait_sec": round(self.estimator.estimate_s(position), 1),
+                **self.notice(),
+            },
+        )
 
     def report(self, flights: Iterable[Flight]) -> None:
         """Tell the guests of ``flights`` their place in the current view."""

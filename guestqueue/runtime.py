@@ -77,8 +77,10 @@ class Queue:
         service.settings = settings
         service.positions.reconfigure(settings, spec.release_per_minute)
         service.line.reconfigure(
-            max_size=settings.max_queue_size, max_concurrent=settings.max_concurrent_requests,
-            interval_s=settings.upstream_interval_s, release_per_minute=spec.release_per_minute,
+            max_size=settings.max_queue_size,
+            max_concurrent=settings.max_concurrent_requests,
+            interval_s=settings.upstream_interval_s,
+            release_per_minute=spec.release_per_minute,
             max_starvation_s=spec.max_starvation_s,
         )
         if upstream is not None:
@@ -120,8 +122,14 @@ class Queue:
 
 
 async def open_queue(
-    stack: AsyncExitStack, settings: Settings, upstream: Upstream, log: RequestLog | None, *,
-    spec: LineSpec | None = None, redis: aioredis.Redis | None = None, metrics: Metrics | None = None,
+    stack: AsyncExitStack,
+    settings: Settings,
+    upstream: Upstream,
+    log: RequestLog | None,
+    *,
+    spec: LineSpec | None = None,
+    redis: aioredis.Redis | None = None,
+    metrics: Metrics | None = None,
 ) -> Queue:
     """Build and start one line (``spec``, by default the ``guest`` line of ``settings``); ``stack``
     stops it (drains the service, stops the workers). ``redis`` and ``metrics`` may be shared by
@@ -140,9 +148,12 @@ async def open_queue(
     if settings.resolved_upstream_kind == "pull":
         upstream = _pull(spec, MemoryJobBoard(spec.name))
     line = MemoryLine(
-        max_size=settings.max_queue_size, max_concurrent=settings.max_concurrent_requests,
-        interval_s=settings.upstream_interval_s, max_hold_s=settings.upstream_max_hold_s,
-        release_per_minute=spec.release_per_minute, max_starvation_s=spec.max_starvation_s,
+        max_size=settings.max_queue_size,
+        max_concurrent=settings.max_concurrent_requests,
+        interval_s=settings.upstream_interval_s,
+        max_hold_s=settings.upstream_max_hold_s,
+        release_per_minute=spec.release_per_minute,
+        max_starvation_s=spec.max_starvation_s,
     )
     line.starts_allowed = gate.starts_allowed
     stack.push_async_callback(line.close)
@@ -168,7 +179,8 @@ def open_redis(settings: Settings, *, lines: int = 1) -> aioredis.Redis:
     """The process's Redis client: one pool for every line (each line's relay holds two connections)."""
     # Blocking: a burst of guests waits for a connection instead of failing ("Too many connections").
     pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=REDIS_CONNECTIONS + REDIS_CONNECTIONS_PER_LINE * lines,
+        settings.redis_url,
+        max_connections=REDIS_CONNECTIONS + REDIS_CONNECTIONS_PER_LINE * lines,
         timeout=REDIS_POOL_TIMEOUT_S,
     )
     return aioredis.Redis(connection_pool=pool)
@@ -180,7 +192,11 @@ def redis_prefix(settings: Settings, line: str) -> str:
 
 
 async def _open_shared(
-    stack: AsyncExitStack, gate: Gate, upstream: Upstream, log: RequestLog | None, redis: aioredis.Redis,
+    stack: AsyncExitStack,
+    gate: Gate,
+    upstream: Upstream,
+    log: RequestLog | None,
+    redis: aioredis.Redis,
     metrics: Metrics,
 ) -> Queue:
     """The line, pacer and flight events on Redis (GUEST_REDIS_URL), shared with other instances."""
@@ -188,10 +204,16 @@ async def _open_shared(
     settings = spec.settings
     instance_id = log.instance_id if log is not None else secrets.token_hex(8)
     line = RedisLine(
-        redis, prefix=redis_prefix(settings, spec.name), instance_id=instance_id, max_size=settings.max_queue_size,
-        max_concurrent=settings.max_concurrent_requests, interval_s=settings.upstream_interval_s,
-        max_hold_s=settings.upstream_max_hold_s, instance_ttl_s=settings.instance_ttl_s,
-        release_per_minute=spec.release_per_minute, max_starvation_s=spec.max_starvation_s,
+        redis,
+        prefix=redis_prefix(settings, spec.name),
+        instance_id=instance_id,
+        max_size=settings.max_queue_size,
+        max_concurrent=settings.max_concurrent_requests,
+        interval_s=settings.upstream_interval_s,
+        max_hold_s=settings.upstream_max_hold_s,
+        instance_ttl_s=settings.instance_ttl_s,
+        release_per_minute=spec.release_per_minute,
+        max_starvation_s=spec.max_starvation_s,
     )
     line.starts_allowed = gate.starts_allowed
     await line.register({"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time()})
@@ -206,8 +228,17 @@ async def _open_shared(
         line.on_forgotten.append(store.give_back)  # before the window closes: no slot given twice
         sessions = Sessions(spec.name, spec.admission, _signer(spec), store)
         stack.push_async_callback(sessions.close)
-    service = QueueService(settings, line, line, places=places, tally=tally, shared_answers=answers,
-                           upstream_kind=upstream.kind, gate=gate, sessions=sessions)
+    service = QueueService(
+        settings,
+        line,
+        line,
+        places=places,
+        tally=tally,
+        shared_answers=answers,
+        upstream_kind=upstream.kind,
+        gate=gate,
+        sessions=sessions,
+    )
     service.listeners.append(tally)
     line.on_rejoined.append(service.rejoin)
     line.on_forgotten.append(service.give_back)
@@ -219,8 +250,13 @@ async def _open_shared(
 
 
 async def _start(
-    stack: AsyncExitStack, service: QueueService, upstream: Upstream, sink: FlightSink, log: RequestLog | None,
-    metrics: Metrics, sessions: Sessions | None = None,
+    stack: AsyncExitStack,
+    service: QueueService,
+    upstream: Upstream,
+    sink: FlightSink,
+    log: RequestLog | None,
+    metrics: Metrics,
+    sessions: Sessions | None = None,
 ) -> Queue:
     settings = service.settings
     queue = Queue(service, log, sessions=sessions)

@@ -117,9 +117,17 @@ class QuietListener:
 
 class QueueService:
     def __init__(
-        self, settings: Settings, line: Line, pacer: Pacer, *, places: Places | None = None,
-        tally: Tally | None = None, shared_answers: SharedAnswers | None = None, upstream_kind: str = "custom",
-        gate: Gate | None = None, sessions: ClientSessions | None = None,
+        self,
+        settings: Settings,
+        line: Line,
+        pacer: Pacer,
+        *,
+        places: Places | None = None,
+        tally: Tally | None = None,
+        shared_answers: SharedAnswers | None = None,
+        upstream_kind: str = "custom",
+        gate: Gate | None = None,
+        sessions: ClientSessions | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions  # an admission line's: open sessions count toward a client's limit
@@ -139,7 +147,11 @@ class QueueService:
         self.waiting: dict[str, Flight] = {}  # this instance's flights in line, by id
         self.running: dict[str, Flight] = {}  # this instance's flights started and not ended
         self.positions = Positions(
-            settings, line, self.waiting, notice=self.gate.notice, release_per_minute=self.gate.spec.release_per_minute,
+            settings,
+            line,
+            self.waiting,
+            notice=self.gate.notice,
+            release_per_minute=self.gate.spec.release_per_minute,
         )
         self.positions.on_tick.append(lambda: self.registry.compact_expired(clock.monotonic()))
         self.health_checks: list[Callable[[], list[str]]] = []  # problems the other parts see
@@ -213,8 +225,14 @@ class QueueService:
     # -- admission -----------------------------------------------------------------
 
     async def submit(
-        self, query: str, *, client: str, parameters: dict[str, Any] | None = None, session_id: str | None = None,
-        idempotency_key: str | None = None, tier: str | None = None,
+        self,
+        query: str,
+        *,
+        client: str,
+        parameters: dict[str, Any] | None = None,
+        session_id: str | None = None,
+        idempotency_key: str | None = None,
+        tier: str | None = None,
     ) -> Ticket:
         """Admit a request, or raise a :class:`~guestqueue.errors.Rejected`. ``tier``: the asker's
         priority tier (its API key's); none, or one the line does not have, is the line's default.
@@ -253,8 +271,14 @@ class QueueService:
         return None if owner == request_id else await self.find(owner)
 
     async def _submit(
-        self, query: str, client: str, parameters: dict[str, Any] | None, session_id: str | None,
-        idempotency_key: str | None, request_id: str, tier: str | None,
+        self,
+        query: str,
+        client: str,
+        parameters: dict[str, Any] | None,
+        session_id: str | None,
+        idempotency_key: str | None,
+        request_id: str,
+        tier: str | None,
     ) -> Ticket:
         if not self.accepting:
             self._reject(client, query, ShuttingDown("The service is restarting. Please try again shortly."))
@@ -271,11 +295,15 @@ class QueueService:
                 self._reject(client, query, exc)
         if held >= limit or (self.places is not None and not await self._take_client_slot(client, query)):
             if self.sessions is not None:  # a waiting room: places in line, not questions
-                words = (f"You already have {_count(max(held, limit), 'place')} in this waiting room. "
-                         "Please wait to be let in before joining again.")
+                words = (
+                    f"You already have {_count(max(held, limit), 'place')} in this waiting room. "
+                    "Please wait to be let in before joining again."
+                )
             else:
-                words = (f"You already have {_count(max(held, limit), 'question')} in progress. "
-                         "Please wait for an answer before asking more.")
+                words = (
+                    f"You already have {_count(max(held, limit), 'question')} in progress. "
+                    "Please wait for an answer before asking more."
+                )
             self._reject(client, query, ClientLimit(words, retry_after_s=self._retry_after_s(1)))
         try:
             return await self._admit(query, client, parameters, session_id, idempotency_key, request_id, tier)
@@ -297,8 +325,14 @@ class QueueService:
             self._reject(client, query, exc)
 
     async def _admit(
-        self, query: str, client: str, parameters: dict[str, Any] | None, session_id: str | None,
-        idempotency_key: str | None, request_id: str, tier: str | None,
+        self,
+        query: str,
+        client: str,
+        parameters: dict[str, Any] | None,
+        session_id: str | None,
+        idempotency_key: str | None,
+        request_id: str,
+        tier: str | None,
     ) -> Ticket:
         ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key, id=request_id)
         # Same question, parameters and session (or none): never another session's answer.
@@ -396,8 +430,9 @@ class QueueService:
         limit = self.settings.max_per_client * STREAMS_PER_QUESTION
         if resume and self.client_streams[client] >= limit:
             self.stats.rejections[ClientLimit.code] += 1
-            exc = ClientLimit(f"You already have {_count(limit, 'open stream')}. Close one before opening more.",
-                              retry_after_s=1)
+            exc = ClientLimit(
+                f"You already have {_count(limit, 'open stream')}. Close one before opening more.", retry_after_s=1
+            )
             exc.counted = True
             raise exc
         streams = self.request_streams.setdefault(ticket.id, [])
@@ -577,8 +612,15 @@ class QueueService:
         return None if record is None else await self._adopt(record, last_event_id)
 
     async def _adopt(self, record: Any, last_event_id: int) -> Ticket:
-        ticket = Ticket(record.query, record.client, record.parameters, record.session_id, record.idempotency_key,
-                        id=record.request_id, created_at=record.created_at)
+        ticket = Ticket(
+            record.query,
+            record.client,
+            record.parameters,
+            record.session_id,
+            record.idempotency_key,
+            id=record.request_id,
+            created_at=record.created_at,
+        )
         ticket.cached = record.cached
         if record.terminal is not None:  # over already: only its ending is left to hear, under its own id
             ending_id = record.terminal_event_id if record.terminal_event_id is not None else last_event_id + 1
@@ -606,7 +648,8 @@ class QueueService:
         elif started_id is None:  # still waiting (a started one hears its start from the catch-up below)
             waited_s = max(0.0, time.time() - record.created_at)
             ticket.expiry_timer = asyncio.get_running_loop().call_later(
-                max(0.0, self.settings.max_wait_s - waited_s), self._expire, ticket)
+                max(0.0, self.settings.max_wait_s - waited_s), self._expire, ticket
+            )
             self.positions.tell(ticket, max(1, self.positions.view.position(flight.id)))
         if self.on_adopted is not None:
             await self.on_adopted(flight)  # its flight may have started, or ended, elsewhere
@@ -627,8 +670,9 @@ class QueueService:
         its guests' records (finished ones too) and Idempotency-Keys are written again."""
         flights = [f for f in self.waiting.values() if not f.started]
         await self._give_back(flights)
-        logger.warning("gave back %d waiting flights and %d guests to a forgetful Redis",
-                       len(flights), len(self.registry.live()))
+        logger.warning(
+            "gave back %d waiting flights and %d guests to a forgetful Redis", len(flights), len(self.registry.live())
+        )
 
     async def _give_back(self, flights: list[Flight]) -> None:
         await self.line.rebuild([], flights)
@@ -710,20 +754,29 @@ class QueueService:
             self._background(self.places.record(ticket, None, event_id=event.id))
 
     def _complete_payload(self, ticket: Ticket) -> dict[str, Any]:
-        return {"request_id": ticket.id, "answer": ticket.answer, "suggested_questions": ticket.suggested_questions,
-                "cached": ticket.cached}
+        return {
+            "request_id": ticket.id,
+            "answer": ticket.answer,
+            "suggested_questions": ticket.suggested_questions,
+            "cached": ticket.cached,
+        }
 
-    def _end_error(
-        self, ticket: Ticket, status: Status, code: str, message: str, *, detail: str | None = None
-    ) -> bool:
+    def _end_error(self, ticket: Ticket, status: Status, code: str, message: str, *, detail: str | None = None) -> bool:
         payload = {"request_id": ticket.id, "error": message, "code": code}
         # An upstream's own words (a traceback, an address) stay out of every public view: the
         # detail goes to the request log's error column only (and to the server log, workers.py).
         return self._end(ticket, status, ERROR, payload, error=message, code=code, detail=detail)
 
     def _end(
-        self, ticket: Ticket, status: Status, event: str, payload: dict[str, Any],
-        *, error: str | None = None, code: str | None = None, detail: str | None = None,
+        self,
+        ticket: Ticket,
+        status: Status,
+        event: str,
+        payload: dict[str, Any],
+        *,
+        error: str | None = None,
+        code: str | None = None,
+        detail: str | None = None,
     ) -> bool:
         if not ticket.end(status, error=error, error_code=code, error_detail=detail):
             return False
@@ -748,7 +801,11 @@ class QueueService:
             self._background(written)
         logger.info(
             "request %s %s%s wait=%.0fms run=%.0fms",
-            ticket.id, status.value, f" ({code})" if code else "", ticket.wait_ms or 0, ticket.duration_ms or 0,
+            ticket.id,
+            status.value,
+            f" ({code})" if code else "",
+            ticket.wait_ms or 0,
+            ticket.duration_ms or 0,
         )
         return True
 
@@ -771,6 +828,7 @@ class QueueService:
     async def status_changed(self) -> None:
         """Return at the next admission, start or end (for monitors' live status)."""
         await self._status_changed.wait()
+
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

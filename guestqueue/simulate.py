@@ -77,8 +77,10 @@ class Durations:
             raise SimulationError(
                 f"--duration-dist={text!r}: use lognormal:MU,SIGMA, fixed:SECONDS or exponential:MEAN"
             )
-        if (kind == "lognormal" and params[1] < 0) or (kind == "fixed" and params[0] < 0) or (
-            kind == "exponential" and params[0] <= 0
+        if (
+            (kind == "lognormal" and params[1] < 0)
+            or (kind == "fixed" and params[0] < 0)
+            or (kind == "exponential" and params[0] <= 0)
         ):
             raise SimulationError(f"--duration-dist={text!r}: a spread or duration must not be negative (a mean > 0)")
         return cls(kind, params)
@@ -211,21 +213,30 @@ class Result:
             "settings": {
                 "max_concurrent_requests": settings.max_concurrent_requests,
                 "upstream_interval_sec": settings.upstream_interval_s,
-                "max_queue_size": settings.max_queue_size, "max_wait_sec": settings.max_wait_s,
+                "max_queue_size": settings.max_queue_size,
+                "max_wait_sec": settings.max_wait_s,
                 "request_timeout_sec": settings.request_timeout_s,
                 "release_per_minute": self.spec.release_per_minute,
                 "max_predicted_wait_sec": self.spec.max_predicted_wait_s,
             },
-            "scenario": {"guests": scenario.guests, "arrival_rate_per_sec": scenario.arrivals_per_s,
-                         "duration_dist": str(scenario.durations), "seed": scenario.seed},
+            "scenario": {
+                "guests": scenario.guests,
+                "arrival_rate_per_sec": scenario.arrivals_per_s,
+                "duration_dist": str(scenario.durations),
+                "seed": scenario.seed,
+            },
             "guests": len(self.guests),
             "admitted": sum(1 for g in self.guests if g.ticket is not None),
             "served": served,
             "refused": sum(refused.values()),
             "refused_by_reason": dict(sorted(refused.items())),
             "ended_otherwise": dict(sorted(outcomes.items())),
-            "wait_sec": {"p50": _quantile(waits, 0.5), "p90": _quantile(waits, 0.9), "p99": _quantile(waits, 0.99),
-                         "max": _round(waits[-1]) if waits else None},
+            "wait_sec": {
+                "p50": _quantile(waits, 0.5),
+                "p90": _quantile(waits, 0.9),
+                "p99": _quantile(waits, 0.99),
+                "max": _round(waits[-1]) if waits else None,
+            },
             "throughput_per_min": round(served / self.simulated_s * 60, 2) if self.simulated_s > 0 else 0.0,
             "eta_error_sec": {
                 "median_abs": _quantile(sorted(abs(e) for e in errors), 0.5),
@@ -339,18 +350,27 @@ def table(summary: dict[str, Any]) -> str:
         return "-" if value is None else (f"{value:+.1f}" if sign else f"{value:.1f}")
 
     rows = [
-        ("line", f"{summary['line']}: {s['max_concurrent_requests']} at once, {s['upstream_interval_sec']:g} s "
-                 f"between starts, {s['max_queue_size']} waiting at most, wait limit {s['max_wait_sec']:g} s"),
-        ("scenario", f"{sc['guests']} guests at {sc['arrival_rate_per_sec']:g}/s, calls {sc['duration_dist']}, "
-                     f"seed {sc['seed']}"),
+        (
+            "line",
+            f"{summary['line']}: {s['max_concurrent_requests']} at once, {s['upstream_interval_sec']:g} s "
+            f"between starts, {s['max_queue_size']} waiting at most, wait limit {s['max_wait_sec']:g} s",
+        ),
+        (
+            "scenario",
+            f"{sc['guests']} guests at {sc['arrival_rate_per_sec']:g}/s, calls {sc['duration_dist']}, "
+            f"seed {sc['seed']}",
+        ),
         ("admitted", str(summary["admitted"])),
         ("served", str(summary["served"])),
         ("refused", f"{summary['refused']}{reasons(summary['refused_by_reason'])}"),
         ("ended otherwise", f"{sum(summary['ended_otherwise'].values())}{reasons(summary['ended_otherwise'])}"),
         ("wait p50/p90/p99/max", " / ".join(sec(wait[k]) for k in ("p50", "p90", "p99", "max")) + " s"),
         ("throughput", f"{summary['throughput_per_min']:.2f} answers/min"),
-        ("ETA error", f"median {sec(eta['median_abs'])} s, p90 {sec(eta['p90_abs'])} s, "
-                      f"mean {sec(eta['mean_signed'], sign=True)} s (estimate - actual)"),
+        (
+            "ETA error",
+            f"median {sec(eta['median_abs'])} s, p90 {sec(eta['p90_abs'])} s, "
+            f"mean {sec(eta['mean_signed'], sign=True)} s (estimate - actual)",
+        ),
         ("queue peak", f"{summary['queue_peak']} waiting"),
         ("simulated", f"{summary['simulated_sec']:.0f} s ({summary['simulated_sec'] / 3600:.2f} h)"),
         ("real", f"{summary['real_sec']:.2f} s"),
@@ -391,9 +411,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--line", default=DEFAULT_LINE, help=f"the line to simulate (default {DEFAULT_LINE})")
     parser.add_argument("--guests", default="500", help="guests who arrive (default 500)")
     parser.add_argument("--arrival-rate", default="1/s", help="Poisson arrivals, R/s or R/min (default 1/s)")
-    parser.add_argument("--duration-dist", default="lognormal:2,0.5",
-                        help="upstream call seconds: lognormal:MU,SIGMA | fixed:S | exponential:MEAN "
-                             "(default lognormal:2,0.5)")
+    parser.add_argument(
+        "--duration-dist",
+        default="lognormal:2,0.5",
+        help="upstream call seconds: lognormal:MU,SIGMA | fixed:S | exponential:MEAN (default lognormal:2,0.5)",
+    )
     parser.add_argument("--seed", default="1", help="random seed (default 1)")
     for name in WHAT_IF:
         flag = "--" + ENV_NAMES[name].removeprefix("GUEST_").lower().replace("_", "-")

@@ -127,14 +127,37 @@ MIGRATIONS: tuple[str, ...] = (
 ADD_COLUMN = re.compile(r"ALTER TABLE (?P<table>\w+) ADD COLUMN (?P<column>\w+)")
 
 COLUMNS = (
-    "request_id", "client", "query", "parameters", "session_id", "status", "error_code", "error", "answer",
-    "cached", "created_at", "started_at", "finished_at", "wait_ms", "processing_ms", "instance_id", "line",
+    "request_id",
+    "client",
+    "query",
+    "parameters",
+    "session_id",
+    "status",
+    "error_code",
+    "error",
+    "answer",
+    "cached",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "wait_ms",
+    "processing_ms",
+    "instance_id",
+    "line",
 )
 INSERT = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 # instance_id too: with a shared line, the instance that ends a request may not be the one that
 # admitted it (the guest resumed elsewhere); the row then belongs to the one still alive.
 UPDATED = (
-    "status", "error_code", "error", "answer", "cached", "started_at", "finished_at", "wait_ms", "processing_ms",
+    "status",
+    "error_code",
+    "error",
+    "answer",
+    "cached",
+    "started_at",
+    "finished_at",
+    "wait_ms",
+    "processing_ms",
     "instance_id",
 )
 UPDATE = f"UPDATE requests SET {', '.join(f'{c} = ?' for c in UPDATED)} WHERE request_id = ?"
@@ -192,7 +215,12 @@ class RequestLog:
     """
 
     def __init__(
-        self, path: str, *, buffer_rows: int = 100_000, retention_days: float = 30.0, instance_ttl_s: float = 5.0,
+        self,
+        path: str,
+        *,
+        buffer_rows: int = 100_000,
+        retention_days: float = 30.0,
+        instance_ttl_s: float = 5.0,
         instance_id: str | None = None,
     ) -> None:
         self.path = path
@@ -274,22 +302,47 @@ class RequestLog:
                 self._unlogged.add(ticket.id)
                 self._dropped()
                 return
-            self._inserts.append((
-                ticket.id, ticket.client, ticket.query, _json(ticket.parameters), ticket.session_id,
-                ticket.status.value, None, None, None, int(ticket.cached), ticket.created_at, None, None, None, None,
-                self.instance_id, line,
-            ))
+            self._inserts.append(
+                (
+                    ticket.id,
+                    ticket.client,
+                    ticket.query,
+                    _json(ticket.parameters),
+                    ticket.session_id,
+                    ticket.status.value,
+                    None,
+                    None,
+                    None,
+                    int(ticket.cached),
+                    ticket.created_at,
+                    None,
+                    None,
+                    None,
+                    None,
+                    self.instance_id,
+                    line,
+                )
+            )
         elif ticket.id in self._unlogged:
             if ticket.done:
                 self._unlogged.discard(ticket.id)
             return
         else:
-            self._updates.append((
-                ticket.status.value, ticket.error_code, ticket.error_detail or ticket.error,
-                ticket.answer if ticket.done else None,
-                int(ticket.cached), ticket.started_at, ticket.finished_at, ticket.wait_ms, ticket.duration_ms,
-                self.instance_id, ticket.id,
-            ))
+            self._updates.append(
+                (
+                    ticket.status.value,
+                    ticket.error_code,
+                    ticket.error_detail or ticket.error,
+                    ticket.answer if ticket.done else None,
+                    int(ticket.cached),
+                    ticket.started_at,
+                    ticket.finished_at,
+                    ticket.wait_ms,
+                    ticket.duration_ms,
+                    self.instance_id,
+                    ticket.id,
+                )
+            )
         self._wake.set()
 
     # -- a RequestListener (service.py): every admission, start and end is a row change --
@@ -331,10 +384,27 @@ class RequestLog:
             parameters["suppressed"] = sampled.suppressed
         self._sampled[client] = _Sampled(now)
         wall = time.time()
-        self._inserts.append((
-            new_request_id(), client, "", _json(parameters), None, "rejected", code, None, None, 0, wall, None, wall,
-            None, None, self.instance_id, line,
-        ))
+        self._inserts.append(
+            (
+                new_request_id(),
+                client,
+                "",
+                _json(parameters),
+                None,
+                "rejected",
+                code,
+                None,
+                None,
+                0,
+                wall,
+                None,
+                wall,
+                None,
+                None,
+                self.instance_id,
+                line,
+            )
+        )
         self._wake.set()
 
     async def close(self) -> None:

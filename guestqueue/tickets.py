@@ -100,7 +100,11 @@ class Ticket:
         self.wait_ms = (self.started_mono - self.created_mono) * 1000
 
     def end(
-        self, status: Status, *, error: str | None = None, error_code: str | None = None,
+        self,
+        status: Status,
+        *,
+        error: str | None = None,
+        error_code: str | None = None,
         error_detail: str | None = None,
     ) -> bool:
         """Move to a terminal state; False (and no change) if the ticket had already ended."""

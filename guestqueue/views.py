@@ -63,8 +63,11 @@ class QueueViews:
             problems.append(f"upstream asked us to wait: no new calls for {math.ceil(view.held_s)} s")
         status = "unavailable" if not (service.accepting and reachable) else "degraded" if problems else "ok"
         return status, {
-            "status": status, "problems": problems, "upstream": service.upstream_kind,
-            "queue_size": view.size, "active_requests": view.active,
+            "status": status,
+            "problems": problems,
+            "upstream": service.upstream_kind,
+            "queue_size": view.size,
+            "active_requests": view.active,
         }
 
     async def status(self) -> dict[str, Any]:

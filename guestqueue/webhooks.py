@@ -59,8 +59,13 @@ from .tickets import Status, Ticket
 
 logger = logging.getLogger("guestqueue.webhooks")
 
-ENDINGS = {Status.COMPLETED: "completed", Status.FAILED: "failed", Status.TIMEOUT: "timeout",
-           Status.CANCELLED: "cancelled", Status.ADMITTED: "admitted"}
+ENDINGS = {
+    Status.COMPLETED: "completed",
+    Status.FAILED: "failed",
+    Status.TIMEOUT: "timeout",
+    Status.CANCELLED: "cancelled",
+    Status.ADMITTED: "admitted",
+}
 RETRIES = 3
 RECENT = 100  # requests the p95 wait and the failure rate are taken over
 MIN_ENDINGS_FOR_RATE = 10  # fewer endings say nothing about a failure rate
@@ -97,10 +102,18 @@ class _Delivery:
 class Outbox:
     """Every line's deliveries: kept (SQLite) before they are tried, sent from one lane per URL."""
 
-    def __init__(self, *, db_path: str, client: httpx.AsyncClient, backoff_s: float = 1.0,
-                 redis: aioredis.Redis | None = None, prefix: str = "guestqueue",
-                 max_in_flight: int = MAX_IN_FLIGHT, guarded: httpx.AsyncClient | None = None,
-                 trusted_urls: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        db_path: str,
+        client: httpx.AsyncClient,
+        backoff_s: float = 1.0,
+        redis: aioredis.Redis | None = None,
+        prefix: str = "guestqueue",
+        max_in_flight: int = MAX_IN_FLIGHT,
+        guarded: httpx.AsyncClient | None = None,
+        trusted_urls: Collection[str] = (),
+    ) -> None:
         self._db_path = db_path if redis is None else ""  # shared: the pending deliveries live in Redis
         self._redis = redis
         self._due, self._pending = f"{prefix}:webhooks:due", f"{prefix}:webhooks:pending"
@@ -139,7 +152,8 @@ class Outbox:
             await migrate(self._db)
             rows = await self._db.execute_fetchall(
                 "SELECT id, line, event, url, secret, body, attempts FROM webhook_deliveries "
-                "WHERE status = 'pending' ORDER BY created_at")
+                "WHERE status = 'pending' ORDER BY created_at"
+            )
             for row in rows:  # left by the last run: sent now
                 delivery_id, line, event, url, secret, body, attempts = row
                 self._enqueue(_Delivery(delivery_id, line, event, url, secret, bytes(body), attempts))
@@ -160,8 +174,13 @@ class Outbox:
     def post(self, line: str, hook: Webhook, event: str, data: Mapping[str, Any]) -> str:
         """Queue one delivery (never waits); returns its id."""
         delivery_id = secrets.token_hex(12)
-        payload: dict[str, Any] = {"id": delivery_id, "event": event, "line": line, "created_at": time.time(),
-                                   "data": dict(data)}
+        payload: dict[str, Any] = {
+            "id": delivery_id,
+            "event": event,
+            "line": line,
+            "created_at": time.time(),
+            "data": dict(data),
+        }
         host = httpx.URL(hook.url).host
         if any(host == chat or host.endswith("." + chat) for chat in CHAT_HOSTS):
             # Slack and Teams incoming webhooks show "text" and refuse other shapes.
@@ -191,9 +210,18 @@ class Outbox:
 
     async def _share(self, delivery: _Delivery, due_in_s: float = 0.0) -> None:
         assert self._redis is not None
-        kept = json.dumps({"id": delivery.id, "line": delivery.line, "event": delivery.event, "url": delivery.url,
-                           "secret": delivery.secret, "body": delivery.body.decode(), "attempts": delivery.attempts,
-                           "last_error": delivery.last_error})
+        kept = json.dumps(
+            {
+                "id": delivery.id,
+                "line": delivery.line,
+                "event": delivery.event,
+                "url": delivery.url,
+                "secret": delivery.secret,
+                "body": delivery.body.decode(),
+                "attempts": delivery.attempts,
+                "last_error": delivery.last_error,
+            }
+        )
         now_ms = round(time.time() * 1000)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._pending, delivery.id, kept)
@@ -217,9 +245,18 @@ class Outbox:
                 continue
             for raw in claimed:
                 kept = json.loads(raw)
-                self._enqueue(_Delivery(
-                    kept["id"], kept["line"], kept["event"], kept["url"], kept["secret"], kept["body"].encode(),
-                    kept["attempts"], kept["last_error"]))
+                self._enqueue(
+                    _Delivery(
+                        kept["id"],
+                        kept["line"],
+                        kept["event"],
+                        kept["url"],
+                        kept["secret"],
+                        kept["body"].encode(),
+                        kept["attempts"],
+                        kept["last_error"],
+                    )
+                )
             if not claimed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._posted.wait(), CLAIM_POLL_S)
@@ -265,14 +302,15 @@ class Outbox:
     async def _attempt(self, delivery: _Delivery) -> None:
         delivery.attempts += 1
         headers = {
-            "Content-Type": "application/json", "X-Guestqueue-Event": delivery.event,
-            "X-Guestqueue-Delivery": delivery.id, "X-Guestqueue-Signature": signature(delivery.secret, delivery.body),
+            "Content-Type": "application/json",
+            "X-Guestqueue-Event": delivery.event,
+            "X-Guestqueue-Delivery": delivery.id,
+            "X-Guestqueue-Signature": signature(delivery.secret, delivery.body),
         }
         began = time.monotonic()
         try:
             client = self._client if delivery.url in self._trusted_urls else self._guarded
-            answer = await client.post(delivery.url, content=delivery.body, headers=headers,
-                                       timeout=ATTEMPT_TIMEOUT_S)
+            answer = await client.post(delivery.url, content=delivery.body, headers=headers, timeout=ATTEMPT_TIMEOUT_S)
             error = None if answer.is_success else f"HTTP {answer.status_code}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
@@ -304,8 +342,15 @@ class Outbox:
         self._enqueue(delivery)
 
     def _failure(self, delivery: _Delivery) -> dict[str, Any]:
-        return {"delivery_id": delivery.id, "line": delivery.line, "event": delivery.event, "url": delivery.url,
-                "attempts": delivery.attempts, "last_error": delivery.last_error, "failed_at": time.time()}
+        return {
+            "delivery_id": delivery.id,
+            "line": delivery.line,
+            "event": delivery.event,
+            "url": delivery.url,
+            "attempts": delivery.attempts,
+            "last_error": delivery.last_error,
+            "failed_at": time.time(),
+        }
 
     async def _keep(self, delivery: _Delivery) -> None:
         if self._db is None:
@@ -313,7 +358,8 @@ class Outbox:
         await self._db.execute(
             "INSERT OR IGNORE INTO webhook_deliveries (id, line, event, url, secret, body, attempts, status, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?, 0, 'pending', ?)",
-            (delivery.id, delivery.line, delivery.event, delivery.url, delivery.secret, delivery.body, time.time()))
+            (delivery.id, delivery.line, delivery.event, delivery.url, delivery.secret, delivery.body, time.time()),
+        )
         await self._db.commit()
 
     async def _settle(self, delivery: _Delivery, status: str) -> None:
@@ -323,7 +369,8 @@ class Outbox:
             return
         await self._db.execute(
             "UPDATE webhook_deliveries SET status = ?, attempts = ?, last_error = ? WHERE id = ?",
-            (status, delivery.attempts, delivery.last_error, delivery.id))
+            (status, delivery.attempts, delivery.last_error, delivery.id),
+        )
         await self._db.commit()
 
 
@@ -342,8 +389,10 @@ class EventStream:
 
     async def _append(self, line: str, event: str, data: Mapping[str, Any]) -> None:
         fields = {"line": line, "event": event, "data": json.dumps(dict(data))}
-        await logged(self._redis.xadd(self.key, fields, maxlen=self._max_len, approximate=True),  # type: ignore[arg-type]
-                     f"event not added to {self.key}")
+        await logged(
+            self._redis.xadd(self.key, fields, maxlen=self._max_len, approximate=True),  # type: ignore[arg-type]
+            f"event not added to {self.key}",
+        )
 
     async def close(self) -> None:
         if self._pending:
@@ -394,8 +443,14 @@ class LineWebhooks(QuietListener):
             self._threshold("failure_rate", sum(self._failed) / len(self._failed), spec.alert_failure_rate)
         degraded = bool(problems)
         if degraded and not self._degraded:
-            self._post("upstream_degraded", {"line": spec.name, "problems": problems,
-                                             "text": f"guestqueue line {spec.name}: {'; '.join(problems)}"})
+            self._post(
+                "upstream_degraded",
+                {
+                    "line": spec.name,
+                    "problems": problems,
+                    "text": f"guestqueue line {spec.name}: {'; '.join(problems)}",
+                },
+            )
         self._degraded = degraded
 
     def _threshold(self, metric: str, value: float, limit: float) -> None:
@@ -403,9 +458,15 @@ class LineWebhooks(QuietListener):
             return
         if metric not in self._above and value >= limit:
             self._above.add(metric)
-            self._post("line_threshold", {
-                "line": self.spec.name, "metric": metric, "value": round(value, 3), "threshold": limit,
-                "text": f"guestqueue line {self.spec.name}: {metric} is {value:g} (threshold {limit:g})",
-            })
+            self._post(
+                "line_threshold",
+                {
+                    "line": self.spec.name,
+                    "metric": metric,
+                    "value": round(value, 3),
+                    "threshold": limit,
+                    "text": f"guestqueue line {self.spec.name}: {metric} is {value:g} (threshold {limit:g})",
+                },
+            )
         elif metric in self._above and value < limit * HYSTERESIS:
             self._above.discard(metric)

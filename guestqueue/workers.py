@@ -82,8 +82,15 @@ class Admitter(Protocol):
 
 class WorkerPool:
     def __init__(
-        self, settings: Settings, line: Line, pacer: Pacer, upstream: Upstream, sink: FlightSink,
-        *, on_paced: Callable[[float], None] = lambda waited_s: None, admitter: Admitter | None = None,
+        self,
+        settings: Settings,
+        line: Line,
+        pacer: Pacer,
+        upstream: Upstream,
+        sink: FlightSink,
+        *,
+        on_paced: Callable[[float], None] = lambda waited_s: None,
+        admitter: Admitter | None = None,
     ) -> None:
         self._settings = settings
         self._line = line
@@ -248,14 +255,16 @@ class WorkerPool:
                         self._sink.on_started(flight)
                     # An upstream's "\ud800" would make every UTF-8 writer (JSON answers, SQLite) fail later.
                     if chunk.suggested_questions is not None:
-                        flight.suggested_questions = [valid_text(q)[:MAX_SUGGESTION_CHARS]
-                                                      for q in chunk.suggested_questions[:MAX_SUGGESTIONS]]
+                        flight.suggested_questions = [
+                            valid_text(q)[:MAX_SUGGESTION_CHARS] for q in chunk.suggested_questions[:MAX_SUGGESTIONS]
+                        ]
                     if chunk.text:
                         text = valid_text(chunk.text)
                         size += len(text.encode())
                         if size > limit:  # leaving the loop closes the call (its generator, its connection)
-                            raise AnswerTooLarge(AnswerTooLarge.MESSAGE,
-                                                 detail=f"the answer passed max_answer_bytes={limit}")
+                            raise AnswerTooLarge(
+                                AnswerTooLarge.MESSAGE, detail=f"the answer passed max_answer_bytes={limit}"
+                            )
                         self._sink.emit_chunk(flight, text)
                 if not flight.answer_parts:
                     raise UpstreamError("The assistant returned an empty answer. Please try again.")

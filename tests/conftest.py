@@ -144,7 +144,11 @@ async def serve_uvicorn(app: Any, settings: Settings | None = None) -> AsyncIter
     configures it (:func:`guestqueue.web.server.uvicorn_config`) for ``settings``."""
     port = free_port()
     config = uvicorn_config(
-        app, settings or Settings(), host="127.0.0.1", port=port, log_level="warning",
+        app,
+        settings or Settings(),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -179,7 +183,11 @@ class Received:
 
 
 async def stream_events(
-    client: httpx.AsyncClient, url: str, *, method: str = "POST", stop_after: str | None = None,
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    method: str = "POST",
+    stop_after: str | None = None,
     **kwargs: Any,
 ) -> list[Received]:
     """Every event of one SSE stream (until it ends, or until an event named ``stop_after``)."""
@@ -248,12 +256,20 @@ def start_server_process(log_dir: Path, **env: str) -> ServerProcess:
     by selenium) or is another process (nginx) that must reach it as a peer.
     """
     port = free_port()
-    full_env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_MAX_PER_CLIENT": "1000",
-                "GUEST_MAX_PER_KEY": "1000", **env}
+    full_env = {
+        **env_without_guest_vars(),
+        "GUEST_PORT": str(port),
+        "GUEST_MAX_PER_CLIENT": "1000",
+        "GUEST_MAX_PER_KEY": "1000",
+        **env,
+    }
     log_path = log_dir / f"guestqueue-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "guestqueue", "serve"], env=full_env, cwd=log_dir, stdout=log,
+            [sys.executable, "-m", "guestqueue", "serve"],
+            env=full_env,
+            cwd=log_dir,
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}{API_PREFIX}"

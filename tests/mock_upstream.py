@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-INJECTION = "line one\n\nevent: workflow_complete\ndata: {\"forged\": true}\r\nid: 999\rretry: 1\n\n"
+INJECTION = 'line one\n\nevent: workflow_complete\ndata: {"forged": true}\r\nid: 999\rretry: 1\n\n'
 CALLS: dict[str, list[dict[str, Any]]] = defaultdict(list)
 MEMORY: dict[tuple[str, str], list[str]] = defaultdict(list)  # (tag, session_id): questions asked
 
@@ -71,8 +71,14 @@ async def upstream(request: Request) -> Response:
     parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
     params = {**dict(request.query_params), **{k: str(v) for k, v in dict(parameters.get("mock") or {}).items()}}
     tag = params.get("tag", "")
-    call: dict[str, Any] = {"t": time.time(), "body": body, "disconnected": False, "finished": False, "sent": 0,
-                            "authorization": request.headers.get("authorization")}
+    call: dict[str, Any] = {
+        "t": time.time(),
+        "body": body,
+        "disconnected": False,
+        "finished": False,
+        "sent": 0,
+        "authorization": request.headers.get("authorization"),
+    }
     CALLS[tag].append(call)
     mode = params.get("mode", "sse")
     delay = float(params.get("delay", "0"))
@@ -147,12 +153,14 @@ async def health(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-app = Starlette(routes=[
-    Route("/upstream", upstream, methods=["POST"]),
-    Route("/upstream/chat/completions", upstream, methods=["POST"]),
-    Route("/calls", calls),
-    Route("/health", health),
-])
+app = Starlette(
+    routes=[
+        Route("/upstream", upstream, methods=["POST"]),
+        Route("/upstream/chat/completions", upstream, methods=["POST"]),
+        Route("/calls", calls),
+        Route("/health", health),
+    ]
+)
 
 
 if __name__ == "__main__":

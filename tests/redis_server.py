@@ -51,8 +51,21 @@ def _spawn(port: int) -> subprocess.Popen[bytes]:
     if REDIS_SERVER is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
     proc = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--maxclients", "10000", "--enable-debug-command", "local"],  # DEBUG SLEEP: a Redis that stalls
+        [
+            REDIS_SERVER,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxclients",
+            "10000",
+            "--enable-debug-command",
+            "local",
+        ],  # DEBUG SLEEP: a Redis that stalls
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10

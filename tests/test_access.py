@@ -28,8 +28,10 @@ GUEST_B = {"X-Forwarded-For": "203.0.113.7"}
 
 
 async def test_admin_key_protects_history_and_metrics_and_not_a_guests_own_request(upstream: MockUpstream) -> None:
-    async with serve(upstream_url=upstream.url(), admin_api_key=ADMIN_KEY) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(), admin_api_key=ADMIN_KEY) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         answer = await client.post(f"{running.base}/chat/simple", json={"query": "chat stays open"})
         assert answer.status_code == 200
         for path in OPERATOR_PATHS:
@@ -47,8 +49,10 @@ async def test_admin_key_protects_history_and_metrics_and_not_a_guests_own_reque
 
 
 async def test_status_needs_the_key_only_when_it_is_not_public(upstream: MockUpstream) -> None:
-    async with serve(upstream_url=upstream.url(), admin_api_key=ADMIN_KEY, public_status=False) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(), admin_api_key=ADMIN_KEY, public_status=False) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         for path in [*STATUS_PATHS, "/queue/status/stream"]:
             assert (await client.get(f"{running.base}{path}")).status_code == 401, path
         for path in STATUS_PATHS:
@@ -56,8 +60,10 @@ async def test_status_needs_the_key_only_when_it_is_not_public(upstream: MockUps
 
 
 async def test_no_admin_key_means_local_callers_only(upstream: MockUpstream) -> None:
-    async with serve(upstream_url=upstream.url(), trusted_proxies="127.0.0.1") as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(), trusted_proxies="127.0.0.1") as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         for path in OPERATOR_PATHS:
             assert (await client.get(f"{running.base}{path}")).status_code == 200, path  # loopback, no proxy
             # nginx on this host, for a local caller: the forwarded address is loopback too.
@@ -71,9 +77,7 @@ async def test_no_admin_key_means_local_callers_only(upstream: MockUpstream) -> 
 
 
 @pytest.mark.parametrize("header", ["X-Forwarded-For", "X-Real-IP", "Forwarded"])
-async def test_forwarded_from_an_untrusted_proxy_on_loopback_is_not_local(
-    upstream: MockUpstream, header: str
-) -> None:
+async def test_forwarded_from_an_untrusted_proxy_on_loopback_is_not_local(upstream: MockUpstream, header: str) -> None:
     # nginx on the same host, but GUEST_TRUSTED_PROXIES unset: every peer is 127.0.0.1, and the
     # forwarding header says a proxy stands between guestqueue and the real caller.
     value = "for=203.0.113.7" if header == "Forwarded" else "203.0.113.7"
@@ -81,8 +85,10 @@ async def test_forwarded_from_an_untrusted_proxy_on_loopback_is_not_local(
         for path in OPERATOR_PATHS:
             resp = await client.get(f"{running.base}{path}", headers={header: value})
             assert resp.status_code == 403, (path, header)
-    async with serve(upstream_url=upstream.url(), public_status=False) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(), public_status=False) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         assert (await client.get(f"{running.base}/queue/status", headers={header: value})).status_code == 403
         assert (await client.get(f"{running.base}/queue/status")).status_code == 200
 
@@ -106,8 +112,10 @@ async def test_a_second_client_cannot_read_resume_or_cancel_the_first_clients_re
     # /queue/history used to list every request id, to anyone: and an id is all it takes to read,
     # replay and cancel a guest's conversation.
     settings: dict[str, Any] = {"trusted_proxies": "127.0.0.1", "admin_api_key": admin_api_key}
-    async with serve(upstream_url=upstream.url(first=1.0), **settings) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(first=1.0), **settings) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         first = asyncio.ensure_future(ask(client, running.base, "my private question", headers=GUEST_A))
         service = running.guest.service
         assert service is not None
@@ -117,8 +125,11 @@ async def test_a_second_client_cannot_read_resume_or_cancel_the_first_clients_re
         seen = await _everything_b_can_read(client, running.base, {**GUEST_B, "X-API-Key": "not-the-key-at-all"})
         assert request_id not in seen and "my private question" not in seen
         guessed = new_request_id()
-        for method, path in [("GET", f"/chat/{guessed}/events"), ("GET", f"/queue/request/{guessed}"),
-                             ("DELETE", f"/chat/{guessed}")]:
+        for method, path in [
+            ("GET", f"/chat/{guessed}/events"),
+            ("GET", f"/queue/request/{guessed}"),
+            ("DELETE", f"/chat/{guessed}"),
+        ]:
             resp = await client.request(method, f"{running.base}{path}", headers=GUEST_B)
             assert resp.status_code == 404, path
         events = await first
@@ -128,11 +139,14 @@ async def test_a_second_client_cannot_read_resume_or_cancel_the_first_clients_re
 
 
 async def test_wrong_admin_keys_are_throttled_per_client(upstream: MockUpstream) -> None:
-    async with serve(upstream_url=upstream.url(), admin_api_key=ADMIN_KEY, trusted_proxies="127.0.0.1") as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(), admin_api_key=ADMIN_KEY, trusted_proxies="127.0.0.1") as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         url = f"{running.base}/queue/history"
-        codes = [(await client.get(url, headers={**GUEST_B, "X-API-Key": f"guess-{n:012d}"})).status_code
-                 for n in range(8)]
+        codes = [
+            (await client.get(url, headers={**GUEST_B, "X-API-Key": f"guess-{n:012d}"})).status_code for n in range(8)
+        ]
         assert codes == [403] * 5 + [429] * 3
         refused = await client.get(url, headers={**GUEST_B, "X-API-Key": ADMIN_KEY})
         assert refused.status_code == 429 and refused.json()["code"] == "too_many_attempts"
@@ -145,8 +159,10 @@ async def test_wrong_admin_keys_are_throttled_per_client(upstream: MockUpstream)
 
 async def test_a_utf8_admin_key_is_accepted_as_sent(upstream: MockUpstream) -> None:
     key = "ключ-администратора"
-    async with serve(upstream_url=upstream.url(), admin_api_key=key) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(), admin_api_key=key) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         right = await client.get(f"{running.base}/metrics", headers={b"X-API-Key": key.encode()})
         assert right.status_code == 200
         wrong = await client.get(f"{running.base}/metrics", headers={b"X-API-Key": (key[:-1] + "я").encode()})
@@ -188,12 +204,18 @@ async def test_upstream_error_details_stay_out_of_public_views(
 
 async def test_cors_for_exactly_the_configured_origins(upstream: MockUpstream) -> None:
     allowed = "https://chat.example.org"
-    async with serve(upstream_url=upstream.url(), cors_origins=f"{allowed}, https://other.example.org") as running, \
-            httpx.AsyncClient(timeout=10) as client:
-        preflight = await client.options(f"{running.base}/chat", headers={
-            "Origin": allowed, "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type",
-        })
+    async with (
+        serve(upstream_url=upstream.url(), cors_origins=f"{allowed}, https://other.example.org") as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        preflight = await client.options(
+            f"{running.base}/chat",
+            headers={
+                "Origin": allowed,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
         assert preflight.status_code == 200
         assert preflight.headers["access-control-allow-origin"] == allowed
         resp = await client.post(f"{running.base}/chat/simple", json={"query": "hi"}, headers={"Origin": allowed})
@@ -203,7 +225,11 @@ async def test_cors_for_exactly_the_configured_origins(upstream: MockUpstream) -
             f"{running.base}/chat/simple", json={"query": "hi"}, headers={"Origin": "https://evil.example"}
         )
         assert "access-control-allow-origin" not in stranger.headers
-        denied = await client.options(f"{running.base}/chat", headers={
-            "Origin": "https://evil.example", "Access-Control-Request-Method": "POST",
-        })
+        denied = await client.options(
+            f"{running.base}/chat",
+            headers={
+                "Origin": "https://evil.example",
+                "Access-Control-Request-Method": "POST",
+            },
+        )
         assert denied.status_code == 400

@@ -26,10 +26,12 @@ TEXT = {"Content-Type": "text/plain"}  # what any web page may send across sites
 async def admin_server(tmp_path: Path, upstream: MockUpstream, **overrides: Any) -> AsyncIterator[tuple[Running, str]]:
     """guestqueue with an admin key and a request log; yields it and the /api/v1 URL."""
     settings: dict[str, Any] = {
-        "admin_api_key": ADMIN["X-API-Key"], "db_path": str(tmp_path / "guestqueue.db"),
+        "admin_api_key": ADMIN["X-API-Key"],
+        "db_path": str(tmp_path / "guestqueue.db"),
         "upstream_url": upstream.url(chunks=1),
         # The operator lets lines made through the admin API reach the mock upstream on loopback.
-        "outbound_allow": "127.0.0.0/8", **overrides,
+        "outbound_allow": "127.0.0.0/8",
+        **overrides,
     }
     async with serve(**settings) as running:
         yield running, running.base.removesuffix("/guest")
@@ -62,18 +64,22 @@ async def test_a_key_with_write_on_one_line_is_refused_on_another(tmp_path: Path
         asked = await client.post(f"{api}/lines/alpha/chat/simple", json={"query": "hi"}, headers={"X-API-Key": key})
         assert asked.status_code == 200 and asked.json()["answer"]
         bearer = {"Authorization": f"Bearer {key}"}
-        assert (await client.post(f"{api}/lines/alpha/chat/simple", json={"query": "hi"}, headers=bearer)
-                ).status_code == 200, "the key works as a bearer token too"
+        assert (
+            await client.post(f"{api}/lines/alpha/chat/simple", json={"query": "hi"}, headers=bearer)
+        ).status_code == 200, "the key works as a bearer token too"
         refused = await client.post(f"{api}/lines/beta/chat/simple", json={"query": "hi"}, headers={"X-API-Key": key})
         assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
         nobody = await client.post(f"{api}/lines/alpha/chat/simple", json={"query": "hi"})
         assert nobody.status_code == 401 and nobody.json()["code"] == "unauthorized"
-        assert (await client.get(f"{api}/lines/alpha/queue/history", headers={"X-API-Key": key})
-                ).status_code == 403, "WRITE is not READ"
+        assert (await client.get(f"{api}/lines/alpha/queue/history", headers={"X-API-Key": key})).status_code == 403, (
+            "WRITE is not READ"
+        )
         me = (await client.get(f"{api}/admin/auth/me", headers={"X-API-Key": key})).json()
         assert me["role"] == "member" and me["application"]["id"] == app and "secret_hash" not in me["key"]
-        assert (await client.get(f"{api}/admin/auth/permissions/alpha", headers={"X-API-Key": key})
-                ).json() == {"line": "alpha", "permissions": ["WRITE"]}
+        assert (await client.get(f"{api}/admin/auth/permissions/alpha", headers={"X-API-Key": key})).json() == {
+            "line": "alpha",
+            "permissions": ["WRITE"],
+        }
         listed = (await client.get(f"{api}/lines", headers={"X-API-Key": key})).json()["lines"]
         assert [line["name"] for line in listed] == ["alpha", "guest"], "its own line and the public ones"
 
@@ -82,8 +88,9 @@ async def test_a_key_is_shown_once_stored_as_a_hash_and_revoked_at_once(tmp_path
     async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
         app = await _application(client, api, "app")
         await _line(client, api, name="private", application_id=app, public=False)
-        made = await client.post(f"{api}/admin/applications/{app}/keys", json={"permissions": {"*": ["READ"]}},
-                                 headers=ADMIN)
+        made = await client.post(
+            f"{api}/admin/applications/{app}/keys", json={"permissions": {"*": ["READ"]}}, headers=ADMIN
+        )
         key, key_id = made.json()["key"], made.json()["id"]
         listed = (await client.get(f"{api}/admin/applications/{app}/keys", headers=ADMIN)).text
         secret = key.removeprefix("gq_").split("_", 1)[1]  # the id is hex: the secret may hold "_"
@@ -105,17 +112,20 @@ async def test_an_application_admin_manages_its_own_application_only(tmp_path: P
     async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
         mine, theirs = await _application(client, api, "mine"), await _application(client, api, "theirs")
         admin = {"X-API-Key": await _key(client, api, mine, role="admin")}
-        assert [a["id"] for a in (await client.get(f"{api}/admin/applications", headers=admin)).json()
-                ["applications"]] == [mine]
+        assert [
+            a["id"] for a in (await client.get(f"{api}/admin/applications", headers=admin)).json()["applications"]
+        ] == [mine]
         assert (await client.get(f"{api}/admin/applications/{theirs}", headers=admin)).status_code == 404
-        assert (await client.post(f"{api}/admin/lines", json={"name": "x", "application_id": theirs},
-                                  headers=admin)).status_code == 403
+        assert (
+            await client.post(f"{api}/admin/lines", json={"name": "x", "application_id": theirs}, headers=admin)
+        ).status_code == 403
         made = await client.post(f"{api}/admin/lines", json={"name": "ours", "application_id": mine}, headers=admin)
         assert made.status_code == 201
         assert (await client.post(f"{api}/admin/applications/{mine}/keys", json={}, headers=admin)).status_code == 201
         assert (await client.post(f"{api}/admin/applications", json={"name": "n"}, headers=admin)).status_code == 403
-        assert (await client.put(f"{api}/admin/lines/guest", json={"mode": "paused"}, headers=admin)
-                ).status_code == 403, "the deployment's own line is the super admin's"
+        assert (
+            await client.put(f"{api}/admin/lines/guest", json={"mode": "paused"}, headers=admin)
+        ).status_code == 403, "the deployment's own line is the super admin's"
         # Deleting an application stops its keys at once.
         assert (await client.delete(f"{api}/admin/applications/{mine}", headers=ADMIN)).status_code == 200
         assert (await client.get(f"{api}/admin/auth/me", headers=admin)).status_code == 403
@@ -123,7 +133,8 @@ async def test_an_application_admin_manages_its_own_application_only(tmp_path: P
 
 
 async def test_a_line_paused_and_opened_through_the_api_keeps_its_order(
-    tmp_path: Path, upstream: MockUpstream,
+    tmp_path: Path,
+    upstream: MockUpstream,
 ) -> None:
     url, tag = upstream.tagged(chunks=1)
     async with admin_server(tmp_path, upstream) as (running, api), httpx.AsyncClient(timeout=30) as client:
@@ -160,12 +171,18 @@ async def test_bad_admin_requests_get_clear_errors(tmp_path: Path, upstream: Moc
             (client.post(f"{api}/admin/applications", json={"name": "x"}), 401, "unauthorized"),
             (client.post(f"{api}/admin/applications", json={"name": ""}, headers=ADMIN), 422, "invalid_field"),
             (client.post(f"{api}/admin/applications", content=b"{", headers={**ADMIN, **JSON}), 400, "invalid_json"),
-            (client.post(f"{api}/admin/applications", content=b'{"name": "x"}', headers={**ADMIN, **TEXT}), 415,
-             "unsupported_media_type"),
+            (
+                client.post(f"{api}/admin/applications", content=b'{"name": "x"}', headers={**ADMIN, **TEXT}),
+                415,
+                "unsupported_media_type",
+            ),
             (client.post(f"{api}/admin/lines", json={"name": "Bad Name"}, headers=ADMIN), 422, "invalid_field"),
             (client.post(f"{api}/admin/lines", json={"name": "guest"}, headers=ADMIN), 409, "conflict"),
-            (client.post(f"{api}/admin/lines", json={"name": "z", "mode": "shut"}, headers=ADMIN), 422,
-             "invalid_field"),
+            (
+                client.post(f"{api}/admin/lines", json={"name": "z", "mode": "shut"}, headers=ADMIN),
+                422,
+                "invalid_field",
+            ),
             (client.put(f"{api}/admin/lines/nope", json={}, headers=ADMIN), 404, "not_found"),
             (client.get(f"{api}/admin/auth/me", headers={"X-API-Key": "gq_nope_nope"}), 403, "forbidden"),
         ]
@@ -192,9 +209,13 @@ def _nodes(tree: Any) -> Iterator[dict[str, Any]]:
 
 
 async def test_on_a_private_line_cancelling_needs_delete_or_write(tmp_path: Path, upstream: MockUpstream) -> None:
-    async with admin_server(tmp_path, upstream, upstream_url=upstream.url(chunks=1, first=5.0),
-                            reconnect_grace_s=30.0) as (_, api), \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        admin_server(tmp_path, upstream, upstream_url=upstream.url(chunks=1, first=5.0), reconnect_grace_s=30.0) as (
+            _,
+            api,
+        ),
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         app = await _application(client, api, "app")
         await _line(client, api, name="private", application_id=app, public=False)
         writer = {"X-API-Key": await _key(client, api, app, permissions={"private": ["WRITE"]})}
@@ -202,8 +223,9 @@ async def test_on_a_private_line_cancelling_needs_delete_or_write(tmp_path: Path
         reader = {"X-API-Key": await _key(client, api, app, permissions={"private": ["READ"]})}
         ids = []
         for _ in range(2):
-            async with client.stream("POST", f"{api}/lines/private/chat", json={"query": "slow"},
-                                     headers=writer) as response:
+            async with client.stream(
+                "POST", f"{api}/lines/private/chat", json={"query": "slow"}, headers=writer
+            ) as response:
                 ids.append(response.headers["X-Request-ID"])
         assert (await client.delete(f"{api}/lines/private/chat/{ids[0]}")).status_code == 401
         assert (await client.delete(f"{api}/lines/private/chat/{ids[0]}", headers=reader)).status_code == 403
@@ -231,8 +253,9 @@ async def test_a_private_lines_websocket_needs_write(tmp_path: Path, upstream: M
 
 async def test_lines_made_at_the_same_moment_all_open(tmp_path: Path, upstream: MockUpstream) -> None:
     async with admin_server(tmp_path, upstream) as (running, api), httpx.AsyncClient(timeout=10) as client:
-        made = await asyncio.gather(*(client.post(f"{api}/admin/lines", json={"name": f"l{n}"}, headers=ADMIN)
-                                      for n in range(6)))
+        made = await asyncio.gather(
+            *(client.post(f"{api}/admin/lines", json={"name": f"l{n}"}, headers=ADMIN) for n in range(6))
+        )
         assert [answer.status_code for answer in made] == [201] * 6
         listed = (await client.get(f"{api}/lines")).json()["lines"]
         assert sorted(line["name"] for line in listed) == ["guest", *(f"l{n}" for n in range(6))]
@@ -240,32 +263,40 @@ async def test_lines_made_at_the_same_moment_all_open(tmp_path: Path, upstream: 
 
 
 async def test_a_purge_sends_the_waiting_guests_away_and_lets_the_running_call_finish(
-    tmp_path: Path, upstream: MockUpstream,
+    tmp_path: Path,
+    upstream: MockUpstream,
 ) -> None:
-    async with admin_server(tmp_path, upstream, upstream_url=upstream.url(chunks=1, first=1.0)) as (running, api), \
-            httpx.AsyncClient(timeout=20) as client:
+    async with (
+        admin_server(tmp_path, upstream, upstream_url=upstream.url(chunks=1, first=1.0)) as (running, api),
+        httpx.AsyncClient(timeout=20) as client,
+    ):
         app = await _application(client, api, "p")
         await _line(client, api, name="p", application_id=app, max_concurrent_requests=1)
         manager = {"X-API-Key": await _key(client, api, app, permissions={"p": ["MANAGE"]})}
         reader = {"X-API-Key": await _key(client, api, app, permissions={"p": ["READ"]})}
         assert running.guest.lineup is not None
         line = running.guest.lineup.get("p").service.line
-        guests = [asyncio.create_task(stream_events(client, f"{api}/lines/p/chat", json={"query": f"q{n}"}))
-                  for n in range(3)]
+        guests = [
+            asyncio.create_task(stream_events(client, f"{api}/lines/p/chat", json={"query": f"q{n}"})) for n in range(3)
+        ]
         await wait_until(lambda: line.peek().size == 2 and line.peek().active == 1)
         assert (await client.post(f"{api}/admin/lines/p/purge", headers=reader)).status_code == 403
         purged = await client.post(f"{api}/admin/lines/p/purge", headers=manager)
         assert purged.status_code == 200 and purged.json()["purged_at"] > 0
         endings = [(events[-1].name, events[-1].data.get("code")) for events in await asyncio.gather(*guests)]
-    assert sorted(endings, key=str) == sorted([("workflow_complete", None), ("error", "purged"), ("error", "purged")],
-                                              key=str)
+    assert sorted(endings, key=str) == sorted(
+        [("workflow_complete", None), ("error", "purged"), ("error", "purged")], key=str
+    )
 
 
 async def test_without_an_admin_key_a_remote_guest_of_a_private_line_is_asked_for_a_key(
-    tmp_path: Path, upstream: MockUpstream,
+    tmp_path: Path,
+    upstream: MockUpstream,
 ) -> None:
-    async with serve(upstream_url=upstream.url(chunks=1), db_path=str(tmp_path / "g.db")) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(chunks=1), db_path=str(tmp_path / "g.db")) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         api = running.base.removesuffix("/guest")
         # No GUEST_ADMIN_API_KEY: a local caller is the super admin (as for the operator's views).
         assert (await client.post(f"{api}/admin/lines", json={"name": "private", "public": False})).status_code == 201

@@ -24,8 +24,15 @@ PROPAGATION_S = 1.0
 def pair(tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream) -> Iterator[list[str]]:
     """Two instances (their /api/v1 URLs) sharing one Redis."""
     # outbound_allow: the operator lets lines made through the admin API reach the loopback mock upstream.
-    for bases in _instances(tmp_path, 2, redis_url, redis_prefix, upstream_url=upstream.url(chunks=1),
-                            admin_api_key=ADMIN_KEY, outbound_allow="127.0.0.0/8"):
+    for bases in _instances(
+        tmp_path,
+        2,
+        redis_url,
+        redis_prefix,
+        upstream_url=upstream.url(chunks=1),
+        admin_api_key=ADMIN_KEY,
+        outbound_allow="127.0.0.0/8",
+    ):
         yield [base.removesuffix("/guest") for base in bases]
 
 
@@ -39,7 +46,8 @@ async def _within(seconds: float, check: Any) -> float:
 
 
 async def test_a_line_made_on_one_instance_serves_guests_on_the_other_within_a_second(
-    pair: list[str], upstream: MockUpstream,
+    pair: list[str],
+    upstream: MockUpstream,
 ) -> None:
     a, b = pair
     url, tag = upstream.tagged(chunks=2)
@@ -65,7 +73,8 @@ async def test_a_line_made_on_one_instance_serves_guests_on_the_other_within_a_s
 
 
 async def test_a_revoked_key_is_refused_on_every_instance_within_a_second(
-    pair: list[str], tmp_path: Path,
+    pair: list[str],
+    tmp_path: Path,
 ) -> None:
     a, b = pair
     async with httpx.AsyncClient(timeout=10) as client:
@@ -89,12 +98,19 @@ async def test_a_revoked_key_is_refused_on_every_instance_within_a_second(
     assert made["key"].removeprefix("gq_").split("_", 1)[1] not in logs, "no key is ever logged"
 
 
-
 @pytest.fixture
 def slow_ticking_pair(tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream) -> Iterator[list[str]]:
     """Two instances whose guests hear their place only every 5 s, unless something moves them."""
-    for bases in _instances(tmp_path, 2, redis_url, redis_prefix, upstream_url=upstream.url(chunks=1, first=3.0),
-                            admin_api_key=ADMIN_KEY, position_update_s=5.0, max_concurrent_requests=1):
+    for bases in _instances(
+        tmp_path,
+        2,
+        redis_url,
+        redis_prefix,
+        upstream_url=upstream.url(chunks=1, first=3.0),
+        admin_api_key=ADMIN_KEY,
+        position_update_s=5.0,
+        max_concurrent_requests=1,
+    ):
         yield [base.removesuffix("/guest") for base in bases]
 
 
@@ -113,11 +129,17 @@ async def test_a_guest_passed_by_a_higher_tier_on_another_instance_hears_it_at_o
     a, b = slow_ticking_pair
     async with httpx.AsyncClient(timeout=30) as client:
         app = (await client.post(f"{a}/admin/applications", json={"name": "t"}, headers=ADMIN)).json()["id"]
-        made = await client.post(f"{a}/admin/lines", json={"name": "t", "application_id": app,
-                                                           "tiers": ["paid", "free"]}, headers=ADMIN)
+        made = await client.post(
+            f"{a}/admin/lines", json={"name": "t", "application_id": app, "tiers": ["paid", "free"]}, headers=ADMIN
+        )
         assert made.status_code == 201
-        key = (await client.post(f"{a}/admin/applications/{app}/keys", headers=ADMIN,
-                                 json={"tier": "paid", "permissions": {"t": ["WRITE"]}})).json()["key"]
+        key = (
+            await client.post(
+                f"{a}/admin/applications/{app}/keys",
+                headers=ADMIN,
+                json={"tier": "paid", "permissions": {"t": ["WRITE"]}},
+            )
+        ).json()["key"]
 
         async def served_on_b() -> bool:
             return (await client.get(f"{b}/lines/t/queue/status")).status_code == 200
@@ -132,8 +154,11 @@ async def test_a_guest_passed_by_a_higher_tier_on_another_instance_hears_it_at_o
             await asyncio.sleep(0.02)
         assert waiting[-1][1] == 1
         asked = time.monotonic()
-        tasks.append(asyncio.create_task(_positions(client, f"{a}/lines/t/chat", [], json={"query": "paid"},
-                                                    headers={"X-API-Key": key})))
+        tasks.append(
+            asyncio.create_task(
+                _positions(client, f"{a}/lines/t/chat", [], json={"query": "paid"}, headers={"X-API-Key": key})
+            )
+        )
         while not any(position == 2 for _, position in waiting):
             assert time.monotonic() - asked < 2.0, f"not told within 2 s (ticks every 5 s): {waiting}"
             await asyncio.sleep(0.02)

@@ -27,8 +27,14 @@ SECRET = "a-token-secret-of-at-least-32-characters!"
 
 def _room(name: str = "shop", **keys: Any) -> str:
     # One test client joins many times: its own limit (max_sessions_per_client) is tested on its own.
-    settings = {"max_active": 3, "batch_size": 10, "process_interval_sec": 0.1, "session_ttl_sec": 30,
-                "max_sessions_per_client": 100, **keys}
+    settings = {
+        "max_active": 3,
+        "batch_size": 10,
+        "process_interval_sec": 0.1,
+        "session_ttl_sec": 30,
+        "max_sessions_per_client": 100,
+        **keys,
+    }
     body = "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in settings.items())
     return f'[lines.{name}]\nmode = "admission"\n{body}\n'
 
@@ -88,12 +94,11 @@ async def test_ten_guests_three_slots_each_completion_admits_the_next_in_order(t
             state = await _until(lambda n=nxt: _poll_admitted(client, url, n))
             assert state["token"] and state["expires_at"] > time.time()
             now = await _admitted(client, [url], ids)  # (an admitted guest stays so once its session ended)
-            assert sorted(now) == sorted(ids[:done + 4]), f"after {done + 1} completions"
+            assert sorted(now) == sorted(ids[: done + 4]), f"after {done + 1} completions"
         again = await client.delete(f"{url}/sessions/{ids[0]}")
         assert again.status_code == 409 and again.json()["state"] == "completed"
         status = (await client.get(f"{url}/queue/status")).json()
-        assert status["sessions"] == {"sessions_active": 3, "admitted": 10, "completed": 7, "expired": 0,
-                                      "revoked": 0}
+        assert status["sessions"] == {"sessions_active": 3, "admitted": 10, "completed": 7, "expired": 0, "revoked": 0}
         metrics = (await client.get(f"{url}/metrics")).text
         assert 'guestqueue_admitted_total{line="shop"} 10.0' in metrics
         assert 'guestqueue_sessions_active{line="shop"} 3.0' in metrics
@@ -159,10 +164,12 @@ async def test_tokens_verify_online_and_offline_and_bad_ones_fail(tmp_path: Path
 async def test_an_es256_key_file_signs_and_its_jwks_checks_tokens_offline(tmp_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     pem = tmp_path / "token.pem"
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-    async with room(tmp_path, _room(redirect_url="https://shop.example/checkout"), token_secret="",
-                    token_key_file=str(pem)) as (lines, client):
+    pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    async with room(
+        tmp_path, _room(redirect_url="https://shop.example/checkout"), token_secret="", token_key_file=str(pem)
+    ) as (lines, client):
         url = f"{lines}/shop"
         admitted = (await stream_events(client, f"{url}/join", headers={"Accept": "text/event-stream"}))[-1]
         assert admitted.data["redirect_url"] == "https://shop.example/checkout"
@@ -182,7 +189,7 @@ async def test_a_websocket_guest_is_admitted_too(tmp_path: Path) -> None:
 
 
 async def test_wrong_use_gets_clear_errors(tmp_path: Path) -> None:
-    toml = _room() + '[lines.chat]\nupstream_interval_sec = 0\n'
+    toml = _room() + "[lines.chat]\nupstream_interval_sec = 0\n"
     async with room(tmp_path, toml) as (lines, client):
         not_a_room = await client.post(f"{lines}/chat/join")
         assert not_a_room.status_code == 404 and "not a waiting room" in not_a_room.json()["error"]
@@ -239,7 +246,7 @@ async def test_two_instances_never_give_a_slot_twice(pair: list[str]) -> None:
             reply = await client.post(f"{pair[(done + 1) % 2]}/sessions/{ids[done]}/complete")
             assert reply.status_code == 200, reply.text
             await _until(lambda n=done + 3: _poll_admitted(client, pair[n % 2], ids[n]))
-            assert sorted(await _admitted(client, pair, ids)) == sorted(ids[:done + 4])
+            assert sorted(await _admitted(client, pair, ids)) == sorted(ids[: done + 4])
         tokens = {(await _poll(client, pair[1], i))["token"] for i in ids}
         assert len(tokens) == 10
         await _until(lambda: _counted(client, pair[1], 10))  # the counts are the last sweep's (0.5 s)

@@ -26,8 +26,9 @@ def _answer(events: list[Received]) -> str:
 async def _row(db: Path, request_id: str) -> tuple[str, str, str]:
     def read() -> tuple[str, str, str] | None:
         with sqlite3.connect(db) as conn:
-            row = conn.execute("SELECT status, error_code, answer FROM requests WHERE request_id = ?",
-                               (request_id,)).fetchone()
+            row = conn.execute(
+                "SELECT status, error_code, answer FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
         return None if row is None else (row[0], row[1], row[2] or "")
 
     for _ in range(200):
@@ -41,8 +42,10 @@ async def _row(db: Path, request_id: str) -> tuple[str, str, str]:
 async def test_a_streamed_answer_past_the_limit_ends_answer_too_large(tmp_path: Path, upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(chunks=400, size=65536, delay=0.002)  # 25 MiB in 64 KiB chunks
     db = tmp_path / "gq.db"
-    async with serve(upstream_url=url, max_answer_bytes=LIMIT, db_path=str(db)) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=url, max_answer_bytes=LIMIT, db_path=str(db)) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         events = await ask(client, running.base)
         assert events[-1].name == "error" and events[-1].data["code"] == "answer_too_large", events[-1]
         received = _answer(events)
@@ -56,8 +59,10 @@ async def test_a_streamed_answer_past_the_limit_ends_answer_too_large(tmp_path: 
 async def test_one_huge_json_answer_is_not_read_past_the_bound(upstream: MockUpstream) -> None:
     for mode in ("json", "ndjson"):
         url = upstream.url(mode=mode, chunks=200, size=65536)  # 12.5 MiB in one JSON value, or one line each
-        async with serve(upstream_url=url, max_answer_bytes=64 * 1024) as running, \
-                httpx.AsyncClient(timeout=30) as client:
+        async with (
+            serve(upstream_url=url, max_answer_bytes=64 * 1024) as running,
+            httpx.AsyncClient(timeout=30) as client,
+        ):
             events = await ask(client, running.base)
             assert events[-1].name == "error" and events[-1].data["code"] == "answer_too_large", (mode, events[-1])
 
@@ -80,8 +85,9 @@ async def test_a_pull_worker_cannot_send_more_than_the_limit(tmp_path: Path) -> 
 
         jobs = lines.removesuffix("/lines") + "/jobs"
         try:
-            answer = await client.post(f"{jobs}/{job['receipt']}/chunks", content=flood(),
-                                       headers={"Content-Type": "application/x-ndjson"})
+            answer = await client.post(
+                f"{jobs}/{job['receipt']}/chunks", content=flood(), headers={"Content-Type": "application/x-ndjson"}
+            )
             assert answer.status_code in (410, 413), answer.text
         except httpx.HTTPError:
             pass  # the server closed the connection while the worker was still sending: also a refusal

@@ -65,8 +65,10 @@ async def test_fifo_start_order_with_concurrency_one(upstream: MockUpstream) -> 
 
 async def test_positions_fall_as_the_line_moves(upstream: MockUpstream) -> None:
     url, _ = upstream.tagged(chunks=3, delay=0.1)
-    async with serve(upstream_url=url, max_concurrent_requests=1, position_update_s=5) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=url, max_concurrent_requests=1, position_update_s=5) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         first = [asyncio.create_task(ask(client, running.base, f"ahead {i}")) for i in range(3)]
         await wait_until(lambda: running.service.stats.total_requests == 3)
         mine = await ask(client, running.base, "me")
@@ -82,8 +84,10 @@ async def test_positions_fall_as_the_line_moves(upstream: MockUpstream) -> None:
 async def test_pacing_spaces_upstream_starts_across_workers(upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(chunks=1)
     interval = 0.3
-    async with serve(upstream_url=url, max_concurrent_requests=3, upstream_interval_s=interval) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=url, max_concurrent_requests=3, upstream_interval_s=interval) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         results = await asyncio.gather(*(ask(client, running.base, f"q{i}") for i in range(4)))
         assert_drained(running)
     assert all(r[-1].name == "workflow_complete" for r in results)
@@ -164,8 +168,10 @@ async def test_upstream_429_retry_after_holds_the_limiter(upstream: MockUpstream
 
 async def test_wait_limit_ends_with_wait_timeout(upstream: MockUpstream) -> None:
     slow, _ = upstream.tagged(mode="hang", chunks=3)
-    async with serve(upstream_url=slow, max_concurrent_requests=1, max_wait_s=0.3, request_timeout_s=2) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=slow, max_concurrent_requests=1, max_wait_s=0.3, request_timeout_s=2) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         blocker = asyncio.create_task(ask(client, running.base, "blocker"))
         await wait_until(lambda: len(running.service.running) == 1)
         events = await ask(client, running.base, "waiter")
@@ -195,8 +201,10 @@ async def test_framing_cannot_be_forged_by_guest_or_upstream(upstream: MockUpstr
 
 async def test_disconnect_while_queued_never_reaches_upstream(upstream: MockUpstream) -> None:
     blocking, _ = upstream.tagged(chunks=2, delay=0.4)
-    async with serve(upstream_url=blocking, max_concurrent_requests=1) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=blocking, max_concurrent_requests=1) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         blocker = asyncio.create_task(ask(client, running.base, "blocker"))
         await wait_until(lambda: len(running.service.running) == 1)
         # A guest who leaves after hearing its place...
@@ -247,8 +255,10 @@ async def test_cancel_by_delete(upstream: MockUpstream) -> None:
 async def test_many_concurrent_guests_nothing_lost(upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(chunks=3)
     guests = 200
-    async with serve(upstream_url=url, max_concurrent_requests=4, max_queue_size=guests) as running, \
-            httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=guests + 10)) as client:
+    async with (
+        serve(upstream_url=url, max_concurrent_requests=4, max_queue_size=guests) as running,
+        httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=guests + 10)) as client,
+    ):
         results = await asyncio.gather(*(ask(client, running.base, f"g{i}") for i in range(guests)))
         assert_drained(running)
         status = (await client.get(f"{running.base}/queue/status")).json()
@@ -264,10 +274,13 @@ async def test_a_retry_goes_first_at_the_limiter(upstream: MockUpstream) -> None
     mock = {"tag": tag, "chunks": 1}
     # The interval is longer than the longest backoff before a first retry (0.5 s, workers.py), so
     # B's turn is never due before A's retry asks: only the order of the turns is tested.
-    async with serve(upstream_url=upstream.url(), upstream_interval_s=1.0, upstream_retries=1,
-                     max_concurrent_requests=3) as running, httpx.AsyncClient(timeout=30) as client:
-        a = asyncio.create_task(ask(client, running.base, "a", parameters={"mock": {**mock, "fail": 1,
-                                                                                    "status": 503}}))
+    async with (
+        serve(
+            upstream_url=upstream.url(), upstream_interval_s=1.0, upstream_retries=1, max_concurrent_requests=3
+        ) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        a = asyncio.create_task(ask(client, running.base, "a", parameters={"mock": {**mock, "fail": 1, "status": 503}}))
         await wait_until(lambda: running.service.line.limiter.starts == 1)
         others = [asyncio.create_task(ask(client, running.base, q, parameters={"mock": mock})) for q in "bc"]
         for events in await asyncio.gather(a, *others):
@@ -280,8 +293,10 @@ async def test_waits_between_attempts_do_not_count_against_the_processing_limit(
     # First attempt fails at once; the retry waits for its pacing turn (1 s) and then takes 0.6 s.
     # With the waits counted, 1.6 s > the 1.3 s limit ended it as a timeout.
     url, tag = upstream.tagged(fail=1, status=503, chunks=2, delay=0.3)
-    async with serve(upstream_url=url, upstream_interval_s=1.0, upstream_retries=1,
-                     request_timeout_s=1.3) as running, httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=url, upstream_interval_s=1.0, upstream_retries=1, request_timeout_s=1.3) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         events = await ask(client, running.base)
     assert events[-1].name == "workflow_complete", events[-1]
     assert len(upstream.calls(tag)) == 2

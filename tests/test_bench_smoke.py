@@ -17,8 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(scenario: str, out: Path) -> dict[str, object]:
-    proc = subprocess.run([sys.executable, "-m", "bench", "run", scenario, "--smoke", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", scenario, "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result: dict[str, object] = json.loads((out / f"{scenario}.json").read_text())
     return result
@@ -45,7 +50,8 @@ def test_overhead_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "scenario", ["waiting", "eta", "dispatch", "logwriter", "memory", "scaleout", "tenants", "beyond"],
+    "scenario",
+    ["waiting", "eta", "dispatch", "logwriter", "memory", "scaleout", "tenants", "beyond"],
 )
 def test_scenario_smoke(scenario: str, tmp_path: Path) -> None:
     result = _run(scenario, tmp_path)

@@ -61,10 +61,19 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
             pytest.fail(f"{path} is missing: apt-get install {package} (.ci/run does it)", pytrace=False)
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", "--window-size=900,760",
-                     f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=900,760",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_script_timeout(30)
@@ -84,8 +93,12 @@ def screenshot(driver: WebDriver, name: str) -> Path:
 def wait(driver: WebDriver, timeout_s: float = 20.0) -> WebDriverWait[WebDriver]:
     # An element found just before the page navigates (a form posted, a redirect) goes stale: the
     # condition is asked again, as for an element not there yet.
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.05,
-                         ignored_exceptions=[NoSuchElementException, StaleElementReferenceException])
+    return WebDriverWait(
+        driver,
+        timeout_s,
+        poll_frequency=0.05,
+        ignored_exceptions=[NoSuchElementException, StaleElementReferenceException],
+    )
 
 
 def last_turn(driver: WebDriver, part: str) -> str:
@@ -112,7 +125,8 @@ def ask_on_page(driver: WebDriver, question: str) -> None:
 def page_is_ready(driver: WebDriver) -> bool:
     """The chat page has its strings and has taken over its form: the Ask button turns on."""
     ready: bool = driver.execute_script(
-        "return document.readyState === 'complete' && !document.getElementById('ask').disabled")
+        "return document.readyState === 'complete' && !document.getElementById('ask').disabled"
+    )
     return ready
 
 
@@ -218,20 +232,26 @@ import("./guestqueue.js").then(({ SSEParser }) => {
 """
 
 PARSER_CASES: dict[str, tuple[str, dict[str, Any]]] = {
-    "lf": ("event: queued\nid: 1\ndata: {\"a\":1}\n\n", {"events": [["queued", '{"a":1}', "1"]]}),
+    "lf": ('event: queued\nid: 1\ndata: {"a":1}\n\n', {"events": [["queued", '{"a":1}', "1"]]}),
     "crlf": ("event: queued\r\nid: 2\r\ndata: x\r\n\r\n", {"events": [["queued", "x", "2"]]}),
     "cr": ("event: queued\rid: 3\rdata: x\r\r", {"events": [["queued", "x", "3"]]}),
     "mixed line ends": ("data: a\r\ndata: b\rdata: c\n\r\n", {"events": [["message", "a\nb\nc", ""]]}),
-    "multi-line data": ("data: one\ndata: two\ndata\ndata:  three\n\n",
-                        {"events": [["message", "one\ntwo\n\n three", ""]]}),
-    "comments": (": ping\n\n:\ndata: y\n: inside\n\n",
-                 {"events": [["message", "y", ""]], "comments": [" ping", "", " inside"]}),
+    "multi-line data": (
+        "data: one\ndata: two\ndata\ndata:  three\n\n",
+        {"events": [["message", "one\ntwo\n\n three", ""]]},
+    ),
+    "comments": (
+        ": ping\n\n:\ndata: y\n: inside\n\n",
+        {"events": [["message", "y", ""]], "comments": [" ping", "", " inside"]},
+    ),
     "no space after colon": ("event:x\ndata:y\n\n", {"events": [["x", "y", ""]]}),
     "event type resets": ("event: a\ndata: 1\n\ndata: 2\n\n", {"events": [["a", "1", ""], ["message", "2", ""]]}),
     "id without data": ("id: 7\n\n", {"events": [], "lastEventId": "7"}),
     "id persists": ("id: 1\ndata: a\n\ndata: b\n\n", {"events": [["message", "a", "1"], ["message", "b", "1"]]}),
-    "id with NUL ignored": ("id: 1\ndata: a\n\nid: x\u0000y\ndata: b\n\n",
-                            {"events": [["message", "a", "1"], ["message", "b", "1"]]}),
+    "id with NUL ignored": (
+        "id: 1\ndata: a\n\nid: x\u0000y\ndata: b\n\n",
+        {"events": [["message", "a", "1"], ["message", "b", "1"]]},
+    ),
     "unfinished event dropped": ("data: a\n\ndata: b\n", {"events": [["message", "a", ""]]}),
     "bom": ("\ufeffdata: x\n\n", {"events": [["message", "x", ""]]}),
     "retry": ("retry: 3000\nretry: soon\ndata: x\n\n", {"events": [["message", "x", ""]], "retries": [3000]}),
@@ -447,10 +467,20 @@ def test_every_language_has_every_string() -> None:
 # the admin API, shows a `timeout` event's own fallback text, and does not read the answers of
 # DELETE /chat/{id} (already_finished) or chat/simple (reconnect); client_disconnected answers a
 # guest who has gone.
-NOT_ON_THE_PAGE = {"invalid_json", "unsupported_media_type", "idempotency_mismatch", "conflict",
-                   "too_many_attempts", "timeout", "already_finished", "reconnect", "client_disconnected",
-                   "receipt_expired", "offset_mismatch",  # a pull worker's (web/jobs.py), never a guest's
-                   "quota_exceeded"}  # the admin API's (an application's quotas), never a guest's
+NOT_ON_THE_PAGE = {
+    "invalid_json",
+    "unsupported_media_type",
+    "idempotency_mismatch",
+    "conflict",
+    "too_many_attempts",
+    "timeout",
+    "already_finished",
+    "reconnect",
+    "client_disconnected",
+    "receipt_expired",
+    "offset_mismatch",  # a pull worker's (web/jobs.py), never a guest's
+    "quota_exceeded",
+}  # the admin API's (an application's quotas), never a guest's
 CODE = re.compile(r'(?:"code": |code=|code: )"(\w+)"')
 
 
@@ -500,7 +530,8 @@ def _box(driver: WebDriver, selector: str) -> dict[str, float]:
     box: dict[str, float] = driver.execute_script(
         "const r = document.querySelector(arguments[0]).getBoundingClientRect(), k = devicePixelRatio;"
         "return {left: r.left * k, right: r.right * k, middle: (r.top + r.bottom) / 2 * k, width: innerWidth * k}",
-        selector)
+        selector,
+    )
     return box
 
 
@@ -524,7 +555,7 @@ def screenshot_row(driver: WebDriver, shot: Path, y: float) -> list[tuple[int, .
     library here, and the page's policy lets it read data: images."""
     data = driver.execute_async_script(SCREENSHOT_ROW, base64.b64encode(shot.read_bytes()).decode(), int(y))
     assert data, f"{shot} is not an image"
-    return [tuple(data[x:x + 3]) for x in range(0, len(data), 4)]
+    return [tuple(data[x : x + 3]) for x in range(0, len(data), 4)]
 
 
 def accent_in_screenshot(driver: WebDriver, shot: Path, selector: str) -> tuple[int, int, int]:
@@ -544,7 +575,9 @@ def test_the_page_in_arabic_reads_right_to_left_and_answers(browser: WebDriver, 
     assert first > width / 2, "in English the Ask button is drawn on the right"
     open_page(browser, f"{site}/static/chat.html?lang=ar")
     assert browser.execute_script("return [document.documentElement.lang, document.documentElement.dir]") == [
-        "ar", "rtl"]
+        "ar",
+        "rtl",
+    ]
     assert browser.title == arabic["title"]
     assert browser.find_element(By.ID, "ask").text == arabic["ask"]
     assert browser.find_element(By.ID, "intro").text == arabic["intro"]
@@ -586,9 +619,11 @@ def background(driver: WebDriver) -> list[int]:
 @contextmanager
 def system_colors(driver: WebDriver, scheme: str) -> Iterator[None]:
     """The browser as on a system set to ``scheme`` (light or dark)."""
+
     def emulate(value: str) -> None:
-        driver.execute_cdp_cmd("Emulation.setEmulatedMedia",
-                               {"features": [{"name": "prefers-color-scheme", "value": value}]})
+        driver.execute_cdp_cmd(
+            "Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": value}]}
+        )
 
     emulate(scheme)
     try:
@@ -608,9 +643,7 @@ def test_without_a_theme_the_page_follows_the_system_while_open(browser: WebDriv
         assert sum(background(browser)) > 600
 
 
-def test_a_line_name_is_shown_as_given_and_an_unknown_one_gets_the_servers_404(
-    browser: WebDriver, site: str
-) -> None:
+def test_a_line_name_is_shown_as_given_and_an_unknown_one_gets_the_servers_404(browser: WebDriver, site: str) -> None:
     name = "no$&such$'line"  # String.replace would read $& and $' as patterns
     open_page(browser, f"{site}/static/chat.html?line={quote(name)}")
     assert browser.find_element(By.ID, "line-name").text == strings("en")["line"].replace("{line}", name)
@@ -642,8 +675,9 @@ def test_the_line_parameter_asks_that_line(browser: WebDriver, tmp_path_factory:
         wait(browser).until(lambda d: d.find_element(By.ID, "line-picker").is_displayed())
         options = browser.execute_script("return [...document.getElementById('line').options].map(o => o.value)")
         assert options == ["guest", "side"]
-        browser.execute_script("const s = document.getElementById('line'); s.value = 'side';"
-                               "s.dispatchEvent(new Event('change'))")
+        browser.execute_script(
+            "const s = document.getElementById('line'); s.value = 'side';s.dispatchEvent(new Event('change'))"
+        )
         wait(browser).until(lambda d: d.current_url.endswith("/api/v1/lines/side/dashboard"))
         wait(browser).until(lambda d: d.find_element(By.ID, "completed_requests").text == "1")
         open_page(browser, f"{base}/static/chat.html?line=nosuch&lang=ar")
@@ -678,7 +712,9 @@ async def test_a_copy_of_the_page_on_another_path_of_the_site(browser: WebDriver
         ask_on_page(browser, "where am I?")
         wait(browser).until(lambda d: ending_of_last_turn(d) is not None)
         assert (ending_of_last_turn(browser), last_turn(browser, "answer")) == (
-            "workflow_complete", "you asked: where am I?")
+            "workflow_complete",
+            "you asked: where am I?",
+        )
         open_page(browser, f"{site}/help/chat.html?line=nosuch&lang=ar")
         assert browser.execute_script("return document.documentElement.dir") == "ltr"
         assert browser.find_element(By.ID, "ask").text == english["ask"]
@@ -701,13 +737,27 @@ def test_the_checkout_examples_waiting_room_in_a_browser(browser: WebDriver, tmp
     shop_port = free_port()
     shop_origin = f"http://127.0.0.1:{shop_port}"
     config = tmp_path / "room.toml"
-    config.write_text('[lines.shop]\nmode = "admission"\nmax_active = 1\nbatch_size = 1\n'
-                      'process_interval_sec = 0.1\nsession_ttl_sec = 60\n')
+    config.write_text(
+        '[lines.shop]\nmode = "admission"\nmax_active = 1\nbatch_size = 1\n'
+        "process_interval_sec = 0.1\nsession_ttl_sec = 60\n"
+    )
     with guestqueue_process(tmp_path, config=str(config), token_secret=secret, cors_origins=shop_origin) as base:
         queue = base.removesuffix("/api/v1/guest")
         env = {**os.environ, "GUEST_TOKEN_SECRET": secret, "GUESTQUEUE_URL": queue}
-        shop = subprocess.Popen([sys.executable, "-m", "uvicorn", "examples.checkout:app", "--port", str(shop_port),
-                                 "--log-level", "warning"], cwd=ROOT, env=env)
+        shop = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "examples.checkout:app",
+                "--port",
+                str(shop_port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
         try:
             wait_for_http(f"{shop_origin}/")
             first = httpx.post(f"{queue}/api/v1/lines/shop/join").json()  # holds the one place for now
@@ -749,9 +799,12 @@ HOSTILE = """<script>window.pwned = 1</script>
 
 [click me](javascript:window.pwned=1) and <a href="javascript:window.pwned=1">raw</a>
 """
-ANSWERS = {"markdown": MARKDOWN, "hostile": HOSTILE,
-           "arabic": "## ساعات العمل\n\nنفتح **كل يوم**.\n\n- الاثنين: 9\n- الأحد: 10\n\n"
-                     "| اليوم | نفتح |\n|---|---|\n| الاثنين | 9 |\n\n```python\nprint(\"hello\")\n```\n"}
+ANSWERS = {
+    "markdown": MARKDOWN,
+    "hostile": HOSTILE,
+    "arabic": "## ساعات العمل\n\nنفتح **كل يوم**.\n\n- الاثنين: 9\n- الأحد: 10\n\n"
+    '| اليوم | نفتح |\n|---|---|\n| الاثنين | 9 |\n\n```python\nprint("hello")\n```\n',
+}
 
 
 async def markdown_answers(request: WorkflowRequest) -> AsyncIterator[str | Chunk]:
@@ -759,7 +812,7 @@ async def markdown_answers(request: WorkflowRequest) -> AsyncIterator[str | Chun
     text = ANSWERS[request.query]
     for start in range(0, len(text), 12):
         await asyncio.sleep(0.04)
-        yield text[start:start + 12]
+        yield text[start : start + 12]
 
 
 @contextmanager
@@ -797,7 +850,8 @@ def markdown_site() -> Iterator[str]:
 
 def answer_html(driver: WebDriver, selector: str) -> int:
     count: int = driver.execute_script(
-        "return document.querySelectorAll('.turn:last-child .answer ' + arguments[0]).length", selector)
+        "return document.querySelectorAll('.turn:last-child .answer ' + arguments[0]).length", selector
+    )
     return count
 
 
@@ -811,23 +865,31 @@ def test_markdown_answer_renders_while_it_streams(browser: WebDriver, markdown_s
     assert answer_html(browser, "h2") == 1
     assert answer_html(browser, "ul > li") == 2
     assert answer_html(browser, "table th") == 2 and answer_html(browser, "table td") == 4
-    assert browser.execute_script(
-        "return document.querySelector('.turn:last-child .answer pre code').textContent") == 'print("hello")\n'
+    assert (
+        browser.execute_script("return document.querySelector('.turn:last-child .answer pre code').textContent")
+        == 'print("hello")\n'
+    )
     assert "**" not in last_turn(browser, "answer") and "```" not in last_turn(browser, "answer")
     link = browser.find_element(By.CSS_SELECTOR, ".turn:last-child .answer a")
     assert (link.get_attribute("href"), link.get_attribute("target"), link.get_attribute("rel")) == (
-        "https://example.com/map", "_blank", "noopener noreferrer")
+        "https://example.com/map",
+        "_blank",
+        "noopener noreferrer",
+    )
     # The code block's copy button puts the code on the clipboard.
     origin = re.match(r"https?://[^/]+", markdown_site)
     assert origin
-    browser.execute_cdp_cmd("Browser.grantPermissions", {
-        "origin": origin[0], "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    browser.execute_cdp_cmd(
+        "Browser.grantPermissions",
+        {"origin": origin[0], "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
+    )
     copy = browser.find_element(By.CSS_SELECTOR, ".turn:last-child .answer .code button.copy")
     assert copy.text == strings("en")["copy"]
     copy.click()
     wait(browser, 5).until(lambda d: copy.text == strings("en")["copied"])
     copied = browser.execute_async_script(
-        "navigator.clipboard.readText().then(arguments[0], (e) => arguments[0]('failed: ' + e))")
+        "navigator.clipboard.readText().then(arguments[0], (e) => arguments[0]('failed: ' + e))"
+    )
     assert copied == 'print("hello")\n'
     screenshot(browser, "chat-markdown-light.png")
 
@@ -858,7 +920,8 @@ def test_markdown_in_arabic_and_in_the_dark_theme(browser: WebDriver, markdown_s
     assert answer_html(browser, "strong") == 1 and answer_html(browser, "table td") == 2
     answer_dir, code_dir = browser.execute_script(
         "const a = document.querySelector('.turn:last-child .answer');"
-        "return [getComputedStyle(a).direction, getComputedStyle(a.querySelector('pre')).direction]")
+        "return [getComputedStyle(a).direction, getComputedStyle(a.querySelector('pre')).direction]"
+    )
     assert (answer_dir, code_dir) == ("rtl", "ltr"), "the answer reads right to left, its code left to right"
     assert browser.find_element(By.CSS_SELECTOR, ".answer button.copy").text == strings("ar")["copy"]
     screenshot(browser, "chat-markdown-arabic.png")
@@ -870,12 +933,14 @@ def test_markdown_in_arabic_and_in_the_dark_theme(browser: WebDriver, markdown_s
     assert answer_html(browser, "pre code") == 1 and answer_html(browser, "table") == 1
     # The code block and the table are drawn in the dark theme's colours, not the light one's.
     code_background = browser.execute_script(
-        "return getComputedStyle(document.querySelector('.turn:last-child .answer pre')).backgroundColor")
+        "return getComputedStyle(document.querySelector('.turn:last-child .answer pre')).backgroundColor"
+    )
     assert sum(int(part) for part in re.findall(r"\d+", code_background)[:3]) < 120, code_background
     screenshot(browser, "chat-markdown-dark.png")
 
 
 # --- The favicon and the dark theme's Ask button (issue 22 point 2) ------------------------------
+
 
 def relative_luminance(color: str) -> float:
     channels = [int(part) / 255 for part in re.findall(r"\d+", color)[:3]]
@@ -903,8 +968,8 @@ def test_the_dark_themes_ask_button_looks_enabled(browser: WebDriver, site: str)
     for theme in ("dark", "light"):
         open_page(browser, f"{site}/static/chat.html?theme={theme}")
         text, fill, opacity = browser.execute_script(
-            "const s = getComputedStyle(document.getElementById('ask'));"
-            "return [s.color, s.backgroundColor, s.opacity]")
+            "const s = getComputedStyle(document.getElementById('ask'));return [s.color, s.backgroundColor, s.opacity]"
+        )
         assert float(opacity) == 1
         assert contrast(text, fill) >= 4.5, (theme, text, fill)
 
@@ -940,8 +1005,11 @@ def test_the_dashboard_labels_its_axes_says_uptime_in_minutes_and_explains_pacin
             # One call started, two held back by the 2 s between starts, with two slots free.
             wait(browser).until(lambda d: d.find_element(By.ID, "pacing").text != "")
             pacing = browser.find_element(By.ID, "pacing").text
-            assert re.match(r"\d waiting while \d of 3 slots are free: calls to the upstream are started a set time "
-                            r"apart .*: next start in [12] s\.$", pacing), pacing
+            assert re.match(
+                r"\d waiting while \d of 3 slots are free: calls to the upstream are started a set time "
+                r"apart .*: next start in [12] s\.$",
+                pacing,
+            ), pacing
             wait(browser, 15).until(lambda d: d.find_element(By.ID, "queue_size").text == "0")
             wait(browser, 5).until(lambda d: d.find_element(By.ID, "pacing").text == "")
             wait(browser, 5).until(lambda d: int(d.find_element(By.ID, "window").text) >= 4)

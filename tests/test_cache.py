@@ -23,8 +23,10 @@ def test_keys_ignore_case_and_whitespace_but_not_parameters() -> None:
 
 async def test_cache_hit_skips_line_and_pacing(upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(chunks=3)
-    async with serve(upstream_url=url, cache_size=10, upstream_interval_s=30) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=url, cache_size=10, upstream_interval_s=30) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         first = await ask(client, running.base, "What is guestqueue?")
         began = time.monotonic()
         second = await ask(client, running.base, "  what is   GUESTQUEUE? ")
@@ -50,8 +52,10 @@ async def test_only_successful_answers_are_cached(upstream: MockUpstream) -> Non
 
 async def test_single_flight_one_upstream_call_for_identical_questions(upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(chunks=4, delay=0.1)
-    async with serve(upstream_url=url, cache_size=10, max_concurrent_requests=2) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=url, cache_size=10, max_concurrent_requests=2) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         results = await asyncio.gather(*(ask(client, running.base, "Popular question?") for _ in range(5)))
         assert_drained(running)
         status = (await client.get(f"{running.base}/queue/status")).json()
@@ -67,8 +71,10 @@ async def test_single_flight_one_upstream_call_for_identical_questions(upstream:
 
 async def test_riders_survive_the_first_guest_leaving(upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(chunks=2, delay=0.5)
-    async with serve(upstream_url=url, cache_size=10, max_concurrent_requests=1, reconnect_grace_s=0.2) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=url, cache_size=10, max_concurrent_requests=1, reconnect_grace_s=0.2) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         blocker = asyncio.create_task(ask(client, running.base, "blocker"))
         await wait_until(lambda: len(running.service.running) == 1)
         leader = await stream_events(client, f"{running.base}/chat", json={"query": "shared"}, stop_after="queued")
@@ -92,8 +98,10 @@ async def test_one_sessions_answer_never_reaches_another_session(upstream: MockU
     # An upstream with per-session memory: Alice and Bob ask the same question at once
     # (single-flight would have merged them), Carol later (the cache would have answered her).
     url, tag = upstream.tagged(mode="memory", delay=0.3)
-    async with serve(upstream_url=url, cache_size=10, max_concurrent_requests=1) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=url, cache_size=10, max_concurrent_requests=1) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         alice, bob = await asyncio.gather(
             ask(client, running.base, "What did I tell you?", session_id="alice"),
             ask(client, running.base, "  what did I tell you? ", session_id="bob"),

@@ -56,7 +56,8 @@ async def store(tmp_path: Path, name: str, redis: aioredis.Redis) -> AsyncIterat
 
 
 async def test_a_forgetful_redis_gets_the_newest_catalog_back_and_a_revoked_key_stays_revoked(
-    tmp_path: Path, redis: aioredis.Redis,
+    tmp_path: Path,
+    redis: aioredis.Redis,
 ) -> None:
     """Seen on main: a key made on instance 1 and revoked on instance 2 worked again on both after a
     flush and a restart of instance 1, which put back its own file's older catalog."""
@@ -80,7 +81,8 @@ async def test_a_forgetful_redis_gets_the_newest_catalog_back_and_a_revoked_key_
 
 
 async def test_an_instance_starting_with_an_older_file_takes_redis_newer_catalog(
-    tmp_path: Path, redis: aioredis.Redis,
+    tmp_path: Path,
+    redis: aioredis.Redis,
 ) -> None:
     async with store(tmp_path, "old", redis) as old:
         await old.put_application(old.catalog.new_application("first"))
@@ -94,7 +96,9 @@ async def test_an_instance_starting_with_an_older_file_takes_redis_newer_catalog
 
 
 async def test_a_change_made_while_redis_is_empty_is_kept_with_the_rest(
-    tmp_path: Path, own_redis: RedisServer, redis: aioredis.Redis,
+    tmp_path: Path,
+    own_redis: RedisServer,
+    redis: aioredis.Redis,
 ) -> None:
     async with store(tmp_path, "one", redis) as one, store(tmp_path, "two", redis) as two:
         for name in ("a", "b"):
@@ -114,22 +118,35 @@ async def test_a_change_made_while_redis_is_empty_is_kept_with_the_rest(
 
 
 async def test_run_time_lines_and_keys_keep_working_on_every_instance_through_a_flush(
-    tmp_path: Path, own_redis: RedisServer, upstream: MockUpstream,
+    tmp_path: Path,
+    own_redis: RedisServer,
+    upstream: MockUpstream,
 ) -> None:
     """Seen on main: after a flush every run-time line closed and every tenant key stopped working
     on every running instance until one restarted."""
     shared: dict[str, Any] = {
-        "redis_url": own_redis.url, "redis_prefix": PREFIX, "admin_api_key": "the-super-admin-key-0123456789",
-        "outbound_allow": "127.0.0.0/8", "upstream_url": upstream.url(chunks=1)}
+        "redis_url": own_redis.url,
+        "redis_prefix": PREFIX,
+        "admin_api_key": "the-super-admin-key-0123456789",
+        "outbound_allow": "127.0.0.0/8",
+        "upstream_url": upstream.url(chunks=1),
+    }
     admin = {"X-API-Key": "the-super-admin-key-0123456789"}
-    async with serve(db_path=str(tmp_path / "one.db"), **shared) as one, \
-            serve(db_path=str(tmp_path / "two.db"), **shared) as two, httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(db_path=str(tmp_path / "one.db"), **shared) as one,
+        serve(db_path=str(tmp_path / "two.db"), **shared) as two,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         api = one.base.removesuffix("/guest")
         app = (await client.post(f"{api}/admin/applications", json={"name": "t"}, headers=admin)).json()["id"]
-        key = (await client.post(f"{api}/admin/applications/{app}/keys", json={"role": "admin"},
-                                 headers=admin)).json()["key"]
-        made = await client.post(f"{api}/admin/lines", headers={"X-API-Key": key}, json={
-            "name": "late", "application_id": app, "upstream_url": upstream.url(chunks=1), "public": False})
+        key = (await client.post(f"{api}/admin/applications/{app}/keys", json={"role": "admin"}, headers=admin)).json()[
+            "key"
+        ]
+        made = await client.post(
+            f"{api}/admin/lines",
+            headers={"X-API-Key": key},
+            json={"name": "late", "application_id": app, "upstream_url": upstream.url(chunks=1), "public": False},
+        )
         assert made.status_code == 201, made.text
         lines = [running.base.replace("/guest", "/lines/late") for running in (one, two)]
         await wait_until(lambda: all(r.guest.lineup is not None and "late" in r.guest.lineup for r in (one, two)), 3)
@@ -143,7 +160,8 @@ async def test_run_time_lines_and_keys_keep_working_on_every_instance_through_a_
 
 
 async def test_start_up_says_when_redis_keeps_nothing_on_disk(
-    redis: aioredis.Redis, caplog: pytest.LogCaptureFixture,
+    redis: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="guestqueue.tenancy.catalog"):
         await warn_if_forgetful(redis)

@@ -82,8 +82,7 @@ async def test_hostile_last_event_id_never_500(value: bytes) -> None:
 async def test_sse_injection_from_guest_and_upstream_arrives_as_one_chunk(upstream: MockUpstream, mode: str) -> None:
     # Target: for every injection text, the guest's strict SSE reader sees only real event names,
     # exactly one terminal event, and an answer equal to the text sent (echoed by the upstream).
-    async with serve(upstream_url=upstream.url(mode=mode, echo=1)) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with serve(upstream_url=upstream.url(mode=mode, echo=1)) as running, httpx.AsyncClient(timeout=10) as client:
         for text in INJECTIONS:
             events = await read_sse(client, f"{running.base}/chat", {"query": text})
             names = [e.name for e in events]
@@ -95,8 +94,10 @@ async def test_sse_injection_from_guest_and_upstream_arrives_as_one_chunk(upstre
         check_drained(check, running.service)
         check.assert_ok()
     # The upstream itself tries to forge events (tests/mock_upstream.py INJECTION).
-    async with serve(upstream_url=upstream.url(mode=mode, inject=1)) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(mode=mode, inject=1)) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         events = await read_sse(client, f"{running.base}/chat", {"query": "x"})
         names = [e.name for e in events]
         assert set(names) <= EVENT_NAMES and names.count("workflow_complete") == 1 and names[-1] == "workflow_complete"
@@ -170,8 +171,10 @@ def test_random_text_through_a_python_upstream_arrives_exactly() -> None:
 
 def test_random_text_through_an_http_upstream_arrives_exactly(upstream: MockUpstream) -> None:
     # The same over HTTP: the mock upstream echoes the query as one SSE chunk.
-    with serve_in_thread(upstream_url=upstream.url(mode="sse", echo=1), max_query_chars=200) as base, \
-            httpx.Client(timeout=10) as client:
+    with (
+        serve_in_thread(upstream_url=upstream.url(mode="sse", echo=1), max_query_chars=200) as base,
+        httpx.Client(timeout=10) as client,
+    ):
 
         @PROPERTY
         @given(st.text(min_size=1, max_size=200).filter(lambda text: text.strip() != ""))

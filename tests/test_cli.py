@@ -86,7 +86,11 @@ def _serve_fails(env: dict[str, str], cwd: Path, *, as_nobody: bool = False) -> 
     if as_nobody:
         command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
     proc = subprocess.Popen(
-        command, env={**env_without_guest_vars(), **env}, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        command,
+        env={**env_without_guest_vars(), **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
@@ -132,13 +136,28 @@ def test_a_db_path_that_cannot_be_written_exits_at_once_with_one_line(
         as_nobody = os.geteuid() == 0
         if as_nobody and shutil.which("setpriv") is None:
             pytest.skip("running as root without setpriv: no way to make a file read-only")
-        if as_nobody and subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                                         sys.executable, "-c", "import guestqueue"], cwd=world_readable_dir,
-                                        capture_output=True).returncode != 0:
+        if (
+            as_nobody
+            and subprocess.run(
+                [
+                    "setpriv",
+                    "--reuid=nobody",
+                    "--regid=nogroup",
+                    "--clear-groups",
+                    sys.executable,
+                    "-c",
+                    "import guestqueue",
+                ],
+                cwd=world_readable_dir,
+                capture_output=True,
+            ).returncode
+            != 0
+        ):
             pytest.skip("user nobody cannot import guestqueue from this checkout (a 0700 directory above it)")
         reason = "attempt to write a readonly database"
     code, stderr, took = _serve_fails(
-        {"GUEST_DB_PATH": str(path), "GUEST_PORT": str(free_port())}, path.parent if as_nobody else tmp_path,
+        {"GUEST_DB_PATH": str(path), "GUEST_PORT": str(free_port())},
+        path.parent if as_nobody else tmp_path,
         as_nobody=as_nobody,
     )
     assert code == 1 and took < 8
@@ -170,8 +189,11 @@ def test_a_second_instance_on_a_busy_port_leaves_the_first_ones_rows_alone(
     # `abandoned`) and only then failed to bind. The answer outlasts the second instance's
     # whole try (asserted under 8 s below; on a loaded CI machine it took over 3 s).
     db = tmp_path / "shared.db"
-    env = {"GUEST_DB_PATH": str(db), "GUEST_UPSTREAM_URL": upstream.url(chunks=2, delay=12),
-           "GUEST_UPSTREAM_INTERVAL_SEC": "0"}
+    env = {
+        "GUEST_DB_PATH": str(db),
+        "GUEST_UPSTREAM_URL": upstream.url(chunks=2, delay=12),
+        "GUEST_UPSTREAM_INTERVAL_SEC": "0",
+    }
     first = start_server_process(tmp_path, **env)
     port = first.base.split(":")[2].split("/")[0]
     try:
@@ -236,11 +258,14 @@ def test_serve_names_unknown_settings_and_only_the_pages_that_exist(tmp_path: Pa
             assert httpx.get(f"{lines}/{name}/static/chat.html").status_code == 200
         assert httpx.get(f"{lines}/fast/dashboard").status_code == 200
     output = proc.stdout.read() if proc.stdout else ""
-    assert "GUEST_MAX_QUEU_SIZE is not a guestqueue setting and is ignored; did you mean GUEST_MAX_QUEUE_SIZE?" \
-        in output, output
+    assert (
+        "GUEST_MAX_QUEU_SIZE is not a guestqueue setting and is ignored; did you mean GUEST_MAX_QUEUE_SIZE?" in output
+    ), output
     assert "/api/v1/guest/" not in output, output
-    assert f"chat page:   {lines}/fast/static/chat.html" in output and f"chat page:   {lines}/slow/static/chat.html" \
-        in output
+    assert (
+        f"chat page:   {lines}/fast/static/chat.html" in output
+        and f"chat page:   {lines}/slow/static/chat.html" in output
+    )
     assert f"dashboard:   {lines}/fast/dashboard" in output
 
 
@@ -267,13 +292,26 @@ def test_your_own_module_is_imported_from_where_you_run_the_command(tmp_path: Pa
         wait_for_http(f"{base}/health")
         reply = httpx.post(f"{base}/chat/simple", json={"query": "hi"}, timeout=10)
         assert reply.json()["answer"] == "my own answer to hi", reply.text
-    worker = subprocess.run([script, "worker", "mybot:nothing", "--server", "http://127.0.0.1:9", "--line", "x"],
-                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    worker = subprocess.run(
+        [script, "worker", "mybot:nothing", "--server", "http://127.0.0.1:9", "--line", "x"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert worker.returncode == 2
-    assert "module:function='mybot:nothing': cannot import (module 'mybot' has no attribute 'nothing')" \
-        in worker.stderr, worker.stderr
-    elsewhere = subprocess.run([script, "worker", "mybot:answer", "--server", "http://127.0.0.1:9", "--line", "x"],
-                               env=env, cwd=tmp_path.parent, capture_output=True, text=True, timeout=30)
+    assert (
+        "module:function='mybot:nothing': cannot import (module 'mybot' has no attribute 'nothing')" in worker.stderr
+    ), worker.stderr
+    elsewhere = subprocess.run(
+        [script, "worker", "mybot:answer", "--server", "http://127.0.0.1:9", "--line", "x"],
+        env=env,
+        cwd=tmp_path.parent,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert "No module named 'mybot'" in elsewhere.stderr and "--app-dir" in elsewhere.stderr, elsewhere.stderr
 
 
@@ -290,10 +328,16 @@ def test_serve_stops_with_one_line_when_redis_cannot_be_reached(workers: str, tm
     # It used to start anyway: each worker died in its start-up with a traceback (and the
     # supervisor started it again, forever).
     port, closed = free_port(), free_port()
-    env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_WORKERS": workers, "GUEST_DB_PATH": "",
-           "GUEST_REDIS_URL": f"redis://:hunter2@127.0.0.1:{closed}/0"}
-    result = subprocess.run([sys.executable, "-m", "guestqueue", "serve"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=30)
+    env = {
+        **env_without_guest_vars(),
+        "GUEST_PORT": str(port),
+        "GUEST_WORKERS": workers,
+        "GUEST_DB_PATH": "",
+        "GUEST_REDIS_URL": f"redis://:hunter2@127.0.0.1:{closed}/0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "guestqueue", "serve"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(f"guestqueue: error: GUEST_REDIS_URL='redis://:***@127.0.0.1:{closed}/0': ")
     assert result.stderr.count("\n") == 1 and "hunter2" not in result.stderr + result.stdout, result.stderr
@@ -302,10 +346,15 @@ def test_serve_stops_with_one_line_when_redis_cannot_be_reached(workers: str, tm
 
 
 def test_serve_stops_with_one_line_on_an_option_redis_does_not_know(tmp_path: Path, redis_url: str) -> None:
-    env = {**env_without_guest_vars(), "GUEST_PORT": str(free_port()), "GUEST_DB_PATH": "",
-           "GUEST_REDIS_URL": f"{redis_url}?sockettimeout=5"}
-    result = subprocess.run([sys.executable, "-m", "guestqueue", "serve"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=30)
+    env = {
+        **env_without_guest_vars(),
+        "GUEST_PORT": str(free_port()),
+        "GUEST_DB_PATH": "",
+        "GUEST_REDIS_URL": f"{redis_url}?sockettimeout=5",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "guestqueue", "serve"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("\n") == 1 and "redis-py does not know" in result.stderr, result.stderr
     assert "sockettimeout" in result.stderr

@@ -87,8 +87,11 @@ def test_secrets_stay_out_of_repr() -> None:
 )
 def test_cli_stops_with_one_line(env: dict[str, str], expected: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "guestqueue", "serve"], env={**env_without_guest_vars(), **env},
-        capture_output=True, text=True, timeout=30,
+        [sys.executable, "-m", "guestqueue", "serve"],
+        env={**env_without_guest_vars(), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -155,8 +158,14 @@ def test_a_bad_upstream_url_stops_start_up(values: dict[str, Any], shown: str) -
 
 
 @pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:9000/chat", "https://bot.example.org/ask?x=1", "HTTP://EXAMPLE.ORG", "mypkg.flows:answer",
-            "mypkg.flows:Bot.answer"],
+    "url",
+    [
+        "http://127.0.0.1:9000/chat",
+        "https://bot.example.org/ask?x=1",
+        "HTTP://EXAMPLE.ORG",
+        "mypkg.flows:answer",
+        "mypkg.flows:Bot.answer",
+    ],
 )
 def test_good_upstream_urls_are_accepted(url: str) -> None:
     Settings(upstream_url=url)
@@ -203,8 +212,15 @@ def test_a_bad_redis_url_stops_start_up_without_its_password(url: str, shown: st
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://127.0.0.1:6379/0", "redis://redis", "rediss://user:pw@cache.example.org:6380/2",
-            "REDIS://[::1]:6379", "unix:///run/redis/redis.sock?db=1", "redis://h:6379/0?socket_timeout=2.5"],
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "redis://redis",
+        "rediss://user:pw@cache.example.org:6380/2",
+        "REDIS://[::1]:6379",
+        "unix:///run/redis/redis.sock?db=1",
+        "redis://h:6379/0?socket_timeout=2.5",
+    ],
 )
 def test_good_redis_urls_are_accepted(url: str) -> None:
     assert Settings(redis_url=url).redis_url == url
@@ -227,13 +243,16 @@ def test_a_redis_url_is_shown_without_its_password(url: str, shown: str) -> None
     assert "hunter2" not in repr(Settings(redis_url=url))
 
 
-@pytest.mark.parametrize(("values", "env"), [
-    ({"redis_prefix": ""}, "GUEST_REDIS_PREFIX"),
-    ({"redis_prefix": "my line"}, "GUEST_REDIS_PREFIX"),
-    ({"workers": 0}, "GUEST_WORKERS"),
-    ({"workers": 2}, "GUEST_REDIS_URL"),  # several processes need the shared line
-    ({"instance_ttl_s": 0}, "GUEST_INSTANCE_TTL_SEC"),
-])
+@pytest.mark.parametrize(
+    ("values", "env"),
+    [
+        ({"redis_prefix": ""}, "GUEST_REDIS_PREFIX"),
+        ({"redis_prefix": "my line"}, "GUEST_REDIS_PREFIX"),
+        ({"workers": 0}, "GUEST_WORKERS"),
+        ({"workers": 2}, "GUEST_REDIS_URL"),  # several processes need the shared line
+        ({"instance_ttl_s": 0}, "GUEST_INSTANCE_TTL_SEC"),
+    ],
+)
 def test_bad_instance_settings_stop_start_up(values: dict[str, Any], env: str) -> None:
     with pytest.raises(SettingsError) as error:
         Settings(**values)

@@ -15,9 +15,21 @@ import pytest
 from .conftest import MockUpstream, ask, assert_drained, serve, stream_events, wait_until
 
 STATUS_FIELDS = {
-    "queue_size", "active_requests", "max_concurrent", "max_queue_size", "total_requests", "completed_requests",
-    "failed_requests", "timeout_requests", "rejected_requests", "cancelled_requests", "cache_hits", "avg_wait_ms",
-    "avg_processing_ms", "uptime_sec", "next_start_sec",
+    "queue_size",
+    "active_requests",
+    "max_concurrent",
+    "max_queue_size",
+    "total_requests",
+    "completed_requests",
+    "failed_requests",
+    "timeout_requests",
+    "rejected_requests",
+    "cancelled_requests",
+    "cache_hits",
+    "avg_wait_ms",
+    "avg_processing_ms",
+    "uptime_sec",
+    "next_start_sec",
 }
 
 
@@ -49,8 +61,10 @@ async def _chunked(payload: bytes, piece: int = 1024) -> AsyncIterator[bytes]:
 async def test_bad_input_is_rejected_with_json(
     upstream: MockUpstream, headers: dict[str, str], content: bytes, status: int, code: str
 ) -> None:
-    async with serve(upstream_url=upstream.url(), max_query_chars=100, max_body_bytes=65536) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(), max_query_chars=100, max_body_bytes=65536) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         for path in ("/chat", "/chat/simple"):
             resp = await client.post(f"{running.base}{path}", content=content, headers=headers)
             assert resp.status_code == status, (path, resp.text)
@@ -60,8 +74,10 @@ async def test_bad_input_is_rejected_with_json(
 
 async def test_body_limit_is_enforced_while_reading_chunked_bodies(upstream: MockUpstream) -> None:
     payload = json.dumps({"query": "hi", "parameters": {"pad": "x" * 5000}}).encode()
-    async with serve(upstream_url=upstream.url(), max_body_bytes=1000) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(), max_body_bytes=1000) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         resp = await client.post(
             f"{running.base}/chat", content=_chunked(payload), headers={"content-type": "application/json"}
         )
@@ -85,8 +101,10 @@ async def test_unknown_routes_and_methods_answer_json() -> None:
 
 async def test_line_full_answers_429_with_retry_after(upstream: MockUpstream) -> None:
     url, _ = upstream.tagged(chunks=2, delay=0.5)
-    async with serve(upstream_url=url, max_concurrent_requests=1, max_queue_size=2) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=url, max_concurrent_requests=1, max_queue_size=2) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         held = [asyncio.create_task(ask(client, running.base, "q0"))]
         await wait_until(lambda: len(running.service.running) == 1)
         held += [asyncio.create_task(ask(client, running.base, f"q{i}")) for i in (1, 2)]
@@ -131,8 +149,10 @@ async def test_chat_simple_answers(upstream: MockUpstream) -> None:
 
 async def test_status_request_history_and_health(upstream: MockUpstream) -> None:
     url, _ = upstream.tagged(chunks=2, delay=0.3)
-    async with serve(upstream_url=url, max_concurrent_requests=1, history_size=3) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=url, max_concurrent_requests=1, history_size=3) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         blocker = asyncio.create_task(ask(client, running.base, "first"))
         await wait_until(lambda: len(running.service.running) == 1)
         waiting = asyncio.create_task(ask(client, running.base, "second"))
@@ -173,7 +193,9 @@ async def test_resume_stream_with_last_event_id(upstream: MockUpstream) -> None:
         first = await stream_events(client, f"{running.base}/chat", json={"query": "q"}, stop_after="answer_chunk")
         request_id = first[0].data["request_id"]
         rest = await stream_events(
-            client, f"{running.base}/chat/{request_id}/events", method="GET",
+            client,
+            f"{running.base}/chat/{request_id}/events",
+            method="GET",
             headers={"Last-Event-ID": first[-1].id},
         )
         assert_drained(running)
@@ -200,15 +222,18 @@ async def test_forwarded_address_is_believed_only_from_trusted_proxies(upstream:
             held = asyncio.create_task(ask(client, running.base, "mine", headers=spoofed))
             await wait_until(lambda: running.service.stats.total_requests == 1)
             assert set(running.service.per_client) == {"203.0.113.9"}, "trusted proxy: the forwarded address"
-            other = await client.post(f"{running.base}/chat/simple", json={"query": "x"},
-                                      headers={"X-Forwarded-For": "198.51.100.7"})
+            other = await client.post(
+                f"{running.base}/chat/simple", json={"query": "x"}, headers={"X-Forwarded-For": "198.51.100.7"}
+            )
             assert other.status_code == 200, "another client behind the same proxy has its own limit"
             await held
 
 
 async def test_health_degrades_after_repeated_upstream_failures(upstream: MockUpstream) -> None:
-    async with serve(upstream_url=upstream.url(mode="status", status=503)) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(mode="status", status=503)) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         for i in range(3):
             assert (await client.post(f"{running.base}/chat/simple", json={"query": f"q{i}"})).status_code == 502
         health = await client.get(f"{running.base}/health")
@@ -217,8 +242,10 @@ async def test_health_degrades_after_repeated_upstream_failures(upstream: MockUp
 
 
 async def test_the_client_limit_reads_right_in_the_singular(upstream: MockUpstream) -> None:
-    async with serve(upstream_url=upstream.url(delay=0.3), max_per_client=1) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=upstream.url(delay=0.3), max_per_client=1) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         held = asyncio.create_task(ask(client, running.base, "first"))
         await wait_until(lambda: running.service.stats.total_requests == 1)
         resp = await client.post(f"{running.base}/chat", json={"query": "second"})

@@ -59,9 +59,15 @@ def test_estimates_stay_finite_whatever_the_limiter_says(delay: float) -> None:
 async def test_a_guest_right_behind_a_start_hears_the_pacing_wait_at_once(upstream: MockUpstream) -> None:
     """Issue 22 point 11: the estimate read 0.0, then 9.1 a second later, while the next start waited
     out the 10 s pacing: the view it came from was taken before the call ahead started."""
-    async with serve(upstream_url=upstream.url(chunks=2, delay=1.0), upstream_interval_s=10.0,
-                     max_concurrent_requests=3, position_update_s=5.0) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(
+            upstream_url=upstream.url(chunks=2, delay=1.0),
+            upstream_interval_s=10.0,
+            max_concurrent_requests=3,
+            position_update_s=5.0,
+        ) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         ahead = asyncio.create_task(stream_events(client, f"{running.base}/chat", json={"query": "ahead"}))
         await wait_until(lambda: len(running.service.running) == 1, 5, "the first call to start")
         first: list[Received] = []

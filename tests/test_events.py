@@ -98,8 +98,13 @@ def test_bounded_replay_buffer() -> None:
     request_id=st.one_of(st.just("0123456789abcdef0123456789abcdef"), st.text(max_size=8)),
 )
 def test_fast_queued_encoding_matches_the_general_one(position: int, size: int, wait: float, request_id: str) -> None:
-    data = {"request_id": request_id, "queue_position": position, "total_ahead": position - 1,
-            "queue_size": size, "estimated_wait_sec": wait}
+    data = {
+        "request_id": request_id,
+        "queue_position": position,
+        "total_ahead": position - 1,
+        "queue_size": size,
+        "estimated_wait_sec": wait,
+    }
     assert encode_queued(3, data) == encode_sse(3, QUEUED, {"event": QUEUED, "data": data})
 
 
@@ -124,7 +129,10 @@ async def test_riders_follow_one_answer_in_their_own_id_sequences() -> None:
     late.follow(answer)  # joins after two chunks: it still gets them, as its ids 5 and 6
     parts.append("c")
     assert [(e.id, e.name, e.data) for e in late.after(0)] == [
-        (4, PROCESSING, {}), (5, ANSWER_CHUNK, "a"), (6, ANSWER_CHUNK, "b"), (7, ANSWER_CHUNK, "c"),
+        (4, PROCESSING, {}),
+        (5, ANSWER_CHUNK, "a"),
+        (6, ANSWER_CHUNK, "b"),
+        (7, ANSWER_CHUNK, "c"),
     ]
     assert [e.data for e in early.after(3)] == ["b", "c"], "resuming mid-answer"
     early.publish(WORKFLOW_COMPLETE, {"answer": "abc"})

@@ -29,7 +29,6 @@ ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
 
 
-
 def settings_for(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
     """What ``guestqueue`` would run with, given these arguments and GUEST_* variables."""
     for key in [key for key in os.environ if key.startswith("GUEST_")]:
@@ -121,8 +120,11 @@ def test_the_compose_example_runs_three_instances_on_one_redis_behind_nginx(tmp_
     for n, name in enumerate(instances):
         local = local.replace(f"server {name}:8000;", f"server 127.0.0.1:{8001 + n};")
     (tmp_path / "nginx.conf").write_text(local)
-    checked = subprocess.run([nginx_binary(), "-t", "-q", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-                             capture_output=True, text=True)
+    checked = subprocess.run(
+        [nginx_binary(), "-t", "-q", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True,
+        text=True,
+    )
     assert checked.returncode == 0, checked.stderr
 
 
@@ -159,9 +161,13 @@ def test_the_checkout_example_takes_its_addresses_from_flags(tmp_path: Path) -> 
     """Issue 22 point 13: ports 8000 and 9000 were fixed in the example, GUESTQUEUE_URL only in its source."""
     port, queue = free_port(), "http://127.0.0.1:18123"
     env = {**env_without_guest_vars(), "GUEST_TOKEN_SECRET": "s" * 32}
-    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "checkout.py"), "--port", str(port), "--queue", queue,
-                             "--line", "tickets"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "checkout.py"), "--port", str(port), "--queue", queue, "--line", "tickets"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/")
         page = httpx.get(f"http://127.0.0.1:{port}/").text

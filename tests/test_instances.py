@@ -42,9 +42,7 @@ from .test_nginx import run_nginx
 INTERVAL_S = 0.3
 
 
-def _instances(
-    tmp_path: Path, count: int, redis_url: str, redis_prefix: str, **overrides: Any
-) -> Iterator[list[str]]:
+def _instances(tmp_path: Path, count: int, redis_url: str, redis_prefix: str, **overrides: Any) -> Iterator[list[str]]:
     settings = {**FAST, "redis_url": redis_url, "redis_prefix": redis_prefix, "instance_ttl_s": 2.0, **overrides}
     env = {ENV_NAMES[name]: str(value) for name, value in settings.items()}
     with ExitStack() as stack:
@@ -60,8 +58,14 @@ def _instances(
 @pytest.fixture
 def three(tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream) -> Iterator[list[str]]:
     yield from _instances(
-        tmp_path, 3, redis_url, redis_prefix, upstream_url=upstream.url(delay=0.05),
-        max_concurrent_requests=1, upstream_interval_s=INTERVAL_S, max_queue_size=50,
+        tmp_path,
+        3,
+        redis_url,
+        redis_prefix,
+        upstream_url=upstream.url(delay=0.05),
+        max_concurrent_requests=1,
+        upstream_interval_s=INTERVAL_S,
+        max_queue_size=50,
     )
 
 
@@ -89,8 +93,9 @@ async def test_one_fifo_one_slot_one_pace_across_three_instances(three: list[str
         assert after["t"] >= before["ended"] - 0.01, "one call at a time across instances"
 
 
-async def _stream_noting(client: httpx.AsyncClient, url: str, body: dict[str, Any],
-                         admitted: asyncio.Event) -> list[Received]:
+async def _stream_noting(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], admitted: asyncio.Event
+) -> list[Received]:
     """A whole stream; ``admitted`` is set at its first event."""
     events: list[Received] = []
     async with aconnect_sse(client, "POST", url, json=body) as source:
@@ -128,15 +133,21 @@ async def test_the_size_limit_is_global(
 ) -> None:
     tag = "full-" + redis_prefix
     for bases in _instances(
-        tmp_path, 2, redis_url, redis_prefix, upstream_url=upstream.url(delay=0.5), max_concurrent_requests=1,
+        tmp_path,
+        2,
+        redis_url,
+        redis_prefix,
+        upstream_url=upstream.url(delay=0.5),
+        max_concurrent_requests=1,
         max_queue_size=2,
     ):
         async with httpx.AsyncClient(timeout=30) as client:
             holder = asyncio.create_task(client.post(f"{bases[0]}/chat/simple", json=_body("hold", tag)))
             while not await upstream.acalls(tag):
                 await asyncio.sleep(0.02)
-            two = [asyncio.create_task(client.post(f"{bases[n]}/chat/simple", json=_body(f"w{n}", tag)))
-                   for n in range(2)]
+            two = [
+                asyncio.create_task(client.post(f"{bases[n]}/chat/simple", json=_body(f"w{n}", tag))) for n in range(2)
+            ]
             for _ in range(100):  # both in line
                 if (await client.get(f"{bases[1]}/queue/status")).json()["queue_size"] == 2:
                     break
@@ -151,7 +162,12 @@ async def test_the_size_limit_is_global(
 @pytest.fixture
 def two(tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream) -> Iterator[list[str]]:
     yield from _instances(
-        tmp_path, 2, redis_url, redis_prefix, upstream_url=upstream.url(), max_concurrent_requests=1,
+        tmp_path,
+        2,
+        redis_url,
+        redis_prefix,
+        upstream_url=upstream.url(),
+        max_concurrent_requests=1,
         reconnect_grace_s=5.0,
     )
 
@@ -176,8 +192,9 @@ async def test_an_answer_resumes_on_another_instance_without_a_chunk_lost_or_rep
         body = _body("tell me", tag, chunks=8, delay=0.15)
         seen = await _first_events(client, f"{two[0]}/chat", 4, json=body)  # queued?, processing, chunks…
         request_id = seen[0].data["request_id"]
-        rest = await stream_events(client, f"{two[1]}/chat/{request_id}/events", method="GET",
-                                   headers={"Last-Event-ID": seen[-1].id})
+        rest = await stream_events(
+            client, f"{two[1]}/chat/{request_id}/events", method="GET", headers={"Last-Event-ID": seen[-1].id}
+        )
     ids = [int(e.id) for e in seen + rest]
     assert ids == sorted(set(ids)), f"ids increase, none repeated: {ids}"
     chunks = [e.data for e in seen + rest if e.name == "answer_chunk"]
@@ -198,8 +215,9 @@ async def test_a_waiting_guest_keeps_its_place_on_another_instance(two: list[str
         assert seen[0].name == "queued" and seen[0].data["queue_position"] == 2
         request_id = seen[0].data["request_id"]
         # Reconnect to the other instance (nginx round-robin would do the same).
-        rest = await stream_events(client, f"{two[0]}/chat/{request_id}/events", method="GET",
-                                   headers={"Last-Event-ID": seen[-1].id})
+        rest = await stream_events(
+            client, f"{two[0]}/chat/{request_id}/events", method="GET", headers={"Last-Event-ID": seen[-1].id}
+        )
         await asyncio.gather(holder, second)
     assert rest[0].name == "queued" and rest[0].data["queue_position"] in (1, 2), rest[0]
     assert int(rest[0].id) > int(seen[-1].id)
@@ -212,15 +230,23 @@ async def test_sigterm_sends_waiting_guests_elsewhere_with_their_places(
     tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
 ) -> None:
     tag = "sigterm-" + redis_prefix
-    settings = {**FAST, "redis_url": redis_url, "redis_prefix": redis_prefix, "instance_ttl_s": 2.0,
-                "upstream_url": upstream.url(), "max_concurrent_requests": 1, "reconnect_grace_s": 5.0,
-                "shutdown_grace_s": 3.0}
+    settings = {
+        **FAST,
+        "redis_url": redis_url,
+        "redis_prefix": redis_prefix,
+        "instance_ttl_s": 2.0,
+        "upstream_url": upstream.url(),
+        "max_concurrent_requests": 1,
+        "reconnect_grace_s": 5.0,
+        "shutdown_grace_s": 3.0,
+    }
     env = {ENV_NAMES[name]: str(value) for name, value in settings.items()}
     stopping, staying = start_server_process(tmp_path, **env), start_server_process(tmp_path, **env)
     try:
         async with httpx.AsyncClient(timeout=30) as client:
             holder = asyncio.create_task(
-                stream_events(client, f"{staying.base}/chat", json=_body("hold", tag, chunks=4, delay=0.3)))
+                stream_events(client, f"{staying.base}/chat", json=_body("hold", tag, chunks=4, delay=0.3))
+            )
             await asyncio.sleep(0.3)
             seen: list[Received] = []
 
@@ -240,8 +266,9 @@ async def test_sigterm_sends_waiting_guests_elsewhere_with_their_places(
             assert not any(e.name in ("error", "workflow_complete", "timeout") for e in seen)
             assert await asyncio.to_thread(stopping.proc.wait, 15) == 0
             request_id = seen[0].data["request_id"]
-            rest = await stream_events(client, f"{staying.base}/chat/{request_id}/events", method="GET",
-                                       headers={"Last-Event-ID": seen[-1].id})
+            rest = await stream_events(
+                client, f"{staying.base}/chat/{request_id}/events", method="GET", headers={"Last-Event-ID": seen[-1].id}
+            )
             await holder
         assert rest[-1].name == "workflow_complete", rest[-1]
         queries = [call["body"]["query"] for call in await upstream.acalls(tag)]
@@ -253,8 +280,16 @@ async def test_sigterm_sends_waiting_guests_elsewhere_with_their_places(
 
 
 def _env(redis_url: str, redis_prefix: str, upstream: MockUpstream, **overrides: Any) -> dict[str, str]:
-    settings = {**FAST, "redis_url": redis_url, "redis_prefix": redis_prefix, "instance_ttl_s": 1.0,
-                "upstream_url": upstream.url(), "max_concurrent_requests": 1, "reconnect_grace_s": 5.0, **overrides}
+    settings = {
+        **FAST,
+        "redis_url": redis_url,
+        "redis_prefix": redis_prefix,
+        "instance_ttl_s": 1.0,
+        "upstream_url": upstream.url(),
+        "max_concurrent_requests": 1,
+        "reconnect_grace_s": 5.0,
+        **overrides,
+    }
     return {ENV_NAMES[name]: str(value) for name, value in settings.items()}
 
 
@@ -292,9 +327,15 @@ async def test_sigkill_mid_call_retries_from_the_front_or_ends_interrupted(
             assert doomed.proc.wait(5) != 0, "killed"
             assert [e.name for e in seen].count("answer_chunk") == chunks_before_kill
             request_id = seen[0].data["request_id"]
-            rest = await asyncio.wait_for(stream_events(
-                client, f"{survivor.base}/chat/{request_id}/events", method="GET",
-                headers={"Last-Event-ID": seen[-1].id}), 20)
+            rest = await asyncio.wait_for(
+                stream_events(
+                    client,
+                    f"{survivor.base}/chat/{request_id}/events",
+                    method="GET",
+                    headers={"Last-Event-ID": seen[-1].id},
+                ),
+                20,
+            )
         assert rest[-1].name == ending, rest[-1]
         if ending == "error":
             assert rest[-1].data["code"] == "interrupted"
@@ -333,8 +374,9 @@ async def test_a_dead_instances_guest_who_never_returns_gives_its_place_up_after
             # The call ahead runs 10 s: well past the second instance's start (seconds on a loaded
             # machine), the dead instance's lease, the grace and the reaper's round (up to about 4 s
             # after the kill).
-            holder = asyncio.create_task(client.post(f"{survivor.base}/chat/simple",
-                                                     json=_body("hold", tag, chunks=3, delay=5.0)))
+            holder = asyncio.create_task(
+                client.post(f"{survivor.base}/chat/simple", json=_body("hold", tag, chunks=3, delay=5.0))
+            )
             while not await upstream.acalls(tag):
                 await asyncio.sleep(0.02)
             doomed = start_server_process(tmp_path, **env)  # after the call started on the survivor
@@ -348,8 +390,12 @@ async def test_a_dead_instances_guest_who_never_returns_gives_its_place_up_after
             await lost
             answers = await asyncio.gather(holder, after)
             assert [a.status_code for a in answers] == [200, 200]
-            ended = await stream_events(client, f"{survivor.base}/chat/{seen[0].data['request_id']}/events",
-                                        method="GET", headers={"Last-Event-ID": seen[-1].id})
+            ended = await stream_events(
+                client,
+                f"{survivor.base}/chat/{seen[0].data['request_id']}/events",
+                method="GET",
+                headers={"Last-Event-ID": seen[-1].id},
+            )
         assert ended[-1].name == "error" and ended[-1].data["code"] == "disconnected", ended
         queries = [call["body"]["query"] for call in await upstream.acalls(tag)]
         assert queries == ["hold", "after"], "the lost guest's place was released, never called"
@@ -369,8 +415,9 @@ async def test_redis_down_is_an_answer_and_the_instance_recovers_by_itself(
         for (base,) in _instances(tmp_path, 1, redis.url, redis_prefix, **settings):
             async with httpx.AsyncClient(timeout=30) as client:
                 assert (await client.post(f"{base}/chat/simple", json=_body("before", tag))).status_code == 200
-                running = asyncio.create_task(stream_events(client, f"{base}/chat",
-                                                            json=_body("running", tag, chunks=4, delay=0.4)))
+                running = asyncio.create_task(
+                    stream_events(client, f"{base}/chat", json=_body("running", tag, chunks=4, delay=0.4))
+                )
                 while not await upstream.acalls(tag) or len(await upstream.acalls(tag)) < 2:
                     await asyncio.sleep(0.02)
                 redis.stop()
@@ -426,12 +473,22 @@ async def test_the_per_client_limit_and_the_cache_are_shared(
     tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
 ) -> None:
     tag = "shared-" + redis_prefix
-    for bases in _instances(tmp_path, 2, redis_url, redis_prefix, upstream_url=upstream.url(delay=0.3),
-                            max_per_client=2, cache_size=100, max_concurrent_requests=4):
+    for bases in _instances(
+        tmp_path,
+        2,
+        redis_url,
+        redis_prefix,
+        upstream_url=upstream.url(delay=0.3),
+        max_per_client=2,
+        cache_size=100,
+        max_concurrent_requests=4,
+    ):
         async with httpx.AsyncClient(timeout=30) as client:
             # Two questions in progress, one on each instance: a third anywhere is one too many.
-            busy = [asyncio.create_task(client.post(f"{base}/chat/simple", json=_body(f"busy {n}", tag)))
-                    for n, base in enumerate(bases)]
+            busy = [
+                asyncio.create_task(client.post(f"{base}/chat/simple", json=_body(f"busy {n}", tag)))
+                for n, base in enumerate(bases)
+            ]
             await asyncio.sleep(0.2)
             third = await client.post(f"{bases[0]}/chat/simple", json=_body("third", tag))
             assert third.status_code == 429 and third.json()["code"] == "client_limit", third.text
@@ -440,8 +497,9 @@ async def test_the_per_client_limit_and_the_cache_are_shared(
             first = await client.post(f"{bases[0]}/chat/simple", json=_body("common question", tag))
             again = await client.post(f"{bases[1]}/chat/simple", json=_body("  Common   QUESTION ", tag))
             assert again.json()["answer"] == first.json()["answer"] and again.json()["cached"] is True
-            private = await client.post(f"{bases[1]}/chat/simple",
-                                        json={**_body("common question", tag), "session_id": "alice"})
+            private = await client.post(
+                f"{bases[1]}/chat/simple", json={**_body("common question", tag), "session_id": "alice"}
+            )
             assert private.json()["cached"] is False, "another session never gets the shared answer"
             queries = [call["body"]["query"] for call in await upstream.acalls(tag)]
             assert sorted(queries) == ["busy 0", "busy 1", "common question", "common question"], queries
@@ -554,25 +612,30 @@ async def test_behind_nginx_an_eventsource_follows_its_request_through_a_rolling
     tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
 ) -> None:
     tag = "nginx-" + redis_prefix
-    env = _env(redis_url, redis_prefix, upstream, max_concurrent_requests=1, trusted_proxies="127.0.0.1",
-               shutdown_grace_s=3.0)
+    env = _env(
+        redis_url, redis_prefix, upstream, max_concurrent_requests=1, trusted_proxies="127.0.0.1", shutdown_grace_s=3.0
+    )
     ports = [free_port() for _ in range(3)]
     procs = {port: _start_on(tmp_path, env, port) for port in ports}
     bases = [f"http://127.0.0.1:{port}{API_PREFIX}" for port in ports]
     try:
         with run_nginx(tmp_path, bases[0], read_timeout=None, more=tuple(bases[1:])) as proxied:
             async with httpx.AsyncClient(timeout=30) as client:
-                # Calls of 2 s ahead, AHEAD of them: the followed guest waits longer than three restarts
-                # take, with a margin (five, 10 s, were once not enough on a loaded machine).
-                ahead = [asyncio.create_task(_guest(client, Through(proxied),
-                                                    _body(f"ahead {n}", tag, chunks=3, delay=1.0)))
-                         for n in range(AHEAD)]
+                # Calls of 4 s ahead, AHEAD of them: the followed guest must still be waiting when its
+                # instance restarts (a running call finishes within the shutdown grace, on the same
+                # connection), so the line outlasts three restarts with a margin: 16 s did not, in the
+                # suite run in four processes.
+                ahead = [
+                    asyncio.create_task(_guest(client, Through(proxied), _body(f"ahead {n}", tag, chunks=3, delay=2.0)))
+                    for n in range(AHEAD)
+                ]
                 await asyncio.sleep(0.3)
                 first = await _first_events(client, f"{proxied}/chat", 1, json=_body("followed", tag, chunks=3))
                 request_id = first[0].data["request_id"]
                 progress = tmp_path / "follower.progress"
-                follower = asyncio.create_task(node("eventsource_follow.mjs", f"{proxied}/chat/{request_id}/events",
-                                                    "60000", str(progress)))
+                follower = asyncio.create_task(
+                    node("eventsource_follow.mjs", f"{proxied}/chat/{request_id}/events", "60000", str(progress))
+                )
                 # Restarts begin once the follower hears its stream (Node starts slowly on a loaded
                 # machine), and stop once it has been cut off and tried again: the sooner its own
                 # instance goes, the less the line ahead must outlast.
@@ -610,9 +673,12 @@ def _lines(path: Path) -> list[str]:
 def _start_on(tmp_path: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     """A guestqueue process on a given port (a restarted instance comes back where nginx expects it)."""
     log = (tmp_path / f"guestqueue-{port}.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "guestqueue", "serve"],
-                            env={**env_without_guest_vars(), **env, "GUEST_PORT": str(port)},
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "guestqueue", "serve"],
+        env={**env_without_guest_vars(), **env, "GUEST_PORT": str(port)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     wait_for_http(f"http://127.0.0.1:{port}{API_PREFIX}/health")
     return proc

@@ -16,6 +16,7 @@ from .conftest import MockUpstream, serve, stream_events
 
 JS = Path(__file__).parent / "js"
 
+
 async def node(script: str, *args: str) -> dict[str, Any]:
     """Run ``tests/js/SCRIPT`` under Node; it prints one JSON object."""
     if shutil.which("node") is None or not (JS / "node_modules").is_dir():
@@ -64,10 +65,14 @@ async def test_the_openai_javascript_sdk_streams_the_same_answer_as_chat(upstrea
 
 async def test_the_openai_javascript_sdk_sees_a_full_line_as_a_rate_limit_error(upstream: MockUpstream) -> None:
     # The line stays full (one running, one waiting) far longer than Node takes to start on a loaded machine.
-    async with serve(upstream_url=upstream.url(chunks=2, delay=20), max_concurrent_requests=1,
-                     max_queue_size=1) as running, httpx.AsyncClient(timeout=30) as client:
-        busy = [asyncio.create_task(stream_events(client, f"{running.base}/chat", json={"query": f"f{n}"}))
-                for n in range(2)]
+    async with (
+        serve(upstream_url=upstream.url(chunks=2, delay=20), max_concurrent_requests=1, max_queue_size=1) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        busy = [
+            asyncio.create_task(stream_events(client, f"{running.base}/chat", json={"query": f"f{n}"}))
+            for n in range(2)
+        ]
         while len(running.service.waiting) < 1:
             await asyncio.sleep(0.02)
         result = await node("openai_sdk.mjs", running.base.removesuffix("/api/v1/guest") + "/v1", "limited")
@@ -79,7 +84,10 @@ async def test_the_openai_javascript_sdk_sees_a_full_line_as_a_rate_limit_error(
 
 
 async def test_eventsource_following_after_the_end_behind_nginx_hears_the_ending_once(
-    upstream: MockUpstream, redis_url: str, redis_prefix: str, tmp_path: Path,
+    upstream: MockUpstream,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
 ) -> None:
     """Issue 21 point 1, as seen on main: two instances behind the repo's nginx.conf (round-robin),
     the `eventsource` client following a finished request and not closing; its reconnection with
@@ -90,12 +98,15 @@ async def test_eventsource_following_after_the_end_behind_nginx_hears_the_ending
 
     for one, two in _instances(tmp_path, 2, redis_url, redis_prefix, upstream_url=upstream.url(chunks=2)):
         async with httpx.AsyncClient(timeout=30) as client:
-            ids = [(await stream_events(client, f"{one}/chat", json={"query": f"q{n}"}))[-1].data["request_id"]
-                   for n in range(20)]
+            ids = [
+                (await stream_events(client, f"{one}/chat", json={"query": f"q{n}"}))[-1].data["request_id"]
+                for n in range(20)
+            ]
         with run_nginx(tmp_path, one, read_timeout=None, more=(two,)) as proxied:
             # The default reconnection delay is 3 s: 4.5 s sees the reconnection and its answer.
-            results = await asyncio.gather(*(node("eventsource_204.mjs", f"{proxied}/chat/{request_id}/events",
-                                                  "4500") for request_id in ids))
+            results = await asyncio.gather(
+                *(node("eventsource_204.mjs", f"{proxied}/chat/{request_id}/events", "4500") for request_id in ids)
+            )
     for result in results:
         endings = [e for e in result["events"] if e["event"] == "workflow_complete"]
         assert len(endings) == 1, result

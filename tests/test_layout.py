@@ -45,8 +45,11 @@ def _graph() -> tuple[dict[str, set[str]], list[str]]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                nested += [f"{name}:{inner.lineno}" for inner in ast.walk(node)
-                           if isinstance(inner, ast.Import | ast.ImportFrom)]
+                nested += [
+                    f"{name}:{inner.lineno}"
+                    for inner in ast.walk(node)
+                    if isinstance(inner, ast.Import | ast.ImportFrom)
+                ]
             if isinstance(node, ast.ImportFrom):
                 targets = _resolve(name, path, node)
             elif isinstance(node, ast.Import):
@@ -73,7 +76,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
             if node == nxt.rsplit(".", 1)[0] or state.get(nxt) == 2:
                 continue
             if state.get(nxt) == 1:
-                return [*path[path.index(nxt):], nxt]
+                return [*path[path.index(nxt) :], nxt]
             if (found := visit(nxt)) is not None:
                 return found
         state[node] = 2
@@ -105,7 +108,9 @@ def test_no_imports_inside_functions() -> None:
 def test_only_the_entry_points_import_the_web_layer() -> None:
     graph, _ = _graph()
     offenders = sorted(
-        f"{name} -> {target}" for name, targets in graph.items() for target in targets
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        for target in targets
         if _in_web(target) and not _in_web(name) and name not in ENTRY_POINTS
     )
     assert not offenders, offenders
@@ -138,6 +143,9 @@ def test_redis_errors_are_mapped_at_one_boundary() -> None:
     # Before (issue 23): 52 `except RedisError` clauses in 10 modules, the "unavailable" message
     # spelled in each. Now lines/redis/boundary.py alone knows what redis-py raises.
     boundary = PACKAGE / "lines" / "redis" / "boundary.py"
-    offenders = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-                       if p != boundary and ("redis.exceptions" in p.read_text() or "RedisError" in p.read_text()))
+    offenders = sorted(
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p != boundary and ("redis.exceptions" in p.read_text() or "RedisError" in p.read_text())
+    )
     assert not offenders, f"Redis errors caught outside lines/redis/boundary.py: {offenders}"

@@ -169,7 +169,7 @@ async def test_a_hold_delays_every_start_up_to_its_cap(make_line: MakeLine) -> N
         began = time.monotonic()
         await line.hold(3600)  # an upstream asking for an hour gets the cap
         assert 0.3 < (await line.view()).held_s <= 0.4
-        flight, = flights(1)
+        (flight,) = flights(1)
         await line.admit(flight)
         starts = Starts(line)
         await starts.until(1)

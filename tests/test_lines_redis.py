@@ -85,9 +85,7 @@ async def test_a_dead_instances_call_that_said_nothing_goes_back_first(redis_url
         assert [len(f) for f in found] == [0, 0], "nothing left for a survivor to end"
 
 
-async def test_a_dead_instances_call_that_had_answered_goes_to_one_survivor(
-    redis_url: str, redis_prefix: str
-) -> None:
+async def test_a_dead_instances_call_that_had_answered_goes_to_one_survivor(redis_url: str, redis_prefix: str) -> None:
     async with instances(redis_url, redis_prefix, "dead", "B", "C") as (dead, b, c):
         running, waiting = flights(2)
         await dead.admit(running)
@@ -104,7 +102,7 @@ async def test_a_dead_instances_call_that_had_answered_goes_to_one_survivor(
         orphan = next(f for f in found if f)[0]
         assert orphan.id == running.id and orphan.request.query == running.request.query
         # requeue_front (a stopping instance's call) puts a flight back at its old number.
-        later, = flights(1, tag="later")
+        (later,) = flights(1, tag="later")
         await c.admit(later)
         await b.requeue_front(orphan)
         view = await c.view()

@@ -68,8 +68,9 @@ async def test_lines_are_listed_and_each_serves_its_own_api(tmp_path: Path, upst
         assert answer["answer"]
         found = (await client.get(f"{lines}/a/queue/request/{answer['request_id']}")).json()
         assert found["status"] == "completed"
-        assert (await client.get(f"{lines}/b/queue/request/{answer['request_id']}")).status_code == 404, \
+        assert (await client.get(f"{lines}/b/queue/request/{answer['request_id']}")).status_code == 404, (
             "a request belongs to its line"
+        )
         status = (await client.get(f"{lines}/a/queue/status")).json()
         assert status["completed_requests"] == 1
         assert (await client.get(f"{lines}/b/queue/status")).json()["total_requests"] == 0
@@ -138,8 +139,10 @@ async def test_a_guest_whose_predicted_wait_is_too_long_gets_429(tmp_path: Path,
 async def test_health_metrics_and_the_log_cover_every_line(tmp_path: Path, upstream: MockUpstream) -> None:
     db = tmp_path / "log.db"
     toml = _line_toml("guest", upstream.url(chunks=1)) + _line_toml("other", upstream.url(chunks=1))
-    async with serve_lines(tmp_path, toml, db_path=str(db)) as (running, lines), \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve_lines(tmp_path, toml, db_path=str(db)) as (running, lines),
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         await ask(client, running.base, "to the guest line")
         await ask(client, f"{lines}/other", "to the other line")
         await ask(client, f"{lines}/other", "again to the other line")
@@ -147,7 +150,9 @@ async def test_health_metrics_and_the_log_cover_every_line(tmp_path: Path, upstr
         metrics = (await client.get(f"{running.base}/metrics")).text
     assert health["status"] == "ok" and set(health["lines"]) == {"guest", "other"}
     admitted = {
-        s.labels["line"]: s.value for family in text_string_to_metric_families(metrics) for s in family.samples
+        s.labels["line"]: s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
         if s.name == "guestqueue_admitted_requests_total"
     }
     assert admitted == {"guest": 1, "other": 2}
@@ -160,8 +165,10 @@ async def test_a_scheduled_window_sets_the_mode_while_it_lasts(tmp_path: Path, u
     def at(offset_s: float) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + offset_s))
 
-    toml = (f'[lines.s]\nupstream_url = "{upstream.url(chunks=1)}"\nmessage = "Maintenance until the hour."\n'
-            f'[[lines.s.schedule]]\nstart = {at(-60)}\nend = {at(2)}\nmode = "reject"\n')
+    toml = (
+        f'[lines.s]\nupstream_url = "{upstream.url(chunks=1)}"\nmessage = "Maintenance until the hour."\n'
+        f'[[lines.s.schedule]]\nstart = {at(-60)}\nend = {at(2)}\nmode = "reject"\n'
+    )
     async with serve_lines(tmp_path, toml) as (_, lines), httpx.AsyncClient(timeout=10) as client:
         during = await client.post(f"{lines}/s/chat/simple", json={"query": "now?"})
         assert during.status_code == 503 and during.json()["error"] == "Maintenance until the hour."

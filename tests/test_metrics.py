@@ -22,8 +22,10 @@ def _samples(text: str, line: str = "guest") -> dict[tuple[str, tuple[tuple[str,
 
 async def test_metrics_match_the_requests_made(upstream: MockUpstream) -> None:
     url, _ = upstream.tagged(chunks=2, delay=0.2)
-    async with serve(upstream_url=url, cache_size=10, max_concurrent_requests=1, max_queue_size=1) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=url, cache_size=10, max_concurrent_requests=1, max_queue_size=1) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         await ask(client, running.base, "one")
         await ask(client, running.base, "one")  # cache hit
         blocker = asyncio.create_task(ask(client, running.base, "two"))
@@ -31,8 +33,9 @@ async def test_metrics_match_the_requests_made(upstream: MockUpstream) -> None:
         waiting = asyncio.create_task(ask(client, running.base, "three"))
         await wait_until(lambda: len(running.service.waiting) == 1)
         assert (await client.post(f"{running.base}/chat", json={"query": "four"})).status_code == 429
-        assert (await client.post(f"{running.base}/chat", content=b"{", headers={"content-type": "application/json"})
-                ).status_code == 400
+        assert (
+            await client.post(f"{running.base}/chat", content=b"{", headers={"content-type": "application/json"})
+        ).status_code == 400
         live = _samples((await client.get(f"{running.base}/metrics")).text)
         assert live[("guestqueue_queue_size", ())] == 1 and live[("guestqueue_active_requests", ())] == 1
         await asyncio.gather(blocker, waiting)
@@ -53,8 +56,11 @@ async def test_metrics_match_the_requests_made(upstream: MockUpstream) -> None:
 
 
 async def test_two_apps_in_one_process_have_their_own_metrics(upstream: MockUpstream) -> None:
-    async with serve(upstream_url=upstream.url()) as a, serve(upstream_url=upstream.url()) as b, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url()) as a,
+        serve(upstream_url=upstream.url()) as b,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         await ask(client, a.base, "only a")
         sa = _samples((await client.get(f"{a.base}/metrics")).text)
         sb = _samples((await client.get(f"{b.base}/metrics")).text)

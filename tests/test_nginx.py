@@ -53,8 +53,14 @@ def _replace(text: str, old: str, new: str, count: int) -> str:
 
 
 def render_conf(
-    prefix: Path, *, listen_port: int, upstream_port: int, read_timeout: str | None = None,
-    header_timeout: str | None = None, more_upstream_ports: tuple[int, ...] = (), worker_connections: int = 0,
+    prefix: Path,
+    *,
+    listen_port: int,
+    upstream_port: int,
+    read_timeout: str | None = None,
+    header_timeout: str | None = None,
+    more_upstream_ports: tuple[int, ...] = (),
+    worker_connections: int = 0,
 ) -> Path:
     text = NGINX_CONF.read_text()
     if header_timeout is not None:
@@ -84,8 +90,13 @@ class Stack:
 
 @contextmanager
 def run_nginx(
-    prefix: Path, guestqueue_base: str, *, read_timeout: str | None, header_timeout: str | None = None,
-    more: tuple[str, ...] = (), worker_connections: int = 0,
+    prefix: Path,
+    guestqueue_base: str,
+    *,
+    read_timeout: str | None,
+    header_timeout: str | None = None,
+    more: tuple[str, ...] = (),
+    worker_connections: int = 0,
 ) -> Iterator[str]:
     """nginx with the repository's conf in front of ``guestqueue_base`` (and the ``more`` instances,
     round-robin); yields the proxied API base URL."""
@@ -93,8 +104,12 @@ def run_nginx(
     assert upstream_port is not None
     port = free_port()
     conf = render_conf(
-        prefix, listen_port=port, upstream_port=upstream_port, read_timeout=read_timeout,
-        header_timeout=header_timeout, more_upstream_ports=tuple(urlsplit(b).port or 0 for b in more),
+        prefix,
+        listen_port=port,
+        upstream_port=upstream_port,
+        read_timeout=read_timeout,
+        header_timeout=header_timeout,
+        more_upstream_ports=tuple(urlsplit(b).port or 0 for b in more),
         worker_connections=worker_connections,
     )
     command = [nginx_binary(), "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
@@ -113,10 +128,18 @@ def run_nginx(
 @pytest.fixture(scope="module")
 def stack(upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prefix = tmp_path_factory.mktemp("nginx")
-    with guestqueue_process(
-        prefix, upstream_url=upstream.url(), upstream_kind="http", trusted_proxies="127.0.0.1",
-        ping_s=0.5, max_per_client=1, max_concurrent_requests=4,
-    ) as direct, run_nginx(prefix, direct, read_timeout=SHORT_READ_TIMEOUT) as proxied:
+    with (
+        guestqueue_process(
+            prefix,
+            upstream_url=upstream.url(),
+            upstream_kind="http",
+            trusted_proxies="127.0.0.1",
+            ping_s=0.5,
+            max_per_client=1,
+            max_concurrent_requests=4,
+        ) as direct,
+        run_nginx(prefix, direct, read_timeout=SHORT_READ_TIMEOUT) as proxied,
+    ):
         yield Stack(proxied, direct, prefix)
 
 
@@ -163,7 +186,8 @@ def ask_body(query: str, **mock: Any) -> dict[str, Any]:
 def test_the_repository_conf_is_valid_as_shipped(tmp_path: Path) -> None:
     result = subprocess.run(
         [nginx_binary(), "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(NGINX_CONF)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
 
@@ -191,9 +215,7 @@ async def test_pings_keep_a_quiet_stream_past_the_read_timeout(stack: Stack) -> 
     assert timeline.pings >= 4  # every 0.5 s of silence
 
 
-async def test_without_pings_nginx_cuts_the_same_stream(
-    upstream: MockUpstream, tmp_path: Path
-) -> None:
+async def test_without_pings_nginx_cuts_the_same_stream(upstream: MockUpstream, tmp_path: Path) -> None:
     """The control for the test above: same nginx conf, guestqueue pinging only every 60 s."""
     with (
         guestqueue_process(tmp_path, upstream_url=upstream.url(), upstream_kind="http", ping_s=60) as direct,
@@ -215,8 +237,11 @@ async def test_an_oversized_body_is_refused_by_nginx(stack: Stack) -> None:
         too_big = await client.post(f"{stack.nginx}/chat", content=body_of(65537), headers=headers)
         at_limit = await client.post(f"{stack.nginx}/chat", content=body_of(65536), headers=headers)
     assert too_big.status_code == 413
-    assert too_big.json() == {"error": "The request body is larger than 65536 bytes.", "code": "body_too_large",
-                              "by": "nginx"}
+    assert too_big.json() == {
+        "error": "The request body is larger than 65536 bytes.",
+        "code": "body_too_large",
+        "by": "nginx",
+    }
     # Exactly GUEST_MAX_BODY_BYTES gets through nginx; guestqueue then refuses the long query itself.
     assert at_limit.status_code == 422
     assert at_limit.json()["code"] == "invalid_field"
@@ -226,8 +251,9 @@ async def test_guestqueue_sees_the_guests_real_address(stack: Stack) -> None:
     """GUEST_MAX_PER_CLIENT=1 behind nginx: keyed on the guest's address, which a guest cannot forge."""
     async with client_from("127.0.0.2") as guest_a, client_from("127.0.0.3") as guest_b:
         url = f"{stack.nginx}/chat"
-        async with guest_a.stream("POST", url, json=ask_body("first", first=3),
-                                  headers={"X-Forwarded-For": "203.0.113.7"}) as first:
+        async with guest_a.stream(
+            "POST", url, json=ask_body("first", first=3), headers={"X-Forwarded-For": "203.0.113.7"}
+        ) as first:
             assert first.status_code == 200
             # Another address is another guest, although nginx itself is one peer (127.0.0.1).
             other = await guest_b.post(f"{url}/simple", json=ask_body("other guest"))
@@ -306,14 +332,15 @@ async def _slowloris(address: str, port: int, stop: asyncio.Event) -> float | No
         writer.close()
 
 
-async def test_slow_clients_are_cut_and_normal_guests_unaffected(
-    upstream: MockUpstream, tmp_path: Path
-) -> None:
+async def test_slow_clients_are_cut_and_normal_guests_unaffected(upstream: MockUpstream, tmp_path: Path) -> None:
     """Slowloris through nginx: headers dribbled a byte at a time are cut at client_header_timeout
     (1 s here, 10 s as shipped), while guests beside them are served as usual."""
-    with guestqueue_process(tmp_path, upstream_url=upstream.url(chunks=3, delay=0.1), upstream_kind="http",
-                            trusted_proxies="127.0.0.1") as direct, \
-            run_nginx(tmp_path, direct, read_timeout=None, header_timeout="1s") as proxied:
+    with (
+        guestqueue_process(
+            tmp_path, upstream_url=upstream.url(chunks=3, delay=0.1), upstream_kind="http", trusted_proxies="127.0.0.1"
+        ) as direct,
+        run_nginx(tmp_path, direct, read_timeout=None, header_timeout="1s") as proxied,
+    ):
         port = urlsplit(proxied).port
         assert port is not None
         stop = asyncio.Event()
@@ -321,9 +348,9 @@ async def test_slow_clients_are_cut_and_normal_guests_unaffected(
         await asyncio.sleep(0.5)
         began = time.monotonic()
         async with client_from("127.0.1.1") as client:
-            normal = await asyncio.gather(*(
-                timed_stream(client, f"{proxied}/chat", json={"query": f"normal {i}"}) for i in range(5)
-            ))
+            normal = await asyncio.gather(
+                *(timed_stream(client, f"{proxied}/chat", json={"query": f"normal {i}"}) for i in range(5))
+            )
         served_in = time.monotonic() - began
         cut = await asyncio.wait_for(asyncio.gather(*slow), timeout=15)
         stop.set()
@@ -339,7 +366,9 @@ async def test_the_operator_views_answer_only_the_allow_listed_network(stack: St
         refused = await outsider.get(f"{stack.nginx}{path}")
         assert refused.status_code == 403, (path, refused.text)
         assert refused.json() == {
-            "error": "This address may not use this endpoint.", "code": "forbidden", "by": "nginx",
+            "error": "This address may not use this endpoint.",
+            "code": "forbidden",
+            "by": "nginx",
         }
         # What guests need still passes: the public status, and a lookup by id (404 for a guessed one).
         assert (await outsider.get(f"{stack.nginx}/queue/status")).status_code == 200
@@ -362,9 +391,16 @@ async def test_guestqueue_refuses_the_operator_views_to_a_forwarded_outsider(sta
 async def test_named_lines_and_the_admin_api_through_nginx(upstream: MockUpstream, tmp_path: Path) -> None:
     config = tmp_path / "guestqueue.toml"
     config.write_text(f'[lines.guest]\n[lines.side]\nupstream_url = "{upstream.url(chunks=2)}"\n')
-    with guestqueue_process(tmp_path, upstream_url=upstream.url(), trusted_proxies="127.0.0.1",
-                            config=str(config), admin_api_key="the-super-admin-key-0123456789") as direct, \
-            run_nginx(tmp_path, direct, read_timeout=None) as proxied:
+    with (
+        guestqueue_process(
+            tmp_path,
+            upstream_url=upstream.url(),
+            trusted_proxies="127.0.0.1",
+            config=str(config),
+            admin_api_key="the-super-admin-key-0123456789",
+        ) as direct,
+        run_nginx(tmp_path, direct, read_timeout=None) as proxied,
+    ):
         api = proxied.removesuffix("/guest")
         async with httpx.AsyncClient(timeout=20) as client:
             listed = (await client.get(f"{api}/lines")).json()["lines"]
@@ -385,9 +421,12 @@ async def test_a_pull_worker_streams_its_answer_through_nginx(tmp_path: Path) ->
     config = tmp_path / "guestqueue.toml"
     config.write_text('[lines.gpu]\nupstream_kind = "pull"\nupstream_interval_sec = 0\n')
     key = {"X-API-Key": "the-super-admin-key-0123456789"}
-    with guestqueue_process(tmp_path, trusted_proxies="127.0.0.1", config=str(config),
-                            admin_api_key=key["X-API-Key"]) as direct, \
-            run_nginx(tmp_path, direct, read_timeout=None) as proxied:
+    with (
+        guestqueue_process(
+            tmp_path, trusted_proxies="127.0.0.1", config=str(config), admin_api_key=key["X-API-Key"]
+        ) as direct,
+        run_nginx(tmp_path, direct, read_timeout=None) as proxied,
+    ):
         api = proxied.removesuffix("/guest")
         first_chunk = asyncio.Event()
 
@@ -409,21 +448,29 @@ async def test_a_pull_worker_streams_its_answer_through_nginx(tmp_path: Path) ->
             asked = asyncio.create_task(guest(client))
             jobs = (await client.post(f"{api}/lines/gpu/jobs/receive", json={"wait_sec": 10}, headers=key)).json()
             receipt = jobs["jobs"][0]["receipt"]
-            sent = await client.post(f"{api}/jobs/{receipt}/chunks", content=body(),
-                                     headers={**key, "Content-Type": "application/x-ndjson"})
+            sent = await client.post(
+                f"{api}/jobs/{receipt}/chunks", content=body(), headers={**key, "Content-Type": "application/x-ndjson"}
+            )
             assert sent.json()["chunks"] == 2
             assert (await client.post(f"{api}/jobs/{receipt}/complete", headers=key)).status_code == 200
             assert await asked == ["streamed ", "through nginx"]
 
 
 async def test_the_openai_front_door_through_nginx(upstream: MockUpstream, tmp_path: Path) -> None:
-    with guestqueue_process(tmp_path, upstream_url=upstream.url(chunks=3, delay=0.05), trusted_proxies="127.0.0.1"
-                            ) as direct, run_nginx(tmp_path, direct, read_timeout=None) as proxied:
+    with (
+        guestqueue_process(
+            tmp_path, upstream_url=upstream.url(chunks=3, delay=0.05), trusted_proxies="127.0.0.1"
+        ) as direct,
+        run_nginx(tmp_path, direct, read_timeout=None) as proxied,
+    ):
         v1 = proxied.removesuffix("/api/v1/guest") + "/v1"
         async with httpx.AsyncClient(timeout=20) as client:
             lines = []
-            async with client.stream("POST", f"{v1}/chat/completions", json={
-                    "model": "guest", "messages": [{"role": "user", "content": "via nginx"}], "stream": True}) as r:
+            async with client.stream(
+                "POST",
+                f"{v1}/chat/completions",
+                json={"model": "guest", "messages": [{"role": "user", "content": "via nginx"}], "stream": True},
+            ) as r:
                 assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
                 lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
             models = (await client.get(f"{v1}/models")).json()

@@ -74,15 +74,20 @@ async def test_guests_hear_processing_only_when_a_worker_takes_the_job(tmp_path:
         assert status["active_requests"] == 1
         [job] = await _receive(client, lines)
         jobs = _jobs(lines)
-        await client.post(f"{jobs}/{job['receipt']}/chunks", content=b'"a"\n"b"\n',
-                          headers={"Content-Type": "application/x-ndjson"})
+        await client.post(
+            f"{jobs}/{job['receipt']}/chunks", content=b'"a"\n"b"\n', headers={"Content-Type": "application/x-ndjson"}
+        )
         await client.post(f"{jobs}/{job['receipt']}/complete")
         await asked
         # Until a worker takes the job, its guest goes on hearing it is first in line (issue 22 point 5).
         waited = [e for e in heard if e.name == "queued"]
         assert len(waited) >= 2 and all(e.data["queue_position"] == 1 for e in waited), waited
-        assert [e.name for e in heard[len(waited):]] == ["processing", "answer_chunk", "answer_chunk",
-                                                          "workflow_complete"]
+        assert [e.name for e in heard[len(waited) :]] == [
+            "processing",
+            "answer_chunk",
+            "answer_chunk",
+            "workflow_complete",
+        ]
 
 
 async def test_an_extended_lease_keeps_its_job_and_an_expired_receipt_is_refused(tmp_path: Path) -> None:
@@ -144,8 +149,9 @@ async def test_chunks_sent_again_are_taken_once_and_a_gap_is_refused_with_the_of
             refused = await client.post(complete, json={"offset": bad_json})
             assert refused.status_code == 422 and refused.json()["code"] == "invalid_field", (bad_json, refused.text)
         assert (await client.post(chunks, params={"offset": 0}, json=["a", "b"])).json()["offset"] == 2
-        again = await client.post(chunks, params={"offset": 1}, content=b'"b"\n"c"\n',
-                                  headers={"Content-Type": "application/x-ndjson"})  # "b" sent again
+        again = await client.post(
+            chunks, params={"offset": 1}, content=b'"b"\n"c"\n', headers={"Content-Type": "application/x-ndjson"}
+        )  # "b" sent again
         assert again.json() == {"receipt": job["receipt"], "chunks": 2, "offset": 3}
         gap = await client.post(chunks, params={"offset": 5}, json=["f"])
         assert gap.status_code == 409 and gap.json()["code"] == "offset_mismatch" and gap.json()["offset"] == 3
@@ -180,7 +186,7 @@ async def test_a_worker_with_the_wrong_key_is_refused(tmp_path: Path, upstream: 
 
 
 async def test_bad_worker_requests_get_clear_errors(tmp_path: Path) -> None:
-    toml = PULL + '[lines.chat]\nupstream_interval_sec = 0\n'
+    toml = PULL + "[lines.chat]\nupstream_interval_sec = 0\n"
     async with serve_lines(tmp_path, toml) as (_, lines), httpx.AsyncClient(timeout=10) as client:
         assert (await client.post(f"{lines}/chat/jobs/receive")).status_code == 404
         for body in ({"max_jobs": 0}, {"wait_sec": 99}, {"visibility_timeout_sec": "x"}):
@@ -196,9 +202,22 @@ def worker_process(
     env = {**os.environ, "GUEST_TEST_WORKER": name, "PYTHONPATH": str(ROOT)}
     log = (tmp_path / f"worker-{name}.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "guestqueue", "worker", "--server", server, "--line", "gpu",
-         "--visibility-timeout", str(visibility_s), f"tests.pull_workflows:{workflow}"],
-        env=env, stdout=log, stderr=log,
+        [
+            sys.executable,
+            "-m",
+            "guestqueue",
+            "worker",
+            "--server",
+            server,
+            "--line",
+            "gpu",
+            "--visibility-timeout",
+            str(visibility_s),
+            f"tests.pull_workflows:{workflow}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=log,
     )
     try:
         yield proc
@@ -238,12 +257,12 @@ def pair(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[list[str
         yield [base.removesuffix("/guest") + "/lines" for base in bases]
 
 
-async def test_with_two_instances_a_worker_on_one_serves_guests_of_the_other(
-    pair: list[str], tmp_path: Path
-) -> None:
+async def test_with_two_instances_a_worker_on_one_serves_guests_of_the_other(pair: list[str], tmp_path: Path) -> None:
     async with httpx.AsyncClient(timeout=30) as client:
-        asked = [asyncio.create_task(stream_events(client, f"{pair[0]}/gpu/chat", json={"query": f"q {n}"}))
-                 for n in range(3)]
+        asked = [
+            asyncio.create_task(stream_events(client, f"{pair[0]}/gpu/chat", json={"query": f"q {n}"}))
+            for n in range(3)
+        ]
         server = pair[1].split("/api/v1/")[0]
         began = time.monotonic()
         with worker_process(tmp_path, server, "far", "echo"):

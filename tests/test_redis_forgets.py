@@ -31,16 +31,24 @@ async def test_a_forgetful_or_stalled_redis_keeps_order_answers_and_each_chunk_o
 ) -> None:
     tag = f"{kind}-{redis_prefix}"
     with run_redis() as redis:
-        settings: dict[str, Any] = {"upstream_url": upstream.url(), "instance_ttl_s": 1.0,
-                                    "max_concurrent_requests": 1, "upstream_interval_s": 0.2, "max_wait_s": 60}
+        settings: dict[str, Any] = {
+            "upstream_url": upstream.url(),
+            "instance_ttl_s": 1.0,
+            "max_concurrent_requests": 1,
+            "upstream_interval_s": 0.2,
+            "max_wait_s": 60,
+        }
         for bases in _instances(tmp_path, 2, redis.url, redis_prefix, **settings):
             async with httpx.AsyncClient(timeout=60) as client:
                 streams: list[asyncio.Task[list[Received]]] = []
                 for n in range(GUESTS):  # each in line before the next asks, on the other instance
                     mock = {"chunks": 6, "delay": 0.3} if n == 0 else {"chunks": 3, "delay": 0.05}
                     admitted = asyncio.Event()
-                    streams.append(asyncio.create_task(_stream_noting(
-                        client, f"{bases[n % 2]}/chat", _body(f"g{n}", tag, **mock), admitted)))
+                    streams.append(
+                        asyncio.create_task(
+                            _stream_noting(client, f"{bases[n % 2]}/chat", _body(f"g{n}", tag, **mock), admitted)
+                        )
+                    )
                     await asyncio.wait_for(admitted.wait(), 10)
                 await asyncio.sleep(0.5)  # the first call is streaming, seven guests wait
                 await trouble(redis, kind)
@@ -65,8 +73,9 @@ async def test_a_waiting_room_never_lets_more_in_than_max_active_after_redis_for
     config = tmp_path / "rooms.toml"
     config.write_text(_room(max_active=2, batch_size=20, process_interval_sec=0.1))
     with run_redis() as redis:
-        for bases in _instances(tmp_path, 2, redis.url, redis_prefix, config=str(config), token_secret=SECRET,
-                                instance_ttl_s=1.0):
+        for bases in _instances(
+            tmp_path, 2, redis.url, redis_prefix, config=str(config), token_secret=SECRET, instance_ttl_s=1.0
+        ):
             urls = [base.removesuffix("/guest") + "/lines/shop" for base in bases]
             async with httpx.AsyncClient(timeout=30) as client:
                 joined = [(urls[n % 2], (await _join(client, urls[n % 2]))["request_id"]) for n in range(5)]

@@ -34,8 +34,7 @@ async def test_a_dropped_post_stream_sent_again_resumes_the_same_request(upstrea
 
 async def test_an_idempotency_key_is_the_clients_own(upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(chunks=1)
-    async with serve(upstream_url=url, trusted_proxies="127.0.0.1") as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with serve(upstream_url=url, trusted_proxies="127.0.0.1") as running, httpx.AsyncClient(timeout=30) as client:
         simple = f"{running.base}/chat/simple"
         alice = {"Idempotency-Key": "k1", "X-Forwarded-For": "203.0.113.1"}
         bob = {"Idempotency-Key": "k1", "X-Forwarded-For": "203.0.113.2"}
@@ -55,8 +54,10 @@ async def test_an_idempotency_key_is_the_clients_own(upstream: MockUpstream) -> 
 async def test_a_finished_fully_seen_request_answers_204(upstream: MockUpstream) -> None:
     # An EventSource that does not close() on the terminal event reconnects every few seconds;
     # 204 is what makes it stop.
-    async with serve(upstream_url=upstream.url(chunks=2), reconnect_grace_s=2) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=upstream.url(chunks=2), reconnect_grace_s=2) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         events = await stream_events(client, f"{running.base}/chat", json={"query": "q"})
         request_id, last = events[-1].data["request_id"], events[-1].id
         events_url = f"{running.base}/chat/{request_id}/events"
@@ -68,8 +69,10 @@ async def test_a_finished_fully_seen_request_answers_204(upstream: MockUpstream)
 
 async def test_rejections_carry_retry_after_in_the_body_and_expose_the_header(upstream: MockUpstream) -> None:
     origin = "https://chat.example.org"
-    async with serve(upstream_url=upstream.url(delay=0.5), max_per_client=1, cors_origins=origin) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=upstream.url(delay=0.5), max_per_client=1, cors_origins=origin) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         async with client.stream("POST", f"{running.base}/chat", json={"query": "first"}):
             refused = await client.post(f"{running.base}/chat", json={"query": "second"}, headers={"Origin": origin})
         assert refused.status_code == 429
@@ -102,13 +105,18 @@ async def test_a_websocket_question_sent_again_with_its_key_is_the_same_request(
 
 
 async def test_the_ending_keeps_its_id_on_every_instance_of_a_shared_line(
-    upstream: MockUpstream, redis_url: str, redis_prefix: str,
+    upstream: MockUpstream,
+    redis_url: str,
+    redis_prefix: str,
 ) -> None:
     """Issue 21 point 1, seen on main: a guest that saw `workflow_complete` (id 57) reconnected with
     Last-Event-ID 57 to the other instance and got the ending again as id 58. Now the ending keeps
     its id wherever the request is taken over: 204 for a guest that saw it, the same id otherwise."""
     shared: dict[str, Any] = {
-        "redis_url": redis_url, "redis_prefix": redis_prefix, "upstream_url": upstream.url(chunks=3)}
+        "redis_url": redis_url,
+        "redis_prefix": redis_prefix,
+        "upstream_url": upstream.url(chunks=3),
+    }
     async with serve(**shared) as one, serve(**shared) as two, httpx.AsyncClient(timeout=10) as client:
         for _ in range(20):
             events = await stream_events(client, f"{one.base}/chat", json={"query": "once"})
@@ -117,7 +125,6 @@ async def test_the_ending_keeps_its_id_on_every_instance_of_a_shared_line(
             url = f"{two.base}/chat/{ending.data['request_id']}/events"
             seen_all = await client.get(url, headers={"Last-Event-ID": ending.id})
             assert seen_all.status_code == 204, "the ending came again from the other instance"
-            missed = await stream_events(client, url, method="GET",
-                                         headers={"Last-Event-ID": str(int(ending.id) - 1)})
+            missed = await stream_events(client, url, method="GET", headers={"Last-Event-ID": str(int(ending.id) - 1)})
             assert [(e.name, e.id) for e in missed] == [("workflow_complete", ending.id)]
             assert (await client.get(url, headers={"Last-Event-ID": ending.id})).status_code == 204

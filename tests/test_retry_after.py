@@ -45,8 +45,10 @@ async def test_holds_are_capped_and_never_infinite() -> None:
 @pytest.mark.parametrize("retry_after", ["99999", "1e308"])
 async def test_a_huge_retry_after_holds_the_line_only_for_the_cap(upstream: MockUpstream, retry_after: str) -> None:
     url, tag = upstream.tagged(fail=1, status=429, retry_after=retry_after, chunks=1)
-    async with serve(upstream_url=url, upstream_retries=1, upstream_max_hold_s=1.0) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=url, upstream_retries=1, upstream_max_hold_s=1.0) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         async with asyncio.timeout(8):  # before the fix: 28 hours, or forever
             first = asyncio.create_task(ask(client, running.base, "first"))
             await wait_until(lambda: running.service.line.limiter.held_s() > 0, message="the upstream's hold")
@@ -65,8 +67,10 @@ async def test_a_huge_retry_after_holds_the_line_only_for_the_cap(upstream: Mock
 async def test_an_infinite_retry_after_is_ignored_and_never_reaches_json_or_headers(upstream: MockUpstream) -> None:
     # The retry streams slowly, so a second guest waits in line and a third finds it full.
     url, tag = upstream.tagged(fail=1, status=429, retry_after="inf", chunks=2, delay=1.0)
-    async with serve(upstream_url=url, upstream_retries=1, max_concurrent_requests=1, max_queue_size=1) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=url, upstream_retries=1, max_concurrent_requests=1, max_queue_size=1) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         async with asyncio.timeout(10):  # before the fix: the first guest's retry waited forever
             first = asyncio.create_task(ask(client, running.base, "first"))
             await wait_until(lambda: len(running.service.running) == 1, message="first processing")

@@ -17,8 +17,11 @@ from .conftest import MockUpstream, env_without_guest_vars, free_port, wait_for_
 
 def test_several_workers_without_redis_stop_at_once_with_one_line() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "guestqueue", "serve", "--workers", "2"], env=env_without_guest_vars(),
-        capture_output=True, text=True, timeout=30,
+        [sys.executable, "-m", "guestqueue", "serve", "--workers", "2"],
+        env=env_without_guest_vars(),
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "GUEST_REDIS_URL" in result.stderr, result.stderr
@@ -35,12 +38,19 @@ def test_workers_share_the_port_and_the_line_and_stop_together(
     tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
 ) -> None:
     port = free_port()
-    env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_REDIS_URL": redis_url,
-           "GUEST_REDIS_PREFIX": redis_prefix, "GUEST_UPSTREAM_URL": upstream.url(), "GUEST_UPSTREAM_INTERVAL_SEC": "0",
-           "GUEST_DB_PATH": ""}
+    env = {
+        **env_without_guest_vars(),
+        "GUEST_PORT": str(port),
+        "GUEST_REDIS_URL": redis_url,
+        "GUEST_REDIS_PREFIX": redis_prefix,
+        "GUEST_UPSTREAM_URL": upstream.url(),
+        "GUEST_UPSTREAM_INTERVAL_SEC": "0",
+        "GUEST_DB_PATH": "",
+    }
     log = (tmp_path / "serve.log").open("wb")
-    parent = subprocess.Popen([sys.executable, "-m", "guestqueue", "serve", "--workers", "2"], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "guestqueue", "serve", "--workers", "2"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     base = f"http://127.0.0.1:{port}{API_PREFIX}"
     try:
         wait_for_http(f"{base}/health")
@@ -75,10 +85,20 @@ def test_a_worker_that_dies_is_started_again(
     tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
 ) -> None:
     port = free_port()
-    env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_REDIS_URL": redis_url,
-           "GUEST_REDIS_PREFIX": redis_prefix, "GUEST_UPSTREAM_URL": upstream.url(), "GUEST_DB_PATH": ""}
-    parent = subprocess.Popen([sys.executable, "-m", "guestqueue", "serve", "--workers", "2"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **env_without_guest_vars(),
+        "GUEST_PORT": str(port),
+        "GUEST_REDIS_URL": redis_url,
+        "GUEST_REDIS_PREFIX": redis_prefix,
+        "GUEST_UPSTREAM_URL": upstream.url(),
+        "GUEST_DB_PATH": "",
+    }
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "guestqueue", "serve", "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}{API_PREFIX}"
     try:
         wait_for_http(f"{base}/health")
@@ -99,10 +119,19 @@ def test_a_worker_that_dies_is_started_again(
 
 def test_workers_leave_with_their_parent(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
     port = free_port()
-    env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_REDIS_URL": redis_url,
-           "GUEST_REDIS_PREFIX": redis_prefix, "GUEST_DB_PATH": ""}
-    parent = subprocess.Popen([sys.executable, "-m", "guestqueue", "serve", "--workers", "2"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **env_without_guest_vars(),
+        "GUEST_PORT": str(port),
+        "GUEST_REDIS_URL": redis_url,
+        "GUEST_REDIS_PREFIX": redis_prefix,
+        "GUEST_DB_PATH": "",
+    }
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "guestqueue", "serve", "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_http(f"http://127.0.0.1:{port}{API_PREFIX}/health")
         children = _children(parent.pid)
@@ -119,10 +148,19 @@ def test_workers_leave_with_their_parent(tmp_path: Path, redis_url: str, redis_p
 
 
 def _serve_two(port: int, redis_url: str, redis_prefix: str) -> subprocess.Popen[bytes]:
-    env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_REDIS_URL": redis_url,
-           "GUEST_REDIS_PREFIX": redis_prefix, "GUEST_DB_PATH": ""}
-    return subprocess.Popen([sys.executable, "-m", "guestqueue", "serve", "--workers", "2"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **env_without_guest_vars(),
+        "GUEST_PORT": str(port),
+        "GUEST_REDIS_URL": redis_url,
+        "GUEST_REDIS_PREFIX": redis_prefix,
+        "GUEST_DB_PATH": "",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "guestqueue", "serve", "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _stops_cleanly(parent: subprocess.Popen[bytes], children: set[int]) -> None:

@@ -136,8 +136,9 @@ async def test_a_content_length_larger_than_the_body_gets_408_not_a_hang() -> No
 
 
 def test_settings_reach_uvicorn() -> None:
-    settings = Settings(max_header_bytes=1234, max_connections=77, backlog=99, max_body_bytes=4321, ping_s=3.0,
-                        send_timeout_s=7.0)
+    settings = Settings(
+        max_header_bytes=1234, max_connections=77, backlog=99, max_body_bytes=4321, ping_s=3.0, send_timeout_s=7.0
+    )
     config = uvicorn_config(object(), settings)
     assert (config.h11_max_incomplete_event_size, config.backlog) == (1234, 99)
     assert config.limit_concurrency is not None and config.limit_concurrency >= 77
@@ -154,8 +155,14 @@ def test_health_stays_reachable_when_idle_sockets_outnumber_file_descriptors(tmp
     port = free_port()
     env = {**env_without_guest_vars(), "GUEST_PORT": str(port), "GUEST_DB_PATH": ""}
     log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "guestqueue", "serve", "--log-level", "warning"], env=env,
-                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_low_file_limit)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "guestqueue", "serve", "--log-level", "warning"],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_low_file_limit,
+    )
     idle: list[socket.socket] = []
     try:
         health = f"http://127.0.0.1:{port}/api/v1/guest/health"

@@ -52,15 +52,17 @@ async def test_position_ticks_keep_a_fixed_cadence_however_long_a_round_takes() 
 async def test_a_burst_at_an_idle_server_fills_free_slots_before_the_line(upstream: MockUpstream) -> None:
     # Four idle slots and room for two in line: six guests arriving together are all let in,
     # the seventh is refused. The four a free slot starts at once are not "waiting".
-    async with serve(upstream_url=upstream.url(delay=0.3), max_concurrent_requests=4, max_queue_size=2) as running, \
-            httpx.AsyncClient(timeout=20) as client:
-        answers = await asyncio.gather(*[
-            client.post(f"{running.base}/chat/simple", json={"query": f"burst {i}"}) for i in range(6)
-        ])
+    async with (
+        serve(upstream_url=upstream.url(delay=0.3), max_concurrent_requests=4, max_queue_size=2) as running,
+        httpx.AsyncClient(timeout=20) as client,
+    ):
+        answers = await asyncio.gather(
+            *[client.post(f"{running.base}/chat/simple", json={"query": f"burst {i}"}) for i in range(6)]
+        )
         assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
-        answers = await asyncio.gather(*[
-            client.post(f"{running.base}/chat/simple", json={"query": f"more {i}"}) for i in range(7)
-        ])
+        answers = await asyncio.gather(
+            *[client.post(f"{running.base}/chat/simple", json={"query": f"more {i}"}) for i in range(7)]
+        )
         codes = sorted(a.status_code for a in answers)
         assert codes == [200] * 6 + [429], codes
 
@@ -98,8 +100,10 @@ async def test_churn_does_not_re_announce_the_whole_line() -> None:
 async def test_status_polls_tell_nobody() -> None:
     # Each GET /queue/request/{id} after a change used to re-announce every waiting guest's place.
     waiting = 300
-    async with serve(_never, max_concurrent_requests=1, max_queue_size=1000) as running, \
-            httpx.AsyncClient(timeout=20) as client:
+    async with (
+        serve(_never, max_concurrent_requests=1, max_queue_size=1000) as running,
+        httpx.AsyncClient(timeout=20) as client,
+    ):
         service = running.service
         tickets = [await service.submit(f"q{i}", client=f"c{i}") for i in range(waiting)]
         await asyncio.sleep(MIN_REPORT_GAP_S * 2)
@@ -129,5 +133,5 @@ async def test_full_event_logs_of_finished_requests_are_bounded_by_count() -> No
         await wait_until(lambda: all(t.done for t in tickets), 20, "every request to finish")
         full = [t for t in tickets if len(t.events.after(0)) > 1]
         assert len(full) <= keep, f"{len(full)} full logs kept"
-        assert full == tickets[-len(full):], "the newest keep their logs for replay"
+        assert full == tickets[-len(full) :], "the newest keep their logs for replay"
         assert service.registry.get(tickets[-1].id) is tickets[-1]

@@ -35,8 +35,12 @@ async def _six_guests(server: ServerProcess, client: httpx.AsyncClient) -> list[
 async def test_sigterm_lets_running_work_finish_and_ends_the_line(upstream: MockUpstream, tmp_path: Path) -> None:
     db = tmp_path / "shutdown.db"
     server = start_server_process(
-        tmp_path, GUEST_UPSTREAM_URL=upstream.url(chunks=4, delay=0.3), GUEST_MAX_CONCURRENT_REQUESTS="1",
-        GUEST_UPSTREAM_INTERVAL_SEC="0", GUEST_SHUTDOWN_GRACE_SEC="5", GUEST_DB_PATH=str(db),
+        tmp_path,
+        GUEST_UPSTREAM_URL=upstream.url(chunks=4, delay=0.3),
+        GUEST_MAX_CONCURRENT_REQUESTS="1",
+        GUEST_UPSTREAM_INTERVAL_SEC="0",
+        GUEST_SHUTDOWN_GRACE_SEC="5",
+        GUEST_DB_PATH=str(db),
     )
     async with httpx.AsyncClient(timeout=30) as client:
         guests = await _six_guests(server, client)
@@ -59,8 +63,12 @@ async def test_sigterm_lets_running_work_finish_and_ends_the_line(upstream: Mock
 
 async def test_sigterm_cuts_work_that_outlasts_the_grace(upstream: MockUpstream, tmp_path: Path) -> None:
     server = start_server_process(
-        tmp_path, GUEST_UPSTREAM_URL=upstream.url(mode="hang"), GUEST_MAX_CONCURRENT_REQUESTS="1",
-        GUEST_UPSTREAM_INTERVAL_SEC="0", GUEST_SHUTDOWN_GRACE_SEC="1", GUEST_DB_PATH="",
+        tmp_path,
+        GUEST_UPSTREAM_URL=upstream.url(mode="hang"),
+        GUEST_MAX_CONCURRENT_REQUESTS="1",
+        GUEST_UPSTREAM_INTERVAL_SEC="0",
+        GUEST_SHUTDOWN_GRACE_SEC="1",
+        GUEST_DB_PATH="",
     )
     async with httpx.AsyncClient(timeout=30) as client:
         guests = await _six_guests(server, client)
@@ -80,8 +88,11 @@ async def test_new_guests_during_the_drain_hear_503_shutting_down(upstream: Mock
     # Before: uvicorn stopped listening at the signal, so a guest arriving during the drain got
     # "connection refused" instead of the 503 `shutting_down` DESIGN.md promises.
     server = start_server_process(
-        tmp_path, GUEST_UPSTREAM_URL=upstream.url(mode="hang"), GUEST_UPSTREAM_INTERVAL_SEC="0",
-        GUEST_SHUTDOWN_GRACE_SEC="2", GUEST_DB_PATH="",
+        tmp_path,
+        GUEST_UPSTREAM_URL=upstream.url(mode="hang"),
+        GUEST_UPSTREAM_INTERVAL_SEC="0",
+        GUEST_SHUTDOWN_GRACE_SEC="2",
+        GUEST_DB_PATH="",
     )
     async with httpx.AsyncClient(timeout=30) as client:
         running = asyncio.create_task(stream_events(client, f"{server.base}/chat", json={"query": "long"}))
@@ -112,8 +123,11 @@ async def test_a_second_signal_exits_at_once(upstream: MockUpstream, tmp_path: P
     # and the request log's thread is closed even then (left open, it kept the process alive).
     db = tmp_path / "forced.db"
     server = start_server_process(
-        tmp_path, GUEST_UPSTREAM_URL=upstream.url(mode="hang"), GUEST_UPSTREAM_INTERVAL_SEC="0",
-        GUEST_SHUTDOWN_GRACE_SEC="30", GUEST_DB_PATH=str(db),
+        tmp_path,
+        GUEST_UPSTREAM_URL=upstream.url(mode="hang"),
+        GUEST_UPSTREAM_INTERVAL_SEC="0",
+        GUEST_SHUTDOWN_GRACE_SEC="30",
+        GUEST_DB_PATH=str(db),
     )
     async with httpx.AsyncClient(timeout=30) as client:
         running = asyncio.create_task(stream_events(client, f"{server.base}/chat", json={"query": "long"}))

@@ -22,8 +22,12 @@ from .conftest import env_without_guest_vars
 def run_cli(*args: str, cwd: Path, timeout_s: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
     began = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "guestqueue", "simulate", *args], env=env_without_guest_vars(), cwd=cwd,
-        capture_output=True, text=True, timeout=timeout_s,
+        [sys.executable, "-m", "guestqueue", "simulate", *args],
+        env=env_without_guest_vars(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
     )
     return proc, time.monotonic() - began
 
@@ -38,8 +42,20 @@ def test_an_hour_of_a_pacing_bound_line_runs_in_seconds_and_serves_60_over_the_i
     # Arrivals (1/s) far faster than pacing lets calls start (one every 10 s): throughput is the
     # pacing's 6 a minute, the line stays full at 50, and everyone else is refused.
     proc, took_s = run_cli(
-        "--guests", "3600", "--arrival-rate", "60/min", "--duration-dist", "fixed:2", "--max-concurrent-requests",
-        "1", "--upstream-interval-sec", "10", "--max-queue-size", "50", "--json", cwd=tmp_path,
+        "--guests",
+        "3600",
+        "--arrival-rate",
+        "60/min",
+        "--duration-dist",
+        "fixed:2",
+        "--max-concurrent-requests",
+        "1",
+        "--upstream-interval-sec",
+        "10",
+        "--max-queue-size",
+        "50",
+        "--json",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     # Virtual time: an hour (3600 s) of line in well under two minutes even on a loaded machine
@@ -84,10 +100,27 @@ def test_a_line_of_the_config_file_refuses_by_predicted_wait(
     config = tmp_path / "guestqueue.toml"
     config.write_text(
         "[lines.slow]\nmax_concurrent_requests = 1\nupstream_interval_sec = 10\nmax_queue_size = 1000\n"
-        "max_predicted_wait_sec = 60\n\n[lines.closed]\nmode = \"reject\"\n"
+        'max_predicted_wait_sec = 60\n\n[lines.closed]\nmode = "reject"\n'
     )
-    assert main(["simulate", "--config", str(config), "--line", "slow", "--guests", "300", "--arrival-rate", "1/s",
-                 "--duration-dist", "fixed:1", "--json"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--config",
+                str(config),
+                "--line",
+                "slow",
+                "--guests",
+                "300",
+                "--arrival-rate",
+                "1/s",
+                "--duration-dist",
+                "fixed:1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["line"] == "slow" and out["settings"]["max_predicted_wait_sec"] == 60
     assert set(out["refused_by_reason"]) == {"wait_too_long"} and out["refused"] > 200
@@ -111,22 +144,34 @@ def test_a_waiting_room_of_the_config_file_needs_no_token_secret(tmp_path: Path)
 def test_the_table_names_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--guests", "50", "--arrival-rate", "2/s", "--duration-dist", "exponential:3"]) == 0
     text = capsys.readouterr().out
-    for label in ("admitted", "served", "refused", "wait p50/p90/p99/max", "throughput", "ETA error", "queue peak",
-                  "simulated", "real"):
+    for label in (
+        "admitted",
+        "served",
+        "refused",
+        "wait p50/p90/p99/max",
+        "throughput",
+        "ETA error",
+        "queue peak",
+        "simulated",
+        "real",
+    ):
         assert f"\n{label} " in f"\n{text}", label
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--line", "nope"], "--line='nope': no such line (there are: guest)"),
-    (["--duration-dist", "gamma:2"], "--duration-dist='gamma:2': use lognormal:MU,SIGMA"),
-    (["--duration-dist", "lognormal:2"], "--duration-dist='lognormal:2'"),
-    (["--duration-dist", "exponential:0"], "--duration-dist='exponential:0'"),
-    (["--arrival-rate", "5"], "--arrival-rate='5': use R/s or R/min"),
-    (["--arrival-rate", "0/s"], "--arrival-rate='0/s': must be a finite number above 0"),
-    (["--guests", "many"], "--guests='many': must be a whole number >= 1"),
-    (["--max-queue-size", "0"], "GUEST_MAX_QUEUE_SIZE=0: must be >= 1"),
-    (["--upstream-interval-sec", "soon"], "GUEST_UPSTREAM_INTERVAL_SEC='soon': must be a number"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--line", "nope"], "--line='nope': no such line (there are: guest)"),
+        (["--duration-dist", "gamma:2"], "--duration-dist='gamma:2': use lognormal:MU,SIGMA"),
+        (["--duration-dist", "lognormal:2"], "--duration-dist='lognormal:2'"),
+        (["--duration-dist", "exponential:0"], "--duration-dist='exponential:0'"),
+        (["--arrival-rate", "5"], "--arrival-rate='5': use R/s or R/min"),
+        (["--arrival-rate", "0/s"], "--arrival-rate='0/s': must be a finite number above 0"),
+        (["--guests", "many"], "--guests='many': must be a whole number >= 1"),
+        (["--max-queue-size", "0"], "GUEST_MAX_QUEUE_SIZE=0: must be >= 1"),
+        (["--upstream-interval-sec", "soon"], "GUEST_UPSTREAM_INTERVAL_SEC='soon': must be a number"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", *args]) == 2
     captured = capsys.readouterr()
@@ -165,8 +210,12 @@ def test_plot_without_matplotlib_says_how_to_get_it(
 def test_a_waiting_room_lets_everyone_in_as_visits_end_and_estimates_from_their_length() -> None:
     """An admission line: the drawn duration is how long a guest stays inside; its slot frees then,
     and the estimate guests hear learns how long a visit holds a slot."""
-    spec = parse_line("shop", {"mode": "admission", "max_active": 3, "batch_size": 1, "process_interval_sec": 1,
-                               "session_ttl_sec": 600}, Settings(token_secret="s" * 32), where="test")
+    spec = parse_line(
+        "shop",
+        {"mode": "admission", "max_active": 3, "batch_size": 1, "process_interval_sec": 1, "session_ttl_sec": 600},
+        Settings(token_secret="s" * 32),
+        where="test",
+    )
     summary = simulate(spec, Scenario(120, 0.2, Durations.parse("fixed:20"), seed=3)).summary()
     assert summary["served"] == summary["admitted"] == 120 and summary["refused"] == 0
     # Three slots held 20 s each: at most 9 visits begin a minute, fewer when nobody waits (the run

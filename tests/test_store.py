@@ -53,13 +53,18 @@ async def test_one_row_per_request_after_a_mixed_run(upstream: MockUpstream, tmp
     by_query = {row["query"] or "rejected": row for row in rows.values()}  # a rejected row keeps no text
     assert len(rows) == 8, "one row per request, rejected one included"
     assert json.loads(by_query["rejected"]["parameters"]) == {
-        "query_chars": 8, "query_sha256": hashlib.sha256(b"rejected").hexdigest()[:16]
+        "query_chars": 8,
+        "query_sha256": hashlib.sha256(b"rejected").hexdigest()[:16],
     }
     expected = {
-        "success": ("completed", None), "cancelled": ("cancelled", "cancelled"),
+        "success": ("completed", None),
+        "cancelled": ("cancelled", "cancelled"),
         "leaves": ("cancelled", "disconnected"),
-        "fill 0": ("completed", None), "fill 1": ("completed", None), "rejected": ("rejected", "queue_full"),
-        "fails": ("failed", "upstream_error"), "times out": ("timeout", "timeout"),
+        "fill 0": ("completed", None),
+        "fill 1": ("completed", None),
+        "rejected": ("rejected", "queue_full"),
+        "fails": ("failed", "upstream_error"),
+        "times out": ("timeout", "timeout"),
     }
     for query, (status, code) in expected.items():
         assert (by_query[query]["status"], by_query[query]["error_code"]) == (status, code), query
@@ -92,8 +97,10 @@ async def test_writer_batches_and_flushes_on_close(tmp_path: Path) -> None:
 
 
 async def test_degraded_health_when_the_log_cannot_write(upstream: MockUpstream, tmp_path: Path) -> None:
-    async with serve(upstream_url=upstream.url(), db_path=str(tmp_path / "ro.db")) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(), db_path=str(tmp_path / "ro.db")) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         await running.queue.log._db.execute("PRAGMA query_only = ON")  # every write now fails
         await client.post(f"{running.base}/chat/simple", json={"query": "x"})
         await wait_until(lambda: running.queue.log.failing, message="writer notices")
@@ -113,8 +120,13 @@ def _wait_for_rows(db: Path, check: Callable[[dict[str, dict[str, Any]]], bool],
 
 def test_sigkill_then_restart_marks_open_rows_abandoned(upstream: MockUpstream, tmp_path: Path) -> None:
     db = tmp_path / "crash.db"
-    env = {"GUEST_DB_PATH": str(db), "GUEST_UPSTREAM_URL": upstream.url(mode="hang"),
-           "GUEST_UPSTREAM_INTERVAL_SEC": "0", "GUEST_MAX_CONCURRENT_REQUESTS": "1", "GUEST_INSTANCE_TTL_SEC": "1"}
+    env = {
+        "GUEST_DB_PATH": str(db),
+        "GUEST_UPSTREAM_URL": upstream.url(mode="hang"),
+        "GUEST_UPSTREAM_INTERVAL_SEC": "0",
+        "GUEST_MAX_CONCURRENT_REQUESTS": "1",
+        "GUEST_INSTANCE_TTL_SEC": "1",
+    }
     server = start_server_process(tmp_path, **env)
     streams = []
     try:
@@ -179,7 +191,8 @@ async def test_rejection_rows_keep_no_query_text_and_one_row_per_client_per_seco
     await log.close()
     rows = sorted(_rows(tmp_path / "rejections.db").values(), key=lambda row: (row["client"], row["created_at"]))
     assert [(row["client"], row["status"], row["error_code"]) for row in rows] == [
-        ("flooder", "rejected", "client_limit"), ("flooder", "rejected", "client_limit"),
+        ("flooder", "rejected", "client_limit"),
+        ("flooder", "rejected", "client_limit"),
         ("someone else", "rejected", "queue_full"),
     ]
     assert {row["query"] for row in rows} == {""}
@@ -194,8 +207,10 @@ async def test_rejection_rows_keep_no_query_text_and_one_row_per_client_per_seco
 
 async def test_a_rejection_flood_barely_grows_the_log(upstream: MockUpstream, tmp_path: Path) -> None:
     db = tmp_path / "flood.db"
-    async with serve(upstream_url=upstream.url(mode="hang"), db_path=str(db), max_per_client=1) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(mode="hang"), db_path=str(db), max_per_client=1) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         async with client.stream("POST", f"{running.base}/chat", json={"query": "hold"}):
             await wait_until(lambda: len(running.service.running) == 1)
             await wait_until(lambda: running.queue.log.rows_written >= 2, message="the holder's rows written")
@@ -239,8 +254,10 @@ async def test_the_buffer_is_capped_and_drops_whole_new_requests(tmp_path: Path)
 
 
 async def test_health_and_metrics_report_dropped_rows(upstream: MockUpstream, tmp_path: Path) -> None:
-    async with serve(upstream_url=upstream.url(), db_path=str(tmp_path / "drops.db"), log_buffer_rows=3) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(), db_path=str(tmp_path / "drops.db"), log_buffer_rows=3) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         log = running.queue.log
         await log._db.execute("PRAGMA query_only = ON")
         for i in range(4):
@@ -261,11 +278,13 @@ async def test_retention_prunes_old_finished_rows_in_batches(tmp_path: Path, mon
     await log.close()
     day = 86_400
     with sqlite3.connect(db) as conn:
-        for i, (age_days, status) in enumerate([(40, "completed")] * 35 + [(31, "failed"), (40, "queued"),
-                                                                            (29, "completed"), (0, "completed")]):
+        for i, (age_days, status) in enumerate(
+            [(40, "completed")] * 35 + [(31, "failed"), (40, "queued"), (29, "completed"), (0, "completed")]
+        ):
             conn.execute(
                 "INSERT INTO requests (request_id, client, query, parameters, status, created_at) "
-                "VALUES (?, 'c', 'q', '{}', ?, ?)", (f"r{i}", status, time.time() - age_days * day),
+                "VALUES (?, 'c', 'q', '{}', ?, ?)",
+                (f"r{i}", status, time.time() - age_days * day),
             )
     log = RequestLog(str(db), retention_days=30)
     await log.open()  # the open row from "a crash" is marked abandoned, and is old: pruned too
@@ -284,8 +303,12 @@ def test_two_instances_on_one_file_close_only_a_dead_ones_rows(upstream: MockUps
     # The default guestqueue.db makes this easy: a second process on the same file used to mark
     # the first one's live rows abandoned at start-up.
     db = tmp_path / "shared.db"
-    env = {"GUEST_DB_PATH": str(db), "GUEST_UPSTREAM_URL": upstream.url(mode="hang"),
-           "GUEST_UPSTREAM_INTERVAL_SEC": "0", "GUEST_INSTANCE_TTL_SEC": "1"}
+    env = {
+        "GUEST_DB_PATH": str(db),
+        "GUEST_UPSTREAM_URL": upstream.url(mode="hang"),
+        "GUEST_UPSTREAM_INTERVAL_SEC": "0",
+        "GUEST_INSTANCE_TTL_SEC": "1",
+    }
     first = start_server_process(tmp_path, **env)
     second = None
     try:

@@ -23,12 +23,18 @@ TOKEN_SECRET = "a-token-secret-of-at-least-32-characters!"
 
 
 @asynccontextmanager
-async def tenants(tmp_path: Path, upstream: MockUpstream, **overrides: Any) -> AsyncIterator[
-        tuple[Running, str, httpx.AsyncClient, dict[str, str], dict[str, str]]]:
+async def tenants(
+    tmp_path: Path, upstream: MockUpstream, **overrides: Any
+) -> AsyncIterator[tuple[Running, str, httpx.AsyncClient, dict[str, str], dict[str, str]]]:
     """A server with two applications: yields it, the /api/v1 URL, a client, and the admin keys of
     tenant A and tenant B."""
-    settings: dict[str, Any] = {"admin_api_key": ADMIN["X-API-Key"], "db_path": str(tmp_path / "gq.db"),
-                                "upstream_url": upstream.url(chunks=1), "token_secret": TOKEN_SECRET, **overrides}
+    settings: dict[str, Any] = {
+        "admin_api_key": ADMIN["X-API-Key"],
+        "db_path": str(tmp_path / "gq.db"),
+        "upstream_url": upstream.url(chunks=1),
+        "token_secret": TOKEN_SECRET,
+        **overrides,
+    }
     async with serve(**settings) as running, httpx.AsyncClient(timeout=10) as client:
         api = running.base.removesuffix("/guest")
         keys = []
@@ -51,20 +57,30 @@ async def test_a_tenant_cannot_make_the_server_import_a_module(tmp_path: Path, u
     sys.path.insert(0, str(tmp_path))
     try:
         async with tenants(tmp_path, upstream) as (running, api, client, a, _):
-            for body in ({"upstream_url": "gq_hostile_module:answer"},
-                         {"upstream_url": "gq_hostile_module:answer", "upstream_kind": "python"}):
-                made = await client.post(f"{api}/admin/lines", headers=_key(a),
-                                         json={"name": "evil", "application_id": a["app"], **body})
+            for body in (
+                {"upstream_url": "gq_hostile_module:answer"},
+                {"upstream_url": "gq_hostile_module:answer", "upstream_kind": "python"},
+            ):
+                made = await client.post(
+                    f"{api}/admin/lines", headers=_key(a), json={"name": "evil", "application_id": a["app"], **body}
+                )
                 assert made.status_code == 422 and made.json()["code"] == "invalid_field", made.text
                 assert "upstream_url" in made.json()["error"] and "operator" in made.json()["error"]
             # Not even the super admin: code comes from the file or GUEST_*, never the admin API.
-            made = await client.post(f"{api}/admin/lines", headers=ADMIN,
-                                     json={"name": "evil", "upstream_url": "gq_hostile_module:answer"})
+            made = await client.post(
+                f"{api}/admin/lines", headers=ADMIN, json={"name": "evil", "upstream_url": "gq_hostile_module:answer"}
+            )
             assert made.status_code == 422, made.text
-            line = await client.post(f"{api}/admin/lines", headers=_key(a), json={"name": "ok", "application_id":
-                                     a["app"], "upstream_kind": "pull"})
-            changed = await client.put(f"{api}/admin/lines/ok", headers=_key(a),
-                                       json={"upstream_kind": "auto", "upstream_url": "gq_hostile_module:answer"})
+            line = await client.post(
+                f"{api}/admin/lines",
+                headers=_key(a),
+                json={"name": "ok", "application_id": a["app"], "upstream_kind": "pull"},
+            )
+            changed = await client.put(
+                f"{api}/admin/lines/ok",
+                headers=_key(a),
+                json={"upstream_kind": "auto", "upstream_url": "gq_hostile_module:answer"},
+            )
             assert line.status_code == 201 and changed.status_code == 422, changed.text
             assert (await client.get(f"{running.base}/health")).json()["status"] == "ok"
         assert not marker.exists(), "the module was imported"
@@ -77,19 +93,30 @@ async def test_one_stored_line_that_cannot_open_never_stops_start_up(tmp_path: P
     """Point 2: a stored line that no longer validates or opens made start-up fail forever."""
     db = tmp_path / "gq.db"
     async with tenants(tmp_path, upstream, db_path=str(db)) as (_, api, client, a, _b):
-        made = await client.post(f"{api}/admin/lines", headers=_key(a),
-                                 json={"name": "fine", "application_id": a["app"], "upstream_kind": "pull"})
+        made = await client.post(
+            f"{api}/admin/lines",
+            headers=_key(a),
+            json={"name": "fine", "application_id": a["app"], "upstream_kind": "pull"},
+        )
         assert made.status_code == 201, made.text
     # What an older version kept, or a bound added since: written as the store writes it.
     with sqlite3.connect(db) as conn:
-        conn.execute("INSERT OR REPLACE INTO lines (name, body) VALUES (?, ?)",
-                     ("crlf", json.dumps({"upstream_url": "http://up.example/\r\nX: 1", "application_id": a["app"]})))
-        conn.execute("INSERT OR REPLACE INTO lines (name, body) VALUES (?, ?)",
-                     ("huge", json.dumps({"max_concurrent_requests": 2**64, "application_id": a["app"]})))
-        conn.execute("INSERT OR REPLACE INTO lines (name, body) VALUES (?, ?)",
-                     ("code", json.dumps({"upstream_url": "no_such_module_here:answer"})))
-    async with serve(admin_api_key=ADMIN["X-API-Key"], db_path=str(db), upstream_url=upstream.url(chunks=1)) \
-            as running, httpx.AsyncClient(timeout=10) as client:
+        conn.execute(
+            "INSERT OR REPLACE INTO lines (name, body) VALUES (?, ?)",
+            ("crlf", json.dumps({"upstream_url": "http://up.example/\r\nX: 1", "application_id": a["app"]})),
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO lines (name, body) VALUES (?, ?)",
+            ("huge", json.dumps({"max_concurrent_requests": 2**64, "application_id": a["app"]})),
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO lines (name, body) VALUES (?, ?)",
+            ("code", json.dumps({"upstream_url": "no_such_module_here:answer"})),
+        )
+    async with (
+        serve(admin_api_key=ADMIN["X-API-Key"], db_path=str(db), upstream_url=upstream.url(chunks=1)) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         api = running.base.removesuffix("/guest")
         health = (await client.get(f"{running.base}/health")).json()
         assert health["status"] == "degraded" and sorted(health["lines"]) == ["fine", "guest"]
@@ -110,17 +137,23 @@ async def test_one_admin_call_cannot_exhaust_memory_or_cpu(tmp_path: Path, upstr
     """Point 3: 2**64 slots, 1e9 by a MANAGE member, a tick every 1e-300 s: each is a 422 naming the
     key and its bound, and the server goes on answering."""
     async with tenants(tmp_path, upstream) as (running, api, client, a, _):
-        made = await client.post(f"{api}/admin/lines", headers=_key(a),
-                                 json={"name": "l", "application_id": a["app"], "upstream_kind": "pull"})
+        made = await client.post(
+            f"{api}/admin/lines",
+            headers=_key(a),
+            json={"name": "l", "application_id": a["app"], "upstream_kind": "pull"},
+        )
         assert made.status_code == 201
         app = a["app"]
-        member = await client.post(f"{api}/admin/applications/{app}/keys", headers=_key(a),
-                                   json={"permissions": {"l": ["MANAGE"]}})
+        member = await client.post(
+            f"{api}/admin/applications/{app}/keys", headers=_key(a), json={"permissions": {"l": ["MANAGE"]}}
+        )
         manage = {"X-API-Key": member.json()["key"]}
-        for key, value, bound in (("max_concurrent_requests", 2**64, "<= 10_000"),
-                                  ("max_concurrent_requests", 10**9, "<= 10_000"),
-                                  ("position_update_sec", 1e-300, ">= 0.05"),
-                                  ("max_queue_size", 10**15, "<= 1_000_000")):
+        for key, value, bound in (
+            ("max_concurrent_requests", 2**64, "<= 10_000"),
+            ("max_concurrent_requests", 10**9, "<= 10_000"),
+            ("position_update_sec", 1e-300, ">= 0.05"),
+            ("max_queue_size", 10**15, "<= 1_000_000"),
+        ):
             answer = await client.put(f"{api}/admin/lines/l", headers=manage, json={key: value})
             assert answer.status_code == 422 and key in answer.json()["error"] and bound in answer.json()["error"]
         health = await client.get(f"{running.base}/health", timeout=2)
@@ -128,22 +161,31 @@ async def test_one_admin_call_cannot_exhaust_memory_or_cpu(tmp_path: Path, upstr
 
 
 async def test_a_lines_upstream_key_only_goes_to_the_url_it_was_set_with(
-    tmp_path: Path, upstream: MockUpstream,
+    tmp_path: Path,
+    upstream: MockUpstream,
 ) -> None:
     """Point 7: changing upstream_url kept the hidden key, which then went to the attacker's host."""
     url, tag = upstream.tagged(chunks=1)
     thief, stolen = upstream.tagged(chunks=1)
     async with tenants(tmp_path, upstream, outbound_allow="127.0.0.0/8") as (running, api, client, a, _):
-        made = await client.post(f"{api}/admin/lines", headers=ADMIN, json={
-            "name": "paid", "application_id": a["app"], "upstream_url": url,
-            "upstream_api_key": "sk-the-operators-key"})
+        made = await client.post(
+            f"{api}/admin/lines",
+            headers=ADMIN,
+            json={
+                "name": "paid",
+                "application_id": a["app"],
+                "upstream_url": url,
+                "upstream_api_key": "sk-the-operators-key",
+            },
+        )
         assert made.status_code == 201, made.text
         lines = running.base.replace("/guest", "/lines")
         await ask(client, f"{lines}/paid")
         assert (await upstream.acalls(tag))[-1]["authorization"] == "Bearer sk-the-operators-key"
         app = a["app"]
-        member = await client.post(f"{api}/admin/applications/{app}/keys", headers=_key(a),
-                                   json={"permissions": {"paid": ["MANAGE", "READ"]}})
+        member = await client.post(
+            f"{api}/admin/applications/{app}/keys", headers=_key(a), json={"permissions": {"paid": ["MANAGE", "READ"]}}
+        )
         manage = {"X-API-Key": member.json()["key"]}
         shown = (await client.get(f"{api}/admin/lines/paid", headers=manage)).json()
         assert shown["upstream_api_key"] == "***"
@@ -161,14 +203,19 @@ async def test_a_lines_upstream_key_only_goes_to_the_url_it_was_set_with(
 async def test_private_lines_cannot_be_probed(tmp_path: Path, upstream: MockUpstream) -> None:
     """Point 12: a caller who may not see a line gets exactly the answer for a missing one."""
     async with tenants(tmp_path, upstream) as (_, api, client, a, b):
-        made = await client.post(f"{api}/admin/lines", headers=_key(a), json={
-            "name": "secret", "application_id": a["app"], "upstream_kind": "pull", "public": False})
+        made = await client.post(
+            f"{api}/admin/lines",
+            headers=_key(a),
+            json={"name": "secret", "application_id": a["app"], "upstream_kind": "pull", "public": False},
+        )
         assert made.status_code == 201, made.text
         for headers in ({}, _key(b)):
             probe = await client.get(f"{api}/admin/auth/permissions/secret", headers=headers)
             missing = await client.get(f"{api}/admin/auth/permissions/nothing", headers=headers)
-            assert (probe.status_code, probe.json()) == (404, {**missing.json(), "error": missing.json()["error"]
-                                                                .replace("nothing", "secret")})
+            assert (probe.status_code, probe.json()) == (
+                404,
+                {**missing.json(), "error": missing.json()["error"].replace("nothing", "secret")},
+            )
         probe = await client.get(f"{api}/admin/lines/secret", headers=_key(b))
         missing = await client.get(f"{api}/admin/lines/nothing", headers=_key(b))
         assert probe.status_code == missing.status_code == 404
@@ -185,26 +232,44 @@ async def test_names_anonymous_callers_reach_are_the_super_admins(tmp_path: Path
     config.write_text(f'[lines.main]\nupstream_url = "{upstream.url(chunks=1)}"\n')
     async with tenants(tmp_path, upstream, config=str(config)) as (running, api, client, a, _):
         app = a["app"]
-        squat = await client.post(f"{api}/admin/lines", headers=_key(a), json={
-            "name": "guest", "application_id": app, "upstream_kind": "pull"})
+        squat = await client.post(
+            f"{api}/admin/lines",
+            headers=_key(a),
+            json={"name": "guest", "application_id": app, "upstream_kind": "pull"},
+        )
         assert squat.status_code == 403 and "guest" in squat.json()["error"]
-        alias = await client.post(f"{api}/admin/lines", headers=_key(a), json={
-            "name": "mine", "application_id": app, "upstream_kind": "pull", "openai_model": "gpt-4o"})
+        alias = await client.post(
+            f"{api}/admin/lines",
+            headers=_key(a),
+            json={"name": "mine", "application_id": app, "upstream_kind": "pull", "openai_model": "gpt-4o"},
+        )
         assert alias.status_code == 403 and "openai_model" in alias.json()["error"]
-        private = await client.post(f"{api}/admin/lines", headers=_key(a), json={
-            "name": "mine", "application_id": app, "upstream_kind": "pull", "openai_model": "gpt-4o",
-            "public": False})
+        private = await client.post(
+            f"{api}/admin/lines",
+            headers=_key(a),
+            json={
+                "name": "mine",
+                "application_id": app,
+                "upstream_kind": "pull",
+                "openai_model": "gpt-4o",
+                "public": False,
+            },
+        )
         assert private.status_code == 201, private.text
         opened = await client.put(f"{api}/admin/lines/mine", headers=_key(a), json={"public": True})
         assert opened.status_code == 403
-        public = await client.post(f"{api}/admin/lines", headers=_key(a), json={
-            "name": "gpt-5", "application_id": app, "upstream_kind": "pull"})
+        public = await client.post(
+            f"{api}/admin/lines",
+            headers=_key(a),
+            json={"name": "gpt-5", "application_id": app, "upstream_kind": "pull"},
+        )
         assert public.status_code == 201
         v1 = running.base.replace("/api/v1/guest", "/v1")
         models = (await client.get(f"{v1}/models")).json()["data"]
         assert [model["id"] for model in models] == ["main"], "a tenant's line is no model for anonymous callers"
-        asked = await client.post(f"{v1}/chat/completions", json={"model": "gpt-5", "messages": [
-            {"role": "user", "content": "hi"}]})
+        asked = await client.post(
+            f"{v1}/chat/completions", json={"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}
+        )
         assert asked.status_code == 404 and asked.json()["error"]["code"] == "model_not_found"
         blessed = await client.put(f"{api}/admin/lines/gpt-5", headers=ADMIN, json={"openai_model": "tenant-a-bot"})
         assert blessed.status_code == 200
@@ -222,29 +287,44 @@ async def test_quotas_bound_what_one_application_holds(tmp_path: Path, upstream:
         assert (shown["max_lines"], shown["max_keys"], shown["max_webhooks_per_line"]) == (20, 50, 5)
         raise_own = await client.put(f"{api}/admin/applications/{app}", headers=_key(a), json={"max_lines": 999})
         assert raise_own.status_code == 403
-        assert (await client.put(f"{api}/admin/applications/{app}", headers=ADMIN,
-                                 json={"max_lines": 2, "max_keys": 3, "max_webhooks_per_line": 1})).status_code == 200
+        assert (
+            await client.put(
+                f"{api}/admin/applications/{app}",
+                headers=ADMIN,
+                json={"max_lines": 2, "max_keys": 3, "max_webhooks_per_line": 1},
+            )
+        ).status_code == 200
         hooks = [{"url": f"https://hooks.example/{n}", "events": ["completed"], "secret": "s" * 16} for n in range(2)]
-        over = await client.post(f"{api}/admin/lines", headers=_key(a), json={
-            "name": "w", "application_id": app, "upstream_kind": "pull", "webhooks": hooks})
+        over = await client.post(
+            f"{api}/admin/lines",
+            headers=_key(a),
+            json={"name": "w", "application_id": app, "upstream_kind": "pull", "webhooks": hooks},
+        )
         assert over.status_code == 403 and over.json()["code"] == "quota_exceeded"
         assert "max_webhooks_per_line" in over.json()["error"]
         for name in ("l1", "l2"):
-            made = await client.post(f"{api}/admin/lines", headers=_key(a),
-                                     json={"name": name, "application_id": app, "upstream_kind": "pull"})
+            made = await client.post(
+                f"{api}/admin/lines",
+                headers=_key(a),
+                json={"name": name, "application_id": app, "upstream_kind": "pull"},
+            )
             assert made.status_code == 201
-        third = await client.post(f"{api}/admin/lines", headers=_key(a),
-                                  json={"name": "l3", "application_id": app, "upstream_kind": "pull"})
+        third = await client.post(
+            f"{api}/admin/lines", headers=_key(a), json={"name": "l3", "application_id": app, "upstream_kind": "pull"}
+        )
         assert third.status_code == 403 and "max_lines" in third.json()["error"]
         for _ in range(2):  # the admin key made by the fixture is the first of three
-            assert (await client.post(f"{api}/admin/applications/{app}/keys", headers=_key(a), json={})).status_code \
-                == 201
+            assert (
+                await client.post(f"{api}/admin/applications/{app}/keys", headers=_key(a), json={})
+            ).status_code == 201
         fourth = await client.post(f"{api}/admin/applications/{app}/keys", headers=_key(a), json={})
         assert fourth.status_code == 403 and "max_keys" in fourth.json()["error"]
-        too_many = [{"url": f"https://hooks.example/{n}", "events": ["completed"], "secret": "s" * 16}
-                    for n in range(21)]
-        hard = await client.post(f"{api}/admin/lines", headers=ADMIN, json={
-            "name": "hooks", "upstream_kind": "pull", "webhooks": too_many})
+        too_many = [
+            {"url": f"https://hooks.example/{n}", "events": ["completed"], "secret": "s" * 16} for n in range(21)
+        ]
+        hard = await client.post(
+            f"{api}/admin/lines", headers=ADMIN, json={"name": "hooks", "upstream_kind": "pull", "webhooks": too_many}
+        )
         assert hard.status_code == 422 and "at most 20" in hard.json()["error"]
 
 
@@ -255,17 +335,23 @@ def _room(**keys: Any) -> str:
 
 @pytest.mark.parametrize("shared", [False, True], ids=["memory", "redis"])
 async def test_one_client_cannot_hold_every_waiting_room_slot(
-    tmp_path: Path, shared: bool, request: pytest.FixtureRequest,
+    tmp_path: Path,
+    shared: bool,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Point 8: with max_per_client 2, one address held all 5 sessions: admitted ones did not count."""
     config = tmp_path / "room.toml"
     config.write_text(_room())
     redis: dict[str, Any] = {}
     if shared:
-        redis = {"redis_url": request.getfixturevalue("redis_url"),
-                 "redis_prefix": request.getfixturevalue("redis_prefix")}
-    async with serve(config=str(config), token_secret=TOKEN_SECRET, max_per_client=2, **redis) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+        redis = {
+            "redis_url": request.getfixturevalue("redis_url"),
+            "redis_prefix": request.getfixturevalue("redis_prefix"),
+        }
+    async with (
+        serve(config=str(config), token_secret=TOKEN_SECRET, max_per_client=2, **redis) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         url = running.base.replace("/guest", "/lines") + "/shop"
         sse = {"Accept": "text/event-stream"}
         for _ in range(2):
@@ -285,8 +371,7 @@ async def test_a_waiting_rooms_own_token_secret_signs_its_tokens_only(tmp_path: 
     own = "the-shop-line-has-a-secret-of-its-own-0123"
     config = tmp_path / "rooms.toml"
     config.write_text(_room(token_secret=own) + _room().replace("lines.shop", "lines.desk"))
-    async with serve(config=str(config), token_secret=TOKEN_SECRET) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with serve(config=str(config), token_secret=TOKEN_SECRET) as running, httpx.AsyncClient(timeout=10) as client:
         lines = running.base.replace("/guest", "/lines")
         sse = {"Accept": "text/event-stream"}
         shop = (await stream_events(client, f"{lines}/shop/join", headers=sse))[-1].data["token"]

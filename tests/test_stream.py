@@ -16,8 +16,10 @@ async def test_reconnect_within_grace_keeps_the_place_and_gets_every_later_event
     upstream: MockUpstream,
 ) -> None:
     url, tag = upstream.tagged(chunks=3, delay=0.3)
-    async with serve(upstream_url=url, max_concurrent_requests=1, reconnect_grace_s=1.0) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=url, max_concurrent_requests=1, reconnect_grace_s=1.0) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         ahead = [asyncio.create_task(ask(client, running.base, f"ahead {i}")) for i in range(2)]
         await wait_until(lambda: running.service.stats.total_requests == 2)
         before = await stream_events(client, f"{running.base}/chat", json={"query": "me"}, stop_after="queued")
@@ -42,8 +44,10 @@ async def test_reconnect_within_grace_keeps_the_place_and_gets_every_later_event
 
 async def test_reconnect_after_grace_finds_the_request_ended(upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(chunks=2, delay=0.3)
-    async with serve(upstream_url=url, max_concurrent_requests=1, reconnect_grace_s=0.1) as running, \
-            httpx.AsyncClient(timeout=30) as client:
+    async with (
+        serve(upstream_url=url, max_concurrent_requests=1, reconnect_grace_s=0.1) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
         blocker = asyncio.create_task(ask(client, running.base, "blocker"))
         await wait_until(lambda: len(running.service.running) == 1)
         before = await stream_events(client, f"{running.base}/chat", json={"query": "late"}, stop_after="queued")
@@ -57,8 +61,10 @@ async def test_reconnect_after_grace_finds_the_request_ended(upstream: MockUpstr
 
 async def test_request_ids_are_unguessable(upstream: MockUpstream) -> None:
     async with serve(upstream_url=upstream.url()) as running, httpx.AsyncClient(timeout=10) as client:
-        ids = [(await client.post(f"{running.base}/chat/simple", json={"query": f"q{i}"})).json()["request_id"]
-               for i in range(20)]
+        ids = [
+            (await client.post(f"{running.base}/chat/simple", json={"query": f"q{i}"})).json()["request_id"]
+            for i in range(20)
+        ]
     assert len(set(ids)) == 20
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids), "128 random bits, hex"
 
@@ -109,8 +115,10 @@ async def test_a_last_event_id_of_4301_digits_is_ignored_not_a_500() -> None:
     async with serve(held, reconnect_grace_s=5.0) as running, httpx.AsyncClient(timeout=10) as client:
         request_id = await first_event(client, running.base, "wait")
         huge = "9" * 4301
-        for url, headers in ((f"{running.base}/chat/{request_id}/events", {"Last-Event-ID": huge}),
-                             (f"{running.base}/chat/{request_id}/events?last_event_id={huge}", {})):
+        for url, headers in (
+            (f"{running.base}/chat/{request_id}/events", {"Last-Event-ID": huge}),
+            (f"{running.base}/chat/{request_id}/events?last_event_id={huge}", {}),
+        ):
             async with client.stream("GET", url, headers=headers) as response:
                 assert response.status_code == 200  # ignored: the stream replays from the start
         held.release.set()
@@ -132,8 +140,7 @@ async def test_one_request_has_at_most_three_open_streams_the_newest_win() -> No
 
 async def test_resume_streams_count_toward_the_per_client_limit() -> None:
     held = Held()
-    async with serve(held, max_per_client=1, reconnect_grace_s=5.0) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with serve(held, max_per_client=1, reconnect_grace_s=5.0) as running, httpx.AsyncClient(timeout=10) as client:
         own = asyncio.ensure_future(ask(client, running.base, "mine"))  # one stream, this client's question
         others = await running.service.submit("someone else's", client="10.0.0.9")
         url = f"{running.base}/chat/{others.id}/events"

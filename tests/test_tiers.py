@@ -18,8 +18,12 @@ STARVATION_S = 1.5
 CALL_S = 0.3
 
 
-async def _timed(client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str],
-                 ) -> dict[str, Any]:
+async def _timed(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+) -> dict[str, Any]:
     """One guest: when it was admitted and started, and every place it heard."""
     out: dict[str, Any] = {"positions": []}
     async with client.stream("POST", url, json=body, headers=headers) as response:
@@ -40,13 +44,23 @@ async def _timed(client: httpx.AsyncClient, url: str, body: dict[str, Any], head
 
 
 async def test_a_free_guest_starts_within_the_starvation_bound_under_a_stream_of_paid_guests(
-    tmp_path: Path, upstream: MockUpstream,
+    tmp_path: Path,
+    upstream: MockUpstream,
 ) -> None:
     url, tag = upstream.tagged(chunks=1, first=CALL_S)
     async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=60) as client:
         app = await _application(client, api, "tiers")
-        await _line(client, api, name="t", application_id=app, upstream_url=url, max_concurrent_requests=1,
-                    tiers=["paid", "free"], max_starvation_sec=STARVATION_S, max_queue_size=100)
+        await _line(
+            client,
+            api,
+            name="t",
+            application_id=app,
+            upstream_url=url,
+            max_concurrent_requests=1,
+            tiers=["paid", "free"],
+            max_starvation_sec=STARVATION_S,
+            max_queue_size=100,
+        )
         paid = {"X-API-Key": await _key(client, api, app, tier="paid", permissions={"t": ["WRITE"]})}
         chat = f"{api}/lines/t/chat"
         paid_guests = []
@@ -70,16 +84,24 @@ async def test_a_free_guest_starts_within_the_starvation_bound_under_a_stream_of
     passed_by = order.index("free") - 4  # paid guests admitted after it that started before it
     assert passed_by >= 1, f"no higher-tier guest went first: {order}"
     positions = free_guest["positions"]
-    assert any(b > a for a, b in itertools.pairwise(positions)), \
+    assert any(b > a for a, b in itertools.pairwise(positions)), (
         f"a guest passed by a higher tier hears its new place: {positions}"
+    )
     assert (await asyncio.gather(*paid_guests))[-1]["end"] == "workflow_complete"
 
 
 async def test_a_key_of_another_application_buys_no_priority(tmp_path: Path, upstream: MockUpstream) -> None:
     async with admin_server(tmp_path, upstream) as (running, api), httpx.AsyncClient(timeout=30) as client:
         owner, other = await _application(client, api, "owner"), await _application(client, api, "other")
-        await _line(client, api, name="p", application_id=owner, tiers=["paid", "free"], max_concurrent_requests=1,
-                    upstream_url=upstream.url(chunks=1, first=0.5))
+        await _line(
+            client,
+            api,
+            name="p",
+            application_id=owner,
+            tiers=["paid", "free"],
+            max_concurrent_requests=1,
+            upstream_url=upstream.url(chunks=1, first=0.5),
+        )
         outsider = {"X-API-Key": await _key(client, api, other, tier="paid", permissions={"*": ["WRITE"]})}
         first = asyncio.create_task(_timed(client, f"{api}/lines/p/chat", {"query": "running"}, {}))
         assert running.guest.lineup is not None
@@ -98,8 +120,16 @@ async def test_a_key_of_another_application_buys_no_priority(tmp_path: Path, ups
 async def test_the_predicted_wait_is_the_newcomers_own_tiers(tmp_path: Path, upstream: MockUpstream) -> None:
     async with admin_server(tmp_path, upstream) as (running, api), httpx.AsyncClient(timeout=30) as client:
         app = await _application(client, api, "w")
-        await _line(client, api, name="w", application_id=app, tiers=["paid", "free"], max_concurrent_requests=1,
-                    max_predicted_wait_sec=3, upstream_url=upstream.url(chunks=1, first=2.0))
+        await _line(
+            client,
+            api,
+            name="w",
+            application_id=app,
+            tiers=["paid", "free"],
+            max_concurrent_requests=1,
+            max_predicted_wait_sec=3,
+            upstream_url=upstream.url(chunks=1, first=2.0),
+        )
         paid = {"X-API-Key": await _key(client, api, app, tier="paid", permissions={"w": ["WRITE"]})}
         assert running.guest.lineup is not None
         service = running.guest.lineup.get("w").service

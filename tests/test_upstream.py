@@ -185,8 +185,10 @@ def test_transport_errors_say_what_happened() -> None:
 
 async def test_guests_cannot_rewrite_the_openai_request(upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(mode="openai", chunks=1)
-    async with serve(upstream_url=url, upstream_kind="openai", upstream_model="house-model") as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=url, upstream_kind="openai", upstream_model="house-model") as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         costly = {"n": 128, "max_tokens": 100000, "tools": [{"type": "function"}], "stream": False, "user": "x"}
         events = await ask(client, running.base, "hi", parameters={"temperature": 0.3, "top_p": 0.9, **costly})
         assert events[-1].name == "workflow_complete"
@@ -204,17 +206,25 @@ async def test_guests_cannot_rewrite_the_openai_request(upstream: MockUpstream) 
                 received = await messages(ws)
             assert (ws.close_code, received[-1]["code"]) == (1008, "invalid_field"), name
     bodies = [call["body"] for call in upstream.calls(tag)]
-    assert bodies == [{
-        "model": "house-model", "messages": [{"role": "user", "content": "hi"}], "stream": True,
-        "temperature": 0.3, "top_p": 0.9,
-    }], "only the allowed parameters; model and messages from guestqueue"
+    assert bodies == [
+        {
+            "model": "house-model",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "temperature": 0.3,
+            "top_p": 0.9,
+        }
+    ], "only the allowed parameters; model and messages from guestqueue"
 
 
 async def test_allowed_parameters_are_a_setting_and_http_keeps_its_parameters_object(upstream: MockUpstream) -> None:
     url, tag = upstream.tagged(mode="openai", chunks=1)
-    async with serve(upstream_url=url, upstream_kind="openai", upstream_model="m",
-                     upstream_allowed_parameters="max_tokens, seed") as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(
+            upstream_url=url, upstream_kind="openai", upstream_model="m", upstream_allowed_parameters="max_tokens, seed"
+        ) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         await ask(client, running.base, "hi", parameters={"temperature": 0.3, "max_tokens": 50, "seed": 1})
     body = upstream.calls(tag)[0]["body"]
     assert (body.get("temperature"), body["max_tokens"], body["seed"]) == (None, 50, 1)

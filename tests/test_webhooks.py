@@ -53,18 +53,25 @@ async def receiving(receiver: Receiver) -> AsyncIterator[str]:
 
 def _config(tmp_path: Path, upstream: MockUpstream, url: str, events: str = '["completed"]') -> str:
     path = tmp_path / "guestqueue.toml"
-    path.write_text(f'[lines.w]\nupstream_url = "{upstream.url(chunks=1)}"\n'
-                    f'[[lines.w.webhooks]]\nurl = "{url}"\nevents = {events}\nsecret = "{SECRET}"\n')
+    path.write_text(
+        f'[lines.w]\nupstream_url = "{upstream.url(chunks=1)}"\n'
+        f'[[lines.w.webhooks]]\nurl = "{url}"\nevents = {events}\nsecret = "{SECRET}"\n'
+    )
     return str(path)
 
 
 async def test_a_receiver_that_fails_twice_gets_one_delivery_three_times_signed(
-    tmp_path: Path, upstream: MockUpstream,
+    tmp_path: Path,
+    upstream: MockUpstream,
 ) -> None:
     receiver = Receiver(fail=2)
-    async with receiving(receiver) as url, serve(config=_config(tmp_path, upstream, url), webhook_backoff_s=0.05,
-                                                 db_path=str(tmp_path / "g.db")) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        receiving(receiver) as url,
+        serve(
+            config=_config(tmp_path, upstream, url), webhook_backoff_s=0.05, db_path=str(tmp_path / "g.db")
+        ) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         events = await ask(client, running.base.removesuffix("/guest") + "/lines/w", "tell the hook")
         await wait_until(lambda: len(receiver.processed) == 1, timeout_s=10)
         metrics = (await client.get(f"{running.base}/metrics")).text
@@ -85,12 +92,17 @@ async def test_a_receiver_that_fails_twice_gets_one_delivery_three_times_signed(
 
 
 async def test_a_delivery_that_fails_every_retry_is_listed_with_its_error(
-    tmp_path: Path, upstream: MockUpstream,
+    tmp_path: Path,
+    upstream: MockUpstream,
 ) -> None:
     receiver = Receiver(down=True)
-    async with receiving(receiver) as url, serve(config=_config(tmp_path, upstream, url), webhook_backoff_s=0.02,
-                                                 db_path=str(tmp_path / "g.db")) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        receiving(receiver) as url,
+        serve(
+            config=_config(tmp_path, upstream, url), webhook_backoff_s=0.02, db_path=str(tmp_path / "g.db")
+        ) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         await ask(client, running.base.removesuffix("/guest") + "/lines/w", "nobody listens")
         api = running.base.removesuffix("/guest")
 
@@ -112,8 +124,10 @@ async def test_a_restart_sends_what_was_still_pending(tmp_path: Path, upstream: 
     async with receiving(receiver) as url:
         config = _config(tmp_path, upstream, url)
         # A long backoff: the one retry left is due long after this instance stops.
-        async with serve(config=config, webhook_backoff_s=60.0, db_path=db) as running, \
-                httpx.AsyncClient(timeout=10) as client:
+        async with (
+            serve(config=config, webhook_backoff_s=60.0, db_path=db) as running,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
             await ask(client, running.base.removesuffix("/guest") + "/lines/w", "before the restart")
             await wait_until(lambda: len(receiver.seen) == 1, timeout_s=10)
         first_id = receiver.seen[0][0]["x-guestqueue-delivery"]
@@ -127,11 +141,12 @@ async def test_a_threshold_fires_once_per_crossing(tmp_path: Path, upstream: Moc
     receiver = Receiver()
     async with receiving(receiver) as url:
         path = tmp_path / "guestqueue.toml"
-        path.write_text(f'[lines.a]\nupstream_url = "{upstream.url(chunks=1, first=0.6)}"\nalert_queue_size = 2\n'
-                        f'max_concurrent_requests = 1\n[[lines.a.webhooks]]\nurl = "{url}"\n'
-                        f'events = ["line_threshold"]\nsecret = "{SECRET}"\n')
-        async with serve(config=str(path), webhook_backoff_s=0.05) as running, \
-                httpx.AsyncClient(timeout=30) as client:
+        path.write_text(
+            f'[lines.a]\nupstream_url = "{upstream.url(chunks=1, first=0.6)}"\nalert_queue_size = 2\n'
+            f'max_concurrent_requests = 1\n[[lines.a.webhooks]]\nurl = "{url}"\n'
+            f'events = ["line_threshold"]\nsecret = "{SECRET}"\n'
+        )
+        async with serve(config=str(path), webhook_backoff_s=0.05) as running, httpx.AsyncClient(timeout=30) as client:
             chat = running.base.removesuffix("/guest") + "/lines/a"
             guests = [asyncio.create_task(ask(client, chat, f"q{n}")) for n in range(5)]
             await asyncio.gather(*guests)
@@ -161,10 +176,15 @@ async def test_a_slack_or_teams_webhook_gets_a_text_body() -> None:
 
 
 async def test_with_redis_every_event_also_goes_to_the_shared_stream(
-    tmp_path: Path, upstream: MockUpstream, redis_url: str, redis_prefix: str,
+    tmp_path: Path,
+    upstream: MockUpstream,
+    redis_url: str,
+    redis_prefix: str,
 ) -> None:
-    async with serve(upstream_url=upstream.url(chunks=1), redis_url=redis_url, redis_prefix=redis_prefix) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        serve(upstream_url=upstream.url(chunks=1), redis_url=redis_url, redis_prefix=redis_prefix) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         events = await ask(client, running.base, "into the stream")
         request_id = events[-1].data["request_id"]
         redis = aioredis.from_url(redis_url)
@@ -177,13 +197,16 @@ async def test_with_redis_every_event_also_goes_to_the_shared_stream(
                 await asyncio.sleep(0.05)
         finally:
             await redis.aclose()
-    (_, fields), = entries
+    ((_, fields),) = entries
     assert fields[b"line"] == b"guest" and fields[b"event"] == b"completed"
     assert json.loads(fields[b"data"])["request_id"] == request_id
 
 
 async def test_with_redis_a_pending_delivery_is_sent_by_another_instance(
-    tmp_path: Path, upstream: MockUpstream, redis_url: str, redis_prefix: str,
+    tmp_path: Path,
+    upstream: MockUpstream,
+    redis_url: str,
+    redis_prefix: str,
 ) -> None:
     """The instance that made the delivery stops (its own file gone with it); another one, with
     another file but the same Redis, sends what was pending; and every instance lists the failures."""
@@ -191,8 +214,10 @@ async def test_with_redis_a_pending_delivery_is_sent_by_another_instance(
     shared: dict[str, Any] = {"redis_url": redis_url, "redis_prefix": redis_prefix, "webhook_backoff_s": 1.0}
     async with receiving(receiver) as url:
         config = _config(tmp_path, upstream, url)
-        async with serve(config=config, db_path=str(tmp_path / "a.db"), **shared) as first, \
-                httpx.AsyncClient(timeout=10) as client:
+        async with (
+            serve(config=config, db_path=str(tmp_path / "a.db"), **shared) as first,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
             await ask(client, first.base.removesuffix("/guest") + "/lines/w", "made on the first instance")
             await wait_until(lambda: len(receiver.seen) == 1, timeout_s=10)
         first_id = receiver.seen[0][0]["x-guestqueue-delivery"]
@@ -203,14 +228,17 @@ async def test_with_redis_a_pending_delivery_is_sent_by_another_instance(
 
         receiver.down = True
         fast = {**shared, "webhook_backoff_s": 0.02}
-        async with serve(config=config, db_path=str(tmp_path / "c.db"), **fast) as third, \
-                serve(config=config, db_path=str(tmp_path / "d.db"), **fast) as fourth, \
-                httpx.AsyncClient(timeout=10) as client:
+        async with (
+            serve(config=config, db_path=str(tmp_path / "c.db"), **fast) as third,
+            serve(config=config, db_path=str(tmp_path / "d.db"), **fast) as fourth,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
             await ask(client, third.base.removesuffix("/guest") + "/lines/w", "nobody listens")
             listed: list[Any] = []
             for _ in range(200):
-                listed = (await client.get(f"{fourth.base.removesuffix('/guest')}/admin/callback_errors")
-                          ).json()["errors"]
+                listed = (await client.get(f"{fourth.base.removesuffix('/guest')}/admin/callback_errors")).json()[
+                    "errors"
+                ]
                 if listed:
                     break
                 await asyncio.sleep(0.05)

@@ -56,20 +56,29 @@ def _two_lines(tmp_path: Path, upstream: MockUpstream, a_url: str, b_url: str) -
     path = tmp_path / "guestqueue.toml"
     text = ""
     for line, url in (("a", a_url), ("b", b_url)):
-        text += (f'[lines.{line}]\nupstream_url = "{upstream.url(chunks=1)}"\n'
-                 f'[[lines.{line}.webhooks]]\nurl = "{url}"\nevents = ["completed"]\nsecret = "{SECRET}"\n')
+        text += (
+            f'[lines.{line}]\nupstream_url = "{upstream.url(chunks=1)}"\n'
+            f'[[lines.{line}.webhooks]]\nurl = "{url}"\nevents = ["completed"]\nsecret = "{SECRET}"\n'
+        )
     path.write_text(text)
     return str(path)
 
 
 async def test_a_hanging_receiver_does_not_delay_another_lines_delivery(
-    tmp_path: Path, upstream: MockUpstream,
+    tmp_path: Path,
+    upstream: MockUpstream,
 ) -> None:
     dead, live = Hanging(), Receiver()
-    async with hanging(dead) as dead_url, receiving(live) as live_url, \
-            serve(config=_two_lines(tmp_path, upstream, dead_url, live_url), webhook_backoff_s=0.05,
-                  db_path=str(tmp_path / "g.db")) as running, \
-            httpx.AsyncClient(timeout=10) as client:
+    async with (
+        hanging(dead) as dead_url,
+        receiving(live) as live_url,
+        serve(
+            config=_two_lines(tmp_path, upstream, dead_url, live_url),
+            webhook_backoff_s=0.05,
+            db_path=str(tmp_path / "g.db"),
+        ) as running,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
         api = running.base.removesuffix("/guest")
         for n in range(5):
             await ask(client, f"{api}/lines/a", f"for the dead end {n}")
@@ -80,15 +89,20 @@ async def test_a_hanging_receiver_does_not_delay_another_lines_delivery(
 
 
 async def test_with_redis_a_hanging_receiver_does_not_delay_another_lines_delivery(
-    tmp_path: Path, upstream: MockUpstream, redis_url: str, redis_prefix: str,
+    tmp_path: Path,
+    upstream: MockUpstream,
+    redis_url: str,
+    redis_prefix: str,
 ) -> None:
     dead, live = Hanging(), Receiver()
     shared: dict[str, Any] = {"redis_url": redis_url, "redis_prefix": redis_prefix, "webhook_backoff_s": 0.05}
     async with hanging(dead) as dead_url, receiving(live) as live_url:
         config = _two_lines(tmp_path, upstream, dead_url, live_url)
-        async with serve(config=config, db_path=str(tmp_path / "a.db"), **shared) as first, \
-                serve(config=config, db_path=str(tmp_path / "b.db"), **shared) as second, \
-                httpx.AsyncClient(timeout=10) as client:
+        async with (
+            serve(config=config, db_path=str(tmp_path / "a.db"), **shared) as first,
+            serve(config=config, db_path=str(tmp_path / "b.db"), **shared) as second,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
             apis = [running.base.removesuffix("/guest") for running in (first, second)]
             for n in range(5):  # both instances hold some of A's deliveries
                 await ask(client, f"{apis[n % 2]}/lines/a", f"for the dead end {n}")
@@ -104,7 +118,8 @@ async def _answer(request: Request) -> Response:
 
 
 async def test_many_hanging_receivers_leave_the_upstreams_their_connections(
-    tmp_path: Path, upstream: MockUpstream,
+    tmp_path: Path,
+    upstream: MockUpstream,
 ) -> None:
     """Webhooks once shared the upstreams' client: sixteen hanging receivers took all 14 connections
     of its default pool and another line's guest waited 10 s. Now the outbox has clients (and pools)
@@ -114,11 +129,18 @@ async def test_many_hanging_receivers_leave_the_upstreams_their_connections(
     fresh_upstream = Starlette(routes=[Route("/chat", _answer, methods=["POST"])])  # no idle connection to reuse
     async with hanging(dead) as dead_url, serve_app(fresh_upstream) as fresh:
         path = tmp_path / "guestqueue.toml"
-        path.write_text("".join(
-            f'[lines.{line}]\nupstream_url = "{upstream.url(chunks=1)}"\n' + "".join(
-                f'[[lines.{line}.webhooks]]\nurl = "{dead_url}?line={line}&n={n}"\nevents = ["completed"]\n'
-                f'secret = "{SECRET}"\n' for n in range(hooks_per_line))
-            for line in ("a", "c")) + f'[lines.b]\nupstream_url = "{fresh}/chat"\n')
+        path.write_text(
+            "".join(
+                f'[lines.{line}]\nupstream_url = "{upstream.url(chunks=1)}"\n'
+                + "".join(
+                    f'[[lines.{line}.webhooks]]\nurl = "{dead_url}?line={line}&n={n}"\nevents = ["completed"]\n'
+                    f'secret = "{SECRET}"\n'
+                    for n in range(hooks_per_line)
+                )
+                for line in ("a", "c")
+            )
+            + f'[lines.b]\nupstream_url = "{fresh}/chat"\n'
+        )
         async with serve(config=str(path)) as running, httpx.AsyncClient(timeout=10) as client:
             api = running.base.removesuffix("/guest")
             await ask(client, f"{api}/lines/a", "for eighteen dead ends")

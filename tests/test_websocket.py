@@ -133,16 +133,19 @@ async def test_per_client_limit_counts_websocket_and_sse_guests_together() -> No
     assert close_code == 1013
 
 
-@pytest.mark.parametrize(("sent", "code", "close_code"), [
-    ("{nope", "invalid_json", 1007),
-    ("[1, 2]", "invalid_json", 1007),
-    ('{"query": NaN}', "invalid_json", 1007),
-    (b'{"query": "bytes"}', "invalid_json", 1007),
-    ('{"query": ""}', "invalid_field", 1008),
-    ('{"query": "x", "parameters": []}', "invalid_field", 1008),
-    ("[" * 60_000, "invalid_json", 1007),  # once a RecursionError: the socket dropped without a close frame
-    ('{"query": ' + '{"a": ' * 8_000 + "1" + "}" * 8_001, "invalid_json", 1007),
-])
+@pytest.mark.parametrize(
+    ("sent", "code", "close_code"),
+    [
+        ("{nope", "invalid_json", 1007),
+        ("[1, 2]", "invalid_json", 1007),
+        ('{"query": NaN}', "invalid_json", 1007),
+        (b'{"query": "bytes"}', "invalid_json", 1007),
+        ('{"query": ""}', "invalid_field", 1008),
+        ('{"query": "x", "parameters": []}', "invalid_field", 1008),
+        ("[" * 60_000, "invalid_json", 1007),  # once a RecursionError: the socket dropped without a close frame
+        ('{"query": ' + '{"a": ' * 8_000 + "1" + "}" * 8_001, "invalid_json", 1007),
+    ],
+)
 async def test_invalid_messages_get_a_clear_error_and_close(sent: str | bytes, code: str, close_code: int) -> None:
     async with serve() as running:
         async with websockets.connect(ws_url(running.base), max_size=None) as ws:
@@ -207,9 +210,9 @@ async def test_cancel_message_leaves_the_line() -> None:
     assert rest[-1]["type"] == "error" and rest[-1]["code"] == "cancelled"
 
 
-async def raw_websocket(base: str, *, receive_buffer: int | None = None) -> tuple[
-    asyncio.StreamReader, asyncio.StreamWriter
-]:
+async def raw_websocket(
+    base: str, *, receive_buffer: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A WebSocket opened by hand over a plain socket (to stop reading, or to see control frames)."""
     url = urlsplit(ws_url(base))
     assert url.hostname is not None and url.port is not None
@@ -232,8 +235,9 @@ def text_frame(text: str) -> bytes:
     """One masked (as a client must) text frame."""
     payload = text.encode()
     mask = os.urandom(4)
-    header = bytes([0x81]) + (bytes([0x80 | len(payload)]) if len(payload) < 126
-                              else bytes([0x80 | 126]) + struct.pack("!H", len(payload)))
+    header = bytes([0x81]) + (
+        bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+    )
     return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 

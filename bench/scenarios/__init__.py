@@ -7,6 +7,13 @@ from types import ModuleType
 from . import beyond, dispatch, eta, logwriter, memory, overhead, scaleout, tenants, waiting
 
 SCENARIOS: dict[str, ModuleType] = {
-    "overhead": overhead, "waiting": waiting, "eta": eta, "dispatch": dispatch, "logwriter": logwriter,
-    "memory": memory, "scaleout": scaleout, "tenants": tenants, "beyond": beyond,
+    "overhead": overhead,
+    "waiting": waiting,
+    "eta": eta,
+    "dispatch": dispatch,
+    "logwriter": logwriter,
+    "memory": memory,
+    "scaleout": scaleout,
+    "tenants": tenants,
+    "beyond": beyond,
 }

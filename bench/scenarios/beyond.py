@@ -76,11 +76,14 @@ def run(args: argparse.Namespace) -> Result:
 
 async def _run(args: argparse.Namespace, redis_url: str) -> Result:
     result = Result("beyond", {k: getattr(args, k) for k in ("guests", "deliveries", "jobs", "workers")})
-    admission = Table("admission decisions (guests let in: slot, token, session)",
-                      ["line", "guests", "seconds", "decisions/s"])
+    admission = Table(
+        "admission decisions (guests let in: slot, token, session)", ["line", "guests", "seconds", "decisions/s"]
+    )
     webhooks = Table("webhook delivery, event to receiver (ms)", ["outbox", "deliveries", "p50", "p90", "p99"])
-    pulls = Table("pull workers: jobs through HTTP, one chunk each",
-                  ["line", "jobs", "workers", "seconds", "jobs/s", "guestqueue CPU ms/job"])
+    pulls = Table(
+        "pull workers: jobs through HTTP, one chunk each",
+        ["line", "jobs", "workers", "seconds", "jobs/s", "guestqueue CPU ms/job"],
+    )
     for line, url in (("memory", ""), ("redis", redis_url)):
         seconds = await _admissions(args.guests, url)
         admission.add(line, args.guests, seconds, args.guests / seconds)
@@ -99,14 +102,27 @@ async def _run(args: argparse.Namespace, redis_url: str) -> Result:
 
 def _settings(redis_url: str, **more: Any) -> Settings:
     prefix = f"bench{time.monotonic_ns()}"
-    return Settings(db_path="", redis_url=redis_url, redis_prefix=prefix, token_secret=SECRET, max_per_client=10**6,
-                    max_wait_s=3600, request_timeout_s=3600, position_update_s=1, **more)
+    return Settings(
+        db_path="",
+        redis_url=redis_url,
+        redis_prefix=prefix,
+        token_secret=SECRET,
+        max_per_client=10**6,
+        max_wait_s=3600,
+        request_timeout_s=3600,
+        position_update_s=1,
+        **more,
+    )
 
 
 async def _admissions(guests: int, redis_url: str) -> float:
     settings = _settings(redis_url, max_queue_size=guests + 10)
-    spec = parse_line("room", {"mode": "admission", "max_active": guests, "batch_size": 1,
-                               "process_interval_sec": 0.0001}, settings, where="bench")
+    spec = parse_line(
+        "room",
+        {"mode": "admission", "max_active": guests, "batch_size": 1, "process_interval_sec": 0.0001},
+        settings,
+        where="bench",
+    )
     async with AsyncExitStack() as stack:
         client = httpx.AsyncClient()
         stack.push_async_callback(client.aclose)
@@ -127,15 +143,19 @@ async def _deliveries(count: int, redis_url: str) -> list[float]:
         return Response(status_code=204)
 
     latencies = []
-    async with _served(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as base, \
-            httpx.AsyncClient() as client:
+    async with (
+        _served(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as base,
+        httpx.AsyncClient() as client,
+    ):
         redis = None
         if redis_url:
             import redis.asyncio as aioredis
+
             redis = aioredis.from_url(redis_url)
         with tempfile.TemporaryDirectory() as tmp:
-            outbox = Outbox(db_path=str(Path(tmp) / "outbox.db"), client=client, redis=redis,
-                            prefix=f"bench{time.monotonic_ns()}")
+            outbox = Outbox(
+                db_path=str(Path(tmp) / "outbox.db"), client=client, redis=redis, prefix=f"bench{time.monotonic_ns()}"
+            )
             await outbox.open()
             hook_spec = Webhook(f"{base}/hook", ("completed",), "a-webhook-secret-for-the-bench")
             try:
@@ -155,13 +175,24 @@ async def _deliveries(count: int, redis_url: str) -> list[float]:
 async def _jobs(jobs: int, workers: int, redis_url: str) -> tuple[float, float]:
     """Seconds for ``jobs`` jobs, and the guestqueue process's CPU seconds meanwhile."""
     config = Path(tempfile.mkdtemp()) / "pull.toml"
-    config.write_text(f'[lines.gpu]\nupstream_kind = "pull"\nmax_concurrent_requests = {ASKING}\n'
-                      'upstream_interval_sec = 0\n')
-    env = {"GUEST_CONFIG": str(config), "GUEST_DB_PATH": "", "GUEST_MAX_PER_CLIENT": "1000000",
-           "GUEST_REDIS_URL": redis_url, "GUEST_REDIS_PREFIX": f"bench{time.monotonic_ns()}"}
+    config.write_text(
+        f'[lines.gpu]\nupstream_kind = "pull"\nmax_concurrent_requests = {ASKING}\nupstream_interval_sec = 0\n'
+    )
+    env = {
+        "GUEST_CONFIG": str(config),
+        "GUEST_DB_PATH": "",
+        "GUEST_MAX_PER_CLIENT": "1000000",
+        "GUEST_REDIS_URL": redis_url,
+        "GUEST_REDIS_PREFIX": f"bench{time.monotonic_ns()}",
+    }
     port = free_port()
-    server = Server("guestqueue", [PY, "-m", "guestqueue", "serve", "--port", str(port), "--log-level", "warning"],
-                    port, "/api/v1/guest/health", env=env)
+    server = Server(
+        "guestqueue",
+        [PY, "-m", "guestqueue", "serve", "--port", str(port), "--log-level", "warning"],
+        port,
+        "/api/v1/guest/health",
+        env=env,
+    )
 
     async def answer(request: WorkflowRequest) -> AsyncIterator[str]:
         yield "ok"
@@ -199,8 +230,9 @@ class _served:
 
     def __init__(self, app: Any) -> None:
         self._port = free_port()
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self._port, log_level="warning",
-                                                     lifespan="on"))
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self._port, log_level="warning", lifespan="on")
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> str:

@@ -53,8 +53,9 @@ def _server(kind: str, url: str, count: int, interval_s: float = 0.0, concurrenc
 
 def run(args: argparse.Namespace) -> Result:
     kinds = [k for k in args.servers.split(",") if k]
-    result = Result("dispatch", {k: getattr(args, k) for k in (
-        "count", "rounds", "servers", "interval_s", "paced", "skip")})
+    result = Result(
+        "dispatch", {k: getattr(args, k) for k in ("count", "rounds", "servers", "interval_s", "paced", "skip")}
+    )
     gaps: dict[str, list[float]] = {k: [] for k in kinds}
     errors: dict[str, int] = {k: 0 for k in kinds}
     paced: list[float] = []
@@ -64,16 +65,30 @@ def run(args: argparse.Namespace) -> Result:
             with _server(kind, url, args.count) as server:
                 for _ in range(args.rounds):
                     _calls(mock)  # start clean
-                    load = servers.drive({"kind": servers.kind_of(server), "url": server.base, "mode": "streams",
-                                          "concurrency": args.count, "count": args.count})
+                    load = servers.drive(
+                        {
+                            "kind": servers.kind_of(server),
+                            "url": server.base,
+                            "mode": "streams",
+                            "concurrency": args.count,
+                            "count": args.count,
+                        }
+                    )
                     errors[kind] += load["errors"]
                     calls = _calls(mock)
-                    gaps[kind] += [(b[0] - a[1]) * 1000 for a, b in itertools.pairwise(calls)][args.skip:]
+                    gaps[kind] += [(b[0] - a[1]) * 1000 for a, b in itertools.pairwise(calls)][args.skip :]
         if "guestqueue" in kinds:
             with _server("guestqueue", url, args.paced, args.interval_s, concurrency=4) as server:
                 _calls(mock)
-                load = servers.drive({"kind": "guestqueue", "url": server.base, "mode": "streams",
-                                      "concurrency": args.paced, "count": args.paced})
+                load = servers.drive(
+                    {
+                        "kind": "guestqueue",
+                        "url": server.base,
+                        "mode": "streams",
+                        "concurrency": args.paced,
+                        "count": args.paced,
+                    }
+                )
                 errors["guestqueue"] += load["errors"]
                 starts = [c[0] for c in _calls(mock)]
                 paced = [(b - a - args.interval_s) * 1000 for a, b in itertools.pairwise(starts)]
@@ -82,10 +97,13 @@ def run(args: argparse.Namespace) -> Result:
     return result
 
 
-def _tabulate(result: Result, args: argparse.Namespace, gaps: dict[str, list[float]], paced: list[float],
-              errors: dict[str, int]) -> None:
-    table = Table("dispatch, pacing off, 1 slot: upstream idle between calls while guests wait (ms)",
-                  ["server", "gaps", "p50", "p90", "p99", "max", "errors"])
+def _tabulate(
+    result: Result, args: argparse.Namespace, gaps: dict[str, list[float]], paced: list[float], errors: dict[str, int]
+) -> None:
+    table = Table(
+        "dispatch, pacing off, 1 slot: upstream idle between calls while guests wait (ms)",
+        ["server", "gaps", "p50", "p90", "p99", "max", "errors"],
+    )
     stats: dict[str, dict[str, Any]] = {}
     for kind, values in gaps.items():
         stats[kind] = s = summary(values)
@@ -93,8 +111,11 @@ def _tabulate(result: Result, args: argparse.Namespace, gaps: dict[str, list[flo
     result.tables.append(table)
     if paced:
         p = summary(paced)
-        pacing = Table(f"pacing on (interval {args.interval_s * 1000:.0f} ms, {args.paced} guests at once, 4 slots): "
-                       "start-to-start gap minus the interval (ms)", ["server", "gaps", "p50", "p99", "max", "min"])
+        pacing = Table(
+            f"pacing on (interval {args.interval_s * 1000:.0f} ms, {args.paced} guests at once, 4 slots): "
+            "start-to-start gap minus the interval (ms)",
+            ["server", "gaps", "p50", "p99", "max", "min"],
+        )
         pacing.add("guestqueue", p["n"], p["p50"], p["p99"], p["max"], min(paced))
         result.tables.append(pacing)
         result.target("pacing gap - interval, max ms", round(p["max"], 2), "≤ +50", p["max"] <= 50)

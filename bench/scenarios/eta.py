@@ -42,8 +42,23 @@ def smoke(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> Result:
     kinds = [k for k in args.servers.split(",") if k]
-    result = Result("eta", {k: getattr(args, k) for k in (
-        "count", "rate_per_s", "dur_min", "dur_max", "concurrency", "warmup", "min_wait_s", "seed", "servers")})
+    result = Result(
+        "eta",
+        {
+            k: getattr(args, k)
+            for k in (
+                "count",
+                "rate_per_s",
+                "dur_min",
+                "dur_max",
+                "concurrency",
+                "warmup",
+                "min_wait_s",
+                "seed",
+                "servers",
+            )
+        },
+    )
     rows: dict[str, list[dict[str, Any]]] = {}
     with ExitStack() as stack:
         mock = stack.enter_context(servers.mock())
@@ -53,10 +68,17 @@ def run(args: argparse.Namespace) -> Result:
             if kind == "gradio":
                 started[kind] = stack.enter_context(servers.gradio(url, concurrency=args.concurrency))
             else:
-                started[kind] = stack.enter_context(servers.guestqueue(
-                    url, concurrency=args.concurrency, queue_size=args.count + 10))
-        job = {"mode": "eta", "count": args.count, "rate_per_s": args.rate_per_s, "dur_min": args.dur_min,
-               "dur_max": args.dur_max, "seed": args.seed}
+                started[kind] = stack.enter_context(
+                    servers.guestqueue(url, concurrency=args.concurrency, queue_size=args.count + 10)
+                )
+        job = {
+            "mode": "eta",
+            "count": args.count,
+            "rate_per_s": args.rate_per_s,
+            "dur_min": args.dur_min,
+            "dur_max": args.dur_max,
+            "seed": args.seed,
+        }
 
         def drive(kind: str) -> None:
             server = started[kind]
@@ -74,39 +96,69 @@ def run(args: argparse.Namespace) -> Result:
 
 def score(rows: list[dict[str, Any]], actual: str, args: argparse.Namespace) -> dict[str, float]:
     """Median absolute error (seconds and relative to the real value) of the admission estimate."""
-    scored = [r for r in rows[args.warmup:] if r.get("wait_s", 0.0) >= args.min_wait_s and actual in r]
+    scored = [r for r in rows[args.warmup :] if r.get("wait_s", 0.0) >= args.min_wait_s and actual in r]
     with_estimate = [r for r in scored if r.get("estimate_s") is not None]
     if not with_estimate:
-        return {"n": len(scored), "with_estimate": 0, "abs_s": float("nan"), "rel": float("nan"),
-                "mean_real_s": float("nan")}
+        return {
+            "n": len(scored),
+            "with_estimate": 0,
+            "abs_s": float("nan"),
+            "rel": float("nan"),
+            "mean_real_s": float("nan"),
+        }
     abs_err = [abs(r["estimate_s"] - r[actual]) for r in with_estimate]
     rel_err = [abs(r["estimate_s"] - r[actual]) / r[actual] for r in with_estimate]
-    return {"n": len(scored), "with_estimate": len(with_estimate), "abs_s": statistics.median(abs_err),
-            "rel": statistics.median(rel_err), "mean_real_s": statistics.fmean(r[actual] for r in with_estimate)}
+    return {
+        "n": len(scored),
+        "with_estimate": len(with_estimate),
+        "abs_s": statistics.median(abs_err),
+        "rel": statistics.median(rel_err),
+        "mean_real_s": statistics.fmean(r[actual] for r in with_estimate),
+    }
 
 
 def _tabulate(result: Result, args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]]) -> None:
-    table = Table("ETA at admission: median absolute error (guests after warm-up who waited ≥ min wait)",
-                  ["server", "estimate of", "scored", "with estimate", "mean real s", "median |err| s",
-                   "median |err| %"])
+    table = Table(
+        "ETA at admission: median absolute error (guests after warm-up who waited ≥ min wait)",
+        ["server", "estimate of", "scored", "with estimate", "mean real s", "median |err| s", "median |err| %"],
+    )
     scores: dict[str, dict[str, float]] = {}
     for kind, kind_rows in rows.items():
         if kind == "gradio":
             scores[kind] = s = score(kind_rows, "result_s", args)
-            table.add(kind, "result (rank_eta)", s["n"], s["with_estimate"], s["mean_real_s"], s["abs_s"],
-                      s["rel"] * 100)
+            table.add(
+                kind, "result (rank_eta)", s["n"], s["with_estimate"], s["mean_real_s"], s["abs_s"], s["rel"] * 100
+            )
             s2 = score(kind_rows, "wait_s", args)
-            table.add(kind, "start (rank_eta, for reference)", s2["n"], s2["with_estimate"], s2["mean_real_s"],
-                      s2["abs_s"], s2["rel"] * 100)
+            table.add(
+                kind,
+                "start (rank_eta, for reference)",
+                s2["n"],
+                s2["with_estimate"],
+                s2["mean_real_s"],
+                s2["abs_s"],
+                s2["rel"] * 100,
+            )
         else:
             scores[kind] = s = score(kind_rows, "wait_s", args)
-            table.add(kind, "start (estimated_wait_sec)", s["n"], s["with_estimate"], s["mean_real_s"], s["abs_s"],
-                      s["rel"] * 100)
+            table.add(
+                kind,
+                "start (estimated_wait_sec)",
+                s["n"],
+                s["with_estimate"],
+                s["mean_real_s"],
+                s["abs_s"],
+                s["rel"] * 100,
+            )
     result.tables.append(table)
     gq = scores.get("guestqueue")
     if gq is not None:
         result.target("median |error| % of real wait", round(gq["rel"] * 100, 1), "≤ 15", gq["rel"] <= 0.15)
         gr = scores.get("gradio")
         if gr is not None:
-            result.target("better than Gradio's rank_eta (% vs %)", round(gq["rel"] * 100, 1),
-                          f"< {gr['rel'] * 100:.1f}", gq["rel"] < gr["rel"])
+            result.target(
+                "better than Gradio's rank_eta (% vs %)",
+                round(gq["rel"] * 100, 1),
+                f"< {gr['rel'] * 100:.1f}",
+                gq["rel"] < gr["rel"],
+            )

@@ -24,8 +24,18 @@ from .. import servers
 from ..report import Result, Table
 from ..stats import spread
 
-ROW = {"request_id": "0" * 32, "status": "completed", "client": "127.0.0.1", "created_at": 0.0, "started_at": 0.0,
-       "finished_at": 0.0, "wait_ms": 12.3, "duration_ms": 456.7, "error_code": None, "query_chars": 42}
+ROW = {
+    "request_id": "0" * 32,
+    "status": "completed",
+    "client": "127.0.0.1",
+    "created_at": 0.0,
+    "started_at": 0.0,
+    "finished_at": 0.0,
+    "wait_ms": 12.3,
+    "duration_ms": 456.7,
+    "error_code": None,
+    "query_chars": 42,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,11 +74,11 @@ async def _guestqueue_rows_per_s(path: Path, rows: int) -> float:
     await log.open()
     began = time.perf_counter()
     for start in range(0, len(tickets), 1000):
-        for ticket in tickets[start:start + 1000]:
+        for ticket in tickets[start : start + 1000]:
             log.record(ticket)  # admission
         await asyncio.sleep(0)
     for start in range(0, len(tickets), 1000):
-        for ticket in tickets[start:start + 1000]:
+        for ticket in tickets[start : start + 1000]:
             ticket.answer_parts.append("an answer of a few words")
             ticket.end(Status.COMPLETED)
             log.record(ticket)  # the end, on the same row
@@ -90,8 +100,9 @@ def run(args: argparse.Namespace) -> Result:
         ratio, runs = _throughput_on_vs_off(args, Path(tmp) / "server.db")
     result.tables.append(table)
     on, off = spread(runs["on"]), spread(runs["off"])
-    throughput = Table("streams/s with the log on and off (median [min-max] over rounds)",
-                       ["log", "streams/s", "range"])
+    throughput = Table(
+        "streams/s with the log on and off (median [min-max] over rounds)", ["log", "streams/s", "range"]
+    )
     for name, stats in (("on", on), ("off", off)):
         throughput.add(name, stats.get("median"), f"{stats.get('min', 0):.0f}-{stats.get('max', 0):.0f}")
     result.tables.append(throughput)
@@ -107,16 +118,22 @@ def _throughput_on_vs_off(args: argparse.Namespace, db: Path) -> tuple[float, di
         url = f"{mock.base}/chat?chunks=20"
         slots = max(args.concurrency * 2, 64)
         started = {
-            "on": stack.enter_context(servers.guestqueue(url, concurrency=slots, queue_size=10_000,
-                                                         extra=["--db-path", str(db)])),
+            "on": stack.enter_context(
+                servers.guestqueue(url, concurrency=slots, queue_size=10_000, extra=["--db-path", str(db)])
+            ),
             "off": stack.enter_context(servers.guestqueue(url, concurrency=slots, queue_size=10_000)),
         }
         for round_no in range(args.rounds):
-            for name in (("on", "off") if round_no % 2 == 0 else ("off", "on")):
-                load: dict[str, Any] = servers.drive({
-                    "kind": "guestqueue", "url": started[name].base, "mode": "streams",
-                    "concurrency": args.concurrency, "duration_s": args.duration_s,
-                })
+            for name in ("on", "off") if round_no % 2 == 0 else ("off", "on"):
+                load: dict[str, Any] = servers.drive(
+                    {
+                        "kind": "guestqueue",
+                        "url": started[name].base,
+                        "mode": "streams",
+                        "concurrency": args.concurrency,
+                        "duration_s": args.duration_s,
+                    }
+                )
                 runs[name].append(float(load["streams_per_s"]))
     on, off = spread(runs["on"]), spread(runs["off"])
     return (on["median"] / off["median"] if off.get("median") else 0.0), runs

@@ -53,32 +53,49 @@ def run(args: argparse.Namespace) -> Result:
             started["relay-aiohttp"] = stack.enter_context(servers.relay(url, concurrency=slots, transport="aiohttp"))
         if "guestqueue" in kinds or "guestqueue-openai" in kinds:
             started["guestqueue"] = stack.enter_context(
-                servers.guestqueue(url, concurrency=slots, queue_size=10_000, interval_s=0.0,
-                                   extra=args.guestqueue_flags.split()))
+                servers.guestqueue(
+                    url, concurrency=slots, queue_size=10_000, interval_s=0.0, extra=args.guestqueue_flags.split()
+                )
+            )
             started["guestqueue-openai"] = started["guestqueue"]
         for round_no in range(args.rounds):
-            order = kinds[round_no % len(kinds):] + kinds[: round_no % len(kinds)]
+            order = kinds[round_no % len(kinds) :] + kinds[: round_no % len(kinds)]
             for kind in order:
                 server = started[kind]
-                target = {"kind": "direct", "url": url} if server is None else \
-                    {"kind": kind if kind == "guestqueue-openai" else servers.kind_of(server), "url": server.base}
+                target = (
+                    {"kind": "direct", "url": url}
+                    if server is None
+                    else {"kind": kind if kind == "guestqueue-openai" else servers.kind_of(server), "url": server.base}
+                )
                 measured = server or mock  # for "direct", the upstream is the server
                 measured.mark()
-                load = servers.drive({**target, "mode": "streams", "concurrency": args.concurrency,
-                                      "duration_s": args.duration_s})
+                load = servers.drive(
+                    {**target, "mode": "streams", "concurrency": args.concurrency, "duration_s": args.duration_s}
+                )
                 cpu = measured.usage()
                 ttfc = servers.drive({**target, "mode": "streams", "concurrency": 1, "count": args.ttfc_count})
-                runs[kind].append({"round": round_no, "throughput": load, "server_cpu_pct": cpu.cpu_pct,
-                                   "ttfc": ttfc})
+                runs[kind].append({"round": round_no, "throughput": load, "server_cpu_pct": cpu.cpu_pct, "ttfc": ttfc})
     result.raw["runs"] = runs
     _tabulate(result, kinds, runs)
     return result
 
 
 def _tabulate(result: Result, kinds: list[str], runs: dict[str, list[dict[str, Any]]]) -> None:
-    table = Table("overhead: streams/s (median [min-max] over rounds), time to first chunk unloaded",
-                  ["server", "streams/s", "range", "x direct", "x relay", "server CPU %", "ttfc p50 ms",
-                   "ttfc p99 ms", "+ttfc vs direct ms", "errors"])
+    table = Table(
+        "overhead: streams/s (median [min-max] over rounds), time to first chunk unloaded",
+        [
+            "server",
+            "streams/s",
+            "range",
+            "x direct",
+            "x relay",
+            "server CPU %",
+            "ttfc p50 ms",
+            "ttfc p99 ms",
+            "+ttfc vs direct ms",
+            "errors",
+        ],
+    )
     med: dict[str, dict[str, float]] = {}
     for kind in kinds:
         rows = runs[kind]
@@ -87,24 +104,46 @@ def _tabulate(result: Result, kinds: list[str], runs: dict[str, list[dict[str, A
         ttfc99 = spread([r["ttfc"]["ttfc_ms"].get("p99", float("nan")) for r in rows])
         cpu = spread([r["server_cpu_pct"] for r in rows])
         errors = sum(r["throughput"]["errors"] + r["ttfc"]["errors"] for r in rows)
-        med[kind] = {"rate": rate["median"], "ttfc": ttfc50["median"], "ttfc99": ttfc99["median"], "cpu": cpu["median"],
-                     "min": rate["min"], "max": rate["max"], "errors": errors}
+        med[kind] = {
+            "rate": rate["median"],
+            "ttfc": ttfc50["median"],
+            "ttfc99": ttfc99["median"],
+            "cpu": cpu["median"],
+            "min": rate["min"],
+            "max": rate["max"],
+            "errors": errors,
+        }
     for kind in kinds:
         m = med[kind]
         vs_direct = m["rate"] / med["direct"]["rate"] if "direct" in med else float("nan")
         vs_relay = m["rate"] / med["relay"]["rate"] if "relay" in med else float("nan")
         extra = m["ttfc"] - med["direct"]["ttfc"] if "direct" in med else float("nan")
-        table.add(kind, m["rate"], f"{m['min']:.0f}-{m['max']:.0f}", vs_direct, vs_relay, m["cpu"], m["ttfc"],
-                  m["ttfc99"], extra, int(m["errors"]))
+        table.add(
+            kind,
+            m["rate"],
+            f"{m['min']:.0f}-{m['max']:.0f}",
+            vs_direct,
+            vs_relay,
+            m["cpu"],
+            m["ttfc"],
+            m["ttfc99"],
+            extra,
+            int(m["errors"]),
+        )
     result.tables.append(table)
     if "guestqueue" in med and "direct" in med:
         ratio = med["guestqueue"]["rate"] / med["direct"]["rate"]
         result.target("throughput ≥ 0.45 x direct", round(ratio, 3), "≥ 0.45", ratio >= 0.45)
     if "guestqueue" in med and "guestqueue-openai" in med:
-        front = Table("the OpenAI front door against /chat, the same server (medians over rounds)",
-                      ["streams/s via /chat", "streams/s via /v1/chat/completions", "ratio"])
-        front.add(med["guestqueue"]["rate"], med["guestqueue-openai"]["rate"],
-                  med["guestqueue-openai"]["rate"] / med["guestqueue"]["rate"])
+        front = Table(
+            "the OpenAI front door against /chat, the same server (medians over rounds)",
+            ["streams/s via /chat", "streams/s via /v1/chat/completions", "ratio"],
+        )
+        front.add(
+            med["guestqueue"]["rate"],
+            med["guestqueue-openai"]["rate"],
+            med["guestqueue-openai"]["rate"] / med["guestqueue"]["rate"],
+        )
         result.tables.append(front)
         extra = med["guestqueue"]["ttfc"] - med["direct"]["ttfc"]
         result.target("ttfc p50 - direct (ms)", round(extra, 3), "≤ 0.6", extra <= 0.6)

@@ -68,11 +68,13 @@ def run(args: argparse.Namespace) -> Result:
     access.throttle.limit = 10**9  # measured here: the check itself, not the 429 of the wrong-key throttle
     kinds = {
         "right key": [(secret, line) for secret, line in shown],
-        "wrong secret, last character off": [(secret[:-1] + ("A" if secret[-1] != "A" else "B"), line)
-                                              for secret, line in shown],
-        "wrong secret, all of it": [(secret[:len("gq_") + 17] + "A" * 43, line) for secret, line in shown],
-        "unknown key id": [(f"gq_{n:016x}_" + secret[len("gq_") + 17:], line) for n, (secret, line) in
-                           enumerate(shown)],
+        "wrong secret, last character off": [
+            (secret[:-1] + ("A" if secret[-1] != "A" else "B"), line) for secret, line in shown
+        ],
+        "wrong secret, all of it": [(secret[: len("gq_") + 17] + "A" * 43, line) for secret, line in shown],
+        "unknown key id": [
+            (f"gq_{n:016x}_" + secret[len("gq_") + 17 :], line) for n, (secret, line) in enumerate(shown)
+        ],
     }
     timings: dict[str, list[float]] = {}
     lookups: dict[str, list[float]] = {}
@@ -92,12 +94,18 @@ def run(args: argparse.Namespace) -> Result:
     right = statistics.median(timings["right key"])
     # What a guesser could probe: whether a closer guess takes longer (it must not).
     wrong = statistics.median(lookups["wrong secret, last character off"]) / statistics.median(
-        lookups["wrong secret, all of it"])
+        lookups["wrong secret, all of it"]
+    )
     result.raw["p50_us"] = {kind: statistics.median(samples) for kind, samples in timings.items()}
-    result.target(f"p50 of the check, {args.lines} lines, {args.keys} keys (ms)", right / 1000, "≤ 0.1",
-                  right / 1000 <= 0.1)
-    result.target("key check alone: p50 nearly right ÷ all wrong secret", wrong, "0.8 - 1.25 (the same cost)",
-                  0.8 <= wrong <= 1.25)
+    result.target(
+        f"p50 of the check, {args.lines} lines, {args.keys} keys (ms)", right / 1000, "≤ 0.1", right / 1000 <= 0.1
+    )
+    result.target(
+        "key check alone: p50 nearly right ÷ all wrong secret",
+        wrong,
+        "0.8 - 1.25 (the same cost)",
+        0.8 <= wrong <= 1.25,
+    )
     return result
 
 
@@ -108,8 +116,15 @@ def _key_lookup(catalog: Catalog, given: str) -> float:
 
 
 def _admission_check(access: Access, catalog: Catalog, specs: dict[str, Any], given: str, line: str) -> float:
-    request = Request({"type": "http", "method": "POST", "path": f"/api/v1/lines/{line}/chat",
-                       "headers": [(b"x-api-key", given.encode())], "client": ("10.0.0.1", 5000)})
+    request = Request(
+        {
+            "type": "http",
+            "method": "POST",
+            "path": f"/api/v1/lines/{line}/chat",
+            "headers": [(b"x-api-key", given.encode())],
+            "client": ("10.0.0.1", 5000),
+        }
+    )
     began = time.perf_counter_ns()
     spec = specs[line]
     try:

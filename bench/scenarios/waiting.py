@@ -39,8 +39,22 @@ def smoke(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> Result:
     counts = [int(c) for c in args.counts.split(",") if c]
     kinds = [k for k in args.servers.split(",") if k]
-    result = Result("waiting", {k: getattr(args, k) for k in (
-        "counts", "servers", "settle_s", "measure_s", "ramp_per_s", "repeat", "guestqueue_flags", "gradio_max")})
+    result = Result(
+        "waiting",
+        {
+            k: getattr(args, k)
+            for k in (
+                "counts",
+                "servers",
+                "settle_s",
+                "measure_s",
+                "ramp_per_s",
+                "repeat",
+                "guestqueue_flags",
+                "gradio_max",
+            )
+        },
+    )
     runs: list[dict[str, Any]] = []
     with servers.mock() as mock:
         url = f"{mock.base}/chat?chunks=20"
@@ -76,23 +90,53 @@ def _one(kind: str, count: int, url: str, args: argparse.Namespace) -> dict[str,
                 seen["usage"] = server.usage()
                 seen["rss_end"] = server.rss()
 
-        load = servers.drive({"kind": servers.kind_of(server), "url": server.base, "mode": "waiters",
-                              "count": count, "interval_s": 1.0, "settle_s": args.settle_s,
-                              "measure_s": args.measure_s, "ramp_per_s": args.ramp_per_s,
-                              "connect_timeout_s": 30 + count / args.ramp_per_s * 3}, on_phase)
+        load = servers.drive(
+            {
+                "kind": servers.kind_of(server),
+                "url": server.base,
+                "mode": "waiters",
+                "count": count,
+                "interval_s": 1.0,
+                "settle_s": args.settle_s,
+                "measure_s": args.measure_s,
+                "ramp_per_s": args.ramp_per_s,
+                "connect_timeout_s": 30 + count / args.ramp_per_s * 3,
+            },
+            on_phase,
+        )
     usage = seen["usage"]
     rss = max(seen["rss"], seen["rss_end"])
     updates = load["updates"]
-    return {"server": kind, "guests": count, "cpu_pct": usage.cpu_pct, "cpu_s": usage.cpu_s,
-            "rss_idle_mb": rss_idle / 2**20, "rss_mb": rss / 2**20,
-            "rss_per_guest_kb": (rss - rss_idle) / max(1, load["connected"]) / 1024,
-            "cpu_us_per_update": usage.cpu_s / updates * 1e6 if updates else float("nan"), "load": load}
+    return {
+        "server": kind,
+        "guests": count,
+        "cpu_pct": usage.cpu_pct,
+        "cpu_s": usage.cpu_s,
+        "rss_idle_mb": rss_idle / 2**20,
+        "rss_mb": rss / 2**20,
+        "rss_per_guest_kb": (rss - rss_idle) / max(1, load["connected"]) / 1024,
+        "cpu_us_per_update": usage.cpu_s / updates * 1e6 if updates else float("nan"),
+        "load": load,
+    }
 
 
 def _tabulate(result: Result, kinds: list[str], counts: list[int], runs: list[dict[str, Any]]) -> None:
-    table = Table("waiting guests: server CPU (% of one core), RSS, update lateness (medians over repeats)",
-                  ["server", "guests", "connected", "CPU %", "RSS MB", "KB/guest", "updates/s", "µs CPU/update",
-                   "delay p50 ms", "delay p99 ms", "within 1 s %"])
+    table = Table(
+        "waiting guests: server CPU (% of one core), RSS, update lateness (medians over repeats)",
+        [
+            "server",
+            "guests",
+            "connected",
+            "CPU %",
+            "RSS MB",
+            "KB/guest",
+            "updates/s",
+            "µs CPU/update",
+            "delay p50 ms",
+            "delay p99 ms",
+            "within 1 s %",
+        ],
+    )
     medians: dict[tuple[str, int], dict[str, float]] = {}
     for kind in kinds:
         for count in counts:
@@ -103,16 +147,31 @@ def _tabulate(result: Result, kinds: list[str], counts: list[int], runs: list[di
             def med(get: Any, rows: list[dict[str, Any]] = rows) -> float:
                 return float(spread([get(r) for r in rows])["median"])
 
-            m = {"cpu": med(lambda r: r["cpu_pct"]), "rss": med(lambda r: r["rss_mb"]),
-                 "kb": med(lambda r: r["rss_per_guest_kb"]), "ups": med(lambda r: r["load"]["updates_per_s"]),
-                 "us": med(lambda r: r["cpu_us_per_update"]),
-                 "p50": med(lambda r: r["load"]["delay_ms"].get("p50", float("nan"))),
-                 "p99": med(lambda r: r["load"]["delay_ms"].get("p99", float("nan"))),
-                 "within": med(lambda r: r["load"]["within_1s"] * 100),
-                 "connected": med(lambda r: r["load"]["connected"])}
+            m = {
+                "cpu": med(lambda r: r["cpu_pct"]),
+                "rss": med(lambda r: r["rss_mb"]),
+                "kb": med(lambda r: r["rss_per_guest_kb"]),
+                "ups": med(lambda r: r["load"]["updates_per_s"]),
+                "us": med(lambda r: r["cpu_us_per_update"]),
+                "p50": med(lambda r: r["load"]["delay_ms"].get("p50", float("nan"))),
+                "p99": med(lambda r: r["load"]["delay_ms"].get("p99", float("nan"))),
+                "within": med(lambda r: r["load"]["within_1s"] * 100),
+                "connected": med(lambda r: r["load"]["connected"]),
+            }
             medians[(kind, count)] = m
-            table.add(kind, count, int(m["connected"]), m["cpu"], m["rss"], m["kb"], m["ups"], m["us"], m["p50"],
-                      m["p99"], m["within"])
+            table.add(
+                kind,
+                count,
+                int(m["connected"]),
+                m["cpu"],
+                m["rss"],
+                m["kb"],
+                m["ups"],
+                m["us"],
+                m["p50"],
+                m["p99"],
+                m["within"],
+            )
     result.tables.append(table)
     top = max(counts)
     gq = medians.get(("guestqueue", top))

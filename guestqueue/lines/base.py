@@ -130,8 +130,15 @@ class Line(Protocol):
         """Stop background work; the line's state stays (for other instances)."""
         ...
 
-    def reconfigure(self, *, max_size: int, max_concurrent: int, interval_s: float, release_per_minute: int,
-                    max_starvation_s: float = 120.0) -> None:
+    def reconfigure(
+        self,
+        *,
+        max_size: int,
+        max_concurrent: int,
+        interval_s: float,
+        release_per_minute: int,
+        max_starvation_s: float = 120.0,
+    ) -> None:
         """The line's limits changed (the admin API): they hold from now on."""
         ...
 

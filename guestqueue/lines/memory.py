@@ -186,8 +186,15 @@ class MemoryLine:
         for task in self._retired:
             task.cancel()
 
-    def reconfigure(self, *, max_size: int, max_concurrent: int, interval_s: float, release_per_minute: int,
-                    max_starvation_s: float = 120.0) -> None:
+    def reconfigure(
+        self,
+        *,
+        max_size: int,
+        max_concurrent: int,
+        interval_s: float,
+        release_per_minute: int,
+        max_starvation_s: float = 120.0,
+    ) -> None:
         """New limits, at once (the admin API): running calls finish, waiting flights keep their places."""
         self.max_size, self.interval_s, self.max_starvation_s = max_size, interval_s, max_starvation_s
         self.limiter.interval_s, self.limiter.release_per_minute = interval_s, release_per_minute

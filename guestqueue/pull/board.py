@@ -58,6 +58,7 @@ class Report:
 @dataclass(eq=False, slots=True)
 class Job:
     """One flight's call, as a worker sees it."""
+
     id: str
     request: WorkflowRequest
     receive_count: int = 0
@@ -71,9 +72,16 @@ class Job:
     def offer(self, receipt: str) -> dict[str, Any]:
         """What ``receive`` returns for this job."""
         request = self.request
-        return {"job_id": self.id, "receipt": receipt, "receive_count": self.receive_count,
-                "request": {"query": request.query, "parameters": dict(request.parameters),
-                            "session_id": request.session_id}}
+        return {
+            "job_id": self.id,
+            "receipt": receipt,
+            "receive_count": self.receive_count,
+            "request": {
+                "query": request.query,
+                "parameters": dict(request.parameters),
+                "session_id": request.session_id,
+            },
+        }
 
 
 class JobBoard(Protocol):
@@ -265,4 +273,4 @@ def new_texts(texts: list[str], offset: int | None, accepted: int) -> list[str]:
     offset = accepted if offset is None else offset
     if offset > accepted:
         raise OffsetMismatch(accepted)
-    return texts[accepted - offset:]
+    return texts[accepted - offset :]

@@ -82,15 +82,22 @@ class PullUpstream:
                 elif report.kind == "fail":
                     error = str(report.data.get("error") or "the worker failed")
                     kind = UpstreamUnavailable if report.data.get("retryable") and not said else UpstreamError
-                    raise kind("The assistant failed while answering. Please try again.",
-                               detail=f"pull worker: {error}", retryable=bool(report.data.get("retryable")))
+                    raise kind(
+                        "The assistant failed while answering. Please try again.",
+                        detail=f"pull worker: {error}",
+                        retryable=bool(report.data.get("retryable")),
+                    )
                 elif said:  # expired after the first chunk: never a second answer
-                    raise Interrupted("The answer was interrupted. Please ask again.",
-                                      detail="the pull worker's lease ran out mid-answer")
+                    raise Interrupted(
+                        "The answer was interrupted. Please ask again.",
+                        detail="the pull worker's lease ran out mid-answer",
+                    )
                 elif job.receive_count >= self.max_receive_count:
                     raise UpstreamUnavailable(
                         "No worker could answer right now. Please try again later.",
-                        detail=f"the job's lease ran out {job.receive_count} times", retryable=False)
+                        detail=f"the job's lease ran out {job.receive_count} times",
+                        retryable=False,
+                    )
                 else:
                     await self.board.offer(job, front=True)
         finally:

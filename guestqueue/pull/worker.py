@@ -74,8 +74,11 @@ class PullWorker:
                 reply = await self._client.post(
                     f"{self._api}/lines/{self._line}/jobs/receive",
                     headers=self._headers,
-                    json={"wait_sec": 20, "max_jobs": min(free, MAX_JOBS_PER_RECEIVE),
-                          "visibility_timeout_sec": self._visibility_s},
+                    json={
+                        "wait_sec": 20,
+                        "max_jobs": min(free, MAX_JOBS_PER_RECEIVE),
+                        "visibility_timeout_sec": self._visibility_s,
+                    },
                 )
                 reply.raise_for_status()
             except httpx.HTTPStatusError as exc:
@@ -117,8 +120,13 @@ class PullWorker:
         have run out; 410 means the job is not ours any more."""
         offset, attempt = 0, 0
         while True:
-            step = "chunks" if offset < len(answer.texts) or not answer.done else \
-                "complete" if answer.error is None else "fail"
+            step = (
+                "chunks"
+                if offset < len(answer.texts) or not answer.done
+                else "complete"
+                if answer.error is None
+                else "fail"
+            )
             try:
                 reply: httpx.Response | None = await self._post(f"{url}/{step}", answer, offset)
             except httpx.HTTPError as exc:
@@ -140,8 +148,9 @@ class PullWorker:
                 refused = f"{step} refused: {reply.status_code} {reply.text}"
                 if step == "chunks":  # (too large, or not allowed): say so, once
                     with contextlib.suppress(httpx.HTTPError):
-                        await self._client.post(f"{url}/fail", headers=self._headers,
-                                                json={"error": refused[:500], "retryable": False})
+                        await self._client.post(
+                            f"{url}/fail", headers=self._headers, json={"error": refused[:500], "retryable": False}
+                        )
                 return f"dropped: {refused}"
             elif lease.lapsed():
                 return "dropped: the server could not take its reports before the lease ran out"
@@ -151,8 +160,12 @@ class PullWorker:
 
     async def _post(self, url: str, answer: _Answer, offset: int) -> httpx.Response:
         if url.endswith("/chunks"):  # streamed: each chunk goes on as the workflow makes it
-            return await self._client.post(url, params={"offset": offset}, content=answer.lines(offset),
-                                           headers={**self._headers, "Content-Type": "application/x-ndjson"})
+            return await self._client.post(
+                url,
+                params={"offset": offset},
+                content=answer.lines(offset),
+                headers={**self._headers, "Content-Type": "application/x-ndjson"},
+            )
         if answer.error is not None:
             error = f"{type(answer.error).__name__}: {answer.error}"[:500]
             body = {"error": error, "retryable": isinstance(answer.error, httpx.HTTPError)}
@@ -190,7 +203,8 @@ def _warn_if_in_clear(server: str) -> None:
 def _warn_in_clear(host: str) -> None:
     logger.warning(
         "the server %s is reached over plain http://: the worker's key and every job (questions, answers) "
-        "cross the network readable by anyone on the way; use https:// (nginx.conf shows how)", host,
+        "cross the network readable by anyone on the way; use https:// (nginx.conf shows how)",
+        host,
     )
 
 
@@ -286,17 +300,28 @@ def add_worker_parser(commands: Any) -> None:
     worker.add_argument("workflow", metavar="module:function", help="an async generator taking a WorkflowRequest")
     worker.add_argument("--server", required=True, help="guestqueue's address, e.g. https://queue.example.com")
     worker.add_argument("--line", required=True, help="the pull line's name")
-    worker.add_argument("--key", default=os.environ.get("GUEST_WORKER_KEY", ""),
-                        help="an API key with WORK on the line [GUEST_WORKER_KEY]")
+    worker.add_argument(
+        "--key",
+        default=os.environ.get("GUEST_WORKER_KEY", ""),
+        help="an API key with WORK on the line [GUEST_WORKER_KEY]",
+    )
     worker.add_argument("--concurrency", type=int, default=1, help="jobs served at once (default 1)")
-    worker.add_argument("--visibility-timeout", type=float, default=30.0, dest="visibility_s",
-                        help="seconds a job stays ours without news (extended while it runs; default 30)")
+    worker.add_argument(
+        "--visibility-timeout",
+        type=float,
+        default=30.0,
+        dest="visibility_s",
+        help="seconds a job stays ours without news (extended while it runs; default 30)",
+    )
     add_app_dir(worker)
 
 
 def add_app_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--app-dir", default=".", help="where module:function is imported from, as uvicorn's "
-                                                       "--app-dir (default: the current directory)")
+    parser.add_argument(
+        "--app-dir",
+        default=".",
+        help="where module:function is imported from, as uvicorn's --app-dir (default: the current directory)",
+    )
 
 
 def import_from_app_dir(args: argparse.Namespace) -> None:
@@ -319,8 +344,9 @@ def run_worker(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would drown the worker's own
 
     async def serve() -> None:
-        worker = PullWorker(args.server, args.line, args.key, workflow, concurrency=args.concurrency,
-                            visibility_s=args.visibility_s)
+        worker = PullWorker(
+            args.server, args.line, args.key, workflow, concurrency=args.concurrency, visibility_s=args.visibility_s
+        )
         logger.info("serving line %s of %s with %s", args.line, args.server, args.workflow)
         try:
             await worker.run()

@@ -116,8 +116,9 @@ class Principal:
 
     def manages(self, application_id: str | None) -> bool:
         """May change this application (its keys, its lines)."""
-        return self.is_super or (self.role == "admin" and self.key is not None
-                                 and application_id == self.key.application_id)
+        return self.is_super or (
+            self.role == "admin" and self.key is not None and application_id == self.key.application_id
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -143,8 +144,9 @@ class Catalog:
     def __repr__(self) -> str:
         return f"Catalog(applications={len(self.applications)}, keys={len(self.keys)}, lines={len(self.lines)})"
 
-    def load(self, applications: Iterable[Application], keys: Iterable[ApiKey],
-             lines: Mapping[str, dict[str, Any]]) -> None:
+    def load(
+        self, applications: Iterable[Application], keys: Iterable[ApiKey], lines: Mapping[str, dict[str, Any]]
+    ) -> None:
         self.applications = {app.id: app for app in applications}
         self.keys = {key.id: key for key in keys}
         self.lines = dict(lines)
@@ -171,16 +173,26 @@ class Catalog:
         return Application(id=f"app_{secrets.token_hex(6)}", name=_name(name), tier=_tier(tier))
 
     def new_key(
-        self, application: Application, *, name: str = "", role: str = "member",
-        permissions: Mapping[str, Iterable[str]] | None = None, tier: str = "",
+        self,
+        application: Application,
+        *,
+        name: str = "",
+        role: str = "member",
+        permissions: Mapping[str, Iterable[str]] | None = None,
+        tier: str = "",
     ) -> tuple[ApiKey, str]:
         """A new key and its one showing: ``gq_<id>_<secret>``."""
         if role not in ROLES:
             raise InvalidField(f"role must be one of {', '.join(ROLES)}")
         key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
         key = ApiKey(
-            id=key_id, application_id=application.id, secret_hash=_hash(secret), name=_name(name, required=False),
-            role=role, permissions=_permissions(permissions or {}), tier=_tier(tier),
+            id=key_id,
+            application_id=application.id,
+            secret_hash=_hash(secret),
+            name=_name(name, required=False),
+            role=role,
+            permissions=_permissions(permissions or {}),
+            tier=_tier(tier),
         )
         return key, f"{KEY_PREFIX}{key_id}_{secret}"
 
@@ -204,8 +216,9 @@ def _hash(secret: str) -> str:
 
 def _name(value: Any, *, required: bool = True) -> str:
     if not isinstance(value, str) or (required and not value.strip()) or len(value) > MAX_NAME_CHARS:
-        raise InvalidField(f"name must be a {'non-empty ' if required else ''}string of at most {MAX_NAME_CHARS} "
-                           "characters")
+        raise InvalidField(
+            f"name must be a {'non-empty ' if required else ''}string of at most {MAX_NAME_CHARS} characters"
+        )
     return value.strip()
 
 
@@ -220,8 +233,11 @@ def _permissions(value: Any) -> dict[str, tuple[str, ...]]:
         raise InvalidField('permissions must be an object like {"line-name": ["READ", "WRITE"], "*": ["READ"]}')
     out: dict[str, tuple[str, ...]] = {}
     for line, granted in value.items():
-        if not isinstance(line, str) or not isinstance(granted, list | tuple) or \
-                any(p not in PERMISSIONS for p in granted):
+        if (
+            not isinstance(line, str)
+            or not isinstance(granted, list | tuple)
+            or any(p not in PERMISSIONS for p in granted)
+        ):
             raise InvalidField(f"permissions[{line!r}]: a list of {', '.join(PERMISSIONS)}")
         out[line] = tuple(dict.fromkeys(granted))
     return out

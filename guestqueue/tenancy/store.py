@@ -45,8 +45,10 @@ from .catalog import ApiKey, Application, Catalog
 logger = logging.getLogger("guestqueue.tenancy.catalog")
 VERSION_SQL = "INSERT OR REPLACE INTO catalog_meta (key, value) VALUES ('version', ?)"
 POLL_S = 0.25
-UNWRITABLE = ("The shared catalog (Redis, GUEST_REDIS_URL) cannot be written right now: it is down or out of"
-              " memory. Nothing was changed; try again in a few seconds.")
+UNWRITABLE = (
+    "The shared catalog (Redis, GUEST_REDIS_URL) cannot be written right now: it is down or out of"
+    " memory. Nothing was changed; try again in a few seconds."
+)
 
 
 class CatalogStore:
@@ -88,23 +90,36 @@ class CatalogStore:
     # -- changes -----------------------------------------------------------------------
 
     async def put_application(self, application: Application) -> None:
-        await self._put("applications", application.id, application, _dump(application),
-                        "INSERT OR REPLACE INTO applications (id, body) VALUES (?, ?)", (application.id,))
+        await self._put(
+            "applications",
+            application.id,
+            application,
+            _dump(application),
+            "INSERT OR REPLACE INTO applications (id, body) VALUES (?, ?)",
+            (application.id,),
+        )
 
     async def put_key(self, key: ApiKey) -> None:
-        await self._put("keys", key.id, key, _dump(key),
-                        "INSERT OR REPLACE INTO api_keys (id, application_id, body) VALUES (?, ?, ?)",
-                        (key.id, key.application_id))
+        await self._put(
+            "keys",
+            key.id,
+            key,
+            _dump(key),
+            "INSERT OR REPLACE INTO api_keys (id, application_id, body) VALUES (?, ?, ?)",
+            (key.id, key.application_id),
+        )
 
     async def put_line(self, name: str, stored: dict[str, Any] | None) -> None:
         """Store a run-time line's keys, or forget it (None)."""
         body = json.dumps(stored) if stored is not None else None
-        sql = "INSERT OR REPLACE INTO lines (name, body) VALUES (?, ?)" if stored is not None else \
-            "DELETE FROM lines WHERE name = ?"
+        sql = (
+            "INSERT OR REPLACE INTO lines (name, body) VALUES (?, ?)"
+            if stored is not None
+            else "DELETE FROM lines WHERE name = ?"
+        )
         await self._put("lines", name, stored, body, sql, (name,))
 
-    async def _put(self, kind: str, ident: str, item: Any, body: str | None, sql: str,
-                   params: tuple[Any, ...]) -> None:
+    async def _put(self, kind: str, ident: str, item: Any, body: str | None, sql: str, params: tuple[Any, ...]) -> None:
         """Store ``item`` (None: forget it) as ``kind`` ``ident``: where every instance reads it first
         (Redis), then the file, then the catalog in memory. A write refused makes nothing after it
         happen, so this process never keeps a change the shared copy does not have."""
@@ -161,11 +176,14 @@ class CatalogStore:
     async def _read_sqlite(self) -> tuple[list[Application], list[ApiKey], dict[str, dict[str, Any]]]:
         if self._db is None:
             return [], [], {}
-        applications = [_application(json.loads(body)) for (body,) in
-                        await self._db.execute_fetchall("SELECT body FROM applications")]
+        applications = [
+            _application(json.loads(body))
+            for (body,) in await self._db.execute_fetchall("SELECT body FROM applications")
+        ]
         keys = [_key(json.loads(body)) for (body,) in await self._db.execute_fetchall("SELECT body FROM api_keys")]
-        lines = {name: json.loads(body) for name, body in
-                 await self._db.execute_fetchall("SELECT name, body FROM lines")}
+        lines = {
+            name: json.loads(body) for name, body in await self._db.execute_fetchall("SELECT name, body FROM lines")
+        }
         return applications, keys, lines
 
     async def _read_version(self) -> int | None:
@@ -186,12 +204,18 @@ class CatalogStore:
         await self._db.execute("DELETE FROM applications")
         await self._db.execute("DELETE FROM api_keys")
         await self._db.execute("DELETE FROM lines")
-        await self._db.executemany("INSERT INTO applications (id, body) VALUES (?, ?)",
-                                   [(app.id, _dump(app)) for app in catalog.applications.values()])
-        await self._db.executemany("INSERT INTO api_keys (id, application_id, body) VALUES (?, ?, ?)",
-                                   [(key.id, key.application_id, _dump(key)) for key in catalog.keys.values()])
-        await self._db.executemany("INSERT INTO lines (name, body) VALUES (?, ?)",
-                                   [(name, json.dumps(stored)) for name, stored in catalog.lines.items()])
+        await self._db.executemany(
+            "INSERT INTO applications (id, body) VALUES (?, ?)",
+            [(app.id, _dump(app)) for app in catalog.applications.values()],
+        )
+        await self._db.executemany(
+            "INSERT INTO api_keys (id, application_id, body) VALUES (?, ?, ?)",
+            [(key.id, key.application_id, _dump(key)) for key in catalog.keys.values()],
+        )
+        await self._db.executemany(
+            "INSERT INTO lines (name, body) VALUES (?, ?)",
+            [(name, json.dumps(stored)) for name, stored in catalog.lines.items()],
+        )
         await self._db.execute(VERSION_SQL, (str(version),))
         await self._db.commit()
 
@@ -216,9 +240,14 @@ class CatalogStore:
             args=[version, len(catalog.applications), len(catalog.keys), len(catalog.lines), *pairs],
         )
         if seeded:
-            logger.warning("the shared catalog was missing or older in Redis: put back from this instance (version "
-                           "%d: %d applications, %d keys, %d lines)", version, len(catalog.applications),
-                           len(catalog.keys), len(catalog.lines))
+            logger.warning(
+                "the shared catalog was missing or older in Redis: put back from this instance (version "
+                "%d: %d applications, %d keys, %d lines)",
+                version,
+                len(catalog.applications),
+                len(catalog.keys),
+                len(catalog.lines),
+            )
         return bool(seeded)
 
     async def _reload(self) -> bool:
@@ -240,7 +269,8 @@ class CatalogStore:
         if raw is None:
             return False  # forgotten again between the two reads: the next poll puts it back
         self.catalog.load(
-            [_application(json.loads(body)) for body in applications], [_key(json.loads(body)) for body in keys],
+            [_application(json.loads(body)) for body in applications],
+            [_key(json.loads(body)) for body in keys],
             {name.decode(): json.loads(body) for name, body in lines.items()},
         )
         self._version = int(raw)
@@ -277,9 +307,11 @@ async def warn_if_forgetful(redis: aioredis.Redis) -> None:
         logger.debug("Redis persistence not known: %s", exc.__cause__)
         return
     if not int(persistence.get("aof_enabled", 0)) and not str(save).strip():
-        logger.warning("Redis keeps nothing on disk (no appendonly, no save points): a restart empties it. "
-                       "guestqueue rebuilds its lines, sessions and catalog (guests wait a few seconds), but "
-                       "use appendonly yes (docs/design.md, Several instances)")
+        logger.warning(
+            "Redis keeps nothing on disk (no appendonly, no save points): a restart empties it. "
+            "guestqueue rebuilds its lines, sessions and catalog (guests wait a few seconds), but "
+            "use appendonly yes (docs/design.md, Several instances)"
+        )
 
 
 def _dump(item: Application | ApiKey) -> str:

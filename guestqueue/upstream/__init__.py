@@ -20,13 +20,25 @@ from .http import HttpUpstream
 from .python import PythonUpstream, load_workflow
 
 __all__ = [
-    "Chunk", "HttpUpstream", "PythonUpstream", "Upstream", "Workflow", "WorkflowRequest", "describe_transport_error",
-    "load_workflow", "make_http_client", "make_upstream", "valid_text",
+    "Chunk",
+    "HttpUpstream",
+    "PythonUpstream",
+    "Upstream",
+    "Workflow",
+    "WorkflowRequest",
+    "describe_transport_error",
+    "load_workflow",
+    "make_http_client",
+    "make_upstream",
+    "valid_text",
 ]
 
 
 def make_http_client(
-    settings: Settings, policy: OutboundPolicy | None = None, *, connections: int | None = None,
+    settings: Settings,
+    policy: OutboundPolicy | None = None,
+    *,
+    connections: int | None = None,
 ) -> httpx.AsyncClient:
     """The shared HTTP client; its transport is chosen here and nowhere else. With ``policy``, the
     client for the URLs tenants set (outbound.py): it connects only where the policy allows.
@@ -39,11 +51,15 @@ def make_http_client(
     """
     connections = connections or settings.max_concurrent_requests * 2 + 8
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections // 2 + 1)
-    transport = AiohttpTransport(limits=limits, retries=0) if policy is None else \
-        GuardedTransport(policy, limits=limits, retries=0)
+    transport = (
+        AiohttpTransport(limits=limits, retries=0)
+        if policy is None
+        else GuardedTransport(policy, limits=limits, retries=0)
+    )
     timeout = httpx.Timeout(connect=10.0, read=settings.request_timeout_s, write=10.0, pool=10.0)
-    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False,
-                             headers={OUTBOUND_HEADER: "1"})
+    return httpx.AsyncClient(
+        transport=transport, timeout=timeout, follow_redirects=False, headers={OUTBOUND_HEADER: "1"}
+    )
 
 
 def make_upstream(settings: Settings, client: httpx.AsyncClient, workflow: Workflow | None = None) -> Upstream:
@@ -59,8 +75,14 @@ def make_upstream(settings: Settings, client: httpx.AsyncClient, workflow: Workf
         return PythonUpstream(load_workflow(settings.upstream_url))
     if kind == "pull":  # the runtime gives it the line's job board (runtime.py)
         return PullUpstream(MemoryJobBoard("guest"))
-    return HttpUpstream(client, settings.upstream_url, kind=kind, api_key=settings.upstream_api_key,
-                        model=settings.upstream_model,
-                        allowed_parameters=settings.upstream_allowed_parameter_names,
-                        max_answer_bytes=settings.max_answer_bytes, messages=settings.upstream_messages,
-                        system_prompt=settings.upstream_system_prompt)
+    return HttpUpstream(
+        client,
+        settings.upstream_url,
+        kind=kind,
+        api_key=settings.upstream_api_key,
+        model=settings.upstream_model,
+        allowed_parameters=settings.upstream_allowed_parameter_names,
+        max_answer_bytes=settings.max_answer_bytes,
+        messages=settings.upstream_messages,
+        system_prompt=settings.upstream_system_prompt,
+    )

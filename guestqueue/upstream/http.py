@@ -37,9 +37,17 @@ WIRE_BYTES_PER_ANSWER_BYTE = 16
 
 class HttpUpstream:
     def __init__(
-        self, client: httpx.AsyncClient, url: str, *, kind: str = "http", api_key: str = "", model: str = "",
-        allowed_parameters: Collection[str] = DEFAULT_ALLOWED_PARAMETERS, max_answer_bytes: int = 1_048_576,
-        messages: str = "conversation", system_prompt: str = "",
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        *,
+        kind: str = "http",
+        api_key: str = "",
+        model: str = "",
+        allowed_parameters: Collection[str] = DEFAULT_ALLOWED_PARAMETERS,
+        max_answer_bytes: int = 1_048_576,
+        messages: str = "conversation",
+        system_prompt: str = "",
     ) -> None:
         self.kind = kind
         self.allowed_parameters = frozenset(allowed_parameters) - set(OPENAI_RESERVED_PARAMETERS)
@@ -87,8 +95,11 @@ class HttpUpstream:
         except httpx.TransportError as exc:
             # A name that does not resolve will not in the next seconds: no retries, the guest hears now.
             unresolved = isinstance(exc.__cause__, aiohttp.ClientConnectorDNSError)
-            raise UpstreamUnavailable(UNAVAILABLE_MESSAGE, detail=describe_transport_error(exc, self.url),
-                                      retryable=False if unresolved else None) from exc
+            raise UpstreamUnavailable(
+                UNAVAILABLE_MESSAGE,
+                detail=describe_transport_error(exc, self.url),
+                retryable=False if unresolved else None,
+            ) from exc
         except httpx.HTTPError as exc:  # e.g. a decoding error inside httpx
             raise UpstreamError(MALFORMED_MESSAGE, detail=f"{type(exc).__name__}: {exc}") from exc
 

@@ -61,8 +61,11 @@ def load_workflow(spec: str, *, named: str = "GUEST_UPSTREAM_URL") -> Workflow:
         for part in attr.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
-        hint = " (modules are imported from the current directory, or --app-dir)" if isinstance(
-            exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0] else ""
+        hint = (
+            " (modules are imported from the current directory, or --app-dir)"
+            if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0]
+            else ""
+        )
         raise ValueError(f"{where}: cannot import ({exc}){hint}") from exc
     if not inspect.isasyncgenfunction(target):
         raise ValueError(f"{where}: {attr} is not an async generator function")

@@ -227,8 +227,6 @@ class MemorySessions:
                 session.timer.cancel()
 
 
-
-
 @dataclass(slots=True)
 class _Issued:
     """A session this instance opened, as it would give it back to a Redis that forgot it."""
@@ -272,9 +270,20 @@ class RedisSessions:
         exp_ms = round(grant.expires_at * 1000)
         for _attempt in range(3):
             known = self._line.epoch
-            opened = int(await self._call(self._open_script, [
-                keys.slots, keys.sessions, keys.session(grant.request_id), keys.session_jtis, keys.session_totals,
-                keys.epoch], [flight.id, grant.jti, exp_ms, grant.request_id, known]))
+            opened = int(
+                await self._call(
+                    self._open_script,
+                    [
+                        keys.slots,
+                        keys.sessions,
+                        keys.session(grant.request_id),
+                        keys.session_jtis,
+                        keys.session_totals,
+                        keys.epoch,
+                    ],
+                    [flight.id, grant.jti, exp_ms, grant.request_id, known],
+                )
+            )
             if opened >= 0:
                 break
             await self._line.notice(known)  # its slot is given back, then the session opens on it
@@ -283,8 +292,9 @@ class RedisSessions:
         return opened > 0
 
     async def end(self, request_id: str, how: str) -> bool:
-        length_ms = await self._call(self._end_script, [self._keys.session(request_id)],
-                                     [how, self._keys.prefix, request_id])
+        length_ms = await self._call(
+            self._end_script, [self._keys.session(request_id)], [how, self._keys.prefix, request_id]
+        )
         self._issued.pop(request_id, None)
         if length_ms:
             self.on_ended(int(length_ms) / 1000)
@@ -343,8 +353,9 @@ class RedisSessions:
             await asyncio.sleep(SWEEP_EVERY_S)
             try:
                 with unavailable(ROOM_UNAVAILABLE):
-                    lengths = await self._sweep_script(keys=[self._keys.sessions, self._keys.session_jtis],
-                                                       args=[self._keys.prefix])
+                    lengths = await self._sweep_script(
+                        keys=[self._keys.sessions, self._keys.session_jtis], args=[self._keys.prefix]
+                    )
                     for length_ms in lengths:
                         self.on_ended(int(length_ms) / 1000)
                     await self._count()
@@ -385,7 +396,8 @@ class RedisSessions:
                     await self._reopen_script(  # queued in the pipeline
                         keys=[keys.sessions, keys.session(request_id), keys.session_jtis, client_key],
                         args=[owner, issued.flight_id, issued.exp_ms, issued.opened_ms, issued.jti, request_id],
-                        client=pipe)
+                        client=pipe,
+                    )
             await call(pipe.execute(), ROOM_UNAVAILABLE)
         if self._issued:
             logger.warning("%d sessions given back to a forgetful Redis", len(self._issued))

@@ -38,6 +38,7 @@ class InvalidToken(Exception):
 @dataclass(frozen=True, slots=True)
 class Grant:
     """What an admitted guest receives (the ``admitted`` event)."""
+
     request_id: str
     token: str
     jti: str
@@ -102,7 +103,11 @@ class TokenSigner:
         """The token's claims, if it is signed by us, for ``line``, and not expired."""
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, self._public, algorithms=[self.algorithm], leeway=LEEWAY_S, audience=line,
+                token,
+                self._public,
+                algorithms=[self.algorithm],
+                leeway=LEEWAY_S,
+                audience=line,
                 options={"require": ["sub", "line", "aud", "iat", "exp", "jti"]},
             )
         except jwt.ExpiredSignatureError:

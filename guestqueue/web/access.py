@@ -61,8 +61,9 @@ class AttemptThrottle:
 
     __slots__ = ("_failures", "limit", "window_s")
 
-    def __init__(self, limit: int = FAILURES_PER_WINDOW, window_s: float = WINDOW_S,
-                 max_clients: int = TRACKED_CLIENTS) -> None:
+    def __init__(
+        self, limit: int = FAILURES_PER_WINDOW, window_s: float = WINDOW_S, max_clients: int = TRACKED_CLIENTS
+    ) -> None:
         self.limit, self.window_s = limit, window_s
         # Each failure re-inserts the entry, so the window runs from the client's last failure.
         self._failures: TTLCache[str, int] = TTLCache(maxsize=max_clients, ttl=window_s)
@@ -132,8 +133,9 @@ class Access:
             raise Forbidden("The API key is not valid (or was revoked).")
         return found
 
-    def require(self, request: HTTPConnection, catalog: Catalog, permission: str, line: str,
-                owner: str | None) -> Principal:
+    def require(
+        self, request: HTTPConnection, catalog: Catalog, permission: str, line: str, owner: str | None
+    ) -> Principal:
         """The caller, if it may do ``permission`` on ``line`` (of application ``owner``); else
         401 (no key) or 403."""
         principal = self.principal(request, catalog)
@@ -177,6 +179,7 @@ class Access:
 
 # Set in a request's scope where a key not shaped like ours counts as none (the OpenAI front door).
 FOREIGN_KEYS_ANONYMOUS = "guestqueue.foreign_keys_anonymous"
+
 
 def given_key(request: HTTPConnection) -> str | None:
     """The key sent as X-API-Key, or as ``Authorization: Bearer KEY``."""

@@ -39,24 +39,29 @@ from ..tenancy.store import CatalogStore
 from ..webhooks import Outbox
 from .access import Access
 
-SCHEMAS = SchemaGenerator({
-    "openapi": "3.0.0",
-    "info": {"title": "guestqueue admin API", "version": "1"},
-    "servers": [{"url": "/api/v1/admin"}],  # the paths below are relative to the admin API's mount
-    "components": {"securitySchemes": {
-        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-        "bearer": {"type": "http", "scheme": "bearer"},
-    }},
-    "security": [{"apiKey": []}, {"bearer": []}],
-})
+SCHEMAS = SchemaGenerator(
+    {
+        "openapi": "3.0.0",
+        "info": {"title": "guestqueue admin API", "version": "1"},
+        "servers": [{"url": "/api/v1/admin"}],  # the paths below are relative to the admin API's mount
+        "components": {
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            }
+        },
+        "security": [{"apiKey": []}, {"bearer": []}],
+    }
+)
 MAX_ADMIN_BODY_BYTES = 65_536
 
 
 class AdminApi:
     """Handlers of the admin API; ``store`` and ``lineup`` are set while the app runs."""
 
-    def __init__(self, settings: Settings, access: Access, file_specs: dict[str, LineSpec],
-                 sync: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, settings: Settings, access: Access, file_specs: dict[str, LineSpec], sync: Callable[[], Awaitable[None]]
+    ) -> None:
         self.settings = settings
         self.access = access
         self.file_specs = file_specs
@@ -130,8 +135,12 @@ class AdminApi:
         if stored is None or not LINE_NAME.fullmatch(name):
             return None
         application_id = stored.get("application_id")
-        return LineSpec(name=name, settings=self.settings, public=False,
-                        application_id=application_id if isinstance(application_id, str) else None)
+        return LineSpec(
+            name=name,
+            settings=self.settings,
+            public=False,
+            application_id=application_id if isinstance(application_id, str) else None,
+        )
 
     def _check_quotas(self, spec: LineSpec, principal: Principal, *, old: LineSpec | None = None) -> None:
         """What an application may hold (its quotas, set by the super admin), and the names anonymous
@@ -143,18 +152,23 @@ class AdminApi:
             raise Forbidden(f"Line {DEFAULT_LINE!r} is the default chat page's: only the super admin makes it.")
         changed_alias = old is None or (old.public, old.openai_model) != (spec.public, spec.openai_model)
         if spec.public and spec.openai_model and changed_alias:
-            raise Forbidden("openai_model on a public line is a model name anyone may ask: only the super admin "
-                            "sets it (or make the line private: public = false).")
+            raise Forbidden(
+                "openai_model on a public line is a model name anyone may ask: only the super admin "
+                "sets it (or make the line private: public = false)."
+            )
         app = self._catalog.applications.get(spec.application_id or "")
         if app is None:
             return
         if len(spec.webhooks) > app.max_webhooks_per_line:
-            raise QuotaExceeded(f"webhooks: application {app.id!r} may have {app.max_webhooks_per_line} per line "
-                                "(max_webhooks_per_line; the super admin can raise it).")
+            raise QuotaExceeded(
+                f"webhooks: application {app.id!r} may have {app.max_webhooks_per_line} per line "
+                "(max_webhooks_per_line; the super admin can raise it)."
+            )
         owned = sum(1 for stored in self._catalog.lines.values() if stored.get("application_id") == app.id)
         if new and owned >= app.max_lines:
-            raise QuotaExceeded(f"Application {app.id!r} has its {app.max_lines} lines (max_lines; the super admin "
-                                "can raise it).")
+            raise QuotaExceeded(
+                f"Application {app.id!r} has its {app.max_lines} lines (max_lines; the super admin can raise it)."
+            )
 
     def _check_models(self, spec: LineSpec) -> None:
         """The OpenAI model names stay one line's each (web/openai.py): 409 if ``spec`` takes another's."""
@@ -250,10 +264,15 @@ class AdminApi:
         body = await _body(request)
         live = sum(1 for key in self._catalog.keys.values() if key.application_id == app.id and key.revoked_at is None)
         if live >= app.max_keys and not principal.is_super:
-            raise QuotaExceeded(f"Application {app.id!r} has its {app.max_keys} keys (max_keys; revoke one, or ask "
-                                "the super admin to raise it).")
+            raise QuotaExceeded(
+                f"Application {app.id!r} has its {app.max_keys} keys (max_keys; revoke one, or ask "
+                "the super admin to raise it)."
+            )
         key, shown = self._catalog.new_key(
-            app, name=body.get("name", ""), role=body.get("role", "member"), permissions=body.get("permissions"),
+            app,
+            name=body.get("name", ""),
+            role=body.get("role", "member"),
+            permissions=body.get("permissions"),
             tier=body.get("tier", ""),
         )
         await self._store.put_key(key)
@@ -312,9 +331,9 @@ class AdminApi:
         principal = self._who(request)
         lineup = self.lineup
         specs = [queue.spec for queue in lineup] if lineup is not None else []
-        return JSONResponse({"lines": [
-            spec.as_dict() for spec in specs if principal.granted(spec.name, spec.application_id)
-        ]})
+        return JSONResponse(
+            {"lines": [spec.as_dict() for spec in specs if principal.granted(spec.name, spec.application_id)]}
+        )
 
     async def get_line(self, request: Request) -> Response:
         """
@@ -345,8 +364,11 @@ class AdminApi:
         for secret in SECRET_KEYS:
             if body.get(secret) == "***":
                 del body[secret]
-        if "upstream_url" in body and body["upstream_url"] != kept.get("upstream_url") \
-                and "upstream_api_key" not in body:
+        if (
+            "upstream_url" in body
+            and body["upstream_url"] != kept.get("upstream_url")
+            and "upstream_api_key" not in body
+        ):
             kept = {key: value for key, value in kept.items() if key != "upstream_api_key"}  # never to another host
         merged = {**kept, **body}
         merged = {key: value for key, value in merged.items() if value is not None}
@@ -396,8 +418,9 @@ class AdminApi:
         if not self._who(request).is_super:
             raise Forbidden("Only the super admin reads the callback errors.")
         outbox = self.outbox
-        return JSONResponse({"errors": await outbox.failed() if outbox else [],
-                             "results": outbox.results if outbox else {}})
+        return JSONResponse(
+            {"errors": await outbox.failed() if outbox else [], "results": outbox.results if outbox else {}}
+        )
 
     # -- who am I ------------------------------------------------------------------------
 

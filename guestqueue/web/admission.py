@@ -70,9 +70,9 @@ def parse_json_object(raw: bytes | str, what: str) -> dict[str, Any]:
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
-        raise InvalidJSON(f"{what} is not valid JSON. Send {{\"query\": \"...\"}}.") from None
+        raise InvalidJSON(f'{what} is not valid JSON. Send {{"query": "..."}}.') from None
     if not isinstance(data, dict):
-        raise InvalidJSON(f"{what} must be a JSON object like {{\"query\": \"...\"}}.")
+        raise InvalidJSON(f'{what} must be a JSON object like {{"query": "..."}}.')
     try:
         # JSON can spell what is not text or not a number: a lone surrogate ("\ud800") cannot be
         # written to SQLite or sent upstream as UTF-8, and 1e999 parses to inf, which httpx will
@@ -133,8 +133,7 @@ def validate_chat_request(data: dict[str, Any], settings: Settings, *, upstream_
         isinstance(key, str) and 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS and key.isascii() and key.isprintable()
     ):
         raise InvalidField(
-            f"The Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters, "
-            "e.g. a UUID."
+            f"The Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters, e.g. a UUID."
         )
     return ChatRequest(query, parameters, session_id, key)
 

@@ -88,9 +88,14 @@ class GuestQueue:
         self.lines_app = Starlette(
             routes=[
                 Route("/", self.lines.list_lines, methods=["GET"]),
-                Mount("/{line}", routes=[
-                    *self.lines.routes(), Route("/metrics", self.lines.line_metrics, methods=["GET"]), *page_routes(),
-                ]),
+                Mount(
+                    "/{line}",
+                    routes=[
+                        *self.lines.routes(),
+                        Route("/metrics", self.lines.line_metrics, methods=["GET"]),
+                        *page_routes(),
+                    ],
+                ),
             ],
             middleware=self._middleware(),
             exception_handlers=EXCEPTION_HANDLERS,
@@ -100,15 +105,20 @@ class GuestQueue:
         self.admin = AdminApi(self.settings, self.access, self.specs, self._sync_lines)
         self.openai = OpenAIApi(self.lines)
         self.openai_app = Starlette(
-            routes=self.openai.routes(), middleware=self._middleware(), exception_handlers=OPENAI_HANDLERS,
+            routes=self.openai.routes(),
+            middleware=self._middleware(),
+            exception_handlers=OPENAI_HANDLERS,
         )
         self.openai_app.state.guestqueue = self
         self.jobs_app = Starlette(
-            routes=JobsApi(self.lines).receipt_routes(), middleware=self._middleware(),
+            routes=JobsApi(self.lines).receipt_routes(),
+            middleware=self._middleware(),
             exception_handlers=EXCEPTION_HANDLERS,
         )
         self.admin_app = Starlette(
-            routes=self.admin.routes(), middleware=self._middleware(), exception_handlers=EXCEPTION_HANDLERS,
+            routes=self.admin.routes(),
+            middleware=self._middleware(),
+            exception_handlers=EXCEPTION_HANDLERS,
         )
 
     def __repr__(self) -> str:
@@ -154,14 +164,19 @@ class GuestQueue:
             hooks_guarded = make_http_client(settings, policy, connections=WEBHOOK_CONNECTIONS)
             for each in (hooks, hooks_guarded):
                 stack.push_async_callback(each.aclose)
-            outbox = Outbox(db_path=settings.db_path, client=hooks, backoff_s=settings.webhook_backoff_s,
-                            redis=redis, prefix=settings.redis_prefix, guarded=hooks_guarded,
-                            trusted_urls={hook.url for spec in self.specs.values() for hook in spec.webhooks})
+            outbox = Outbox(
+                db_path=settings.db_path,
+                client=hooks,
+                backoff_s=settings.webhook_backoff_s,
+                redis=redis,
+                prefix=settings.redis_prefix,
+                guarded=hooks_guarded,
+                trusted_urls={hook.url for spec in self.specs.values() for hook in spec.webhooks},
+            )
             await outbox.open()
             stack.push_async_callback(outbox.close)
             self.admin.outbox = outbox
-            lineup = Lineup(client=client, log=log, redis=redis, workflow=self.workflow, outbox=outbox,
-                            guarded=guarded)
+            lineup = Lineup(client=client, log=log, redis=redis, workflow=self.workflow, outbox=outbox, guarded=guarded)
             if redis is not None:
                 lineup.stream = EventStream(redis, f"{settings.redis_prefix}:events")
                 stack.push_async_callback(lineup.stream.close)
@@ -194,7 +209,9 @@ class GuestQueue:
         if not settings.db_path:
             return None
         log = RequestLog(
-            settings.db_path, buffer_rows=settings.log_buffer_rows, retention_days=settings.log_retention_days,
+            settings.db_path,
+            buffer_rows=settings.log_buffer_rows,
+            retention_days=settings.log_retention_days,
             instance_ttl_s=settings.instance_ttl_s,
         )
         try:
@@ -214,8 +231,14 @@ class GuestQueue:
         specs, unusable = dict(self.specs), {}
         for name, stored in catalog.lines.items():
             try:
-                specs[name] = parse_line(name, stored, self.settings, where=f"stored line {name!r}", tenant=True,
-                                         operator=self.specs.get(name))
+                specs[name] = parse_line(
+                    name,
+                    stored,
+                    self.settings,
+                    where=f"stored line {name!r}",
+                    tenant=True,
+                    operator=self.specs.get(name),
+                )
             except SettingsError as exc:  # e.g. a bound added since it was kept: the rest still run
                 logger.error("%s; the line is not served (fix or delete it through the admin API)", exc)
                 unusable[name] = str(exc)
@@ -267,11 +290,15 @@ class GuestQueue:
         # Every app: a page of another site may not drive a write (origin.py); preflights pass to CORS.
         middleware.append(Middleware(OriginGuard, allowed=origins))
         if origins:
-            middleware.append(Middleware(
-                CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["Content-Type", "Last-Event-ID", "X-API-Key", "Authorization", "Idempotency-Key"],
-                expose_headers=["X-Request-ID", "Retry-After"],
-            ))
+            middleware.append(
+                Middleware(
+                    CORSMiddleware,
+                    allow_origins=origins,
+                    allow_methods=["GET", "POST", "DELETE"],
+                    allow_headers=["Content-Type", "Last-Event-ID", "X-API-Key", "Authorization", "Idempotency-Key"],
+                    expose_headers=["X-Request-ID", "Retry-After"],
+                )
+            )
         return middleware
 
     async def index(self, request: Request) -> Response:
@@ -307,7 +334,8 @@ class GuestQueue:
         }
         problems = [
             problem if name == DEFAULT_LINE else f"line {name}: {problem}"
-            for name, line in lines.items() for problem in line["problems"]
+            for name, line in lines.items()
+            for problem in line["problems"]
         ]
         problems += [f"line {name} is not served: {why}" for name, why in sorted(self.lineup.problems.items())]
         if self.lineup.problems and worst == "ok":
@@ -337,7 +365,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     codes = {404: "not_found", 405: "method_not_allowed"}
     return JSONResponse(
         {"error": exc.detail, "code": codes.get(exc.status_code, "http_error")},
-        status_code=exc.status_code, headers=exc.headers,
+        status_code=exc.status_code,
+        headers=exc.headers,
     )
 
 
@@ -359,20 +388,28 @@ async def _openai_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _openai_internal_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse(error_body("Something went wrong on our side.", "server_error", "internal_error"),
-                        status_code=500)
+    return JSONResponse(
+        error_body("Something went wrong on our side.", "server_error", "internal_error"), status_code=500
+    )
 
 
 # The OpenAI front door answers every error in OpenAI's shape (web/openai.py).
-OPENAI_HANDLERS: dict[Any, Any] = {Rejected: _openai_rejected, HTTPException: _openai_http_error,
-                                   Exception: _openai_internal_error}
+OPENAI_HANDLERS: dict[Any, Any] = {
+    Rejected: _openai_rejected,
+    HTTPException: _openai_http_error,
+    Exception: _openai_internal_error,
+}
 
 
 def links(prefix: str) -> dict[str, str]:
     """Where things are, for ``GET /`` and ``GET /api/v1/guest/``."""
     return {
-        "service": "guestqueue", "api": prefix, "chat_page": f"{prefix}/static/chat.html",
-        "dashboard": f"{prefix}/dashboard", "ask": f"POST {prefix}/chat", "status": f"{prefix}/queue/status",
+        "service": "guestqueue",
+        "api": prefix,
+        "chat_page": f"{prefix}/static/chat.html",
+        "dashboard": f"{prefix}/dashboard",
+        "ask": f"POST {prefix}/chat",
+        "status": f"{prefix}/queue/status",
         "health": f"{prefix}/health",
     }
 
@@ -386,8 +423,11 @@ def create_app(settings: Settings | None = None, *, workflow: Workflow | None = 
 
     app = Starlette(
         routes=[
-            Route("/", index), Route(LINES_PREFIX, guest.lines.list_lines), Mount(LINES_PREFIX, app=guest.lines_app),
-            Mount(ADMIN_PREFIX, app=guest.admin_app), Mount(JOBS_PREFIX, app=guest.jobs_app),
+            Route("/", index),
+            Route(LINES_PREFIX, guest.lines.list_lines),
+            Mount(LINES_PREFIX, app=guest.lines_app),
+            Mount(ADMIN_PREFIX, app=guest.admin_app),
+            Mount(JOBS_PREFIX, app=guest.jobs_app),
             Mount(API_PREFIX, app=guest.app),
             *([Mount(guest.settings.openai_prefix, app=guest.openai_app)] if guest.settings.openai_prefix else []),
         ],

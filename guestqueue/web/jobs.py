@@ -177,7 +177,7 @@ class JobsApi:
         data = await read_optional_json(request, queue.service.settings)
         error, retryable = data.get("error", ""), data.get("retryable", False)
         if not isinstance(error, str) or not isinstance(retryable, bool):
-            raise InvalidField("Send {\"error\": \"what went wrong\", \"retryable\": true|false}.")
+            raise InvalidField('Send {"error": "what went wrong", "retryable": true|false}.')
         await board.report(receipt, Report("fail", {"error": error[:1000], "retryable": retryable}))
         return JSONResponse({"receipt": receipt, "status": "failed"})
 
@@ -223,7 +223,7 @@ def _offset(request: Request) -> int | None:
 
 def _board(queue: Queue) -> JobBoard:
     if queue.jobs is None:
-        raise NotFound(f"Line {queue.name!r} is not a pull line (upstream_kind = \"pull\"); it has no jobs.")
+        raise NotFound(f'Line {queue.name!r} is not a pull line (upstream_kind = "pull"); it has no jobs.')
     return queue.jobs
 
 
@@ -242,7 +242,11 @@ def _texts(data: Any, what: str) -> list[str]:
 
 def _number(data: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         raise InvalidField(f"'{key}' must be a number from {low:g} to {high:g}.")
     return float(value)

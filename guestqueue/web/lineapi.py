@@ -136,8 +136,12 @@ class LineApi:
         client = asker_key(request, asker)
         known = service.registry.by_key(client, body.idempotency_key) if body.idempotency_key else None
         ticket = await service.submit(
-            body.query, client=client, parameters=body.parameters, session_id=body.session_id,
-            idempotency_key=body.idempotency_key, tier=self._tier(request, asker),
+            body.query,
+            client=client,
+            parameters=body.parameters,
+            session_id=body.session_id,
+            idempotency_key=body.idempotency_key,
+            tier=self._tier(request, asker),
         )
         return ticket, ticket is known
 
@@ -191,7 +195,7 @@ class LineApi:
         # DELETE /chat/{request_id} route, which says nothing useful.
         raise NotFound(
             f"There is no POST /chat/{request.path_params['name']}. Ask with POST /chat (an SSE stream) or "
-            "POST /chat/simple (one JSON answer), with a JSON body {\"query\": \"...\"}."
+            'POST /chat/simple (one JSON answer), with a JSON body {"query": "..."}.'
         )
 
     async def chat_simple(self, request: Request) -> Response:
@@ -206,11 +210,17 @@ class LineApi:
             # This instance is stopping (or another took the request over): the place is kept in
             # the shared line; asking again with the same Idempotency-Key, or following the events,
             # on any instance picks it up.
-            return JSONResponse({
-                "error": "The service is restarting. Ask again (send the same Idempotency-Key to keep your "
-                         "place) or follow GET /chat/{request_id}/events.",
-                "code": "reconnect", "request_id": ticket.id, "retry_after": 1,
-            }, status_code=503, headers={"Retry-After": "1"})
+            return JSONResponse(
+                {
+                    "error": "The service is restarting. Ask again (send the same Idempotency-Key to keep your "
+                    "place) or follow GET /chat/{request_id}/events.",
+                    "code": "reconnect",
+                    "request_id": ticket.id,
+                    "retry_after": 1,
+                },
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
         if not finished:
             return Response(status_code=204)  # nobody is listening any more
         return _simple_answer(ticket)
@@ -219,8 +229,9 @@ class LineApi:
         queue = self.lineup.queues.get(line_name(websocket)) if self.lineup is not None else None
         if queue is None:
             # 1013 "try again later" while stopping; 1008 (policy) for a line that does not exist.
-            await websocket.close(1013 if self.lineup is None else 1008,
-                                  reason="shutting_down" if self.lineup is None else "unknown_line")
+            await websocket.close(
+                1013 if self.lineup is None else 1008, reason="shutting_down" if self.lineup is None else "unknown_line"
+            )
             return
         try:
             asker = self._asker(websocket)
@@ -241,11 +252,17 @@ class LineApi:
             if not (spec.public or principal.granted(spec.name, spec.application_id)):
                 continue
             view = queue.service.line.peek()
-            lines.append({
-                "name": queue.name, "mode": queue.service.gate.mode(), "public": queue.spec.public,
-                "upstream": queue.service.upstream_kind, "queue_size": view.size, "active_requests": view.active,
-                "url": f"{request.url.path.rstrip('/')}/{queue.name}",
-            })
+            lines.append(
+                {
+                    "name": queue.name,
+                    "mode": queue.service.gate.mode(),
+                    "public": queue.spec.public,
+                    "upstream": queue.service.upstream_kind,
+                    "queue_size": view.size,
+                    "active_requests": view.active,
+                    "url": f"{request.url.path.rstrip('/')}/{queue.name}",
+                }
+            )
         return JSONResponse({"lines": lines})
 
     async def queue_status(self, request: Request) -> Response:
@@ -327,11 +344,16 @@ SIMPLE_STATUS = {"timeout": 504, "wait_timeout": 504, "cancelled": 409, "shutdow
 
 def _simple_answer(ticket: Ticket) -> Response:
     if ticket.status is Status.COMPLETED:
-        return JSONResponse({
-            "request_id": ticket.id, "answer": ticket.answer, "suggested_questions": ticket.suggested_questions,
-            "cached": ticket.cached, "wait_ms": round(ticket.wait_ms or 0.0, 1),
-            "duration_ms": round(ticket.duration_ms or 0.0, 1),
-        })
+        return JSONResponse(
+            {
+                "request_id": ticket.id,
+                "answer": ticket.answer,
+                "suggested_questions": ticket.suggested_questions,
+                "cached": ticket.cached,
+                "wait_ms": round(ticket.wait_ms or 0.0, 1),
+                "duration_ms": round(ticket.duration_ms or 0.0, 1),
+            }
+        )
     terminal = ticket.events.terminal_event()
     body = dict(terminal.data) if terminal is not None else {"request_id": ticket.id, "error": ticket.error}
     code = str(body.setdefault("code", ticket.error_code or "timeout"))

@@ -67,7 +67,9 @@ class StatusMonitor:
 
     def stream(self) -> EventSourceResponse:
         return EventSourceResponse(
-            self._events(), ping=self._ping_s or None, send_timeout=self._send_timeout_s,
+            self._events(),
+            ping=self._ping_s or None,
+            send_timeout=self._send_timeout_s,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
@@ -76,10 +78,14 @@ class StatusMonitor:
         due = loop.time()
         while True:
             status = self._source.snapshot()
-            self._samples.append({
-                "t": round(time.time(), 3), "queue_size": status["queue_size"],
-                "active_requests": status["active_requests"], "completed_requests": status["completed_requests"],
-            })
+            self._samples.append(
+                {
+                    "t": round(time.time(), 3),
+                    "queue_size": status["queue_size"],
+                    "active_requests": status["active_requests"],
+                    "completed_requests": status["completed_requests"],
+                }
+            )
             due = max(due + SAMPLE_EVERY_S, loop.time())
             await asyncio.sleep(due - loop.time())
 

@@ -47,16 +47,30 @@ OWN_FIELDS = ("model", "messages", "stream", "stream_options", "n", "user")
 PROGRESS_HEADER = "x-guestqueue-progress"
 STARTED = int(time.time())  # a model's "created": when this process started
 ERROR_STATUS = {  # an ending's code -> the HTTP status of a non-streamed answer
-    "timeout": 504, "wait_timeout": 504, "upstream_unavailable": 503, "shutdown": 503, "unavailable": 503,
-    "purged": 503, "cancelled": 499, "internal_error": 500,
+    "timeout": 504,
+    "wait_timeout": 504,
+    "upstream_unavailable": 503,
+    "shutdown": 503,
+    "unavailable": 503,
+    "purged": 503,
+    "cancelled": 499,
+    "internal_error": 500,
 }
 
 
 class OpenAIError(Rejected):
     """An error in OpenAI's shape (the rest of guestqueue's ``{"error", "code"}`` is mapped to it)."""
 
-    def __init__(self, message: str, status_code: int, type_: str, code: str | None, param: str | None = None,
-                 *, retry_after_s: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status_code: int,
+        type_: str,
+        code: str | None,
+        param: str | None = None,
+        *,
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(message, retry_after_s=retry_after_s)
         self.status_code, self.type, self.openai_code, self.param = status_code, type_, code, param
 
@@ -117,8 +131,13 @@ class OpenAIApi:
         for queue in lineup or ():
             if model in (queue.spec.name, queue.spec.openai_model) and _reachable(queue, principal, model):
                 return queue
-        raise OpenAIError(f"The model `{model}` does not exist or you do not have access to it.", 404,
-                          "invalid_request_error", "model_not_found", "model")
+        raise OpenAIError(
+            f"The model `{model}` does not exist or you do not have access to it.",
+            404,
+            "invalid_request_error",
+            "model_not_found",
+            "model",
+        )
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [_model(queue) for queue in self._visible(request)]})
@@ -150,8 +169,9 @@ class OpenAIApi:
             raise OpenAIError("'stream' must be true or false.", 400, "invalid_request_error", None, "stream")
         options = body.get("stream_options") or {}
         if not isinstance(options, dict):
-            raise OpenAIError("'stream_options' must be an object.", 400, "invalid_request_error", None,
-                              "stream_options")
+            raise OpenAIError(
+                "'stream_options' must be an object.", 400, "invalid_request_error", None, "stream_options"
+            )
         if body.get("n") not in (None, 1):
             raise OpenAIError("Only n = 1 is supported.", 400, "invalid_request_error", None, "n")
         parameters = {key: value for key, value in body.items() if key not in OWN_FIELDS}
@@ -159,13 +179,23 @@ class OpenAIApi:
         parameters["messages"] = caller_turns(messages, queue.service.settings.upstream_messages)
         query = _last_user_text(messages)
         if len(query) > queue.service.settings.max_query_chars:
-            raise OpenAIError(f"The last user message is longer than {queue.service.settings.max_query_chars} "
-                              "characters.", 400, "invalid_request_error", None, "messages")
+            raise OpenAIError(
+                f"The last user message is longer than {queue.service.settings.max_query_chars} characters.",
+                400,
+                "invalid_request_error",
+                None,
+                "messages",
+            )
         service = queue.service
-        ticket = await service.submit(query, client=asker_key(request, asker), parameters=parameters,
-                                      tier=self._lines._tier(request, asker))
-        completion = Completion(ticket, model, include_usage=bool(options.get("include_usage")),
-                                progress=request.headers.get(PROGRESS_HEADER, "").lower() == "events")
+        ticket = await service.submit(
+            query, client=asker_key(request, asker), parameters=parameters, tier=self._lines._tier(request, asker)
+        )
+        completion = Completion(
+            ticket,
+            model,
+            include_usage=bool(options.get("include_usage")),
+            progress=request.headers.get(PROGRESS_HEADER, "").lower() == "events",
+        )
         if stream:
             return CompletionStream(service, ticket, completion, client=client_key(request))
         service.subscribe(ticket)
@@ -200,18 +230,24 @@ def _model_id(queue: Queue) -> str:
 
 
 def _model(queue: Queue) -> dict[str, Any]:
-    return {"id": _model_id(queue), "object": "model", "created": STARTED,
-            "owned_by": queue.spec.application_id or "guestqueue"}
+    return {
+        "id": _model_id(queue),
+        "object": "model",
+        "created": STARTED,
+        "owned_by": queue.spec.application_id or "guestqueue",
+    }
 
 
 def _messages(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
-        raise OpenAIError("'messages' must be a non-empty array of messages.", 400, "invalid_request_error", None,
-                          "messages")
+        raise OpenAIError(
+            "'messages' must be a non-empty array of messages.", 400, "invalid_request_error", None, "messages"
+        )
     for n, message in enumerate(value):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise OpenAIError(f"messages[{n}] must be an object with a 'role'.", 400, "invalid_request_error",
-                              None, f"messages[{n}]")
+            raise OpenAIError(
+                f"messages[{n}] must be an object with a 'role'.", 400, "invalid_request_error", None, f"messages[{n}]"
+            )
     return value
 
 
@@ -220,8 +256,11 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content
-                       if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str))
+        return "".join(
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
     return ""
 
 
@@ -242,8 +281,14 @@ class Completion:
         self._role_sent = False
 
     def _chunk(self, choices: list[dict[str, Any]], **more: Any) -> bytes:
-        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": choices, **more}
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **more,
+        }
         return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
     def _delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
@@ -253,17 +298,27 @@ class Completion:
         """An event of the ticket's log as the stream's bytes (b"" for one the stream does not show)."""
         data = event.data
         if event.name == QUEUED:
-            comment = (f": queue position={data['queue_position']} ahead={data['total_ahead']} "
-                       f"eta_s={data['estimated_wait_sec']}\n\n").encode()
+            comment = (
+                f": queue position={data['queue_position']} ahead={data['total_ahead']} "
+                f"eta_s={data['estimated_wait_sec']}\n\n"
+            ).encode()
             if self.progress:
-                comment += self._chunk([], guestqueue={"status": "queued", "queue_position": data["queue_position"],
-                                                       "estimated_wait_sec": data["estimated_wait_sec"]})
+                comment += self._chunk(
+                    [],
+                    guestqueue={
+                        "status": "queued",
+                        "queue_position": data["queue_position"],
+                        "estimated_wait_sec": data["estimated_wait_sec"],
+                    },
+                )
             return comment
         if event.name == PROCESSING:
             out = self._role()
             if self.progress:
-                out = self._chunk([], guestqueue={"status": "processing", "queue_position": 0,
-                                                  "estimated_wait_sec": 0}) + out
+                out = (
+                    self._chunk([], guestqueue={"status": "processing", "queue_position": 0, "estimated_wait_sec": 0})
+                    + out
+                )
             return out
         if event.name == ANSWER_CHUNK:
             return self._role() + self._delta({"content": data})
@@ -293,12 +348,23 @@ class Completion:
     def whole(self) -> Response:
         ticket = self.ticket
         if ticket.status is Status.COMPLETED:
-            return JSONResponse({
-                "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": ticket.answer},
-                             "logprobs": None, "finish_reason": "stop"}],
-                "usage": self.usage(),
-            })
+            return JSONResponse(
+                {
+                    "id": self.id,
+                    "object": "chat.completion",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": ticket.answer},
+                            "logprobs": None,
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": self.usage(),
+                }
+            )
         terminal = ticket.events.terminal_event()
         message, code = _ending(terminal) if terminal is not None else (ticket.error or "", ticket.error_code)
         status = ERROR_STATUS.get(code or "", 502)
@@ -336,4 +402,3 @@ class CompletionStream(TicketStream):
 
     def _encode(self, event: Event) -> bytes:
         return self._completion.encode(event)
-

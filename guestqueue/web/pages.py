@@ -45,16 +45,18 @@ def content_security_policy(html: str) -> str:
             continue  # a <script src=...>: allowed as 'self', and nothing inline to allow
         digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
         hashes[tag.lower()].append(f"'sha256-{digest}'")
-    return "; ".join([
-        "default-src 'none'",
-        f"script-src 'self' {' '.join(hashes['script'])}".rstrip(),
-        f"style-src 'self' {' '.join(hashes['style'])}".rstrip(),
-        "connect-src 'self'",
-        "img-src 'self' data:",
-        "form-action 'self'",
-        "base-uri 'none'",
-        "frame-ancestors 'none'",
-    ])
+    return "; ".join(
+        [
+            "default-src 'none'",
+            f"script-src 'self' {' '.join(hashes['script'])}".rstrip(),
+            f"style-src 'self' {' '.join(hashes['style'])}".rstrip(),
+            "connect-src 'self'",
+            "img-src 'self' data:",
+            "form-action 'self'",
+            "base-uri 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
 
 
 class _SecurityHeaders:
@@ -76,7 +78,8 @@ class _SecurityHeaders:
 def _page(name: str) -> Route:
     path = STATIC_DIR / name
     headers = {
-        **SECURITY_HEADERS, "Content-Security-Policy": content_security_policy(path.read_text()),
+        **SECURITY_HEADERS,
+        "Content-Security-Policy": content_security_policy(path.read_text()),
         "Cache-Control": "no-cache",
     }
 

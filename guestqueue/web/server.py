@@ -143,10 +143,15 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     """uvicorn's configuration for ``app`` under ``settings``; ``overrides`` are passed on to
     :class:`uvicorn.Config` (``log_level``, ``access_log``, ...) and win."""
     max_connections = settings.max_connections or default_max_connections()
-    protocol = type("GuestH11Protocol", (GuestH11Protocol,), {
-        "header_timeout_s": settings.header_timeout_s, "max_connections": max_connections,
-        "max_header_bytes": settings.max_header_bytes,
-    })
+    protocol = type(
+        "GuestH11Protocol",
+        (GuestH11Protocol,),
+        {
+            "header_timeout_s": settings.header_timeout_s,
+            "max_connections": max_connections,
+            "max_header_bytes": settings.max_header_bytes,
+        },
+    )
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,

@@ -44,7 +44,12 @@ class TicketStream:
     media_type = "text/event-stream"
 
     def __init__(
-        self, service: QueueService, ticket: Ticket, last_event_id: int = 0, *, client: str = "unknown",
+        self,
+        service: QueueService,
+        ticket: Ticket,
+        last_event_id: int = 0,
+        *,
+        client: str = "unknown",
         resume: bool = False,
     ) -> None:
         self._service = service
@@ -87,8 +92,11 @@ class TicketStream:
             # The guest took no bytes (a frozen tab, a dead network): let go of it like a guest
             # whose stream dropped, keeping the reason for its row.
             reason = "send_timeout"
-            logger.info("request %s: the guest took no bytes for %gs; let go", self._ticket.id,
-                        self._service.settings.send_timeout_s)
+            logger.info(
+                "request %s: the guest took no bytes for %gs; let go",
+                self._ticket.id,
+                self._service.settings.send_timeout_s,
+            )
         except OSError:
             pass  # the guest went away mid-send
         finally:

@@ -77,7 +77,7 @@ class WaitingRoom:
     def _room(self, request: HTTPConnection) -> tuple[Queue, Sessions]:
         queue = self._api._queue(request)
         if queue.sessions is None:
-            raise NotFound(f"Line {queue.name!r} is not a waiting room (mode \"admission\"); ask with POST chat.")
+            raise NotFound(f'Line {queue.name!r} is not a waiting room (mode "admission"); ask with POST chat.')
         return queue, queue.sessions
 
     async def join(self, request: Request) -> Response | TicketStream:
@@ -93,8 +93,12 @@ class WaitingRoom:
         client = client_key(request)
         known = service.registry.by_key(client, body.idempotency_key) if body.idempotency_key else None
         ticket = await service.submit(
-            body.query, client=client, parameters=body.parameters, session_id=body.session_id,
-            idempotency_key=body.idempotency_key, tier=self._api._tier(request, asker),
+            body.query,
+            client=client,
+            parameters=body.parameters,
+            session_id=body.session_id,
+            idempotency_key=body.idempotency_key,
+            tier=self._api._tier(request, asker),
         )
         if "text/event-stream" in request.headers.get("accept", ""):
             return self._api._stream(request, ticket, resume=ticket is known)
@@ -117,11 +121,14 @@ class WaitingRoom:
             view = await queue.service.positions.refresh()
             position = view.position(ticket.flight.id) or ticket.flight.position
             wait_s = queue.service.positions.retry_after_s(max(1, position))
-            out.update({
-                "queue_position": position, "estimated_wait_sec": round(wait_s, 1),
-                # Often enough to see the line move, never so often that pollers are the load.
-                "poll_after_sec": min(MAX_POLL_AFTER_S, max(1, math.ceil(wait_s / 4))),
-            })
+            out.update(
+                {
+                    "queue_position": position,
+                    "estimated_wait_sec": round(wait_s, 1),
+                    # Often enough to see the line move, never so often that pollers are the load.
+                    "poll_after_sec": min(MAX_POLL_AFTER_S, max(1, math.ceil(wait_s / 4))),
+                }
+            )
         elif ticket.status is Status.PROCESSING:
             out["poll_after_sec"] = 1
         terminal = ticket.events.terminal_event()
@@ -135,7 +142,7 @@ class WaitingRoom:
         data = await read_optional_json(request, self._api._queue(request).service.settings)
         token = data.get("token")
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
-            raise InvalidField("Send {\"token\": \"<the guest's token>\"}.")
+            raise InvalidField('Send {"token": "<the guest\'s token>"}.')
         try:
             claims = await sessions.verify(token)
         except InvalidToken as exc:
@@ -163,5 +170,12 @@ class WaitingRoom:
         state = await sessions.state(request_id)
         if state is None:
             raise NotFound("No session with that id (the guest may not have been admitted yet).")
-        return JSONResponse({"error": f"The session had already ended ({state}).", "code": "already_finished",
-                             "request_id": request_id, "state": state}, status_code=409)
+        return JSONResponse(
+            {
+                "error": f"The session had already ended ({state}).",
+                "code": "already_finished",
+                "request_id": request_id,
+                "state": state,
+            },
+            status_code=409,
+        )

@@ -51,8 +51,11 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 
-CLOSE_CODES: dict[type[Rejected], int] = {InvalidJSON: CLOSE_INVALID_DATA, InvalidField: CLOSE_POLICY,
-                                          BodyTooLarge: CLOSE_TOO_BIG}
+CLOSE_CODES: dict[type[Rejected], int] = {
+    InvalidJSON: CLOSE_INVALID_DATA,
+    InvalidField: CLOSE_POLICY,
+    BodyTooLarge: CLOSE_TOO_BIG,
+}
 
 
 async def serve_websocket(websocket: WebSocket, service: QueueService, *, tier: str | None = None) -> None:
@@ -95,13 +98,19 @@ async def _admit(websocket: WebSocket, service: QueueService, tier: str | None) 
         raise WebSocketDisconnect(message.get("code", 1000))
     text = message.get("text")
     if text is None:
-        raise InvalidJSON("Send the question as a JSON text message, like {\"query\": \"...\"}.")
+        raise InvalidJSON('Send the question as a JSON text message, like {"query": "..."}.')
     if len(text.encode()) > settings.max_body_bytes:
         raise BodyTooLarge(f"The message is larger than {settings.max_body_bytes} bytes.")
     data = _from_older_form(parse_json_object(text, "The message"))
     body = validate_chat_request(data, settings, upstream_kind=service.upstream_kind)
-    return await service.submit(body.query, client=client_key(websocket), parameters=body.parameters,
-                          session_id=body.session_id, idempotency_key=body.idempotency_key, tier=tier)
+    return await service.submit(
+        body.query,
+        client=client_key(websocket),
+        parameters=body.parameters,
+        session_id=body.session_id,
+        idempotency_key=body.idempotency_key,
+        tier=tier,
+    )
 
 
 def _from_older_form(data: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +120,6 @@ def _from_older_form(data: dict[str, Any]) -> dict[str, Any]:
         return data
     rest = {key: value for key, value in parameters.items() if key != "query"}
     return {**data, "query": parameters["query"], "parameters": rest}
-
 
 
 async def _reject(websocket: WebSocket, exc: Rejected) -> None:
@@ -147,8 +155,11 @@ async def _converse(websocket: WebSocket, service: QueueService, ticket: Ticket)
             pass
     stuck = any(isinstance(result, TimeoutError) for result in results)
     if stuck:
-        logger.info("request %s: the guest took no WebSocket message for %gs; let go", ticket.id,
-                    service.settings.send_timeout_s)
+        logger.info(
+            "request %s: the guest took no WebSocket message for %gs; let go",
+            ticket.id,
+            service.settings.send_timeout_s,
+        )
     for result in results:
         if isinstance(result, Exception) and not isinstance(result, WebSocketDisconnect | OSError | TimeoutError):
             logger.warning("websocket for request %s ended with %r", ticket.id, result)
@@ -191,9 +202,14 @@ def to_message(event: Event, request_id: str) -> dict[str, Any]:
     """One event of the log as a WebSocket message (the table in the module docstring)."""
     data = event.data
     if event.name == QUEUED:
-        return {"type": "queue_position", "request_id": request_id, "position": data["queue_position"],
-                "total_ahead": data["total_ahead"], "queue_size": data["queue_size"],
-                "estimated_wait_sec": data["estimated_wait_sec"]}
+        return {
+            "type": "queue_position",
+            "request_id": request_id,
+            "position": data["queue_position"],
+            "total_ahead": data["total_ahead"],
+            "queue_size": data["queue_size"],
+            "estimated_wait_sec": data["estimated_wait_sec"],
+        }
     if event.name == PROCESSING:
         return {"type": "processing", "request_id": request_id}
     if event.name == ANSWER_CHUNK:
@@ -201,8 +217,13 @@ def to_message(event: Event, request_id: str) -> dict[str, Any]:
     if event.name == WORKFLOW_COMPLETE:
         return {"type": "result", "request_id": request_id, "data": data}
     if event.name == TIMEOUT:
-        return {"type": "error", "request_id": request_id, "message": data["error"], "code": "timeout",
-                "fallback": data["fallback"]}
+        return {
+            "type": "error",
+            "request_id": request_id,
+            "message": data["error"],
+            "code": "timeout",
+            "fallback": data["fallback"],
+        }
     if event.name == ERROR:
         return {"type": "error", "request_id": request_id, "message": data["error"], "code": data["code"]}
     return {"type": event.name, "request_id": request_id, "data": data}

@@ -40,8 +40,14 @@ async def read_stream(response: httpx.Response, guest: Guest, leave_in: str | No
 
 
 async def visit(
-    client: httpx.AsyncClient, base: str, body: dict[str, Any], *, label: str = "", leave_in: str | None = None,
-    reconnect_after_s: float | None = None, headers: dict[str, str] | None = None,
+    client: httpx.AsyncClient,
+    base: str,
+    body: dict[str, Any],
+    *,
+    label: str = "",
+    leave_in: str | None = None,
+    reconnect_after_s: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Guest:
     """POST /chat and read the stream; hang up in phase ``leave_in`` (an event name), and come
     back ``reconnect_after_s`` later with ``Last-Event-ID`` if asked to."""
@@ -83,8 +89,13 @@ def terminal_code(guest: Guest) -> tuple[str, str | None] | None:
 
 
 def raw_request(
-    path: str, body: bytes, *, host: str = "127.0.0.1", content_type: str = "application/json",
-    extra_headers: str = "", chunked: bool = False,
+    path: str,
+    body: bytes,
+    *,
+    host: str = "127.0.0.1",
+    content_type: str = "application/json",
+    extra_headers: str = "",
+    chunked: bool = False,
 ) -> tuple[bytes, bytes]:
     """The head and body of an HTTP/1.1 POST, written by hand."""
     length = "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {len(body)}\r\n"

@@ -29,8 +29,10 @@ MAX_PER_CLIENT = 2
 async def _normal_load(client: httpx.AsyncClient, base: str, clients: int, each: int) -> list[Guest]:
     async def one_client(number: int) -> list[Guest]:
         headers = {"X-Forwarded-For": f"198.51.100.{number + 1}"}
-        return [await visit(client, base, {"query": f"normal {number}.{i}"}, headers=headers, label=f"{number}.{i}")
-                for i in range(each)]
+        return [
+            await visit(client, base, {"query": f"normal {number}.{i}"}, headers=headers, label=f"{number}.{i}")
+            for i in range(each)
+        ]
 
     found = await asyncio.gather(*(one_client(n) for n in range(clients)))
     return [guest for guests in found for guest in guests]
@@ -40,8 +42,12 @@ async def _run(
     upstream: MockUpstream, db: Path, *, clients: int, each: int, flood_connections: int
 ) -> tuple[list[Guest], list[Guest], Any]:
     settings: dict[str, Any] = {
-        "upstream_url": upstream.url(chunks=3, delay=0.1), "max_concurrent_requests": 4, "max_queue_size": 1000,
-        "trusted_proxies": "127.0.0.1", "max_per_client": MAX_PER_CLIENT, "db_path": str(db),
+        "upstream_url": upstream.url(chunks=3, delay=0.1),
+        "max_concurrent_requests": 4,
+        "max_queue_size": 1000,
+        "trusted_proxies": "127.0.0.1",
+        "max_per_client": MAX_PER_CLIENT,
+        "db_path": str(db),
     }
     flood: list[Guest] = []
     limits = httpx.Limits(max_connections=clients + flood_connections + 10)
@@ -52,8 +58,13 @@ async def _run(
             number = 0
             while not stop.is_set():
                 number += 1
-                guest = await visit(client, running.base, {"query": f"flood {lane}.{number}"},
-                                    headers={"X-Forwarded-For": FLOODER}, label=f"flood {lane}.{number}")
+                guest = await visit(
+                    client,
+                    running.base,
+                    {"query": f"flood {lane}.{number}"},
+                    headers={"X-Forwarded-For": FLOODER},
+                    label=f"flood {lane}.{number}",
+                )
                 flood.append(guest)
                 await asyncio.sleep(0)
 
@@ -85,8 +96,14 @@ def _max_open(rows: list[Any]) -> int:
 
 
 async def flood_beside_normal(
-    upstream: MockUpstream, tmp_path: Path, *, clients: int = 24, each: int = 3, flood_connections: int = 8,
-    slowdown: float = 2.0, slack_s: float = 1.0,
+    upstream: MockUpstream,
+    tmp_path: Path,
+    *,
+    clients: int = 24,
+    each: int = 3,
+    flood_connections: int = 8,
+    slowdown: float = 2.0,
+    slack_s: float = 1.0,
 ) -> Verdict:
     verdict = Verdict(f"flood beside {clients} clients")
     base_db, flood_db = tmp_path / "baseline.db", tmp_path / "flood.db"
@@ -110,15 +127,19 @@ async def flood_beside_normal(
     flood_rows = [r for r in rows if r.client == FLOODER and r.status != "rejected"]
     most = _max_open(flood_rows)
     verdict.check(most <= MAX_PER_CLIENT, f"the flooder had {most} requests open at once")
-    ahead = max((_flood_started_during(by_id[g.request_id], flood_rows) for g in normal if g.request_id in by_id),
-                default=0)
+    ahead = max(
+        (_flood_started_during(by_id[g.request_id], flood_rows) for g in normal if g.request_id in by_id), default=0
+    )
     verdict.check(ahead <= MAX_PER_CLIENT, f"a normal request waited for {ahead} of the flooder's calls")
     verdict.figures.update(
-        baseline_mean_wait_s=round(base_mean, 3), flooded_mean_wait_s=round(mean, 3),
-        baseline_max_wait_s=round(max(base_waits) / 1000, 3), flooded_max_wait_s=round(max(waits) / 1000, 3),
-        flood_requests=len(flood), flood_admitted=len(flood_rows),
-        flood_refused=sum(g.status_code == 429 for g in flood), flooder_max_open=most,
+        baseline_mean_wait_s=round(base_mean, 3),
+        flooded_mean_wait_s=round(mean, 3),
+        baseline_max_wait_s=round(max(base_waits) / 1000, 3),
+        flooded_max_wait_s=round(max(waits) / 1000, 3),
+        flood_requests=len(flood),
+        flood_admitted=len(flood_rows),
+        flood_refused=sum(g.status_code == 429 for g in flood),
+        flooder_max_open=most,
         most_flood_calls_waited_for=ahead,
     )
     return verdict
-

@@ -46,13 +46,25 @@ async def forgetful_redis(upstream: MockUpstream, tmp: Path, *, guests: int, vis
     tag = f"forgetful-{time.monotonic_ns()}"
     db = tmp / "requests.db"
     config = tmp / "lines.toml"
-    config.write_text(f'[lines.guest]\n[lines.{ROOM}]\nmode = "admission"\nmax_active = {MAX_ACTIVE}\nbatch_size = 10\n'
-                      f'process_interval_sec = 0.1\nsession_ttl_sec = {SESSION_S}\nmax_sessions_per_client = 1000\n')
+    config.write_text(
+        f'[lines.guest]\n[lines.{ROOM}]\nmode = "admission"\nmax_active = {MAX_ACTIVE}\nbatch_size = 10\n'
+        f"process_interval_sec = 0.1\nsession_ttl_sec = {SESSION_S}\nmax_sessions_per_client = 1000\n"
+    )
     # A lease of 2 s: an instance starved of CPU for a second (the suite run in parallel on two cores)
     # is not taken for dead, which would ask its running call again by design (design.md).
-    settings = {**FAST, "upstream_url": upstream.url(), "max_concurrent_requests": 1, "reconnect_grace_s": 10.0,
-                "instance_ttl_s": 2.0, "trusted_proxies": "127.0.0.1", "max_queue_size": guests + 10,
-                "max_wait_s": 300, "db_path": str(db), "config": str(config), "token_secret": SECRET}
+    settings = {
+        **FAST,
+        "upstream_url": upstream.url(),
+        "max_concurrent_requests": 1,
+        "reconnect_grace_s": 10.0,
+        "instance_ttl_s": 2.0,
+        "trusted_proxies": "127.0.0.1",
+        "max_queue_size": guests + 10,
+        "max_wait_s": 300,
+        "db_path": str(db),
+        "config": str(config),
+        "token_secret": SECRET,
+    }
     with run_redis() as redis:
         env = {ENV_NAMES[k]: str(v) for k, v in settings.items()}
         env.update({"GUEST_REDIS_URL": redis.url, "GUEST_REDIS_PREFIX": tag})
@@ -60,8 +72,9 @@ async def forgetful_redis(upstream: MockUpstream, tmp: Path, *, guests: int, vis
         bases = [f"http://127.0.0.1:{port}{API}" for port in instances.ports]
         try:
             connections = max(1024, 2 * (guests + visitors) + 256)
-            with run_nginx(tmp, bases[0], read_timeout=None, more=tuple(bases[1:]),
-                           worker_connections=connections) as proxied:
+            with run_nginx(
+                tmp, bases[0], read_timeout=None, more=tuple(bases[1:]), worker_connections=connections
+            ) as proxied:
                 limits = httpx.Limits(max_connections=guests + visitors + 20)
                 async with httpx.AsyncClient(timeout=60, limits=limits) as client:
                     room = proxied.removesuffix("/guest") + f"/lines/{ROOM}"
@@ -75,8 +88,9 @@ async def forgetful_redis(upstream: MockUpstream, tmp: Path, *, guests: int, vis
     return verdict
 
 
-async def _load(client: httpx.AsyncClient, base: str, redis: RedisServer, guests: int, tag: str,
-                verdict: Verdict) -> list[list[Any]]:
+async def _load(
+    client: httpx.AsyncClient, base: str, redis: RedisServer, guests: int, tag: str, verdict: Verdict
+) -> list[list[Any]]:
     body = {"query": "", "parameters": {"mock": {"tag": tag, "chunks": len(CHUNKS), "delay": 0.02}}}
 
     async def make_trouble(quarter: int) -> None:
@@ -130,8 +144,9 @@ async def _visit(client: httpx.AsyncClient, room: str) -> tuple[float, float] | 
 def _judge(verdict: Verdict, results: list[list[Any]], calls: list[dict[str, Any]], db: Path) -> None:
     for n, events in enumerate(results):
         endings = [e for e in events if e.name in TERMINAL_EVENTS]
-        verdict.check([e.name for e in endings] == ["workflow_complete"],
-                      f"guest {n}: endings {[e.name for e in endings]}")
+        verdict.check(
+            [e.name for e in endings] == ["workflow_complete"], f"guest {n}: endings {[e.name for e in endings]}"
+        )
         chunks = [e.data for e in events if e.name == "answer_chunk"]
         verdict.check(chunks == CHUNKS, f"guest {n}: chunks {chunks} (events {[(e.id, e.name) for e in events]})")
         verdict.counts["reconnected"] += any(e.name == "reconnect" for e in events)

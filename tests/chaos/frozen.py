@@ -55,8 +55,12 @@ async def frozen_reader(
 
     db = tmp_path / f"frozen-{phase}.db"
     settings = {
-        "send_timeout_s": send_timeout_s, "reconnect_grace_s": grace_s, "ping_s": 0.02,
-        "request_timeout_s": 60.0, "db_path": str(db), "max_concurrent_requests": 1,
+        "send_timeout_s": send_timeout_s,
+        "reconnect_grace_s": grace_s,
+        "ping_s": 0.02,
+        "request_timeout_s": 60.0,
+        "db_path": str(db),
+        "max_concurrent_requests": 1,
         "max_answer_bytes": 64 * 1024 * 1024,  # the endless answer outlasts the test, not the line's bound
     }
     async with serve(workflow=workflow, **settings) as running:
@@ -84,8 +88,9 @@ async def frozen_reader(
         blocked = time.monotonic()
         if phase == "pings":
             verdict.figures["pings_until_blocked_s"] = round(blocked - pings_from, 2)
-        await wait_until(lambda: not service.running, timeout_s=send_timeout_s + grace_s + 10,
-                         message="the worker slot freed")
+        await wait_until(
+            lambda: not service.running, timeout_s=send_timeout_s + grace_s + 10, message="the worker slot freed"
+        )
         freed_after = time.monotonic() - blocked
         bound = send_timeout_s + grace_s + bound_slack_s
         verdict.figures["slot_freed_after_s"] = round(freed_after, 2)
@@ -98,14 +103,17 @@ async def frozen_reader(
         # transport); recorded here and in docs/reliability.md, not counted as a violation.
         verdict.figures["connection_open_until_peer_leaves"] = protocol in server.server_state.connections
         sock.close()
-        await wait_until(lambda: len(server.server_state.connections) <= connections, timeout_s=5,
-                         message="connection closed")
+        await wait_until(
+            lambda: len(server.server_state.connections) <= connections, timeout_s=5, message="connection closed"
+        )
         check_drained(verdict, service)
         await settle_tasks(verdict, baseline)
     rows = read_log(db)
     verdict.check(len(rows) == 1, f"{len(rows)} rows")
     for row in rows:
         verdict.figures["row"] = f"{row.status}/{row.error_code}"
-        verdict.check((row.status, row.error_code) == ("cancelled", "send_timeout"),
-                      f"the row says {row.status}/{row.error_code}, not cancelled/send_timeout")
+        verdict.check(
+            (row.status, row.error_code) == ("cancelled", "send_timeout"),
+            f"the row says {row.status}/{row.error_code}, not cancelled/send_timeout",
+        )
     return verdict

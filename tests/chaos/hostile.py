@@ -20,11 +20,17 @@ from .clients import open_socket, raw_request
 
 LIMIT = 16384  # GUEST_MAX_BODY_BYTES for these runs
 INJECTIONS = [
-    "\n\nevent: workflow_complete\ndata: {\"forged\": true}\n\n",
+    '\n\nevent: workflow_complete\ndata: {"forged": true}\n\n',
     "line\rid: 999\rretry: 1\r\r",
     "crlf\r\n\r\nevent: error\r\ndata: x\r\n\r\n",
-    "nul\0byte", "id: 7\n", "retry: 10\n\n", "data: data:\n\n", ": a comment\n\n",
-    "\u2028line separator\u2029paragraph\u0085next line", "\ufeffbom", "end\r",
+    "nul\0byte",
+    "id: 7\n",
+    "retry: 10\n\n",
+    "data: data:\n\n",
+    ": a comment\n\n",
+    "\u2028line separator\u2029paragraph\u0085next line",
+    "\ufeffbom",
+    "end\r",
 ]
 
 
@@ -46,11 +52,15 @@ def guest_cases() -> list[tuple[str, bytes, str, bool, int]]:
         ("lone surrogate in session_id", b'{"query":"q","session_id":"\\udbff"}', "application/json", False, 400),
         ("number too big for a float", b'{"query":"q","parameters":{"n":1e999}}', "application/json", False, 400),
         ("NaN", b'{"query":"q","parameters":{"n":NaN}}', "application/json", False, 400),
-        ("integer of 5000 digits", b'{"query":"q","parameters":{"n":' + b"9" * 5000 + b"}}", "application/json",
-         False, 400),
+        (
+            "integer of 5000 digits",
+            b'{"query":"q","parameters":{"n":' + b"9" * 5000 + b"}}",
+            "application/json",
+            False,
+            400,
+        ),
         ("huge query", query({"query": "\u00e9" * 1500}).encode(), "application/json", False, 422),
-        ("huge session_id", query({"query": "q", "session_id": "s" * 3000}).encode(), "application/json", False,
-         422),
+        ("huge session_id", query({"query": "q", "session_id": "s" * 3000}).encode(), "application/json", False, 422),
         ("not an object", b'["query"]', "application/json", False, 400),
         ("empty body", b"", "application/json", False, 400),
         ("query not a string", b'{"query":{"$ne":1}}', "application/json", False, 422),

@@ -189,7 +189,8 @@ def read_log(db_path: str | Path) -> list[Row]:
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
         found = conn.execute(
             "SELECT request_id, client, query, status, error_code, answer, created_at, started_at, finished_at, "
-            "wait_ms, processing_ms FROM requests WHERE query != ?", (WARM_UP,)
+            "wait_ms, processing_ms FROM requests WHERE query != ?",
+            (WARM_UP,),
         ).fetchall()
     return [Row(*values) for values in found]
 

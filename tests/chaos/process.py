@@ -27,9 +27,14 @@ async def _until(predicate: object, timeout_s: float, message: str) -> None:
 
 def _crowd_env(upstream_url: str, db: Path, workers: int, **extra: str) -> dict[str, str]:
     return {
-        "GUEST_UPSTREAM_URL": upstream_url, "GUEST_MAX_CONCURRENT_REQUESTS": str(workers),
-        "GUEST_MAX_QUEUE_SIZE": "100000", "GUEST_MAX_PER_CLIENT": "100000", "GUEST_UPSTREAM_INTERVAL_SEC": "0",
-        "GUEST_DB_PATH": str(db), "GUEST_UPSTREAM_RETRIES": "0", **extra,
+        "GUEST_UPSTREAM_URL": upstream_url,
+        "GUEST_MAX_CONCURRENT_REQUESTS": str(workers),
+        "GUEST_MAX_QUEUE_SIZE": "100000",
+        "GUEST_MAX_PER_CLIENT": "100000",
+        "GUEST_UPSTREAM_INTERVAL_SEC": "0",
+        "GUEST_DB_PATH": str(db),
+        "GUEST_UPSTREAM_RETRIES": "0",
+        **extra,
     }
 
 
@@ -50,7 +55,12 @@ async def _crowd(
 
 
 async def sigterm_with_crowd(
-    upstream: MockUpstream, tmp_path: Path, *, waiting: int = 200, processing: int = 20, grace_s: float = 1.0,
+    upstream: MockUpstream,
+    tmp_path: Path,
+    *,
+    waiting: int = 200,
+    processing: int = 20,
+    grace_s: float = 1.0,
     rss_bound_mb: float = 80.0,
 ) -> Verdict:
     verdict = Verdict(f"SIGTERM with {waiting} in line, {processing} processing")
@@ -67,8 +77,9 @@ async def sigterm_with_crowd(
         results = await asyncio.gather(*guests)
         exit_code = await asyncio.to_thread(server.proc.wait, 30)
         took = time.monotonic() - began
-    verdict.figures.update(shutdown_s=round(took, 2), exit_code=exit_code,
-                           rss_growth_mb=round(check_rss_at_peak - rss_before, 1))
+    verdict.figures.update(
+        shutdown_s=round(took, 2), exit_code=exit_code, rss_growth_mb=round(check_rss_at_peak - rss_before, 1)
+    )
     verdict.check(exit_code == 0, f"exit code {exit_code}")
     verdict.check(took < grace_s + 3, f"shutdown took {took:.1f}s (grace {grace_s}s)")
     grown = check_rss_at_peak - rss_before

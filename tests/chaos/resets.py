@@ -47,14 +47,22 @@ async def _one(port: int, moment: str, reset: bool, number: int) -> None:
 
 
 async def resets_before_stream(
-    upstream: MockUpstream, tmp_path: Path, *, connections: int = 300, batch: int = 50, grace_s: float = 0.2,
+    upstream: MockUpstream,
+    tmp_path: Path,
+    *,
+    connections: int = 300,
+    batch: int = 50,
+    grace_s: float = 0.2,
     rss_bound_mb: float = 40.0,
 ) -> Verdict:
     verdict = Verdict("resets before the stream")
     db = tmp_path / "resets.db"
     settings: dict[str, Any] = {
-        "upstream_url": upstream.url(chunks=2, delay=0.05), "max_concurrent_requests": 4,
-        "max_queue_size": connections + 10, "reconnect_grace_s": grace_s, "db_path": str(db),
+        "upstream_url": upstream.url(chunks=2, delay=0.05),
+        "max_concurrent_requests": 4,
+        "max_queue_size": connections + 10,
+        "reconnect_grace_s": grace_s,
+        "db_path": str(db),
     }
     began = time.monotonic()
     async with serve(**settings) as running:
@@ -66,11 +74,13 @@ async def resets_before_stream(
         open_before = len(server.server_state.connections)
         plan = [(MOMENTS[i % 3], i % 2 == 0) for i in range(connections)]
         for start in range(0, connections, batch):
-            await asyncio.gather(*(_one(port, m, r, start + i) for i, (m, r) in enumerate(plan[start:start + batch])))
+            await asyncio.gather(*(_one(port, m, r, start + i) for i, (m, r) in enumerate(plan[start : start + batch])))
         verdict.check(await drained(service, grace_s + 10), "tickets still live after the grace")
         await asyncio.sleep(0.2)
-        verdict.check(len(server.server_state.connections) <= open_before,
-                      f"{len(server.server_state.connections)} connections still open")
+        verdict.check(
+            len(server.server_state.connections) <= open_before,
+            f"{len(server.server_state.connections)} connections still open",
+        )
         check_drained(verdict, service)
         await settle_tasks(verdict, baseline)
         check_rss(verdict, rss_before, rss_mb(), rss_bound_mb)

@@ -47,9 +47,12 @@ class Instances:
 
     def start(self, port: int) -> subprocess.Popen[bytes]:
         with (self.tmp / f"guestqueue-{port}.log").open("ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "guestqueue", "serve"],
-                                    env={**env_without_guest_vars(), **self.env, "GUEST_PORT": str(port)},
-                                    stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "guestqueue", "serve"],
+                env={**env_without_guest_vars(), **self.env, "GUEST_PORT": str(port)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_for_http(f"http://127.0.0.1:{port}{API}/health", timeout_s=30)
         return proc
 
@@ -81,8 +84,9 @@ async def follow(client: httpx.AsyncClient, base: str, body: dict[str, Any], adm
     for _attempt in range(60):
         parser = SSEParser()
         if request_id:
-            request = client.build_request("GET", f"{base}/chat/{request_id}/events",
-                                           headers={"Last-Event-ID": last_id})
+            request = client.build_request(
+                "GET", f"{base}/chat/{request_id}/events", headers={"Last-Event-ID": last_id}
+            )
         else:
             request = client.build_request("POST", f"{base}/chat", json=body)
         try:
@@ -113,9 +117,17 @@ async def rolling_restart(upstream: MockUpstream, tmp: Path, *, guests: int, kil
     db = tmp / "requests.db"
     # One slot and calls of ~0.1 s: the line grows while guests keep coming, so every restart
     # finds guests waiting.
-    settings = {**FAST, "upstream_url": upstream.url(), "max_concurrent_requests": 1, "reconnect_grace_s": 10.0,
-                "shutdown_grace_s": 3.0, "instance_ttl_s": 1.0, "trusted_proxies": "127.0.0.1",
-                "max_queue_size": guests + 10, "db_path": str(db)}
+    settings = {
+        **FAST,
+        "upstream_url": upstream.url(),
+        "max_concurrent_requests": 1,
+        "reconnect_grace_s": 10.0,
+        "shutdown_grace_s": 3.0,
+        "instance_ttl_s": 1.0,
+        "trusted_proxies": "127.0.0.1",
+        "max_queue_size": guests + 10,
+        "db_path": str(db),
+    }
     with run_redis() as redis:
         env = {ENV_NAMES[k]: str(v) for k, v in settings.items()}
         env.update({"GUEST_REDIS_URL": redis.url, "GUEST_REDIS_PREFIX": tag})
@@ -124,8 +136,9 @@ async def rolling_restart(upstream: MockUpstream, tmp: Path, *, guests: int, kil
         try:
             # Each guest is two connections in nginx (to it, and on to an instance).
             connections = max(1024, 2 * guests + 256)
-            with run_nginx(tmp, bases[0], read_timeout=None, more=tuple(bases[1:]),
-                           worker_connections=connections) as proxied:
+            with run_nginx(
+                tmp, bases[0], read_timeout=None, more=tuple(bases[1:]), worker_connections=connections
+            ) as proxied:
                 limits = httpx.Limits(max_connections=guests + 20)
                 async with httpx.AsyncClient(timeout=60, limits=limits) as client:
                     results = await _load(client, proxied, instances, guests, tag, kill, verdict)
@@ -135,8 +148,9 @@ async def rolling_restart(upstream: MockUpstream, tmp: Path, *, guests: int, kil
     return verdict
 
 
-async def _load(client: httpx.AsyncClient, base: str, instances: Instances, guests: int, tag: str, kill: bool,
-                verdict: Verdict) -> list[list[Any]]:
+async def _load(
+    client: httpx.AsyncClient, base: str, instances: Instances, guests: int, tag: str, kill: bool, verdict: Verdict
+) -> list[list[Any]]:
     body = {"query": "", "parameters": {"mock": {"tag": tag, "chunks": 3, "delay": 0.05}}}
 
     async def restart(quarter: int) -> None:
@@ -150,8 +164,15 @@ async def _load(client: httpx.AsyncClient, base: str, instances: Instances, gues
     return await admit_one_by_one(client, base, body, guests, verdict, at_quarters=restart)
 
 
-async def admit_one_by_one(client: httpx.AsyncClient, base: str, body: dict[str, Any], guests: int,
-                           verdict: Verdict, *, at_quarters: Callable[[int], Awaitable[None]]) -> list[list[Any]]:
+async def admit_one_by_one(
+    client: httpx.AsyncClient,
+    base: str,
+    body: dict[str, Any],
+    guests: int,
+    verdict: Verdict,
+    *,
+    at_quarters: Callable[[int], Awaitable[None]],
+) -> list[list[Any]]:
     """Guests admitted one after another through ``base`` (so admission order is launch order), each
     following its answer; ``at_quarters(n)`` runs once a quarter, a half and three quarters of them
     were admitted (n = 1, 2, 3). Every guest's events, in launch order."""
@@ -194,5 +215,6 @@ def _judge(verdict: Verdict, results: list[list[Any]], calls: list[dict[str, Any
     rows = read_log(db)
     open_rows = [r for r in rows if r.status in ("queued", "processing")]
     verdict.check(not open_rows, f"{len(open_rows)} log rows left open")
-    verdict.figures.update(guests=len(results), calls=len(calls), rows=len(rows),
-                           reconnected=verdict.counts["reconnected"])
+    verdict.figures.update(
+        guests=len(results), calls=len(calls), rows=len(rows), reconnected=verdict.counts["reconnected"]
+    )

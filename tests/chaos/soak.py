@@ -90,10 +90,16 @@ def _plan(config: SoakConfig, rng: random.Random, number: int, run: str) -> list
     for copy in range(copies):
         leave = rng.choice(LEAVE_PHASES) if rng.random() < config.leave_share else None
         back = leave is not None and rng.random() < config.reconnect_share
-        plans.append({
-            "label": f"{nonce}.{copy}", "behaviour": behaviour, "nonce": nonce, "leave": leave, "back": back,
-            "body": {"query": f"soak question {nonce}", "parameters": {"mock": knobs}},
-        })
+        plans.append(
+            {
+                "label": f"{nonce}.{copy}",
+                "behaviour": behaviour,
+                "nonce": nonce,
+                "leave": leave,
+                "back": back,
+                "body": {"query": f"soak question {nonce}", "parameters": {"mock": knobs}},
+            }
+        )
     return plans
 
 
@@ -104,10 +110,16 @@ async def chaos_soak(upstream: MockUpstream, tmp_path: Path, config: SoakConfig 
     run = uuid.uuid4().hex[:8]
     db = tmp_path / "soak.db"
     settings: dict[str, Any] = {
-        "upstream_url": upstream.url(mode="sse"), "max_concurrent_requests": config.workers,
-        "max_queue_size": config.queue_size, "request_timeout_s": config.timeout_s,
-        "upstream_retries": config.retries, "reconnect_grace_s": config.grace_s, "db_path": str(db),
-        "cache_size": 1000, "ping_s": 0.5, "max_wait_s": 600.0,
+        "upstream_url": upstream.url(mode="sse"),
+        "max_concurrent_requests": config.workers,
+        "max_queue_size": config.queue_size,
+        "request_timeout_s": config.timeout_s,
+        "upstream_retries": config.retries,
+        "reconnect_grace_s": config.grace_s,
+        "db_path": str(db),
+        "cache_size": 1000,
+        "ping_s": 0.5,
+        "max_wait_s": 600.0,
     }
     guests: list[Guest] = []
     began = time.monotonic()
@@ -122,7 +134,11 @@ async def chaos_soak(upstream: MockUpstream, tmp_path: Path, config: SoakConfig 
             async def one(plan: dict[str, Any]) -> None:
                 async with gate:
                     guest = await visit(
-                        client, running.base, plan["body"], label=plan["label"], leave_in=plan["leave"],
+                        client,
+                        running.base,
+                        plan["body"],
+                        label=plan["label"],
+                        leave_in=plan["leave"],
                         reconnect_after_s=config.grace_s / 4 if plan["back"] else None,
                     )
                     guest.meta.update(plan)
@@ -155,7 +171,10 @@ async def chaos_soak(upstream: MockUpstream, tmp_path: Path, config: SoakConfig 
 
 
 def _check_outcomes(
-    verdict: Verdict, config: SoakConfig, guests: list[Guest], rows: dict[str, Any],
+    verdict: Verdict,
+    config: SoakConfig,
+    guests: list[Guest],
+    rows: dict[str, Any],
     calls: dict[str, list[dict[str, Any]]],
 ) -> None:
     overrun = 0.0
@@ -179,8 +198,9 @@ def _check_outcomes(
         if row is not None and row.status == "timeout" and row.processing_ms is not None:
             late = row.processing_ms / 1000 - config.timeout_s
             overrun = max(overrun, late)
-            verdict.check(late <= config.timeout_slack_s,
-                          f"{guest.label} ({behaviour}): timed out {late:.2f}s after the timeout")
+            verdict.check(
+                late <= config.timeout_slack_s, f"{guest.label} ({behaviour}): timed out {late:.2f}s after the timeout"
+            )
         left_waiting = row is not None and row.error_code == "disconnected" and row.started_at is None
         if left_waiting and not _twinned(guests, nonce):
             verdict.check(not calls.get(nonce), f"{guest.label}: left while waiting, yet sent upstream")

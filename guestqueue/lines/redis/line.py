@@ -68,8 +68,17 @@ class RedisLine:
     """The shared line and pacer: lines/base.py's Line and Pacer on Redis."""
 
     def __init__(
-        self, redis: aioredis.Redis, *, prefix: str, instance_id: str, max_size: int, max_concurrent: int,
-        interval_s: float, max_hold_s: float = 120.0, instance_ttl_s: float = 5.0, release_per_minute: int = 0,
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        instance_id: str,
+        max_size: int,
+        max_concurrent: int,
+        interval_s: float,
+        max_hold_s: float = 120.0,
+        instance_ttl_s: float = 5.0,
+        release_per_minute: int = 0,
         max_starvation_s: float = 120.0,
     ) -> None:
         self._redis = redis
@@ -129,19 +138,29 @@ class RedisLine:
     async def _heartbeat_once(self) -> None:
         async with self._noticing:
             pairs = [x for kv in self._info.items() for x in kv]
-            fresh, epoch, forgot = await self._call(self._beat, self._beat_keys(), [
-                self.instance_id, round(self.instance_ttl_s * 1000), self.epoch, secrets.token_hex(8), *pairs])
+            fresh, epoch, forgot = await self._call(
+                self._beat,
+                self._beat_keys(),
+                [self.instance_id, round(self.instance_ttl_s * 1000), self.epoch, secrets.token_hex(8), *pairs],
+            )
             self.epoch = text(epoch)
             now = asyncio.get_running_loop().time()
             if forgot:
-                logger.warning("Redis forgot the shared line (restarted empty, or flushed): instance %s gives "
-                               "back its flights, guests and sessions", self.instance_id)
+                logger.warning(
+                    "Redis forgot the shared line (restarted empty, or flushed): instance %s gives "
+                    "back its flights, guests and sessions",
+                    self.instance_id,
+                )
                 for give_back in self.on_forgotten:
                     await give_back()
             elif fresh and self._registered:  # we were taken for dead (cut off or stalled past our lease)
-                logger.warning("instance %s was taken for dead (no beat for %.1f s, its lease is %g s): a call "
-                               "it runs that said nothing may be asked again elsewhere", self.instance_id,
-                               now - self.good_until, self.instance_ttl_s)
+                logger.warning(
+                    "instance %s was taken for dead (no beat for %.1f s, its lease is %g s): a call "
+                    "it runs that said nothing may be asked again elsewhere",
+                    self.instance_id,
+                    now - self.good_until,
+                    self.instance_ttl_s,
+                )
                 for rejoin in self.on_rejoined:
                     await rejoin()
             elif fresh:
@@ -155,8 +174,13 @@ class RedisLine:
             await self._heartbeat_once()
 
     def _beat_keys(self) -> list[str]:
-        return [self.keys.instances, self.keys.instance_info(self.instance_id), self.keys.epoch, self.keys.rebuilding,
-                self.keys.beat]
+        return [
+            self.keys.instances,
+            self.keys.instance_info(self.instance_id),
+            self.keys.epoch,
+            self.keys.rebuilding,
+            self.keys.beat,
+        ]
 
     async def _heartbeat(self) -> None:
         while True:
@@ -193,27 +217,54 @@ class RedisLine:
         await self._spawn.stop()
         # The lease ends now rather than vanishing: guests this instance handed off keep their
         # places for the reconnect grace, then other instances release them (places.py).
-        await logged(self._beat(keys=self._beat_keys(), args=[self.instance_id, 0, self.epoch, secrets.token_hex(8)]),
-                     "could not end this instance's lease")
+        await logged(
+            self._beat(keys=self._beat_keys(), args=[self.instance_id, 0, self.epoch, secrets.token_hex(8)]),
+            "could not end this instance's lease",
+        )
 
     # -- Line ----------------------------------------------------------------------
 
     async def admit(self, flight: Flight) -> int:
         request = flight.request
         fields = {
-            "key": flight.key or "", "request_id": request.request_id, "query": request.query,
-            "parameters": json.dumps(dict(request.parameters)), "session_id": request.session_id or "",
+            "key": flight.key or "",
+            "request_id": request.request_id,
+            "query": request.query,
+            "parameters": json.dumps(dict(request.parameters)),
+            "session_id": request.session_id or "",
         }
-        keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.seq,
-                self.keys.pace, self.keys.request(flight.id), self.keys.aging, self.keys.epoch, self.keys.rebuilding]
+        keys = [
+            self.keys.slots,
+            self.keys.instances,
+            self.keys.orphans,
+            self.keys.line,
+            self.keys.seq,
+            self.keys.pace,
+            self.keys.request(flight.id),
+            self.keys.aging,
+            self.keys.epoch,
+            self.keys.rebuilding,
+        ]
         pairs = [x for kv in fields.items() for x in kv]
         loop = asyncio.get_running_loop()
         give_up = loop.time() + 2 * self.instance_ttl_s
         while True:
             known = self.epoch
-            reply = await self._call(self._admit, keys, [
-                flight.id, self.max_size, self.max_concurrent, self.interval_ms, flight.rank,
-                round(self.max_starvation_s * 1000), self.keys.prefix, known, *pairs])
+            reply = await self._call(
+                self._admit,
+                keys,
+                [
+                    flight.id,
+                    self.max_size,
+                    self.max_concurrent,
+                    self.interval_ms,
+                    flight.rank,
+                    round(self.max_starvation_s * 1000),
+                    self.keys.prefix,
+                    known,
+                    *pairs,
+                ],
+            )
             kind = text(reply[0]) if isinstance(reply[0], bytes | str) else ""
             if kind == "full":
                 raise LineFull("The line is full. Please try again in a little while.")
@@ -230,8 +281,10 @@ class RedisLine:
         position, size, flight.number = (int(x) for x in reply)
         await logged(self._expire_request(flight.id), f"flight {flight.id}: its request's expiry not set")
         # Joining ahead of others (a higher tier) moves them back: every instance tells its guests now.
-        await logged(self._redis.publish(self.keys.wake, REORDERED if position < size else "admit"),
-                     "the other instances not woken")
+        await logged(
+            self._redis.publish(self.keys.wake, REORDERED if position < size else "admit"),
+            "the other instances not woken",
+        )
         flight.position = position
         return position
 
@@ -297,11 +350,27 @@ class RedisLine:
             self._nappers.discard(napper)
 
     async def _try_start(self) -> tuple[str, Any]:
-        keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.pace,
-                self.keys.retrying, self.keys.releases, self.keys.aging, self.keys.epoch, self.keys.rebuilding]
+        keys = [
+            self.keys.slots,
+            self.keys.instances,
+            self.keys.orphans,
+            self.keys.line,
+            self.keys.pace,
+            self.keys.retrying,
+            self.keys.releases,
+            self.keys.aging,
+            self.keys.epoch,
+            self.keys.rebuilding,
+        ]
         known = self.epoch
-        args = [self.instance_id, self.max_concurrent, self.interval_ms, self.keys.prefix, self.release_per_minute,
-                known]
+        args = [
+            self.instance_id,
+            self.max_concurrent,
+            self.interval_ms,
+            self.keys.prefix,
+            self.release_per_minute,
+            known,
+        ]
         # Shielded: a worker cancelled mid-call must not lose a flight the script already popped.
         call = asyncio.ensure_future(self._call(self._start, keys, args))
         try:
@@ -330,8 +399,16 @@ class RedisLine:
             await call(pipe.execute())
 
     async def view(self) -> LineView:
-        keys = [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line, self.keys.pace,
-                self.keys.held, self.keys.releases, self.keys.aging]
+        keys = [
+            self.keys.slots,
+            self.keys.instances,
+            self.keys.orphans,
+            self.keys.line,
+            self.keys.pace,
+            self.keys.held,
+            self.keys.releases,
+            self.keys.aging,
+        ]
         now, order, running, pace, held, infos = await self._call(
             self._view, keys, [self.keys.prefix, self.release_per_minute]
         )
@@ -346,8 +423,15 @@ class RedisLine:
         )
         return self._last_view
 
-    def reconfigure(self, *, max_size: int, max_concurrent: int, interval_s: float, release_per_minute: int,
-                    max_starvation_s: float = 120.0) -> None:
+    def reconfigure(
+        self,
+        *,
+        max_size: int,
+        max_concurrent: int,
+        interval_s: float,
+        release_per_minute: int,
+        max_starvation_s: float = 120.0,
+    ) -> None:
         """New limits, at once: every instance applies the line's new spec within a second."""
         self.max_size, self.max_concurrent, self.max_starvation_s = max_size, max_concurrent, max_starvation_s
         self.interval_ms, self.release_per_minute = round(interval_s * 1000), release_per_minute
@@ -368,8 +452,11 @@ class RedisLine:
         began = loop.time()
         token = secrets.token_hex(8)
         try:
-            while (wait_ms := int(await self._call(self._retry, [self.keys.pace, self.keys.retrying],
-                                                    [token, self.interval_ms]))) > 0:
+            while (
+                wait_ms := int(
+                    await self._call(self._retry, [self.keys.pace, self.keys.retrying], [token, self.interval_ms])
+                )
+            ) > 0:
                 await asyncio.sleep(wait_ms / 1000)
         finally:
             await asyncio.shield(logged(self._redis.zrem(self.keys.retrying, token), "a retry's turn not given back"))
@@ -379,9 +466,9 @@ class RedisLine:
 
     async def dead_flights(self) -> list[Flight]:
         """The running flights of instances whose lease ran out, each handed to exactly one caller."""
-        reply = await self._call(self._orphans, [self.keys.slots, self.keys.instances, self.keys.orphans,
-                                                 self.keys.line],
-                                 [self.keys.prefix])
+        reply = await self._call(
+            self._orphans, [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line], [self.keys.prefix]
+        )
         flights = []
         for i in range(0, len(reply), 2):
             raw = json.loads(text(reply[i + 1]))
@@ -409,8 +496,7 @@ class RedisLine:
         number given back."""
         loop = asyncio.get_running_loop()
         now_mono, now = loop.time(), time.time()
-        runs = [[f.id, round((now_mono - f.started_mono) * 1000) if f.started_mono is not None else 0]
-                for f in running]
+        runs = [[f.id, round((now_mono - f.started_mono) * 1000) if f.started_mono is not None else 0] for f in running]
         numbered = [f for f in waiting if f.number > 0]
         waits = []
         for flight in numbered:
@@ -421,14 +507,33 @@ class RedisLine:
                 if aging_ms > 0:
                     score = flight.rank * TIER_SPAN + flight.number
             request = flight.request
-            fields = ["key", flight.key or "", "request_id", request.request_id, "query", request.query,
-                      "parameters", json.dumps(dict(request.parameters)), "session_id", request.session_id or ""]
+            fields = [
+                "key",
+                flight.key or "",
+                "request_id",
+                request.request_id,
+                "query",
+                request.query,
+                "parameters",
+                json.dumps(dict(request.parameters)),
+                "session_id",
+                request.session_id or "",
+            ]
             waits.append([flight.id, score, flight.number, aging_ms, fields])
         ago_ms = -1 if self.last_start_mono is None else round((now_mono - self.last_start_mono) * 1000)
-        top = await self._call(self._rebuild, [self.keys.slots, self.keys.line, self.keys.seq, self.keys.pace,
-                                               self.keys.aging],
-                               [self.instance_id, self.keys.prefix, self.interval_ms, ago_ms, REQUEST_TTL_S,
-                                json.dumps(runs), json.dumps(waits)])
+        top = await self._call(
+            self._rebuild,
+            [self.keys.slots, self.keys.line, self.keys.seq, self.keys.pace, self.keys.aging],
+            [
+                self.instance_id,
+                self.keys.prefix,
+                self.interval_ms,
+                ago_ms,
+                REQUEST_TTL_S,
+                json.dumps(runs),
+                json.dumps(waits),
+            ],
+        )
         unnumbered = [f for f in waiting if f.number == 0]
         if unnumbered:  # after the window (admit waits for it), not in the heartbeat that rebuilds
             self._spawn(self._admit_all(unnumbered))
@@ -471,8 +576,10 @@ def _start_reply(reply: list[Any]) -> tuple[str, Any]:
 
 def _flight(flight_id: str, fields: dict[str, str]) -> Flight:
     request = WorkflowRequest(
-        fields.get("request_id", flight_id), fields.get("query", ""),
-        json.loads(fields.get("parameters") or "{}"), fields.get("session_id") or None,
+        fields.get("request_id", flight_id),
+        fields.get("query", ""),
+        json.loads(fields.get("parameters") or "{}"),
+        fields.get("session_id") or None,
     )
     return Flight(fields.get("key") or None, [], request, id=flight_id)
 

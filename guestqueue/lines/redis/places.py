@@ -86,17 +86,26 @@ class RedisPlaces:
         request's earlier writes; the returned future is done when this one landed (or failed,
         which is logged)."""
         fields: dict[str, str | int | float] = {
-            "status": ticket.status.value, "holder": self.instance_id, "cached": int(ticket.cached),
+            "status": ticket.status.value,
+            "holder": self.instance_id,
+            "cached": int(ticket.cached),
         }
         admission = ticket.status is Status.QUEUED or whole
         if admission:
             flight = ticket.flight
-            fields.update({
-                "flight_id": flight_id or "", "client": ticket.client, "query": ticket.query,
-                "parameters": json.dumps(ticket.parameters), "session_id": ticket.session_id or "",
-                "idempotency_key": ticket.idempotency_key or "", "created_at": ticket.created_at,
-                "number": flight.number if flight is not None else 0, "rank": flight.rank if flight is not None else 0,
-            })
+            fields.update(
+                {
+                    "flight_id": flight_id or "",
+                    "client": ticket.client,
+                    "query": ticket.query,
+                    "parameters": json.dumps(ticket.parameters),
+                    "session_id": ticket.session_id or "",
+                    "idempotency_key": ticket.idempotency_key or "",
+                    "created_at": ticket.created_at,
+                    "number": flight.number if flight is not None else 0,
+                    "rank": flight.rank if flight is not None else 0,
+                }
+            )
         for name in ("started_at", "finished_at", "wait_ms", "duration_ms"):
             if (value := getattr(ticket, name)) is not None:
                 fields[name] = value
@@ -122,17 +131,31 @@ class RedisPlaces:
             del self._last_write[request_id]
 
     async def _write(
-        self, request_id: str, fields: dict[str, str | int | float], flight_id: str | None,
-        *, after: asyncio.Future[None] | None = None,
+        self,
+        request_id: str,
+        fields: dict[str, str | int | float],
+        flight_id: str | None,
+        *,
+        after: asyncio.Future[None] | None = None,
     ) -> None:
         if after is not None:
             await asyncio.wait([after])  # its own errors are its own (logged there)
         key = self._keys.ticket(request_id)
         pairs = [item for pair in fields.items() for item in pair]
-        await logged(self._write_record(
-            keys=[key, self._keys.held_requests(self.instance_id), self._keys.holders(flight_id or "-")],
-            args=[self.instance_id, RECORD_TTL_S, int("terminal" in fields), int(flight_id is not None),
-                  request_id, *pairs]), f"{key}: record not written")
+        await logged(
+            self._write_record(
+                keys=[key, self._keys.held_requests(self.instance_id), self._keys.holders(flight_id or "-")],
+                args=[
+                    self.instance_id,
+                    RECORD_TTL_S,
+                    int("terminal" in fields),
+                    int(flight_id is not None),
+                    request_id,
+                    *pairs,
+                ],
+            ),
+            f"{key}: record not written",
+        )
 
     async def load(self, request_id: str) -> PlaceRecord | None:
         raw = await call(self._redis.hgetall(self._keys.ticket(request_id)))
@@ -161,8 +184,10 @@ class RedisPlaces:
 
     async def reap(self, grace_s: float) -> int:
         """Release the places of instances dead for longer than ``grace_s``; how many."""
-        released = await self._reap(keys=[self._keys.instances, self._keys.line],
-                                    args=[round(grace_s * 1000), self._keys.prefix, json.dumps(ABANDONED)])
+        released = await self._reap(
+            keys=[self._keys.instances, self._keys.line],
+            args=[round(grace_s * 1000), self._keys.prefix, json.dumps(ABANDONED)],
+        )
         return int(released)
 
     async def reserve_key(self, client: str, idempotency_key: str, request_id: str) -> str:
@@ -209,8 +234,11 @@ class RedisPlaces:
 
 def summary(request_id: str, raw: dict[str, str]) -> dict[str, Any]:
     """``/queue/request/{id}``'s body from a request's record (lines/redis/places.py)."""
-    out: dict[str, Any] = {"request_id": request_id, "status": raw.get("status", "queued"),
-                           "created_at": float(raw.get("created_at") or 0)}
+    out: dict[str, Any] = {
+        "request_id": request_id,
+        "status": raw.get("status", "queued"),
+        "created_at": float(raw.get("created_at") or 0),
+    }
     for name in ("started_at", "finished_at"):
         if raw.get(name):
             out[name] = float(raw[name])
@@ -234,14 +262,22 @@ def summary(request_id: str, raw: dict[str, str]) -> dict[str, Any]:
 def _record(request_id: str, raw: dict[str, str]) -> PlaceRecord:
     terminal = json.loads(raw["terminal"]) if raw.get("terminal") else None
     return PlaceRecord(
-        request_id=request_id, flight_id=raw.get("flight_id", ""), client=raw.get("client", ""),
-        query=raw.get("query", ""), parameters=json.loads(raw.get("parameters") or "{}"),
-        session_id=raw.get("session_id") or None, idempotency_key=raw.get("idempotency_key") or None,
-        status=Status(raw.get("status", "queued")), created_at=float(raw.get("created_at") or 0),
+        request_id=request_id,
+        flight_id=raw.get("flight_id", ""),
+        client=raw.get("client", ""),
+        query=raw.get("query", ""),
+        parameters=json.loads(raw.get("parameters") or "{}"),
+        session_id=raw.get("session_id") or None,
+        idempotency_key=raw.get("idempotency_key") or None,
+        status=Status(raw.get("status", "queued")),
+        created_at=float(raw.get("created_at") or 0),
         started_at=float(raw["started_at"]) if raw.get("started_at") else None,
         started_event_id=int(raw["started_event_id"]) if raw.get("started_event_id") else None,
-        holder=raw.get("holder", ""), cached=raw.get("cached") == "1",
-        number=int(raw.get("number") or 0), rank=int(raw.get("rank") or 0),
-        terminal=(terminal[0], terminal[1]) if terminal else None, raw=raw,
+        holder=raw.get("holder", ""),
+        cached=raw.get("cached") == "1",
+        number=int(raw.get("number") or 0),
+        rank=int(raw.get("rank") or 0),
+        terminal=(terminal[0], terminal[1]) if terminal else None,
+        raw=raw,
         terminal_event_id=int(terminal[2]) if terminal and len(terminal) > 2 else None,
     )

@@ -177,7 +177,7 @@ class FlightRelay:
                 # this instance started it): what it missed comes from our copy first.
                 if not local.started and not local.finished:
                     self._service.on_started(local)
-                for text in flight.answer_parts[len(local.answer_parts):event["n"] - 1]:
+                for text in flight.answer_parts[len(local.answer_parts) : event["n"] - 1]:
                     self._service.emit_chunk(local, text)
             if _fit(local, event) == "next":
                 self._apply(local, event)
@@ -209,15 +209,21 @@ class FlightRelay:
             except LineUnavailable as exc:
                 raise_if_cancelled()
                 if pause_s == RETRY_FIRST_S:
-                    logger.warning("flight %s: event %s waits for Redis: %s", flight_id, event.get("t"),
-                                   exc.__cause__ or exc)
+                    logger.warning(
+                        "flight %s: event %s waits for Redis: %s", flight_id, event.get("t"), exc.__cause__ or exc
+                    )
                 await asyncio.sleep(pause_s)
                 pause_s = min(pause_s * 2, RETRY_MAX_S)
 
     async def _append(self, flight_id: str, event: dict[str, Any], epoch: str) -> bool:
-        return bool(await call(self._relay_event(
-            keys=[self._keys.flight_events(flight_id), self._keys.epoch],
-            args=[epoch, json.dumps(event), STREAM_TTL_S, self._events_channel, flight_id])))
+        return bool(
+            await call(
+                self._relay_event(
+                    keys=[self._keys.flight_events(flight_id), self._keys.epoch],
+                    args=[epoch, json.dumps(event), STREAM_TTL_S, self._events_channel, flight_id],
+                )
+            )
+        )
 
     async def give_back(self) -> None:
         """Redis forgot the line: the flights this instance runs hold their slots again, and the

@@ -104,6 +104,8 @@ class RedisTally:
                 for request_id in ids:
                     pipe.hgetall(self._keys.ticket(request_id))
                 records = await pipe.execute()
-        return [summary(request_id, {text(k): text(v) for k, v in raw.items()})
-                for request_id, raw in zip(ids, records, strict=True) if raw]
-
+        return [
+            summary(request_id, {text(k): text(v) for k, v in raw.items()})
+            for request_id, raw in zip(ids, records, strict=True)
+            if raw
+        ]
