@@ -35,6 +35,7 @@ through a Redis stream per job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
@@ -106,6 +107,10 @@ class JobBoard(Protocol):
         """The server stops: every long poll ends now with no jobs, and so does every later one."""
         ...
 
+    def wake(self) -> None:
+        """Every long poll of this process looks again now (one of them was hung up)."""
+        ...
+
     def worker_absent_s(self) -> float | None:
         """Seconds since a worker last asked for jobs or reported, once that is
         ``NO_WORKER_AFTER_S`` or more with no lease held; else None (or not known)."""
@@ -167,7 +172,7 @@ class MemoryJobBoard:
             remaining = deadline - loop.time()
             if remaining <= 0 or any(stop.is_set() for stop in stops):
                 return []
-            await wait_any([self._offered, *stops], remaining)
+            await nap(self._offered, remaining)
         if any(stop.is_set() for stop in stops):
             return []
         taken: list[dict[str, Any]] = []
@@ -207,6 +212,10 @@ class MemoryJobBoard:
 
     def stop_receiving(self) -> None:
         self._stopped.set()
+        self._offered.set()
+
+    def wake(self) -> None:
+        self._offered.set()
 
     def worker_absent_s(self) -> float | None:
         return None if self._asking or self._leased else absent_since(self._seen)
@@ -248,14 +257,10 @@ def absent_since(seen: float | None) -> float | None:
     return absent_s if absent_s >= NO_WORKER_AFTER_S else None
 
 
-async def wait_any(events: list[asyncio.Event], timeout_s: float) -> None:
-    """Until one of ``events`` is set, or ``timeout_s`` passed."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+async def nap(event: asyncio.Event, timeout_s: float) -> None:
+    """Until ``event`` is set (an offer, a stop, a hang-up: the caller looks which), or ``timeout_s``."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout_s)
 
 
 def new_receipt(line: str) -> str:

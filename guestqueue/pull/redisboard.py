@@ -45,7 +45,7 @@ from ..lines.redis.boundary import call, text
 from ..lines.redis.keys import Keys
 from ..scripts import load_script
 from ..stopping import stop_tasks
-from .board import GONE, Job, Report, absent_since, wait_any
+from .board import GONE, Job, Report, absent_since, nap
 
 logger = logging.getLogger("guestqueue.jobs")
 
@@ -216,7 +216,7 @@ class RedisJobBoard:
             if remaining <= 0:
                 return []
             # An offer made here wakes us at once; one made elsewhere is seen within the poll.
-            await wait_any([self._offered, *stops], min(RECEIVE_POLL_S, remaining))
+            await nap(self._offered, min(RECEIVE_POLL_S, remaining))
         return []
 
     async def release(self, receipt: str) -> None:
@@ -227,6 +227,10 @@ class RedisJobBoard:
 
     def stop_receiving(self) -> None:
         self._stopped.set()
+        self._offered.set()
+
+    def wake(self) -> None:
+        self._offered.set()
 
     def worker_absent_s(self) -> float | None:
         if self._looking is None and not self._stopped.is_set():

@@ -95,7 +95,7 @@ class JobsApi:
         if not queue.service.accepting:  # stopping: a worker backs off (or asks another instance)
             raise ShuttingDown("This instance is stopping: ask again in a moment.", retry_after_s=1)
         gone = asyncio.Event()
-        watch = asyncio.create_task(_until_disconnected(request, gone))
+        watch = asyncio.create_task(_until_disconnected(request, gone, board))
         try:
             jobs = await board.receive(int(max_jobs), wait_s, visibility_s, gone=gone)
             await asyncio.sleep(0)  # a hang-up that came with the jobs is heard before they are sent
@@ -205,11 +205,12 @@ class _Chunks:
         self.sent += len(texts)
 
 
-async def _until_disconnected(request: Request, gone: asyncio.Event) -> None:
+async def _until_disconnected(request: Request, gone: asyncio.Event, board: JobBoard) -> None:
     """Sets ``gone`` when the worker hangs up (the body is read: what comes next is the disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
     gone.set()
+    board.wake()  # its long poll looks again, and ends
 
 
 def _offset(request: Request) -> int | None:
