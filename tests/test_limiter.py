@@ -21,7 +21,9 @@ async def test_starts_are_spaced_by_the_interval_whoever_calls() -> None:
 
     await asyncio.gather(*(caller() for _ in range(5)))
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert len(starts) == 5 and min(gaps) >= 0.1
+    # Starts are granted at least 0.1 s apart (the next from the actual grant time); a caller runs a
+    # moment after its grant, and on a busy loop one moment may be a few ms longer than the next.
+    assert len(starts) == 5 and min(gaps) >= 0.1 - 0.01 and starts[-1] - starts[0] >= 0.4 - 0.01, gaps
     assert limiter.starts == 5
 
 
