@@ -138,7 +138,8 @@ async def test_a_line_paused_and_opened_through_the_api_keeps_its_order(
 ) -> None:
     url, tag = upstream.tagged(chunks=1)
     async with admin_server(tmp_path, upstream) as (running, api), httpx.AsyncClient(timeout=30) as client:
-        await _line(client, api, name="m", upstream_url=url)
+        # One at a time: the upstream sees the calls in the order they started (two at once may arrive swapped).
+        await _line(client, api, name="m", upstream_url=url, max_concurrent_requests=1)
         paused = await client.put(f"{api}/admin/lines/m", json={"mode": "paused"}, headers=ADMIN)
         assert paused.status_code == 200 and paused.json()["mode"] == "paused"
         assert running.guest.lineup is not None

@@ -55,7 +55,10 @@ async def test_two_lines_with_different_pacing_run_side_by_side(tmp_path: Path, 
         fast_starts = sorted(call["t"] for call in await upstream.acalls(fast_tag))
     assert len(slow_starts) == len(fast_starts) == 3
     gaps = [b - a for a, b in itertools.pairwise(slow_starts)]
-    assert min(gaps) >= 0.75, f"the slow line paces its own starts: {gaps}"
+    # Seen at the upstream, an arrival may lag its start (56 ms beside a CPU-heavy process): the span
+    # of the three holds the pacing to within the lag of the first and the last.
+    assert slow_starts[-1] - slow_starts[0] >= 2 * 0.8 - 0.05, f"the slow line paces its own starts: {gaps}"
+    assert min(gaps) >= 0.8 - 0.2, gaps  # unpaced, the three would start together
     assert fast_starts[-1] < slow_starts[1], "the fast line did not wait for the slow line's pacing"
 
 
