@@ -31,9 +31,9 @@ async def _row(db: Path, request_id: str) -> tuple[str, str, str]:
             ).fetchone()
         return None if row is None else (row[0], row[1], row[2] or "")
 
-    for _ in range(200):
+    for _ in range(200):  # until the row has its ending (its batches may lag the guest's stream)
         row = await asyncio.to_thread(read)
-        if row is not None and row[0] != "processing":
+        if row is not None and row[0] not in ("queued", "processing"):
             return row
         await asyncio.sleep(0.05)
     raise AssertionError("the log row did not end")
