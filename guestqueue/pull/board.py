@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import secrets
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -132,8 +133,7 @@ class MemoryJobBoard:
         self._leased: dict[str, Job] = {}  # by receipt
         self._offered = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._asking = 0  # long polls waiting now
-        self._seen = clock.monotonic()  # a worker's last ask or report (or the board's start)
+        self._presence = WorkerPresence()
 
     def __repr__(self) -> str:
         return f"MemoryJobBoard(offered={len(self._offers)}, leased={len(self._leased)})"
@@ -154,12 +154,8 @@ class MemoryJobBoard:
     async def receive(
         self, max_jobs: int, wait_s: float, visibility_s: float, *, gone: asyncio.Event | None = None
     ) -> list[dict[str, Any]]:
-        self._asking += 1
-        try:
+        with self._presence.asking():
             return await self._receive(max_jobs, wait_s, visibility_s, gone)
-        finally:
-            self._asking -= 1
-            self._seen = clock.monotonic()
 
     async def _receive(
         self, max_jobs: int, wait_s: float, visibility_s: float, gone: asyncio.Event | None
@@ -218,11 +214,11 @@ class MemoryJobBoard:
         self._offered.set()
 
     def worker_absent_s(self) -> float | None:
-        return None if self._asking or self._leased else absent_since(self._seen)
+        return self._presence.absent_s(working=bool(self._leased))
 
     async def report(self, receipt: str, report: Report, *, offset: int | None = None) -> int:
         job = self._leased_job(receipt)
-        self._seen = clock.monotonic()
+        self._presence.saw()
         if report.kind == "chunks":
             texts = new_texts(report.data["texts"], offset, job.accepted)
             if texts:
@@ -238,7 +234,7 @@ class MemoryJobBoard:
 
     async def extend(self, receipt: str, visibility_s: float) -> None:
         job = self._leased_job(receipt)
-        self._seen = clock.monotonic()
+        self._presence.saw()
         if job.lease is not None:
             job.lease.cancel()
         job.lease = asyncio.get_running_loop().call_later(visibility_s, self._expire, job, receipt)
@@ -249,12 +245,32 @@ class MemoryJobBoard:
             self._end_lease(job)
 
 
-def absent_since(seen: float | None) -> float | None:
-    """Seconds since ``seen`` (monotonic; None: not known), once that is NO_WORKER_AFTER_S or more."""
-    if seen is None:
-        return None
-    absent_s = clock.monotonic() - seen
-    return absent_s if absent_s >= NO_WORKER_AFTER_S else None
+class WorkerPresence:
+    """When a worker was last here (it asked for jobs or reported), and whether one is asking now."""
+
+    def __init__(self) -> None:
+        self.polls = 0  # long polls waiting now
+        self.seen: float | None = clock.monotonic()  # monotonic; None: not known (a shared board's Redis away)
+
+    @contextlib.contextmanager
+    def asking(self) -> Iterator[None]:
+        self.polls += 1
+        try:
+            yield
+        finally:
+            self.polls -= 1
+            self.saw()
+
+    def saw(self) -> None:
+        self.seen = clock.monotonic()
+
+    def absent_s(self, *, working: bool = False) -> float | None:
+        """Seconds since a worker was last here, once that is NO_WORKER_AFTER_S or more with nobody
+        asking nor ``working`` (holding a lease); else None."""
+        if self.polls or working or self.seen is None:
+            return None
+        absent_s = clock.monotonic() - self.seen
+        return absent_s if absent_s >= NO_WORKER_AFTER_S else None
 
 
 async def nap(event: asyncio.Event, timeout_s: float) -> None:

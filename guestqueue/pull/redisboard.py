@@ -45,7 +45,7 @@ from ..lines.redis.boundary import call, text
 from ..lines.redis.keys import Keys
 from ..scripts import load_script
 from ..stopping import stop_tasks
-from .board import GONE, Job, Report, absent_since, nap
+from .board import GONE, Job, Report, WorkerPresence, nap
 
 logger = logging.getLogger("guestqueue.jobs")
 
@@ -78,8 +78,7 @@ class RedisJobBoard:
         self._read_from: dict[str, str] = {}  # job id -> last report stream id read
         self._offered = asyncio.Event()  # an offer made here: this instance's long polls look at once
         self._stopped = asyncio.Event()
-        self._asking = 0  # this instance's long polls waiting now
-        self._seen: float | None = clock.monotonic()  # a worker's last ask or report, as last read; None: unknown
+        self._presence = WorkerPresence()  # this instance's polls; when any instance last saw a worker
         self._looking: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -170,12 +169,8 @@ class RedisJobBoard:
     async def receive(
         self, max_jobs: int, wait_s: float, visibility_s: float, *, gone: asyncio.Event | None = None
     ) -> list[dict[str, Any]]:
-        self._asking += 1
-        try:
+        with self._presence.asking():  # (other instances hear of it from Redis)
             return await self._receive(max_jobs, wait_s, visibility_s, gone)
-        finally:
-            self._asking -= 1
-            self._seen = clock.monotonic()  # (other instances hear it from Redis)
 
     async def _receive(
         self, max_jobs: int, wait_s: float, visibility_s: float, gone: asyncio.Event | None
@@ -235,7 +230,7 @@ class RedisJobBoard:
     def worker_absent_s(self) -> float | None:
         if self._looking is None and not self._stopped.is_set():
             self._looking = asyncio.create_task(self._look_for_workers(), name="guestqueue-jobs-workers")
-        return None if self._asking else absent_since(self._seen)
+        return self._presence.absent_s()
 
     async def _look_for_workers(self) -> None:
         """Every WORKERS_LOOK_S: when a worker (at any instance) last asked or reported."""
@@ -243,15 +238,15 @@ class RedisJobBoard:
             try:
                 since_ms, leases = await self._redis_workers()
             except LineUnavailable:
-                self._seen = None  # Redis away: guests hear about that, not about workers
+                self._presence.seen = None  # Redis away: guests hear about that, not about workers
             else:
                 now = clock.monotonic()
                 if leases:
-                    self._seen = now  # someone is working on a job
+                    self._presence.seen = now  # someone is working on a job
                 elif since_ms >= 0:
-                    self._seen = now - since_ms / 1000
-                elif self._seen is None:
-                    self._seen = now  # Redis forgot when: count from now
+                    self._presence.seen = now - since_ms / 1000
+                elif self._presence.seen is None:
+                    self._presence.seen = now  # Redis forgot when: count from now
             await asyncio.sleep(WORKERS_LOOK_S)
 
     async def _redis_workers(self) -> tuple[int, int]:
@@ -259,7 +254,7 @@ class RedisJobBoard:
         return int(since_ms), int(leases)
 
     async def report(self, receipt: str, report: Report, *, offset: int | None = None) -> int:
-        self._seen = clock.monotonic()
+        self._presence.saw()
         texts = [json.dumps(text) for text in report.data["texts"]] if report.kind == "chunks" else []
         body = "" if report.kind == "chunks" else json.dumps({"kind": report.kind, "data": report.data})
         ends = "1" if report.kind in ("complete", "fail") else "0"
@@ -273,7 +268,7 @@ class RedisJobBoard:
         return int(taken)
 
     async def extend(self, receipt: str, visibility_s: float) -> None:
-        self._seen = clock.monotonic()
+        self._presence.saw()
         done = await _run(self._extend(keys=self._board_keys, args=[receipt, self._prefix, round(visibility_s * 1000)]))
         _raise_for(int(done), 0)
 

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 
 from ..errors import ClientLimit, LineUnavailable
 from ..lines.memory import MemoryLine
-from ..lines.redis.boundary import call, logged, text, unavailable
+from ..lines.redis.boundary import call, logged, subscribe, text, unavailable
 from ..lines.redis.line import RedisLine
 from ..linespec import Admission
 from ..scripts import load_script
@@ -365,21 +365,11 @@ class RedisSessions:
 
     async def _listen(self) -> None:
         """Forget the sessions opened here that ended on any instance (not to give them back)."""
-        while True:
-            try:
-                with unavailable(ROOM_UNAVAILABLE):
-                    await self._hear_ends()
-            except LineUnavailable as exc:
-                raise_if_cancelled()
-                logger.warning("session ends not heard (%s); listening again shortly", exc.__cause__)
-                await asyncio.sleep(SWEEP_EVERY_S)
+        channels = [self._keys.session_ended_channel]
+        await subscribe(self._redis, channels, self._ended, "session ends not heard", pause_s=SWEEP_EVERY_S)
 
-    async def _hear_ends(self) -> None:
-        async with self._redis.pubsub() as pubsub:
-            await pubsub.subscribe(self._keys.session_ended_channel)
-            async for message in pubsub.listen():
-                if message["type"] == "message":
-                    self._issued.pop(text(message["data"]), None)
+    async def _ended(self, message: dict[str, Any]) -> None:
+        self._issued.pop(text(message["data"]), None)
 
     async def give_back(self) -> None:
         """Redis forgot the line: the unexpired sessions opened here hold their slots again (before

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ...errors import LineUnavailable
@@ -74,6 +75,30 @@ async def logged(awaitable: Awaitable[Any], what: str) -> bool:
         logger.warning("%s (%s)", what, exc.__cause__)
         return False
     return True
+
+
+async def subscribe(
+    redis: aioredis.Redis,
+    channels: Sequence[str],
+    on_message: Callable[[dict[str, Any]], Awaitable[None]],
+    lost: str,
+    *,
+    pause_s: float = 0.5,
+) -> None:
+    """Forever: hand each message published on ``channels`` to ``on_message``; when Redis fails,
+    log that ``lost`` (and why) and subscribe again after ``pause_s``. Run it as a task."""
+    while True:
+        try:
+            with unavailable(quiet=True):
+                async with redis.pubsub() as pubsub:
+                    await pubsub.subscribe(*channels)
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            await on_message(message)
+        except LineUnavailable as exc:
+            raise_if_cancelled()
+            logger.warning("%s (%s); listening again shortly", lost, exc.__cause__)
+            await asyncio.sleep(pause_s)
 
 
 def text(value: bytes | str) -> str:

@@ -53,7 +53,7 @@ from ...stopping import raise_if_cancelled, stop_tasks
 from ...tickets import Flight
 from ...upstream import WorkflowRequest
 from ..base import LineView
-from .boundary import UNAVAILABLE, Spawned, call, logged, text, unavailable
+from .boundary import UNAVAILABLE, Spawned, call, logged, subscribe, text
 from .keys import Keys
 
 logger = logging.getLogger("guestqueue.lines.redis.line")
@@ -193,24 +193,13 @@ class RedisLine:
 
     async def _listen(self) -> None:
         """Wake local workers whenever any instance changes the line or frees a slot."""
-        while True:
-            try:
-                with unavailable():
-                    await self._hear_wake_ups()
-            except LineUnavailable as exc:
-                raise_if_cancelled()
-                logger.warning("wake-ups lost (%s); listening again shortly", exc.__cause__)
-                await asyncio.sleep(0.5)
+        await subscribe(self._redis, [self.keys.wake], self._woken_by, "wake-ups lost")
 
-    async def _hear_wake_ups(self) -> None:
-        async with self._redis.pubsub() as pubsub:
-            await pubsub.subscribe(self.keys.wake)
-            async for message in pubsub.listen():
-                if message["type"] == "message":
-                    self._wake_workers()
-                    if message["data"] == REORDERED.encode():
-                        for hook in self.on_reordered:
-                            hook()
+    async def _woken_by(self, message: dict[str, Any]) -> None:
+        self._wake_workers()
+        if message["data"] == REORDERED.encode():
+            for hook in self.on_reordered:
+                hook()
 
     async def close(self) -> None:
         await stop_tasks(self._tasks)

@@ -43,7 +43,7 @@ from ...scripts import load_script
 from ...service import QueueService
 from ...stopping import raise_if_cancelled, stop_tasks
 from ...tickets import Flight
-from .boundary import Spawned, call, logged, text, unavailable
+from .boundary import Spawned, call, logged, subscribe, text, unavailable
 from .line import RedisLine
 from .places import RedisPlaces
 
@@ -267,30 +267,19 @@ class FlightRelay:
         return service.waiting.get(flight_id) or service.running.get(flight_id)
 
     async def _listen(self) -> None:
-        while True:
-            try:
-                with unavailable():
-                    await self._hear()
-            except LineUnavailable as exc:
-                raise_if_cancelled()
-                logger.warning("relay lost Redis (%s); listening again shortly", exc.__cause__)
-                await asyncio.sleep(0.5)
+        channels = [self._events_channel, self._cancel_channel, self._keys.moved_channel]
+        await subscribe(self._redis, channels, self._heard, "relay lost Redis")
 
-    async def _hear(self) -> None:
-        async with self._redis.pubsub() as pubsub:
-            await pubsub.subscribe(self._events_channel, self._cancel_channel, self._keys.moved_channel)
-            async for message in pubsub.listen():
-                if message["type"] != "message":
-                    continue
-                channel, flight_id = text(message["channel"]), text(message["data"])
-                if channel == self._keys.moved_channel:
-                    request_id, old_holder, _ = json.loads(flight_id)
-                    if old_holder == self._instance_id:
-                        self._service.release(request_id)
-                elif channel == self._cancel_channel:
-                    self._stop_running(flight_id)
-                elif self._local(flight_id) is not None:
-                    await self._catch_up(flight_id)
+    async def _heard(self, message: dict[str, Any]) -> None:
+        channel, flight_id = text(message["channel"]), text(message["data"])
+        if channel == self._keys.moved_channel:
+            request_id, old_holder, _ = json.loads(flight_id)
+            if old_holder == self._instance_id:
+                self._service.release(request_id)
+        elif channel == self._cancel_channel:
+            self._stop_running(flight_id)
+        elif self._local(flight_id) is not None:
+            await self._catch_up(flight_id)
 
     def _stop_running(self, flight_id: str) -> None:
         flight = self._running.get(flight_id)
