@@ -94,6 +94,10 @@ class Lineup:
             try:
                 workflow = self._workflow if spec.name == DEFAULT_LINE else None
                 upstream = make_upstream(spec.settings, self._client_for(spec), workflow)
+                webhooks = LineWebhooks(self._outbox, spec, self.stream) if self._outbox is not None else None
+                if webhooks is not None:
+                    self._webhooks[spec.name] = webhooks
+                    stack.callback(self._webhooks.pop, spec.name, None)
                 queue = await open_queue(
                     stack,
                     spec.settings,
@@ -102,15 +106,9 @@ class Lineup:
                     spec=spec,
                     redis=self._redis,
                     metrics=self.metrics,
+                    listeners=[webhooks] if webhooks is not None else [],
+                    watchers=[webhooks] if webhooks is not None else [],
                 )
-                if self._outbox is not None:
-                    listener = LineWebhooks(self._outbox, spec, self.stream)
-                    queue.service.listeners.append(listener)
-                    queue.service.positions.on_view.append(
-                        lambda: listener.check(queue.service.line.peek().size, queue.pool.problems())
-                    )
-                    self._webhooks[spec.name] = listener
-                    stack.callback(self._webhooks.pop, spec.name, None)
                 for hook in self.on_open:
                     await hook(queue, stack)
             except BaseException:
@@ -159,7 +157,7 @@ class Lineup:
                             any(getattr(new, f) != getattr(old, f) for f in UPSTREAM_FIELDS)
                             or spec.upstream_trusted != queue.spec.upstream_trusted
                         )
-                        queue.apply(spec, make_upstream(new, self._client_for(spec), None) if changed else None)
+                        queue.reconfigure(spec, make_upstream(new, self._client_for(spec), None) if changed else None)
                 except Exception as exc:  # one line that cannot change leaves the others running
                     logger.error("line %s could not be changed: %s", name, f"{type(exc).__name__}: {exc}"[:300])
 

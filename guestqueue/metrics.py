@@ -17,8 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .history import Stats
-from .service import QuietListener
+from .core import QuietListener
+from .stats import Stats
 from .store import RequestLog
 from .tickets import Ticket
 
@@ -82,10 +82,13 @@ class Metrics:
     def webhook_attempt(self, seconds: float, worked: bool) -> None:
         self.webhook_seconds.labels("ok" if worked else "error").observe(seconds)
 
-    def add(self, line: str, source: MetricsSource) -> LineMetrics:
-        """Count ``line`` from now on; the returned listener times its requests."""
-        self.sources[line] = source
+    def timing(self, line: str) -> LineMetrics:
+        """The listener that times ``line``'s requests (and the pool's pacing hook)."""
         return LineMetrics(self, line)
+
+    def add(self, line: str, source: MetricsSource) -> None:
+        """Count ``line`` from now on."""
+        self.sources[line] = source
 
     def remove(self, line: str) -> None:
         """A deleted line's series disappear."""

@@ -38,9 +38,12 @@ class Positions:
         *,
         notice: Callable[[], dict[str, Any]] = dict,
         release_per_minute: int = 0,
+        on_tick: list[Callable[[], None]] | None = None,
     ) -> None:
-        """``waiting``: this instance's flights still in line (the service's own index); ``notice``:
-        what every ``queued`` event adds (the line's mode and message while it is not open)."""
+        """``waiting``: this instance's flights still in line (flights.py); ``notice``: what every
+        ``queued`` event adds (the line's mode and message while it is not open); ``on_tick``:
+        housekeeping run once per tick. ``on_view`` (run after each tick's view is taken) is filled
+        before :meth:`start` by whoever follows the views (runtime.py)."""
         self._settings = settings
         self._line = line
         self._waiting = waiting
@@ -51,7 +54,7 @@ class Positions:
         self._view_mono = clock.monotonic()
         self._view_asked = float("-inf")  # when the view was asked for (not known: -inf)
         self._started_since_view: list[float] = []  # starts heard of after the view was taken (monotonic)
-        self.notice = notice
+        self._notice = notice
         self.estimator = WaitEstimator(
             settings.max_concurrent_requests, _pace_s(settings, release_per_minute), self._eta_snapshot
         )
@@ -59,7 +62,7 @@ class Positions:
         self._kick: asyncio.Future[bool] | None = None  # the tick's sleep, ended by a kick
         self._kicked = False
         self._last_kick = float("-inf")
-        self.on_tick: list[Callable[[], None]] = []  # housekeeping run once per tick
+        self._on_tick = list(on_tick or [])
         self.on_view: list[Callable[[], None]] = []  # run after each tick's view is taken
 
     def reconfigure(self, settings: Settings, release_per_minute: int) -> None:
@@ -149,7 +152,7 @@ class Positions:
                 "total_ahead": position - 1,
                 "queue_size": max(self.view.size, position),
                 "estimated_wait_sec": round(self.estimator.estimate_s(position), 1),
-                **self.notice(),
+                **self._notice(),
             },
         )
 
@@ -184,7 +187,7 @@ class Positions:
             # A kick (the line reordered) runs a round at once, keeping the cadence.
             if await self._sleep_until(due):
                 due = max(due + interval_s, loop.time())
-            for housekeeping in self.on_tick:
+            for housekeeping in self._on_tick:
                 housekeeping()
             try:
                 await self.refresh()

@@ -14,16 +14,21 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from .attendance import Attendance
 from .config import Settings
+from .core import Core, RequestListener
+from .endings import Endings
 from .gate import Gate
-from .history import Stats
-from .lines.memory import MemoryLine
+from .handover import Handover
+from .lines.base import Line, Places
+from .lines.memory import LocalPlaces, MemoryLine
 from .lines.redis.answers import RedisAnswers
 from .lines.redis.keys import Keys
 from .lines.redis.line import RedisLine
@@ -36,6 +41,7 @@ from .pull.board import JobBoard, MemoryJobBoard
 from .pull.redisboard import RedisJobBoard
 from .pull.upstream import PullUpstream, with_worker_notice, worker_problems
 from .service import QueueService
+from .stats import Stats
 from .store import RequestLog
 from .upstream import Upstream
 from .views import QueueViews
@@ -54,38 +60,25 @@ class Queue:
 
     service: QueueService
     log: RequestLog | None
-    pool: WorkerPool = field(init=False)
-    metrics: Metrics = field(init=False)
-    views: QueueViews = field(init=False)
+    pool: WorkerPool
+    metrics: Metrics
+    views: QueueViews
     sessions: Sessions | None = None  # an admission line's (waitingroom/sessions.py)
     jobs: JobBoard | None = None  # a pull line's (pull/board.py)
     _shared_stats: Stats | None = None  # every instance's totals, as of the last refresh()
 
-    def apply(self, spec: LineSpec, upstream: Upstream | None) -> None:
+    def reconfigure(self, spec: LineSpec, upstream: Upstream | None) -> None:
         """The line's new spec (the admin API), at once: its mode and policy, limits, pacing and,
         with ``upstream``, a new upstream for the calls that start from now on."""
-        service, settings = self.service, spec.settings
-        purged = spec.purged_at > service.gate.spec.purged_at
-        service.gate.spec = spec
         if self.sessions is not None and spec.admission is not None:
             self.sessions.reconfigure(spec.admission, _signer(spec))
         if isinstance(self.pool.upstream, PullUpstream):
             self.pool.upstream.max_receive_count = spec.max_receive_count
             upstream = None  # its board and its jobs stay
-        if purged:
-            service.purge(spec.purged_at)
-        service.settings = settings
-        service.positions.reconfigure(settings, spec.release_per_minute)
-        service.line.reconfigure(
-            max_size=settings.max_queue_size,
-            max_concurrent=settings.max_concurrent_requests,
-            interval_s=settings.upstream_interval_s,
-            release_per_minute=spec.release_per_minute,
-            max_starvation_s=spec.max_starvation_s,
-        )
+        self.service.reconfigure(spec)
         if upstream is not None:
-            service.upstream_kind = upstream.kind
-        self.pool.reconfigure(settings, upstream or self.pool.upstream)
+            self.service.upstream_kind = upstream.kind
+        self.pool.reconfigure(spec.settings, upstream or self.pool.upstream)
 
     async def refresh(self) -> None:
         """Read the line (and, shared, every instance's totals) for the next scrape."""
@@ -101,7 +94,7 @@ class Queue:
 
     @property
     def spec(self) -> LineSpec:
-        return self.service.gate.spec
+        return self.service.spec
 
     @property
     def stats(self) -> Stats:
@@ -121,6 +114,26 @@ class Queue:
         return self.sessions.counts() if self.sessions is not None else None
 
 
+class LineWatcher(Protocol):
+    def check(self, queue_size: int, problems: list[str]) -> None: ...
+
+
+def _watching(watcher: LineWatcher, line: Line, pool: WorkerPool) -> Callable[[], None]:
+    return lambda: watcher.check(line.peek().size, pool.problems())
+
+
+@dataclass
+class _LineParts:
+    """What a line is made of before its service: in this process, or shared through Redis."""
+
+    line: MemoryLine | RedisLine
+    places: Places
+    sessions: Sessions | None = None
+    tally: RedisTally | None = None
+    answers: RedisAnswers | None = None
+    redis: aioredis.Redis | None = None
+
+
 async def open_queue(
     stack: AsyncExitStack,
     settings: Settings,
@@ -130,10 +143,13 @@ async def open_queue(
     spec: LineSpec | None = None,
     redis: aioredis.Redis | None = None,
     metrics: Metrics | None = None,
+    listeners: Sequence[RequestListener] = (),
+    watchers: Sequence[LineWatcher] = (),
 ) -> Queue:
     """Build and start one line (``spec``, by default the ``guest`` line of ``settings``); ``stack``
     stops it (drains the service, stops the workers). ``redis`` and ``metrics`` may be shared by
-    every line of the process."""
+    every line of the process; ``listeners`` hear its requests too (webhooks, a simulation), and
+    ``watchers`` look at it after every positions tick (webhooks' thresholds)."""
     spec = spec if spec is not None else default_line(settings)
     settings = spec.settings
     gate = Gate(spec)
@@ -144,9 +160,18 @@ async def open_queue(
             stack.push_async_callback(redis.aclose)
         if settings.resolved_upstream_kind == "pull":
             upstream = _pull(spec, RedisJobBoard(redis, Keys(redis_prefix(settings, spec.name)), spec.name))
-        return await _open_shared(stack, gate, upstream, log, redis, metrics)
-    if settings.resolved_upstream_kind == "pull":
-        upstream = _pull(spec, MemoryJobBoard(spec.name))
+        parts = await _shared_line(stack, gate, log, redis)
+    else:
+        if settings.resolved_upstream_kind == "pull":
+            upstream = _pull(spec, MemoryJobBoard(spec.name))
+        parts = _memory_line(stack, gate)
+    return await _start(stack, gate, parts, upstream, log, metrics, listeners, watchers)
+
+
+def _memory_line(stack: AsyncExitStack, gate: Gate) -> _LineParts:
+    """The line and pacer in this process (no GUEST_REDIS_URL)."""
+    spec = gate.spec
+    settings = spec.settings
     line = MemoryLine(
         max_size=settings.max_queue_size,
         max_concurrent=settings.max_concurrent_requests,
@@ -161,9 +186,7 @@ async def open_queue(
     if spec.admission is not None:
         sessions = Sessions(spec.name, spec.admission, _signer(spec), MemorySessions(line))
         stack.push_async_callback(sessions.close)
-    service = QueueService(settings, line, line, upstream_kind=upstream.kind, gate=gate, sessions=sessions)
-    line.on_moved = service.positions.moved
-    return await _start(stack, service, upstream, service, log, metrics, sessions)
+    return _LineParts(line, LocalPlaces(), sessions)
 
 
 def _signer(spec: LineSpec) -> TokenSigner:
@@ -191,15 +214,8 @@ def redis_prefix(settings: Settings, line: str) -> str:
     return settings.redis_prefix if line == DEFAULT_LINE else f"{settings.redis_prefix}:line:{line}"
 
 
-async def _open_shared(
-    stack: AsyncExitStack,
-    gate: Gate,
-    upstream: Upstream,
-    log: RequestLog | None,
-    redis: aioredis.Redis,
-    metrics: Metrics,
-) -> Queue:
-    """The line, pacer and flight events on Redis (GUEST_REDIS_URL), shared with other instances."""
+async def _shared_line(stack: AsyncExitStack, gate: Gate, log: RequestLog | None, redis: aioredis.Redis) -> _LineParts:
+    """The line, pacer and guests' places on Redis (GUEST_REDIS_URL), shared with other instances."""
     spec = gate.spec
     settings = spec.settings
     instance_id = log.instance_id if log is not None else secrets.token_hex(8)
@@ -218,9 +234,6 @@ async def _open_shared(
     line.starts_allowed = gate.starts_allowed
     await line.register({"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time()})
     stack.push_async_callback(line.close)
-    places = RedisPlaces(redis, line.keys, instance_id)
-    tally = RedisTally(redis, line.keys, settings.history_size)
-    answers = RedisAnswers(redis, line.keys, settings.cache_ttl_s) if settings.cache_size > 0 else None
     sessions = None
     if spec.admission is not None:
         store = RedisSessions(redis, line)
@@ -228,65 +241,103 @@ async def _open_shared(
         line.on_forgotten.append(store.give_back)  # before the window closes: no slot given twice
         sessions = Sessions(spec.name, spec.admission, _signer(spec), store)
         stack.push_async_callback(sessions.close)
-    service = QueueService(
-        settings,
+    return _LineParts(
         line,
-        line,
-        places=places,
-        tally=tally,
-        shared_answers=answers,
-        upstream_kind=upstream.kind,
-        gate=gate,
-        sessions=sessions,
+        RedisPlaces(redis, line.keys, instance_id),
+        sessions,
+        tally=RedisTally(redis, line.keys, settings.history_size),
+        answers=RedisAnswers(redis, line.keys, settings.cache_ttl_s) if settings.cache_size > 0 else None,
+        redis=redis,
     )
-    service.listeners.append(tally)
-    line.on_rejoined.append(service.rejoin)
-    line.on_forgotten.append(service.give_back)
-    line.on_reordered.append(service.positions.kick)
-    relay = FlightRelay(redis, line, places, service)
-    relay.start()
-    stack.push_async_callback(relay.stop)
-    return await _start(stack, service, upstream, relay, log, metrics, sessions)
 
 
 async def _start(
     stack: AsyncExitStack,
-    service: QueueService,
+    gate: Gate,
+    parts: _LineParts,
     upstream: Upstream,
-    sink: FlightSink,
     log: RequestLog | None,
     metrics: Metrics,
-    sessions: Sessions | None = None,
+    extra_listeners: Sequence[RequestListener],
+    watchers: Sequence[LineWatcher],
 ) -> Queue:
-    settings = service.settings
-    queue = Queue(service, log, sessions=sessions)
-    if isinstance(upstream, PullUpstream):
-        board = queue.jobs = upstream.board
-        stack.push_async_callback(board.close)
-        service.on_drain.append(board.stop_receiving)  # open long polls end now: the stop is not held up
-        service.positions.notice = with_worker_notice(board, service.positions.notice)
-        service.health_checks.append(worker_problems(board))
-    if sessions is not None:
-        service.upstream_kind = "admission"
-        sessions.on_ended.append(service.positions.estimator.record)  # a slot is held a session long
-    queue.views = QueueViews(service, sessions)
-    queue.metrics = metrics
-    timing = metrics.add(service.name, queue)
-    stack.callback(metrics.remove, service.name)
-    line = service.line
-    queue.pool = WorkerPool(settings, line, service.pacer, upstream, sink, on_paced=timing.paced, admitter=sessions)
-    service.listeners.append(timing)
-    service.on_drain.append(queue.pool.drain)
-    service.busy.append(lambda: bool(queue.pool.active))
-    service.health_checks.append(queue.pool.problems)
+    """The line's service, workers and hooks, put together in one order, then started."""
+    spec, line, sessions = gate.spec, parts.line, parts.sessions
+    settings = spec.settings
+    board = upstream.board if isinstance(upstream, PullUpstream) else None
+    stats, timing = Stats(), metrics.timing(spec.name)
+    listeners: list[RequestListener] = [stats, *([parts.tally] if parts.tally else []), timing]
     if log is not None:
-        service.listeners.append(log.for_line(service.name))
-        service.health_checks.append(log.problems)
-    stack.push_async_callback(queue.pool.stop)
+        listeners.append(log.for_line(spec.name))
+    listeners += extra_listeners
+    notice = gate.notice if board is None else with_worker_notice(board, gate.notice)
+    core = Core(
+        gate,
+        line,
+        line,
+        parts.places,
+        listeners,
+        notice,
+        stats=stats,
+        shared_answers=parts.answers,
+        sessions=sessions,
+    )
+    endings = Endings(core)
+    attendance = Attendance(core, endings)
+    sink: FlightSink = endings
+    relay = None
+    if isinstance(line, RedisLine):
+        assert parts.redis is not None and isinstance(parts.places, RedisPlaces)
+        relay = FlightRelay(
+            parts.redis,
+            line,
+            parts.places,
+            endings,
+            core.flights,
+            core.positions,
+            attendance.release,
+            lambda: core.settings.reconnect_grace_s,
+        )
+        sink = relay
+    handover = Handover(core, endings, attendance, relay.follow) if relay else Handover(core, endings, attendance)
+    # The line's hooks, fixed here before anything starts.
+    if isinstance(line, RedisLine):
+        assert relay is not None
+        line.on_rejoined.append(handover.rejoin)
+        line.on_forgotten += [handover.give_back, relay.give_back]
+        line.on_reordered.append(core.positions.kick)
+        core.positions.on_view.append(relay.catch_up_started)
+    else:
+        line.on_moved = core.positions.moved
+    if sessions is not None:
+        sessions.on_ended.append(core.positions.estimator.record)  # a slot is held a session long
+    pool = WorkerPool(settings, line, line, upstream, sink, on_paced=timing.paced, admitter=sessions)
+    core.positions.on_view += [_watching(watcher, line, pool) for watcher in watchers]
+    health = [pool.problems, *([log.problems] if log is not None else [])]
+    service = QueueService(
+        core,
+        endings,
+        attendance,
+        handover,
+        tally=parts.tally,
+        upstream_kind="admission" if sessions is not None else upstream.kind,
+        on_drain=[*([board.stop_receiving] if board else []), pool.drain],  # open long polls end at once
+        busy=[lambda: bool(pool.active)],
+        health_checks=[*([worker_problems(board)] if board else []), *health],
+    )
+    queue = Queue(service, log, pool, metrics, QueueViews(service, sessions), sessions, board)
+    if board is not None:
+        stack.push_async_callback(board.close)
+    metrics.add(spec.name, queue)
+    stack.callback(metrics.remove, spec.name)
+    if relay is not None:
+        relay.start()
+        stack.push_async_callback(relay.stop)
+    stack.push_async_callback(pool.stop)
     await service.start()
-    queue.pool.start()
-    if settings.resolved_upstream_kind in ("http", "openai") and service.gate.spec.upstream_trusted:
-        queue.pool.probe(settings.upstream_url, service.name)  # a tenant's address is not probed unasked
+    pool.start()
+    if settings.resolved_upstream_kind in ("http", "openai") and spec.upstream_trusted:
+        pool.probe(settings.upstream_url, spec.name)  # a tenant's address is not probed unasked
     stack.push_async_callback(service.stop)
     return queue
 

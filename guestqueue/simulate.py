@@ -37,11 +37,12 @@ from typing import Any
 import looptime
 
 from .config import ENV_NAMES, Settings, SettingsError, parse_value
+from .core import QuietListener, RequestListener
 from .errors import Rejected
 from .events import QUEUED
 from .linespec import DEFAULT_LINE, LineSpec, load_lines
-from .runtime import open_queue
-from .service import QueueService, QuietListener
+from .runtime import Queue, open_queue
+from .service import QueueService
 from .tickets import Status, Ticket
 from .upstream import Chunk, WorkflowRequest
 from .waitingroom.sessions import Sessions
@@ -177,7 +178,7 @@ class _Visitors(QuietListener):
     """An admission line's guests once admitted: each stays its drawn duration in the protected
     application, then completes its session (unless its token expired first)."""
 
-    def __init__(self, sessions: Sessions, stay_s: dict[str, float]) -> None:
+    def __init__(self, sessions: Callable[[], Sessions | None], stay_s: dict[str, float]) -> None:
         self._sessions, self._stay_s = sessions, stay_s
         self._leaving: set[asyncio.Future[bool]] = set()
 
@@ -186,7 +187,9 @@ class _Visitors(QuietListener):
             asyncio.get_running_loop().call_later(self._stay_s[ticket.query], self._leave, ticket.id)
 
     def _leave(self, request_id: str) -> None:
-        task = asyncio.ensure_future(self._sessions.complete(request_id))
+        sessions = self._sessions()
+        assert sessions is not None
+        task = asyncio.ensure_future(sessions.complete(request_id))
         self._leaving.add(task)
         task.add_done_callback(self._leaving.discard)
 
@@ -295,12 +298,14 @@ async def _run(spec: LineSpec, scenario: Scenario) -> Result:
     t0 = loop.time()
     settings = spec.settings
     async with AsyncExitStack() as stack:
-        queue = await open_queue(stack, settings, upstream, None, spec=spec)
+        # The listeners are fixed before the line starts; what they read of it exists once it has.
+        queue: Queue | None = None
+        recorder = _Recorder(lambda: queue.queue_size() if queue is not None else 0, t0)
+        listeners: list[RequestListener] = [recorder]
+        if spec.admission is not None:  # a waiting room: the drawn duration is a visit's length
+            listeners.append(_Visitors(lambda: queue.sessions if queue is not None else None, upstream.calls_s))
+        queue = await open_queue(stack, settings, upstream, None, spec=spec, listeners=listeners)
         service = queue.service
-        recorder = _Recorder(queue.queue_size, t0)
-        service.listeners.append(recorder)
-        if queue.sessions is not None:  # a waiting room: the drawn duration is a visit's length
-            service.listeners.append(_Visitors(queue.sessions, upstream.calls_s))
         # Nobody lasts longer than its wait limit plus its call's limit (retries never happen here).
         horizon_s = arrival + settings.max_wait_s + settings.request_timeout_s + SETTLE_MARGIN_S
         try:

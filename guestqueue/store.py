@@ -345,7 +345,7 @@ class RequestLog:
             )
         self._wake.set()
 
-    # -- a RequestListener (service.py): every admission, start and end is a row change --
+    # -- a RequestListener (core.py): every admission, start and end is a row change --
 
     def admitted(self, ticket: Ticket) -> None:
         self.record(ticket)

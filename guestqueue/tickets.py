@@ -76,6 +76,7 @@ class Ticket:
     drop_reason: str | None = None  # why its last stream ended, for the row if the guest never returns
     grace_timer: asyncio.TimerHandle | None = None
     expiry_timer: asyncio.TimerHandle | None = None
+    recorded: asyncio.Future[None] | None = None  # a shared line: its first record's write to Redis
     ending_written: asyncio.Future[None] | None = None  # a shared line: its ending's write to Redis
 
     @property

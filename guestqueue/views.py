@@ -95,8 +95,6 @@ class QueueViews:
                 view = await service.positions.refresh()  # exact now, not as last reported
                 flight.position = view.position(flight.id) or flight.position
             return ticket.summary()
-        if service.places is None:
-            return None
         record = await service.places.load(request_id)
         if record is None:
             return None

@@ -47,12 +47,12 @@ import aiosqlite
 import httpx
 import redis.asyncio as aioredis
 
+from .core import QuietListener
 from .errors import LineUnavailable
 from .lines.redis.boundary import call, logged
 from .linespec import LineSpec, Webhook
 from .outbound import CHAT_HOSTS
 from .scripts import load_script
-from .service import QuietListener
 from .stopping import stop_tasks
 from .store import migrate
 from .tickets import Status, Ticket

@@ -225,7 +225,7 @@ def assert_drained(running: Running) -> None:
     service = running.service
     assert len(service.waiting) == 0, "queued count must return to 0"
     assert not service.running, "active count must return to 0"
-    assert not service.per_client, "per-client counts must return to 0"
+    assert not service.registry.clients, "per-client counts must return to 0"
     assert len(service.registry) == 0, "no live tickets may remain"
 
 

@@ -180,7 +180,7 @@ async def test_status_request_history_and_health(upstream: MockUpstream) -> None
         assert health.status_code == 200 and health.json()["status"] == "ok"
         status = (await client.get(f"{running.base}/queue/status")).json()
         assert status["completed_requests"] == 5 and status["avg_processing_ms"] > 0
-        running.service.accepting = False
+        running.service.joining.accepting = False  # as a stop begins, without draining
         health = await client.get(f"{running.base}/health")
         assert health.status_code == 503 and health.json()["status"] == "unavailable"
         refused = await client.post(f"{running.base}/chat", json={"query": "late"})
@@ -212,7 +212,7 @@ async def test_forwarded_address_is_believed_only_from_trusted_proxies(upstream:
         async with serve(upstream_url=url, max_per_client=1) as running:
             held = asyncio.create_task(ask(client, running.base, "mine", headers=spoofed))
             await wait_until(lambda: running.service.stats.total_requests == 1)
-            assert set(running.service.per_client) == {"127.0.0.1"}, "untrusted peer: header ignored"
+            assert running.service.registry.clients == {"127.0.0.1"}, "untrusted peer: header ignored"
             other = await client.post(
                 f"{running.base}/chat", json={"query": "x"}, headers={"X-Forwarded-For": "1.2.3.4"}
             )
@@ -221,7 +221,7 @@ async def test_forwarded_address_is_believed_only_from_trusted_proxies(upstream:
         async with serve(upstream_url=url, max_per_client=1, trusted_proxies="127.0.0.1") as running:
             held = asyncio.create_task(ask(client, running.base, "mine", headers=spoofed))
             await wait_until(lambda: running.service.stats.total_requests == 1)
-            assert set(running.service.per_client) == {"203.0.113.9"}, "trusted proxy: the forwarded address"
+            assert running.service.registry.clients == {"203.0.113.9"}, "trusted proxy: the forwarded address"
             other = await client.post(
                 f"{running.base}/chat/simple", json={"query": "x"}, headers={"X-Forwarded-For": "198.51.100.7"}
             )

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..cache import CachedAnswer
-from ..history import Stats
+from ..stats import Stats
 from ..tickets import Flight, Ticket
 
 
@@ -157,13 +157,15 @@ class Pacer(Protocol):
 
 
 class Places(Protocol):
-    """Guests' places on a shared line: request records any instance can take over (lines/redis/places.py)."""
+    """Guests' places: on a shared line, request records any instance can take over
+    (lines/redis/places.py); alone, nothing to share (lines/memory.py's LocalPlaces)."""
 
     instance_id: str
+    shared: bool  # another instance may take a guest over (and finish what this one stops)
 
     def record(
         self, ticket: Ticket, flight_id: str | None, *, event_id: int | None = None, whole: bool = False
-    ) -> asyncio.Future[None]: ...
+    ) -> asyncio.Future[None] | None: ...
 
     async def load(self, request_id: str) -> Any: ...
 
@@ -179,7 +181,9 @@ class Places(Protocol):
 
     async def forget_key(self, client: str, idempotency_key: str, request_id: str) -> None: ...
 
-    def give_back_client_slot(self, client: str) -> Awaitable[None]: ...
+    def give_back_client_slot(self, client: str) -> Awaitable[None] | None: ...
+
+    async def abandon(self, flight: Flight) -> None: ...
 
 
 class Tally(Protocol):

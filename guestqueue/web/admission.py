@@ -11,7 +11,7 @@ from starlette.requests import ClientDisconnect, HTTPConnection, Request
 
 from ..config import Settings
 from ..errors import BodyTimeout, BodyTooLarge, InvalidField, InvalidJSON, Rejected, UnsupportedMediaType
-from ..service import KEYED_CLIENT
+from ..joining import KEYED_CLIENT
 from ..tenancy.catalog import Principal
 
 MAX_SESSION_ID_CHARS = 256

@@ -245,9 +245,9 @@ def check_drained(verdict: Verdict, service: Any) -> None:
     """The service's own counters are back to zero (the in-loop test hook)."""
     verdict.check(len(service.waiting) == 0, f"{len(service.waiting)} flights still in line")
     verdict.check(not service.running, f"{len(service.running)} flights still active")
-    verdict.check(not service.per_client, f"per-client counts left: {dict(service.per_client)}")
+    verdict.check(not service.registry.clients, f"per-client counts left: {service.registry.clients}")
     verdict.check(len(service.registry) == 0, f"{len(service.registry)} live tickets left")
-    verdict.check(not service.inflight, f"{len(service.inflight)} flights left in the single-flight map")
+    verdict.check(not service.core.flights.keyed, f"{service.core.flights.keyed} flights left in the single-flight map")
 
 
 async def drained(service: Any, timeout_s: float) -> bool:

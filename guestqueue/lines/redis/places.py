@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 
 from ...events import PROCESSING
 from ...scripts import load_script
-from ...tickets import Status, Ticket
+from ...tickets import Flight, Status, Ticket
 from .boundary import call, logged, text, unavailable
 from .keys import Keys
 
@@ -68,6 +68,8 @@ class PlaceRecord:
 
 
 class RedisPlaces:
+    shared = True  # guests keep their places when this instance stops (service.py)
+
     def __init__(self, redis: aioredis.Redis, keys: Keys, instance_id: str) -> None:
         self._redis = redis
         self._keys = keys
@@ -230,6 +232,12 @@ class RedisPlaces:
             pipe.scard(key)
             _, left = await pipe.execute()
         return int(left) == 0
+
+    async def abandon(self, flight: Flight) -> None:
+        """Nobody holds the started ``flight`` any more: its runner, wherever it is, stops the call
+        (lines/redis/relay.py hears the cancel)."""
+        channel = self._keys.cancel_channel
+        await logged(self._redis.publish(channel, flight.id), f"flight {flight.id}: cancel not relayed")
 
 
 def summary(request_id: str, raw: dict[str, str]) -> dict[str, Any]:

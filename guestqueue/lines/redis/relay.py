@@ -12,7 +12,8 @@ workers would (service.py's sink methods); a flight run by this instance for
 its own guests is applied at once, without waiting for Redis.
 
 A guest who leaves the last seat of a flight running elsewhere sends a cancel
-on a second channel; the runner stops the call (as when a local guest leaves).
+on a second channel (places.py's ``abandon``); the runner stops the call (as
+when a local guest leaves).
 
 Each event carries its number in the flight (``n``: ``started`` 0, chunk k is
 k, the ending follows the last chunk), so a follower applies each once,
@@ -34,15 +35,18 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from ...errors import LineUnavailable
+from ...flights import Flights
+from ...positions import Positions
 from ...scripts import load_script
-from ...service import QueueService
 from ...stopping import raise_if_cancelled, stop_tasks
 from ...tickets import Flight
+from ...workers import FlightSink
 from .boundary import Spawned, call, logged, subscribe, text, unavailable
 from .line import RedisLine
 from .places import RedisPlaces
@@ -58,11 +62,28 @@ READ_WITHIN_S = 10.0  # an ending in Redis this long before it forgot had been r
 
 
 class FlightRelay:
-    def __init__(self, redis: aioredis.Redis, line: RedisLine, places: RedisPlaces, service: QueueService) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        line: RedisLine,
+        places: RedisPlaces,
+        sink: FlightSink,
+        flights: Flights,
+        positions: Positions,
+        release: Callable[[str], None],
+        reconnect_grace_s: Callable[[], float],
+    ) -> None:
+        """``sink``: where this instance's guests' flights hear their events (endings.py);
+        ``release``: let go of a request another instance claimed (attendance.py);
+        ``reconnect_grace_s``: the line's, as now (places nobody took over by then are reaped)."""
         self._redis = redis
         self._line = line
         self._places = places
-        self._service = service
+        self._sink = sink
+        self._flights = flights
+        self._positions = positions
+        self._release = release
+        self._reconnect_grace_s = reconnect_grace_s
         keys = self._keys = line.keys
         self._instance_id = places.instance_id
         self._events_channel = keys.events_channel
@@ -78,10 +99,6 @@ class FlightRelay:
         self._spawn = Spawned("relay: work nobody waits for was not done")
         self._sending: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
-        service.on_abandoned = self.cancel
-        service.on_adopted = self.follow
-        service.positions.on_view.append(self._catch_up_started)
-        line.on_forgotten.append(self.give_back)
 
     def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="guestqueue-relay")
@@ -138,7 +155,7 @@ class FlightRelay:
                 with unavailable():
                     for flight in await self._line.dead_flights():
                         await self._recover(flight)
-                    await self._places.reap(self._service.settings.reconnect_grace_s)
+                    await self._places.reap(self._reconnect_grace_s())
             except LineUnavailable as exc:
                 raise_if_cancelled()
                 logger.warning("could not clean up after dead instances: %s", exc.__cause__ or exc)
@@ -176,9 +193,9 @@ class FlightRelay:
                 # Our guest's flight joined after the call began (its admission still finishing when
                 # this instance started it): what it missed comes from our copy first.
                 if not local.started and not local.finished:
-                    self._service.on_started(local)
+                    self._sink.on_started(local)
                 for text in flight.answer_parts[len(local.answer_parts) : event["n"] - 1]:
-                    self._service.emit_chunk(local, text)
+                    self._sink.emit_chunk(local, text)
             if _fit(local, event) == "next":
                 self._apply(local, event)
         if event["t"] not in ("started", "chunk"):
@@ -252,19 +269,10 @@ class FlightRelay:
                 pipe.publish(self._events_channel, flight.id)
             await pipe.execute()
 
-    # -- cancels: the last guest of a flight running elsewhere left ------------------
-
-    def cancel(self, flight: Flight) -> None:
-        self._spawn(self._publish_cancel(flight.id))
-
-    async def _publish_cancel(self, flight_id: str) -> None:
-        await logged(self._redis.publish(self._cancel_channel, flight_id), f"flight {flight_id}: cancel not relayed")
-
     # -- following: this instance holds the flight's guests ------------------------
 
     def _local(self, flight_id: str) -> Flight | None:
-        service = self._service
-        return service.waiting.get(flight_id) or service.running.get(flight_id)
+        return self._flights.get(flight_id)
 
     async def _listen(self) -> None:
         channels = [self._events_channel, self._cancel_channel, self._keys.moved_channel]
@@ -275,7 +283,7 @@ class FlightRelay:
         if channel == self._keys.moved_channel:
             request_id, old_holder, _ = json.loads(flight_id)
             if old_holder == self._instance_id:
-                self._service.release(request_id)
+                self._release(request_id)
         elif channel == self._cancel_channel:
             self._stop_running(flight_id)
         elif self._local(flight_id) is not None:
@@ -327,36 +335,36 @@ class FlightRelay:
         self._applied.pop(flight.id, None)
         await logged(self._catch_up(flight.id), f"flight {flight.id}: could not catch up")
 
-    def _catch_up_started(self) -> None:
+    def catch_up_started(self) -> None:
         """After each view: local flights no longer in line started somewhere; read their streams."""
-        view = self._service.positions.view
-        started = [f for f in self._service.waiting if view.position(f) == 0]
+        view, flights = self._positions.view, self._flights
+        started = [f for f in flights.waiting if view.position(f) == 0]
         # Running elsewhere, a missed message would leave its guests hanging: read on from the stream.
-        for flight_id in [*started, *(f for f in self._service.running if f not in self._direct)]:
+        for flight_id in [*started, *(f for f in flights.running if f not in self._direct)]:
             self._spawn(self._catch_up(flight_id))  # (Spawned logs it if Redis fails)
 
     def _apply(self, flight: Flight, event: dict[str, Any]) -> None:
-        service, kind = self._service, event["t"]
+        sink, kind = self._sink, event["t"]
         if flight.finished:
             return
         if kind == "started":
             if not flight.started:
-                service.on_started(flight)
+                sink.on_started(flight)
         elif kind == "chunk":
             if not flight.started:
-                service.on_started(flight)
-            service.emit_chunk(flight, event["text"])
+                sink.on_started(flight)
+            sink.emit_chunk(flight, event["text"])
         else:
             self._applied.pop(flight.id, None)
             if kind == "completed":
                 flight.suggested_questions = list(event.get("suggested") or [])
-                service.end_flight_completed(flight)
+                sink.end_flight_completed(flight)
             elif kind == "timeout":
-                service.end_flight_timeout(flight)
+                sink.end_flight_timeout(flight)
             elif kind == "admitted":
-                service.end_flight_admitted(flight, event["grant"])
+                sink.end_flight_admitted(flight, event["grant"])
             else:
-                service.end_flight_error(flight, event["code"], event["message"], detail=event.get("detail"))
+                sink.end_flight_error(flight, event["code"], event["message"], detail=event.get("detail"))
 
 
 def _fit(flight: Flight, event: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from ...history import Stats
+from ...stats import Stats
 from ...tickets import Ticket
 from .boundary import Spawned, call, text, unavailable
 from .keys import Keys

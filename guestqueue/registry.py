@@ -1,86 +1,13 @@
-"""Counters, averages and the recent requests, for status pages and diagnostics."""
+"""This instance's requests: the live ones by id (and how many each client holds), the recent
+finished ones (bounded), and the Idempotency-Keys that lead to them."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter, OrderedDict, deque
 from typing import Any
 
 from . import clock
-from .tickets import Status, Ticket
-
-AVERAGE_WINDOW = 100
-ADMISSION_REJECTIONS = ("queue_full", "client_limit", "shutting_down")
-
-
-class Stats:
-    """Totals by outcome and moving averages; the numbers behind ``/queue/status``."""
-
-    def __init__(self) -> None:
-        self.started_mono = time.monotonic()
-        self.total_requests = 0
-        self.rejections: Counter[str] = Counter()  # by error code
-        self.cache_hits = 0
-        self.shared_answers = 0
-        self.outcomes = dict.fromkeys((s for s in Status if s.terminal), 0)
-        self._waits_ms: deque[float] = deque(maxlen=AVERAGE_WINDOW)
-        self._processing_ms: deque[float] = deque(maxlen=AVERAGE_WINDOW)
-
-    def __repr__(self) -> str:
-        return f"Stats(total={self.total_requests}, rejections={dict(self.rejections)}, outcomes={self.outcomes})"
-
-    @property
-    def rejected_requests(self) -> int:
-        """Well-formed requests that were not admitted (line full, client limit, shutting down)."""
-        return sum(self.rejections[code] for code in ADMISSION_REJECTIONS)
-
-    # -- a RequestListener (service.py) ----------------------------------------------
-
-    def admitted(self, ticket: Ticket) -> None:
-        self.total_requests += 1
-        if ticket.from_cache:
-            self.cache_hits += 1
-        elif ticket.cached:
-            self.shared_answers += 1
-
-    def started(self, ticket: Ticket) -> None:
-        return None
-
-    def rejected(self, client: str, query: str, code: str) -> None:
-        self.rejections[code] += 1
-
-    def ended(self, ticket: Ticket) -> None:
-        self.outcomes[ticket.status] += 1
-        if ticket.cached:
-            return
-        if ticket.wait_ms is not None:
-            self._waits_ms.append(ticket.wait_ms)
-        if ticket.duration_ms is not None:
-            self._processing_ms.append(ticket.duration_ms)
-
-    def set_average(self, kind: str, value_ms: float) -> None:
-        """Averages computed elsewhere (every instance's, lines/redis/tally.py): ``wait`` or ``processing``."""
-        values = self._waits_ms if kind == "wait" else self._processing_ms
-        values.clear()
-        values.append(value_ms)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "total_requests": self.total_requests,
-            "completed_requests": self.outcomes[Status.COMPLETED],
-            "failed_requests": self.outcomes[Status.FAILED],
-            "timeout_requests": self.outcomes[Status.TIMEOUT],
-            "rejected_requests": self.rejected_requests,
-            "cancelled_requests": self.outcomes[Status.CANCELLED],
-            "cache_hits": self.cache_hits,
-            "avg_wait_ms": _mean(self._waits_ms),
-            "avg_processing_ms": _mean(self._processing_ms),
-            "uptime_sec": round(time.monotonic() - self.started_mono, 1),
-        }
-
-
-def _mean(values: deque[float]) -> float:
-    return round(sum(values) / len(values), 1) if values else 0.0
+from .tickets import Ticket
 
 
 class Registry:
@@ -101,6 +28,15 @@ class Registry:
         self._full_logs: deque[tuple[float, Ticket]] = deque()  # (finished at, ticket), oldest first
         # (client, Idempotency-Key) -> ticket, while the ticket is live or its log replayable.
         self._by_key: dict[tuple[str, str], Ticket] = {}
+        self._per_client: Counter[str] = Counter()  # live tickets by client: its share in use
+
+    def held_by(self, client: str) -> int:
+        """How many live requests ``client`` has here (its questions in progress)."""
+        return self._per_client[client]
+
+    @property
+    def clients(self) -> set[str]:
+        return set(self._per_client)
 
     def __len__(self) -> int:
         return len(self._live)
@@ -109,6 +45,8 @@ class Registry:
         return ticket.id in self._live or ticket.id in self._finished
 
     def add(self, ticket: Ticket) -> None:
+        if ticket.id not in self._live:
+            self._per_client[ticket.client] += 1
         self._live[ticket.id] = ticket
         if ticket.idempotency_key is not None:
             self._by_key[(ticket.client, ticket.idempotency_key)] = ticket
@@ -117,7 +55,7 @@ class Registry:
 
     def forget(self, ticket: Ticket) -> None:
         """A live ticket another instance took over: it is no longer ours to look up."""
-        self._live.pop(ticket.id, None)
+        self._drop_live(ticket)
         if ticket.idempotency_key is not None:
             self._by_key.pop((ticket.client, ticket.idempotency_key), None)
 
@@ -129,13 +67,19 @@ class Registry:
         return self._by_key.get((client, idempotency_key))
 
     def finished(self, ticket: Ticket) -> None:
-        self._live.pop(ticket.id, None)
+        self._drop_live(ticket)
         self._finished[ticket.id] = ticket
         while len(self._finished) > self._keep_finished:
             self._finished.popitem(last=False)
         self._full_logs.append((clock.monotonic(), ticket))
         while len(self._full_logs) > self._keep_finished:
             self._forget_replay(self._full_logs.popleft()[1])
+
+    def _drop_live(self, ticket: Ticket) -> None:
+        if self._live.pop(ticket.id, None) is not None:
+            self._per_client[ticket.client] -= 1
+            if self._per_client[ticket.client] <= 0:
+                del self._per_client[ticket.client]
 
     def compact_expired(self, now: float) -> None:
         """Keep only the terminal event of tickets that finished more than ``replay_s`` ago."""

@@ -1,0 +1,225 @@
+"""Joining the line: admission of one request, or a clear refusal.
+
+In order: an Idempotency-Key already used returns its request; a closed gate, a client over its
+share or a line that is full (or whose wait is too long) refuses; the cache answers at once; an
+identical question rides a flight already in line or running (single-flight); else a new flight
+joins the line. Every refusal goes through :meth:`Joining._refuse`, which tells the listeners.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NoReturn
+
+from .attendance import Attendance, count
+from .background import landed
+from .cache import AnswerCache, CachedAnswer
+from .core import Core
+from .endings import Endings
+from .errors import ClientLimit, IdempotencyMismatch, LineFull, LineUnavailable, Rejected, ShuttingDown, WaitTooLong
+from .handover import Handover
+from .tickets import Flight, Ticket, new_request_id
+from .upstream import WorkflowRequest
+
+KEYED_CLIENT = "key:"  # a client named by its application's API key (web/admission.py), not its address
+
+
+class Joining:
+    def __init__(self, core: Core, endings: Endings, attendance: Attendance, handover: Handover) -> None:
+        self._core = core
+        self._endings = endings
+        self._attendance = attendance
+        self._handover = handover
+        self.accepting = True
+
+    async def submit(
+        self,
+        query: str,
+        *,
+        client: str,
+        parameters: dict[str, Any] | None = None,
+        session_id: str | None = None,
+        idempotency_key: str | None = None,
+        tier: str | None = None,
+    ) -> Ticket:
+        """Admit a request, or raise a :class:`~guestqueue.errors.Rejected`. ``tier``: the asker's
+        priority tier (its API key's); none, or one the line does not have, is the line's default.
+
+        With an ``idempotency_key`` this client already used for a request that is live or still
+        replayable, that same request is returned (nothing is admitted, nothing called upstream).
+        """
+        request_id = new_request_id()
+        places = self._core.places
+        if idempotency_key is not None and (known := await self._known(client, idempotency_key, request_id)):
+            if (known.query, known.parameters, known.session_id) != (query, parameters or {}, session_id):
+                raise IdempotencyMismatch(
+                    "This Idempotency-Key was already used for a different question. Use a new key per question."
+                )
+            return known
+        try:
+            ticket = await self._check_and_admit(
+                query, client, parameters, session_id, idempotency_key, request_id, tier
+            )
+        except Rejected:
+            if idempotency_key is not None:  # the key may be used again
+                self._core.background.run(places.forget_key(client, idempotency_key, request_id))
+            raise
+        # A shared line: its record is in Redis before the guest hears of it.
+        await landed(ticket.recorded, ticket.ending_written)
+        return ticket
+
+    def client_limit(self, client: str) -> int:
+        """An application's API key has its own share (GUEST_MAX_PER_KEY): callers behind one
+        address (an office, a server using the OpenAI SDK) are told apart by their keys."""
+        settings = self._core.settings
+        return settings.max_per_key if client.startswith(KEYED_CLIENT) else settings.max_per_client
+
+    def retry_after_s(self, position: int) -> int:
+        return max(1, math.ceil(self._core.positions.retry_after_s(position)))
+
+    async def _known(self, client: str, idempotency_key: str, request_id: str) -> Ticket | None:
+        """The request this client already sent with this key (here, or on another instance); with
+        a shared line, else the key is reserved for ``request_id`` at once (two instances asked the
+        same key at the same moment admit it once)."""
+        core = self._core
+        known = core.registry.by_key(client, idempotency_key)
+        if known is not None or not core.places.shared:
+            return known
+        try:
+            owner = await core.places.reserve_key(client, idempotency_key, request_id)
+        except LineUnavailable as exc:
+            self._refuse(client, "", exc)
+        return None if owner == request_id else await self._handover.find(owner)
+
+    async def _check_and_admit(
+        self,
+        query: str,
+        client: str,
+        parameters: dict[str, Any] | None,
+        session_id: str | None,
+        idempotency_key: str | None,
+        request_id: str,
+        tier: str | None,
+    ) -> Ticket:
+        core = self._core
+        if not self.accepting:
+            self._refuse(client, query, ShuttingDown("The service is restarting. Please try again shortly."))
+        try:
+            core.gate.check_open()
+            limit = self.client_limit(client)
+            held = core.registry.held_by(client)
+            if core.sessions is not None:
+                await core.sessions.check_client(client, held)
+            if held >= limit or not await core.places.take_client_slot(client, limit):
+                noun = "place" if core.sessions is not None else "question"
+                raise ClientLimit(_over_share(noun, max(held, limit)), retry_after_s=self.retry_after_s(1))
+        except Rejected as exc:
+            self._refuse(client, query, exc)
+        try:
+            return await self._admit(query, client, parameters, session_id, idempotency_key, request_id, tier)
+        except Rejected:
+            core.background.run(core.places.give_back_client_slot(client))  # the count taken above was not used
+            raise
+
+    async def _admit(
+        self,
+        query: str,
+        client: str,
+        parameters: dict[str, Any] | None,
+        session_id: str | None,
+        idempotency_key: str | None,
+        request_id: str,
+        tier: str | None,
+    ) -> Ticket:
+        core = self._core
+        ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key, id=request_id)
+        # Same question, parameters and session (or none): never another session's answer.
+        key = AnswerCache.key(query, ticket.parameters, session_id) if core.cache is not None else None
+        if key is not None and (cached := await self._cached(key)) is not None:
+            ticket.from_cache = True
+            self._register(ticket)
+            self._endings.answer_from_cache(ticket, cached)
+            return ticket
+        flight = core.flights.riding(key)
+        if flight is None:
+            flight = await self._join(ticket, key, tier)
+        else:
+            flight.tickets.append(ticket)
+            ticket.cached = True  # answered by another guest's upstream call
+        ticket.flight = flight
+        self._register(ticket)
+        self._attendance.expire_in(ticket, core.settings.max_wait_s)
+        if flight.started:
+            self._endings.start_ticket(ticket)
+            ticket.events.follow(flight.shared)  # the chunks so far, then the rest as they come
+        else:
+            core.positions.tell(ticket, max(1, core.positions.view.position(flight.id) or flight.position))
+        return ticket
+
+    async def _join(self, ticket: Ticket, key: str | None, tier: str | None) -> Flight:
+        """A new flight for ``ticket``, in line."""
+        core, spec = self._core, self._core.gate.spec
+        request = WorkflowRequest(ticket.id, ticket.query, ticket.parameters, ticket.session_id)
+        flight = Flight(key, [ticket], request)
+        flight.rank = spec.tier_rank(tier)
+        try:
+            # Only a question that needs a call of its own waits: a cached or shared answer does not.
+            if spec.max_predicted_wait_s > 0:
+                ahead = await core.line.ahead_of(flight.rank)
+                core.gate.check_wait(lambda: self._newcomer_wait_s(ahead))
+            # The memory line answers without yielding; on Redis an identical question asked
+            # during this round trip gets a flight of its own (single-flight is best effort).
+            flight.position = await core.line.admit(flight)
+        except WaitTooLong as exc:
+            self._refuse(ticket.client, ticket.query, exc)
+        except (LineFull, LineUnavailable) as exc:
+            if exc.retry_after_s is None:
+                exc.retry_after_s = self.retry_after_s(core.settings.max_queue_size + 1)
+            self._refuse(ticket.client, ticket.query, exc)
+        core.flights.joined(flight)
+        return flight
+
+    def _newcomer_wait_s(self, ahead: int) -> float:
+        """The estimated wait of a newcomer with ``ahead`` flights before it (its tier's place), from
+        the line's freshest view."""
+        positions = self._core.positions
+        view = self._core.line.peek()
+        if view is not positions.view:
+            positions.use(view)
+        return positions.retry_after_s(ahead + 1)
+
+    async def _cached(self, key: str) -> CachedAnswer | None:
+        core = self._core
+        assert core.cache is not None
+        cached = core.cache.get(key)
+        if cached is None and core.shared_answers is not None:
+            cached = await core.shared_answers.get(key)
+            if cached is not None:
+                core.cache.put(key, cached)
+        return cached
+
+    def _refuse(self, client: str, query: str, exc: Rejected) -> NoReturn:
+        exc.counted = True
+        for listener in self._core.listeners:
+            listener.rejected(client, query, exc.code)
+        raise exc
+
+    def _register(self, ticket: Ticket) -> None:
+        core = self._core
+        core.status.notify()
+        core.registry.add(ticket)
+        for listener in core.listeners:
+            listener.admitted(ticket)
+        flight_id = ticket.flight.id if ticket.flight is not None else None
+        recorded = core.places.record(ticket, flight_id)
+        if recorded is not None:
+            ticket.recorded = recorded
+            core.background.run(recorded)
+
+
+def _over_share(noun: str, n: int) -> str:
+    if noun == "place":  # a waiting room: places in line, not questions
+        return (
+            f"You already have {count(n, 'place')} in this waiting room. Please wait to be let in before joining again."
+        )
+    return f"You already have {count(n, 'question')} in progress. Please wait for an answer before asking more."
