@@ -31,7 +31,7 @@ import httpx
 import redis.asyncio as aioredis
 import uvicorn
 
-from . import simulate, store
+from . import requestlog, simulate
 from .config import Settings, SettingsError, shown_redis_url, unknown_variables
 from .errors import StartupError
 from .lines.redis.boundary import FAILURES as REDIS_FAILURES
@@ -165,8 +165,8 @@ def check_request_log(settings: Settings) -> None:
     if not settings.db_path:
         return
     try:
-        store.check(settings.db_path)
-    except store.LogUnavailable as exc:
+        requestlog.check(settings.db_path)
+    except requestlog.LogUnavailable as exc:
         raise StartupError(f"GUEST_DB_PATH={settings.db_path!r}: {exc}") from None
 
 

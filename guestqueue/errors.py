@@ -31,7 +31,7 @@ Every rejection maps to exactly one HTTP status and one ``code`` string::
     │   ├── Interrupted           interrupted (a pull worker vanished mid-answer); never retried
     │   └── AnswerTooLarge        answer_too_large (past the line's max_answer_bytes); never retried
     └── StartupError              guestqueue cannot start as configured (one line, then exit 1)
-        └── LogUnavailable        (store.py) GUEST_DB_PATH cannot be opened for writing
+        └── LogUnavailable        (requestlog/) GUEST_DB_PATH cannot be opened for writing
 
 Lower-layer errors (httpx, json) are mapped to these at the boundary.
 """

@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 from .errors import UnknownLine
 from .linespec import DEFAULT_LINE, LineSpec
 from .metrics import Metrics
+from .requestlog import RequestLog
 from .runtime import Queue, open_queue
-from .store import RequestLog
 from .upstream import Workflow, make_upstream
 from .webhooks import EventStream, LineWebhooks, Outbox
 

@@ -40,9 +40,9 @@ from .metrics import Metrics
 from .pull.board import JobBoard, MemoryJobBoard
 from .pull.redisboard import RedisJobBoard
 from .pull.upstream import PullUpstream, with_worker_notice, worker_problems
+from .requestlog import RequestLog
 from .service import QueueService
 from .stats import Stats
-from .store import RequestLog
 from .upstream import Upstream
 from .views import QueueViews
 from .waitingroom.sessions import MemorySessions, RedisSessions, Sessions

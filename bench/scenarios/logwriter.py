@@ -1,6 +1,6 @@
 """Scenario 5, the SQLite request log: rows per second, and stream throughput with the log on vs off.
 
-Rows per second drives guestqueue's own :class:`~guestqueue.store.RequestLog`
+Rows per second drives guestqueue's own :class:`~guestqueue.requestlog.RequestLog`
 with real tickets (an admission row and an end row each, the INSERT and UPDATE the
 server writes), next to a reference: plain aiosqlite ``executemany`` INSERTs
 in batches on the same disk. Throughput on vs off runs two guestqueue servers,
@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from guestqueue.store import RequestLog
+from guestqueue.requestlog import RequestLog
 from guestqueue.tickets import Status, Ticket
 
 from .. import servers

@@ -37,9 +37,9 @@ import redis.asyncio as aioredis
 
 from ..errors import LineUnavailable
 from ..lines.redis.boundary import logged, unavailable
+from ..requestlog import migrate
 from ..scripts import load_script
 from ..stopping import raise_if_cancelled, stop_tasks
-from ..store import migrate
 from .catalog import ApiKey, Application, Catalog
 
 logger = logging.getLogger("guestqueue.tenancy.catalog")

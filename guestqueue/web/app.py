@@ -42,9 +42,9 @@ from ..errors import Rejected, ShuttingDown, StartupError
 from ..linespec import DEFAULT_LINE, LineSpec, load_lines, parse_line
 from ..lineup import Lineup
 from ..outbound import OutboundPolicy
+from ..requestlog import LogUnavailable, RequestLog
 from ..runtime import Queue, open_redis
 from ..service import QueueService
-from ..store import LogUnavailable, RequestLog
 from ..tenancy.catalog import Catalog
 from ..tenancy.store import CatalogStore
 from ..upstream import Workflow, make_http_client

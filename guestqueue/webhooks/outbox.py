@@ -1,30 +1,5 @@
-"""Webhooks (seed 001's callbacks): a line's events POSTed to its subscribers, signed, retried,
-never lost to a restart.
-
-A line lists its subscribers in its spec::
-
-    [[lines.support.webhooks]]
-    url = "https://example.com/hooks/guestqueue"
-    events = ["completed", "failed"]
-    secret = "a long random string"
-
-Each delivery is one JSON POST with ``X-Guestqueue-Event``, ``X-Guestqueue-Delivery`` (its id,
-the same on every attempt: receivers drop repeats) and ``X-Guestqueue-Signature:
-sha256=<hex HMAC-SHA256 of the body with the secret>``. Delivery never delays a guest: events go
-to an outbox (a row in the request log's SQLite file, written before the first attempt), then to
-its URL's lane: a lane sends in order, one attempt at a time, and ends when it runs dry; lanes run
-side by side, ``MAX_IN_FLIGHT`` attempts at most in all. So a hanging receiver holds up its own
-URL only (issue 20: it held every other tenant's deliveries back 10 s per event). A failed attempt
-(no answer, or not 2xx) is tried again, at the back of its lane, up to ``RETRIES`` times with
-exponential backoff and jitter; one that fails them all is kept with its last error
-(``GET /api/v1/admin/callback_errors``). Rows still pending at a restart are sent then.
-
-With Redis (several instances) the outbox is shared instead: a pending delivery is a hash entry
-and a due time in a sorted set under ``{prefix}:webhooks:``; any instance claims due deliveries
-(a claim is a short lease: an instance that dies mid-attempt leaves it to another), so pending
-deliveries survive the death of the instance that made them. Claimed deliveries go to the
-claiming instance's lanes: one URL gets one attempt at a time from each instance.
-"""
+"""The webhooks' outbox: deliveries kept (SQLite, or Redis when instances share them) before the
+first attempt, sent in per-URL lanes, signed, retried with backoff (see the package's docstring)."""
 
 from __future__ import annotations
 
@@ -34,7 +9,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import random
 import secrets
 import time
@@ -47,29 +21,17 @@ import aiosqlite
 import httpx
 import redis.asyncio as aioredis
 
-from .core import QuietListener
-from .errors import LineUnavailable
-from .lines.redis.boundary import call, logged
-from .linespec import LineSpec, Webhook
-from .outbound import CHAT_HOSTS
-from .scripts import load_script
-from .stopping import stop_tasks
-from .store import migrate
-from .tickets import Status, Ticket
+from ..errors import LineUnavailable
+from ..lines.redis.boundary import call, logged
+from ..linespec import Webhook
+from ..outbound import CHAT_HOSTS
+from ..requestlog import migrate
+from ..scripts import load_script
+from ..stopping import stop_tasks
 
-logger = logging.getLogger("guestqueue.webhooks")
+logger = logging.getLogger("guestqueue.webhooks.outbox")
 
-ENDINGS = {
-    Status.COMPLETED: "completed",
-    Status.FAILED: "failed",
-    Status.TIMEOUT: "timeout",
-    Status.CANCELLED: "cancelled",
-    Status.ADMITTED: "admitted",
-}
 RETRIES = 3
-RECENT = 100  # requests the p95 wait and the failure rate are taken over
-MIN_ENDINGS_FOR_RATE = 10  # fewer endings say nothing about a failure rate
-HYSTERESIS = 0.8  # a threshold fires again only after its value fell below 80 % of it
 ATTEMPT_TIMEOUT_S = 10.0
 # Attempts at once, over every URL. The outbox has HTTP clients (and connection pools) of its own
 # (web/app.py), so hanging receivers never take a guest's upstream connection; within this many,
@@ -372,101 +334,3 @@ class Outbox:
             (status, delivery.attempts, delivery.last_error, delivery.id),
         )
         await self._db.commit()
-
-
-class EventStream:
-    """With Redis, every line's events also go to one capped stream (``{prefix}:events``), for other
-    services to read as seed 004's consumers read its Kafka topic. Appending never waits."""
-
-    def __init__(self, redis: aioredis.Redis, key: str, *, max_len: int = STREAM_MAX_LEN) -> None:
-        self._redis, self.key, self._max_len = redis, key, max_len
-        self._pending: set[asyncio.Task[None]] = set()
-
-    def append(self, line: str, event: str, data: Mapping[str, Any]) -> None:
-        task = asyncio.create_task(self._append(line, event, data))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _append(self, line: str, event: str, data: Mapping[str, Any]) -> None:
-        fields = {"line": line, "event": event, "data": json.dumps(dict(data))}
-        await logged(
-            self._redis.xadd(self.key, fields, maxlen=self._max_len, approximate=True),  # type: ignore[arg-type]
-            f"event not added to {self.key}",
-        )
-
-    async def close(self) -> None:
-        if self._pending:
-            await asyncio.wait(self._pending, timeout=ATTEMPT_TIMEOUT_S)
-
-
-class LineWebhooks(QuietListener):
-    """One line's request listener (service.py) and threshold watcher: its events, to the
-    subscribers that asked for them.
-
-    Thresholds (``alert_queue_size``, ``alert_wait_p95_sec``, ``alert_failure_rate``) are read at
-    every positions tick; each fires ``line_threshold`` once when crossed, and is armed again
-    once its value falls below ``HYSTERESIS`` of the threshold. ``upstream_degraded`` fires when
-    the upstream starts failing (/health's problems appear), once until they clear.
-    """
-
-    def __init__(self, outbox: Outbox, spec: LineSpec, stream: EventStream | None = None) -> None:
-        self._outbox, self.spec, self._stream = outbox, spec, stream
-        self._waits: deque[float] = deque(maxlen=RECENT)  # seconds, of the last requests that started
-        self._failed: deque[bool] = deque(maxlen=RECENT)  # of the last endings: failed or timed out?
-        self._above: set[str] = set()
-        self._degraded = False
-
-    def _post(self, event: str, data: Mapping[str, Any]) -> None:
-        if self._stream is not None:
-            self._stream.append(self.spec.name, event, data)
-        for hook in self.spec.webhooks:
-            if event in hook.events:
-                self._outbox.post(self.spec.name, hook, event, data)
-
-    def ended(self, ticket: Ticket) -> None:
-        if ticket.wait_ms is not None and not ticket.from_cache:
-            self._waits.append(ticket.wait_ms / 1000)
-        if ticket.status is not Status.CANCELLED:
-            self._failed.append(ticket.status in (Status.FAILED, Status.TIMEOUT))
-        event = ENDINGS.get(ticket.status)
-        if event is not None:
-            self._post(event, ticket.summary())
-
-    def check(self, queue_size: int, problems: list[str]) -> None:
-        """Once per tick: the thresholds, and the upstream's health."""
-        spec = self.spec
-        self._threshold("queue_size", float(queue_size), float(spec.alert_queue_size))
-        if self._waits:
-            p95 = sorted(self._waits)[max(0, math.ceil(0.95 * len(self._waits)) - 1)]
-            self._threshold("wait_p95_sec", p95, spec.alert_wait_p95_s)
-        if len(self._failed) >= MIN_ENDINGS_FOR_RATE:
-            self._threshold("failure_rate", sum(self._failed) / len(self._failed), spec.alert_failure_rate)
-        degraded = bool(problems)
-        if degraded and not self._degraded:
-            self._post(
-                "upstream_degraded",
-                {
-                    "line": spec.name,
-                    "problems": problems,
-                    "text": f"guestqueue line {spec.name}: {'; '.join(problems)}",
-                },
-            )
-        self._degraded = degraded
-
-    def _threshold(self, metric: str, value: float, limit: float) -> None:
-        if limit <= 0:
-            return
-        if metric not in self._above and value >= limit:
-            self._above.add(metric)
-            self._post(
-                "line_threshold",
-                {
-                    "line": self.spec.name,
-                    "metric": metric,
-                    "value": round(value, 3),
-                    "threshold": limit,
-                    "text": f"guestqueue line {self.spec.name}: {metric} is {value:g} (threshold {limit:g})",
-                },
-            )
-        elif metric in self._above and value < limit * HYSTERESIS:
-            self._above.discard(metric)

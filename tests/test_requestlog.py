@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from guestqueue import store
-from guestqueue.store import RequestLog
+from guestqueue.requestlog import RequestLog
+from guestqueue.requestlog import log as store
 from guestqueue.tickets import Status, Ticket
 
 from .conftest import MockUpstream, ask, serve, start_server_process, stream_events, wait_until
