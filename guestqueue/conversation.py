@@ -5,7 +5,7 @@ By default (``upstream_messages = "conversation"``) a caller's ``user`` and ``as
 pass (the conversation so far, text only); its ``system`` turns (and ``developer`` and ``tool``
 turns) are dropped, so they never replace or precede the line's own ``upstream_system_prompt``,
 which goes first. ``"all"`` forwards the caller's messages as sent, after the line's prompt: only
-the operator may choose it (linespec.py refuses it through the admin API).
+the operator may choose it (linespec/ refuses it through the admin API).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""linespec.py: the lines of GUEST_CONFIG's TOML file, each error naming the file, line and key."""
+"""linespec/: the lines of GUEST_CONFIG's TOML file, each error naming the file, line and key."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ Run it alone (``guestqueue serve``) or mount it in your own app::
 Mounted apps' lifespans are not run by Starlette, hence ``lifespan=guest.lifespan``
 on the outer app (FastAPI takes the same argument).
 
-Named lines (``GUEST_CONFIG``, linespec.py) are served by ``guest.lines_app``
+Named lines (``GUEST_CONFIG``, linespec/) are served by ``guest.lines_app``
 under ``/api/v1/lines``: ``GET /api/v1/lines`` lists them and each has the full
 API under ``/api/v1/lines/{line}/`` (the handlers: lineapi.py). ``guest.app``
 serves the ``guest`` line and the process-wide views (health and metrics of
