@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,52 +14,21 @@ import websockets
 
 from guestqueue.tenancy.catalog import PERMISSIONS
 
-from .conftest import MockUpstream, Running, serve, stream_events, wait_until
+from .conftest import MockUpstream, serve, stream_events, wait_until
+from .support.admin import ADMIN, admin_server, make_application, make_key, make_line
 
-ADMIN = {"X-API-Key": "the-super-admin-key-0123456789"}
 JSON = {"Content-Type": "application/json"}
 TEXT = {"Content-Type": "text/plain"}  # what any web page may send across sites
 
 
-@asynccontextmanager
-async def admin_server(tmp_path: Path, upstream: MockUpstream, **overrides: Any) -> AsyncIterator[tuple[Running, str]]:
-    """guestqueue with an admin key and a request log; yields it and the /api/v1 URL."""
-    settings: dict[str, Any] = {
-        "admin_api_key": ADMIN["X-API-Key"],
-        "db_path": str(tmp_path / "guestqueue.db"),
-        "upstream_url": upstream.url(chunks=1),
-        # The operator lets lines made through the admin API reach the mock upstream on loopback.
-        "outbound_allow": "127.0.0.0/8",
-        **overrides,
-    }
-    async with serve(**settings) as running:
-        yield running, running.base.removesuffix("/guest")
-
-
-async def _application(client: httpx.AsyncClient, api: str, name: str) -> str:
-    created = await client.post(f"{api}/admin/applications", json={"name": name}, headers=ADMIN)
-    assert created.status_code == 201, created.text
-    return str(created.json()["id"])
-
-
-async def _key(client: httpx.AsyncClient, api: str, app: str, **body: Any) -> str:
-    made = await client.post(f"{api}/admin/applications/{app}/keys", json=body, headers=ADMIN)
-    assert made.status_code == 201, made.text
-    return str(made.json()["key"])
-
-
-async def _line(client: httpx.AsyncClient, api: str, **body: Any) -> dict[str, Any]:
-    made = await client.post(f"{api}/admin/lines", json=body, headers=ADMIN)
-    assert made.status_code == 201, made.text
-    return dict(made.json())
-
-
 async def test_a_key_with_write_on_one_line_is_refused_on_another(tmp_path: Path, upstream: MockUpstream) -> None:
     async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
-        app = await _application(client, api, "chatbots")
+        app = await make_application(client, api, "chatbots")
         for name in ("alpha", "beta"):
-            await _line(client, api, name=name, application_id=app, public=False, upstream_url=upstream.url(chunks=1))
-        key = await _key(client, api, app, permissions={"alpha": ["WRITE"]})
+            await make_line(
+                client, api, name=name, application_id=app, public=False, upstream_url=upstream.url(chunks=1)
+            )
+        key = await make_key(client, api, app, permissions={"alpha": ["WRITE"]})
         asked = await client.post(f"{api}/lines/alpha/chat/simple", json={"query": "hi"}, headers={"X-API-Key": key})
         assert asked.status_code == 200 and asked.json()["answer"]
         bearer = {"Authorization": f"Bearer {key}"}
@@ -86,8 +54,8 @@ async def test_a_key_with_write_on_one_line_is_refused_on_another(tmp_path: Path
 
 async def test_a_key_is_shown_once_stored_as_a_hash_and_revoked_at_once(tmp_path: Path, upstream: MockUpstream) -> None:
     async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
-        app = await _application(client, api, "app")
-        await _line(client, api, name="private", application_id=app, public=False)
+        app = await make_application(client, api, "app")
+        await make_line(client, api, name="private", application_id=app, public=False)
         made = await client.post(
             f"{api}/admin/applications/{app}/keys", json={"permissions": {"*": ["READ"]}}, headers=ADMIN
         )
@@ -110,8 +78,8 @@ async def test_a_key_is_shown_once_stored_as_a_hash_and_revoked_at_once(tmp_path
 
 async def test_an_application_admin_manages_its_own_application_only(tmp_path: Path, upstream: MockUpstream) -> None:
     async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
-        mine, theirs = await _application(client, api, "mine"), await _application(client, api, "theirs")
-        admin = {"X-API-Key": await _key(client, api, mine, role="admin")}
+        mine, theirs = await make_application(client, api, "mine"), await make_application(client, api, "theirs")
+        admin = {"X-API-Key": await make_key(client, api, mine, role="admin")}
         assert [
             a["id"] for a in (await client.get(f"{api}/admin/applications", headers=admin)).json()["applications"]
         ] == [mine]
@@ -139,7 +107,7 @@ async def test_a_line_paused_and_opened_through_the_api_keeps_its_order(
     url, tag = upstream.tagged(chunks=1)
     async with admin_server(tmp_path, upstream) as (running, api), httpx.AsyncClient(timeout=30) as client:
         # One at a time: the upstream sees the calls in the order they started (two at once may arrive swapped).
-        await _line(client, api, name="m", upstream_url=url, max_concurrent_requests=1)
+        await make_line(client, api, name="m", upstream_url=url, max_concurrent_requests=1)
         paused = await client.put(f"{api}/admin/lines/m", json={"mode": "paused"}, headers=ADMIN)
         assert paused.status_code == 200 and paused.json()["mode"] == "paused"
         assert running.guest.lineup is not None
@@ -158,9 +126,9 @@ async def test_a_line_paused_and_opened_through_the_api_keeps_its_order(
 
 async def test_lines_and_keys_outlive_a_restart(tmp_path: Path, upstream: MockUpstream) -> None:
     async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
-        app = await _application(client, api, "kept")
-        await _line(client, api, name="kept", application_id=app, public=False, max_queue_size=7)
-        key = await _key(client, api, app, permissions={"kept": ["WRITE", "READ"]})
+        app = await make_application(client, api, "kept")
+        await make_line(client, api, name="kept", application_id=app, public=False, max_queue_size=7)
+        key = await make_key(client, api, app, permissions={"kept": ["WRITE", "READ"]})
     async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
         status = await client.get(f"{api}/lines/kept/queue/status", headers={"X-API-Key": key})
         assert status.status_code == 200 and status.json()["max_queue_size"] == 7
@@ -217,11 +185,11 @@ async def test_on_a_private_line_cancelling_needs_delete_or_write(tmp_path: Path
         ),
         httpx.AsyncClient(timeout=10) as client,
     ):
-        app = await _application(client, api, "app")
-        await _line(client, api, name="private", application_id=app, public=False)
-        writer = {"X-API-Key": await _key(client, api, app, permissions={"private": ["WRITE"]})}
-        deleter = {"X-API-Key": await _key(client, api, app, permissions={"private": ["DELETE"]})}
-        reader = {"X-API-Key": await _key(client, api, app, permissions={"private": ["READ"]})}
+        app = await make_application(client, api, "app")
+        await make_line(client, api, name="private", application_id=app, public=False)
+        writer = {"X-API-Key": await make_key(client, api, app, permissions={"private": ["WRITE"]})}
+        deleter = {"X-API-Key": await make_key(client, api, app, permissions={"private": ["DELETE"]})}
+        reader = {"X-API-Key": await make_key(client, api, app, permissions={"private": ["READ"]})}
         ids = []
         for _ in range(2):
             async with client.stream(
@@ -236,9 +204,9 @@ async def test_on_a_private_line_cancelling_needs_delete_or_write(tmp_path: Path
 
 async def test_a_private_lines_websocket_needs_write(tmp_path: Path, upstream: MockUpstream) -> None:
     async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
-        app = await _application(client, api, "app")
-        await _line(client, api, name="private", application_id=app, public=False)
-        writer = await _key(client, api, app, permissions={"private": ["WRITE"]})
+        app = await make_application(client, api, "app")
+        await make_line(client, api, name="private", application_id=app, public=False)
+        writer = await make_key(client, api, app, permissions={"private": ["WRITE"]})
         url = api.replace("http://", "ws://") + "/lines/private/ws"
         with pytest.raises(websockets.InvalidStatus) as refused:  # closed before accepting: the handshake's 403
             async with websockets.connect(url):
@@ -271,10 +239,10 @@ async def test_a_purge_sends_the_waiting_guests_away_and_lets_the_running_call_f
         admin_server(tmp_path, upstream, upstream_url=upstream.url(chunks=1, first=1.0)) as (running, api),
         httpx.AsyncClient(timeout=20) as client,
     ):
-        app = await _application(client, api, "p")
-        await _line(client, api, name="p", application_id=app, max_concurrent_requests=1)
-        manager = {"X-API-Key": await _key(client, api, app, permissions={"p": ["MANAGE"]})}
-        reader = {"X-API-Key": await _key(client, api, app, permissions={"p": ["READ"]})}
+        app = await make_application(client, api, "p")
+        await make_line(client, api, name="p", application_id=app, max_concurrent_requests=1)
+        manager = {"X-API-Key": await make_key(client, api, app, permissions={"p": ["MANAGE"]})}
+        reader = {"X-API-Key": await make_key(client, api, app, permissions={"p": ["READ"]})}
         assert running.guest.lineup is not None
         line = running.guest.lineup.get("p").service.line
         guests = [

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from .conftest import MockUpstream, stream_events
-from .test_instances import _instances
+from .support.instances import shared_instances
 
 ADMIN_KEY = "the-super-admin-key-0123456789"
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -24,7 +24,7 @@ PROPAGATION_S = 1.0
 def pair(tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream) -> Iterator[list[str]]:
     """Two instances (their /api/v1 URLs) sharing one Redis."""
     # outbound_allow: the operator lets lines made through the admin API reach the loopback mock upstream.
-    for bases in _instances(
+    for bases in shared_instances(
         tmp_path,
         2,
         redis_url,
@@ -101,7 +101,7 @@ async def test_a_revoked_key_is_refused_on_every_instance_within_a_second(
 @pytest.fixture
 def slow_ticking_pair(tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream) -> Iterator[list[str]]:
     """Two instances whose guests hear their place only every 5 s, unless something moves them."""
-    for bases in _instances(
+    for bases in shared_instances(
         tmp_path,
         2,
         redis_url,

@@ -19,79 +19,40 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .conftest import stream_events
-from .test_instances import _instances
-from .test_lineup import serve_lines
-
-SECRET = "a-token-secret-of-at-least-32-characters!"
-
-
-def _room(name: str = "shop", **keys: Any) -> str:
-    # One test client joins many times: its own limit (max_sessions_per_client) is tested on its own.
-    settings = {
-        "max_active": 3,
-        "batch_size": 10,
-        "process_interval_sec": 0.1,
-        "session_ttl_sec": 30,
-        "max_sessions_per_client": 100,
-        **keys,
-    }
-    body = "".join(f"{key} = {value!r}\n".replace("'", '"') for key, value in settings.items())
-    return f'[lines.{name}]\nmode = "admission"\n{body}\n'
+from .support.instances import shared_instances
+from .support.lines import serve_lines
+from .support.waitingroom import ROOM_SECRET, join_room, poll_room, poll_until, room_toml
 
 
 @asynccontextmanager
 async def room(tmp_path: Path, toml: str, **overrides: Any) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
-    overrides.setdefault("token_secret", SECRET)
+    overrides.setdefault("token_secret", ROOM_SECRET)
     async with serve_lines(tmp_path, toml, **overrides) as (_, lines), httpx.AsyncClient(timeout=30) as client:
         yield lines, client
 
 
-async def _join(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
-    reply = await client.post(f"{url}/join")
-    assert reply.status_code == 202, reply.text
-    body: dict[str, Any] = reply.json()
-    return body
-
-
-async def _poll(client: httpx.AsyncClient, url: str, request_id: str) -> dict[str, Any]:
-    reply = await client.get(f"{url}/join/{request_id}")
-    assert reply.status_code == 200, reply.text
-    body: dict[str, Any] = reply.json()
-    return body
-
-
 async def _admitted(client: httpx.AsyncClient, urls: list[str], ids: list[str]) -> dict[str, dict[str, Any]]:
     """Which of ``ids`` are admitted now (each polled on one of ``urls`` in turn)."""
-    states = await asyncio.gather(*(_poll(client, urls[n % len(urls)], i) for n, i in enumerate(ids)))
+    states = await asyncio.gather(*(poll_room(client, urls[n % len(urls)], i) for n, i in enumerate(ids)))
     return {i: s for i, s in zip(ids, states, strict=True) if s["status"] == "admitted"}
 
 
-async def _until(check: Any, timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 async def test_ten_guests_three_slots_each_completion_admits_the_next_in_order(tmp_path: Path) -> None:
-    async with room(tmp_path, _room()) as (lines, client):
+    async with room(tmp_path, room_toml()) as (lines, client):
         url = f"{lines}/shop"
-        ids = [(await _join(client, url))["request_id"] for _ in range(10)]
-        first = await _until(lambda: _admitted(client, [url], ids))
+        ids = [(await join_room(client, url))["request_id"] for _ in range(10)]
+        first = await poll_until(lambda: _admitted(client, [url], ids))
         await asyncio.sleep(0.5)  # a dozen more starts' worth of pacing: still three
         admitted = await _admitted(client, [url], ids)
         assert sorted(admitted) == sorted(ids[:3]) and len(first) <= 3
-        waiting = await _poll(client, url, ids[3])
+        waiting = await poll_room(client, url, ids[3])
         assert waiting["status"] == "queued" and waiting["queue_position"] == 1
         assert waiting["poll_after_sec"] >= 1 and "estimated_wait_sec" in waiting
         for done in range(7):  # each completion lets exactly the next guest in
             reply = await client.post(f"{url}/sessions/{ids[done]}/complete")
             assert reply.json() == {"request_id": ids[done], "status": "completed"}
             nxt = ids[done + 3]
-            state = await _until(lambda n=nxt: _poll_admitted(client, url, n))
+            state = await poll_until(lambda n=nxt: _poll_admitted(client, url, n))
             assert state["token"] and state["expires_at"] > time.time()
             now = await _admitted(client, [url], ids)  # (an admitted guest stays so once its session ended)
             assert sorted(now) == sorted(ids[: done + 4]), f"after {done + 1} completions"
@@ -105,17 +66,17 @@ async def test_ten_guests_three_slots_each_completion_admits_the_next_in_order(t
 
 
 async def _poll_admitted(client: httpx.AsyncClient, url: str, request_id: str) -> dict[str, Any] | None:
-    state = await _poll(client, url, request_id)
+    state = await poll_room(client, url, request_id)
     return state if state["status"] == "admitted" else None
 
 
 async def test_a_session_that_is_never_completed_frees_its_slot_at_its_expiry(tmp_path: Path) -> None:
-    async with room(tmp_path, _room(max_active=1, session_ttl_sec=1)) as (lines, client):
+    async with room(tmp_path, room_toml(max_active=1, session_ttl_sec=1)) as (lines, client):
         url = f"{lines}/shop"
-        ids = [(await _join(client, url))["request_id"] for _ in range(2)]
-        first = await _until(lambda: _poll_admitted(client, url, ids[0]))
-        assert (await _poll(client, url, ids[1]))["status"] == "queued"
-        second = await _until(lambda: _poll_admitted(client, url, ids[1]), timeout_s=5)
+        ids = [(await join_room(client, url))["request_id"] for _ in range(2)]
+        first = await poll_until(lambda: _poll_admitted(client, url, ids[0]))
+        assert (await poll_room(client, url, ids[1]))["status"] == "queued"
+        second = await poll_until(lambda: _poll_admitted(client, url, ids[1]), timeout_s=5)
         assert second["expires_at"] >= first["expires_at"]
         status = (await client.get(f"{url}/queue/status")).json()
         assert status["sessions"]["expired"] == 1
@@ -124,18 +85,18 @@ async def test_a_session_that_is_never_completed_frees_its_slot_at_its_expiry(tm
 
 
 async def test_tokens_verify_online_and_offline_and_bad_ones_fail(tmp_path: Path) -> None:
-    toml = _room() + _room("other")
+    toml = room_toml() + room_toml("other")
     async with room(tmp_path, toml) as (lines, client):
         url = f"{lines}/shop"
         events = await stream_events(client, f"{url}/join", headers={"Accept": "text/event-stream"})
         assert [e.name for e in events][-1] == "admitted"
         token = events[-1].data["token"]
         # What a protected app does offline; the audience is the line (a token of another line is refused).
-        claims = jwt.decode(token, SECRET, algorithms=["HS256"], audience="shop")
+        claims = jwt.decode(token, ROOM_SECRET, algorithms=["HS256"], audience="shop")
         assert claims["sub"] == events[-1].data["request_id"] and claims["line"] == "shop"
         assert set(claims) == {"sub", "line", "aud", "iat", "exp", "jti"}
         with pytest.raises(jwt.InvalidAudienceError):
-            jwt.decode(token, SECRET, algorithms=["HS256"], audience="other")
+            jwt.decode(token, ROOM_SECRET, algorithms=["HS256"], audience="other")
 
         async def verify(candidate: str) -> dict[str, Any]:
             reply = await client.post(f"{url}/tokens/verify", json={"token": candidate})
@@ -146,7 +107,7 @@ async def test_tokens_verify_online_and_offline_and_bad_ones_fail(tmp_path: Path
         assert (await verify(token))["valid"] is True
         forged = jwt.encode({**claims, "exp": claims["exp"] + 3600}, "not-the-secret-" * 3, algorithm="HS256")
         assert (await verify(forged))["valid"] is False
-        expired = jwt.encode({**claims, "iat": 1, "exp": int(time.time()) - 60}, SECRET, algorithm="HS256")
+        expired = jwt.encode({**claims, "iat": 1, "exp": int(time.time()) - 60}, ROOM_SECRET, algorithm="HS256")
         outcome = await verify(expired)
         assert outcome == {"valid": False, "reason": "the token has expired"}
         other = (await stream_events(client, f"{lines}/other/join", headers={"Accept": "text/event-stream"}))[-1]
@@ -168,7 +129,7 @@ async def test_an_es256_key_file_signs_and_its_jwks_checks_tokens_offline(tmp_pa
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     async with room(
-        tmp_path, _room(redirect_url="https://shop.example/checkout"), token_secret="", token_key_file=str(pem)
+        tmp_path, room_toml(redirect_url="https://shop.example/checkout"), token_secret="", token_key_file=str(pem)
     ) as (lines, client):
         url = f"{lines}/shop"
         admitted = (await stream_events(client, f"{url}/join", headers={"Accept": "text/event-stream"}))[-1]
@@ -180,16 +141,18 @@ async def test_an_es256_key_file_signs_and_its_jwks_checks_tokens_offline(tmp_pa
 
 
 async def test_a_websocket_guest_is_admitted_too(tmp_path: Path) -> None:
-    async with room(tmp_path, _room()) as (lines, _):
+    async with room(tmp_path, room_toml()) as (lines, _):
         async with websockets.connect(lines.replace("http://", "ws://") + "/shop/ws") as socket:
             await socket.send(json.dumps({"query": "let me in"}))
             messages = [json.loads(message) async for message in socket]
     assert messages[-1]["type"] == "admitted"
-    assert jwt.decode(messages[-1]["data"]["token"], SECRET, algorithms=["HS256"], audience="shop")["line"] == "shop"
+    assert (
+        jwt.decode(messages[-1]["data"]["token"], ROOM_SECRET, algorithms=["HS256"], audience="shop")["line"] == "shop"
+    )
 
 
 async def test_wrong_use_gets_clear_errors(tmp_path: Path) -> None:
-    toml = _room() + "[lines.chat]\nupstream_interval_sec = 0\n"
+    toml = room_toml() + "[lines.chat]\nupstream_interval_sec = 0\n"
     async with room(tmp_path, toml) as (lines, client):
         not_a_room = await client.post(f"{lines}/chat/join")
         assert not_a_room.status_code == 404 and "not a waiting room" in not_a_room.json()["error"]
@@ -201,10 +164,10 @@ async def test_wrong_use_gets_clear_errors(tmp_path: Path) -> None:
 
 async def test_one_address_at_its_limit_hears_of_places_in_the_waiting_room(tmp_path: Path) -> None:
     """Issue 22 point 10: a shopper was told "You already have 2 questions in progress"."""
-    async with room(tmp_path, _room(max_active=1, session_ttl_sec=300), max_per_client=2) as (lines, client):
+    async with room(tmp_path, room_toml(max_active=1, session_ttl_sec=300), max_per_client=2) as (lines, client):
         url = f"{lines}/shop"
         for _ in range(3):  # the first is let in, two wait
-            await _join(client, url)
+            await join_room(client, url)
         refused = await client.post(f"{url}/join")
         assert refused.status_code == 429 and refused.json()["code"] == "client_limit", refused.text
         assert refused.json()["error"].startswith("You already have 2 places in this waiting room."), refused.text
@@ -217,23 +180,25 @@ def test_an_admission_line_without_a_token_key_does_not_start(tmp_path: Path) ->
     with pytest.raises(SettingsError, match="GUEST_TOKEN_SECRET"):
         parse_line("shop", {"mode": "admission"}, Settings(), where="t")
     with pytest.raises(SettingsError, match="max_active"):
-        parse_line("shop", {"max_active": 3}, Settings(token_secret=SECRET), where="t")
+        parse_line("shop", {"max_active": 3}, Settings(token_secret=ROOM_SECRET), where="t")
     with pytest.raises(SettingsError, match="upstream_url"):
-        parse_line("shop", {"mode": "admission", "upstream_url": "http://x"}, Settings(token_secret=SECRET), where="t")
+        parse_line(
+            "shop", {"mode": "admission", "upstream_url": "http://x"}, Settings(token_secret=ROOM_SECRET), where="t"
+        )
 
 
 @pytest.fixture
 def pair(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[list[str]]:
     """Two instances sharing one Redis, serving one admission line."""
     config = tmp_path / "rooms.toml"
-    config.write_text(_room(max_active=3, batch_size=20, process_interval_sec=0.2))
-    for bases in _instances(tmp_path, 2, redis_url, redis_prefix, config=str(config), token_secret=SECRET):
+    config.write_text(room_toml(max_active=3, batch_size=20, process_interval_sec=0.2))
+    for bases in shared_instances(tmp_path, 2, redis_url, redis_prefix, config=str(config), token_secret=ROOM_SECRET):
         yield [base.removesuffix("/guest") + "/lines/shop" for base in bases]
 
 
 async def test_two_instances_never_give_a_slot_twice(pair: list[str]) -> None:
     async with httpx.AsyncClient(timeout=30) as client:
-        ids = [(await _join(client, pair[n % 2]))["request_id"] for n in range(10)]
+        ids = [(await join_room(client, pair[n % 2]))["request_id"] for n in range(10)]
         seen: set[str] = set()
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:  # two seconds of starts' worth: never more than three
@@ -245,11 +210,11 @@ async def test_two_instances_never_give_a_slot_twice(pair: list[str]) -> None:
         for done in range(7):  # completed on the other instance than the one it joined
             reply = await client.post(f"{pair[(done + 1) % 2]}/sessions/{ids[done]}/complete")
             assert reply.status_code == 200, reply.text
-            await _until(lambda n=done + 3: _poll_admitted(client, pair[n % 2], ids[n]))
+            await poll_until(lambda n=done + 3: _poll_admitted(client, pair[n % 2], ids[n]))
             assert sorted(await _admitted(client, pair, ids)) == sorted(ids[: done + 4])
-        tokens = {(await _poll(client, pair[1], i))["token"] for i in ids}
+        tokens = {(await poll_room(client, pair[1], i))["token"] for i in ids}
         assert len(tokens) == 10
-        await _until(lambda: _counted(client, pair[1], 10))  # the counts are the last sweep's (0.5 s)
+        await poll_until(lambda: _counted(client, pair[1], 10))  # the counts are the last sweep's (0.5 s)
         status = (await client.get(f"{pair[1]}/queue/status")).json()
         assert status["sessions"]["sessions_active"] == 3
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from .conftest import MockUpstream, Received, ask, serve, stream_events, wait_until
-from .test_lineup import serve_lines
+from .support.lines import serve_lines
 
 LIMIT = 256 * 1024
 

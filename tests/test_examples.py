@@ -23,7 +23,7 @@ from guestqueue.config import Settings
 from guestqueue.web.app import API_PREFIX
 
 from .conftest import MockUpstream, env_without_guest_vars, free_port, load_example, serve, wait_for_http
-from .test_nginx import nginx_binary
+from .support.programs import nginx_binary
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"

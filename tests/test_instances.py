@@ -13,7 +13,6 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -36,28 +35,15 @@ from .conftest import (
     wait_until,
 )
 from .redis_server import run_redis
-from .test_js_clients import node
-from .test_nginx import run_nginx
+from .support.instances import shared_instances, stream_noting, tagged_body
+from .support.programs import node, run_nginx
 
 INTERVAL_S = 0.3
 
 
-def _instances(tmp_path: Path, count: int, redis_url: str, redis_prefix: str, **overrides: Any) -> Iterator[list[str]]:
-    settings = {**FAST, "redis_url": redis_url, "redis_prefix": redis_prefix, "instance_ttl_s": 2.0, **overrides}
-    env = {ENV_NAMES[name]: str(value) for name, value in settings.items()}
-    with ExitStack() as stack:
-        bases = []
-        for _ in range(count):
-            server = start_server_process(tmp_path, **env)
-            stack.callback(server.proc.wait, 15)
-            stack.callback(server.proc.terminate)
-            bases.append(server.base)
-        yield bases
-
-
 @pytest.fixture
 def three(tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream) -> Iterator[list[str]]:
-    yield from _instances(
+    yield from shared_instances(
         tmp_path,
         3,
         redis_url,
@@ -69,10 +55,6 @@ def three(tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstr
     )
 
 
-def _body(query: str, tag: str, **mock: Any) -> dict[str, Any]:
-    return {"query": query, "parameters": {"mock": {"tag": tag, **mock}}}
-
-
 async def test_one_fifo_one_slot_one_pace_across_three_instances(three: list[str], upstream: MockUpstream) -> None:
     tag = "fifo-" + three[0].rsplit(":", 1)[1][:5]
     async with httpx.AsyncClient(timeout=30) as client:
@@ -80,7 +62,9 @@ async def test_one_fifo_one_slot_one_pace_across_three_instances(three: list[str
         for n in range(6):  # admitted in this order, each on another instance than the one before
             base = three[n % 3]
             admitted = asyncio.Event()
-            streams.append(asyncio.create_task(_stream_noting(client, f"{base}/chat", _body(f"q{n}", tag), admitted)))
+            streams.append(
+                asyncio.create_task(stream_noting(client, f"{base}/chat", tagged_body(f"q{n}", tag), admitted))
+            )
             await asyncio.wait_for(admitted.wait(), 10)  # its first event: it is in line
         results = await asyncio.gather(*streams)
     for n, events in enumerate(results):
@@ -93,30 +77,19 @@ async def test_one_fifo_one_slot_one_pace_across_three_instances(three: list[str
         assert after["t"] >= before["ended"] - 0.01, "one call at a time across instances"
 
 
-async def _stream_noting(
-    client: httpx.AsyncClient, url: str, body: dict[str, Any], admitted: asyncio.Event
-) -> list[Received]:
-    """A whole stream; ``admitted`` is set at its first event."""
-    events: list[Received] = []
-    async with aconnect_sse(client, "POST", url, json=body) as source:
-        async for sse in source.aiter_sse():
-            if sse.data:
-                events.append(Received(sse.event, sse.id, json.loads(sse.data)["data"]))
-                admitted.set()
-    return events
-
-
 async def test_positions_count_every_instances_guests(three: list[str], upstream: MockUpstream) -> None:
     tag = "positions-" + three[0].rsplit(":", 1)[1][:5]
     async with httpx.AsyncClient(timeout=30) as client:
         # The first call holds the one slot while six guests on three instances wait.
-        holder = asyncio.create_task(stream_events(client, f"{three[0]}/chat", json=_body("hold", tag, delay=1.5)))
+        holder = asyncio.create_task(
+            stream_events(client, f"{three[0]}/chat", json=tagged_body("hold", tag, delay=1.5))
+        )
         await asyncio.sleep(0.3)
         waiting: list[asyncio.Task[list[Received]]] = []
         for n in range(6):
             url = f"{three[n % 3]}/chat"
             admitted = asyncio.Event()
-            waiting.append(asyncio.create_task(_stream_noting(client, url, _body(f"w{n}", tag), admitted)))
+            waiting.append(asyncio.create_task(stream_noting(client, url, tagged_body(f"w{n}", tag), admitted)))
             await asyncio.wait_for(admitted.wait(), 10)
         results = await asyncio.gather(holder, *waiting)
     for n, events in enumerate(results[1:], start=1):
@@ -132,7 +105,7 @@ async def test_the_size_limit_is_global(
     tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
 ) -> None:
     tag = "full-" + redis_prefix
-    for bases in _instances(
+    for bases in shared_instances(
         tmp_path,
         2,
         redis_url,
@@ -142,17 +115,18 @@ async def test_the_size_limit_is_global(
         max_queue_size=2,
     ):
         async with httpx.AsyncClient(timeout=30) as client:
-            holder = asyncio.create_task(client.post(f"{bases[0]}/chat/simple", json=_body("hold", tag)))
+            holder = asyncio.create_task(client.post(f"{bases[0]}/chat/simple", json=tagged_body("hold", tag)))
             while not await upstream.acalls(tag):
                 await asyncio.sleep(0.02)
             two = [
-                asyncio.create_task(client.post(f"{bases[n]}/chat/simple", json=_body(f"w{n}", tag))) for n in range(2)
+                asyncio.create_task(client.post(f"{bases[n]}/chat/simple", json=tagged_body(f"w{n}", tag)))
+                for n in range(2)
             ]
             for _ in range(100):  # both in line
                 if (await client.get(f"{bases[1]}/queue/status")).json()["queue_size"] == 2:
                     break
                 await asyncio.sleep(0.02)
-            refused = await client.post(f"{bases[1]}/chat/simple", json=_body("one too many", tag))
+            refused = await client.post(f"{bases[1]}/chat/simple", json=tagged_body("one too many", tag))
             assert refused.status_code == 429 and refused.json()["code"] == "queue_full", refused.text
             assert int(refused.headers["retry-after"]) >= 1
             answers = await asyncio.gather(holder, *two)
@@ -161,7 +135,7 @@ async def test_the_size_limit_is_global(
 
 @pytest.fixture
 def two(tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream) -> Iterator[list[str]]:
-    yield from _instances(
+    yield from shared_instances(
         tmp_path,
         2,
         redis_url,
@@ -189,7 +163,7 @@ async def test_an_answer_resumes_on_another_instance_without_a_chunk_lost_or_rep
 ) -> None:
     tag = "resume-" + two[0].rsplit(":", 1)[1][:5]
     async with httpx.AsyncClient(timeout=30) as client:
-        body = _body("tell me", tag, chunks=8, delay=0.15)
+        body = tagged_body("tell me", tag, chunks=8, delay=0.15)
         seen = await _first_events(client, f"{two[0]}/chat", 4, json=body)  # queued?, processing, chunks…
         request_id = seen[0].data["request_id"]
         rest = await stream_events(
@@ -207,11 +181,13 @@ async def test_a_waiting_guest_keeps_its_place_on_another_instance(two: list[str
     tag = "place-" + two[0].rsplit(":", 1)[1][:5]
     async with httpx.AsyncClient(timeout=30) as client:
         started, admitted = asyncio.Event(), asyncio.Event()
-        holder = asyncio.create_task(_stream_noting(client, f"{two[0]}/chat", _body("hold", tag, delay=0.5), started))
+        holder = asyncio.create_task(
+            stream_noting(client, f"{two[0]}/chat", tagged_body("hold", tag, delay=0.5), started)
+        )
         await asyncio.wait_for(started.wait(), 10)
-        second = asyncio.create_task(_stream_noting(client, f"{two[0]}/chat", _body("second", tag), admitted))
+        second = asyncio.create_task(stream_noting(client, f"{two[0]}/chat", tagged_body("second", tag), admitted))
         await asyncio.wait_for(admitted.wait(), 10)
-        seen = await _first_events(client, f"{two[1]}/chat", 1, json=_body("third", tag))
+        seen = await _first_events(client, f"{two[1]}/chat", 1, json=tagged_body("third", tag))
         assert seen[0].name == "queued" and seen[0].data["queue_position"] == 2
         request_id = seen[0].data["request_id"]
         # Reconnect to the other instance (nginx round-robin would do the same).
@@ -245,13 +221,15 @@ async def test_sigterm_sends_waiting_guests_elsewhere_with_their_places(
     try:
         async with httpx.AsyncClient(timeout=30) as client:
             holder = asyncio.create_task(
-                stream_events(client, f"{staying.base}/chat", json=_body("hold", tag, chunks=4, delay=0.3))
+                stream_events(client, f"{staying.base}/chat", json=tagged_body("hold", tag, chunks=4, delay=0.3))
             )
             await asyncio.sleep(0.3)
             seen: list[Received] = []
 
             async def wait_on_the_stopping_instance() -> None:
-                async with aconnect_sse(client, "POST", f"{stopping.base}/chat", json=_body("waiting", tag)) as source:
+                async with aconnect_sse(
+                    client, "POST", f"{stopping.base}/chat", json=tagged_body("waiting", tag)
+                ) as source:
                     async for sse in source.aiter_sse():
                         if sse.data:
                             seen.append(Received(sse.event, sse.id, json.loads(sse.data)["data"]))
@@ -315,7 +293,7 @@ async def test_sigkill_mid_call_retries_from_the_front_or_ends_interrupted(
     survivor = None
     try:
         async with httpx.AsyncClient(timeout=30) as client:
-            body = _body("question", tag, chunks=6, delay=0.4, first=1.0)
+            body = tagged_body("question", tag, chunks=6, delay=0.4, first=1.0)
             seen: list[Received] = []
             streaming = asyncio.create_task(_stream_into(client, f"{doomed.base}/chat", body, seen))
             # Killed once its upstream call is under way and the wanted chunks were sent.
@@ -375,16 +353,16 @@ async def test_a_dead_instances_guest_who_never_returns_gives_its_place_up_after
             # machine), the dead instance's lease, the grace and the reaper's round (up to about 4 s
             # after the kill).
             holder = asyncio.create_task(
-                client.post(f"{survivor.base}/chat/simple", json=_body("hold", tag, chunks=3, delay=5.0))
+                client.post(f"{survivor.base}/chat/simple", json=tagged_body("hold", tag, chunks=3, delay=5.0))
             )
             while not await upstream.acalls(tag):
                 await asyncio.sleep(0.02)
             doomed = start_server_process(tmp_path, **env)  # after the call started on the survivor
             seen: list[Received] = []
-            lost = asyncio.create_task(_stream_into(client, f"{doomed.base}/chat", _body("lost", tag), seen))
+            lost = asyncio.create_task(_stream_into(client, f"{doomed.base}/chat", tagged_body("lost", tag), seen))
             while not seen:
                 await asyncio.sleep(0.02)
-            after = asyncio.create_task(client.post(f"{survivor.base}/chat/simple", json=_body("after", tag)))
+            after = asyncio.create_task(client.post(f"{survivor.base}/chat/simple", json=tagged_body("after", tag)))
             await asyncio.sleep(0.2)
             doomed.proc.kill()
             await lost
@@ -412,16 +390,16 @@ async def test_redis_down_is_an_answer_and_the_instance_recovers_by_itself(
     tag = "outage-" + redis_prefix
     with run_redis() as redis:
         settings = {"upstream_url": upstream.url(), "instance_ttl_s": 1.0}
-        for (base,) in _instances(tmp_path, 1, redis.url, redis_prefix, **settings):
+        for (base,) in shared_instances(tmp_path, 1, redis.url, redis_prefix, **settings):
             async with httpx.AsyncClient(timeout=30) as client:
-                assert (await client.post(f"{base}/chat/simple", json=_body("before", tag))).status_code == 200
+                assert (await client.post(f"{base}/chat/simple", json=tagged_body("before", tag))).status_code == 200
                 running = asyncio.create_task(
-                    stream_events(client, f"{base}/chat", json=_body("running", tag, chunks=4, delay=0.4))
+                    stream_events(client, f"{base}/chat", json=tagged_body("running", tag, chunks=4, delay=0.4))
                 )
                 while not await upstream.acalls(tag) or len(await upstream.acalls(tag)) < 2:
                     await asyncio.sleep(0.02)
                 redis.stop()
-                refused = await client.post(f"{base}/chat/simple", json=_body("during", tag))
+                refused = await client.post(f"{base}/chat/simple", json=tagged_body("during", tag))
                 assert refused.status_code == 503 and refused.json()["code"] == "unavailable", refused.text
                 assert int(refused.headers["retry-after"]) >= 1
                 assert "127.0.0.1" not in refused.text, "no internal address in a guest's answer"
@@ -433,7 +411,7 @@ async def test_redis_down_is_an_answer_and_the_instance_recovers_by_itself(
                 assert events[-1].name == "workflow_complete", "a stream already running finishes"
                 redis.start()  # back, and empty
                 for _ in range(100):
-                    answer = await client.post(f"{base}/chat/simple", json=_body("after", tag))
+                    answer = await client.post(f"{base}/chat/simple", json=tagged_body("after", tag))
                     if answer.status_code == 200:
                         break
                     assert answer.status_code == 503, answer.text
@@ -447,7 +425,9 @@ async def test_status_history_lookups_and_metrics_answer_for_every_instance(
 ) -> None:
     tag = "views-" + two[0].rsplit(":", 1)[1][:5]
     async with httpx.AsyncClient(timeout=30) as client:
-        answers = [await client.post(f"{base}/chat/simple", json=_body(f"from {n}", tag)) for n, base in enumerate(two)]
+        answers = [
+            await client.post(f"{base}/chat/simple", json=tagged_body(f"from {n}", tag)) for n, base in enumerate(two)
+        ]
         assert [a.status_code for a in answers] == [200, 200]
         ids = [a.json()["request_id"] for a in answers]
         for base in two:
@@ -473,7 +453,7 @@ async def test_the_per_client_limit_and_the_cache_are_shared(
     tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
 ) -> None:
     tag = "shared-" + redis_prefix
-    for bases in _instances(
+    for bases in shared_instances(
         tmp_path,
         2,
         redis_url,
@@ -486,19 +466,19 @@ async def test_the_per_client_limit_and_the_cache_are_shared(
         async with httpx.AsyncClient(timeout=30) as client:
             # Two questions in progress, one on each instance: a third anywhere is one too many.
             busy = [
-                asyncio.create_task(client.post(f"{base}/chat/simple", json=_body(f"busy {n}", tag)))
+                asyncio.create_task(client.post(f"{base}/chat/simple", json=tagged_body(f"busy {n}", tag)))
                 for n, base in enumerate(bases)
             ]
             await asyncio.sleep(0.2)
-            third = await client.post(f"{bases[0]}/chat/simple", json=_body("third", tag))
+            third = await client.post(f"{bases[0]}/chat/simple", json=tagged_body("third", tag))
             assert third.status_code == 429 and third.json()["code"] == "client_limit", third.text
             assert [b.status_code for b in await asyncio.gather(*busy)] == [200, 200]
             # Answered on instance 0: a hit on instance 1, without another upstream call.
-            first = await client.post(f"{bases[0]}/chat/simple", json=_body("common question", tag))
-            again = await client.post(f"{bases[1]}/chat/simple", json=_body("  Common   QUESTION ", tag))
+            first = await client.post(f"{bases[0]}/chat/simple", json=tagged_body("common question", tag))
+            again = await client.post(f"{bases[1]}/chat/simple", json=tagged_body("  Common   QUESTION ", tag))
             assert again.json()["answer"] == first.json()["answer"] and again.json()["cached"] is True
             private = await client.post(
-                f"{bases[1]}/chat/simple", json={**_body("common question", tag), "session_id": "alice"}
+                f"{bases[1]}/chat/simple", json={**tagged_body("common question", tag), "session_id": "alice"}
             )
             assert private.json()["cached"] is False, "another session never gets the shared answer"
             queries = [call["body"]["query"] for call in await upstream.acalls(tag)]
@@ -575,7 +555,7 @@ async def test_a_rolling_restart_under_load_loses_no_place(
         async with httpx.AsyncClient(timeout=30) as client:
             guests = []
             for n in range(24):
-                body = _body(f"g{n:02d}", tag, chunks=3, delay=0.3)  # 0.6 s a call, two at a time: ~7 s
+                body = tagged_body(f"g{n:02d}", tag, chunks=3, delay=0.3)  # 0.6 s a call, two at a time: ~7 s
                 guests.append(asyncio.create_task(_guest(client, fleet, body)))
                 await asyncio.sleep(0.02)
             exits = [await fleet.restart(i) for i in range(3)]
@@ -596,12 +576,12 @@ async def test_a_rolling_restart_under_load_loses_no_place(
 
 async def test_an_idempotency_key_names_one_request_on_every_instance(two: list[str], upstream: MockUpstream) -> None:
     tag = "idem-" + two[0].rsplit(":", 1)[1][:5]
-    body = _body("once", tag, chunks=3, delay=0.3)
+    body = tagged_body("once", tag, chunks=3, delay=0.3)
     headers = {"Idempotency-Key": "order-77"}
     async with httpx.AsyncClient(timeout=30) as client:
         seen = await _first_events(client, f"{two[0]}/chat", 2, json=body, headers=headers)
         again = await stream_events(client, f"{two[1]}/chat", json=body, headers=headers)
-        other = await client.post(f"{two[1]}/chat/simple", json=_body("another question", tag), headers=headers)
+        other = await client.post(f"{two[1]}/chat/simple", json=tagged_body("another question", tag), headers=headers)
     assert again[0].data["request_id"] == seen[0].data["request_id"], "the same request, taken over"
     assert again[-1].name == "workflow_complete"
     assert other.status_code == 422 and other.json()["code"] == "idempotency_mismatch", other.text
@@ -626,11 +606,13 @@ async def test_behind_nginx_an_eventsource_follows_its_request_through_a_rolling
                 # connection), so the line outlasts three restarts with a margin: 16 s did not, in the
                 # suite run in four processes.
                 ahead = [
-                    asyncio.create_task(_guest(client, Through(proxied), _body(f"ahead {n}", tag, chunks=3, delay=2.0)))
+                    asyncio.create_task(
+                        _guest(client, Through(proxied), tagged_body(f"ahead {n}", tag, chunks=3, delay=2.0))
+                    )
                     for n in range(AHEAD)
                 ]
                 await asyncio.sleep(0.3)
-                first = await _first_events(client, f"{proxied}/chat", 1, json=_body("followed", tag, chunks=3))
+                first = await _first_events(client, f"{proxied}/chat", 1, json=tagged_body("followed", tag, chunks=3))
                 request_id = first[0].data["request_id"]
                 progress = tmp_path / "follower.progress"
                 follower = asyncio.create_task(
@@ -687,10 +669,10 @@ def _start_on(tmp_path: Path, env: dict[str, str], port: int) -> subprocess.Pope
 async def test_a_guest_can_cancel_on_any_instance(two: list[str], upstream: MockUpstream) -> None:
     tag = "cancel-" + two[0].rsplit(":", 1)[1][:5]
     async with httpx.AsyncClient(timeout=30) as client:
-        holder = asyncio.create_task(client.post(f"{two[0]}/chat/simple", json=_body("hold", tag, delay=0.4)))
+        holder = asyncio.create_task(client.post(f"{two[0]}/chat/simple", json=tagged_body("hold", tag, delay=0.4)))
         while not await upstream.acalls(tag):
             await asyncio.sleep(0.02)
-        seen = await _first_events(client, f"{two[0]}/chat", 1, json=_body("changed my mind", tag))
+        seen = await _first_events(client, f"{two[0]}/chat", 1, json=tagged_body("changed my mind", tag))
         request_id = seen[0].data["request_id"]
         cancelled = await client.delete(f"{two[1]}/chat/{request_id}")
         again = await client.delete(f"{two[0]}/chat/{request_id}")

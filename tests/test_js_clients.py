@@ -4,30 +4,13 @@ developers use, not our own client. tests/js/package.json pins them (`npm ci --p
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 
 from .conftest import MockUpstream, serve, stream_events
-
-JS = Path(__file__).parent / "js"
-
-
-async def node(script: str, *args: str) -> dict[str, Any]:
-    """Run ``tests/js/SCRIPT`` under Node; it prints one JSON object."""
-    if shutil.which("node") is None or not (JS / "node_modules").is_dir():
-        pytest.fail("these tests need node and `npm ci --prefix tests/js` (README's test command, .ci/run)")
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(JS / script), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    result: dict[str, Any] = json.loads(out)
-    return result
+from .support.instances import shared_instances
+from .support.programs import node, run_nginx
 
 
 async def test_fetch_event_source_retrying_a_dropped_post_resumes_without_duplicates(upstream: MockUpstream) -> None:
@@ -93,10 +76,8 @@ async def test_eventsource_following_after_the_end_behind_nginx_hears_the_ending
     the `eventsource` client following a finished request and not closing; its reconnection with
     Last-Event-ID reached the other instance, which sent the ending again under a new id. 20 runs,
     at once: every one hears `workflow_complete` once and is stopped by a 204."""
-    from .test_instances import _instances
-    from .test_nginx import run_nginx
 
-    for one, two in _instances(tmp_path, 2, redis_url, redis_prefix, upstream_url=upstream.url(chunks=2)):
+    for one, two in shared_instances(tmp_path, 2, redis_url, redis_prefix, upstream_url=upstream.url(chunks=2)):
         async with httpx.AsyncClient(timeout=30) as client:
             ids = [
                 (await stream_events(client, f"{one}/chat", json={"query": f"q{n}"}))[-1].data["request_id"]

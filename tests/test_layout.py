@@ -37,12 +37,19 @@ def _resolve(module: str, path: Path, node: ast.ImportFrom) -> list[str]:
     return [base]
 
 
+def _parse(path: Path) -> ast.Module:
+    try:
+        return ast.parse(path.read_text())
+    except SystemError:  # CPython 3.11.7's "AST constructor recursion depth mismatch" (gh-106905): once more
+        return ast.parse(path.read_text())
+
+
 def _graph() -> tuple[dict[str, set[str]], list[str]]:
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in modules}
     nested: list[str] = []
     for name, path in modules.items():
-        tree = ast.parse(path.read_text())
+        tree = _parse(path)
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 nested += [

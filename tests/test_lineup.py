@@ -8,8 +8,6 @@ import itertools
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from guestqueue.lineup import Lineup
 
-from .conftest import MockUpstream, Running, ask, serve, stream_events, wait_until
-
-
-@asynccontextmanager
-async def serve_lines(tmp_path: Path, toml: str, **overrides: Any) -> AsyncIterator[tuple[Running, str]]:
-    """guestqueue with ``toml`` as its GUEST_CONFIG; yields it and the /api/v1/lines URL."""
-    path = tmp_path / "guestqueue.toml"
-    path.write_text(toml)
-    async with serve(config=str(path), **overrides) as running:
-        yield running, running.base.removesuffix("/guest") + "/lines"
+from .conftest import MockUpstream, Running, ask, stream_events, wait_until
+from .support.lines import serve_lines
 
 
 def _lineup(running: Running) -> Lineup:

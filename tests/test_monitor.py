@@ -11,7 +11,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from .conftest import MockUpstream, serve, wait_until
-from .test_js_clients import node
+from .support.programs import node
 
 
 async def test_the_status_stream_sends_at_once_on_a_change_and_ends_on_shutdown(upstream: MockUpstream) -> None:

@@ -12,12 +12,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,57 +25,12 @@ import pytest
 import websockets
 from httpx_sse import aconnect_sse
 
-from guestqueue.web.app import API_PREFIX
+from .conftest import MockUpstream, guestqueue_process
+from .support.programs import NGINX_CONF, nginx_binary, run_nginx
 
-from .conftest import MockUpstream, free_port, guestqueue_process, wait_for_http
-
-NGINX_CONF = Path(__file__).parent.parent / "nginx.conf"
 # The read timeout the proxied stack runs with: shorter than the quiet stretch the
 # ping test waits through (4 s), so only pings can keep that stream open.
 SHORT_READ_TIMEOUT = "2s"
-
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
-    if found is None:
-        pytest.fail("nginx is not installed: apt-get install nginx (.ci/run does it)", pytrace=False)
-    return found
-
-
-def _replace(text: str, old: str, new: str, count: int) -> str:
-    # A conf that no longer has the line the test substitutes must fail the test, not
-    # silently run with the defaults (port 8080, or a timeout the test did not mean).
-    assert text.count(old) == count, f"nginx.conf should contain {old!r} {count}x"
-    return text.replace(old, new)
-
-
-def render_conf(
-    prefix: Path,
-    *,
-    listen_port: int,
-    upstream_port: int,
-    read_timeout: str | None = None,
-    header_timeout: str | None = None,
-    more_upstream_ports: tuple[int, ...] = (),
-    worker_connections: int = 0,
-) -> Path:
-    text = NGINX_CONF.read_text()
-    if header_timeout is not None:
-        text = _replace(text, "client_header_timeout 10s;", f"client_header_timeout {header_timeout};", 1)
-    text = _replace(text, "listen 8080;", f"listen 127.0.0.1:{listen_port};", 1)
-    if worker_connections:
-        text = _replace(text, "worker_connections 1024;", f"worker_connections {worker_connections};", 1)
-    servers = "".join(f"\n        server 127.0.0.1:{port};" for port in more_upstream_ports)
-    text = _replace(text, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};{servers}", 1)
-    if read_timeout is not None:
-        text = _replace(text, "proxy_read_timeout 700s;", f"proxy_read_timeout {read_timeout};", 2)
-    if os.geteuid() == 0:
-        # Started as root, nginx's workers would run as "nobody" and could not enter
-        # pytest's private temp directory.
-        text = "user root;\n" + text
-    path = prefix / "nginx.conf"
-    path.write_text(text)
-    return path
 
 
 @dataclass
@@ -86,43 +38,6 @@ class Stack:
     nginx: str  # http://127.0.0.1:PORT/api/v1/guest, through nginx
     direct: str  # the same guestqueue, without nginx
     prefix: Path
-
-
-@contextmanager
-def run_nginx(
-    prefix: Path,
-    guestqueue_base: str,
-    *,
-    read_timeout: str | None,
-    header_timeout: str | None = None,
-    more: tuple[str, ...] = (),
-    worker_connections: int = 0,
-) -> Iterator[str]:
-    """nginx with the repository's conf in front of ``guestqueue_base`` (and the ``more`` instances,
-    round-robin); yields the proxied API base URL."""
-    upstream_port = urlsplit(guestqueue_base).port
-    assert upstream_port is not None
-    port = free_port()
-    conf = render_conf(
-        prefix,
-        listen_port=port,
-        upstream_port=upstream_port,
-        read_timeout=read_timeout,
-        header_timeout=header_timeout,
-        more_upstream_ports=tuple(urlsplit(b).port or 0 for b in more),
-        worker_connections=worker_connections,
-    )
-    command = [nginx_binary(), "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
-    checked = subprocess.run([*command, "-t", "-q"], capture_output=True, text=True)
-    assert checked.returncode == 0, f"nginx -t failed on the rendered nginx.conf:\n{checked.stderr}"
-    proc = subprocess.Popen([*command, "-g", "daemon off;"], stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}{API_PREFIX}"
-    try:
-        wait_for_http(f"{base}/health")
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

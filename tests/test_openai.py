@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from guestqueue.tickets import Status
 
 from .conftest import MockUpstream, Running, ask, serve, wait_until
-from .test_admin import _application, _key, admin_server
+from .support.admin import admin_server, make_application, make_key
 
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "Be brief."},
@@ -377,7 +377,7 @@ async def test_callers_with_an_api_key_are_counted_per_key_not_per_address(
         ) as (running, api),
         httpx.AsyncClient(timeout=10) as client,
     ):
-        key = await _key(client, api, await _application(client, api, "office"))
+        key = await make_key(client, api, await make_application(client, api, "office"))
         keyed = openai.AsyncOpenAI(base_url=f"{root(running)}/v1", api_key=key, max_retries=0)
         answers = await asyncio.gather(
             *(keyed.chat.completions.create(model="guest", messages=MESSAGES) for _ in range(5))

@@ -13,7 +13,7 @@ import pytest
 from guestqueue import WorkflowRequest
 
 from .conftest import guestqueue_process, serve, stream_events
-from .test_nginx import run_nginx
+from .support.programs import run_nginx
 
 ALLOWED = "https://chat.example.org"
 FOREIGN = "https://evil.example"

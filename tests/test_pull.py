@@ -4,56 +4,27 @@ real `guestqueue worker` processes, one killed mid-job; two instances on one Red
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from httpx_sse import aconnect_sse
 
 from .conftest import MockUpstream, Received, stream_events, wait_until
-from .test_admin import ADMIN, _application, _key, _line, admin_server
-from .test_instances import _instances
-from .test_lineup import serve_lines
-
-PULL = '[lines.gpu]\nupstream_kind = "pull"\nmax_concurrent_requests = 2\nupstream_interval_sec = 0\n'
-ROOT = Path(__file__).resolve().parent.parent
-
-
-async def _receive(client: httpx.AsyncClient, lines: str, **body: Any) -> list[dict[str, Any]]:
-    reply = await client.post(f"{lines}/gpu/jobs/receive", json={"wait_sec": 5, **body})
-    assert reply.status_code == 200, reply.text
-    jobs: list[dict[str, Any]] = reply.json()["jobs"]
-    return jobs
-
-
-async def _follow(client: httpx.AsyncClient, url: str, body: dict[str, Any], heard: list[Received]) -> None:
-    """A guest's events, into ``heard`` as they come."""
-    async with aconnect_sse(client, "POST", url, json=body) as source:
-        async for sse in source.aiter_sse():
-            if sse.data:
-                heard.append(Received(sse.event, sse.id, json.loads(sse.data)["data"]))
-
-
-def _jobs(base: str) -> str:
-    return base.split("/api/v1/")[0] + "/api/v1/jobs"
+from .support.admin import ADMIN, admin_server, make_application, make_key, make_line
+from .support.instances import shared_instances
+from .support.lines import serve_lines
+from .support.pull import PULL, follow_job, jobs_url, receive_jobs, worker_process
 
 
 async def test_a_worker_receives_a_job_and_its_chunks_reach_the_guest(tmp_path: Path) -> None:
     async with serve_lines(tmp_path, PULL) as (_, lines), httpx.AsyncClient(timeout=30) as client:
         asked = asyncio.create_task(stream_events(client, f"{lines}/gpu/chat", json={"query": "two words"}))
-        [job] = await _receive(client, lines)
+        [job] = await receive_jobs(client, lines)
         assert job["request"] == {"query": "two words", "parameters": {}, "session_id": None}
         assert job["receive_count"] == 1 and job["receipt"].startswith("gpu.")
-        jobs = _jobs(lines)
+        jobs = jobs_url(lines)
         assert (await client.post(f"{jobs}/{job['receipt']}/chunks", json=["Hello, ", "guest"])).json()["chunks"] == 2
         done = await client.post(f"{jobs}/{job['receipt']}/complete", json={"suggested_questions": ["More?"]})
         assert done.status_code == 200, done.text
@@ -68,12 +39,12 @@ async def test_a_worker_receives_a_job_and_its_chunks_reach_the_guest(tmp_path: 
 async def test_guests_hear_processing_only_when_a_worker_takes_the_job(tmp_path: Path) -> None:
     async with serve_lines(tmp_path, PULL) as (_, lines), httpx.AsyncClient(timeout=30) as client:
         heard: list[Received] = []
-        asked = asyncio.create_task(_follow(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
+        asked = asyncio.create_task(follow_job(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
         await asyncio.sleep(0.6)  # started in the line (a free slot), but no worker yet
         status = (await client.get(f"{lines}/gpu/queue/status")).json()
         assert status["active_requests"] == 1
-        [job] = await _receive(client, lines)
-        jobs = _jobs(lines)
+        [job] = await receive_jobs(client, lines)
+        jobs = jobs_url(lines)
         await client.post(
             f"{jobs}/{job['receipt']}/chunks", content=b'"a"\n"b"\n', headers={"Content-Type": "application/x-ndjson"}
         )
@@ -92,9 +63,9 @@ async def test_guests_hear_processing_only_when_a_worker_takes_the_job(tmp_path:
 
 async def test_an_extended_lease_keeps_its_job_and_an_expired_receipt_is_refused(tmp_path: Path) -> None:
     async with serve_lines(tmp_path, PULL) as (_, lines), httpx.AsyncClient(timeout=30) as client:
-        jobs = _jobs(lines)
+        jobs = jobs_url(lines)
         asked = asyncio.create_task(stream_events(client, f"{lines}/gpu/chat", json={"query": "kept"}))
-        [job] = await _receive(client, lines, visibility_timeout_sec=1)
+        [job] = await receive_jobs(client, lines, visibility_timeout_sec=1)
         for _ in range(5):  # 2.5 s: well past the first lease
             await asyncio.sleep(0.5)
             extended = await client.post(f"{jobs}/{job['receipt']}/extend", json={"visibility_timeout_sec": 1})
@@ -104,12 +75,12 @@ async def test_an_extended_lease_keeps_its_job_and_an_expired_receipt_is_refused
         assert (await asked)[-1].data["answer"] == "still mine"
 
         other = asyncio.create_task(stream_events(client, f"{lines}/gpu/chat", json={"query": "lost"}))
-        [first] = await _receive(client, lines, visibility_timeout_sec=1)
+        [first] = await receive_jobs(client, lines, visibility_timeout_sec=1)
         await asyncio.sleep(1.5)  # its lease runs out: back at the front
         gone = await client.post(f"{jobs}/{first['receipt']}/chunks", json=["too late"])
         assert gone.status_code == 410
         assert (await client.post(f"{jobs}/{first['receipt']}/extend")).status_code == 410
-        [again] = await _receive(client, lines)
+        [again] = await receive_jobs(client, lines)
         assert again["job_id"] == first["job_id"] and again["receive_count"] == 2
         await client.post(f"{jobs}/{again['receipt']}/chunks", json=["second worker"])
         await client.post(f"{jobs}/{again['receipt']}/complete")
@@ -121,16 +92,16 @@ async def test_an_extended_lease_keeps_its_job_and_an_expired_receipt_is_refused
 async def test_a_lease_lost_mid_answer_ends_interrupted_and_too_many_receives_end_unavailable(tmp_path: Path) -> None:
     toml = PULL + "max_receive_count = 2\n"
     async with serve_lines(tmp_path, toml) as (_, lines), httpx.AsyncClient(timeout=30) as client:
-        jobs = _jobs(lines)
+        jobs = jobs_url(lines)
         asked = asyncio.create_task(stream_events(client, f"{lines}/gpu/chat", json={"query": "a"}))
-        [job] = await _receive(client, lines, visibility_timeout_sec=1)
+        [job] = await receive_jobs(client, lines, visibility_timeout_sec=1)
         await client.post(f"{jobs}/{job['receipt']}/chunks", json=["half an answer"])
         events = await asked
         assert events[-1].name == "error" and events[-1].data["code"] == "interrupted"
 
         asked = asyncio.create_task(stream_events(client, f"{lines}/gpu/chat", json={"query": "b"}))
         for count in (1, 2):
-            [job] = await _receive(client, lines, visibility_timeout_sec=1)
+            [job] = await receive_jobs(client, lines, visibility_timeout_sec=1)
             assert job["receive_count"] == count
         events = await asked
         assert events[-1].name == "error" and events[-1].data["code"] == "upstream_unavailable"
@@ -139,8 +110,8 @@ async def test_a_lease_lost_mid_answer_ends_interrupted_and_too_many_receives_en
 async def test_chunks_sent_again_are_taken_once_and_a_gap_is_refused_with_the_offset(tmp_path: Path) -> None:
     async with serve_lines(tmp_path, PULL) as (_, lines), httpx.AsyncClient(timeout=30) as client:
         asked = asyncio.create_task(stream_events(client, f"{lines}/gpu/chat", json={"query": "q"}))
-        [job] = await _receive(client, lines)
-        chunks, complete = f"{_jobs(lines)}/{job['receipt']}/chunks", f"{_jobs(lines)}/{job['receipt']}/complete"
+        [job] = await receive_jobs(client, lines)
+        chunks, complete = f"{jobs_url(lines)}/{job['receipt']}/chunks", f"{jobs_url(lines)}/{job['receipt']}/complete"
         # What a hostile or broken worker might send as an offset: one clear 422 each, nothing taken.
         for bad in ("-1", "abc", "1e3", "9" * 13, ""):
             refused = await client.post(chunks, params={"offset": bad}, json=["x"])
@@ -166,10 +137,10 @@ async def test_chunks_sent_again_are_taken_once_and_a_gap_is_refused_with_the_of
 
 async def test_a_worker_with_the_wrong_key_is_refused(tmp_path: Path, upstream: MockUpstream) -> None:
     async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=10) as client:
-        app = await _application(client, api, "gpus")
-        await _line(client, api, name="gpu", application_id=app, upstream_kind="pull", upstream_interval_sec=0)
-        asker = await _key(client, api, app, permissions={"gpu": ["READ", "WRITE"]})
-        worker = await _key(client, api, app, permissions={"gpu": ["WORK"]})
+        app = await make_application(client, api, "gpus")
+        await make_line(client, api, name="gpu", application_id=app, upstream_kind="pull", upstream_interval_sec=0)
+        asker = await make_key(client, api, app, permissions={"gpu": ["READ", "WRITE"]})
+        worker = await make_key(client, api, app, permissions={"gpu": ["WORK"]})
         receive = f"{api}/lines/gpu/jobs/receive"
         refused = await client.post(receive, json={"wait_sec": 0}, headers={"Authorization": f"Bearer {asker}"})
         assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
@@ -192,43 +163,7 @@ async def test_bad_worker_requests_get_clear_errors(tmp_path: Path) -> None:
         for body in ({"max_jobs": 0}, {"wait_sec": 99}, {"visibility_timeout_sec": "x"}):
             reply = await client.post(f"{lines}/gpu/jobs/receive", json=body)
             assert reply.status_code == 422, body
-        assert (await client.post(f"{_jobs(lines)}/nope.xyz/chunks", json=["a"])).status_code == 410
-
-
-@contextmanager
-def worker_process(
-    tmp_path: Path, server: str, name: str, workflow: str, *, visibility_s: float = 1
-) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "GUEST_TEST_WORKER": name, "PYTHONPATH": str(ROOT)}
-    log = (tmp_path / f"worker-{name}.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "guestqueue",
-            "worker",
-            "--server",
-            server,
-            "--line",
-            "gpu",
-            "--visibility-timeout",
-            str(visibility_s),
-            f"tests.pull_workflows:{workflow}",
-        ],
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
+        assert (await client.post(f"{jobs_url(lines)}/nope.xyz/chunks", json=["a"])).status_code == 410
 
 
 async def test_a_worker_killed_before_its_first_chunk_leaves_the_job_to_the_other_once(tmp_path: Path) -> None:
@@ -236,7 +171,7 @@ async def test_a_worker_killed_before_its_first_chunk_leaves_the_job_to_the_othe
         server = lines.split("/api/v1/")[0]
         with worker_process(tmp_path, server, "A", "stall") as stalled:
             heard: list[Received] = []
-            asked = asyncio.create_task(_follow(client, f"{lines}/gpu/chat", {"query": "who answers"}, heard))
+            asked = asyncio.create_task(follow_job(client, f"{lines}/gpu/chat", {"query": "who answers"}, heard))
             await wait_until(lambda: any(e.name == "processing" for e in heard), 10, "worker A took the job")
             stalled.kill()  # SIGKILL mid-job: no fail, no more extends
             with worker_process(tmp_path, server, "B", "echo"):
@@ -253,7 +188,7 @@ async def test_a_worker_killed_before_its_first_chunk_leaves_the_job_to_the_othe
 def pair(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[list[str]]:
     config = tmp_path / "pull.toml"
     config.write_text(PULL)
-    for bases in _instances(tmp_path, 2, redis_url, redis_prefix, config=str(config)):
+    for bases in shared_instances(tmp_path, 2, redis_url, redis_prefix, config=str(config)):
         yield [base.removesuffix("/guest") + "/lines" for base in bases]
 
 

@@ -24,9 +24,8 @@ from guestqueue.pull.redisboard import RedisJobBoard
 from guestqueue.upstream.base import WorkflowRequest
 
 from .conftest import Received, start_server_process, wait_until
-from .test_lineup import serve_lines
-from .test_pull import PULL, _follow, _jobs, _receive
-from .test_pull_redis import pull_line
+from .support.lines import serve_lines
+from .support.pull import PULL, follow_job, jobs_url, pull_line, receive_jobs
 
 NO_WORKER_AFTER_S = 1.0  # the tests' threshold (10 s in production)
 
@@ -43,16 +42,16 @@ async def test_with_no_worker_about_queued_events_and_health_say_so_until_one_as
     monkeypatch.setattr(pull_board, "NO_WORKER_AFTER_S", NO_WORKER_AFTER_S)
     async with _pull_line(tmp_path, shared) as lines, httpx.AsyncClient(timeout=30) as client:
         heard: list[Received] = []
-        asked = asyncio.create_task(_follow(client, f"{lines}/gpu/chat", {"query": "anyone?"}, heard))
+        asked = asyncio.create_task(follow_job(client, f"{lines}/gpu/chat", {"query": "anyone?"}, heard))
         await wait_until(lambda: _workerless(heard), 10, "a queued event saying no worker is there")
         told = _workerless(heard)[-1].data
         assert told["queue_position"] == 1 and told["no_worker_sec"] >= NO_WORKER_AFTER_S, told
         health = await _health(client, lines)
         assert health["status"] == "degraded", health
         assert any("no pull worker has asked for jobs in" in problem for problem in health["problems"]), health
-        [job] = await _receive(client, lines)
-        await client.post(f"{_jobs(lines)}/{job['receipt']}/complete", json={})
-        await client.post(f"{_jobs(lines)}/{job['receipt']}/chunks", json=[])  # (410: the job ended)
+        [job] = await receive_jobs(client, lines)
+        await client.post(f"{jobs_url(lines)}/{job['receipt']}/complete", json={})
+        await client.post(f"{jobs_url(lines)}/{job['receipt']}/chunks", json=[])  # (410: the job ended)
         await asyncio.wait_for(asked, 10)
         health = await _health(client, lines)
         assert not any("pull worker" in problem for problem in health["problems"]), health
@@ -69,12 +68,12 @@ async def test_a_long_poll_whose_worker_hung_up_leaves_the_next_job_to_a_worker_
             await client.post(f"{lines}/gpu/jobs/receive", json={"wait_sec": 15}, timeout=0.5)
         await asyncio.sleep(0.3)  # the server hears the hang-up
         heard: list[Received] = []
-        asked = asyncio.create_task(_follow(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
+        asked = asyncio.create_task(follow_job(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
         started = time.monotonic()
-        [job] = await _receive(client, lines, wait_sec=10)
+        [job] = await receive_jobs(client, lines, wait_sec=10)
         assert job["receive_count"] == 1 and time.monotonic() - started < 5, job
-        await client.post(f"{_jobs(lines)}/{job['receipt']}/chunks", json=["here"])
-        await client.post(f"{_jobs(lines)}/{job['receipt']}/complete")
+        await client.post(f"{jobs_url(lines)}/{job['receipt']}/chunks", json=["here"])
+        await client.post(f"{jobs_url(lines)}/{job['receipt']}/complete")
         await asyncio.wait_for(asked, 10)
         assert heard[-1].name == "workflow_complete" and heard[-1].data["answer"] == "here"
 
@@ -109,7 +108,7 @@ def test_a_stopping_pull_server_ends_its_long_polls_at_once(tmp_path: Path) -> N
     async def stop_while_a_job_runs() -> None:
         async with httpx.AsyncClient(timeout=30) as client:
             heard: list[Received] = []
-            asked = asyncio.create_task(_follow(client, f"{base}/chat", {"query": "q"}, heard))
+            asked = asyncio.create_task(follow_job(client, f"{base}/chat", {"query": "q"}, heard))
             [job] = (await client.post(f"{lines}/guest/jobs/receive", json={"wait_sec": 10})).json()["jobs"]
             polling = asyncio.create_task(client.post(f"{lines}/guest/jobs/receive", json={"wait_sec": 20}))
             await asyncio.sleep(1)  # the second poll is waiting on the server
@@ -122,8 +121,8 @@ def test_a_stopping_pull_server_ends_its_long_polls_at_once(tmp_path: Path) -> N
             late = await client.post(f"{lines}/guest/jobs/receive", json={"wait_sec": 20})
             assert late.status_code == 503 and late.json()["code"] == "shutting_down", late.text
             assert late.headers["Retry-After"] == "1"
-            await client.post(f"{_jobs(lines)}/{job['receipt']}/chunks", json=["done"])
-            await client.post(f"{_jobs(lines)}/{job['receipt']}/complete")
+            await client.post(f"{jobs_url(lines)}/{job['receipt']}/chunks", json=["done"])
+            await client.post(f"{jobs_url(lines)}/{job['receipt']}/complete")
             await asyncio.wait_for(asked, 10)
             assert heard[-1].name == "workflow_complete" and heard[-1].data["answer"] == "done"
             answered = time.monotonic()

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,46 +15,10 @@ import pytest
 
 from .conftest import Received, wait_until
 from .redis_server import RedisServer, run_redis
-from .tcp_proxy import TcpProxy
-from .test_instances import _instances
-from .test_lineup import serve_lines
-from .test_pull import PULL, _follow, _jobs, _receive, worker_process
+from .support.instances import shared_instances
+from .support.pull import PULL, follow_job, jobs_url, pull_line, receive_jobs, worker_process
 
 OUTAGE_S = 1.5  # below the instances' lease (GUEST_INSTANCE_TTL_SEC, 5 s) and the jobs' leases
-
-
-class Outage:
-    """What a test does to Redis: ``unreachable`` (connections dropped and refused, data kept) or
-    ``empty`` (killed and started again without persistence)."""
-
-    def __init__(self, kind: str, server: RedisServer, proxy: TcpProxy) -> None:
-        self.kind, self._server, self._proxy = kind, server, proxy
-
-    @property
-    def url(self) -> str:
-        return self._proxy.url
-
-    async def begin(self) -> None:
-        if self.kind == "unreachable":
-            await self._proxy.cut()
-        else:
-            await asyncio.to_thread(self._server.stop)
-
-    async def end(self) -> None:
-        if self.kind == "unreachable":
-            await self._proxy.mend()
-        else:
-            await asyncio.to_thread(self._server.start)
-
-
-@asynccontextmanager
-async def pull_line(tmp_path: Path, kind: str, toml: str = PULL) -> AsyncIterator[tuple[Any, str, Outage]]:
-    """One guestqueue on its own Redis (through a proxy a test may cut): (running, lines URL, outage)."""
-    with run_redis() as server:
-        async with TcpProxy(server.port) as proxy:
-            outage = Outage(kind, server, proxy)
-            async with serve_lines(tmp_path, toml, redis_url=outage.url, redis_prefix="pull") as (running, lines):
-                yield running, lines, outage
 
 
 async def _until_answered(post: Callable[[], Awaitable[httpx.Response]], timeout_s: float = 10) -> httpx.Response:
@@ -81,9 +44,9 @@ def _calls(running: Any) -> dict[str, int]:
 async def test_a_job_a_worker_holds_while_redis_is_away_is_finished_when_it_returns(tmp_path: Path, kind: str) -> None:
     async with pull_line(tmp_path, kind) as (running, lines, outage), httpx.AsyncClient(timeout=30) as client:
         heard: list[Received] = []
-        asked = asyncio.create_task(_follow(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
-        [job] = await _receive(client, lines, visibility_timeout_sec=10)
-        url = f"{_jobs(lines)}/{job['receipt']}"
+        asked = asyncio.create_task(follow_job(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
+        [job] = await receive_jobs(client, lines, visibility_timeout_sec=10)
+        url = f"{jobs_url(lines)}/{job['receipt']}"
         first = await client.post(f"{url}/chunks", params={"offset": 0}, json=["one "])
         assert first.status_code == 200, first.text
         await wait_until(lambda: _chunks(heard) == ["one "], 5, "the first chunk reached the guest")
@@ -106,7 +69,7 @@ async def test_a_job_a_worker_holds_while_redis_is_away_is_finished_when_it_retu
         assert heard[-1].name == "workflow_complete" and heard[-1].data["answer"] == "one two "
         late = await client.post(f"{url}/chunks", json=["again"])
         assert late.status_code == 410 and late.json()["code"] == "receipt_expired"
-        assert await _receive(client, lines, wait_sec=0) == [], "the job is not offered a second time"
+        assert await receive_jobs(client, lines, wait_sec=0) == [], "the job is not offered a second time"
         assert _calls(running) == {"ok": 1}
 
 
@@ -115,7 +78,7 @@ async def test_our_worker_finishes_an_answer_that_redis_interrupted(tmp_path: Pa
     async with pull_line(tmp_path, kind) as (running, lines, outage), httpx.AsyncClient(timeout=30) as client:
         heard: list[Received] = []
         with worker_process(tmp_path, lines.split("/api/v1/")[0], "W", "slow", visibility_s=10):
-            asked = asyncio.create_task(_follow(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
+            asked = asyncio.create_task(follow_job(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
             await wait_until(lambda: len(_chunks(heard)) >= 2, 15, "the worker is answering")
             await outage.begin()
             await asyncio.sleep(OUTAGE_S)
@@ -130,15 +93,15 @@ async def test_our_worker_finishes_an_answer_that_redis_interrupted(tmp_path: Pa
 async def test_a_job_no_worker_had_taken_is_offered_again_after_redis_restarts_empty(tmp_path: Path) -> None:
     async with pull_line(tmp_path, "empty") as (running, lines, outage), httpx.AsyncClient(timeout=30) as client:
         heard: list[Received] = []
-        asked = asyncio.create_task(_follow(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
+        asked = asyncio.create_task(follow_job(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
         await wait_until(lambda: any(e.name == "queued" for e in heard), 5, "the guest is in line")
         await asyncio.sleep(0.5)  # started: offered to the workers, none came yet
         await outage.begin()
         await asyncio.sleep(OUTAGE_S)
         await outage.end()
-        [job] = await _receive(client, lines, wait_sec=10)
+        [job] = await receive_jobs(client, lines, wait_sec=10)
         assert job["receive_count"] == 1 and job["request"]["query"] == "q"
-        url = f"{_jobs(lines)}/{job['receipt']}"
+        url = f"{jobs_url(lines)}/{job['receipt']}"
         assert (await client.post(f"{url}/chunks", params={"offset": 0}, json=["yes"])).status_code == 200
         assert (await client.post(f"{url}/complete", json={"offset": 1})).status_code == 200
         await asyncio.wait_for(asked, 10)
@@ -149,9 +112,9 @@ async def test_a_job_no_worker_had_taken_is_offered_again_after_redis_restarts_e
 async def test_redis_away_longer_than_the_lease_ends_the_answer_interrupted_once(tmp_path: Path) -> None:
     async with pull_line(tmp_path, "unreachable") as (_, lines, outage), httpx.AsyncClient(timeout=30) as client:
         heard: list[Received] = []
-        asked = asyncio.create_task(_follow(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
-        [job] = await _receive(client, lines, visibility_timeout_sec=1)
-        url = f"{_jobs(lines)}/{job['receipt']}"
+        asked = asyncio.create_task(follow_job(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
+        [job] = await receive_jobs(client, lines, visibility_timeout_sec=1)
+        url = f"{jobs_url(lines)}/{job['receipt']}"
         assert (await client.post(f"{url}/chunks", params={"offset": 0}, json=["half"])).status_code == 200
         await outage.begin()
         await asyncio.sleep(OUTAGE_S)  # the lease runs out meanwhile (on Redis's clock): no extend could reach it
@@ -168,9 +131,9 @@ async def test_after_an_empty_restart_a_worker_that_sends_no_offset_is_refused_n
     where its chunks go (``offset``) may go on; another ends the guest's answer clearly, once."""
     async with pull_line(tmp_path, "empty") as (_, lines, outage), httpx.AsyncClient(timeout=30) as client:
         heard: list[Received] = []
-        asked = asyncio.create_task(_follow(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
-        [job] = await _receive(client, lines, visibility_timeout_sec=2)
-        url = f"{_jobs(lines)}/{job['receipt']}"
+        asked = asyncio.create_task(follow_job(client, f"{lines}/gpu/chat", {"query": "q"}, heard))
+        [job] = await receive_jobs(client, lines, visibility_timeout_sec=2)
+        url = f"{jobs_url(lines)}/{job['receipt']}"
         assert (await client.post(f"{url}/chunks", json=["one "])).status_code == 200
         await wait_until(lambda: _chunks(heard) == ["one "], 5, "the first chunk reached the guest")
         await outage.begin()
@@ -195,7 +158,7 @@ def two(tmp_path: Path, own_redis: RedisServer) -> Iterator[list[str]]:
     """Two guestqueue processes on ``own_redis``: their /api/v1/lines URLs."""
     config = tmp_path / "pull.toml"
     config.write_text(PULL)
-    for bases in _instances(tmp_path, 2, own_redis.url, "pull", config=str(config)):
+    for bases in shared_instances(tmp_path, 2, own_redis.url, "pull", config=str(config)):
         yield [base.removesuffix("/guest") + "/lines" for base in bases]
 
 
@@ -206,7 +169,7 @@ async def test_redis_killed_mid_answer_with_two_instances_the_guest_still_gets_i
     async with httpx.AsyncClient(timeout=30) as client:
         heard: list[Received] = []
         with worker_process(tmp_path, two[1].split("/api/v1/")[0], "far", "slow", visibility_s=10):
-            asked = asyncio.create_task(_follow(client, f"{two[0]}/gpu/chat", {"query": "q"}, heard))
+            asked = asyncio.create_task(follow_job(client, f"{two[0]}/gpu/chat", {"query": "q"}, heard))
             await wait_until(lambda: len(_chunks(heard)) >= 2, 15, "the worker is answering")
             await asyncio.to_thread(own_redis.stop)
             await asyncio.sleep(OUTAGE_S)

@@ -19,8 +19,8 @@ import pytest
 from .chaos.forgetful import trouble
 from .conftest import MockUpstream, Received
 from .redis_server import run_redis
-from .test_admission import SECRET, _join, _poll, _room, _until
-from .test_instances import _body, _instances, _stream_noting
+from .support.instances import shared_instances, stream_noting, tagged_body
+from .support.waitingroom import ROOM_SECRET, join_room, poll_room, poll_until, room_toml
 
 GUESTS = 8
 
@@ -38,7 +38,7 @@ async def test_a_forgetful_or_stalled_redis_keeps_order_answers_and_each_chunk_o
             "upstream_interval_s": 0.2,
             "max_wait_s": 60,
         }
-        for bases in _instances(tmp_path, 2, redis.url, redis_prefix, **settings):
+        for bases in shared_instances(tmp_path, 2, redis.url, redis_prefix, **settings):
             async with httpx.AsyncClient(timeout=60) as client:
                 streams: list[asyncio.Task[list[Received]]] = []
                 for n in range(GUESTS):  # each in line before the next asks, on the other instance
@@ -46,7 +46,7 @@ async def test_a_forgetful_or_stalled_redis_keeps_order_answers_and_each_chunk_o
                     admitted = asyncio.Event()
                     streams.append(
                         asyncio.create_task(
-                            _stream_noting(client, f"{bases[n % 2]}/chat", _body(f"g{n}", tag, **mock), admitted)
+                            stream_noting(client, f"{bases[n % 2]}/chat", tagged_body(f"g{n}", tag, **mock), admitted)
                         )
                     )
                     await asyncio.wait_for(admitted.wait(), 10)
@@ -71,20 +71,20 @@ async def test_a_waiting_room_never_lets_more_in_than_max_active_after_redis_for
     and as many guests again were let in. Now the instances give their unexpired sessions back:
     the tokens verify and nobody else gets in until a session ends."""
     config = tmp_path / "rooms.toml"
-    config.write_text(_room(max_active=2, batch_size=20, process_interval_sec=0.1))
+    config.write_text(room_toml(max_active=2, batch_size=20, process_interval_sec=0.1))
     with run_redis() as redis:
-        for bases in _instances(
-            tmp_path, 2, redis.url, redis_prefix, config=str(config), token_secret=SECRET, instance_ttl_s=1.0
+        for bases in shared_instances(
+            tmp_path, 2, redis.url, redis_prefix, config=str(config), token_secret=ROOM_SECRET, instance_ttl_s=1.0
         ):
             urls = [base.removesuffix("/guest") + "/lines/shop" for base in bases]
             async with httpx.AsyncClient(timeout=30) as client:
-                joined = [(urls[n % 2], (await _join(client, urls[n % 2]))["request_id"]) for n in range(5)]
+                joined = [(urls[n % 2], (await join_room(client, urls[n % 2]))["request_id"]) for n in range(5)]
 
                 async def inside(joined: list[tuple[str, str]] = joined) -> dict[str, str]:  # where each joined
-                    states = [await _poll(client, url, request_id) for url, request_id in joined]
+                    states = [await poll_room(client, url, request_id) for url, request_id in joined]
                     return {s["request_id"]: s["token"] for s in states if s["status"] == "admitted"}
 
-                await _until(inside)
+                await poll_until(inside)
                 await asyncio.sleep(0.5)
                 tokens = await inside()
                 assert len(tokens) == 2, tokens
@@ -105,7 +105,7 @@ async def test_a_waiting_room_never_lets_more_in_than_max_active_after_redis_for
                         assert verified["valid"] is True, verified
                 first = next(iter(tokens))
                 assert (await client.post(f"{urls[1]}/sessions/{first}/complete")).status_code == 200
-                await _until(lambda: _exactly(inside, 3))
+                await poll_until(lambda: _exactly(inside, 3))
 
 
 async def _exactly(inside: Any, count: int) -> bool:

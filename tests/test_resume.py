@@ -9,7 +9,7 @@ import httpx
 import websockets
 
 from .conftest import MockUpstream, serve, stream_events
-from .test_websocket import messages, ws_url
+from .support.ws import messages, ws_url
 
 
 async def test_a_dropped_post_stream_sent_again_resumes_the_same_request(upstream: MockUpstream) -> None:

@@ -22,8 +22,8 @@ from guestqueue.upstream import WorkflowRequest
 
 from .conftest import MockUpstream, stream_events
 from .redis_server import run_redis
-from .test_admin import ADMIN, _application, _key, _line, admin_server
-from .test_pull import worker_process
+from .support.admin import ADMIN, admin_server, make_application, make_key, make_line
+from .support.pull import worker_process
 
 # -- point 15: the worker warns when its key would cross the network in clear ------------------
 
@@ -66,9 +66,9 @@ def test_the_worker_command_says_so_on_its_log(tmp_path: Path) -> None:
 
 async def test_a_worker_answer_nested_too_deep_is_refused_not_a_500(tmp_path: Path, upstream: MockUpstream) -> None:
     async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=30) as client:
-        app = await _application(client, api, "gpus")
-        await _line(client, api, name="gpu", application_id=app, upstream_kind="pull", upstream_interval_sec=0)
-        worker = {"Authorization": f"Bearer {await _key(client, api, app, permissions={'gpu': ['WORK']})}"}
+        app = await make_application(client, api, "gpus")
+        await make_line(client, api, name="gpu", application_id=app, upstream_kind="pull", upstream_interval_sec=0)
+        worker = {"Authorization": f"Bearer {await make_key(client, api, app, permissions={'gpu': ['WORK']})}"}
         asked = asyncio.create_task(stream_events(client, f"{api}/lines/gpu/chat", json={"query": "deep"}))
         taken = await client.post(f"{api}/lines/gpu/jobs/receive", json={"wait_sec": 5}, headers=worker)
         assert taken.status_code == 200, taken.text
@@ -150,7 +150,7 @@ async def test_admin_writes_while_redis_is_down_answer_503_and_change_nothing(
     with run_redis() as server:
         shared = {"redis_url": server.url, "redis_prefix": f"down-{uuid.uuid4().hex[:8]}"}
         async with admin_server(tmp_path, upstream, **shared) as (_, api), httpx.AsyncClient(timeout=30) as client:
-            app = await _application(client, api, "before")
+            app = await make_application(client, api, "before")
             server.stop()
             try:
                 await _refused(client, api, app)
@@ -165,14 +165,14 @@ async def test_admin_writes_while_redis_is_out_of_memory_answer_503_and_change_n
     with run_redis() as server:
         shared = {"redis_url": server.url, "redis_prefix": f"full-{uuid.uuid4().hex[:8]}"}
         async with admin_server(tmp_path, upstream, **shared) as (_, api), httpx.AsyncClient(timeout=30) as client:
-            app = await _application(client, api, "before")
+            app = await make_application(client, api, "before")
             control = aioredis.Redis.from_url(server.url)
             try:
                 await control.config_set("maxmemory-policy", "noeviction")
                 await control.config_set("maxmemory", 1)
                 await _refused(client, api, app)
                 await control.config_set("maxmemory", 0)
-                await _application(client, api, "after")
+                await make_application(client, api, "after")
                 assert await _names(client, api) == ["after", "before"]
             finally:
                 await control.config_set("maxmemory", 0)

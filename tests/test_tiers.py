@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from .conftest import MockUpstream
-from .test_admin import ADMIN, _application, _key, _line, admin_server
+from .support.admin import ADMIN, admin_server, make_application, make_key, make_line
 
 STARVATION_S = 1.5
 CALL_S = 0.3
@@ -49,8 +49,8 @@ async def test_a_free_guest_starts_within_the_starvation_bound_under_a_stream_of
 ) -> None:
     url, tag = upstream.tagged(chunks=1, first=CALL_S)
     async with admin_server(tmp_path, upstream) as (_, api), httpx.AsyncClient(timeout=60) as client:
-        app = await _application(client, api, "tiers")
-        await _line(
+        app = await make_application(client, api, "tiers")
+        await make_line(
             client,
             api,
             name="t",
@@ -61,7 +61,7 @@ async def test_a_free_guest_starts_within_the_starvation_bound_under_a_stream_of
             max_starvation_sec=STARVATION_S,
             max_queue_size=100,
         )
-        paid = {"X-API-Key": await _key(client, api, app, tier="paid", permissions={"t": ["WRITE"]})}
+        paid = {"X-API-Key": await make_key(client, api, app, tier="paid", permissions={"t": ["WRITE"]})}
         chat = f"{api}/lines/t/chat"
         paid_guests = []
         # Paid guests come faster (one per 0.15 s) than the line serves them (one per 0.3 s).
@@ -92,8 +92,8 @@ async def test_a_free_guest_starts_within_the_starvation_bound_under_a_stream_of
 
 async def test_a_key_of_another_application_buys_no_priority(tmp_path: Path, upstream: MockUpstream) -> None:
     async with admin_server(tmp_path, upstream) as (running, api), httpx.AsyncClient(timeout=30) as client:
-        owner, other = await _application(client, api, "owner"), await _application(client, api, "other")
-        await _line(
+        owner, other = await make_application(client, api, "owner"), await make_application(client, api, "other")
+        await make_line(
             client,
             api,
             name="p",
@@ -102,7 +102,7 @@ async def test_a_key_of_another_application_buys_no_priority(tmp_path: Path, ups
             max_concurrent_requests=1,
             upstream_url=upstream.url(chunks=1, first=0.5),
         )
-        outsider = {"X-API-Key": await _key(client, api, other, tier="paid", permissions={"*": ["WRITE"]})}
+        outsider = {"X-API-Key": await make_key(client, api, other, tier="paid", permissions={"*": ["WRITE"]})}
         first = asyncio.create_task(_timed(client, f"{api}/lines/p/chat", {"query": "running"}, {}))
         assert running.guest.lineup is not None
         line = running.guest.lineup.get("p").service.line
@@ -119,8 +119,8 @@ async def test_a_key_of_another_application_buys_no_priority(tmp_path: Path, ups
 
 async def test_the_predicted_wait_is_the_newcomers_own_tiers(tmp_path: Path, upstream: MockUpstream) -> None:
     async with admin_server(tmp_path, upstream) as (running, api), httpx.AsyncClient(timeout=30) as client:
-        app = await _application(client, api, "w")
-        await _line(
+        app = await make_application(client, api, "w")
+        await make_line(
             client,
             api,
             name="w",
@@ -130,7 +130,7 @@ async def test_the_predicted_wait_is_the_newcomers_own_tiers(tmp_path: Path, ups
             max_predicted_wait_sec=3,
             upstream_url=upstream.url(chunks=1, first=2.0),
         )
-        paid = {"X-API-Key": await _key(client, api, app, tier="paid", permissions={"w": ["WRITE"]})}
+        paid = {"X-API-Key": await make_key(client, api, app, tier="paid", permissions={"w": ["WRITE"]})}
         assert running.guest.lineup is not None
         service = running.guest.lineup.get("w").service
         service.positions.estimator.record(2.0)  # as if one call had been measured

@@ -25,7 +25,7 @@ from guestqueue.upstream import (
 from guestqueue.upstream.http import HttpUpstream, chunk_from_data
 
 from .conftest import MockUpstream, ask, free_port, serve
-from .test_websocket import messages, ws_url
+from .support.ws import messages, ws_url
 
 REQUEST = WorkflowRequest("rid", "what?", {"temperature": 0.2}, "session-1")
 

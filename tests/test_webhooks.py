@@ -6,56 +6,24 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from guestqueue.linespec import Webhook
 from guestqueue.webhooks import Outbox
 
-from .conftest import MockUpstream, ask, serve, serve_app, wait_until
-
-SECRET = "a-webhook-secret-of-some-length"
-
-
-@dataclass
-class Receiver:
-    """Answers 500 to the first ``fail`` posts, then 200; ``down`` makes it answer 503."""
-
-    fail: int = 0
-    down: bool = False
-    seen: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    processed: set[str] = field(default_factory=set)
-
-    async def hook(self, request: Request) -> Response:
-        body = await request.body()
-        self.seen.append((dict(request.headers), body))
-        if self.down or len(self.seen) <= self.fail:
-            return JSONResponse({"error": "not now"}, status_code=503 if self.down else 500)
-        self.processed.add(request.headers["x-guestqueue-delivery"])  # idempotent by delivery id
-        return JSONResponse({"ok": True})
-
-
-@asynccontextmanager
-async def receiving(receiver: Receiver) -> AsyncIterator[str]:
-    async with serve_app(Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])])) as base:
-        yield f"{base}/hook"
+from .conftest import MockUpstream, ask, serve, wait_until
+from .support.webhooks import HOOK_SECRET, Receiver, receiving
 
 
 def _config(tmp_path: Path, upstream: MockUpstream, url: str, events: str = '["completed"]') -> str:
     path = tmp_path / "guestqueue.toml"
     path.write_text(
         f'[lines.w]\nupstream_url = "{upstream.url(chunks=1)}"\n'
-        f'[[lines.w.webhooks]]\nurl = "{url}"\nevents = {events}\nsecret = "{SECRET}"\n'
+        f'[[lines.w.webhooks]]\nurl = "{url}"\nevents = {events}\nsecret = "{HOOK_SECRET}"\n'
     )
     return str(path)
 
@@ -80,7 +48,7 @@ async def test_a_receiver_that_fails_twice_gets_one_delivery_three_times_signed(
     ids = {headers["x-guestqueue-delivery"] for headers, _ in receiver.seen}
     assert len(ids) == 1 and receiver.processed == ids, "one delivery id on every attempt"
     for headers, body in receiver.seen:
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        expected = "sha256=" + hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
         assert hmac.compare_digest(headers["x-guestqueue-signature"], expected)
         assert headers["x-guestqueue-event"] == "completed"
     assert 'guestqueue_webhook_deliveries_total{result="delivered"} 1.0' in metrics
@@ -144,7 +112,7 @@ async def test_a_threshold_fires_once_per_crossing(tmp_path: Path, upstream: Moc
         path.write_text(
             f'[lines.a]\nupstream_url = "{upstream.url(chunks=1, first=0.6)}"\nalert_queue_size = 2\n'
             f'max_concurrent_requests = 1\n[[lines.a.webhooks]]\nurl = "{url}"\n'
-            f'events = ["line_threshold"]\nsecret = "{SECRET}"\n'
+            f'events = ["line_threshold"]\nsecret = "{HOOK_SECRET}"\n'
         )
         async with serve(config=str(path), webhook_backoff_s=0.05) as running, httpx.AsyncClient(timeout=30) as client:
             chat = running.base.removesuffix("/guest") + "/lines/a"
@@ -168,7 +136,7 @@ async def test_a_slack_or_teams_webhook_gets_a_text_body() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(slack)) as client:
         outbox = Outbox(db_path="", client=client)
         await outbox.open()
-        hook = Webhook("https://hooks.slack.com/services/T0/B0/x", ("line_threshold",), SECRET)
+        hook = Webhook("https://hooks.slack.com/services/T0/B0/x", ("line_threshold",), HOOK_SECRET)
         outbox.post("a", hook, "line_threshold", {"text": "guestqueue line a: queue_size is 9 (threshold 5)"})
         await wait_until(lambda: bool(sent))
         await outbox.close()

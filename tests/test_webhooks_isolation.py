@@ -21,7 +21,7 @@ from guestqueue.linespec import Webhook
 from guestqueue.webhooks import MAX_IN_FLIGHT, Outbox
 
 from .conftest import MockUpstream, ask, serve, serve_app, wait_until
-from .test_webhooks import SECRET, Receiver, receiving
+from .support.webhooks import HOOK_SECRET, Receiver, receiving
 
 B_WITHIN_S = 3.0  # loose: B's delivery takes milliseconds; behind A's five it took 50 s
 
@@ -58,7 +58,7 @@ def _two_lines(tmp_path: Path, upstream: MockUpstream, a_url: str, b_url: str) -
     for line, url in (("a", a_url), ("b", b_url)):
         text += (
             f'[lines.{line}]\nupstream_url = "{upstream.url(chunks=1)}"\n'
-            f'[[lines.{line}.webhooks]]\nurl = "{url}"\nevents = ["completed"]\nsecret = "{SECRET}"\n'
+            f'[[lines.{line}.webhooks]]\nurl = "{url}"\nevents = ["completed"]\nsecret = "{HOOK_SECRET}"\n'
         )
     path.write_text(text)
     return str(path)
@@ -134,7 +134,7 @@ async def test_many_hanging_receivers_leave_the_upstreams_their_connections(
                 f'[lines.{line}]\nupstream_url = "{upstream.url(chunks=1)}"\n'
                 + "".join(
                     f'[[lines.{line}.webhooks]]\nurl = "{dead_url}?line={line}&n={n}"\nevents = ["completed"]\n'
-                    f'secret = "{SECRET}"\n'
+                    f'secret = "{HOOK_SECRET}"\n'
                     for n in range(hooks_per_line)
                 )
                 for line in ("a", "c")
@@ -174,7 +174,7 @@ async def test_one_urls_deliveries_go_in_order_one_at_a_time_beside_another_urls
         await outbox.open()
         for n in range(20):
             for host in ("x", "y"):
-                outbox.post("a", Webhook(f"http://{host}/hook", ("completed",), SECRET), "completed", {"n": n})
+                outbox.post("a", Webhook(f"http://{host}/hook", ("completed",), HOOK_SECRET), "completed", {"n": n})
         await wait_until(lambda: len(sent["x"]) + len(sent["y"]) == 40)
         await wait_until(lambda: not outbox._lanes, message="idle lanes dropped")
         await outbox.close()
@@ -200,7 +200,7 @@ async def test_attempts_in_flight_stay_under_the_cap() -> None:
         outbox = Outbox(db_path="", client=client, max_in_flight=3)
         await outbox.open()
         for n in range(8):
-            outbox.post("a", Webhook(f"http://host-{n}/hook", ("completed",), SECRET), "completed", {"n": n})
+            outbox.post("a", Webhook(f"http://host-{n}/hook", ("completed",), HOOK_SECRET), "completed", {"n": n})
         await wait_until(lambda: in_flight == 3)
         await asyncio.sleep(0.05)  # a fourth, had the cap let one through, would be in by now
         assert most == 3
@@ -222,12 +222,12 @@ async def test_closing_stops_lanes_held_by_a_hanging_receiver() -> None:
         outbox = Outbox(db_path="", client=client)
         await outbox.open()
         for n in range(3):
-            outbox.post("a", Webhook("http://dead/hook", ("completed",), SECRET), "completed", {"n": n})
+            outbox.post("a", Webhook("http://dead/hook", ("completed",), HOOK_SECRET), "completed", {"n": n})
         await wait_until(lambda: len(asked) == 1)
-        outbox.post("a", Webhook("http://other/hook", ("completed",), SECRET), "completed", {})  # not started yet
+        outbox.post("a", Webhook("http://other/hook", ("completed",), HOOK_SECRET), "completed", {})  # not started yet
         async with asyncio.timeout(5):
             await outbox.close()
-        outbox.post("a", Webhook("http://late/hook", ("completed",), SECRET), "completed", {})
+        outbox.post("a", Webhook("http://late/hook", ("completed",), HOOK_SECRET), "completed", {})
         await asyncio.sleep(0.05)
     assert asked == ["http://dead/hook"]
     assert repr(outbox) == "Outbox(pending=0, lanes=0, {'delivered': 0, 'retried': 0, 'failed': 0})"

@@ -9,17 +9,16 @@ import os
 import socket
 import struct
 from collections.abc import AsyncIterator
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import websockets
-from websockets.asyncio.client import ClientConnection
 
 from guestqueue import WorkflowRequest
 
 from .conftest import assert_drained, serve, wait_until
+from .support.ws import messages, ws_url
 
 
 class Gate:
@@ -35,22 +34,6 @@ class Gate:
             await self.release.wait()
         for word in ("one ", "two ", "three"):
             yield word
-
-
-def ws_url(base: str) -> str:
-    return base.replace("http://", "ws://") + "/ws"
-
-
-async def messages(ws: ClientConnection) -> list[dict[str, Any]]:
-    """Every message until the server closes the connection (with any close code)."""
-    received: list[dict[str, Any]] = []
-    async with asyncio.timeout(10):
-        try:
-            async for message in ws:
-                received.append(json.loads(message))
-        except websockets.ConnectionClosedError:
-            pass  # closed with a code other than 1000/1001: the test looks at ws.close_code
-    return received
 
 
 async def test_lifecycle_in_order_while_waiting_behind_another_guest() -> None:

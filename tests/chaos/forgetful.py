@@ -30,7 +30,7 @@ from guestqueue.config import ENV_NAMES
 
 from ..conftest import FAST, MockUpstream
 from ..redis_server import RedisServer, run_redis
-from ..test_nginx import run_nginx
+from ..support.programs import run_nginx
 from .oracle import TERMINAL_EVENTS, Verdict, read_log
 from .rolling import API, Instances, admit_one_by_one
 

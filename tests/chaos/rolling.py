@@ -31,7 +31,7 @@ from guestqueue.config import ENV_NAMES
 
 from ..conftest import FAST, MockUpstream, env_without_guest_vars, free_port, wait_for_http
 from ..redis_server import run_redis
-from ..test_nginx import run_nginx
+from ..support.programs import run_nginx
 from .oracle import TERMINAL_EVENTS, SSEParser, Verdict, read_log
 
 API = "/api/v1/guest"
