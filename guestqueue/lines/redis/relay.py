@@ -281,8 +281,9 @@ class FlightRelay:
     async def _heard(self, message: dict[str, Any]) -> None:
         channel, flight_id = text(message["channel"]), text(message["data"])
         if channel == self._keys.moved_channel:
-            request_id, old_holder, _ = json.loads(flight_id)
-            if old_holder == self._instance_id:
+            request_id, old_holder, new_holder = json.loads(flight_id)
+            # A second claim by the holder itself (two resumes of one request at once) moves nothing.
+            if old_holder == self._instance_id != new_holder:
                 self._release(request_id)
         elif channel == self._cancel_channel:
             self._stop_running(flight_id)

@@ -1,0 +1,328 @@
+"""workers.py at unit level: the pool takes flights from a real MemoryLine, runs them through a
+Python upstream and tells a recording sink; concurrency, the processing time limit, retries, errors,
+draining and an admission line's sessions. No HTTP, no service."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from guestqueue.config import Settings
+from guestqueue.errors import UpstreamError
+from guestqueue.lines.memory import MemoryLine
+from guestqueue.linespec import Admission
+from guestqueue.tickets import Flight, new_request_id
+from guestqueue.upstream import Chunk, WorkflowRequest
+from guestqueue.upstream.base import Workflow
+from guestqueue.upstream.python import PythonUpstream
+from guestqueue.waitingroom.sessions import MemorySessions, Sessions
+from guestqueue.waitingroom.tokens import TokenSigner
+from guestqueue.workers import WorkerPool
+
+from .conftest import wait_until
+
+Heard = tuple[str, Any]
+
+
+@dataclass
+class Recorder:
+    """A FlightSink that writes down what it hears, and marks the flight as endings.py does."""
+
+    heard: dict[str, list[Heard]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # flight ids as they started
+
+    def of(self, flight: Flight) -> list[Heard]:
+        return self.heard.get(flight.id, [])
+
+    def ending(self, flight: Flight) -> Heard | None:
+        ends = [h for h in self.of(flight) if h[0] not in ("started", "chunk")]
+        assert len(ends) <= 1, f"more than one ending: {ends}"
+        return ends[0] if ends else None
+
+    def _note(self, flight: Flight, what: str, detail: Any = None) -> None:
+        self.heard.setdefault(flight.id, []).append((what, detail))
+
+    def on_started(self, flight: Flight) -> None:
+        flight.started_mono = time.monotonic()
+        self.order.append(flight.id)
+        self._note(flight, "started")
+
+    def emit_chunk(self, flight: Flight, text: str) -> None:
+        flight.answer_parts.append(text)
+        self._note(flight, "chunk", text)
+
+    def end_flight_completed(self, flight: Flight) -> None:
+        flight.finished = True
+        self._note(flight, "completed", list(flight.suggested_questions))
+
+    def end_flight_timeout(self, flight: Flight) -> None:
+        flight.finished = True
+        self._note(flight, "timeout")
+
+    def end_flight_error(self, flight: Flight, code: str, message: str, *, detail: str | None = None) -> None:
+        flight.finished = True
+        self._note(flight, "error", (code, message, detail))
+
+    def end_flight_admitted(self, flight: Flight, grant: dict[str, Any]) -> None:
+        flight.finished = True
+        self._note(flight, "admitted", grant)
+
+
+@dataclass
+class Running:
+    pool: WorkerPool
+    line: MemoryLine
+    sink: Recorder
+    paced: list[float]
+
+    async def admit(self, *queries: str) -> list[Flight]:
+        flights = [Flight(None, [], WorkflowRequest(new_request_id(), query)) for query in queries]
+        for flight in flights:
+            await self.line.admit(flight)
+        return flights
+
+    async def ended(self, *flights: Flight, timeout_s: float = 10.0) -> None:
+        await wait_until(lambda: all(self.sink.ending(f) for f in flights), timeout_s, "the flights' endings")
+
+
+@asynccontextmanager
+async def running(workflow: Workflow, **overrides: Any) -> AsyncIterator[Running]:
+    """A started pool on a memory line sized as the settings say (runtime.py's _memory_line)."""
+    settings = Settings(
+        **{
+            "max_concurrent_requests": 2,
+            "upstream_interval_s": 0.0,
+            "upstream_retries": 0,
+            "request_timeout_s": 10.0,
+            **overrides,
+        }
+    )
+    line = MemoryLine(
+        max_size=100, max_concurrent=settings.max_concurrent_requests, interval_s=settings.upstream_interval_s
+    )
+    sink = Recorder()
+    paced: list[float] = []
+    pool = WorkerPool(settings, line, line, PythonUpstream(workflow), sink, on_paced=paced.append)
+    pool.start()
+    try:
+        yield Running(pool, line, sink, paced)
+    finally:
+        pool.drain()
+        await pool.stop()
+        await line.close()
+
+
+async def echo(request: WorkflowRequest) -> AsyncIterator[str | Chunk]:
+    yield "Answer to "
+    yield request.query
+    yield Chunk(suggested_questions=["And then?"])
+
+
+async def test_the_pool_runs_flights_to_completion_through_the_sink() -> None:
+    async with running(echo) as run:
+        flights = await run.admit("one", "two", "three")
+        await run.ended(*flights)
+        for flight in flights:
+            assert run.sink.of(flight) == [
+                ("started", None),
+                ("chunk", "Answer to "),
+                ("chunk", flight.request.query),
+                ("completed", ["And then?"]),
+            ]
+        assert run.sink.order == [f.id for f in flights], "started in admission order"
+        assert run.pool.upstream_calls == {"ok": 3} and run.pool.problems() == []
+        assert len(run.paced) == 3
+        await wait_until(lambda: not run.pool.active and run.line.peek().active == 0, message="slots given back")
+        assert run.line.peek().size == 0
+
+
+async def test_the_pool_runs_at_most_max_concurrent_calls_at_once() -> None:
+    now, peak = 0, 0
+
+    async def slow(request: WorkflowRequest) -> AsyncIterator[str]:
+        nonlocal now, peak
+        now += 1
+        peak = max(peak, now)
+        try:
+            await asyncio.sleep(0.1)
+            yield request.query
+        finally:
+            now -= 1
+
+    async with running(slow, max_concurrent_requests=2) as run:
+        flights = await run.admit(*(f"q{i}" for i in range(6)))
+        await run.ended(*flights)
+        assert all(run.sink.ending(f) == ("completed", []) for f in flights)
+        assert peak == 2, "both slots used, never more"
+
+
+async def test_a_slow_upstream_ends_with_end_flight_timeout_and_its_call_is_closed() -> None:
+    closed = asyncio.Event()
+
+    async def stalls(request: WorkflowRequest) -> AsyncIterator[str]:
+        try:
+            yield "partial"
+            await asyncio.sleep(30)
+            yield "never"
+        finally:
+            closed.set()
+
+    async with running(stalls, request_timeout_s=0.3, max_concurrent_requests=1) as run:
+        [flight] = await run.admit("slow")
+        await run.ended(flight)
+        assert run.sink.of(flight) == [("started", None), ("chunk", "partial"), ("timeout", None)]
+        assert run.pool.upstream_calls == {"timeout": 1}
+        await asyncio.wait_for(closed.wait(), 5)
+        await wait_until(lambda: run.line.peek().active == 0, message="the slot given back")
+        [after] = await run.admit("after")  # the one slot serves the next flight
+        await wait_until(lambda: run.sink.ending(after) is not None, message="the next flight")
+
+
+async def fails(request: WorkflowRequest) -> AsyncIterator[str]:
+    if request.query == "refused":
+        raise UpstreamError("The assistant is down.", detail="HTTP 502 from upstream")
+    if request.query == "broken":
+        raise RuntimeError("boom")
+    if request.query == "silent":
+        return
+    yield "fine"
+
+
+@pytest.mark.parametrize(
+    ("query", "message", "detail"),
+    [
+        ("refused", "The assistant is down.", "HTTP 502 from upstream"),
+        ("broken", "The assistant failed while answering. Please try again.", "workflow raised RuntimeError: boom"),
+        ("silent", "The assistant returned an empty answer. Please try again.", None),
+    ],
+)
+async def test_an_upstream_error_ends_with_end_flight_error_and_its_code(
+    query: str, message: str, detail: str | None
+) -> None:
+    async with running(fails) as run:
+        [flight] = await run.admit(query)
+        await run.ended(flight)
+        ending = run.sink.ending(flight)
+        assert ending is not None and ending[0] == "error"
+        code, said, told = ending[1]
+        assert (code, said) == ("upstream_error", message)
+        assert told == (detail or message)
+        assert run.pool.upstream_calls == {"upstream_error": 1}
+        await wait_until(lambda: run.line.peek().active == 0, message="the slot given back")
+
+
+async def test_failures_in_a_row_make_the_pool_degraded_until_a_call_succeeds() -> None:
+    async with running(fails, max_concurrent_requests=1) as run:
+        failed = await run.admit("refused", "refused", "refused")
+        await run.ended(*failed)
+        assert run.pool.problems() == ["upstream failed its last 3 calls"]
+        [ok] = await run.admit("fine")
+        await run.ended(ok)
+        assert run.pool.problems() == [] and run.pool.consecutive_failures == 0
+
+
+async def test_a_failed_call_is_retried_only_before_its_first_chunk() -> None:
+    attempts: dict[str, int] = {}
+
+    async def flaky(request: WorkflowRequest) -> AsyncIterator[str]:
+        attempts[request.query] = attempts.get(request.query, 0) + 1
+        if request.query == "late" or attempts[request.query] == 1:
+            if request.query == "late":
+                yield "half"
+            raise UpstreamError("Busy.", detail="503 from upstream", retryable=True)
+        yield "at last"
+
+    async with running(flaky, upstream_retries=2, max_concurrent_requests=1) as run:
+        early, late = await run.admit("early", "late")
+        await run.ended(early, late)
+        assert run.sink.of(early) == [("started", None), ("chunk", "at last"), ("completed", [])]
+        assert attempts["early"] == 2
+        assert run.sink.of(late) == [
+            ("started", None),
+            ("chunk", "half"),
+            ("error", ("upstream_error", "Busy.", "503 from upstream")),
+        ]
+        assert attempts["late"] == 1, "a guest saw part of the answer: no retry"
+
+
+async def test_drain_stops_taking_new_flights_and_lets_the_running_one_finish() -> None:
+    release = asyncio.Event()
+
+    async def held(request: WorkflowRequest) -> AsyncIterator[str]:
+        await release.wait()
+        yield request.query
+
+    async with running(held, max_concurrent_requests=2) as run:
+        [first] = await run.admit("first")
+        await wait_until(lambda: run.sink.of(first) == [("started", None)], message="the first call")
+        run.pool.drain()
+        [second] = await run.admit("second")
+        release.set()
+        await run.ended(first)
+        assert run.sink.ending(first) == ("completed", [])
+        await asyncio.sleep(0.3)
+        assert run.sink.of(second) == [], "nothing new is taken while draining"
+        assert run.line.position(second) == 1
+
+
+async def test_a_cancelled_job_stops_its_call_and_frees_its_slot() -> None:
+    closed = asyncio.Event()
+
+    async def endless(request: WorkflowRequest) -> AsyncIterator[str]:
+        try:
+            yield "so far"
+            await asyncio.sleep(30)
+            yield "never"
+        finally:
+            closed.set()
+
+    async with running(endless, max_concurrent_requests=1) as run:
+        [flight] = await run.admit("left")
+        await wait_until(lambda: len(run.sink.of(flight)) == 2, message="the first chunk")
+        assert flight.job is not None
+        flight.job.cancel()  # its last guest left (places.abandon)
+        await run.ended(flight)
+        assert run.sink.ending(flight) == ("error", ("shutdown", "The request was stopped. Please try again.", None))
+        await asyncio.wait_for(closed.wait(), 5)
+        await wait_until(lambda: run.line.peek().active == 0 and not run.pool.active, message="the slot given back")
+
+
+async def test_an_admission_lines_flight_gets_a_token_and_its_slot_stays_the_sessions() -> None:
+    async def never(request: WorkflowRequest) -> AsyncIterator[str]:
+        raise AssertionError("an admission line calls no upstream")
+        yield ""
+
+    # The sessions keep the pool's line's slot: one line for both (runtime.py's _memory_line).
+    settings = Settings(max_concurrent_requests=1, upstream_interval_s=0.0, upstream_retries=0)
+    line = MemoryLine(max_size=10, max_concurrent=1, interval_s=0.0)
+    signer = TokenSigner(secret="a-token-secret-of-at-least-32-characters!")
+    admitter = Sessions("shop", Admission(max_active=1), signer, MemorySessions(line))
+    sink = Recorder()
+    pool = WorkerPool(settings, line, line, PythonUpstream(never), sink, admitter=admitter)
+    pool.start()
+    try:
+        first, second = (Flight(None, [], WorkflowRequest(new_request_id(), q)) for q in ("in", "next"))
+        await line.admit(first)
+        await line.admit(second)
+        await wait_until(lambda: sink.ending(first) is not None, message="the first guest's token")
+        ending = sink.ending(first)
+        assert ending is not None and ending[0] == "admitted"
+        grant = ending[1]
+        assert grant["request_id"] == first.request.request_id
+        assert (await admitter.verify(grant["token"]))["sub"] == first.request.request_id
+        assert pool.upstream_calls == {}
+        await asyncio.sleep(0.3)
+        assert line.peek().active == 1 and sink.of(second) == [], "the one slot is the session's"
+        assert await admitter.complete(first.request.request_id)
+        await wait_until(lambda: sink.ending(second) is not None, message="the next guest let in")
+    finally:
+        pool.drain()
+        await pool.stop()
+        await admitter.close()
+        await line.close()
