@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from guestqueue.config import Settings
-from guestqueue.errors import UpstreamError
+from guestqueue.errors import UpstreamError, UpstreamUnavailable
 from guestqueue.lines.memory import MemoryLine
 from guestqueue.linespec import Admission
 from guestqueue.tickets import Flight, new_request_id
@@ -249,6 +249,22 @@ async def test_a_failed_call_is_retried_only_before_its_first_chunk() -> None:
             ("error", ("upstream_error", "Busy.", "503 from upstream")),
         ]
         assert attempts["late"] == 1, "a guest saw part of the answer: no retry"
+
+
+async def test_a_workflow_saying_it_is_unavailable_is_asked_again() -> None:
+    attempts: list[str] = []
+
+    async def overloaded_once(request: WorkflowRequest) -> AsyncIterator[str]:
+        attempts.append(request.query)
+        if len(attempts) == 1:
+            raise UpstreamUnavailable("The assistant is busy.", detail="model overloaded")
+        yield "answered"
+
+    async with running(overloaded_once, upstream_retries=1, max_concurrent_requests=1) as run:
+        [flight] = await run.admit("busy")
+        await run.ended(flight)
+        assert run.sink.of(flight) == [("started", None), ("chunk", "answered"), ("completed", [])]
+        assert attempts == ["busy", "busy"], "retryable: asked once more, not turned into upstream_error"
 
 
 async def test_drain_stops_taking_new_flights_and_lets_the_running_one_finish() -> None:

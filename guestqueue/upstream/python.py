@@ -14,7 +14,7 @@ import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..errors import UpstreamError
+from ..errors import UpstreamError, UpstreamFailure
 from .base import Chunk, Workflow, WorkflowRequest
 
 
@@ -40,7 +40,7 @@ class PythonUpstream:
                         "The assistant sent an answer we could not read.",
                         detail=f"workflow yielded {type(item).__name__}, expected str or Chunk",
                     )
-        except UpstreamError:
+        except UpstreamFailure:  # the workflow's own word (e.g. UpstreamUnavailable: ask again) stands
             raise
         except Exception as exc:
             raise UpstreamError(
