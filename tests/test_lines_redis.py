@@ -39,8 +39,7 @@ async def instances(url: str, prefix: str, *names: str, **settings: float) -> As
 
 def die(line: RedisLine) -> None:
     """As SIGKILL would: its heartbeat stops, nothing is given back."""
-    for task in line._tasks:
-        task.cancel()
+    line.halt()
 
 
 async def test_one_fifo_across_instances_whichever_runs_the_flight(redis_url: str, redis_prefix: str) -> None:

@@ -366,8 +366,7 @@ async def test_a_dead_runners_calls_go_back_to_the_front_or_end_interrupted(redi
                 dead.relay.emit_chunk(ran, "half")
         await eventually(lambda: _has(dead, spoke.id, 2), "the dead runner's chunk in the stream")
         await dead.relay.stop()  # then it dies, as SIGKILL would: no lease, nothing given back
-        for task in dead.line._tasks:
-            task.cancel()
+        dead.line.halt()
         # Its lease (1 s) runs out; the survivor's janitor (every 0.5 s) takes its calls.
         await wait_until(lambda: survivor.sink.ended(spoke.id), timeout_s=10, message="the interrupted ending")
         assert survivor.sink.of(spoke.id) == [

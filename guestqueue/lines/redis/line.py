@@ -12,18 +12,15 @@ retry is waiting for its turn, and pacing allows, all timed on Redis ``TIME``
 ``instance started_ms`` and moves the pacing mark; there is no window between
 choosing the front and taking the slot in which another instance could slip in.
 
-Slots are leases: each instance renews its lease (a sorted set of expiry
-times) every ``instance_ttl_s / 3``; an admission line's sessions hold slots
-too, until their tokens' expiry (waitingroom/sessions.py). A slot whose instance's lease
+Slots are leases: each instance renews its lease (instances.py); an admission
+line's sessions hold slots too, until their tokens' expiry (waitingroom/sessions.py). A slot whose instance's lease
 ran out does not count, and the next start moves it to the orphans hash, from which exactly
 one survivor takes it (:meth:`RedisLine.dead_flights`) to put the flight back
 at the front or end it (lines/redis/relay.py decides: had a chunk been sent?). Like arq's
 job keys, every key name comes from keys.py.
 
-Waiting workers do not poll: admissions, leaves and finished calls publish on
-a wake channel; one subscriber per instance wakes its workers, which knock on
-the script one at a time (a local lock). A short fallback timer (the pacing
-wait, at most 0.5 s) covers a lost message or a lease that just expired.
+Waiting workers do not poll: changes to the line publish on a wake channel
+(wake.py), and the workers knock on the start script one at a time (a local lock).
 
 Invariants (tests/test_lines_contract.py and tests/test_lines_redis.py):
 - a flight starts at most once, and only from the global front;
@@ -39,10 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
-import secrets
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -51,17 +45,15 @@ from ...errors import LineFull, LineUnavailable
 from ...scripts import load_script
 from ...stopping import raise_if_cancelled, stop_tasks
 from ...tickets import Flight
-from ...upstream import WorkflowRequest
 from ..base import LineView
-from .boundary import UNAVAILABLE, Spawned, call, logged, subscribe, text
+from .boundary import UNAVAILABLE, Spawned, call, logged, text
+from .instances import DeadInstances, Lease, instance_info
 from .keys import Keys
+from .pacer import RedisPacer
+from .records import REQUEST_TTL_S, TIER_SPAN, flight_from, request_fields, running_shares, waiting_shares
+from .wake import MAX_WAKE_WAIT_S, REORDERED, Wake
 
 logger = logging.getLogger("guestqueue.lines.redis.line")
-
-REORDERED = "reordered"  # the wake-up message of a flight that joined ahead of others
-TIER_SPAN = 10**12  # as in scripts/aging.lua: a score is rank * TIER_SPAN + the flight's number
-MAX_WAKE_WAIT_S = 0.5  # a worker re-knocks at least this often (lost wake-up, expired lease)
-REQUEST_TTL_S = 86_400  # a request hash outlives any wait (GUEST_MAX_WAIT_SEC is far shorter)
 
 
 class RedisLine:
@@ -90,138 +82,60 @@ class RedisLine:
         self.max_size = max_size
         self.max_concurrent = max_concurrent
         self.interval_ms = round(interval_s * 1000)
-        self.max_hold_s = max_hold_s
+        self.pacer = RedisPacer(redis, self.keys, interval_s=interval_s, max_hold_s=max_hold_s)
+        self._dead = DeadInstances(redis, self.keys)
         self.instance_ttl_s = instance_ttl_s
-        self._info: dict[str, str] = {}
-        self._registered = False
-        # Called when a flight joined ahead of others (a higher tier), here or on another instance.
-        self.on_reordered: list[Callable[[], None]] = []
-        # Called when Redis had forgotten this instance (its lease ran out while it was cut off):
-        # e.g. put its guests' flights back in line.
-        self.on_rejoined: list[Callable[[], Awaitable[None]]] = []
-        # Called when Redis forgot the whole line (restarted empty, flushed): give back this
-        # instance's share (flights, records, events, sessions) within the rebuild window.
-        self.on_forgotten: list[Callable[[], Awaitable[None]]] = []
-        self.epoch = ""  # the line's epoch as this instance knows it ("" before registering)
-        self._noticing = asyncio.Lock()  # one rebuild at a time, whoever noticed first
+        self._lease = Lease(redis, self.keys, instance_id, instance_ttl_s)
+        self._wake = Wake(redis, self.keys.wake)
+        self.on_rejoined = self._lease.on_rejoined  # (instances.py)
+        self.on_forgotten = self._lease.on_forgotten
+        self.on_reordered = self._wake.on_reordered  # (wake.py)
         self.last_start_mono: float | None = None  # this instance's last start (to pace a rebuilt line)
-        # When Redis last answered a heartbeat as the same line (loop clock): what was written before
-        # it (less a margin) had been read by the other instances when Redis forgot.
-        self.good_until = 0.0
         self._admit = redis.register_script(load_script("line_admit"))
         self._start = redis.register_script(load_script("line_start"))
-        self._hold = redis.register_script(load_script("line_hold"))
-        self._retry = redis.register_script(load_script("line_retry_turn"))
         self._view = redis.register_script(load_script("line_view"))
-        self._beat = redis.register_script(load_script("line_heartbeat"))
-        self._orphans = redis.register_script(load_script("line_take_orphans"))
         self._rebuild = redis.register_script(load_script("line_rebuild"))
         self._knock = asyncio.Lock()  # one local worker at a time asks Redis for a start
-        self._woken = asyncio.Event()
-        self._nappers: set[asyncio.Future[None]] = set()  # workers waiting for a wake-up (_nap)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncio.Task[None] | None = None
         self._spawn = Spawned("shared line: a write nobody waits for was not done")
         self._last_view = LineView({}, max_concurrent=max_concurrent)
 
     def __repr__(self) -> str:
         return f"RedisLine(prefix={self.keys.prefix!r}, instance={self.instance_id})"
 
-    # -- instances -----------------------------------------------------------------
+    # -- this instance (instances.py) ----------------------------------------------
 
     async def register(self, info: dict[str, Any]) -> None:
-        """Join the line's instances (and start the heartbeat that keeps this one alive)."""
-        self._info = {k: str(v) for k, v in info.items()}
-        await self._heartbeat_once()
-        self._tasks.append(asyncio.create_task(self._heartbeat(), name="guestqueue-redis-heartbeat"))
-        self._tasks.append(asyncio.create_task(self._listen(), name="guestqueue-redis-wake"))
+        """Join the line's instances (and keep beating); listen for wake-ups."""
+        await self._lease.register(info)
+        self._listener = asyncio.create_task(self._wake.listen(), name="guestqueue-redis-wake")
 
-    async def _heartbeat_once(self) -> None:
-        async with self._noticing:
-            pairs = [x for kv in self._info.items() for x in kv]
-            fresh, epoch, forgot = await self._call(
-                self._beat,
-                self._beat_keys(),
-                [self.instance_id, round(self.instance_ttl_s * 1000), self.epoch, secrets.token_hex(8), *pairs],
-            )
-            self.epoch = text(epoch)
-            now = asyncio.get_running_loop().time()
-            if forgot:
-                logger.warning(
-                    "Redis forgot the shared line (restarted empty, or flushed): instance %s gives "
-                    "back its flights, guests and sessions",
-                    self.instance_id,
-                )
-                for give_back in self.on_forgotten:
-                    await give_back()
-            elif fresh and self._registered:  # we were taken for dead (cut off or stalled past our lease)
-                logger.warning(
-                    "instance %s was taken for dead (no beat for %.1f s, its lease is %g s): a call "
-                    "it runs that said nothing may be asked again elsewhere",
-                    self.instance_id,
-                    now - self.good_until,
-                    self.instance_ttl_s,
-                )
-                for rejoin in self.on_rejoined:
-                    await rejoin()
-            elif fresh:
-                logger.info("instance %s registered on the shared line", self.instance_id)
-            self._registered = True
-            self.good_until = now
+    @property
+    def epoch(self) -> str:
+        return self._lease.epoch
+
+    @property
+    def good_until(self) -> float:
+        return self._lease.good_until
 
     async def notice(self, known: str) -> None:
         """A script found Redis's epoch is not ``known``: beat now (which rebuilds, once)."""
-        if self.epoch == known:  # nobody has handled it yet
-            await self._heartbeat_once()
+        await self._lease.notice(known)
 
-    def _beat_keys(self) -> list[str]:
-        return [
-            self.keys.instances,
-            self.keys.instance_info(self.instance_id),
-            self.keys.epoch,
-            self.keys.rebuilding,
-            self.keys.beat,
-        ]
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.instance_ttl_s / 3)
-            try:
-                await self._heartbeat_once()  # a Redis restarted empty finds us again here
-            except LineUnavailable as exc:
-                raise_if_cancelled()
-                logger.warning("heartbeat failed: %s", exc)
-
-    async def _listen(self) -> None:
-        """Wake local workers whenever any instance changes the line or frees a slot."""
-        await subscribe(self._redis, [self.keys.wake], self._woken_by, "wake-ups lost")
-
-    async def _woken_by(self, message: dict[str, Any]) -> None:
-        self._wake_workers()
-        if message["data"] == REORDERED.encode():
-            for hook in self.on_reordered:
-                hook()
+    def halt(self) -> None:
+        """Stop beating and listening, giving nothing back: what a killed process leaves (tests)."""
+        self._lease.halt()
+        if self._listener is not None:
+            self._listener.cancel()
 
     async def close(self) -> None:
-        await stop_tasks(self._tasks)
+        await stop_tasks([self._listener])
         await self._spawn.stop()
-        # The lease ends now rather than vanishing: guests this instance handed off keep their
-        # places for the reconnect grace, then other instances release them (places.py).
-        await logged(
-            self._beat(keys=self._beat_keys(), args=[self.instance_id, 0, self.epoch, secrets.token_hex(8)]),
-            "could not end this instance's lease",
-        )
+        await self._lease.end()
 
     # -- Line ----------------------------------------------------------------------
 
     async def admit(self, flight: Flight) -> int:
-        request = flight.request
-        fields = {
-            "key": flight.key or "",
-            "request_id": request.request_id,
-            "query": request.query,
-            "parameters": json.dumps(dict(request.parameters)),
-            "session_id": request.session_id or "",
-        }
         keys = [
             self.keys.slots,
             self.keys.instances,
@@ -234,7 +148,7 @@ class RedisLine:
             self.keys.epoch,
             self.keys.rebuilding,
         ]
-        pairs = [x for kv in fields.items() for x in kv]
+        pairs = request_fields(flight)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + 2 * self.instance_ttl_s
         while True:
@@ -299,7 +213,7 @@ class RedisLine:
                 await asyncio.sleep(MAX_WAKE_WAIT_S)
                 continue
             async with self._knock:
-                self._woken.clear()
+                self._wake.woken.clear()
                 try:
                     reply = await self._try_start()
                 except LineUnavailable:
@@ -316,27 +230,8 @@ class RedisLine:
                 wait_s = MAX_WAKE_WAIT_S
                 if kind == "pace":
                     wait_s = min(wait_s, int(value) / 1000)
-                if not self._woken.is_set():  # a wake-up during the call: knock again at once
-                    await self._nap(wait_s)
-
-    def _wake_workers(self) -> None:
-        self._woken.set()
-        for napper in self._nappers:
-            _wake(napper)
-
-    async def _nap(self, wait_s: float) -> None:
-        """Until a wake-up or ``wait_s``: a future and a timer (as aiolimiter's waiters). Not
-        wait_for or asyncio.timeout: on Python 3.11 either can swallow a cancel that comes as its
-        timeout fires, and a worker would then knock for ever (a stop that never ends)."""
-        loop = asyncio.get_running_loop()
-        napper = loop.create_future()
-        self._nappers.add(napper)
-        timer = loop.call_later(wait_s, _wake, napper)
-        try:
-            await napper
-        finally:
-            timer.cancel()
-            self._nappers.discard(napper)
+                if not self._wake.woken.is_set():  # a wake-up during the call: knock again at once
+                    await self._wake.nap(wait_s)
 
     async def _try_start(self) -> tuple[str, Any]:
         keys = [
@@ -408,7 +303,7 @@ class RedisLine:
             next_start_s=max(0.0, (int(pace) - now) / 1000),
             held_s=max(0.0, (int(held) - now) / 1000),
             max_concurrent=self.max_concurrent,
-            instances=tuple(_instance(json.loads(text(raw))) for raw in infos),
+            instances=tuple(instance_info(json.loads(text(raw))) for raw in infos),
         )
         return self._last_view
 
@@ -424,6 +319,7 @@ class RedisLine:
         """New limits, at once: every instance applies the line's new spec within a second."""
         self.max_size, self.max_concurrent, self.max_starvation_s = max_size, max_concurrent, max_starvation_s
         self.interval_ms, self.release_per_minute = round(interval_s * 1000), release_per_minute
+        self.pacer.interval_ms = self.interval_ms
 
     def peek(self) -> LineView:
         return self._last_view
@@ -431,50 +327,20 @@ class RedisLine:
     # -- Pacer ---------------------------------------------------------------------
 
     async def hold(self, delay_s: float) -> None:
-        if math.isnan(delay_s) or delay_s <= 0:
-            return
-        delay_ms = round(min(delay_s, self.max_hold_s) * 1000)
-        await self._call(self._hold, [self.keys.pace, self.keys.held], [delay_ms])
+        await self.pacer.hold(delay_s)
 
     async def retry_turn(self) -> float:
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        token = secrets.token_hex(8)
-        try:
-            while (
-                wait_ms := int(
-                    await self._call(self._retry, [self.keys.pace, self.keys.retrying], [token, self.interval_ms])
-                )
-            ) > 0:
-                await asyncio.sleep(wait_ms / 1000)
-        finally:
-            await asyncio.shield(logged(self._redis.zrem(self.keys.retrying, token), "a retry's turn not given back"))
-        return loop.time() - began
+        return await self.pacer.retry_turn()
 
     # -- dead instances --------------------------------------------------------------
 
     async def dead_flights(self) -> list[Flight]:
         """The running flights of instances whose lease ran out, each handed to exactly one caller."""
-        reply = await self._call(
-            self._orphans, [self.keys.slots, self.keys.instances, self.keys.orphans, self.keys.line], [self.keys.prefix]
-        )
-        flights = []
-        for i in range(0, len(reply), 2):
-            raw = json.loads(text(reply[i + 1]))
-            fields = dict(zip(raw[::2], raw[1::2], strict=True)) if isinstance(raw, list) else {}
-            flights.append(_flight(text(reply[i]), fields))
-        return flights
+        return await self._dead.flights()
 
     async def requeue_front(self, flight: Flight) -> None:
         """Put a flight back in line at its old number: ahead of everyone admitted after it."""
-        seq = await self._redis.hget(self.keys.request(flight.id), "seq")
-        if seq is None:  # its request is gone (the call ended meanwhile)
-            return
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.keys.line, {flight.id: int(seq)})
-            pipe.hdel(self.keys.slots, flight.id)
-            pipe.publish(self.keys.wake, "requeue")
-            await pipe.execute()
+        await self._dead.requeue_front(flight)
 
     # -- a line Redis forgot -----------------------------------------------------------
 
@@ -483,32 +349,7 @@ class RedisLine:
         runs; ``waiting``, its guests' flights not started, each at its old number. Flights whose
         number this instance never knew are admitted again afterwards, behind. Returns the highest
         number given back."""
-        loop = asyncio.get_running_loop()
-        now_mono, now = loop.time(), time.time()
-        runs = [[f.id, round((now_mono - f.started_mono) * 1000) if f.started_mono is not None else 0] for f in running]
-        numbered = [f for f in waiting if f.number > 0]
-        waits = []
-        for flight in numbered:
-            score, aging_ms = flight.number, 0
-            if flight.rank > 0:
-                waited_ms = (now - min((t.created_at for t in flight.tickets), default=now)) * 1000
-                aging_ms = max(0, round(self.max_starvation_s * 1000 - waited_ms))
-                if aging_ms > 0:
-                    score = flight.rank * TIER_SPAN + flight.number
-            request = flight.request
-            fields = [
-                "key",
-                flight.key or "",
-                "request_id",
-                request.request_id,
-                "query",
-                request.query,
-                "parameters",
-                json.dumps(dict(request.parameters)),
-                "session_id",
-                request.session_id or "",
-            ]
-            waits.append([flight.id, score, flight.number, aging_ms, fields])
+        now_mono = asyncio.get_running_loop().time()
         ago_ms = -1 if self.last_start_mono is None else round((now_mono - self.last_start_mono) * 1000)
         top = await self._call(
             self._rebuild,
@@ -519,8 +360,8 @@ class RedisLine:
                 self.interval_ms,
                 ago_ms,
                 REQUEST_TTL_S,
-                json.dumps(runs),
-                json.dumps(waits),
+                json.dumps(running_shares(running, now_mono)),
+                json.dumps(waiting_shares(waiting, self.max_starvation_s)),
             ],
         )
         unnumbered = [f for f in waiting if f.number == 0]
@@ -550,35 +391,9 @@ class RedisLine:
         return await call(script(keys=keys, args=args))
 
 
-def _wake(napper: asyncio.Future[None]) -> None:
-    if not napper.done():
-        napper.set_result(None)
-
-
 def _start_reply(reply: list[Any]) -> tuple[str, Any]:
     kind = text(reply[0])
     if kind != "go":
         return kind, text(reply[1]) if len(reply) > 1 else None
     raw = [text(x) for x in reply[2:]]
-    return kind, _flight(text(reply[1]), dict(zip(raw[::2], raw[1::2], strict=True)))
-
-
-def _flight(flight_id: str, fields: dict[str, str]) -> Flight:
-    request = WorkflowRequest(
-        fields.get("request_id", flight_id),
-        fields.get("query", ""),
-        json.loads(fields.get("parameters") or "{}"),
-        fields.get("session_id") or None,
-    )
-    return Flight(fields.get("key") or None, [], request, id=flight_id)
-
-
-def _instance(entry: dict[str, Any]) -> dict[str, object]:
-    raw = entry.get("info") or []
-    info: dict[str, object] = dict(zip(raw[::2], raw[1::2], strict=True)) if isinstance(raw, list) else {}
-    for name in ("pid",):
-        if isinstance(info.get(name), str) and str(info[name]).isdigit():
-            info[name] = int(str(info[name]))
-    if isinstance(info.get("started_at"), str):
-        info["started_at"] = float(str(info["started_at"]))
-    return {"id": entry["id"], **info}
+    return kind, flight_from(text(reply[1]), dict(zip(raw[::2], raw[1::2], strict=True)))
