@@ -53,12 +53,8 @@ down with it:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import os
 import secrets
-import socket
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -68,15 +64,11 @@ import aiosqlite
 from cachetools import TTLCache
 
 from ..linespec import DEFAULT_LINE
-from ..tickets import Status, Ticket, new_request_id
-from ..upstream import valid_text
+from ..tickets import Status, Ticket
+from .rows import admission_row, change_row, rejection_row, valid_row
 from .schema import (
-    ABANDON,
-    FORGET_DEAD,
-    HEARTBEAT,
     INSERT,
     LEAVE,
-    NEIGHBOURS,
     PREPARE,
     PRUNE,
     UPDATE,
@@ -84,19 +76,18 @@ from .schema import (
     check_path,
     migrate,
 )
+from .writers import HEARTBEATS_PER_TTL, abandon_dead
 
 logger = logging.getLogger("guestqueue.requestlog")
 LOG_BACKLOG_DEGRADED = 10_000  # /health is degraded when this many rows wait to be written
 LOG_DROPS_DEGRADED_S = 300.0  # ... or when the log dropped rows (its buffer was full) this recently
 
-HEARTBEATS_PER_TTL = 3  # an instance that missed three heartbeats in a row is dead
 PRUNE_BATCH_ROWS = 2000
 PRUNE_EVERY_S = 3600.0
 RETRY_AFTER_ERROR_S = 1.0
 REJECTION_ROW_EVERY_S = 1.0  # per client
 REJECTION_CLIENTS = 10_000  # clients whose last rejection row is remembered (least recent forgotten first)
 REJECTION_MEMORY_S = 60.0  # ... and for how long, to carry their suppressed count into their next row
-QUERY_HASH_HEX = 16
 
 
 @dataclass(slots=True)
@@ -206,47 +197,13 @@ class RequestLog:
                 self._unlogged.add(ticket.id)
                 self._dropped()
                 return
-            self._inserts.append(
-                (
-                    ticket.id,
-                    ticket.client,
-                    ticket.query,
-                    _json(ticket.parameters),
-                    ticket.session_id,
-                    ticket.status.value,
-                    None,
-                    None,
-                    None,
-                    int(ticket.cached),
-                    ticket.created_at,
-                    None,
-                    None,
-                    None,
-                    None,
-                    self.instance_id,
-                    line,
-                )
-            )
+            self._inserts.append(admission_row(ticket, self.instance_id, line))
         elif ticket.id in self._unlogged:
             if ticket.done:
                 self._unlogged.discard(ticket.id)
             return
         else:
-            self._updates.append(
-                (
-                    ticket.status.value,
-                    ticket.error_code,
-                    ticket.error_detail or ticket.error,
-                    ticket.answer if ticket.done else None,
-                    int(ticket.cached),
-                    ticket.started_at,
-                    ticket.finished_at,
-                    ticket.wait_ms,
-                    ticket.duration_ms,
-                    self.instance_id,
-                    ticket.id,
-                )
-            )
+            self._updates.append(change_row(ticket, self.instance_id))
         self._wake.set()
 
     # -- a RequestListener (core.py): every admission, start and end is a row change --
@@ -283,32 +240,9 @@ class RequestLog:
         if self.backlog >= self.buffer_rows:
             self._dropped()
             return
-        parameters: dict[str, Any] = {"query_chars": len(query), "query_sha256": _short_hash(query)}
-        if sampled is not None and sampled.suppressed:
-            parameters["suppressed"] = sampled.suppressed
         self._sampled[client] = _Sampled(now)
-        wall = time.time()
-        self._inserts.append(
-            (
-                new_request_id(),
-                client,
-                "",
-                _json(parameters),
-                None,
-                "rejected",
-                code,
-                None,
-                None,
-                0,
-                wall,
-                None,
-                wall,
-                None,
-                None,
-                self.instance_id,
-                line,
-            )
-        )
+        suppressed = sampled.suppressed if sampled is not None else 0
+        self._inserts.append(rejection_row(client, query, code, suppressed, self.instance_id, line))
         self._wake.set()
 
     async def close(self) -> None:
@@ -353,7 +287,7 @@ class RequestLog:
                     # Text SQLite cannot take (a lone surrogate): retried as is, this batch would fail
                     # forever and every later row with it. Write it with U+FFFD instead, at once.
                     await self._db.rollback()
-                    self._put_back([_valid_row(row) for row in inserts], [_valid_row(row) for row in updates])
+                    self._put_back([valid_row(row) for row in inserts], [valid_row(row) for row in updates])
                     continue
                 except Exception:
                     # Keep the rows (in order) and try again; /health reports the log as behind.
@@ -377,18 +311,7 @@ class RequestLog:
                 await self._prune_batch()
 
     async def _abandon_dead(self, db: aiosqlite.Connection) -> int:
-        """Beat our own heart, then close the open rows of instances that stopped beating."""
-        now, host = time.time(), socket.gethostname()
-        await db.execute(HEARTBEAT, (self.instance_id, host, os.getpid(), self._started_at, now))
-        # A neighbour on this host whose process is gone is dead now, not in a TTL: a restart
-        # after a crash closes the crashed run's rows at once.
-        for instance_id, pid in await db.execute_fetchall(NEIGHBOURS, (host, self.instance_id)):
-            if not _process_exists(pid):
-                await db.execute(LEAVE, (instance_id,))
-        alive_since = {"now": now, "alive_since": now - self.instance_ttl_s}
-        cursor = await db.execute(ABANDON, alive_since)
-        await db.execute(FORGET_DEAD, alive_since)
-        return cursor.rowcount
+        return await abandon_dead(db, self.instance_id, self._started_at, self.instance_ttl_s)
 
     async def _heartbeat(self) -> None:
         """Tell other instances on this file we are alive; close what dead ones left open."""
@@ -464,25 +387,3 @@ class LineRows:
 
     def rejected(self, client: str, query: str, code: str) -> None:
         self._log.record_rejection(client, query, code, self._line)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def _short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:QUERY_HASH_HEX]
-
-
-def _valid_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(valid_text(value) if isinstance(value, str) else value for value in row)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
