@@ -1,5 +1,5 @@
 """``guestqueue serve``: settings from GUEST_* variables and flags, then uvicorn (``guestqueue simulate``
-lives in simulate.py).
+lives in simulate/).
 
 Start-up order matters: the listening socket is bound first, then the request
 log is checked, then Redis (with ``GUEST_REDIS_URL``), then uvicorn starts. A
