@@ -65,7 +65,7 @@ class LineSpec:
     alert_failure_rate: float = 0.0
     admission: Admission | None = None  # set by mode = "admission"
     max_receive_count: int = 3  # a pull line's job goes back to the front at most this many times
-    openai_model: str = ""  # another name OpenAI clients may ask this line by (web/openai.py)
+    openai_model: str = ""  # another name OpenAI clients may ask this line by (web/openai/)
     # The upstream URL is the operator's (the file, GUEST_*): it may reach any address. A tenant's
     # (the admin API) reaches only what the outbound rule allows (outbound.py).
     upstream_trusted: bool = True

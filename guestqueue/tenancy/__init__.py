@@ -3,5 +3,5 @@
 - ``catalog.py``: what an application, a key and a principal are, and who may do what;
 - ``store.py``: where the catalog is kept (SQLite, and Redis when instances share it).
 
-The HTTP side is ``web/admin.py`` (the admin API) and ``web/access.py`` (who is asking).
+The HTTP side is ``web/admin/`` (the admin API) and ``web/access.py`` (who is asking).
 """

@@ -75,7 +75,7 @@ class HttpUpstream:
         # Only the allowed parameters: a guest must not pick the model, add a system message,
         # ask for 128 choices, 100 000 tokens or tools at the operator's expense.
         body = {name: value for name, value in request.parameters.items() if name in self.allowed_parameters}
-        # The OpenAI front door (web/openai.py) passes its caller's messages; guests' `chat` cannot
+        # The OpenAI front door (web/openai/) passes its caller's messages; guests' `chat` cannot
         # set them (web/admission.py refuses parameters.messages for this kind). One rule for both.
         messages = request.parameters.get("messages")
         if not isinstance(messages, list):

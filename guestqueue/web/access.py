@@ -126,7 +126,7 @@ class Access:
             return SUPER_ADMIN
         if found is None and request.scope.get(FOREIGN_KEYS_ANONYMOUS) and not given.startswith(KEY_PREFIX):
             # An OpenAI client always sends some key ("sk-none", "EMPTY"): one that is not ours at
-            # all asks as nobody does (web/openai.py); a key of ours that is wrong is refused.
+            # all asks as nobody does (web/openai/); a key of ours that is wrong is refused.
             return SUPER_ADMIN if not self.admin_key and self.is_local(request) else ANONYMOUS
         if found is None:
             self.throttle.failed(client)

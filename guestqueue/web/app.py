@@ -16,8 +16,10 @@ Named lines (``GUEST_CONFIG``, linespec/) are served by ``guest.lines_app``
 under ``/api/v1/lines``: ``GET /api/v1/lines`` lists them and each has the full
 API under ``/api/v1/lines/{line}/`` (the handlers: lineapi.py). ``guest.app``
 serves the ``guest`` line and the process-wide views (health and metrics of
-every line, the pages); ``guest.admin_app`` the admin API (admin.py), mounted
-at ``/api/v1/admin`` by :func:`create_app`. Mount all three to embed them all.
+every line: processviews.py; the pages); ``guest.admin_app`` the admin API
+(admin/), mounted at ``/api/v1/admin`` by :func:`create_app`. Mount all
+three to embed them all. Every app answers errors as errorhandlers.py says (the
+OpenAI door's: openai/errors.py).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -38,7 +39,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ..config import Settings, SettingsError
-from ..errors import Rejected, ShuttingDown, StartupError
+from ..errors import ShuttingDown, StartupError
 from ..linespec import DEFAULT_LINE, LineSpec, load_lines, parse_line
 from ..lineup import Lineup
 from ..outbound import OutboundPolicy
@@ -51,12 +52,15 @@ from ..upstream import Workflow, make_http_client
 from ..webhooks import EventStream, Outbox
 from .access import Access, PeerRecorder
 from .admin import AdminApi
+from .errorhandlers import EXCEPTION_HANDLERS
 from .jobs import JobsApi
-from .lineapi import LineApi, line_name
+from .lineapi import LineApi
 from .monitor import StatusMonitor
-from .openai import OpenAIApi, OpenAIError, error_body, openai_error
+from .openai import OpenAIApi
+from .openai.errors import OPENAI_HANDLERS
 from .origin import OriginGuard
 from .pages import page_routes
+from .processviews import ProcessViews, links
 
 API_PREFIX = "/api/v1/guest"
 LINES_PREFIX = "/api/v1/lines"
@@ -87,12 +91,12 @@ class GuestQueue:
         self.app.state.guestqueue = self
         self.lines_app = Starlette(
             routes=[
-                Route("/", self.lines.list_lines, methods=["GET"]),
+                Route("/", self.lines.status.list_lines, methods=["GET"]),
                 Mount(
                     "/{line}",
                     routes=[
                         *self.lines.routes(),
-                        Route("/metrics", self.lines.line_metrics, methods=["GET"]),
+                        Route("/metrics", self.lines.status.line_metrics, methods=["GET"]),
                         *page_routes(),
                     ],
                 ),
@@ -271,13 +275,7 @@ class GuestQueue:
             loop.call_soon_threadsafe(lineup.begin_shutdown)
 
     def _routes(self) -> list[BaseRoute]:
-        return [
-            *self.lines.routes(),
-            Route("/health", self.health, methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
-            Route("/", self.index, methods=["GET"]),
-            *page_routes(),
-        ]
+        return [*self.lines.routes(), *ProcessViews(self).routes(), *page_routes()]
 
     def _middleware(self) -> list[Middleware]:
         # Outermost: the TCP peer, before proxy headers replace scope["client"] (access.py's local rule).
@@ -301,118 +299,6 @@ class GuestQueue:
             )
         return middleware
 
-    async def index(self, request: Request) -> Response:
-        return JSONResponse(links(request.scope.get("root_path", "")))
-
-    @property
-    def _lineup(self) -> Lineup:
-        if self.lineup is None:
-            raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
-        return self.lineup
-
-    async def metrics(self, request: Request) -> Response:
-        """Every line's metrics (labelled ``line``) and the request log's."""
-        self.access.require_operator(request)
-        lineup = self._lineup
-        for queue in lineup:
-            await queue.refresh()  # the line now, and every instance's totals
-        body, content_type = lineup.metrics.render()
-        return Response(body, media_type=content_type)
-
-    async def health(self, request: Request) -> Response:
-        """The worst of every line's health; with the ``guest`` line's fields at the top (as before
-        lines) and each line's under ``lines``."""
-        if self.lineup is None:
-            return JSONResponse({"status": "unavailable", "problems": ["not running"]}, status_code=503)
-        lines = {}
-        for queue in self.lineup:
-            _, lines[queue.name] = await queue.views.health()
-        worst = max((line["status"] for line in lines.values()), key=HEALTH_ORDER.index, default="ok")
-        main = lines.get(DEFAULT_LINE) or {
-            "queue_size": sum(line["queue_size"] for line in lines.values()),
-            "active_requests": sum(line["active_requests"] for line in lines.values()),
-        }
-        problems = [
-            problem if name == DEFAULT_LINE else f"line {name}: {problem}"
-            for name, line in lines.items()
-            for problem in line["problems"]
-        ]
-        problems += [f"line {name} is not served: {why}" for name, why in sorted(self.lineup.problems.items())]
-        if self.lineup.problems and worst == "ok":
-            worst = "degraded"
-        body = {**main, "status": worst, "problems": problems, "lines": lines}
-        return JSONResponse(body, status_code=503 if worst == "unavailable" else 200)
-
-
-HEALTH_ORDER = ("ok", "degraded", "unavailable")
-
-
-async def _rejected(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Rejected)
-    guest = getattr(request.app.state, "guestqueue", None)
-    lineup = guest.lineup if guest is not None else None
-    queue = lineup.queues.get(line_name(request)) if lineup is not None else None
-    if not exc.counted and queue is not None:
-        queue.service.stats.rejections[exc.code] += 1
-    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else {}
-    if exc.close_connection:
-        headers["Connection"] = "close"
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed"}
-    return JSONResponse(
-        {"error": exc.detail, "code": codes.get(exc.status_code, "http_error")},
-        status_code=exc.status_code,
-        headers=exc.headers,
-    )
-
-
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": "Something went wrong on our side.", "code": "internal_error"}, status_code=500)
-
-
-EXCEPTION_HANDLERS: dict[Any, Any] = {Rejected: _rejected, HTTPException: _http_error, Exception: _internal_error}
-
-
-async def _openai_rejected(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Rejected)
-    return openai_error(exc)
-
-
-async def _openai_http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return openai_error(OpenAIError(str(exc.detail), exc.status_code, "invalid_request_error", None))
-
-
-async def _openai_internal_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse(
-        error_body("Something went wrong on our side.", "server_error", "internal_error"), status_code=500
-    )
-
-
-# The OpenAI front door answers every error in OpenAI's shape (web/openai.py).
-OPENAI_HANDLERS: dict[Any, Any] = {
-    Rejected: _openai_rejected,
-    HTTPException: _openai_http_error,
-    Exception: _openai_internal_error,
-}
-
-
-def links(prefix: str) -> dict[str, str]:
-    """Where things are, for ``GET /`` and ``GET /api/v1/guest/``."""
-    return {
-        "service": "guestqueue",
-        "api": prefix,
-        "chat_page": f"{prefix}/static/chat.html",
-        "dashboard": f"{prefix}/dashboard",
-        "ask": f"POST {prefix}/chat",
-        "status": f"{prefix}/queue/status",
-        "health": f"{prefix}/health",
-    }
-
 
 def create_app(settings: Settings | None = None, *, workflow: Workflow | None = None) -> Starlette:
     """A standalone app serving the API under ``/api/v1/guest``."""
@@ -424,7 +310,7 @@ def create_app(settings: Settings | None = None, *, workflow: Workflow | None = 
     app = Starlette(
         routes=[
             Route("/", index),
-            Route(LINES_PREFIX, guest.lines.list_lines),
+            Route(LINES_PREFIX, guest.lines.status.list_lines),
             Mount(LINES_PREFIX, app=guest.lines_app),
             Mount(ADMIN_PREFIX, app=guest.admin_app),
             Mount(JOBS_PREFIX, app=guest.jobs_app),

@@ -1,6 +1,6 @@
 """One line's API, the same for the ``guest`` line (``/api/v1/guest``) and every named line
-(``/api/v1/lines/{line}``): asking, following, cancelling, and the line's status views, with
-each line's permissions (tenancy/catalog.py) checked before anything is read.
+(``/api/v1/lines/{line}``): asking, following, cancelling, and the line's status views
+(linestatus.py), with each line's permissions (tenancy/catalog.py) checked before anything is read.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from ..tickets import Status, Ticket
 from .access import Access
 from .admission import asker_key, client_key, read_chat_request
 from .jobs import JobsApi
+from .linestatus import LineStatus
 from .monitor import StatusMonitor
 from .stream import TicketStream
 from .waitingroom import WaitingRoom
@@ -47,6 +48,7 @@ class LineApi:
 
     def __init__(self, host: LinesHost) -> None:
         self._host = host
+        self.status = LineStatus(self)  # the line's views, and the list of lines
 
     @property
     def settings(self) -> Settings:
@@ -76,11 +78,7 @@ class LineApi:
             Route("/chat/{request_id}/events", self.chat_events, methods=["GET"]),
             Route("/chat/{request_id}", self.chat_cancel, methods=["DELETE"]),
             Route("/chat/{name}", self.no_such_chat_endpoint, methods=["POST"]),
-            Route("/queue/status", self.queue_status, methods=["GET"]),
-            Route("/queue/status/stream", self.queue_status_stream, methods=["GET"]),
-            Route("/queue/status/samples", self.queue_status_samples, methods=["GET"]),
-            Route("/queue/request/{request_id}", self.queue_request, methods=["GET"]),
-            Route("/queue/history", self.queue_history, methods=["GET"]),
+            *self.status.routes(),
             WebSocketRoute("/ws", self.websocket),
             *WaitingRoom(self).routes(),  # an admission line's (404 on the others)
             *JobsApi(self).line_routes(),  # a pull line's (404 on the others)
@@ -110,10 +108,6 @@ class LineApi:
         if principal.role == "anonymous" and permission == "READ":
             self.access.require_operator(request)  # the operator's views: 401 (no key) or 403 (not local)
         return self.access.require(request, self.catalog, permission, spec.name, spec.application_id)
-
-    def _require_status_reader(self, request: Request) -> None:
-        if not (self.settings.public_status and self._queue(request).spec.public):
-            self._require(request, "READ")
 
     def _asker(self, request: HTTPConnection) -> Principal:
         """Who asks: anyone on a public line (a key, if sent, must be valid: it gives the tier),
@@ -239,68 +233,6 @@ class LineApi:
             await websocket.close(1008, reason=exc.code)
             return
         await serve_websocket(websocket, queue.service, tier=self._tier(websocket, asker))
-
-    # -- status --------------------------------------------------------------------
-
-    async def list_lines(self, request: Request) -> Response:
-        """``GET /api/v1/lines``: the lines the caller may see (the public ones, and those its key
-        has a permission on), with their mode and size."""
-        principal = self.access.principal(request, self.catalog)
-        lines = []
-        for queue in sorted(self._lineup, key=lambda queue: queue.name):
-            spec = queue.spec
-            if not (spec.public or principal.granted(spec.name, spec.application_id)):
-                continue
-            view = queue.service.line.peek()
-            lines.append(
-                {
-                    "name": queue.name,
-                    "mode": queue.service.gate.mode(),
-                    "public": queue.spec.public,
-                    "upstream": queue.service.upstream_kind,
-                    "queue_size": view.size,
-                    "active_requests": view.active,
-                    "url": f"{request.url.path.rstrip('/')}/{queue.name}",
-                }
-            )
-        return JSONResponse({"lines": lines})
-
-    async def queue_status(self, request: Request) -> Response:
-        self._require_status_reader(request)
-        return JSONResponse(await self._queue(request).views.status())
-
-    async def queue_status_stream(self, request: Request) -> Response:
-        self._require_status_reader(request)
-        return self._monitor(request).stream()
-
-    async def queue_status_samples(self, request: Request) -> Response:
-        self._require_status_reader(request)
-        return JSONResponse(self._monitor(request).samples())
-
-    def _monitor(self, request: Request) -> StatusMonitor:
-        monitor = self.monitors.get(self._queue(request).name)
-        if monitor is None:
-            raise ShuttingDown("guestqueue is not running (was its lifespan started?).")
-        return monitor
-
-    async def queue_request(self, request: Request) -> Response:
-        # The id is its guest's credential (access.py): holding it is permission enough.
-        found = await self._queue(request).views.lookup(request.path_params["request_id"])  # or another instance's
-        if found is None:
-            raise NotFound("No request with that id (it may have expired).")
-        return JSONResponse(found)
-
-    async def queue_history(self, request: Request) -> Response:
-        self._require(request, "READ")  # it lists request ids: operators and READ keys only
-        return JSONResponse(await self._queue(request).views.history())
-
-    async def line_metrics(self, request: Request) -> Response:
-        """One line's metrics (READ)."""
-        self._require(request, "READ")
-        queue = self._queue(request)
-        await queue.refresh()
-        body, content_type = self._lineup.metrics.render(queue.name)
-        return Response(body, media_type=content_type)
 
 
 MAX_LAST_EVENT_ID_CHARS = 20  # event ids are counters: 20 digits is more than any stream reaches
