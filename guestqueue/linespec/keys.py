@@ -1,5 +1,5 @@
 """Every key a line takes, declared once: the settings it may set for itself (bounded where
-config.py declares them), and its policy and waiting-room keys, each with its name in the file and
+config/ declares them), and its policy and waiting-room keys, each with its name in the file and
 the admin API, the field it sets (``…_sec`` keys set ``…_s`` fields), its bounds, how it is read,
 how the admin API shows it and how it is kept. The parser (parse.py), the admin API's view and the
 stored form (spec.py) and the bounds table (``key_bounds``) all come from these declarations.
@@ -7,6 +7,7 @@ stored form (spec.py) and the bounds table (``key_bounds``) all come from these 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import ENV_NAMES, SettingsError
+from ..config.line import LineSettings
 from ..outbound import OutboundPolicy, url_problem
 from .values import Webhook, parse_webhooks, parse_window
 
@@ -24,32 +26,9 @@ MAX_TIERS = 16
 MAX_WINDOWS = 100
 MIN_TOKEN_SECRET_CHARS = 32
 
-# The settings a line may set for itself; the rest (address, log, Redis, edge limits, keys)
-# belong to the process.
-LINE_SETTINGS = (
-    "upstream_url",
-    "upstream_kind",
-    "upstream_model",
-    "upstream_api_key",
-    "upstream_interval_s",
-    "upstream_retries",
-    "upstream_allowed_parameters",
-    "upstream_max_hold_s",
-    "max_concurrent_requests",
-    "max_queue_size",
-    "request_timeout_s",
-    "max_wait_s",
-    "cache_size",
-    "cache_ttl_s",
-    "max_per_client",
-    "max_query_chars",
-    "history_size",
-    "position_update_s",
-    "reconnect_grace_s",
-    "upstream_messages",
-    "upstream_system_prompt",
-    "max_answer_bytes",
-)
+# The settings a line may set for itself (config/line.py declares them); the rest (address, log,
+# Redis, edge limits, keys) belong to the process.
+LINE_SETTINGS = tuple(f.name for f in dataclasses.fields(LineSettings))
 # A line's key (env name without GUEST_, lower case) -> the Settings field.
 SETTING_KEYS = {ENV_NAMES[name].removeprefix("GUEST_").lower(): name for name in LINE_SETTINGS}
 # What an admission line sets through its own keys, or has no use for.

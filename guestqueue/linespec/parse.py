@@ -114,7 +114,7 @@ def parse_line(
 
 
 def key_bounds() -> dict[str, tuple[float, float | None]]:
-    """Every numeric line key's [low, high], as declared (config.py's settings, POLICY_BOUNDS):
+    """Every numeric line key's [low, high], as declared (config/'s settings, POLICY_BOUNDS):
     what docs/design.md's table of bounds states (tests/test_linespec.py compares them)."""
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     out: dict[str, tuple[float, float | None]] = {}
