@@ -8,9 +8,11 @@ put the two together.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
-from guestqueue.scripts import INCLUDE, load_script
+from guestqueue.lines.redis.keys import SCRIPT_NAMES
+from guestqueue.scripts import INCLUDE, NAMES, load_script
 
 PACKAGE = Path(__file__).resolve().parent.parent / "guestqueue"
 ENTRY_POINTS = {"guestqueue", "guestqueue.cli", "guestqueue.__main__"}
@@ -143,7 +145,21 @@ def test_every_script_loads_with_its_includes_once() -> None:
         assert text.count("local t = redis.call('TIME')") <= 1, f"{name}: the time prelude twice"
         for line in text.splitlines():
             if line.startswith(INCLUDE):
-                assert line.removeprefix(INCLUDE).strip() in scripts, f"{name}: {line}"
+                assert line.removeprefix(INCLUDE).strip() in [*scripts, NAMES], f"{name}: {line}"
+
+
+def test_scripts_spell_no_key_name_of_their_own() -> None:
+    # Before (issue 23): scripts built `prefix .. ':sessions'` and eleven other names keys.py did not
+    # list. Now a script names a key it finds by an id through named(prefix, KEY.<name>, id), whose
+    # names lines/redis/keys.py writes (SCRIPT_NAMES); the rest come as KEYS.
+    spelled = re.compile(r"\.\.\s*'[:][a-z-]")
+    offenders = sorted(p.name for p in (PACKAGE / "scripts").glob("*.lua") if spelled.search(p.read_text()))
+    assert not offenders, f"key names spelled in Lua: {offenders}"
+    used = {m for p in (PACKAGE / "scripts").glob("*.lua") for m in re.findall(r"KEY\.(\w+)", p.read_text())}
+    assert used and used <= set(SCRIPT_NAMES), f"names keys.py does not declare: {sorted(used - set(SCRIPT_NAMES))}"
+    for p in (PACKAGE / "scripts").glob("*.lua"):
+        if "named(" in p.read_text():
+            assert "local function named(" in load_script(p.stem), f"{p.name}: uses named() without including names"
 
 
 def test_redis_errors_are_mapped_at_one_boundary() -> None:

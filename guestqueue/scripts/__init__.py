@@ -2,7 +2,8 @@
 
 A script may begin with ``--! include NAME`` lines: the named files (the shared
 prelude of time, leases, tiers, epochs) are put before it, each once, in the
-order their first includer names them.
+order their first includer names them. ``--! include names`` is the key names,
+written from lines/redis/keys.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 from functools import cache
 from importlib.resources import files
 
+from ..lines.redis.keys import lua_names
+
 INCLUDE = "--! include "
+NAMES = "names"  # the include no file holds (lines/redis/keys.py's lua_names)
 
 
 @cache
@@ -25,6 +29,9 @@ def _gather(name: str, parts: list[str], seen: set[str]) -> None:
     if name in seen:
         return
     seen.add(name)
+    if name == NAMES:  # written from lines/redis/keys.py: the key names are spelled there only
+        parts.append(lua_names())
+        return
     text = files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
     for line in text.splitlines():
         if not line.startswith(INCLUDE):

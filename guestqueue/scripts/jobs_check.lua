@@ -1,3 +1,4 @@
+--! include names
 --! include jobs_common
 -- The owner's look at its job while no report comes: has the lease run out, or did Redis forget it?
 -- ARGV: prefix job_id receipt('' when no worker took it) lease_ms request_json receive_count heard epoch_candidate
@@ -7,7 +8,7 @@
 -- now, the chunks the owner heard as the offset the worker goes on from; or, not taken, back at
 -- the front of the offers.
 local prefix, id, receipt = ARGV[1], ARGV[2], ARGV[3]
-local job = prefix .. ':job:' .. id
+local job = named(prefix, KEY.job, id)
 if redis.call('EXISTS', job) == 0 then
   epoch(ARGV[8])
   redis.call('HSET', job, 'request', ARGV[5], 'receive_count', ARGV[6], 'next', ARGV[7], 'restored', 1)
@@ -18,7 +19,7 @@ if redis.call('EXISTS', job) == 0 then
   else
     local lease = tonumber(ARGV[4])
     redis.call('HSET', job, 'receipt', receipt, 'lease_ms', lease)
-    redis.call('SET', prefix .. ':receipt:' .. receipt, id, 'PX', lease + DAY_MS)
+    redis.call('SET', named(prefix, KEY.receipt, receipt), id, 'PX', lease + DAY_MS)
     redis.call('ZADD', KEYS[2], now + lease, receipt)
   end
   return 'restored'

@@ -1,8 +1,9 @@
+--! include names
 --! include time
 -- Shared by a pull line's job board scripts (pull/redisboard.py), put before each of them.
 -- KEYS[1] offers (list of job ids)  KEYS[2] leases (receipt -> deadline ms)  KEYS[3] the line's epoch
 -- KEYS[4] when a worker last asked for jobs or reported (ms)
--- Per job and per receipt keys are spelled from the line's prefix (lines/redis/keys.py has the names).
+-- Per job and per receipt keys are named from the line's prefix (named(), from lines/redis/keys.py).
 local DAY_MS = 86400000
 
 -- A worker was here (its ask or report): guests waiting on the line are not told none is.
@@ -27,7 +28,7 @@ end
 -- A receipt's job id while its lease is live; else false and why: 'gone' (it ended or ran out, or
 -- was never issued) or 'forgotten' (issued before Redis lost its data: its owner puts it back).
 local function holder(prefix, receipt)
-  local id = redis.call('GET', prefix .. ':receipt:' .. receipt)
+  local id = redis.call('GET', named(prefix, KEY.receipt, receipt))
   local deadline = redis.call('ZSCORE', KEYS[2], receipt)
   if id and id ~= '' and deadline and tonumber(deadline) >= now then return id end
   if id or deadline or issued_now(receipt) then return false, 'gone' end
@@ -39,8 +40,8 @@ end
 local function bury(prefix, receipt)
   redis.call('ZREM', KEYS[2], receipt)
   if issued_now(receipt) then
-    redis.call('DEL', prefix .. ':receipt:' .. receipt)
+    redis.call('DEL', named(prefix, KEY.receipt, receipt))
   else
-    redis.call('SET', prefix .. ':receipt:' .. receipt, '', 'PX', DAY_MS)
+    redis.call('SET', named(prefix, KEY.receipt, receipt), '', 'PX', DAY_MS)
   end
 end

@@ -1,3 +1,4 @@
+--! include names
 --! include jobs_common
 -- A worker's report on its receipt goes to the job's owner (its report stream), in order.
 -- ARGV: receipt prefix kind offset ends(0|1) body, then for 'chunks' each text JSON-encoded
@@ -10,8 +11,8 @@ local receipt, prefix, kind, offset = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4
 worker_seen()
 local id, why = holder(prefix, receipt)
 if not id then return {why == 'forgotten' and -1 or 0, 0} end
-local job = prefix .. ':job:' .. id
-local reports = prefix .. ':job-reports:' .. id
+local job = named(prefix, KEY.job, id)
+local reports = named(prefix, KEY.job_reports, id)
 local state = redis.call('HMGET', job, 'next', 'restored')
 local taken = tonumber(state[1] or '0')
 if kind == 'chunks' or kind == 'complete' then

@@ -1,3 +1,4 @@
+--! include names
 --! include time
 -- An instance's share of a forgotten line, written back at once: the flights it runs hold their
 -- slots again (and leave the line if another instance put them back), its guests' waiting
@@ -14,7 +15,7 @@ for _, w in ipairs(cjson.decode(ARGV[7])) do
   if redis.call('HEXISTS', KEYS[1], w[1]) == 0 then
     redis.call('ZADD', KEYS[2], string.format('%.0f', w[2]), w[1])
     if w[4] > 0 then redis.call('ZADD', KEYS[5], now + w[4], w[1]) end
-    local request = ARGV[2] .. ':request:' .. w[1]
+    local request = named(ARGV[2], KEY.request, w[1])
     redis.call('HSET', request, 'seq', string.format('%.0f', w[3]), unpack(w[5]))
     redis.call('EXPIRE', request, tonumber(ARGV[5]))
   end
@@ -26,5 +27,5 @@ if ago >= 0 then
   local pace = now - ago + tonumber(ARGV[3])
   if pace > tonumber(redis.call('GET', KEYS[4]) or '0') then redis.call('SET', KEYS[4], string.format('%.0f', pace)) end
 end
-redis.call('PUBLISH', ARGV[2] .. ':wake', 'rebuilt')
+redis.call('PUBLISH', named(ARGV[2], KEY.wake), 'rebuilt')
 return top

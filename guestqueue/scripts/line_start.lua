@@ -1,3 +1,4 @@
+--! include names
 --! include live_active
 --! include releases
 --! include aging
@@ -27,6 +28,6 @@ if tonumber(ARGV[5]) > 0 then
   redis.call('PEXPIRE', KEYS[7], 120000)
 end
 local out = {'go', head}
-local fields = redis.call('HGETALL', ARGV[4] .. ':request:' .. head)
+local fields = redis.call('HGETALL', named(ARGV[4], KEY.request, head))
 for i = 1, #fields do out[#out + 1] = fields[i] end
 return out

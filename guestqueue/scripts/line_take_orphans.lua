@@ -1,3 +1,4 @@
+--! include names
 --! include live_active
 -- The calls of dead instances that had said something, taken over by the caller (lines/redis/relay.py ends them).
 -- KEYS: slots instances orphans line   ARGV: prefix  -> {flight_id, request json}...
@@ -5,7 +6,7 @@ live_active(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])
 local out = {}
 local all = redis.call('HGETALL', KEYS[3])
 for i = 1, #all, 2 do
-  local fields = redis.call('HGETALL', ARGV[1] .. ':request:' .. all[i])
+  local fields = redis.call('HGETALL', named(ARGV[1], KEY.request, all[i]))
   out[#out + 1] = all[i]
   out[#out + 1] = cjson.encode(fields)
 end

@@ -1,14 +1,53 @@
 """Every Redis key and channel of a shared line, in one place (as arq keeps its in one module).
 
 All keys start with the deployment's prefix (GUEST_REDIS_PREFIX), so several
-deployments can share one Redis. Scripts build no key names of their own
-except ``instance_info``, ``request`` and ``flight_events`` (from an id and this prefix), which is
-fine on a single Redis or Valkey (not on a cluster).
+deployments can share one Redis. A script is given its keys as KEYS where it knows them before it
+runs; the keys it finds by an id it reads inside (the request of the flight at the front, a job
+of a receipt) and the few names beside them are spelled in :data:`SCRIPT_NAMES` only: Python builds
+them from it, and every script that needs one gets it from the Lua that :func:`lua_names` writes
+(``--! include names``: ``named(prefix, KEY.request, id)``). Scripts spell no key name themselves
+(tests/test_layout.py). Names built inside a script are fine on a single Redis or Valkey, not on a
+cluster (which the line does not support: its scripts touch keys of many flights at once).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# The keys (and channels) a script may find or name itself, by what Python and Lua call them.
+SCRIPT_NAMES = {
+    "beat": "beat",
+    "wake": "wake",
+    "instance": "instance",
+    "request": "request",
+    "events": "events",
+    "ticket": "ticket",
+    "held": "held",
+    "holders": "holders",
+    "client": "client",
+    "sessions": "sessions",
+    "session": "session",
+    "session_jtis": "session-jtis",
+    "session_totals": "session-totals",
+    "session_ended": "session-ended",
+    "job": "job",
+    "job_reports": "job-reports",
+    "receipt": "receipt",
+}
+
+
+def lua_names() -> str:
+    """The Lua of ``--! include names``: :data:`SCRIPT_NAMES`, and ``named(prefix, kind, id)``."""
+    table = ", ".join(f"{name} = '{spelled}'" for name, spelled in SCRIPT_NAMES.items())
+    return (
+        f"local KEY = {{{table}}}\n"
+        "-- A key's name as lines/redis/keys.py spells it: the line's prefix, its kind, and its id if any.\n"
+        "local function named(prefix, kind, id)\n"
+        "  if kind == nil then error('a key kind lines/redis/keys.py does not name') end\n"
+        "  if id == nil then return prefix .. ':' .. kind end\n"
+        "  return prefix .. ':' .. kind .. ':' .. id\n"
+        "end"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +69,7 @@ class Keys:
     def beat(self) -> str:
         """HASH at, ttl: the last heartbeat of any instance (a gap longer than a lease is Redis's, not
         the instances': lines/redis/line.py forgives it)."""
-        return f"{self.prefix}:beat"
+        return self._named("beat")
 
     @property
     def rebuilding(self) -> str:
@@ -84,27 +123,27 @@ class Keys:
 
     def instance_info(self, instance_id: str) -> str:
         """HASH host, pid, started_at of one instance."""
-        return f"{self.prefix}:instance:{instance_id}"
+        return self._named("instance", instance_id)
 
     def request(self, flight_id: str) -> str:
         """HASH what a flight asks upstream, so any instance can run it."""
-        return f"{self.prefix}:request:{flight_id}"
+        return self._named("request", flight_id)
 
     def flight_events(self, flight_id: str) -> str:
         """STREAM of one flight's events (lines/redis/relay.py)."""
-        return f"{self.prefix}:events:{flight_id}"
+        return self._named("events", flight_id)
 
     def ticket(self, request_id: str) -> str:
         """HASH one guest request's record: any instance can resume or look it up (places.py)."""
-        return f"{self.prefix}:ticket:{request_id}"
+        return self._named("ticket", request_id)
 
     def held_requests(self, instance_id: str) -> str:
         """SET the request ids an instance holds (or held: reaped after it died)."""
-        return f"{self.prefix}:held:{instance_id}"
+        return self._named("held", instance_id)
 
     def holders(self, flight_id: str) -> str:
         """SET the instances holding guests of this flight (it stays in line while one does)."""
-        return f"{self.prefix}:holders:{flight_id}"
+        return self._named("holders", flight_id)
 
     @property
     def moved_channel(self) -> str:
@@ -121,7 +160,7 @@ class Keys:
 
     def client(self, client: str) -> str:
         """Counter: requests one client has queued or processing, on every instance."""
-        return f"{self.prefix}:client:{client}"
+        return self._named("client", client)
 
     @property
     def totals(self) -> str:
@@ -136,7 +175,7 @@ class Keys:
     @property
     def wake(self) -> str:
         """Channel: the line or its slots changed (admit, leave, finish): try to start."""
-        return f"{self.prefix}:wake"
+        return self._named("wake")
 
     @property
     def events_channel(self) -> str:
@@ -148,38 +187,38 @@ class Keys:
         """Channel: stop this flight's call, its last guest left (the message is the flight id)."""
         return f"{self.prefix}:flight-cancel"
 
-    # -- an admission line's sessions (waitingroom/sessions.py; its scripts spell these names too) --
+    # -- an admission line's sessions (waitingroom/sessions.py; its scripts name them through SCRIPT_NAMES) --
 
     @property
     def session_ended_channel(self) -> str:
         """Each session's end (its request id): instances forget the sessions they issued that ended."""
-        return f"{self.prefix}:session-ended"
+        return self._named("session_ended")
 
     @property
     def sessions(self) -> str:
         """Sorted set: each open session (``s:<jti> <opened ms>``) by its expiry (ms); each holds a slot."""
-        return f"{self.prefix}:sessions"
+        return self._named("sessions")
 
     def session(self, request_id: str) -> str:
         """Hash: one session's jti, flight, exp and state (active, completed, expired, revoked)."""
-        return f"{self.prefix}:session:{request_id}"
+        return self._named("session", request_id)
 
     @property
     def session_jtis(self) -> str:
         """Hash: jti -> request id, of the open sessions (revocation by jti)."""
-        return f"{self.prefix}:session-jtis"
+        return self._named("session_jtis")
 
     @property
     def session_totals(self) -> str:
         """Hash: admitted, completed, expired, revoked."""
-        return f"{self.prefix}:session-totals"
+        return self._named("session_totals")
 
     def client_sessions(self, client: str) -> str:
         """Sorted set: the request ids of one client's sessions, by expiry (ms); the client's limit
         counts those still active."""
         return f"{self.prefix}:client-sessions:{client}"
 
-    # -- a pull line's job board (pull/board.py; its scripts spell these names too) --
+    # -- a pull line's job board (pull/board.py; its scripts name them through SCRIPT_NAMES) --
 
     @property
     def job_offers(self) -> str:
@@ -198,12 +237,17 @@ class Keys:
 
     def job(self, job_id: str) -> str:
         """Hash: one job's request (JSON), its receipt and receive count."""
-        return f"{self.prefix}:job:{job_id}"
+        return self._named("job", job_id)
 
     def job_reports(self, job_id: str) -> str:
         """Stream: what the job's workers reported (taken, chunks, complete, fail), read by its owner."""
-        return f"{self.prefix}:job-reports:{job_id}"
+        return self._named("job_reports", job_id)
 
     def receipt(self, receipt: str) -> str:
         """String: the job id a receipt leases."""
-        return f"{self.prefix}:receipt:{receipt}"
+        return self._named("receipt", receipt)
+
+    def _named(self, name: str, id: str | None = None) -> str:
+        """A name of SCRIPT_NAMES, as the scripts' ``named(prefix, KEY.<name>, id)`` spells it too."""
+        spelled = f"{self.prefix}:{SCRIPT_NAMES[name]}"
+        return spelled if id is None else f"{spelled}:{id}"
