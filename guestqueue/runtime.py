@@ -30,10 +30,12 @@ from .handover import Handover
 from .lines.base import Line, Places
 from .lines.memory import LocalPlaces, MemoryLine
 from .lines.redis.answers import RedisAnswers
+from .lines.redis.follow import FlightFollower
 from .lines.redis.keys import Keys
 from .lines.redis.line import RedisLine
 from .lines.redis.places import RedisPlaces
 from .lines.redis.relay import FlightRelay
+from .lines.redis.running import RunningFlights
 from .lines.redis.tally import RedisTally
 from .linespec import DEFAULT_LINE, LineSpec, default_line
 from .metrics import Metrics
@@ -179,8 +181,8 @@ def _memory_line(stack: AsyncExitStack, gate: Gate) -> _LineParts:
         max_hold_s=settings.upstream_max_hold_s,
         release_per_minute=spec.release_per_minute,
         max_starvation_s=spec.max_starvation_s,
+        starts_allowed=gate.starts_allowed,
     )
-    line.starts_allowed = gate.starts_allowed
     stack.push_async_callback(line.close)
     sessions = None
     if spec.admission is not None:
@@ -230,8 +232,8 @@ async def _shared_line(stack: AsyncExitStack, gate: Gate, log: RequestLog | None
         instance_ttl_s=settings.instance_ttl_s,
         release_per_minute=spec.release_per_minute,
         max_starvation_s=spec.max_starvation_s,
+        starts_allowed=gate.starts_allowed,
     )
-    line.starts_allowed = gate.starts_allowed
     await line.register({"host": socket.gethostname(), "pid": os.getpid(), "started_at": time.time()})
     stack.push_async_callback(line.close)
     sessions = None
@@ -285,28 +287,31 @@ async def _start(
     endings = Endings(core)
     attendance = Attendance(core, endings)
     sink: FlightSink = endings
-    relay = None
+    relay: FlightRelay | None = None
+    follower: FlightFollower | None = None
     if isinstance(line, RedisLine):
         assert parts.redis is not None and isinstance(parts.places, RedisPlaces)
-        relay = FlightRelay(
+        running = RunningFlights()
+        follower = FlightFollower(
             parts.redis,
-            line,
-            parts.places,
+            line.keys,
+            parts.places.instance_id,
             endings,
             core.flights,
             core.positions,
+            running,
             attendance.release,
-            lambda: core.settings.reconnect_grace_s,
         )
+        relay = FlightRelay(parts.redis, line, parts.places, follower, running, lambda: core.settings.reconnect_grace_s)
         sink = relay
-    handover = Handover(core, endings, attendance, relay.follow) if relay else Handover(core, endings, attendance)
+    handover = Handover(core, endings, attendance, follower.follow) if follower else Handover(core, endings, attendance)
     # The line's hooks, fixed here before anything starts.
     if isinstance(line, RedisLine):
-        assert relay is not None
+        assert relay is not None and follower is not None
         line.on_rejoined.append(handover.rejoin)
         line.on_forgotten += [handover.give_back, relay.give_back]
         line.on_reordered.append(core.positions.kick)
-        core.positions.on_view.append(relay.catch_up_started)
+        core.positions.on_view.append(follower.catch_up_started)
     else:
         line.on_moved = core.positions.moved
     if sessions is not None:
@@ -330,7 +335,9 @@ async def _start(
         stack.push_async_callback(board.close)
     metrics.add(spec.name, queue)
     stack.callback(metrics.remove, spec.name)
-    if relay is not None:
+    if relay is not None and follower is not None:
+        follower.start()
+        stack.push_async_callback(follower.stop)  # runs after relay.stop: it hears on while the last events go
         relay.start()
         stack.push_async_callback(relay.stop)
     stack.push_async_callback(pool.stop)

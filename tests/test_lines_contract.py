@@ -237,9 +237,8 @@ async def test_the_release_rate_caps_the_starts_of_any_minute(make_line: MakeLin
 
 
 async def test_nothing_starts_while_the_line_is_held_and_order_is_kept(make_line: MakeLine) -> None:
-    async with make_line(max_size=20, max_concurrent=2, interval_s=0) as line:
-        held = True
-        line.starts_allowed = lambda: not held
+    held = True
+    async with make_line(max_size=20, max_concurrent=2, interval_s=0, starts_allowed=lambda: not held) as line:
         waiting = flights(4)
         for flight in waiting:
             await line.admit(flight)

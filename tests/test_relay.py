@@ -1,5 +1,5 @@
-"""lines/redis/relay.py at unit level: a flight's events carried from the instance that runs it to
-the instance holding its guests, each once and in number order; cancels, moves, dead runners and a
+"""lines/redis/relay.py and follow.py at unit level: a flight's events carried from the instance that
+runs it to the instance holding its guests, each once and in number order; cancels, moves, dead runners and a
 Redis that forgot the line. Real RedisLine, RedisPlaces and redis-server; a recording sink."""
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import redis.asyncio as aioredis
 
 from guestqueue.config import Settings
 from guestqueue.flights import Flights
+from guestqueue.lines.redis.follow import FlightFollower
 from guestqueue.lines.redis.line import RedisLine
 from guestqueue.lines.redis.places import RedisPlaces
 from guestqueue.lines.redis.relay import INTERRUPTED, FlightRelay
+from guestqueue.lines.redis.running import RunningFlights
 from guestqueue.positions import Positions
 from guestqueue.tickets import Flight, Ticket, new_request_id
 from guestqueue.upstream import WorkflowRequest
@@ -78,13 +80,14 @@ class Instance:
     flights: Flights
     sink: Recorder
     relay: FlightRelay
+    follower: FlightFollower
     released: list[str]
 
 
 @asynccontextmanager
 async def instances(url: str, prefix: str, *names: str) -> AsyncIterator[list[Instance]]:
-    """One instance per name (its own client, line, places, flights and relay), on one line, wired as
-    runtime.py wires them; yields once every relay listens."""
+    """One instance per name (its own client, line, places, flights, relay and follower), on one line,
+    wired as runtime.py wires them; yields once every follower listens."""
     async with AsyncExitStack() as stack:
         made: list[Instance] = []
         for name in names:
@@ -106,11 +109,15 @@ async def instances(url: str, prefix: str, *names: str) -> AsyncIterator[list[In
             sink = Recorder(flights)
             released: list[str] = []
             positions = Positions(Settings(), line, flights.waiting)
-            relay = FlightRelay(redis, line, places, sink, flights, positions, released.append, lambda: 0.5)
+            running = RunningFlights()
+            follower = FlightFollower(redis, line.keys, name, sink, flights, positions, running, released.append)
+            relay = FlightRelay(redis, line, places, follower, running, lambda: 0.5)
             line.on_forgotten.append(relay.give_back)
+            follower.start()
+            stack.push_async_callback(follower.stop)
             relay.start()
             stack.push_async_callback(relay.stop)
-            made.append(Instance(redis, line, places, flights, sink, relay, released))
+            made.append(Instance(redis, line, places, flights, sink, relay, follower, released))
         keys = made[0].line.keys
         for channel in (keys.events_channel, keys.cancel_channel, keys.moved_channel):
             await eventually(partial(_listeners, made[0].redis, channel, len(made)), f"relays listening on {channel}")
@@ -366,6 +373,7 @@ async def test_a_dead_runners_calls_go_back_to_the_front_or_end_interrupted(redi
                 dead.relay.emit_chunk(ran, "half")
         await eventually(lambda: _has(dead, spoke.id, 2), "the dead runner's chunk in the stream")
         await dead.relay.stop()  # then it dies, as SIGKILL would: no lease, nothing given back
+        await dead.follower.stop()
         dead.line.halt()
         # Its lease (1 s) runs out; the survivor's janitor (every 0.5 s) takes its calls.
         await wait_until(lambda: survivor.sink.ended(spoke.id), timeout_s=10, message="the interrupted ending")

@@ -15,8 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from guestqueue.requestlog import RequestLog
-from guestqueue.requestlog import log as store
+from guestqueue.requestlog import RequestLog, batches, buffer
 from guestqueue.tickets import Status, Ticket
 
 from .conftest import MockUpstream, ask, serve, start_server_process, stream_events, wait_until
@@ -179,7 +178,7 @@ async def test_rejection_rows_keep_no_query_text_and_one_row_per_client_per_seco
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A flood of refused 4 000-character questions from one address grew the file by tens of MB/s.
-    monkeypatch.setattr(store, "REJECTION_ROW_EVERY_S", 0.3)
+    monkeypatch.setattr(buffer, "REJECTION_ROW_EVERY_S", 0.3)
     log = RequestLog(str(tmp_path / "rejections.db"))
     await log.open()
     question = "x" * 4000
@@ -245,7 +244,7 @@ async def test_the_buffer_is_capped_and_drops_whole_new_requests(tmp_path: Path)
     # The 50 kept requests keep their start and end (dropping those would leave their rows open);
     # the 150 dropped ones and the 100 rejections never take a place.
     assert log.backlog <= 50 * 3 and log.rows_dropped == 150 + 100
-    assert not log._unlogged, "every dropped request ended, so nothing is remembered for it"
+    assert not log._rows._unlogged, "every dropped request ended, so nothing is remembered for it"
     await wait_until(lambda: log.failing, message="writer notices")
     await log._db.execute("PRAGMA query_only = OFF")
     await log.close()
@@ -271,7 +270,7 @@ async def test_health_and_metrics_report_dropped_rows(upstream: MockUpstream, tm
 
 
 async def test_retention_prunes_old_finished_rows_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "PRUNE_BATCH_ROWS", 10)
+    monkeypatch.setattr(batches, "PRUNE_BATCH_ROWS", 10)
     db = tmp_path / "old.db"
     log = RequestLog(str(db))
     await log.open()
@@ -289,7 +288,7 @@ async def test_retention_prunes_old_finished_rows_in_batches(tmp_path: Path, mon
     log = RequestLog(str(db), retention_days=30)
     await log.open()  # the open row from "a crash" is marked abandoned, and is old: pruned too
     await wait_until(lambda: log.rows_pruned == 37, message="old rows pruned")
-    assert log.rows_pruned == 37 and not log._prune_due, "pruned 10 at a time, then waits for the next hour"
+    assert log.rows_pruned == 37 and not log._writer._prune_due, "pruned 10 at a time, then waits for the next hour"
     await log.close()
     assert sorted(_rows(db)) == ["r37", "r38"], "rows younger than 30 days are kept"
     keep = RequestLog(str(db), retention_days=0)  # 0 keeps everything

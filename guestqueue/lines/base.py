@@ -30,7 +30,7 @@ runs the same suite against each):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -72,9 +72,6 @@ class LineView:
 
 class Line(Protocol):
     """Flights waiting to start, in admission order, and the gate that starts them."""
-
-    # The line's mode (gate.py): while it says no (paused), nothing starts and flights keep their places.
-    starts_allowed: Callable[[], bool]
 
     async def admit(self, flight: Flight) -> int:
         """Join at the back; returns the flight's position. Raises LineFull."""

@@ -97,12 +97,14 @@ class MemoryLine:
         release_per_minute: int = 0,
         max_starvation_s: float = 120.0,
         on_moved: Callable[[list[Flight]], None] | None = None,
+        starts_allowed: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``starts_allowed``: the line's mode (gate.py): no start while it says no."""
         self.max_size = max_size
         self.max_concurrent = max_concurrent
         self.interval_s = interval_s
         self.limiter = PacingLimiter(interval_s, max_hold_s=max_hold_s, release_per_minute=release_per_minute)
-        self.starts_allowed: Callable[[], bool] = lambda: True  # the line's mode (gate.py)
+        self.starts_allowed = starts_allowed
         self._slots = asyncio.Semaphore(max_concurrent)
         self._retired: set[asyncio.Task[bool]] = set()  # slots taken out of use by a smaller max_concurrent
         self._running: dict[str, float] = {}  # flight id -> loop time it started

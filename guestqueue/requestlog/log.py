@@ -1,12 +1,7 @@
 """The SQLite request log: one row per request, written by one batching task.
 
-Callers never wait on SQLite: :meth:`RequestLog.record` snapshots the ticket
-into a tuple and appends it to a buffer; the writer task drains the buffer
-with one ``executemany`` of INSERTs (admissions) then one of UPDATEs (start and
-end, on the same row) and one commit per batch. A request's INSERT is always
-recorded before its UPDATEs, so inserts-first keeps every row's order. Each aiosqlite call is a
-thread hop (~85 µs), so per-row awaits would cap the log near 5 000 rows/s;
-batches reach hundreds of thousands.
+Callers never wait on SQLite: :meth:`RequestLog.record` leaves the row in a buffer (buffer.py)
+and the writer task (batches.py) writes the buffer in batches.
 
 Schema (times are Unix seconds, durations milliseconds)::
 
@@ -31,23 +26,11 @@ closed within seconds without a restart, and at once by a restart on its host.
 Rejected rows keep no query text: ``query`` is ``''`` and ``parameters`` holds
 ``{"query_chars": N, "query_sha256": "<first 16 hex digits>"}``. A flood of
 refused 4 000-character questions otherwise grew the file by tens of MB/s.
-They are also sampled: at most one row per client per
-``REJECTION_ROW_EVERY_S``; the next row of that client carries how many were
-left out (``"suppressed": n``), and :attr:`RequestLog.rejections_unlogged`
-counts them all (exact totals per reason are in ``/metrics`` anyway).
+They are also sampled (buffer.py).
 
 Bounds, so a log that cannot keep up or cannot write never takes the process
-down with it:
-
-- the buffer holds at most ``buffer_rows`` rows. Beyond it a *new* request's
-  row (its admission and, later, its start and end) or a rejection row is
-  dropped and counted in :attr:`RequestLog.rows_dropped`; the start and end
-  of a request whose admission is already buffered are always kept, since
-  dropping them would leave its row open (and later called ``abandoned``).
-  Those are at most two per live request, which admission bounds.
-- rows older than ``retention_days`` (and no longer open) are deleted by the
-  writer itself, at start-up and then hourly, ``PRUNE_BATCH_ROWS`` at a time
-  between batches of writes, so pruning never holds the writes up for long.
+down with it: the buffer holds at most ``buffer_rows`` rows (buffer.py), and
+rows older than ``retention_days`` are pruned by the writer (batches.py).
 """
 
 from __future__ import annotations
@@ -56,44 +39,18 @@ import asyncio
 import logging
 import secrets
 import sqlite3
-import time
-from dataclasses import dataclass
-from typing import Any
 
 import aiosqlite
-from cachetools import TTLCache
 
 from ..linespec import DEFAULT_LINE
-from ..tickets import Status, Ticket
-from .rows import admission_row, change_row, rejection_row, valid_row
-from .schema import (
-    INSERT,
-    LEAVE,
-    PREPARE,
-    PRUNE,
-    UPDATE,
-    LogUnavailable,
-    check_path,
-    migrate,
-)
-from .writers import HEARTBEATS_PER_TTL, abandon_dead
+from ..tickets import Ticket
+from .batches import BatchWriter
+from .buffer import RowBuffer
+from .schema import LEAVE, PREPARE, LogUnavailable, check_path, migrate
 
 logger = logging.getLogger("guestqueue.requestlog")
 LOG_BACKLOG_DEGRADED = 10_000  # /health is degraded when this many rows wait to be written
 LOG_DROPS_DEGRADED_S = 300.0  # ... or when the log dropped rows (its buffer was full) this recently
-
-PRUNE_BATCH_ROWS = 2000
-PRUNE_EVERY_S = 3600.0
-RETRY_AFTER_ERROR_S = 1.0
-REJECTION_ROW_EVERY_S = 1.0  # per client
-REJECTION_CLIENTS = 10_000  # clients whose last rejection row is remembered (least recent forgotten first)
-REJECTION_MEMORY_S = 60.0  # ... and for how long, to carry their suppressed count into their next row
-
-
-@dataclass(slots=True)
-class _Sampled:
-    row_at: float  # monotonic time of this client's last rejection row
-    suppressed: int = 0  # rejections since then that got no row
 
 
 class RequestLog:
@@ -123,27 +80,16 @@ class RequestLog:
         self.retention_days = retention_days
         self.instance_ttl_s = instance_ttl_s
         self.instance_id = instance_id or secrets.token_hex(8)
-        self._started_at = time.time()
-        self._heartbeat_due = False
-        self._heartbeat_timer: asyncio.TimerHandle | None = None
+        wake = asyncio.Event()  # the writer's: rows came in, one of its timers fired, or the log closes
+        self._rows = RowBuffer(self.instance_id, buffer_rows, wake)
+        self._writer = BatchWriter(
+            self._rows,
+            wake,
+            instance_id=self.instance_id,
+            instance_ttl_s=instance_ttl_s,
+            retention_days=retention_days,
+        )
         self._db: aiosqlite.Connection | None = None
-        self._inserts: list[tuple[Any, ...]] = []
-        self._updates: list[tuple[Any, ...]] = []
-        self._writing = 0  # rows of the batch being written: still in memory, still count against the buffer
-        self._unlogged: set[str] = set()  # live requests whose admission row was dropped
-        self._sampled: TTLCache[str, _Sampled] = TTLCache(maxsize=REJECTION_CLIENTS, ttl=REJECTION_MEMORY_S)
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._writer: asyncio.Task[None] | None = None
-        self._prune_due = False
-        self._prune_timer: asyncio.TimerHandle | None = None
-        self.rows_written = 0
-        self.rows_dropped = 0
-        self.last_drop_at: float | None = None  # monotonic
-        self.rows_pruned = 0
-        self.rejections_unlogged = 0
-        self.batches = 0
-        self.failing = False
         self.abandoned_at_start = 0
 
     def __repr__(self) -> str:
@@ -152,12 +98,47 @@ class RequestLog:
             f"dropped={self.rows_dropped})"
         )
 
+    # -- what /health and /metrics read ---------------------------------------------------
+
     @property
     def backlog(self) -> int:
-        return len(self._inserts) + len(self._updates) + self._writing
+        return self._rows.backlog
+
+    @property
+    def rows_dropped(self) -> int:
+        return self._rows.rows_dropped
+
+    @property
+    def rejections_unlogged(self) -> int:
+        return self._rows.rejections_unlogged
+
+    @property
+    def rows_written(self) -> int:
+        return self._writer.rows_written
+
+    @property
+    def rows_pruned(self) -> int:
+        return self._writer.rows_pruned
+
+    @property
+    def batches(self) -> int:
+        return self._writer.batches
+
+    @property
+    def failing(self) -> bool:
+        return self._writer.failing
 
     def dropped_within(self, seconds: float) -> bool:
-        return self.last_drop_at is not None and time.monotonic() - self.last_drop_at < seconds
+        return self._rows.dropped_within(seconds)
+
+    def problems(self) -> list[str]:
+        """What /health should say about the log."""
+        problems = []
+        if self.failing or self.backlog > LOG_BACKLOG_DEGRADED:
+            problems.append(f"request log behind ({self.backlog} rows waiting)")
+        if self.dropped_within(LOG_DROPS_DEGRADED_S):
+            problems.append(f"request log dropped {self.rows_dropped} rows (its buffer of {self.buffer_rows} was full)")
+        return problems
 
     async def open(self) -> None:
         check_path(self.path)
@@ -170,7 +151,7 @@ class RequestLog:
             await migrate(db)
             # Take the write lock now: a read-only file fails here, not at the first batch of rows.
             await db.execute("BEGIN IMMEDIATE")
-            self.abandoned_at_start = await self._abandon_dead(db)
+            self.abandoned_at_start = await self._writer.abandon_dead(db)
             await db.commit()
         except BaseException as exc:
             # aiosqlite's thread is not a daemon: left running, it keeps the process from exiting.
@@ -181,10 +162,22 @@ class RequestLog:
         if self.abandoned_at_start:
             logger.warning("marked %d requests left open by a stopped instance as abandoned", self.abandoned_at_start)
         self._db = db
-        self._schedule_heartbeat()
-        self._prune_due = self.retention_days > 0
-        self._writer = asyncio.create_task(self._write_loop(), name="guestqueue-log-writer")
-        self._wake.set()
+        self._writer.start(db)
+
+    async def close(self) -> None:
+        try:
+            await self._writer.stop()
+            if self._db is not None and not self.backlog:
+                await self._db.execute(LEAVE, (self.instance_id,))  # every row of ours is written: none open
+                await self._db.commit()
+        finally:
+            # Even when cancelled (a forced exit): aiosqlite's thread is not a daemon, so a
+            # connection left open keeps the process alive after everything else has stopped.
+            if self._db is not None:
+                db, self._db = self._db, None
+                await db.close()
+
+    # -- recording: never waits ----------------------------------------------------------
 
     def for_line(self, line: str) -> LineRows:
         """The request listener (service.py) of one line: its rows carry the line's name."""
@@ -192,19 +185,11 @@ class RequestLog:
 
     def record(self, ticket: Ticket, line: str = DEFAULT_LINE) -> None:
         """Log the ticket as it is now: its admission (the row's INSERT), its start or its end."""
-        if ticket.status is Status.QUEUED:
-            if self.backlog >= self.buffer_rows:
-                self._unlogged.add(ticket.id)
-                self._dropped()
-                return
-            self._inserts.append(admission_row(ticket, self.instance_id, line))
-        elif ticket.id in self._unlogged:
-            if ticket.done:
-                self._unlogged.discard(ticket.id)
-            return
-        else:
-            self._updates.append(change_row(ticket, self.instance_id))
-        self._wake.set()
+        self._rows.record(ticket, line)
+
+    def record_rejection(self, client: str, query: str, code: str, line: str = DEFAULT_LINE) -> None:
+        """A 429/503: a row without the query's text, at most one per client per ``REJECTION_ROW_EVERY_S``."""
+        self._rows.record_rejection(client, query, code, line)
 
     # -- a RequestListener (core.py): every admission, start and end is a row change --
 
@@ -219,153 +204,6 @@ class RequestLog:
 
     def rejected(self, client: str, query: str, code: str) -> None:
         self.record_rejection(client, query, code)
-
-    def problems(self) -> list[str]:
-        """What /health should say about the log."""
-        problems = []
-        if self.failing or self.backlog > LOG_BACKLOG_DEGRADED:
-            problems.append(f"request log behind ({self.backlog} rows waiting)")
-        if self.dropped_within(LOG_DROPS_DEGRADED_S):
-            problems.append(f"request log dropped {self.rows_dropped} rows (its buffer of {self.buffer_rows} was full)")
-        return problems
-
-    def record_rejection(self, client: str, query: str, code: str, line: str = DEFAULT_LINE) -> None:
-        """A 429/503: a row without the query's text, at most one per client per ``REJECTION_ROW_EVERY_S``."""
-        now = time.monotonic()
-        sampled = self._sampled.get(client)
-        if sampled is not None and now - sampled.row_at < REJECTION_ROW_EVERY_S:
-            sampled.suppressed += 1  # in place: assigning would restart the entry's TTL
-            self.rejections_unlogged += 1
-            return
-        if self.backlog >= self.buffer_rows:
-            self._dropped()
-            return
-        self._sampled[client] = _Sampled(now)
-        suppressed = sampled.suppressed if sampled is not None else 0
-        self._inserts.append(rejection_row(client, query, code, suppressed, self.instance_id, line))
-        self._wake.set()
-
-    async def close(self) -> None:
-        self._closing = True
-        self._wake.set()
-        for timer in (self._prune_timer, self._heartbeat_timer):
-            if timer is not None:
-                timer.cancel()
-        try:
-            if self._writer is not None:
-                await self._writer
-            if self._db is not None and not self.backlog:
-                await self._db.execute(LEAVE, (self.instance_id,))  # every row of ours is written: none open
-                await self._db.commit()
-        finally:
-            # Even when cancelled (a forced exit): aiosqlite's thread is not a daemon, so a
-            # connection left open keeps the process alive after everything else has stopped.
-            if self._db is not None:
-                db, self._db = self._db, None
-                await db.close()
-
-    def _dropped(self) -> None:
-        if not self.rows_dropped:
-            logger.error("request log buffer full (%d rows): dropping new rows", self.buffer_rows)
-        self.rows_dropped += 1
-        self.last_drop_at = time.monotonic()
-
-    async def _write_loop(self) -> None:
-        assert self._db is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            inserts, updates = self._inserts, self._updates
-            self._inserts, self._updates = [], []
-            if inserts or updates:
-                self._writing = len(inserts) + len(updates)
-                try:
-                    await self._db.executemany(INSERT, inserts)
-                    await self._db.executemany(UPDATE, updates)
-                    await self._db.commit()
-                except UnicodeEncodeError:
-                    # Text SQLite cannot take (a lone surrogate): retried as is, this batch would fail
-                    # forever and every later row with it. Write it with U+FFFD instead, at once.
-                    await self._db.rollback()
-                    self._put_back([valid_row(row) for row in inserts], [valid_row(row) for row in updates])
-                    continue
-                except Exception:
-                    # Keep the rows (in order) and try again; /health reports the log as behind.
-                    logger.exception("request log write failed; retrying")
-                    self.failing = True
-                    await self._db.rollback()
-                    self._put_back(inserts, updates)
-                    if self._closing:
-                        return
-                    await asyncio.sleep(RETRY_AFTER_ERROR_S)
-                    continue
-                self.failing = False
-                self._writing = 0
-                self.rows_written += len(inserts) + len(updates)
-                self.batches += 1
-            if self._closing and not self.backlog:
-                return
-            if self._heartbeat_due and not self._closing:
-                await self._heartbeat()
-            if self._prune_due and not self._closing:
-                await self._prune_batch()
-
-    async def _abandon_dead(self, db: aiosqlite.Connection) -> int:
-        return await abandon_dead(db, self.instance_id, self._started_at, self.instance_ttl_s)
-
-    async def _heartbeat(self) -> None:
-        """Tell other instances on this file we are alive; close what dead ones left open."""
-        assert self._db is not None
-        self._heartbeat_due = False
-        try:
-            abandoned = await self._abandon_dead(self._db)
-            await self._db.commit()
-        except Exception:
-            logger.exception("request log heartbeat failed; trying again")
-            await self._db.rollback()
-        else:
-            if abandoned:
-                logger.warning("marked %d requests left open by a stopped instance as abandoned", abandoned)
-        self._schedule_heartbeat()
-
-    def _schedule_heartbeat(self) -> None:
-        self._heartbeat_timer = asyncio.get_running_loop().call_later(
-            self.instance_ttl_s / HEARTBEATS_PER_TTL, self._heartbeat_again
-        )
-
-    def _heartbeat_again(self) -> None:
-        self._heartbeat_due = True
-        self._wake.set()
-
-    async def _prune_batch(self) -> None:
-        """Delete one batch of rows past the retention; wake again for the next, or come back in an hour."""
-        assert self._db is not None
-        cutoff = time.time() - self.retention_days * 86_400
-        try:
-            cursor = await self._db.execute(PRUNE, (cutoff, PRUNE_BATCH_ROWS))
-            await self._db.commit()
-        except Exception:
-            logger.exception("request log pruning failed; trying again later")
-            await self._db.rollback()
-            deleted = 0
-        else:
-            deleted = cursor.rowcount
-            self.rows_pruned += deleted
-        if deleted >= PRUNE_BATCH_ROWS:
-            self._wake.set()  # more to delete, after whatever rows came in meanwhile
-            return
-        self._prune_due = False
-        self._prune_timer = asyncio.get_running_loop().call_later(PRUNE_EVERY_S, self._prune_again)
-
-    def _prune_again(self) -> None:
-        self._prune_due = True
-        self._wake.set()
-
-    def _put_back(self, inserts: list[tuple[Any, ...]], updates: list[tuple[Any, ...]]) -> None:
-        self._writing = 0
-        self._inserts[:0] = inserts
-        self._updates[:0] = updates
-        self._wake.set()
 
 
 class LineRows:

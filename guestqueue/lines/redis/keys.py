@@ -251,3 +251,41 @@ class Keys:
         """A name of SCRIPT_NAMES, as the scripts' ``named(prefix, KEY.<name>, id)`` spells it too."""
         spelled = f"{self.prefix}:{SCRIPT_NAMES[name]}"
         return spelled if id is None else f"{spelled}:{id}"
+
+    # -- the KEYS of the line's scripts, in the order each script reads them ----------------
+
+    def admit_keys(self, flight_id: str) -> list[str]:
+        """scripts/line_admit.lua's."""
+        return [
+            self.slots,
+            self.instances,
+            self.orphans,
+            self.line,
+            self.seq,
+            self.pace,
+            self.request(flight_id),
+            self.aging,
+            self.epoch,
+            self.rebuilding,
+        ]
+
+    @property
+    def start_keys(self) -> list[str]:
+        """scripts/line_start.lua's."""
+        return [
+            self.slots,
+            self.instances,
+            self.orphans,
+            self.line,
+            self.pace,
+            self.retrying,
+            self.releases,
+            self.aging,
+            self.epoch,
+            self.rebuilding,
+        ]
+
+    @property
+    def view_keys(self) -> list[str]:
+        """scripts/line_view.lua's."""
+        return [self.slots, self.instances, self.orphans, self.line, self.pace, self.held, self.releases, self.aging]

@@ -43,15 +43,17 @@ import redis.asyncio as aioredis
 
 from ...errors import LineFull, LineUnavailable
 from ...scripts import load_script
-from ...stopping import raise_if_cancelled, stop_tasks
+from ...stopping import stop_tasks
 from ...tickets import Flight
 from ..base import LineView
 from .boundary import UNAVAILABLE, Spawned, call, logged, text
 from .instances import DeadInstances, Lease, instance_info
 from .keys import Keys
 from .pacer import RedisPacer
-from .records import REQUEST_TTL_S, TIER_SPAN, flight_from, request_fields, running_shares, waiting_shares
-from .wake import MAX_WAKE_WAIT_S, REORDERED, Wake
+from .rebuild import TIER_SPAN, Rebuild
+from .records import REQUEST_TTL_S, request_fields
+from .starts import Limits, Starts
+from .wake import REORDERED, Wake
 
 logger = logging.getLogger("guestqueue.lines.redis.line")
 
@@ -72,32 +74,37 @@ class RedisLine:
         instance_ttl_s: float = 5.0,
         release_per_minute: int = 0,
         max_starvation_s: float = 120.0,
+        starts_allowed: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``starts_allowed``: the line's mode (gate.py), on every instance: no start while it says no."""
         self._redis = redis
-        self.max_starvation_s = max_starvation_s
-        self.release_per_minute = release_per_minute
-        self.starts_allowed: Callable[[], bool] = lambda: True  # the line's mode (gate.py), on every instance
         self.keys = Keys(prefix)
         self.instance_id = instance_id
-        self.max_size = max_size
-        self.max_concurrent = max_concurrent
-        self.interval_ms = round(interval_s * 1000)
-        self.pacer = RedisPacer(redis, self.keys, interval_s=interval_s, max_hold_s=max_hold_s)
-        self._dead = DeadInstances(redis, self.keys)
         self.instance_ttl_s = instance_ttl_s
+        self.limits = Limits(max_size, max_concurrent, round(interval_s * 1000), release_per_minute, max_starvation_s)
+        self.pacer = RedisPacer(redis, self.keys, self.limits, max_hold_s=max_hold_s)
+        self._spawn = Spawned("shared line: a write nobody waits for was not done")
+        self._dead = DeadInstances(redis, self.keys)
         self._lease = Lease(redis, self.keys, instance_id, instance_ttl_s)
         self._wake = Wake(redis, self.keys.wake)
+        self._starts = Starts(
+            redis,
+            self.keys,
+            instance_id,
+            self.limits,
+            lease=self._lease,
+            wake=self._wake,
+            dead=self._dead,
+            spawn=self._spawn,
+            starts_allowed=starts_allowed,
+        )
         self.on_rejoined = self._lease.on_rejoined  # (instances.py)
         self.on_forgotten = self._lease.on_forgotten
         self.on_reordered = self._wake.on_reordered  # (wake.py)
-        self.last_start_mono: float | None = None  # this instance's last start (to pace a rebuilt line)
         self._admit = redis.register_script(load_script("line_admit"))
-        self._start = redis.register_script(load_script("line_start"))
         self._view = redis.register_script(load_script("line_view"))
-        self._rebuild = redis.register_script(load_script("line_rebuild"))
-        self._knock = asyncio.Lock()  # one local worker at a time asks Redis for a start
+        self._rebuild = Rebuild(redis, self.keys, instance_id)
         self._listener: asyncio.Task[None] | None = None
-        self._spawn = Spawned("shared line: a write nobody waits for was not done")
         self._last_view = LineView({}, max_concurrent=max_concurrent)
 
     def __repr__(self) -> str:
@@ -136,18 +143,7 @@ class RedisLine:
     # -- Line ----------------------------------------------------------------------
 
     async def admit(self, flight: Flight) -> int:
-        keys = [
-            self.keys.slots,
-            self.keys.instances,
-            self.keys.orphans,
-            self.keys.line,
-            self.keys.seq,
-            self.keys.pace,
-            self.keys.request(flight.id),
-            self.keys.aging,
-            self.keys.epoch,
-            self.keys.rebuilding,
-        ]
+        keys = self.keys.admit_keys(flight.id)
         pairs = request_fields(flight)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + 2 * self.instance_ttl_s
@@ -158,11 +154,11 @@ class RedisLine:
                 keys,
                 [
                     flight.id,
-                    self.max_size,
-                    self.max_concurrent,
-                    self.interval_ms,
+                    self.limits.max_size,
+                    self.limits.max_concurrent,
+                    self.limits.interval_ms,
                     flight.rank,
-                    round(self.max_starvation_s * 1000),
+                    round(self.limits.max_starvation_s * 1000),
                     self.keys.prefix,
                     known,
                     *pairs,
@@ -208,69 +204,7 @@ class RedisLine:
         return bool(removed)
 
     async def next(self) -> Flight:
-        while True:
-            if not self.starts_allowed():  # paused: ask for no start (the script would take the slot)
-                await asyncio.sleep(MAX_WAKE_WAIT_S)
-                continue
-            async with self._knock:
-                self._wake.woken.clear()
-                try:
-                    reply = await self._try_start()
-                except LineUnavailable:
-                    raise_if_cancelled()
-                    await asyncio.sleep(MAX_WAKE_WAIT_S)
-                    continue
-                kind, value = reply
-                if isinstance(value, Flight):
-                    self.last_start_mono = asyncio.get_running_loop().time()
-                    return value
-                if kind == "forgotten":
-                    await self.notice(value)
-                    continue
-                wait_s = MAX_WAKE_WAIT_S
-                if kind == "pace":
-                    wait_s = min(wait_s, int(value) / 1000)
-                if not self._wake.woken.is_set():  # a wake-up during the call: knock again at once
-                    await self._wake.nap(wait_s)
-
-    async def _try_start(self) -> tuple[str, Any]:
-        keys = [
-            self.keys.slots,
-            self.keys.instances,
-            self.keys.orphans,
-            self.keys.line,
-            self.keys.pace,
-            self.keys.retrying,
-            self.keys.releases,
-            self.keys.aging,
-            self.keys.epoch,
-            self.keys.rebuilding,
-        ]
-        known = self.epoch
-        args = [
-            self.instance_id,
-            self.max_concurrent,
-            self.interval_ms,
-            self.keys.prefix,
-            self.release_per_minute,
-            known,
-        ]
-        # Shielded: a worker cancelled mid-call must not lose a flight the script already popped.
-        call = asyncio.ensure_future(self._call(self._start, keys, args))
-        try:
-            reply = await asyncio.shield(call)
-        except asyncio.CancelledError:
-            call.add_done_callback(self._give_back)
-            raise
-        kind, value = _start_reply(reply)
-        return (kind, known) if kind == "forgotten" else (kind, value)
-
-    def _give_back(self, call: asyncio.Future[Any]) -> None:
-        if call.cancelled() or call.exception() is not None:
-            return
-        kind, flight = _start_reply(call.result())
-        if kind == "go":
-            self._spawn(self.requeue_front(flight))
+        return await self._starts.next()
 
     async def start(self, flight: Flight) -> float:
         return 0.0  # next() granted the slot and the pacing turn in the same script
@@ -283,18 +217,9 @@ class RedisLine:
             await call(pipe.execute())
 
     async def view(self) -> LineView:
-        keys = [
-            self.keys.slots,
-            self.keys.instances,
-            self.keys.orphans,
-            self.keys.line,
-            self.keys.pace,
-            self.keys.held,
-            self.keys.releases,
-            self.keys.aging,
-        ]
+        keys = self.keys.view_keys
         now, order, running, pace, held, infos = await self._call(
-            self._view, keys, [self.keys.prefix, self.release_per_minute]
+            self._view, keys, [self.keys.prefix, self.limits.release_per_minute]
         )
         now = int(now)
         self._last_view = LineView(
@@ -302,7 +227,7 @@ class RedisLine:
             running_s=tuple(max(0.0, (now - int(started)) / 1000) for started in running),
             next_start_s=max(0.0, (int(pace) - now) / 1000),
             held_s=max(0.0, (int(held) - now) / 1000),
-            max_concurrent=self.max_concurrent,
+            max_concurrent=self.limits.max_concurrent,
             instances=tuple(instance_info(json.loads(text(raw))) for raw in infos),
         )
         return self._last_view
@@ -317,9 +242,9 @@ class RedisLine:
         max_starvation_s: float = 120.0,
     ) -> None:
         """New limits, at once: every instance applies the line's new spec within a second."""
-        self.max_size, self.max_concurrent, self.max_starvation_s = max_size, max_concurrent, max_starvation_s
-        self.interval_ms, self.release_per_minute = round(interval_s * 1000), release_per_minute
-        self.pacer.interval_ms = self.interval_ms
+        self.limits.max_size, self.limits.max_concurrent = max_size, max_concurrent
+        self.limits.interval_ms, self.limits.release_per_minute = round(interval_s * 1000), release_per_minute
+        self.limits.max_starvation_s = max_starvation_s
 
     def peek(self) -> LineView:
         return self._last_view
@@ -345,38 +270,29 @@ class RedisLine:
     # -- a line Redis forgot -----------------------------------------------------------
 
     async def rebuild(self, running: list[Flight], waiting: list[Flight]) -> int:
-        """Give back this instance's share of a forgotten line (line_rebuild.lua): ``running``, the flights it
-        runs; ``waiting``, its guests' flights not started, each at its old number. Flights whose
+        """Give back this instance's share of a forgotten line (rebuild.py): ``running``, the flights
+        it runs; ``waiting``, its guests' flights not started, each at its old number. Flights whose
         number this instance never knew are admitted again afterwards, behind. Returns the highest
         number given back."""
         now_mono = asyncio.get_running_loop().time()
-        ago_ms = -1 if self.last_start_mono is None else round((now_mono - self.last_start_mono) * 1000)
-        top = await self._call(
-            self._rebuild,
-            [self.keys.slots, self.keys.line, self.keys.seq, self.keys.pace, self.keys.aging],
-            [
-                self.instance_id,
-                self.keys.prefix,
-                self.interval_ms,
-                ago_ms,
-                REQUEST_TTL_S,
-                json.dumps(running_shares(running, now_mono)),
-                json.dumps(waiting_shares(waiting, self.max_starvation_s)),
-            ],
+        last = self._starts.last_mono
+        ago_ms = -1 if last is None else round((now_mono - last) * 1000)
+        top = await self._rebuild.give_back(
+            running,
+            waiting,
+            now_mono=now_mono,
+            interval_ms=self.limits.interval_ms,
+            last_start_ago_ms=ago_ms,
+            max_starvation_s=self.limits.max_starvation_s,
         )
         unnumbered = [f for f in waiting if f.number == 0]
         if unnumbered:  # after the window (admit waits for it), not in the heartbeat that rebuilds
             self._spawn(self._admit_all(unnumbered))
-        return int(top)
+        return top
 
     async def forgetting(self) -> bool:
-        """Whether Redis forgot the line and the instances are still giving it back (a guest's
-        record may be missing for that moment)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(self.keys.epoch)
-            pipe.exists(self.keys.rebuilding)
-            epoch, rebuilding = await call(pipe.execute())
-        return epoch is None or text(epoch) != self.epoch or bool(rebuilding)
+        """Whether Redis forgot the line and the instances are still giving it back."""
+        return await self._rebuild.under_way(self.epoch)
 
     async def _admit_all(self, flights: list[Flight]) -> None:
         for flight in flights:
@@ -389,11 +305,3 @@ class RedisLine:
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         return await call(script(keys=keys, args=args))
-
-
-def _start_reply(reply: list[Any]) -> tuple[str, Any]:
-    kind = text(reply[0])
-    if kind != "go":
-        return kind, text(reply[1]) if len(reply) > 1 else None
-    raw = [text(x) for x in reply[2:]]
-    return kind, flight_from(text(reply[1]), dict(zip(raw[::2], raw[1::2], strict=True)))

@@ -12,13 +12,14 @@ import redis.asyncio as aioredis
 from ...scripts import load_script
 from .boundary import call, logged
 from .keys import Keys
+from .starts import Limits
 
 
 class RedisPacer:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, interval_s: float, max_hold_s: float) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, limits: Limits, *, max_hold_s: float) -> None:
         self._redis = redis
         self._keys = keys
-        self.interval_ms = round(interval_s * 1000)  # the line's (reconfigured with it)
+        self._limits = limits  # the line's (its interval changes with it)
         self.max_hold_s = max_hold_s
         self._hold = redis.register_script(load_script("line_hold"))
         self._retry = redis.register_script(load_script("line_retry_turn"))
@@ -35,7 +36,7 @@ class RedisPacer:
         token = secrets.token_hex(8)
         keys = [self._keys.pace, self._keys.retrying]
         try:
-            while (wait_ms := int(await call(self._retry(keys=keys, args=[token, self.interval_ms])))) > 0:
+            while (wait_ms := int(await call(self._retry(keys=keys, args=[token, self._limits.interval_ms])))) > 0:
                 await asyncio.sleep(wait_ms / 1000)
         finally:
             given_back = logged(self._redis.zrem(self._keys.retrying, token), "a retry's turn not given back")
