@@ -47,7 +47,8 @@ from .service import QueueService
 from .stats import Stats
 from .upstream import Upstream
 from .views import QueueViews
-from .waitingroom.sessions import MemorySessions, RedisSessions, Sessions
+from .waitingroom.redissessions import RedisSessions
+from .waitingroom.sessions import MemorySessions, Sessions
 from .waitingroom.tokens import TokenSigner
 from .workers import FlightSink, WorkerPool
 

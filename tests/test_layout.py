@@ -1,4 +1,5 @@
-"""The package's shape: no import circles, no imports hidden in functions, nothing imports web/.
+"""The package's shape: no import circles, no imports hidden in functions, nothing imports web/,
+no module or class too big to read at once, Lua and Redis errors each in their one place.
 
 The core (line, service, workers, upstream adapters, log) is usable without
 the web layer; only the entry points (``guestqueue/__init__.py``, ``cli.py``)
@@ -15,6 +16,9 @@ from guestqueue.lines.redis.keys import SCRIPT_NAMES
 from guestqueue.scripts import INCLUDE, NAMES, load_script
 
 PACKAGE = Path(__file__).resolve().parent.parent / "guestqueue"
+TESTS = Path(__file__).resolve().parent
+MAX_MODULE_LINES = 400
+MAX_CLASS_LINES = 250
 ENTRY_POINTS = {"guestqueue", "guestqueue.cli", "guestqueue.__main__"}
 
 
@@ -40,10 +44,14 @@ def _resolve(module: str, path: Path, node: ast.ImportFrom) -> list[str]:
 
 
 def _parse(path: Path) -> ast.Module:
+    return _parse_source(path.read_text())
+
+
+def _parse_source(source: str) -> ast.Module:
     try:
-        return ast.parse(path.read_text())
+        return ast.parse(source)
     except SystemError:  # CPython 3.11.7's "AST constructor recursion depth mismatch" (gh-106905): once more
-        return ast.parse(path.read_text())
+        return ast.parse(source)
 
 
 def _graph() -> tuple[dict[str, set[str]], list[str]]:
@@ -172,3 +180,38 @@ def test_redis_errors_are_mapped_at_one_boundary() -> None:
         if p != boundary and ("redis.exceptions" in p.read_text() or "RedisError" in p.read_text())
     )
     assert not offenders, f"Redis errors caught outside lines/redis/boundary.py: {offenders}"
+
+
+def _sizes(path: Path, source: str) -> list[str]:
+    lines = len(source.splitlines())
+    found = [f"{path.relative_to(PACKAGE)}: {lines} lines"] if lines > MAX_MODULE_LINES else []
+    for node in ast.walk(_parse_source(source)):
+        if isinstance(node, ast.ClassDef) and (size := (node.end_lineno or 0) - node.lineno + 1) > MAX_CLASS_LINES:
+            found.append(f"{path.relative_to(PACKAGE)}: class {node.name} {size} lines")
+    return found
+
+
+def test_no_module_or_class_is_too_big_to_read_at_once() -> None:
+    # Before (issue 23): service.py 834 lines (QueueService 620), linespec.py 650, store.py 625,
+    # lines/redis/line.py 584 (RedisLine 484), config.py 555 (Settings 369), 13 modules over 400.
+    offenders = [found for path in sorted(PACKAGE.rglob("*.py")) for found in _sizes(path, path.read_text())]
+    assert not offenders, offenders
+
+
+def test_the_size_check_finds_a_big_class_and_module() -> None:
+    # The check above must be able to fail: a class one line over, in a module one line over.
+    source = "class Big:\n" + "    x = 1\n" * MAX_CLASS_LINES + "\n" * (MAX_MODULE_LINES - MAX_CLASS_LINES)
+    path = PACKAGE / "big.py"
+    found = _sizes(path, source)
+    assert found == [f"big.py: {MAX_MODULE_LINES + 1} lines", f"big.py: class Big {MAX_CLASS_LINES + 1} lines"], found
+
+
+def test_test_modules_import_no_other_test_module() -> None:
+    # Shared helpers live in tests/support/ (issue 23: 17 test modules imported others' privates).
+    offenders = sorted(
+        f"{path.name} -> {node.module}"
+        for path in TESTS.rglob("test_*.py")
+        for node in ast.walk(_parse(path))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1].startswith("test_")
+    )
+    assert not offenders, offenders

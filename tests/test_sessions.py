@@ -20,7 +20,8 @@ from guestqueue.lines.redis.line import RedisLine
 from guestqueue.linespec import Admission
 from guestqueue.tickets import Flight, new_request_id
 from guestqueue.upstream import WorkflowRequest
-from guestqueue.waitingroom.sessions import MemorySessions, RedisSessions, Sessions
+from guestqueue.waitingroom.redissessions import RedisSessions
+from guestqueue.waitingroom.sessions import MemorySessions, Sessions
 from guestqueue.waitingroom.tokens import InvalidToken, TokenSigner
 
 from .conftest import wait_until
