@@ -194,3 +194,29 @@ async def test_a_lease_runs_out_only_while_someone_beats(redis_url: str, redis_p
         await asyncio.sleep(1.5)  # more than the 1 s lease
         assert await line_b.dead_flights() == []
         assert len((await line_b.view()).running_s) == 1, "a's call still holds the slot"
+
+
+async def test_a_redis_stall_shorter_than_a_lease_takes_no_call_from_a_live_instance(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # Redis asleep for 1.2 s of a 1.5 s lease: instance a's lease runs out meanwhile (its last beat
+    # came 0.5 s before b's), though nobody could beat. Before, only a stall longer than a whole
+    # lease was forgiven: a's silent call was taken for an orphan and asked again on b (a
+    # duplicate upstream call, seen in chaos scenario 8).
+    async with instances(redis_url, redis_prefix, "a", "b", instance_ttl_s=1.5) as (a, b):
+        [flight] = flights(1, "stall")
+        await a.admit(flight)
+        started = await asyncio.wait_for(a.next(), 5)
+        a.halt()
+        b.halt()
+        await a.notice(a.epoch)  # a beats...
+        await asyncio.sleep(0.5)
+        await b.notice(b.epoch)  # ...and b, the last beat before Redis sleeps
+        client = aioredis.from_url(redis_url)
+        try:
+            await client.execute_command("DEBUG", "SLEEP", "1.2")  # type: ignore[no-untyped-call]
+        finally:
+            await client.aclose()
+        view = await b.view()
+        assert view.active == 1 and view.position(started.id) == 0, "a's call is still a's, not back in line"
+        assert await b.dead_flights() == []
