@@ -61,6 +61,8 @@ class TicketStream:
         self._sending_since: float | None = None
         self._last_sent = time.monotonic()
         self._timed_out = False
+        # The process's, fixed for its life (no line sets them): read once, not at each check.
+        self._send_timeout_s, self._ping_s = service.settings.send_timeout_s, service.settings.ping_s
         self.headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -95,7 +97,7 @@ class TicketStream:
             logger.info(
                 "request %s: the guest took no bytes for %gs; let go",
                 self._ticket.id,
-                self._service.settings.send_timeout_s,
+                self._send_timeout_s,
             )
         except OSError:
             pass  # the guest went away mid-send
@@ -117,13 +119,12 @@ class TicketStream:
 
     def check(self, now: float) -> None:
         """The service's pass over open streams: let go of a stuck send, or ping a quiet stream."""
-        settings = self._service.settings
         since = self._sending_since
         if since is not None:
-            if now - since > settings.send_timeout_s and not self._timed_out and self._task is not None:
+            if now - since > self._send_timeout_s and not self._timed_out and self._task is not None:
                 self._timed_out = True
                 self._task.cancel()
-        elif settings.ping_s > 0 and now - self._last_sent >= settings.ping_s:
+        elif self._ping_s > 0 and now - self._last_sent >= self._ping_s:
             self._last_sent = now
             self._ticket.events.nudge()  # wakes the stream with nothing new: it sends a ping
 
