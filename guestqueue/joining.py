@@ -56,10 +56,10 @@ class Joining:
                     "This Idempotency-Key was already used for a different question. Use a new key per question."
                 )
             return known
+        ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key, id=request_id)
         try:
-            ticket = await self._check_and_admit(
-                query, client, parameters, session_id, idempotency_key, request_id, tier
-            )
+            await self._check(ticket)
+            await self._admit(ticket, tier)
         except Rejected:
             if idempotency_key is not None:  # the key may be used again
                 self._core.background.run(places.forget_key(client, idempotency_key, request_id))
@@ -91,16 +91,10 @@ class Joining:
             self._refuse(client, "", exc)
         return None if owner == request_id else await self._handover.find(owner)
 
-    async def _check_and_admit(
-        self,
-        query: str,
-        client: str,
-        parameters: dict[str, Any] | None,
-        session_id: str | None,
-        idempotency_key: str | None,
-        request_id: str,
-        tier: str | None,
-    ) -> Ticket:
+    async def _check(self, ticket: Ticket) -> None:
+        """Refuse ``ticket`` if the line is closed to it or its client is over its share; else its
+        client's count is taken (on a shared line, in Redis too)."""
+        client, query = ticket.client, ticket.query
         core = self._core
         if not self.accepting:
             self._refuse(client, query, ShuttingDown("The service is restarting. Please try again shortly."))
@@ -115,31 +109,25 @@ class Joining:
                 raise ClientLimit(_over_share(noun, max(held, limit)), retry_after_s=self.retry_after_s(1))
         except Rejected as exc:
             self._refuse(client, query, exc)
+
+    async def _admit(self, ticket: Ticket, tier: str | None) -> None:
+        """From the cache, on a flight already asked, or on a new flight in line."""
+        core = self._core
         try:
-            return await self._admit(query, client, parameters, session_id, idempotency_key, request_id, tier)
+            await self._admit_counted(ticket, tier)
         except Rejected:
-            core.background.run(core.places.give_back_client_slot(client))  # the count taken above was not used
+            core.background.run(core.places.give_back_client_slot(ticket.client))  # its count was not used
             raise
 
-    async def _admit(
-        self,
-        query: str,
-        client: str,
-        parameters: dict[str, Any] | None,
-        session_id: str | None,
-        idempotency_key: str | None,
-        request_id: str,
-        tier: str | None,
-    ) -> Ticket:
+    async def _admit_counted(self, ticket: Ticket, tier: str | None) -> None:
         core = self._core
-        ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key, id=request_id)
         # Same question, parameters and session (or none): never another session's answer.
-        key = AnswerCache.key(query, ticket.parameters, session_id) if core.cache is not None else None
+        key = AnswerCache.key(ticket.query, ticket.parameters, ticket.session_id) if core.cache is not None else None
         if key is not None and (cached := await self._cached(key)) is not None:
             ticket.from_cache = True
             self._register(ticket)
             self._endings.answer_from_cache(ticket, cached)
-            return ticket
+            return
         flight = core.flights.riding(key)
         if flight is None:
             flight = await self._join(ticket, key, tier)
@@ -154,7 +142,6 @@ class Joining:
             ticket.events.follow(flight.shared)  # the chunks so far, then the rest as they come
         else:
             core.positions.tell(ticket, max(1, core.positions.view.position(flight.id) or flight.position))
-        return ticket
 
     async def _join(self, ticket: Ticket, key: str | None, tier: str | None) -> Flight:
         """A new flight for ``ticket``, in line."""

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def smoke(args: argparse.Namespace) -> None:
-    args.counts, args.configs, args.settle_s, args.measure_s = "30", "memory-1,redis-2", 0.5, 2.5
+    args.counts, args.configs, args.settle_s, args.measure_s = "30", "redis-2", 0.5, 2.0
     args.dispatch, args.paced, args.interval_s = 15, 8, 0.05
 
 
