@@ -24,6 +24,10 @@ and a due time in a sorted set under ``{prefix}:webhooks:``; any instance claims
 (a claim is a short lease: an instance that dies mid-attempt leaves it to another), so pending
 deliveries survive the death of the instance that made them. Claimed deliveries go to the
 claiming instance's lanes: one URL gets one attempt at a time from each instance.
+
+``outbox.py`` sends (lanes, attempts, signing, retries); ``keeping.py`` (SQLite) and ``shared.py``
+(Redis) keep the deliveries; ``line.py`` is a line's listener and threshold watcher, and the
+shared event stream.
 """
 
 from .line import EventStream, LineWebhooks
