@@ -161,16 +161,21 @@ async def test_health_metrics_and_the_log_cover_every_line(tmp_path: Path, upstr
 
 
 async def test_a_scheduled_window_sets_the_mode_while_it_lasts(tmp_path: Path, upstream: MockUpstream) -> None:
-    def at(offset_s: float) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + offset_s))
+    # The window outlasts a slow start (beside a CPU-heavy process the server took over 2 s to
+    # answer, and a 2 s window had ended): 10 s, then the test waits for its end.
+    ends_at = int(time.time()) + 10
+
+    def at(epoch_s: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
 
     toml = (
         f'[lines.s]\nupstream_url = "{upstream.url(chunks=1)}"\nmessage = "Maintenance until the hour."\n'
-        f'[[lines.s.schedule]]\nstart = {at(-60)}\nend = {at(2)}\nmode = "reject"\n'
+        f'[[lines.s.schedule]]\nstart = {at(time.time() - 60)}\nend = {at(ends_at)}\nmode = "reject"\n'
     )
     async with serve_lines(tmp_path, toml) as (_, lines), httpx.AsyncClient(timeout=10) as client:
         during = await client.post(f"{lines}/s/chat/simple", json={"query": "now?"})
+        assert time.time() < ends_at, "the server took the whole window to start"
         assert during.status_code == 503 and during.json()["error"] == "Maintenance until the hour."
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(max(0.0, ends_at - time.time()) + 0.5)
         after = await client.post(f"{lines}/s/chat/simple", json={"query": "and now?"})
         assert after.status_code == 200 and after.json()["answer"]
