@@ -669,7 +669,10 @@ def _start_on(tmp_path: Path, env: dict[str, str], port: int) -> subprocess.Pope
 async def test_a_guest_can_cancel_on_any_instance(two: list[str], upstream: MockUpstream) -> None:
     tag = "cancel-" + two[0].rsplit(":", 1)[1][:5]
     async with httpx.AsyncClient(timeout=30) as client:
-        holder = asyncio.create_task(client.post(f"{two[0]}/chat/simple", json=tagged_body("hold", tag, delay=0.4)))
+        # The held call lasts about 3 s: the second guest is still in line when its cancel, sent to
+        # the other instance, lands (1.2 s was too short beside other tests once).
+        held = tagged_body("hold", tag, delay=1.0)
+        holder = asyncio.create_task(client.post(f"{two[0]}/chat/simple", json=held))
         while not await upstream.acalls(tag):
             await asyncio.sleep(0.02)
         seen = await _first_events(client, f"{two[0]}/chat", 1, json=tagged_body("changed my mind", tag))
