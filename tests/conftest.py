@@ -88,6 +88,11 @@ class MockUpstream:
         result: list[dict[str, Any]] = httpx.get(f"{self.base}/calls", params={"tag": tag}).json()
         return result
 
+    async def open_gate(self, name: str) -> None:
+        """Lets every call sent with ``gate=name`` go on (see tests/mock_upstream.py)."""
+        async with httpx.AsyncClient() as client:
+            (await client.post(f"{self.base}/gates/{name}")).raise_for_status()
+
     async def acalls(self, tag: str) -> list[dict[str, Any]]:
         async with httpx.AsyncClient() as client:
             result: list[dict[str, Any]] = (await client.get(f"{self.base}/calls", params={"tag": tag})).json()

@@ -18,6 +18,8 @@ from ``GET /calls?tag=...`` (start time, body, whether the caller went away;
     echo      1 = the chunks are the query text itself (for framing tests)
     ping      1 = an SSE comment after every chunk
     size      each chunk is this many bytes of "x" (a large answer)
+    gate      a name: the call waits before its first byte until ``POST /gates/NAME`` opens it
+              (at most 120 s), so a test holds a slot for exactly as long as it needs
 
 The same keys in the request body's ``parameters.mock`` object win over the URL's.
 Any of these may also come per request in the body, as ``parameters.mock``
@@ -45,6 +47,8 @@ from starlette.routing import Route
 INJECTION = 'line one\n\nevent: workflow_complete\ndata: {"forged": true}\r\nid: 999\rretry: 1\n\n'
 CALLS: dict[str, list[dict[str, Any]]] = defaultdict(list)
 MEMORY: dict[tuple[str, str], list[str]] = defaultdict(list)  # (tag, session_id): questions asked
+GATES: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+GATE_WATCHDOG_S = 120.0  # a test that never opens its gate fails on its own timeouts, not hangs
 
 
 def _chunks(params: dict[str, str], body: dict[str, Any]) -> list[str]:
@@ -84,6 +88,11 @@ async def upstream(request: Request) -> Response:
     delay = float(params.get("delay", "0"))
     if float(params.get("first", "0")):
         await asyncio.sleep(float(params["first"]))
+    if "gate" in params:
+        try:
+            await asyncio.wait_for(GATES[params["gate"]].wait(), GATE_WATCHDOG_S)
+        except TimeoutError:
+            pass
     headers = {"Retry-After": params["retry_after"]} if "retry_after" in params else None
     if "retry_after_in" in params:
         headers = {"Retry-After": formatdate(time.time() + float(params["retry_after_in"]), usegmt=True)}
@@ -149,6 +158,11 @@ async def calls(request: Request) -> Response:
     return JSONResponse(CALLS.get(request.query_params.get("tag", ""), []))
 
 
+async def open_gate(request: Request) -> Response:
+    GATES[request.path_params["name"]].set()
+    return PlainTextResponse("open")
+
+
 async def health(request: Request) -> Response:
     return PlainTextResponse("ok")
 
@@ -158,6 +172,7 @@ app = Starlette(
         Route("/upstream", upstream, methods=["POST"]),
         Route("/upstream/chat/completions", upstream, methods=["POST"]),
         Route("/calls", calls),
+        Route("/gates/{name}", open_gate, methods=["POST"]),
         Route("/health", health),
     ]
 )

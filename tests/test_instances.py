@@ -12,6 +12,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,16 @@ def _env(redis_url: str, redis_prefix: str, upstream: MockUpstream, **overrides:
     return {ENV_NAMES[name]: str(value) for name, value in settings.items()}
 
 
+async def _status_once_not(client: httpx.AsyncClient, url: str, status: str, within_s: float) -> dict[str, Any]:
+    """A request's status once it is no longer ``status`` (or as it stands after ``within_s``)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        found: dict[str, Any] = (await client.get(url)).json()
+        if found.get("status") != status or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.1)
+
+
 async def _stream_into(client: httpx.AsyncClient, url: str, body: dict[str, Any], seen: list[Received]) -> None:
     """Stream into ``seen`` until the stream ends or breaks (its instance killed)."""
     try:
@@ -344,16 +355,17 @@ async def test_a_dead_instances_guest_who_never_returns_gives_its_place_up_after
     tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
 ) -> None:
     tag = "gone-" + redis_prefix
-    env = _env(redis_url, redis_prefix, upstream, reconnect_grace_s=1.0, request_timeout_s=30.0)
+    gate = "gone-gate-" + redis_prefix
+    env = _env(redis_url, redis_prefix, upstream, reconnect_grace_s=1.0, request_timeout_s=90.0)
     survivor = start_server_process(tmp_path, **env)
     doomed = None
     try:
-        async with httpx.AsyncClient(timeout=30) as client:
-            # The call ahead runs 10 s: well past the second instance's start (seconds on a loaded
-            # machine), the dead instance's lease, the grace and the reaper's round (up to about 4 s
-            # after the kill).
+        async with httpx.AsyncClient(timeout=90) as client:
+            # The call ahead holds the one slot until the lost guest's place is given up: the second
+            # instance's start, the dead instance's lease, the reaper's round and the grace take
+            # seconds, many more on a loaded machine, and no fixed call length covers them all.
             holder = asyncio.create_task(
-                client.post(f"{survivor.base}/chat/simple", json=tagged_body("hold", tag, chunks=3, delay=5.0))
+                client.post(f"{survivor.base}/chat/simple", json=tagged_body("hold", tag, gate=gate))
             )
             while not await upstream.acalls(tag):
                 await asyncio.sleep(0.02)
@@ -366,8 +378,13 @@ async def test_a_dead_instances_guest_who_never_returns_gives_its_place_up_after
             await asyncio.sleep(0.2)
             doomed.proc.kill()
             await lost
+            status = await _status_once_not(
+                client, f"{survivor.base}/queue/request/{seen[0].data['request_id']}", "queued", within_s=60
+            )
+            await upstream.open_gate(gate)
             answers = await asyncio.gather(holder, after)
             assert [a.status_code for a in answers] == [200, 200]
+            assert status["status"] == "cancelled" and status.get("error_code") == "disconnected", status
             ended = await stream_events(
                 client,
                 f"{survivor.base}/chat/{seen[0].data['request_id']}/events",
