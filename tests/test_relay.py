@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from guestqueue.config import Settings
@@ -419,3 +420,34 @@ async def test_give_back_writes_the_story_again_after_redis_forgot_the_line(redi
             ("chunk", "three"),
             ("completed", []),
         ]
+
+
+@pytest.mark.parametrize("runner_first", [True, False], ids=["runner-first", "guests-first"])
+async def test_a_flight_that_ran_is_not_put_back_in_line_by_an_instance_that_had_not_heard(
+    redis_url: str, redis_prefix: str, runner_first: bool
+) -> None:
+    """Redis forgot the line just after a call started or ended, before the guests' instance heard:
+    that instance still counts the flight as waiting and gives it back so, and whichever instance
+    rebuilds first, the flight must not stand in line again (it would be asked twice)."""
+    async with instances(redis_url, redis_prefix, "runner", "home") as (runner, home):
+        running, ended, waiting = new_flight("running"), new_flight("ended"), new_flight("waiting")
+        for number, flight in enumerate((running, ended, waiting), 1):
+            flight.number = number  # as the home instance knew them at admission
+        ran = runners_copy(running)
+        runner.relay.on_started(ran)
+        done = runners_copy(ended)
+        runner.relay.on_started(done)
+        runner.relay.end_flight_completed(done)
+        await eventually(lambda: _has(runner, ended.id, 2), "the ended flight's story")
+        await runner.redis.flushall()
+        # The runner gives its share back as it does in a server: its next beat finds the line forgotten.
+        gives: list[Callable[[], Awaitable[Any]]] = [
+            partial(runner.line.notice, runner.line.epoch),
+            partial(home.line.rebuild, [], [running, ended, waiting]),
+        ]
+        for give in gives if runner_first else reversed(gives):
+            await give()
+        view = await home.line.view()
+        assert view.position(waiting.id) == 1
+        assert (view.position(running.id), view.position(ended.id)) == (0, 0), "a flight that ran stands in line"
+        runner.relay.end_flight_completed(ran)

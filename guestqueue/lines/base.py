@@ -30,7 +30,7 @@ runs the same suite against each):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -104,10 +104,11 @@ class Line(Protocol):
         slot is free and it waits again at its old place, ahead of everyone admitted after it."""
         ...
 
-    async def rebuild(self, running: list[Flight], waiting: list[Flight]) -> int:
+    async def rebuild(self, running: list[Flight], waiting: list[Flight], ended: Sequence[str] = ()) -> int:
         """A line that forgot (Redis restarted empty): ``running`` (flights this instance runs) hold
-        their slots again, ``waiting`` (its guests' flights) go back at their old numbers. A memory
-        line never forgets."""
+        their slots again, ``waiting`` (its guests' flights) go back at their old numbers unless a
+        runner says they ran (``running``, or ``ended``: ids of flights it ran that ended lately).
+        A memory line never forgets."""
         ...
 
     async def forgetting(self) -> bool:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from sortedcontainers import SortedKeyList
 
@@ -172,7 +172,7 @@ class MemoryLine:
         # One process: a flight stops only when this process does, and its guests with it.
         await self.finish(flight)
 
-    async def rebuild(self, running: list[Flight], waiting: list[Flight]) -> int:
+    async def rebuild(self, running: list[Flight], waiting: list[Flight], ended: Sequence[str] = ()) -> int:
         return 0  # it lives and dies with its process: nothing to give back
 
     async def forgetting(self) -> bool:

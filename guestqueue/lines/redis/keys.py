@@ -77,6 +77,12 @@ class Keys:
         return f"{self.prefix}:rebuilding"
 
     @property
+    def ran(self) -> str:
+        """SET, written while a forgotten line is rebuilt: flights their runner says started (running or
+        lately ended), which a guest's instance that had not heard so must not put back in line."""
+        return f"{self.prefix}:ran"
+
+    @property
     def line(self) -> str:
         """ZSET flight id -> its number: the flights waiting, in admission order."""
         return f"{self.prefix}:line"
@@ -284,6 +290,11 @@ class Keys:
             self.epoch,
             self.rebuilding,
         ]
+
+    @property
+    def rebuild_keys(self) -> list[str]:
+        """scripts/line_rebuild.lua's."""
+        return [self.slots, self.line, self.seq, self.pace, self.aging, self.ran]
 
     @property
     def view_keys(self) -> list[str]:

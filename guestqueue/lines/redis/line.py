@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -269,9 +269,10 @@ class RedisLine:
 
     # -- a line Redis forgot -----------------------------------------------------------
 
-    async def rebuild(self, running: list[Flight], waiting: list[Flight]) -> int:
+    async def rebuild(self, running: list[Flight], waiting: list[Flight], ended: Sequence[str] = ()) -> int:
         """Give back this instance's share of a forgotten line (rebuild.py): ``running``, the flights
-        it runs; ``waiting``, its guests' flights not started, each at its old number. Flights whose
+        it runs; ``waiting``, its guests' flights not started, each at its old number; ``ended``,
+        ids of flights it ran that ended lately (they must not go back in line). Flights whose
         number this instance never knew are admitted again afterwards, behind. Returns the highest
         number given back."""
         now_mono = asyncio.get_running_loop().time()
@@ -280,6 +281,7 @@ class RedisLine:
         top = await self._rebuild.give_back(
             running,
             waiting,
+            list(ended),
             now_mono=now_mono,
             interval_ms=self.limits.interval_ms,
             last_start_ago_ms=ago_ms,

@@ -30,17 +30,20 @@ class Rebuild:
         self,
         running: list[Flight],
         waiting: list[Flight],
+        ended: list[str],
         *,
         now_mono: float,
         interval_ms: int,
         last_start_ago_ms: int,
         max_starvation_s: float,
     ) -> int:
-        """Write back ``running`` and those of ``waiting`` whose number is known; the highest number."""
+        """Write back ``running`` and those of ``waiting`` whose number is known, never one that a
+        runner said ran (``running`` or ``ended``, ids of flights it ran that ended lately); the
+        highest number."""
         keys = self._keys
         top = await call(
             self._script(
-                keys=[keys.slots, keys.line, keys.seq, keys.pace, keys.aging],
+                keys=keys.rebuild_keys,
                 args=[
                     self._instance_id,
                     keys.prefix,
@@ -49,6 +52,7 @@ class Rebuild:
                     REQUEST_TTL_S,
                     json.dumps(running_shares(running, now_mono)),
                     json.dumps(waiting_shares(waiting, max_starvation_s)),
+                    json.dumps(ended),
                 ],
             )
         )

@@ -211,7 +211,9 @@ class FlightRelay:
         story of each (and of those that ended lately) is written to its stream again, so every
         follower hears all of it, each event once (numbers)."""
         running = self._running.all()
-        await self._line.rebuild(running, [])
+        # Every flight it ran that ended lately leaves the line too: its guests' instance may not
+        # have heard it start before Redis forgot, and would give it back as waiting.
+        await self._line.rebuild(running, [], ended=list(self._ended))
         stories: list[tuple[Flight, dict[str, Any] | None]] = [(flight, None) for flight in running]
         # Endings Redis had long before it forgot were read then: only the later ones again.
         since = self._line.good_until - READ_WITHIN_S
