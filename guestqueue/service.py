@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from . import clock
 from .attendance import Attendance, OpenStream
@@ -51,6 +50,8 @@ class QueueService:
         self.attendance = attendance
         self.handover = handover
         self.joining = Joining(core, endings, attendance, handover)
+        # Admit a request, or raise Rejected: joining.py's door itself, so its signature is written once.
+        self.submit = self.joining.submit
         self.tally = tally  # a shared line's totals and recent requests (None: ours are all there is)
         self.upstream_kind = upstream_kind
         self.health_checks = tuple(health_checks)
@@ -189,26 +190,6 @@ class QueueService:
             self.endings.end_all(flight, "shutdown", SHUTDOWN_MESSAGE)
 
     # -- the parts' doors, as the web layer and the workers use them ---------------------
-
-    async def submit(
-        self,
-        query: str,
-        *,
-        client: str,
-        parameters: dict[str, Any] | None = None,
-        session_id: str | None = None,
-        idempotency_key: str | None = None,
-        tier: str | None = None,
-    ) -> Ticket:
-        """Admit a request, or raise a :class:`~guestqueue.errors.Rejected` (joining.py)."""
-        return await self.joining.submit(
-            query,
-            client=client,
-            parameters=parameters,
-            session_id=session_id,
-            idempotency_key=idempotency_key,
-            tier=tier,
-        )
 
     async def find(self, request_id: str, last_event_id: int = 0) -> Ticket | None:
         return await self.handover.find(request_id, last_event_id)
