@@ -52,8 +52,9 @@ def render_conf(
     text = _replace(text, "listen 8080;", f"listen 127.0.0.1:{listen_port};", 1)
     if worker_connections:
         text = _replace(text, "worker_connections 1024;", f"worker_connections {worker_connections};", 1)
-    servers = "".join(f"\n        server 127.0.0.1:{port};" for port in more_upstream_ports)
-    text = _replace(text, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};{servers}", 1)
+    server = "server 127.0.0.1:8000 fail_timeout=1s;"
+    servers = [server.replace("8000", str(port)) for port in (upstream_port, *more_upstream_ports)]
+    text = _replace(text, server, "\n        ".join(servers), 1)
     if read_timeout is not None:
         text = _replace(text, "proxy_read_timeout 700s;", f"proxy_read_timeout {read_timeout};", 2)
     if os.geteuid() == 0:
