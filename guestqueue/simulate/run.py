@@ -14,8 +14,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-import looptime
-
 from ..config import ENV_NAMES, parse_value
 from ..core import QuietListener, RequestListener
 from ..errors import Rejected
@@ -184,6 +182,10 @@ def what_if(spec: LineSpec, **changes: str | None) -> LineSpec:
 
 def simulate(spec: LineSpec, scenario: Scenario) -> Result:
     """Run ``scenario`` against the line on a virtual clock; returns when every guest is done."""
+    # Here, not at the top: looptime imports pytest (0.1 s), which every `guestqueue serve` would
+    # pay, as the command line knows the simulate command.
+    import looptime
+
     began = time.perf_counter()
     # No thread or socket takes part, so the clock may jump as soon as nothing is ready to run
     # (looptime's default first spins 42 idle rounds, for them): half the real time.
