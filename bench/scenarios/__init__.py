@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import beyond, dispatch, eta, logwriter, memory, overhead, scaleout, tenants, waiting
+from . import beyond, compare, dispatch, eta, logwriter, memory, overhead, scaleout, tenants, waiting
 
 SCENARIOS: dict[str, ModuleType] = {
     "overhead": overhead,
@@ -16,4 +16,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "scaleout": scaleout,
     "tenants": tenants,
     "beyond": beyond,
+    "compare": compare,
 }

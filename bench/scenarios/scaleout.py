@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ramp-per-s", type=float, default=1000.0, help="new guests per second, per instance")
     parser.add_argument("--dispatch", type=int, default=150, help="guests in the dispatch burst")
     parser.add_argument("--interval-s", type=float, default=0.1, help="pacing interval")
+    parser.add_argument("--dispatch-instances", type=int, default=3, help="instances in the dispatch and pacing runs")
     parser.add_argument("--paced", type=int, default=40, help="guests waiting on pacing")
     parser.add_argument(
         "--max-per-process",
@@ -54,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def smoke(args: argparse.Namespace) -> None:
     args.counts, args.configs, args.settle_s, args.measure_s = "30", "redis-2", 0.5, 2.0
-    args.dispatch, args.paced, args.interval_s = 15, 8, 0.05
+    args.dispatch, args.paced, args.interval_s, args.dispatch_instances = 16, 8, 0.05, 2
 
 
 class Redis:
@@ -230,9 +231,11 @@ def _dispatch(mock: Server, args: argparse.Namespace) -> dict[str, list[float]]:
     with ExitStack() as stack:
         redis = Redis()
         stack.callback(redis.stop)
-        instances = _instances(stack, url, 3, redis, "bench-dispatch", queue_size=args.dispatch + 10)
+        instances = _instances(
+            stack, url, args.dispatch_instances, redis, "bench-dispatch", queue_size=args.dispatch + 10
+        )
         _calls(mock)
-        share = args.dispatch // 3
+        share = args.dispatch // args.dispatch_instances
         _drive_all(
             [
                 {"kind": "guestqueue", "url": s.base, "mode": "streams", "concurrency": share, "count": share}
@@ -247,10 +250,17 @@ def _dispatch(mock: Server, args: argparse.Namespace) -> dict[str, list[float]]:
         redis = Redis()
         stack.callback(redis.stop)
         instances = _instances(
-            stack, url, 3, redis, "bench-paced", queue_size=args.paced + 10, interval_s=args.interval_s, concurrency=4
+            stack,
+            url,
+            args.dispatch_instances,
+            redis,
+            "bench-paced",
+            queue_size=args.paced + 10,
+            interval_s=args.interval_s,
+            concurrency=4,
         )
         _calls(mock)
-        share = args.paced // 3
+        share = args.paced // args.dispatch_instances
         _drive_all(
             [
                 {"kind": "guestqueue", "url": s.base, "mode": "streams", "concurrency": share, "count": share}
@@ -280,6 +290,7 @@ def run(args: argparse.Namespace) -> Result:
                 "dispatch",
                 "interval_s",
                 "paced",
+                "dispatch_instances",
                 "max_per_process",
             )
         },
@@ -336,8 +347,8 @@ def _tabulate(
     result.tables.append(table)
     gaps, paced = summary(dispatch["gaps_ms"]), summary(dispatch["paced_excess_ms"])
     d = Table(
-        "3 Redis-backed instances: a freed slot's idle time until the next upstream start, and pacing "
-        f"(interval {args.interval_s * 1000:.0f} ms; start-to-start minus the interval), ms",
+        f"{args.dispatch_instances} Redis-backed instances: a freed slot's idle time until the next upstream "
+        f"start, and pacing (interval {args.interval_s * 1000:.0f} ms; start-to-start minus the interval), ms",
         ["measure", "n", "p50", "p99", "max", "min"],
     )
     d.add(
