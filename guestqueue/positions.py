@@ -21,7 +21,7 @@ from . import clock
 from .config import Settings
 from .errors import LineUnavailable
 from .eta import WaitEstimator
-from .events import QUEUED
+from .events import QUEUED, Place
 from .lines.base import Line, LineView
 from .stopping import raise_if_cancelled, stop_tasks
 from .tickets import Flight, Ticket
@@ -144,17 +144,18 @@ class Positions:
 
     def tell(self, ticket: Ticket, position: int) -> None:
         """Publish ``ticket``'s place in line."""
-        ticket.events.publish(
-            QUEUED,
-            {
-                "request_id": ticket.id,
-                "queue_position": position,
-                "total_ahead": position - 1,
-                "queue_size": max(self.view.size, position),
-                "estimated_wait_sec": round(self.estimator.estimate_s(position), 1),
-                **self._notice(),
-            },
-        )
+        place: Place = {
+            "request_id": ticket.id,
+            "queue_position": position,
+            "total_ahead": position - 1,
+            "queue_size": max(self.view.size, position),
+            "estimated_wait_sec": round(self.estimator.estimate_s(position), 1),
+        }
+        notice = self._notice()
+        if notice:  # a line not open: its mode and message too
+            ticket.events.publish(QUEUED, {**place, **notice})
+        else:
+            ticket.events.publish_place(place)
 
     def report(self, flights: Iterable[Flight]) -> None:
         """Tell the guests of ``flights`` their place in the current view."""

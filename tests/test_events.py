@@ -16,6 +16,7 @@ from guestqueue.events import (
     WORKFLOW_COMPLETE,
     Event,
     EventLog,
+    Place,
     SharedAnswer,
     encode_queued,
     encode_sse,
@@ -106,6 +107,28 @@ def test_fast_queued_encoding_matches_the_general_one(position: int, size: int, 
         "estimated_wait_sec": wait,
     }
     assert encode_queued(3, data) == encode_sse(3, QUEUED, {"event": QUEUED, "data": data})
+
+
+@given(
+    position=st.integers(min_value=1, max_value=10**6),
+    size=st.integers(min_value=0, max_value=10**6),
+    wait=st.floats(min_value=0, max_value=10**7).map(lambda w: round(w, 1)),
+    request_id=st.one_of(st.just("0123456789abcdef0123456789abcdef"), st.text(max_size=8)),
+)
+def test_a_place_the_ticker_made_encodes_as_the_general_encoder_would(
+    position: int, size: int, wait: float, request_id: str
+) -> None:
+    place: Place = {
+        "request_id": request_id,
+        "queue_position": position,
+        "total_ahead": position - 1,
+        "queue_size": size,
+        "estimated_wait_sec": wait,
+    }
+    log = EventLog()
+    event = log.publish_place(place)
+    assert event.encode() == encode_sse(1, QUEUED, {"event": QUEUED, "data": dict(place)})
+    assert log.after(0) == [event]
 
 
 @given(st.text())
