@@ -84,6 +84,8 @@ def test_secrets_stay_out_of_repr() -> None:
         ({"GUEST_UPSTREAM_URL": "ftp://example.org/chat"}, "GUEST_UPSTREAM_URL='ftp://example.org/chat'"),
         ({"GUEST_ADMIN_API_KEY": "hunter2"}, "GUEST_ADMIN_API_KEY: must be at least 16 characters"),
         ({"GUEST_PUBLIC_STATUS": "maybe"}, "GUEST_PUBLIC_STATUS='maybe'"),
+        ({"GUEST_HTTP": "h2"}, "GUEST_HTTP='h2'"),
+        ({"GUEST_HTTP": "httptools"}, "GUEST_HTTP='httptools': only behind a proxy"),
     ],
 )
 def test_cli_stops_with_one_line(

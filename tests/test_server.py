@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -16,7 +17,7 @@ import httpx
 from guestqueue import Settings
 from guestqueue.web.server import uvicorn_config
 
-from .conftest import env_without_guest_vars, free_port, serve, wait_for_http
+from .conftest import MockUpstream, env_without_guest_vars, free_port, serve, stream_events, wait_for_http
 
 
 async def connect(base: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -178,3 +179,20 @@ def test_health_stays_reachable_when_idle_sockets_outnumber_file_descriptors(tmp
         proc.terminate()
         proc.wait(timeout=15)
         log.close()
+
+
+async def test_behind_a_trusted_proxy_httptools_serves_the_stream_and_leaves_the_head_limits_to_it(
+    upstream: MockUpstream,
+) -> None:
+    settings: dict[str, Any] = {"http": "httptools", "trusted_proxies": "127.0.0.1", "max_header_bytes": 1024}
+    async with serve(upstream_url=upstream.url(chunks=3), **settings) as running:
+        async with httpx.AsyncClient(timeout=10) as client:
+            events = await stream_events(client, f"{running.base}/chat", json={"query": "q"})
+            # A head over GUEST_MAX_HEADER_BYTES: h11 refuses it (the tests above); httptools leaves
+            # it to the proxy in front, which is why it needs one.
+            health = await client.get(f"{running.base}/health", headers={"X-Big": "a" * 2048})
+        assert [e.name for e in events][-4:] == ["answer_chunk"] * 3 + ["workflow_complete"]
+        assert health.status_code == 200
+        assert running.server is not None
+        protocols = {type(c).__name__ for c in running.server.server_state.connections}
+        assert protocols <= {"HttpToolsProtocol"} and not any("H11" in p for p in protocols), protocols

@@ -79,6 +79,13 @@ class ProcessSettings:
         minimum=None,
     )
     shutdown_grace_s: float = setting("GUEST_SHUTDOWN_GRACE_SEC", 30.0, "on SIGTERM, how long running work may finish")
+    http: str = setting(
+        "GUEST_HTTP",
+        "h11",
+        "HTTP parser: h11 (guards the request head itself) or httptools (faster; it does not, so only "
+        "behind a proxy that limits headers, like nginx.conf: needs GUEST_TRUSTED_PROXIES)",
+        minimum=None,
+    )
     max_header_bytes: int = setting(
         "GUEST_MAX_HEADER_BYTES", 65536, "largest request line plus headers (400 and closed beyond)"
     )

@@ -25,6 +25,7 @@ from .values import (
     ABOVE_ZERO,
     ADMIN_KEY_MIN_CHARS,
     AT_LEAST_ONE,
+    HTTP_PARSERS,
     MAX_TEXT_CHARS,
     MESSAGE_RULES,
     OPENAI_RESERVED_PARAMETERS,
@@ -69,6 +70,12 @@ class Settings(LineSettings, ProcessSettings):
         if self.upstream_kind in ("http", "openai", "python") and not self.upstream_url:
             raise SettingsError(f"GUEST_UPSTREAM_KIND={self.upstream_kind!r} needs GUEST_UPSTREAM_URL")
         self._check_upstream_url()
+        if self.http not in HTTP_PARSERS:
+            raise SettingsError(f"GUEST_HTTP={self.http!r}: must be one of {', '.join(HTTP_PARSERS)}")
+        if self.http == "httptools" and not self.trusted_proxies:
+            raise SettingsError(
+                "GUEST_HTTP='httptools': only behind a proxy that limits request heads (set GUEST_TRUSTED_PROXIES)"
+            )
         if self.upstream_messages not in MESSAGE_RULES:
             raise SettingsError(
                 f"GUEST_UPSTREAM_MESSAGES={self.upstream_messages!r}: must be one of {', '.join(MESSAGE_RULES)}"

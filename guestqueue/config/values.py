@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from redis.asyncio.connection import parse_url as parse_redis_url
 
 UPSTREAM_KINDS = ("auto", "http", "openai", "python", "demo", "pull")
+HTTP_PARSERS = ("h11", "httptools")  # GUEST_HTTP (web/server.py)
 
 
 AT_LEAST_ONE = (

@@ -8,7 +8,10 @@ the recommended edge (nginx.conf), but the server defends itself without it:
   (h11's incomplete-event size, and :class:`HeadLimitedConnection` for a head that
   arrives whole in one read, which h11 does not measure; at 4 bytes or more a
   line, it bounds the number of headers too; beyond it 4xx and the connection
-  closes). httptools, faster, has no such limit (a 1 MB header and 20 000 headers were accepted), hence h11;
+  closes). httptools, faster, has no such limit (a 1 MB header and 20 000 headers were accepted), hence h11
+  by default; ``GUEST_HTTP=httptools`` is for a server behind a proxy that limits heads and
+  times them out itself (nginx.conf), and needs ``GUEST_TRUSTED_PROXIES``: it keeps the
+  connection cap (uvicorn's 503 beyond it) but not the head limits below;
 - a connection whose head is not complete ``GUEST_HEADER_TIMEOUT_SEC`` after it
   opened (or after its first byte, on an idle keep-alive connection) is closed:
   uvicorn has no such timeout, and a client dribbling a byte now and then kept
@@ -143,7 +146,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     """uvicorn's configuration for ``app`` under ``settings``; ``overrides`` are passed on to
     :class:`uvicorn.Config` (``log_level``, ``access_log``, ...) and win."""
     max_connections = settings.max_connections or default_max_connections()
-    protocol = type(
+    protocol: type[GuestH11Protocol] | str = type(
         "GuestH11Protocol",
         (GuestH11Protocol,),
         {
@@ -152,6 +155,11 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
             "max_header_bytes": settings.max_header_bytes,
         },
     )
+    # GuestH11Protocol keeps connections below max_connections by eviction; uvicorn's own check
+    # (503 beyond it) then bounds the requests in flight, with room for connections being closed.
+    limit = max_connections + EVICTION_SLACK
+    if settings.http == "httptools":  # behind a proxy that guards the heads (the settings check that)
+        protocol, limit = "httptools", max_connections
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -163,9 +171,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 5,
         "http": protocol,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
-        # GuestH11Protocol keeps connections below max_connections by eviction; uvicorn's own check
-        # (503 beyond it) then bounds the requests in flight, with room for connections being closed.
-        "limit_concurrency": max_connections + EVICTION_SLACK,
+        "limit_concurrency": limit,
         "backlog": settings.backlog,
         "ws_max_size": settings.max_body_bytes,
         "ws_ping_interval": settings.ping_s or None,
