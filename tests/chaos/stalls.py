@@ -3,7 +3,7 @@ from the operating system's.
 
 A thread sleeps ``tick_s`` at a time and notes how much later than asked it woke. It holds no
 lock of ours and needs the GIL only for a moment, so its lateness is the scheduler's (the whole
-suite runs four processes on two cores), not our event loop's: a loop that blocks does not
+suite runs five processes on two cores), not our event loop's: a loop that blocks does not
 delay it by more than Python's switch interval (5 ms), and so stays caught by the checks.
 """
 
