@@ -89,8 +89,11 @@ def _medians(results: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
     cells: dict[tuple[str, str], list[float]] = {}
     for body in results:
         first = body["tables"][0]
+        names = [row[0] for row in first["rows"]]
         for row in first["rows"]:
-            key = " ".join(str(c) for c in row if not _number(c))
+            # A row is its first cell (a server, a config), and its second too where the first repeats
+            # (the waiting scenario's rows per count); text cells elsewhere (a range) vary by run.
+            key = str(row[0]) if names.count(row[0]) == 1 else f"{row[0]} {row[1]}"
             for column, cell in zip(first["columns"], row, strict=True):
                 if _number(cell):
                     cells.setdefault((key, column), []).append(float(cell))
