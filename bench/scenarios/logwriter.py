@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def smoke(args: argparse.Namespace) -> None:
-    args.rows, args.batch, args.rounds, args.duration_s, args.concurrency = 2_000, 100, 1, 1.0, 4
+    args.rows, args.batch, args.rounds, args.duration_s, args.concurrency = 2_000, 100, 1, 0.5, 4
 
 
 async def _reference_rows_per_s(path: Path, rows: int, batch: int) -> float:

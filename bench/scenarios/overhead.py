@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def smoke(args: argparse.Namespace) -> None:
-    args.rounds, args.duration_s, args.concurrency, args.ttfc_count = 1, 1.0, 4, 10
+    args.rounds, args.duration_s, args.concurrency, args.ttfc_count = 1, 0.5, 4, 10
     args.servers = "direct,relay,guestqueue,guestqueue-openai"
 
 
