@@ -111,14 +111,15 @@ def test_the_compose_example_runs_three_instances_on_one_redis_behind_nginx(tmp_
         Settings.from_env({k: str(v) for k, v in environment.items()})  # every value is a valid setting
     conf = (EXAMPLES / "nginx-compose.conf").read_text()
     for name in instances:
-        assert f"server {name}:8000;" in conf, f"nginx sends guests to {name}"
+        # A short fail_timeout: a rolling restart must not leave nginx without a server (nginx.conf).
+        assert f"server {name}:8000 fail_timeout=1s;" in conf, f"nginx sends guests to {name}"
     block = conf.split("upstream guestqueue {")[1].split("}")[0]
     directives = [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
     assert not any(d.startswith(("ip_hash", "hash ")) for d in directives), "plain round-robin"
     # nginx resolves upstream names when it starts: check the rest with addresses that exist here.
     local = conf
     for n, name in enumerate(instances):
-        local = local.replace(f"server {name}:8000;", f"server 127.0.0.1:{8001 + n};")
+        local = local.replace(f"server {name}:8000 ", f"server 127.0.0.1:{8001 + n} ")
     (tmp_path / "nginx.conf").write_text(local)
     checked = subprocess.run(
         [nginx_binary(), "-t", "-q", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
