@@ -164,6 +164,9 @@ async def _load(
     return await admit_one_by_one(client, base, body, guests, verdict, at_quarters=restart)
 
 
+ENDINGS_WITHIN_S = 120.0  # after the last admission; the scenarios' lines drain in seconds
+
+
 async def admit_one_by_one(
     client: httpx.AsyncClient,
     base: str,
@@ -195,7 +198,15 @@ async def admit_one_by_one(
             verdict.violations.append(f"guest {n} was never admitted")
         admitted_so_far += 1
     await meanwhile
-    return list(await asyncio.gather(*tasks))
+    # A watchdog: a guest whose request never ends must fail the scenario, not hang it (a flight
+    # whose slot was freed but whose ending never reached Redis once left its guest waiting).
+    done, pending = await asyncio.wait(tasks, timeout=ENDINGS_WITHIN_S)
+    for n, task in enumerate(tasks):
+        if task in pending:
+            task.cancel()
+            verdict.violations.append(f"guest {n} heard no ending within {ENDINGS_WITHIN_S:g} s of the last admission")
+    await asyncio.gather(*pending, return_exceptions=True)
+    return [task.result() if task in done else [] for task in tasks]
 
 
 def _judge(verdict: Verdict, results: list[list[Any]], calls: list[dict[str, Any]], db: Path) -> None:
