@@ -72,6 +72,12 @@ class FlightSink(Protocol):
 
     def end_flight_admitted(self, flight: Flight, grant: dict[str, Any]) -> None: ...
 
+    async def ending_sent(self, flight: Flight) -> bool:
+        """Once the flight's ending is where every instance reads it: True, and its slot may be
+        freed; False if it never will be (this instance stops first): the slot stays held, so that
+        the line's recovery of a dead instance's calls ends the flight instead."""
+        ...
+
 
 class Admitter(Protocol):
     """An admission line's sessions (waitingroom/sessions.py): the flight's guest gets a token instead of a call,
@@ -228,8 +234,10 @@ class WorkerPool:
         try:
             if flight.back_in_line:  # a shared line: another instance runs it instead
                 await self._line.requeue_front(flight)
-            else:
+            elif await self._sink.ending_sent(flight):  # a free slot with no ending: nobody would end it
                 await self._line.finish(flight)
+            else:
+                logger.warning("flight %s: its ending was not sent; its slot is left to the recovery", flight.id)
         except LineUnavailable:
             logger.warning("flight %s: could not give its slot back (the line's lease frees it)", flight.id)
 

@@ -4,10 +4,12 @@ on one line, dead instances, and a view whose cost does not grow with the line."
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -15,6 +17,8 @@ from guestqueue.lines.redis.line import RedisLine
 from guestqueue.lines.redis.places import RedisPlaces
 from guestqueue.tickets import Flight, Status, Ticket
 from guestqueue.upstream import WorkflowRequest
+
+ENDING = {"t": "error", "code": "interrupted", "message": "Ask again.", "detail": None}
 
 
 def flights(n: int, tag: str = "q") -> list[Flight]:
@@ -80,8 +84,8 @@ async def test_a_dead_instances_call_that_said_nothing_goes_back_first(redis_url
         got = await asyncio.wait_for(b.next(), 5)
         assert got.id == running.id and 0.5 < time.monotonic() - began < 3
         assert got.request.query == running.request.query
-        found = await asyncio.gather(b.dead_flights(), c.dead_flights())
-        assert [len(f) for f in found] == [0, 0], "nothing left for a survivor to end"
+        found = await asyncio.gather(*(line.end_dead_calls(ENDING, 60) for line in (b, c)))
+        assert found == [[], []], "nothing left for a survivor to end"
 
 
 async def test_a_dead_instances_call_that_had_answered_goes_to_one_survivor(redis_url: str, redis_prefix: str) -> None:
@@ -89,23 +93,27 @@ async def test_a_dead_instances_call_that_had_answered_goes_to_one_survivor(redi
         running, waiting = flights(2)
         await dead.admit(running)
         assert (await dead.next()).id == running.id
-        await dead._redis.xadd(dead.keys.flight_events(running.id), {"e": '{"t": "chunk", "text": "half"}'})
+        stream = dead.keys.flight_events(running.id)
+        for event in ({"t": "started", "n": 0}, {"t": "chunk", "text": "half", "n": 1}):
+            await dead._redis.xadd(stream, {"e": json.dumps(event)})
         await b.admit(waiting)
         die(dead)
         # Its guests saw part of an answer: it must not run again. The slot frees, `waiting` starts,
-        # and exactly one survivor takes the call over (to end it `interrupted`, lines/redis/relay.py).
+        # and exactly one survivor ends the call `interrupted`, numbered after its last chunk.
         got = await asyncio.wait_for(b.next(), 5)
         assert got.id == waiting.id
-        found = await asyncio.gather(b.dead_flights(), c.dead_flights())
-        assert sorted(len(f) for f in found) == [0, 1], "exactly one survivor takes it over"
-        orphan = next(f for f in found if f)[0]
-        assert orphan.id == running.id and orphan.request.query == running.request.query
+        found = await asyncio.gather(*(line.end_dead_calls(ENDING, 60) for line in (b, c)))
+        assert sorted(found) == [[], [running.id]], "exactly one survivor ends it"
+        last: Any = await b._redis.xrevrange(stream, count=1)
+        assert json.loads(last[0][1][b"e"]) == {**ENDING, "n": 2}
+        assert await b._redis.exists(b.keys.request(running.id)) == 0, "its request is over"
+        assert await c.end_dead_calls(ENDING, 60) == [], "and ended once"
         # requeue_front (a stopping instance's call) puts a flight back at its old number.
         (later,) = flights(1, tag="later")
         await c.admit(later)
-        await b.requeue_front(orphan)
+        await b.requeue_front(got)
         view = await c.view()
-        assert view.position(orphan.id) == 1 and view.position(later.id) == 2
+        assert view.position(got.id) == 1 and view.position(later.id) == 2
 
 
 async def test_a_view_costs_the_same_whatever_the_length_of_the_line(redis_url: str, redis_prefix: str) -> None:
@@ -199,7 +207,7 @@ async def test_a_lease_runs_out_only_while_someone_beats(redis_url: str, redis_p
         for line in (line_a, line_b):
             die(line)  # nobody beats, as while Redis slept
         await asyncio.sleep(1.5)  # more than the 1 s lease
-        assert await line_b.dead_flights() == []
+        assert await line_b.end_dead_calls(ENDING, 60) == []
         assert len((await line_b.view()).running_s) == 1, "a's call still holds the slot"
 
 
@@ -226,4 +234,4 @@ async def test_a_redis_stall_shorter_than_a_lease_takes_no_call_from_a_live_inst
             await client.aclose()
         view = await b.view()
         assert view.active == 1 and view.position(started.id) == 0, "a's call is still a's, not back in line"
-        assert await b.dead_flights() == []
+        assert await b.end_dead_calls(ENDING, 60) == []

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from guestqueue.config import Settings
 from guestqueue.flights import Flights
+from guestqueue.lines.redis import relay as relay_module
 from guestqueue.lines.redis.follow import FlightFollower
 from guestqueue.lines.redis.line import RedisLine
 from guestqueue.lines.redis.places import RedisPlaces
@@ -28,6 +29,8 @@ from guestqueue.tickets import Flight, Ticket, new_request_id
 from guestqueue.upstream import WorkflowRequest
 
 from .conftest import wait_until
+from .redis_server import RedisServer
+from .tcp_proxy import TcpProxy
 
 Heard = tuple[str, Any]  # (what, its detail)
 
@@ -72,6 +75,9 @@ class Recorder:
         self.flights.finished(flight)
         self._note(flight, "admitted", grant)
 
+    async def ending_sent(self, flight: Flight) -> bool:
+        return True
+
 
 @dataclass
 class Instance:
@@ -86,13 +92,16 @@ class Instance:
 
 
 @asynccontextmanager
-async def instances(url: str, prefix: str, *names: str) -> AsyncIterator[list[Instance]]:
+async def instances(
+    url: str, prefix: str, *names: str, via: dict[str, str] | None = None
+) -> AsyncIterator[list[Instance]]:
     """One instance per name (its own client, line, places, flights, relay and follower), on one line,
-    wired as runtime.py wires them; yields once every follower listens."""
+    wired as runtime.py wires them; yields once every follower listens. ``via``: an instance's own
+    URL for the same server (through a proxy a test may cut)."""
     async with AsyncExitStack() as stack:
         made: list[Instance] = []
         for name in names:
-            redis = aioredis.from_url(url)
+            redis = aioredis.from_url((via or {}).get(name, url))
             stack.push_async_callback(redis.aclose)
             line = RedisLine(
                 redis,
@@ -385,6 +394,52 @@ async def test_a_dead_runners_calls_go_back_to_the_front_or_end_interrupted(redi
         ]
         assert (await survivor.line.view()).position(silent.id) == 1, "the silent call waits at the front again"
         assert not survivor.sink.ended(silent.id)
+
+
+async def test_a_runner_dying_between_its_last_chunk_and_its_ending_leaves_the_call_held_for_recovery(
+    redis_server: RedisServer, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "FLUSH_TIMEOUT_S", 0.2)  # its shutdown flush gives up at once
+    async with TcpProxy(redis_server.port) as proxy:
+        async with instances(redis_server.url, redis_prefix, "dying", "survivor", via={"dying": proxy.url}) as (
+            dying,
+            survivor,
+        ):
+            held = new_flight()
+            survivor.flights.joined(held)
+            await survivor.line.admit(held)
+            ran = await dying.line.next()
+            dying.relay.on_started(ran)
+            dying.relay.emit_chunk(ran, "all of it")
+            await eventually(lambda: _has(dying, held.id, 2), "the last chunk in the stream")
+            await proxy.cut()  # its ending cannot reach Redis; then it dies
+            dying.relay.end_flight_completed(ran)
+            sent = asyncio.create_task(dying.relay.ending_sent(ran))
+            await dying.relay.stop()
+            await dying.follower.stop()
+            dying.line.halt()
+            assert not await sent, "the worker must not free the slot of an ending nobody heard"
+            slot = await survivor.redis.hget(survivor.line.keys.slots, held.id)
+            assert isinstance(slot, bytes) and slot.startswith(b"dying "), "the dead runner's slot is still held"
+            # Its lease (1 s) runs out; the survivor's janitor ends the call its guests wait for.
+            await wait_until(lambda: survivor.sink.ended(held.id), timeout_s=10, message="the interrupted ending")
+            assert survivor.sink.of(held.id) == [
+                ("started", None),
+                ("chunk", "all of it"),
+                ("error", ("interrupted", INTERRUPTED)),
+            ]
+
+
+async def test_an_ending_is_sent_behind_the_events_before_it(redis_url: str, redis_prefix: str) -> None:
+    async with instances(redis_url, redis_prefix, "runner") as [runner]:
+        flight = new_flight()
+        runner.relay.on_started(flight)
+        for n in range(200):  # a backlog: one round trip each
+            runner.relay.emit_chunk(flight, f"{n} ")
+        runner.relay.end_flight_completed(flight)
+        assert await runner.relay.ending_sent(flight)
+        assert [e["t"] for e in await story(runner, flight.id)] == ["started"] + ["chunk"] * 200 + ["completed"]
+        assert await runner.relay.ending_sent(flight), "and at once after"
 
 
 async def test_give_back_writes_the_story_again_after_redis_forgot_the_line(redis_url: str, redis_prefix: str) -> None:

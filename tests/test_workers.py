@@ -36,6 +36,8 @@ class Recorder:
 
     heard: dict[str, list[Heard]] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # flight ids as they started
+    # A flight's ending on its way (as the relay sends it to Redis): the pool waits for its result.
+    sending: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
 
     def of(self, flight: Flight) -> list[Heard]:
         return self.heard.get(flight.id, [])
@@ -72,6 +74,9 @@ class Recorder:
     def end_flight_admitted(self, flight: Flight, grant: dict[str, Any]) -> None:
         flight.finished = True
         self._note(flight, "admitted", grant)
+
+    async def ending_sent(self, flight: Flight) -> bool:
+        return await self.sending[flight.id] if flight.id in self.sending else True
 
 
 @dataclass
@@ -160,6 +165,26 @@ async def test_the_pool_runs_at_most_max_concurrent_calls_at_once() -> None:
         await run.ended(*flights)
         assert all(run.sink.ending(f) == ("completed", []) for f in flights)
         assert peak == 2, "both slots used, never more"
+
+
+async def test_a_slot_is_freed_only_once_the_ending_is_sent_and_never_if_it_cannot_be() -> None:
+    async with running(echo, max_concurrent_requests=1) as run:
+        sent, unsent, after = (Flight(None, [], WorkflowRequest(new_request_id(), q)) for q in ("a", "b", "c"))
+        loop = asyncio.get_running_loop()
+        run.sink.sending = {sent.id: loop.create_future(), unsent.id: loop.create_future()}
+        await run.line.admit(sent)
+        await run.line.admit(unsent)
+        await run.ended(sent)
+        await asyncio.sleep(0.1)
+        assert run.line.peek().active == 1 and not run.sink.of(unsent), "the slot waits for the ending"
+        run.sink.sending[sent.id].set_result(True)
+        await run.ended(unsent)
+        # This instance stops before the ending reaches the others (Redis away): a free slot with
+        # no ending would leave the guests waiting forever; a held one is recovered as a dead call.
+        run.sink.sending[unsent.id].set_result(False)
+        await run.line.admit(after)
+        await asyncio.sleep(0.2)
+        assert run.line.peek().active == 1 and not run.sink.of(after), "the slot stays held"
 
 
 async def test_a_slow_upstream_ends_with_end_flight_timeout_and_its_call_is_closed() -> None:

@@ -26,7 +26,6 @@ from ...stopping import raise_if_cancelled, stop_tasks
 from ...tickets import Flight
 from .boundary import call, logged, text
 from .keys import Keys
-from .records import flight_from
 
 logger = logging.getLogger("guestqueue.lines.redis.instances")
 
@@ -127,25 +126,24 @@ def _token() -> str:
 
 
 class DeadInstances:
-    """The running flights of instances whose lease ran out: each taken by exactly one survivor
-    (scripts/line_take_orphans.lua), which puts it back at the front or ends it (relay.py decides)."""
+    """The running flights of instances whose lease ran out: one that had said nothing goes back to
+    the front (scripts/live_active.lua), any other ends ``interrupted`` in the script that takes it
+    (scripts/line_take_orphans.lua), so it ends exactly once even if its taker dies too."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
         self._orphans = redis.register_script(load_script("line_take_orphans"))
 
-    async def flights(self) -> list[Flight]:
+    async def end_calls(self, ending: dict[str, Any], stream_ttl_s: int) -> list[str]:
         keys = self._keys
         reply = await call(
-            self._orphans(keys=[keys.slots, keys.instances, keys.orphans, keys.line], args=[keys.prefix])
+            self._orphans(
+                keys=[keys.slots, keys.instances, keys.orphans, keys.line],
+                args=[keys.prefix, json.dumps(ending), stream_ttl_s, keys.events_channel],
+            )
         )
-        flights = []
-        for i in range(0, len(reply), 2):
-            raw = json.loads(text(reply[i + 1]))
-            fields = dict(zip(raw[::2], raw[1::2], strict=True)) if isinstance(raw, list) else {}
-            flights.append(flight_from(text(reply[i]), fields))
-        return flights
+        return [text(flight_id) for flight_id in reply]
 
     async def requeue_front(self, flight: Flight) -> None:
         """Put a flight back in line at its old number: ahead of everyone admitted after it."""

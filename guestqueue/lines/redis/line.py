@@ -14,9 +14,9 @@ choosing the front and taking the slot in which another instance could slip in.
 
 Slots are leases: each instance renews its lease (instances.py); an admission
 line's sessions hold slots too, until their tokens' expiry (waitingroom/sessions.py). A slot whose instance's lease
-ran out does not count, and the next start moves it to the orphans hash, from which exactly
-one survivor takes it (:meth:`RedisLine.dead_flights`) to put the flight back
-at the front or end it (lines/redis/relay.py decides: had a chunk been sent?). Like arq's
+ran out does not count: the next script puts its flight back at the front if it had said
+nothing, else moves it to the orphans hash, where a survivor's
+:meth:`RedisLine.end_dead_calls` ends it ``interrupted`` (lines/redis/relay.py). Like arq's
 job keys, every key name comes from keys.py.
 
 Waiting workers do not poll: changes to the line publish on a wake channel
@@ -259,9 +259,10 @@ class RedisLine:
 
     # -- dead instances --------------------------------------------------------------
 
-    async def dead_flights(self) -> list[Flight]:
-        """The running flights of instances whose lease ran out, each handed to exactly one caller."""
-        return await self._dead.flights()
+    async def end_dead_calls(self, ending: dict[str, Any], stream_ttl_s: int) -> list[str]:
+        """End with ``ending`` (numbered here) the calls of instances whose lease ran out that had
+        said something; the ids ended. Each is ended once, in the script that finds it."""
+        return await self._dead.end_calls(ending, stream_ttl_s)
 
     async def requeue_front(self, flight: Flight) -> None:
         """Put a flight back in line at its old number: ahead of everyone admitted after it."""

@@ -18,7 +18,10 @@ epoch), the runner writes the whole story of its running and recently ended
 flights into their streams again.
 
 Invariant: an event this instance produced reaches Redis, in order, unless
-Redis stays away past the shutdown flush (it is tried again until then).
+Redis stays away past the shutdown flush (it is tried again until then). A
+flight's slot is freed only once its ending is in Redis (``ending_sent``): an
+instance that dies in between leaves a held slot, which the recovery of a dead
+instance's calls ends, never a free slot with no ending, which nobody would.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ INTERRUPTED = "The answer was interrupted. Please ask again."
 RETRY_FIRST_S, RETRY_MAX_S = 0.05, 1.0  # an event waiting for Redis asks again this often
 ENDED_KEPT_S = 120.0  # a flight's story stays here this long after its end, to write again if Redis forgets
 READ_WITHIN_S = 10.0  # an ending in Redis this long before it forgot had been read by every follower
+ENDINGS = frozenset({"completed", "timeout", "error", "admitted"})
 
 
 class FlightRelay:
@@ -77,6 +81,7 @@ class FlightRelay:
         self._relay_event = redis.register_script(load_script("relay_event"))
         self._janitor: asyncio.Task[None] | None = None
         self._sending: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._endings_sent: dict[str, asyncio.Future[None]] = {}  # endings on their way to Redis
         self._sender: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -89,6 +94,8 @@ class FlightRelay:
         except TimeoutError:
             logger.warning("%d flight events not relayed: Redis did not take them", self._sending.qsize())
         await stop_tasks([self._sender, self._janitor])
+        for unsent in self._endings_sent.values():
+            unsent.cancel()
 
     # -- FlightSink: this instance runs the flight --------------------------------
 
@@ -120,35 +127,29 @@ class FlightRelay:
             code, message = "interrupted", INTERRUPTED
         self._end(flight, {"t": "error", "code": code, "message": message, "detail": detail})
 
+    async def ending_sent(self, flight: Flight) -> bool:
+        sent = self._endings_sent.get(flight.id)
+        if sent is not None:
+            await asyncio.wait({sent})  # a worker cancelled meanwhile leaves it waiting
+        return sent is None or not sent.cancelled()
+
     # -- instances that died: their running calls and their guests' places ------------
 
     async def _clean_up_after_the_dead(self) -> None:
-        """Every few seconds (any live instance may do it; each orphan goes to exactly one): a call a
-        dead instance was running is retried from the front if it had sent no chunk, else ends
-        ``interrupted``; places nobody took over within the grace are released (places.py)."""
+        """Every few seconds (any live instance may do it): a call a dead instance was running goes
+        back to the front if it had said nothing, else ends ``interrupted`` (line_take_orphans.lua);
+        places nobody took over within the grace are released (places.py)."""
+        ending = {"t": "error", "code": "interrupted", "message": INTERRUPTED, "detail": None}
         while True:
             await asyncio.sleep(self._line.instance_ttl_s / 2)
             try:
                 with unavailable():
-                    for flight in await self._line.dead_flights():
-                        await self._recover(flight)
+                    for flight_id in await self._line.end_dead_calls(ending, STREAM_TTL_S):
+                        logger.info("flight %s: its instance died mid-answer; it ended interrupted", flight_id)
                     await self._places.reap(self._reconnect_grace_s())
             except LineUnavailable as exc:
                 raise_if_cancelled()
                 logger.warning("could not clean up after dead instances: %s", exc.__cause__ or exc)
-
-    async def _recover(self, flight: Flight) -> None:
-        entries: list[Any] = await self._redis.xrange(self._keys.flight_events(flight.id)) or []
-        kinds = [json.loads(fields[b"e"])["t"] for _, fields in entries]
-        if any(kind in ("completed", "timeout", "error", "admitted") for kind in kinds):
-            return  # it had ended; only its slot was left
-        if "chunk" not in kinds:
-            logger.info("flight %s: its instance died before any chunk; back to the front", flight.id)
-            await self._line.requeue_front(flight)
-            return
-        logger.info("flight %s: its instance died mid-answer; it ends interrupted", flight.id)
-        ending = {"t": "error", "code": "interrupted", "message": INTERRUPTED, "n": kinds.count("chunk") + 1}
-        self._sending.put_nowait((flight.id, ending))
 
     def _end(self, flight: Flight, event: dict[str, Any]) -> None:
         if flight.finished:
@@ -158,6 +159,7 @@ class FlightRelay:
         self._running.drop(flight.id)
         now = asyncio.get_running_loop().time()
         self._ended[flight.id] = (now, flight, event)
+        self._endings_sent[flight.id] = asyncio.get_running_loop().create_future()
         while self._ended and next(iter(self._ended.values()))[0] < now - ENDED_KEPT_S:
             self._ended.popitem(last=False)
         self._publish(flight, event)
@@ -172,6 +174,8 @@ class FlightRelay:
             flight_id, event = await self._sending.get()
             try:
                 await self._deliver(flight_id, event)
+                if event["t"] in ENDINGS and (sent := self._endings_sent.pop(flight_id, None)):
+                    sent.set_result(None)
             finally:
                 self._sending.task_done()
 
