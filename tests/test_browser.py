@@ -801,6 +801,7 @@ HOSTILE = """<script>window.pwned = 1</script>
 """
 ANSWERS = {
     "markdown": MARKDOWN,
+    "held": MARKDOWN,  # stops after its bold words until HELD is set
     "hostile": HOSTILE,
     "arabic": "## ساعات العمل\n\nنفتح **كل يوم**.\n\n- الاثنين: 9\n- الأحد: 10\n\n"
     '| اليوم | نفتح |\n|---|---|\n| الاثنين | 9 |\n\n```python\nprint("hello")\n```\n',
@@ -810,9 +811,16 @@ ANSWERS = {
 async def markdown_answers(request: WorkflowRequest) -> AsyncIterator[str | Chunk]:
     """The chosen answer, in small pieces a little apart: the page renders it while it streams."""
     text = ANSWERS[request.query]
+    held = request.query == "held"
     for start in range(0, len(text), 12):
         await asyncio.sleep(0.04)
         yield text[start : start + 12]
+        if held and "**every day**" in text[: start + 12]:
+            held = False
+            await asyncio.to_thread(HELD.wait, 30)
+
+
+HELD = threading.Event()  # lets the "held" answer go on (a test's page checks it mid-stream first)
 
 
 @contextmanager
@@ -857,10 +865,12 @@ def answer_html(driver: WebDriver, selector: str) -> int:
 
 def test_markdown_answer_renders_while_it_streams(browser: WebDriver, markdown_site: str) -> None:
     open_page(browser, f"{markdown_site}/static/chat.html?theme=light")
-    ask_on_page(browser, "markdown")
+    HELD.clear()
+    ask_on_page(browser, "held")
     # Bold shows as bold before the answer has finished.
     wait(browser).until(lambda d: answer_html(d, "strong") == 1)
     assert ending_of_last_turn(browser) is None, "the answer should still be streaming"
+    HELD.set()
     wait(browser).until(lambda d: ending_of_last_turn(d) == "workflow_complete")
     assert answer_html(browser, "h2") == 1
     assert answer_html(browser, "ul > li") == 2
