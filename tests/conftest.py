@@ -35,6 +35,17 @@ pytest_plugins = ["tests.redis_server"]
 
 HERE = Path(__file__).parent
 
+
+def _cache_bytecode() -> None:
+    """Where PYTHONDONTWRITEBYTECODE is set, every Python process the suite starts (xdist workers,
+    servers, CLI runs, benchmarks) compiled guestqueue again: a quarter of a second of CPU each,
+    half a minute in all. They write it to ``__pycache__`` (git ignores it), as Python does unless
+    told otherwise."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
+_cache_bytecode()
+
 # Short settings so tests finish in seconds; each test overrides what it exercises.
 FAST = {
     "upstream_interval_s": 0.0,
