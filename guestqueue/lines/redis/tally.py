@@ -8,8 +8,10 @@ same global picture. Averages are over every request since the counters
 began (the in-process ``Stats`` averages the last 100), kept as sums and
 counts so that instances can add to them without reading first.
 
-Writes are fire-and-forget pipelines: a lost Redis costs counts, never a
-guest's request.
+Writes are fire-and-forget pipelines, one at a time: what is counted while
+one is on its way goes in the next, so a busy line sends one pipeline per
+round trip, not one per request. A lost Redis costs counts, never a guest's
+request.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class RedisTally:
         self._keys = keys
         self._history_size = history_size
         self._spawn = Spawned("shared totals not updated")
+        self._counts: dict[str, float] = {}  # not sent yet
+        self._recent: list[str] = []
+        self._sending = False
 
     # -- a RequestListener ------------------------------------------------------------
 
@@ -60,17 +65,32 @@ class RedisTally:
         self._write({f"rejection:{code}": 1})
 
     def _write(self, counts: dict[str, float], *, recent: str | None = None) -> None:
-        self._spawn(self._send(counts, recent))
+        for name, value in counts.items():
+            self._counts[name] = self._counts.get(name, 0) + value
+        if recent is not None and self._history_size > 0:
+            self._recent.append(recent)
+        if not self._sending:
+            self._sending = True
+            self._spawn(self._send_all())
 
-    async def _send(self, counts: dict[str, float], recent: str | None) -> None:
+    async def _send_all(self) -> None:
+        try:
+            while self._counts or self._recent:
+                counts, recent = self._counts, self._recent
+                self._counts, self._recent = {}, []
+                await self._send(counts, recent)
+        finally:
+            self._sending = False
+
+    async def _send(self, counts: dict[str, float], recent: list[str]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for name, value in counts.items():
                 if isinstance(value, int):
                     pipe.hincrby(self._keys.totals, name, value)
                 else:
                     pipe.hincrbyfloat(self._keys.totals, name, value)
-            if recent is not None and self._history_size > 0:
-                pipe.lpush(self._keys.recent, recent)
+            if recent:
+                pipe.lpush(self._keys.recent, *recent)
                 pipe.ltrim(self._keys.recent, 0, self._history_size - 1)
             await pipe.execute()
 
