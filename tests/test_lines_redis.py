@@ -15,6 +15,8 @@ import redis.asyncio as aioredis
 
 from guestqueue.lines.redis.line import RedisLine
 from guestqueue.lines.redis.places import RedisPlaces
+from guestqueue.lines.redis.records import REQUEST_TTL_S
+from guestqueue.lines.redis.wake import REORDERED
 from guestqueue.tickets import Flight, Status, Ticket
 from guestqueue.upstream import WorkflowRequest
 
@@ -69,6 +71,28 @@ async def test_one_fifo_across_instances_whichever_runs_the_flight(redis_url: st
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         assert started == [f.request.query for f in admitted]
+
+
+async def test_joining_keeps_the_request_and_wakes_every_instance_in_the_same_script(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async with instances(redis_url, redis_prefix, "A") as [line]:
+        listener = aioredis.from_url(redis_url)
+        pubsub = listener.pubsub()
+        await pubsub.subscribe(line.keys.wake)
+        try:
+            await pubsub.get_message(timeout=1)  # the subscription's confirmation
+            plain, urgent = flights(2)
+            plain.rank = 1  # the line's second tier: the first (rank 0) starts before it
+            assert await line.admit(plain) == 1
+            assert await line.admit(urgent) == 1, "a higher tier joins ahead"
+            for flight in (plain, urgent):
+                assert 0 < await listener.ttl(line.keys.request(flight.id)) <= REQUEST_TTL_S
+            heard = [await pubsub.get_message(timeout=1) for _ in range(2)]
+            assert [m["data"] for m in heard if m] == [b"admit", REORDERED.encode()]
+        finally:
+            await pubsub.aclose()
+            await listener.aclose()
 
 
 async def test_a_dead_instances_call_that_said_nothing_goes_back_first(redis_url: str, redis_prefix: str) -> None:

@@ -1,9 +1,11 @@
 --! include live_active
 --! include aging
 --! include line_epoch
--- A flight joins the line (lines/redis/line.py).
+-- A flight joins the line (lines/redis/line.py), its request kept request_ttl_s, and every instance is
+-- woken: with `reordered` (wake.py's REORDERED) if it joined ahead of others (a higher tier), else 'admit'.
 -- KEYS: slots instances orphans line seq pace request(flight) aging epoch rebuilding
--- ARGV: flight_id max_size max_concurrent interval_ms rank starvation_ms prefix epoch, then field/value pairs
+-- ARGV: flight_id max_size max_concurrent interval_ms rank starvation_ms prefix epoch request_ttl_s wake_channel reordered,
+--       then field/value pairs
 -- Returns {position, size, number} | {'forgotten'} | {'rebuilding', ms} | {'full'}
 local lost = forgotten(KEYS[9], KEYS[10], ARGV[8])
 if lost == 'forgotten' then return {'forgotten'} end
@@ -21,5 +23,8 @@ local seq = redis.call('INCR', KEYS[5])
 local rank = tonumber(ARGV[5])
 redis.call('ZADD', KEYS[4], string.format('%.0f', rank * TIER_SPAN + seq), ARGV[1])
 if rank > 0 then redis.call('ZADD', KEYS[8], now + tonumber(ARGV[6]), ARGV[1]) end
-redis.call('HSET', KEYS[7], 'seq', seq, unpack(ARGV, 9))
-return {redis.call('ZRANK', KEYS[4], ARGV[1]) + 1, redis.call('ZCARD', KEYS[4]), seq}
+redis.call('HSET', KEYS[7], 'seq', seq, unpack(ARGV, 12))
+redis.call('EXPIRE', KEYS[7], tonumber(ARGV[9]))
+local position, size = redis.call('ZRANK', KEYS[4], ARGV[1]) + 1, redis.call('ZCARD', KEYS[4])
+redis.call('PUBLISH', ARGV[10], position < size and ARGV[11] or 'admit')
+return {position, size, seq}

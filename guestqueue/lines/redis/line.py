@@ -46,7 +46,7 @@ from ...scripts import load_script
 from ...stopping import stop_tasks
 from ...tickets import Flight
 from ..base import LineView
-from .boundary import UNAVAILABLE, Spawned, call, logged, text
+from .boundary import UNAVAILABLE, Spawned, call, text
 from .instances import DeadInstances, Lease, instance_info
 from .keys import Keys
 from .pacer import RedisPacer
@@ -161,6 +161,9 @@ class RedisLine:
                     round(self.limits.max_starvation_s * 1000),
                     self.keys.prefix,
                     known,
+                    REQUEST_TTL_S,
+                    self.keys.wake,
+                    REORDERED,
                     *pairs,
                 ],
             )
@@ -177,18 +180,11 @@ class RedisLine:
                 await self.notice(known)
             else:
                 await asyncio.sleep(min(int(reply[1]), 250) / 1000)
-        position, size, flight.number = (int(x) for x in reply)
-        await logged(self._expire_request(flight.id), f"flight {flight.id}: its request's expiry not set")
-        # Joining ahead of others (a higher tier) moves them back: every instance tells its guests now.
-        await logged(
-            self._redis.publish(self.keys.wake, REORDERED if position < size else "admit"),
-            "the other instances not woken",
-        )
+        # One round trip: joining ahead of others (a higher tier) moved them back, and the script
+        # woke every instance (REORDERED) to tell its guests now.
+        position, _, flight.number = (int(x) for x in reply)
         flight.position = position
         return position
-
-    async def _expire_request(self, flight_id: str) -> None:
-        await self._redis.expire(self.keys.request(flight_id), REQUEST_TTL_S)
 
     async def ahead_of(self, rank: int) -> int:
         """Flights of its tier or a higher one (scores below the next tier's); a promotion due but not
