@@ -98,9 +98,10 @@ async def test_pacing_spaces_upstream_starts_across_workers(upstream: MockUpstre
     assert all(r[-1].name == "workflow_complete" for r in results)
     starts = sorted(c["t"] for c in await upstream.acalls(tag))
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    # Seen at the upstream, one call's arrival may lag its start a little (a loaded machine: 12 ms);
-    # the span of the four holds the pacing to within the lag of the first and the last.
-    assert len(starts) == 4 and starts[-1] - starts[0] >= 3 * interval - 0.03, gaps
+    # Seen at the upstream, one call's arrival may lag its start a little (beside a CPU hog: 35 ms
+    # more for the first than for the last); the span of the four holds the pacing to within the
+    # difference of the first's and the last's lag (tests/test_instances.py's SEND_JITTER_S).
+    assert len(starts) == 4 and starts[-1] - starts[0] >= 3 * interval - 0.06, gaps
     assert min(gaps) >= interval - 0.1, gaps  # without pacing the three would start together
 
 

@@ -80,11 +80,11 @@ async def forgetful_redis(upstream: MockUpstream, tmp: Path, *, guests: int, vis
                     room = proxied.removesuffix("/guest") + f"/lines/{ROOM}"
                     visits = asyncio.gather(*(_visit(client, room) for _ in range(visitors)))
                     results = await _load(client, proxied, redis, guests, tag, verdict)
-                    sessions = [s for s in await visits if s is not None]
+                    visited = await visits
         finally:
             instances.stop()
     _judge(verdict, results, await upstream.acalls(tag), db)
-    _judge_sessions(verdict, sessions, visitors)
+    _judge_sessions(verdict, visited)
     return verdict
 
 
@@ -117,9 +117,10 @@ async def trouble(redis: RedisServer, kind: str) -> None:
         await client.aclose()
 
 
-async def _visit(client: httpx.AsyncClient, room: str) -> tuple[float, float] | None:
+async def _visit(client: httpx.AsyncClient, room: str) -> tuple[float, float] | str:
     """Join the waiting room and poll (through nginx, any instance; once a second, under the
-    repo's nginx.conf rate limit) until let in: the session's (issued, expires), or None."""
+    repo's nginx.conf rate limit) until let in: the session's (issued, expires), or what the
+    visitor heard instead."""
     request_id = ""
     for _attempt in range(300):
         try:
@@ -134,11 +135,11 @@ async def _visit(client: httpx.AsyncClient, room: str) -> tuple[float, float] | 
                     expires = float(state["expires_at"])
                     return expires - SESSION_S, expires
                 if state.get("status") not in (None, "queued", "processing"):
-                    return None  # turned away (the oracle counts it as never let in)
+                    return f"{request_id}: {state}"  # turned away
         except httpx.HTTPError:
             pass
         await asyncio.sleep(1.0)
-    return None
+    return f"{request_id or 'no request'}: still waiting after 300 polls"
 
 
 def _judge(verdict: Verdict, results: list[list[Any]], calls: list[dict[str, Any]], db: Path) -> None:
@@ -162,8 +163,10 @@ def _judge(verdict: Verdict, results: list[list[Any]], calls: list[dict[str, Any
     verdict.figures.update(guests=len(results), calls=len(calls), rows=len(rows))
 
 
-def _judge_sessions(verdict: Verdict, sessions: list[tuple[float, float]], visitors: int) -> None:
-    verdict.check(len(sessions) == visitors, f"{visitors - len(sessions)} visitors never let in")
+def _judge_sessions(verdict: Verdict, visited: list[tuple[float, float] | str]) -> None:
+    sessions = [v for v in visited if isinstance(v, tuple)]
+    turned_away = [v for v in visited if isinstance(v, str)]
+    verdict.check(not turned_away, f"{len(turned_away)} visitors never let in: {turned_away[:3]}")
     # A session holds its slot from its issue to its exp (or later: the sweep frees it): the most
     # open at once, over every moment a session began.
     most = max((sum(1 for b, e in sessions if b <= start < e) for start, _ in sessions), default=0)
