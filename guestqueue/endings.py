@@ -83,8 +83,8 @@ class Endings:
                 core.background.run(core.sessions.admitted(ticket.client, ticket.id, grant["expires_at"]))
             self._end(ticket, Status.ADMITTED, ADMITTED, {**grant, "request_id": ticket.id})
 
-    async def ending_sent(self, flight: Flight) -> bool:
-        return True  # this instance's guests heard it as it was called
+    async def release(self, flight: Flight) -> None:
+        await self._core.line.finish(flight)
 
     # -- endings asked for by the other parts -------------------------------------------
 

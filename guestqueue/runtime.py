@@ -35,7 +35,6 @@ from .lines.redis.keys import Keys
 from .lines.redis.line import RedisLine
 from .lines.redis.places import RedisPlaces
 from .lines.redis.relay import FlightRelay
-from .lines.redis.running import RunningFlights
 from .lines.redis.tally import RedisTally
 from .linespec import DEFAULT_LINE, LineSpec, default_line
 from .metrics import Metrics
@@ -292,7 +291,7 @@ async def _start(
     follower: FlightFollower | None = None
     if isinstance(line, RedisLine):
         assert parts.redis is not None and isinstance(parts.places, RedisPlaces)
-        running = RunningFlights()
+        running = line.running
         follower = FlightFollower(
             parts.redis,
             line.keys,

@@ -72,10 +72,10 @@ class FlightSink(Protocol):
 
     def end_flight_admitted(self, flight: Flight, grant: dict[str, Any]) -> None: ...
 
-    async def ending_sent(self, flight: Flight) -> bool:
-        """Once the flight's ending is where every instance reads it: True, and its slot may be
-        freed; False if it never will be (this instance stops first): the slot stays held, so that
-        the line's recovery of a dead instance's calls ends the flight instead."""
+    async def release(self, flight: Flight) -> None:
+        """The flight's call is over and its ending told: its slot is free for the next. (A shared
+        line's relay frees it in the script that sends the ending: never a free slot without an
+        ending, which nobody would recover.)"""
         ...
 
 
@@ -234,10 +234,8 @@ class WorkerPool:
         try:
             if flight.back_in_line:  # a shared line: another instance runs it instead
                 await self._line.requeue_front(flight)
-            elif await self._sink.ending_sent(flight):  # a free slot with no ending: nobody would end it
-                await self._line.finish(flight)
             else:
-                logger.warning("flight %s: its ending was not sent; its slot is left to the recovery", flight.id)
+                await self._sink.release(flight)
         except LineUnavailable:
             logger.warning("flight %s: could not give its slot back (the line's lease frees it)", flight.id)
 

@@ -219,6 +219,34 @@ async def test_a_request_record_is_written_by_its_holder_only_and_never_after_it
             await client.aclose()
 
 
+async def test_a_caller_meeting_a_rebuild_under_way_waits_until_this_instance_gave_back_its_share(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A beat learns Redis's new epoch before it gives back this instance's share: a waiting room's
+    session opened with that epoch meanwhile found no slot, and its visitor was turned away (chaos
+    scenario 8). Whoever meets the rebuild waits for it."""
+    async with instances(redis_url, redis_prefix, "A") as [line]:
+        giving_back, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_give_back() -> None:
+            giving_back.set()
+            await release.wait()
+
+        line.on_forgotten.append(slow_give_back)
+        old = line.epoch
+        # Each test's keys are its own prefix on the session's server, and tests in one process run
+        # one at a time: forgetting everything touches only this test.
+        await line._redis.flushall()
+        rebuild = asyncio.create_task(line.notice(old))
+        await asyncio.wait_for(giving_back.wait(), 5)
+        assert line.epoch != old, "the new epoch is known before the share is given back"
+        waiters = [asyncio.create_task(line.notice(old)), asyncio.create_task(line.settled())]
+        await asyncio.sleep(0.1)
+        assert not any(w.done() for w in waiters), "they wait for the share"
+        release.set()
+        await asyncio.wait_for(asyncio.gather(rebuild, *waiters), 5)
+
+
 async def test_a_lease_runs_out_only_while_someone_beats(redis_url: str, redis_prefix: str) -> None:
     """A gap in every instance's heartbeat longer than a lease is Redis's (asleep, unreachable, back
     from a restart with its data), not the instances': a call running then keeps its slot. On main,

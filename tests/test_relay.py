@@ -23,7 +23,6 @@ from guestqueue.lines.redis.follow import FlightFollower
 from guestqueue.lines.redis.line import RedisLine
 from guestqueue.lines.redis.places import RedisPlaces
 from guestqueue.lines.redis.relay import INTERRUPTED, FlightRelay
-from guestqueue.lines.redis.running import RunningFlights
 from guestqueue.positions import Positions
 from guestqueue.tickets import Flight, Ticket, new_request_id
 from guestqueue.upstream import WorkflowRequest
@@ -75,8 +74,8 @@ class Recorder:
         self.flights.finished(flight)
         self._note(flight, "admitted", grant)
 
-    async def ending_sent(self, flight: Flight) -> bool:
-        return True
+    async def release(self, flight: Flight) -> None:
+        return None
 
 
 @dataclass
@@ -119,7 +118,7 @@ async def instances(
             sink = Recorder(flights)
             released: list[str] = []
             positions = Positions(Settings(), line, flights.waiting)
-            running = RunningFlights()
+            running = line.running
             follower = FlightFollower(redis, line.keys, name, sink, flights, positions, running, released.append)
             relay = FlightRelay(redis, line, places, follower, running, lambda: 0.5)
             line.on_forgotten.append(relay.give_back)
@@ -414,11 +413,10 @@ async def test_a_runner_dying_between_its_last_chunk_and_its_ending_leaves_the_c
             await eventually(lambda: _has(dying, held.id, 2), "the last chunk in the stream")
             await proxy.cut()  # its ending cannot reach Redis; then it dies
             dying.relay.end_flight_completed(ran)
-            sent = asyncio.create_task(dying.relay.ending_sent(ran))
+            await dying.relay.release(ran)  # as its worker does after the ending
             await dying.relay.stop()
             await dying.follower.stop()
             dying.line.halt()
-            assert not await sent, "the worker must not free the slot of an ending nobody heard"
             slot = await survivor.redis.hget(survivor.line.keys.slots, held.id)
             assert isinstance(slot, bytes) and slot.startswith(b"dying "), "the dead runner's slot is still held"
             # Its lease (1 s) runs out; the survivor's janitor ends the call its guests wait for.
@@ -430,16 +428,40 @@ async def test_a_runner_dying_between_its_last_chunk_and_its_ending_leaves_the_c
             ]
 
 
-async def test_an_ending_is_sent_behind_the_events_before_it(redis_url: str, redis_prefix: str) -> None:
+async def test_an_ending_frees_its_slot_in_the_same_script_unless_a_session_holds_it(
+    redis_url: str, redis_prefix: str
+) -> None:
     async with instances(redis_url, redis_prefix, "runner") as [runner]:
-        flight = new_flight()
+        answered, admitted = new_flight("answered"), new_flight("admitted")
+        for flight in (answered, admitted):
+            await runner.line.admit(flight)
+        ran = {(flight := await runner.line.next()).id: flight for _ in range(2)}
+        slots = runner.line.keys.slots
+        for flight in ran.values():
+            runner.relay.on_started(flight)
+        runner.relay.emit_chunk(ran[answered.id], "all")
+        runner.relay.end_flight_completed(ran[answered.id])
+        runner.relay.end_flight_admitted(ran[admitted.id], {"token": "t"})
+        await runner.relay.release(ran[answered.id])  # as its worker does (an admitted flight's does not)
+        await eventually(lambda: _has(runner, answered.id, 3), "the ending in the stream")
+        await eventually(lambda: _has(runner, admitted.id, 2), "the admission in the stream")
+        assert await runner.redis.hexists(slots, answered.id) == 0, "freed with its ending"
+        assert await runner.redis.exists(runner.line.keys.request(answered.id)) == 0
+        assert await runner.redis.hexists(slots, admitted.id) == 1, "the session's now"
+
+
+async def test_a_call_stopped_with_nobody_left_to_tell_frees_its_slot_without_an_ending(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async with instances(redis_url, redis_prefix, "runner") as [runner]:
+        await runner.line.admit(new_flight())
+        flight = await runner.line.next()
         runner.relay.on_started(flight)
-        for n in range(200):  # a backlog: one round trip each
-            runner.relay.emit_chunk(flight, f"{n} ")
-        runner.relay.end_flight_completed(flight)
-        assert await runner.relay.ending_sent(flight)
-        assert [e["t"] for e in await story(runner, flight.id)] == ["started"] + ["chunk"] * 200 + ["completed"]
-        assert await runner.relay.ending_sent(flight), "and at once after"
+        flight.finished = True  # running.py's stop: its last guest left, its job is cancelled
+        await runner.relay.release(flight)
+        assert await runner.redis.hexists(runner.line.keys.slots, flight.id) == 0
+        await asyncio.sleep(0.1)
+        assert [e["t"] for e in await story(runner, flight.id)] == ["started"]
 
 
 async def test_give_back_writes_the_story_again_after_redis_forgot_the_line(redis_url: str, redis_prefix: str) -> None:

@@ -35,9 +35,9 @@ class Recorder:
     """A FlightSink that writes down what it hears, and marks the flight as endings.py does."""
 
     heard: dict[str, list[Heard]] = field(default_factory=dict)
+    line: MemoryLine | None = None  # whose slots it frees, as endings.py does
     order: list[str] = field(default_factory=list)  # flight ids as they started
-    # A flight's ending on its way (as the relay sends it to Redis): the pool waits for its result.
-    sending: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
+    released: list[tuple[str, bool]] = field(default_factory=list)  # (flight id, had it ended then)
 
     def of(self, flight: Flight) -> list[Heard]:
         return self.heard.get(flight.id, [])
@@ -75,8 +75,10 @@ class Recorder:
         flight.finished = True
         self._note(flight, "admitted", grant)
 
-    async def ending_sent(self, flight: Flight) -> bool:
-        return await self.sending[flight.id] if flight.id in self.sending else True
+    async def release(self, flight: Flight) -> None:
+        self.released.append((flight.id, self.ending(flight) is not None))
+        if self.line is not None:
+            await self.line.finish(flight)
 
 
 @dataclass
@@ -111,7 +113,7 @@ async def running(workflow: Workflow, **overrides: Any) -> AsyncIterator[Running
     line = MemoryLine(
         max_size=100, max_concurrent=settings.max_concurrent_requests, interval_s=settings.upstream_interval_s
     )
-    sink = Recorder()
+    sink = Recorder(line=line)
     paced: list[float] = []
     pool = WorkerPool(settings, line, line, PythonUpstream(workflow), sink, on_paced=paced.append)
     pool.start()
@@ -167,24 +169,12 @@ async def test_the_pool_runs_at_most_max_concurrent_calls_at_once() -> None:
         assert peak == 2, "both slots used, never more"
 
 
-async def test_a_slot_is_freed_only_once_the_ending_is_sent_and_never_if_it_cannot_be() -> None:
+async def test_the_sink_frees_each_slot_after_its_ending() -> None:
     async with running(echo, max_concurrent_requests=1) as run:
-        sent, unsent, after = (Flight(None, [], WorkflowRequest(new_request_id(), q)) for q in ("a", "b", "c"))
-        loop = asyncio.get_running_loop()
-        run.sink.sending = {sent.id: loop.create_future(), unsent.id: loop.create_future()}
-        await run.line.admit(sent)
-        await run.line.admit(unsent)
-        await run.ended(sent)
-        await asyncio.sleep(0.1)
-        assert run.line.peek().active == 1 and not run.sink.of(unsent), "the slot waits for the ending"
-        run.sink.sending[sent.id].set_result(True)
-        await run.ended(unsent)
-        # This instance stops before the ending reaches the others (Redis away): a free slot with
-        # no ending would leave the guests waiting forever; a held one is recovered as a dead call.
-        run.sink.sending[unsent.id].set_result(False)
-        await run.line.admit(after)
-        await asyncio.sleep(0.2)
-        assert run.line.peek().active == 1 and not run.sink.of(after), "the slot stays held"
+        flights = await run.admit("a", "b")
+        await wait_until(lambda: len(run.sink.released) == 2, message="both released")
+        assert run.sink.released == [(f.id, True) for f in flights]
+        assert run.line.peek().active == 0
 
 
 async def test_a_slow_upstream_ends_with_end_flight_timeout_and_its_call_is_closed() -> None:

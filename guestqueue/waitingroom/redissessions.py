@@ -67,6 +67,7 @@ class RedisSessions:
         keys = self._keys
         exp_ms = round(grant.expires_at * 1000)
         for _attempt in range(3):
+            await self._line.settled()  # its slot may be on its way back to a forgetful Redis
             known = self._line.epoch
             opened = int(
                 await self._call(

@@ -39,6 +39,7 @@ class Lease:
         self._info: dict[str, str] = {}
         self._registered = False
         self._noticing = asyncio.Lock()  # one rebuild at a time, whoever noticed first
+        self._beating: asyncio.Task[Any] | None = None  # the task holding it
         self._task: asyncio.Task[None] | None = None
         self.epoch = ""  # the line's epoch as this instance knows it ("" before registering)
         # When Redis last answered a heartbeat as the same line (loop clock): what was written before
@@ -59,39 +60,58 @@ class Lease:
 
     async def beat(self) -> None:
         async with self._noticing:
-            pairs = [x for kv in self._info.items() for x in kv]
-            ttl_ms = round(self.ttl_s * 1000)
-            reply = self._beat(keys=self._beat_keys(), args=[self.instance_id, ttl_ms, self.epoch, _token(), *pairs])
-            fresh, epoch, forgot = await call(reply)
-            self.epoch = text(epoch)
-            now = asyncio.get_running_loop().time()
-            if forgot:
-                logger.warning(
-                    "Redis forgot the shared line (restarted empty, or flushed): instance %s gives "
-                    "back its flights, guests and sessions",
-                    self.instance_id,
-                )
-                for give_back in self.on_forgotten:
-                    await give_back()
-            elif fresh and self._registered:  # we were taken for dead (cut off or stalled past our lease)
-                logger.warning(
-                    "instance %s was taken for dead (no beat for %.1f s, its lease is %g s): a call "
-                    "it runs that said nothing may be asked again elsewhere",
-                    self.instance_id,
-                    now - self.good_until,
-                    self.ttl_s,
-                )
-                for rejoin in self.on_rejoined:
-                    await rejoin()
-            elif fresh:
-                logger.info("instance %s registered on the shared line", self.instance_id)
-            self._registered = True
-            self.good_until = now
+            self._beating = asyncio.current_task()
+            try:
+                await self._beat_now()
+            finally:
+                self._beating = None
+
+    async def _beat_now(self) -> None:
+        pairs = [x for kv in self._info.items() for x in kv]
+        ttl_ms = round(self.ttl_s * 1000)
+        reply = self._beat(keys=self._beat_keys(), args=[self.instance_id, ttl_ms, self.epoch, _token(), *pairs])
+        fresh, epoch, forgot = await call(reply)
+        self.epoch = text(epoch)
+        now = asyncio.get_running_loop().time()
+        if forgot:
+            logger.warning(
+                "Redis forgot the shared line (restarted empty, or flushed): instance %s gives "
+                "back its flights, guests and sessions",
+                self.instance_id,
+            )
+            for give_back in self.on_forgotten:
+                await give_back()
+        elif fresh and self._registered:  # we were taken for dead (cut off or stalled past our lease)
+            logger.warning(
+                "instance %s was taken for dead (no beat for %.1f s, its lease is %g s): a call "
+                "it runs that said nothing may be asked again elsewhere",
+                self.instance_id,
+                now - self.good_until,
+                self.ttl_s,
+            )
+            for rejoin in self.on_rejoined:
+                await rejoin()
+        elif fresh:
+            logger.info("instance %s registered on the shared line", self.instance_id)
+        self._registered = True
+        self.good_until = now
 
     async def notice(self, known: str) -> None:
-        """A script found Redis's epoch is not ``known``: beat now (which rebuilds, once)."""
+        """A script found Redis's epoch is not ``known``: beat now (which rebuilds, once), or wait
+        for the rebuild a beat under way began."""
         if self.epoch == known:  # nobody has handled it yet
             await self.beat()
+        else:
+            await self.settled()
+
+    async def settled(self) -> None:
+        """Once no rebuild is under way. A beat learns the new epoch before it gives back this
+        instance's share: a script run with that epoch meanwhile would find the share missing (a
+        waiting room's session found no slot, and its guest was turned away)."""
+        if self._beating is not None and self._beating is asyncio.current_task():
+            return  # called from the rebuild itself
+        async with self._noticing:
+            pass
 
     async def end(self) -> None:
         """Stop beating. The lease ends now rather than vanishing: guests this instance handed off

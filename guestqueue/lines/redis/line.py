@@ -52,6 +52,7 @@ from .keys import Keys
 from .pacer import RedisPacer
 from .rebuild import TIER_SPAN, Rebuild
 from .records import REQUEST_TTL_S, request_fields
+from .running import RunningFlights
 from .starts import Limits, Starts
 from .wake import REORDERED, Wake
 
@@ -85,6 +86,10 @@ class RedisLine:
         self.pacer = RedisPacer(redis, self.keys, self.limits, max_hold_s=max_hold_s)
         self._spawn = Spawned("shared line: a write nobody waits for was not done")
         self._dead = DeadInstances(redis, self.keys)
+        # The flights this instance runs, from their grant (next): a rebuild that began before the
+        # worker told its start gives their slots back too (else its guests' instance gives the
+        # flight back as waiting, and it is asked twice).
+        self.running = RunningFlights()
         self._lease = Lease(redis, self.keys, instance_id, instance_ttl_s)
         self._wake = Wake(redis, self.keys.wake)
         self._starts = Starts(
@@ -128,6 +133,10 @@ class RedisLine:
     async def notice(self, known: str) -> None:
         """A script found Redis's epoch is not ``known``: beat now (which rebuilds, once)."""
         await self._lease.notice(known)
+
+    async def settled(self) -> None:
+        """Once no rebuild of a line Redis forgot is under way here (instances.py)."""
+        await self._lease.settled()
 
     def halt(self) -> None:
         """Stop beating and listening, giving nothing back: what a killed process leaves (tests)."""
@@ -200,7 +209,9 @@ class RedisLine:
         return bool(removed)
 
     async def next(self) -> Flight:
-        return await self._starts.next()
+        flight = await self._starts.next()
+        self.running.add(flight)
+        return flight
 
     async def start(self, flight: Flight) -> float:
         return 0.0  # next() granted the slot and the pacing turn in the same script

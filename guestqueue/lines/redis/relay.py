@@ -19,9 +19,9 @@ flights into their streams again.
 
 Invariant: an event this instance produced reaches Redis, in order, unless
 Redis stays away past the shutdown flush (it is tried again until then). A
-flight's slot is freed only once its ending is in Redis (``ending_sent``): an
-instance that dies in between leaves a held slot, which the recovery of a dead
-instance's calls ends, never a free slot with no ending, which nobody would.
+flight's slot is freed by the script that appends its ending: an instance that
+dies before leaves a held slot, which the recovery of a dead instance's calls
+ends, never a free slot with no ending, which nobody would recover.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ INTERRUPTED = "The answer was interrupted. Please ask again."
 RETRY_FIRST_S, RETRY_MAX_S = 0.05, 1.0  # an event waiting for Redis asks again this often
 ENDED_KEPT_S = 120.0  # a flight's story stays here this long after its end, to write again if Redis forgets
 READ_WITHIN_S = 10.0  # an ending in Redis this long before it forgot had been read by every follower
-ENDINGS = frozenset({"completed", "timeout", "error", "admitted"})
 
 
 class FlightRelay:
@@ -80,8 +79,8 @@ class FlightRelay:
         self._ended: OrderedDict[str, tuple[float, Flight, dict[str, Any]]] = OrderedDict()
         self._relay_event = redis.register_script(load_script("relay_event"))
         self._janitor: asyncio.Task[None] | None = None
-        self._sending: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        self._endings_sent: dict[str, asyncio.Future[None]] = {}  # endings on their way to Redis
+        # (flight id, event, whether its slot is freed with it): in the order they happened.
+        self._sending: asyncio.Queue[tuple[str, dict[str, Any], bool]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -94,8 +93,6 @@ class FlightRelay:
         except TimeoutError:
             logger.warning("%d flight events not relayed: Redis did not take them", self._sending.qsize())
         await stop_tasks([self._sender, self._janitor])
-        for unsent in self._endings_sent.values():
-            unsent.cancel()
 
     # -- FlightSink: this instance runs the flight --------------------------------
 
@@ -114,7 +111,7 @@ class FlightRelay:
         self._end(flight, {"t": "timeout"})
 
     def end_flight_admitted(self, flight: Flight, grant: dict[str, Any]) -> None:
-        self._end(flight, {"t": "admitted", "grant": grant})
+        self._end(flight, {"t": "admitted", "grant": grant}, frees_slot=False)  # the session holds it now
 
     def end_flight_error(self, flight: Flight, code: str, message: str, *, detail: str | None = None) -> None:
         if code == "shutdown" and not flight.answer_parts and not flight.finished:
@@ -127,11 +124,11 @@ class FlightRelay:
             code, message = "interrupted", INTERRUPTED
         self._end(flight, {"t": "error", "code": code, "message": message, "detail": detail})
 
-    async def ending_sent(self, flight: Flight) -> bool:
-        sent = self._endings_sent.get(flight.id)
-        if sent is not None:
-            await asyncio.wait({sent})  # a worker cancelled meanwhile leaves it waiting
-        return sent is None or not sent.cancelled()
+    async def release(self, flight: Flight) -> None:
+        if flight.id not in self._ended:  # stopped with nobody left to tell (running.py): no ending
+            self._running.drop(flight.id)
+            await self._line.finish(flight)
+        # else the script that appends its ending frees its slot
 
     # -- instances that died: their running calls and their guests' places ------------
 
@@ -151,7 +148,7 @@ class FlightRelay:
                 raise_if_cancelled()
                 logger.warning("could not clean up after dead instances: %s", exc.__cause__ or exc)
 
-    def _end(self, flight: Flight, event: dict[str, Any]) -> None:
+    def _end(self, flight: Flight, event: dict[str, Any], *, frees_slot: bool = True) -> None:
         if flight.finished:
             return
         flight.finished = True
@@ -159,34 +156,31 @@ class FlightRelay:
         self._running.drop(flight.id)
         now = asyncio.get_running_loop().time()
         self._ended[flight.id] = (now, flight, event)
-        self._endings_sent[flight.id] = asyncio.get_running_loop().create_future()
         while self._ended and next(iter(self._ended.values()))[0] < now - ENDED_KEPT_S:
             self._ended.popitem(last=False)
-        self._publish(flight, event)
+        self._publish(flight, event, frees_slot=frees_slot)
 
-    def _publish(self, flight: Flight, event: dict[str, Any]) -> None:
+    def _publish(self, flight: Flight, event: dict[str, Any], *, frees_slot: bool = False) -> None:
         self._follower.apply_directly(flight, event)  # our own guests hear it now (not via Redis)
-        self._sending.put_nowait((flight.id, event))
+        self._sending.put_nowait((flight.id, event, frees_slot))
 
     async def _send(self) -> None:
         """Append events to their flight's stream in the order they happened (one sender)."""
         while True:
-            flight_id, event = await self._sending.get()
+            flight_id, event, frees_slot = await self._sending.get()
             try:
-                await self._deliver(flight_id, event)
-                if event["t"] in ENDINGS and (sent := self._endings_sent.pop(flight_id, None)):
-                    sent.set_result(None)
+                await self._deliver(flight_id, event, frees_slot)
             finally:
                 self._sending.task_done()
 
-    async def _deliver(self, flight_id: str, event: dict[str, Any]) -> None:
+    async def _deliver(self, flight_id: str, event: dict[str, Any], frees_slot: bool) -> None:
         """Until Redis has it: an event dropped would leave other instances' guests without their
         answer. Sent twice (a retry after a lost reply) is harmless: followers go by numbers."""
         pause_s = RETRY_FIRST_S
         while True:
             try:
                 known = self._line.epoch
-                if await self._append(flight_id, event, known):
+                if await self._append(flight_id, event, known, frees_slot):
                     return
                 # Redis forgot the line: it is rebuilt (our flights' stories written again by
                 # give_back), then this event follows them.
@@ -200,12 +194,21 @@ class FlightRelay:
                 await asyncio.sleep(pause_s)
                 pause_s = min(pause_s * 2, RETRY_MAX_S)
 
-    async def _append(self, flight_id: str, event: dict[str, Any], epoch: str) -> bool:
+    async def _append(self, flight_id: str, event: dict[str, Any], epoch: str, frees_slot: bool) -> bool:
+        keys = self._keys
         return bool(
             await call(
                 self._relay_event(
-                    keys=[self._keys.flight_events(flight_id), self._keys.epoch],
-                    args=[epoch, json.dumps(event), STREAM_TTL_S, self._keys.events_channel, flight_id],
+                    keys=[keys.flight_events(flight_id), keys.epoch, keys.slots, keys.request(flight_id)],
+                    args=[
+                        epoch,
+                        json.dumps(event),
+                        STREAM_TTL_S,
+                        keys.events_channel,
+                        flight_id,
+                        int(frees_slot),
+                        keys.wake,
+                    ],
                 )
             )
         )

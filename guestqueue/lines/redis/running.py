@@ -1,5 +1,5 @@
 """The flights this instance runs for a shared line: the runner's own copies (lines/redis/line.py
-builds them), from ``started`` to their ending.
+builds them and keeps this), from their grant to their ending.
 
 The relay (relay.py) keeps them, to write their story again when Redis forgets the line; the
 follower (follow.py) stops one when a guest who left its last seat sends a cancel.
