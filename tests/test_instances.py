@@ -111,31 +111,36 @@ async def test_positions_count_every_instances_guests(three: list[str], upstream
 async def test_the_size_limit_is_global(
     tmp_path: Path, redis_url: str, redis_prefix: str, upstream: MockUpstream
 ) -> None:
-    tag = "full-" + redis_prefix
+    tag, gate = "full-" + redis_prefix, "full-" + redis_prefix
     for bases in shared_instances(
         tmp_path,
         2,
         redis_url,
         redis_prefix,
-        upstream_url=upstream.url(delay=0.5),
+        upstream_url=upstream.url(),
         max_concurrent_requests=1,
         max_queue_size=2,
     ):
-        async with httpx.AsyncClient(timeout=30) as client:
-            holder = asyncio.create_task(client.post(f"{bases[0]}/chat/simple", json=tagged_body("hold", tag)))
+        async with httpx.AsyncClient(timeout=60) as client:
+            # The call ahead holds the one slot until the test has seen the line full (a fixed call
+            # length was too short for a loaded machine to fill the line behind it).
+            holder = asyncio.create_task(
+                client.post(f"{bases[0]}/chat/simple", json=tagged_body("hold", tag, gate=gate))
+            )
             while not await upstream.acalls(tag):
                 await asyncio.sleep(0.02)
             two = [
                 asyncio.create_task(client.post(f"{bases[n]}/chat/simple", json=tagged_body(f"w{n}", tag)))
                 for n in range(2)
             ]
-            for _ in range(100):  # both in line
-                if (await client.get(f"{bases[1]}/queue/status")).json()["queue_size"] == 2:
-                    break
+            deadline = time.monotonic() + 30
+            while (await client.get(f"{bases[1]}/queue/status")).json()["queue_size"] < 2:  # both in line
+                assert time.monotonic() < deadline, "the two never stood in line"
                 await asyncio.sleep(0.02)
             refused = await client.post(f"{bases[1]}/chat/simple", json=tagged_body("one too many", tag))
             assert refused.status_code == 429 and refused.json()["code"] == "queue_full", refused.text
             assert int(refused.headers["retry-after"]) >= 1
+            await upstream.open_gate(gate)
             answers = await asyncio.gather(holder, *two)
             assert [a.status_code for a in answers] == [200, 200, 200]
 

@@ -86,10 +86,7 @@ class RedisLine:
         self.pacer = RedisPacer(redis, self.keys, self.limits, max_hold_s=max_hold_s)
         self._spawn = Spawned("shared line: a write nobody waits for was not done")
         self._dead = DeadInstances(redis, self.keys)
-        # The flights this instance runs, from their grant (next): a rebuild that began before the
-        # worker told its start gives their slots back too (else its guests' instance gives the
-        # flight back as waiting, and it is asked twice).
-        self.running = RunningFlights()
+        self.running = RunningFlights()  # the flights this instance runs, from their grant (starts.py)
         self._lease = Lease(redis, self.keys, instance_id, instance_ttl_s)
         self._wake = Wake(redis, self.keys.wake)
         self._starts = Starts(
@@ -101,6 +98,7 @@ class RedisLine:
             wake=self._wake,
             dead=self._dead,
             spawn=self._spawn,
+            running=self.running,
             starts_allowed=starts_allowed,
         )
         self.on_rejoined = self._lease.on_rejoined  # (instances.py)
@@ -189,8 +187,7 @@ class RedisLine:
                 await self.notice(known)
             else:
                 await asyncio.sleep(min(int(reply[1]), 250) / 1000)
-        # One round trip: joining ahead of others (a higher tier) moved them back, and the script
-        # woke every instance (REORDERED) to tell its guests now.
+        # One round trip: the script also woke every instance (REORDERED if it joined ahead of others).
         position, _, flight.number = (int(x) for x in reply)
         flight.position = position
         return position
@@ -209,9 +206,7 @@ class RedisLine:
         return bool(removed)
 
     async def next(self) -> Flight:
-        flight = await self._starts.next()
-        self.running.add(flight)
-        return flight
+        return await self._starts.next()
 
     async def start(self, flight: Flight) -> float:
         return 0.0  # next() granted the slot and the pacing turn in the same script
@@ -267,8 +262,7 @@ class RedisLine:
     # -- dead instances --------------------------------------------------------------
 
     async def end_dead_calls(self, ending: dict[str, Any], stream_ttl_s: int) -> list[str]:
-        """End with ``ending`` (numbered here) the calls of instances whose lease ran out that had
-        said something; the ids ended. Each is ended once, in the script that finds it."""
+        """End with ``ending`` the calls of dead instances that had said something, once; their ids."""
         return await self._dead.end_calls(ending, stream_ttl_s)
 
     async def requeue_front(self, flight: Flight) -> None:

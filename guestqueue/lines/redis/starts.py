@@ -25,6 +25,7 @@ from .boundary import Spawned, call, text
 from .instances import DeadInstances, Lease
 from .keys import Keys
 from .records import flight_from
+from .running import RunningFlights
 from .wake import MAX_WAKE_WAIT_S, Wake
 
 
@@ -51,9 +52,13 @@ class Starts:
         wake: Wake,
         dead: DeadInstances,
         spawn: Spawned,
+        running: RunningFlights,
         starts_allowed: Callable[[], bool],
     ) -> None:
-        """``starts_allowed``: the line's mode (gate.py), asked before every knock."""
+        """``starts_allowed``: the line's mode (gate.py), asked before every knock; ``running``: a
+        granted flight is this instance's from its grant, not from the worker's start a loop turn
+        later (a rebuild in between would leave its slot out, and its guests' instance would give
+        it back as waiting: asked twice)."""
         self._keys = keys
         self._instance_id = instance_id
         self._limits = limits
@@ -61,6 +66,7 @@ class Starts:
         self._wake = wake
         self._dead = dead
         self._spawn = spawn
+        self._running = running
         self._starts_allowed = starts_allowed
         self._script = redis.register_script(load_script("line_start"))
         self._knock = asyncio.Lock()  # one local worker at a time asks Redis for a start
@@ -81,6 +87,7 @@ class Starts:
                     await asyncio.sleep(MAX_WAKE_WAIT_S)
                     continue
                 if isinstance(value, Flight):
+                    self._running.add(value)
                     self.last_mono = asyncio.get_running_loop().time()
                     return value
                 if kind == "forgotten":
