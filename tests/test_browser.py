@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -26,8 +27,14 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import urllib3
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -54,33 +61,81 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base
 
 
+GONE = (WebDriverException, urllib3.exceptions.HTTPError, OSError)  # a browser (or its driver) that died
+
+
+class Chromium:
+    """One headless Chromium for the module's tests, started again if it died: a crashed browser
+    (seen once beside a CPU hog: "Unable to receive message from renderer") fails its own test,
+    not every one after it. chromedriver's log goes to test-artifacts/ for the next diagnosis."""
+
+    def __init__(self, profiles: pytest.TempPathFactory) -> None:
+        self._profiles = profiles
+        self._driver: WebDriver | None = None
+
+    def alive(self) -> WebDriver:
+        if self._driver is not None:
+            try:
+                self._driver.window_handles  # noqa: B018 (asks the browser)
+                return self._driver
+            except GONE:
+                self.quit()
+        self._driver = self._start()
+        return self._driver
+
+    def quit(self) -> None:
+        if self._driver is not None:
+            with contextlib.suppress(*GONE):
+                self._driver.quit()
+            self._driver = None
+
+    def _start(self) -> WebDriver:
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for argument in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=900,760",
+            f"--user-data-dir={self._profiles.mktemp('chromium-profile')}",
+        ):
+            options.add_argument(argument)
+        ARTIFACTS.mkdir(exist_ok=True)
+        log = ARTIFACTS / f"chromedriver-{os.getpid()}.log"
+        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), log_output=str(log)), options=options)
+        driver.set_script_timeout(30)
+        return driver
+
+
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not path.exists():
             pytest.fail(f"{path} is missing: apt-get install {package} (.ci/run does it)", pytrace=False)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=900,760",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_script_timeout(30)
+    browsers = Chromium(tmp_path_factory)
     try:
-        yield driver
+        yield browsers
     finally:
-        driver.quit()
+        browsers.quit()
+
+
+@pytest.fixture
+def browser(chromium: Chromium) -> WebDriver:
+    return chromium.alive()
+
+
+def test_a_browser_that_died_is_started_again(chromium: Chromium, site: str) -> None:
+    first = chromium.alive()
+    first.quit()  # as a crash leaves it: the session is gone
+    second = chromium.alive()
+    assert second is not first
+    open_page(second, f"{site}/static/chat.html")
 
 
 def screenshot(driver: WebDriver, name: str) -> Path:
