@@ -331,3 +331,25 @@ def test_two_instances_on_one_file_close_only_a_dead_ones_rows(upstream: MockUps
             if server is not None and server.proc.poll() is None:
                 server.proc.send_signal(signal.SIGTERM)
                 server.proc.wait(timeout=20)
+
+
+async def test_a_late_start_from_another_instance_never_reopens_an_ended_row(tmp_path: Path) -> None:
+    # Found by the forgetful-Redis chaos run: a guest's place moved to another instance, which
+    # ended it; the first instance's batch with the start was written after, and the row said
+    # `processing` for ever. Each instance writes its own batches, so their order is not the story's.
+    path = str(tmp_path / "two.db")
+    first, second = RequestLog(path), RequestLog(path)
+    await first.open()
+    await second.open()
+    here = Ticket("q", "client")
+    there = Ticket("q", "client", id=here.id)
+    first.record(here)
+    await wait_until(lambda: first.rows_written == 1, timeout_s=5, message="the admission written")
+    there.start()
+    there.end(Status.COMPLETED)
+    second.record(there)
+    await second.close()
+    here.start()
+    first.record(here)  # late: the row ended meanwhile
+    await first.close()
+    assert _rows(tmp_path / "two.db")[here.id]["status"] == "completed"

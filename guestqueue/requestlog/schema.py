@@ -97,7 +97,13 @@ UPDATED = (
     "processing_ms",
     "instance_id",
 )
-UPDATE = f"UPDATE requests SET {', '.join(f'{c} = ?' for c in UPDATED)} WHERE request_id = ?"
+# Each instance writes its own batches, so a row's changes from two instances (a guest whose place
+# moved) may land out of order: an ended row is never opened again by a late start (?1: the new status).
+UPDATE = (
+    f"UPDATE requests SET {', '.join(f'{c} = ?{n}' for n, c in enumerate(UPDATED, 1))} "
+    f"WHERE request_id = ?{len(UPDATED) + 1} "
+    "AND (status IN ('queued', 'processing') OR ?1 NOT IN ('queued', 'processing'))"
+)
 # Open rows of instances that stopped beating (or of files from before instances): their writer is gone.
 ABANDON = (
     "UPDATE requests SET status = 'abandoned', error_code = 'abandoned', finished_at = :now "
