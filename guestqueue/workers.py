@@ -55,6 +55,7 @@ UPSTREAM_FAILURES_DEGRADED = 3  # /health says degraded after this many failed u
 # An admission line's workers only hand out tokens (no call is held): this many serve any
 # max_active, since the line, not the pool, counts the open sessions.
 ADMITTING_WORKERS = 16
+ADMIT_AT_STOP_S = 5.0  # how long a stop lets an admission under way finish
 
 
 class FlightSink(Protocol):
@@ -183,9 +184,14 @@ class WorkerPool:
             flight.job = job
             try:
                 await asyncio.wait({job})
+            except asyncio.CancelledError:  # the pool stops: the job's own handler ends its flight
+                job.cancel()
+                await asyncio.wait({job})
+                raise
             finally:
-                # A job cancelled before it ever ran never reached its own handler.
-                if not flight.finished:
+                # A job cancelled before it ever ran never reached its own handler (one still
+                # running, its admission finishing, ends its flight itself).
+                if job.done() and not flight.finished:
                     self._sink.end_flight_error(flight, "shutdown", "The request was stopped. Please try again.")
 
     async def _run(self, flight: Flight) -> None:
@@ -199,12 +205,12 @@ class WorkerPool:
             announced = not getattr(self._upstream, "starts_when_taken", False)
             if announced:
                 sink.on_started(flight)
+            self.active[flight.id] = flight  # the shutdown grace waits for it
             if self._admitter is not None:
-                grant = await self._admitter.admit(flight)
+                grant = await self._admit(flight)
                 started = False  # the slot is the session's now: it is not given back here
                 sink.end_flight_admitted(flight, grant)
                 return
-            self.active[flight.id] = flight
             try:
                 async with asyncio.timeout(self._settings.request_timeout_s) as deadline:
                     await self._call_upstream(flight, deadline, announced)
@@ -229,6 +235,21 @@ class WorkerPool:
             self.active.pop(flight.id, None)
             if started:
                 await asyncio.shield(self._finish(flight))
+
+    async def _admit(self, flight: Flight) -> dict[str, Any]:
+        """Open the flight's session. Once asked, a shared line's script runs whatever happens here:
+        a stop meanwhile lets it finish (for a while), or the flight would go back in line with its
+        session open, and its guest be let in twice."""
+        assert self._admitter is not None
+        opening = asyncio.ensure_future(self._admitter.admit(flight))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            done, _ = await asyncio.wait({opening}, timeout=ADMIT_AT_STOP_S)
+            if not done:
+                opening.cancel()
+                raise
+            return opening.result()
 
     async def _finish(self, flight: Flight) -> None:
         try:

@@ -357,3 +357,52 @@ async def test_an_admission_lines_flight_gets_a_token_and_its_slot_stays_the_ses
         await pool.stop()
         await admitter.close()
         await line.close()
+
+
+class HeldSessions(MemorySessions):
+    """Sessions whose opening waits until ``opened`` is set (a Redis script under way)."""
+
+    def __init__(self, line: MemoryLine) -> None:
+        super().__init__(line)
+        self.asked, self.opened = asyncio.Event(), asyncio.Event()
+
+    async def open(self, flight: Flight, grant: Any) -> bool:
+        self.asked.set()
+        await self.opened.wait()
+        return await super().open(flight, grant)
+
+
+async def test_a_stop_during_an_admission_lets_it_finish_and_its_guest_hears_admitted() -> None:
+    # Found by the forgetful-Redis chaos run: a stop while a session's script was under way put the
+    # flight back in line (or left it unended) although its session had opened.
+    async def never(request: WorkflowRequest) -> AsyncIterator[str]:
+        raise AssertionError("an admission line calls no upstream")
+        yield ""
+
+    settings = Settings(max_concurrent_requests=1, upstream_interval_s=0.0, upstream_retries=0)
+    line = MemoryLine(max_size=10, max_concurrent=1, interval_s=0.0)
+    signer = TokenSigner(secret="a-token-secret-of-at-least-32-characters!")
+    store = HeldSessions(line)
+    admitter = Sessions("shop", Admission(max_active=1), signer, store)
+    sink = Recorder()
+    pool = WorkerPool(settings, line, line, PythonUpstream(never), sink, admitter=admitter)
+    pool.start()
+    try:
+        flight = Flight(None, [], WorkflowRequest(new_request_id(), "in"))
+        await line.admit(flight)
+        await asyncio.wait_for(store.asked.wait(), 5)
+        assert pool.active == {flight.id: flight}, "the shutdown grace waits for an admission under way"
+        pool.drain()
+        stopping = asyncio.ensure_future(pool.stop())
+        await asyncio.sleep(0.2)
+        store.opened.set()
+        await stopping
+        ending = sink.ending(flight)
+        assert ending is not None and ending[0] == "admitted", sink.of(flight)
+        assert not flight.back_in_line and not pool.active
+    finally:
+        store.opened.set()
+        pool.drain()
+        await pool.stop()
+        await admitter.close()
+        await line.close()
