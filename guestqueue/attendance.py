@@ -2,8 +2,9 @@
 
 A request whose last stream ends is let go after the reconnect grace unless a stream comes back;
 one followed by polling, ``grace_s`` after its last poll; one still in line after ``max_wait_s``
-ends ``wait_timeout``. Open streams are counted per request and per client (a bounded number each),
-and checked several times a second (pings, stuck sends).
+ends ``wait_timeout`` (or ``timeout`` ``deadline`` after its guest's own ``max_wait_sec``, if
+sooner). Open streams are counted per request and per client (a bounded number each), and
+checked several times a second (pings, stuck sends).
 """
 
 from __future__ import annotations
@@ -115,9 +116,15 @@ class Attendance:
         ticket.drop_reason = "stopped_polling"
         ticket.grace_timer = asyncio.get_running_loop().call_later(grace_s, self._abandon, ticket)
 
-    def expire_in(self, ticket: Ticket, after_s: float) -> None:
-        """``ticket`` ends ``wait_timeout`` if it is still in line ``after_s`` from now."""
-        ticket.expiry_timer = asyncio.get_running_loop().call_later(max(0.0, after_s), self._expire, ticket)
+    def expire(self, ticket: Ticket, waited_s: float = 0.0) -> None:
+        """``ticket``, in line for ``waited_s`` already, leaves if it is still there at the line's
+        ``max_wait_s`` (``wait_timeout``) or at its guest's own ``max_wait_sec`` if that is sooner
+        (``timeout`` code ``deadline``)."""
+        limit_s, own_s = self._core.settings.max_wait_s, ticket.max_wait_s
+        deadline = own_s is not None and own_s < limit_s
+        after_s = (own_s if deadline and own_s is not None else limit_s) - waited_s
+        loop = asyncio.get_running_loop()
+        ticket.expiry_timer = loop.call_later(max(0.0, after_s), self._expire, ticket, deadline)
 
     def release(self, request_id: str) -> None:
         """Another instance took this request over: its streams here end, and it is let go of
@@ -135,9 +142,11 @@ class Attendance:
             code = ticket.drop_reason or "disconnected"
             self._endings.cancel(ticket, Status.CANCELLED, code, DROP_MESSAGES.get(code, "The guest disconnected."))
 
-    def _expire(self, ticket: Ticket) -> None:
+    def _expire(self, ticket: Ticket, deadline: bool) -> None:
         ticket.expiry_timer = None
-        if ticket.status is Status.QUEUED:
+        if ticket.status is Status.QUEUED and deadline:
+            self._endings.end_at_deadline(ticket)
+        elif ticket.status is Status.QUEUED:
             message = "The line is moving slowly today. Please try again later."
             self._endings.cancel(ticket, Status.CANCELLED, "wait_timeout", message)
 

@@ -24,6 +24,7 @@ logger = logging.getLogger("guestqueue")
 TIMEOUT_FALLBACK = (
     "Sorry, this is taking longer than expected. Please try again in a moment, or rephrase your question."
 )
+DEADLINE = "deadline"  # a guest's own max_wait_sec ran out in line
 SHUTDOWN_MESSAGE = "The service is restarting. Please ask again shortly."
 
 
@@ -64,7 +65,7 @@ class Endings:
         self._flight_finished(flight, record_duration=True)
         error = f"No answer within {self._core.settings.request_timeout_s:g} seconds."
         for ticket in list(flight.tickets):
-            payload = {"request_id": ticket.id, "error": error, "fallback": TIMEOUT_FALLBACK}
+            payload = {"request_id": ticket.id, "error": error, "code": "timeout", "fallback": TIMEOUT_FALLBACK}
             self._end(ticket, Status.TIMEOUT, TIMEOUT, payload, error=error, code="timeout")
 
     def end_flight_error(self, flight: Flight, code: str, message: str, *, detail: str | None = None) -> None:
@@ -109,6 +110,13 @@ class Endings:
     def cancel(self, ticket: Ticket, status: Status, code: str, message: str) -> bool:
         """End one guest's request early; its flight goes on for others riding it. False if already ended."""
         return self._end_error(ticket, status, code, message)
+
+    def end_at_deadline(self, ticket: Ticket) -> bool:
+        """The guest said how long it could wait (``max_wait_sec``) and is still in line: it leaves
+        with ``timeout`` code ``deadline`` (its place freed, the row says so)."""
+        error = f"You asked to wait at most {ticket.max_wait_s:g} seconds, and your turn has not come."
+        payload = {"request_id": ticket.id, "error": error, "code": DEADLINE, "fallback": TIMEOUT_FALLBACK}
+        return self._end(ticket, Status.TIMEOUT, TIMEOUT, payload, error=error, code=DEADLINE)
 
     def end_all(self, flight: Flight, code: str, message: str) -> None:
         for ticket in list(flight.tickets):

@@ -90,6 +90,7 @@ class LineFull(Rejected):
 
 class WaitTooLong(Rejected):
     status_code, code = 429, "wait_too_long"
+    guests_own = False  # refused by the guest's own max_wait_sec (not the line's ceiling)
 
 
 class ClientLimit(Rejected):

@@ -67,14 +67,20 @@ class Gate:
         if self.mode() == "reject":
             raise LineClosed(self.message("reject"))
 
-    def check_wait(self, estimate_s: Callable[[], float]) -> None:
-        """Raise WaitTooLong when a newcomer's estimated wait exceeds ``max_predicted_wait_sec``."""
-        limit = self.spec.max_predicted_wait_s
-        if limit > 0 and self.mode() in OPEN_MODES:  # a held line has no estimate worth refusing on
-            estimate = estimate_s()
-            if estimate > limit:
-                raise WaitTooLong(
-                    f"The wait is about {math.ceil(estimate)} s, more than this line's {limit:g} s. "
-                    "Please try again later.",
-                    retry_after_s=max(1, math.ceil(estimate - limit)),
-                )
+    def check_wait(self, estimate_s: Callable[[], float], own_limit_s: float | None = None) -> None:
+        """Raise WaitTooLong when a newcomer's estimated wait exceeds ``max_predicted_wait_sec``, or
+        the guest's own ``own_limit_s`` (its ``max_wait_sec``)."""
+        line_limit = self.spec.max_predicted_wait_s
+        limits = [limit for limit in (line_limit if line_limit > 0 else None, own_limit_s) if limit is not None]
+        if not limits or self.mode() not in OPEN_MODES:  # a held line has no estimate worth refusing on
+            return
+        limit, estimate = min(limits), estimate_s()
+        if estimate > limit:
+            whose = "you can wait" if limit == own_limit_s else "this line's limit"
+            refusal = WaitTooLong(
+                f"The wait is about {math.ceil(estimate)} s, more than the {limit:g} s {whose}. "
+                "Please try again later.",
+                retry_after_s=max(1, math.ceil(estimate - limit)),
+            )
+            refusal.guests_own = limit == own_limit_s
+            raise refusal

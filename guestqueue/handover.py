@@ -70,7 +70,7 @@ class Handover:
             id=record.request_id,
             created_at=record.created_at,
         )
-        ticket.cached = record.cached
+        ticket.cached, ticket.max_wait_s = record.cached, record.max_wait_s
         if record.terminal is not None:  # over already: only its ending is left to hear, under its own id
             ending_id = record.terminal_event_id if record.terminal_event_id is not None else last_event_id + 1
             ticket.events.continue_from(ending_id - 1)
@@ -95,7 +95,7 @@ class Handover:
             ticket.events.follow(flight.shared)
         elif started_id is None:  # still waiting (a started one hears its start from the catch-up below)
             waited_s = max(0.0, time.time() - record.created_at)
-            self._attendance.expire_in(ticket, core.settings.max_wait_s - waited_s)
+            self._attendance.expire(ticket, waited_s)
             core.positions.tell(ticket, max(1, core.positions.view.position(flight.id)))
         await self._follow(flight)  # its flight may have started, or ended, elsewhere
         return ticket

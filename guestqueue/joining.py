@@ -41,9 +41,12 @@ class Joining:
         session_id: str | None = None,
         idempotency_key: str | None = None,
         tier: str | None = None,
+        max_wait_s: float | None = None,
     ) -> Ticket:
         """Admit a request, or raise a :class:`~guestqueue.errors.Rejected`. ``tier``: the asker's
         priority tier (its API key's); none, or one the line does not have, is the line's default.
+        ``max_wait_s``: how long the guest will wait in line (refused at once if the line predicts
+        longer; it leaves with ``timeout`` ``deadline`` if still in line then).
 
         With an ``idempotency_key`` this client already used for a request that is live or still
         replayable, that same request is returned (nothing is admitted, nothing called upstream).
@@ -56,7 +59,7 @@ class Joining:
                     "This Idempotency-Key was already used for a different question. Use a new key per question."
                 )
             return known
-        ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key, id=request_id)
+        ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key, max_wait_s, id=request_id)
         try:
             await self._check(ticket)
             await self._admit(ticket, tier)
@@ -136,7 +139,7 @@ class Joining:
             ticket.cached = True  # answered by another guest's upstream call
         ticket.flight = flight
         self._register(ticket)
-        self._attendance.expire_in(ticket, core.settings.max_wait_s)
+        self._attendance.expire(ticket)
         if flight.started:
             self._endings.start_ticket(ticket)
             ticket.events.follow(flight.shared)  # the chunks so far, then the rest as they come
@@ -151,9 +154,9 @@ class Joining:
         flight.rank = spec.tier_rank(tier)
         try:
             # Only a question that needs a call of its own waits: a cached or shared answer does not.
-            if spec.max_predicted_wait_s > 0:
+            if spec.max_predicted_wait_s > 0 or ticket.max_wait_s is not None:
                 ahead = await core.line.ahead_of(flight.rank)
-                core.gate.check_wait(lambda: self._newcomer_wait_s(ahead))
+                core.gate.check_wait(lambda: self._newcomer_wait_s(ahead), ticket.max_wait_s)
             # The memory line answers without yielding; on Redis an identical question asked
             # during this round trip gets a flight of its own (single-flight is best effort).
             flight.position = await core.line.admit(flight)

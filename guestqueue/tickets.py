@@ -53,6 +53,7 @@ class Ticket:
     parameters: dict[str, Any] = field(default_factory=dict)
     session_id: str | None = None
     idempotency_key: str | None = None  # the client's name for this request, to ask again safely
+    max_wait_s: float | None = None  # the guest's own limit in line (max_wait_sec): then `timeout` code `deadline`
     id: str = field(default_factory=new_request_id)
     status: Status = Status.QUEUED
     created_at: float = field(default_factory=time.time)

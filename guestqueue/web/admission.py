@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from ..tenancy.catalog import Principal
 
 MAX_SESSION_ID_CHARS = 256
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+MAX_WAIT_LIMIT_S = 86_400  # a guest's max_wait_sec: more than a day would never matter
 
 
 class ClientGone(Rejected):
@@ -28,6 +30,7 @@ class ChatRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     session_id: str | None = None
     idempotency_key: str | None = None
+    max_wait_s: float | None = None
 
 
 async def read_chat_request(request: Request, settings: Settings, *, upstream_kind: str | None = None) -> ChatRequest:
@@ -135,7 +138,29 @@ def validate_chat_request(data: dict[str, Any], settings: Settings, *, upstream_
         raise InvalidField(
             f"The Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters, e.g. a UUID."
         )
-    return ChatRequest(query, parameters, session_id, key)
+    return ChatRequest(query, parameters, session_id, key, max_wait(data.get("max_wait_sec")))
+
+
+def max_wait(value: Any, name: str = "'max_wait_sec'") -> float | None:
+    """A guest's ``max_wait_sec``: how long it will wait in line, seconds, above 0 and at most a
+    day; None if not given."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_WAIT_LIMIT_S:
+        raise InvalidField(f"{name} must be a number of seconds above 0 and at most {MAX_WAIT_LIMIT_S}.")
+    return float(value)
+
+
+def max_wait_header(request: HTTPConnection) -> float | None:
+    """The ``X-Max-Wait`` header (seconds), for clients that cannot add a body field (OpenAI SDKs)."""
+    header = request.headers.get("x-max-wait")
+    if header is None:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        seconds = math.nan
+    return max_wait(seconds, "X-Max-Wait")
 
 
 def _check_openai_parameters(parameters: dict[str, Any]) -> None:

@@ -135,6 +135,7 @@ class LineApi:
             parameters=body.parameters,
             session_id=body.session_id,
             idempotency_key=body.idempotency_key,
+            max_wait_s=body.max_wait_s,
             tier=self._tier(request, asker),
         )
         return ticket, ticket is known
@@ -271,7 +272,14 @@ async def until_done_or_disconnect(ticket: Ticket, request: Request) -> bool:
     return ticket.done or ticket.moved
 
 
-SIMPLE_STATUS = {"timeout": 504, "wait_timeout": 504, "cancelled": 409, "shutdown": 503, "internal_error": 500}
+SIMPLE_STATUS = {
+    "timeout": 504,
+    "wait_timeout": 504,
+    "deadline": 504,
+    "cancelled": 409,
+    "shutdown": 503,
+    "internal_error": 500,
+}
 
 
 def _simple_answer(ticket: Ticket) -> Response:

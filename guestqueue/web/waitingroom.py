@@ -98,6 +98,7 @@ class WaitingRoom:
             parameters=body.parameters,
             session_id=body.session_id,
             idempotency_key=body.idempotency_key,
+            max_wait_s=body.max_wait_s,
             tier=self._api._tier(request, asker),
         )
         if "text/event-stream" in request.headers.get("accept", ""):

@@ -109,6 +109,7 @@ async def _admit(websocket: WebSocket, service: QueueService, tier: str | None) 
         parameters=body.parameters,
         session_id=body.session_id,
         idempotency_key=body.idempotency_key,
+        max_wait_s=body.max_wait_s,
         tier=tier,
     )
 
@@ -221,7 +222,7 @@ def to_message(event: Event, request_id: str) -> dict[str, Any]:
             "type": "error",
             "request_id": request_id,
             "message": data["error"],
-            "code": "timeout",
+            "code": data.get("code", "timeout"),
             "fallback": data["fallback"],
         }
     if event.name == ERROR:

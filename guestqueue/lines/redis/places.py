@@ -53,6 +53,7 @@ class PlaceRecord:
     idempotency_key: str | None
     status: Status
     created_at: float
+    max_wait_s: float | None  # its guest's own limit in line (max_wait_sec)
     started_at: float | None
     started_event_id: int | None  # the id of its `processing` event (its chunks follow it)
     holder: str
@@ -104,6 +105,7 @@ class RedisPlaces:
                     "session_id": ticket.session_id or "",
                     "idempotency_key": ticket.idempotency_key or "",
                     "created_at": ticket.created_at,
+                    "max_wait_s": ticket.max_wait_s or "",
                     "number": flight.number if flight is not None else 0,
                     "rank": flight.rank if flight is not None else 0,
                 }
@@ -279,6 +281,7 @@ def _record(request_id: str, raw: dict[str, str]) -> PlaceRecord:
         idempotency_key=raw.get("idempotency_key") or None,
         status=Status(raw.get("status", "queued")),
         created_at=float(raw.get("created_at") or 0),
+        max_wait_s=float(raw["max_wait_s"]) if raw.get("max_wait_s") else None,
         started_at=float(raw["started_at"]) if raw.get("started_at") else None,
         started_event_id=int(raw["started_event_id"]) if raw.get("started_event_id") else None,
         holder=raw.get("holder", ""),

@@ -31,12 +31,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ...conversation import caller_turns
-from ...errors import InvalidJSON, Rejected
+from ...errors import InvalidField, InvalidJSON, Rejected
 from ...runtime import Queue
 from ...tenancy.catalog import Principal
 from ...tickets import Status
 from ..access import FOREIGN_KEYS_ANONYMOUS
-from ..admission import asker_key, client_key, read_optional_json
+from ..admission import asker_key, client_key, max_wait_header, read_optional_json
 from ..lineapi import LineApi, until_done_or_disconnect
 from ..stream import TicketStream
 from .completion import Completion, CompletionStream
@@ -135,8 +135,16 @@ class OpenAIApi:
                 "messages",
             )
         service = queue.service
+        try:
+            max_wait_s = max_wait_header(request)
+        except InvalidField as exc:
+            raise OpenAIError(exc.message, 400, "invalid_request_error", "invalid_max_wait", "X-Max-Wait") from None
         ticket = await service.submit(
-            query, client=asker_key(request, asker), parameters=parameters, tier=self._lines._tier(request, asker)
+            query,
+            client=asker_key(request, asker),
+            parameters=parameters,
+            tier=self._lines._tier(request, asker),
+            max_wait_s=max_wait_s,
         )
         completion = Completion(
             ticket,

@@ -22,6 +22,7 @@ from .errors import error_body
 ERROR_STATUS = {  # an ending's code -> the HTTP status of a non-streamed answer
     "timeout": 504,
     "wait_timeout": 504,
+    "deadline": 504,
     "upstream_unavailable": 503,
     "shutdown": 503,
     "unavailable": 503,
@@ -89,7 +90,7 @@ class Completion:
             return out + b"data: [DONE]\n\n"
         if event.name in (TIMEOUT, ERROR, RECONNECT):
             message, code = _ending(event)
-            error = error_body(message, "server_error" if code != "timeout" else "timeout", code)
+            error = error_body(message, "timeout" if code in ("timeout", "deadline") else "server_error", code)
             return b"data: " + json.dumps(error).encode() + b"\n\n"
         return b""
 
@@ -135,7 +136,7 @@ class Completion:
 def _ending(event: Event) -> tuple[str, str]:
     data = event.data
     if event.name == TIMEOUT:
-        return str(data["error"]), "timeout"
+        return str(data["error"]), str(data.get("code", "timeout"))
     if event.name == RECONNECT:
         return "The service is restarting. Please ask again.", "shutdown"
     return str(data.get("error", "")), str(data.get("code", "upstream_error"))

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ...errors import Rejected
+from ...errors import Rejected, WaitTooLong
 
 
 class OpenAIError(Rejected):
@@ -40,7 +40,8 @@ def openai_error(exc: Rejected) -> Response:
     if isinstance(exc, OpenAIError):
         type_, code, param = exc.type, exc.openai_code, exc.param
     elif exc.status_code == 429:
-        type_, code, param = "requests", "rate_limit_exceeded", None
+        type_, param = "requests", None
+        code = exc.code if isinstance(exc, WaitTooLong) else "rate_limit_exceeded"
     elif exc.status_code == 401:
         type_, code, param = "invalid_request_error", "invalid_api_key", None
     elif exc.status_code == 403:
@@ -52,6 +53,8 @@ def openai_error(exc: Rejected) -> Response:
     headers: dict[str, str] = {}
     if exc.retry_after_s is not None:
         headers = {"Retry-After": str(exc.retry_after_s), "retry-after-ms": str(int(exc.retry_after_s * 1000))}
+    if isinstance(exc, WaitTooLong) and exc.guests_own:  # the caller said it cannot wait: the SDKs do not retry
+        headers["x-should-retry"] = "false"
     status = 400 if exc.status_code in (413, 415, 422) else exc.status_code
     return JSONResponse(error_body(exc.message, type_, code, param), status_code=status, headers=headers)
 

@@ -38,7 +38,8 @@ export interface WorkflowComplete {
   cached: boolean;
   duration_ms: number;
 }
-export interface Timeout { request_id: string; error: string; fallback: string }
+/** `code`: `timeout` (the call took too long) or `deadline` (the guest's own max_wait_sec ran out in line). */
+export interface Timeout { request_id: string; error: string; code: "timeout" | "deadline"; fallback: string }
 /** A terminal error event, or one made by the client: `network_error`, `connection_lost`, `cancelled`. */
 export interface ErrorData { request_id?: string | null; error: string; code: string; detail?: string }
 /** The request was refused before it was admitted (400, 413, 415, 422, 429, 503). */
