@@ -31,7 +31,7 @@ async def held_line(
     """One slot, taken by a call held at a gate of the mock upstream; the line's estimate is as if
     calls took ``measured_s``. Yields the server, a client, the held guest's stream and the gate."""
     gate = uuid.uuid4().hex[:10]
-    shared = {"redis_url": redis_server.url, "redis_prefix": f"test-{gate}"} if kind == "redis" else {}
+    shared: dict[str, Any] = {"redis_url": redis_server.url, "redis_prefix": f"test-{gate}"} if kind == "redis" else {}
     async with (
         serve(
             upstream_url=upstream.url(chunks=1, gate=gate),
@@ -54,7 +54,10 @@ async def held_line(
 
 def _row(db: Path, request_id: str) -> tuple[str, str | None]:
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT status, error_code FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+        status, code = conn.execute(
+            "SELECT status, error_code FROM requests WHERE request_id = ?", (request_id,)
+        ).fetchone()
+    return str(status), code
 
 
 @pytest.mark.parametrize("kind", LINES)
@@ -134,6 +137,7 @@ async def test_a_waiting_room_visitor_may_say_how_long_it_waits(tmp_path: Path) 
         room = f"{lines}/shop"
         first = await join_room(client, room)
         await poll_until(lambda: _admitted(client, room, first["request_id"]))
+        assert running.guest.lineup is not None
         service = running.guest.lineup.get("shop").service
         service.positions.estimator.record(0.1)  # as if sessions were short: the line admits the deadline
         hurried = await client.post(f"{room}/join", json={"max_wait_sec": 1})
@@ -145,7 +149,7 @@ async def test_a_waiting_room_visitor_may_say_how_long_it_waits(tmp_path: Path) 
 
 
 async def _admitted(client: httpx.AsyncClient, room: str, request_id: str) -> bool:
-    return (await poll_room(client, room, request_id))["status"] == "admitted"
+    return bool((await poll_room(client, room, request_id))["status"] == "admitted")
 
 
 async def _ended(client: httpx.AsyncClient, room: str, request_id: str) -> dict[str, Any] | None:
