@@ -221,7 +221,13 @@ async def test_a_rejection_flood_barely_grows_the_log(upstream: MockUpstream, tm
             grown = sum(p.stat().st_size for p in tmp_path.glob("flood.db*")) - before
     rejected = [row for row in _rows(db).values() if row["status"] == "rejected"]
     assert 1 <= len(rejected) <= 10, "one row per client per second"
-    assert grown < 100_000, f"300 refused 4 000-character questions grew the log by {grown} bytes"
+    # What a sampled row costs (its batch's WAL pages), not what 300 questions would (1.2 MB of
+    # text): the number of rows follows the seconds the flood took (103 KB for 10 rows on a loaded
+    # machine, where a fixed 100 KB bound had failed).
+    pages = 4096
+    assert grown <= 3 * pages * len(rejected) + 4 * pages, (
+        f"{len(rejected)} rejected rows grew the log by {grown} bytes"
+    )
 
 
 async def test_the_buffer_is_capped_and_drops_whole_new_requests(tmp_path: Path) -> None:

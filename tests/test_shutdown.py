@@ -34,9 +34,12 @@ async def _six_guests(server: ServerProcess, client: httpx.AsyncClient) -> list[
 
 async def test_sigterm_lets_running_work_finish_and_ends_the_line(upstream: MockUpstream, tmp_path: Path) -> None:
     db = tmp_path / "shutdown.db"
+    # The running call waits at a gate until all six are in (a loaded machine once finished a
+    # 1.2 s call before the sixth guest had joined), then takes 1.2 s, well within the grace.
+    gate = f"shutdown-{time.monotonic_ns()}"
     server = start_server_process(
         tmp_path,
-        GUEST_UPSTREAM_URL=upstream.url(chunks=4, delay=0.3),
+        GUEST_UPSTREAM_URL=upstream.url(chunks=4, delay=0.3, gate=gate),
         GUEST_MAX_CONCURRENT_REQUESTS="1",
         GUEST_UPSTREAM_INTERVAL_SEC="0",
         GUEST_SHUTDOWN_GRACE_SEC="5",
@@ -44,6 +47,7 @@ async def test_sigterm_lets_running_work_finish_and_ends_the_line(upstream: Mock
     )
     async with httpx.AsyncClient(timeout=30) as client:
         guests = await _six_guests(server, client)
+        await upstream.open_gate(gate)
         began = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         results = await asyncio.gather(*guests)
