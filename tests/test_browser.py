@@ -254,13 +254,18 @@ def test_dashboard_shows_live_numbers_and_a_chart(browser: WebDriver, site: str)
     browser.get(f"{site}/dashboard")
     wait(browser).until(lambda d: d.find_element(By.ID, "completed_requests").text.isdigit())
     before = int(browser.find_element(By.ID, "completed_requests").text)
-    # Three guests at once (one answered at a time): the line grows to two, then drains.
-    browser.execute_script("""
-        for (const q of ["one", "two", "three"]) {
+    # Three guests (one answered at a time): the first is running before the other two join (on a
+    # loaded machine all three once joined before the worker took the first), so the line grows
+    # to two, then drains.
+    ask = """
+        for (const q of arguments[0]) {
           fetch("chat/simple", { method: "POST", headers: { "Content-Type": "application/json" },
                                  body: JSON.stringify({ query: "dashboard " + q }) });
         }
-    """)
+    """
+    browser.execute_script(ask, ["one"])
+    wait(browser).until(lambda d: d.find_element(By.ID, "active_requests").text == "1 / 1")
+    browser.execute_script(ask, ["two", "three"])
     wait(browser).until(lambda d: d.find_element(By.ID, "queue_size").text == "2")
     wait(browser, 30).until(lambda d: int(d.find_element(By.ID, "completed_requests").text) == before + 3)
     wait(browser).until(lambda d: d.find_element(By.ID, "queue_size").text == "0")
