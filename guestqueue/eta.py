@@ -11,12 +11,19 @@ measured estimates 9 % short with one slot, 10 s pacing and calls of 8.4 s on
 average; docs/benchmarks.md §10). Positions asked for
 beyond what was simulated extend the same schedule, so a burst of admissions
 costs O(1) each.
+
+The range (p10 to p90): the p-th start is about p holds, shared by the slots, after now, so its
+spread is the holds' standard deviation times sqrt(p) / slots (a sum of p varying holds over
+``concurrency`` slots); normal quantiles of that, never narrower than ±10 % of the estimate (calls
+vary even when the recent ones did not), never below what the pacing alone allows.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import random
+import statistics
 from collections import deque
 from collections.abc import Callable
 
@@ -24,6 +31,11 @@ DEFAULT_PROCESSING_S = 5.0  # until the first real measurement
 # An estimate goes into JSON (`queued` events) and Retry-After headers: it must be a
 # finite number whatever the inputs, or one bad value (inf) breaks every later answer.
 MAX_ESTIMATE_S = 86_400.0
+Z_P90 = 1.2816  # the standard normal's 90th percentile: a p10-p90 range is the mean ± Z_P90 sd
+MIN_RELATIVE_SPREAD = 0.1
+STEADY_ROUNDS = 6  # rounds of the recent calls played out to measure the gap between starts
+DEFAULT_CV = 0.5  # the holds' spread relative to their mean, until two calls were measured
+UNKNOWN_MEAN_SE = 0.5  # ... and their mean is a guess then: ±50 % (one sd)
 
 
 class WaitEstimator:
@@ -42,8 +54,14 @@ class WaitEstimator:
         self._durations: deque[float] = deque(maxlen=window)
         self._starts: list[float] = []  # expected start, seconds from the snapshot, of positions 1..n
         self._slots: list[float] = []
+        self._ranges: list[tuple[float, float]] = []  # (p10, p90) of positions 1..n
         self._hold_s = DEFAULT_PROCESSING_S
+        self._hold_sd = DEFAULT_CV * DEFAULT_PROCESSING_S
+        self._mean_se = UNKNOWN_MEAN_SE * DEFAULT_PROCESSING_S
         self._valid = False
+        self._recorded = 0
+        self._gap_key: tuple[int, int, float] | None = None
+        self._gap = 0.0
 
     @property
     def avg_processing_s(self) -> float:
@@ -51,6 +69,7 @@ class WaitEstimator:
 
     def record(self, processing_s: float) -> None:
         self._durations.append(processing_s)
+        self._recorded += 1
         self._valid = False
 
     def invalidate(self) -> None:
@@ -66,25 +85,79 @@ class WaitEstimator:
         estimate = self._starts[position - 1]
         return min(estimate, MAX_ESTIMATE_S) if math.isfinite(estimate) else MAX_ESTIMATE_S
 
+    def range_s(self, position: int) -> tuple[float, float]:
+        """The p10 and p90 of the wait of the guest at ``position`` (see the module's docstring)."""
+        if position < 1:
+            return 0.0, 0.0
+        estimate = self.estimate_s(position)  # brings the schedule (and the ranges' inputs) up to date
+        while len(self._ranges) < position:
+            p = len(self._ranges) + 1
+            mean = self._starts[p - 1]
+            rounds = p / max(1, self.concurrency)  # holds, one after another, before its start
+            # The holds vary (sqrt(p) of them add up), and their mean is known from a few calls only
+            # (its standard error counts once per round).
+            spread = Z_P90 * math.hypot(self._hold_sd * math.sqrt(rounds), rounds * self._mean_se)
+            paced = self._first_start + (p - 1) * self.interval_s  # no start comes sooner
+            low = max(min(mean - spread, mean * (1 - MIN_RELATIVE_SPREAD)), min(paced, mean), 0.0)
+            high = max(mean + spread, mean * (1 + MIN_RELATIVE_SPREAD))
+            self._ranges.append((low, high))
+        low, high = self._ranges[position - 1]
+        high = min(max(high, estimate), MAX_ESTIMATE_S) if math.isfinite(high) else MAX_ESTIMATE_S
+        return min(low, estimate), high
+
     def _reset(self) -> None:
         elapsed, pacing_delay_s = self._snapshot()
-        avg = self.avg_processing_s
-        # A running job is expected to end at the average, but at least a little later than now.
-        busy = [max(avg - e, 0.1 * avg) for e in elapsed[: self.concurrency]]
+        busy = [self._remaining(e) for e in elapsed[: self.concurrency]]
         self._slots = busy + [0.0] * (self.concurrency - len(busy))
         heapq.heapify(self._slots)
         self._starts = []
+        self._ranges = []
         self._first_start = pacing_delay_s
-        self._hold_s = self._hold()
+        self._hold_s, self._hold_sd = self._hold()
+        known = len(self._durations)
+        self._mean_se = self._hold_sd / math.sqrt(known) if known >= 2 else UNKNOWN_MEAN_SE * self._hold_s
         self._valid = True
 
-    def _hold(self) -> float:
+    def _remaining(self, elapsed_s: float) -> float:
+        """How much longer a call running for ``elapsed_s`` takes, on average: of the recent calls
+        that ran longer, the mean of what they had left (a call that already ran long tends to run
+        longer than the average says); past all of them, half the average more."""
+        left = [d - elapsed_s for d in self._durations if d > elapsed_s]
+        return sum(left) / len(left) if left else 0.5 * self.avg_processing_s
+
+    def _hold(self) -> tuple[float, float]:
         """How long a start keeps its slot from the next one, on average (see the module's docstring):
-        its call, or the slots * interval until that slot's next paced turn, whichever is longer."""
+        its call, or the slots * interval until that slot's next paced turn, whichever is longer;
+        and the standard deviation of that."""
         turn_s = self.concurrency * self.interval_s
-        if not self._durations:
-            return max(DEFAULT_PROCESSING_S, turn_s)
-        return sum(max(d, turn_s) for d in self._durations) / len(self._durations)
+        holds = [max(d, turn_s) for d in self._durations] or [max(DEFAULT_PROCESSING_S, turn_s)]
+        mean = sum(holds) / len(holds)
+        sd = statistics.pstdev(holds) if len(holds) >= 2 else DEFAULT_CV * mean
+        return max(mean, self.concurrency * self._steady_gap()), sd
+
+    def _steady_gap(self) -> float:
+        """The mean time between starts of a line that never runs dry, played out with the recent
+        calls (shuffled, a few rounds): with several slots, calls that end close together lose
+        time to the pacing, which their mean does not show. Cached until a call is recorded or the
+        line's slots or pacing change."""
+        key = (self._recorded, self.concurrency, self.interval_s)
+        if self._gap_key == key:
+            return self._gap
+        durations = list(self._durations)
+        if len(durations) < 2 or self.concurrency < 2:
+            self._gap_key, self._gap = key, 0.0
+            return 0.0
+        order = random.Random(len(durations))
+        slots, last, starts = [0.0] * self.concurrency, -math.inf, []
+        for _ in range(STEADY_ROUNDS):
+            order.shuffle(durations)
+            for call_s in durations:
+                start = max(heapq.heappop(slots), last + self.interval_s)
+                heapq.heappush(slots, start + call_s)
+                starts.append(last := start)
+        settled = starts[len(starts) // 3 :]  # past the start-up, when every slot began at once
+        self._gap_key, self._gap = key, (settled[-1] - settled[0]) / (len(settled) - 1)
+        return self._gap
 
     def _extend(self) -> None:
         free_at = heapq.heappop(self._slots)

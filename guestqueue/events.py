@@ -76,33 +76,45 @@ class Place(TypedDict):
     total_ahead: int
     queue_size: int
     estimated_wait_sec: float
+    estimated_wait_range_sec: tuple[float, float]  # p10, p90 (a JSON array)
 
 
-QUEUED_FIELDS = ("request_id", "queue_position", "total_ahead", "queue_size", "estimated_wait_sec")
+QUEUED_FIELDS = (
+    "request_id",
+    "queue_position",
+    "total_ahead",
+    "queue_size",
+    "estimated_wait_sec",
+    "estimated_wait_range_sec",
+)
 
 
 def encode_queued(event_id: int, data: dict[str, Any]) -> bytes:
     """``encode_sse`` for a place-in-line update, the hottest event (every waiting guest, every
     second), formatted directly: the same bytes at a sixth of the cost."""
     request_id = data.get("request_id")
-    numbers = [data.get(name) for name in QUEUED_FIELDS[1:]]
+    numbers = [data.get(name) for name in QUEUED_FIELDS[1:5]]
+    span = data.get("estimated_wait_range_sec")
     if (
         list(data) != list(QUEUED_FIELDS)
         or not isinstance(request_id, str)
         or not (request_id.isascii() and request_id.isalnum())  # nothing JSON would escape
         or not all(_plain_number(n) for n in numbers)
+        or not (isinstance(span, list | tuple) and len(span) == 2 and all(_plain_number(n) for n in span))
     ):
         return encode_sse(event_id, QUEUED, {"event": QUEUED, "data": data})
     position, ahead, size, wait = numbers
+    low, high = span
     return (
         f'event: queued\nid: {event_id}\ndata: {{"event":"queued","data":{{"request_id":"{request_id}",'
-        f'"queue_position":{position},"total_ahead":{ahead},"queue_size":{size},"estimated_wait_sec":{wait}}}}}\n\n'
+        f'"queue_position":{position},"total_ahead":{ahead},"queue_size":{size},"estimated_wait_sec":{wait},'
+        f'"estimated_wait_range_sec":[{low},{high}]}}}}\n\n'
     ).encode()
 
 
 PLACE = (
     'event: queued\nid: %d\ndata: {"event":"queued","data":{"request_id":"%s","queue_position":%d,'
-    '"total_ahead":%d,"queue_size":%d,"estimated_wait_sec":%r}}\n\n'
+    '"total_ahead":%d,"queue_size":%d,"estimated_wait_sec":%r,"estimated_wait_range_sec":[%r,%r]}}\n\n'
 )
 
 
@@ -121,6 +133,7 @@ def encode_place(event_id: int, place: Place) -> bytes:
             place["total_ahead"],
             place["queue_size"],
             place["estimated_wait_sec"],
+            *place["estimated_wait_range_sec"],
         )
     ).encode()
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -22,6 +23,10 @@ from .requestlog import RequestLog
 from .stats import Stats
 from .tickets import Ticket
 
+# (actual wait - predicted) / predicted, the prediction being the first `queued` event's
+ETA_ERROR_BUCKETS = (-0.75, -0.5, -0.25, -0.15, -0.05, 0.05, 0.15, 0.25, 0.5, 1, 2)
+MIN_PREDICTED_S = 1.0  # an error relative to a prediction under a second says little
+ETA_RESULTS = ("early", "inside", "late")
 TIME_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -69,6 +74,19 @@ class Metrics:
             buckets=TIME_BUCKETS_S,
             registry=self.registry,
         )
+        self.eta_error = Histogram(
+            "guestqueue_eta_relative_error",
+            "(actual wait - predicted wait) / predicted wait, at each start (the first queued event's estimate)",
+            ["line"],
+            buckets=ETA_ERROR_BUCKETS,
+            registry=self.registry,
+        )
+        self.eta_range = PromCounter(
+            "guestqueue_eta_range_starts",
+            "Starts by where the actual wait fell against the predicted p10-p90 range: early, inside, late",
+            ["line", "result"],
+            registry=self.registry,
+        )
         self.webhook_seconds = Histogram(
             "guestqueue_webhook_delivery_seconds",
             "Time one webhook delivery attempt took",
@@ -93,9 +111,14 @@ class Metrics:
     def remove(self, line: str) -> None:
         """A deleted line's series disappear."""
         self.sources.pop(line, None)
-        for histogram in (self.wait_seconds, self.processing_seconds, self.pacing_delay_seconds):
+        for histogram in (self.wait_seconds, self.processing_seconds, self.pacing_delay_seconds, self.eta_error):
             try:
                 histogram.remove(line)
+            except KeyError:
+                pass
+        for result in ETA_RESULTS:
+            try:
+                self.eta_range.remove(line, result)
             except KeyError:
                 pass
 
@@ -125,6 +148,18 @@ class LineMetrics(QuietListener):
         self._wait = metrics.wait_seconds.labels(line)
         self._processing = metrics.processing_seconds.labels(line)
         self._pacing = metrics.pacing_delay_seconds.labels(line)
+        self._eta_error = metrics.eta_error.labels(line)
+        self._eta_range = {result: metrics.eta_range.labels(line, result) for result in ETA_RESULTS}
+
+    def started(self, ticket: Ticket) -> None:
+        """The wait it was told on joining against the wait it had (calibration, eta.py)."""
+        if ticket.predicted is None or ticket.wait_ms is None or ticket.cached:
+            return
+        predicted_s, low_s, high_s = ticket.predicted
+        actual_s = ticket.wait_ms / 1000
+        self._eta_error.observe((actual_s - predicted_s) / max(predicted_s, MIN_PREDICTED_S))
+        result = "early" if actual_s < low_s else "late" if actual_s > high_s else "inside"
+        self._eta_range[result].inc()
 
     def ended(self, ticket: Ticket) -> None:
         if ticket.wait_ms is not None:

@@ -142,14 +142,23 @@ class Positions:
     def retry_after_s(self, position: int) -> float:
         return self.estimator.estimate_s(position)
 
+    def range_s(self, position: int) -> tuple[float, float]:
+        return self.estimator.range_s(position)
+
     def tell(self, ticket: Ticket, position: int) -> None:
-        """Publish ``ticket``'s place in line."""
+        """Publish ``ticket``'s place in line (the first one told is its predicted wait)."""
+        estimator = self.estimator
+        wait_s = estimator.estimate_s(position)
+        low, high = estimator.range_s(position)
+        if ticket.predicted is None:
+            ticket.predicted = (wait_s, low, high)
         place: Place = {
             "request_id": ticket.id,
             "queue_position": position,
             "total_ahead": position - 1,
             "queue_size": max(self.view.size, position),
-            "estimated_wait_sec": round(self.estimator.estimate_s(position), 1),
+            "estimated_wait_sec": round(wait_s, 1),
+            "estimated_wait_range_sec": (round(low, 1), round(high, 1)),
         }
         notice = self._notice()
         if notice:  # a line not open: its mode and message too

@@ -70,6 +70,7 @@ class Ticket:
     suggested_questions: list[str] = field(default_factory=list)
     cached: bool = False  # answered without an upstream call of its own
     from_cache: bool = False  # ... because the answer cache had it
+    predicted: tuple[float, float, float] | None = None  # its first estimate: wait, p10, p90 (eta.py)
     events: EventLog = field(default_factory=EventLog)
     flight: Flight | None = None
     subscribers: int = 0

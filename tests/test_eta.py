@@ -8,6 +8,7 @@ import json
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
+from prometheus_client.parser import text_string_to_metric_families
 
 from guestqueue.eta import MAX_ESTIMATE_S, WaitEstimator
 
@@ -78,3 +79,53 @@ async def test_a_guest_right_behind_a_start_hears_the_pacing_wait_at_once(upstre
         assert first[0].name == "queued", first
         assert 8.0 <= first[0].data["estimated_wait_sec"] <= 10.5, first[0].data
         ahead.cancel()
+
+
+def test_the_range_holds_the_estimate_and_widens_with_the_place() -> None:
+    estimator = _estimator(1, 0, [])
+    ranges = [estimator.range_s(p) for p in (1, 2, 5, 20)]
+    for position, (low, high) in zip((1, 2, 5, 20), ranges, strict=True):
+        estimate = estimator.estimate_s(position)
+        assert low <= estimate * 0.9 + 1e-9 and high >= estimate * 1.1 - 1e-9, (position, low, estimate, high)
+    widths = [high - low for low, high in ranges]
+    assert widths == sorted(widths) and widths[-1] > widths[1]
+    # The same calls measured as varying: a wider range than calls measured all alike.
+    varied = WaitEstimator(1, 0, lambda: ([], 0.0))
+    for seconds in (5.0, 15.0, 5.0, 15.0, 10.0):
+        varied.record(seconds)
+    low, high = varied.range_s(20)
+    assert high - low > widths[-1]
+
+
+def test_no_start_comes_sooner_than_the_pacing_allows_so_neither_does_the_range() -> None:
+    estimator = _estimator(10, 10, [], delay=3)  # ten free slots, one start every 10 s
+    assert [estimator.range_s(p)[0] for p in (1, 2, 5)] == pytest.approx([3, 13, 43])
+
+
+async def test_guests_hear_a_range_and_metrics_tell_how_it_held(upstream: MockUpstream) -> None:
+    async with (
+        serve(upstream_url=upstream.url(chunks=1, first=0.3), max_concurrent_requests=1) as running,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        guests = await asyncio.gather(
+            *(stream_events(client, f"{running.base}/chat", json={"query": f"q{n}"}) for n in range(4))
+        )
+        for events in guests:
+            for queued in (e.data for e in events if e.name == "queued"):
+                low, high = queued["estimated_wait_range_sec"]
+                assert low <= queued["estimated_wait_sec"] <= high, queued
+        metrics = (await client.get(f"{running.base}/metrics")).text
+    starts = {
+        s.labels["result"]: s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "guestqueue_eta_range_starts_total"
+    }
+    errors = [
+        s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "guestqueue_eta_relative_error_count"
+    ]
+    assert sum(starts.values()) == 4 and set(starts) == {"early", "inside", "late"}, starts
+    assert errors == [4]

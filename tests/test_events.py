@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from hypothesis import given
@@ -97,14 +98,20 @@ def test_bounded_replay_buffer() -> None:
     size=st.integers(min_value=0, max_value=10**6),
     wait=st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(), st.floats()),
     request_id=st.one_of(st.just("0123456789abcdef0123456789abcdef"), st.text(max_size=8)),
+    low=st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(), st.floats()),
+    span=st.one_of(st.just("list"), st.just("tuple"), st.just("short"), st.just("text")),
 )
-def test_fast_queued_encoding_matches_the_general_one(position: int, size: int, wait: float, request_id: str) -> None:
+def test_fast_queued_encoding_matches_the_general_one(
+    position: int, size: int, wait: float, request_id: str, low: float, span: str
+) -> None:
+    ranges: dict[str, Any] = {"list": [low, wait], "tuple": (low, wait), "short": [low], "text": ["1", "2"]}
     data = {
         "request_id": request_id,
         "queue_position": position,
         "total_ahead": position - 1,
         "queue_size": size,
         "estimated_wait_sec": wait,
+        "estimated_wait_range_sec": ranges[span],
     }
     assert encode_queued(3, data) == encode_sse(3, QUEUED, {"event": QUEUED, "data": data})
 
@@ -114,9 +121,10 @@ def test_fast_queued_encoding_matches_the_general_one(position: int, size: int, 
     size=st.integers(min_value=0, max_value=10**6),
     wait=st.floats(min_value=0, max_value=10**7).map(lambda w: round(w, 1)),
     request_id=st.one_of(st.just("0123456789abcdef0123456789abcdef"), st.text(max_size=8)),
+    spread=st.floats(min_value=0, max_value=10**7).map(lambda w: round(w, 1)),
 )
 def test_a_place_the_ticker_made_encodes_as_the_general_encoder_would(
-    position: int, size: int, wait: float, request_id: str
+    position: int, size: int, wait: float, request_id: str, spread: float
 ) -> None:
     place: Place = {
         "request_id": request_id,
@@ -124,6 +132,7 @@ def test_a_place_the_ticker_made_encodes_as_the_general_encoder_would(
         "total_ahead": position - 1,
         "queue_size": size,
         "estimated_wait_sec": wait,
+        "estimated_wait_range_sec": (round(max(0.0, wait - spread), 1), round(wait + spread, 1)),
     }
     log = EventLog()
     event = log.publish_place(place)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -165,9 +166,12 @@ async def test_a_waiting_clients_stream_carries_comments_the_sdk_ignores(upstrea
                 lines.append(line)
         comments = [line for line in lines if line.startswith(": queue position=")]
         assert comments and comments[0].startswith(": queue position=1 ahead=0 eta_s=")
+        assert re.fullmatch(r": .* eta_range_s=[0-9.]+-[0-9.]+", comments[0]), comments[0]
         progress = [json.loads(line[6:]) for line in lines if line.startswith("data: {") and '"guestqueue"' in line]
         assert progress[0]["choices"] == [] and progress[0]["guestqueue"]["status"] == "queued"
         assert progress[0]["guestqueue"]["queue_position"] == 1
+        low, high = progress[0]["guestqueue"]["estimated_wait_range_sec"]
+        assert low <= progress[0]["guestqueue"]["estimated_wait_sec"] <= high
         await busy
         busy = asyncio.create_task(ask(client, running.base, "occupies the slot again"))
         await wait_until(lambda: bool(running.service.running), 5, "the slot is taken again")

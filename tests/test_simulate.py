@@ -151,6 +151,7 @@ def test_the_table_names_every_figure(capsys: pytest.CaptureFixture[str]) -> Non
         "wait p50/p90/p99/max",
         "throughput",
         "ETA error",
+        "ETA calibration",
         "queue peak",
         "simulated",
         "real",
@@ -222,3 +223,20 @@ def test_a_waiting_room_lets_everyone_in_as_visits_end_and_estimates_from_their_
     # ends at the last admission, not at the last visit's end: a little over 9 is the last ones').
     assert 6 <= summary["throughput_per_min"] <= 9.5
     assert summary["eta_error_sec"]["median_abs"] <= 5, summary["eta_error_sec"]
+
+
+@pytest.mark.parametrize(
+    ("slots", "interval", "dist", "arrivals"),
+    # Each a little over what the line serves, so that a line builds and guests wait for minutes.
+    [(1, 10, "lognormal:2,0.5", 0.1), (3, 1, "lognormal:2,0.5", 0.38), (2, 5, "lognormal:2,0.8", 0.18)],
+)
+def test_most_guests_start_inside_the_range_they_were_told(
+    slots: int, interval: int, dist: str, arrivals: float
+) -> None:
+    # Issue 25's goal on lognormal calls: >= 75 % inside a p10-p90 range, median error <= 15 %.
+    spec = what_if(
+        default_line(Settings(db_path="")), max_concurrent_requests=str(slots), upstream_interval_s=str(interval)
+    )
+    figures = simulate(spec, Scenario(600, arrivals, Durations.parse(dist))).summary()["eta_calibration"]
+    assert figures["guests"] >= 100, figures
+    assert figures["inside_range_pct"] >= 75 and figures["median_abs_error_pct"] <= 15, figures

@@ -50,12 +50,23 @@ def table(summary: dict[str, Any]) -> str:
             f"median {sec(eta['median_abs'])} s, p90 {sec(eta['p90_abs'])} s, "
             f"mean {sec(eta['mean_signed'], sign=True)} s (estimate - actual)",
         ),
+        ("ETA calibration", calibrated(summary["eta_calibration"])),
         ("queue peak", f"{summary['queue_peak']} waiting"),
         ("simulated", f"{summary['simulated_sec']:.0f} s ({summary['simulated_sec'] / 3600:.2f} h)"),
         ("real", f"{summary['real_sec']:.2f} s"),
     ]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def calibrated(figures: dict[str, Any]) -> str:
+    if not figures["guests"]:
+        return "- (nobody waited)"
+    return (
+        f"{figures['inside_range_pct']:.1f} % started inside their p10-p90 range; median error "
+        f"{figures['median_abs_error_pct']:.1f} % of the wait, mean {figures['mean_signed_error_pct']:+.1f} % "
+        f"({figures['guests']} guests who waited)"
+    )
 
 
 def figure_class() -> Any:

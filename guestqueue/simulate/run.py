@@ -151,10 +151,30 @@ class Result:
                 "p90_abs": _quantile(sorted(abs(e) for e in errors), 0.9),
                 "mean_signed": _round(statistics.fmean(errors)) if errors else None,
             },
+            "eta_calibration": calibration(self.guests),
             "queue_peak": max(size for _, size in self.samples),
             "simulated_sec": _round(self.simulated_s),
             "real_sec": round(self.real_s, 2),
         }
+
+
+def calibration(guests: list[Guest]) -> dict[str, Any]:
+    """How the waits guests were told on joining held: the share that started inside their p10-p90
+    range, and the median absolute error relative to the actual wait (at least 1 s: a guest that
+    hardly waited says little), of the guests who waited for a start."""
+    told = [g for g in guests if g.eta_s is not None and g.eta_range_s is not None and g.wait_s is not None]
+    if not told:
+        return {"guests": 0, "inside_range_pct": None, "median_abs_error_pct": None, "mean_signed_error_pct": None}
+    inside = sum(
+        1 for g in told if g.eta_range_s is not None and g.eta_range_s[0] <= (g.wait_s or 0) <= g.eta_range_s[1]
+    )
+    relative = [((g.eta_s or 0) - (g.wait_s or 0)) / max(g.wait_s or 0, 1.0) for g in told]
+    return {
+        "guests": len(told),
+        "inside_range_pct": round(100 * inside / len(told), 1),
+        "median_abs_error_pct": round(100 * statistics.median(abs(r) for r in relative), 1),
+        "mean_signed_error_pct": round(100 * statistics.fmean(relative), 1),
+    }
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
@@ -246,6 +266,8 @@ async def _arrive(service: QueueService, number: int, guest: Guest) -> None:
     heard = [event for event in ticket.events.after(0) if event.name == QUEUED]
     if heard:
         guest.eta_s = float(heard[0].data["estimated_wait_sec"])
+        low, high = heard[0].data["estimated_wait_range_sec"]
+        guest.eta_range_s = (float(low), float(high))
 
 
 def _question(number: int) -> str:

@@ -79,6 +79,7 @@ class Guest:
     arrival_s: float
     call_s: float  # how long its upstream call takes
     eta_s: float | None = None  # the estimated_wait_sec of its first `queued` event
+    eta_range_s: tuple[float, float] | None = None  # ... and its estimated_wait_range_sec
     refused: str | None = None  # the code of the 429/503 it got instead
     ticket: Ticket | None = None
     wait_s: float | None = None  # from joining to its call's start, as the service measured it

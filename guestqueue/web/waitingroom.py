@@ -5,9 +5,9 @@ Under ``/api/v1/lines/{line}/``:
 - ``POST join`` (optional JSON body ``{session_id?, parameters?, idempotency_key?}``): with
   ``Accept: text/event-stream`` the same SSE stream as ``chat`` (``queued`` … ``admitted``);
   otherwise 202 and the polling form below. ``chat`` and the WebSocket work too.
-- ``GET join/{id}``: ``{status, queue_position, estimated_wait_sec, poll_after_sec}``, and once
-  admitted the ``admitted`` event's fields (``token``, ``expires_at``, ``redirect_url``). A guest
-  that neither polls nor streams for ``POLL_GRACE_S`` leaves the line.
+- ``GET join/{id}``: ``{status, queue_position, estimated_wait_sec, estimated_wait_range_sec,
+  poll_after_sec}``, and once admitted the ``admitted`` event's fields (``token``, ``expires_at``,
+  ``redirect_url``). A guest that neither polls nor streams for ``POLL_GRACE_S`` leaves the line.
 - ``POST tokens/verify`` (READ): ``{"token": ...}`` → ``{"valid": true, "claims"}`` or
   ``{"valid": false, "reason"}`` (as OAuth token introspection answers an inactive token).
 - ``DELETE tokens/{jti}`` (WRITE): revokes the token and frees its session's slot.
@@ -126,6 +126,9 @@ class WaitingRoom:
                 {
                     "queue_position": position,
                     "estimated_wait_sec": round(wait_s, 1),
+                    "estimated_wait_range_sec": [
+                        round(s, 1) for s in queue.service.positions.range_s(max(1, position))
+                    ],
                     # Often enough to see the line move, never so often that pollers are the load.
                     "poll_after_sec": min(MAX_POLL_AFTER_S, max(1, math.ceil(wait_s / 4))),
                 }

@@ -6,7 +6,7 @@ is accepted too (the query is taken out of ``parameters``, the rest is passed
 upstream). It then receives JSON messages, each with a ``type``:
 
 ==================  ==========================================================
-``queue_position``  ``request_id, position, total_ahead, queue_size, estimated_wait_sec``
+``queue_position``  ``request_id, position, total_ahead, queue_size, estimated_wait_sec, estimated_wait_range_sec``
 ``processing``      ``request_id``
 ``answer_chunk``    ``request_id, data`` (the text)
 ``result``          ``request_id, data`` (as the SSE ``workflow_complete`` payload) — last
@@ -210,6 +210,7 @@ def to_message(event: Event, request_id: str) -> dict[str, Any]:
             "total_ahead": data["total_ahead"],
             "queue_size": data["queue_size"],
             "estimated_wait_sec": data["estimated_wait_sec"],
+            "estimated_wait_range_sec": data.get("estimated_wait_range_sec"),
         }
     if event.name == PROCESSING:
         return {"type": "processing", "request_id": request_id}

@@ -59,9 +59,10 @@ class Completion:
         """An event of the ticket's log as the stream's bytes (b"" for one the stream does not show)."""
         data = event.data
         if event.name == QUEUED:
+            low, high = data.get("estimated_wait_range_sec") or (data["estimated_wait_sec"],) * 2
             comment = (
                 f": queue position={data['queue_position']} ahead={data['total_ahead']} "
-                f"eta_s={data['estimated_wait_sec']}\n\n"
+                f"eta_s={data['estimated_wait_sec']} eta_range_s={low}-{high}\n\n"
             ).encode()
             if self.progress:
                 comment += self._chunk(
@@ -70,6 +71,7 @@ class Completion:
                         "status": "queued",
                         "queue_position": data["queue_position"],
                         "estimated_wait_sec": data["estimated_wait_sec"],
+                        "estimated_wait_range_sec": [low, high],
                     },
                 )
             return comment

@@ -29,6 +29,8 @@ export interface Queued {
   total_ahead: number;
   queue_size: number;
   estimated_wait_sec: number;
+  /** p10 and p90 of the wait: 8 guests in 10 start inside it. */
+  estimated_wait_range_sec: [number, number];
 }
 export interface Processing { request_id: string }
 export interface WorkflowComplete {
