@@ -20,7 +20,9 @@ vary even when the recent ones did not), never below what the pacing alone allow
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import itertools
 import math
 import random
 import statistics
@@ -61,6 +63,9 @@ class WaitEstimator:
         self._valid = False
         self._recorded = 0
         self._gap_key: tuple[int, int, float] | None = None
+        self._sorted_key = -1
+        self._sorted: list[float] = []  # the recent calls, shortest first
+        self._tail_sums: list[float] = []  # [i]: the sum of _sorted[i:]
         self._gap = 0.0
 
     @property
@@ -122,8 +127,13 @@ class WaitEstimator:
         """How much longer a call running for ``elapsed_s`` takes, on average: of the recent calls
         that ran longer, the mean of what they had left (a call that already ran long tends to run
         longer than the average says); past all of them, half the average more."""
-        left = [d - elapsed_s for d in self._durations if d > elapsed_s]
-        return sum(left) / len(left) if left else 0.5 * self.avg_processing_s
+        if self._sorted_key != self._recorded:  # once per recorded call, not per running call
+            self._sorted = sorted(self._durations)
+            self._tail_sums = list(itertools.accumulate(reversed(self._sorted)))[::-1]
+            self._sorted_key = self._recorded
+        longer = bisect.bisect_right(self._sorted, elapsed_s)
+        count = len(self._sorted) - longer
+        return (self._tail_sums[longer] - count * elapsed_s) / count if count else 0.5 * self.avg_processing_s
 
     def _hold(self) -> tuple[float, float]:
         """How long a start keeps its slot from the next one, on average (see the module's docstring):
