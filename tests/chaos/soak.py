@@ -48,9 +48,9 @@ BEHAVIOURS: dict[str, tuple[int, dict[str, Any], tuple[str, str | None]]] = {
     "malformed": (4, {"mode": "malformed"}, ("error", "upstream_error")),
     "empty": (4, {"mode": "empty"}, ("error", "upstream_error")),
     "reset": (10, {"mode": "reset", "chunks": 5}, ("error", "upstream_unavailable")),
-    "hang": (10, {"mode": "hang"}, ("timeout", None)),
-    "drip": (10, {"mode": "drip", "chunks": 3}, ("timeout", None)),
-    "silent": (6, {}, ("timeout", None)),  # nothing at all until after the timeout
+    "hang": (10, {"mode": "hang"}, ("timeout", "timeout")),
+    "drip": (10, {"mode": "drip", "chunks": 3}, ("timeout", "timeout")),
+    "silent": (6, {}, ("timeout", "timeout")),  # nothing at all until after the timeout
 }
 SENDS_THEN_FAILS = ("reset", "hang", "drip")  # a retry after these would repeat part of an answer
 TWINNABLE = ("ok", "status_500")
