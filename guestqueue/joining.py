@@ -18,6 +18,7 @@ from .core import Core
 from .endings import Endings
 from .errors import ClientLimit, IdempotencyMismatch, LineFull, LineUnavailable, Rejected, ShuttingDown, WaitTooLong
 from .handover import Handover
+from .lines.base import Joiner
 from .tickets import Flight, Ticket, new_request_id
 from .upstream import WorkflowRequest
 
@@ -95,8 +96,9 @@ class Joining:
         return None if owner == request_id else await self._handover.find(owner)
 
     async def _check(self, ticket: Ticket) -> None:
-        """Refuse ``ticket`` if the line is closed to it or its client is over its share; else its
-        client's count is taken (on a shared line, in Redis too)."""
+        """Refuse ``ticket`` if the line is closed to it or its client is over its share here (on a
+        shared line its count on every instance is taken as it is admitted: :meth:`_count_client`,
+        or the new flight's admission itself)."""
         client, query = ticket.client, ticket.query
         core = self._core
         if not self.accepting:
@@ -107,38 +109,49 @@ class Joining:
             held = core.registry.held_by(client)
             if core.sessions is not None:
                 await core.sessions.check_client(client, held)
-            if held >= limit or not await core.places.take_client_slot(client, limit):
-                noun = "place" if core.sessions is not None else "question"
-                raise ClientLimit(_over_share(noun, max(held, limit)), retry_after_s=self.retry_after_s(1))
+            if held >= limit:
+                raise self._over_limit(max(held, limit))
         except Rejected as exc:
             self._refuse(client, query, exc)
 
-    async def _admit(self, ticket: Ticket, tier: str | None) -> None:
-        """From the cache, on a flight already asked, or on a new flight in line."""
-        core = self._core
-        try:
-            await self._admit_counted(ticket, tier)
-        except Rejected:
-            core.background.run(core.places.give_back_client_slot(ticket.client))  # its count was not used
-            raise
+    def _over_limit(self, held: int) -> ClientLimit:
+        noun = "place" if self._core.sessions is not None else "question"
+        return ClientLimit(_over_share(noun, held), retry_after_s=self.retry_after_s(1))
 
-    async def _admit_counted(self, ticket: Ticket, tier: str | None) -> None:
+    async def _count_client(self, ticket: Ticket) -> None:
+        """Take one of the client's places on every instance (a shared line), or refuse it."""
+        limit = self.client_limit(ticket.client)
+        if not await self._core.places.take_client_slot(ticket.client, limit):
+            self._refuse(ticket.client, ticket.query, self._over_limit(limit))
+
+    async def _admit(self, ticket: Ticket, tier: str | None) -> None:
+        """From the cache, on a flight already asked, or on a new flight in line. The client's
+        count is taken with the step that admits it, so nothing refused after holds one."""
         core = self._core
         # Same question, parameters and session (or none): never another session's answer.
         key = AnswerCache.key(ticket.query, ticket.parameters, ticket.session_id) if core.cache is not None else None
         if key is not None and (cached := await self._cached(key)) is not None:
+            await self._count_client(ticket)
             ticket.from_cache = True
             self._register(ticket)
             self._endings.answer_from_cache(ticket, cached)
             return
-        flight = core.flights.riding(key)
-        if flight is None:
+        recorded = False  # its place's record, on a shared line
+        if core.flights.riding(key) is None:
             flight = await self._join(ticket, key, tier)
+            recorded = True  # by the admission's own script
         else:
-            flight.tickets.append(ticket)
-            ticket.cached = True  # answered by another guest's upstream call
+            await self._count_client(ticket)
+            ridden = core.flights.riding(key)  # again: it may have ended while the client was counted
+            if ridden is None:
+                flight = await self._join(ticket, key, tier, counted=True)
+            else:
+                flight = ridden
+                flight.tickets.append(ticket)
+                ticket.cached = True  # answered by another guest's upstream call
+            recorded = ridden is None
         ticket.flight = flight
-        self._register(ticket)
+        self._register(ticket, recorded=recorded)
         self._attendance.expire(ticket)
         if flight.started:
             self._endings.start_ticket(ticket)
@@ -146,8 +159,9 @@ class Joining:
         else:
             core.positions.tell(ticket, max(1, core.positions.view.position(flight.id) or flight.position))
 
-    async def _join(self, ticket: Ticket, key: str | None, tier: str | None) -> Flight:
-        """A new flight for ``ticket``, in line."""
+    async def _join(self, ticket: Ticket, key: str | None, tier: str | None, *, counted: bool = False) -> Flight:
+        """A new flight for ``ticket``, in line; its client counted with it (unless ``counted``) and,
+        on a shared line, its place recorded in the same step."""
         core, spec = self._core, self._core.gate.spec
         request = WorkflowRequest(ticket.id, ticket.query, ticket.parameters, ticket.session_id)
         flight = Flight(key, [ticket], request)
@@ -159,15 +173,22 @@ class Joining:
                 core.gate.check_wait(lambda: self._newcomer_wait_s(ahead), ticket.max_wait_s)
             # The memory line answers without yielding; on Redis an identical question asked
             # during this round trip gets a flight of its own (single-flight is best effort).
-            flight.position = await core.line.admit(flight)
-        except WaitTooLong as exc:
-            self._refuse(ticket.client, ticket.query, exc)
-        except (LineFull, LineUnavailable) as exc:
-            if exc.retry_after_s is None:
-                exc.retry_after_s = self.retry_after_s(core.settings.max_queue_size + 1)
-            self._refuse(ticket.client, ticket.query, exc)
+            joiner = Joiner(ticket, 0 if counted else self.client_limit(ticket.client))
+            flight.position = await core.line.admit(flight, joiner)
+        except (WaitTooLong, LineFull, LineUnavailable, ClientLimit) as exc:
+            if counted:  # its count was not used
+                core.background.run(core.places.give_back_client_slot(ticket.client))
+            self._refuse_join(ticket, exc)
         core.flights.joined(flight)
         return flight
+
+    def _refuse_join(self, ticket: Ticket, exc: Rejected) -> NoReturn:
+        core = self._core
+        if isinstance(exc, ClientLimit):
+            exc = self._over_limit(self.client_limit(ticket.client))
+        elif isinstance(exc, (LineFull, LineUnavailable)) and exc.retry_after_s is None:
+            exc.retry_after_s = self.retry_after_s(core.settings.max_queue_size + 1)
+        self._refuse(ticket.client, ticket.query, exc)
 
     def _newcomer_wait_s(self, ahead: int) -> float:
         """The estimated wait of a newcomer with ``ahead`` flights before it (its tier's place), from
@@ -194,17 +215,19 @@ class Joining:
             listener.rejected(client, query, exc.code)
         raise exc
 
-    def _register(self, ticket: Ticket) -> None:
+    def _register(self, ticket: Ticket, *, recorded: bool = False) -> None:
         core = self._core
         core.status.notify()
         core.registry.add(ticket)
         for listener in core.listeners:
             listener.admitted(ticket)
+        if recorded:
+            return
         flight_id = ticket.flight.id if ticket.flight is not None else None
-        recorded = core.places.record(ticket, flight_id)
-        if recorded is not None:
-            ticket.recorded = recorded
-            core.background.run(recorded)
+        write = core.places.record(ticket, flight_id)
+        if write is not None:
+            ticket.recorded = write
+            core.background.run(write)
 
 
 def _over_share(noun: str, n: int) -> str:

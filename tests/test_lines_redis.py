@@ -11,8 +11,11 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
+from guestqueue.errors import ClientLimit, LineFull
+from guestqueue.lines.base import Joiner
 from guestqueue.lines.redis.line import RedisLine
 from guestqueue.lines.redis.places import RedisPlaces
 from guestqueue.lines.redis.records import REQUEST_TTL_S
@@ -287,3 +290,35 @@ async def test_a_redis_stall_shorter_than_a_lease_takes_no_call_from_a_live_inst
         view = await b.view()
         assert view.active == 1 and view.position(started.id) == 0, "a's call is still a's, not back in line"
         assert await b.end_dead_calls(ENDING, 60) == []
+
+
+async def test_a_joiners_client_count_and_place_record_land_with_its_admission(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # Issue 24: joining a shared line was three round trips (the count, the admission, the record).
+    async with instances(redis_url, redis_prefix, "A", max_size=1) as [line]:  # 2 fit: one would start now
+        redis, places = aioredis.from_url(redis_url), None
+        try:
+            places = RedisPlaces(redis, line.keys, "A")
+            first, second, third = (Ticket(f"q{n}", "client-1", max_wait_s=30.0) for n in range(3))
+            [flight] = flights(1)
+            assert await line.admit(flight, Joiner(first, 2)) == 1
+            record = await places.load(first.id)
+            assert record is not None and (record.flight_id, record.holder, record.status) == (
+                flight.id,
+                "A",
+                Status.QUEUED,
+            )
+            assert record.number == flight.number > 0 and record.max_wait_s == 30.0 and record.client == "client-1"
+            assert await redis.get(line.keys.client("client-1")) == b"1"
+            assert await redis.smembers(line.keys.holders(flight.id)) == {b"A"}
+            assert first.id.encode() in await redis.smembers(line.keys.held_requests("A"))
+            with pytest.raises(ClientLimit):  # its client's one place is taken: nothing joins
+                await line.admit(flights(1, "r")[0], Joiner(second, 1))
+            await line.admit(flights(1, "s")[0], Joiner(second, 2))
+            with pytest.raises(LineFull):  # the line is full: the client's count is not taken
+                await line.admit(flights(1, "t")[0], Joiner(third, 5))
+            assert await redis.get(line.keys.client("client-1")) == b"2"
+            assert (await line.view()).size == 2
+        finally:
+            await redis.aclose()

@@ -40,6 +40,16 @@ from ..tickets import Flight, Ticket
 
 
 @dataclass(frozen=True, slots=True)
+class Joiner:
+    """The guest a new flight is admitted for: a shared line counts its client (at most ``limit``
+    places, else ClientLimit) and writes its place's record in the same step as the admission (one
+    round trip); a line in one process has nothing to add (the registry counts clients)."""
+
+    ticket: Ticket
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class LineView:
     """One snapshot of the whole line (every instance's flights), taken at once."""
 
@@ -73,8 +83,9 @@ class LineView:
 class Line(Protocol):
     """Flights waiting to start, in admission order, and the gate that starts them."""
 
-    async def admit(self, flight: Flight) -> int:
-        """Join at the back; returns the flight's position. Raises LineFull."""
+    async def admit(self, flight: Flight, joiner: Joiner | None = None) -> int:
+        """Join at the back; returns the flight's position. Raises LineFull (or, with a ``joiner``
+        whose client is at its limit on a shared line, ClientLimit)."""
         ...
 
     async def ahead_of(self, rank: int) -> int:

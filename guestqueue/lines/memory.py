@@ -45,7 +45,7 @@ from sortedcontainers import SortedKeyList
 from ..errors import LineFull
 from ..limiter import PacingLimiter
 from ..tickets import Flight, Ticket
-from .base import LineView
+from .base import Joiner, LineView
 
 MIN_REPORT_GAP_S = 0.1
 HELD_POLL_S = 0.2  # a paused line's workers look again this often (a mode or a scheduled window)
@@ -133,7 +133,7 @@ class MemoryLine:
 
     # -- Line ----------------------------------------------------------------------
 
-    async def admit(self, flight: Flight) -> int:
+    async def admit(self, flight: Flight, joiner: Joiner | None = None) -> int:
         self.admit_now(flight)
         return flight.position
 

@@ -41,17 +41,17 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from ...errors import LineFull, LineUnavailable
+from ...errors import ClientLimit, LineFull, LineUnavailable
 from ...scripts import load_script
 from ...stopping import stop_tasks
 from ...tickets import Flight
-from ..base import LineView
+from ..base import Joiner, LineView
 from .boundary import UNAVAILABLE, Spawned, call, text
 from .instances import DeadInstances, Lease, instance_info
 from .keys import Keys
 from .pacer import RedisPacer
 from .rebuild import TIER_SPAN, Rebuild
-from .records import REQUEST_TTL_S, request_fields
+from .records import REQUEST_TTL_S, joined_place, request_fields
 from .running import RunningFlights
 from .starts import Limits, Starts
 from .wake import REORDERED, Wake
@@ -149,9 +149,10 @@ class RedisLine:
 
     # -- Line ----------------------------------------------------------------------
 
-    async def admit(self, flight: Flight) -> int:
-        keys = self.keys.admit_keys(flight.id)
-        pairs = request_fields(flight)
+    async def admit(self, flight: Flight, joiner: Joiner | None = None) -> int:
+        joining = joined_place(self.keys, self.instance_id, flight, joiner)
+        keys = [*self.keys.admit_keys(flight.id), *joining.keys]
+        after = [REQUEST_TTL_S, self.keys.wake, REORDERED, *joining.args, *request_fields(flight)]  # ARGV[9..]
         loop = asyncio.get_running_loop()
         give_up = loop.time() + 2 * self.instance_ttl_s
         while True:
@@ -159,24 +160,13 @@ class RedisLine:
             reply = await self._call(
                 self._admit,
                 keys,
-                [
-                    flight.id,
-                    self.limits.max_size,
-                    self.limits.max_concurrent,
-                    self.limits.interval_ms,
-                    flight.rank,
-                    round(self.limits.max_starvation_s * 1000),
-                    self.keys.prefix,
-                    known,
-                    REQUEST_TTL_S,
-                    self.keys.wake,
-                    REORDERED,
-                    *pairs,
-                ],
+                [flight.id, *self.limits.for_admission(flight.rank), self.keys.prefix, known, *after],
             )
             kind = text(reply[0]) if isinstance(reply[0], bytes | str) else ""
             if kind == "full":
                 raise LineFull("The line is full. Please try again in a little while.")
+            if kind == "client_limit":
+                raise ClientLimit("This client has no place left on the line.")
             if not kind:
                 break
             # Redis forgot the line: the guest waits (a few seconds) until it is rebuilt, so that

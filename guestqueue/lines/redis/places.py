@@ -88,39 +88,8 @@ class RedisPlaces:
         that forgot it); this instance holds it. The fields are read at once and written after the
         request's earlier writes; the returned future is done when this one landed (or failed,
         which is logged)."""
-        fields: dict[str, str | int | float] = {
-            "status": ticket.status.value,
-            "holder": self.instance_id,
-            "cached": int(ticket.cached),
-        }
+        fields = record_fields(ticket, flight_id, self.instance_id, event_id=event_id, whole=whole)
         admission = ticket.status is Status.QUEUED or whole
-        if admission:
-            flight = ticket.flight
-            fields.update(
-                {
-                    "flight_id": flight_id or "",
-                    "client": ticket.client,
-                    "query": ticket.query,
-                    "parameters": json.dumps(ticket.parameters),
-                    "session_id": ticket.session_id or "",
-                    "idempotency_key": ticket.idempotency_key or "",
-                    "created_at": ticket.created_at,
-                    "max_wait_s": ticket.max_wait_s or "",
-                    "number": flight.number if flight is not None else 0,
-                    "rank": flight.rank if flight is not None else 0,
-                }
-            )
-        for name in ("started_at", "finished_at", "wait_ms", "duration_ms"):
-            if (value := getattr(ticket, name)) is not None:
-                fields[name] = value
-        if whole and ticket.status is Status.PROCESSING:
-            event_id = next((e.id for e in ticket.events.after(0) if e.name == PROCESSING), None)
-        if event_id is not None and ticket.status is Status.PROCESSING:
-            fields["started_event_id"] = event_id
-        if ticket.done and (terminal := ticket.events.terminal_event()) is not None:
-            # With its id: an instance that takes the request over after its end gives the ending
-            # the same id (a guest that saw it gets 204 there too), never a new one.
-            fields["terminal"] = json.dumps([terminal.name, terminal.data, terminal.id])
         holders = flight_id if flight_id and admission and not ticket.done else None
         # One write after the other: on two pooled connections a `processing` write could land
         # after the ending and make a finished request look running to the next instance.
@@ -292,3 +261,43 @@ def _record(request_id: str, raw: dict[str, str]) -> PlaceRecord:
         raw=raw,
         terminal_event_id=int(terminal[2]) if terminal and len(terminal) > 2 else None,
     )
+
+
+def record_fields(
+    ticket: Ticket, flight_id: str | None, instance_id: str, *, event_id: int | None = None, whole: bool = False
+) -> dict[str, str | int | float]:
+    """A request's record as ``ticket`` stands now, held by ``instance_id`` (see RedisPlaces.record)."""
+    fields: dict[str, str | int | float] = {
+        "status": ticket.status.value,
+        "holder": instance_id,
+        "cached": int(ticket.cached),
+    }
+    admission = ticket.status is Status.QUEUED or whole
+    if admission:
+        flight = ticket.flight
+        fields.update(
+            {
+                "flight_id": flight_id or "",
+                "client": ticket.client,
+                "query": ticket.query,
+                "parameters": json.dumps(ticket.parameters),
+                "session_id": ticket.session_id or "",
+                "idempotency_key": ticket.idempotency_key or "",
+                "created_at": ticket.created_at,
+                "max_wait_s": ticket.max_wait_s or "",
+                "number": flight.number if flight is not None else 0,
+                "rank": flight.rank if flight is not None else 0,
+            }
+        )
+    for name in ("started_at", "finished_at", "wait_ms", "duration_ms"):
+        if (value := getattr(ticket, name)) is not None:
+            fields[name] = value
+    if whole and ticket.status is Status.PROCESSING:
+        event_id = next((e.id for e in ticket.events.after(0) if e.name == PROCESSING), None)
+    if event_id is not None and ticket.status is Status.PROCESSING:
+        fields["started_event_id"] = event_id
+    if ticket.done and (terminal := ticket.events.terminal_event()) is not None:
+        # With its id: an instance that takes the request over after its end gives the ending
+        # the same id (a guest that saw it gets 204 there too), never a new one.
+        fields["terminal"] = json.dumps([terminal.name, terminal.data, terminal.id])
+    return fields

@@ -39,6 +39,10 @@ class Limits:
     release_per_minute: int = 0
     max_starvation_s: float = 120.0
 
+    def for_admission(self, rank: int) -> list[int]:
+        """scripts/line_admit.lua's ARGV[2..6]: max_size max_concurrent interval_ms rank starvation_ms."""
+        return [self.max_size, self.max_concurrent, self.interval_ms, rank, round(self.max_starvation_s * 1000)]
+
 
 class Starts:
     def __init__(
