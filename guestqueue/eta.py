@@ -112,7 +112,7 @@ class WaitEstimator:
 
     def _reset(self) -> None:
         elapsed, pacing_delay_s = self._snapshot()
-        busy = [self._remaining(e) for e in elapsed[: self.concurrency]]
+        busy = self._busy(elapsed[: self.concurrency])
         self._slots = busy + [0.0] * (self.concurrency - len(busy))
         heapq.heapify(self._slots)
         self._starts = []
@@ -123,14 +123,23 @@ class WaitEstimator:
         self._mean_se = self._hold_sd / math.sqrt(known) if known >= 2 else UNKNOWN_MEAN_SE * self._hold_s
         self._valid = True
 
-    def _remaining(self, elapsed_s: float) -> float:
-        """How much longer a call running for ``elapsed_s`` takes, on average: of the recent calls
-        that ran longer, the mean of what they had left (a call that already ran long tends to run
-        longer than the average says); past all of them, half the average more."""
+    def _busy(self, elapsed: list[float]) -> list[float]:
+        """How much longer each running call takes (:meth:`_remaining`), in one pass: a waiting room
+        has thousands running, and this runs at every start."""
+        avg = self.avg_processing_s
+        if not self._durations:  # nothing measured: the default, and at least a little more
+            return [max(avg - e, 0.1 * avg) for e in elapsed]
         if self._sorted_key != self._recorded:  # once per recorded call, not per running call
             self._sorted = sorted(self._durations)
             self._tail_sums = list(itertools.accumulate(reversed(self._sorted)))[::-1]
             self._sorted_key = self._recorded
+        shortest = self._sorted[0]  # younger than every recent call: all of them ran longer
+        return [avg - e if e < shortest else self._remaining(e) for e in elapsed]
+
+    def _remaining(self, elapsed_s: float) -> float:
+        """How much longer a call running for ``elapsed_s`` takes, on average: of the recent calls
+        that ran longer, the mean of what they had left (a call that already ran long tends to run
+        longer than the average says); past all of them, half the average more."""
         longer = bisect.bisect_right(self._sorted, elapsed_s)
         count = len(self._sorted) - longer
         return (self._tail_sums[longer] - count * elapsed_s) / count if count else 0.5 * self.avg_processing_s

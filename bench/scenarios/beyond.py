@@ -7,6 +7,8 @@ Redis line (a redis-server started here):
   (``max_active`` and ``batch_size`` as large as the crowd, pacing 0.1 ms); a
   decision is one guest let in: the slot, the token (HS256), the session. Timed from
   the first join to the last ``admitted``.
+- **joins**: ``--guests`` questions join a held line (``queue_all``: nothing starts) at once;
+  joins per second, and the CPU each join cost this process and (on Redis) ``redis-server``.
 - **webhook delivery**: ``--deliveries`` events, one at a time, to a receiver on
   loopback (uvicorn): from the event to the receiver's handler, p50 and p99. The
   outbox keeps each delivery first (SQLite, or Redis when shared).
@@ -47,7 +49,7 @@ from guestqueue.tickets import Status
 from guestqueue.upstream import WorkflowRequest, make_upstream
 from guestqueue.webhooks import Outbox
 
-from ..procs import PY, Server, free_port
+from ..procs import PY, Server, cpu_seconds, free_port
 from ..report import Result, Table
 from .scaleout import Redis
 
@@ -69,15 +71,20 @@ def smoke(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> Result:
     redis = Redis()
     try:
-        return asyncio.run(_run(args, redis.url))
+        return asyncio.run(_run(args, redis.url, redis.proc.pid))
     finally:
         redis.stop()
 
 
-async def _run(args: argparse.Namespace, redis_url: str) -> Result:
+async def _run(args: argparse.Namespace, redis_url: str, redis_pid: int) -> Result:
     result = Result("beyond", {k: getattr(args, k) for k in ("guests", "deliveries", "jobs", "workers")})
     admission = Table(
-        "admission decisions (guests let in: slot, token, session)", ["line", "guests", "seconds", "decisions/s"]
+        "admission decisions (guests let in: slot, token, session)",
+        ["line", "guests", "seconds", "decisions/s", "Redis CPU µs/decision"],
+    )
+    joins = Table(
+        "joins (questions into a held line, all at once)",
+        ["line", "guests", "joins/s", "guestqueue CPU ms/join", "Redis CPU µs/join"],
     )
     webhooks = Table("webhook delivery, event to receiver (ms)", ["outbox", "deliveries", "p50", "p90", "p99"])
     pulls = Table(
@@ -85,9 +92,14 @@ async def _run(args: argparse.Namespace, redis_url: str) -> Result:
         ["line", "jobs", "workers", "seconds", "jobs/s", "guestqueue CPU ms/job"],
     )
     for line, url in (("memory", ""), ("redis", redis_url)):
+        redis_s = cpu_seconds(redis_pid)
         seconds = await _admissions(args.guests, url)
-        admission.add(line, args.guests, seconds, args.guests / seconds)
+        redis_us = (cpu_seconds(redis_pid) - redis_s) / args.guests * 1e6 if url else 0.0
+        admission.add(line, args.guests, seconds, args.guests / seconds, redis_us)
         result.raw[f"admission_{line}_per_s"] = args.guests / seconds
+        seconds, cpu_s, redis_s = await _joins(args.guests, url, redis_pid)
+        joins.add(line, args.guests, args.guests / seconds, cpu_s / args.guests * 1000, redis_s / args.guests * 1e6)
+        result.raw[f"joins_{line}_per_s"] = args.guests / seconds
         latencies = await _deliveries(args.deliveries, url)
         q = statistics.quantiles(latencies, n=100)
         webhooks.add("sqlite" if not url else "redis", args.deliveries, q[49], q[89], q[98])
@@ -96,7 +108,7 @@ async def _run(args: argparse.Namespace, redis_url: str) -> Result:
         pulls.add(line, args.jobs, args.workers, seconds, args.jobs / seconds, cpu_s / args.jobs * 1000)
         result.raw[f"jobs_{line}_per_s"] = args.jobs / seconds
         result.raw[f"jobs_{line}_server_cpu_ms"] = cpu_s / args.jobs * 1000
-    result.tables += [admission, webhooks, pulls]
+    result.tables += [admission, joins, webhooks, pulls]
     return result
 
 
@@ -133,6 +145,22 @@ async def _admissions(guests: int, redis_url: str) -> float:
         while not all(t.status is Status.ADMITTED for t in tickets):
             await asyncio.sleep(0.005)
         return time.perf_counter() - began
+
+
+async def _joins(guests: int, redis_url: str, redis_pid: int) -> tuple[float, float, float]:
+    """Seconds for ``guests`` joins at once, this process's CPU seconds and redis-server's for them."""
+    settings = _settings(redis_url, max_queue_size=guests + 10)
+    # queue_all: the line holds everyone (no call starts), so only joining is measured.
+    spec = parse_line("held", {"upstream_url": "http://127.0.0.1:9/", "mode": "queue_all"}, settings, where="bench")
+    async with AsyncExitStack() as stack:
+        client = httpx.AsyncClient()
+        stack.push_async_callback(client.aclose)
+        queue = await open_queue(stack, spec.settings, make_upstream(spec.settings, client), None, spec=spec)
+        service = queue.service
+        began, cpu_s, redis_s = time.perf_counter(), time.process_time(), cpu_seconds(redis_pid)
+        await asyncio.gather(*(service.submit(f"question {n}", client=f"guest-{n}") for n in range(guests)))
+        seconds, cpu_s = time.perf_counter() - began, time.process_time() - cpu_s
+        return seconds, cpu_s, (cpu_seconds(redis_pid) - redis_s) if redis_url else 0.0
 
 
 async def _deliveries(count: int, redis_url: str) -> list[float]:
