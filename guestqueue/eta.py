@@ -24,8 +24,6 @@ import bisect
 import heapq
 import itertools
 import math
-import random
-import statistics
 from collections import deque
 from collections.abc import Callable
 
@@ -35,7 +33,6 @@ DEFAULT_PROCESSING_S = 5.0  # until the first real measurement
 MAX_ESTIMATE_S = 86_400.0
 Z_P90 = 1.2816  # the standard normal's 90th percentile: a p10-p90 range is the mean ± Z_P90 sd
 MIN_RELATIVE_SPREAD = 0.1
-STEADY_ROUNDS = 6  # rounds of the recent calls played out to measure the gap between starts
 DEFAULT_CV = 0.5  # the holds' spread relative to their mean, until two calls were measured
 UNKNOWN_MEAN_SE = 0.5  # ... and their mean is a guess then: ±50 % (one sd)
 
@@ -62,11 +59,11 @@ class WaitEstimator:
         self._mean_se = UNKNOWN_MEAN_SE * DEFAULT_PROCESSING_S
         self._valid = False
         self._recorded = 0
-        self._gap_key: tuple[int, int, float] | None = None
+        self._hold_key: tuple[int, int, float] | None = None  # what _held was computed for
+        self._held = (DEFAULT_PROCESSING_S, DEFAULT_CV * DEFAULT_PROCESSING_S)
         self._sorted_key = -1
         self._sorted: list[float] = []  # the recent calls, shortest first
         self._tail_sums: list[float] = []  # [i]: the sum of _sorted[i:]
-        self._gap = 0.0
 
     @property
     def avg_processing_s(self) -> float:
@@ -148,35 +145,14 @@ class WaitEstimator:
         """How long a start keeps its slot from the next one, on average (see the module's docstring):
         its call, or the slots * interval until that slot's next paced turn, whichever is longer;
         and the standard deviation of that."""
-        turn_s = self.concurrency * self.interval_s
-        holds = [max(d, turn_s) for d in self._durations] or [max(DEFAULT_PROCESSING_S, turn_s)]
-        mean = sum(holds) / len(holds)
-        sd = statistics.pstdev(holds) if len(holds) >= 2 else DEFAULT_CV * mean
-        return max(mean, self.concurrency * self._steady_gap()), sd
-
-    def _steady_gap(self) -> float:
-        """The mean time between starts of a line that never runs dry, played out with the recent
-        calls (shuffled, a few rounds): with several slots, calls that end close together lose
-        time to the pacing, which their mean does not show. Cached until a call is recorded or the
-        line's slots or pacing change."""
         key = (self._recorded, self.concurrency, self.interval_s)
-        if self._gap_key == key:
-            return self._gap
-        durations = list(self._durations)
-        if len(durations) < 2 or self.concurrency < 2:
-            self._gap_key, self._gap = key, 0.0
-            return 0.0
-        order = random.Random(len(durations))
-        slots, last, starts = [0.0] * self.concurrency, -math.inf, []
-        for _ in range(STEADY_ROUNDS):
-            order.shuffle(durations)
-            for call_s in durations:
-                start = max(heapq.heappop(slots), last + self.interval_s)
-                heapq.heappush(slots, start + call_s)
-                starts.append(last := start)
-        settled = starts[len(starts) // 3 :]  # past the start-up, when every slot began at once
-        self._gap_key, self._gap = key, (settled[-1] - settled[0]) / (len(settled) - 1)
-        return self._gap
+        if self._hold_key != key:  # once per recorded call: estimates are reset at every start
+            turn_s = self.concurrency * self.interval_s
+            holds = [max(d, turn_s) for d in self._durations] or [max(DEFAULT_PROCESSING_S, turn_s)]
+            mean = sum(holds) / len(holds)
+            sd = math.sqrt(sum((h - mean) ** 2 for h in holds) / len(holds)) if len(holds) >= 2 else DEFAULT_CV * mean
+            self._hold_key, self._held = key, (mean, sd)
+        return self._held
 
     def _extend(self) -> None:
         free_at = heapq.heappop(self._slots)
