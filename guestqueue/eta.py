@@ -12,10 +12,16 @@ average; docs/benchmarks.md §10). Positions asked for
 beyond what was simulated extend the same schedule, so a burst of admissions
 costs O(1) each.
 
-The range (p10 to p90): the p-th start is about p holds, shared by the slots, after now, so its
-spread is the holds' standard deviation times sqrt(p) / slots (a sum of p varying holds over
-``concurrency`` slots); normal quantiles of that, never narrower than ±10 % of the estimate (calls
-vary even when the recent ones did not), never below what the pacing alone allows.
+A running call is expected to take what the recent calls that ran longer than it had left
+(a call that already ran long tends to run longer than the average says).
+
+The range (p10 to p90): the p-th start comes after about p / slots holds one after another, so its
+spread combines the holds' standard deviation times sqrt(p / slots) with the uncertainty of their
+mean (its standard error times p / slots: with few calls measured, it dominates); normal quantiles
+of that, never narrower than ±10 % of the estimate (calls vary even when the recent ones did not),
+never below what the pacing alone allows. sqrt(p / slots) is wider than a renewal model's
+sqrt(p) / slots for several slots; the simulator's calibration (docs/benchmarks.md §18) is what
+chose it: 78-91 % of guests inside on lognormal calls.
 """
 
 from __future__ import annotations
