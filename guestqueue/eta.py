@@ -19,9 +19,10 @@ The range (p10 to p90): the p-th start comes after about p / slots holds one aft
 spread combines the holds' standard deviation times sqrt(p / slots) with the uncertainty of their
 mean (its standard error times p / slots: with few calls measured, it dominates); normal quantiles
 of that, never narrower than ±10 % of the estimate (calls vary even when the recent ones did not),
-never below what the pacing alone allows. sqrt(p / slots) is wider than a renewal model's
-sqrt(p) / slots for several slots; the simulator's calibration (docs/benchmarks.md §18) is what
-chose it: 78-91 % of guests inside on lognormal calls.
+never below what the pacing alone allows. With several slots sqrt(p / slots) is wider than a
+renewal model's sqrt(p) / slots, a margin for what that model leaves out (calls ending together,
+skew); as it is, the simulator puts 78-91 % of guests inside on lognormal calls (§18 of
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
