@@ -145,6 +145,7 @@ async def eta(target: Target, job: Job) -> dict[str, Any]:
         async for name, data in target.events(f"guest {n} dur={dur:.3f}"):
             if name == "queued" and "estimate_s" not in row:  # the estimate given at admission
                 row["estimate_s"] = data.get("estimate_s")
+                row["range_s"] = data.get("range_s")  # guestqueue's p10-p90
                 row["position"] = data.get("position")
             elif name == "processing":
                 row["wait_s"] = time.monotonic() - t0

@@ -71,7 +71,14 @@ class GuestQueue(Target):
             async for name, data in sse(resp):
                 if name == b"queued":
                     payload = json.loads(data)["data"]
-                    yield "queued", {"position": payload["queue_position"], "estimate_s": payload["estimated_wait_sec"]}
+                    yield (
+                        "queued",
+                        {
+                            "position": payload["queue_position"],
+                            "estimate_s": payload["estimated_wait_sec"],
+                            "range_s": payload.get("estimated_wait_range_sec"),
+                        },
+                    )
                 elif name == b"answer_chunk":
                     yield "answer_chunk", NO_DATA
                 elif name == b"processing":

@@ -153,6 +153,15 @@ def _tabulate(result: Result, args: argparse.Namespace, rows: dict[str, list[dic
     result.tables.append(table)
     gq = scores.get("guestqueue")
     if gq is not None:
+        ranged = [
+            r
+            for r in rows["guestqueue"][args.warmup :]
+            if r.get("wait_s", 0.0) >= args.min_wait_s and isinstance(r.get("range_s"), list)
+        ]
+        inside = sum(1 for r in ranged if r["range_s"][0] <= r["wait_s"] <= r["range_s"][1])
+        share = 100 * inside / len(ranged) if ranged else float("nan")
+        result.raw["guestqueue_inside_range_pct"] = share
+        result.target("guests who started inside their p10-p90 range %", round(share, 1), "≥ 75", share >= 75)
         result.target("median |error| % of real wait", round(gq["rel"] * 100, 1), "≤ 15", gq["rel"] <= 0.15)
         gr = scores.get("gradio")
         if gr is not None:
