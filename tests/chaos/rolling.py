@@ -88,7 +88,11 @@ async def follow(client: httpx.AsyncClient, base: str, body: dict[str, Any], adm
                 "GET", f"{base}/chat/{request_id}/events", headers={"Last-Event-ID": last_id}
             )
         else:
-            request = client.build_request("POST", f"{base}/chat", json=body)
+            # Its own Idempotency-Key, as a client that may ask again must send: a POST whose
+            # answer was cut before its first event (its instance stopping) was admitted all the
+            # same, and asking again without the key is a second question (a second answer).
+            key = {"Idempotency-Key": f"guest-{body['query']}"}
+            request = client.build_request("POST", f"{base}/chat", json=body, headers=key)
         try:
             response = await client.send(request, stream=True)
             try:
