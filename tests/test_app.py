@@ -93,10 +93,14 @@ async def test_pacing_spaces_upstream_starts_across_workers(upstream: MockUpstre
         serve(upstream_url=url, max_concurrent_requests=3, upstream_interval_s=interval) as running,
         httpx.AsyncClient(timeout=30) as client,
     ):
+        # One call first, not measured: the first call to the upstream also opens the connection,
+        # and its arrival once lagged its start by 0.11 s on a loaded machine (the first gap seen
+        # at the upstream was 0.19 s for a 0.3 s pacing that had held).
+        assert (await ask(client, running.base, "warm-up"))[-1].name == "workflow_complete"
         results = await asyncio.gather(*(ask(client, running.base, f"q{i}") for i in range(4)))
         assert_drained(running)
     assert all(r[-1].name == "workflow_complete" for r in results)
-    starts = sorted(c["t"] for c in await upstream.acalls(tag))
+    starts = sorted(c["t"] for c in await upstream.acalls(tag))[1:]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     # Seen at the upstream, one call's arrival may lag its start a little (beside a CPU hog: 35 ms
     # more for the first than for the last); the span of the four holds the pacing to within the
