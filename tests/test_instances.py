@@ -686,7 +686,14 @@ ADMIN_KEY = "the-super-admin-key-0123456789"
 async def _set_mode(client: httpx.AsyncClient, proxied: str, bases: list[str], mode: str) -> None:
     """The guest line's mode, set through nginx and awaited on every instance (the catalog carries it)."""
     api = proxied.removesuffix("/guest")
-    changed = await client.put(f"{api}/admin/lines/guest", json={"mode": mode}, headers={"X-API-Key": ADMIN_KEY})
+    # Right after a restart nginx may still pick the instance that is coming up and answer 502 (a
+    # clean-clone run met it once); the change is idempotent, so it is sent again, as an operator's
+    # script would.
+    for _attempt in range(20):
+        changed = await client.put(f"{api}/admin/lines/guest", json={"mode": mode}, headers={"X-API-Key": ADMIN_KEY})
+        if changed.status_code not in (502, 503, 504):
+            break
+        await asyncio.sleep(0.25)
     assert changed.status_code == 200, changed.text
     deadline = time.monotonic() + 30
     for base in bases:
