@@ -324,20 +324,35 @@ async def test_a_cancelled_job_stops_its_call_and_frees_its_slot() -> None:
         await wait_until(lambda: run.line.peek().active == 0 and not run.pool.active, message="the slot given back")
 
 
-async def test_an_admission_lines_flight_gets_a_token_and_its_slot_stays_the_sessions() -> None:
+@asynccontextmanager
+async def admitting(
+    store: HeldSessions | None = None,
+) -> AsyncIterator[tuple[MemoryLine, Sessions, Recorder, WorkerPool]]:
+    """A started pool on an admission line of one slot; the sessions (``store``, else plain ones)
+    keep the pool's line's slot: one line for both (runtime.py's _memory_line)."""
+
     async def never(request: WorkflowRequest) -> AsyncIterator[str]:
         raise AssertionError("an admission line calls no upstream")
         yield ""
 
-    # The sessions keep the pool's line's slot: one line for both (runtime.py's _memory_line).
     settings = Settings(max_concurrent_requests=1, upstream_interval_s=0.0, upstream_retries=0)
-    line = MemoryLine(max_size=10, max_concurrent=1, interval_s=0.0)
+    line = store.line if store is not None else MemoryLine(max_size=10, max_concurrent=1, interval_s=0.0)
     signer = TokenSigner(secret="a-token-secret-of-at-least-32-characters!")
-    admitter = Sessions("shop", Admission(max_active=1), signer, MemorySessions(line))
+    admitter = Sessions("shop", Admission(max_active=1), signer, store or MemorySessions(line))
     sink = Recorder()
     pool = WorkerPool(settings, line, line, PythonUpstream(never), sink, admitter=admitter)
     pool.start()
     try:
+        yield line, admitter, sink, pool
+    finally:
+        pool.drain()
+        await pool.stop()
+        await admitter.close()
+        await line.close()
+
+
+async def test_an_admission_lines_flight_gets_a_token_and_its_slot_stays_the_sessions() -> None:
+    async with admitting() as (line, admitter, sink, pool):
         first, second = (Flight(None, [], WorkflowRequest(new_request_id(), q)) for q in ("in", "next"))
         await line.admit(first)
         await line.admit(second)
@@ -352,11 +367,6 @@ async def test_an_admission_lines_flight_gets_a_token_and_its_slot_stays_the_ses
         assert line.peek().active == 1 and sink.of(second) == [], "the one slot is the session's"
         assert await admitter.complete(first.request.request_id)
         await wait_until(lambda: sink.ending(second) is not None, message="the next guest let in")
-    finally:
-        pool.drain()
-        await pool.stop()
-        await admitter.close()
-        await line.close()
 
 
 class HeldSessions(MemorySessions):
@@ -364,6 +374,7 @@ class HeldSessions(MemorySessions):
 
     def __init__(self, line: MemoryLine) -> None:
         super().__init__(line)
+        self.line = line
         self.asked, self.opened = asyncio.Event(), asyncio.Event()
 
     async def open(self, flight: Flight, grant: Any) -> bool:
@@ -375,34 +386,20 @@ class HeldSessions(MemorySessions):
 async def test_a_stop_during_an_admission_lets_it_finish_and_its_guest_hears_admitted() -> None:
     # Found by the forgetful-Redis chaos run: a stop while a session's script was under way put the
     # flight back in line (or left it unended) although its session had opened.
-    async def never(request: WorkflowRequest) -> AsyncIterator[str]:
-        raise AssertionError("an admission line calls no upstream")
-        yield ""
-
-    settings = Settings(max_concurrent_requests=1, upstream_interval_s=0.0, upstream_retries=0)
-    line = MemoryLine(max_size=10, max_concurrent=1, interval_s=0.0)
-    signer = TokenSigner(secret="a-token-secret-of-at-least-32-characters!")
-    store = HeldSessions(line)
-    admitter = Sessions("shop", Admission(max_active=1), signer, store)
-    sink = Recorder()
-    pool = WorkerPool(settings, line, line, PythonUpstream(never), sink, admitter=admitter)
-    pool.start()
-    try:
-        flight = Flight(None, [], WorkflowRequest(new_request_id(), "in"))
-        await line.admit(flight)
-        await asyncio.wait_for(store.asked.wait(), 5)
-        assert pool.active == {flight.id: flight}, "the shutdown grace waits for an admission under way"
-        pool.drain()
-        stopping = asyncio.ensure_future(pool.stop())
-        await asyncio.sleep(0.2)
-        store.opened.set()
-        await stopping
-        ending = sink.ending(flight)
-        assert ending is not None and ending[0] == "admitted", sink.of(flight)
-        assert not flight.back_in_line and not pool.active
-    finally:
-        store.opened.set()
-        pool.drain()
-        await pool.stop()
-        await admitter.close()
-        await line.close()
+    store = HeldSessions(MemoryLine(max_size=10, max_concurrent=1, interval_s=0.0))
+    async with admitting(store) as (line, _, sink, pool):
+        try:
+            flight = Flight(None, [], WorkflowRequest(new_request_id(), "in"))
+            await line.admit(flight)
+            await asyncio.wait_for(store.asked.wait(), 5)
+            assert pool.active == {flight.id: flight}, "the shutdown grace waits for an admission under way"
+            pool.drain()
+            stopping = asyncio.ensure_future(pool.stop())
+            await asyncio.sleep(0.2)
+            store.opened.set()
+            await stopping
+            ending = sink.ending(flight)
+            assert ending is not None and ending[0] == "admitted", sink.of(flight)
+            assert not flight.back_in_line and not pool.active
+        finally:
+            store.opened.set()
