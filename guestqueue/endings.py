@@ -84,6 +84,9 @@ class Endings:
                 core.background.run(core.sessions.admitted(ticket.client, ticket.id, grant["expires_at"]))
             self._end(ticket, Status.ADMITTED, ADMITTED, {**grant, "request_id": ticket.id})
 
+    def back_to_line(self, flight: Flight) -> bool:
+        return False  # one process: nobody else could run it
+
     async def release(self, flight: Flight) -> None:
         await self._core.line.finish(flight)
 

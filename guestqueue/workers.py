@@ -73,6 +73,12 @@ class FlightSink(Protocol):
 
     def end_flight_admitted(self, flight: Flight, grant: dict[str, Any]) -> None: ...
 
+    def back_to_line(self, flight: Flight) -> bool:
+        """The flight cannot go on here before it said anything (this instance stops, or its
+        admission's session could not be kept): on a shared line it waits again at its place and
+        another start lets it go (True: the worker puts it back); a line in one process cannot."""
+        ...
+
     async def release(self, flight: Flight) -> None:
         """The flight's call is over and its ending told: its slot is free for the next. (A shared
         line's relay frees it in the script that sends the ending: never a free slot without an
@@ -207,7 +213,14 @@ class WorkerPool:
                 sink.on_started(flight)
             self.active[flight.id] = flight  # the shutdown grace waits for it
             if self._admitter is not None:
-                grant = await self._admit(flight)
+                try:
+                    grant = await self._admit(flight)
+                except LineUnavailable:
+                    # Its session could not be opened (Redis failed, or this instance's lease ran
+                    # out and the slot went back with the flight): the visitor waits again.
+                    if sink.back_to_line(flight):
+                        return
+                    raise
                 started = False  # the slot is the session's now: it is not given back here
                 sink.end_flight_admitted(flight, grant)
                 return

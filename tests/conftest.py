@@ -158,7 +158,11 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
 async def serve_uvicorn(app: Any, settings: Settings | None = None) -> AsyncIterator[tuple[str, uvicorn.Server]]:
     """Like :func:`serve_app`, also yielding the uvicorn server, configured as ``guestqueue serve``
     configures it (:func:`guestqueue.web.server.uvicorn_config`) for ``settings``."""
-    port = free_port()
+    # The listening socket is bound here and handed over: a port picked first and bound later by
+    # uvicorn could be taken meanwhile by another test process ("address already in use").
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     config = uvicorn_config(
         app,
         settings or Settings(),
@@ -167,7 +171,7 @@ async def serve_uvicorn(app: Any, settings: Settings | None = None) -> AsyncIter
         log_level="warning",
     )
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(10):
             while not server.started:
@@ -178,6 +182,7 @@ async def serve_uvicorn(app: Any, settings: Settings | None = None) -> AsyncIter
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=15)
+        sock.close()
 
 
 @asynccontextmanager

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from guestqueue.errors import ClientLimit, LineFull
 from guestqueue.lines.base import Joiner
+from guestqueue.lines.redis.boundary import text
 from guestqueue.lines.redis.line import RedisLine
 from guestqueue.lines.redis.places import RedisPlaces
 from guestqueue.lines.redis.records import REQUEST_TTL_S
@@ -141,6 +142,25 @@ async def test_a_dead_instances_call_that_had_answered_goes_to_one_survivor(redi
         await b.requeue_front(got)
         view = await c.view()
         assert view.position(got.id) == 1 and view.position(later.id) == 2
+
+
+async def test_an_instance_whose_lease_ran_out_cannot_put_back_a_call_another_one_runs_now(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # Found by the forgetful-Redis chaos run: a waiting room's session could not open on a slot
+    # the instance's lease had lost meanwhile; putting the flight back in line then took it from
+    # the instance that had started it since (its visitor let in twice, or turned away).
+    async with instances(redis_url, redis_prefix, "stalled", "B") as (stalled, b):
+        (flight,) = flights(1)
+        await stalled.admit(flight)
+        mine = await stalled.next()
+        die(stalled)  # its lease runs out: the call, which said nothing, goes back first, to B
+        got = await asyncio.wait_for(b.next(), 5)
+        assert got.id == flight.id
+        await stalled.requeue_front(mine)  # the stalled instance comes back and would give it back
+        assert (await b.view()).position(flight.id) == 0, "not in line again: B runs it"
+        owner = await b._redis.hget(b.keys.slots, flight.id)
+        assert owner is not None and text(owner).startswith("B "), "B's slot is still B's"
 
 
 async def test_a_view_costs_the_same_whatever_the_length_of_the_line(redis_url: str, redis_prefix: str) -> None:

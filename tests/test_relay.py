@@ -58,6 +58,9 @@ class Recorder:
         flight.answer_parts.append(text)
         self._note(flight, "chunk", text)
 
+    def back_to_line(self, flight: Flight) -> bool:
+        return False
+
     def end_flight_completed(self, flight: Flight) -> None:
         self.flights.finished(flight)
         self._note(flight, "completed", list(flight.suggested_questions))

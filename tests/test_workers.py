@@ -21,7 +21,7 @@ from guestqueue.tickets import Flight, new_request_id
 from guestqueue.upstream import Chunk, WorkflowRequest
 from guestqueue.upstream.base import Workflow
 from guestqueue.upstream.python import PythonUpstream
-from guestqueue.waitingroom.sessions import MemorySessions, Sessions
+from guestqueue.waitingroom.sessions import ROOM_UNAVAILABLE, MemorySessions, Sessions
 from guestqueue.waitingroom.tokens import TokenSigner
 from guestqueue.workers import WorkerPool
 
@@ -38,12 +38,13 @@ class Recorder:
     line: MemoryLine | None = None  # whose slots it frees, as endings.py does
     order: list[str] = field(default_factory=list)  # flight ids as they started
     released: list[tuple[str, bool]] = field(default_factory=list)  # (flight id, had it ended then)
+    shared: bool = False  # a shared line's sink: a flight may go back in line (the relay's back_to_line)
 
     def of(self, flight: Flight) -> list[Heard]:
         return self.heard.get(flight.id, [])
 
     def ending(self, flight: Flight) -> Heard | None:
-        ends = [h for h in self.of(flight) if h[0] not in ("started", "chunk")]
+        ends = [h for h in self.of(flight) if h[0] not in ("started", "chunk", "back in line")]
         assert len(ends) <= 1, f"more than one ending: {ends}"
         return ends[0] if ends else None
 
@@ -58,6 +59,13 @@ class Recorder:
     def emit_chunk(self, flight: Flight, text: str) -> None:
         flight.answer_parts.append(text)
         self._note(flight, "chunk", text)
+
+    def back_to_line(self, flight: Flight) -> bool:
+        if not self.shared:  # one process, as endings.py
+            return False
+        flight.finished = flight.back_in_line = True  # as the relay does
+        self._note(flight, "back in line")
+        return True
 
     def end_flight_completed(self, flight: Flight) -> None:
         flight.finished = True
@@ -326,7 +334,7 @@ async def test_a_cancelled_job_stops_its_call_and_frees_its_slot() -> None:
 
 @asynccontextmanager
 async def admitting(
-    store: HeldSessions | None = None,
+    store: HeldSessions | LostSlotSessions | None = None, sink: Recorder | None = None
 ) -> AsyncIterator[tuple[MemoryLine, Sessions, Recorder, WorkerPool]]:
     """A started pool on an admission line of one slot; the sessions (``store``, else plain ones)
     keep the pool's line's slot: one line for both (runtime.py's _memory_line)."""
@@ -339,7 +347,7 @@ async def admitting(
     line = store.line if store is not None else MemoryLine(max_size=10, max_concurrent=1, interval_s=0.0)
     signer = TokenSigner(secret="a-token-secret-of-at-least-32-characters!")
     admitter = Sessions("shop", Admission(max_active=1), signer, store or MemorySessions(line))
-    sink = Recorder()
+    sink = sink or Recorder()
     pool = WorkerPool(settings, line, line, PythonUpstream(never), sink, admitter=admitter)
     pool.start()
     try:
@@ -403,3 +411,34 @@ async def test_a_stop_during_an_admission_lets_it_finish_and_its_guest_hears_adm
             assert not flight.back_in_line and not pool.active
         finally:
             store.opened.set()
+
+
+class LostSlotSessions(MemorySessions):
+    """Sessions that find the slot gone (a shared line's lease ran out meanwhile, or Redis failed)."""
+
+    def __init__(self, line: MemoryLine) -> None:
+        super().__init__(line)
+        self.line = line
+
+    async def open(self, flight: Flight, grant: Any) -> bool:
+        return False
+
+
+async def test_an_admission_whose_session_cannot_open_puts_its_visitor_back_in_line_untold() -> None:
+    # Found by the forgetful-Redis chaos run: a visitor whose session could not be opened (its
+    # instance's lease ran out during a Redis stall, and the slot went back with the flight) was
+    # turned away with `unavailable`; on a shared line it waits again and another start lets it in.
+    store = LostSlotSessions(MemoryLine(max_size=10, max_concurrent=1, interval_s=0.0))
+    async with admitting(store, Recorder(shared=True)) as (line, _, sink, _pool):
+        flight = Flight(None, [], WorkflowRequest(new_request_id(), "in"))
+        await line.admit(flight)
+        await wait_until(lambda: ("back in line", None) in sink.of(flight), message="the flight put back")
+        assert sink.ending(flight) is None, "its visitor was told nothing but that it started"
+        await wait_until(lambda: line.peek().active == 0, message="its slot given back")
+    # A line in one process cannot put it back: the visitor hears why at once.
+    store = LostSlotSessions(MemoryLine(max_size=10, max_concurrent=1, interval_s=0.0))
+    async with admitting(store) as (line, _, sink, _pool):
+        flight = Flight(None, [], WorkflowRequest(new_request_id(), "in"))
+        await line.admit(flight)
+        await wait_until(lambda: sink.ending(flight) is not None, message="its ending")
+        assert sink.ending(flight) == ("error", ("unavailable", ROOM_UNAVAILABLE, None))

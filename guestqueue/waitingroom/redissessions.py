@@ -23,6 +23,8 @@ from .sessions import ENDINGS, MAX_COUNTED, ROOM_UNAVAILABLE, SWEEP_EVERY_S
 from .tokens import Grant
 
 logger = logging.getLogger("guestqueue.waitingroom.sessions")
+OPEN_PATIENCE_S = 10.0  # a session's opening tries again this long while Redis fails (then: back in line)
+OPEN_RETRY_S = 0.25
 
 
 @dataclass(slots=True)
@@ -66,24 +68,31 @@ class RedisSessions:
     async def open(self, flight: Flight, grant: Grant) -> bool:
         keys = self._keys
         exp_ms = round(grant.expires_at * 1000)
-        for _attempt in range(3):
+        give_up = asyncio.get_running_loop().time() + OPEN_PATIENCE_S
+        while True:
             await self._line.settled()  # its slot may be on its way back to a forgetful Redis
             known = self._line.epoch
-            opened = int(
-                await self._call(
-                    self._open_script,
-                    [
-                        keys.slots,
-                        keys.sessions,
-                        keys.session(grant.request_id),
-                        keys.session_jtis,
-                        keys.session_totals,
-                        keys.epoch,
-                    ],
-                    [flight.id, grant.jti, exp_ms, grant.request_id, known],
+            try:
+                opened = int(
+                    await self._call(
+                        self._open_script,
+                        [
+                            keys.slots,
+                            keys.sessions,
+                            keys.session(grant.request_id),
+                            keys.session_jtis,
+                            keys.session_totals,
+                            keys.epoch,
+                        ],
+                        [flight.id, grant.jti, exp_ms, grant.request_id, known],
+                    )
                 )
-            )
-            if opened >= 0:
+            except LineUnavailable:  # Redis restarts or stalls: the slot is still ours for a lease
+                if asyncio.get_running_loop().time() > give_up:
+                    raise
+                await asyncio.sleep(OPEN_RETRY_S)
+                continue
+            if opened >= 0 or asyncio.get_running_loop().time() > give_up:
                 break
             await self._line.notice(known)  # its slot is given back, then the session opens on it
         if opened > 0:

@@ -154,6 +154,7 @@ class DeadInstances:
         self._redis = redis
         self._keys = keys
         self._orphans = redis.register_script(load_script("line_take_orphans"))
+        self._requeue = redis.register_script(load_script("line_requeue"))
 
     async def end_calls(self, ending: dict[str, Any], stream_ttl_s: int) -> list[str]:
         keys = self._keys
@@ -165,16 +166,12 @@ class DeadInstances:
         )
         return [text(flight_id) for flight_id in reply]
 
-    async def requeue_front(self, flight: Flight) -> None:
-        """Put a flight back in line at its old number: ahead of everyone admitted after it."""
-        seq = await self._redis.hget(self._keys.request(flight.id), "seq")
-        if seq is None:  # its request is gone (the call ended meanwhile)
-            return
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self._keys.line, {flight.id: int(seq)})
-            pipe.hdel(self._keys.slots, flight.id)
-            pipe.publish(self._keys.wake, "requeue")
-            await pipe.execute()
+    async def requeue_front(self, flight: Flight, instance_id: str) -> None:
+        """Put a flight ``instance_id`` started back in line at its old number, ahead of everyone
+        admitted after it, if its slot is still that instance's (scripts/line_requeue.lua)."""
+        keys = self._keys
+        script_keys = [keys.slots, keys.line, keys.request(flight.id)]
+        await call(self._requeue(keys=script_keys, args=[flight.id, instance_id, keys.wake]))
 
 
 def instance_info(entry: dict[str, Any]) -> dict[str, object]:

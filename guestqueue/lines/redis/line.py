@@ -257,7 +257,7 @@ class RedisLine:
 
     async def requeue_front(self, flight: Flight) -> None:
         """Put a flight back in line at its old number: ahead of everyone admitted after it."""
-        await self._dead.requeue_front(flight)
+        await self._dead.requeue_front(flight, self.instance_id)
 
     # -- a line Redis forgot -----------------------------------------------------------
 

@@ -114,15 +114,18 @@ class FlightRelay:
         self._end(flight, {"t": "admitted", "grant": grant}, frees_slot=False)  # the session holds it now
 
     def end_flight_error(self, flight: Flight, code: str, message: str, *, detail: str | None = None) -> None:
-        if code == "shutdown" and not flight.answer_parts and not flight.finished:
-            # This instance stops before the call said anything: another instance runs it, from
-            # the front of the line (the worker puts it back instead of finishing it).
-            flight.finished = flight.back_in_line = True
-            self._running.drop(flight.id)
-            return
+        if code == "shutdown" and self.back_to_line(flight):
+            return  # another instance runs it, from the front of the line
         if code == "shutdown":
             code, message = "interrupted", INTERRUPTED
         self._end(flight, {"t": "error", "code": code, "message": message, "detail": detail})
+
+    def back_to_line(self, flight: Flight) -> bool:
+        if flight.answer_parts or flight.finished:
+            return False
+        flight.finished = flight.back_in_line = True  # the worker puts it back instead of finishing it
+        self._running.drop(flight.id)
+        return True
 
     async def release(self, flight: Flight) -> None:
         if flight.id not in self._ended:  # stopped with nobody left to tell (running.py): no ending

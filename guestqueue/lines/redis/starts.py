@@ -132,7 +132,7 @@ class Starts:
             return
         kind, flight = _reply(started.result())
         if kind == "go":
-            self._spawn(self._dead.requeue_front(flight))
+            self._spawn(self._dead.requeue_front(flight, self._instance_id))
 
 
 def _reply(reply: list[Any]) -> tuple[str, Any]:
