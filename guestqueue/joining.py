@@ -9,6 +9,7 @@ joins the line. Every refusal goes through :meth:`Joining._refuse`, which tells 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .attendance import Attendance, count
@@ -23,6 +24,14 @@ from .tickets import Flight, Ticket, new_request_id
 from .upstream import WorkflowRequest
 
 KEYED_CLIENT = "key:"  # a client named by its application's API key (web/admission.py), not its address
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a newcomer's flight goes: its priority ``tier`` and, on a fair line, its ``share``."""
+
+    tier: str | None
+    share: str
 
 
 class Joining:
@@ -42,10 +51,12 @@ class Joining:
         session_id: str | None = None,
         idempotency_key: str | None = None,
         tier: str | None = None,
+        share: str | None = None,
         max_wait_s: float | None = None,
     ) -> Ticket:
         """Admit a request, or raise a :class:`~guestqueue.errors.Rejected`. ``tier``: the asker's
         priority tier (its API key's); none, or one the line does not have, is the line's default.
+        ``share``: whose share it counts in on a fair line (its application; default: ``client``).
         ``max_wait_s``: how long the guest will wait in line (refused at once if the line predicts
         longer; it leaves with ``timeout`` ``deadline`` if still in line then).
 
@@ -63,7 +74,7 @@ class Joining:
         ticket = Ticket(query, client, parameters or {}, session_id, idempotency_key, max_wait_s, id=request_id)
         try:
             await self._check(ticket)
-            await self._admit(ticket, tier)
+            await self._admit(ticket, Place(tier, share or client))
         except Rejected:
             if idempotency_key is not None:  # the key may be used again
                 self._core.background.run(places.forget_key(client, idempotency_key, request_id))
@@ -124,7 +135,7 @@ class Joining:
         if not await self._core.places.take_client_slot(ticket.client, limit):
             self._refuse(ticket.client, ticket.query, self._over_limit(limit))
 
-    async def _admit(self, ticket: Ticket, tier: str | None) -> None:
+    async def _admit(self, ticket: Ticket, place: Place) -> None:
         """From the cache, on a flight already asked, or on a new flight in line. The client's
         count is taken with the step that admits it, so nothing refused after holds one."""
         core = self._core
@@ -138,13 +149,13 @@ class Joining:
             return
         recorded = False  # its place's record, on a shared line
         if core.flights.riding(key) is None:
-            flight = await self._join(ticket, key, tier)
+            flight = await self._join(ticket, key, place)
             recorded = True  # by the admission's own script
         else:
             await self._count_client(ticket)
             ridden = core.flights.riding(key)  # again: it may have ended while the client was counted
             if ridden is None:
-                flight = await self._join(ticket, key, tier, counted=True)
+                flight = await self._join(ticket, key, place, counted=True)
             else:
                 flight = ridden
                 flight.tickets.append(ticket)
@@ -159,13 +170,15 @@ class Joining:
         else:
             core.positions.tell(ticket, max(1, core.positions.view.position(flight.id) or flight.position))
 
-    async def _join(self, ticket: Ticket, key: str | None, tier: str | None, *, counted: bool = False) -> Flight:
+    async def _join(self, ticket: Ticket, key: str | None, place: Place, *, counted: bool = False) -> Flight:
         """A new flight for ``ticket``, in line; its client counted with it (unless ``counted``) and,
         on a shared line, its place recorded in the same step."""
         core, spec = self._core, self._core.gate.spec
         request = WorkflowRequest(ticket.id, ticket.query, ticket.parameters, ticket.session_id)
         flight = Flight(key, [ticket], request)
-        flight.rank = spec.tier_rank(tier)
+        flight.rank = spec.tier_rank(place.tier)
+        if spec.fairness == "fair":
+            flight.share = place.share
         try:
             # Only a question that needs a call of its own waits: a cached or shared answer does not.
             if spec.max_predicted_wait_s > 0 or ticket.max_wait_s is not None:

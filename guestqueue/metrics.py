@@ -45,6 +45,8 @@ class MetricsSource(Protocol):
 
     def session_counts(self) -> dict[str, int] | None: ...  # an admission line's (waitingroom/sessions.py)
 
+    def fair_shares(self) -> dict[str, Any] | None: ...  # a fair line's (fairness.py Shares.snapshot)
+
 
 class Metrics:
     """Every line's metrics (each series labelled ``line``), and the request log's."""
@@ -195,6 +197,13 @@ class _Collector(Collector):
         expired = _family(counter, "guestqueue_sessions_expired", "Admission sessions that ran to their token's exp")
         ended = _family(counter, "guestqueue_sessions_ended", "Admission sessions ended, by how", "how")
         open_sessions = _family(gauge, "guestqueue_sessions_active", "Admission sessions holding a slot now")
+        jain = _family(gauge, "guestqueue_fair_jain_index", "Jain's index of the service shares got in the last 60 s")
+        served = _family(
+            gauge,
+            "guestqueue_fair_share_service",
+            "Service (answer characters plus a cost per call) each share got in the last 60 s; addresses together",
+            "share",
+        )
         for line, source in sorted(self._metrics.sources.items()):
             if (sessions := source.session_counts()) is not None:
                 granted.add_metric([line], sessions["admitted"])
@@ -202,6 +211,11 @@ class _Collector(Collector):
                 for how in ("completed", "expired", "revoked"):
                     ended.add_metric([line, how], sessions[how])
                 open_sessions.add_metric([line], sessions["sessions_active"])
+            if (fair := source.fair_shares()) is not None:
+                if fair["jain_index"] is not None:
+                    jain.add_metric([line], fair["jain_index"])
+                for share, service in fair["service"].items():
+                    served.add_metric([line, share], service)
             stats = source.stats
             size.add_metric([line], source.queue_size())
             active.add_metric([line], source.active_requests())
@@ -227,6 +241,8 @@ class _Collector(Collector):
             expired,
             ended,
             open_sessions,
+            jain,
+            served,
         )
         deliveries = CounterMetricFamily(
             "guestqueue_webhook_deliveries", "Webhook deliveries by result", labels=["result"]

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -28,7 +28,8 @@ from .endings import Endings
 from .gate import Gate
 from .handover import Handover
 from .lines.base import Line, Places
-from .lines.memory import LocalPlaces, MemoryLine
+from .lines.local import LocalPlaces
+from .lines.memory import MemoryLine
 from .lines.redis.answers import RedisAnswers
 from .lines.redis.follow import FlightFollower
 from .lines.redis.keys import Keys
@@ -114,6 +115,9 @@ class Queue:
 
     def session_counts(self) -> dict[str, int] | None:
         return self.sessions.counts() if self.sessions is not None else None
+
+    def fair_shares(self) -> dict[str, Any] | None:
+        return self.service.line.shares.snapshot() if self.spec.fairness == "fair" else None
 
 
 class LineWatcher(Protocol):

@@ -170,7 +170,9 @@ class Flight:
     back_in_line: bool = False  # its call stopped before saying anything: it goes back to the front
     joined_mono: float = field(default_factory=clock.monotonic)  # when the line had it (joined, or adopted)
     rank: int = 0  # its priority tier: 0 = the highest (linespec.LineSpec.tier_rank)
-    order: tuple[int, int] = (0, 0)  # the memory line's sort key: (rank, number)
+    share: str | None = None  # on a fair line, whose share it counts in (fairness.py); None: FIFO
+    charged: float | None = None  # the service its start charged its share (corrected when it ends)
+    order: tuple[int, float, int] = (0, 0.0, 0)  # the memory line's sort key: (rank, fair tag, number)
     number: int = 0  # the shared line's ticket number (admission order); 0 = not known here
     answer_parts: list[str] = field(default_factory=list)
     suggested_questions: list[str] = field(default_factory=list)

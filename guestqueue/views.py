@@ -45,6 +45,10 @@ class QueueViews:
             out["instances"] = list(view.instances)
         if self._sessions is not None:
             out["sessions"] = self._sessions.counts()
+        if service.spec.fairness == "fair":
+            # /queue/status may be public: how evenly, never who (the metrics name the shares).
+            fair = service.line.shares.snapshot()
+            out["fairness"] = {**fair, "service": sorted(fair["service"].values(), reverse=True)}
         return out
 
     async def health(self) -> tuple[str, dict[str, Any]]:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from .config import Settings
 from .errors import AnswerTooLarge, LineUnavailable, UpstreamError, UpstreamFailure
+from .fairness import service_of
 from .lines.base import Line, Pacer
 from .outbound import mask_url
 from .stopping import raise_if_cancelled, stop_tasks
@@ -270,6 +271,8 @@ class WorkerPool:
                 await self._line.requeue_front(flight)
             else:
                 await self._sink.release(flight)
+                if flight.share is not None:  # a fair line: its share pays what the call cost
+                    await self._line.charge(flight, service_of(sum(map(len, flight.answer_parts))))
         except LineUnavailable:
             logger.warning("flight %s: could not give its slot back (the line's lease frees it)", flight.id)
 

@@ -51,7 +51,7 @@ def test_overhead_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "scenario",
-    ["waiting", "eta", "dispatch", "logwriter", "memory", "scaleout", "tenants", "beyond", "compare"],
+    ["waiting", "eta", "dispatch", "logwriter", "memory", "scaleout", "tenants", "beyond", "compare", "fairness"],
 )
 def test_scenario_smoke(scenario: str, tmp_path: Path) -> None:
     result = _run(scenario, tmp_path)

@@ -306,3 +306,86 @@ async def test_a_newcomer_is_told_how_many_would_start_before_it(make_line: Make
         for flight in tiered(1, 1, 0, 1):
             await line.admit(flight)
         assert [await line.ahead_of(rank) for rank in (0, 1, 2)] == [1, 4, 4]
+
+
+# -- fair shares (fairness.py): the same order on both lines ----------------------------------
+
+
+def of_share(share: str, n: int, rank: int = 0) -> list[Flight]:
+    made = flights(n)
+    for i, flight in enumerate(made):
+        flight.share, flight.rank = share, rank
+        flight.request = WorkflowRequest(f"{share}{i}", f"{share} q{i}")
+    return made
+
+
+async def test_a_fair_line_starts_the_least_served_share_first_and_keeps_each_share_in_order(
+    make_line: MakeLine,
+) -> None:
+    async with make_line(max_size=20, max_concurrent=1, interval_s=0) as line:
+        heavy, light = of_share("heavy", 5), of_share("light", 2)
+        for flight in heavy:
+            await line.admit(flight)
+        # The light share joins behind five heavy flights, at the front's counter: one heavy call
+        # starts before it, and the two shares take turns after.
+        assert await line.admit(light[0]) == 2
+        assert await line.admit(light[1]) == 4
+        expected = [heavy[0], light[0], heavy[1], light[1], heavy[2], heavy[3], heavy[4]]
+        view = await line.view()
+        assert [view.position(f.id) for f in expected] == list(range(1, 8)), "positions as the line stands"
+        starts = Starts(line, workers=1, hold_s=0.01)
+        await starts.until(7)
+        await starts.stop()
+        assert starts.order() == [f.id for f in expected]
+
+
+async def test_a_share_that_idled_rejoins_at_the_least_counter_waiting_and_earns_no_credit(
+    make_line: MakeLine,
+) -> None:
+    async with make_line(max_size=20, max_concurrent=1, interval_s=0) as line:
+        heavy = of_share("heavy", 6)
+        for flight in heavy:
+            await line.admit(flight)
+        starts = Starts(line, workers=1, hold_s=0.01)
+        await starts.until(4)
+        await starts.stop()
+        # Four heavy calls were served while the light share asked nothing: it does not get four
+        # turns in a row for it, it joins just after the heavy share's next flight.
+        light = of_share("light", 2)
+        for flight in light:
+            await line.admit(flight)
+        view = await line.view()
+        assert [view.position(f.id) for f in (heavy[4], light[0], heavy[5], light[1])] == [1, 2, 3, 4]
+
+
+async def test_a_call_that_cost_more_than_expected_moves_its_share_back(make_line: MakeLine) -> None:
+    async with make_line(max_size=20, max_concurrent=1, interval_s=0) as line:
+        a, b = of_share("a", 2), of_share("b", 2)
+        for flight in (a[0], a[1], b[0], b[1]):
+            await line.admit(flight)
+        view = await line.view()
+        assert [view.position(f.id) for f in (a[0], b[0], a[1], b[1])] == [1, 2, 3, 4]
+        first = await line.next()
+        await line.start(first)
+        assert first.id == a[0].id and first.share == "a" and first.charged
+        await line.finish(first)
+        await line.charge(first, first.charged + 10_000)  # a long answer: ten thousand characters more
+        view = await line.view()
+        assert [view.position(f.id) for f in (b[0], b[1], a[1])] == [1, 2, 3], "a's next waits behind b's"
+        await line.charge(first, 99_999)  # charged once: a second report changes nothing
+        view = await line.view()
+        assert [view.position(f.id) for f in (b[0], b[1], a[1])] == [1, 2, 3]
+
+
+async def test_tiers_stay_strict_on_a_fair_line_and_fifo_flights_are_untouched(make_line: MakeLine) -> None:
+    async with make_line(max_size=20, max_concurrent=1, interval_s=0) as line:
+        free_light = of_share("light", 1, rank=1)[0]
+        paid_heavy = of_share("heavy", 3, rank=0)
+        for flight in (free_light, *paid_heavy):
+            await line.admit(flight)
+        view = await line.view()
+        assert [view.position(f.id) for f in (*paid_heavy, free_light)] == [1, 2, 3, 4]
+        starts = Starts(line, workers=1, hold_s=0.01)
+        await starts.until(4)
+        await starts.stop()
+        assert starts.order() == [f.id for f in (*paid_heavy, free_light)]

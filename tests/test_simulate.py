@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from guestqueue import Settings
 from guestqueue.cli import main
 from guestqueue.linespec import LineSpec, default_line, parse_line
-from guestqueue.simulate import Durations, Scenario, simulate, what_if
+from guestqueue.simulate import Durations, Scenario, ShareMix, simulate, what_if
 
 from .conftest import env_without_guest_vars
 
@@ -171,6 +172,9 @@ def test_the_table_names_every_figure(capsys: pytest.CaptureFixture[str]) -> Non
         (["--guests", "many"], "--guests='many': must be a whole number >= 1"),
         (["--max-queue-size", "0"], "GUEST_MAX_QUEUE_SIZE=0: must be >= 1"),
         (["--upstream-interval-sec", "soon"], "GUEST_UPSTREAM_INTERVAL_SEC='soon': must be a number"),
+        (["--shares", "heavy"], "--shares='heavy': use NAME=WEIGHT,..."),
+        (["--shares", "a=1,b=-2"], "--shares='a=1,b=-2': use NAME=WEIGHT,..."),
+        (["--shares", "a=1,a=2"], "--shares='a=1,a=2': a share is named twice"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -240,3 +244,22 @@ def test_most_guests_start_inside_the_range_they_were_told(
     figures = simulate(spec, Scenario(600, arrivals, Durations.parse(dist))).summary()["eta_calibration"]
     assert figures["guests"] >= 100, figures
     assert figures["inside_range_pct"] >= 75 and figures["median_abs_error_pct"] <= 15, figures
+
+
+def test_a_fair_line_bounds_the_service_gap_and_shortens_the_light_shares_wait() -> None:
+    # One share asks ten times as often as the other; together they ask more than the line serves
+    # (a call of ~7 s on one slot, 0.2 guests a second), so both are backlogged most of the time.
+    shares = ShareMix.parse("heavy=10,light=1")
+    scenario = Scenario(400, 0.2, Durations.parse("lognormal:2,0.4"), seed=5, shares=shares)
+    fifo, fair = (
+        simulate(dataclasses.replace(one_slot(0), fairness=mode), scenario).summary()["shares"]
+        for mode in ("fifo", "fair")
+    )
+    light_fifo, light_fair = fifo["per_share"]["light"], fair["per_share"]["light"]
+    assert light_fair["guests"] == light_fifo["guests"] > 10
+    # FIFO lets the light share wait behind the heavy one's backlog; fair starts it at its next turn.
+    assert light_fair["wait_p50_sec"] < light_fifo["wait_p50_sec"] / 3, (fifo, fair)
+    # The paper's bound holds under fair, and FIFO's gap is far beyond it.
+    assert fair["service_gap_max"] <= fair["service_gap_bound"], fair
+    assert fifo["service_gap_max"] > fifo["service_gap_bound"], fifo
+    assert fair["jain_index_backlogged"] > fifo["jain_index_backlogged"]

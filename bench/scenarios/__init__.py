@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import beyond, compare, dispatch, eta, logwriter, memory, overhead, scaleout, tenants, waiting
+from . import beyond, compare, dispatch, eta, fairness, logwriter, memory, overhead, scaleout, tenants, waiting
 
 SCENARIOS: dict[str, ModuleType] = {
     "overhead": overhead,
@@ -17,4 +17,5 @@ SCENARIOS: dict[str, ModuleType] = {
     "tenants": tenants,
     "beyond": beyond,
     "compare": compare,
+    "fairness": fairness,
 }

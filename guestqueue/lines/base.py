@@ -14,6 +14,8 @@ runs the same suite against each):
 - **FIFO.** Flights start in admission order (a flight that left never starts);
   with priority tiers, the highest tier first, FIFO within a tier, and a flight
   that waited ``max_starvation_s`` goes before higher-tier flights admitted after it.
+- **Fair shares.** Within a tier, flights with a share (a fair line) start in the order of
+  their tags: the least served share first, FIFO within a share (fairness.py).
 - **Concurrency.** At most ``max_concurrent`` flights run at once (between
   :meth:`Line.start` and :meth:`Line.finish`), across every instance sharing
   the line.
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..cache import CachedAnswer
+from ..fairness import Shares
 from ..stats import Stats
 from ..tickets import Flight, Ticket
 
@@ -83,6 +86,8 @@ class LineView:
 class Line(Protocol):
     """Flights waiting to start, in admission order, and the gate that starts them."""
 
+    shares: Shares  # a fair line's bookkeeping in this process (fairness.py)
+
     async def admit(self, flight: Flight, joiner: Joiner | None = None) -> int:
         """Join at the back; returns the flight's position. Raises LineFull (or, with a ``joiner``
         whose client is at its limit on a shared line, ClientLimit)."""
@@ -108,6 +113,11 @@ class Line(Protocol):
 
     async def finish(self, flight: Flight) -> None:
         """``flight``'s call is over (whatever the outcome): its slot is free."""
+        ...
+
+    async def charge(self, flight: Flight, service: float) -> None:
+        """A fair flight's call (one with a share) ended having cost ``service`` (fairness.py): its
+        share is charged the difference from what its start charged, and its waiting flights move."""
         ...
 
     async def requeue_front(self, flight: Flight) -> None:
@@ -167,7 +177,7 @@ class Pacer(Protocol):
 
 class Places(Protocol):
     """Guests' places: on a shared line, request records any instance can take over
-    (lines/redis/places.py); alone, nothing to share (lines/memory.py's LocalPlaces)."""
+    (lines/redis/places.py); alone, nothing to share (lines/local.py's LocalPlaces)."""
 
     instance_id: str
     shared: bool  # another instance may take a guest over (and finish what this one stops)

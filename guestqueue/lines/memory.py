@@ -43,8 +43,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from sortedcontainers import SortedKeyList
 
 from ..errors import LineFull
+from ..fairness import FairOrder, Shares
 from ..limiter import PacingLimiter
-from ..tickets import Flight, Ticket
+from ..tickets import Flight
 from .base import Joiner, LineView
 
 MIN_REPORT_GAP_S = 0.1
@@ -117,6 +118,8 @@ class MemoryLine:
         self._numbers = itertools.count(1)
         self.max_starvation_s = max_starvation_s
         self._aging: deque[tuple[float, Flight]] = deque()  # flights of lower tiers, by promotion time
+        self.shares = Shares()
+        self._fair = FairOrder(self._order)  # a fair line's flights (those with a share): their tags
         self._report_scheduled = False
         self._dirty = False  # positions need renumbering
         self._unreported = False  # some guest has not heard its current position
@@ -161,12 +164,21 @@ class MemoryLine:
                 self._handoff.return_front(flight)
             raise
         self._running[flight.id] = loop.time()
+        if flight.share is not None:
+            self._fair.started(flight, self.shares.expected)
         self.leave_now(flight)
         return loop.time() - began
 
     async def finish(self, flight: Flight) -> None:
         if self._running.pop(flight.id, None) is not None:
             self._slots.release()
+
+    async def charge(self, flight: Flight, service: float) -> None:
+        if flight.share is None or flight.charged is None:
+            return
+        self.shares.served(flight.share, service)
+        if self._fair.ended(flight, service):
+            self._moved()
 
     async def requeue_front(self, flight: Flight) -> None:
         # One process: a flight stops only when this process does, and its guests with it.
@@ -234,7 +246,8 @@ class MemoryLine:
         waiting = len(self._waiting) - min(len(self._waiting), startable)
         if waiting >= self.max_size:
             raise LineFull("The line is full. Please try again in a little while.")
-        flight.order = (flight.rank, next(self._numbers))
+        tag = 0.0 if flight.share is None else self._fair.tag(flight, self.shares.expected)  # FIFO: the number
+        flight.order = (flight.rank, tag, next(self._numbers))
         self._waiting[flight.id] = flight
         self._order.add(flight)
         if flight.rank > 0:
@@ -254,6 +267,8 @@ class MemoryLine:
         if self._waiting.pop(flight.id, None) is None:
             return False
         del self._order[self._order.bisect_key_left(flight.order)]
+        if flight.share is not None:
+            self._fair.left(flight)
         self._handoff.discard(flight)
         self._moved()
         return True
@@ -268,7 +283,7 @@ class MemoryLine:
                 continue
             place = self._order.bisect_key_left(flight.order)
             del self._order[place]
-            flight.order = (0, flight.order[1])
+            flight.order = (0, *flight.order[1:])
             self._order.add(flight)
             if self._order.bisect_key_left(flight.order) != place:  # it passed someone: they moved back
                 self._moved()
@@ -285,16 +300,6 @@ class MemoryLine:
         """1 = next to start; 0 = not in line. Exact, and tells nobody."""
         self._renumber()
         return flight.position if flight.id in self._waiting else 0
-
-    def flights(self) -> list[Flight]:
-        """The line in order, positions exact; tells nobody (the caller may)."""
-        self._renumber()
-        return list(self._order)
-
-    def mark_reported(self, flights: list[Flight]) -> None:
-        """The caller told these flights' guests their current positions."""
-        for flight in flights:
-            flight.reported_position = flight.position
 
     def _schedule_report(self) -> None:
         if self._report_scheduled:
@@ -325,48 +330,8 @@ class MemoryLine:
         if moved and self.on_moved is not None:
             self._last_report = asyncio.get_running_loop().time()
             self.on_moved(moved)
-        self.mark_reported(moved)
-
-
-class LocalPlaces:
-    """The :class:`~guestqueue.lines.base.Places` of a line this process is alone on: no records to
-    write, no other holder, no other instance to take a guest over."""
-
-    instance_id = ""
-    shared = False
-
-    def record(
-        self, ticket: Ticket, flight_id: str | None, *, event_id: int | None = None, whole: bool = False
-    ) -> asyncio.Future[None] | None:
-        return None
-
-    async def load(self, request_id: str) -> None:
-        return None
-
-    async def claim(self, request_id: str) -> None:
-        return None
-
-    async def holder(self, request_id: str) -> str:
-        return ""
-
-    async def let_go(self, flight_id: str) -> bool:
-        return True  # nobody else holds it
-
-    async def take_client_slot(self, client: str, limit: int) -> bool:
-        return True  # the registry's count is the whole count
-
-    async def reserve_key(self, client: str, idempotency_key: str, request_id: str) -> str:
-        return request_id
-
-    async def forget_key(self, client: str, idempotency_key: str, request_id: str) -> None:
-        return None
-
-    def give_back_client_slot(self, client: str) -> None:
-        return None
-
-    async def abandon(self, flight: Flight) -> None:
-        if flight.job is not None and not flight.job.done():
-            flight.job.cancel()
+        for flight in moved:
+            flight.reported_position = flight.position
 
 
 class _Positions(Mapping[str, int]):
@@ -389,5 +354,5 @@ class _Positions(Mapping[str, int]):
         return len(self._line._waiting)
 
 
-def _order_key(flight: Flight) -> tuple[int, int]:
+def _order_key(flight: Flight) -> tuple[int, float, int]:
     return flight.order

@@ -20,6 +20,7 @@ from ..outbound import OutboundPolicy, url_problem
 from .values import Webhook, parse_webhooks, parse_window
 
 MODES = ("open", "paused", "queue_all", "reject", "admission")
+FAIRNESS = ("fifo", "fair")
 TIER_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 MAX_MESSAGE_CHARS = 500
 MAX_TIERS = 16
@@ -112,6 +113,13 @@ def _mode(table: Mapping[str, Any], where: str, reading: Reading) -> Any:
     return mode
 
 
+def _fairness(table: Mapping[str, Any], where: str, reading: Reading) -> Any:
+    fairness = table.get("fairness", "fifo")
+    if fairness not in FAIRNESS:
+        raise SettingsError(f"{where}: fairness={fairness!r}: must be one of {', '.join(FAIRNESS)}")
+    return fairness
+
+
 def _message(table: Mapping[str, Any], where: str, reading: Reading) -> Any:
     message = table.get("message", "")
     if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
@@ -202,6 +210,7 @@ POLICY: tuple[Key, ...] = (
     number("release_per_minute", "release_per_minute", 0, 60_000, whole=True),
     Key("public", "public", _public),
     Key("tiers", "tiers", _tiers, show=list),
+    Key("fairness", "fairness", _fairness),
     Key("default_tier", "default_tier", _default_tier),
     number("max_starvation_sec", "max_starvation_s", 0.1, 86_400),
     Key("application_id", "application_id", _application),

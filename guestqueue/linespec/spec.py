@@ -54,6 +54,7 @@ class LineSpec:
     public: bool = True  # chat needs no key
     tiers: tuple[str, ...] = ()  # highest first
     default_tier: str = ""
+    fairness: str = "fifo"  # "fair": the least served share starts first within a tier (fairness.py)
     max_starvation_s: float = DEFAULT_STARVATION_S
     application_id: str | None = None
     purged_at: float = 0.0  # Unix time of the last purge (MANAGE): guests waiting then were sent away

@@ -11,8 +11,9 @@ from typing import Any
 
 from ..config import ENV_NAMES, Settings, SettingsError
 from ..linespec import DEFAULT_LINE, LineSpec, load_lines
+from ..linespec.keys import FAIRNESS
 from .run import WHAT_IF, Result, simulate, what_if
-from .scenario import Durations, Scenario, SimulationError, parse_rate
+from .scenario import Durations, Scenario, ShareMix, SimulationError, parse_rate
 
 PLOT_MISSING = "--plot needs matplotlib: pip install 'guestqueue[plot]'"
 
@@ -51,12 +52,37 @@ def table(summary: dict[str, Any]) -> str:
             f"mean {sec(eta['mean_signed'], sign=True)} s (estimate - actual)",
         ),
         ("ETA calibration", calibrated(summary["eta_calibration"])),
+        *shared(summary),
         ("queue peak", f"{summary['queue_peak']} waiting"),
         ("simulated", f"{summary['simulated_sec']:.0f} s ({summary['simulated_sec'] / 3600:.2f} h)"),
         ("real", f"{summary['real_sec']:.2f} s"),
     ]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def shared(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """A row per share (--shares), and the service gap against its bound."""
+    figures = summary["shares"]
+    if figures is None:
+        return []
+    rows = [
+        (
+            f"share {name}",
+            f"{f['served']} of {f['guests']} served, wait p50 {f['wait_p50_sec']} s / p90 {f['wait_p90_sec']} s, "
+            f"service {f['service']}",
+        )
+        for name, f in figures["per_share"].items()
+    ]
+    rows.append(
+        (
+            f"fairness ({summary['scenario']['fairness']})",
+            f"largest service gap while backlogged {figures['service_gap_max']} "
+            f"(bound {figures['service_gap_bound']}), Jain's index while all backlogged "
+            f"{figures['jain_index_backlogged']}",
+        )
+    )
+    return rows
 
 
 def calibrated(figures: dict[str, Any]) -> str:
@@ -107,6 +133,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="upstream call seconds: lognormal:MU,SIGMA | fixed:S | exponential:MEAN (default lognormal:2,0.5)",
     )
     parser.add_argument("--seed", default="1", help="random seed (default 1)")
+    parser.add_argument(
+        "--shares",
+        metavar="NAME=WEIGHT,...",
+        help="guests come from these shares, by weight (e.g. heavy=10,light=1): what each got is reported",
+    )
+    parser.add_argument("--fairness", choices=FAIRNESS, help="what if the line had this fairness")
     for name in WHAT_IF:
         flag = "--" + ENV_NAMES[name].removeprefix("GUEST_").lower().replace("_", "-")
         parser.add_argument(flag, dest=name, metavar="VALUE", help=f"what if the line had this {ENV_NAMES[name]}")
@@ -145,8 +177,12 @@ def _load(args: argparse.Namespace) -> tuple[LineSpec, Scenario]:
     if args.line not in lines:
         raise SimulationError(f"--line={args.line!r}: no such line (there are: {', '.join(lines)})")
     spec = what_if(lines[args.line], **{name: getattr(args, name) for name in WHAT_IF})
+    if args.fairness is not None:
+        spec = dataclasses.replace(spec, fairness=args.fairness)
     guests, seed = _whole(args.guests, "--guests", minimum=1), _whole(args.seed, "--seed", minimum=0)
-    return spec, Scenario(guests, parse_rate(args.arrival_rate), Durations.parse(args.duration_dist), seed)
+    shares = ShareMix.parse(args.shares) if args.shares is not None else None
+    durations = Durations.parse(args.duration_dist)
+    return spec, Scenario(guests, parse_rate(args.arrival_rate), durations, seed, shares)
 
 
 def _whole(text: str, flag: str, *, minimum: int) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import random
 import statistics
 import time
@@ -24,7 +23,8 @@ from ..service import QueueService
 from ..tickets import Status, Ticket
 from ..upstream import Chunk, WorkflowRequest
 from ..waitingroom.sessions import Sessions
-from .scenario import Guest, Scenario, SimulationError
+from .scenario import Guest, Scenario, SimulationError, quantile
+from .shares import answer_chars, figures
 
 # The settings a flag may change for a what-if run (each named as serve's flag), and their types.
 WHAT_IF = {"max_concurrent_requests": int, "upstream_interval_s": float, "max_queue_size": int}
@@ -42,8 +42,9 @@ class SimulatedUpstream:
         self.calls_s = calls_s  # by question: every simulated guest asks its own
 
     async def stream(self, request: WorkflowRequest) -> AsyncIterator[Chunk]:
-        await asyncio.sleep(self.calls_s[request.query])
-        yield Chunk("simulated answer")
+        call_s = self.calls_s[request.query]
+        await asyncio.sleep(call_s)
+        yield Chunk("x" * max(1, answer_chars(call_s)))  # as long as the call was: its service
 
 
 class _Recorder:
@@ -132,6 +133,8 @@ class Result:
                 "arrival_rate_per_sec": scenario.arrivals_per_s,
                 "duration_dist": str(scenario.durations),
                 "seed": scenario.seed,
+                "fairness": self.spec.fairness,
+                "shares": str(scenario.shares) if scenario.shares is not None else None,
             },
             "guests": len(self.guests),
             "admitted": sum(1 for g in self.guests if g.ticket is not None),
@@ -140,18 +143,19 @@ class Result:
             "refused_by_reason": dict(sorted(refused.items())),
             "ended_otherwise": dict(sorted(outcomes.items())),
             "wait_sec": {
-                "p50": _quantile(waits, 0.5),
-                "p90": _quantile(waits, 0.9),
-                "p99": _quantile(waits, 0.99),
+                "p50": quantile(waits, 0.5),
+                "p90": quantile(waits, 0.9),
+                "p99": quantile(waits, 0.99),
                 "max": _round(waits[-1]) if waits else None,
             },
             "throughput_per_min": round(served / self.simulated_s * 60, 2) if self.simulated_s > 0 else 0.0,
             "eta_error_sec": {
-                "median_abs": _quantile(sorted(abs(e) for e in errors), 0.5),
-                "p90_abs": _quantile(sorted(abs(e) for e in errors), 0.9),
+                "median_abs": quantile(sorted(abs(e) for e in errors), 0.5),
+                "p90_abs": quantile(sorted(abs(e) for e in errors), 0.9),
                 "mean_signed": _round(statistics.fmean(errors)) if errors else None,
             },
             "eta_calibration": calibration(self.guests),
+            "shares": figures(self.guests, settings.max_concurrent_requests) if scenario.shares is not None else None,
             "queue_peak": max(size for _, size in self.samples),
             "simulated_sec": _round(self.simulated_s),
             "real_sec": round(self.real_s, 2),
@@ -175,16 +179,6 @@ def calibration(guests: list[Guest]) -> dict[str, Any]:
         "median_abs_error_pct": round(100 * statistics.median(abs(r) for r in relative), 1),
         "mean_signed_error_pct": round(100 * statistics.fmean(relative), 1),
     }
-
-
-def _quantile(ordered: list[float], q: float) -> float | None:
-    """Linear between the closest ranks (numpy's default); None without data."""
-    if not ordered:
-        return None
-    at = (len(ordered) - 1) * q
-    low = math.floor(at)
-    high = min(low + 1, len(ordered) - 1)
-    return _round(ordered[low] + (ordered[high] - ordered[low]) * (at - low))
 
 
 def _round(seconds: float) -> float:
@@ -221,7 +215,10 @@ async def _run(spec: LineSpec, scenario: Scenario) -> Result:
     arrival = 0.0
     for _ in range(scenario.guests):
         arrival += rng.expovariate(scenario.arrivals_per_s)  # Poisson arrivals: exponential gaps
-        guests.append(Guest(arrival, scenario.durations.draw(rng)))
+        guest = Guest(arrival, scenario.durations.draw(rng))
+        if scenario.shares is not None:
+            guest.share = scenario.shares.draw(rng)
+        guests.append(guest)
     upstream = SimulatedUpstream({_question(i): g.call_s for i, g in enumerate(guests)})
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -258,7 +255,7 @@ async def _run(spec: LineSpec, scenario: Scenario) -> Result:
 async def _arrive(service: QueueService, number: int, guest: Guest) -> None:
     try:
         # Its own client (GUEST_MAX_PER_CLIENT counts per guest) and its own question (no cache hit).
-        ticket = await service.submit(_question(number), client=f"simulated-{number}")
+        ticket = await service.submit(_question(number), client=f"simulated-{number}", share=guest.share)
     except Rejected as exc:
         guest.refused = exc.code
         return

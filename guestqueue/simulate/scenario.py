@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..tickets import Ticket
 
+NAME_CHARS = 32  # of a share's name
 RATE_UNITS = {"s": 1.0, "sec": 1.0, "min": 1 / 60, "m": 1 / 60}
 
 
@@ -67,11 +68,42 @@ def parse_rate(text: str) -> float:
 
 
 @dataclass(frozen=True)
+class ShareMix:
+    """Named shares and their weights: a guest is of share k with probability weight_k / total."""
+
+    weights: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> ShareMix:
+        weights = []
+        for part in text.split(","):
+            name, _, weight = part.strip().partition("=")
+            try:
+                value = float(weight)
+            except ValueError:
+                value = math.nan
+            if not name or len(name) > NAME_CHARS or not 0 < value < math.inf:
+                raise SimulationError(f"--shares={text!r}: use NAME=WEIGHT,..., e.g. heavy=10,light=1")
+            weights.append((name, value))
+        if len({name for name, _ in weights}) != len(weights):
+            raise SimulationError(f"--shares={text!r}: a share is named twice")
+        return cls(tuple(weights))
+
+    def draw(self, rng: random.Random) -> str:
+        names, weights = zip(*self.weights, strict=True)
+        return str(rng.choices(names, weights)[0])
+
+    def __str__(self) -> str:
+        return ",".join(f"{name}={weight:g}" for name, weight in self.weights)
+
+
+@dataclass(frozen=True)
 class Scenario:
     guests: int
     arrivals_per_s: float
     durations: Durations
     seed: int = 1
+    shares: ShareMix | None = None  # named shares guests are drawn from (a fair line's)
 
 
 @dataclass(slots=True)
@@ -83,4 +115,15 @@ class Guest:
     refused: str | None = None  # the code of the 429/503 it got instead
     ticket: Ticket | None = None
     wait_s: float | None = None  # from joining to its call's start, as the service measured it
+    share: str | None = None  # the share it asks in (--shares)
     outcome: str = ""  # `completed`, or the code it ended with (`wait_timeout`, `timeout`, ...)
+
+
+def quantile(ordered: list[float], q: float) -> float | None:
+    """Linear between the closest ranks (numpy's default), to a tenth; None without data."""
+    if not ordered:
+        return None
+    at = (len(ordered) - 1) * q
+    low = math.floor(at)
+    high = min(low + 1, len(ordered) - 1)
+    return round(ordered[low] + (ordered[high] - ordered[low]) * (at - low), 1)

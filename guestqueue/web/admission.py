@@ -178,6 +178,14 @@ def client_key(request: HTTPConnection) -> str:
     return request.client.host if request.client else "unknown"
 
 
+def share_key(request: HTTPConnection, asker: Principal) -> str:
+    """Whose share a request counts in on a fair line (fairness.py): its application, else its
+    API key, else the peer address."""
+    if asker.application is not None:
+        return f"app:{asker.application.id}"
+    return asker_key(request, asker)
+
+
 def asker_key(request: HTTPConnection, asker: Principal) -> str:
     """Who asks, for per-client limits: an application's API key by its id (with its own limit,
     GUEST_MAX_PER_KEY), anyone else by the peer address."""

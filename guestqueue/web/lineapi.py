@@ -22,7 +22,7 @@ from ..service import QueueService
 from ..tenancy.catalog import Catalog, Principal
 from ..tickets import Status, Ticket
 from .access import Access
-from .admission import asker_key, client_key, read_chat_request
+from .admission import asker_key, client_key, read_chat_request, share_key
 from .jobs import JobsApi
 from .linestatus import LineStatus
 from .monitor import StatusMonitor
@@ -137,6 +137,7 @@ class LineApi:
             idempotency_key=body.idempotency_key,
             max_wait_s=body.max_wait_s,
             tier=self._tier(request, asker),
+            share=share_key(request, asker),
         )
         return ticket, ticket is known
 
@@ -233,7 +234,9 @@ class LineApi:
         except Rejected as exc:
             await websocket.close(1008, reason=exc.code)
             return
-        await serve_websocket(websocket, queue.service, tier=self._tier(websocket, asker))
+        await serve_websocket(
+            websocket, queue.service, tier=self._tier(websocket, asker), share=share_key(websocket, asker)
+        )
 
 
 MAX_LAST_EVENT_ID_CHARS = 20  # event ids are counters: 20 digits is more than any stream reaches

@@ -32,7 +32,7 @@ from ..tickets import Status, Ticket
 from ..waitingroom.sessions import Sessions
 from ..waitingroom.tokens import InvalidToken
 from .access import Access
-from .admission import client_key, read_optional_json, validate_chat_request
+from .admission import client_key, read_optional_json, share_key, validate_chat_request
 from .stream import TicketStream
 
 POLL_GRACE_S = 30.0  # a polling guest that stops asking for this long leaves the line
@@ -100,6 +100,7 @@ class WaitingRoom:
             idempotency_key=body.idempotency_key,
             max_wait_s=body.max_wait_s,
             tier=self._api._tier(request, asker),
+            share=share_key(request, asker),
         )
         if "text/event-stream" in request.headers.get("accept", ""):
             return self._api._stream(request, ticket, resume=ticket is known)

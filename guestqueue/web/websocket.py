@@ -58,7 +58,9 @@ CLOSE_CODES: dict[type[Rejected], int] = {
 }
 
 
-async def serve_websocket(websocket: WebSocket, service: QueueService, *, tier: str | None = None) -> None:
+async def serve_websocket(
+    websocket: WebSocket, service: QueueService, *, tier: str | None = None, share: str | None = None
+) -> None:
     """Admit one question from ``websocket`` (at the asker's priority ``tier``) and stream its
     lifecycle as JSON messages."""
     if not _origin_allowed(websocket, service.settings.cors_origin_list):
@@ -67,7 +69,7 @@ async def serve_websocket(websocket: WebSocket, service: QueueService, *, tier: 
         return
     await websocket.accept()
     try:
-        ticket = await _admit(websocket, service, tier)
+        ticket = await _admit(websocket, service, tier, share)
     except WebSocketDisconnect:
         return
     except Rejected as exc:
@@ -91,7 +93,7 @@ def _origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
     return origin is None or origin_allowed(origin, websocket.headers.get("host"), allowed)
 
 
-async def _admit(websocket: WebSocket, service: QueueService, tier: str | None) -> Ticket:
+async def _admit(websocket: WebSocket, service: QueueService, tier: str | None, share: str | None) -> Ticket:
     settings = service.settings
     message = await websocket.receive()
     if message["type"] == "websocket.disconnect":
@@ -111,6 +113,7 @@ async def _admit(websocket: WebSocket, service: QueueService, tier: str | None) 
         idempotency_key=body.idempotency_key,
         max_wait_s=body.max_wait_s,
         tier=tier,
+        share=share,
     )
 
 

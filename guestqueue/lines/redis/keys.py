@@ -33,6 +33,7 @@ SCRIPT_NAMES = {
     "job": "job",
     "job_reports": "job-reports",
     "receipt": "receipt",
+    "fair_waiting": "fair-waiting",
 }
 
 
@@ -84,8 +85,23 @@ class Keys:
 
     @property
     def line(self) -> str:
-        """ZSET flight id -> its number: the flights waiting, in admission order."""
+        """ZSET flight id -> rank * TIER_SPAN + its number (a fair line: its tag, scripts/fair.lua): the
+        flights waiting, in the order they start."""
         return f"{self.prefix}:line"
+
+    @property
+    def fair_counters(self) -> str:
+        """HASH share -> the service it received (a fair line's counters, fairness.py)."""
+        return f"{self.prefix}:fair-counters"
+
+    @property
+    def fair_clock(self) -> str:
+        """The tag of a fair line's last start: where a share rejoins when nobody waits."""
+        return f"{self.prefix}:fair-clock"
+
+    def fair_waiting(self, share: str) -> str:
+        """ZSET flight id -> number: a share's waiting flights (scripts/fair.lua; lazily cleaned)."""
+        return self._named("fair_waiting", share)
 
     @property
     def slots(self) -> str:
@@ -258,45 +274,51 @@ class Keys:
         spelled = f"{self.prefix}:{SCRIPT_NAMES[name]}"
         return spelled if id is None else f"{spelled}:{id}"
 
-    # -- the KEYS of the line's scripts, in the order each script reads them ----------------
 
-    def admit_keys(self, flight_id: str) -> list[str]:
-        """scripts/line_admit.lua's."""
-        return [
-            self.slots,
-            self.instances,
-            self.orphans,
-            self.line,
-            self.seq,
-            self.pace,
-            self.request(flight_id),
-            self.aging,
-            self.epoch,
-            self.rebuilding,
-        ]
+# -- the KEYS of the line's scripts, in the order each script reads them --------------------
 
-    @property
-    def start_keys(self) -> list[str]:
-        """scripts/line_start.lua's."""
-        return [
-            self.slots,
-            self.instances,
-            self.orphans,
-            self.line,
-            self.pace,
-            self.retrying,
-            self.releases,
-            self.aging,
-            self.epoch,
-            self.rebuilding,
-        ]
 
-    @property
-    def rebuild_keys(self) -> list[str]:
-        """scripts/line_rebuild.lua's."""
-        return [self.slots, self.line, self.seq, self.pace, self.aging, self.ran]
+def admit_keys(keys: Keys, flight_id: str) -> list[str]:
+    """scripts/line_admit.lua's."""
+    return [
+        keys.slots,
+        keys.instances,
+        keys.orphans,
+        keys.line,
+        keys.seq,
+        keys.pace,
+        keys.request(flight_id),
+        keys.aging,
+        keys.epoch,
+        keys.rebuilding,
+        keys.fair_counters,
+        keys.fair_clock,
+    ]
 
-    @property
-    def view_keys(self) -> list[str]:
-        """scripts/line_view.lua's."""
-        return [self.slots, self.instances, self.orphans, self.line, self.pace, self.held, self.releases, self.aging]
+
+def start_keys(keys: Keys) -> list[str]:
+    """scripts/line_start.lua's."""
+    return [
+        keys.slots,
+        keys.instances,
+        keys.orphans,
+        keys.line,
+        keys.pace,
+        keys.retrying,
+        keys.releases,
+        keys.aging,
+        keys.epoch,
+        keys.rebuilding,
+        keys.fair_counters,
+        keys.fair_clock,
+    ]
+
+
+def rebuild_keys(keys: Keys) -> list[str]:
+    """scripts/line_rebuild.lua's."""
+    return [keys.slots, keys.line, keys.seq, keys.pace, keys.aging, keys.ran]
+
+
+def view_keys(keys: Keys) -> list[str]:
+    """scripts/line_view.lua's."""
+    return [keys.slots, keys.instances, keys.orphans, keys.line, keys.pace, keys.held, keys.releases, keys.aging]

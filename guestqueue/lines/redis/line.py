@@ -47,8 +47,9 @@ from ...stopping import stop_tasks
 from ...tickets import Flight
 from ..base import Joiner, LineView
 from .boundary import UNAVAILABLE, Spawned, call, text
+from .fair import FairCharges
 from .instances import DeadInstances, Lease, instance_info
-from .keys import Keys
+from .keys import Keys, admit_keys, view_keys
 from .pacer import RedisPacer
 from .rebuild import TIER_SPAN, Rebuild
 from .records import REQUEST_TTL_S, joined_place, request_fields
@@ -87,6 +88,8 @@ class RedisLine:
         self._spawn = Spawned("shared line: a write nobody waits for was not done")
         self._dead = DeadInstances(redis, self.keys)
         self.running = RunningFlights()  # the flights this instance runs, from their grant (starts.py)
+        self.fair = FairCharges(redis, self.keys)  # a fair line's charges (fair.py)
+        self.shares = self.fair.shares
         self._lease = Lease(redis, self.keys, instance_id, instance_ttl_s)
         self._wake = Wake(redis, self.keys.wake)
         self._starts = Starts(
@@ -99,6 +102,7 @@ class RedisLine:
             dead=self._dead,
             spawn=self._spawn,
             running=self.running,
+            fair=self.fair,
             starts_allowed=starts_allowed,
         )
         self.on_rejoined = self._lease.on_rejoined  # (instances.py)
@@ -151,8 +155,9 @@ class RedisLine:
 
     async def admit(self, flight: Flight, joiner: Joiner | None = None) -> int:
         joining = joined_place(self.keys, self.instance_id, flight, joiner)
-        keys = [*self.keys.admit_keys(flight.id), *joining.keys]
-        after = [REQUEST_TTL_S, self.keys.wake, REORDERED, *joining.args, *request_fields(flight)]  # ARGV[9..]
+        keys = [*admit_keys(self.keys, flight.id), *joining.keys]
+        fair = [flight.share or "", self.fair.expected]  # ARGV[12..13]
+        after = [REQUEST_TTL_S, self.keys.wake, REORDERED, *fair, *joining.args, *request_fields(flight)]  # ARGV[9..]
         loop = asyncio.get_running_loop()
         give_up = loop.time() + 2 * self.instance_ttl_s
         while True:
@@ -209,7 +214,7 @@ class RedisLine:
             await call(pipe.execute())
 
     async def view(self) -> LineView:
-        keys = self.keys.view_keys
+        keys = view_keys(self.keys)
         now, order, running, pace, held, infos = await self._call(
             self._view, keys, [self.keys.prefix, self.limits.release_per_minute]
         )
@@ -254,6 +259,9 @@ class RedisLine:
     async def end_dead_calls(self, ending: dict[str, Any], stream_ttl_s: int) -> list[str]:
         """End with ``ending`` the calls of dead instances that had said something, once; their ids."""
         return await self._dead.end_calls(ending, stream_ttl_s)
+
+    async def charge(self, flight: Flight, service: float) -> None:
+        await self.fair.charge(flight, service)
 
     async def requeue_front(self, flight: Flight) -> None:
         """Put a flight back in line at its old number: ahead of everyone admitted after it."""

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from ...scripts import load_script
 from ...tickets import Flight
 from .boundary import call, text
-from .keys import Keys
+from .keys import Keys, rebuild_keys
 from .records import REQUEST_TTL_S, request_fields
 
 TIER_SPAN = 10**12  # as in scripts/aging.lua: a score is rank * TIER_SPAN + the flight's number
@@ -43,7 +43,7 @@ class Rebuild:
         keys = self._keys
         top = await call(
             self._script(
-                keys=keys.rebuild_keys,
+                keys=rebuild_keys(keys),
                 args=[
                     self._instance_id,
                     keys.prefix,

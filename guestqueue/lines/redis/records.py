@@ -47,6 +47,7 @@ def request_fields(flight: Flight) -> list[str]:
         "query": request.query,
         "parameters": json.dumps(dict(request.parameters)),
         "session_id": request.session_id or "",
+        "share": flight.share or "",  # a fair line's (scripts/line_start.lua charges it)
     }
     return [x for kv in fields.items() for x in kv]
 
@@ -59,4 +60,6 @@ def flight_from(flight_id: str, fields: dict[str, str]) -> Flight:
         json.loads(fields.get("parameters") or "{}"),
         fields.get("session_id") or None,
     )
-    return Flight(fields.get("key") or None, [], request, id=flight_id)
+    flight = Flight(fields.get("key") or None, [], request, id=flight_id)
+    flight.share = fields.get("share") or None
+    return flight

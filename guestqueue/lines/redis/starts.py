@@ -22,8 +22,9 @@ from ...scripts import load_script
 from ...stopping import raise_if_cancelled
 from ...tickets import Flight
 from .boundary import Spawned, call, text
+from .fair import FairCharges
 from .instances import DeadInstances, Lease
-from .keys import Keys
+from .keys import Keys, start_keys
 from .records import flight_from
 from .running import RunningFlights
 from .wake import MAX_WAKE_WAIT_S, Wake
@@ -57,6 +58,7 @@ class Starts:
         dead: DeadInstances,
         spawn: Spawned,
         running: RunningFlights,
+        fair: FairCharges,
         starts_allowed: Callable[[], bool],
     ) -> None:
         """``starts_allowed``: the line's mode (gate.py), asked before every knock; ``running``: a
@@ -71,6 +73,7 @@ class Starts:
         self._dead = dead
         self._spawn = spawn
         self._running = running
+        self._fair = fair
         self._starts_allowed = starts_allowed
         self._script = redis.register_script(load_script("line_start"))
         self._knock = asyncio.Lock()  # one local worker at a time asks Redis for a start
@@ -106,8 +109,9 @@ class Starts:
     async def _try(self) -> tuple[str, Any]:
         keys, limits = self._keys, self._limits
         known = self._lease.epoch
+        expected = self._fair.expected
         script = self._script(
-            keys=keys.start_keys,
+            keys=start_keys(keys),
             args=[
                 self._instance_id,
                 limits.max_concurrent,
@@ -115,6 +119,7 @@ class Starts:
                 keys.prefix,
                 limits.release_per_minute,
                 known,
+                expected,
             ],
         )
         # Shielded: a worker cancelled mid-call must not lose a flight the script already popped.
@@ -125,6 +130,8 @@ class Starts:
             started.add_done_callback(self._give_back)
             raise
         kind, value = _reply(reply)
+        if isinstance(value, Flight) and value.share is not None:
+            value.charged = expected  # what the script charged its share
         return (kind, known) if kind == "forgotten" else (kind, value)
 
     def _give_back(self, started: asyncio.Future[Any]) -> None:

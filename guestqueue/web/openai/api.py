@@ -36,7 +36,7 @@ from ...runtime import Queue
 from ...tenancy.catalog import Principal
 from ...tickets import Status
 from ..access import FOREIGN_KEYS_ANONYMOUS
-from ..admission import asker_key, client_key, max_wait_header, read_optional_json
+from ..admission import asker_key, client_key, max_wait_header, read_optional_json, share_key
 from ..lineapi import LineApi, until_done_or_disconnect
 from ..stream import TicketStream
 from .completion import Completion, CompletionStream
@@ -144,6 +144,7 @@ class OpenAIApi:
             client=asker_key(request, asker),
             parameters=parameters,
             tier=self._lines._tier(request, asker),
+            share=share_key(request, asker),
             max_wait_s=max_wait_s,
         )
         completion = Completion(
