@@ -3,7 +3,8 @@
 
 Each *share* (the asker's application, else its API key, else its address: web/admission.py
 ``share_key``) has a counter of the service it received. A call's service is counted in
-characters: :data:`CALL_COST` for the call itself plus its answer's characters. When a slot frees,
+characters: :data:`CALL_COST` for the call itself plus its answer's characters (or, where the
+upstream reports its usage, 4 per completion token). When a slot frees,
 the waiting flight whose share has the least counter starts, FIFO within a share; a share that had
 nothing waiting rejoins at the least counter among the shares waiting in its tier (just after it:
 it came later; with nobody waiting, at the tag of the last start), so idling earns no credit.
@@ -33,6 +34,7 @@ from . import clock
 from .tickets import Flight
 
 CALL_COST = 500.0  # service every call costs (in answer characters), answered or not
+CHARS_PER_TOKEN = 4.0  # OpenAI's rule of thumb for English: a reported token counts as four characters
 EXPECTED_WEIGHT = 0.1  # of the last call, in the running mean of a call's service
 WINDOW_S = 60.0  # the per-share service and the fairness index cover this much
 MAX_SHOWN = 20  # shares the metrics and the dashboard name (the most served)
@@ -41,9 +43,10 @@ ADDRESSES = "addresses"  # every share named by a peer address, as the metrics s
 PRUNE_EVERY = 256  # starts between two prunings of idle shares' counters (memory line)
 
 
-def service_of(answer_chars: int) -> float:
-    """What one call cost: the call, and its answer's characters."""
-    return CALL_COST + answer_chars
+def service_of(answer_chars: int, tokens: int | None = None) -> float:
+    """What one call cost: the call, and its answer's characters, or, where the upstream reported
+    its usage, its tokens (:data:`CHARS_PER_TOKEN` characters each: one unit for every share)."""
+    return CALL_COST + (tokens * CHARS_PER_TOKEN if tokens is not None else answer_chars)
 
 
 def jain_index(values: list[float]) -> float | None:

@@ -172,6 +172,7 @@ class Flight:
     rank: int = 0  # its priority tier: 0 = the highest (linespec.LineSpec.tier_rank)
     share: str | None = None  # on a fair line, whose share it counts in (fairness.py); None: FIFO
     charged: float | None = None  # the service its start charged its share (corrected when it ends)
+    tokens: int | None = None  # its answer's tokens, if the upstream reported its usage
     order: tuple[int, float, int] = (0, 0.0, 0)  # the memory line's sort key: (rank, fair tag, number)
     number: int = 0  # the shared line's ticket number (admission order); 0 = not known here
     answer_parts: list[str] = field(default_factory=list)

@@ -272,7 +272,7 @@ class WorkerPool:
             else:
                 await self._sink.release(flight)
                 if flight.share is not None:  # a fair line: its share pays what the call cost
-                    await self._line.charge(flight, service_of(sum(map(len, flight.answer_parts))))
+                    await self._line.charge(flight, service_of(sum(map(len, flight.answer_parts)), flight.tokens))
         except LineUnavailable:
             logger.warning("flight %s: could not give its slot back (the line's lease frees it)", flight.id)
 
@@ -301,6 +301,8 @@ class WorkerPool:
                         flight.suggested_questions = [
                             valid_text(q)[:MAX_SUGGESTION_CHARS] for q in chunk.suggested_questions[:MAX_SUGGESTIONS]
                         ]
+                    if chunk.tokens is not None:
+                        flight.tokens = chunk.tokens
                     if chunk.text:
                         text = valid_text(chunk.text)
                         size += len(text.encode())

@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from guestqueue.fairness import Shares, jain_index
+from guestqueue.fairness import CALL_COST, CHARS_PER_TOKEN, Shares, jain_index, service_of
+from guestqueue.upstream.http import answer_from_json, chunk_from_json
 
 from .conftest import MockUpstream
 from .support.admin import ADMIN, admin_server, make_application, make_key, make_line
@@ -120,3 +121,17 @@ def test_the_shares_snapshot_never_names_a_peer_address() -> None:
     assert snapshot["service"] == {"addresses": 1000, "app:a1": 900}
     assert snapshot["shares"] == 3
     assert "203.0.113.9" not in json.dumps(snapshot)
+
+
+def test_a_call_costs_its_answers_characters_or_the_tokens_the_upstream_reported() -> None:
+    assert service_of(120) == CALL_COST + 120
+    assert service_of(120, tokens=40) == CALL_COST + 40 * CHARS_PER_TOKEN
+    # OpenAI's usage: the last chunk of a stream (no choice), or a whole JSON answer.
+    last = chunk_from_json({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 40}})
+    assert last is not None and last.text == "" and last.tokens == 40
+    delta = chunk_from_json({"choices": [{"delta": {"content": "Hi"}}]})
+    assert delta is not None and delta.tokens is None
+    whole = answer_from_json({"choices": [{"message": {"content": "Hello"}}], "usage": {"completion_tokens": 2}})
+    assert whole.text == "Hello" and whole.tokens == 2
+    for odd in ({"completion_tokens": "40"}, {"completion_tokens": True}, {"completion_tokens": -1}, "40"):
+        assert chunk_from_json({"choices": [], "usage": odd}) is None, odd

@@ -28,6 +28,7 @@ class WorkflowRequest:
 class Chunk:
     text: str = ""
     suggested_questions: list[str] | None = None
+    tokens: int | None = None  # the answer's tokens, where the upstream reports its usage (a fair line counts them)
 
 
 Workflow = Callable[[WorkflowRequest], AsyncIterator["str | Chunk"]]

@@ -202,6 +202,7 @@ def answer_from_json(body: Any) -> Chunk:
                         return Chunk(source[name], _suggestions(source) or _suggestions(body))
         chunk = _openai_choice(body)
         if chunk is not None:
+            chunk.tokens = _completion_tokens(body)
             return chunk
     raise UpstreamError(MALFORMED_MESSAGE, detail=f"no answer field in upstream JSON: {str(body)[:200]}")
 
@@ -230,6 +231,8 @@ def chunk_from_json(value: Any) -> Chunk | None:
     if "event" in value and "data" in value:  # another guestqueue (or similar) upstream
         return _chunk_from_envelope(value["event"], value["data"])
     openai = _openai_choice(value)
+    if (tokens := _completion_tokens(value)) is not None:  # OpenAI's usage: in the last chunk, or the answer
+        return Chunk(openai.text if openai is not None else "", tokens=tokens)
     if openai is not None or "choices" in value:
         return openai
     for name in CHUNK_FIELDS:
@@ -261,6 +264,12 @@ def _openai_choice(value: dict[str, Any]) -> Chunk | None:
     if isinstance(choice.get("text"), str):
         return Chunk(choice["text"])
     return None
+
+
+def _completion_tokens(value: dict[str, Any]) -> int | None:
+    usage = value.get("usage")
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return tokens if isinstance(tokens, int) and not isinstance(tokens, bool) and 0 <= tokens < 10**9 else None
 
 
 def _suggestions(value: dict[str, Any]) -> list[str] | None:
