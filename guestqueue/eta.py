@@ -15,14 +15,21 @@ costs O(1) each.
 A running call is expected to take what the recent calls that ran longer than it had left
 (a call that already ran long tends to run longer than the average says).
 
+With several slots, that schedule keeps the slots in step (each takes the mean hold), which is
+right for fixed calls only: random calls end at random times, so the first start is the earliest of
+the running calls' ends, which comes sooner than the least of their expected ends, and from then on
+starts come about one every hold / slots. The estimate leans from the schedule to that line as far
+as the holds vary (their standard deviation over their mean, at most 1, as exponential calls).
+The schedule is made at each start and view; a guest who asks later is that much nearer each start.
+
 The range (p10 to p90): the p-th start comes after about p / slots holds one after another, so its
 spread combines the holds' standard deviation times sqrt(p / slots) with the uncertainty of their
 mean (its standard error times p / slots: with few calls measured, it dominates); normal quantiles
 of that, never narrower than ±10 % of the estimate (calls vary even when the recent ones did not),
 never below what the pacing alone allows. With several slots sqrt(p / slots) is wider than a
 renewal model's sqrt(p) / slots, a margin for what that model leaves out (calls ending together,
-skew); as it is, the simulator puts 78-91 % of guests inside on lognormal calls (§18 of
-docs/benchmarks.md).
+skew); as it is, the simulator puts 80-91 % of guests inside on lognormal calls (§18 and §20
+of docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Callable
+
+from . import clock
 
 DEFAULT_PROCESSING_S = 5.0  # until the first real measurement
 # An estimate goes into JSON (`queued` events) and Retry-After headers: it must be a
@@ -66,6 +75,10 @@ class WaitEstimator:
         self._mean_se = UNKNOWN_MEAN_SE * DEFAULT_PROCESSING_S
         self._valid = False
         self._recorded = 0
+        self._first_start = self._heap_last = 0.0  # the pacing's first start; the schedule's last
+        self._randomness = 0.0  # of the holds (see _reset)
+        self._reset_at = 0.0  # when the schedule was made: its starts count from then
+        self._fluid_first = 0.0
         self._hold_key: tuple[int, int, float] | None = None  # what _held was computed for
         self._held = (DEFAULT_PROCESSING_S, DEFAULT_CV * DEFAULT_PROCESSING_S)
         self._sorted_key = -1
@@ -91,7 +104,7 @@ class WaitEstimator:
             self._reset()
         while len(self._starts) < position:
             self._extend()
-        estimate = self._starts[position - 1]
+        estimate = max(0.0, self._starts[position - 1] - self._age_s())
         return min(estimate, MAX_ESTIMATE_S) if math.isfinite(estimate) else MAX_ESTIMATE_S
 
     def range_s(self, position: int) -> tuple[float, float]:
@@ -110,21 +123,39 @@ class WaitEstimator:
             low = max(min(mean - spread, mean * (1 - MIN_RELATIVE_SPREAD)), min(paced, mean), 0.0)
             high = max(mean + spread, mean * (1 + MIN_RELATIVE_SPREAD))
             self._ranges.append((low, high))
-        low, high = self._ranges[position - 1]
+        age_s = self._age_s()
+        low, high = (max(0.0, bound - age_s) for bound in self._ranges[position - 1])
         high = min(max(high, estimate), MAX_ESTIMATE_S) if math.isfinite(high) else MAX_ESTIMATE_S
         return min(low, estimate), high
 
+    def _age_s(self) -> float:
+        """How long ago the schedule was made (whole milliseconds): a guest who asks later is that
+        much nearer every start (the schedule is made again at each start and view, not at each
+        question; estimates were ~10 % long on a busy line of fixed calls, docs/benchmarks.md §20)."""
+        return math.floor((clock.monotonic() - self._reset_at) * 1000) / 1000
+
     def _reset(self) -> None:
+        self._reset_at = clock.monotonic()
         elapsed, pacing_delay_s = self._snapshot()
         busy = self._busy(elapsed[: self.concurrency])
         self._slots = busy + [0.0] * (self.concurrency - len(busy))
         heapq.heapify(self._slots)
         self._starts = []
         self._ranges = []
-        self._first_start = pacing_delay_s
+        self._first_start = self._heap_last = pacing_delay_s
         self._hold_s, self._hold_sd = self._hold()
         known = len(self._durations)
         self._mean_se = self._hold_sd / math.sqrt(known) if known >= 2 else UNKNOWN_MEAN_SE * self._hold_s
+        # How random the holds are (0: fixed calls, 1: as random as exponential ones), and what the
+        # line looks like when they are: the first end is the earliest of the running calls, and
+        # from then on a start every hold / slots (see _extend).
+        self._randomness = min(1.0, self._hold_sd / self._hold_s) if self._hold_s > 0 else 0.0
+        first = pacing_delay_s
+        if len(busy) >= self.concurrency and busy:
+            soonest = min(busy)
+            earliest = 1 / sum(1 / max(r, 1e-3) for r in busy)  # of exponential ends: 1 / (sum of rates)
+            first = max(first, soonest + self._randomness * (earliest - soonest))
+        self._fluid_first = first
         self._valid = True
 
     def _busy(self, elapsed: list[float]) -> list[float]:
@@ -162,10 +193,19 @@ class WaitEstimator:
         return self._held
 
     def _extend(self) -> None:
+        """The next position's start: the schedule of slots that each take the mean hold, which is
+        exact for fixed calls; the more the holds vary, the more it leans to the line random holds
+        make (a start every hold / slots after the earliest end), since slots that end at random
+        times do not stay in step as that schedule has them (it put the starts of several slots
+        ~20 % late on exponential calls, docs/benchmarks.md section 18)."""
         free_at = heapq.heappop(self._slots)
         if self._starts:
-            start = max(free_at, self._starts[-1] + self.interval_s)
+            start = max(free_at, self._heap_last + self.interval_s)
         else:
             start = max(free_at, self._first_start)
-        self._starts.append(start)
+        self._heap_last = start
         heapq.heappush(self._slots, start + self._hold_s)
+        before = len(self._starts)
+        gap = max(self._hold_s / max(1, self.concurrency), self.interval_s)
+        fluid = max(self._fluid_first + before * gap, self._first_start + before * self.interval_s)
+        self._starts.append(start + self._randomness * (fluid - start))

@@ -10,6 +10,7 @@ import pytest
 from httpx_sse import aconnect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
+from guestqueue import clock
 from guestqueue.eta import MAX_ESTIMATE_S, WaitEstimator
 
 from .conftest import MockUpstream, Received, serve, stream_events, wait_until
@@ -55,6 +56,32 @@ def test_estimates_stay_finite_whatever_the_limiter_says(delay: float) -> None:
     estimator = _estimator(1, 1, [], delay)
     estimates = [estimator.estimate_s(p) for p in (1, 2, 50)]
     assert all(0 <= e <= MAX_ESTIMATE_S for e in estimates), estimates
+
+
+def test_a_question_asked_after_the_schedule_was_made_counts_from_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(clock, "monotonic", lambda: now[0])
+    estimator = _estimator(1, 0, [4.0])
+    assert estimator.estimate_s(2) == pytest.approx(16)
+    now[0] += 2.5  # no start, no view since: the same schedule, 2.5 s nearer
+    assert estimator.estimate_s(2) == pytest.approx(13.5)
+    low, high = estimator.range_s(2)
+    assert low <= 13.5 <= high
+    now[0] += 60  # past its expected start: any moment now, never negative
+    assert estimator.estimate_s(1) == 0 and estimator.range_s(1) == (0, 0)
+
+
+def test_random_calls_on_several_slots_start_sooner_than_slots_kept_in_step() -> None:
+    # Both slots busy for another ~10 s each: with fixed calls the first two start in 10 s and the
+    # third in 20 s; with random calls the earlier of two ends comes sooner, and the starts lean
+    # towards one every call / slots (the slots do not stay in step).
+    fixed = _estimator(2, 0, [0.0, 0.0])
+    assert [fixed.estimate_s(p) for p in (1, 2, 3)] == pytest.approx([10, 10, 20])
+    varied = WaitEstimator(2, 0, lambda: ([0.0, 0.0], 0.0))
+    for duration in (1.0, 19.0, 3.0, 17.0, 5.0, 15.0, 10.0, 10.0):  # mean 10, sd ~6
+        varied.record(duration)
+    first, second, third = (varied.estimate_s(p) for p in (1, 2, 3))
+    assert 5 < first < 10 and first < second and 15 < third < 20, (first, second, third)
 
 
 async def test_a_guest_right_behind_a_start_hears_the_pacing_wait_at_once(upstream: MockUpstream) -> None:
