@@ -159,7 +159,13 @@ async def test_starts_are_paced(make_line: MakeLine) -> None:
         starts = Starts(line, workers=4)
         await starts.until(5)
         await starts.stop()
-        assert min(starts.gaps()) >= interval_s - 0.01, starts.gaps()
+        # Read on the test's clock after each start returns: on a loaded machine the process may be
+        # descheduled between a start and that read (16 ms seen beside a CPU hog), which shortens
+        # the gap after it by as much. Each gap, and the span of all five (where such delays do not
+        # add up), are checked to within one such delay; unpaced starts would be ~0 s apart.
+        gaps = starts.gaps()
+        assert min(gaps) >= interval_s - 0.03, gaps
+        assert sum(gaps) >= 4 * interval_s - 0.03, gaps
 
 
 async def test_a_hold_delays_every_start_up_to_its_cap(make_line: MakeLine) -> None:
