@@ -271,10 +271,14 @@ class WorkerPool:
                 await self._line.requeue_front(flight)
             else:
                 await self._sink.release(flight)
-                if flight.share is not None:  # a fair line: its share pays what the call cost
-                    await self._line.charge(flight, service_of(sum(map(len, flight.answer_parts)), flight.tokens))
         except LineUnavailable:
             logger.warning("flight %s: could not give its slot back (the line's lease frees it)", flight.id)
+        if flight.share is None or flight.back_in_line:
+            return
+        try:  # a fair line: its share pays what the call cost
+            await self._line.charge(flight, service_of(sum(map(len, flight.answer_parts)), flight.tokens))
+        except LineUnavailable:
+            logger.warning("flight %s: its share was not charged for it (Redis failed)", flight.id)
 
     def _count(self, result: str) -> None:
         self.upstream_calls[result] += 1
