@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import servers
 from ..report import Result, Table
+from .scaleout import Redis
 
 KINDS = ("guestqueue", "gradio")
 
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-wait-s", type=float, default=0.5, help="guests who waited less are not scored")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--servers", default=",".join(KINDS))
+    parser.add_argument("--line", choices=("memory", "redis"), default="memory", help="guestqueue's line")
 
 
 def smoke(args: argparse.Namespace) -> None:
@@ -56,12 +58,18 @@ def run(args: argparse.Namespace) -> Result:
                 "min_wait_s",
                 "seed",
                 "servers",
+                "line",
             )
         },
     )
     rows: dict[str, list[dict[str, Any]]] = {}
     with ExitStack() as stack:
         mock = stack.enter_context(servers.mock())
+        extra: list[str] = []
+        if args.line == "redis":  # the shared line: its scripts, its views a tick old
+            redis = Redis()
+            stack.callback(redis.stop)
+            extra = ["--redis-url", redis.url]
         url = f"{mock.base}/chat?chunks=5"
         started = {}
         for kind in kinds:
@@ -69,7 +77,7 @@ def run(args: argparse.Namespace) -> Result:
                 started[kind] = stack.enter_context(servers.gradio(url, concurrency=args.concurrency))
             else:
                 started[kind] = stack.enter_context(
-                    servers.guestqueue(url, concurrency=args.concurrency, queue_size=args.count + 10)
+                    servers.guestqueue(url, concurrency=args.concurrency, queue_size=args.count + 10, extra=extra)
                 )
         job = {
             "mode": "eta",
