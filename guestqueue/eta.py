@@ -51,6 +51,7 @@ Z_P90 = 1.2816  # the standard normal's 90th percentile: a p10-p90 range is the 
 MIN_RELATIVE_SPREAD = 0.1
 DEFAULT_CV = 0.5  # the holds' spread relative to their mean, until two calls were measured
 UNKNOWN_MEAN_SE = 0.5  # ... and their mean is a guess then: ±50 % (one sd)
+FLUID_MAX_SLOTS = 64  # more slots than this: the schedule alone (see _reset)
 
 
 class WaitEstimator:
@@ -149,9 +150,12 @@ class WaitEstimator:
         # How random the holds are (0: fixed calls, 1: as random as exponential ones), and what the
         # line looks like when they are: the first end is the earliest of the running calls, and
         # from then on a start every hold / slots (see _extend).
-        self._randomness = min(1.0, self._hold_sd / self._hold_s) if self._hold_s > 0 else 0.0
+        # (Not with many slots, e.g. a waiting room's thousands of sessions: there the first end is
+        # any moment and a start comes every hold / slots either way, and this runs at every start.)
+        varies = self._hold_s > 0 and self.concurrency <= FLUID_MAX_SLOTS
+        self._randomness = min(1.0, self._hold_sd / self._hold_s) if varies else 0.0
         first = pacing_delay_s
-        if len(busy) >= self.concurrency and busy:
+        if self._randomness > 0 and len(busy) >= self.concurrency and busy:
             soonest = min(busy)
             earliest = 1 / sum(1 / max(r, 1e-3) for r in busy)  # of exponential ends: 1 / (sum of rates)
             first = max(first, soonest + self._randomness * (earliest - soonest))
