@@ -78,12 +78,12 @@ class Shares:
         self._forget(now)
 
     def recent(self) -> dict[str, float]:
-        """Service per share over the last :data:`WINDOW_S`, the most served first."""
+        """Service per share over the last :data:`WINDOW_S`."""
         self._forget(clock.monotonic())
         totals: dict[str, float] = {}
         for _, share, service in self._served:
             totals[share] = totals.get(share, 0.0) + service
-        return dict(sorted(totals.items(), key=lambda item: -item[1]))
+        return totals
 
     def snapshot(self) -> dict[str, Any]:
         """What the metrics and the dashboard show: Jain's index over every share served in the

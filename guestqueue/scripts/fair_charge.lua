@@ -10,7 +10,7 @@ local counter = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0') + delta
 redis.call('HSET', KEYS[1], ARGV[2], string.format('%.0f', counter))
 local mine = named(ARGV[1], KEY.fair_waiting, ARGV[2])
 local moved = 0
-for _, id in ipairs(redis.call('ZRANGE', mine, 0, -1)) do
+for _, id in ipairs(delta ~= 0 and redis.call('ZRANGE', mine, 0, -1) or {}) do
   local score = redis.call('ZSCORE', KEYS[2], id)
   if score then
     score = tonumber(score)
@@ -28,5 +28,5 @@ for _, share in ipairs(redis.call('HRANDFIELD', KEYS[1], 8)) do
     redis.call('HDEL', KEYS[1], share)
   end
 end
-if moved > 0 and delta ~= 0 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+if moved > 0 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return moved
