@@ -85,6 +85,7 @@ async def test_a_light_application_is_not_starved_on_a_fair_line_and_is_on_a_fif
         fifo, _ = await _order(client, api, upstream, "fifo", keys)
         status = (await client.get(f"{api}/lines/line-fair/queue/status")).json()
         metrics = (await client.get(f"{api}/lines/line-fair/metrics", headers=ADMIN)).text
+        odd = await client.post(f"{api}/admin/lines", json={"name": "odd", "fairness": "lottery"}, headers=ADMIN)
 
     # FIFO: the light application waits behind every heavy question asked before it.
     assert fifo[-LIGHT:] == [f"light {n}" for n in range(LIGHT)], fifo
@@ -104,6 +105,9 @@ async def test_a_light_application_is_not_starved_on_a_fair_line_and_is_on_a_fif
     assert status["fairness"]["shares"] == 2 and 0.5 <= status["fairness"]["jain_index"] <= 1
     assert f'guestqueue_fair_share_service{{line="line-fair",share="app:{light_app}"}}' in metrics
     assert 'guestqueue_fair_jain_index{line="line-fair"}' in metrics
+    # The admin API reads the key as the file does: one of the two orders, else a clear refusal.
+    assert odd.status_code == 422 and odd.json()["code"] == "invalid_field", odd.text
+    assert "fairness='lottery'" in odd.json()["error"]
 
 
 def test_jain_index_is_one_for_equal_service_and_one_over_n_for_one_share_having_everything() -> None:

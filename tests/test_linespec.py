@@ -71,6 +71,8 @@ def test_the_process_upstream_key_is_never_sent_to_another_lines_host(tmp_path: 
         ("[lines.a]\nmax_queue_size = 0\n", "max_queue_size=0: must be >= 1"),
         ("[lines.a]\nmax_queue_size = 'many'\n", "max_queue_size='many': must be a whole number"),
         ("[lines.a]\nmode = 'closed'\n", "mode='closed': must be one of open, paused, queue_all, reject"),
+        ("[lines.a]\nfairness = 'lottery'\n", "fairness='lottery': must be one of fifo, fair"),
+        ("[lines.a]\nfairness = 1\n", "fairness=1: must be one of fifo, fair"),
         ("[lines.Big]\n", "line name 'Big'"),
         ("[lines.a]\ntiers = ['paid']\ndefault_tier = 'free'\n", "default_tier='free'"),
         (
